@@ -1,0 +1,217 @@
+"""Patch embedding, class/distillation tokens and learned position embeddings."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from deit_keras.layers.initializers import trunc_normal
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class PatchEmbedding(keras.layers.Layer):
+    """Splits an image into patches and embeds each one linearly.
+
+    A `patch_size` x `patch_size` convolution with the same stride is a
+    linear map of each non-overlapping patch, as in ViT.
+
+    Args:
+        patch_size: int. Side of a square patch in pixels.
+        embed_dim: int. Size of each patch embedding.
+
+    Call arguments:
+        images: `[B, H, W, C]` float tensor; H and W multiples of `patch_size`.
+
+    Returns:
+        `[B, (H / patch_size) * (W / patch_size), embed_dim]` patch tokens.
+    """
+
+    def __init__(self, patch_size, embed_dim, **kwargs):
+        if patch_size <= 0 or embed_dim <= 0:
+            raise ValueError(
+                "patch_size and embed_dim must be positive. Received: "
+                f"patch_size={patch_size}, embed_dim={embed_dim}"
+            )
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        # The reference leaves the patch conv at PyTorch's default init,
+        # uniform(+-1/sqrt(fan_in)), which is this variance scaling.
+        self.projection = keras.layers.Conv2D(
+            embed_dim,
+            kernel_size=patch_size,
+            strides=patch_size,
+            padding="valid",
+            kernel_initializer=keras.initializers.VarianceScaling(
+                scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+            ),
+            bias_initializer="zeros",
+            dtype=self.dtype_policy,
+            name="projection",
+        )
+
+    def build(self, input_shape):
+        height, width = input_shape[1], input_shape[2]
+        for side in (height, width):
+            if side is not None and side % self.patch_size:
+                raise ValueError(
+                    "Image height and width must be multiples of patch_size. "
+                    f"Received: image shape={tuple(input_shape[1:])}, "
+                    f"patch_size={self.patch_size}"
+                )
+        self.projection.build(input_shape)
+
+    def call(self, images):
+        patches = self.projection(images)  # [B, H/p, W/p, D]
+        shape = ops.shape(patches)
+        return ops.reshape(patches, (shape[0], -1, self.embed_dim))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width = input_shape[0], input_shape[1], input_shape[2]
+        num = None
+        if height is not None and width is not None:
+            num = (height // self.patch_size) * (width // self.patch_size)
+        return (batch, num, self.embed_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(patch_size=self.patch_size, embed_dim=self.embed_dim)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class TokensAndPositionEmbedding(keras.layers.Layer):
+    """Prepends the class (and distillation) token and adds position embeddings.
+
+    The DeiT distillation token is a second learned token, like the class
+    token, whose output feeds the distillation head. Both prefix tokens get
+    their own position embedding, as in the reference implementation.
+
+    Args:
+        num_patches: int. Number of patch tokens (grid height x grid width).
+        embed_dim: int. Token size.
+        distilled: bool. Whether to add the distillation token.
+
+    Call arguments:
+        patch_tokens: `[B, num_patches, embed_dim]`.
+
+    Returns:
+        `[B, num_prefix_tokens + num_patches, embed_dim]`, the class token
+        first, then the distillation token when `distilled`.
+    """
+
+    def __init__(self, num_patches, embed_dim, distilled=False, **kwargs):
+        if num_patches <= 0 or embed_dim <= 0:
+            raise ValueError(
+                "num_patches and embed_dim must be positive. Received: "
+                f"num_patches={num_patches}, embed_dim={embed_dim}"
+            )
+        super().__init__(**kwargs)
+        self.num_patches = num_patches
+        self.embed_dim = embed_dim
+        self.distilled = distilled
+        self.num_prefix_tokens = 2 if distilled else 1
+
+    def build(self, input_shape):
+        self.cls_token = self.add_weight(
+            shape=(1, 1, self.embed_dim), initializer=trunc_normal(),
+            name="cls_token",
+        )
+        self.dist_token = None
+        if self.distilled:
+            self.dist_token = self.add_weight(
+                shape=(1, 1, self.embed_dim), initializer=trunc_normal(),
+                name="dist_token",
+            )
+        self.pos_embed = self.add_weight(
+            shape=(1, self.num_prefix_tokens + self.num_patches, self.embed_dim),
+            initializer=trunc_normal(),
+            name="pos_embed",
+        )
+
+    def call(self, patch_tokens):
+        batch = ops.shape(patch_tokens)[0]
+        tokens = [self.cls_token] + ([self.dist_token] if self.distilled else [])
+        prefix = [
+            ops.broadcast_to(ops.cast(t, patch_tokens.dtype), (batch, 1, self.embed_dim))
+            for t in tokens
+        ]
+        x = ops.concatenate(prefix + [patch_tokens], axis=1)
+        return x + ops.cast(self.pos_embed, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_prefix_tokens + self.num_patches, self.embed_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_patches=self.num_patches,
+            embed_dim=self.embed_dim,
+            distilled=self.distilled,
+        )
+        return config
+
+
+def _torch_bicubic_matrix(in_size, out_size, a=-0.75):
+    """Matrix M with M @ x == PyTorch's 1-D bicubic resize of x.
+
+    Reproduces `torch.nn.functional.interpolate(mode="bicubic",
+    align_corners=False)`: half-pixel centres, Keys' cubic with a=-0.75 and
+    border replication. TF's `tf.image.resize(method="bicubic")` uses a=-0.5
+    and so gives different position embeddings than the reference.
+    """
+    def cubic(t):
+        t = abs(t)
+        if t <= 1:
+            return ((a + 2) * t - (a + 3)) * t * t + 1
+        if t < 2:
+            return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+        return 0.0
+
+    scale = in_size / out_size
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    for out_index in range(out_size):
+        source = (out_index + 0.5) * scale - 0.5
+        base = int(np.floor(source))
+        frac = source - base
+        for offset in range(-1, 3):
+            weight = cubic(offset - frac)
+            matrix[out_index, min(max(base + offset, 0), in_size - 1)] += weight
+    return matrix
+
+
+def resample_position_embeddings(pos_embed, new_grid, num_prefix_tokens, old_grid=None):
+    """Resizes the grid part of position embeddings bicubically.
+
+    Args:
+        pos_embed: array `[1, num_prefix_tokens + gh * gw, D]`.
+        new_grid: `(new_gh, new_gw)` patch grid of the target image size.
+        num_prefix_tokens: 1 (class token) or 2 (class + distillation).
+        old_grid: `(gh, gw)`; inferred as square when omitted.
+
+    Returns:
+        float32 array `[1, num_prefix_tokens + new_gh * new_gw, D]`. The prefix
+        tokens' embeddings are kept as they are.
+    """
+    pos_embed = np.asarray(pos_embed, dtype=np.float64)
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
+    if old_grid is None:
+        side = int(round(np.sqrt(grid.shape[0])))
+        if side * side != grid.shape[0]:
+            raise ValueError(
+                "Cannot infer a square grid from "
+                f"{grid.shape[0]} position embeddings; pass old_grid."
+            )
+        old_grid = (side, side)
+    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
+    if old_grid[0] * old_grid[1] != grid.shape[0]:
+        raise ValueError(
+            f"old_grid={old_grid} does not match {grid.shape[0]} grid embeddings."
+        )
+    if old_grid == new_grid:
+        return pos_embed.astype(np.float32)
+    grid = grid.reshape(old_grid[0], old_grid[1], -1)
+    rows = _torch_bicubic_matrix(old_grid[0], new_grid[0])
+    cols = _torch_bicubic_matrix(old_grid[1], new_grid[1])
+    grid = np.einsum("ih,hwd,jw->ijd", rows, grid, cols)
+    grid = grid.reshape(1, new_grid[0] * new_grid[1], -1)
+    return np.concatenate([prefix, grid], axis=1).astype(np.float32)

@@ -1,0 +1,211 @@
+"""The pre-norm transformer block: self-attention, GELU MLP, stochastic depth."""
+
+import keras
+from keras import ops
+
+from deit_keras.layers.initializers import trunc_normal
+
+LAYER_NORM_EPSILON = 1e-6
+
+
+def _dense(units, name, dtype_policy):
+    return keras.layers.Dense(
+        units, kernel_initializer=trunc_normal(), bias_initializer="zeros",
+        dtype=dtype_policy, name=name,
+    )
+
+
+def _layer_norm(name, dtype_policy):
+    return keras.layers.LayerNormalization(
+        epsilon=LAYER_NORM_EPSILON, dtype=dtype_policy, name=name
+    )
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drops a whole residual branch per sample.
+
+    In training each sample's branch output is zeroed with probability
+    `rate` and the survivors are scaled by `1 / (1 - rate)`; at inference
+    it is the identity.
+
+    Args:
+        rate: float in [0, 1). Probability of dropping the branch.
+        seed: int or None. Seed of the layer's `SeedGenerator`.
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(
+                f"DropPath rate must be in [0, 1). Received: rate={rate}"
+            )
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask_shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = keras.random.uniform(mask_shape, seed=self.seed_generator) < keep
+        return x * ops.cast(mask, x.dtype) / ops.cast(keep, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention with one fused qkv projection (with bias).
+
+    Args:
+        embed_dim: int. Token size; a multiple of `num_heads`.
+        num_heads: int. Number of attention heads.
+
+    Call arguments:
+        x: `[B, T, embed_dim]`.
+        return_attention_scores: bool. Also return the softmax attention
+            `[B, num_heads, T, T]` (used for attention maps).
+
+    Returns:
+        `[B, T, embed_dim]`, and the attention when asked.
+    """
+
+    def __init__(self, embed_dim, num_heads, **kwargs):
+        if num_heads <= 0 or embed_dim % num_heads:
+            raise ValueError(
+                "embed_dim must be a positive multiple of num_heads. "
+                f"Received: embed_dim={embed_dim}, num_heads={num_heads}"
+            )
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.qkv = _dense(3 * embed_dim, "qkv", self.dtype_policy)
+        self.proj = _dense(embed_dim, "proj", self.dtype_policy)
+
+    def build(self, input_shape):
+        self.qkv.build(input_shape)
+        self.proj.build(input_shape)
+
+    def call(self, x, return_attention_scores=False):
+        shape = ops.shape(x)
+        batch, tokens = shape[0], shape[1]
+        qkv = ops.reshape(
+            self.qkv(x), (batch, tokens, 3, self.num_heads, self.head_dim)
+        )
+        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, N, T, H]
+        query, key, value = qkv[0], qkv[1], qkv[2]
+        scale = ops.cast(self.head_dim ** -0.5, query.dtype)
+        logits = ops.matmul(query * scale, ops.transpose(key, (0, 1, 3, 2)))
+        # Softmax in float32 for stability under mixed precision.
+        attention = ops.cast(
+            ops.softmax(ops.cast(logits, "float32"), axis=-1), value.dtype
+        )
+        out = ops.matmul(attention, value)  # [B, N, T, H]
+        out = ops.reshape(
+            ops.transpose(out, (0, 2, 1, 3)), (batch, tokens, self.embed_dim)
+        )
+        out = self.proj(out)
+        if return_attention_scores:
+            return out, attention
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(embed_dim=self.embed_dim, num_heads=self.num_heads)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class MLP(keras.layers.Layer):
+    """Two Dense layers with an exact (erf) GELU between them.
+
+    Args:
+        embed_dim: int. Input and output size.
+        hidden_dim: int. Hidden size (4 x embed_dim in DeiT).
+    """
+
+    def __init__(self, embed_dim, hidden_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+        self.hidden_dim = hidden_dim
+        self.fc1 = _dense(hidden_dim, "fc1", self.dtype_policy)
+        self.fc2 = _dense(embed_dim, "fc2", self.dtype_policy)
+
+    def build(self, input_shape):
+        self.fc1.build(input_shape)
+        self.fc2.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
+
+    def call(self, x):
+        return self.fc2(keras.activations.gelu(self.fc1(x), approximate=False))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(embed_dim=self.embed_dim, hidden_dim=self.hidden_dim)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class TransformerBlock(keras.layers.Layer):
+    """Pre-norm ViT block: `x + DropPath(Attn(LN(x)))`, `x + DropPath(MLP(LN(x)))`.
+
+    Args:
+        embed_dim: int. Token size.
+        num_heads: int. Attention heads.
+        mlp_ratio: float. MLP hidden size over `embed_dim`. Defaults to 4.
+        drop_path_rate: float. Stochastic depth rate of this block.
+    """
+
+    def __init__(self, embed_dim, num_heads, mlp_ratio=4.0, drop_path_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.drop_path_rate = drop_path_rate
+        policy = self.dtype_policy
+        self.norm1 = _layer_norm("norm1", policy)
+        self.attn = MultiHeadSelfAttention(embed_dim, num_heads, dtype=policy, name="attn")
+        self.norm2 = _layer_norm("norm2", policy)
+        self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio), dtype=policy, name="mlp")
+        self.drop_path = DropPath(drop_path_rate, dtype=policy, name="drop_path")
+
+    def build(self, input_shape):
+        for layer in (self.norm1, self.attn, self.norm2, self.mlp):
+            layer.build(input_shape)
+
+    def call(self, x, training=None, return_attention_scores=False):
+        attended = self.attn(self.norm1(x), return_attention_scores=return_attention_scores)
+        if return_attention_scores:
+            attended, attention = attended
+        x = x + self.drop_path(attended, training=training)
+        x = x + self.drop_path(self.mlp(self.norm2(x)), training=training)
+        if return_attention_scores:
+            return x, attention
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            embed_dim=self.embed_dim,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            drop_path_rate=self.drop_path_rate,
+        )
+        return config

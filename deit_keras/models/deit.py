@@ -1,0 +1,187 @@
+"""The DeiT model: a ViT with a class token and, when distilled, a distillation token.
+
+Touvron et al., "Training data-efficient image transformers & distillation
+through attention", ICML 2021 (arXiv:2012.12877); the architecture is ViT
+(Dosovitskiy et al., arXiv:2010.11929) with a second token and head.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from deit_keras.layers.embedding import PatchEmbedding, TokensAndPositionEmbedding
+from deit_keras.layers.encoder import TransformerBlock, _dense, _layer_norm
+from deit_keras.training.distill_model import DistillationTrainerMixin
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class DeiT(DistillationTrainerMixin, keras.Model):
+    """DeiT image classifier.
+
+    Inputs are NHWC float images normalised with the ImageNet mean and std
+    (the timm / Hugging Face convention, so published weights port as is).
+
+    Args:
+        image_size: int. Side of the square input image. Defaults to 224.
+        patch_size: int. Side of a square patch. Defaults to 16.
+        embed_dim: int. Token size. Defaults to 192 (DeiT-Ti).
+        depth: int. Number of transformer blocks. Defaults to 12.
+        num_heads: int. Attention heads. Defaults to 3.
+        mlp_ratio: float. MLP hidden size over `embed_dim`. Defaults to 4.
+        num_classes: int. Classes of the heads; 0 returns the pooled
+            features instead of logits. Defaults to 1000.
+        distilled: bool. Add the distillation token and head. Defaults to False.
+        drop_path_rate: float. Stochastic depth rate of the last block; it
+            rises linearly from 0 over the blocks. Defaults to 0.
+        in_channels: int. Image channels. Defaults to 3.
+
+    Call arguments:
+        images: `[B, image_size, image_size, in_channels]`.
+        training: bool. With `training=True` a distilled model returns the
+            tuple `(cls_logits, dist_logits)`; otherwise the mean of the two.
+
+    Example:
+    >>> model = deit_keras.create_model("deit_tiny_distilled_patch16_224")
+    >>> logits = model(images)  # [B, 1000], mean of both heads
+    """
+
+    def __init__(
+        self,
+        image_size=224,
+        patch_size=16,
+        embed_dim=192,
+        depth=12,
+        num_heads=3,
+        mlp_ratio=4.0,
+        num_classes=1000,
+        distilled=False,
+        drop_path_rate=0.0,
+        in_channels=3,
+        **kwargs,
+    ):
+        if image_size <= 0 or image_size % patch_size:
+            raise ValueError(
+                "image_size must be a positive multiple of patch_size. "
+                f"Received: image_size={image_size}, patch_size={patch_size}"
+            )
+        if depth <= 0 or num_classes < 0:
+            raise ValueError(
+                "depth must be positive and num_classes non-negative. "
+                f"Received: depth={depth}, num_classes={num_classes}"
+            )
+        super().__init__(**kwargs)
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.num_classes = num_classes
+        self.distilled = distilled
+        self.drop_path_rate = drop_path_rate
+        self.in_channels = in_channels
+        self.grid_size = image_size // patch_size
+        self.num_prefix_tokens = 2 if distilled else 1
+
+        policy = self.dtype_policy
+        # === Layers ===
+        self.patch_embed = PatchEmbedding(patch_size, embed_dim, dtype=policy, name="patch_embed")
+        self.tokens = TokensAndPositionEmbedding(
+            self.grid_size ** 2, embed_dim, distilled=distilled, dtype=policy,
+            name="tokens",
+        )
+        block_rates = np.linspace(0.0, drop_path_rate, depth)
+        self.blocks = [
+            TransformerBlock(
+                embed_dim, num_heads, mlp_ratio, float(rate), dtype=policy,
+                name=f"block_{index}",
+            )
+            for index, rate in enumerate(block_rates)
+        ]
+        self.norm = _layer_norm("norm", policy)
+        self.head = self.head_dist = None
+        if num_classes:
+            self.head = _dense(num_classes, "head", policy)
+            if distilled:
+                self.head_dist = _dense(num_classes, "head_dist", policy)
+        self.build((None, image_size, image_size, in_channels))
+
+    def build(self, input_shape):
+        self.patch_embed.build(input_shape)
+        token_shape = (input_shape[0], self.grid_size ** 2, self.embed_dim)
+        self.tokens.build(token_shape)
+        sequence = (input_shape[0], self.num_prefix_tokens + self.grid_size ** 2, self.embed_dim)
+        for layer in self.blocks + [self.norm]:
+            layer.build(sequence)
+        for head in (self.head, self.head_dist):
+            if head is not None:
+                head.build((input_shape[0], self.embed_dim))
+        self.built = True
+
+    def forward_features(self, images, training=None, return_attention_scores=False):
+        """Normalised tokens `[B, T, D]` (and each block's attention when asked)."""
+        x = self.tokens(self.patch_embed(images))
+        attentions = []
+        for block in self.blocks:
+            if return_attention_scores:
+                x, attention = block(x, training=training, return_attention_scores=True)
+                attentions.append(attention)
+            else:
+                x = block(x, training=training)
+        x = self.norm(x)
+        if return_attention_scores:
+            return x, attentions
+        return x
+
+    def forward_heads(self, features):
+        """`(cls_logits, dist_logits)` in float32; `dist_logits` is None if not distilled."""
+        cls_out = features[:, 0]
+        dist_out = features[:, 1] if self.distilled else None
+        if self.head is None:
+            return cls_out, dist_out
+        cls_logits = ops.cast(self.head(cls_out), "float32")
+        dist_logits = None
+        if self.distilled:
+            dist_logits = ops.cast(self.head_dist(dist_out), "float32")
+        return cls_logits, dist_logits
+
+    def call_heads(self, images, training=None):
+        """Both heads' logits whatever `training` is (used by train/eval steps)."""
+        return self.forward_heads(self.forward_features(images, training=training))
+
+    def call(self, images, training=None):
+        cls_logits, dist_logits = self.call_heads(images, training=training)
+        if dist_logits is None:
+            return cls_logits
+        if training:
+            return cls_logits, dist_logits
+        return (cls_logits + dist_logits) / 2
+
+    def compute_output_shape(self, input_shape):
+        width = self.num_classes or self.embed_dim
+        return (input_shape[0], width)
+
+    # === Config ===
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable}
+        config.update(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            num_classes=self.num_classes,
+            distilled=self.distilled,
+            drop_path_rate=self.drop_path_rate,
+            in_channels=self.in_channels,
+            dtype=keras.saving.serialize_keras_object(self.dtype_policy),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return cls(**config)

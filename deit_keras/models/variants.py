@@ -1,0 +1,83 @@
+"""Named DeiT variants (timm names) and the one builder behind them all."""
+
+import dataclasses
+
+from deit_keras.models.deit import DeiT
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    embed_dim: int
+    num_heads: int
+    distilled: bool
+    image_size: int
+    depth: int = 12
+    patch_size: int = 16
+
+
+_WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
+
+
+def _build_registry():
+    registry = {}
+    for size, (embed_dim, num_heads) in _WIDTHS.items():
+        for distilled in (False, True):
+            for image_size in (224, 384):
+                if image_size == 384 and size != "base":
+                    continue  # the paper fine-tunes only DeiT-B at 384
+                tag = "_distilled" if distilled else ""
+                name = f"deit_{size}{tag}_patch16_{image_size}"
+                registry[name] = Variant(embed_dim, num_heads, distilled, image_size)
+    return registry
+
+
+VARIANTS = _build_registry()
+
+ALIASES = {
+    "deit_t": "deit_tiny_patch16_224",
+    "deit_s": "deit_small_patch16_224",
+    "deit_b": "deit_base_patch16_224",
+    "deit_t_distilled": "deit_tiny_distilled_patch16_224",
+    "deit_s_distilled": "deit_small_distilled_patch16_224",
+    "deit_b_distilled": "deit_base_distilled_patch16_224",
+}
+
+
+def list_models():
+    """Names accepted by `create_model`, sorted."""
+    return sorted(VARIANTS)
+
+
+def get_variant(name):
+    """The `Variant` registered as `name` (or an alias); ValueError listing valid names."""
+    variant = VARIANTS.get(ALIASES.get(name, name))
+    if variant is None:
+        raise ValueError(
+            f"Unknown model {name!r}. Valid names: {', '.join(list_models())} "
+            f"(aliases: {', '.join(sorted(ALIASES))})."
+        )
+    return variant
+
+
+def create_model(name, num_classes=1000, image_size=None, drop_path_rate=0.0, **overrides):
+    """Builds the DeiT variant `name` with fresh (reference-style) weights.
+
+    Args:
+        name: str. A timm name, e.g. "deit_tiny_distilled_patch16_224"; see
+            `list_models()`.
+        num_classes: int. Classes of the head(s). Defaults to 1000.
+        image_size: int or None. Input side; defaults to the variant's.
+        drop_path_rate: float. Stochastic depth rate. Defaults to 0.
+        **overrides: other `DeiT` arguments (patch_size, embed_dim, depth,
+            num_heads, mlp_ratio, in_channels, dtype, name) on top of the variant,
+            e.g. to make a small model for small images.
+
+    Returns:
+        A built `DeiT`.
+    """
+    config = dataclasses.asdict(get_variant(name))
+    if image_size is not None:
+        config["image_size"] = image_size
+    config.update(overrides)
+    config.setdefault("name", ALIASES.get(name, name))
+    return DeiT(num_classes=num_classes, drop_path_rate=drop_path_rate, **config)
