@@ -4,10 +4,10 @@ import keras
 
 
 def trunc_normal(stddev=0.02):
-    """Truncated normal, std 0.02: the reference init for tokens and Dense kernels.
+    """The reference's `trunc_normal_(std=.02)` for tokens, position and Dense kernels.
 
-    timm truncates at +-2 (absolute), i.e. +-100 std at std 0.02, so the
-    reference is in effect a plain normal; Keras truncates at 2 std. The
-    difference does not matter for training from scratch.
+    timm truncates at +-2 in absolute value, i.e. at 100 standard deviations,
+    so its draw is a plain normal with std 0.02. Keras' `TruncatedNormal`
+    truncates at 2 std and so would shrink the std to ~0.0176.
     """
-    return keras.initializers.TruncatedNormal(stddev=stddev)
+    return keras.initializers.RandomNormal(stddev=stddev)

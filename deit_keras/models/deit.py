@@ -157,6 +157,24 @@ class DeiT(DistillationTrainerMixin, keras.Model):
             return cls_logits, dist_logits
         return (cls_logits + dist_logits) / 2
 
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """`keras.Model.export` with the model's own input signature as default.
+
+        A subclassed model built in `__init__` has no recorded call shapes, so
+        the signature `[None, image_size, image_size, in_channels]` float32
+        is supplied here.
+        """
+        if input_signature is None:
+            input_signature = [
+                keras.InputSpec(
+                    shape=(None, self.image_size, self.image_size, self.in_channels),
+                    dtype="float32",
+                )
+            ]
+        return super().export(
+            filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
+        )
+
     def compute_output_shape(self, input_shape):
         width = self.num_classes or self.embed_dim
         return (input_shape[0], width)
