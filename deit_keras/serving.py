@@ -36,7 +36,7 @@ def resize_and_crop(images, image_size, crop_pct=DEFAULT_CROP_PCT):
 
     Returns:
         float32 `[B, image_size, image_size, C]` (or unbatched like the input)
-        with values clipped to [0, 255].
+        with integer values in [0, 255].
     """
     check_crop_pct(crop_pct)
     images = tf.convert_to_tensor(images)
@@ -61,7 +61,8 @@ def resize_and_crop(images, image_size, crop_pct=DEFAULT_CROP_PCT):
         tf.cast(images, tf.float32), tf.stack([new_height, new_width]),
         method="bicubic", antialias=True,
     )
-    resized = tf.clip_by_value(resized, 0.0, 255.0)
+    # PIL (timm, and `data.transforms.eval_transform`) rounds to uint8 here.
+    resized = tf.clip_by_value(tf.round(resized), 0.0, 255.0)
     # torchvision CenterCrop: offset round((size - crop) / 2).
     top = tf.cast(tf.round((new_height - image_size) / 2), tf.int32)
     left = tf.cast(tf.round((new_width - image_size) / 2), tf.int32)

@@ -1,0 +1,115 @@
+"""What the class and distillation tokens look at, and how alike they are.
+
+- `attention_rollout`: Abnar & Zuidema, "Quantifying Attention Flow in
+  Transformers" (arXiv:2005.00928): per layer, average the heads, add the
+  identity for the residual path, renormalise rows, multiply through the
+  layers.
+- `token_cosine_similarity`: the DeiT paper (Touvron et al. 2021, Sec. 4)
+  reports a cosine similarity of 0.06 between the learned class and
+  distillation tokens at the input, rising to 0.93 at the last layer.
+- `attention_maps`: last-layer attention of each prefix token over the
+  patches, per head, and the rollout, as `[grid, grid]` maps.
+"""
+
+import numpy as np
+from keras import ops
+
+
+def attention_rollout(attentions, num_prefix_tokens, residual_weight=0.5):
+    """Attention rollout from the prefix tokens to the patch tokens.
+
+    Args:
+        attentions: list (one per block, first block first) of attention
+            weights `[B, heads, T, T]` (rows sum to 1).
+        num_prefix_tokens: int. 1 (class token) or 2 (class, distillation).
+        residual_weight: float in [0, 1]. Weight of the identity mixed into
+            each layer's head-averaged attention for the residual connection.
+            Defaults to 0.5 (the paper's choice).
+
+    Returns:
+        float32 numpy `[B, num_prefix_tokens, T - num_prefix_tokens]`: for each
+        prefix token, the rolled-out attention over the patch tokens.
+    """
+    if not attentions:
+        raise ValueError("attention_rollout needs at least one layer's attention.")
+    if not 0.0 <= residual_weight <= 1.0:
+        raise ValueError(f"residual_weight must be in [0, 1]. Received: {residual_weight}")
+    rollout = None
+    for attention in attentions:
+        attention = np.asarray(ops.convert_to_numpy(attention), dtype=np.float64)
+        if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2]:
+            raise ValueError(f"Expected attention [B, heads, T, T]. Received: {attention.shape}")
+        tokens = attention.shape[-1]
+        if not 0 < num_prefix_tokens < tokens:
+            raise ValueError(
+                f"num_prefix_tokens must be in [1, {tokens - 1}]. Received: {num_prefix_tokens}"
+            )
+        mixed = (1 - residual_weight) * attention.mean(axis=1) + residual_weight * np.eye(tokens)
+        mixed /= mixed.sum(axis=-1, keepdims=True)
+        rollout = mixed if rollout is None else mixed @ rollout
+    return rollout[:, :num_prefix_tokens, num_prefix_tokens:].astype(np.float32)
+
+
+def _token_names(model):
+    return ["cls", "dist"] if model.distilled else ["cls"]
+
+
+def attention_maps(model, image):
+    """Last-layer (per head) and rollout attention maps of the prefix tokens.
+
+    Args:
+        model: a `DeiT`.
+        image: one normalised model input, `[H, W, 3]` or `[1, H, W, 3]`
+            with `H = W = model.image_size`.
+
+    Returns:
+        dict token name ("cls", and "dist" for distilled models) -> dict with
+        `"heads"`: float32 `[num_heads, grid, grid]` and `"rollout"`: float32
+        `[grid, grid]`, where `grid = model.grid_size`.
+    """
+    image = ops.convert_to_tensor(image, dtype="float32")
+    if len(image.shape) == 3:
+        image = ops.expand_dims(image, 0)
+    if len(image.shape) != 4 or image.shape[0] != 1:
+        raise ValueError(f"attention_maps takes one image. Received shape: {image.shape}")
+    _, attentions = model.forward_features(image, training=False, return_attention_scores=True)
+    prefix = model.num_prefix_tokens
+    grid = model.grid_size
+    last = np.asarray(ops.convert_to_numpy(attentions[-1]), dtype=np.float32)[0]
+    rollout = attention_rollout(attentions, prefix)[0]
+    maps = {}
+    for index, name in enumerate(_token_names(model)):
+        maps[name] = {
+            "heads": last[:, index, prefix:].reshape(-1, grid, grid),
+            "rollout": rollout[index].reshape(grid, grid),
+        }
+    return maps
+
+
+def _cosine(a, b):
+    a = np.asarray(ops.convert_to_numpy(a), dtype=np.float64)
+    b = np.asarray(ops.convert_to_numpy(b), dtype=np.float64)
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return np.sum(a * b, axis=-1) / np.maximum(norms, 1e-12)
+
+
+def token_cosine_similarity(model, images):
+    """Cosine similarity of the class and distillation tokens, layer by layer.
+
+    Args:
+        model: a distilled `DeiT`.
+        images: normalised model inputs `[B, H, W, 3]`.
+
+    Returns:
+        float64 numpy `[depth + 1]`, averaged over the batch: entry 0 is the
+        input tokens (learned tokens plus position embeddings), entry `i` the
+        output of block `i` (before the final norm).
+    """
+    if not model.distilled:
+        raise ValueError("token_cosine_similarity needs a distilled model (with a dist token).")
+    x = model.tokens(model.patch_embed(ops.convert_to_tensor(images, dtype="float32")))
+    similarities = [_cosine(x[:, 0], x[:, 1]).mean()]
+    for block in model.blocks:
+        x = block(x, training=False)
+        similarities.append(_cosine(x[:, 0], x[:, 1]).mean())
+    return np.asarray(similarities)
