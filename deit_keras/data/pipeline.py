@@ -1,0 +1,196 @@
+"""The DeiT `tf.data` input pipeline: the API the training code calls.
+
+Training: read -> [shard] -> shuffle -> [repeated augmentation] -> per-image
+crop/flip/RandAugment/normalise/erase (parallel map) -> batch -> MixUp/CutMix
+with smoothed targets -> prefetch. Eval: read -> [shard] -> resize + centre
+crop + normalise -> batch -> one-hot targets -> prefetch.
+
+Randomness is stateless: each element is zipped with a seed drawn from
+`tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`, so a given
+`seed` gives the same batches on every run (with `deterministic=True`, which
+also fixes the order of the parallel map) and new augmentations each epoch.
+"""
+
+import tensorflow as tf
+
+from deit_keras import augment as augment_lib
+from deit_keras.augment import AugmentConfig
+from deit_keras.data import sources
+from deit_keras.data import transforms
+from deit_keras.data.sources import DatasetInfo
+
+__all__ = ["DatasetInfo", "dataset_info", "make_dataset"]
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def dataset_info(name, data_dir=None):
+    """Returns the `DatasetInfo` of `"digits"`, `"folder:PATH"` or a tfds name.
+
+    Raises `sources.DatasetNotFoundError` (a `ValueError`) when a tfds
+    dataset is not prepared in `data_dir`; nothing is downloaded.
+    """
+    return sources.get_source(name, data_dir).info
+
+
+def _seed_pairs(seed):
+    """Infinite dataset of int64 `[2]` stateless seeds, new each epoch."""
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
+def _derive(seed, salt):
+    return None if seed is None else seed * 1_000_003 + salt
+
+
+def make_dataset(
+    name,
+    split,
+    *,
+    image_size,
+    batch_size,
+    training,
+    augment=AugmentConfig(),
+    data_dir=None,
+    seed=None,
+    repeated_aug=1,
+    input_context=None,
+    deterministic=False,
+    shuffle_buffer=10_000,
+    drop_remainder=None,
+    cache=False,
+):
+    """Builds the batched input pipeline of one split.
+
+    Repeated augmentation (`repeated_aug=k`, the reference `RASampler`):
+    the shuffled stream is expanded so that each image appears k times in a
+    row (`flat_map` + `repeat(k)`), then sharded with `shard(P, i)` over
+    the P input pipelines (each takes a disjoint, strided share, so copies
+    of one image land on different replicas as in the reference) and cut to
+    `num_examples // P` elements: one pass over the dataset is still one
+    epoch of about `len(dataset)` images in total, of which about `1/k` are
+    distinct, each seen k times with independent augmentations. All
+    pipelines shuffle with the same seed (0 when `seed` is None) so the
+    shares are disjoint. Without repeated augmentation the source is
+    sharded first, then shuffled.
+
+    Args:
+        name: str. `"digits"`, `"folder:PATH"` or a tfds dataset name.
+        split: str. `"train"` or `"eval"` (mapped to the dataset's splits).
+        image_size: int. Output image side.
+        batch_size: int. Batch size of this input pipeline.
+        training: bool. Training (shuffle + augment + mix) or eval.
+        augment: `AugmentConfig`. Defaults to the DeiT recipe.
+        data_dir: str. tfds data dir. Defaults to the tfds default.
+        seed: int. Seeds shuffling and all augmentations. Defaults to None.
+        repeated_aug: int. Copies per sampled image (>= 1). Defaults to 1.
+        input_context: `tf.distribute.InputContext` for sharding.
+        deterministic: bool. Keep element order fixed in parallel maps.
+        shuffle_buffer: int. Shuffle buffer size. Defaults to 10,000.
+        drop_remainder: bool. Defaults to `training`.
+        cache: bool. Cache the encoded examples in memory.
+
+    Returns:
+        `tf.data.Dataset` of `(images, targets)`: float32
+        `[B, image_size, image_size, 3]` ImageNet-normalised and float32
+        `[B, num_classes]` probability targets.
+    """
+    if not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"`image_size` must be a positive int. Received: {image_size!r}")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
+    if not isinstance(repeated_aug, int) or repeated_aug < 1:
+        raise ValueError(f"`repeated_aug` must be an int >= 1. Received: {repeated_aug!r}")
+    if not isinstance(augment, AugmentConfig):
+        raise ValueError(f"`augment` must be an AugmentConfig. Received: {augment!r}")
+    source = sources.get_source(name, data_dir)
+    num_classes = source.info.num_classes
+    num_examples = source.num_examples(split)
+    num_pipelines, pipeline_id = 1, 0
+    if input_context is not None:
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+    if drop_remainder is None:
+        drop_remainder = training
+    common_order = training and repeated_aug > 1 and num_pipelines > 1
+    order_seed = 0 if (seed is None and common_order) else seed
+
+    ds = source.read(split, shuffle_files=training, seed=order_seed)
+    if cache:
+        ds = ds.cache()
+    if not training or repeated_aug == 1:
+        if num_pipelines > 1:
+            ds = ds.shard(num_pipelines, pipeline_id)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=True)
+        if repeated_aug > 1:
+            copies = repeated_aug
+            ds = ds.flat_map(
+                lambda x, y: tf.data.Dataset.from_tensors((x, y)).repeat(copies)
+            )
+            if num_pipelines > 1:
+                ds = ds.shard(num_pipelines, pipeline_id)
+            ds = ds.take(num_examples // num_pipelines)
+        ds = _train_maps(ds, image_size, batch_size, num_classes, augment,
+                         _derive(seed, pipeline_id), drop_remainder)
+    else:
+        crop_pct = augment.crop_pct
+
+        def eval_map(encoded, label):
+            image = transforms.eval_transform(
+                transforms.decode_image(encoded), image_size, crop_pct
+            )
+            return image, label
+
+        ds = ds.map(eval_map, num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes, dtype=tf.float32)))
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_remainder):
+    keras_cv_layer = None
+    if config.rand_augment_ops and config.rand_augment_impl == "keras_cv":
+        keras_cv_layer = augment_lib.make_keras_cv_rand_augment(config, seed)
+    batched_ra = config.rand_augment_batched and config.rand_augment_ops > 0
+
+    def per_image(example, image_seed):
+        encoded, label = example
+        image = augment_lib.train_transform_image(
+            encoded, image_seed, image_size, config, keras_cv_layer
+        )
+        if not batched_ra:
+            image = augment_lib.finish_image(image, image_seed, config)
+        return image, label, image_seed
+
+    ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 1))))
+    ds = ds.map(per_image, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if batched_ra:
+
+        def per_batch(images, labels, seeds):
+            ra_seeds = tf.map_fn(
+                lambda s: tf.random.experimental.stateless_fold_in(s, 3), seeds
+            )
+            images = augment_lib.rand_augment_images(
+                images, ra_seeds, config, keras_cv_layer
+            )
+            images = tf.map_fn(
+                lambda a: augment_lib.finish_image(a[0], a[1], config),
+                (images, seeds),
+                fn_output_signature=tf.float32,
+            )
+            return images, labels, seeds
+
+        ds = ds.map(per_batch, num_parallel_calls=AUTOTUNE)
+
+    def mix(batch, batch_seed):
+        images, labels, _ = batch
+        images, targets, _ = augment_lib.mix_batch(
+            images, labels, num_classes, batch_seed, config
+        )
+        return images, targets
+
+    ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 2))))
+    return ds.map(mix, num_parallel_calls=AUTOTUNE)

@@ -1,0 +1,214 @@
+"""Where images come from: `digits`, `folder:PATH` or any tfds dataset.
+
+Every source reads a split as `(encoded_image_bytes, int64 label)` so one
+image pipeline (decode inside the crop window for JPEGs) serves all.
+Nothing is ever downloaded: a tfds dataset must be prepared beforehand.
+"""
+
+import dataclasses
+import os
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from deit_keras.data import digits
+
+FOLDER_PREFIX = "folder:"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+class DatasetNotFoundError(ValueError):
+    """A dataset is not prepared / not found where it was looked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the training code needs to know about a dataset.
+
+    Args:
+        name: str. The name passed to `dataset_info` / `make_dataset`.
+        num_classes: int.
+        class_names: tuple of str, index = label id.
+        num_train_examples: int.
+        num_eval_examples: int.
+        train_split: str. The dataset's own name of the training split.
+        eval_split: str. The dataset's own name of the evaluation split.
+    """
+
+    name: str
+    num_classes: int
+    class_names: tuple
+    num_train_examples: int
+    num_eval_examples: int
+    train_split: str
+    eval_split: str
+
+
+class Source:
+    """A dataset: its `DatasetInfo` and a reader of its splits."""
+
+    def __init__(self, info, reader):
+        self.info = info
+        self._reader = reader
+
+    def split_name(self, split):
+        if split == "train":
+            return self.info.train_split
+        if split == "eval":
+            return self.info.eval_split
+        raise ValueError(f"`split` must be 'train' or 'eval'. Received: split={split!r}")
+
+    def num_examples(self, split):
+        self.split_name(split)
+        if split == "train":
+            return self.info.num_train_examples
+        return self.info.num_eval_examples
+
+    def read(self, split, shuffle_files=False, seed=None):
+        """`tf.data.Dataset` of `(encoded bytes, int64 label)`."""
+        return self._reader(self.split_name(split), shuffle_files, seed)
+
+
+def _tfds_source(name, builder, user_name):
+    info = builder.info
+    image_key, label_key = info.supervised_keys or ("image", "label")
+    splits = info.splits
+    if "train" not in splits:
+        raise ValueError(f"tfds dataset {name!r} has no 'train' split: {list(splits)}")
+    eval_split = next(
+        (s for s in ("validation", "test", "val") if s in splits), None
+    )
+    if eval_split is None:
+        raise ValueError(
+            f"tfds dataset {name!r} has no validation/test split: {list(splits)}"
+        )
+    label_feature = info.features[label_key]
+    class_names = tuple(label_feature.names)
+    dataset_info = DatasetInfo(
+        name=user_name,
+        num_classes=label_feature.num_classes,
+        class_names=class_names,
+        num_train_examples=splits["train"].num_examples,
+        num_eval_examples=splits[eval_split].num_examples,
+        train_split="train",
+        eval_split=eval_split,
+    )
+
+    def reader(split, shuffle_files, seed):
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=shuffle_files,
+            decoders={image_key: tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
+        )
+        return ds.map(lambda x: (x[image_key], tf.cast(x[label_key], tf.int64)))
+
+    return Source(dataset_info, reader)
+
+
+def _tfds(name, data_dir):
+    looked_in = data_dir or tfds.core.constants.DATA_DIR
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise DatasetNotFoundError(
+            f"Unknown dataset {name!r}: not 'digits', not 'folder:PATH' and "
+            f"not a tfds catalogue name ({error.__class__.__name__})."
+        ) from None
+    if not builder.is_prepared():
+        manual = ""
+        if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+            manual = (
+                " It needs a manual download: put the files in "
+                f"{os.path.join(looked_in, 'downloads', 'manual')} (or pass "
+                "--manual_dir) as described at "
+                f"https://www.tensorflow.org/datasets/catalog/{name}."
+            )
+        raise DatasetNotFoundError(
+            f"tfds dataset {name!r} is not prepared in data_dir={looked_in!r} "
+            f"(looked for {builder.data_dir}). deit_keras never downloads "
+            f"data; prepare it first with `tfds build {name} "
+            f"--data_dir={looked_in}`.{manual}"
+        )
+    return _tfds_source(name, builder, name)
+
+
+def _list_folder(root, class_names=None):
+    if class_names is None:
+        class_names = tuple(
+            sorted(
+                d for d in tf.io.gfile.listdir(root)
+                if tf.io.gfile.isdir(os.path.join(root, d.rstrip("/")))
+            )
+        )
+        class_names = tuple(c.rstrip("/") for c in class_names)
+    paths, labels = [], []
+    for label, class_name in enumerate(class_names):
+        class_dir = os.path.join(root, class_name)
+        if not tf.io.gfile.isdir(class_dir):
+            continue
+        for file_name in sorted(tf.io.gfile.listdir(class_dir)):
+            if file_name.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(os.path.join(class_dir, file_name))
+                labels.append(label)
+    return class_names, paths, labels
+
+
+def _folder(name, path):
+    train_dir = os.path.join(path, "train")
+    eval_name = next(
+        (s for s in ("val", "validation", "test")
+         if tf.io.gfile.isdir(os.path.join(path, s))),
+        None,
+    )
+    if not tf.io.gfile.isdir(train_dir) or eval_name is None:
+        raise DatasetNotFoundError(
+            f"Image folder {path!r} must contain 'train/' and 'val/' "
+            "sub-folders, each with one folder of JPEG/PNG images per class."
+        )
+    class_names, train_paths, train_labels = _list_folder(train_dir)
+    if not class_names or not train_paths:
+        raise DatasetNotFoundError(f"No class folders with images in {train_dir!r}.")
+    extra = set(
+        d.rstrip("/") for d in tf.io.gfile.listdir(os.path.join(path, eval_name))
+    ) - set(class_names)
+    if extra:
+        raise ValueError(
+            f"{os.path.join(path, eval_name)!r} has classes not in train/: "
+            f"{sorted(extra)}"
+        )
+    _, eval_paths, eval_labels = _list_folder(
+        os.path.join(path, eval_name), class_names
+    )
+    files = {"train": (train_paths, train_labels), eval_name: (eval_paths, eval_labels)}
+    info = DatasetInfo(
+        name=name,
+        num_classes=len(class_names),
+        class_names=class_names,
+        num_train_examples=len(train_paths),
+        num_eval_examples=len(eval_paths),
+        train_split="train",
+        eval_split=eval_name,
+    )
+
+    def reader(split, shuffle_files, seed):
+        del shuffle_files, seed  # Shuffled later, per element.
+        split_paths, split_labels = files[split]
+        ds = tf.data.Dataset.from_tensor_slices(
+            (tf.constant(split_paths, tf.string), tf.constant(split_labels, tf.int64))
+        )
+        return ds.map(lambda p, y: (tf.io.read_file(p), y))
+
+    return Source(info, reader)
+
+
+def get_source(name, data_dir=None):
+    """Resolves `"digits"`, `"folder:PATH"` or a tfds name to a `Source`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
+    if name == "digits":
+        builder = digits.digits_builder(data_dir)
+        return _tfds_source(digits.TFDS_NAME, builder, "digits")
+    if name.startswith(FOLDER_PREFIX):
+        return _folder(name, os.path.expanduser(name[len(FOLDER_PREFIX):]))
+    return _tfds(name, data_dir)
