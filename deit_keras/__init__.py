@@ -1,5 +1,11 @@
 """deit_keras: DeiT (data-efficient image transformers) in Keras 3."""
 
+import os
+
+# TensorFlow's C++ start-up chatter (CPU feature notes, CUDA probes) is noise
+# for library users; a value the user set is kept.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from deit_keras.layers import (
     MLP,
     DropPath,

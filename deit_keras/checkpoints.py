@@ -7,7 +7,9 @@ Two key styles are in use:
   * Hugging Face: `deit.` (distilled, `DeiTForImageClassificationWithTeacher`)
     or `vit.` (the hub's non-distilled DeiTs, stored as ViT) prefixes,
     separate query/key/value, `cls_classifier` / `distillation_classifier`
-    or `classifier`.
+    or `classifier`. The hub's files use the transformers 4 names
+    (`encoder.layer.N.attention.attention.query`); transformers 5 writes
+    `layers.N.attention.q_proj`. Both are read.
 Both are first rewritten to timm keys, then copied into a `DeiT`.
 """
 
@@ -85,11 +87,20 @@ _HF_RENAMES = [
     (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
     (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
     (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
+    # transformers 5 layout
+    (r"^layers\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^layers\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^layers\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
+    (r"^layers\.(\d+)\.mlp\.(fc1|fc2)\.", r"blocks.\1.mlp.\2."),
     (r"^layernorm\.", "norm."),
     (r"^(cls_classifier|classifier)\.", "head."),
     (r"^distillation_classifier\.", "head_dist."),
 ]
-_HF_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
+_HF_QKV = re.compile(
+    r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.)?"
+    r"(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$"
+)
+_QKV_PART = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 
 
 def detect_key_style(state):
@@ -107,7 +118,7 @@ def hf_to_timm_keys(state):
         match = _HF_QKV.match(short)
         if match:
             block, part, kind = match.groups()
-            qkv_parts.setdefault((block, kind), {})[part] = value
+            qkv_parts.setdefault((block, kind), {})[_QKV_PART.get(part, part)] = value
             continue
         for pattern, replacement in _HF_RENAMES:
             renamed, count = re.subn(pattern, replacement, short)
@@ -117,7 +128,7 @@ def hf_to_timm_keys(state):
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointError(f"Unknown checkpoint keys: {', '.join(sorted(unknown))}")
+        raise CheckpointError(f"Unknown checkpoint keys: {_key_list(unknown)}")
     for (block, kind), parts in qkv_parts.items():
         missing = {"query", "key", "value"} - set(parts)
         if missing:
@@ -128,6 +139,13 @@ def hf_to_timm_keys(state):
             [parts["query"], parts["key"], parts["value"]], axis=0
         )
     return out
+
+
+def _key_list(keys, limit=8):
+    """`a, b, c (+N more)`: keeps an error about hundreds of keys on one readable line."""
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
 
 
 # === Copying into the model ===
@@ -193,10 +211,17 @@ def load_timm_state_dict(model, state, skip_heads=False):
     state = dict(state)
     if skip_heads:
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}
-    if "pos_embed" in state:
+    source_prefix = 2 if "dist_token" in state else 1
+    if source_prefix != model.num_prefix_tokens:
+        kind = "distilled (has dist_token)" if source_prefix == 2 else "not distilled"
+        raise CheckpointError(
+            f"The checkpoint is {kind} but {model.name} is "
+            f"{'' if model.distilled else 'not '}distilled; pick the matching --model."
+        )
+    if "pos_embed" in state and state["pos_embed"].shape[1] != model.tokens.pos_embed.shape[1]:
         state["pos_embed"] = resample_position_embeddings(
-            state["pos_embed"], (model.grid_size, model.grid_size), model.num_prefix_tokens
-        ) if state["pos_embed"].shape[1] != model.tokens.pos_embed.shape[1] else state["pos_embed"]
+            state["pos_embed"], (model.grid_size, model.grid_size), source_prefix
+        )
     targets = timm_weight_map(model)
     if skip_heads:
         targets = {k: v for k, v in targets.items() if not k.startswith(("head.", "head_dist."))}
@@ -211,11 +236,11 @@ def load_timm_state_dict(model, state, skip_heads=False):
         values[key] = value
     problems = []
     if unknown:
-        problems.append(f"unknown keys: {', '.join(unknown)}")
+        problems.append(f"unknown keys: {_key_list(unknown)}")
     if missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
+        problems.append(f"missing keys: {_key_list(missing)}")
     if mismatched:
-        problems.append(f"shape mismatches: {'; '.join(mismatched)}")
+        problems.append(f"shape mismatches: {_key_list(mismatched, limit=4)}")
     if problems:
         raise CheckpointError(
             f"Checkpoint does not fit {model.name}: " + " | ".join(problems)
