@@ -66,7 +66,9 @@ def evaluate_model(model, dataset, max_batches=None):
     if not model.num_classes:
         raise ValueError("Cannot evaluate a model without a head (num_classes=0).")
 
-    @tf.function(reduce_retracing=True)
+    size = model.image_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, model.in_channels], tf.float32)])
     def heads(images):
         cls_logits, dist_logits = model.call_heads(images, training=False)
         if dist_logits is None:
@@ -83,7 +85,12 @@ def evaluate_model(model, dataset, max_batches=None):
         if max_batches is not None and index >= max_batches:
             break
         tick = time.perf_counter()
-        cls_logits, dist_logits = heads(images)
+        if tuple(images.shape[1:3]) != (size, size):
+            raise ValueError(
+                f"The model takes {size}x{size} images; the dataset gives "
+                f"{images.shape[1]}x{images.shape[2]}."
+            )
+        cls_logits, dist_logits = heads(tf.cast(images, tf.float32))
         cls_logits, dist_logits = cls_logits.numpy(), dist_logits.numpy()
         if index > 0:
             forward_seconds += time.perf_counter() - tick
@@ -128,6 +135,8 @@ def format_results(results):
     """One line per metric, for people."""
     lines = []
     for key, value in results.items():
+        if key == "flags":
+            continue
         if isinstance(value, float):
             lines.append(f"{key:>18}: {value:.4f}")
         elif not isinstance(value, (dict, list)):
@@ -136,9 +145,18 @@ def format_results(results):
 
 
 def evaluate_file(model_path, dataset_name, split="eval", data_dir=None, batch_size=64,
-                  max_batches=None):
-    """Loads `model_path` and evaluates it on the named dataset (see `data.pipeline`)."""
-    from deit_keras.data import pipeline  # lazily: the data stack is heavy
+                  max_batches=None, crop_pct=0.875):
+    """Loads `model_path` and evaluates it on the named dataset.
+
+    The images go through `deit_keras.data.pipeline.make_dataset(...,
+    training=False)`: the eval resize/centre-crop/normalise, the same as
+    `predict` and the exported SavedModel.
+
+    Returns:
+        the `evaluate_model` dict plus model path/name, dataset and split.
+    """
+    from deit_keras.augment import AugmentConfig  # lazily: the data stack is heavy
+    from deit_keras.data import pipeline
 
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
@@ -151,7 +169,7 @@ def evaluate_file(model_path, dataset_name, split="eval", data_dir=None, batch_s
         )
     dataset = pipeline.make_dataset(
         dataset_name, split, image_size=model.image_size, batch_size=batch_size,
-        training=False, data_dir=data_dir,
+        training=False, data_dir=data_dir, augment=AugmentConfig(crop_pct=crop_pct),
     )
     results = evaluate_model(model, dataset, max_batches=max_batches)
     summary = {
@@ -160,6 +178,7 @@ def evaluate_file(model_path, dataset_name, split="eval", data_dir=None, batch_s
         "distilled": bool(model.distilled),
         "dataset": dataset_name,
         "split": split,
+        "crop_pct": crop_pct,
     }
     summary.update(results)
     return summary
@@ -176,14 +195,15 @@ def main(argv):
     summary = evaluate_file(
         _MODEL_PATH.value, _DATASET.value, split=_SPLIT.value, data_dir=_DATA_DIR.value,
         batch_size=_BATCH_SIZE.value, max_batches=_MAX_BATCHES.value,
+        crop_pct=_CROP_PCT.value,
     )
-    summary["flags"] = flags.FLAGS.flags_into_string()
-    text = json.dumps(summary, indent=1) + "\n"
     if _OUTPUT.value:
-        io_utils.write_text_atomic(_OUTPUT.value, text)
+        summary["flags"] = flags.FLAGS.flags_into_string()
+        io_utils.write_text_atomic(_OUTPUT.value, json.dumps(summary, indent=1) + "\n")
         print(format_results(summary))
+        print(f"wrote {_OUTPUT.value}")
     else:
-        print(text, end="")
+        print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
@@ -195,6 +215,9 @@ if __name__ == "__main__":
     _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
     _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Evaluation batch size.")
     _MAX_BATCHES = flags.DEFINE_integer("max_batches", None, "Stop after this many batches.")
+    _CROP_PCT = flags.DEFINE_float(
+        "crop_pct", 0.875, "Eval crop fraction: the shorter side is resized to image_size / crop_pct."
+    )
     _OUTPUT = flags.DEFINE_string(
         "output", None, "Write the JSON summary here (atomically) instead of stdout."
     )
