@@ -84,7 +84,8 @@ def make_dataset(
         seed: int. Seeds shuffling and all augmentations. Defaults to None.
         repeated_aug: int. Copies per sampled image (>= 1). Defaults to 1.
         input_context: `tf.distribute.InputContext` for sharding.
-        deterministic: bool. Keep element order fixed in parallel maps.
+        deterministic: bool. Keep element order fixed in parallel maps
+            (always on in eval).
         shuffle_buffer: int. Shuffle buffer size. Defaults to 10,000.
         drop_remainder: bool. Defaults to `training`.
         cache: bool. Cache the encoded examples in memory.
@@ -117,19 +118,13 @@ def make_dataset(
     ds = source.read(split, shuffle_files=training, seed=order_seed)
     if cache:
         ds = ds.cache()
-    if not training or repeated_aug == 1:
-        if num_pipelines > 1:
-            ds = ds.shard(num_pipelines, pipeline_id)
+    if not training and num_pipelines > 1:
+        ds = ds.shard(num_pipelines, pipeline_id)
     if training:
-        ds = ds.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=True)
-        if repeated_aug > 1:
-            copies = repeated_aug
-            ds = ds.flat_map(
-                lambda x, y: tf.data.Dataset.from_tensors((x, y)).repeat(copies)
-            )
-            if num_pipelines > 1:
-                ds = ds.shard(num_pipelines, pipeline_id)
-            ds = ds.take(num_examples // num_pipelines)
+        ds = sample_training_stream(
+            ds, num_examples, repeated_aug, num_pipelines, pipeline_id,
+            order_seed, shuffle_buffer,
+        )
         ds = _train_maps(ds, image_size, batch_size, num_classes, augment,
                          _derive(seed, pipeline_id), drop_remainder)
     else:
@@ -145,8 +140,31 @@ def make_dataset(
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes, dtype=tf.float32)))
     options = tf.data.Options()
-    options.deterministic = bool(deterministic)
+    # Eval keeps the file order always; training only when asked (faster).
+    options.deterministic = bool(deterministic) or not training
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def sample_training_stream(
+    ds, num_examples, repeated_aug=1, num_pipelines=1, pipeline_id=0,
+    seed=None, shuffle_buffer=10_000,
+):
+    """Shuffles (and repeats, shards) one epoch of examples for one pipeline.
+
+    See `make_dataset` for the repeated augmentation semantics.
+    """
+    if repeated_aug == 1:
+        if num_pipelines > 1:
+            ds = ds.shard(num_pipelines, pipeline_id)
+        return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.flat_map(
+        lambda *x: tf.data.Dataset.from_tensors(x).repeat(repeated_aug)
+    )
+    if num_pipelines > 1:
+        ds = ds.shard(num_pipelines, pipeline_id)
+    ds = ds.take(num_examples // num_pipelines)
+    return ds.map(lambda *x: x[0] if len(x) == 1 else x)
 
 
 def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_remainder):
