@@ -149,8 +149,14 @@ def _key_list(keys, limit=8):
 
 
 # === Copying into the model ===
+# PyTorch layouts -> Keras: Linear [out, in] -> Dense [in, out];
+# Conv2d [out, in, kh, kw] -> Conv2D [kh, kw, in, out]. Each entry is (to_keras, to_torch).
+_LINEAR = (np.transpose, np.transpose)
+_CONV = (lambda w: np.transpose(w, (2, 3, 1, 0)), lambda w: np.transpose(w, (3, 2, 0, 1)))
+
+
 def _dense(layer):
-    return [(layer.kernel, np.transpose), (layer.bias, None)]
+    return [(layer.kernel, _LINEAR), (layer.bias, None)]
 
 
 def _norm(layer):
@@ -158,12 +164,12 @@ def _norm(layer):
 
 
 def timm_weight_map(model):
-    """`{timm key: (keras variable, transform)}` for every weight of `model`."""
+    """`{timm key: (keras variable, (to_keras, to_torch) or None)}` for every weight of `model`."""
     conv = model.patch_embed.projection
     pairs = {
         "cls_token": (model.tokens.cls_token, None),
         "pos_embed": (model.tokens.pos_embed, None),
-        "patch_embed.proj.weight": (conv.kernel, lambda w: np.transpose(w, (2, 3, 1, 0))),
+        "patch_embed.proj.weight": (conv.kernel, _CONV),
         "patch_embed.proj.bias": (conv.bias, None),
     }
     if model.distilled:
@@ -230,7 +236,7 @@ def load_timm_state_dict(model, state, skip_heads=False):
     values, mismatched = {}, []
     for key in sorted(set(state) & set(targets)):
         variable, transform = targets[key]
-        value = transform(state[key]) if transform else state[key]
+        value = transform[0](state[key]) if transform else state[key]
         if tuple(value.shape) != tuple(variable.shape):
             mismatched.append(f"{key} {tuple(value.shape)} vs model {tuple(variable.shape)}")
         values[key] = value
@@ -247,6 +253,14 @@ def load_timm_state_dict(model, state, skip_heads=False):
         )
     for key, value in values.items():
         targets[key][0].assign(value)
+
+
+def state_dict_of(model):
+    """The weights of a `DeiT` as a timm-keyed numpy state dict (the inverse of loading)."""
+    return {
+        key: (transform[1](variable.numpy()) if transform else variable.numpy())
+        for key, (variable, transform) in timm_weight_map(model).items()
+    }
 
 
 def to_timm_state_dict(state):

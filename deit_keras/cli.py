@@ -32,6 +32,10 @@ def run(main):
     """
 
     def guarded(argv):
+        from absl import logging
+
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # TF's INFO lines drown the output
         try:
             return main(argv)
         except KeyboardInterrupt:

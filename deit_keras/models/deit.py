@@ -82,6 +82,7 @@ class DeiT(DistillationTrainerMixin, keras.Model):
         self.in_channels = in_channels
         self.grid_size = image_size // patch_size
         self.num_prefix_tokens = 2 if distilled else 1
+        self._create_trackers()
 
         policy = self.dtype_policy
         # === Layers ===
