@@ -229,3 +229,15 @@ def test_make_dataset_argument_errors(digits_dir):
     with pytest.raises(ValueError, match="repeated_aug"):
         make_dataset("digits", "train", image_size=8, batch_size=2,
                      training=True, data_dir=digits_dir, repeated_aug=0)
+
+
+def test_batched_rand_augment_matches_per_image(digits_dir):
+    def batches(batched):
+        config = augment.AugmentConfig(rand_augment_batched=batched)
+        ds = make_dataset("digits", "train", image_size=16, batch_size=8,
+                          training=True, data_dir=digits_dir, seed=2,
+                          deterministic=True, augment=config)
+        return [x.numpy() for x, _ in ds.take(2)]
+
+    for x, y in zip(batches(False), batches(True)):
+        np.testing.assert_array_equal(x, y)

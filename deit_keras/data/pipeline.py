@@ -188,8 +188,9 @@ def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_rema
     if batched_ra:
 
         def per_batch(images, labels, seeds):
+            # The per-image path's RandAugment seed: same output either way.
             ra_seeds = tf.map_fn(
-                lambda s: tf.random.experimental.stateless_fold_in(s, 3), seeds
+                lambda s: tf.cast(augment_lib.split_seeds(s)[2], tf.int64), seeds
             )
             images = augment_lib.rand_augment_images(
                 images, ra_seeds, config, keras_cv_layer
