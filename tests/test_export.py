@@ -153,19 +153,6 @@ def test_saved_model_matches_keras_model(saved, tmp_path):
     assert not os.path.exists(tmp_path / "bad")
 
 
-# Keras skips compile() on load (and so drops the optimizer state) for a model
-# whose compile() is overridden unless it also overrides compile_from_config().
-_COMPILE_NOT_RESTORED = (
-    deit_keras.DeiT.compile is not keras.Model.compile
-    and deit_keras.DeiT.compile_from_config is keras.Model.compile_from_config
-)
-
-
-@pytest.mark.xfail(
-    _COMPILE_NOT_RESTORED, strict=True,
-    reason="DistillationTrainerMixin overrides compile() without get_compile_config()/"
-    "compile_from_config(): Keras does not recompile on load, the optimizer state is lost",
-)
 def test_training_resumes_with_optimizer_state(tmp_path):
     model = tiny_model(distilled=False)
     model.compile(

@@ -70,6 +70,26 @@ class DistillationTrainerMixin:
         kwargs.pop("metrics", None)
         super().compile(optimizer=optimizer, **kwargs)
 
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None:
+            loss = self.distillation_loss
+            config.update(distillation=loss.distillation, alpha=loss.alpha, tau=loss.tau)
+        return config
+
+    def compile_from_config(self, config):
+        """Restores the optimizer (with its state) of a saved model.
+
+        The teacher is not part of the student's file, so a loaded model is
+        compiled without distillation; `compile` again with `teacher=` and
+        `optimizer=model.optimizer` to keep distilling with the same state.
+        """
+        config = keras.saving.deserialize_keras_object(config)
+        config["distillation"] = "none"
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     @property
     def teacher(self):
         return None if getattr(self, "_teacher", None) is None else self._teacher.teacher
