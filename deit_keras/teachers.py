@@ -159,7 +159,7 @@ def build_teacher(spec, num_classes, image_size, weights=None, input_convention=
     return adapter
 
 
-def build_small_cnn(num_classes, image_size, width=32, name="cnn_teacher"):
+def build_small_cnn(num_classes, image_size, width=16, name="cnn_teacher"):
     """A small ConvNet teacher for small datasets (the digits default).
 
     Three stages of two 3x3 conv + BatchNorm + ReLU, global pooling, a

@@ -77,6 +77,7 @@ _TEACHER_INPUT = flags.DEFINE_enum("teacher_input", None, ["normalized", "pixels
 _TEACHER_EPOCHS = flags.DEFINE_integer(
     "teacher_epochs", 0, "If > 0 and --teacher is a missing .keras file, first train a small CNN "
     "teacher this many epochs and save it there.")
+_TEACHER_LR = flags.DEFINE_float("teacher_lr", 4e-3, "Peak LR of that CNN teacher (batch 64, AdamW).")
 
 # === Run ===
 _STRATEGY = flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.")
@@ -117,7 +118,7 @@ def config_from_flags():
         model_ema_decay=_MODEL_EMA_DECAY.value, distillation=_DISTILLATION.value,
         alpha=_ALPHA.value, tau=_TAU.value, teacher=_TEACHER.value,
         teacher_weights=_TEACHER_WEIGHTS.value, teacher_input=_TEACHER_INPUT.value,
-        teacher_epochs=_TEACHER_EPOCHS.value, strategy=_STRATEGY.value, tpu=_TPU.value,
+        teacher_epochs=_TEACHER_EPOCHS.value, teacher_lr=_TEACHER_LR.value, strategy=_STRATEGY.value, tpu=_TPU.value,
         precision=_PRECISION.value, jit_compile=_JIT_COMPILE.value, model_dir=_MODEL_DIR.value,
         output=_OUTPUT.value, export_savedmodel=_EXPORT.value, resume=_RESUME.value,
         seed=_SEED.value, deterministic=_DETERMINISTIC.value,

@@ -55,6 +55,7 @@ class TrainConfig:
     teacher_weights: str | None = "imagenet"
     teacher_input: str | None = None
     teacher_epochs: int = 0  # > 0: train a small CNN teacher when `teacher` is a missing .keras
+    teacher_lr: float = 4e-3
     strategy: str = "auto"
     tpu: str | None = None
     precision: str = "float32"
@@ -125,12 +126,12 @@ def train_small_teacher(config, info, image_size, path):
     cnn = teachers.build_small_cnn(info.num_classes, image_size)
     steps = max(info.num_train_examples // 64, 1)
     cnn.compile(
-        optimizer=create_optimizer(1e-3, 512, steps, config.teacher_epochs, warmup_epochs=1,
-                                   weight_decay=0.05),
+        optimizer=create_optimizer(config.teacher_lr, 512, steps, config.teacher_epochs,
+                                   warmup_epochs=1, weight_decay=0.05),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"], jit_compile=config.jit_compile,
     )
-    cnn.fit(train, epochs=config.teacher_epochs, verbose=0)
+    cnn.fit(train, epochs=config.teacher_epochs, verbose=0, shuffle=False)
     with atomic_output(path) as temporary:
         cnn.save(temporary)
     return cnn
