@@ -1,4 +1,9 @@
-"""Shared test helpers: tiny models and round-trip checks."""
+"""Shared test helpers: tiny models, round-trip checks, CLI runs."""
+
+import os
+import re
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -27,3 +32,31 @@ def assert_layer_round_trip(layer, inputs):
     clone.set_weights(layer.get_weights())
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(inputs)), expected)
     assert clone.get_config() == layer.get_config()
+
+
+# TensorFlow 2.21 prints these C++ start-up lines whatever TF_CPP_MIN_LOG_LEVEL says.
+TF_NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|To enable the following)")
+
+
+def run_cli(module, *args, timeout=300):
+    """Runs `python -m deit_keras.<module> args...`; returns the CompletedProcess."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", f"deit_keras.{module}", *args],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )
+
+
+def user_stderr(process):
+    """stderr without TensorFlow's start-up lines."""
+    return [line for line in process.stderr.splitlines() if line and not TF_NOISE.match(line)]
+
+
+def assert_one_line_error(process, *fragments):
+    """Exit 2, exactly one `error: ...` line naming each fragment, no traceback."""
+    assert process.returncode == 2, process.stderr
+    lines = user_stderr(process)
+    assert len(lines) == 1 and lines[0].startswith("error: "), process.stderr
+    assert "Traceback" not in process.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

@@ -1,44 +1,22 @@
 """Evaluation metrics, image loading and top-k prediction (evaluate.py, predict.py)."""
 
 import json
-import os
-import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-import deit_keras
-from deit_keras import evaluate, export, predict, serving
+from tests.helpers import assert_one_line_error, run_cli, tiny_model
+from deit_keras import evaluate, export, predict
 
 CLASS_NAMES = [f"digit {i}" for i in range(10)]
-_TF_NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|To enable the following)")
 
 
-def tiny_model(distilled=True):
-    name = "deit_tiny_distilled_patch16_224" if distilled else "deit_tiny_patch16_224"
-    return deit_keras.create_model(
-        name, num_classes=10, image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2
-    )
 
 
-def run_cli(module, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", f"deit_keras.{module}", *args],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
 
 
-def assert_one_line_error(process, *fragments):
-    assert process.returncode == 2, process.stderr
-    lines = [l for l in process.stderr.splitlines() if l and not _TF_NOISE.match(l)]
-    assert len(lines) == 1 and lines[0].startswith("error: "), process.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 import zipfile
@@ -13,38 +12,18 @@ import pytest
 import tensorflow as tf
 
 import deit_keras
+from tests.helpers import assert_one_line_error, run_cli, tiny_model
 from deit_keras import export, serving
 
 CLASS_NAMES = [f"class {i}" for i in range(10)]
-_TF_NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|To enable the following)")
 
 
-def tiny_model(distilled=True):
-    name = "deit_tiny_distilled_patch16_224" if distilled else "deit_tiny_patch16_224"
-    return deit_keras.create_model(
-        name, num_classes=10, image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2
-    )
 
 
-def run_cli(module, *args):
-    """Runs `python -m deit_keras.<module>`; returns the CompletedProcess."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", f"deit_keras.{module}", *args],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
 
 
-def user_stderr(process):
-    """stderr without TensorFlow's C++ start-up log lines (not ours to silence)."""
-    return [line for line in process.stderr.splitlines() if line and not _TF_NOISE.match(line)]
 
 
-def assert_one_line_error(process):
-    assert process.returncode == 2, process.stderr
-    lines = user_stderr(process)
-    assert len(lines) == 1 and lines[0].startswith("error: "), process.stderr
-    assert "Traceback" not in process.stderr
 
 
 @pytest.fixture(scope="module")

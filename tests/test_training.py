@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from deit_keras.losses import DistillationLoss
 from deit_keras.training.optim import WarmupCosine, create_optimizer, scaled_learning_rate
-from tests.helpers import random_images, tiny_model
+from tests.helpers import tiny_model
 
 RNG = np.random.default_rng(0)
 Y = RNG.dirichlet(np.ones(5), size=4).astype("float32")  # soft targets (smoothing/mixup)

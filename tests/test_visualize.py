@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import deit_keras
+from tests.helpers import assert_one_line_error, run_cli, tiny_model
 from deit_keras import export, insight, serving, visualize
 
-_TF_NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|To enable the following)")
 
 
-def tiny_model(distilled=True):
-    name = "deit_tiny_distilled_patch16_224" if distilled else "deit_tiny_patch16_224"
-    return deit_keras.create_model(
-        name, num_classes=10, image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2
-    )
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +130,6 @@ def test_visualize_cli(model, tmp_path):
     # A text file as the image: one-line error, exit 2, nothing written.
     text = tmp_path / "notes.jpg"
     text.write_text("hello\n")
-    process = subprocess.run(
-        [sys.executable, "-m", "deit_keras.visualize", f"--model_path={path}",
-         str(text), f"--output={tmp_path / 'bad.png'}"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
-    lines = [l for l in process.stderr.splitlines() if l and not _TF_NOISE.match(l)]
-    assert process.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    process = run_cli("visualize", f"--model_path={path}", str(text), f"--output={tmp_path / 'bad.png'}")
+    assert_one_line_error(process)
     assert not os.path.exists(tmp_path / "bad.png")
