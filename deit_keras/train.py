@@ -50,6 +50,7 @@ _MIXUP_SWITCH = flags.DEFINE_float("mixup_switch_prob", 0.5, "Probability of Cut
 _SMOOTHING = flags.DEFINE_float("smoothing", 0.1, "Label smoothing.")
 _HFLIP = flags.DEFINE_float("hflip", 0.5, "Horizontal flip probability.")
 _CROP_SCALE_MIN = flags.DEFINE_float("crop_scale_min", 0.08, "Random resized crop: smallest area.")
+_CROP_RATIO = flags.DEFINE_list("crop_ratio", ["0.75", "1.3333"], "Random resized crop: aspect range.")
 _CROP_PCT = flags.DEFINE_float("crop_pct", 0.875, "Eval centre-crop fraction.")
 
 # === Optimiser ===
@@ -104,7 +105,8 @@ def config_from_flags():
         rand_augment_std=_RA_STD.value, reprob=_REPROB.value, mixup_alpha=_MIXUP.value,
         cutmix_alpha=_CUTMIX.value, mixup_prob=_MIXUP_PROB.value,
         mixup_switch_prob=_MIXUP_SWITCH.value, label_smoothing=_SMOOTHING.value, hflip=_HFLIP.value,
-        crop_scale=(_CROP_SCALE_MIN.value, 1.0), crop_pct=_CROP_PCT.value,
+        crop_scale=(_CROP_SCALE_MIN.value, 1.0),
+        crop_ratio=tuple(float(value) for value in _CROP_RATIO.value), crop_pct=_CROP_PCT.value,
     )
     return TrainConfig(
         model=_MODEL.value, image_size=_IMAGE_SIZE.value, drop_path=_DROP_PATH.value,
