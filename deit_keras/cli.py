@@ -19,7 +19,7 @@ class UsageError(ValueError):
 def _user_errors():
     from deit_keras.checkpoints import CheckpointError
 
-    return (UsageError, CheckpointError, ValueError, FileNotFoundError, OSError)
+    return (UsageError, CheckpointError, ValueError, OSError, FloatingPointError)
 
 
 def run(main):

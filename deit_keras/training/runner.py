@@ -20,6 +20,7 @@ from deit_keras.evaluate import evaluate_model
 from deit_keras.io_utils import atomic_output, write_text_atomic
 from deit_keras.models.variants import create_model
 from deit_keras.training import callbacks as callbacks_lib
+from deit_keras.training import custom_loop
 from deit_keras.training.optim import create_optimizer
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -164,7 +165,7 @@ def _callbacks(config, sample_images):
     nan_stop = callbacks_lib.StopOnNaN()
     return nan_stop, [
         nan_stop,
-        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+        callbacks_lib.AtomicBackupAndRestore(backup_dir),
         callbacks_lib.EpochCheckpoint(os.path.join(config.model_dir, "checkpoints")),
         keras.callbacks.TensorBoard(os.path.join(config.model_dir, "tensorboard")),
         callbacks_lib.InputImages(os.path.join(config.model_dir, "tensorboard"), sample_images),
@@ -178,6 +179,18 @@ def _teacher_top1(teacher, dataset):
         correct += int(tf.reduce_sum(tf.cast(predictions == tf.argmax(labels, -1), tf.int32)))
         total += int(images.shape[0])
     return 100.0 * correct / max(total, 1)
+
+
+def _fit(config, student, train, evaluation):
+    sample_images = next(iter(train.take(1)))[0]
+    nan_stop, callbacks = _callbacks(config, sample_images)
+    if config.steps_per_epoch:
+        train = train.repeat()
+    history = student.fit(
+        train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+        validation_data=evaluation, callbacks=callbacks, verbose=config.verbose,
+    )
+    return history, nan_stop
 
 
 def run_training(config):
@@ -216,14 +229,13 @@ def run_training(config):
             optimizer=optimizer, teacher=teacher, distillation=config.distillation,
             alpha=config.alpha, tau=config.tau, jit_compile=config.jit_compile,
         )
-    sample_images = next(iter(train.take(1)))[0]
-    nan_stop, callbacks = _callbacks(config, sample_images)
-    if config.steps_per_epoch:
-        train = train.repeat()
-    history = student.fit(
-        train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-        validation_data=evaluation, callbacks=callbacks, verbose=config.verbose,
-    )
+    if config.strategy == "multi_worker":  # Model.fit fails under it (keras-team/keras#20585)
+        if not config.resume:
+            shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
+        history = custom_loop.fit_multi_worker(config, student, strategy, steps, data_kwargs)
+        nan_stop = callbacks_lib.StopOnNaN()  # the loop raises on NaN itself
+    else:
+        history, nan_stop = _fit(config, student, train, evaluation)
     if nan_stop.bad_step is not None:
         raise FloatingPointError(
             f"Loss became NaN/Inf at step {nan_stop.bad_step}; the last good checkpoint is in "
@@ -233,6 +245,9 @@ def run_training(config):
     if teacher is not None:
         results["teacher_top1"] = _teacher_top1(teacher, evaluation)
     output = config.output or os.path.join("saved_models", f"{student.name}.keras")
+    if not custom_loop.is_chief(strategy):  # only the chief writes
+        return dict(results, model=student.name, epochs=len(history.epoch), chief=False,
+                    wall_s=round(time.time() - started, 1), saved_model=os.path.abspath(output))
     export.save_model(student, output, class_names=list(info.class_names))
     if config.export_savedmodel:
         export.export_saved_model(
