@@ -123,13 +123,18 @@ def fit_distributed(model, strategy, dataset, *, epochs, steps_per_epoch, model_
     if chief:
         writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "train"))
 
+    def replica_step(batch):
+        logs = model.train_step(batch)
+        # Metric variables are per replica: average the replicas' running
+        # means (equal per-replica batches: the global mean), on every worker.
+        context = tf.distribute.get_replica_context()
+        return {name: value if name == "lr" else context.all_reduce(
+            tf.distribute.ReduceOp.MEAN, value) for name, value in logs.items()}
+
     @tf.function
     def train_steps(iterator):
-        logs = strategy.run(model.train_step, args=(next(iterator),))
-        # Metric variables are SUM-synchronised mirrored variables: every
-        # replica returns the same global value; take the local one.
-        return {name: strategy.experimental_local_results(value)[0]
-                for name, value in logs.items()}
+        logs = strategy.run(replica_step, args=(next(iterator),))
+        return {name: strategy.experimental_local_results(value)[0] for name, value in logs.items()}
 
     iterator = iter(dataset)
     history = types.SimpleNamespace(epoch=[], history={})
