@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -124,9 +125,9 @@ def test_two_workers_match_each_other_and_one_process(tmp_path):
         np.testing.assert_array_equal(chief[key], other[key])
     # Only the chief wrote: one final model, one backup, checkpoints, results.
     assert os.path.exists(os.path.join(model_dir, "final.keras"))
-    assert json.load(open(os.path.join(model_dir, "backup", "latest.json")))["epoch"] == 2
-    assert json.load(open(os.path.join(model_dir, "checkpoints", "last.json")))["step"] == 4
-    assert json.load(open(os.path.join(model_dir, "results.json")))["epochs"] == 2
+    assert json.loads(Path(os.path.join(model_dir, "backup", "latest.json")).read_text())["epoch"] == 2
+    assert json.loads(Path(os.path.join(model_dir, "checkpoints", "last.json")).read_text())["step"] == 4
+    assert json.loads(Path(os.path.join(model_dir, "results.json")).read_text())["epochs"] == 2
 
     losses, weights = fixed_batch_training(tf.distribute.get_strategy())
     for worker in (chief, other):
