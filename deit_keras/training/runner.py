@@ -197,12 +197,8 @@ def run_training(config):
     """Runs one training job; returns the results dict also written to `results.json`."""
     config.validate()
     started = time.time()
-    # First: MultiWorkerMirroredStrategy must configure collectives before any TF op runs
-    # (make_strategy lists devices first, which is too late for it).
-    if config.strategy == "multi_worker":
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    else:
-        strategy = make_strategy(config.strategy, config.tpu)
+    # First: MultiWorkerMirroredStrategy must configure collectives before any TF op runs.
+    strategy = make_strategy(config.strategy, config.tpu)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
