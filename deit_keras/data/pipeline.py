@@ -33,9 +33,9 @@ def dataset_info(name, data_dir=None):
     return sources.get_source(name, data_dir).info
 
 
-def _seed_pairs(seed):
-    """Infinite dataset of int64 `[2]` stateless seeds, new each epoch."""
-    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+def _seed_pairs(seed, rerandomize=True):
+    """Infinite dataset of int64 `[2]` stateless seeds, new each epoch when `rerandomize`."""
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize).batch(2)
 
 
 def _derive(seed, salt):
@@ -58,6 +58,7 @@ def make_dataset(
     shuffle_buffer=10_000,
     drop_remainder=None,
     cache=False,
+    epoch=None,
 ):
     """Builds the batched input pipeline of one split.
 
@@ -89,6 +90,10 @@ def make_dataset(
         shuffle_buffer: int. Shuffle buffer size. Defaults to 10,000.
         drop_remainder: bool. Defaults to `training`.
         cache: bool. Cache the encoded examples in memory.
+        epoch: int or None. Build one epoch whose order and augmentations
+            are a function of `(seed, epoch)` alone, not of how many times
+            this process has iterated the dataset; a run restarted at epoch
+            k then sees the same batches as an uninterrupted one.
 
     Returns:
         `tf.data.Dataset` of `(images, targets)`: float32
@@ -114,6 +119,9 @@ def make_dataset(
         drop_remainder = training
     common_order = training and repeated_aug > 1 and num_pipelines > 1
     order_seed = 0 if (seed is None and common_order) else seed
+    if epoch is not None:
+        seed = _derive(seed or 0, 7919 + epoch)
+        order_seed = _derive(order_seed or 0, 7919 + epoch)
 
     ds = source.read(split, shuffle_files=training, seed=order_seed)
     if cache:
@@ -121,12 +129,14 @@ def make_dataset(
     if not training and num_pipelines > 1:
         ds = ds.shard(num_pipelines, pipeline_id)
     if training:
+        # With `epoch`, every iteration of the dataset repeats the same epoch.
+        fresh_each_iteration = epoch is None
         ds = sample_training_stream(
             ds, num_examples, repeated_aug, num_pipelines, pipeline_id,
-            order_seed, shuffle_buffer,
+            order_seed, shuffle_buffer, reshuffle=fresh_each_iteration,
         )
         ds = _train_maps(ds, image_size, batch_size, num_classes, augment,
-                         _derive(seed, pipeline_id), drop_remainder)
+                         _derive(seed, pipeline_id), drop_remainder, fresh_each_iteration)
     else:
         crop_pct = augment.crop_pct
 
@@ -147,7 +157,7 @@ def make_dataset(
 
 def sample_training_stream(
     ds, num_examples, repeated_aug=1, num_pipelines=1, pipeline_id=0,
-    seed=None, shuffle_buffer=10_000,
+    seed=None, shuffle_buffer=10_000, reshuffle=True,
 ):
     """Shuffles (and repeats, shards) one epoch of examples for one pipeline.
 
@@ -156,8 +166,8 @@ def sample_training_stream(
     if repeated_aug == 1:
         if num_pipelines > 1:
             ds = ds.shard(num_pipelines, pipeline_id)
-        return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=reshuffle)
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=reshuffle)
     ds = ds.flat_map(
         lambda *x: tf.data.Dataset.from_tensors(x).repeat(repeated_aug)
     )
@@ -167,7 +177,8 @@ def sample_training_stream(
     return ds.map(lambda *x: x[0] if len(x) == 1 else x)
 
 
-def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_remainder):
+def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_remainder,
+                rerandomize=True):
     keras_cv_layer = None
     if config.rand_augment_ops and config.rand_augment_impl == "keras_cv":
         keras_cv_layer = augment_lib.make_keras_cv_rand_augment(config, seed)
@@ -182,7 +193,7 @@ def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_rema
             image = augment_lib.finish_image(image, image_seed, config)
         return image, label, image_seed
 
-    ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 1))))
+    ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 1), rerandomize)))
     ds = ds.map(per_image, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if batched_ra:
@@ -211,5 +222,5 @@ def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_rema
         )
         return images, targets
 
-    ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 2))))
+    ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 2), rerandomize)))
     return ds.map(mix, num_parallel_calls=AUTOTUNE)

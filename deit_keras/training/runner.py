@@ -181,13 +181,31 @@ def _teacher_top1(teacher, dataset):
     return 100.0 * correct / max(total, 1)
 
 
-def _fit(config, student, train, evaluation):
+def _deterministic_epochs(config, data_kwargs, start_epoch):
+    """Epochs `start_epoch..epochs-1`, each seeded by its index, back to back.
+
+    A resumed run starts at the epoch it restored and sees the batches an
+    uninterrupted run would have seen there (see `make_dataset(epoch=)`).
+    """
+    def epoch_data(epoch):
+        return make_dataset(
+            config.dataset, "train", batch_size=config.batch_size, training=True,
+            augment=config.augment, repeated_aug=config.repeated_aug, epoch=epoch, **data_kwargs,
+        )
+
+    train = epoch_data(start_epoch)
+    for epoch in range(start_epoch + 1, config.epochs):
+        train = train.concatenate(epoch_data(epoch))
+    return train
+
+
+def _fit(config, student, train, evaluation, steps_per_epoch):
     sample_images = next(iter(train.take(1)))[0]
     nan_stop, callbacks = _callbacks(config, sample_images)
     if config.steps_per_epoch:
         train = train.repeat()
     history = student.fit(
-        train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+        train, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
         validation_data=evaluation, callbacks=callbacks, verbose=config.verbose,
     )
     return history, nan_stop
@@ -199,12 +217,12 @@ def run_training(config):
     started = time.time()
     # First: MultiWorkerMirroredStrategy must configure collectives before any TF op runs.
     strategy = make_strategy(config.strategy, config.tpu)
-    keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(config.precision)
-    info = dataset_info(config.dataset, config.data_dir)
+    info = dataset_info(config.dataset, config.data_dir)  # may build it: draws random numbers
     os.makedirs(config.model_dir, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
 
     with strategy.scope():
         student = _make_student(config, info.num_classes)
@@ -236,7 +254,12 @@ def run_training(config):
         history = custom_loop.fit_multi_worker(config, student, strategy, steps, data_kwargs)
         nan_stop = callbacks_lib.StopOnNaN()  # the loop raises on NaN itself
     else:
-        history, nan_stop = _fit(config, student, train, evaluation)
+        fit_steps = config.steps_per_epoch
+        if config.deterministic and not config.steps_per_epoch:
+            backup = callbacks_lib.AtomicBackupAndRestore(os.path.join(config.model_dir, "backup"))
+            start = backup.restored_epoch() if config.resume else 0
+            train, fit_steps = _deterministic_epochs(config, data_kwargs, start), steps
+        history, nan_stop = _fit(config, student, train, evaluation, fit_steps)
     if nan_stop.bad_step is not None:
         raise FloatingPointError(
             f"Loss became NaN/Inf at step {nan_stop.bad_step}; the last good checkpoint is in "
