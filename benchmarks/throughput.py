@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 
@@ -69,7 +70,10 @@ def teacher_flops(image_size, width=TEACHER_WIDTH, num_classes=1000):
 def machine():
     """CPU model, flags and the fp32 peak with how it was derived."""
     info = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
-    text = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    text = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
     fields = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -115,17 +119,24 @@ def _torch_teacher(torch, num_classes, width=TEACHER_WIDTH):
     return nn.Sequential(*layers).eval()
 
 
+def name_variant(name):
+    """Variant fields from a timm name, without importing deit_keras (and so TensorFlow)."""
+    parts = name.split("_")  # deit_{tiny,small,base}[_distilled]_patch16_224
+    embed_dim, num_heads = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}[parts[1]]
+    return types.SimpleNamespace(
+        embed_dim=embed_dim, num_heads=num_heads, distilled="distilled" in parts, depth=12,
+        patch_size=int(parts[-2].removeprefix("patch")), image_size=int(parts[-1]))
+
+
 def hf_model(name, attn="eager"):
     """The Hugging Face model of the variant, randomly initialised (never downloaded)."""
     import transformers
 
-    from deit_keras import get_variant
-
-    v = get_variant(name)
-    kwargs = dict(hidden_size=v.embed_dim, num_hidden_layers=v.depth, num_attention_heads=v.num_heads,
-                  intermediate_size=MLP_RATIO * v.embed_dim, image_size=v.image_size,
-                  patch_size=v.patch_size, num_labels=1000, layer_norm_eps=1e-6,
-                  attn_implementation=attn)
+    v = name_variant(name)
+    kwargs = {"hidden_size": v.embed_dim, "num_hidden_layers": v.depth,
+              "num_attention_heads": v.num_heads, "intermediate_size": MLP_RATIO * v.embed_dim,
+              "image_size": v.image_size, "patch_size": v.patch_size, "num_labels": 1000,
+              "layer_norm_eps": 1e-6, "attn_implementation": attn}
     if v.distilled:
         return transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**kwargs))
     return transformers.ViTForImageClassification(transformers.ViTConfig(**kwargs))
@@ -237,7 +248,16 @@ def worker(args):
         else:
             break
     _reply(max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           import_rss_mb=import_rss)
+           import_rss_mb=import_rss, vm_hwm_mb=_vm_hwm_mb())
+
+
+def _vm_hwm_mb():
+    """This process's own peak RSS (`VmHWM`), a cross-check of `ru_maxrss`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 # === Driver ===
@@ -294,25 +314,32 @@ def keras_hub_python(args):
     for python in filter(None, [args.keras_hub_python, sys.executable]):
         probe = ("import keras, keras_hub, tensorflow as tf; "
                  "print(keras.__version__, tf.__version__, keras_hub.__version__)")
-        result = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+        result = subprocess.run([python, "-c", probe], capture_output=True, text=True,
+                                check=False)
         if result.returncode == 0:
             return python, result.stdout.split()
     return None, None
 
 
 def save_weights(name, path):
+    """Writes the reference's random weights; replies with the variant's fields."""
+    import dataclasses
+
     import torch
     from safetensors.torch import save_file
 
-    torch.manual_seed(0)
-    save_file({k: v.contiguous() for k, v in hf_model(name).state_dict().items()}, path)
-
-
-def run_model(args, name, info, hub_python):
-    """Rows of one model; the reference is the faster HF attention implementation."""
     from deit_keras import get_variant
 
-    variant = get_variant(name)
+    variant = dataclasses.asdict(get_variant(name))
+    if variant != {**variant, **vars(name_variant(name))}:
+        raise ValueError(f"name_variant({name!r}) disagrees with get_variant: {variant}")
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in hf_model(name).state_dict().items()}, path)
+    _reply(**variant)
+
+
+def run_model(args, name, info, hub_python, variant):
+    """Rows of one model; the reference is the faster HF attention implementation."""
     fwd, teach = deit_flops(variant), teacher_flops(variant.image_size)
     attns = args.torch_attn.split(",")
     rows = []
@@ -357,7 +384,8 @@ def summary(seconds, batch, flops, info, worker):
     return {"median_ms": 1e3 * median, "images_per_s": batch / median,
             "fraction_of_peak": batch * flops / median / info["peak_fp32_flops"],
             "seconds": [float(x) for x in seconds], "max_rss_mb": worker["max_rss_mb"],
-            "rss_after_imports_mb": worker["import_rss_mb"]}
+            "rss_before_framework_import_mb": worker["import_rss_mb"],
+            "vm_hwm_mb": worker["vm_hwm_mb"]}
 
 
 def pipeline_images_per_s():
@@ -418,6 +446,7 @@ def parse(argv=None):
     parser.add_argument("--output", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--weights", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--save_weights", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -425,6 +454,8 @@ def main():
     args = parse()
     if args.worker:
         return worker(args)
+    if args.save_weights:
+        return save_weights(args.save_weights, args.weights)
     if args.device == "gpu":
         sys.exit("--device=gpu: this benchmark's reference and figures are CPU-only here "
                  "(no GPU on this machine); run on a GPU host to extend it.")
@@ -441,8 +472,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             args.weights = os.path.join(tmp, f"{name}.safetensors")
-            save_weights(name, args.weights)
-            rows += run_model(args, name, info, hub_python)
+            # In a child: the driver stays small, since a worker's ru_maxrss
+            # starts from its parent's (exec after vfork folds it in).
+            env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+            saved = subprocess.run([sys.executable, os.path.abspath(__file__), "--save_weights",
+                                    name, "--weights", args.weights], check=True, cwd=ROOT,
+                                   env=env, capture_output=True, text=True).stdout
+            fields = json.loads(saved.split(MARK)[-1])
+            rows += run_model(args, name, info, hub_python, types.SimpleNamespace(**fields))
     info["load_average_after"] = os.getloadavg()
     pipeline = pipeline_images_per_s()
     print_table(rows, info, pipeline)
