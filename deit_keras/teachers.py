@@ -127,8 +127,11 @@ def build_teacher(spec, num_classes, image_size, weights=None, input_convention=
             teacher = keras.models.load_model(spec)
         except Exception as error:
             raise ValueError(f"Teacher {spec} is not a loadable Keras model: {error}") from error
+        teacher_size = (getattr(teacher, "input_shape", None) or (None, None))[1]
         adapter = TeacherAdapter(
-            teacher, input_convention or "normalized", outputs=outputs, name="teacher"
+            teacher, input_convention or "normalized", outputs=outputs, name="teacher",
+            # a teacher built for another fixed size gets the batch resized to it
+            image_size=teacher_size if teacher_size not in (None, image_size) else None,
         )
     else:
         table = _applications()

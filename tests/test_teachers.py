@@ -60,3 +60,11 @@ def test_build_teacher_from_file_and_application(tmp_path):
     (tmp_path / "bad.keras").write_text("not a model")
     with pytest.raises(ValueError, match="not a loadable Keras model"):
         teachers.build_teacher(str(tmp_path / "bad.keras"), 10, 32)
+
+
+def test_teacher_with_another_input_size_gets_a_resized_batch(tmp_path):
+    path = str(tmp_path / "cnn48.keras")
+    teachers.build_small_cnn(10, 48).save(path)
+    adapter = teachers.build_teacher(path, 10, 32)
+    assert adapter.image_size == 48
+    assert tuple(adapter(NORMALISED).shape) == (2, 10)

@@ -215,3 +215,19 @@ def test_mirrored_two_replicas_match_one_device():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RESULT" in result.stdout
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_step(policy):
+    images, labels = batches(count=1)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = compiled(tiny_model(), RecordingTeacher(), jit_compile=True)
+        assert model.blocks[0].attn.qkv.compute_dtype == policy.split("_")[1]
+        assert model.blocks[0].attn.qkv.kernel.dtype == "float32"  # master weights stay fp32
+        history = model.fit(images, labels, batch_size=4, epochs=2, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.all(np.isfinite(history.history["loss"]))
+    if policy == "mixed_float16":  # Keras wraps the optimizer for loss scaling
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
