@@ -207,6 +207,7 @@ def _fit(config, student, train, evaluation, steps_per_epoch):
     history = student.fit(
         train, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
         validation_data=evaluation, callbacks=callbacks, verbose=config.verbose,
+        shuffle=False,  # the tf.data pipeline shuffles
     )
     return history, nan_stop
 
