@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from deit_keras import checkpoints, export
 from deit_keras.layers import resample_position_embeddings
@@ -18,20 +19,25 @@ def finetune_config(path, image_size, num_classes=10):
     return config, num_classes
 
 
-def test_same_size_finetune_keeps_outputs(tmp_path):
+@pytest.fixture
+def saved_source(tmp_path):
+    """A tiny distilled model saved as `.keras`: `(model, path)`."""
     source = tiny_model()
     path = str(tmp_path / "source.keras")
     export.save_model(source, path)
+    return source, path
+
+
+def test_same_size_finetune_keeps_outputs(saved_source):
+    source, path = saved_source
     config, classes = finetune_config(path, 32)
     model = _finetune_student(config, classes, config.model_overrides)
     images = random_images()
     np.testing.assert_allclose(model(images), source(images), atol=1e-6)
 
 
-def test_larger_grid_resamples_only_the_position_embeddings(tmp_path):
-    source = tiny_model()
-    path = str(tmp_path / "source.keras")
-    export.save_model(source, path)
+def test_larger_grid_resamples_only_the_position_embeddings(saved_source):
+    source, path = saved_source
     config, classes = finetune_config(path, 48)
     model = _finetune_student(config, classes, config.model_overrides)
     assert model.image_size == 48 and model.grid_size == 6
@@ -42,20 +48,16 @@ def test_larger_grid_resamples_only_the_position_embeddings(tmp_path):
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
 
 
-def test_new_class_count_gets_fresh_heads(tmp_path):
-    source = tiny_model()
-    path = str(tmp_path / "source.keras")
-    export.save_model(source, path)
+def test_new_class_count_gets_fresh_heads(saved_source):
+    source, path = saved_source
     config, _ = finetune_config(path, 48)
     model = _finetune_student(config, 7, config.model_overrides)
     assert model.head.kernel.shape == (32, 7)
     np.testing.assert_array_equal(model.tokens.cls_token.numpy(), source.tokens.cls_token.numpy())
 
 
-def test_finetune_run_at_the_new_size(tmp_path):
-    source = tiny_model()
-    path = str(tmp_path / "source.keras")
-    export.save_model(source, path)
+def test_finetune_run_at_the_new_size(saved_source, tmp_path):
+    source, path = saved_source
     config, _ = finetune_config(path, 48)
     config = dataclasses.replace(
         config, dataset="digits", data_dir=str(tmp_path / "tfds"), batch_size=32, epochs=1,
