@@ -199,6 +199,24 @@ def _deterministic_epochs(config, data_kwargs, start_epoch):
     return train
 
 
+def _train_dataset(config, data_kwargs, steps):
+    """`(dataset, steps_per_epoch for fit)` of the run's training input.
+
+    With `--deterministic` (and whole-pass epochs) every epoch is seeded by its
+    index, starting at the epoch a backup restores; otherwise one pipeline is
+    re-iterated each epoch with fresh randomness.
+    """
+    if config.deterministic and not config.steps_per_epoch:
+        backup = callbacks_lib.AtomicBackupAndRestore(os.path.join(config.model_dir, "backup"))
+        start = backup.restored_epoch() if config.resume else 0
+        return _deterministic_epochs(config, data_kwargs, start), steps
+    train = make_dataset(
+        config.dataset, "train", batch_size=config.batch_size, training=True,
+        augment=config.augment, repeated_aug=config.repeated_aug, **data_kwargs,
+    )
+    return train, config.steps_per_epoch
+
+
 def _fit(config, student, train, evaluation, steps_per_epoch):
     sample_images = next(iter(train.take(1)))[0]
     nan_stop, callbacks = _callbacks(config, sample_images)
@@ -231,10 +249,6 @@ def run_training(config):
         teacher = _make_teacher(config, info, image_size)
         data_kwargs = dict(image_size=image_size, data_dir=config.data_dir, seed=config.seed,
                            deterministic=config.deterministic)
-        train = make_dataset(
-            config.dataset, "train", batch_size=config.batch_size, training=True,
-            augment=config.augment, repeated_aug=config.repeated_aug, **data_kwargs,
-        )
         evaluation = make_dataset(
             config.dataset, "eval", batch_size=min(config.batch_size, 256), training=False,
             augment=config.augment, **data_kwargs,
@@ -255,11 +269,7 @@ def run_training(config):
         history = custom_loop.fit_multi_worker(config, student, strategy, steps, data_kwargs)
         nan_stop = callbacks_lib.StopOnNaN()  # the loop raises on NaN itself
     else:
-        fit_steps = config.steps_per_epoch
-        if config.deterministic and not config.steps_per_epoch:
-            backup = callbacks_lib.AtomicBackupAndRestore(os.path.join(config.model_dir, "backup"))
-            start = backup.restored_epoch() if config.resume else 0
-            train, fit_steps = _deterministic_epochs(config, data_kwargs, start), steps
+        train, fit_steps = _train_dataset(config, data_kwargs, steps)
         history, nan_stop = _fit(config, student, train, evaluation, fit_steps)
     if nan_stop.bad_step is not None:
         raise FloatingPointError(
