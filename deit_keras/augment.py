@@ -20,7 +20,6 @@ Choice of implementation (measured under keras-cv 0.9 / Keras 3.15):
 """
 
 import dataclasses
-import math
 
 import tensorflow as tf
 
@@ -157,15 +156,7 @@ def random_erasing(image, seed, probability=0.25, area=(0.02, 1 / 3), aspect=0.3
     height = tf.cast(shape[0], tf.float32)
     width = tf.cast(shape[1], tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, 5)
-    attempts = 10
-    target = height * width * tf.random.stateless_uniform(
-        [attempts], seeds[0], area[0], area[1]
-    )
-    ratio = tf.exp(
-        tf.random.stateless_uniform(
-            [attempts], seeds[1], math.log(aspect), math.log(1 / aspect)
-        )
-    )
+    target, ratio = transforms.sample_box_candidates(height, width, seeds, area, (aspect, 1 / aspect))
     box_h = tf.round(tf.sqrt(target * ratio))
     box_w = tf.round(tf.sqrt(target / ratio))
     valid = (box_w < width) & (box_h < height)

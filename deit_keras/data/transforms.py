@@ -49,6 +49,22 @@ def decode_image(encoded):
     return image
 
 
+def sample_box_candidates(height, width, seeds, area, ratio, attempts=10):
+    """timm's box proposals (RandomResizedCrop, RandomErasing): `(areas, aspects)`.
+
+    `attempts` areas uniform in `area` x image area (with `seeds[0]`) and
+    aspects log-uniform in `ratio` (with `seeds[1]`); callers keep the first
+    box that fits.
+    """
+    target_area = height * width * tf.random.stateless_uniform(
+        [attempts], seeds[0], area[0], area[1]
+    )
+    aspect = tf.exp(
+        tf.random.stateless_uniform([attempts], seeds[1], math.log(ratio[0]), math.log(ratio[1]))
+    )
+    return target_area, aspect
+
+
 def random_crop_window(shape, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """Samples a timm `RandomResizedCrop` window (10 tries, then a fallback).
 
@@ -64,14 +80,7 @@ def random_crop_window(shape, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     height = tf.cast(shape[0], tf.float32)
     width = tf.cast(shape[1], tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, 3)
-    attempts = 10
-    target_area = height * width * tf.random.stateless_uniform(
-        [attempts], seeds[0], scale[0], scale[1]
-    )
-    log_ratio = tf.random.stateless_uniform(
-        [attempts], seeds[1], math.log(ratio[0]), math.log(ratio[1])
-    )
-    aspect = tf.exp(log_ratio)
+    target_area, aspect = sample_box_candidates(height, width, seeds, scale, ratio)
     crop_w = tf.round(tf.sqrt(target_area * aspect))
     crop_h = tf.round(tf.sqrt(target_area / aspect))
     valid = (crop_w <= width) & (crop_h <= height) & (crop_w > 0) & (crop_h > 0)
