@@ -13,12 +13,6 @@ from deit_keras import evaluate, export, predict
 CLASS_NAMES = [f"digit {i}" for i in range(10)]
 
 
-
-
-
-
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     model = tiny_model()

@@ -18,14 +18,6 @@ from deit_keras import export, serving
 CLASS_NAMES = [f"class {i}" for i in range(10)]
 
 
-
-
-
-
-
-
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A tiny distilled model saved with class names: `(model, path)`."""

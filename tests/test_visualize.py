@@ -13,9 +13,6 @@ from tests.helpers import assert_one_line_error, run_cli, tiny_model
 from deit_keras import export, insight, serving, visualize
 
 
-
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_model()
