@@ -34,11 +34,13 @@ setup(
             # unpinned torch resolves to a multi-GB CUDA build.
             "torch==2.13.0",
             "transformers==5.23.0",
+            "ruff==0.17.6",  # `make lint`; pinned so the rules do not move under CI
         ],
     },
     entry_points={
         "console_scripts": [
-            "deit-convert=deit_keras.convert:run",
+            f"deit-{command}=deit_keras.cli.{command}:run"
+            for command in ("train", "convert", "export", "evaluate", "predict", "visualize")
         ],
     },
 )

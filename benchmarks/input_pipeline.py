@@ -19,8 +19,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from deit_keras import augment
-from deit_keras.data import make_dataset
+from deit_keras.data import augment, make_dataset
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -42,9 +41,15 @@ def write_jpegs(root, count, classes=10, seed=0):
 
 
 def images_per_second(name, config, batch_size, batches, training=True):
-    ds = make_dataset(name, "train" if training else "eval", image_size=224,
-                      batch_size=batch_size, training=training, augment=config,
-                      seed=0).repeat()
+    ds = make_dataset(
+        name,
+        "train" if training else "eval",
+        image_size=224,
+        batch_size=batch_size,
+        training=training,
+        augment=config,
+        seed=0,
+    ).repeat()
     iterator = iter(ds)
     next(iterator)  # warm-up: tracing, first files
     next(iterator)
@@ -65,12 +70,13 @@ def main():
     cases = {
         "recipe_off (crop+flip only)": augment.NO_AUGMENT,
         "recipe_on, RandAugment per image (default)": full,
-        "recipe_on, RandAugment batched": augment.AugmentConfig(
-            rand_augment_batched=True),
+        "recipe_on, RandAugment batched": augment.AugmentConfig(rand_augment_batched=True),
         "recipe_on, keras_cv RandAugment per image": augment.AugmentConfig(
-            rand_augment_impl="keras_cv", rand_augment_batched=False),
+            rand_augment_impl="keras_cv", rand_augment_batched=False
+        ),
         "recipe_on, keras_cv RandAugment batched": augment.AugmentConfig(
-            rand_augment_impl="keras_cv", rand_augment_batched=True),
+            rand_augment_impl="keras_cv", rand_augment_batched=True
+        ),
     }
     results = {}
     with tempfile.TemporaryDirectory() as root:
@@ -80,9 +86,12 @@ def main():
             results[label] = images_per_second(name, config, args.batch_size, args.batches)
             print(f"{label:45s} {results[label]:8.1f} images/s", flush=True)
         results["eval (resize 256 + centre crop 224)"] = images_per_second(
-            name, full, args.batch_size, args.batches, training=False)
-        print(f"{'eval (resize 256 + centre crop 224)':45s} "
-              f"{results['eval (resize 256 + centre crop 224)']:8.1f} images/s")
+            name, full, args.batch_size, args.batches, training=False
+        )
+        print(
+            f"{'eval (resize 256 + centre crop 224)':45s} "
+            f"{results['eval (resize 256 + centre crop 224)']:8.1f} images/s"
+        )
     report = {
         "images_per_second": results,
         "image_size": 224,

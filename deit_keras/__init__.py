@@ -1,11 +1,11 @@
-"""deit_keras: DeiT (data-efficient image transformers) in Keras 3."""
+"""deit_keras: DeiT (data-efficient image transformers) in Keras 3.
 
-import os
+Packages, each depending only on those listed before it (`tests/test_architecture.py`):
+`schema`, `io`, `data`, `layers`, `distill`, `models`, `deploy`, `inference`,
+`analysis`, `training`, `cli`. See README.md, "Architecture".
+"""
 
-# TensorFlow's C++ start-up chatter (CPU feature notes, CUDA probes) is noise
-# for library users; a value the user set is kept.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+from deit_keras.data.preprocessing import Preprocessing
 from deit_keras.layers import (
     MLP,
     DropPath,
@@ -17,6 +17,10 @@ from deit_keras.layers import (
 )
 from deit_keras.models import DeiT, create_model, get_variant, list_models
 
+# Imported for its side effect: it registers `deit_keras>WarmupCosine`, the
+# schedule inside compiled `.keras` files, so `keras.models.load_model` finds it.
+from deit_keras.training import optim as _optim  # noqa: F401
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "MLP",
     "MultiHeadSelfAttention",
     "PatchEmbedding",
+    "Preprocessing",
     "TokensAndPositionEmbedding",
     "TransformerBlock",
     "create_model",

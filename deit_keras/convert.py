@@ -1,58 +1,6 @@
-"""Converts a published DeiT checkpoint (official/timm or Hugging Face) to `.keras`.
-
-    python -m deit_keras.convert --checkpoint deit_tiny_distilled_patch16_224-b40b3cf7.pth \
-        --model deit_tiny_distilled_patch16_224 --output saved_models/deit_tiny_distilled.keras
-"""
-
-from absl import flags
-
-from deit_keras import cli
-from deit_keras.checkpoints import load_checkpoint
-from deit_keras.io_utils import atomic_output
-from deit_keras.models.variants import list_models
-
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "PyTorch checkpoint: .pth/.pt/.bin (needs torch), .safetensors or .npz; "
-    "official DeiT/timm or Hugging Face keys (detected)."
-)
-_MODEL = flags.DEFINE_enum("model", None, list_models(), "DeiT variant the checkpoint holds.")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the .keras model.")
-_IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", None, "Input size of the converted model; position embeddings are resampled "
-    "(PyTorch bicubic) when it differs from the checkpoint's. Defaults to the variant's."
-)
-_NUM_CLASSES = flags.DEFINE_integer(
-    "num_classes", None, "Classes of the heads. Defaults to the checkpoint's; another value "
-    "keeps freshly initialised heads (for fine-tuning)."
-)
-
-
-def convert(checkpoint, model_name, output, image_size=None, num_classes=None):
-    """Loads `checkpoint` into `model_name` and saves it to `output` atomically."""
-    if not output.endswith(".keras"):
-        raise cli.UsageError(f"--output must end in .keras, got {output!r}")
-    model = load_checkpoint(checkpoint, model_name, num_classes=num_classes, image_size=image_size)
-    with atomic_output(output) as temporary:
-        model.save(temporary)
-    return model
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise cli.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    model = convert(
-        _CHECKPOINT.value, _MODEL.value, _OUTPUT.value, _IMAGE_SIZE.value, _NUM_CLASSES.value
-    )
-    print(
-        f"Wrote {_OUTPUT.value}: {model.name}, {model.count_params():,} parameters, "
-        f"{model.image_size} px, {model.num_classes} classes"
-    )
-
-
-def run():
-    flags.mark_flags_as_required(["checkpoint", "model", "output"])
-    cli.run(main)
-
+"""`python -m deit_keras.convert`, the documented entry point of `deit_keras.cli.convert`."""
 
 if __name__ == "__main__":
+    from deit_keras.cli.convert import run
+
     run()

@@ -1,13 +1,16 @@
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import pytest
 
-import pytest  # noqa: E402
+# Before any test module imports TensorFlow: fewer C++ start-up lines in the logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--run_large", action="store_true", default=False,
+        "--run_large",
+        action="store_true",
+        default=False,
         help="Also run tests marked large (slow; not run in CI).",
     )
 

@@ -4,22 +4,17 @@
 yields `(images, targets)` batches; see `deit_keras.data.pipeline`.
 """
 
-import importlib
+from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.pipeline import dataset_info, make_dataset
+from deit_keras.data.preprocessing import Preprocessing, preprocess
+from deit_keras.data.sources import DatasetInfo, DatasetNotFoundError
 
-_EXPORTS = {
-    "AugmentConfig": "deit_keras.augment",
-    "DatasetInfo": "deit_keras.data.pipeline",
-    "DatasetNotFoundError": "deit_keras.data.sources",
-    "dataset_info": "deit_keras.data.pipeline",
-    "make_dataset": "deit_keras.data.pipeline",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    # Lazy, so `deit_keras.augment` can import `deit_keras.data.*` modules
-    # without an import cycle through this package.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "AugmentConfig",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "Preprocessing",
+    "dataset_info",
+    "make_dataset",
+    "preprocess",
+]

@@ -34,7 +34,9 @@ def _load_arrays():
     images = np.repeat(images[..., None], 3, axis=-1)
     indices = np.arange(len(images))
     train, test = train_test_split(
-        indices, test_size=TEST_FRACTION, stratify=data.target,
+        indices,
+        test_size=TEST_FRACTION,
+        stratify=data.target,
         random_state=SPLIT_SEED,
     )
     return images, data.target, {"train": np.sort(train), "test": np.sort(test)}
@@ -53,9 +55,7 @@ class DeitDigits(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-                    "label": tfds.features.ClassLabel(
-                        names=[str(i) for i in range(10)]
-                    ),
+                    "label": tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
                 }
             ),
             supervised_keys=("image", "label"),

@@ -13,10 +13,10 @@ also fixes the order of the parallel map) and new augmentations each epoch.
 
 import tensorflow as tf
 
-from deit_keras import augment as augment_lib
-from deit_keras.augment import AugmentConfig
-from deit_keras.data import sources
-from deit_keras.data import transforms
+from deit_keras.data import augment as augment_lib
+from deit_keras.data import sources, transforms
+from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, preprocess
 from deit_keras.data.sources import DatasetInfo
 
 __all__ = ["DatasetInfo", "dataset_info", "make_dataset"]
@@ -49,7 +49,8 @@ def make_dataset(
     image_size,
     batch_size,
     training,
-    augment=AugmentConfig(),
+    augment=augment_lib.DEFAULT_AUGMENT,
+    preprocessing=DEFAULT_PREPROCESSING,
     data_dir=None,
     seed=None,
     repeated_aug=1,
@@ -81,6 +82,8 @@ def make_dataset(
         batch_size: int. Batch size of this input pipeline.
         training: bool. Training (shuffle + augment + mix) or eval.
         augment: `AugmentConfig`. Defaults to the DeiT recipe.
+        preprocessing: `Preprocessing`. Normalisation (both splits) and the
+            eval resize/crop; pass the model's (`model.preprocessing`).
         data_dir: str. tfds data dir. Defaults to the tfds default.
         seed: int. Seeds shuffling and all augmentations. Defaults to None.
         repeated_aug: int. Copies per sampled image (>= 1). Defaults to 1.
@@ -108,6 +111,8 @@ def make_dataset(
         raise ValueError(f"`repeated_aug` must be an int >= 1. Received: {repeated_aug!r}")
     if not isinstance(augment, AugmentConfig):
         raise ValueError(f"`augment` must be an AugmentConfig. Received: {augment!r}")
+    if not isinstance(preprocessing, Preprocessing):
+        raise ValueError(f"`preprocessing` must be a Preprocessing. Received: {preprocessing!r}")
     source = sources.get_source(name, data_dir)
     num_classes = source.info.num_classes
     num_examples = source.num_examples(split)
@@ -132,19 +137,30 @@ def make_dataset(
         # With `epoch`, every iteration of the dataset repeats the same epoch.
         fresh_each_iteration = epoch is None
         ds = sample_training_stream(
-            ds, num_examples, repeated_aug, num_pipelines, pipeline_id,
-            order_seed, shuffle_buffer, reshuffle=fresh_each_iteration,
+            ds,
+            num_examples,
+            repeated_aug,
+            num_pipelines,
+            pipeline_id,
+            order_seed,
+            shuffle_buffer,
+            reshuffle=fresh_each_iteration,
         )
-        ds = _train_maps(ds, image_size, batch_size, num_classes, augment,
-                         _derive(seed, pipeline_id), drop_remainder, fresh_each_iteration)
+        ds = _train_maps(
+            ds,
+            image_size,
+            batch_size,
+            num_classes,
+            augment,
+            preprocessing,
+            _derive(seed, pipeline_id),
+            drop_remainder,
+            fresh_each_iteration,
+        )
     else:
-        crop_pct = augment.crop_pct
 
         def eval_map(encoded, label):
-            image = transforms.eval_transform(
-                transforms.decode_image(encoded), image_size, crop_pct
-            )
-            return image, label
+            return preprocess(transforms.decode_image(encoded), image_size, preprocessing), label
 
         ds = ds.map(eval_map, num_parallel_calls=AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
@@ -156,8 +172,14 @@ def make_dataset(
 
 
 def sample_training_stream(
-    ds, num_examples, repeated_aug=1, num_pipelines=1, pipeline_id=0,
-    seed=None, shuffle_buffer=10_000, reshuffle=True,
+    ds,
+    num_examples,
+    repeated_aug=1,
+    num_pipelines=1,
+    pipeline_id=0,
+    seed=None,
+    shuffle_buffer=10_000,
+    reshuffle=True,
 ):
     """Shuffles (and repeats, shards) one epoch of examples for one pipeline.
 
@@ -168,17 +190,24 @@ def sample_training_stream(
             ds = ds.shard(num_pipelines, pipeline_id)
         return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=reshuffle)
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=reshuffle)
-    ds = ds.flat_map(
-        lambda *x: tf.data.Dataset.from_tensors(x).repeat(repeated_aug)
-    )
+    ds = ds.flat_map(lambda *x: tf.data.Dataset.from_tensors(x).repeat(repeated_aug))
     if num_pipelines > 1:
         ds = ds.shard(num_pipelines, pipeline_id)
     ds = ds.take(num_examples // num_pipelines)
     return ds.map(lambda *x: x[0] if len(x) == 1 else x)
 
 
-def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_remainder,
-                rerandomize=True):
+def _train_maps(
+    ds,
+    image_size,
+    batch_size,
+    num_classes,
+    config,
+    preprocessing,
+    seed,
+    drop_remainder,
+    rerandomize=True,
+):
     keras_cv_layer = None
     if config.rand_augment_ops and config.rand_augment_impl == "keras_cv":
         keras_cv_layer = augment_lib.make_keras_cv_rand_augment(config, seed)
@@ -190,7 +219,7 @@ def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_rema
             encoded, image_seed, image_size, config, keras_cv_layer
         )
         if not batched_ra:
-            image = augment_lib.finish_image(image, image_seed, config)
+            image = augment_lib.finish_image(image, image_seed, config, preprocessing)
         return image, label, image_seed
 
     ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 1), rerandomize)))
@@ -200,14 +229,10 @@ def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_rema
 
         def per_batch(images, labels, seeds):
             # The per-image path's RandAugment seed: same output either way.
-            ra_seeds = tf.map_fn(
-                lambda s: tf.cast(augment_lib.split_seeds(s)[2], tf.int64), seeds
-            )
-            images = augment_lib.rand_augment_images(
-                images, ra_seeds, config, keras_cv_layer
-            )
+            ra_seeds = tf.map_fn(lambda s: tf.cast(augment_lib.split_seeds(s)[2], tf.int64), seeds)
+            images = augment_lib.rand_augment_images(images, ra_seeds, config, keras_cv_layer)
             images = tf.map_fn(
-                lambda a: augment_lib.finish_image(a[0], a[1], config),
+                lambda a: augment_lib.finish_image(a[0], a[1], config, preprocessing),
                 (images, seeds),
                 fn_output_signature=tf.float32,
             )
@@ -217,9 +242,7 @@ def _train_maps(ds, image_size, batch_size, num_classes, config, seed, drop_rema
 
     def mix(batch, batch_seed):
         images, labels, _ = batch
-        images, targets, _ = augment_lib.mix_batch(
-            images, labels, num_classes, batch_seed, config
-        )
+        images, targets, _ = augment_lib.mix_batch(images, labels, num_classes, batch_seed, config)
         return images, targets
 
     ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 2), rerandomize)))

@@ -79,8 +79,12 @@ def _rotate(image, level, sign):
     cos, sin = tf.cos(angle), tf.sin(angle)
     matrix = tf.stack(
         [
-            cos, sin, cx - cos * cx - sin * cy,
-            -sin, cos, cy + sin * cx - cos * cy,
+            cos,
+            sin,
+            cx - cos * cx - sin * cy,
+            -sin,
+            cos,
+            cy + sin * cx - cos * cy,
         ]
     )
     return _affine(image, matrix)
@@ -174,17 +178,13 @@ def apply_op(image, op_index, magnitude, sign=1.0):
     image = tf.convert_to_tensor(image, tf.float32)
     level = tf.convert_to_tensor(magnitude, tf.float32) / _MAX_LEVEL
     sign = tf.convert_to_tensor(sign, tf.float32)
-    branches = [
-        (lambda fn=fn: fn(image, level, sign)) for _, fn in OPS
-    ]
+    branches = [(lambda fn=fn: fn(image, level, sign)) for _, fn in OPS]
     out = tf.switch_case(tf.cast(op_index, tf.int32), branches)
     out.set_shape(image.shape)
     return out
 
 
-def rand_augment(
-    image, seed, num_ops=2, magnitude=9.0, magnitude_std=0.5, probability=0.5
-):
+def rand_augment(image, seed, num_ops=2, magnitude=9.0, magnitude_std=0.5, probability=0.5):
     """RandAugment of one float32 `[H, W, 3]` image in `[0, 255]`.
 
     Args:
@@ -204,13 +204,9 @@ def rand_augment(
         return image
     image = tf.convert_to_tensor(image, tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    ops = tf.random.stateless_uniform(
-        [num_ops], seeds[0], 0, len(OPS), dtype=tf.int32
-    )
+    ops = tf.random.stateless_uniform([num_ops], seeds[0], 0, len(OPS), dtype=tf.int32)
     apply = tf.random.stateless_uniform([num_ops], seeds[1]) < probability
-    mags = magnitude + magnitude_std * tf.random.stateless_normal(
-        [num_ops], seeds[2]
-    )
+    mags = magnitude + magnitude_std * tf.random.stateless_normal([num_ops], seeds[2])
     mags = tf.clip_by_value(mags, 0.0, _MAX_LEVEL)
     signs = tf.where(tf.random.stateless_uniform([num_ops], seeds[3]) < 0.5, -1.0, 1.0)
     for i in range(num_ops):

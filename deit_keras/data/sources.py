@@ -75,13 +75,9 @@ def _tfds_source(name, builder, user_name):
     splits = info.splits
     if "train" not in splits:
         raise ValueError(f"tfds dataset {name!r} has no 'train' split: {list(splits)}")
-    eval_split = next(
-        (s for s in ("validation", "test", "val") if s in splits), None
-    )
+    eval_split = next((s for s in ("validation", "test", "val") if s in splits), None)
     if eval_split is None:
-        raise ValueError(
-            f"tfds dataset {name!r} has no validation/test split: {list(splits)}"
-        )
+        raise ValueError(f"tfds dataset {name!r} has no validation/test split: {list(splits)}")
     label_feature = info.features[label_key]
     class_names = tuple(label_feature.names)
     dataset_info = DatasetInfo(
@@ -137,7 +133,8 @@ def _list_folder(root, class_names=None):
     if class_names is None:
         class_names = tuple(
             sorted(
-                d for d in tf.io.gfile.listdir(root)
+                d
+                for d in tf.io.gfile.listdir(root)
                 if tf.io.gfile.isdir(os.path.join(root, d.rstrip("/")))
             )
         )
@@ -157,8 +154,7 @@ def _list_folder(root, class_names=None):
 def _folder(name, path):
     train_dir = os.path.join(path, "train")
     eval_name = next(
-        (s for s in ("val", "validation", "test")
-         if tf.io.gfile.isdir(os.path.join(path, s))),
+        (s for s in ("val", "validation", "test") if tf.io.gfile.isdir(os.path.join(path, s))),
         None,
     )
     if not tf.io.gfile.isdir(train_dir) or eval_name is None:
@@ -169,17 +165,14 @@ def _folder(name, path):
     class_names, train_paths, train_labels = _list_folder(train_dir)
     if not class_names or not train_paths:
         raise DatasetNotFoundError(f"No class folders with images in {train_dir!r}.")
-    extra = set(
-        d.rstrip("/") for d in tf.io.gfile.listdir(os.path.join(path, eval_name))
-    ) - set(class_names)
+    extra = set(d.rstrip("/") for d in tf.io.gfile.listdir(os.path.join(path, eval_name))) - set(
+        class_names
+    )
     if extra:
         raise ValueError(
-            f"{os.path.join(path, eval_name)!r} has classes not in train/: "
-            f"{sorted(extra)}"
+            f"{os.path.join(path, eval_name)!r} has classes not in train/: {sorted(extra)}"
         )
-    _, eval_paths, eval_labels = _list_folder(
-        os.path.join(path, eval_name), class_names
-    )
+    _, eval_paths, eval_labels = _list_folder(os.path.join(path, eval_name), class_names)
     files = {"train": (train_paths, train_labels), eval_name: (eval_paths, eval_labels)}
     info = DatasetInfo(
         name=name,
@@ -210,5 +203,5 @@ def get_source(name, data_dir=None):
         builder = digits.digits_builder(data_dir)
         return _tfds_source(digits.TFDS_NAME, builder, "digits")
     if name.startswith(FOLDER_PREFIX):
-        return _folder(name, os.path.expanduser(name[len(FOLDER_PREFIX):]))
+        return _folder(name, os.path.expanduser(name[len(FOLDER_PREFIX) :]))
     return _tfds(name, data_dir)

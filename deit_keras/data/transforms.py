@@ -1,9 +1,9 @@
-"""Image transforms of the DeiT recipe (timm `create_transform`).
+"""Geometric train-time transforms of the DeiT recipe (timm `create_transform`).
 
 Train: random resized crop (bicubic) -> horizontal flip -> [RandAugment]
 -> normalise -> [random erasing]. The bracketed steps live in
-`deit_keras.augment`. Eval: resize the shorter side to
-`floor(image_size / crop_pct)` (bicubic) -> centre crop -> normalise.
+`deit_keras.data.augment`, normalisation and the eval transform in
+`deit_keras.data.preprocessing`.
 
 All random steps are stateless: they take a `seed` tensor of shape `[2]`, so
 the same seed gives the same image, inside or outside `tf.data`.
@@ -13,33 +13,7 @@ import math
 
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalize(images):
-    """Scales pixels in `[0, 255]` (uint8 or float) to ImageNet-normalised.
-
-    Args:
-        images: tensor `[..., 3]`, uint8 or float, values in `[0, 255]`.
-
-    Returns:
-        float32 tensor: `(images / 255 - IMAGENET_MEAN) / IMAGENET_STD`.
-    """
-    images = tf.cast(images, tf.float32) / 255.0
-    return (images - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
-
-
-def denormalize(images):
-    """Inverse of `normalize`: float32 pixels in `[0, 255]` (not clipped)."""
-    images = tf.cast(images, tf.float32)
-    return (images * tf.constant(IMAGENET_STD) + tf.constant(IMAGENET_MEAN)) * 255.0
-
-
-def _resize_bicubic(image, size):
-    image = tf.image.resize(image, size, method="bicubic", antialias=True)
-    # PIL (timm) rounds to uint8 after resizing; keep the same value range.
-    return tf.clip_by_value(tf.round(image), 0.0, 255.0)
+from deit_keras.data.preprocessing import resize
 
 
 def decode_image(encoded):
@@ -56,8 +30,8 @@ def sample_box_candidates(height, width, seeds, area, ratio, attempts=10):
     aspects log-uniform in `ratio` (with `seeds[1]`); callers keep the first
     box that fits.
     """
-    target_area = height * width * tf.random.stateless_uniform(
-        [attempts], seeds[0], area[0], area[1]
+    target_area = (
+        height * width * tf.random.stateless_uniform([attempts], seeds[0], area[0], area[1])
     )
     aspect = tf.exp(
         tf.random.stateless_uniform([attempts], seeds[1], math.log(ratio[0]), math.log(ratio[1]))
@@ -115,9 +89,7 @@ def random_crop_window(shape, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     return tf.cast(tf.stack([top, left, crop_h, crop_w]), tf.int32)
 
 
-def random_resized_crop(
-    image, image_size, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
-):
+def random_resized_crop(image, image_size, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """timm `RandomResizedCropAndInterpolation` with bicubic resizing.
 
     Args:
@@ -154,55 +126,11 @@ def random_resized_crop(
         crop = tf.cond(tf.io.is_jpeg(encoded), jpeg_branch, other_branch)
     else:
         window = random_crop_window(tf.shape(image)[:2], seed, scale, ratio)
-        crop = image[
-            window[0] : window[0] + window[2], window[1] : window[1] + window[3]
-        ]
-    return _resize_bicubic(tf.cast(crop, tf.float32), [image_size, image_size])
+        crop = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
+    return resize(crop, [image_size, image_size])
 
 
 def random_horizontal_flip(image, seed, probability=0.5):
     """Flips `[H, W, C]` left-right with `probability` (stateless)."""
     flip = tf.random.stateless_uniform([], seed) < probability
     return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-
-
-def resize_and_center_crop(image, image_size, crop_pct=0.875):
-    """Resizes the shorter side to `floor(image_size / crop_pct)`, crops.
-
-    Returns float32 `[image_size, image_size, 3]` in `[0, 255]`.
-    """
-    if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"`crop_pct` must be in (0, 1]. Received: crop_pct={crop_pct}")
-    scale_size = math.floor(image_size / crop_pct)
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    short = tf.minimum(height, width)
-    # torchvision Resize(int): long side = int(size * long / short).
-    new_h = tf.where(
-        height <= width, scale_size, scale_size * height // short
-    )
-    new_w = tf.where(width <= height, scale_size, scale_size * width // short)
-    image = _resize_bicubic(tf.cast(image, tf.float32), tf.stack([new_h, new_w]))
-    top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float32) / 2), tf.int32)
-    left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float32) / 2), tf.int32)
-    image = image[top : top + image_size, left : left + image_size]
-    image.set_shape([image_size, image_size, 3])
-    return image
-
-
-def eval_transform(image, image_size, crop_pct=0.875):
-    """The DeiT eval transform of one image.
-
-    Args:
-        image: uint8 (or float in `[0, 255]`) `[H, W, 3]` image.
-        image_size: int. Output side length.
-        crop_pct: float in `(0, 1]`. Centre-crop fraction; 1.0 resizes the
-            shorter side straight to `image_size`. Defaults to `0.875`.
-
-    Returns:
-        float32 `[image_size, image_size, 3]`, ImageNet-normalised.
-    """
-    image = tf.convert_to_tensor(image)
-    if image.dtype == tf.string:
-        image = decode_image(image)
-    return normalize(resize_and_center_crop(image, image_size, crop_pct))

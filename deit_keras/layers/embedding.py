@@ -113,13 +113,15 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         self.cls_token = self.add_weight(
-            shape=(1, 1, self.embed_dim), initializer=trunc_normal(),
+            shape=(1, 1, self.embed_dim),
+            initializer=trunc_normal(),
             name="cls_token",
         )
         self.dist_token = None
         if self.distilled:
             self.dist_token = self.add_weight(
-                shape=(1, 1, self.embed_dim), initializer=trunc_normal(),
+                shape=(1, 1, self.embed_dim),
+                initializer=trunc_normal(),
                 name="dist_token",
             )
         self.pos_embed = self.add_weight(
@@ -159,6 +161,7 @@ def _torch_bicubic_matrix(in_size, out_size, a=-0.75):
     border replication. TF's `tf.image.resize(method="bicubic")` uses a=-0.5
     and so gives different position embeddings than the reference.
     """
+
     def cubic(t):
         t = abs(t)
         if t <= 1:
@@ -204,9 +207,7 @@ def resample_position_embeddings(pos_embed, new_grid, num_prefix_tokens, old_gri
         old_grid = (side, side)
     old_grid, new_grid = tuple(old_grid), tuple(new_grid)
     if old_grid[0] * old_grid[1] != grid.shape[0]:
-        raise ValueError(
-            f"old_grid={old_grid} does not match {grid.shape[0]} grid embeddings."
-        )
+        raise ValueError(f"old_grid={old_grid} does not match {grid.shape[0]} grid embeddings.")
     if old_grid == new_grid:
         return pos_embed.astype(np.float32)
     grid = grid.reshape(old_grid[0], old_grid[1], -1)

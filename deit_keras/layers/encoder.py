@@ -8,14 +8,17 @@ from deit_keras.layers.initializers import trunc_normal
 LAYER_NORM_EPSILON = 1e-6
 
 
-def _dense(units, name, dtype_policy):
+def dense(units, name, dtype_policy):
     return keras.layers.Dense(
-        units, kernel_initializer=trunc_normal(), bias_initializer="zeros",
-        dtype=dtype_policy, name=name,
+        units,
+        kernel_initializer=trunc_normal(),
+        bias_initializer="zeros",
+        dtype=dtype_policy,
+        name=name,
     )
 
 
-def _layer_norm(name, dtype_policy):
+def layer_norm(name, dtype_policy):
     return keras.layers.LayerNormalization(
         epsilon=LAYER_NORM_EPSILON, dtype=dtype_policy, name=name
     )
@@ -36,9 +39,7 @@ class DropPath(keras.layers.Layer):
 
     def __init__(self, rate=0.0, seed=None, **kwargs):
         if not 0.0 <= rate < 1.0:
-            raise ValueError(
-                f"DropPath rate must be in [0, 1). Received: rate={rate}"
-            )
+            raise ValueError(f"DropPath rate must be in [0, 1). Received: rate={rate}")
         super().__init__(**kwargs)
         self.rate = rate
         self.seed = seed
@@ -88,8 +89,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
-        self.qkv = _dense(3 * embed_dim, "qkv", self.dtype_policy)
-        self.proj = _dense(embed_dim, "proj", self.dtype_policy)
+        self.qkv = dense(3 * embed_dim, "qkv", self.dtype_policy)
+        self.proj = dense(embed_dim, "proj", self.dtype_policy)
 
     def build(self, input_shape):
         self.qkv.build(input_shape)
@@ -98,21 +99,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def call(self, x, return_attention_scores=False):
         shape = ops.shape(x)
         batch, tokens = shape[0], shape[1]
-        qkv = ops.reshape(
-            self.qkv(x), (batch, tokens, 3, self.num_heads, self.head_dim)
-        )
+        qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, N, T, H]
         query, key, value = qkv[0], qkv[1], qkv[2]
-        scale = ops.cast(self.head_dim ** -0.5, query.dtype)
+        scale = ops.cast(self.head_dim**-0.5, query.dtype)
         logits = ops.matmul(query * scale, ops.transpose(key, (0, 1, 3, 2)))
         # Softmax in float32 for stability under mixed precision.
-        attention = ops.cast(
-            ops.softmax(ops.cast(logits, "float32"), axis=-1), value.dtype
-        )
+        attention = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), value.dtype)
         out = ops.matmul(attention, value)  # [B, N, T, H]
-        out = ops.reshape(
-            ops.transpose(out, (0, 2, 1, 3)), (batch, tokens, self.embed_dim)
-        )
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, tokens, self.embed_dim))
         out = self.proj(out)
         if return_attention_scores:
             return out, attention
@@ -140,8 +135,8 @@ class MLP(keras.layers.Layer):
         super().__init__(**kwargs)
         self.embed_dim = embed_dim
         self.hidden_dim = hidden_dim
-        self.fc1 = _dense(hidden_dim, "fc1", self.dtype_policy)
-        self.fc2 = _dense(embed_dim, "fc2", self.dtype_policy)
+        self.fc1 = dense(hidden_dim, "fc1", self.dtype_policy)
+        self.fc2 = dense(embed_dim, "fc2", self.dtype_policy)
 
     def build(self, input_shape):
         self.fc1.build(input_shape)
@@ -177,9 +172,9 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_ratio = mlp_ratio
         self.drop_path_rate = drop_path_rate
         policy = self.dtype_policy
-        self.norm1 = _layer_norm("norm1", policy)
+        self.norm1 = layer_norm("norm1", policy)
         self.attn = MultiHeadSelfAttention(embed_dim, num_heads, dtype=policy, name="attn")
-        self.norm2 = _layer_norm("norm2", policy)
+        self.norm2 = layer_norm("norm2", policy)
         self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio), dtype=policy, name="mlp")
         self.drop_path = DropPath(drop_path_rate, dtype=policy, name="drop_path")
 

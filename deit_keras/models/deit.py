@@ -7,15 +7,18 @@ through attention", ICML 2021 (arXiv:2012.12877); the architecture is ViT
 
 import keras
 import numpy as np
+from absl import logging
 from keras import ops
 
+from deit_keras.data.preprocessing import Preprocessing
+from deit_keras.distill.losses import DistillationLoss
+from deit_keras.distill.step import DistillationStep, average_heads
 from deit_keras.layers.embedding import PatchEmbedding, TokensAndPositionEmbedding
-from deit_keras.layers.encoder import TransformerBlock, _dense, _layer_norm
-from deit_keras.training.distill_model import DistillationTrainerMixin
+from deit_keras.layers.encoder import TransformerBlock, dense, layer_norm
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
-class DeiT(DistillationTrainerMixin, keras.Model):
+class DeiT(keras.Model):
     """DeiT image classifier.
 
     Inputs are NHWC float images normalised with the ImageNet mean and std
@@ -34,6 +37,10 @@ class DeiT(DistillationTrainerMixin, keras.Model):
         drop_path_rate: float. Stochastic depth rate of the last block; it
             rises linearly from 0 over the blocks. Defaults to 0.
         in_channels: int. Image channels. Defaults to 3.
+        preprocessing: `deit_keras.data.Preprocessing` or its config dict:
+            the mean, std, eval crop_pct and interpolation that turn images
+            into this model's input. Saved with the model. Defaults to the
+            ImageNet mean/std, crop_pct 0.875, bicubic.
 
     Call arguments:
         images: `[B, image_size, image_size, in_channels]`.
@@ -57,6 +64,7 @@ class DeiT(DistillationTrainerMixin, keras.Model):
         distilled=False,
         drop_path_rate=0.0,
         in_channels=3,
+        preprocessing=None,
         **kwargs,
     ):
         if image_size <= 0 or image_size % patch_size:
@@ -80,38 +88,46 @@ class DeiT(DistillationTrainerMixin, keras.Model):
         self.distilled = distilled
         self.drop_path_rate = drop_path_rate
         self.in_channels = in_channels
+        self.preprocessing = Preprocessing.from_config(preprocessing)
         self.grid_size = image_size // patch_size
         self.num_prefix_tokens = 2 if distilled else 1
-        self._create_trackers()
+        self.distillation_step = None  # set by compile()
 
         policy = self.dtype_policy
         # === Layers ===
         self.patch_embed = PatchEmbedding(patch_size, embed_dim, dtype=policy, name="patch_embed")
         self.tokens = TokensAndPositionEmbedding(
-            self.grid_size ** 2, embed_dim, distilled=distilled, dtype=policy,
+            self.grid_size**2,
+            embed_dim,
+            distilled=distilled,
+            dtype=policy,
             name="tokens",
         )
         block_rates = np.linspace(0.0, drop_path_rate, depth)
         self.blocks = [
             TransformerBlock(
-                embed_dim, num_heads, mlp_ratio, float(rate), dtype=policy,
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                float(rate),
+                dtype=policy,
                 name=f"block_{index}",
             )
             for index, rate in enumerate(block_rates)
         ]
-        self.norm = _layer_norm("norm", policy)
+        self.norm = layer_norm("norm", policy)
         self.head = self.head_dist = None
         if num_classes:
-            self.head = _dense(num_classes, "head", policy)
+            self.head = dense(num_classes, "head", policy)
             if distilled:
-                self.head_dist = _dense(num_classes, "head_dist", policy)
+                self.head_dist = dense(num_classes, "head_dist", policy)
         self.build((None, image_size, image_size, in_channels))
 
     def build(self, input_shape):
         self.patch_embed.build(input_shape)
-        token_shape = (input_shape[0], self.grid_size ** 2, self.embed_dim)
+        token_shape = (input_shape[0], self.grid_size**2, self.embed_dim)
         self.tokens.build(token_shape)
-        sequence = (input_shape[0], self.num_prefix_tokens + self.grid_size ** 2, self.embed_dim)
+        sequence = (input_shape[0], self.num_prefix_tokens + self.grid_size**2, self.embed_dim)
         for layer in self.blocks + [self.norm]:
             layer.build(sequence)
         for head in (self.head, self.head_dist):
@@ -152,13 +168,102 @@ class DeiT(DistillationTrainerMixin, keras.Model):
 
     def call(self, images, training=None):
         cls_logits, dist_logits = self.call_heads(images, training=training)
-        if dist_logits is None:
-            return cls_logits
-        if training:
+        if training and dist_logits is not None:
             return cls_logits, dist_logits
-        return (cls_logits + dist_logits) / 2
+        return average_heads(cls_logits, dist_logits)
 
-    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+    # === Training (the step lives in `deit_keras.distill`) ===
+    def compile(
+        self,
+        optimizer="adamw",
+        teacher=None,
+        distillation="none",
+        alpha=0.5,
+        tau=1.0,
+        loss=None,
+        metrics=None,
+        **kwargs,
+    ):
+        """Configures training: the optimizer and DeiT's distillation objective.
+
+        Args:
+            optimizer: a Keras optimizer (see `deit_keras.training.optim`).
+            teacher: a `keras.Model` mapping this model's input batch to
+                teacher logits (wrap keras.applications models with
+                `deit_keras.distill.TeacherAdapter`). Frozen here.
+            distillation: "none", "soft" or "hard".
+            alpha: weight of the distillation loss. Defaults to 0.5.
+            tau: soft-distillation temperature. Defaults to 1.0.
+            loss: a `keras.losses.Loss` or None: the label term (the official
+                `base_criterion`, on logits and probability targets).
+                Defaults to categorical cross-entropy from logits.
+            metrics: not supported: the step reports loss, cls/distill
+                loss, top-1/top-5 and per-head top-1 itself.
+            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`).
+        """
+        if metrics:
+            raise ValueError(
+                "DeiT reports its own metrics (loss, cls_loss, distill_loss, top1, top5, "
+                f"cls_top1, dist_top1). Received: metrics={metrics!r}"
+            )
+        base_loss = keras.losses.get(loss) if loss is not None else None
+        objective = DistillationLoss(distillation, alpha, tau, base_loss=base_loss)
+        self.distillation_step = DistillationStep(objective, teacher)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and self.distillation_step is not None:
+            objective = self.distillation_step.loss
+            config.update(
+                distillation=objective.distillation, alpha=objective.alpha, tau=objective.tau
+            )
+        return config
+
+    def compile_from_config(self, config):
+        """Restores the optimizer (with its state) of a saved model.
+
+        The teacher is not part of the student's file, so a loaded model is
+        compiled without distillation; `compile` again with `teacher=` and
+        `optimizer=model.optimizer` to keep distilling with the same state.
+        """
+        config = keras.saving.deserialize_keras_object(config)
+        saved = config.pop("distillation", "none")
+        if saved != "none":
+            logging.warning(
+                "%s was trained with %s distillation; its teacher is not saved with it, so it is "
+                "compiled without one. Call compile(optimizer=model.optimizer, teacher=..., "
+                "distillation=%r) to continue distilling.",
+                self.name,
+                saved,
+                saved,
+            )
+        self.compile(distillation="none", **config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @property
+    def teacher(self):
+        """The frozen teacher of the last `compile`, or None."""
+        return None if self.distillation_step is None else self.distillation_step.teacher
+
+    @property
+    def metrics(self):
+        return [] if self.distillation_step is None else self.distillation_step.metrics
+
+    def train_step(self, data):
+        if self.distillation_step is None:
+            raise ValueError(f"{self.name} must be compiled before it is trained.")
+        return self.distillation_step.train_step(self, data)
+
+    def test_step(self, data):
+        if self.distillation_step is None:
+            raise ValueError(f"{self.name} must be compiled before it is evaluated.")
+        return self.distillation_step.test_step(self, data)
+
+    def export(
+        self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs
+    ):
         """`keras.Model.export` with the model's own input signature as default.
 
         A subclassed model built in `__init__` has no recorded call shapes, so
@@ -194,6 +299,7 @@ class DeiT(DistillationTrainerMixin, keras.Model):
             distilled=self.distilled,
             drop_path_rate=self.drop_path_rate,
             in_channels=self.in_channels,
+            preprocessing=self.preprocessing.get_config(),
             dtype=keras.saving.serialize_keras_object(self.dtype_policy),
         )
         return config

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deit_keras.data.transforms import denormalize
-from deit_keras.io_utils import atomic_output, write_text_atomic
+from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, denormalize
+from deit_keras.io.atomic import atomic_output, write_text_atomic
 
 
 def finite_logs(logs):
@@ -21,7 +21,7 @@ def finite_logs(logs):
 
 
 def save_epoch_checkpoint(model, directory, epoch, logs=None):
-    """Writes `<directory>/last.keras` and `last.json` (epoch, step, scalar logs), each atomically."""
+    """Writes `<directory>/last.keras` and `last.json` (epoch, step, scalar logs) atomically."""
     os.makedirs(directory, exist_ok=True)
     with atomic_output(os.path.join(directory, "last.keras")) as temporary:
         model.save(temporary)
@@ -45,16 +45,67 @@ class EpochCheckpoint(keras.callbacks.Callback):
             save_epoch_checkpoint(self.model, self.directory, epoch, logs)
 
 
+class Backup:
+    """A crash-safe backup of weights and optimizer state, one directory per save.
+
+    Each save goes to a new directory `epoch-<N>/` (`state.weights.h5`: the
+    weights with the optimizer state), which appears by one rename; then
+    `latest.json` (`{"epoch", "dir", "step"}`) is switched to it by another,
+    and only then are older states removed. A crash at any instant leaves
+    either the old or the new state, whole. `AtomicBackupAndRestore` (for
+    `fit`) and the multi-worker loop both use this one format.
+
+    Args:
+        directory: str. Directory of this run's backups only.
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.pointer = os.path.join(directory, "latest.json")
+
+    def latest(self) -> dict | None:
+        if not os.path.exists(self.pointer):
+            return None
+        with open(self.pointer, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def restored_epoch(self) -> int:
+        """The epoch a run in this directory resumes at (0: starts afresh)."""
+        latest = self.latest()
+        return 0 if latest is None else int(latest["epoch"])
+
+    def restore(self, model) -> int:
+        """Loads the latest state into `model`; returns its epoch (0 when there is none)."""
+        latest = self.latest()
+        if latest is None:
+            return 0
+        if not model.built:
+            raise ValueError("Restoring a backup needs a built model.")
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(os.path.join(self.directory, latest["dir"], "state.weights.h5"))
+        return int(latest["epoch"])
+
+    def save(self, model, epoch: int) -> None:
+        """Saves `model` as the state after `epoch` epochs."""
+        name = f"epoch-{epoch:05d}"
+        with atomic_output(os.path.join(self.directory, name)) as temporary:
+            os.makedirs(temporary)
+            model.save_weights(os.path.join(temporary, "state.weights.h5"))
+        state = {"epoch": epoch, "dir": name, "step": int(model.optimizer.iterations.numpy())}
+        write_text_atomic(self.pointer, json.dumps(state))
+        for old in glob.glob(os.path.join(self.directory, "epoch-*")):
+            if os.path.basename(old) != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` whose saves survive a crash at any instant.
 
     Keras writes `latest.weights.h5` and `training_metadata.json` in place,
     one after the other: a kill in between leaves a torn or mismatched pair.
-    Here each save goes to a new directory `epoch-<N>/` (weights with the
-    optimizer state, and the metadata), which appears by one rename; then
-    `latest.json` is switched to it by another, and only then are older
-    states removed. A crash leaves either the old or the new state, whole.
-    Epochs with a NaN/Inf loss are not saved.
+    Here saves use the `Backup` format. Epochs with a NaN/Inf loss are not
+    saved.
 
     Args:
         backup_dir: str. Directory of this run's backups only.
@@ -62,29 +113,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def __init__(self, backup_dir):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
-        self._pointer = os.path.join(backup_dir, "latest.json")
-
-    def _latest(self):
-        if not os.path.exists(self._pointer):
-            return None
-        with open(self._pointer, encoding="utf-8") as handle:
-            return json.load(handle)
+        self.backup = Backup(backup_dir)
 
     def restored_epoch(self):
         """The epoch a run in this directory resumes at (0: starts afresh)."""
-        latest = self._latest()
-        return 0 if latest is None else int(latest["epoch"])
+        return self.backup.restored_epoch()
 
     def _load_model(self):
-        latest = self._latest()
-        if latest is None:
-            return
-        if not self.model.built:
-            raise ValueError("BackupAndRestore needs a built model before fit().")
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(os.path.join(self.backup_dir, latest["dir"], "state.weights.h5"))
-        self.model._initial_epoch = int(latest["epoch"])
+        if self.backup.latest() is not None:
+            self.model._initial_epoch = self.backup.restore(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         self._current_epoch = epoch + 1
@@ -92,20 +129,11 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             self._save_model()
 
     def _save_model(self):
-        name = f"epoch-{self._current_epoch:05d}"
-        with atomic_output(os.path.join(self.backup_dir, name)) as temporary:
-            os.makedirs(temporary)
-            self.model.save_weights(os.path.join(temporary, "state.weights.h5"))
-        state = {"epoch": self._current_epoch, "dir": name,
-                 "step": int(self.model.optimizer.iterations.numpy())}
-        write_text_atomic(self._pointer, json.dumps(state))
-        for old in glob.glob(os.path.join(self.backup_dir, "epoch-*")):
-            if os.path.basename(old) != name:
-                shutil.rmtree(old, ignore_errors=True)
+        self.backup.save(self.model, self._current_epoch)
 
 
 class StopOnNaN(keras.callbacks.Callback):
-    """Stops at the first non-finite loss, naming the step; earlier checkpoints stay as they were."""
+    """Stops at the first non-finite loss, naming the step; earlier checkpoints stay as they are."""
 
     def __init__(self):
         super().__init__()
@@ -121,14 +149,15 @@ class StopOnNaN(keras.callbacks.Callback):
 class InputImages(keras.callbacks.Callback):
     """Writes a few augmented training inputs to TensorBoard once, at the start."""
 
-    def __init__(self, log_dir, images, max_images=8):
+    def __init__(self, log_dir, images, max_images=8, preprocessing=DEFAULT_PREPROCESSING):
         super().__init__()
         self.log_dir = log_dir
         self.images = images[:max_images]
+        self.preprocessing = preprocessing
 
     def on_train_begin(self, logs=None):
         writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
-        pixels = tf.clip_by_value(denormalize(self.images) / 255.0, 0.0, 1.0)
+        pixels = tf.clip_by_value(denormalize(self.images, self.preprocessing) / 255.0, 0.0, 1.0)
         with writer.as_default():
             tf.summary.image("augmented_inputs", pixels, step=0, max_outputs=len(self.images))
         writer.close()

@@ -16,16 +16,14 @@ reproduces the effects of the fit callbacks a run relies on:
 Only the chief (task index 0 of the `chief` or `worker` job) writes files.
 """
 
-import json
 import math
 import os
-import time
 import types
 
+import keras
 import tensorflow as tf
 
-from deit_keras.io_utils import atomic_output, write_text_atomic
-from deit_keras.training.callbacks import save_epoch_checkpoint
+from deit_keras.training.callbacks import Backup, save_epoch_checkpoint
 
 
 def is_chief(strategy):
@@ -59,40 +57,9 @@ def distribute_train_dataset(strategy, dataset_fn, global_batch_size):
     return strategy.distribute_datasets_from_function(per_worker)
 
 
-class _Backup:
-    """The crash-safe backup layout of `AtomicBackupAndRestore`, for this loop."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.pointer = os.path.join(directory, "latest.json")
-
-    def restore(self, model):
-        if not os.path.exists(self.pointer):
-            return 0
-        with open(self.pointer, encoding="utf-8") as handle:
-            latest = json.load(handle)
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(self.directory, latest["dir"], "state.weights.h5"))
-        return int(latest["epoch"])
-
-    def save(self, model, epoch):
-        import glob
-        import shutil
-
-        name = f"epoch-{epoch:05d}"
-        with atomic_output(os.path.join(self.directory, name)) as temporary:
-            os.makedirs(temporary)
-            model.save_weights(os.path.join(temporary, "state.weights.h5"))
-        state = {"epoch": epoch, "dir": name, "step": int(model.optimizer.iterations.numpy())}
-        write_text_atomic(self.pointer, json.dumps(state))
-        for old in glob.glob(os.path.join(self.directory, "epoch-*")):
-            if os.path.basename(old) != name:
-                shutil.rmtree(old, ignore_errors=True)
-
-
-def fit_distributed(model, strategy, dataset, *, epochs, steps_per_epoch, model_dir=None,
-                    resume=True, verbose=1):
+def fit_distributed(
+    model, strategy, dataset, *, epochs, steps_per_epoch, model_dir=None, resume=True, verbose=1
+):
     """Trains a compiled model with `strategy.run(model.train_step, ...)`.
 
     Args:
@@ -106,7 +73,8 @@ def fit_distributed(model, strategy, dataset, *, epochs, steps_per_epoch, model_
         model_dir: str or None. `backup/`, `checkpoints/` and `tensorboard/`
             go here (chief only); None writes nothing.
         resume: bool. Restore `model_dir/backup` when it exists.
-        verbose: int or str. 0 prints nothing; otherwise one line per epoch.
+        verbose: int or str. 0 shows nothing; otherwise Keras' one line per
+            epoch (`keras.utils.Progbar`, as `fit(verbose=2)`).
 
     Returns:
         A `keras.callbacks.History`-like object: `epoch` (the epoch indices
@@ -117,7 +85,7 @@ def fit_distributed(model, strategy, dataset, *, epochs, steps_per_epoch, model_
             checkpoint of the last good epoch are kept.
     """
     chief = is_chief(strategy) and model_dir is not None
-    backup = _Backup(os.path.join(model_dir, "backup")) if model_dir else None
+    backup = Backup(os.path.join(model_dir, "backup")) if model_dir else None
     initial_epoch = backup.restore(model) if (backup and resume) else 0
     writer = None
     if chief:
@@ -128,8 +96,10 @@ def fit_distributed(model, strategy, dataset, *, epochs, steps_per_epoch, model_
         # Metric variables are per replica: average the replicas' running
         # means (equal per-replica batches: the global mean), on every worker.
         context = tf.distribute.get_replica_context()
-        return {name: value if name == "lr" else context.all_reduce(
-            tf.distribute.ReduceOp.MEAN, value) for name, value in logs.items()}
+        return {
+            name: value if name == "lr" else context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+            for name, value in logs.items()
+        }
 
     @tf.function
     def train_steps(iterator):
@@ -141,24 +111,31 @@ def fit_distributed(model, strategy, dataset, *, epochs, steps_per_epoch, model_
     for epoch in range(initial_epoch, epochs):
         for metric in model.metrics:
             metric.reset_state()
-        started = time.time()
+        progress = keras.utils.Progbar(  # logs are running means already
+            steps_per_epoch,
+            verbose=2 if verbose else 0,
+            stateful_metrics=[metric.name for metric in model.metrics] + ["lr"],
+        )
         logs = {}
-        for _ in range(steps_per_epoch):
+        for step in range(steps_per_epoch):
             logs = train_steps(iterator)
             loss = float(logs["loss"])
             if not math.isfinite(loss):
                 step = int(model.optimizer.iterations.numpy())
                 raise FloatingPointError(
                     f"Loss became NaN/Inf at step {step}; the last good checkpoint is in "
-                    f"{os.path.join(model_dir or '.', 'checkpoints')}. Lower --lr or check the data."
+                    f"{os.path.join(model_dir or '.', 'checkpoints')}. "
+                    "Lower --lr or check the data."
                 )
+            progress.update(
+                step + 1,
+                [(name, float(value)) for name, value in logs.items()],
+                finalize=step + 1 == steps_per_epoch,
+            )
         logs = {name: float(value) for name, value in logs.items()}
         history.epoch.append(epoch)
         for name, value in logs.items():
             history.history.setdefault(name, []).append(value)
-        if verbose:
-            scalars = " - ".join(f"{k}: {v:.4g}" for k, v in logs.items())
-            print(f"Epoch {epoch + 1}/{epochs} - {time.time() - started:.0f}s - {scalars}", flush=True)
         if chief:
             backup.save(model, epoch + 1)
             save_epoch_checkpoint(model, os.path.join(model_dir, "checkpoints"), epoch, logs)
@@ -171,22 +148,18 @@ def fit_distributed(model, strategy, dataset, *, epochs, steps_per_epoch, model_
     return history
 
 
-def fit_multi_worker(config, model, strategy, steps_per_epoch, data_kwargs):
-    """`fit_distributed` over the run's training set, sharded per input pipeline."""
-    from deit_keras.data.pipeline import make_dataset
-
-    def dataset_fn(input_context, batch_size):
-        return make_dataset(
-            config.dataset, "train", batch_size=batch_size, training=True,
-            augment=config.augment, repeated_aug=config.repeated_aug,
-            input_context=input_context, **data_kwargs,
-        )
-
+def fit_multi_worker(config, model, strategy, steps_per_epoch, dataset_fn):
+    """`fit_distributed` with a run's settings over `dataset_fn(input_context, batch_size)`."""
     dataset = distribute_train_dataset(strategy, dataset_fn, config.batch_size)
     return fit_distributed(
-        model, strategy, dataset, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-        model_dir=config.model_dir, resume=config.resume,
-        verbose=0 if config.verbose == 0 else 1,
+        model,
+        strategy,
+        dataset,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        model_dir=config.model_dir,
+        resume=config.resume,
+        verbose=0 if config.fit_verbose == 0 else 1,
     )
 
 

@@ -49,13 +49,18 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         step = ops.cast(step, "float32")
         warmup = self.warmup_lr + (self.peak_lr - self.warmup_lr) * step / max(self.warmup_steps, 1)
         progress = ops.minimum(step / self.total_steps, 1.0)
-        cosine = self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1.0 + ops.cos(math.pi * progress))
+        cosine = self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (
+            1.0 + ops.cos(math.pi * progress)
+        )
         return ops.where(step < self.warmup_steps, warmup, cosine)
 
     def get_config(self):
         return dict(
-            peak_lr=self.peak_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
-            warmup_lr=self.warmup_lr, min_lr=self.min_lr,
+            peak_lr=self.peak_lr,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            warmup_lr=self.warmup_lr,
+            min_lr=self.min_lr,
         )
 
 

@@ -11,101 +11,48 @@ import time
 
 import keras
 import tensorflow as tf
+from absl import logging
 
-from deit_keras import checkpoints, export, teachers
-from deit_keras.augment import AugmentConfig
 from deit_keras.data.pipeline import dataset_info, make_dataset
-from deit_keras.distribute import make_strategy
-from deit_keras.evaluate import evaluate_model
-from deit_keras.io_utils import atomic_output, write_text_atomic
+from deit_keras.deploy import checkpoints
+from deit_keras.deploy.saved_model import export_saved_model
+from deit_keras.deploy.saving import load_model, save_model
+from deit_keras.distill import teachers
+from deit_keras.inference.evaluate import classifier_top1, evaluate_model
+from deit_keras.io.atomic import atomic_output, write_text_atomic
 from deit_keras.models.variants import create_model
 from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training import custom_loop
+from deit_keras.training.config import TrainConfig
+from deit_keras.training.distribute import make_strategy
 from deit_keras.training.optim import create_optimizer
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything one run needs; defaults are the paper's DeiT-Ti recipe."""
-
-    model: str = "deit_tiny_distilled_patch16_224"
-    image_size: int | None = None
-    model_overrides: dict = dataclasses.field(default_factory=dict)
-    drop_path: float = 0.1
-    dataset: str = "imagenet2012"
-    data_dir: str | None = None
-    batch_size: int = 1024  # global
-    epochs: int = 300
-    steps_per_epoch: int | None = None
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    repeated_aug: int = 3
-    lr: float = 5e-4
-    min_lr: float = 1e-5
-    warmup_lr: float = 1e-6
-    warmup_epochs: int = 5
-    weight_decay: float = 0.05
-    clip_grad: float | None = None
-    model_ema: bool = False
-    model_ema_decay: float = 0.99996
-    distillation: str = "hard"
-    alpha: float = 0.5
-    tau: float = 1.0
-    teacher: str | None = "regnety160"
-    teacher_weights: str | None = "imagenet"
-    teacher_input: str | None = None
-    teacher_epochs: int = 0  # > 0: train a small CNN teacher when `teacher` is a missing .keras
-    teacher_lr: float = 4e-3
-    strategy: str = "auto"
-    tpu: str | None = None
-    precision: str = "float32"
-    jit_compile: bool = True
-    model_dir: str = "runs/deit"
-    output: str | None = None  # final .keras; defaults to saved_models/<model>.keras
-    export_savedmodel: bool = True
-    finetune: str | None = None
-    resume: bool = True
-    seed: int = 0
-    deterministic: bool = False
-    verbose: int | str = "auto"
-
-    def validate(self):
-        problems = []
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
-            problems.append(f"steps_per_epoch must be positive, got {self.steps_per_epoch}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.distillation != "none" and not self.teacher:
-            problems.append(f"distillation={self.distillation!r} needs --teacher")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-
-def _make_student(config, num_classes):
-    overrides = {k: v for k, v in config.model_overrides.items() if v is not None}
-    if config.finetune:
-        return _finetune_student(config, num_classes, overrides)
+def _new_student(config: TrainConfig, num_classes: int):
     return create_model(
-        config.model, num_classes=num_classes, image_size=config.image_size,
-        drop_path_rate=config.drop_path, **overrides,
+        config.model,
+        num_classes=num_classes,
+        image_size=config.image_size,
+        drop_path_rate=config.drop_path,
+        crop_pct=config.crop_pct,
+        **config.model_overrides,
     )
 
 
-def _finetune_student(config, num_classes, overrides):
+def _make_student(config: TrainConfig, num_classes: int):
+    if config.finetune:
+        return _finetune_student(config, num_classes)
+    return _new_student(config, num_classes)
+
+
+def _finetune_student(config: TrainConfig, num_classes: int):
     """Starts from a checkpoint: ours (.keras) or a published one; new heads if classes differ."""
     if config.finetune.endswith(".keras"):
-        source, _ = export.load_model(config.finetune, compile=False)
+        source, _ = load_model(config.finetune, compile=False)
         state = checkpoints.state_dict_of(source)
     else:
         state = checkpoints.to_timm_state_dict(checkpoints.read_state_dict(config.finetune))
-    model = create_model(
-        config.model, num_classes=num_classes, image_size=config.image_size,
-        drop_path_rate=config.drop_path, **overrides,
-    )
+    model = _new_student(config, num_classes)
     skip_heads = checkpoints.checkpoint_num_classes(state) != num_classes
     checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads)
     return model
@@ -114,23 +61,32 @@ def _finetune_student(config, num_classes, overrides):
 def _teacher_dataset_config(config):
     """The digits teacher trains on crops and flips only: a CNN needs no ViT-strength recipe."""
     return dataclasses.replace(
-        config.augment, rand_augment_ops=0, reprob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0
+        config.augment, rand_augment_ops=0, reprob=0.0, mixup=0.0, cutmix=0.0
     )
 
 
-def train_small_teacher(config, info, image_size, path):
+def train_small_teacher(config, info, image_size, path, preprocessing):
     """Trains `teachers.build_small_cnn` on the run's dataset and saves it to `path`."""
     train = make_dataset(
-        config.dataset, "train", image_size=image_size, batch_size=64, training=True,
-        augment=_teacher_dataset_config(config), data_dir=config.data_dir, seed=config.seed,
+        config.dataset,
+        "train",
+        image_size=image_size,
+        batch_size=64,
+        training=True,
+        augment=_teacher_dataset_config(config),
+        preprocessing=preprocessing,
+        data_dir=config.data_dir,
+        seed=config.seed,
     )
     cnn = teachers.build_small_cnn(info.num_classes, image_size)
     steps = max(info.num_train_examples // 64, 1)
     cnn.compile(
-        optimizer=create_optimizer(config.teacher_lr, 512, steps, config.teacher_epochs,
-                                   warmup_epochs=1, weight_decay=0.05),
+        optimizer=create_optimizer(
+            config.teacher_lr, 512, steps, config.teacher_epochs, warmup_epochs=1, weight_decay=0.05
+        ),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"], jit_compile=config.jit_compile,
+        metrics=["accuracy"],
+        jit_compile=config.jit_compile,
     )
     cnn.fit(train, epochs=config.teacher_epochs, verbose=0, shuffle=False)
     with atomic_output(path) as temporary:
@@ -138,8 +94,9 @@ def train_small_teacher(config, info, image_size, path):
     return cnn
 
 
-def _make_teacher(config, info, image_size):
-    if config.distillation == "none":
+def _make_teacher(config, info, student):
+    image_size = student.image_size
+    if config.distillation_type == "none":
         return None
     if config.teacher.endswith(".keras") and not os.path.exists(config.teacher):
         if config.teacher_epochs <= 0:
@@ -147,18 +104,23 @@ def _make_teacher(config, info, image_size):
                 f"Teacher file {config.teacher} does not exist; train one or set "
                 "--teacher_epochs to have this run train a small CNN teacher first."
             )
-        print(f"Training a CNN teacher for {config.teacher_epochs} epochs -> {config.teacher}")
-        train_small_teacher(config, info, image_size, config.teacher)
+        logging.warning(
+            "Training a CNN teacher for %d epochs -> %s", config.teacher_epochs, config.teacher
+        )
+        train_small_teacher(config, info, image_size, config.teacher, student.preprocessing)
     weights = config.teacher_weights
     if weights in ("", "none", "None"):
         weights = None
     return teachers.build_teacher(
-        config.teacher, info.num_classes, image_size, weights=weights,
+        config.teacher,
+        info.num_classes,
+        image_size,
+        weights=weights,
         input_convention=config.teacher_input,
     )
 
 
-def _callbacks(config, sample_images):
+def _callbacks(config, sample_images, preprocessing):
     backup_dir = os.path.join(config.model_dir, "backup")
     if not config.resume and os.path.isdir(backup_dir):
         shutil.rmtree(backup_dir)
@@ -168,17 +130,24 @@ def _callbacks(config, sample_images):
         callbacks_lib.AtomicBackupAndRestore(backup_dir),
         callbacks_lib.EpochCheckpoint(os.path.join(config.model_dir, "checkpoints")),
         keras.callbacks.TensorBoard(os.path.join(config.model_dir, "tensorboard")),
-        callbacks_lib.InputImages(os.path.join(config.model_dir, "tensorboard"), sample_images),
+        callbacks_lib.InputImages(
+            os.path.join(config.model_dir, "tensorboard"),
+            sample_images,
+            preprocessing=preprocessing,
+        ),
     ]
 
 
-def _teacher_top1(teacher, dataset):
-    correct = total = 0
-    for images, labels in dataset:
-        predictions = tf.argmax(teacher(images, training=False), axis=-1)
-        correct += int(tf.reduce_sum(tf.cast(predictions == tf.argmax(labels, -1), tf.int32)))
-        total += int(images.shape[0])
-    return 100.0 * correct / max(total, 1)
+def _train_data(config, data_kwargs, **extra):
+    """The run's training pipeline; `extra` sets `epoch`, `input_context`, `batch_size`."""
+    options = dict(
+        batch_size=config.batch_size,
+        training=True,
+        augment=config.augment,
+        repeated_aug=config.repeated_aug,
+    )
+    options.update(data_kwargs, **extra)
+    return make_dataset(config.dataset, "train", **options)
 
 
 def _deterministic_epochs(config, data_kwargs, start_epoch):
@@ -187,11 +156,9 @@ def _deterministic_epochs(config, data_kwargs, start_epoch):
     A resumed run starts at the epoch it restored and sees the batches an
     uninterrupted run would have seen there (see `make_dataset(epoch=)`).
     """
+
     def epoch_data(epoch):
-        return make_dataset(
-            config.dataset, "train", batch_size=config.batch_size, training=True,
-            augment=config.augment, repeated_aug=config.repeated_aug, epoch=epoch, **data_kwargs,
-        )
+        return _train_data(config, data_kwargs, epoch=epoch)
 
     train = epoch_data(start_epoch)
     for epoch in range(start_epoch + 1, config.epochs):
@@ -207,30 +174,31 @@ def _train_dataset(config, data_kwargs, steps):
     re-iterated each epoch with fresh randomness.
     """
     if config.deterministic and not config.steps_per_epoch:
-        backup = callbacks_lib.AtomicBackupAndRestore(os.path.join(config.model_dir, "backup"))
+        backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
         start = backup.restored_epoch() if config.resume else 0
         return _deterministic_epochs(config, data_kwargs, start), steps
-    train = make_dataset(
-        config.dataset, "train", batch_size=config.batch_size, training=True,
-        augment=config.augment, repeated_aug=config.repeated_aug, **data_kwargs,
-    )
+    train = _train_data(config, data_kwargs)
     return train, config.steps_per_epoch
 
 
 def _fit(config, student, train, evaluation, steps_per_epoch):
     sample_images = next(iter(train.take(1)))[0]
-    nan_stop, callbacks = _callbacks(config, sample_images)
+    nan_stop, callbacks = _callbacks(config, sample_images, student.preprocessing)
     if config.steps_per_epoch:
         train = train.repeat()
     history = student.fit(
-        train, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-        validation_data=evaluation, callbacks=callbacks, verbose=config.verbose,
+        train,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=evaluation,
+        callbacks=callbacks,
+        verbose=config.fit_verbose,
         shuffle=False,  # the tf.data pipeline shuffles
     )
     return history, nan_stop
 
 
-def run_training(config):
+def run_training(config: TrainConfig) -> dict:
     """Runs one training job; returns the results dict also written to `results.json`."""
     config.validate()
     started = time.time()
@@ -246,27 +214,55 @@ def run_training(config):
     with strategy.scope():
         student = _make_student(config, info.num_classes)
         image_size = student.image_size
-        teacher = _make_teacher(config, info, image_size)
-        data_kwargs = dict(image_size=image_size, data_dir=config.data_dir, seed=config.seed,
-                           deterministic=config.deterministic)
+        teacher = _make_teacher(config, info, student)
+        data_kwargs = dict(
+            image_size=image_size,
+            data_dir=config.data_dir,
+            seed=config.seed,
+            deterministic=config.deterministic,
+            preprocessing=student.preprocessing,
+        )
         evaluation = make_dataset(
-            config.dataset, "eval", batch_size=min(config.batch_size, 256), training=False,
-            augment=config.augment, **data_kwargs,
+            config.dataset,
+            "eval",
+            batch_size=min(config.batch_size, 256),
+            training=False,
+            **data_kwargs,
         )
         steps = config.steps_per_epoch or max(info.num_train_examples // config.batch_size, 1)
         optimizer = create_optimizer(
-            config.lr, config.batch_size, steps, config.epochs, config.warmup_epochs,
-            config.warmup_lr, config.min_lr, config.weight_decay, config.model_ema,
-            config.model_ema_decay, config.clip_grad,
+            config.lr,
+            config.batch_size,
+            steps,
+            config.epochs,
+            config.warmup_epochs,
+            config.warmup_lr,
+            config.min_lr,
+            config.weight_decay,
+            config.model_ema,
+            config.model_ema_decay,
+            config.clip_grad,
         )
         student.compile(
-            optimizer=optimizer, teacher=teacher, distillation=config.distillation,
-            alpha=config.alpha, tau=config.tau, jit_compile=config.jit_compile,
+            optimizer=optimizer,
+            teacher=teacher,
+            distillation=config.distillation_type,
+            alpha=config.distillation_alpha,
+            tau=config.distillation_tau,
+            jit_compile=config.jit_compile,
         )
     if config.strategy == "multi_worker":  # Model.fit fails under it (keras-team/keras#20585)
         if not config.resume:
             shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
-        history = custom_loop.fit_multi_worker(config, student, strategy, steps, data_kwargs)
+        history = custom_loop.fit_multi_worker(
+            config,
+            student,
+            strategy,
+            steps,
+            lambda context, batch: _train_data(
+                config, data_kwargs, input_context=context, batch_size=batch
+            ),
+        )
         nan_stop = callbacks_lib.StopOnNaN()  # the loop raises on NaN itself
     else:
         train, fit_steps = _train_dataset(config, data_kwargs, steps)
@@ -278,21 +274,29 @@ def run_training(config):
         )
     results = evaluate_model(student, evaluation)
     if teacher is not None:
-        results["teacher_top1"] = _teacher_top1(teacher, evaluation)
+        results["teacher_top1"] = classifier_top1(teacher, evaluation, info.num_classes)
     output = config.output or os.path.join("saved_models", f"{student.name}.keras")
     if not custom_loop.is_chief(strategy):  # only the chief writes
-        return dict(results, model=student.name, epochs=len(history.epoch), chief=False,
-                    wall_s=round(time.time() - started, 1), saved_model=os.path.abspath(output))
-    export.save_model(student, output, class_names=list(info.class_names))
+        return dict(
+            results,
+            model=student.name,
+            epochs=len(history.epoch),
+            chief=False,
+            wall_s=round(time.time() - started, 1),
+            saved_model=os.path.abspath(output),
+        )
+    save_model(student, output, class_names=list(info.class_names))
     if config.export_savedmodel:
-        export.export_saved_model(
-            student, os.path.splitext(output)[0] + "_savedmodel",
-            crop_pct=config.augment.crop_pct, class_names=list(info.class_names),
+        export_saved_model(
+            student, os.path.splitext(output)[0] + "_savedmodel", class_names=list(info.class_names)
         )
     results.update(
-        model=student.name, dataset=config.dataset, epochs=len(history.epoch),
-        wall_s=round(time.time() - started, 1), saved_model=os.path.abspath(output),
-        distillation=config.distillation,
+        model=student.name,
+        dataset=config.dataset,
+        epochs=len(history.epoch),
+        wall_s=round(time.time() - started, 1),
+        saved_model=os.path.abspath(output),
+        distillation=config.distillation_type,
     )
     write_text_atomic(os.path.join(config.model_dir, "results.json"), json.dumps(results, indent=1))
     return results

@@ -1,0 +1,9 @@
+"""What a DeiT attends to: attention maps, rollout, cls/dist token similarity, pictures."""
+
+from deit_keras.analysis.attention import (
+    attention_maps,
+    attention_rollout,
+    token_cosine_similarity,
+)
+
+__all__ = ["attention_maps", "attention_rollout", "token_cosine_similarity"]

@@ -1,0 +1,52 @@
+"""Converts a published DeiT checkpoint (official/timm or Hugging Face) to `.keras`.
+
+    python -m deit_keras.convert --checkpoint deit_tiny_distilled_patch16_224-b40b3cf7.pth \
+        --model deit_tiny_distilled_patch16_224 --output saved_models/deit_tiny_distilled.keras
+"""
+
+from absl import flags
+
+from deit_keras import cli
+from deit_keras.deploy.checkpoints import convert_checkpoint
+from deit_keras.models.variants import list_models
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "PyTorch checkpoint: .pth/.pt/.bin (needs torch), .safetensors or .npz; "
+    "official DeiT/timm or Hugging Face keys (detected).",
+)
+_MODEL = flags.DEFINE_enum("model", None, list_models(), "DeiT variant the checkpoint holds.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the .keras model.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size",
+    None,
+    "Input size of the converted model; position embeddings are resampled "
+    "(PyTorch bicubic) when it differs from the checkpoint's. Defaults to the variant's.",
+)
+_NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes",
+    None,
+    "Classes of the heads. Defaults to the checkpoint's; another value "
+    "keeps freshly initialised heads (for fine-tuning).",
+)
+
+
+def main(argv):
+    cli.check_no_arguments(argv)
+    model = convert_checkpoint(
+        _CHECKPOINT.value, _MODEL.value, _OUTPUT.value, _IMAGE_SIZE.value, _NUM_CLASSES.value
+    )
+    print(
+        f"Wrote {_OUTPUT.value}: {model.name}, {model.count_params():,} parameters, "
+        f"{model.image_size} px, {model.num_classes} classes"
+    )
+
+
+def run():
+    flags.mark_flags_as_required(["checkpoint", "model", "output"])
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,73 @@
+"""Top-1/top-5 accuracy of a saved DeiT on a dataset.
+
+    python -m deit_keras.evaluate --model_path model.keras --dataset digits \\
+        [--split eval] [--data_dir DIR] [--batch_size 64] [--output results.json]
+"""
+
+import json
+
+from absl import flags
+
+from deit_keras import cli
+from deit_keras.inference.evaluate import evaluate_file
+from deit_keras.io.atomic import write_text_atomic
+
+_MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model to evaluate.")
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "'digits', 'folder:PATH' or a TFDS name, e.g. 'imagenet2012'."
+)
+_SPLIT = flags.DEFINE_enum("split", "eval", ["train", "eval"], "Which split.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Evaluation batch size.")
+_MAX_BATCHES = flags.DEFINE_integer("max_batches", None, "Stop after this many batches.")
+_CROP_PCT = flags.DEFINE_float(
+    "crop_pct",
+    None,
+    "Eval crop fraction: the shorter side is resized to image_size / crop_pct. "
+    "Defaults to the model's own (saved in its config).",
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Write the JSON summary here (atomically) instead of stdout."
+)
+
+
+def format_results(results):
+    """One line per metric, for people."""
+    lines = []
+    for key, value in results.items():
+        if key == "flags":
+            continue
+        if isinstance(value, float):
+            lines.append(f"{key:>18}: {value:.4f}")
+        elif not isinstance(value, (dict, list)):
+            lines.append(f"{key:>18}: {value}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    cli.check_no_arguments(argv)
+    summary = evaluate_file(
+        _MODEL_PATH.value,
+        _DATASET.value,
+        split=_SPLIT.value,
+        data_dir=_DATA_DIR.value,
+        batch_size=_BATCH_SIZE.value,
+        max_batches=_MAX_BATCHES.value,
+        crop_pct=_CROP_PCT.value,
+    )
+    if _OUTPUT.value:
+        summary["flags"] = flags.FLAGS.flags_into_string()
+        write_text_atomic(_OUTPUT.value, json.dumps(summary, indent=1) + "\n")
+        print(format_results(summary))
+        print(f"wrote {_OUTPUT.value}")
+    else:
+        print(json.dumps(summary, indent=1))
+
+
+def run():
+    flags.mark_flags_as_required(["model_path", "dataset"])
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,46 @@
+"""Exports a `.keras` DeiT as a SavedModel with a uint8, any-size serving signature.
+
+python -m deit_keras.export --model_path model.keras --output exported/
+"""
+
+import os
+
+from absl import flags
+
+from deit_keras import cli
+from deit_keras.deploy.saved_model import export_saved_model
+from deit_keras.deploy.saving import load_model
+
+_MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model to export.")
+_OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory to write (replaced).")
+_CROP_PCT = flags.DEFINE_float(
+    "crop_pct",
+    None,
+    "Eval crop fraction: the shorter side is resized to image_size / crop_pct. "
+    "Defaults to the model's own (saved in its config).",
+)
+
+
+def main(argv):
+    cli.check_no_arguments(argv)
+    model, class_names = load_model(_MODEL_PATH.value, compile=False)
+    export_saved_model(
+        model,
+        _OUTPUT.value,
+        crop_pct=_CROP_PCT.value,
+        class_names=class_names,
+        extra_files={"flags.txt": flags.FLAGS.flags_into_string()},
+    )
+    print(
+        f"Exported {_MODEL_PATH.value} to {os.path.abspath(_OUTPUT.value)} "
+        "(serving_default: uint8 [B, H, W, 3] -> probabilities, logits)"
+    )
+
+
+def run():
+    flags.mark_flags_as_required(["model_path", "output"])
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,157 @@
+"""The eval transform, and the normalisation every path shares.
+
+The DeiT evaluation transform (facebookresearch/deit `datasets.py`, timm
+`transforms_factory.py`): resize the shorter side to
+`floor(image_size / crop_pct)` with bicubic interpolation, take the central
+`image_size` square, scale to [0, 1] and normalise with the mean and std.
+One implementation, in graph-friendly TensorFlow ops (dynamic height and
+width, batched or not), serves the `tf.data` eval pipeline, `predict`,
+`visualize` and the exported `serving_default` signature, so their numbers
+agree. A model's own settings are a `Preprocessing`, saved in its config.
+"""
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+from deit_keras.data.constants import (
+    DEFAULT_CROP_PCT,
+    DEFAULT_INTERPOLATION,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INTERPOLATIONS,
+)
+
+
+def check_crop_pct(crop_pct: float) -> None:
+    """Raises ValueError unless `0 < crop_pct <= 1`."""
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must be in (0, 1]. Received: crop_pct={crop_pct}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How images become a model's input (timm's `pretrained_cfg` eval fields).
+
+    Args:
+        mean: tuple of 3 floats. Per-channel mean of pixels scaled to [0, 1].
+        std: tuple of 3 floats. Per-channel std.
+        crop_pct: float in (0, 1]. Eval centre-crop fraction.
+        interpolation: str. Resize kernel, "bicubic" or "bilinear".
+    """
+
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    crop_pct: float = DEFAULT_CROP_PCT
+    interpolation: str = DEFAULT_INTERPOLATION
+
+    def __post_init__(self):
+        check_crop_pct(self.crop_pct)
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {INTERPOLATIONS}. "
+                f"Received: interpolation={self.interpolation!r}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(
+                f"mean and std need 3 values, std > 0. Received: mean={self.mean}, std={self.std}"
+            )
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def replace(self, **changes) -> "Preprocessing":
+        """A copy with `changes`; a None value keeps the field."""
+        changes = {key: value for key, value in changes.items() if value is not None}
+        return dataclasses.replace(self, **changes)
+
+    def get_config(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: "dict | Preprocessing | None") -> "Preprocessing":
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        return cls(**config)
+
+
+DEFAULT_PREPROCESSING = Preprocessing()
+
+
+def normalize(pixels, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
+    """`[..., 3]` pixels in [0, 255] (uint8 or float) -> float32 `(x / 255 - mean) / std`."""
+    pixels = tf.cast(pixels, tf.float32) / 255.0
+    return (pixels - tf.constant(preprocessing.mean)) / tf.constant(preprocessing.std)
+
+
+def denormalize(images, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
+    """Inverse of `normalize`: float32 pixels, about [0, 255] (not clipped)."""
+    images = tf.cast(images, tf.float32)
+    return (images * tf.constant(preprocessing.std) + tf.constant(preprocessing.mean)) * 255.0
+
+
+def resize(images, size, interpolation=DEFAULT_INTERPOLATION):
+    """Antialiased resize to `size`, rounded and clipped to [0, 255] like PIL's uint8 (timm)."""
+    resized = tf.image.resize(
+        tf.cast(images, tf.float32), size, method=interpolation, antialias=True
+    )
+    return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+
+def resize_and_center_crop(
+    images,
+    image_size: int,
+    crop_pct: float = DEFAULT_CROP_PCT,
+    interpolation: str = DEFAULT_INTERPOLATION,
+):
+    """Resize of the shorter side to `floor(image_size / crop_pct)`, then a central square crop.
+
+    Args:
+        images: `[B, H, W, C]` or `[H, W, C]` pixels in [0, 255] (uint8 or
+            float), any H and W (1x1 included).
+        image_size: int. Side of the output square.
+        crop_pct: float in (0, 1]. Defaults to 0.875.
+        interpolation: str. "bicubic" (default) or "bilinear".
+
+    Returns:
+        float32 `[B, image_size, image_size, C]` (or unbatched like the
+        input) with integer values in [0, 255].
+    """
+    check_crop_pct(crop_pct)
+    images = tf.convert_to_tensor(images)
+    unbatched = images.shape.rank == 3
+    if unbatched:
+        images = images[tf.newaxis]
+    if images.shape.rank != 4:
+        raise ValueError(
+            f"images must be [B, H, W, C] or [H, W, C]. Received shape: {images.shape}"
+        )
+    scale_size = math.floor(image_size / crop_pct)
+    shape = tf.shape(images)
+    height, width = shape[1], shape[2]
+    short = tf.minimum(height, width)
+    # torchvision Resize(int): shorter side -> size, longer side int(size * long / short).
+    new_height = tf.where(height <= width, scale_size, scale_size * height // short)
+    new_width = tf.where(width <= height, scale_size, scale_size * width // short)
+    resized = resize(images, tf.stack([new_height, new_width]), interpolation)
+    # torchvision CenterCrop: offset round((size - crop) / 2).
+    top = tf.cast(tf.round(tf.cast(new_height - image_size, tf.float32) / 2), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_width - image_size, tf.float32) / 2), tf.int32)
+    cropped = resized[:, top : top + image_size, left : left + image_size, :]
+    cropped = tf.ensure_shape(cropped, [None, image_size, image_size, images.shape[-1]])
+    return cropped[0] if unbatched else cropped
+
+
+def preprocess(images, image_size: int, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
+    """uint8 (or [0, 255] float) images of any size -> normalised float32 model input.
+
+    The eval transform: `normalize(resize_and_center_crop(...))`. Works on one
+    `[H, W, 3]` image or a `[B, H, W, 3]` batch; the exported serving
+    signature and the eval pipeline both call exactly this.
+    """
+    crop = resize_and_center_crop(
+        images, image_size, preprocessing.crop_pct, preprocessing.interpolation
+    )
+    return normalize(crop, preprocessing)

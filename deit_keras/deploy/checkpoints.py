@@ -1,0 +1,301 @@
+"""Import of published DeiT weights (official/timm and Hugging Face layouts).
+
+Two key styles are in use:
+  * official DeiT / timm: `cls_token`, `dist_token`, `pos_embed`,
+    `patch_embed.proj.*`, `blocks.N.attn.qkv.*` (fused), `head`, `head_dist`;
+    `.pth` files wrap them in a `model` entry.
+  * Hugging Face: `deit.` (distilled, `DeiTForImageClassificationWithTeacher`)
+    or `vit.` (the hub's non-distilled DeiTs, stored as ViT) prefixes,
+    separate query/key/value, `cls_classifier` / `distillation_classifier`
+    or `classifier`. The hub's files use the transformers 4 names
+    (`encoder.layer.N.attention.attention.query`); transformers 5 writes
+    `layers.N.attention.q_proj`. Both are read.
+Both are first rewritten to timm keys, then copied into a `DeiT`.
+"""
+
+import os
+import re
+
+import numpy as np
+
+from deit_keras.io.atomic import atomic_output
+from deit_keras.layers.embedding import resample_position_embeddings
+from deit_keras.models.variants import create_model
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+# === Reading ===
+def read_state_dict(path):
+    """Reads `path` into `{key: float32 numpy array}`.
+
+    `.safetensors` and `.npz` are read without torch; `.pth`, `.pt`, `.bin`
+    need torch (installed with the `test` extra or on its own).
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint not found: {path}")
+    extension = os.path.splitext(path)[1].lower()
+    try:
+        if extension == ".safetensors":
+            from safetensors.numpy import load_file
+
+            state = load_file(path)
+        elif extension == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                state = {key: archive[key] for key in archive.files}
+        elif extension in (".pth", ".pt", ".bin"):
+            state = _read_torch(path)
+        else:
+            raise CheckpointError(
+                f"Unsupported checkpoint type {extension!r} for {path}; "
+                "expected .pth, .pt, .bin, .safetensors or .npz."
+            )
+    except CheckpointError:
+        raise
+    except Exception as error:  # corrupt files raise many different types
+        raise CheckpointError(
+            f"Cannot read checkpoint {path}: {type(error).__name__}: {error}"
+        ) from error
+    return {key: np.asarray(value, dtype=np.float32) for key, value in state.items()}
+
+
+def _read_torch(path):
+    try:
+        import torch
+    except ImportError as error:
+        raise CheckpointError(
+            f"Reading {path} needs torch; install it (pip install torch) or "
+            "convert the checkpoint to .safetensors."
+        ) from error
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    return {key: value.float().numpy() for key, value in state.items() if hasattr(value, "numpy")}
+
+
+# === Key styles ===
+_HF_PREFIX = re.compile(r"^(deit|vit)\.")
+_HF_RENAMES = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.distillation_token$", "dist_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
+    # transformers 5 layout
+    (r"^layers\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^layers\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^layers\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
+    (r"^layers\.(\d+)\.mlp\.(fc1|fc2)\.", r"blocks.\1.mlp.\2."),
+    (r"^layernorm\.", "norm."),
+    (r"^(cls_classifier|classifier)\.", "head."),
+    (r"^distillation_classifier\.", "head_dist."),
+]
+_HF_QKV = re.compile(
+    r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.)?"
+    r"(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$"
+)
+_QKV_PART = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
+
+
+def detect_key_style(state):
+    """ "hf" when the keys carry the `deit.` / `vit.` prefix, else "timm"."""
+    return "hf" if any(_HF_PREFIX.match(key) for key in state) else "timm"
+
+
+def hf_to_timm_keys(state):
+    """Rewrites a Hugging Face DeiT/ViT state dict to timm keys (fusing q, k, v)."""
+    out, qkv_parts, unknown = {}, {}, []
+    for key, value in state.items():
+        short = _HF_PREFIX.sub("", key)
+        if short.startswith("pooler."):
+            continue  # DeiTModel's pooler is not used by the classifiers
+        match = _HF_QKV.match(short)
+        if match:
+            block, part, kind = match.groups()
+            qkv_parts.setdefault((block, kind), {})[_QKV_PART.get(part, part)] = value
+            continue
+        for pattern, replacement in _HF_RENAMES:
+            renamed, count = re.subn(pattern, replacement, short)
+            if count:
+                out[renamed] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"Unknown checkpoint keys: {_key_list(unknown)}")
+    for (block, kind), parts in qkv_parts.items():
+        missing = {"query", "key", "value"} - set(parts)
+        if missing:
+            raise CheckpointError(
+                f"Block {block} {kind}: missing attention parts {sorted(missing)}"
+            )
+        out[f"blocks.{block}.attn.qkv.{kind}"] = np.concatenate(
+            [parts["query"], parts["key"], parts["value"]], axis=0
+        )
+    return out
+
+
+def _key_list(keys, limit=8):
+    """`a, b, c (+N more)`: keeps an error about hundreds of keys on one readable line."""
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+# === Copying into the model ===
+# PyTorch layouts -> Keras: Linear [out, in] -> Dense [in, out];
+# Conv2d [out, in, kh, kw] -> Conv2D [kh, kw, in, out]. Each entry is (to_keras, to_torch).
+_LINEAR = (np.transpose, np.transpose)
+_CONV = (lambda w: np.transpose(w, (2, 3, 1, 0)), lambda w: np.transpose(w, (3, 2, 0, 1)))
+
+
+def _dense(layer):
+    return [(layer.kernel, _LINEAR), (layer.bias, None)]
+
+
+def _norm(layer):
+    return [(layer.gamma, None), (layer.beta, None)]
+
+
+def timm_weight_map(model):
+    """`{timm key: (keras variable, (to_keras, to_torch) or None)}` for every weight of `model`."""
+    conv = model.patch_embed.projection
+    pairs = {
+        "cls_token": (model.tokens.cls_token, None),
+        "pos_embed": (model.tokens.pos_embed, None),
+        "patch_embed.proj.weight": (conv.kernel, _CONV),
+        "patch_embed.proj.bias": (conv.bias, None),
+    }
+    if model.distilled:
+        pairs["dist_token"] = (model.tokens.dist_token, None)
+
+    def add(prefix, variables):
+        for suffix, pair in zip(("weight", "bias"), variables, strict=False):
+            pairs[f"{prefix}.{suffix}"] = pair
+
+    for index, block in enumerate(model.blocks):
+        add(f"blocks.{index}.norm1", _norm(block.norm1))
+        add(f"blocks.{index}.attn.qkv", _dense(block.attn.qkv))
+        add(f"blocks.{index}.attn.proj", _dense(block.attn.proj))
+        add(f"blocks.{index}.norm2", _norm(block.norm2))
+        add(f"blocks.{index}.mlp.fc1", _dense(block.mlp.fc1))
+        add(f"blocks.{index}.mlp.fc2", _dense(block.mlp.fc2))
+    add("norm", _norm(model.norm))
+    for name in ("head", "head_dist"):
+        layer = getattr(model, name)
+        if layer is not None:
+            add(name, _dense(layer))
+    return pairs
+
+
+def checkpoint_num_classes(state):
+    """Class count of the checkpoint's head (0 when it has none)."""
+    head = state.get("head.weight")
+    if head is None:
+        head = state.get("head.bias")
+        return 0 if head is None else head.shape[0]
+    return head.shape[0]
+
+
+def load_timm_state_dict(model, state, skip_heads=False):
+    """Copies a timm-keyed state dict into `model`, all or nothing.
+
+    The position embeddings are resampled (PyTorch bicubic) when the
+    checkpoint's patch grid differs from the model's. With `skip_heads` the
+    classification heads keep their fresh init (fine-tuning to new classes).
+
+    Raises:
+        CheckpointError: naming unknown keys, missing keys and shape
+            mismatches; the model is left untouched.
+    """
+    state = dict(state)
+    if skip_heads:
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}
+    source_prefix = 2 if "dist_token" in state else 1
+    if source_prefix != model.num_prefix_tokens:
+        kind = "distilled (has dist_token)" if source_prefix == 2 else "not distilled"
+        raise CheckpointError(
+            f"The checkpoint is {kind} but {model.name} is "
+            f"{'' if model.distilled else 'not '}distilled; pick the matching --model."
+        )
+    if "pos_embed" in state and state["pos_embed"].shape[1] != model.tokens.pos_embed.shape[1]:
+        state["pos_embed"] = resample_position_embeddings(
+            state["pos_embed"], (model.grid_size, model.grid_size), source_prefix
+        )
+    targets = timm_weight_map(model)
+    if skip_heads:
+        targets = {k: v for k, v in targets.items() if not k.startswith(("head.", "head_dist."))}
+    unknown = sorted(set(state) - set(targets))
+    missing = sorted(set(targets) - set(state))
+    values, mismatched = {}, []
+    for key in sorted(set(state) & set(targets)):
+        variable, transform = targets[key]
+        value = transform[0](state[key]) if transform else state[key]
+        if tuple(value.shape) != tuple(variable.shape):
+            mismatched.append(f"{key} {tuple(value.shape)} vs model {tuple(variable.shape)}")
+        values[key] = value
+    problems = []
+    if unknown:
+        problems.append(f"unknown keys: {_key_list(unknown)}")
+    if missing:
+        problems.append(f"missing keys: {_key_list(missing)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_key_list(mismatched, limit=4)}")
+    if problems:
+        raise CheckpointError(f"Checkpoint does not fit {model.name}: " + " | ".join(problems))
+    for key, value in values.items():
+        targets[key][0].assign(value)
+
+
+def state_dict_of(model):
+    """The weights of a `DeiT` as a timm-keyed numpy state dict (the inverse of loading)."""
+    return {
+        key: (transform[1](variable.numpy()) if transform else variable.numpy())
+        for key, (variable, transform) in timm_weight_map(model).items()
+    }
+
+
+def to_timm_state_dict(state):
+    """Either key style, rewritten to timm keys."""
+    return hf_to_timm_keys(state) if detect_key_style(state) == "hf" else dict(state)
+
+
+def load_checkpoint(path, model_name, num_classes=None, image_size=None, **overrides):
+    """Builds the variant `model_name` and loads the checkpoint at `path` into it.
+
+    Args:
+        path: `.pth`/`.pt`/`.bin`/`.safetensors`/`.npz`, timm or HF keys.
+        model_name: a `list_models()` name.
+        num_classes: int or None. Defaults to the checkpoint's head size; a
+            different value keeps freshly initialised heads.
+        image_size: int or None. Defaults to the variant's; position
+            embeddings are resampled to it.
+
+    Returns:
+        The loaded `DeiT`.
+    """
+    state = to_timm_state_dict(read_state_dict(path))
+    source_classes = checkpoint_num_classes(state)
+    if num_classes is None:
+        num_classes = source_classes
+    model = create_model(model_name, num_classes=num_classes, image_size=image_size, **overrides)
+    load_timm_state_dict(model, state, skip_heads=num_classes != source_classes)
+    return model
+
+
+def convert_checkpoint(checkpoint, model_name, output, image_size=None, num_classes=None):
+    """Loads `checkpoint` into `model_name` and saves it to `output` atomically."""
+    if not output.endswith(".keras"):
+        raise CheckpointError(f"The output path must end in .keras. Received: {output!r}")
+    model = load_checkpoint(checkpoint, model_name, num_classes=num_classes, image_size=image_size)
+    with atomic_output(output) as temporary:
+        model.save(temporary)
+    return model

@@ -1,0 +1,101 @@
+"""Saving and loading DeiT models as `.keras` files.
+
+`.keras` files are written atomically; class names, when known, go to
+`<path>.classes.json` beside the model. A model's preprocessing (mean, std,
+crop_pct, interpolation) is part of its own config.
+"""
+
+import json
+import os
+import zipfile
+
+import keras
+
+from deit_keras.io import atomic
+from deit_keras.models.deit import DeiT
+
+CLASSES_SUFFIX = ".classes.json"
+
+
+def classes_path(path):
+    """Where the class names of the model saved at `path` live."""
+    return os.fspath(path) + CLASSES_SUFFIX
+
+
+def check_class_names(class_names, num_classes):
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"Got {len(class_names)} class names for a model with num_classes={num_classes}."
+        )
+    return class_names
+
+
+def save_model(model, path, class_names=None):
+    """Writes `model` to the `.keras` file `path` atomically.
+
+    Args:
+        model: a `DeiT` (compiled or not; the optimizer state is kept).
+        path: str. Must end in ".keras".
+        class_names: list of str or None. Saved to `<path>.classes.json`;
+            when None, a stale classes file from an earlier save is removed.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"The model path must end in '.keras'. Received: {path}")
+    if class_names is not None:
+        class_names = check_class_names(class_names, model.num_classes)
+    with atomic.atomic_output(path) as temporary:
+        model.save(temporary)
+    if class_names is not None:
+        atomic.write_text_atomic(classes_path(path), json.dumps(class_names, indent=1) + "\n")
+    elif os.path.exists(classes_path(path)):
+        os.remove(classes_path(path))
+
+
+def _read_class_names(path, num_classes):
+    sidecar = classes_path(path)
+    if not os.path.exists(sidecar):
+        return None
+    try:
+        with open(sidecar, encoding="utf-8") as handle:
+            names = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Could not read class names {sidecar}: {error}") from error
+    if not isinstance(names, list):
+        raise ValueError(f"{sidecar} must hold a JSON list of class names.")
+    return check_class_names(names, num_classes)
+
+
+def load_model(path, compile=True):
+    """Loads a `.keras` DeiT and its class names.
+
+    Args:
+        path: str. A `.keras` file written by `save_model` (or `model.save`).
+        compile: bool. Restore the optimizer and loss when the model was
+            saved compiled. Defaults to True.
+
+    Returns:
+        `(model, class_names)`; `class_names` is None when none were saved.
+
+    Raises:
+        ValueError: with a one-line message when the file is missing, empty,
+            not a `.keras` archive, corrupt, or not a DeiT model.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"Model file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, expected a .keras file.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"Model file {path} is empty.")
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras model file (a zip archive ending in .keras).")
+    try:
+        model = keras.saving.load_model(path, compile=compile)
+    except Exception as error:  # Keras raises many types for corrupt archives.
+        message = " ".join(str(error).split())[:300]
+        raise ValueError(f"Could not load {path}: {type(error).__name__}: {message}") from error
+    if not isinstance(model, DeiT):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a deit_keras DeiT model.")
+    return model, _read_class_names(path, model.num_classes)

@@ -1,0 +1,83 @@
+"""DeiT's training objective: classification plus distillation through the dist token.
+
+As the official `losses.py` (DistillationLoss), with `alpha` and `tau` named
+as its `distillation_alpha` / `distillation_tau`:
+  * none: CE(cls_logits, y); a distilled model without teacher trains both
+    heads on y (the mean of the two CE terms).
+  * hard: (1 - alpha) * CE(cls_logits, y) + alpha * CE(dist_logits, argmax(teacher)).
+  * soft: (1 - alpha) * CE(cls_logits, y)
+          + alpha * tau^2 * KL(softmax(teacher / tau) || softmax(dist / tau)),
+    the KL summed over batch and classes and divided by batch x classes
+    (the reference's `reduction='sum' / numel`, not batch-mean).
+`y` holds probability targets (label smoothing and MixUp/CutMix folded in).
+"""
+
+import keras
+from keras import ops
+
+DISTILLATION_TYPES = ("none", "soft", "hard")
+
+
+class DistillationLoss:
+    """Computes `(total, cls_loss, distillation_loss)` for one batch.
+
+    Args:
+        distillation: str. One of "none", "soft", "hard".
+        alpha: float in [0, 1]. Weight of the distillation term. Defaults to 0.5.
+        tau: float > 0. Soft-distillation temperature. Defaults to 1.0.
+        base_loss: `keras.losses.Loss` or None. The label term (the official
+            `base_criterion`); it gets logits and probability targets.
+            Defaults to `CategoricalCrossentropy(from_logits=True)`.
+
+    The Keras loss objects here divide by the number of replicas under a
+    `tf.distribute` strategy, so summed replica gradients are those of the
+    global-batch mean.
+    """
+
+    def __init__(self, distillation="none", alpha=0.5, tau=1.0, base_loss=None):
+        if distillation not in DISTILLATION_TYPES:
+            raise ValueError(
+                f"distillation must be one of {DISTILLATION_TYPES}. "
+                f"Received: distillation={distillation!r}"
+            )
+        if not 0.0 <= alpha <= 1.0 or tau <= 0:
+            raise ValueError(
+                f"Need 0 <= alpha <= 1 and tau > 0. Received: alpha={alpha}, tau={tau}"
+            )
+        self.distillation = distillation
+        self.alpha = alpha
+        self.tau = tau
+        self.cross_entropy = base_loss or keras.losses.CategoricalCrossentropy(from_logits=True)
+        self.teacher_cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.kl_divergence = keras.losses.KLDivergence()
+
+    @property
+    def needs_teacher(self):
+        return self.distillation != "none"
+
+    def __call__(self, y, cls_logits, dist_logits=None, teacher_logits=None):
+        cls_loss = self.cross_entropy(y, cls_logits)
+        if self.distillation == "none":
+            if dist_logits is None:
+                return cls_loss, cls_loss, ops.zeros_like(cls_loss)
+            dist_loss = self.cross_entropy(y, dist_logits)
+            return (cls_loss + dist_loss) / 2, cls_loss, dist_loss
+        if dist_logits is None:
+            # A model without a dist token distils through its class head,
+            # as the reference does for non-distilled students.
+            dist_logits = cls_logits
+        if teacher_logits is None:
+            raise ValueError(f"distillation={self.distillation!r} needs teacher logits.")
+        teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
+        if self.distillation == "hard":
+            dist_loss = self.teacher_cross_entropy(ops.argmax(teacher_logits, axis=-1), dist_logits)
+        else:
+            num_classes = ops.cast(ops.shape(dist_logits)[-1], "float32")
+            teacher_probs = ops.softmax(teacher_logits / self.tau, axis=-1)
+            student_probs = ops.softmax(dist_logits / self.tau, axis=-1)
+            # KLDivergence sums over classes and averages over the batch;
+            # dividing by the class count gives the reference's sum / numel.
+            dist_loss = self.kl_divergence(teacher_probs, student_probs) / num_classes
+            dist_loss = dist_loss * (self.tau**2)
+        total = (1.0 - self.alpha) * cls_loss + self.alpha * dist_loss
+        return total, cls_loss, dist_loss

@@ -1,0 +1,115 @@
+"""DeiT's training and evaluation step: the student learns from labels and a frozen teacher.
+
+`DistillationStep` owns what one `compile()` configures: the objective
+(`DistillationLoss`), the frozen teacher and the step's metric trackers.
+`DeiT.train_step` / `test_step` delegate here, so the model itself carries no
+training state until it is compiled. The teacher is held outside Keras'
+layer tracking, so it is never trained, never saved inside the student's
+`.keras` file and never counted in the student's weights.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from deit_keras.distill.losses import DistillationLoss
+
+
+def _replicas() -> int:
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def average_heads(cls_logits, dist_logits):
+    """The inference output: the class head, or the mean of both heads."""
+    return cls_logits if dist_logits is None else (cls_logits + dist_logits) / 2
+
+
+class DistillationStep:
+    """One configured DeiT objective and the metrics its steps report.
+
+    Args:
+        loss: `DistillationLoss`. The objective (none / soft / hard).
+        teacher: `keras.Model` or None. Maps the student's input batch to
+            teacher logits; frozen here. Required unless the objective is
+            "none", where it is ignored.
+
+    The model passed to the step methods must provide
+    `call_heads(images, training) -> (cls_logits, dist_logits or None)`,
+    `optimizer`, `trainable_variables` and `losses`.
+    """
+
+    def __init__(self, loss: DistillationLoss, teacher: keras.Model | None = None):
+        if loss.needs_teacher and teacher is None:
+            raise ValueError(f"distillation={loss.distillation!r} needs a teacher model.")
+        self.loss = loss
+        self.teacher = teacher if loss.needs_teacher else None
+        if self.teacher is not None:
+            self.teacher.trainable = False
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
+        self.distill_loss_tracker = keras.metrics.Mean(name="distill_loss")
+        self.top1 = keras.metrics.TopKCategoricalAccuracy(k=1, name="top1")
+        self.top5 = keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")
+        self.cls_top1 = keras.metrics.TopKCategoricalAccuracy(k=1, name="cls_top1")
+        self.dist_top1 = keras.metrics.TopKCategoricalAccuracy(k=1, name="dist_top1")
+
+    @property
+    def metrics(self) -> list:
+        return [
+            self.loss_tracker,
+            self.cls_loss_tracker,
+            self.distill_loss_tracker,
+            self.top1,
+            self.top5,
+            self.cls_top1,
+            self.dist_top1,
+        ]
+
+    def teacher_logits(self, images):
+        if self.teacher is None:
+            return None
+        return ops.cast(self.teacher(images, training=False), "float32")
+
+    def compute_loss(self, model, images, labels, training=True):
+        """`(total, cls_loss, dist_loss, cls_logits, dist_logits)` on one batch."""
+        teacher_logits = self.teacher_logits(images)
+        cls_logits, dist_logits = model.call_heads(images, training=training)
+        total, cls_loss, dist_loss = self.loss(labels, cls_logits, dist_logits, teacher_logits)
+        if model.losses:
+            total = total + ops.sum(model.losses) / _replicas()
+        return total, cls_loss, dist_loss, cls_logits, dist_logits
+
+    def update_metrics(self, labels, total, cls_loss, dist_loss, cls_logits, dist_logits):
+        batch = ops.shape(labels)[0]
+        replicas = _replicas()  # losses are pre-divided by it; report the true value
+        self.loss_tracker.update_state(total * replicas, sample_weight=batch)
+        self.cls_loss_tracker.update_state(cls_loss * replicas, sample_weight=batch)
+        self.distill_loss_tracker.update_state(dist_loss * replicas, sample_weight=batch)
+        logits = average_heads(cls_logits, dist_logits)
+        self.top1.update_state(labels, logits)
+        self.top5.update_state(labels, logits)
+        self.cls_top1.update_state(labels, cls_logits)
+        self.dist_top1.update_state(labels, cls_logits if dist_logits is None else dist_logits)
+
+    def logs(self) -> dict:
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def train_step(self, model, data) -> dict:
+        """One optimizer step on `data = (images, targets, ...)`; returns the logs."""
+        images, labels = data[0], data[1]
+        with tf.GradientTape() as tape:
+            total, cls_loss, dist_loss, cls_logits, dist_logits = self.compute_loss(
+                model, images, labels, training=True
+            )
+            scaled = model.optimizer.scale_loss(total)
+        variables = model.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        model.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        self.update_metrics(labels, total, cls_loss, dist_loss, cls_logits, dist_logits)
+        return dict(self.logs(), lr=model.optimizer.learning_rate)
+
+    def test_step(self, model, data) -> dict:
+        images, labels = data[0], data[1]
+        outputs = self.compute_loss(model, images, labels, training=False)
+        self.update_metrics(labels, *outputs)
+        return self.logs()

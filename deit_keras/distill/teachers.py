@@ -1,0 +1,197 @@
+"""The frozen CNN teacher: building, loading, and adapting it to the student's input.
+
+The student sees ImageNet-normalised images; `keras.applications` models
+expect 0-255 pixels and apply their own preprocessing. `TeacherAdapter`
+turns the student's batch into what the teacher expects (and resizes it if
+the teacher has another fixed input size), so both see the same augmented
+images without a silent convention mismatch.
+"""
+
+import os
+
+import keras
+from keras import ops
+
+from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
+
+INPUT_CONVENTIONS = ("normalized", "pixels", "keras_applications")
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class TeacherAdapter(keras.Model):
+    """Wraps a teacher CNN so it takes the student's ImageNet-normalised batch.
+
+    Args:
+        teacher: keras.Model. The CNN; its output must be logits, or
+            probabilities with `outputs="probabilities"`.
+        input_convention: str. What `teacher` expects:
+            "normalized": the student's input as is (teachers trained here);
+            "pixels": RGB in [0, 255];
+            "keras_applications": [0, 255] through
+            `keras.applications.<application>.preprocess_input`.
+        application: str. The keras.applications module (e.g. "regnet",
+            "resnet"), with "keras_applications".
+        outputs: "logits" or "probabilities" (log is taken: same argmax,
+            logits up to a constant for soft distillation).
+        image_size: int or None. Resize the batch (bilinear) to this size first.
+    """
+
+    def __init__(
+        self,
+        teacher,
+        input_convention="normalized",
+        application=None,
+        outputs="logits",
+        image_size=None,
+        **kwargs,
+    ):
+        if input_convention not in INPUT_CONVENTIONS:
+            raise ValueError(
+                f"input_convention must be one of {INPUT_CONVENTIONS}. "
+                f"Received: {input_convention!r}"
+            )
+        if outputs not in ("logits", "probabilities"):
+            raise ValueError(f"outputs must be 'logits' or 'probabilities'. Received: {outputs!r}")
+        super().__init__(**kwargs)
+        self.teacher = teacher
+        self.input_convention = input_convention
+        self.application = application
+        self.outputs_kind = outputs
+        self.image_size = image_size
+        self._preprocess = None
+        if input_convention == "keras_applications":
+            self._preprocess = getattr(keras.applications, application).preprocess_input
+
+    def call(self, images, training=False):
+        if self.image_size is not None and images.shape[1] != self.image_size:
+            images = ops.image.resize(images, (self.image_size, self.image_size))
+        if self.input_convention != "normalized":
+            mean = ops.convert_to_tensor(IMAGENET_MEAN, images.dtype)
+            std = ops.convert_to_tensor(IMAGENET_STD, images.dtype)
+            images = (images * std + mean) * 255.0
+            if self._preprocess is not None:
+                images = self._preprocess(images)
+        out = ops.cast(self.teacher(images, training=False), "float32")
+        if self.outputs_kind == "probabilities":
+            out = ops.log(ops.maximum(out, 1e-12))
+        return out
+
+    @property
+    def num_classes(self):
+        return self.teacher.output_shape[-1]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            teacher=keras.saving.serialize_keras_object(self.teacher),
+            input_convention=self.input_convention,
+            application=self.application,
+            outputs=self.outputs_kind,
+            image_size=self.image_size,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
+        return cls(**config)
+
+
+def _applications():
+    """`{lowercase name: (constructor, module name)}` of keras.applications models."""
+    table = {}
+    for name in dir(keras.applications):
+        constructor = getattr(keras.applications, name)
+        if callable(constructor) and name[0].isupper():
+            module = constructor.__module__.rsplit(".", 1)[-1]
+            table[name.lower()] = (constructor, module)
+    return table
+
+
+def build_teacher(
+    spec, num_classes, image_size, weights=None, input_convention=None, outputs="logits"
+):
+    """The teacher named by `spec`, wrapped in a `TeacherAdapter`.
+
+    Args:
+        spec: a `.keras` path (a CNN trained elsewhere) or a keras.applications
+            name, lowercase, e.g. "regnety160" (the paper's RegNetY-16GF).
+        num_classes: classes of the student's dataset; the teacher must match.
+        image_size: the student's input size.
+        weights: for an application: "imagenet", a weights file, or None
+            (random; tests only). Ignored for `.keras` files.
+        input_convention: overrides the default ("normalized" for `.keras`
+            files, "keras_applications" for application names).
+        outputs: "logits" or "probabilities", for `.keras` files.
+
+    Raises:
+        ValueError: unknown name, unreadable file, or class-count mismatch.
+    """
+    if spec.endswith(".keras"):
+        if not os.path.isfile(spec):
+            raise ValueError(f"Teacher file not found: {spec}")
+        try:
+            teacher = keras.models.load_model(spec)
+        except Exception as error:
+            raise ValueError(f"Teacher {spec} is not a loadable Keras model: {error}") from error
+        teacher_size = (getattr(teacher, "input_shape", None) or (None, None))[1]
+        adapter = TeacherAdapter(
+            teacher,
+            input_convention or "normalized",
+            outputs=outputs,
+            name="teacher",
+            # a teacher built for another fixed size gets the batch resized to it
+            image_size=teacher_size if teacher_size not in (None, image_size) else None,
+        )
+    else:
+        table = _applications()
+        if spec.lower() not in table:
+            raise ValueError(
+                f"Unknown teacher {spec!r}: give a .keras file or a keras.applications name "
+                f"such as regnety160, resnet50, efficientnetb0."
+            )
+        constructor, module = table[spec.lower()]
+        convention = input_convention or "keras_applications"
+        teacher = constructor(
+            weights=weights,
+            classes=num_classes if weights in (None,) else 1000,
+            classifier_activation=None,
+            input_shape=(image_size, image_size, 3) if weights is None else None,
+        )
+        adapter = TeacherAdapter(
+            teacher,
+            convention,
+            application=module,
+            outputs="logits",
+            image_size=None if weights is None else teacher.input_shape[1] or None,
+            name="teacher",
+        )
+    if adapter.num_classes != num_classes:
+        raise ValueError(
+            f"Teacher {spec} predicts {adapter.num_classes} classes but the dataset has "
+            f"{num_classes}; use a teacher trained on this dataset."
+        )
+    adapter.trainable = False
+    return adapter
+
+
+def build_small_cnn(num_classes, image_size, width=16, name="cnn_teacher"):
+    """A small ConvNet teacher for small datasets (the digits default).
+
+    Three stages of two 3x3 conv + BatchNorm + ReLU, global pooling, a
+    linear head producing logits; takes the student's normalised input.
+    """
+    inputs = keras.Input((image_size, image_size, 3))
+    x = inputs
+    for stage in range(3):
+        for _ in range(2):
+            x = keras.layers.Conv2D(width * 2**stage, 3, padding="same", use_bias=False)(x)
+            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.ReLU()(x)
+        if stage < 2:
+            x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(num_classes)(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,92 @@
+"""Predictions of a DeiT: a compiled forward pass, and top-k classes of images.
+
+`model(images)` runs eagerly, op by op; `predict_function(model)` traces the
+forward pass once per input shape into a `tf.function` compiled by XLA
+(`jit_compile=True`), which fuses the element-wise work (LayerNorm, GELU,
+softmax, bias adds) between the matrix products. The numerics are those of
+the eager call up to float32 round-off (see `tests/test_layers.py`).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from deit_keras.data.preprocessing import preprocess
+from deit_keras.deploy.saving import load_model
+from deit_keras.io.images import load_image
+
+
+def predict_function(model, jit_compile=True):
+    """`images -> logits` (the model's inference output), compiled.
+
+    Args:
+        model: a `DeiT` (or any Keras model called with `training=False`).
+        jit_compile: bool. Compile with XLA. Defaults to True.
+
+    Returns:
+        A `tf.function`; each new input shape traces and compiles once.
+
+    Example:
+    >>> predict = predict_function(model)
+    >>> logits = predict(images).numpy()
+    """
+
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def predict(images):
+        return model(images, training=False)
+
+    return predict
+
+
+def predict_images(model, images, class_names=None, crop_pct=None, top_k=5):
+    """Top-k classes of each image.
+
+    Args:
+        model: a `DeiT` with a classification head.
+        images: list of uint8 `[H, W, 3]` arrays (sizes may differ).
+        class_names: list of str or None. Without names a class is
+            called `class_<index>`.
+        crop_pct: float or None. Eval crop fraction; defaults to the
+            model's (`model.preprocessing`).
+        top_k: int. How many classes per image. Defaults to 5.
+
+    Returns:
+        A list (one per image) of lists of `(class_name, index, probability)`,
+        most probable first.
+    """
+    if not model.num_classes:
+        raise ValueError("Cannot predict with a model without a head (num_classes=0).")
+    if top_k <= 0:
+        raise ValueError(f"top_k must be positive. Received: top_k={top_k}")
+    if not images:
+        return []
+    preprocessing = model.preprocessing.replace(crop_pct=crop_pct)
+    batch = np.stack(
+        [preprocess(image, model.image_size, preprocessing).numpy() for image in images]
+    )
+    logits = np.asarray(model(batch, training=False), dtype=np.float64)
+    logits -= logits.max(axis=-1, keepdims=True)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    k = min(top_k, model.num_classes)
+    results = []
+    for row in probabilities:
+        order = np.argsort(-row, kind="stable")[:k]
+        results.append(
+            [
+                (class_names[i] if class_names else f"class_{i}", int(i), float(row[i]))
+                for i in order
+            ]
+        )
+    return results
+
+
+def predict_files(model_path, image_paths, crop_pct=None, top_k=5):
+    """Loads the model and images, returns `(predictions, class_names_were_stored)`.
+
+    All images are read (and checked) before the model is loaded.
+    """
+    if not image_paths:
+        raise ValueError("Give at least one image path.")
+    images = [load_image(path) for path in image_paths]
+    model, class_names = load_model(model_path, compile=False)
+    predictions = predict_images(model, images, class_names, crop_pct=crop_pct, top_k=top_k)
+    return predictions, class_names is not None

@@ -1,0 +1,1 @@
+"""File input/output every other package may use: atomic writes, image files."""

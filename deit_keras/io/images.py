@@ -1,0 +1,44 @@
+"""Reading image files as RGB uint8 arrays, whatever their mode."""
+
+import os
+
+import numpy as np
+
+
+def load_image(path):
+    """Reads a JPEG/PNG/... file as RGB uint8 `[H, W, 3]`.
+
+    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are
+    converted; EXIF orientation is applied.
+
+    Raises:
+        ValueError: one line, when the file is missing, empty or not an image.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Image file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"Image file {path} is empty.")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"Could not read {path} as an image: {error}") from error
+    return _to_rgb_uint8(image)
+
+
+def _to_rgb_uint8(image):
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        if image.mode != "F" and pixels.max(initial=0) > 255:  # 16-bit
+            pixels = pixels / 257.0
+        elif image.mode == "F" and pixels.max(initial=0) <= 1.0:
+            pixels = pixels * 255.0
+        pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+        return np.repeat(pixels[..., None], 3, axis=-1)
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)

@@ -1,0 +1,152 @@
+"""Helpers the test suite shares: tiny models, round-trip checks, CLI runs.
+
+Part of the package (as keras-hub's `test_case.py`) so tests import it by
+name, never through the repository root on `sys.path`.
+"""
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deit_keras.data.augment import AugmentConfig
+from deit_keras.models.variants import create_model, get_variant
+from deit_keras.training.config import TrainConfig
+from deit_keras.training.custom_loop import distribute_train_dataset, fit_distributed
+
+TINY = dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+def tiny_model(distilled=True, num_classes=10, **overrides):
+    name = "deit_tiny_distilled_patch16_224" if distilled else "deit_tiny_patch16_224"
+    config = {**TINY, **overrides}
+    return create_model(name, num_classes=num_classes, **config)
+
+
+def random_images(batch=2, size=32, seed=0):
+    return np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype("float32")
+
+
+def assert_layer_round_trip(layer, inputs):
+    """get_config -> from_config rebuilds a layer giving, with the same weights, the same output."""
+    expected = keras.ops.convert_to_numpy(layer(inputs))
+    config = keras.saving.serialize_keras_object(layer)
+    clone = keras.saving.deserialize_keras_object(config)
+    clone(inputs)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(inputs)), expected)
+    assert clone.get_config() == layer.get_config()
+
+
+# TensorFlow 2.21 prints these C++ start-up lines whatever TF_CPP_MIN_LOG_LEVEL says.
+TF_NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|To enable the following)")
+
+
+def run_cli(module, *args, timeout=300):
+    """Runs `python -m deit_keras.<module> args...`; returns the CompletedProcess."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", f"deit_keras.{module}", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def user_stderr(process):
+    """stderr without TensorFlow's start-up lines."""
+    return [line for line in process.stderr.splitlines() if line and not TF_NOISE.match(line)]
+
+
+def assert_one_line_error(process, *fragments):
+    """Exit 2, exactly one `error: ...` line naming each fragment, no traceback."""
+    assert process.returncode == 2, process.stderr
+    lines = user_stderr(process)
+    assert len(lines) == 1 and lines[0].startswith("error: "), process.stderr
+    assert "Traceback" not in process.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def digits_config(tmp_path, **changes):
+    """experiments/digits.cfg, reduced to run in CI."""
+    config = TrainConfig(
+        model="deit_tiny_distilled_patch16_224",
+        dataset="digits",
+        data_dir=str(tmp_path / "tfds"),
+        image_size=32,
+        patch_size=8,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        crop_pct=1.0,
+        drop_path=0.0,
+        batch_size=32,
+        epochs=10,
+        lr=16e-3,
+        warmup_epochs=1,
+        repeated_aug=1,
+        augment=AugmentConfig(
+            rand_augment_ops=0, reprob=0.0, mixup_prob=0.0, hflip=0.0, crop_scale_min=0.9
+        ),
+        distillation_type="hard",
+        teacher=str(tmp_path / "teacher.keras"),
+        teacher_epochs=8,
+        model_dir=str(tmp_path / "run"),
+        output=str(tmp_path / "student.keras"),
+        export_savedmodel=False,
+        progress="none",
+    )
+    return dataclasses.replace(config, **changes)
+
+
+# Global batch and steps of `fixed_batch_training`.
+GLOBAL_BATCH, STEPS = 8, 4
+
+
+def fixed_batch_training(strategy):
+    """STEPS steps of SGD on fixed global batches; each input pipeline reads its slice."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(STEPS * GLOBAL_BATCH, 32, 32, 3)).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.integers(0, 10, STEPS * GLOBAL_BATCH)]
+
+    def dataset_fn(input_context, batch_size):
+        start = input_context.input_pipeline_id * batch_size
+        ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(GLOBAL_BATCH)
+        return ds.map(lambda x, y: (x[start : start + batch_size], y[start : start + batch_size]))
+
+    keras.utils.set_random_seed(1)
+    with strategy.scope():
+        model = tiny_model(drop_path_rate=0.0)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+    dataset = distribute_train_dataset(strategy, dataset_fn, GLOBAL_BATCH)
+    history = fit_distributed(model, strategy, dataset, epochs=STEPS, steps_per_epoch=1, verbose=0)
+    return history.history["loss"], model.get_weights()
+
+
+def hf_reference(name, num_classes=1000):
+    """The Hugging Face model of the same variant, randomly initialised (never downloaded)."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    variant = get_variant(name)
+    kwargs = dict(
+        hidden_size=variant.embed_dim,
+        num_hidden_layers=variant.depth,
+        num_attention_heads=variant.num_heads,
+        intermediate_size=4 * variant.embed_dim,
+        image_size=variant.image_size,
+        patch_size=variant.patch_size,
+        num_labels=num_classes,
+        layer_norm_eps=1e-6,
+        attn_implementation="eager",
+    )
+    if variant.distilled:
+        return transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**kwargs))
+    return transformers.ViTForImageClassification(transformers.ViTConfig(**kwargs))

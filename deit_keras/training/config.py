@@ -1,0 +1,143 @@
+"""The schema of a training run: one dataclass tree, from which the train CLI's flags are made.
+
+Each field is declared once with its default and help (`deit_keras.schema.field`);
+`deit_keras.cli.train` defines one absl flag per field under the field's name,
+the names the official DeiT `main.py` uses where it has the setting
+(`--drop_path`, `--mixup`, `--smoothing`, `--distillation_type`,
+`--distillation_alpha`, `--distillation_tau`, ...). Defaults are the paper's
+DeiT-Ti recipe; `experiments/*.cfg` hold complete runs.
+"""
+
+import dataclasses
+
+from deit_keras.data.augment import AugmentConfig
+from deit_keras.distill.losses import DISTILLATION_TYPES
+from deit_keras.models.variants import ALIASES, list_models
+from deit_keras.schema import field
+from deit_keras.training.distribute import STRATEGIES
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+TEACHER_INPUTS = ("normalized", "pixels", "keras_applications")
+PROGRESS = {"auto": "auto", "bar": 1, "epoch": 2, "none": 0}  # -> keras fit `verbose`
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one run needs; `augment` holds the per-image and per-batch recipe."""
+
+    # === Model ===
+    model: str = field(
+        "deit_tiny_distilled_patch16_224",
+        "DeiT variant (timm name).",
+        choices=tuple(list_models() + sorted(ALIASES)),
+    )
+    image_size: int | None = field(None, "Input size; defaults to the variant's.")
+    patch_size: int | None = field(None, "Override the variant's patch size (small data).")
+    embed_dim: int | None = field(None, "Override the variant's token size.")
+    depth: int | None = field(None, "Override the variant's number of blocks.")
+    num_heads: int | None = field(None, "Override the variant's attention heads.")
+    drop_path: float = field(0.1, "Stochastic depth rate of the last block.")
+    crop_pct: float | None = field(
+        None,
+        "Eval centre-crop fraction saved with the model; "
+        "defaults to the variant's (0.875 at 224 px, 1.0 at 384).",
+    )
+    finetune: str | None = field(
+        None,
+        "Start from this checkpoint (.keras of ours, or .pth/.safetensors/.npz); heads "
+        "with another class count are re-initialised, position embeddings resampled.",
+    )
+    # === Data ===
+    dataset: str = field("imagenet2012", "digits, folder:PATH, or a tfds name.")
+    data_dir: str | None = field(None, "tfds data directory.")
+    batch_size: int = field(1024, "Global batch size (all replicas).")
+    epochs: int = field(300, "Training epochs.")
+    steps_per_epoch: int | None = field(None, "Steps per epoch; default one pass.")
+    repeated_aug: int = field(3, "Repeated augmentation count (1 = off).")
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    # === Optimiser ===
+    lr: float = field(5e-4, "Base LR for batch 512; scaled by batch_size / 512.")
+    min_lr: float = field(1e-5, "LR at the end of the cosine.")
+    warmup_lr: float = field(1e-6, "LR at step 0.")
+    warmup_epochs: int = field(5, "Linear warmup epochs.")
+    weight_decay: float = field(0.05, "AdamW weight decay.")
+    clip_grad: float | None = field(None, "Global gradient norm clip (off by default).")
+    model_ema: bool = field(False, "Keep an EMA of the weights; used at the end.")
+    model_ema_decay: float = field(0.99996, "EMA decay.")
+    # === Distillation ===
+    distillation_type: str = field(
+        "hard",
+        "none, soft or hard distillation.",
+        choices=DISTILLATION_TYPES,
+        aliases=("distillation",),
+    )
+    distillation_alpha: float = field(0.5, "Weight of the distillation loss.")
+    distillation_tau: float = field(1.0, "Soft distillation temperature.")
+    teacher: str | None = field(
+        "regnety160",
+        "A .keras CNN or a keras.applications name (regnety160 = RegNetY-16GF).",
+        aliases=("teacher_model",),
+    )
+    teacher_weights: str | None = field(
+        "imagenet", "keras.applications weights: imagenet, a file, or none."
+    )
+    teacher_input: str | None = field(
+        None, "Input convention of the teacher; default by teacher kind.", choices=TEACHER_INPUTS
+    )
+    teacher_epochs: int = field(
+        0,
+        "If > 0 and --teacher is a missing .keras file, first train a small CNN teacher this "
+        "many epochs and save it there.",
+    )
+    teacher_lr: float = field(4e-3, "Peak LR of that CNN teacher (batch 64, AdamW).")
+    # === Run ===
+    strategy: str = field("auto", "tf.distribute strategy.", choices=STRATEGIES)
+    tpu: str | None = field(None, "TPU name or grpc:// address, with --strategy=tpu.")
+    precision: str = field("float32", "Keras dtype policy.", choices=PRECISIONS)
+    jit_compile: bool = field(True, "Compile the train step with XLA.")
+    model_dir: str = field(
+        "runs/deit", "Checkpoints, TensorBoard logs, results.json.", aliases=("output_dir",)
+    )
+    output: str | None = field(None, "Final .keras; default saved_models/<model>.keras.")
+    export_savedmodel: bool = field(True, "Also export a serving SavedModel.")
+    resume: bool = field(True, "Resume from model_dir's backup if one exists.")
+    seed: int = field(0, "Random seed.")
+    deterministic: bool = field(False, "Deterministic ops and input order.")
+    progress: str = field(
+        "auto",
+        "Keras fit output: bar on a TTY, one line per epoch otherwise.",
+        choices=tuple(PROGRESS),
+    )
+
+    @property
+    def model_overrides(self) -> dict:
+        """The architecture fields set on top of the variant's."""
+        names = ("patch_size", "embed_dim", "depth", "num_heads")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @property
+    def fit_verbose(self) -> int | str:
+        return PROGRESS[self.progress]
+
+    def validate(self) -> None:
+        """Raises one ValueError naming every out-of-range setting."""
+        problems = []
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
+            problems.append(f"steps_per_epoch must be positive, got {self.steps_per_epoch}")
+        for name, allowed in (
+            ("precision", PRECISIONS),
+            ("strategy", STRATEGIES),
+            ("distillation_type", DISTILLATION_TYPES),
+            ("progress", PROGRESS),
+        ):
+            if getattr(self, name) not in allowed:
+                problems.append(
+                    f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}"
+                )
+        if self.distillation_type != "none" and not self.teacher:
+            problems.append(f"distillation_type={self.distillation_type!r} needs --teacher")
+        if problems:
+            raise ValueError("; ".join(problems))

@@ -1,0 +1,147 @@
+"""Attention rollout, token similarity and the PIL drawings (`deit_keras.analysis`)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deit_keras.analysis import attention as attention_lib
+from deit_keras.analysis import drawing
+from deit_keras.data import preprocessing
+from deit_keras.deploy import saving
+from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def _random_attention(rng, batch, heads, tokens):
+    logits = rng.randn(batch, heads, tokens, tokens)
+    weights = np.exp(logits)
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def test_attention_rollout_matches_definition():
+    rng = np.random.RandomState(0)
+    layers = [_random_attention(rng, 2, 3, 6) for _ in range(3)]
+    rollout = attention_lib.attention_rollout(layers, num_prefix_tokens=2)
+    assert rollout.shape == (2, 2, 4)
+    expected = np.broadcast_to(np.eye(6), (2, 6, 6))
+    for attention in layers:
+        mixed = 0.5 * attention.mean(axis=1) + 0.5 * np.eye(6)
+        expected = mixed / mixed.sum(-1, keepdims=True) @ expected
+    np.testing.assert_allclose(rollout, expected[:, :2, 2:], rtol=1e-5)
+    # Uniform attention everywhere: the prefix rows spread evenly over patches.
+    uniform = [np.full((1, 2, 5, 5), 0.2)] * 4
+    flat = attention_lib.attention_rollout(uniform, 1, residual_weight=0.0)
+    np.testing.assert_allclose(flat, np.full((1, 1, 4), 0.2), rtol=1e-6)
+
+
+def test_attention_rollout_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least one"):
+        attention_lib.attention_rollout([], 1)
+    with pytest.raises(ValueError, match="num_prefix_tokens"):
+        attention_lib.attention_rollout([np.full((1, 1, 3, 3), 1 / 3)], 3)
+    with pytest.raises(ValueError, match=r"\[B, heads, T, T\]"):
+        attention_lib.attention_rollout([np.ones((1, 3, 3))], 1)
+
+
+def test_attention_maps_are_last_layer_rows(model):
+    image = np.random.RandomState(1).randn(32, 32, 3).astype("float32")
+    maps = attention_lib.attention_maps(model, image)
+    assert sorted(maps) == ["cls", "dist"]
+    _, attentions = model.forward_features(image[None], return_attention_scores=True)
+    last = attentions[-1].numpy()[0]
+    for index, token in enumerate(["cls", "dist"]):
+        assert maps[token]["heads"].shape == (2, 4, 4)
+        assert maps[token]["rollout"].shape == (4, 4)
+        np.testing.assert_allclose(
+            maps[token]["heads"].reshape(2, 16), last[:, index, 2:], atol=1e-6
+        )
+        assert np.all(maps[token]["rollout"] > 0) and maps[token]["rollout"].sum() < 1
+    plain = attention_lib.attention_maps(tiny_model(distilled=False), image[None])
+    assert sorted(plain) == ["cls"]
+    with pytest.raises(ValueError, match="one image"):
+        attention_lib.attention_maps(model, np.stack([image, image]))
+
+
+def test_token_cosine_similarity(model):
+    images = np.random.RandomState(2).randn(3, 32, 32, 3).astype("float32")
+    similarity = attention_lib.token_cosine_similarity(model, images)
+    assert similarity.shape == (3,)  # input tokens + 2 blocks
+    assert np.all(np.abs(similarity) <= 1 + 1e-9)
+    tokens = model.tokens(model.patch_embed(images)).numpy()
+    cls, dist = tokens[:, 0], tokens[:, 1]
+    expected = np.mean(
+        np.sum(cls * dist, -1) / (np.linalg.norm(cls, axis=-1) * np.linalg.norm(dist, axis=-1))
+    )
+    assert similarity[0] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="distilled"):
+        attention_lib.token_cosine_similarity(tiny_model(distilled=False), images)
+
+
+def test_drawings():
+    image = np.zeros((32, 32, 3), np.uint8)
+    picture = drawing.overlay(image, np.arange(16.0).reshape(4, 4))
+    assert picture.size == (32, 32)
+    pixels = np.asarray(picture)
+    assert not np.array_equal(pixels[0, 0], pixels[-1, -1])  # low vs high attention
+    assert drawing.overlay(image, np.ones((4, 4))).size == (32, 32)  # constant map
+    maps = {
+        token: {"heads": np.random.rand(3, 4, 4), "rollout": np.random.rand(4, 4)}
+        for token in ("cls", "dist")
+    }
+    figure = drawing.attention_figure(image, maps, tile=64)
+    assert figure.size == (5 * 68 + 4, 2 * (64 + 16 + 4) + 4)
+    plot = drawing.similarity_plot([0.06, 0.3, 0.93])
+    assert plot.size == (480, 320) and len(set(plot.getdata())) > 2
+    assert drawing.default_similarity_path("out/attn.png") == "out/attn_similarity.png"
+
+
+def test_visualize_cli(model, tmp_path):
+    path = str(tmp_path / "tiny.keras")
+    saving.save_model(model, path)
+    image_path = str(tmp_path / "photo.jpg")
+    rgb = np.random.RandomState(3).randint(0, 256, (45, 70, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(image_path)
+    output = str(tmp_path / "maps" / "attn.png")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deit_keras.visualize",
+            f"--model_path={path}",
+            image_path,
+            f"--output={output}",
+            "--tile=64",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert process.returncode == 0, process.stderr
+    with Image.open(output) as figure:
+        assert figure.format == "PNG" and figure.size == (4 * 68 + 4, 2 * 84 + 4)
+    with Image.open(str(tmp_path / "maps" / "attn_similarity.png")) as plot:
+        assert plot.format == "PNG"
+    printed = [float(v) for v in re.findall(r"layer +\d+: (-?\d\.\d+)", process.stdout)]
+    crop = preprocessing.resize_and_center_crop(np.asarray(Image.open(image_path)), 32)
+    expected = attention_lib.token_cosine_similarity(model, preprocessing.normalize(crop)[None])
+    np.testing.assert_allclose(printed, expected, atol=1e-4)
+
+    # A text file as the image: one-line error, exit 2, nothing written.
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello\n")
+    process = run_cli(
+        "visualize", f"--model_path={path}", str(text), f"--output={tmp_path / 'bad.png'}"
+    )
+    assert_one_line_error(process)
+    assert not os.path.exists(tmp_path / "bad.png")

@@ -1,0 +1,239 @@
+"""Bad inputs: every CLI either works or exits non-zero with one line naming the problem.
+
+Library-level faults (file kinds, image modes, names) are checked in-process;
+one subprocess per CLI-specific behaviour (flag parsing, exit status, no
+traceback) keeps this file to about a dozen TF imports.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deit_keras.deploy import saving
+from deit_keras.io.images import load_image
+from deit_keras.testing import tiny_model
+
+# TF 2.21 C++ start-up lines that cannot be silenced.
+_NOISE = (
+    "I0000",
+    "W0000",
+    "E0000",
+    "WARNING: All log messages",
+    "cudart_stub",
+    "cuInit",
+    "cpu_feature_guard",
+    "To enable the following instructions",
+    "oneDNN",
+)
+
+
+def run_cli(name, *args, cwd=None):
+    result = subprocess.run(
+        [sys.executable, "-m", f"deit_keras.{name}", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip() and not any(noise in line for noise in _NOISE)
+    ]
+    return result.returncode, lines
+
+
+def assert_one_line_error(code, lines, *words):
+    assert code != 0, lines
+    assert not any("Traceback" in line for line in lines), "\n".join(lines)
+    assert len(lines) <= 2, "\n".join(lines)  # absl adds a "Pass --helpshort" hint for bad flags
+    for word in words:
+        assert word in lines[0], lines
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    model = tiny_model(num_classes=3)
+    saving.save_model(model, str(root / "good.keras"), class_names=["a", "b", "c"])
+    data = (root / "good.keras").read_bytes()
+    (root / "truncated.keras").write_bytes(data[: len(data) // 2])
+    (root / "empty.keras").write_bytes(b"")
+    (root / "text.jpg").write_text("not an image")
+    (root / "flags.cfg").write_text("--epochs=2\nthis line is not a flag\n")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8), "L").save(root / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (20, 30, 4), dtype=np.uint8), "RGBA").save(
+        root / "rgba.png"
+    )
+    Image.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16)).save(root / "gray16.png")
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(root / "one.png")
+    return root
+
+
+# === In-process: library errors ===
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("missing.keras", "not found"),
+        ("empty.keras", "empty"),
+        ("truncated.keras", "truncated.keras"),
+        ("text.jpg", "not a .keras"),
+    ],
+)
+def test_model_files_that_are_not_models(files, name, words):
+    with pytest.raises(ValueError, match=words.replace(".", r"\.")):
+        saving.load_model(str(files / name))
+
+
+@pytest.mark.parametrize("name", ["gray.png", "rgba.png", "gray16.png", "one.png"])
+def test_odd_images_are_converted_to_rgb(files, name):
+    image = np.asarray(load_image(str(files / name)))
+    assert image.ndim == 3 and image.shape[-1] == 3 and image.dtype == np.uint8
+
+
+def test_text_file_named_jpg_is_rejected(files):
+    with pytest.raises(ValueError, match="text.jpg"):
+        load_image(str(files / "text.jpg"))
+
+
+def test_teacher_mismatches_and_non_models(files, tmp_path):
+    from deit_keras.distill import teachers
+
+    with pytest.raises(ValueError, match="not a loadable Keras model"):
+        teachers.build_teacher(str(files / "truncated.keras"), 3, 32)
+    cnn = teachers.build_small_cnn(10, 32)
+    cnn.save(tmp_path / "cnn10.keras")
+    with pytest.raises(ValueError, match="predicts 10 classes but the dataset has 3"):
+        teachers.build_teacher(str(tmp_path / "cnn10.keras"), 3, 32)
+
+
+def test_finetune_from_another_architecture_fails_before_writing(files, tmp_path):
+    from deit_keras.testing import digits_config
+    from deit_keras.training.runner import run_training
+
+    other = tiny_model(num_classes=10, embed_dim=48, num_heads=3)
+    saving.save_model(other, str(tmp_path / "other.keras"))
+    config = digits_config(
+        tmp_path, distillation_type="none", teacher=None, finetune=str(tmp_path / "other.keras")
+    )
+    with pytest.raises(ValueError):
+        run_training(config)
+    assert not (tmp_path / "student.keras").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# === Subprocesses: what only a CLI does ===
+
+
+def test_train_cli_bad_flags(files, tmp_path):
+    assert_one_line_error(*run_cli("train", "--no_such_flag=1"), "no_such_flag")
+    assert_one_line_error(*run_cli("train", f"--flagfile={files / 'flags.cfg'}"), "this line")
+    assert_one_line_error(
+        *run_cli(
+            "train",
+            "--dataset=nope_dataset",
+            "--epochs=1",
+            f"--data_dir={tmp_path}",
+            f"--model_dir={tmp_path / 'r'}",
+        ),
+        "nope_dataset",
+    )
+    code, lines = run_cli("train", "--epochs=0", f"--model_dir={tmp_path / 'r2'}")
+    assert_one_line_error(code, lines, "epochs must be positive")
+    assert code == 2 and not (tmp_path / "r2").exists()
+
+
+def test_train_cli_teacher_that_is_not_a_model(files, tmp_path):
+    from deit_keras.data.pipeline import dataset_info
+
+    dataset_info("digits", str(tmp_path / "tfds"))  # tfds prints progress while preparing
+    code, lines = run_cli(
+        "train",
+        "--dataset=digits",
+        f"--data_dir={tmp_path / 'tfds'}",
+        "--image_size=16",
+        "--patch_size=8",
+        "--embed_dim=16",
+        "--depth=1",
+        "--num_heads=2",
+        "--epochs=1",
+        f"--teacher={files / 'truncated.keras'}",
+        f"--model_dir={tmp_path / 'r'}",
+        f"--output={tmp_path / 'out.keras'}",
+    )
+    assert_one_line_error(code, lines, "not a loadable Keras model")
+    assert code == 2 and not (tmp_path / "out.keras").exists()
+
+
+def test_evaluate_cli_truncated_model(files):
+    code, lines = run_cli(
+        "evaluate", f"--model_path={files / 'truncated.keras'}", "--dataset=digits"
+    )
+    assert_one_line_error(code, lines, "truncated.keras")
+    assert code == 2
+
+
+def test_predict_cli_missing_image_and_odd_images(files):
+    code, lines = run_cli(
+        "predict", f"--model_path={files / 'good.keras'}", str(files / "nope.png")
+    )
+    assert_one_line_error(code, lines, "nope.png")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deit_keras.predict",
+            f"--model_path={files / 'good.keras'}",
+            *(str(files / n) for n in ("gray.png", "rgba.png", "gray16.png", "one.png")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert all(n in result.stdout for n in ("gray.png", "rgba.png", "gray16.png", "one.png"))
+
+
+def test_export_cli_empty_model(files, tmp_path):
+    code, lines = run_cli(
+        "export", f"--model_path={files / 'empty.keras'}", f"--output={tmp_path / 'out'}"
+    )
+    assert_one_line_error(code, lines, "empty")
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_cli_missing_checkpoint_and_unknown_model(files, tmp_path):
+    code, lines = run_cli(
+        "convert",
+        f"--checkpoint={files / 'missing.pth'}",
+        "--model=deit_tiny_patch16_224",
+        f"--output={tmp_path / 'x.keras'}",
+    )
+    assert_one_line_error(code, lines, "missing.pth")
+    code, lines = run_cli(
+        "convert",
+        f"--checkpoint={files / 'missing.pth'}",
+        "--model=deit_huge",
+        f"--output={tmp_path / 'x.keras'}",
+    )
+    assert_one_line_error(code, lines, "deit_huge")
+    assert not (tmp_path / "x.keras").exists()
+
+
+def test_visualize_cli_text_image(files, tmp_path):
+    code, lines = run_cli(
+        "visualize",
+        f"--model_path={files / 'good.keras'}",
+        f"--output={tmp_path / 'v.png'}",
+        str(files / "text.jpg"),
+    )
+    assert_one_line_error(code, lines, "text.jpg")
+    assert not (tmp_path / "v.png").exists()

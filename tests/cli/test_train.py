@@ -1,0 +1,96 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from deit_keras.testing import digits_config
+from deit_keras.training.config import TrainConfig
+from deit_keras.training.runner import run_training
+
+
+def test_reduced_digits_run_learns_and_saves(tmp_path):
+    results = run_training(digits_config(tmp_path))
+    assert results["top1"] > 35.0, results  # chance is 10%
+    assert results["teacher_top1"] > 50.0, results
+    for key in (
+        "top1",
+        "top5",
+        "cls_top1",
+        "dist_top1",
+        "teacher_top1",
+        "epochs",
+        "wall_s",
+        "saved_model",
+    ):
+        assert key in results
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk["top1"] == results["top1"] and on_disk["epochs"] == 10
+    model = keras.models.load_model(results["saved_model"])
+    assert model.num_classes == 10 and model.distilled
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / "last.keras")
+    assert os.listdir(tmp_path / "run" / "tensorboard")
+
+
+def test_config_rejects_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        digits_config(tmp_path, batch_size=0).validate()
+    with pytest.raises(ValueError, match="epochs must be positive"):
+        digits_config(tmp_path, epochs=-1).validate()
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "deit_keras.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_one_line_errors(tmp_path):
+    result = run_cli(
+        "--flagfile=experiments/digits.cfg", "--batch_size=0", f"--model_dir={tmp_path}/r"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: batch_size must be positive, got 0"
+    assert "Traceback" not in result.stderr
+    result = run_cli("--model=deit_huge", f"--model_dir={tmp_path}/r")
+    assert (
+        result.returncode != 0 and "deit_huge" in result.stderr and "Traceback" not in result.stderr
+    )
+    assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize(
+    "flagfile", sorted(f for f in os.listdir("experiments") if f.endswith(".cfg"))
+)
+def test_experiment_flagfiles_parse_into_valid_configs(flagfile):
+    from absl import flags
+
+    from deit_keras.cli import train  # noqa: F401  (defines the train flags)
+    from deit_keras.cli.config_flags import config_from_flags
+
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["train", f"--flagfile=experiments/{flagfile}"])
+        config = config_from_flags(TrainConfig)
+        config.validate()
+    finally:
+        flags.FLAGS.unparse_flags()
+    if flagfile.startswith("deit_"):  # the paper's recipe, value by value
+        assert (config.lr, config.weight_decay, config.warmup_epochs) == (
+            5e-4,
+            0.05,
+            5,
+        ) or "384" in flagfile
+        assert config.augment.mixup == 0.8 and config.augment.cutmix == 1.0
+        assert config.augment.smoothing == 0.1 and config.augment.reprob == 0.25
+        assert (
+            config.repeated_aug == 3
+            and config.distillation_type == "hard"
+            and config.teacher == "regnety160"
+        )
+    assert config.model_dir.startswith("runs/")

@@ -1,0 +1,167 @@
+"""Tests of the DeiT augmentation ops (deit_keras.augment, rand_augment)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deit_keras.data import augment, preprocessing, rand_augment
+
+
+def _image(seed=0, size=32):
+    rng = np.random.default_rng(seed)
+    # Smooth-ish content so geometric/colour ops all have an effect.
+    base = rng.integers(0, 256, (size // 4, size // 4, 3))
+    return tf.constant(base.repeat(4, 0).repeat(4, 1), tf.float32)
+
+
+def test_config_defaults_and_validation():
+    config = augment.AugmentConfig()
+    assert (config.rand_augment_ops, config.rand_augment_magnitude) == (2, 9.0)
+    assert (config.mixup, config.cutmix, config.reprob) == (0.8, 1.0, 0.25)
+    assert config.smoothing == 0.1 and config.mixing
+    assert not augment.AugmentConfig(mixup=0.0, cutmix=0.0).mixing
+    with pytest.raises(ValueError, match="reprob"):
+        augment.AugmentConfig(reprob=1.5)
+    with pytest.raises(ValueError, match="rand_augment_impl"):
+        augment.AugmentConfig(rand_augment_impl="torch")
+
+
+@pytest.mark.parametrize("index", range(len(rand_augment.OPS)))
+def test_each_rand_augment_op_changes_image_in_range(index):
+    image = _image()
+    out = rand_augment.apply_op(image, index, 9.0, 1.0)
+    assert out.shape == image.shape and out.dtype == tf.float32
+    assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 255.0
+    # AutoContrast on an image already spanning 0..255 is the identity.
+    if rand_augment.OPS[index][0] != "AutoContrast":
+        assert float(tf.reduce_mean(tf.abs(out - image))) > 0.5
+
+
+def test_rand_augment_changes_images_and_is_seedable():
+    image = _image()
+    seed = tf.constant([3, 4], tf.int64)
+    a = rand_augment.rand_augment(image, seed)
+    b = rand_augment.rand_augment(image, seed)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    changed = 0
+    for s in range(20):
+        out = rand_augment.rand_augment(image, tf.constant([s, 1]))
+        changed += int(not np.array_equal(out.numpy(), image.numpy()))
+    # P(no op applied) = 0.5 ** 2 (+ rare no-op draws): expect ~15 of 20.
+    assert 10 <= changed <= 20
+    assert rand_augment.rand_augment(image, seed, num_ops=0) is image
+
+
+def test_rand_augment_seedable_inside_tf_data():
+    images = tf.stack([_image(i) for i in range(4)])
+
+    def run():
+        ds = tf.data.Dataset.from_tensor_slices(images)
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=5).batch(2)))
+        ds = ds.map(rand_augment.rand_augment, num_parallel_calls=tf.data.AUTOTUNE)
+        return np.stack([x.numpy() for x in ds])
+
+    np.testing.assert_array_equal(run(), run())
+
+
+def test_random_erasing_rate_and_noise():
+    image = tf.zeros([32, 32, 3])
+    erased, fractions = 0, []
+    trials = 400
+    for s in range(trials):
+        out = augment.random_erasing(image, tf.constant([s, 9]), probability=0.25)
+        fraction = float(tf.reduce_mean(tf.cast(out != 0, tf.float32)))
+        if fraction > 0:
+            erased += 1
+            fractions.append(fraction)
+    # Binomial(400, 0.25): std ~8.7; allow ~3.5 std.
+    assert abs(erased - 0.25 * trials) < 30
+    assert 0.01 < min(fractions) and max(fractions) < 0.4
+    always = augment.random_erasing(image, tf.constant([1, 2]), probability=1.0)
+    noise = tf.boolean_mask(always, always != 0).numpy()
+    assert abs(noise.std() - 1.0) < 0.3  # per-pixel N(0, 1)
+
+
+def test_label_smoothing_mass():
+    targets = augment.smooth_one_hot(tf.constant([2, 0]), 10, 0.1).numpy()
+    np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(targets[0, 2], 0.9 + 0.01, rtol=1e-6)
+    np.testing.assert_allclose(targets[0, 0], 0.01, rtol=1e-6)
+
+
+def test_mixup_targets_match_lambda():
+    config = augment.AugmentConfig(cutmix=0.0, smoothing=0.0)
+    images = tf.random.stateless_normal([4, 8, 8, 3], [1, 1])
+    labels = tf.constant([0, 1, 2, 3])
+    out, targets, lam = augment.mix_batch(images, labels, 5, tf.constant([7, 7]), config)
+    lam = float(lam)
+    assert 0.0 < lam < 1.0
+    expected = lam * images + (1 - lam) * tf.reverse(images, [0])
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(targets.numpy().sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(targets.numpy()[0, 0], lam, rtol=1e-5)
+    np.testing.assert_allclose(targets.numpy()[0, 3], 1 - lam, rtol=1e-5)
+
+
+def test_cutmix_targets_match_pasted_area():
+    config = augment.AugmentConfig(mixup=0.0, smoothing=0.1)
+    images = tf.stack([tf.fill([16, 16, 3], float(i)) for i in range(4)])
+    labels = tf.constant([0, 1, 2, 3])
+    seen_partial = False
+    for s in range(10):
+        out, targets, lam = augment.mix_batch(images, labels, 4, tf.constant([s, 3]), config)
+        pasted = float(tf.reduce_mean(tf.cast(out[0] == 3.0, tf.float32)))
+        np.testing.assert_allclose(float(lam), 1.0 - pasted, atol=1e-6)
+        smooth = augment.smooth_one_hot(labels, 4, 0.1)
+        expected = lam * smooth + (1 - lam) * tf.reverse(smooth, [0])
+        np.testing.assert_allclose(targets.numpy(), expected.numpy(), atol=1e-6)
+        np.testing.assert_allclose(targets.numpy().sum(1), 1.0, rtol=1e-6)
+        seen_partial |= 0.0 < pasted < 1.0
+    assert seen_partial
+
+
+def test_mix_batch_one_lambda_per_batch_and_switch_rate():
+    config = augment.AugmentConfig(smoothing=0.0)
+    images = tf.stack([tf.fill([8, 8, 3], float(i)) for i in range(4)])
+    labels = tf.constant([0, 1, 2, 3])
+    cutmix = 0
+    for s in range(100):
+        out, targets, lam = augment.mix_batch(images, labels, 4, tf.constant([s, 0]), config)
+        # Same lambda for every sample: weight on own label.
+        own = targets.numpy()[np.arange(4), [0, 1, 2, 3]]
+        np.testing.assert_allclose(own, own[0], atol=1e-6)
+        # CutMix leaves pixels of exactly one of the two images.
+        values = np.unique(out.numpy()[0])
+        cutmix += int(set(values) <= {0.0, 3.0})
+    assert 30 <= cutmix <= 70  # mixup_switch_prob 0.5
+
+
+def test_mixing_disabled_gives_smoothed_one_hot():
+    config = augment.AugmentConfig(mixup=0.0, cutmix=0.0)
+    images = tf.ones([2, 4, 4, 3])
+    out, targets, lam = augment.mix_batch(
+        images, tf.constant([0, 1]), 2, tf.constant([0, 0]), config
+    )
+    assert float(lam) == 1.0
+    np.testing.assert_allclose(targets.numpy(), [[0.95, 0.05], [0.05, 0.95]], rtol=1e-6)
+
+
+def test_train_transform_image_shape_range_and_seed():
+    image = tf.cast(_image(size=48), tf.uint8)
+    seed = tf.constant([1, 2], tf.int64)
+    a = augment.train_transform_image(image, seed, 24, augment.AugmentConfig())
+    b = augment.train_transform_image(image, seed, 24, augment.AugmentConfig())
+    assert a.shape == (24, 24, 3) and a.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(a)) and float(tf.reduce_max(a)) <= 255.0
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    finished = augment.finish_image(a, seed, augment.AugmentConfig())
+    expected = preprocessing.normalize(a)
+    same = tf.reduce_all(tf.equal(finished, expected), axis=-1)
+    assert float(tf.reduce_mean(tf.cast(same, tf.float32))) > 0.6  # <= 1/3 erased
+
+
+def test_keras_cv_rand_augment_option_runs():
+    layer = augment.make_keras_cv_rand_augment(augment.AugmentConfig())
+    images = tf.stack([_image(i) for i in range(2)])
+    out = augment.rand_augment_images(images, None, augment.AugmentConfig(), layer)
+    assert out.shape == images.shape

@@ -1,0 +1,302 @@
+"""Tests of deit_keras.data: digits builder, sources, transforms, pipeline."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from deit_keras.data import (
+    DatasetInfo,
+    augment,
+    dataset_info,
+    make_dataset,
+    pipeline,
+    sources,
+    transforms,
+)
+from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from deit_keras.data.preprocessing import Preprocessing, denormalize, normalize, preprocess
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    dataset_info("digits", data_dir)  # builds deit_digits offline
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for class_name in ("cat", "ant", "bee"):
+            os.makedirs(root / split / class_name)
+            for i in range(count):
+                array = rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)
+                ext = "png" if i % 2 else "jpg"
+                Image.fromarray(array).save(root / split / class_name / f"{i}.{ext}")
+    return str(root)
+
+
+def test_digits_builder(digits_dir):
+    info = dataset_info("digits", digits_dir)
+    assert isinstance(info, DatasetInfo)
+    assert info.num_classes == 10
+    assert info.class_names == tuple(str(i) for i in range(10))
+    assert info.num_train_examples + info.num_eval_examples == 1797
+    assert (info.num_train_examples, info.num_eval_examples) == (1437, 360)
+    assert (info.train_split, info.eval_split) == ("train", "test")
+    labels = [int(y) for _, y in sources.get_source("digits", digits_dir).read("eval")]
+    # Stratified: every class has 35-37 test images.
+    assert set(np.bincount(labels, minlength=10)) <= {35, 36, 37}
+
+
+def test_digits_train_batch(digits_dir):
+    ds = make_dataset(
+        "digits", "train", image_size=32, batch_size=16, training=True, data_dir=digits_dir, seed=0
+    )
+    images, targets = next(iter(ds))
+    assert images.shape == (16, 32, 32, 3) and images.dtype == tf.float32
+    assert targets.shape == (16, 10) and targets.dtype == tf.float32
+    np.testing.assert_allclose(targets.numpy().sum(1), 1.0, rtol=1e-5)
+    assert float(tf.reduce_min(targets)) > 0.0  # smoothing mass everywhere
+
+
+def test_digits_eval_one_hot_and_length(digits_dir):
+    ds = make_dataset(
+        "digits",
+        "eval",
+        image_size=32,
+        batch_size=100,
+        training=False,
+        data_dir=digits_dir,
+        preprocessing=Preprocessing(crop_pct=1.0),
+    )
+    batches = list(ds)
+    assert sum(x.shape[0] for x, _ in batches) == 360
+    targets = np.concatenate([y.numpy() for _, y in batches])
+    assert set(np.unique(targets)) == {0.0, 1.0}
+    np.testing.assert_array_equal(targets.sum(1), 1.0)
+    again = list(ds)
+    np.testing.assert_array_equal(batches[0][0].numpy(), again[0][0].numpy())
+
+
+def test_deterministic_training_batches(digits_dir):
+    def first_batches():
+        ds = make_dataset(
+            "digits",
+            "train",
+            image_size=16,
+            batch_size=8,
+            training=True,
+            data_dir=digits_dir,
+            seed=3,
+            deterministic=True,
+        )
+        return [x.numpy() for x, _ in ds.take(2)]
+
+    a, b = first_batches(), first_batches()
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_repeated_augmentation_copies_and_epoch_length(digits_dir):
+    config = augment.AugmentConfig(mixup=0.0, cutmix=0.0, smoothing=0.0, reprob=0.0)
+    ds = make_dataset(
+        "digits",
+        "train",
+        image_size=16,
+        batch_size=3,
+        training=True,
+        data_dir=digits_dir,
+        seed=1,
+        repeated_aug=3,
+        augment=config,
+        drop_remainder=False,
+    )
+    batches = list(ds)
+    assert sum(x.shape[0] for x, _ in batches) == 1437  # epoch length kept
+    images, targets = batches[0]
+    labels = np.argmax(targets.numpy(), 1)
+    assert len(set(labels)) == 1  # three copies of one image, in a row
+    flat = images.numpy().reshape(3, -1)
+    assert not np.array_equal(flat[0], flat[1]) and not np.array_equal(flat[1], flat[2])
+
+
+def test_repeated_augmentation_sharding_disjoint(digits_dir):
+    config = augment.NO_AUGMENT
+
+    def shard_stream(index):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=index, num_replicas_in_sync=2
+        )
+        ds = make_dataset(
+            "digits",
+            "train",
+            image_size=8,
+            batch_size=1,
+            training=True,
+            data_dir=digits_dir,
+            seed=4,
+            repeated_aug=3,
+            augment=config,
+            input_context=context,
+        )
+        return [int(np.argmax(y)) for _, y in ds]
+
+    first, second = shard_stream(0), shard_stream(1)
+    assert len(first) == len(second) == 1437 // 2
+
+
+@pytest.mark.parametrize("num_pipelines", [1, 2, 4])
+def test_repeated_sampler_semantics(num_pipelines):
+    """RASampler: k copies per image, disjoint shares, epoch ~ N / P each."""
+    n, k = 48, 3
+    shares = [
+        [
+            int(x)
+            for x in pipeline.sample_training_stream(
+                tf.data.Dataset.range(n), n, k, num_pipelines, i, seed=0
+            )
+        ]
+        for i in range(num_pipelines)
+    ]
+    assert all(len(share) == n // num_pipelines for share in shares)
+    counts = np.bincount(np.concatenate(shares), minlength=n)
+    # All shares cut one common stream: n/k distinct images, k copies each.
+    assert sorted(set(counts)) == [0, k]
+    assert int((counts == k).sum()) == n // k
+    if num_pipelines > 1:  # copies of one image go to different pipelines
+        assert len(set(shares[0]) & set(shares[1])) > 0
+    # A new epoch samples a different subset.
+    ds = pipeline.sample_training_stream(tf.data.Dataset.range(n), n, k, seed=0)
+    assert set(map(int, ds)) != set(map(int, ds))
+
+
+def test_sharding_without_repeated_aug(digits_dir):
+    context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=1)
+    ds = make_dataset(
+        "digits",
+        "eval",
+        image_size=8,
+        batch_size=50,
+        training=False,
+        data_dir=digits_dir,
+        input_context=context,
+    )
+    assert sum(x.shape[0] for x, _ in ds) == 120
+
+
+def test_folder_source(image_folder):
+    name = "folder:" + image_folder
+    info = dataset_info(name)
+    assert info.class_names == ("ant", "bee", "cat")
+    assert (info.num_train_examples, info.num_eval_examples) == (18, 6)
+    train = make_dataset(name, "train", image_size=24, batch_size=4, training=True, seed=0)
+    images, targets = next(iter(train))
+    assert images.shape == (4, 24, 24, 3) and targets.shape == (4, 3)
+    evals = list(make_dataset(name, "eval", image_size=24, batch_size=4, training=False))
+    assert sum(x.shape[0] for x, _ in evals) == 6
+
+
+def test_folder_missing_split(tmp_path):
+    os.makedirs(tmp_path / "train" / "a")
+    with pytest.raises(ValueError, match="val/"):
+        dataset_info(f"folder:{tmp_path}")
+
+
+def test_missing_tfds_dataset_clear_error(tmp_path):
+    with pytest.raises(sources.DatasetNotFoundError) as error:
+        dataset_info("mnist", str(tmp_path))
+    message = str(error.value)
+    assert str(tmp_path) in message and "tfds build mnist" in message
+    assert isinstance(error.value, ValueError)
+    assert os.listdir(tmp_path) == []  # nothing downloaded
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        dataset_info("no_such_dataset_xyz", str(tmp_path))
+
+
+def test_eval_transform_shape_range_deterministic():
+    rng = np.random.default_rng(1)
+    image = tf.constant(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    a = preprocess(image, 32, Preprocessing(crop_pct=0.875))
+    b = preprocess(image, 32, Preprocessing(crop_pct=0.875))
+    assert a.shape == (32, 32, 3) and a.dtype == tf.float32
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    low = (0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    high = (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    assert np.all(a.numpy() >= low - 1e-5) and np.all(a.numpy() <= high + 1e-5)
+    # crop_pct=1.0 of a square image is a plain resize.
+    square = tf.constant(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    np.testing.assert_allclose(
+        preprocess(square, 32, Preprocessing(crop_pct=1.0)).numpy(),
+        normalize(square).numpy(),
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="crop_pct"):
+        preprocess(square, 32, Preprocessing(crop_pct=1.5))
+
+
+def test_normalize_round_trip():
+    image = tf.constant([[[0, 128, 255]]], tf.uint8)
+    normalised = normalize(image)
+    np.testing.assert_allclose(normalised.numpy()[0, 0, 0], (0 - 0.485) / 0.229, rtol=1e-6)
+    np.testing.assert_allclose(denormalize(normalised).numpy(), [[[0, 128, 255]]], atol=1e-3)
+
+
+def test_random_resized_crop_jpeg_and_array_shapes():
+    rng = np.random.default_rng(2)
+    array = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    seed = tf.constant([5, 6])
+    for image in (tf.constant(array), tf.io.encode_jpeg(array), tf.io.encode_png(array)):
+        out = transforms.random_resized_crop(image, 20, seed)
+        assert out.shape == (20, 20, 3) and out.dtype == tf.float32
+        assert 0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 255
+    windows = np.stack(
+        [transforms.random_crop_window([37, 53], tf.constant([s, 0])).numpy() for s in range(200)]
+    )
+    top, left, h, w = windows.T
+    assert np.all(top >= 0) and np.all(left >= 0)
+    assert np.all(top + h <= 37) and np.all(left + w <= 53)
+    area = h * w / (37 * 53)
+    assert area.min() >= 0.05 and area.max() <= 1.0 and area.std() > 0.1
+
+
+def test_make_dataset_argument_errors(digits_dir):
+    with pytest.raises(ValueError, match="split"):
+        make_dataset(
+            "digits", "validation", image_size=8, batch_size=2, training=False, data_dir=digits_dir
+        )
+    with pytest.raises(ValueError, match="repeated_aug"):
+        make_dataset(
+            "digits",
+            "train",
+            image_size=8,
+            batch_size=2,
+            training=True,
+            data_dir=digits_dir,
+            repeated_aug=0,
+        )
+
+
+def test_batched_rand_augment_matches_per_image(digits_dir):
+    def batches(batched):
+        config = augment.AugmentConfig(rand_augment_batched=batched)
+        ds = make_dataset(
+            "digits",
+            "train",
+            image_size=16,
+            batch_size=8,
+            training=True,
+            data_dir=digits_dir,
+            seed=2,
+            deterministic=True,
+            augment=config,
+        )
+        return [x.numpy() for x, _ in ds.take(2)]
+
+    for x, y in zip(batches(False), batches(True), strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -1,0 +1,232 @@
+"""Numeric parity with the PyTorch reference (Hugging Face DeiT/ViT, random weights)."""
+
+import numpy as np
+import pytest
+
+import deit_keras
+from deit_keras.deploy.checkpoints import CheckpointError, load_checkpoint
+from deit_keras.layers import TransformerBlock
+from deit_keras.testing import hf_reference
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+MEAN = np.array([0.485, 0.456, 0.406], "float32")
+STD = np.array([0.229, 0.224, 0.225], "float32")
+TOLERANCE = 1e-4
+
+
+def sample_images(size):
+    """scikit-learn's two bundled photos, centre-cropped, resized, ImageNet-normalised."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    out = []
+    for photo in load_sample_images().images:
+        height, width, _ = photo.shape
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        crop = Image.fromarray(photo[top : top + side, left : left + side])
+        pixels = np.asarray(crop.resize((size, size), Image.BICUBIC), "float32") / 255.0
+        out.append((pixels - MEAN) / STD)
+    return np.stack(out)
+
+
+def randomise(model, seed=0):
+    """Random biases and norm parameters too, so a mis-mapped one changes the logits."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layernorm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.2 * torch.randn(param.shape, generator=generator))
+            elif name.endswith("bias") or "token" in name or "position" in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+            elif "classifier" in name:
+                param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+def reference_logits(model, images, interpolate=False):
+    with torch.no_grad():
+        out = model(
+            torch.from_numpy(images).permute(0, 3, 1, 2), interpolate_pos_encoding=interpolate
+        )
+    heads = {"logits": out.logits.numpy()}
+    if hasattr(out, "cls_logits"):
+        heads.update(cls=out.cls_logits.numpy(), dist=out.distillation_logits.numpy())
+    return heads
+
+
+def timm_state_dict(hf_model):
+    """The same weights under official DeiT / timm keys (fused qkv), written independently."""
+    prefix = "deit." if "deit.embeddings.cls_token" in hf_model.state_dict() else "vit."
+    renames = {
+        "embeddings.cls_token": "cls_token",
+        "embeddings.distillation_token": "dist_token",
+        "embeddings.position_embeddings": "pos_embed",
+        "embeddings.patch_embeddings.projection": "patch_embed.proj",
+        "layernorm_before": "norm1",
+        "layernorm_after": "norm2",
+        "attention.o_proj": "attn.proj",
+        "layers.": "blocks.",
+        "layernorm": "norm",
+        "distillation_classifier": "head_dist",
+        "cls_classifier": "head",
+        "classifier": "head",
+    }
+    state, out = hf_model.state_dict(), {}
+    for key, value in state.items():
+        key = key.removeprefix(prefix)
+        if "_proj." in key and ".o_proj." not in key:
+            if ".q_proj." in key:
+                parts = [
+                    state[prefix + key.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")
+                ]
+                out[key.replace("attention.q_proj", "attn.qkv").replace("layers.", "blocks.")] = (
+                    torch.cat(parts)
+                )
+            continue
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        out[key] = value.clone()
+    return out
+
+
+def hub_state_dict(hf_model):
+    """The transformers 4 key layout, which is what the hub's DeiT files hold."""
+    renames = [
+        (".layers.", ".encoder.layer."),
+        (".attention.q_proj.", ".attention.attention.query."),
+        (".attention.k_proj.", ".attention.attention.key."),
+        (".attention.v_proj.", ".attention.attention.value."),
+        (".attention.o_proj.", ".attention.output.dense."),
+        (".mlp.fc1.", ".intermediate.dense."),
+        (".mlp.fc2.", ".output.dense."),
+    ]
+    out = {}
+    for key, value in hf_model.state_dict().items():
+        for old, new in renames:
+            key = key.replace(old, new)
+        out[key] = value.contiguous()
+    return out
+
+
+@pytest.fixture(scope="module")
+def images():
+    return sample_images(224)
+
+
+@pytest.fixture(scope="module", params=["deit_tiny_distilled_patch16_224", "deit_tiny_patch16_224"])
+def reference(request):
+    return request.param, randomise(hf_reference(request.param))
+
+
+def save_as(style, hf_model, directory):
+    if style == "hf_safetensors":  # as on the hub
+        path = directory / "model.safetensors"
+        safetensors_torch.save_file(hub_state_dict(hf_model), str(path))
+    elif style == "hf_bin":  # as transformers 5 writes it
+        path = directory / "pytorch_model.bin"
+        torch.save(hf_model.state_dict(), path)
+    else:  # the official DeiT release format
+        path = directory / "checkpoint.pth"
+        torch.save({"model": timm_state_dict(hf_model), "epoch": 299}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("style", ["timm_pth", "hf_safetensors", "hf_bin"])
+def test_logits_match_reference(reference, images, style, tmp_path):
+    name, hf_model = reference
+    model = load_checkpoint(save_as(style, hf_model, tmp_path), name)
+    expected = reference_logits(hf_model, images)
+    np.testing.assert_allclose(model(images), expected["logits"], atol=TOLERANCE, rtol=0)
+    if model.distilled:
+        cls_logits, dist_logits = model.call_heads(images)
+        np.testing.assert_allclose(cls_logits, expected["cls"], atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(dist_logits, expected["dist"], atol=TOLERANCE, rtol=0)
+    assert np.abs(expected["logits"]).max() > 0.1  # the comparison is not of near-zeros
+
+
+def test_interpolated_position_embeddings_match_reference(reference, tmp_path):
+    name, hf_model = reference
+    images = sample_images(288)
+    model = load_checkpoint(save_as("hf_safetensors", hf_model, tmp_path), name, image_size=288)
+    expected = reference_logits(hf_model, images, interpolate=True)
+    np.testing.assert_allclose(model(images), expected["logits"], atol=TOLERANCE, rtol=0)
+
+
+def test_block_matches_reference_on_small_activations():
+    """Small inputs make LayerNorm's epsilon matter: a wrong eps fails here."""
+    hf_model = randomise(hf_reference("deit_tiny_distilled_patch16_224"))
+    hf_layer = hf_model.deit.layers[0]
+    block = TransformerBlock(192, 3)
+    tokens = (1e-3 * np.random.default_rng(0).normal(size=(2, 198, 192))).astype("float32")
+    block(tokens)
+    state = {k: v.numpy() for k, v in hf_layer.state_dict().items()}
+    qkv = [state[f"attention.{p}_proj.weight"] for p in "qkv"]
+    qkv_bias = [state[f"attention.{p}_proj.bias"] for p in "qkv"]
+    block.set_weights(
+        [
+            state["layernorm_before.weight"],
+            state["layernorm_before.bias"],
+            np.concatenate(qkv).T,
+            np.concatenate(qkv_bias),
+            state["attention.o_proj.weight"].T,
+            state["attention.o_proj.bias"],
+            state["layernorm_after.weight"],
+            state["layernorm_after.bias"],
+            state["mlp.fc1.weight"].T,
+            state["mlp.fc1.bias"],
+            state["mlp.fc2.weight"].T,
+            state["mlp.fc2.bias"],
+        ]
+    )
+    with torch.no_grad():
+        expected = hf_layer(torch.from_numpy(tokens))
+    expected = expected[0] if isinstance(expected, tuple) else expected
+    np.testing.assert_allclose(block(tokens), expected.numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_new_num_classes_keeps_fresh_heads(reference, tmp_path):
+    name, hf_model = reference
+    model = load_checkpoint(save_as("timm_pth", hf_model, tmp_path), name, num_classes=7)
+    assert model.num_classes == 7
+    np.testing.assert_allclose(
+        model.tokens.cls_token.numpy()[0, 0],
+        hf_model.state_dict()[
+            ("deit" if model.distilled else "vit") + ".embeddings.cls_token"
+        ].numpy()[0, 0],
+    )
+
+
+def test_checkpoint_errors_name_the_keys(tmp_path):
+    hf_model = hf_reference("deit_tiny_patch16_224")
+    state = timm_state_dict(hf_model)
+    state["blocks.0.attn.extra"] = torch.zeros(3)
+    del state["norm.bias"]
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(
+        CheckpointError, match=r"unknown keys: blocks\.0\.attn\.extra.*missing keys: norm\.bias"
+    ):
+        load_checkpoint(str(path), "deit_tiny_patch16_224")
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_checkpoint(save_as("timm_pth", hf_model, tmp_path), "deit_small_patch16_224")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="Cannot read"):
+        load_checkpoint(str(tmp_path / "corrupt.safetensors"), "deit_tiny_patch16_224")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(str(tmp_path / "nope.pth"), "deit_tiny_patch16_224")
+
+
+def test_npz_reads_without_torch(tmp_path):
+    hf_model = randomise(hf_reference("deit_tiny_patch16_224"))
+    path = tmp_path / "weights.npz"
+    np.savez(path, **{k: v.numpy() for k, v in timm_state_dict(hf_model).items()})
+    images = sample_images(224)
+    model = load_checkpoint(str(path), "deit_tiny_patch16_224")
+    np.testing.assert_allclose(
+        model(images), reference_logits(hf_model, images)["logits"], atol=TOLERANCE, rtol=0
+    )
+    assert isinstance(model, deit_keras.DeiT)

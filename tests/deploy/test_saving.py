@@ -1,0 +1,253 @@
+"""Saving, loading and SavedModel export (deit_keras.export)."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import deit_keras
+from deit_keras.data import preprocessing
+from deit_keras.deploy import saved_model, saving
+from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
+
+CLASS_NAMES = [f"class {i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny distilled model saved with class names: `(model, path)`."""
+    model = tiny_model()
+    path = str(tmp_path_factory.mktemp("export") / "tiny.keras")
+    saving.save_model(model, path, class_names=CLASS_NAMES)
+    return model, path
+
+
+def random_images(shape, seed=0):
+    return np.random.RandomState(seed).randint(0, 256, shape).astype(np.uint8)
+
+
+def test_save_load_round_trip_keeps_outputs_and_class_names(saved, tmp_path):
+    model, path = saved
+    loaded, names = saving.load_model(path)
+    assert isinstance(loaded, deit_keras.DeiT)
+    assert names == CLASS_NAMES
+    images = np.random.RandomState(1).randn(2, 32, 32, 3).astype("float32")
+    np.testing.assert_allclose(loaded(images), model(images), atol=1e-6)
+    assert not [f for f in os.listdir(os.path.dirname(path)) if f.startswith(".")]
+
+    # Saving again without names drops the stale classes file.
+    other = str(tmp_path / "other.keras")
+    saving.save_model(model, other, class_names=CLASS_NAMES)
+    saving.save_model(model, other)
+    assert not os.path.exists(saving.classes_path(other))
+    assert saving.load_model(other)[1] is None
+
+
+def test_save_model_rejects_bad_arguments(saved, tmp_path):
+    model, _ = saved
+    with pytest.raises(ValueError, match="end in '.keras'"):
+        saving.save_model(model, str(tmp_path / "model.h5"))
+    with pytest.raises(ValueError, match="3 class names"):
+        saving.save_model(model, str(tmp_path / "m.keras"), class_names=["a", "b", "c"])
+
+
+def _write_bad_files(directory):
+    paths = {}
+    paths["missing"] = os.path.join(directory, "missing.keras")
+    paths["empty"] = os.path.join(directory, "empty.keras")
+    open(paths["empty"], "w").close()
+    paths["text"] = os.path.join(directory, "text.keras")
+    with open(paths["text"], "w") as handle:
+        handle.write("not a model\n")
+    paths["garbage_zip"] = os.path.join(directory, "garbage.keras")
+    with zipfile.ZipFile(paths["garbage_zip"], "w") as archive:
+        archive.writestr("config.json", "{not json")
+        archive.writestr("model.weights.h5", b"\x00" * 64)
+    paths["directory"] = directory
+    paths["sequential"] = os.path.join(directory, "sequential.keras")
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(paths["sequential"])
+    return paths
+
+
+def test_load_model_errors_are_one_line_value_errors(saved, tmp_path):
+    _, good = saved
+    paths = _write_bad_files(str(tmp_path))
+    # A truncated copy of a good model.
+    paths["truncated"] = str(tmp_path / "truncated.keras")
+    with open(good, "rb") as source, open(paths["truncated"], "wb") as target:
+        target.write(source.read()[: os.path.getsize(good) // 2])
+    expected = {
+        "missing": "not found",
+        "empty": "is empty",
+        "text": "not a .keras model file",
+        "garbage_zip": "Could not load",
+        "directory": "is a directory",
+        "sequential": "not a deit_keras DeiT",
+        "truncated": "not a .keras model file",
+    }
+    for kind, path in paths.items():
+        with pytest.raises(ValueError, match=expected[kind]) as info:
+            saving.load_model(path)
+        assert "\n" not in str(info.value), kind
+
+
+def test_saved_model_matches_keras_model(saved, tmp_path):
+    model, path = saved
+    loaded, names = saving.load_model(path)
+    out_dir = str(tmp_path / "saved_model")
+    saved_model.export_saved_model(loaded, out_dir, class_names=names)
+    with open(os.path.join(out_dir, saved_model.SERVING_CONFIG)) as handle:
+        config = json.load(handle)
+    assert config["image_size"] == 32 and config["class_names"] == CLASS_NAMES
+
+    restored = tf.saved_model.load(out_dir)
+    signature = restored.signatures["serving_default"]
+    layer = keras.layers.TFSMLayer(out_dir, call_endpoint="serving_default")
+    for shape in [(2, 50, 70, 3), (1, 1, 1, 3), (3, 224, 200, 3)]:
+        images = random_images(shape, seed=shape[1])
+        expected = model(preprocessing.preprocess(images, 32)).numpy()
+        from_signature = signature(images=tf.constant(images))
+        from_layer = layer(images)
+        for outputs in (from_signature, from_layer):
+            np.testing.assert_allclose(outputs["logits"], expected, atol=1e-5)
+            np.testing.assert_allclose(outputs["probabilities"], tf.nn.softmax(expected), atol=1e-5)
+            assert outputs["logits"].shape == (shape[0], 10)
+
+    # Exporting again replaces the directory atomically (no temporaries left).
+    saved_model.export_saved_model(loaded, out_dir)
+    assert sorted(f for f in os.listdir(tmp_path) if f.startswith(".")) == []
+    with pytest.raises(ValueError, match="crop_pct"):
+        saved_model.export_saved_model(loaded, str(tmp_path / "bad"), crop_pct=1.5)
+    assert not os.path.exists(tmp_path / "bad")
+
+
+def test_training_resumes_with_optimizer_state(tmp_path):
+    model = tiny_model(distilled=False)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0.05),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.RandomState(0)
+    images = rng.randn(4, 32, 32, 3).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.randint(0, 10, 4)]
+    model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    path = str(tmp_path / "trained.keras")
+    saving.save_model(model, path)
+
+    loaded, _ = saving.load_model(path)
+    assert int(loaded.optimizer.iterations.numpy()) == 1
+    assert isinstance(loaded.optimizer, keras.optimizers.AdamW)
+    before = {v.path: v.numpy() for v in model.optimizer.variables}
+    after = {v.path: v.numpy() for v in loaded.optimizer.variables}
+    assert before.keys() == after.keys() and len(before) > 2
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    moments = [key for key in before if "momentum" in key and np.any(before[key])]
+    assert moments, "expected non-zero Adam moments after one step"
+    loaded.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations.numpy()) == 2
+
+
+def test_keras_load_model_in_fresh_process(saved, tmp_path):
+    model, path = saved
+    images = np.random.RandomState(3).randn(2, 32, 32, 3).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys, numpy as np, keras, deit_keras\n"
+        "model = keras.models.load_model(sys.argv[1])\n"
+        "assert type(model).__name__ == 'DeiT', type(model)\n"
+        "np.save(sys.argv[3], model(np.load(sys.argv[2])).numpy())\n"
+    )
+    out = tmp_path / "logits.npy"
+    process = subprocess.run(
+        [sys.executable, "-c", script, path, str(tmp_path / "images.npy"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 0, process.stderr
+    np.testing.assert_allclose(np.load(out), model(images), atol=1e-6)
+
+
+def test_export_cli(saved, tmp_path):
+    model, path = saved
+    out_dir = str(tmp_path / "served")
+    process = run_cli("export", f"--model_path={path}", f"--output={out_dir}")
+    assert process.returncode == 0, process.stderr
+    assert "Exported" in process.stdout
+    assert "--model_path" in open(os.path.join(out_dir, "flags.txt")).read()
+    images = random_images((2, 40, 30, 3))
+    outputs = tf.saved_model.load(out_dir).signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(
+        outputs["logits"], model(preprocessing.preprocess(images, 32)), atol=1e-5
+    )
+
+
+def test_export_cli_corrupt_model_is_one_line_error(tmp_path):
+    bad = tmp_path / "corrupt.keras"
+    bad.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    process = run_cli("export", f"--model_path={bad}", f"--output={tmp_path / 'out'}")
+    assert_one_line_error(process)
+    assert not os.path.exists(tmp_path / "out")
+
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+
+
+def test_a_file_written_before_the_one_way_layout_still_loads():
+    """`deit_c1e25b9.keras`: saved compiled by the code at c1e25b9 (make_c1e25b9_fixture.py)."""
+    path = os.path.join(FIXTURES, "deit_c1e25b9.keras")
+    expected = np.load(os.path.join(FIXTURES, "deit_c1e25b9_expected.npz"))
+    loaded, names = saving.load_model(path)
+    assert names == ["a", "b", "c"] and loaded.distilled and loaded.num_classes == 3
+    np.testing.assert_array_equal(loaded(expected["images"]).numpy(), expected["logits"])
+    assert int(loaded.optimizer.iterations.numpy()) == int(expected["iterations"])
+    assert loaded.preprocessing == deit_keras.Preprocessing()  # the defaults of that time
+    rng = np.random.default_rng(0)
+    labels = np.eye(3, dtype="float32")[rng.integers(0, 3, 4)]
+    loaded.fit(expected["images"][:1].repeat(4, axis=0), labels, batch_size=4, verbose=0)
+    assert int(loaded.optimizer.iterations.numpy()) == int(expected["iterations"]) + 1
+
+
+def test_eval_pipeline_and_serving_signature_give_the_same_input(tmp_path):
+    """One transform: the tf.data eval split and the SavedModel see the same tensor for an image."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from deit_keras.data import pipeline
+
+    model = tiny_model(preprocessing=deit_keras.Preprocessing(crop_pct=0.8))
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(3)
+    for split in ("train", "val"):
+        os.makedirs(root / split / "only")
+    pixels = rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "val" / "only" / "a.png")
+    Image.fromarray(pixels).save(root / "train" / "only" / "a.png")
+    dataset = pipeline.make_dataset(
+        f"folder:{root}",
+        "eval",
+        image_size=32,
+        batch_size=1,
+        training=False,
+        preprocessing=model.preprocessing,
+    )
+    from_pipeline = next(iter(dataset))[0].numpy()
+    serve = saved_model.serving_function(model)
+    seen = []
+    original_call = model.call
+
+    def recording_call(images, training=None):
+        seen.append(images)
+        return original_call(images, training=training)
+
+    model.call = recording_call
+    serve.python_function(tf.constant(pixels[None]))
+    model.call = original_call
+    np.testing.assert_array_equal(np.asarray(seen[0]), from_pipeline)

@@ -1,0 +1,73 @@
+import keras
+import numpy as np
+import pytest
+
+from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from deit_keras.distill import teachers
+
+PIXELS = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+NORMALISED = ((PIXELS / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype("float32")
+
+
+def mean_pixel_teacher():
+    """A 'teacher' whose logits are the mean of each input channel: shows what it was fed."""
+    return keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D()])
+
+
+def test_pixels_convention_undoes_the_student_normalisation():
+    adapter = teachers.TeacherAdapter(mean_pixel_teacher(), "pixels")
+    np.testing.assert_allclose(adapter(NORMALISED), PIXELS.mean(axis=(1, 2)), rtol=1e-4)
+
+
+def test_normalized_convention_passes_input_through():
+    adapter = teachers.TeacherAdapter(mean_pixel_teacher(), "normalized")
+    np.testing.assert_allclose(adapter(NORMALISED), NORMALISED.mean(axis=(1, 2)), rtol=1e-5)
+
+
+def test_keras_applications_convention_applies_its_preprocessing():
+    adapter = teachers.TeacherAdapter(
+        mean_pixel_teacher(), "keras_applications", application="resnet"
+    )
+    expected = keras.applications.resnet.preprocess_input(PIXELS.copy()).mean(axis=(1, 2))
+    np.testing.assert_allclose(adapter(NORMALISED), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_probabilities_become_log_probabilities():
+    probs = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Softmax()]
+    )
+    adapter = teachers.TeacherAdapter(probs, outputs="probabilities")
+    np.testing.assert_allclose(np.exp(adapter(NORMALISED)), probs(NORMALISED), rtol=1e-5)
+
+
+def test_adapter_round_trips(tmp_path):
+    adapter = teachers.TeacherAdapter(teachers.build_small_cnn(10, 32), "pixels")
+    path = str(tmp_path / "teacher.keras")
+    adapter.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded(NORMALISED), adapter(NORMALISED), atol=1e-6)
+
+
+def test_build_teacher_from_file_and_application(tmp_path):
+    path = str(tmp_path / "cnn.keras")
+    teachers.build_small_cnn(5, 32).save(path)
+    assert teachers.build_teacher(path, 5, 32).num_classes == 5
+    with pytest.raises(ValueError, match="predicts 5 classes but the dataset has 10"):
+        teachers.build_teacher(path, 10, 32)
+    application = teachers.build_teacher("mobilenetv3small", 10, 32, weights=None)
+    assert tuple(application(NORMALISED).shape) == (2, 10) and not application.trainable
+    with pytest.raises(ValueError, match="Unknown teacher"):
+        teachers.build_teacher("resnet9000", 10, 32)
+    with pytest.raises(ValueError, match="not found"):
+        teachers.build_teacher(str(tmp_path / "missing.keras"), 10, 32)
+    (tmp_path / "bad.keras").write_text("not a model")
+    with pytest.raises(ValueError, match="not a loadable Keras model"):
+        teachers.build_teacher(str(tmp_path / "bad.keras"), 10, 32)
+
+
+def test_teacher_with_another_input_size_gets_a_resized_batch(tmp_path):
+    path = str(tmp_path / "cnn48.keras")
+    teachers.build_small_cnn(10, 48).save(path)
+    adapter = teachers.build_teacher(path, 10, 32)
+    assert adapter.image_size == 48
+    assert tuple(adapter(NORMALISED).shape) == (2, 10)

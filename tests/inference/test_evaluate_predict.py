@@ -1,0 +1,222 @@
+"""Evaluation metrics, image loading and top-k prediction (evaluate.py, predict.py)."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from deit_keras.deploy import saved_model, saving
+from deit_keras.inference import evaluate, predict
+from deit_keras.io import images as images_io
+from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
+
+CLASS_NAMES = [f"digit {i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = tiny_model()
+    path = str(tmp_path_factory.mktemp("evaluate") / "tiny.keras")
+    saving.save_model(model, path, class_names=CLASS_NAMES)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    """Images of awkward kinds: `{kind: path}`."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.RandomState(0)
+    pictures = {
+        "rgb.jpg": Image.fromarray(rng.randint(0, 256, (40, 60, 3), dtype=np.uint8)),
+        "gray.png": Image.fromarray(rng.randint(0, 256, (17, 9), dtype=np.uint8)),
+        "rgba.png": Image.fromarray(rng.randint(0, 256, (20, 20, 4), dtype=np.uint8)),
+        "gray16.png": Image.fromarray((rng.randint(0, 256, (12, 30)) * 257).astype(np.uint16)),
+        "one_pixel.png": Image.fromarray(np.array([[[255, 0, 0]]], dtype=np.uint8)),
+        "palette.png": Image.fromarray(rng.randint(0, 256, (20, 20, 3), dtype=np.uint8)).convert(
+            "P"
+        ),
+    }
+    paths = {}
+    for name, picture in pictures.items():
+        paths[name] = str(root / name)
+        picture.save(paths[name])
+    paths["text.jpg"] = str(root / "text.jpg")
+    with open(paths["text.jpg"], "w") as handle:
+        handle.write("this is not a JPEG\n")
+    paths["empty.png"] = str(root / "empty.png")
+    open(paths["empty.png"], "w").close()
+    return paths
+
+
+# === evaluate ===
+
+
+def _labelled_batches(model, num=20, batch_size=8, seed=0):
+    rng = np.random.RandomState(seed)
+    images = rng.randn(num, 32, 32, 3).astype("float32")
+    labels = rng.randint(0, model.num_classes, num)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (images, tf.one_hot(labels, model.num_classes))
+    ).batch(batch_size)
+    return images, labels, dataset
+
+
+def _top_k(logits, labels, k):
+    top = np.argsort(-logits, axis=-1)[:, :k]
+    return 100.0 * np.mean(np.any(top == labels[:, None], axis=-1))
+
+
+def test_evaluate_model_matches_numpy(saved):
+    model, _ = saved
+    images, labels, dataset = _labelled_batches(model)
+    results = evaluate.evaluate_model(model, dataset)
+    cls_logits, dist_logits = (t.numpy() for t in model.call_heads(images))
+    averaged = model(images).numpy()
+    np.testing.assert_allclose(averaged, (cls_logits + dist_logits) / 2, atol=1e-6)
+    for prefix, logits in (("", averaged), ("cls_", cls_logits), ("dist_", dist_logits)):
+        for k in (1, 5):
+            assert results[f"{prefix}top{k}"] == pytest.approx(_top_k(logits, labels, k))
+    log_probs = tf.nn.log_softmax(averaged).numpy()
+    assert results["loss"] == pytest.approx(-log_probs[np.arange(20), labels].mean(), rel=1e-5)
+    assert results["num_examples"] == 20 and results["images_per_second"] > 0
+
+    # Integer labels give the same numbers; max_batches stops early.
+    sparse = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    again = evaluate.evaluate_model(model, sparse)
+    assert again["top1"] == results["top1"] and again["dist_top5"] == results["dist_top5"]
+    assert evaluate.evaluate_model(model, sparse, max_batches=1)["num_examples"] == 8
+
+
+def test_evaluate_model_plain_model_and_errors(saved):
+    plain = tiny_model(distilled=False)
+    images, labels, dataset = _labelled_batches(plain, num=6)
+    results = evaluate.evaluate_model(plain, dataset)
+    assert "dist_top1" not in results
+    assert (
+        results["top1"]
+        == results["cls_top1"]
+        == pytest.approx(_top_k(plain(images).numpy(), labels, 1))
+    )
+    with pytest.raises(ValueError, match="no examples"):
+        evaluate.evaluate_model(plain, dataset.take(0))
+    with pytest.raises(ValueError, match="out of range"):
+        evaluate.evaluate_model(plain, [(images, np.full(6, 12))])
+    with pytest.raises(ValueError, match="32x32"):
+        evaluate.evaluate_model(plain, [(np.zeros((1, 16, 16, 3), "float32"), np.zeros(1))])
+
+
+def test_evaluate_cli_on_image_folder(saved, tmp_path):
+    pytest.importorskip("deit_keras.data.pipeline")
+    model, path = saved
+    rng = np.random.RandomState(1)
+    for split in ("train", "val"):
+        for label in range(10):
+            folder = tmp_path / "data" / split / f"c{label}"
+            folder.mkdir(parents=True)
+            Image.fromarray(rng.randint(0, 256, (24, 36, 3), dtype=np.uint8)).save(folder / "0.png")
+    output = tmp_path / "results.json"
+    process = run_cli(
+        "evaluate",
+        f"--model_path={path}",
+        f"--dataset=folder:{tmp_path / 'data'}",
+        "--batch_size=4",
+        f"--output={output}",
+    )
+    assert process.returncode == 0, process.stderr
+    results = json.loads(output.read_text())
+    assert results["num_examples"] == 10 and "--dataset=folder:" in results["flags"]
+    # Same numbers as predicting each file through the serving preprocessing.
+    paths = sorted((tmp_path / "data" / "val").glob("c*/0.png"))
+    top = predict.predict_images(model, [images_io.load_image(p) for p in paths], top_k=5)
+    expected_top1 = 100.0 * np.mean([row[0][1] == i for i, row in enumerate(top)])
+    expected_top5 = 100.0 * np.mean([i in [c[1] for c in row] for i, row in enumerate(top)])
+    assert results["top1"] == pytest.approx(expected_top1)
+    assert results["top5"] == pytest.approx(expected_top5)
+
+
+# === predict ===
+
+
+def test_load_image_converts_to_rgb_uint8(image_files):
+    shapes = {
+        "rgb.jpg": (40, 60, 3),
+        "gray.png": (17, 9, 3),
+        "rgba.png": (20, 20, 3),
+        "gray16.png": (12, 30, 3),
+        "one_pixel.png": (1, 1, 3),
+        "palette.png": (20, 20, 3),
+    }
+    for name, shape in shapes.items():
+        image = images_io.load_image(image_files[name])
+        assert image.shape == shape and image.dtype == np.uint8, name
+    gray = np.asarray(Image.open(image_files["gray.png"]))
+    np.testing.assert_array_equal(images_io.load_image(image_files["gray.png"])[..., 1], gray)
+    sixteen = np.asarray(Image.open(image_files["gray16.png"])).astype(np.int64)
+    np.testing.assert_array_equal(
+        images_io.load_image(image_files["gray16.png"])[..., 0], sixteen // 257
+    )
+    rgba = np.asarray(Image.open(image_files["rgba.png"]))
+    np.testing.assert_array_equal(images_io.load_image(image_files["rgba.png"]), rgba[..., :3])
+
+
+def test_load_image_errors(image_files, tmp_path):
+    for path, fragment in (
+        (image_files["text.jpg"], "as an image"),
+        (image_files["empty.png"], "is empty"),
+        (str(tmp_path / "missing.png"), "not found"),
+        (str(tmp_path), "not found"),
+    ):
+        with pytest.raises(ValueError, match=fragment) as info:
+            images_io.load_image(path)
+        assert "\n" not in str(info.value)
+
+
+def test_predict_images_matches_saved_model(saved, image_files, tmp_path):
+    model, _ = saved
+    names = ["rgb.jpg", "gray16.png", "one_pixel.png"]
+    images = [images_io.load_image(image_files[n]) for n in names]
+    top = predict.predict_images(model, images, CLASS_NAMES, top_k=5)
+    saved_model.export_saved_model(model, str(tmp_path / "sm"))
+    serve = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    for image, row in zip(images, top, strict=True):
+        probabilities = serve(images=tf.constant(image[None]))["probabilities"].numpy()[0]
+        order = np.argsort(-probabilities)[:5]
+        assert [index for _, index, _ in row] == list(order)
+        np.testing.assert_allclose([p for _, _, p in row], probabilities[order], atol=1e-5)
+        assert [name for name, _, _ in row] == [CLASS_NAMES[i] for i in order]
+    unnamed = predict.predict_images(model, images[:1], top_k=20)
+    assert len(unnamed[0]) == 10 and unnamed[0][0][0].startswith("class_")
+    assert sum(p for _, _, p in unnamed[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_cli(saved, image_files, tmp_path):
+    model, path = saved
+    output = tmp_path / "predictions.json"
+    process = run_cli(
+        "predict",
+        f"--model_path={path}",
+        f"--output={output}",
+        image_files["rgb.jpg"],
+        image_files["one_pixel.png"],
+        image_files["gray16.png"],
+    )
+    assert process.returncode == 0, process.stderr
+    records = json.loads(output.read_text())
+    assert [len(r["top"]) for r in records] == [5, 5, 5]
+    lines = process.stdout.splitlines()
+    assert lines[0] == image_files["rgb.jpg"] and len(lines) == 3 * 6
+    expected = predict.predict_images(
+        model, [images_io.load_image(image_files["rgb.jpg"])], CLASS_NAMES
+    )[0]
+    assert [t["class"] for t in records[0]["top"]] == [name for name, _, _ in expected]
+    np.testing.assert_allclose(
+        [t["probability"] for t in records[0]["top"]], [p for _, _, p in expected], atol=1e-5
+    )
+
+
+def test_predict_cli_text_file_named_jpg_is_one_line_error(saved, image_files):
+    _, path = saved
+    process = run_cli("predict", f"--model_path={path}", image_files["text.jpg"])
+    assert_one_line_error(process, "text.jpg")

@@ -1,0 +1,106 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import deit_keras
+from deit_keras.testing import hf_reference, random_images, tiny_model
+
+
+def test_list_models_has_the_timm_names():
+    assert set(deit_keras.list_models()) == {
+        f"deit_{size}{tag}_patch16_224"
+        for size in ("tiny", "small", "base")
+        for tag in ("", "_distilled")
+    } | {"deit_base_patch16_384", "deit_base_distilled_patch16_384"}
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="deit_tiny_patch16_224"):
+        deit_keras.create_model("deit_huge_patch16_224")
+
+
+def test_image_size_must_divide_into_patches():
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        deit_keras.create_model("deit_tiny_patch16_224", image_size=100)
+
+
+def test_distilled_outputs_in_training_and_inference():
+    model = tiny_model(distilled=True)
+    images = random_images()
+    cls_logits, dist_logits = model(images, training=True)
+    assert tuple(cls_logits.shape) == tuple(dist_logits.shape) == (2, 10)
+    cls_logits, dist_logits = model.call_heads(images, training=False)
+    np.testing.assert_allclose(model(images), (cls_logits + dist_logits) / 2, atol=1e-6)
+    # the heads really differ, so the mean is not trivially either of them
+    assert np.abs(cls_logits - dist_logits).max() > 1e-3
+
+
+def test_non_distilled_returns_single_logits():
+    model = tiny_model(distilled=False)
+    assert tuple(model(random_images(), training=True).shape) == (2, 10)
+    assert model.head_dist is None
+
+
+def test_stochastic_depth_rates_rise_linearly():
+    model = tiny_model(depth=5, drop_path_rate=0.2)
+    np.testing.assert_allclose(
+        [block.drop_path.rate for block in model.blocks], [0.0, 0.05, 0.1, 0.15, 0.2]
+    )
+
+
+def test_num_classes_zero_returns_features():
+    model = tiny_model(num_classes=0)
+    assert tuple(model(random_images()).shape) == (2, 32)
+
+
+def test_keras_round_trip_gives_identical_logits(tmp_path):
+    model = tiny_model(drop_path_rate=0.1)
+    images = random_images()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, deit_keras.DeiT)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(loaded(images), model(images))
+
+
+def test_saved_model_export_gives_same_logits(tmp_path):
+    model = tiny_model()
+    images = random_images()
+    model.export(str(tmp_path / "export"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "export"))
+    np.testing.assert_allclose(served.serve(images), model(images), atol=1e-5)
+
+
+def test_init_follows_reference():
+    model = tiny_model()
+    block = model.blocks[0]
+    assert np.all(keras.ops.convert_to_numpy(block.attn.qkv.bias) == 0)
+    assert np.all(keras.ops.convert_to_numpy(block.norm1.gamma) == 1)
+    kernel = keras.ops.convert_to_numpy(
+        deit_keras.create_model("deit_tiny_patch16_224").blocks[0].mlp.fc1.kernel
+    )
+    assert abs(kernel.std() - 0.02) < 0.002  # std 0.02 as the reference
+    assert block.norm1.epsilon == 1e-6
+
+
+REFERENCE_PARAMS = {  # the paper's Table 1, in millions
+    "deit_tiny_patch16_224": 5.7,
+    "deit_small_patch16_224": 22.1,
+    "deit_base_patch16_224": 86.6,
+    "deit_tiny_distilled_patch16_224": 5.9,
+    "deit_small_distilled_patch16_224": 22.4,
+    "deit_base_distilled_patch16_224": 87.3,
+}
+
+
+@pytest.mark.parametrize(
+    "name", sorted(REFERENCE_PARAMS) + ["deit_base_patch16_384", "deit_base_distilled_patch16_384"]
+)
+def test_parameter_count_matches_reference(name):
+    reference = sum(p.numel() for p in hf_reference(name).parameters())
+    ours = deit_keras.create_model(name).count_params()
+    assert ours == reference
+    if name in REFERENCE_PARAMS:
+        assert round(ours / 1e6, 1) == REFERENCE_PARAMS[name]

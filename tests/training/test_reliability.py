@@ -1,0 +1,177 @@
+"""Crash safety: SIGKILL + resume, atomic writes, NaN stops, teacher/student mismatches."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from deit_keras.io import atomic as io_utils
+from deit_keras.testing import tiny_model
+from deit_keras.training import callbacks as callbacks_lib
+
+TINY_RUN = [
+    "--dataset=digits",
+    "--image_size=16",
+    "--patch_size=8",
+    "--embed_dim=16",
+    "--depth=1",
+    "--num_heads=2",
+    "--drop_path=0.0",
+    "--batch_size=64",
+    "--lr=2e-3",
+    "--warmup_epochs=1",
+    "--repeated_aug=1",
+    "--rand_augment_ops=0",
+    "--reprob=0.0",
+    "--mixup_prob=0.5",
+    "--hflip=0.0",
+    "--crop_pct=1.0",
+    "--distillation_type=none",
+    "--export_savedmodel=false",
+    "--progress=none",
+]
+
+
+def _train_command(tmp_path, name, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "deit_keras.train",
+        *TINY_RUN,
+        f"--data_dir={tmp_path / 'tfds'}",
+        f"--model_dir={tmp_path / name}",
+        f"--output={tmp_path / name}.keras",
+        *extra,
+    ]
+
+
+def _prepare_digits(tmp_path):
+    from deit_keras.data.pipeline import dataset_info
+
+    dataset_info("digits", str(tmp_path / "tfds"))  # built once, before processes race on it
+
+
+def _weights(path):
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def test_sigkill_mid_run_then_rerun_resumes_to_the_uninterrupted_weights(tmp_path):
+    _prepare_digits(tmp_path)
+    epochs = ["--epochs=4", "--deterministic"]
+    reference = subprocess.Popen(
+        _train_command(tmp_path, "a", *epochs),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    command = _train_command(tmp_path, "b", *epochs)
+    killed = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = tmp_path / "b" / "backup" / "latest.json"
+    deadline = time.time() + 240
+    try:
+        while not pointer.exists() and killed.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert killed.poll() is None, "the run ended before it could be killed"
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        saved = json.loads(pointer.read_text())
+        assert 1 <= saved["epoch"] < 4 and saved["step"] == 22 * saved["epoch"]
+        assert (
+            not (tmp_path / "b.keras").exists() and not (tmp_path / "b" / "results.json").exists()
+        )
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert reference.wait(240) == 0, reference.stderr.read()[-3000:]
+    finally:
+        for process in (reference, killed):
+            if process.poll() is None:
+                process.kill()
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["epochs"] == 4 - saved["epoch"]  # only the remaining epochs ran
+    final = keras.saving.load_model(tmp_path / "b" / "checkpoints" / "last.keras")
+    assert int(final.optimizer.iterations.numpy()) == 4 * 22  # optimizer state came back
+    got, want = _weights(tmp_path / "b.keras"), _weights(tmp_path / "a.keras")
+    difference = max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
+    assert difference <= 1e-6, difference  # --deterministic: same batches after the restart
+
+
+def test_failed_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "state.json"
+    io_utils.write_text_atomic(path, "old")
+    with pytest.raises(RuntimeError), io_utils.atomic_output(path) as temporary:
+        with open(temporary, "w") as handle:
+            handle.write("half")
+        raise RuntimeError("disk full")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["state.json"]
+
+
+def test_failed_checkpoint_save_keeps_last_keras(tmp_path, monkeypatch):
+    model = tiny_model(num_classes=3)
+    model.compile(optimizer="adamw")
+    callbacks_lib.save_epoch_checkpoint(model, str(tmp_path), 0, {"loss": 1.0})
+    before = (tmp_path / "last.keras").read_bytes()
+
+    def broken_save(path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"PK\x03\x04 truncated")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(model, "save", broken_save)
+    with pytest.raises(OSError, match="No space"):
+        callbacks_lib.save_epoch_checkpoint(model, str(tmp_path), 1, {"loss": 0.5})
+    assert (tmp_path / "last.keras").read_bytes() == before
+    assert json.loads((tmp_path / "last.json").read_text())["epoch"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["last.json", "last.keras"]
+
+
+def test_backup_save_is_atomic_and_skips_nan_epochs(tmp_path, monkeypatch):
+    model = tiny_model(num_classes=3)
+    model.compile(optimizer="adamw")
+    backup = callbacks_lib.AtomicBackupAndRestore(str(tmp_path))
+    backup.set_model(model)
+    backup.on_epoch_end(0, {"loss": 1.0})
+    assert backup.restored_epoch() == 1
+    backup.on_epoch_end(1, {"loss": float("nan")})  # not saved
+    assert backup.restored_epoch() == 1
+
+    def broken(path, *args, **kwargs):
+        open(path, "wb").close()
+        raise OSError("killed")
+
+    monkeypatch.setattr(model, "save_weights", broken)
+    with pytest.raises(OSError):
+        backup.on_epoch_end(2, {"loss": 0.5})
+    assert backup.restored_epoch() == 1
+    assert sorted(os.listdir(tmp_path)) == ["epoch-00001", "latest.json"]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path):
+    from deit_keras.testing import digits_config
+    from deit_keras.training.runner import run_training
+
+    config = digits_config(
+        tmp_path,
+        distillation_type="none",
+        teacher=None,
+        epochs=3,
+        lr=1e9,
+        warmup_epochs=0,
+        patch_size=8,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+    )
+    with pytest.raises(FloatingPointError, match=r"NaN/Inf at step \d+"):
+        run_training(config)
+    assert not (tmp_path / "student.keras").exists()
+    assert not (tmp_path / "run" / "results.json").exists()
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.keras"
+    if checkpoint.exists():  # only epochs with a finite loss are saved
+        model = keras.saving.load_model(checkpoint, compile=False)
+        assert all(np.isfinite(w).all() for w in model.get_weights())
