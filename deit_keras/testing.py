@@ -18,6 +18,7 @@ from deit_keras.data.augment import AugmentConfig
 from deit_keras.models.variants import create_model, get_variant
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.custom_loop import distribute_train_dataset, fit_distributed
+from deit_keras.training.optim import create_optimizer
 
 TINY = dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
@@ -41,6 +42,25 @@ def assert_layer_round_trip(layer, inputs):
     clone.set_weights(layer.get_weights())
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(inputs)), expected)
     assert clone.get_config() == layer.get_config()
+
+
+def batches(count=3, batch=4, seed=1):
+    """`count` batches of random 32x32 images with one-hot targets over 10 classes."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(count * batch, 32, 32, 3)).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.integers(0, 10, count * batch)]
+    return images, labels
+
+
+def compiled(model, teacher, distillation="hard", **kwargs):
+    """`model` compiled with a small AdamW schedule and the given objective."""
+    model.compile(
+        optimizer=create_optimizer(1e-3, 512, 3, 2, warmup_epochs=0),
+        teacher=teacher,
+        distillation=distillation,
+        **kwargs,
+    )
+    return model
 
 
 # TensorFlow 2.21 prints these C++ start-up lines whatever TF_CPP_MIN_LOG_LEVEL says.

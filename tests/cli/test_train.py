@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -94,3 +95,60 @@ def test_experiment_flagfiles_parse_into_valid_configs(flagfile):
             and config.teacher == "regnety160"
         )
     assert config.model_dir.startswith("runs/")
+
+
+def test_train_flags_are_generated_from_the_config_schema():
+    """Each schema field is a flag of the same name (the official DeiT names), no hand mapping."""
+    from absl import flags
+
+    from deit_keras.cli import train  # noqa: F401  (defines the train flags)
+    from deit_keras.cli.config_flags import config_from_flags
+    from deit_keras.data.augment import AugmentConfig
+    from deit_keras.schema import schema_fields
+    from deit_keras.training.config import TrainConfig
+
+    for cls in (TrainConfig, AugmentConfig):
+        for item in schema_fields(cls):
+            assert flags.FLAGS[item.name].help.endswith(item.metadata["help"]), item.name
+    official = (
+        "drop_path",
+        "mixup",
+        "cutmix",
+        "mixup_prob",
+        "mixup_switch_prob",
+        "smoothing",
+        "reprob",
+        "repeated_aug",
+        "distillation_type",
+        "distillation_alpha",
+        "distillation_tau",
+        "model_ema",
+        "clip_grad",
+        "warmup_lr",
+        "min_lr",
+    )
+    assert all(name in flags.FLAGS for name in official)
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(
+            [
+                "train",
+                "--distillation=soft",
+                "--mixup=0.3",
+                "--crop_ratio=0.5,2",
+                "--teacher_model=resnet50",
+                "--batch_size=8",
+            ]
+        )
+        config = config_from_flags(TrainConfig)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert config.distillation_type == "soft" and config.augment.mixup == 0.3
+    assert config.augment.crop_ratio == (0.5, 2.0) and config.teacher == "resnet50"
+    assert config.batch_size == 8 and config == dataclasses.replace(
+        TrainConfig(),
+        distillation_type="soft",
+        teacher="resnet50",
+        batch_size=8,
+        augment=AugmentConfig(mixup=0.3, crop_ratio=(0.5, 2.0)),
+    )

@@ -104,3 +104,33 @@ def test_parameter_count_matches_reference(name):
     assert ours == reference
     if name in REFERENCE_PARAMS:
         assert round(ours / 1e6, 1) == REFERENCE_PARAMS[name]
+
+
+def test_an_inference_model_carries_no_training_state():
+    model = tiny_model()
+    assert model.distillation_step is None and model.metrics == [] and model.teacher is None
+    with pytest.raises(ValueError, match="must be compiled"):
+        model.train_step((random_images(), np.eye(10, dtype="float32")[:2]))
+
+
+def test_compile_takes_the_label_loss_and_rejects_metrics():
+    model = tiny_model(distilled=False)
+    with pytest.raises(ValueError, match="Received: metrics="):
+        model.compile(optimizer="adamw", metrics=["accuracy"])
+    model.compile(optimizer="adamw", loss=keras.losses.MeanSquaredError())
+    images, targets = random_images(), np.eye(10, dtype="float32")[:2]
+    total = model.distillation_step.compute_loss(model, images, targets, training=False)[0]
+    expected = keras.losses.MeanSquaredError()(targets, model(images))
+    np.testing.assert_allclose(float(total), float(expected), rtol=1e-6)
+
+
+def test_each_variant_carries_its_eval_preprocessing_through_save(tmp_path):
+    assert deit_keras.get_variant("deit_base_patch16_384").preprocessing.crop_pct == 1.0
+    assert deit_keras.create_model("deit_tiny_patch16_224").preprocessing.crop_pct == 0.875
+    model = tiny_model(crop_pct=0.8)
+    assert model.preprocessing == deit_keras.Preprocessing(crop_pct=0.8)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    assert keras.models.load_model(path).preprocessing == model.preprocessing
+    with pytest.raises(ValueError, match="crop_pct"):
+        tiny_model(crop_pct=1.5)

@@ -1,0 +1,131 @@
+"""DeiT's train/test step: the frozen teacher, both heads, XLA, strategies, mixed precision."""
+
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deit_keras.testing import batches, compiled, tiny_model
+from deit_keras.training.optim import create_optimizer
+
+
+class RecordingTeacher(keras.Model):
+    """Logits from a fixed projection of the mean pixel; remembers every batch it saw."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.seen = []
+        self.dense = keras.layers.Dense(num_classes)
+
+    def call(self, images, training=False):
+        if tf.executing_eagerly():
+            self.seen.append(np.array(images))
+        return self.dense(keras.ops.mean(images, axis=(1, 2)))
+
+
+def test_teacher_sees_the_student_batch_and_stays_frozen():
+    images, labels = batches()
+    teacher = RecordingTeacher()
+    teacher(images[:1])
+    teacher.seen.clear()
+    before = [w.copy() for w in teacher.get_weights()]
+    model = compiled(tiny_model(), teacher, run_eagerly=True)
+    model.fit(images, labels, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    assert [len(batch) for batch in teacher.seen] == [4, 4, 4]
+    np.testing.assert_array_equal(np.concatenate(teacher.seen), images)
+    for old, new in zip(before, teacher.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+    assert len(model.trainable_variables) == len(tiny_model().trainable_variables)
+
+
+def test_none_ignores_the_teacher():
+    images, labels = batches(count=1)
+    teacher = RecordingTeacher()
+    model = compiled(tiny_model(), teacher, distillation="none", run_eagerly=True)
+    model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    assert teacher.seen == []
+
+
+def test_both_heads_get_gradients():
+    images, labels = batches(count=1)
+    teacher = RecordingTeacher()
+    model = compiled(tiny_model(), teacher)
+    with tf.GradientTape() as tape:
+        total = model.distillation_step.compute_loss(model, images, labels)[0]
+    grads = tape.gradient(
+        total, [model.head.kernel, model.head_dist.kernel, model.tokens.dist_token]
+    )
+    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+def test_fit_with_xla_reduces_loss():
+    images, labels = batches(count=2)
+    model = compiled(tiny_model(), RecordingTeacher(), jit_compile=True)
+    model.optimizer = create_optimizer(1e-2, 512, 2, 10, warmup_epochs=0)
+    history = model.fit(images, labels, batch_size=4, epochs=10, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert set(history.history) >= {"loss", "cls_loss", "distill_loss", "top1", "top5", "lr"}
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from deit_keras.testing import batches, compiled, tiny_model
+    from deit_keras.training.optim import create_optimizer
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(8, 32, 32, 3)).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.integers(0, 10, 8)]
+    def step(strategy):
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            teacher = keras.Sequential(
+                [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+            teacher(images[:1])
+            model = tiny_model()
+            model.compile(optimizer=create_optimizer(1e-2, 512, 1, 1, warmup_epochs=0),
+                          teacher=teacher, distillation="hard")
+        history = model.fit(images, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        return history.history["loss"][0], model.get_weights()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    loss_one, weights_one = step(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    loss_two, weights_two = step(strategy)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(weights_one, weights_two))
+    moved = max(float(np.abs(a).max()) for a in weights_one)
+    print("RESULT", loss_one, loss_two, diff)
+    assert abs(loss_one - loss_two) < 1e-5, (loss_one, loss_two)
+    assert diff < 1e-5, diff
+""")
+
+
+def test_mirrored_two_replicas_match_one_device():
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RESULT" in result.stdout
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_step(policy):
+    images, labels = batches(count=1)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = compiled(tiny_model(), RecordingTeacher(), jit_compile=True)
+        assert model.blocks[0].attn.qkv.compute_dtype == policy.split("_")[1]
+        assert model.blocks[0].attn.qkv.kernel.dtype == "float32"  # master weights stay fp32
+        history = model.fit(images, labels, batch_size=4, epochs=2, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.all(np.isfinite(history.history["loss"]))
+    if policy == "mixed_float16":  # Keras wraps the optimizer for loss scaling
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
