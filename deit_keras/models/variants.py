@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from deit_keras.data.constants import DEFAULT_CROP_PCT
 from deit_keras.data.preprocessing import Preprocessing
 from deit_keras.models.deit import DeiT
 
@@ -35,7 +36,7 @@ def _build_registry():
                     continue  # the paper fine-tunes only DeiT-B at 384
                 tag = "_distilled" if distilled else ""
                 name = f"deit_{size}{tag}_patch16_{image_size}"
-                crop_pct = 1.0 if image_size == 384 else 0.875
+                crop_pct = 1.0 if image_size == 384 else DEFAULT_CROP_PCT
                 registry[name] = Variant(
                     embed_dim,
                     num_heads,
