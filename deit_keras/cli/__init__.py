@@ -30,7 +30,7 @@ class UsageError(ValueError):
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
-def check_no_arguments(argv):
+def check_no_arguments(argv: list[str]) -> None:
     """Raises `UsageError` when positional arguments follow the program name."""
     if len(argv) > 1:
         raise UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -45,7 +45,7 @@ def _quiet_logging():
     tf.get_logger().setLevel("ERROR")
 
 
-def run(main):
+def run(main) -> None:
     """`absl.app.run(main)`, turning user errors into one line on stderr and exit 2.
 
     absl already reports bad flags in a short message with exit 1; every other

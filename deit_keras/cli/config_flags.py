@@ -46,7 +46,7 @@ def _define(cls, item, flag_values):
         flags.DEFINE_alias(alias, name, flag_values=flag_values)
 
 
-def define_config_flags(cls, flag_values=flags.FLAGS) -> None:
+def define_config_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines one flag per schema field of `cls` and of its nested configs."""
     for item in schema_fields(cls):
         _define(cls, item, flag_values)
@@ -54,7 +54,7 @@ def define_config_flags(cls, flag_values=flags.FLAGS) -> None:
         define_config_flags(nested, flag_values)
 
 
-def config_from_flags(cls, flag_values=flags.FLAGS):
+def config_from_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS):
     """The `cls` instance the parsed flags describe."""
     values = {}
     for item in schema_fields(cls):

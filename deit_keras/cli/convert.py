@@ -32,7 +32,7 @@ _NUM_CLASSES = flags.DEFINE_integer(
 )
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     model = convert_checkpoint(
         _CHECKPOINT.value, _MODEL.value, _OUTPUT.value, _IMAGE_SIZE.value, _NUM_CLASSES.value
@@ -43,7 +43,7 @@ def main(argv):
     )
 
 
-def run():
+def run() -> None:
     flags.mark_flags_as_required(["checkpoint", "model", "output"])
     cli.run(main)
 

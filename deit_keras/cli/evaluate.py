@@ -31,7 +31,7 @@ _OUTPUT = flags.DEFINE_string(
 )
 
 
-def format_results(results):
+def format_results(results: dict) -> str:
     """One line per metric, for people."""
     lines = []
     for key, value in results.items():
@@ -44,7 +44,7 @@ def format_results(results):
     return "\n".join(lines)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     summary = evaluate_file(
         _MODEL_PATH.value,
@@ -64,7 +64,7 @@ def main(argv):
         print(json.dumps(summary, indent=1))
 
 
-def run():
+def run() -> None:
     flags.mark_flags_as_required(["model_path", "dataset"])
     cli.run(main)
 

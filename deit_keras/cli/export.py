@@ -21,7 +21,7 @@ _CROP_PCT = flags.DEFINE_float(
 )
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     model, class_names = load_model(_MODEL_PATH.value, compile=False)
     export_saved_model(
@@ -37,7 +37,7 @@ def main(argv):
     )
 
 
-def run():
+def run() -> None:
     flags.mark_flags_as_required(["model_path", "output"])
     cli.run(main)
 

@@ -22,7 +22,7 @@ _CROP_PCT = flags.DEFINE_float(
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the predictions as JSON here.")
 
 
-def format_predictions(paths, predictions):
+def format_predictions(paths: list[str], predictions: list) -> str:
     """Text for people: the path, then one `probability  name` line per class."""
     lines = []
     for path, top in zip(paths, predictions, strict=True):
@@ -31,7 +31,7 @@ def format_predictions(paths, predictions):
     return "\n".join(lines)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     paths = argv[1:]
     predictions, named = predict_files(
         _MODEL_PATH.value, paths, crop_pct=_CROP_PCT.value, top_k=_TOP_K.value
@@ -47,7 +47,7 @@ def main(argv):
         write_text_atomic(_OUTPUT.value, json.dumps(records, indent=1) + "\n")
 
 
-def run():
+def run() -> None:
     flags.mark_flags_as_required(["model_path"])
     cli.run(main)
 

@@ -22,7 +22,7 @@ from deit_keras.training.runner import run_training
 define_config_flags(TrainConfig)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     config = config_from_flags(TrainConfig)
     config.validate()
@@ -36,7 +36,7 @@ def main(argv):
     print(f"{summary}; {results['wall_s']:.0f} s; saved {results['saved_model']}")
 
 
-def run():
+def run() -> None:
     cli.run(main)
 
 

@@ -24,7 +24,7 @@ _CROP_PCT = flags.DEFINE_float(
 _TILE = flags.DEFINE_integer("tile", 128, "Side of each tile in pixels.")
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise cli.UsageError("Give exactly one image path.")
     result = visualize_file(
@@ -45,7 +45,7 @@ def main(argv):
         print(f"  layer {layer:2d}: {value:.4f}")
 
 
-def run():
+def run() -> None:
     flags.mark_flags_as_required(["model_path"])
     cli.run(main)
 
