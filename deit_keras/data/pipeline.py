@@ -24,7 +24,7 @@ __all__ = ["DatasetInfo", "dataset_info", "make_dataset"]
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def dataset_info(name, data_dir=None):
+def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
     """Returns the `DatasetInfo` of `"digits"`, `"folder:PATH"` or a tfds name.
 
     Raises `sources.DatasetNotFoundError` (a `ValueError`) when a tfds

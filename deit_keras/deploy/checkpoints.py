@@ -291,7 +291,13 @@ def load_checkpoint(path, model_name, num_classes=None, image_size=None, **overr
     return model
 
 
-def convert_checkpoint(checkpoint, model_name, output, image_size=None, num_classes=None):
+def convert_checkpoint(
+    checkpoint: str,
+    model_name: str,
+    output: str,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+):
     """Loads `checkpoint` into `model_name` and saves it to `output` atomically."""
     if not output.endswith(".keras"):
         raise CheckpointError(f"The output path must end in .keras. Received: {output!r}")

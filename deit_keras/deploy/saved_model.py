@@ -19,7 +19,7 @@ from deit_keras.io import atomic
 SERVING_CONFIG = "deit_serving.json"
 
 
-def serving_function(model, crop_pct=None):
+def serving_function(model: keras.Model, crop_pct: float | None = None):
     """A `tf.function` mapping uint8 `[B, H, W, 3]` images to probabilities and logits.
 
     The logits are the model's inference output (the mean of both heads for
@@ -39,7 +39,13 @@ def serving_function(model, crop_pct=None):
     return serve
 
 
-def export_saved_model(model, out_dir, crop_pct=None, class_names=None, extra_files=None):
+def export_saved_model(
+    model: keras.Model,
+    out_dir: str,
+    crop_pct: float | None = None,
+    class_names: list[str] | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> None:
     """Exports `model` as a SavedModel with a uint8 `serving_default` signature.
 
     Signature `serving_default`: `images` uint8 `[B, H, W, 3]` (any H, W) ->

@@ -17,12 +17,12 @@ from deit_keras.models.deit import DeiT
 CLASSES_SUFFIX = ".classes.json"
 
 
-def classes_path(path):
+def classes_path(path: str) -> str:
     """Where the class names of the model saved at `path` live."""
     return os.fspath(path) + CLASSES_SUFFIX
 
 
-def check_class_names(class_names, num_classes):
+def check_class_names(class_names: list, num_classes: int) -> list[str]:
     class_names = [str(name) for name in class_names]
     if len(class_names) != num_classes:
         raise ValueError(
@@ -31,7 +31,7 @@ def check_class_names(class_names, num_classes):
     return class_names
 
 
-def save_model(model, path, class_names=None):
+def save_model(model: DeiT, path: str, class_names: list[str] | None = None) -> None:
     """Writes `model` to the `.keras` file `path` atomically.
 
     Args:
@@ -67,7 +67,7 @@ def _read_class_names(path, num_classes):
     return check_class_names(names, num_classes)
 
 
-def load_model(path, compile=True):
+def load_model(path: str, compile: bool = True) -> tuple[DeiT, list[str] | None]:
     """Loads a `.keras` DeiT and its class names.
 
     Args:

@@ -7,6 +7,7 @@ output, the mean of the class and distillation heads (DeiT paper, Table 3,
 
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -15,7 +16,7 @@ from deit_keras.deploy.saving import load_model
 from deit_keras.distill.step import average_heads
 
 
-def top_k_correct(logits, labels, k):
+def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
     """Number of rows whose label is among the `k` largest logits."""
     k = min(k, logits.shape[-1])
     top = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
@@ -40,7 +41,7 @@ def _cross_entropy(logits, labels):
     return float(-np.sum(log_probs[np.arange(len(labels)), labels]))
 
 
-def evaluate_outputs(outputs_fn, dataset, num_classes, max_batches=None):
+def evaluate_outputs(outputs_fn, dataset, num_classes: int, max_batches: int | None = None) -> dict:
     """Accuracy of each named output of a classifier on `dataset`.
 
     Args:
@@ -101,7 +102,7 @@ def evaluate_outputs(outputs_fn, dataset, num_classes, max_batches=None):
     return results
 
 
-def evaluate_model(model, dataset, max_batches=None):
+def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) -> dict:
     """Accuracy of a DeiT on `dataset`, per head and for the averaged heads.
 
     Args:
@@ -139,7 +140,7 @@ def evaluate_model(model, dataset, max_batches=None):
     return evaluate_outputs(outputs_fn, dataset, model.num_classes, max_batches)
 
 
-def classifier_top1(classifier, dataset, num_classes):
+def classifier_top1(classifier: keras.Model, dataset, num_classes: int) -> float:
     """Top-1 (percent) of any `images -> logits` Keras model, e.g. a teacher."""
     results = evaluate_outputs(
         lambda images: {"": classifier(images, training=False)}, dataset, num_classes

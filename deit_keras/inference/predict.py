@@ -7,6 +7,7 @@ softmax, bias adds) between the matrix products. The numerics are those of
 the eager call up to float32 round-off (see `tests/test_layers.py`).
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -15,7 +16,7 @@ from deit_keras.deploy.saving import load_model
 from deit_keras.io.images import load_image
 
 
-def predict_function(model, jit_compile=True):
+def predict_function(model: keras.Model, jit_compile: bool = True):
     """`images -> logits` (the model's inference output), compiled.
 
     Args:
@@ -37,7 +38,13 @@ def predict_function(model, jit_compile=True):
     return predict
 
 
-def predict_images(model, images, class_names=None, crop_pct=None, top_k=5):
+def predict_images(
+    model: keras.Model,
+    images: list[np.ndarray],
+    class_names: list[str] | None = None,
+    crop_pct: float | None = None,
+    top_k: int = 5,
+) -> list[list[tuple[str, int, float]]]:
     """Top-k classes of each image.
 
     Args:
@@ -79,7 +86,9 @@ def predict_images(model, images, class_names=None, crop_pct=None, top_k=5):
     return results
 
 
-def predict_files(model_path, image_paths, crop_pct=None, top_k=5):
+def predict_files(
+    model_path: str, image_paths: list[str], crop_pct: float | None = None, top_k: int = 5
+) -> tuple[list, bool]:
     """Loads the model and images, returns `(predictions, class_names_were_stored)`.
 
     All images are read (and checked) before the model is loaded.

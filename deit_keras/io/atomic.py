@@ -4,10 +4,11 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def atomic_output(path):
+def atomic_output(path: str) -> Iterator[str]:
     """Yields a temporary path beside `path`; renames it to `path` on success.
 
     Works for files and directories (e.g. a SavedModel). On any exception
@@ -38,7 +39,7 @@ def atomic_output(path):
             os.remove(temporary)
 
 
-def write_text_atomic(path, text):
+def write_text_atomic(path: str, text: str) -> None:
     """Writes `text` to `path` through `atomic_output`."""
     with atomic_output(path) as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:

@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 
-def load_image(path):
+def load_image(path: str) -> np.ndarray:
     """Reads a JPEG/PNG/... file as RGB uint8 `[H, W, 3]`.
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are

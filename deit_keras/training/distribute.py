@@ -5,7 +5,7 @@ import tensorflow as tf
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
-def make_strategy(name="auto", tpu=None):
+def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.Strategy:
     """Builds the strategy `name`.
 
     "auto" is MirroredStrategy with more than one GPU, else the default
