@@ -15,7 +15,9 @@ import numpy as np
 from keras import ops
 
 
-def attention_rollout(attentions, num_prefix_tokens, residual_weight=0.5):
+def attention_rollout(
+    attentions: list, num_prefix_tokens: int, residual_weight: float = 0.5
+) -> np.ndarray:
     """Attention rollout from the prefix tokens to the patch tokens.
 
     Args:
@@ -54,7 +56,7 @@ def _token_names(model):
     return ["cls", "dist"] if model.distilled else ["cls"]
 
 
-def attention_maps(model, image):
+def attention_maps(model, image) -> dict:
     """Last-layer (per head) and rollout attention maps of the prefix tokens.
 
     Args:
@@ -93,7 +95,7 @@ def _cosine(a, b):
     return np.sum(a * b, axis=-1) / np.maximum(norms, 1e-12)
 
 
-def token_cosine_similarity(model, images):
+def token_cosine_similarity(model, images) -> np.ndarray:
     """Cosine similarity of the class and distillation tokens, layer by layer.
 
     Args:

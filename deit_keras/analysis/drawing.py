@@ -5,7 +5,7 @@ Drawing with PIL only; the numbers come from `deit_keras.analysis.attention`:
     attention_figure(image, maps, tile=128) -> PIL.Image
     similarity_plot(similarities) -> PIL.Image
     visualize_file(model_path, image_path, output, similarity_output=None,
-                   crop_pct=0.875) -> dict
+                   crop_pct=None) -> dict
 
 `visualize_file` writes `attn.png` (rows: cls / dist token; columns: the
 eval crop, the attention rollout, each last-layer head) and, for distilled
@@ -42,7 +42,7 @@ _BACKGROUND = (255, 255, 255)
 _INK = (30, 30, 30)
 
 
-def colorize(values):
+def colorize(values) -> np.ndarray:
     """Maps `[H, W]` values in [0, 1] to uint8 RGB `[H, W, 3]` with the ramp."""
     values = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
     position = values * (len(_RAMP) - 1)
@@ -53,7 +53,7 @@ def colorize(values):
     return np.round(colors).astype(np.uint8)
 
 
-def overlay(image, heat, alpha=0.55):
+def overlay(image: np.ndarray, heat, alpha: float = 0.55):
     """Blends a coloured heat map over an image.
 
     Args:
@@ -76,7 +76,7 @@ def overlay(image, heat, alpha=0.55):
     return Image.blend(Image.fromarray(np.asarray(image, dtype=np.uint8)), colored, alpha)
 
 
-def attention_figure(image, maps, tile=128):
+def attention_figure(image: np.ndarray, maps: dict, tile: int = 128):
     """A grid of overlays: one row per token, columns crop / rollout / heads.
 
     Args:
@@ -115,7 +115,7 @@ def attention_figure(image, maps, tile=128):
     return figure
 
 
-def similarity_plot(similarities, size=(480, 320)):
+def similarity_plot(similarities, size: tuple[int, int] = (480, 320)):
     """A line plot of per-layer cosine similarity (layer 0 = input tokens)."""
     from PIL import Image, ImageDraw
 
@@ -156,13 +156,20 @@ def _save_png(picture, path):
         picture.save(temporary, format="PNG")
 
 
-def default_similarity_path(output):
+def default_similarity_path(output: str) -> str:
     """`attn.png` -> `attn_similarity.png`."""
     stem, _ = os.path.splitext(os.fspath(output))
     return stem + "_similarity.png"
 
 
-def visualize_file(model_path, image_path, output, similarity_output=None, crop_pct=None, tile=128):
+def visualize_file(
+    model_path: str,
+    image_path: str,
+    output: str,
+    similarity_output: str | None = None,
+    crop_pct: float | None = None,
+    tile: int = 128,
+) -> dict:
     """Draws the attention maps of `image_path` and the token similarity plot.
 
     Returns:

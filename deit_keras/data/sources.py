@@ -195,7 +195,7 @@ def _folder(name, path):
     return Source(info, reader)
 
 
-def get_source(name, data_dir=None):
+def get_source(name: str, data_dir: str | None = None) -> Source:
     """Resolves `"digits"`, `"folder:PATH"` or a tfds name to a `Source`."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")

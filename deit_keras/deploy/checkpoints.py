@@ -28,7 +28,7 @@ class CheckpointError(ValueError):
 
 
 # === Reading ===
-def read_state_dict(path):
+def read_state_dict(path: str) -> dict:
     """Reads `path` into `{key: float32 numpy array}`.
 
     `.safetensors` and `.npz` are read without torch; `.pth`, `.pt`, `.bin`
@@ -105,12 +105,12 @@ _HF_QKV = re.compile(
 _QKV_PART = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 
 
-def detect_key_style(state):
+def detect_key_style(state: dict) -> str:
     """ "hf" when the keys carry the `deit.` / `vit.` prefix, else "timm"."""
     return "hf" if any(_HF_PREFIX.match(key) for key in state) else "timm"
 
 
-def hf_to_timm_keys(state):
+def hf_to_timm_keys(state: dict) -> dict:
     """Rewrites a Hugging Face DeiT/ViT state dict to timm keys (fusing q, k, v)."""
     out, qkv_parts, unknown = {}, {}, []
     for key, value in state.items():
@@ -165,7 +165,7 @@ def _norm(layer):
     return [(layer.gamma, None), (layer.beta, None)]
 
 
-def timm_weight_map(model):
+def timm_weight_map(model) -> dict:
     """`{timm key: (keras variable, (to_keras, to_torch) or None)}` for every weight of `model`."""
     conv = model.patch_embed.projection
     pairs = {
@@ -196,7 +196,7 @@ def timm_weight_map(model):
     return pairs
 
 
-def checkpoint_num_classes(state):
+def checkpoint_num_classes(state: dict) -> int:
     """Class count of the checkpoint's head (0 when it has none)."""
     head = state.get("head.weight")
     if head is None:
@@ -205,7 +205,7 @@ def checkpoint_num_classes(state):
     return head.shape[0]
 
 
-def load_timm_state_dict(model, state, skip_heads=False):
+def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
     """Copies a timm-keyed state dict into `model`, all or nothing.
 
     The position embeddings are resampled (PyTorch bicubic) when the
@@ -255,7 +255,7 @@ def load_timm_state_dict(model, state, skip_heads=False):
         targets[key][0].assign(value)
 
 
-def state_dict_of(model):
+def state_dict_of(model) -> dict:
     """The weights of a `DeiT` as a timm-keyed numpy state dict (the inverse of loading)."""
     return {
         key: (transform[1](variable.numpy()) if transform else variable.numpy())
@@ -263,12 +263,18 @@ def state_dict_of(model):
     }
 
 
-def to_timm_state_dict(state):
+def to_timm_state_dict(state: dict) -> dict:
     """Either key style, rewritten to timm keys."""
     return hf_to_timm_keys(state) if detect_key_style(state) == "hf" else dict(state)
 
 
-def load_checkpoint(path, model_name, num_classes=None, image_size=None, **overrides):
+def load_checkpoint(
+    path: str,
+    model_name: str,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    **overrides,
+):
     """Builds the variant `model_name` and loads the checkpoint at `path` into it.
 
     Args:

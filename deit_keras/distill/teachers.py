@@ -176,7 +176,9 @@ def build_teacher(
     return adapter
 
 
-def build_small_cnn(num_classes, image_size, width=16, name="cnn_teacher"):
+def build_small_cnn(
+    num_classes: int, image_size: int, width: int = 16, name: str = "cnn_teacher"
+) -> keras.Model:
     """A small ConvNet teacher for small datasets (the digits default).
 
     Three stages of two 3x3 conv + BatchNorm + ReLU, global pooling, a

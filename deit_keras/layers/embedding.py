@@ -182,7 +182,9 @@ def _torch_bicubic_matrix(in_size, out_size, a=-0.75):
     return matrix
 
 
-def resample_position_embeddings(pos_embed, new_grid, num_prefix_tokens, old_grid=None):
+def resample_position_embeddings(
+    pos_embed, new_grid: int, num_prefix_tokens: int, old_grid: int | None = None
+) -> np.ndarray:
     """Resizes the grid part of position embeddings bicubically.
 
     Args:

@@ -14,13 +14,15 @@ from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, denormalize
 from deit_keras.io.atomic import atomic_output, write_text_atomic
 
 
-def finite_logs(logs):
+def finite_logs(logs: dict | None) -> bool:
     """False when the epoch's loss is NaN/Inf: such a state must not overwrite a good checkpoint."""
     loss = (logs or {}).get("loss")
     return loss is None or math.isfinite(float(loss))
 
 
-def save_epoch_checkpoint(model, directory, epoch, logs=None):
+def save_epoch_checkpoint(
+    model: keras.Model, directory: str, epoch: int, logs: dict | None = None
+) -> None:
     """Writes `<directory>/last.keras` and `last.json` (epoch, step, scalar logs) atomically."""
     os.makedirs(directory, exist_ok=True)
     with atomic_output(os.path.join(directory, "last.keras")) as temporary:

@@ -26,7 +26,7 @@ import tensorflow as tf
 from deit_keras.training.callbacks import Backup, save_epoch_checkpoint
 
 
-def is_chief(strategy):
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the worker that writes checkpoints, logs and the final model."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
@@ -38,7 +38,7 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
-def distribute_train_dataset(strategy, dataset_fn, global_batch_size):
+def distribute_train_dataset(strategy: tf.distribute.Strategy, dataset_fn, global_batch_size: int):
     """Per-worker sharded, repeated input: `dataset_fn(input_context, per_replica_batch)`.
 
     Each input pipeline reads its own shard (`input_context`) and batches

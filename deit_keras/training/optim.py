@@ -10,7 +10,7 @@ from keras import ops
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "cls_token", "dist_token", "pos_embed")
 
 
-def scaled_learning_rate(base_lr, global_batch_size):
+def scaled_learning_rate(base_lr: float, global_batch_size: int) -> float:
     """The paper's linear scaling rule: lr = base_lr x global_batch / 512."""
     return base_lr * global_batch_size / 512.0
 
