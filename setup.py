@@ -14,6 +14,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["deit_keras", "deit_keras.*"]),
     include_package_data=True,
+    package_data={"deit_keras.data": ["*.txt"]},  # imagenet_classes.txt
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",
