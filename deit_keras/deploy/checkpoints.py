@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from deit_keras.io import torch_checkpoint
 from deit_keras.io.atomic import atomic_output
 from deit_keras.layers.embedding import resample_position_embeddings
 from deit_keras.models.variants import create_model
@@ -31,8 +32,10 @@ class CheckpointError(ValueError):
 def read_state_dict(path: str) -> dict:
     """Reads `path` into `{key: float32 numpy array}`.
 
-    `.safetensors` and `.npz` are read without torch; `.pth`, `.pt`, `.bin`
-    need torch (installed with the `test` extra or on its own).
+    `.safetensors`, `.npz` and zip-format `.pth`/`.pt`/`.bin` files (what
+    `torch.save` writes since PyTorch 1.6, e.g. the official DeiT weights) are
+    read without torch; torch is used when installed, and needed only for
+    files in the legacy pre-1.6 format.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"Checkpoint not found: {path}")
@@ -64,17 +67,30 @@ def read_state_dict(path: str) -> dict:
 def _read_torch(path):
     try:
         import torch
-    except ImportError as error:
+    except ImportError:
+        torch = None
+    if torch is not None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    elif torch_checkpoint.is_torch_zip(path):
+        state = torch_checkpoint.read_torch_zip(path)
+    else:
         raise CheckpointError(
-            f"Reading {path} needs torch; install it (pip install torch) or "
-            "convert the checkpoint to .safetensors."
-        ) from error
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            f"Reading {path} (a legacy torch file) needs torch; install it (pip install torch) "
+            "or convert the checkpoint to .safetensors."
+        )
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
             break
-    return {key: value.float().numpy() for key, value in state.items() if hasattr(value, "numpy")}
+    return {key: _to_numpy(value) for key, value in state.items() if _is_tensor(value)}
+
+
+def _is_tensor(value):
+    return isinstance(value, np.ndarray) or hasattr(value, "numpy")
+
+
+def _to_numpy(value):
+    return value if isinstance(value, np.ndarray) else value.float().numpy()
 
 
 # === Key styles ===

@@ -1,0 +1,399 @@
+"""Published DeiT weights by name: download, verify, convert once, cache.
+
+Sources of `create_model(name, pretrained=...)`:
+  * `True` or "official": the official DeiT release
+    (https://dl.fbaipublicfiles.com/deit/; each file name ends in the first
+    hex digits of its SHA-256, which are checked as torch.hub does).
+    `DEIT_KERAS_WEIGHTS_URL` replaces that base URL (an internal mirror).
+  * "hf": the variant's Hugging Face hub repository (`facebook/deit-...`);
+    "hf-hub:OWNER/REPO" any hub repository (e.g. timm's
+    `timm/deit_tiny_distilled_patch16_224.fb_in1k`). Downloaded with
+    `huggingface_hub`, which verifies, caches and honours `HF_HOME`,
+    `HF_ENDPOINT` and `HF_HUB_OFFLINE`.
+  * an `http(s)://` URL of a checkpoint, or a local checkpoint / `.keras` path.
+
+The converted `.keras` is cached under `$KERAS_HOME/models/deit_keras`
+(`DEIT_KERAS_CACHE` overrides it), so a second call is offline. Downloads go
+to a private `partial-*` file that is checked before anything is cached: a
+failed, corrupt or interrupted download never becomes a cache entry.
+"""
+
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import os
+import re
+import sys
+import urllib.parse
+import uuid
+
+import keras
+
+from deit_keras.deploy import checkpoints
+from deit_keras.io.atomic import atomic_output
+from deit_keras.models import variants
+from deit_keras.models.deit import DeiT
+
+OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/deit/"
+MIRROR_ENV = "DEIT_KERAS_WEIGHTS_URL"
+CACHE_ENV = "DEIT_KERAS_CACHE"
+HUB_PREFIX = "hf-hub:"
+PARTIAL_PREFIX = "partial-"
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class PretrainedWeightsError(OSError):
+    """Published weights that cannot be fetched, verified or read (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedWeights:
+    """Where one variant's ImageNet-1k weights live and what the paper reports for them."""
+
+    filename: str  # official release file; ends in a SHA-256 prefix
+    hf_hub_id: str
+    top1: float  # ImageNet-1k top-1 in the paper (Table 5 and 384 px rows)
+
+    @property
+    def sha256_prefix(self) -> str:
+        return sha256_prefix_of(self.filename)
+
+
+PUBLISHED = {
+    "deit_tiny_patch16_224": PublishedWeights(
+        "deit_tiny_patch16_224-a1311bcf.pth", "facebook/deit-tiny-patch16-224", 72.2
+    ),
+    "deit_small_patch16_224": PublishedWeights(
+        "deit_small_patch16_224-cd65a155.pth", "facebook/deit-small-patch16-224", 79.8
+    ),
+    "deit_base_patch16_224": PublishedWeights(
+        "deit_base_patch16_224-b5f2ef4d.pth", "facebook/deit-base-patch16-224", 81.8
+    ),
+    "deit_base_patch16_384": PublishedWeights(
+        "deit_base_patch16_384-8de9b5d1.pth", "facebook/deit-base-patch16-384", 83.1
+    ),
+    "deit_tiny_distilled_patch16_224": PublishedWeights(
+        "deit_tiny_distilled_patch16_224-b40b3cf7.pth",
+        "facebook/deit-tiny-distilled-patch16-224",
+        74.5,
+    ),
+    "deit_small_distilled_patch16_224": PublishedWeights(
+        "deit_small_distilled_patch16_224-649709d9.pth",
+        "facebook/deit-small-distilled-patch16-224",
+        81.2,
+    ),
+    "deit_base_distilled_patch16_224": PublishedWeights(
+        "deit_base_distilled_patch16_224-df68dfff.pth",
+        "facebook/deit-base-distilled-patch16-224",
+        83.4,
+    ),
+    "deit_base_distilled_patch16_384": PublishedWeights(
+        "deit_base_distilled_patch16_384-d0272ac0.pth",
+        "facebook/deit-base-distilled-patch16-384",
+        85.2,
+    ),
+}
+
+_HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
+
+
+def sha256_prefix_of(filename: str) -> str | None:
+    """The torch.hub hash prefix in a file name (`name-<hex>.pth`), or None."""
+    match = _HASH_SUFFIX.search(os.path.basename(filename))
+    return match.group(1) if match else None
+
+
+def cache_dir() -> str:
+    """Where converted weights are cached.
+
+    `$DEIT_KERAS_CACHE`, else `$KERAS_HOME/models/deit_keras`; `KERAS_HOME`
+    defaults to `~/.keras`, as for `keras.utils.get_file`.
+    """
+    if os.environ.get(CACHE_ENV):
+        return os.path.expanduser(os.environ[CACHE_ENV])
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(keras_home, "models", "deit_keras")
+
+
+def official_url(name: str) -> str:
+    """The release URL of `name`'s weights, on the mirror when `DEIT_KERAS_WEIGHTS_URL` is set."""
+    base = os.environ.get(MIRROR_ENV) or OFFICIAL_BASE_URL
+    return base.rstrip("/") + "/" + published_weights(name).filename
+
+
+def published_weights(name: str) -> PublishedWeights:
+    """The `PublishedWeights` of a variant name or alias; ValueError naming the valid ones."""
+    canonical = variants.ALIASES.get(name, name)
+    variants.get_variant(canonical)  # unknown names get the registry's error
+    if canonical not in PUBLISHED:
+        raise ValueError(
+            f"No published weights for {name!r}. Models with weights: {', '.join(PUBLISHED)}."
+        )
+    return PUBLISHED[canonical]
+
+
+# === Fetching ===
+def download(url: str, directory: str, sha256: str | None = None) -> str:
+    """Downloads `url` into `directory` with `keras.utils.get_file` and verifies it.
+
+    The file is written under a unique `partial-<pid>-...` name and its SHA-256 (or
+    its prefix) checked; on any failure it is removed. Leftovers of killed
+    downloads of the same file are removed first.
+
+    Returns:
+        The path of the verified partial file; the caller converts and
+        removes it.
+
+    Raises:
+        PretrainedWeightsError: one line naming the URL and what to do.
+    """
+    filename = os.path.basename(urllib.parse.urlsplit(url).path) or "checkpoint"
+    _remove_stale_partials(directory, filename)
+    # The name keeps the extension last: the checkpoint reader goes by it.
+    partial = f"{PARTIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{filename}"
+    path = os.path.join(directory, partial)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        # get_file reports progress on stdout; a command's stdout is its result.
+        with contextlib.redirect_stdout(sys.stderr):
+            keras.utils.get_file(partial, url, cache_subdir=directory, force_download=True)
+    except (Exception, KeyboardInterrupt) as error:
+        _remove(path)
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        raise PretrainedWeightsError(_download_advice(url, error)) from error
+    if sha256:
+        _verify_sha256(path, sha256, url)
+    return path
+
+
+def _download_advice(url, error):
+    detail = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, OSError) and error.errno is not None:
+        return (
+            f"Cannot save the download of {url}: {detail}. Free space or set {CACHE_ENV} to "
+            "a writable directory."
+        )
+    return (
+        f"Cannot download {url}: {detail}. Check the network connection, set {MIRROR_ENV} "
+        "to a mirror of the release files, or download the file yourself and pass its path "
+        "(--pretrained_weights=PATH)."
+    )
+
+
+def _verify_sha256(path, expected, url):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if not actual.startswith(expected.lower()):
+        _remove(path)
+        raise PretrainedWeightsError(
+            f"Checksum mismatch for {url}: SHA-256 {actual[:16]}... does not start with "
+            f"{expected}; the download is corrupt or not the published file (check "
+            f"{MIRROR_ENV}). Nothing was cached; run again to retry."
+        )
+
+
+def _remove_stale_partials(directory, filename):
+    pattern = os.path.join(glob.escape(directory), f"{PARTIAL_PREFIX}*-{glob.escape(filename)}")
+    for stale in glob.glob(pattern):
+        pid = os.path.basename(stale)[len(PARTIAL_PREFIX) :].split("-")[0]
+        if not (pid.isdigit() and _process_alive(int(pid))):
+            _remove(stale)
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def hub_download(repo_id: str) -> str:
+    """A hub repository's weights file (safetensors first), via `huggingface_hub`.
+
+    Raises:
+        PretrainedWeightsError: one line naming the repository and what to do.
+    """
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    last = None
+    for filename in _HUB_FILES:
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return huggingface_hub.hf_hub_download(repo_id, filename)
+        except (errors.EntryNotFoundError, errors.LocalEntryNotFoundError) as error:
+            last = error
+            continue
+        except Exception as error:  # network, auth and HTTP errors have many types
+            raise PretrainedWeightsError(_hub_advice(repo_id, error)) from error
+    raise PretrainedWeightsError(_hub_advice(repo_id, last))
+
+
+def _hub_advice(repo_id, error):
+    detail = " ".join(str(error).split())[:300] or type(error).__name__
+    return (
+        f"Cannot get weights from the Hugging Face hub repository {repo_id!r} "
+        f"({', '.join(_HUB_FILES)}): {detail}. Check the network or HF_ENDPOINT; with "
+        "HF_HUB_OFFLINE=1 the files must already be in the hub cache (HF_HOME)."
+    )
+
+
+# === Converting and caching ===
+def _cached_model(path, source):
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:
+        raise PretrainedWeightsError(
+            f"The cached weights {path} (from {source}) cannot be read: "
+            f"{type(error).__name__}: {' '.join(str(error).split())[:200]}. Delete the file "
+            "to download them again."
+        ) from error
+
+
+def _convert_into_cache(checkpoint_path, name, cached_path, source):
+    try:
+        model = checkpoints.load_checkpoint(checkpoint_path, name)
+    except checkpoints.CheckpointError as error:
+        raise PretrainedWeightsError(f"Weights from {source} do not load: {error}") from error
+    try:
+        with atomic_output(cached_path) as temporary:
+            model.save(temporary)
+    except OSError as error:
+        raise PretrainedWeightsError(
+            f"Cannot write the converted weights to {cached_path}: {error.strerror or error}. "
+            f"Free space or set {CACHE_ENV} to a writable directory."
+        ) from error
+    return model
+
+
+def _source_key(source: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "--", source).strip("-")
+
+
+def load_published(name: str, source: bool | str = True) -> DeiT:
+    """The variant `name` with published weights, as released (1000 classes, its own size).
+
+    Args:
+        name: a `list_models()` name or alias.
+        source: True / "official", "hf", "hf-hub:OWNER/REPO", a URL or a
+            local checkpoint path (see the module docstring).
+
+    Returns:
+        A `DeiT` with the weights (uncompiled).
+
+    Raises:
+        PretrainedWeightsError: download, checksum, cache or conversion
+            failures, in one line.
+        ValueError: unknown model name.
+    """
+    name = variants.ALIASES.get(name, name)
+    variants.get_variant(name)
+    if source is True or source == "official":
+        url = official_url(name)
+        return _fetch_url(name, url, published_weights(name).sha256_prefix, f"{name}.keras")
+    if source == "hf" or (isinstance(source, str) and source.startswith(HUB_PREFIX)):
+        repo_id = published_weights(name).hf_hub_id if source == "hf" else source[len(HUB_PREFIX) :]
+        cached = os.path.join(cache_dir(), f"{name}--hf--{_source_key(repo_id)}.keras")
+        if os.path.exists(cached):
+            return _cached_model(cached, repo_id)
+        return _convert_into_cache(hub_download(repo_id), name, cached, repo_id)
+    if not isinstance(source, str) or not source:
+        raise ValueError(
+            "pretrained must be True, 'official', 'hf', 'hf-hub:OWNER/REPO', a URL or a "
+            f"checkpoint path. Received: pretrained={source!r}"
+        )
+    if urllib.parse.urlsplit(source).scheme in ("http", "https", "file", "ftp"):
+        filename = os.path.basename(urllib.parse.urlsplit(source).path)
+        key = f"{name}--{_source_key(os.path.splitext(filename)[0])}.keras"
+        return _fetch_url(name, source, sha256_prefix_of(filename), key)
+    return _load_local(name, source)
+
+
+def _fetch_url(name, url, sha256, cache_name):
+    cached = os.path.join(cache_dir(), cache_name)
+    if os.path.exists(cached):
+        return _cached_model(cached, url)
+    partial = download(url, os.path.join(cache_dir(), "downloads"), sha256=sha256)
+    try:
+        return _convert_into_cache(partial, name, cached, url)
+    finally:
+        _remove(partial)
+
+
+def _load_local(name, path):
+    if not os.path.isfile(path):
+        raise PretrainedWeightsError(
+            f"Pretrained weights file not found: {path}. Pass an existing checkpoint, a URL, "
+            "'official' or 'hf'."
+        )
+    if path.endswith(".keras"):
+        return _cached_model(path, path)
+    try:
+        return checkpoints.load_checkpoint(path, name)
+    except checkpoints.CheckpointError as error:
+        raise PretrainedWeightsError(str(error)) from error
+
+
+def create_model(
+    name: str,
+    pretrained: bool | str = False,
+    num_classes: int = 1000,
+    image_size: int | None = None,
+    drop_path_rate: float = 0.0,
+    crop_pct: float | None = None,
+    **overrides,
+) -> DeiT:
+    """Builds the DeiT variant `name`, with published weights when `pretrained`.
+
+    Like timm's `create_model(name, pretrained=True)`: the published weights
+    are downloaded once (see `load_published`), then copied into the model
+    asked for. A different `num_classes` keeps freshly initialised heads (to
+    fine-tune); a different `image_size` resamples the position embeddings
+    (PyTorch-exact bicubic, as in the paper's 384 px fine-tuning).
+
+    Args:
+        name: str. A `list_models()` name or alias.
+        pretrained: bool or str. False for fresh weights; True / "official",
+            "hf", "hf-hub:OWNER/REPO", a URL or a checkpoint path.
+        num_classes, image_size, drop_path_rate, crop_pct, **overrides: as
+            for `deit_keras.models.create_model`.
+
+    Returns:
+        A built `DeiT`.
+    """
+    if pretrained is False or pretrained is None:
+        return variants.create_model(
+            name, num_classes, image_size, drop_path_rate, crop_pct, **overrides
+        )
+    published = load_published(name, pretrained)
+    same_model = (
+        num_classes == published.num_classes
+        and image_size in (None, published.image_size)
+        and not drop_path_rate
+        and crop_pct is None
+        and not overrides
+    )
+    if same_model:
+        return published
+    model = variants.create_model(
+        name, num_classes, image_size, drop_path_rate, crop_pct, **overrides
+    )
+    state = checkpoints.state_dict_of(published)
+    skip_heads = num_classes != published.num_classes
+    checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads)
+    return model

@@ -1,0 +1,248 @@
+"""Weights by name: download from a server on 127.0.0.1, verify, convert, cache, fail cleanly."""
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from deit_keras.deploy import pretrained
+from deit_keras.deploy.pretrained import PretrainedWeightsError, PublishedWeights
+from deit_keras.testing import hf_reference
+from deit_keras.testing_server import closed_port_url, serve_files
+
+torch = pytest.importorskip("torch")
+
+NAME = "deit_tiny_distilled_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A random-weight HF DeiT-Ti distilled, its `.pth` bytes (official layout) and name."""
+    torch.manual_seed(0)
+    model = hf_reference(NAME).eval()
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict()}, buffer)
+    body = buffer.getvalue()
+    filename = f"{NAME}-{hashlib.sha256(body).hexdigest()[:8]}.pth"
+    return model, body, filename
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    directory = tmp_path / "cache"
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(directory))
+    return directory
+
+
+@pytest.fixture
+def published(reference, monkeypatch):
+    """Registers the reference file as NAME's release file (its name carries its hash)."""
+    _, _, filename = reference
+    entry = PublishedWeights(filename, "facebook/deit-tiny-distilled-patch16-224", 74.5)
+    monkeypatch.setitem(pretrained.PUBLISHED, NAME, entry)
+    return filename
+
+
+def cache_files(directory):
+    return sorted(
+        os.path.relpath(os.path.join(root, name), directory)
+        for root, _, names in os.walk(directory)
+        for name in names
+    )
+
+
+def logits(model, images):
+    return np.asarray(model(images, training=False))
+
+
+def reference_logits(model, images):
+    with torch.no_grad():
+        return model(torch.from_numpy(images).permute(0, 3, 1, 2)).logits.numpy()
+
+
+IMAGES = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype("float32")
+
+
+def test_download_converts_caches_and_is_reused_offline(reference, published, cache, monkeypatch):
+    hf_model, body, filename = reference
+    with serve_files({filename: body}) as base:
+        monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/files/")
+        model = pretrained.create_model(NAME, pretrained=True)
+    np.testing.assert_allclose(
+        logits(model, IMAGES), reference_logits(hf_model, IMAGES), atol=1e-4, rtol=1e-4
+    )
+    assert cache_files(cache) == [f"{NAME}.keras"]  # no partial download left
+
+    monkeypatch.setenv(pretrained.MIRROR_ENV, closed_port_url())  # the server is gone
+    again = pretrained.create_model(NAME, pretrained=True)
+    np.testing.assert_array_equal(logits(again, IMAGES), logits(model, IMAGES))
+
+
+def test_new_classes_and_size_reuse_the_cached_backbone(reference, published, cache, monkeypatch):
+    _, body, filename = reference
+    with serve_files({filename: body}) as base:
+        monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/files")
+        full = pretrained.create_model(NAME, pretrained=True)
+        small = pretrained.create_model(NAME, pretrained=True, num_classes=7, image_size=160)
+    assert small.num_classes == 7 and small.image_size == 160
+    np.testing.assert_array_equal(
+        small.blocks[3].attn.qkv.kernel.numpy(), full.blocks[3].attn.qkv.kernel.numpy()
+    )
+    assert small.tokens.pos_embed.shape[1] == 2 + (160 // 16) ** 2
+
+
+@pytest.mark.parametrize(
+    "route, fragment",
+    [
+        ("refused", "Connection refused"),
+        ("missing", "404"),
+        ("truncated", "retrieval incomplete"),
+        ("corrupt", "Checksum mismatch"),
+    ],
+)
+def test_download_faults_give_one_line_and_cache_nothing(
+    reference, published, cache, monkeypatch, route, fragment
+):
+    _, body, filename = reference
+    files = {filename: body, f"{NAME}-b40b3cf7.pth": body}
+    with serve_files(files) as base:
+        if route == "refused":
+            monkeypatch.setenv(pretrained.MIRROR_ENV, closed_port_url())
+        elif route == "missing":
+            monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/files/nothing-here")
+        elif route == "truncated":
+            monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/truncated")
+        else:  # served under the official name, whose hash prefix it does not have
+            monkeypatch.setitem(
+                pretrained.PUBLISHED, NAME, PublishedWeights(f"{NAME}-b40b3cf7.pth", "x/y", 74.5)
+            )
+            monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/files")
+        with pytest.raises(PretrainedWeightsError) as caught:
+            pretrained.create_model(NAME, pretrained=True)
+    message = str(caught.value)
+    assert "\n" not in message and fragment in message, message
+    assert pretrained.official_url(NAME) in message
+    assert [f for f in cache_files(cache) if not f.startswith("downloads")] == []
+    assert not (cache / "downloads").exists() or cache_files(cache / "downloads") == []
+
+
+def test_full_disk_keeps_no_partial_file(reference, published, tmp_path, monkeypatch):
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        monkeypatch.setenv(pretrained.CACHE_ENV, str(mount_point))
+        _, body, filename = reference
+        with serve_files({filename: body}) as base:
+            monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/files")
+            with pytest.raises(PretrainedWeightsError, match="No space left on device") as caught:
+                pretrained.create_model(NAME, pretrained=True)
+        assert "\n" not in str(caught.value)
+        assert cache_files(mount_point) == []
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_killed_download_leaves_no_entry_and_a_rerun_completes(
+    reference, published, cache, monkeypatch
+):
+    _, body, filename = reference
+    with serve_files({filename: body}) as base:
+        code = (
+            "from deit_keras.deploy import pretrained\n"
+            f"pretrained.load_published({NAME!r}, {base + '/stall/' + filename!r})\n"
+        )
+        env = dict(os.environ, **{pretrained.CACHE_ENV: str(cache)})
+        process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+        downloads = cache / "downloads"
+        deadline = time.monotonic() + 120
+        while not (downloads.exists() and any(downloads.iterdir())):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert [f for f in cache_files(cache) if f.endswith(".keras")] == []
+        assert any("partial-" in f for f in cache_files(cache))  # it was mid-way
+
+        model = pretrained.load_published(NAME, base + "/files/" + filename)
+    assert model.distilled
+    stem = os.path.splitext(filename)[0]
+    assert cache_files(cache) == [f"{NAME}--{stem}.keras"]  # the stale partial is gone
+
+
+def test_url_with_hash_in_name_is_verified(reference, cache):
+    _, body, filename = reference
+    renamed = f"{NAME}-0123abcd.pth"
+    with serve_files({renamed: body}) as base:
+        with pytest.raises(PretrainedWeightsError, match="does not start with 0123abcd"):
+            pretrained.load_published(NAME, f"{base}/files/{renamed}")
+
+
+def test_local_checkpoint_and_bad_sources(reference, tmp_path):
+    hf_model, body, filename = reference
+    path = tmp_path / filename
+    path.write_bytes(body)
+    model = pretrained.create_model(NAME, pretrained=str(path))
+    np.testing.assert_allclose(
+        logits(model, IMAGES[:1]), reference_logits(hf_model, IMAGES[:1]), atol=1e-4, rtol=1e-4
+    )
+    with pytest.raises(PretrainedWeightsError, match="not found: .*nope.pth"):
+        pretrained.create_model(NAME, pretrained=str(tmp_path / "nope.pth"))
+    with pytest.raises(ValueError, match="Unknown model"):
+        pretrained.create_model("deit_huge", pretrained=True)
+    with pytest.raises(ValueError, match="Received: pretrained=3"):
+        pretrained.load_published(NAME, 3)
+
+
+def hub_cache(root, repo_id, filename, body):
+    """A Hugging Face hub cache holding one file of `repo_id`, as `hf_hub_download` leaves it."""
+    commit = "0" * 40
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / filename).write_bytes(body)
+
+
+def test_hub_weights_from_an_offline_cache(reference, cache, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from safetensors.torch import save
+
+    hf_model, _, _ = reference
+    hub = tmp_path / "hub"
+    repo_id = pretrained.PUBLISHED[NAME].hf_hub_id
+    state = {key: value.contiguous() for key, value in hf_model.state_dict().items()}
+    hub_cache(hub, repo_id, "model.safetensors", save(state))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    model = pretrained.create_model(NAME, pretrained="hf")
+    np.testing.assert_allclose(
+        logits(model, IMAGES[:1]), reference_logits(hf_model, IMAGES[:1]), atol=1e-4, rtol=1e-4
+    )
+    assert any(name.endswith(".keras") and "--hf--" in name for name in cache_files(cache))
+
+    with pytest.raises(PretrainedWeightsError, match="HF_HUB_OFFLINE") as caught:
+        pretrained.load_published(NAME, "hf-hub:nobody/not-cached")
+    assert "\n" not in str(caught.value)
+
+
+def test_registry_covers_every_variant_with_a_hashed_file_name():
+    from deit_keras.models import list_models
+
+    assert sorted(pretrained.PUBLISHED) == list_models()
+    for name, weights in pretrained.PUBLISHED.items():
+        assert weights.filename.startswith(name + "-") and len(weights.sha256_prefix) == 8
+        assert pretrained.official_url(name).startswith(pretrained.OFFICIAL_BASE_URL)
