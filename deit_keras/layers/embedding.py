@@ -1,7 +1,10 @@
 """Patch embedding, class/distillation tokens and learned position embeddings."""
 
+import math
+
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from deit_keras.layers.initializers import trunc_normal
@@ -19,7 +22,9 @@ class PatchEmbedding(keras.layers.Layer):
         embed_dim: int. Size of each patch embedding.
 
     Call arguments:
-        images: `[B, H, W, C]` float tensor; H and W multiples of `patch_size`.
+        images: `[B, H, W, C]` float tensor; H and W multiples of `patch_size`
+            (checked when the layer is built or called; sizes known only at
+            run time are checked by an assertion in the graph).
 
     Returns:
         `[B, (H / patch_size) * (W / patch_size), embed_dim]` patch tokens.
@@ -50,17 +55,27 @@ class PatchEmbedding(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        height, width = input_shape[1], input_shape[2]
-        for side in (height, width):
+        self._check_image_shape(input_shape)
+        self.projection.build(input_shape)
+
+    def _check_image_shape(self, shape):
+        for side in (shape[1], shape[2]):
             if side is not None and side % self.patch_size:
                 raise ValueError(
                     "Image height and width must be multiples of patch_size. "
-                    f"Received: image shape={tuple(input_shape[1:])}, "
+                    f"Received: image shape={tuple(shape[1:])}, "
                     f"patch_size={self.patch_size}"
                 )
-        self.projection.build(input_shape)
 
     def call(self, images):
+        self._check_image_shape(images.shape)
+        if None in images.shape[1:3]:
+            # The strided conv would silently drop the remainder rows/columns.
+            tf.debugging.assert_equal(
+                tf.shape(images)[1:3] % self.patch_size,
+                0,
+                message=f"Image height and width must be multiples of patch_size={self.patch_size}",
+            )
         patches = self.projection(images)  # [B, H/p, W/p, D]
         shape = ops.shape(patches)
         return ops.reshape(patches, (shape[0], -1, self.embed_dim))
@@ -86,16 +101,26 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
     token, whose output feeds the distillation head. Both prefix tokens get
     their own position embedding, as in the reference implementation.
 
+    The position embeddings are learned for a square grid of `num_patches`.
+    Patch tokens of another grid (timm's `dynamic_img_size`) get those
+    embeddings resampled on the fly with PyTorch's bicubic, as the checkpoint
+    importer does (`resample_position_embeddings`); the prefix tokens'
+    embeddings are used as they are.
+
     Args:
-        num_patches: int. Number of patch tokens (grid height x grid width).
+        num_patches: int. Number of patch tokens (grid height x grid width)
+            of the grid the position embeddings are learned for; a square
+            number unless inputs always come on that grid.
         embed_dim: int. Token size.
         distilled: bool. Whether to add the distillation token.
 
     Call arguments:
-        patch_tokens: `[B, num_patches, embed_dim]`.
+        patch_tokens: `[B, gh * gw, embed_dim]`, row-major over the grid.
+        grid: `(gh, gw)` of `patch_tokens`, ints or scalar int tensors (for
+            sizes known only at run time). Defaults to the learned grid.
 
     Returns:
-        `[B, num_prefix_tokens + num_patches, embed_dim]`, the class token
+        `[B, num_prefix_tokens + gh * gw, embed_dim]`, the class token
         first, then the distillation token when `distilled`.
     """
 
@@ -110,6 +135,9 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
         self.embed_dim = embed_dim
         self.distilled = distilled
         self.num_prefix_tokens = 2 if distilled else 1
+        side = math.isqrt(num_patches)
+        # The learned grid; None when not square (then only that grid is served).
+        self.grid_shape = (side, side) if side * side == num_patches else None
 
     def build(self, input_shape):
         self.cls_token = self.add_weight(
@@ -124,13 +152,15 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
                 initializer=trunc_normal(),
                 name="dist_token",
             )
+        # Not autocast: under mixed precision the resampling runs in float32.
         self.pos_embed = self.add_weight(
             shape=(1, self.num_prefix_tokens + self.num_patches, self.embed_dim),
             initializer=trunc_normal(),
+            autocast=False,
             name="pos_embed",
         )
 
-    def call(self, patch_tokens):
+    def call(self, patch_tokens, grid=None):
         batch = ops.shape(patch_tokens)[0]
         tokens = [self.cls_token] + ([self.dist_token] if self.distilled else [])
         prefix = [
@@ -138,10 +168,35 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
             for t in tokens
         ]
         x = ops.concatenate(prefix + [patch_tokens], axis=1)
-        return x + ops.cast(self.pos_embed, x.dtype)
+        return x + ops.cast(self.position_embeddings(grid), x.dtype)
+
+    def position_embeddings(self, grid=None):
+        """`[1, num_prefix_tokens + gh * gw, embed_dim]` for the patch grid `(gh, gw)`.
+
+        The learned `pos_embed` itself when `grid` is the learned grid (or
+        None); otherwise its grid part resampled bicubically, in float32.
+        """
+        if grid is None or _same_grid(grid, self.grid_shape):
+            return self.pos_embed
+        if self.grid_shape is None:
+            raise ValueError(
+                "Position embeddings of a non-square grid cannot be resampled. "
+                f"Received: num_patches={self.num_patches}, grid={grid}"
+            )
+        pos_embed = ops.cast(self.pos_embed, "float32")
+        prefix = pos_embed[:, : self.num_prefix_tokens]
+        learned = ops.reshape(pos_embed[0, self.num_prefix_tokens :], (*self.grid_shape, -1))
+        resized = resize_bicubic(learned, grid)
+        resized = ops.reshape(resized, (1, -1, self.embed_dim))
+        return ops.concatenate([prefix, resized], axis=1)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_prefix_tokens + self.num_patches, self.embed_dim)
+        num = input_shape[1]
+        return (
+            input_shape[0],
+            None if num is None else self.num_prefix_tokens + num,
+            self.embed_dim,
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -151,6 +206,69 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
             distilled=self.distilled,
         )
         return config
+
+
+def _same_grid(grid, learned):
+    """True when `grid` is statically known to be `learned` (no resampling needed)."""
+    return all(isinstance(side, (int, np.integer)) for side in grid) and tuple(grid) == learned
+
+
+def torch_bicubic_taps(in_size, out_size, a=-0.75):
+    """The 4 source indices and weights of each output of PyTorch's 1-D bicubic resize.
+
+    The keras.ops form of `_torch_bicubic_matrix` (row `i` of that matrix is
+    `weights[i]` scattered-added at `indices[i]`): half-pixel centres, Keys'
+    cubic with `a=-0.75`, border replication by clamping indices. Computed
+    in float32, as PyTorch does for float32 inputs.
+
+    Args:
+        in_size: int. Input length.
+        out_size: int or scalar int tensor (known only at run time inside a
+            `tf.function`; a constant under XLA).
+        a: float. The cubic's coefficient. Defaults to -0.75 (PyTorch's).
+
+    Returns:
+        `(indices, weights)`: int32 `[out_size, 4]` in `[0, in_size)` and
+        float32 `[out_size, 4]`.
+    """
+    out_index = ops.cast(ops.arange(out_size, dtype="int32"), "float32")
+    scale = ops.cast(in_size, "float32") / ops.cast(out_size, "float32")
+    source = (out_index + 0.5) * scale - 0.5
+    base = ops.floor(source)
+    t = source - base
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = ops.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+    offsets = ops.convert_to_tensor([-1, 0, 1, 2], dtype="int32")
+    indices = ops.cast(base, "int32")[:, None] + offsets
+    return ops.clip(indices, 0, in_size - 1), weights
+
+
+def resize_bicubic(grid, size):
+    """Resizes `[H, W, D]` to `[h, w, D]` as PyTorch's bicubic (align_corners=False).
+
+    Separable: 4 taps gathered and weighted along each axis. Elementwise
+    rather than matmuls with the dense matrices, so that a resize to the same
+    size is exact (weights 0, 1, 0, 0) and no TF32 matmul rounds it on GPUs.
+
+    Args:
+        grid: float `[H, W, D]` tensor with static H and W.
+        size: `(h, w)`, ints or scalar int tensors.
+
+    Returns:
+        `[h, w, D]` tensor of `grid`'s dtype.
+    """
+    rows, row_weights = torch_bicubic_taps(grid.shape[0], size[0])
+    grid = ops.take(grid, rows, axis=0)  # [h, 4, W, D]
+    grid = ops.sum(grid * ops.cast(row_weights, grid.dtype)[:, :, None, None], axis=1)
+    cols, col_weights = torch_bicubic_taps(grid.shape[1], size[1])
+    grid = ops.take(grid, cols, axis=1)  # [h, w, 4, D]
+    return ops.sum(grid * ops.cast(col_weights, grid.dtype)[None, :, :, None], axis=2)
 
 
 def _torch_bicubic_matrix(in_size, out_size, a=-0.75):

@@ -42,8 +42,17 @@ class DeiT(keras.Model):
             into this model's input. Saved with the model. Defaults to the
             ImageNet mean/std, crop_pct 0.875, bicubic.
 
+    Any image size (timm's `dynamic_img_size`, always on): images of any
+    height and width that are multiples of `patch_size` are accepted, also
+    when the size is known only at run time (a `tf.function` with `None`
+    dimensions) and under XLA. Off the `image_size` grid the position
+    embeddings are resampled on the fly with PyTorch's bicubic, the same as
+    `resample_position_embeddings` applies to the weights of a model built
+    at that size; at `image_size` nothing is resampled.
+
     Call arguments:
-        images: `[B, image_size, image_size, in_channels]`.
+        images: `[B, H, W, in_channels]`, H and W multiples of `patch_size`
+            (`image_size` for the learned position embeddings as they are).
         training: bool. With `training=True` a distilled model returns the
             tuple `(cls_logits, dist_logits)`; otherwise the mean of the two.
 
@@ -137,7 +146,7 @@ class DeiT(keras.Model):
 
     def forward_features(self, images, training=None, return_attention_scores=False):
         """Normalised tokens `[B, T, D]` (and each block's attention when asked)."""
-        x = self.tokens(self.patch_embed(images))
+        x = self.tokens(self.patch_embed(images), grid=self.patch_grid(images))
         attentions = []
         for block in self.blocks:
             if return_attention_scores:
@@ -149,6 +158,11 @@ class DeiT(keras.Model):
         if return_attention_scores:
             return x, attentions
         return x
+
+    def patch_grid(self, images):
+        """`(gh, gw)` patch grid of `images`: ints, or scalar tensors for run-time sizes."""
+        shape = ops.shape(images)
+        return shape[1] // self.patch_size, shape[2] // self.patch_size
 
     def forward_heads(self, features):
         """`(cls_logits, dist_logits)` in float32; `dist_logits` is None if not distilled."""
@@ -268,7 +282,9 @@ class DeiT(keras.Model):
 
         A subclassed model built in `__init__` has no recorded call shapes, so
         the signature `[None, image_size, image_size, in_channels]` float32
-        is supplied here.
+        is supplied here. Pass `input_signature=[keras.InputSpec(shape=(None,
+        None, None, in_channels), dtype="float32")]` for an endpoint taking
+        any image size.
         """
         if input_signature is None:
             input_signature = [
