@@ -15,6 +15,7 @@ from deit_keras.distill.losses import DISTILLATION_TYPES
 from deit_keras.models.variants import ALIASES, list_models
 from deit_keras.schema import field
 from deit_keras.training.distribute import STRATEGIES
+from deit_keras.training.optim import FREEZE
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 TEACHER_INPUTS = ("normalized", "pixels", "keras_applications")
@@ -64,6 +65,20 @@ class TrainConfig:
     clip_grad: float | None = field(None, "Global gradient norm clip (off by default).")
     model_ema: bool = field(False, "Keep an EMA of the weights; used at the end.")
     model_ema_decay: float = field(0.99996, "EMA decay.")
+    # === Fine-tuning ===
+    layer_decay: float = field(
+        1.0,
+        "Layer-wise LR decay (BEiT, timm): block i (of depth d) trains at lr x "
+        "layer_decay^(d - i), the patch embedding at lr x layer_decay^(d + 1); 1 = off.",
+    )
+    grad_accum_steps: int = field(
+        1,
+        "Steps whose mean gradient makes one optimizer update; the LR scales with "
+        "batch_size x grad_accum_steps and the schedule counts updates.",
+    )
+    freeze: str = field(
+        "none", "backbone: train only head / head_dist (a first stage).", choices=FREEZE
+    )
     # === Distillation ===
     distillation_type: str = field(
         "hard",
@@ -132,12 +147,27 @@ class TrainConfig:
             ("strategy", STRATEGIES),
             ("distillation_type", DISTILLATION_TYPES),
             ("progress", PROGRESS),
+            ("freeze", FREEZE),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(
                     f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}"
                 )
+        problems += self._finetune_problems()
         if self.distillation_type != "none" and not self.teacher:
             problems.append(f"distillation_type={self.distillation_type!r} needs --teacher")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _finetune_problems(self) -> list:
+        problems = []
+        if not 0.0 < self.layer_decay <= 1.0:
+            problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.grad_accum_steps < 1:
+            problems.append(f"grad_accum_steps must be positive, got {self.grad_accum_steps}")
+        elif self.steps_per_epoch and self.steps_per_epoch % self.grad_accum_steps:
+            problems.append(
+                f"steps_per_epoch ({self.steps_per_epoch}) must be a multiple of "
+                f"grad_accum_steps ({self.grad_accum_steps}): an epoch ends on an update"
+            )
+        return problems

@@ -1,6 +1,12 @@
-"""The DeiT optimiser: AdamW, linearly scaled LR, warmup then cosine decay."""
+"""The DeiT optimiser: AdamW, linearly scaled LR, warmup then cosine decay.
+
+Fine-tuning levers (issue #13): layer-wise LR decay (BEiT; timm's
+`param_groups_layer_decay`), gradient accumulation with the schedule counting
+optimizer updates, and training the heads only (`freeze_backbone`).
+"""
 
 import math
+import re
 
 import keras
 from keras import ops
@@ -8,6 +14,10 @@ from keras import ops
 # Parameters the reference excludes from weight decay: every 1-D tensor
 # (biases, LayerNorm scales and offsets) and the tokens / position embeddings.
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "cls_token", "dist_token", "pos_embed")
+# `TrainConfig.freeze`: "backbone" trains the classification heads only.
+FREEZE = ("none", "backbone")
+_BLOCK = re.compile(r"^block_(\d+)$")
+_STEM = ("patch_embed", "tokens")  # patch embedding; cls/dist tokens and pos_embed
 
 
 def scaled_learning_rate(base_lr: float, global_batch_size: int) -> float:
@@ -64,33 +74,170 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         )
 
 
+def layer_id(path: str, depth: int) -> int:
+    """timm's layer id of a DeiT variable, for layer-wise LR decay.
+
+    Args:
+        path: str. The variable's path, e.g. "deit/block_3/attn/qkv/kernel".
+        depth: int. The number of transformer blocks.
+
+    Returns:
+        0 for the patch embedding, tokens and position embedding, `i + 1`
+        for `block_i`, `depth + 1` for the final norm and the heads.
+    """
+    for part in path.split("/"):
+        match = _BLOCK.match(part)
+        if match:
+            return int(match.group(1)) + 1
+        if part in _STEM:
+            return 0
+    return depth + 1
+
+
+def infer_depth(paths) -> int:
+    """The number of blocks: one more than the largest `block_i` among `paths`."""
+    indices = [int(m.group(1)) for p in paths for m in map(_BLOCK.match, p.split("/")) if m]
+    return max(indices, default=-1) + 1
+
+
+def layer_scale(path: str, layer_decay: float, depth: int) -> float:
+    """`layer_decay ** (depth + 1 - layer_id)`: 1 for the heads, smallest for the stem."""
+    return layer_decay ** (depth + 1 - layer_id(path, depth))
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class LayerDecayAdamW(keras.optimizers.AdamW):
+    """AdamW with layer-wise LR decay, serialized decay exclusions, and a per-update schedule.
+
+    Each variable's update, weight decay included, is taken at
+    `learning_rate * layer_scale(path)` (BEiT / timm scale the LR of each
+    layer's parameter group; Adam ignores gradient scale, so the update is
+    what must be scaled). A `LearningRateSchedule` is evaluated at
+    `iterations`, i.e. at optimizer updates: with
+    `gradient_accumulation_steps=N`, Keras 3.15 would evaluate it at
+    micro-batches, N times faster.
+
+    Args:
+        layer_decay: float in (0, 1]. Per-layer LR factor; 1 is plain
+            AdamW. Defaults to 1.0.
+        depth: int or None. The model's number of blocks; None infers it
+            from the variable paths at `build`. Defaults to None.
+        no_weight_decay: tuple of str. Variables whose name contains one of
+            these are not decayed. Defaults to `NO_WEIGHT_DECAY`.
+        **kwargs: passed to `keras.optimizers.AdamW` (`learning_rate`,
+            `weight_decay`, `gradient_accumulation_steps`, ...).
+    """
+
+    def __init__(self, layer_decay=1.0, depth=None, no_weight_decay=NO_WEIGHT_DECAY, **kwargs):
+        if not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1]. Received: layer_decay={layer_decay}")
+        super().__init__(**kwargs)
+        self.layer_decay = float(layer_decay)
+        self.depth = depth
+        self.no_weight_decay = tuple(no_weight_decay)
+        if self.no_weight_decay:
+            self.exclude_from_weight_decay(var_names=list(self.no_weight_decay))
+        self._scales, self._decayed = {}, {}
+
+    def build(self, variables):
+        super().build(variables)
+        depth = self.depth if self.depth is not None else infer_depth(v.path for v in variables)
+        for variable in variables:
+            key = self._var_key(variable)
+            self._scales[key] = layer_scale(variable.path, self.layer_decay, depth)
+            self._decayed[key] = self._use_weight_decay(variable)
+
+    def lr_scale(self, variable) -> float:
+        """The factor on `variable`'s learning rate (after `build`)."""
+        return self._scales[self._var_key(variable)]
+
+    def update_step(self, gradient, variable, learning_rate):
+        key = self._var_key(variable)
+        learning_rate = ops.cast(learning_rate, variable.dtype) * self._scales[key]
+        if self._decayed[key]:
+            decay = ops.cast(self.weight_decay, variable.dtype) * learning_rate
+            self.assign_sub(variable, variable * decay)
+        super().update_step(gradient, variable, learning_rate)
+
+    def _apply_weight_decay(self, variables):
+        # Done in `update_step`, at each variable's scaled learning rate.
+        return
+
+    def _get_current_learning_rate(self):
+        # Keras evaluates schedules at `_iterations`, which counts micro-batches.
+        if isinstance(self._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            return self._learning_rate(self.iterations)
+        return super()._get_current_learning_rate()
+
+    def get_config(self):
+        return dict(
+            super().get_config(),
+            layer_decay=self.layer_decay,
+            depth=self.depth,
+            no_weight_decay=list(self.no_weight_decay),
+        )
+
+
 def create_optimizer(
-    base_lr=5e-4,
-    global_batch_size=512,
-    steps_per_epoch=1,
-    epochs=300,
-    warmup_epochs=5,
-    warmup_lr=1e-6,
-    min_lr=1e-5,
-    weight_decay=0.05,
-    model_ema=False,
-    model_ema_decay=0.99996,
-    clip_grad=None,
-):
+    base_lr: float = 5e-4,
+    global_batch_size: int = 512,
+    steps_per_epoch: int = 1,
+    epochs: int = 300,
+    warmup_epochs: int = 5,
+    warmup_lr: float = 1e-6,
+    min_lr: float = 1e-5,
+    weight_decay: float = 0.05,
+    model_ema: bool = False,
+    model_ema_decay: float = 0.99996,
+    clip_grad: float | None = None,
+    layer_decay: float = 1.0,
+    depth: int | None = None,
+    grad_accum_steps: int = 1,
+) -> LayerDecayAdamW:
     """AdamW with the DeiT recipe (paper defaults).
 
     With `model_ema`, Keras keeps an exponential moving average of the
     weights and writes it into the model at the end of `fit`, so the final
     evaluation and the saved model use the averaged weights.
+
+    Args:
+        base_lr: float. LR for a batch of 512 (scaled linearly).
+        global_batch_size: int. Examples per step, all replicas; an update
+            sees `grad_accum_steps` steps, and the LR scales with that.
+        steps_per_epoch: int. Steps (micro-batches) per epoch.
+        epochs: int. Epochs of the run.
+        warmup_epochs: int. Linear warmup epochs.
+        warmup_lr: float. LR at the first update.
+        min_lr: float. LR at the end of the cosine.
+        weight_decay: float. AdamW's decoupled weight decay.
+        model_ema: bool. Keep an EMA of the weights.
+        model_ema_decay: float. The EMA's momentum.
+        clip_grad: float or None. Global gradient-norm clip.
+        layer_decay: float in (0, 1]. Layer-wise LR decay (1 = off).
+        depth: int or None. The model's blocks, for `layer_decay`.
+        grad_accum_steps: int. Steps whose mean gradient makes one update.
+
+    Returns:
+        A `LayerDecayAdamW` whose schedule spans the run's updates
+        (`epochs * steps_per_epoch // grad_accum_steps`).
     """
+    if grad_accum_steps < 1 or epochs * steps_per_epoch < grad_accum_steps:
+        raise ValueError(
+            "Need 1 <= grad_accum_steps <= epochs * steps_per_epoch (at least one update). "
+            f"Received: grad_accum_steps={grad_accum_steps}, epochs={epochs}, "
+            f"steps_per_epoch={steps_per_epoch}"
+        )
+    total = max(epochs * steps_per_epoch // grad_accum_steps, 1)
     schedule = WarmupCosine(
-        scaled_learning_rate(base_lr, global_batch_size),
-        total_steps=max(epochs * steps_per_epoch, 1),
-        warmup_steps=min(warmup_epochs * steps_per_epoch, max(epochs * steps_per_epoch, 1)),
+        scaled_learning_rate(base_lr, global_batch_size * grad_accum_steps),
+        total_steps=total,
+        warmup_steps=min(warmup_epochs * steps_per_epoch // grad_accum_steps, total),
         warmup_lr=warmup_lr,
         min_lr=min_lr,
     )
-    optimizer = keras.optimizers.AdamW(
+    return LayerDecayAdamW(
+        layer_decay=layer_decay,
+        depth=depth,
         learning_rate=schedule,
         weight_decay=weight_decay,
         beta_1=0.9,
@@ -99,6 +246,23 @@ def create_optimizer(
         global_clipnorm=clip_grad,
         use_ema=model_ema,
         ema_momentum=model_ema_decay,
+        gradient_accumulation_steps=grad_accum_steps if grad_accum_steps > 1 else None,
+        name="adamw",
     )
-    optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
-    return optimizer
+
+
+def freeze_backbone(model: keras.Model) -> keras.Model:
+    """Makes every layer but `head` / `head_dist` non-trainable; call before `compile`.
+
+    Args:
+        model: a `DeiT` with classification heads.
+
+    Returns:
+        `model`, whose `trainable_variables` are the heads' only.
+    """
+    heads = [head for head in (model.head, model.head_dist) if head is not None]
+    if not heads:
+        raise ValueError(f"freeze=backbone needs a model with heads. Received: model={model.name}")
+    for layer in model.layers:
+        layer.trainable = any(layer is head for head in heads)
+    return model

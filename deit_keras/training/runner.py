@@ -25,7 +25,7 @@ from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training import custom_loop
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.distribute import make_strategy
-from deit_keras.training.optim import create_optimizer
+from deit_keras.training.optim import create_optimizer, freeze_backbone
 
 
 def _new_student(config: TrainConfig, num_classes: int):
@@ -198,12 +198,26 @@ def _fit(config, student, train, evaluation, steps_per_epoch):
     return history, nan_stop
 
 
+def check_accumulation(config: TrainConfig, replicas: int) -> None:
+    """Refuses `grad_accum_steps > 1` on more than one replica, in one line."""
+    if config.grad_accum_steps > 1 and replicas > 1:
+        # Keras applies accumulated gradients inside a `cond`, where a
+        # cross-replica merge is not allowed ("merge_call called while
+        # defining a new graph"); more replicas already give a bigger batch.
+        raise ValueError(
+            f"grad_accum_steps={config.grad_accum_steps} needs a single replica; "
+            f"strategy {config.strategy!r} has {replicas}. "
+            "Raise --batch_size instead (the global batch grows with the replicas)."
+        )
+
+
 def run_training(config: TrainConfig) -> dict:
     """Runs one training job; returns the results dict also written to `results.json`."""
     config.validate()
     started = time.time()
     # First: MultiWorkerMirroredStrategy must configure collectives before any TF op runs.
     strategy = make_strategy(config.strategy, config.tpu)
+    check_accumulation(config, strategy.num_replicas_in_sync)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(config.precision)
@@ -213,6 +227,8 @@ def run_training(config: TrainConfig) -> dict:
 
     with strategy.scope():
         student = _make_student(config, info.num_classes)
+        if config.freeze == "backbone":
+            freeze_backbone(student)
         image_size = student.image_size
         teacher = _make_teacher(config, info, student)
         data_kwargs = dict(
@@ -242,6 +258,9 @@ def run_training(config: TrainConfig) -> dict:
             config.model_ema,
             config.model_ema_decay,
             config.clip_grad,
+            layer_decay=config.layer_decay,
+            depth=student.depth,
+            grad_accum_steps=config.grad_accum_steps,
         )
         student.compile(
             optimizer=optimizer,

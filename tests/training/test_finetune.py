@@ -88,3 +88,31 @@ def test_finetune_run_at_the_new_size(saved_source, tmp_path):
     model, _ = saving.load_model(results["saved_model"])
     assert model.image_size == 48 and results["epochs"] == 1
     assert not np.allclose(model.head.kernel.numpy(), source.head.kernel.numpy())  # it trained
+
+
+def test_first_stage_run_trains_the_heads_only_with_accumulation(saved_source, tmp_path):
+    source, path = saved_source
+    config, _ = finetune_config(path, 32)
+    config = dataclasses.replace(
+        config,
+        dataset="digits",
+        data_dir=str(tmp_path / "tfds"),
+        batch_size=16,
+        epochs=1,
+        steps_per_epoch=4,
+        grad_accum_steps=2,
+        layer_decay=0.65,
+        freeze="backbone",
+        warmup_epochs=0,
+        repeated_aug=1,
+        distillation_type="none",
+        model_dir=str(tmp_path / "run"),
+        output=str(tmp_path / "heads.keras"),
+        export_savedmodel=False,
+        progress="none",
+    )
+    results = run_training(config)
+    model, _ = saving.load_model(results["saved_model"])
+    for before, after in zip(source.weights, model.weights, strict=True):
+        moved = not np.array_equal(before.numpy(), after.numpy())
+        assert moved == ("head" in after.path), after.path

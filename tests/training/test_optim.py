@@ -1,11 +1,28 @@
 """The DeiT learning-rate rule, warmup-cosine schedule and weight-decay exclusions."""
 
 import math
+import subprocess
+import sys
+import textwrap
 
+import keras
 import numpy as np
+import pytest
+import tensorflow as tf
 
-from deit_keras.testing import tiny_model
-from deit_keras.training.optim import WarmupCosine, create_optimizer, scaled_learning_rate
+from deit_keras.testing import batches, tiny_model
+from deit_keras.training.config import TrainConfig
+from deit_keras.training.optim import (
+    NO_WEIGHT_DECAY,
+    LayerDecayAdamW,
+    WarmupCosine,
+    create_optimizer,
+    freeze_backbone,
+    infer_depth,
+    layer_id,
+    scaled_learning_rate,
+)
+from deit_keras.training.runner import check_accumulation
 
 
 def test_schedule_warmup_then_cosine():
@@ -37,3 +54,208 @@ def test_weight_decay_skips_biases_norms_tokens():
     }
     assert decayed == {"kernel"}
     assert skipped == {"bias", "gamma", "beta", "cls_token", "dist_token", "pos_embed"}
+
+
+# === Layer-wise LR decay ===
+
+
+def _one_step_changes(layer_decay):
+    """Each trainable variable's change after one fit step (decay off for biases etc. as usual)."""
+    keras.utils.set_random_seed(0)
+    model = tiny_model(drop_path_rate=0.0)
+    model.compile(
+        optimizer=create_optimizer(1e-2, 512, 1, 2, warmup_epochs=0, layer_decay=layer_decay),
+        jit_compile=False,
+    )
+    before = [v.numpy() for v in model.trainable_variables]
+    images, labels = batches(count=1)
+    model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    changes = [v.numpy() - b for v, b in zip(model.trainable_variables, before, strict=True)]
+    return model, changes
+
+
+def test_layer_scales_follow_timm():
+    """timm / BEiT ids: 0 stem, 1..depth blocks, depth+1 norm and heads; d ** (depth + 1 - id)."""
+    model = tiny_model()
+    optimizer = create_optimizer(steps_per_epoch=2, epochs=2, layer_decay=0.6)
+    optimizer.build(model.trainable_variables)
+    depth, expected_ids = 2, {"patch_embed": 0, "tokens": 0, "block_0": 1, "block_1": 2}
+    for variable in model.trainable_variables:
+        part = variable.path.split("/")[1]
+        expected = expected_ids.get(part, depth + 1)
+        assert layer_id(variable.path, depth) == expected, variable.path
+        assert optimizer.lr_scale(variable) == pytest.approx(0.6 ** (depth + 1 - expected))
+    assert infer_depth(v.path for v in model.trainable_variables) == depth
+    assert layer_id("deit/block_11/mlp/fc1/kernel", 12) == 12
+    assert layer_id("deit/head_dist/kernel", 12) == layer_id("deit/norm/gamma", 12) == 13
+
+
+def test_one_step_update_is_scaled_per_layer():
+    decay = 0.5
+    _, plain = _one_step_changes(1.0)
+    model, scaled = _one_step_changes(decay)
+    scales = {
+        "patch_embed/projection/kernel": decay**3,
+        "tokens/pos_embed": decay**3,
+        "block_0/attn/qkv/kernel": decay**2,
+        "block_1/mlp/fc2/kernel": decay,  # the last block
+        "head/kernel": 1.0,
+        "norm/gamma": 1.0,
+    }
+    for variable, change, reference in zip(model.trainable_variables, scaled, plain, strict=True):
+        name = variable.path.split("/", 1)[1]
+        scale = model.optimizer.lr_scale(variable)
+        assert scale == pytest.approx(scales.get(name, scale))
+        # atol: float32 steps of weights near 1 (norm gammas).
+        np.testing.assert_allclose(change, reference * scale, rtol=1e-5, atol=1e-7, err_msg=name)
+    assert max(np.abs(c).max() for c in scaled) > 1e-3  # it moved
+
+
+def test_compiled_model_round_trip_keeps_the_optimizer(tmp_path):
+    model = tiny_model()
+    model.compile(
+        optimizer=create_optimizer(
+            1e-3, 64, 10, 3, layer_decay=0.65, depth=2, grad_accum_steps=2, clip_grad=1.0
+        )
+    )
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded.optimizer, LayerDecayAdamW)
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    config = loaded.optimizer.get_config()
+    assert (config["layer_decay"], config["depth"], config["gradient_accumulation_steps"]) == (
+        0.65,
+        2,
+        2,
+    )
+    assert tuple(config["no_weight_decay"]) == NO_WEIGHT_DECAY
+    assert config["learning_rate"]["config"]["total_steps"] == 15  # 3 epochs x 10 steps / 2
+    # The decay exclusions come back with the config (keras' AdamW loses them).
+    optimizer = loaded.optimizer
+    skipped = {
+        v.path.split("/")[-1]
+        for v in loaded.trainable_variables
+        if not optimizer._use_weight_decay(v)
+    }
+    assert skipped == set(NO_WEIGHT_DECAY)
+
+
+# === Gradient accumulation ===
+
+
+def _fixed_data(micro_batches=8, micro=4):
+    """Fixed images and label-smoothed targets (so mean reductions are exercised)."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(micro_batches * micro, 32, 32, 3)).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.integers(0, 10, len(images))] * 0.9 + 0.01
+    return images, labels
+
+
+def _train(batch, grad_accum_steps, epochs=2):
+    """A distilled tiny DeiT (DeiT.train_step, hard distillation) after `epochs` of fit."""
+    images, labels = _fixed_data()
+    keras.utils.set_random_seed(0)
+    teacher = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    teacher(images[:1])
+    model = tiny_model(drop_path_rate=0.0)
+    optimizer = create_optimizer(
+        2e-2,
+        batch,
+        len(images) // batch,
+        epochs,
+        warmup_epochs=1,
+        layer_decay=0.7,
+        depth=2,
+        clip_grad=1.0,
+        grad_accum_steps=grad_accum_steps,
+    )
+    model.compile(optimizer=optimizer, teacher=teacher, distillation="hard", jit_compile=False)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
+    history = model.fit(data, epochs=epochs, verbose=0)
+    return model, history
+
+
+def _max_diff(first, second):
+    return max(float(np.abs(a - b).max()) for a, b in zip(first, second, strict=True))
+
+
+def test_accumulated_micro_batches_equal_one_big_batch():
+    """4 micro-batches of 4 per update == batches of 16: same weights, LR and update count."""
+    big, big_history = _train(16, 1)
+    accumulated, history = _train(4, 4)
+    keras.utils.set_random_seed(0)
+    start = tiny_model(drop_path_rate=0.0).get_weights()
+    diff = _max_diff(big.get_weights(), accumulated.get_weights())
+    moved = _max_diff(big.get_weights(), start)
+    assert diff < 1e-5 and moved > 1e-2, (diff, moved)
+    assert int(accumulated.optimizer.iterations) == int(big.optimizer.iterations) == 4
+    np.testing.assert_allclose(history.history["lr"], big_history.history["lr"], rtol=1e-6)
+
+
+def test_schedule_counts_updates():
+    optimizer = create_optimizer(1e-3, 64, 10, 3, warmup_epochs=1, grad_accum_steps=2)
+    schedule = optimizer.get_config()["learning_rate"]["config"]
+    assert (schedule["total_steps"], schedule["warmup_steps"]) == (15, 5)
+    assert schedule["peak_lr"] == pytest.approx(scaled_learning_rate(1e-3, 128))
+    with pytest.raises(ValueError, match="grad_accum_steps=8"):
+        create_optimizer(steps_per_epoch=3, epochs=2, grad_accum_steps=8)
+    with pytest.raises(ValueError, match="Received: layer_decay=0"):
+        LayerDecayAdamW(layer_decay=0.0)
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from deit_keras.testing import tiny_model
+    from deit_keras.training.optim import create_optimizer
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(32, 32, 32, 3)).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.integers(0, 10, 32)]
+    def train(strategy, batch, accum):
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = tiny_model(drop_path_rate=0.0)
+            model.compile(optimizer=create_optimizer(
+                2e-2, batch, 32 // batch, 2, warmup_epochs=1, layer_decay=0.7, depth=2,
+                grad_accum_steps=accum), jit_compile=False)
+        data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
+        model.fit(data, epochs=2, verbose=0)
+        return model.get_weights()
+    one = train(tf.distribute.OneDeviceStrategy("/cpu:0"), 16, 1)
+    two = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), 16, 1)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(one, two, strict=True))
+    print("RESULT", diff)
+    assert diff < 1e-5, diff
+""")
+
+
+def test_mirrored_layer_decay_matches_one_device():
+    """Layer decay on 2 replicas x 8 == one device, batches of 16."""
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RESULT" in result.stdout
+
+
+# === Training the heads only ===
+
+
+def test_freeze_backbone_trains_only_the_heads():
+    model = freeze_backbone(tiny_model(drop_path_rate=0.0))
+    model.compile(optimizer=create_optimizer(1e-2, 512, 1, 1, warmup_epochs=0), jit_compile=False)
+    before = {v.path: v.numpy() for v in model.weights}
+    images, labels = batches(count=1)
+    model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    changed = {v.path.split("/")[1] for v in model.weights if not np.array_equal(v, before[v.path])}
+    assert changed == {"head", "head_dist"}
+    assert {v.path.split("/")[1] for v in model.trainable_variables} == {"head", "head_dist"}
+
+
+def test_accumulation_on_several_replicas_is_refused_in_one_line():
+    config = TrainConfig(grad_accum_steps=4, strategy="mirrored")
+    check_accumulation(config, 1)
+    with pytest.raises(ValueError, match="grad_accum_steps=4 needs a single replica.*has 2"):
+        check_accumulation(config, 2)
