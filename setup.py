@@ -27,6 +27,7 @@ setup(
         "numpy",
         "pillow",
         "safetensors",
+        "huggingface_hub>=1.0",  # pretrained="hf" / "hf-hub:..." weights
     ],
     extras_require={
         "test": [

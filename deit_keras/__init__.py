@@ -6,6 +6,7 @@ Packages, each depending only on those listed before it (`tests/test_architectur
 """
 
 from deit_keras.data.preprocessing import Preprocessing
+from deit_keras.deploy.pretrained import create_model
 from deit_keras.layers import (
     MLP,
     DropPath,
@@ -15,7 +16,7 @@ from deit_keras.layers import (
     TransformerBlock,
     resample_position_embeddings,
 )
-from deit_keras.models import DeiT, create_model, get_variant, list_models
+from deit_keras.models import DeiT, get_variant, list_models
 
 # Imported for its side effect: it registers `deit_keras>WarmupCosine`, the
 # schedule inside compiled `.keras` files, so `keras.models.load_model` finds it.

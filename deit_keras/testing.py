@@ -67,9 +67,12 @@ def compiled(model, teacher, distillation="hard", **kwargs):
 TF_NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|To enable the following)")
 
 
-def run_cli(module, *args, timeout=300):
-    """Runs `python -m deit_keras.<module> args...`; returns the CompletedProcess."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def run_cli(module, *args, timeout=300, env=None):
+    """Runs `python -m deit_keras.<module> args...`; returns the CompletedProcess.
+
+    `env` adds environment variables to this process's.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", f"deit_keras.{module}", *args],
         capture_output=True,

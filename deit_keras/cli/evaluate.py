@@ -2,6 +2,8 @@
 
     python -m deit_keras.evaluate --model_path model.keras --dataset digits \\
         [--split eval] [--data_dir DIR] [--batch_size 64] [--output results.json]
+    python -m deit_keras.evaluate --model deit_tiny_patch16_224 --pretrained \
+        --dataset imagenet2012
 """
 
 import json
@@ -9,10 +11,10 @@ import json
 from absl import flags
 
 from deit_keras import cli
-from deit_keras.inference.evaluate import evaluate_file
+from deit_keras.cli import model_source
+from deit_keras.inference.evaluate import evaluate_on_dataset
 from deit_keras.io.atomic import write_text_atomic
 
-_MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model to evaluate.")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "'digits', 'folder:PATH' or a TFDS name, e.g. 'imagenet2012'."
 )
@@ -46,14 +48,21 @@ def format_results(results: dict) -> str:
 
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
-    summary = evaluate_file(
-        _MODEL_PATH.value,
-        _DATASET.value,
-        split=_SPLIT.value,
-        data_dir=_DATA_DIR.value,
-        batch_size=_BATCH_SIZE.value,
-        max_batches=_MAX_BATCHES.value,
-        crop_pct=_CROP_PCT.value,
+    if _BATCH_SIZE.value <= 0:
+        raise cli.UsageError(f"--batch_size must be positive, got {_BATCH_SIZE.value}.")
+    model, class_names = model_source.load_model_from_flags()
+    summary = {"model_path": model_source.model_description()}
+    summary.update(
+        evaluate_on_dataset(
+            model,
+            _DATASET.value,
+            class_names=class_names,
+            split=_SPLIT.value,
+            data_dir=_DATA_DIR.value,
+            batch_size=_BATCH_SIZE.value,
+            max_batches=_MAX_BATCHES.value,
+            crop_pct=_CROP_PCT.value,
+        )
     )
     if _OUTPUT.value:
         summary["flags"] = flags.FLAGS.flags_into_string()
@@ -65,7 +74,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    flags.mark_flags_as_required(["model_path", "dataset"])
+    flags.mark_flags_as_required(["dataset"])
     cli.run(main)
 
 

@@ -1,6 +1,7 @@
 """Exports a `.keras` DeiT as a SavedModel with a uint8, any-size serving signature.
 
 python -m deit_keras.export --model_path model.keras --output exported/
+python -m deit_keras.export --model deit_base_patch16_384 --pretrained --output exported/
 """
 
 import os
@@ -8,10 +9,9 @@ import os
 from absl import flags
 
 from deit_keras import cli
+from deit_keras.cli import model_source
 from deit_keras.deploy.saved_model import export_saved_model
-from deit_keras.deploy.saving import load_model
 
-_MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model to export.")
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory to write (replaced).")
 _CROP_PCT = flags.DEFINE_float(
     "crop_pct",
@@ -23,7 +23,7 @@ _CROP_PCT = flags.DEFINE_float(
 
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
-    model, class_names = load_model(_MODEL_PATH.value, compile=False)
+    model, class_names = model_source.load_model_from_flags()
     export_saved_model(
         model,
         _OUTPUT.value,
@@ -32,13 +32,13 @@ def main(argv: list[str]) -> None:
         extra_files={"flags.txt": flags.FLAGS.flags_into_string()},
     )
     print(
-        f"Exported {_MODEL_PATH.value} to {os.path.abspath(_OUTPUT.value)} "
+        f"Exported {model_source.model_description()} to {os.path.abspath(_OUTPUT.value)} "
         "(serving_default: uint8 [B, H, W, 3] -> probabilities, logits)"
     )
 
 
 def run() -> None:
-    flags.mark_flags_as_required(["model_path", "output"])
+    flags.mark_flags_as_required(["output"])
     cli.run(main)
 
 

@@ -1,17 +1,27 @@
 """Top-k predictions of a DeiT for image files.
 
-python -m deit_keras.predict --model_path model.keras cat.jpg dog.png
+python -m deit_keras.predict --model_path model.keras cat.jpg dog.png [--json]
+python -m deit_keras.predict --model deit_small_patch16_224 --pretrained cat.jpg
+
+Per image, the path, then one `  <class name> <probability>` line per class
+(`  tabby, tabby cat 0.87`). `--json` prints one JSON document instead (and
+nothing else on stdout): `[{"file", "predictions": [{"class_index",
+"class_name", "probability"}, ...]}, ...]`; `--output` writes the same
+document to a file.
 """
 
 import json
+import sys
 
 from absl import flags
 
 from deit_keras import cli
-from deit_keras.inference.predict import predict_files
+from deit_keras.cli import model_source
+from deit_keras.data.labels import IMAGENET, INDEX, resolve_class_names
+from deit_keras.inference.predict import predict_images
 from deit_keras.io.atomic import write_text_atomic
+from deit_keras.io.images import load_image
 
-_MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model.")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes to show per image.")
 _CROP_PCT = flags.DEFINE_float(
     "crop_pct",
@@ -20,35 +30,62 @@ _CROP_PCT = flags.DEFINE_float(
     "Defaults to the model's own (saved in its config).",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the predictions as JSON here.")
+_JSON = flags.DEFINE_bool(
+    "json", False, "Print the predictions as one JSON document (nothing else on stdout)."
+)
+
+# Where the class names came from, when it is worth saying (on stderr).
+_NAMES_NOTE = {
+    IMAGENET: "no class names stored with the model: 1000 classes, shown with ImageNet-1k names",
+    INDEX: "no class names stored with the model: classes shown as class_<index>",
+}
 
 
 def format_predictions(paths: list[str], predictions: list) -> str:
-    """Text for people: the path, then one `probability  name` line per class."""
+    """Text for people: the path, then one `  name probability` line per class."""
     lines = []
     for path, top in zip(paths, predictions, strict=True):
         lines.append(path)
-        lines.extend(f"  {probability:.4f}  {name}" for name, _, probability in top)
+        lines.extend(f"  {name} {probability:.2f}" for name, _, probability in top)
     return "\n".join(lines)
+
+
+def prediction_records(paths: list[str], predictions: list) -> list[dict]:
+    """The `--json` / `--output` document: one record per image."""
+    return [
+        {
+            "file": path,
+            "predictions": [
+                {"class_index": index, "class_name": name, "probability": probability}
+                for name, index, probability in top
+            ],
+        }
+        for path, top in zip(paths, predictions, strict=True)
+    ]
 
 
 def main(argv: list[str]) -> None:
     paths = argv[1:]
-    predictions, named = predict_files(
-        _MODEL_PATH.value, paths, crop_pct=_CROP_PCT.value, top_k=_TOP_K.value
+    if not paths:
+        raise cli.UsageError("Give at least one image path.")
+    images = [load_image(path) for path in paths]  # all checked before the model loads
+    model, class_names = model_source.load_model_from_flags()
+    predictions = predict_images(
+        model, images, class_names, crop_pct=_CROP_PCT.value, top_k=_TOP_K.value
     )
-    print(format_predictions(paths, predictions))
-    if not named:
-        print("(no class names stored with the model: classes shown as class_<index>)")
+    source = resolve_class_names(model.num_classes, class_names)[1]
+    records = prediction_records(paths, predictions)
+    if _JSON.value:
+        print(json.dumps(records, indent=1))
+    else:
+        print(format_predictions(paths, predictions))
+    if source in _NAMES_NOTE:
+        print(f"({_NAMES_NOTE[source]})", file=sys.stderr)
     if _OUTPUT.value:
-        records = [
-            {"image": path, "top": [{"class": n, "index": i, "probability": p} for n, i, p in top]}
-            for path, top in zip(paths, predictions, strict=True)
-        ]
         write_text_atomic(_OUTPUT.value, json.dumps(records, indent=1) + "\n")
 
 
 def run() -> None:
-    flags.mark_flags_as_required(["model_path"])
     cli.run(main)
 
 

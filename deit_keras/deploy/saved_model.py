@@ -12,8 +12,8 @@ import os
 import keras
 import tensorflow as tf
 
+from deit_keras.data.labels import resolve_class_names
 from deit_keras.data.preprocessing import preprocess
-from deit_keras.deploy.saving import check_class_names
 from deit_keras.io import atomic
 
 SERVING_CONFIG = "deit_serving.json"
@@ -51,21 +51,24 @@ def export_saved_model(
     Signature `serving_default`: `images` uint8 `[B, H, W, 3]` (any H, W) ->
     `{"probabilities": float32 [B, C], "logits": float32 [B, C]}`. The
     directory also holds `deit_serving.json` (image size, crop_pct, class
-    names). It is written atomically: on failure `out_dir` is left as it was.
+    names and where they come from, `class_names_source`). It is written
+    atomically: on failure `out_dir` is left as it was.
 
     Args:
         model: a `DeiT` with a classification head.
         out_dir: str. Output directory (replaced if it exists).
         crop_pct: float in (0, 1] or None. Eval crop fraction; defaults to
             the model's (`model.preprocessing.crop_pct`).
-        class_names: list of str or None. Recorded in `deit_serving.json`.
+        class_names: list of str or None. The model's saved names, recorded
+            in `deit_serving.json`; without them a 1000-class model records
+            the ImageNet-1k names and any other `class_<index>`
+            (`data.labels.resolve_class_names`).
         extra_files: dict of file name -> text to write into `out_dir`
             (e.g. the command's flags).
     """
     serve = serving_function(model, crop_pct)
     preprocessing = model.preprocessing.replace(crop_pct=crop_pct)
-    if class_names is not None:
-        class_names = check_class_names(class_names, model.num_classes)
+    class_names, class_names_source = resolve_class_names(model.num_classes, class_names)
     config = {
         "signature": "serving_default",
         "inputs": {"images": "uint8 [batch, height, width, 3], any height and width"},
@@ -79,6 +82,7 @@ def export_saved_model(
         "num_classes": model.num_classes,
         "distilled": model.distilled,
         "class_names": class_names,
+        "class_names_source": class_names_source,
     }
     with atomic.atomic_output(out_dir) as temporary:
         archive = keras.export.ExportArchive()

@@ -10,8 +10,10 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from deit_keras.data import pipeline
+from deit_keras.data.labels import INDEX, resolve_class_names
 from deit_keras.deploy.saving import load_model
 from deit_keras.distill.step import average_heads
 
@@ -148,34 +150,112 @@ def classifier_top1(classifier: keras.Model, dataset, num_classes: int) -> float
     return results["top1"]
 
 
+def class_names_mismatch(
+    model_names: list[str] | None, dataset_names: list[str], num_classes: int
+) -> str | None:
+    """Why the model's classes may not be the dataset's, or None when their names agree.
+
+    Both sides are named by `data.labels.resolve_class_names` (so ImageNet
+    synset ids and lemmas compare equal). A model whose classes are only
+    `class_<index>` is not compared.
+
+    Args:
+        model_names: list of str or None. The names saved with the model.
+        dataset_names: list of str. The dataset's label names, index = label.
+        num_classes: int. The number of classes of both.
+
+    Returns:
+        A one-line message naming the first class that differs, or None.
+    """
+    names, source = resolve_class_names(num_classes, model_names)
+    if source == INDEX or len(dataset_names) != num_classes:
+        return None
+    expected, _ = resolve_class_names(num_classes, dataset_names)
+    for index, (name, label) in enumerate(zip(names, expected, strict=True)):
+        if name != label:
+            return (
+                f"The model's class names differ from the dataset's (first at index {index}: "
+                f"{name!r} vs {label!r}); accuracy assumes both use the same label order."
+            )
+    return None
+
+
 def evaluate_file(
-    model_path,
-    dataset_name,
-    split="eval",
-    data_dir=None,
-    batch_size=64,
-    max_batches=None,
-    crop_pct=None,
-):
-    """Loads `model_path` and evaluates it on the named dataset.
+    model_path: str,
+    dataset_name: str,
+    split: str = "eval",
+    data_dir: str | None = None,
+    batch_size: int = 64,
+    max_batches: int | None = None,
+    crop_pct: float | None = None,
+) -> dict:
+    """Loads `model_path` and evaluates it on the named dataset (`evaluate_on_dataset`).
+
+    Returns:
+        the `evaluate_on_dataset` dict plus `model_path`.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
+    model, class_names = load_model(model_path, compile=False)
+    summary = {"model_path": model_path}
+    summary.update(
+        evaluate_on_dataset(
+            model,
+            dataset_name,
+            class_names=class_names,
+            split=split,
+            data_dir=data_dir,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            crop_pct=crop_pct,
+        )
+    )
+    return summary
+
+
+def evaluate_on_dataset(
+    model: keras.Model,
+    dataset_name: str,
+    class_names: list[str] | None = None,
+    split: str = "eval",
+    data_dir: str | None = None,
+    batch_size: int = 64,
+    max_batches: int | None = None,
+    crop_pct: float | None = None,
+) -> dict:
+    """Top-1/top-5 of `model` on the named dataset.
 
     The images go through `deit_keras.data.pipeline.make_dataset(...,
     training=False)`: the eval resize/centre-crop/normalise, the same as
     `predict` and the exported SavedModel, with the model's own settings
-    (`crop_pct`, when given, replaces its crop fraction).
+    (`crop_pct`, when given, replaces its crop fraction). A warning is logged
+    when the model's class names differ from the dataset's
+    (`class_names_mismatch`).
+
+    Args:
+        model: a `DeiT` with a classification head.
+        dataset_name: str. "digits", "folder:PATH" or a TFDS name.
+        class_names: list of str or None. The names saved with the model.
+        split: str. "train" or "eval".
+        data_dir: str or None. TFDS data directory.
+        batch_size: int. Evaluation batch size.
+        max_batches: int or None. Stop after this many batches.
+        crop_pct: float or None. Eval crop fraction; defaults to the model's.
 
     Returns:
-        the `evaluate_model` dict plus model path/name, dataset and split.
+        the `evaluate_model` dict plus model name, dataset, split and crop_pct.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
-    model, _ = load_model(model_path, compile=False)
     info = pipeline.dataset_info(dataset_name, data_dir=data_dir)
     if info.num_classes != model.num_classes:
         raise ValueError(
             f"Dataset {dataset_name!r} has {info.num_classes} classes but the model "
             f"has num_classes={model.num_classes}."
         )
+    mismatch = class_names_mismatch(class_names, list(info.class_names), model.num_classes)
+    if mismatch:
+        logging.warning(mismatch)
     preprocessing = model.preprocessing.replace(crop_pct=crop_pct)
     dataset = pipeline.make_dataset(
         dataset_name,
@@ -188,7 +268,6 @@ def evaluate_file(
     )
     results = evaluate_model(model, dataset, max_batches=max_batches)
     summary = {
-        "model_path": model_path,
         "model": model.name,
         "distilled": bool(model.distilled),
         "dataset": dataset_name,

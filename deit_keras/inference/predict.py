@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deit_keras.data.labels import resolve_class_names
 from deit_keras.data.preprocessing import preprocess
 from deit_keras.deploy.saving import load_model
 from deit_keras.io.images import load_image
@@ -50,8 +51,9 @@ def predict_images(
     Args:
         model: a `DeiT` with a classification head.
         images: list of uint8 `[H, W, 3]` arrays (sizes may differ).
-        class_names: list of str or None. Without names a class is
-            called `class_<index>`.
+        class_names: list of str or None. The model's saved names; without
+            them a 1000-class model uses the ImageNet-1k names and any other
+            calls its classes `class_<index>` (`data.labels.resolve_class_names`).
         crop_pct: float or None. Eval crop fraction; defaults to the
             model's (`model.preprocessing`).
         top_k: int. How many classes per image. Defaults to 5.
@@ -64,6 +66,7 @@ def predict_images(
         raise ValueError("Cannot predict with a model without a head (num_classes=0).")
     if top_k <= 0:
         raise ValueError(f"top_k must be positive. Received: top_k={top_k}")
+    names, _ = resolve_class_names(model.num_classes, class_names)
     if not images:
         return []
     preprocessing = model.preprocessing.replace(crop_pct=crop_pct)
@@ -77,25 +80,29 @@ def predict_images(
     results = []
     for row in probabilities:
         order = np.argsort(-row, kind="stable")[:k]
-        results.append(
-            [
-                (class_names[i] if class_names else f"class_{i}", int(i), float(row[i]))
-                for i in order
-            ]
-        )
+        results.append([(names[i], int(i), float(row[i])) for i in order])
     return results
 
 
 def predict_files(
     model_path: str, image_paths: list[str], crop_pct: float | None = None, top_k: int = 5
-) -> tuple[list, bool]:
-    """Loads the model and images, returns `(predictions, class_names_were_stored)`.
+) -> tuple[list, str]:
+    """Top-k classes of image files; all images are read (and checked) before the model is loaded.
 
-    All images are read (and checked) before the model is loaded.
+    Args:
+        model_path: str. A `.keras` model (its `.classes.json` names are used).
+        image_paths: list of str. JPEG/PNG files.
+        crop_pct: float or None. Eval crop fraction; defaults to the model's.
+        top_k: int. How many classes per image. Defaults to 5.
+
+    Returns:
+        `(predictions, source)`: the `predict_images` lists, and where the
+        class names come from: `"saved"`, `"imagenet"` or `"index"`
+        (`data.labels.resolve_class_names`).
     """
     if not image_paths:
         raise ValueError("Give at least one image path.")
     images = [load_image(path) for path in image_paths]
     model, class_names = load_model(model_path, compile=False)
     predictions = predict_images(model, images, class_names, crop_pct=crop_pct, top_k=top_k)
-    return predictions, class_names is not None
+    return predictions, resolve_class_names(model.num_classes, class_names)[1]

@@ -1,12 +1,14 @@
 """Evaluation metrics, image loading and top-k prediction (evaluate.py, predict.py)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
+from deit_keras.data import labels
 from deit_keras.deploy import saved_model, saving
 from deit_keras.inference import evaluate, predict
 from deit_keras.io import images as images_io
@@ -107,6 +109,17 @@ def test_evaluate_model_plain_model_and_errors(saved):
         evaluate.evaluate_model(plain, [(np.zeros((1, 16, 16, 3), "float32"), np.zeros(1))])
 
 
+def test_class_names_mismatch_compares_through_the_naming_rule():
+    digits = [str(i) for i in range(10)]
+    assert evaluate.class_names_mismatch(digits, digits, 10) is None
+    assert evaluate.class_names_mismatch(None, digits, 10) is None  # class_<index>: unknown
+    message = evaluate.class_names_mismatch(digits[::-1], digits, 10)
+    assert "index 0" in message and "'9' vs '0'" in message and "\n" not in message
+    # A 1000-class model without names is ImageNet's: tfds imagenet2012 labels are synset ids.
+    assert evaluate.class_names_mismatch(None, labels.imagenet_synsets(), 1000) is None
+    assert "index 0" in evaluate.class_names_mismatch(None, [f"c{i}" for i in range(1000)], 1000)
+
+
 def test_evaluate_cli_on_image_folder(saved, tmp_path):
     pytest.importorskip("deit_keras.data.pipeline")
     model, path = saved
@@ -179,6 +192,10 @@ def test_predict_images_matches_saved_model(saved, image_files, tmp_path):
     images = [images_io.load_image(image_files[n]) for n in names]
     top = predict.predict_images(model, images, CLASS_NAMES, top_k=5)
     saved_model.export_saved_model(model, str(tmp_path / "sm"))
+    with open(tmp_path / "sm" / saved_model.SERVING_CONFIG) as handle:
+        serving = json.load(handle)  # no names given, 10 classes: class_<index>
+    assert serving["class_names"] == [f"class_{i}" for i in range(10)]
+    assert serving["class_names_source"] == "index"
     serve = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
     for image, row in zip(images, top, strict=True):
         probabilities = serve(images=tf.constant(image[None]))["probabilities"].numpy()[0]
@@ -204,16 +221,23 @@ def test_predict_cli(saved, image_files, tmp_path):
     )
     assert process.returncode == 0, process.stderr
     records = json.loads(output.read_text())
-    assert [len(r["top"]) for r in records] == [5, 5, 5]
+    assert [len(r["predictions"]) for r in records] == [5, 5, 5]
+    assert records[0]["file"] == image_files["rgb.jpg"]
     lines = process.stdout.splitlines()
     assert lines[0] == image_files["rgb.jpg"] and len(lines) == 3 * 6
     expected = predict.predict_images(
         model, [images_io.load_image(image_files["rgb.jpg"])], CLASS_NAMES
     )[0]
-    assert [t["class"] for t in records[0]["top"]] == [name for name, _, _ in expected]
-    np.testing.assert_allclose(
-        [t["probability"] for t in records[0]["top"]], [p for _, _, p in expected], atol=1e-5
-    )
+    # Saved names win; text lines are `  <name> <probability, 2 decimals>`.
+    shown = [line.rsplit(" ", 1) for line in lines[1:6]]
+    assert [name for name, _ in shown] == [f"  {name}" for name, _, _ in expected]
+    assert all(re.fullmatch(r"\d\.\d\d", p) for _, p in shown)
+    np.testing.assert_allclose([float(p) for _, p in shown], [p for _, _, p in expected], atol=6e-3)
+    top = records[0]["predictions"]
+    assert [t["class_name"] for t in top] == [name for name, _, _ in expected]
+    assert [t["class_index"] for t in top] == [index for _, index, _ in expected]
+    probabilities = [t["probability"] for t in top]
+    np.testing.assert_allclose(probabilities, [p for _, _, p in expected], atol=1e-5)
 
 
 def test_predict_cli_text_file_named_jpg_is_one_line_error(saved, image_files):

@@ -1,0 +1,63 @@
+"""The model a command runs: a `.keras` file, or a named variant with published weights.
+
+    --model_path model.keras
+    --model deit_tiny_distilled_patch16_224 --pretrained [--pretrained_weights=hf]
+
+Imported by the commands that read a model (predict, evaluate, export); train
+declares its own `--model` / `--pretrained` through `TrainConfig`.
+"""
+
+from absl import flags
+
+from deit_keras import cli
+from deit_keras.deploy.pretrained import MIRROR_ENV, create_model
+from deit_keras.deploy.saving import load_model
+
+MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model.")
+MODEL = flags.DEFINE_string(
+    "model",
+    None,
+    "A model name (e.g. deit_tiny_distilled_patch16_224) to run with its published "
+    "ImageNet weights; needs --pretrained. Instead of --model_path.",
+)
+PRETRAINED = flags.DEFINE_bool(
+    "pretrained",
+    False,
+    "Use the published weights of --model: downloaded on first use, then cached "
+    f"($KERAS_HOME/models/deit_keras; {MIRROR_ENV} sets a mirror).",
+)
+PRETRAINED_WEIGHTS = flags.DEFINE_string(
+    "pretrained_weights",
+    "official",
+    "Where --pretrained gets the weights: 'official' (the DeiT release), 'hf' (the "
+    "Hugging Face hub), 'hf-hub:OWNER/REPO', a URL or a checkpoint path.",
+)
+
+
+def load_model_from_flags():
+    """`(model, class_names)` from `--model_path`, or `--model` + `--pretrained`.
+
+    Raises:
+        cli.UsageError: neither or both were given.
+    """
+    if MODEL_PATH.value and MODEL.value:
+        raise cli.UsageError("Pass either --model_path or --model with --pretrained, not both.")
+    if MODEL_PATH.value:
+        return load_model(MODEL_PATH.value, compile=False)
+    if not MODEL.value:
+        raise cli.UsageError(
+            "Pass --model_path=FILE.keras, or --model=NAME --pretrained for published weights."
+        )
+    if not PRETRAINED.value:
+        raise cli.UsageError(
+            f"--model={MODEL.value} has no trained weights without --pretrained; add it, or "
+            "pass --model_path=FILE.keras."
+        )
+    return create_model(MODEL.value, pretrained=PRETRAINED_WEIGHTS.value), None
+
+
+def model_description() -> str:
+    """How the model was chosen, for a command's messages."""
+    if MODEL_PATH.value:
+        return MODEL_PATH.value
+    return f"{MODEL.value} ({PRETRAINED_WEIGHTS.value} weights)"

@@ -1,0 +1,60 @@
+"""`deit_keras.predict` for a 1000-class model saved without names: ImageNet names, --json."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deit_keras.data import labels
+from deit_keras.deploy import saving
+from deit_keras.testing import run_cli, tiny_model, user_stderr
+
+LINE = re.compile(r"  (.+) (\d\.\d\d)")
+
+
+@pytest.fixture(scope="module")
+def imagenet_model(tmp_path_factory):
+    """A tiny 1000-class model saved without class names, and two images: `(path, images)`."""
+    root = tmp_path_factory.mktemp("predict")
+    path = str(root / "tiny1000.keras")
+    saving.save_model(tiny_model(num_classes=1000), path)
+    rng = np.random.default_rng(0)
+    images = []
+    for index, size in enumerate([(40, 60), (7, 5)]):
+        images.append(str(root / f"image{index}.png"))
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images[-1])
+    return path, images
+
+
+def test_predict_text_shows_imagenet_names(imagenet_model):
+    path, images = imagenet_model
+    process = run_cli("predict", f"--model_path={path}", "--top_k=3", *images)
+    assert process.returncode == 0, process.stderr
+    lines = process.stdout.splitlines()
+    assert len(lines) == 2 * 4 and [lines[0], lines[4]] == images
+    names = set(labels.imagenet_class_names())
+    for line in lines[1:4] + lines[5:8]:
+        match = LINE.fullmatch(line)
+        assert match and match.group(1) in names, line
+    assert any("ImageNet" in line for line in user_stderr(process))
+
+
+def test_predict_json_is_one_document_on_stdout(imagenet_model, tmp_path):
+    path, images = imagenet_model
+    output = tmp_path / "predictions.json"
+    process = run_cli("predict", f"--model_path={path}", "--json", f"--output={output}", *images)
+    assert process.returncode == 0, process.stderr
+    records = json.loads(process.stdout)
+    assert records == json.loads(output.read_text())
+    assert [record["file"] for record in records] == images
+    names = labels.imagenet_class_names()
+    for record in records:
+        top = record["predictions"]
+        assert len(top) == 5
+        assert all(set(t) == {"class_index", "class_name", "probability"} for t in top)
+        assert all(t["class_name"] == names[t["class_index"]] for t in top)
+        probabilities = [t["probability"] for t in top]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert all(0 <= p <= 1 for p in probabilities) and sum(probabilities) <= 1 + 1e-6
