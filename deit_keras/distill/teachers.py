@@ -109,6 +109,62 @@ def _applications():
     return table
 
 
+def application_names() -> list[str]:
+    """The keras.applications models a teacher can be built from, lowercase (e.g. "resnet50")."""
+    return sorted(_applications())
+
+
+def build_finetune_teacher(
+    application: str,
+    num_classes: int,
+    image_size: int,
+    weights: str | None = "imagenet",
+    name: str = "finetune_teacher",
+) -> "TeacherAdapter":
+    """A `keras.applications` backbone with a new head, to fine-tune as the teacher.
+
+    The backbone (no top, global average pooling) runs in inference mode, so
+    its BatchNorm statistics stay the pretrained ones while its weights train
+    (the Keras transfer-learning recipe); a new `Dense(num_classes)` head
+    gives logits. Wrapped in a `TeacherAdapter` ("keras_applications"), the
+    trainable model takes the student's normalised batch, and saved as
+    `.keras` it is a ready `--teacher` file.
+
+    Args:
+        application: str. A keras.applications name, lowercase, e.g.
+            "resnet50", "efficientnetb0", "regnety160".
+        num_classes: int. Classes of the dataset to fine-tune on.
+        image_size: int. The student's input size.
+        weights: str or None. "imagenet", a weights file of the backbone
+            without its top, or None (random).
+        name: str. The model's name.
+
+    Returns:
+        A trainable `TeacherAdapter` producing `[B, num_classes]` logits.
+
+    Raises:
+        ValueError: unknown application name.
+    """
+    table = _applications()
+    if application.lower() not in table:
+        raise ValueError(
+            f"Unknown keras.applications model {application!r}. Received: "
+            f"application={application!r}; e.g. resnet50, efficientnetb0, regnety160."
+        )
+    constructor, module = table[application.lower()]
+    backbone = constructor(
+        include_top=False,
+        weights=weights,
+        input_shape=(image_size, image_size, 3),
+        pooling="avg",
+    )
+    inputs = keras.Input((image_size, image_size, 3))
+    features = backbone(inputs, training=False)
+    outputs = keras.layers.Dense(num_classes, name="head")(features)
+    classifier = keras.Model(inputs, outputs, name=f"{application.lower()}_classifier")
+    return TeacherAdapter(classifier, "keras_applications", application=module, name=name)
+
+
 def build_teacher(
     spec, num_classes, image_size, weights=None, input_convention=None, outputs="logits"
 ):
@@ -135,6 +191,8 @@ def build_teacher(
             teacher = keras.models.load_model(spec)
         except Exception as error:
             raise ValueError(f"Teacher {spec} is not a loadable Keras model: {error}") from error
+        if isinstance(teacher, TeacherAdapter):  # saved with its convention (a fine-tuned one)
+            return _frozen(_check_classes(teacher, spec, num_classes))
         teacher_size = (getattr(teacher, "input_shape", None) or (None, None))[1]
         adapter = TeacherAdapter(
             teacher,
@@ -167,11 +225,19 @@ def build_teacher(
             image_size=None if weights is None else teacher.input_shape[1] or None,
             name="teacher",
         )
+    return _frozen(_check_classes(adapter, spec, num_classes))
+
+
+def _check_classes(adapter, spec, num_classes):
     if adapter.num_classes != num_classes:
         raise ValueError(
             f"Teacher {spec} predicts {adapter.num_classes} classes but the dataset has "
             f"{num_classes}; use a teacher trained on this dataset."
         )
+    return adapter
+
+
+def _frozen(adapter):
     adapter.trainable = False
     return adapter
 

@@ -43,6 +43,13 @@ class TrainConfig:
         "Eval centre-crop fraction saved with the model; "
         "defaults to the variant's (0.875 at 224 px, 1.0 at 384).",
     )
+    pretrained: bool = field(
+        False, "Start from the published ImageNet weights of --model (downloaded, cached)."
+    )
+    pretrained_weights: str = field(
+        "official",
+        "Where --pretrained gets them: official, hf, hf-hub:OWNER/REPO, a URL or a path.",
+    )
     finetune: str | None = field(
         None,
         "Start from this checkpoint (.keras of ours, or .pth/.safetensors/.npz); heads "
@@ -105,6 +112,12 @@ class TrainConfig:
         "many epochs and save it there.",
     )
     teacher_lr: float = field(4e-3, "Peak LR of that CNN teacher (batch 64, AdamW).")
+    teacher_base: str | None = field(
+        None,
+        "A keras.applications name (e.g. resnet50) to fine-tune as that teacher instead of "
+        "the small CNN, starting from --teacher_weights (imagenet, a no-top weights file, "
+        "none).",
+    )
     # === Run ===
     strategy: str = field("auto", "tf.distribute strategy.", choices=STRATEGIES)
     tpu: str | None = field(None, "TPU name or grpc:// address, with --strategy=tpu.")
@@ -154,6 +167,8 @@ class TrainConfig:
                     f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}"
                 )
         problems += self._finetune_problems()
+        if self.pretrained and self.finetune:
+            problems.append("pass --pretrained or --finetune, not both")
         if self.distillation_type != "none" and not self.teacher:
             problems.append(f"distillation_type={self.distillation_type!r} needs --teacher")
         if problems:

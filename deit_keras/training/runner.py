@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from deit_keras.data.pipeline import dataset_info, make_dataset
-from deit_keras.deploy import checkpoints
+from deit_keras.deploy import checkpoints, pretrained
 from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.deploy.saving import load_model, save_model
 from deit_keras.distill import teachers
@@ -40,18 +40,25 @@ def _new_student(config: TrainConfig, num_classes: int):
 
 
 def _make_student(config: TrainConfig, num_classes: int):
-    if config.finetune:
+    if config.finetune or config.pretrained:
         return _finetune_student(config, num_classes)
     return _new_student(config, num_classes)
 
 
-def _finetune_student(config: TrainConfig, num_classes: int):
-    """Starts from a checkpoint: ours (.keras) or a published one; new heads if classes differ."""
+def _start_state(config: TrainConfig) -> dict:
+    """The timm state dict a fine-tune starts from: `--pretrained` weights or `--finetune`."""
+    if config.pretrained:
+        source = pretrained.load_published(config.model, config.pretrained_weights)
+        return checkpoints.state_dict_of(source)
     if config.finetune.endswith(".keras"):
         source, _ = load_model(config.finetune, compile=False)
-        state = checkpoints.state_dict_of(source)
-    else:
-        state = checkpoints.to_timm_state_dict(checkpoints.read_state_dict(config.finetune))
+        return checkpoints.state_dict_of(source)
+    return checkpoints.to_timm_state_dict(checkpoints.read_state_dict(config.finetune))
+
+
+def _finetune_student(config: TrainConfig, num_classes: int):
+    """Starts from a checkpoint (`_start_state`); new heads if classes differ."""
+    state = _start_state(config)
     model = _new_student(config, num_classes)
     skip_heads = checkpoints.checkpoint_num_classes(state) != num_classes
     checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads)
@@ -65,8 +72,21 @@ def _teacher_dataset_config(config):
     )
 
 
-def train_small_teacher(config, info, image_size, path, preprocessing):
-    """Trains `teachers.build_small_cnn` on the run's dataset and saves it to `path`."""
+def _teacher_to_train(config, num_classes, image_size):
+    """`--teacher_base` with a new head (fine-tuned), else the small CNN (from scratch)."""
+    if config.teacher_base:
+        weights = config.teacher_weights
+        return teachers.build_finetune_teacher(
+            config.teacher_base,
+            num_classes,
+            image_size,
+            weights=None if weights in ("", "none", "None") else weights,
+        )
+    return teachers.build_small_cnn(num_classes, image_size)
+
+
+def train_teacher(config, info, image_size, path, preprocessing):
+    """Trains the run's teacher (`_teacher_to_train`) on its dataset and saves it to `path`."""
     train = make_dataset(
         config.dataset,
         "train",
@@ -78,7 +98,7 @@ def train_small_teacher(config, info, image_size, path, preprocessing):
         data_dir=config.data_dir,
         seed=config.seed,
     )
-    cnn = teachers.build_small_cnn(info.num_classes, image_size)
+    cnn = _teacher_to_train(config, info.num_classes, image_size)
     steps = max(info.num_train_examples // 64, 1)
     cnn.compile(
         optimizer=create_optimizer(
@@ -88,7 +108,7 @@ def train_small_teacher(config, info, image_size, path, preprocessing):
         metrics=["accuracy"],
         jit_compile=config.jit_compile,
     )
-    cnn.fit(train, epochs=config.teacher_epochs, verbose=0, shuffle=False)
+    cnn.fit(train, epochs=config.teacher_epochs, verbose=config.fit_verbose, shuffle=False)
     with atomic_output(path) as temporary:
         cnn.save(temporary)
     return cnn
@@ -105,9 +125,12 @@ def _make_teacher(config, info, student):
                 "--teacher_epochs to have this run train a small CNN teacher first."
             )
         logging.warning(
-            "Training a CNN teacher for %d epochs -> %s", config.teacher_epochs, config.teacher
+            "Training a %s teacher for %d epochs -> %s",
+            config.teacher_base or "small CNN",
+            config.teacher_epochs,
+            config.teacher,
         )
-        train_small_teacher(config, info, image_size, config.teacher, student.preprocessing)
+        train_teacher(config, info, image_size, config.teacher, student.preprocessing)
     weights = config.teacher_weights
     if weights in ("", "none", "None"):
         weights = None

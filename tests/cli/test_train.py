@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -81,7 +82,7 @@ def test_experiment_flagfiles_parse_into_valid_configs(flagfile):
         config.validate()
     finally:
         flags.FLAGS.unparse_flags()
-    if flagfile.startswith("deit_"):  # the paper's recipe, value by value
+    if re.fullmatch(r"deit_[tsb](_384_finetune)?\.cfg", flagfile):  # the paper's recipe
         assert (config.lr, config.weight_decay, config.warmup_epochs) == (
             5e-4,
             0.05,
