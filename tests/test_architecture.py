@@ -23,7 +23,17 @@ ALLOWED = {
     "deploy": {"io", "data", "layers", "models"},
     "inference": {"io", "data", "distill", "models", "deploy"},
     "analysis": {"io", "data", "models", "deploy"},
-    "training": {"schema", "io", "data", "layers", "distill", "models", "deploy", "inference"},
+    "training": {
+        "schema",
+        "io",
+        "data",
+        "layers",
+        "distill",
+        "models",
+        "deploy",
+        "inference",
+        "analysis",
+    },
     "cli": {
         "schema",
         "io",

@@ -52,6 +52,8 @@ class DistillationStep:
         self.top5 = keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")
         self.cls_top1 = keras.metrics.TopKCategoricalAccuracy(k=1, name="cls_top1")
         self.dist_top1 = keras.metrics.TopKCategoricalAccuracy(k=1, name="dist_top1")
+        # How often the dist head's argmax is the teacher's (on the views both saw).
+        self.teacher_agreement = keras.metrics.Mean(name="teacher_agreement")
 
     @property
     def metrics(self) -> list:
@@ -63,7 +65,7 @@ class DistillationStep:
             self.top5,
             self.cls_top1,
             self.dist_top1,
-        ]
+        ] + ([self.teacher_agreement] if self.teacher is not None else [])
 
     def teacher_logits(self, images):
         if self.teacher is None:
@@ -71,15 +73,17 @@ class DistillationStep:
         return ops.cast(self.teacher(images, training=False), "float32")
 
     def compute_loss(self, model, images, labels, training=True):
-        """`(total, cls_loss, dist_loss, cls_logits, dist_logits)` on one batch."""
+        """`(total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits)` on one batch."""
         teacher_logits = self.teacher_logits(images)
         cls_logits, dist_logits = model.call_heads(images, training=training)
         total, cls_loss, dist_loss = self.loss(labels, cls_logits, dist_logits, teacher_logits)
         if model.losses:
             total = total + ops.sum(model.losses) / _replicas()
-        return total, cls_loss, dist_loss, cls_logits, dist_logits
+        return total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits
 
-    def update_metrics(self, labels, total, cls_loss, dist_loss, cls_logits, dist_logits):
+    def update_metrics(
+        self, labels, total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits=None
+    ):
         batch = ops.shape(labels)[0]
         replicas = _replicas()  # losses are pre-divided by it; report the true value
         self.loss_tracker.update_state(total * replicas, sample_weight=batch)
@@ -90,6 +94,10 @@ class DistillationStep:
         self.top5.update_state(labels, logits)
         self.cls_top1.update_state(labels, cls_logits)
         self.dist_top1.update_state(labels, cls_logits if dist_logits is None else dist_logits)
+        if teacher_logits is not None:
+            student = cls_logits if dist_logits is None else dist_logits
+            agree = ops.argmax(student, axis=-1) == ops.argmax(teacher_logits, axis=-1)
+            self.teacher_agreement.update_state(ops.cast(agree, "float32"))
 
     def logs(self) -> dict:
         return {metric.name: metric.result() for metric in self.metrics}
@@ -98,14 +106,13 @@ class DistillationStep:
         """One optimizer step on `data = (images, targets, ...)`; returns the logs."""
         images, labels = data[0], data[1]
         with tf.GradientTape() as tape:
-            total, cls_loss, dist_loss, cls_logits, dist_logits = self.compute_loss(
-                model, images, labels, training=True
-            )
+            outputs = self.compute_loss(model, images, labels, training=True)
+            total = outputs[0]
             scaled = model.optimizer.scale_loss(total)
         variables = model.trainable_variables
         gradients = tape.gradient(scaled, variables)
         model.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        self.update_metrics(labels, total, cls_loss, dist_loss, cls_logits, dist_logits)
+        self.update_metrics(labels, *outputs)
         return dict(self.logs(), lr=model.optimizer.learning_rate)
 
     def test_step(self, model, data) -> dict:

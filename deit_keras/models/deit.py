@@ -218,7 +218,8 @@ class DeiT(keras.Model):
         if metrics:
             raise ValueError(
                 "DeiT reports its own metrics (loss, cls_loss, distill_loss, top1, top5, "
-                f"cls_top1, dist_top1). Received: metrics={metrics!r}"
+                "cls_top1, dist_top1, and teacher_agreement with a teacher). "
+                f"Received: metrics={metrics!r}"
             )
         base_loss = keras.losses.get(loss) if loss is not None else None
         objective = DistillationLoss(distillation, alpha, tau, base_loss=base_loss)

@@ -131,6 +131,11 @@ class TrainConfig:
     resume: bool = field(True, "Resume from model_dir's backup if one exists.")
     seed: int = field(0, "Random seed.")
     deterministic: bool = field(False, "Deterministic ops and input order.")
+    summary_every: int = field(
+        5,
+        "Every N epochs, TensorBoard gets the cls/dist attention maps of a few validation "
+        "images and the per-layer cls-dist token cosine similarity (0 = off).",
+    )
     progress: str = field(
         "auto",
         "Keras fit output: bar on a TTY, one line per epoch otherwise.",
@@ -167,6 +172,8 @@ class TrainConfig:
                     f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}"
                 )
         problems += self._finetune_problems()
+        if self.summary_every < 0:
+            problems.append(f"summary_every must be >= 0, got {self.summary_every}")
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
         if self.distillation_type != "none" and not self.teacher:

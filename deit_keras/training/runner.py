@@ -143,7 +143,8 @@ def _make_teacher(config, info, student):
     )
 
 
-def _callbacks(config, sample_images, preprocessing):
+def _callbacks(config, sample_images, preprocessing, validation_images):
+    tensorboard_dir = os.path.join(config.model_dir, "tensorboard")
     backup_dir = os.path.join(config.model_dir, "backup")
     if not config.resume and os.path.isdir(backup_dir):
         shutil.rmtree(backup_dir)
@@ -152,13 +153,20 @@ def _callbacks(config, sample_images, preprocessing):
         nan_stop,
         callbacks_lib.AtomicBackupAndRestore(backup_dir),
         callbacks_lib.EpochCheckpoint(os.path.join(config.model_dir, "checkpoints")),
-        keras.callbacks.TensorBoard(os.path.join(config.model_dir, "tensorboard")),
-        callbacks_lib.InputImages(
-            os.path.join(config.model_dir, "tensorboard"),
-            sample_images,
-            preprocessing=preprocessing,
-        ),
-    ]
+        keras.callbacks.TensorBoard(tensorboard_dir),
+        callbacks_lib.InputImages(tensorboard_dir, sample_images, preprocessing=preprocessing),
+    ] + (
+        [
+            callbacks_lib.DistillationSummaries(
+                tensorboard_dir,
+                validation_images,
+                every_n_epochs=config.summary_every,
+                preprocessing=preprocessing,
+            )
+        ]
+        if config.summary_every
+        else []
+    )
 
 
 def _train_data(config, data_kwargs, **extra):
@@ -206,7 +214,10 @@ def _train_dataset(config, data_kwargs, steps):
 
 def _fit(config, student, train, evaluation, steps_per_epoch):
     sample_images = next(iter(train.take(1)))[0]
-    nan_stop, callbacks = _callbacks(config, sample_images, student.preprocessing)
+    validation_images = next(iter(evaluation.take(1)))[0][:4]
+    nan_stop, callbacks = _callbacks(
+        config, sample_images, student.preprocessing, validation_images
+    )
     if config.steps_per_epoch:
         train = train.repeat()
     history = student.fit(

@@ -129,3 +129,17 @@ def test_mixed_precision_step(policy):
     assert np.all(np.isfinite(history.history["loss"]))
     if policy == "mixed_float16":  # Keras wraps the optimizer for loss scaling
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_teacher_agreement_is_the_dist_head_matching_the_teacher():
+    images, labels = batches(count=2, batch=8)
+    teacher = RecordingTeacher()
+    teacher(images[:1])
+    model = compiled(tiny_model(drop_path_rate=0.0), teacher)
+    logs = model.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)
+    _, dist_logits = model.call_heads(images, training=False)
+    expected = np.mean(np.argmax(dist_logits, -1) == np.argmax(teacher(images), -1))
+    assert logs["teacher_agreement"] == pytest.approx(expected, abs=1e-6)
+    no_teacher = compiled(tiny_model(), teacher, distillation="none")
+    logs = no_teacher.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)
+    assert "teacher_agreement" not in logs

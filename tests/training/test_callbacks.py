@@ -40,3 +40,49 @@ def test_resume_continues_epoch_step_lr_and_optimizer_state(tmp_path):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-6)
     for a, b in zip(resumed.get_weights(), straight.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _summaries(directory):
+    """`{tag: [(step, value or image shape), ...]}` from the event files under `directory`."""
+    import glob
+
+    import tensorflow as tf
+
+    found = {}
+    for path in glob.glob(f"{directory}/events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tensor = tf.make_ndarray(value.tensor)
+                if value.metadata.plugin_data.plugin_name == "images":
+                    decoded = tf.io.decode_png(tensor[2]).shape
+                    found.setdefault(value.tag, []).append((event.step, tuple(decoded)))
+                else:
+                    found.setdefault(value.tag, []).append((event.step, float(tensor)))
+    return found
+
+
+def test_distillation_summaries_write_attention_and_token_similarity(tmp_path):
+    from deit_keras.analysis.attention import token_cosine_similarity
+    from deit_keras.testing import random_images
+    from deit_keras.training.callbacks import DistillationSummaries
+
+    model = tiny_model()
+    images = random_images()[:3]
+    callback = DistillationSummaries(str(tmp_path), images, every_n_epochs=2, max_images=2)
+    callback.set_model(model)
+    callback.set_params({"epochs": 4})
+    for epoch in range(4):
+        callback.on_epoch_end(epoch)
+    found = _summaries(tmp_path / "validation")
+    expected = token_cosine_similarity(model, images)
+    assert len(expected) == model.depth + 1
+    for layer, value in enumerate(expected):
+        steps = found[f"token_cosine/layer_{layer}"]
+        assert [step for step, _ in steps] == [0, 2, 3]  # every 2 epochs, and the last
+        np.testing.assert_allclose([v for _, v in steps], value, rtol=1e-5)
+    for index in range(2):
+        steps = found[f"attention/{index}"]
+        assert [step for step, _ in steps] == [0, 2, 3]
+        height, width, channels = steps[0][1]
+        assert channels == 3 and width > height > 0  # rows cls/dist, columns input/rollout/heads
+    assert "attention/2" not in found
