@@ -57,7 +57,7 @@ class DistillationStep:
 
     @property
     def metrics(self) -> list:
-        return [
+        metrics = [
             self.loss_tracker,
             self.cls_loss_tracker,
             self.distill_loss_tracker,
@@ -65,7 +65,10 @@ class DistillationStep:
             self.top5,
             self.cls_top1,
             self.dist_top1,
-        ] + ([self.teacher_agreement] if self.teacher is not None else [])
+        ]
+        if self.teacher is not None:
+            metrics.append(self.teacher_agreement)
+        return metrics
 
     def teacher_logits(self, images):
         if self.teacher is None:

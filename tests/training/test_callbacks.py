@@ -58,7 +58,7 @@ def _summaries(directory):
                     found.setdefault(value.tag, []).append((event.step, tuple(decoded)))
                 else:
                     found.setdefault(value.tag, []).append((event.step, float(tensor)))
-    return found
+    return {tag: sorted(values) for tag, values in found.items()}  # one file per writer
 
 
 def test_distillation_summaries_write_attention_and_token_similarity(tmp_path):
