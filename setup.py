@@ -42,7 +42,15 @@ setup(
     entry_points={
         "console_scripts": [
             f"deit-{command}=deit_keras.cli.{command}:run"
-            for command in ("train", "convert", "export", "evaluate", "predict", "visualize")
+            for command in (
+                "train",
+                "convert",
+                "export",
+                "evaluate",
+                "predict",
+                "visualize",
+                "ablate",
+            )
         ],
     },
 )

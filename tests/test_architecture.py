@@ -50,7 +50,7 @@ ALLOWED = {
     "testing_server": set(),  # the loopback file server of the download tests
 }
 # `python -m deit_keras.<command>` modules: each only starts its command.
-COMMANDS = ("train", "convert", "export", "evaluate", "predict", "visualize")
+COMMANDS = ("train", "convert", "export", "evaluate", "predict", "visualize", "ablate")
 
 
 def _unit(module):

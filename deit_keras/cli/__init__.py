@@ -6,6 +6,7 @@
     deit-evaluate / python -m deit_keras.evaluate    inference.evaluate.evaluate_file
     deit-predict / python -m deit_keras.predict      inference.predict.predict_files
     deit-visualize / python -m deit_keras.visualize  analysis.drawing.visualize_file
+    deit-ablate / python -m deit_keras.ablate        training.ablation.run_ablation
 
 What they share lives here: one-line errors with exit status 2, quiet logs.
 """

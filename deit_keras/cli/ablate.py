@@ -1,0 +1,61 @@
+"""The DeiT paper's distillation ablation (Table 3) in miniature: none vs soft vs hard.
+
+    python -m deit_keras.ablate --flagfile=experiments/digits.cfg --output_dir=runs/ablation
+    deit-ablate --flagfile=experiments/digits.cfg --seeds=3 --types=none,soft,hard \\
+        --output_dir=runs/ablation
+
+Takes every train flag (`deit_keras.cli.train`; `--output_dir` is `--model_dir`)
+plus `--seeds` and `--types`. For each seed (`--seed`, `--seed`+1, ...) the
+teacher is trained once into `output_dir/seed_<s>/teacher.keras` when
+`--teacher_epochs` > 0 and `--teacher` names a .keras file (otherwise the given
+teacher serves every seed), then the student is trained once per type in
+`output_dir/seed_<s>/<type>/` (`training.runner.run_training`). Writes
+`ablation.md` (a table: teacher top-1, each student's top-1 by cls head, dist
+head and both, mean ± std over seeds, and mean wall time per run),
+`ablation.json` (every run's numbers and per-epoch validation top-1, plus the
+summary) and `learning_curves.png`. Rerunning the same command skips finished
+runs. Unlike train, no SavedModel is exported unless `--export_savedmodel`.
+"""
+
+import os
+import shlex
+import sys
+
+from absl import flags
+
+from deit_keras import cli
+from deit_keras.cli.config_flags import config_from_flags, define_config_flags
+from deit_keras.distill.losses import DISTILLATION_TYPES
+from deit_keras.io.atomic import write_text_atomic
+from deit_keras.training.ablation import check_arguments, run_ablation
+from deit_keras.training.config import TrainConfig
+
+define_config_flags(TrainConfig)
+flags.FLAGS.set_default("export_savedmodel", False)
+
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Number of seeds: --seed, --seed + 1, ...")
+_TYPES = flags.DEFINE_list(
+    "types", list(DISTILLATION_TYPES), "Distillation types to compare: none, soft, hard."
+)
+
+
+def main(argv: list[str]) -> None:
+    cli.check_no_arguments(argv)
+    types = check_arguments(_SEEDS.value, _TYPES.value)
+    config = config_from_flags(TrainConfig)
+    config.validate()
+    os.makedirs(config.model_dir, exist_ok=True)
+    write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags.FLAGS.flags_into_string())
+    command = shlex.join(["python", "-m", "deit_keras.ablate", *sys.argv[1:]])
+    report = run_ablation(config, _SEEDS.value, types, command=command)
+    with open(report["markdown"], encoding="utf-8") as handle:
+        print(handle.read())
+    print(f"wrote {report['markdown']}, {report['json']}, {report['curves']}")
+
+
+def run() -> None:
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()
