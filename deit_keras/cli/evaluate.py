@@ -12,7 +12,7 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.cli import model_source
-from deit_keras.inference.evaluate import evaluate_on_dataset
+from deit_keras.inference.evaluate import check_batch_size, evaluate_on_dataset
 from deit_keras.io.atomic import write_text_atomic
 
 _DATASET = flags.DEFINE_string(
@@ -48,8 +48,7 @@ def format_results(results: dict) -> str:
 
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
-    if _BATCH_SIZE.value <= 0:
-        raise cli.UsageError(f"--batch_size must be positive, got {_BATCH_SIZE.value}.")
+    check_batch_size(_BATCH_SIZE.value)  # before a model is loaded or downloaded
     model, class_names = model_source.load_model_from_flags()
     summary = {"model_path": model_source.model_description()}
     summary.update(

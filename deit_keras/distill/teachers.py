@@ -109,9 +109,12 @@ def _applications():
     return table
 
 
-def application_names() -> list[str]:
-    """The keras.applications models a teacher can be built from, lowercase (e.g. "resnet50")."""
-    return sorted(_applications())
+def _application(name, unknown_message):
+    """`(constructor, module name)` of the keras.applications model `name` (any case)."""
+    table = _applications()
+    if name.lower() not in table:
+        raise ValueError(unknown_message)
+    return table[name.lower()]
 
 
 def build_finetune_teacher(
@@ -145,13 +148,11 @@ def build_finetune_teacher(
     Raises:
         ValueError: unknown application name.
     """
-    table = _applications()
-    if application.lower() not in table:
-        raise ValueError(
-            f"Unknown keras.applications model {application!r}. Received: "
-            f"application={application!r}; e.g. resnet50, efficientnetb0, regnety160."
-        )
-    constructor, module = table[application.lower()]
+    constructor, module = _application(
+        application,
+        f"Unknown keras.applications model {application!r}. Received: "
+        f"application={application!r}; e.g. resnet50, efficientnetb0, regnety160.",
+    )
     backbone = constructor(
         include_top=False,
         weights=weights,
@@ -203,13 +204,11 @@ def build_teacher(
             image_size=teacher_size if teacher_size not in (None, image_size) else None,
         )
     else:
-        table = _applications()
-        if spec.lower() not in table:
-            raise ValueError(
-                f"Unknown teacher {spec!r}: give a .keras file or a keras.applications name "
-                f"such as regnety160, resnet50, efficientnetb0."
-            )
-        constructor, module = table[spec.lower()]
+        constructor, module = _application(
+            spec,
+            f"Unknown teacher {spec!r}: give a .keras file or a keras.applications name "
+            f"such as regnety160, resnet50, efficientnetb0.",
+        )
         convention = input_convention or "keras_applications"
         teacher = constructor(
             weights=weights,

@@ -180,6 +180,12 @@ def class_names_mismatch(
     return None
 
 
+def check_batch_size(batch_size: int) -> None:
+    """Raises a one-line ValueError unless `batch_size` is positive (before any loading)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
+
+
 def evaluate_file(
     model_path: str,
     dataset_name: str,
@@ -194,8 +200,7 @@ def evaluate_file(
     Returns:
         the `evaluate_on_dataset` dict plus `model_path`.
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
+    check_batch_size(batch_size)
     model, class_names = load_model(model_path, compile=False)
     summary = {"model_path": model_path}
     summary.update(
@@ -245,8 +250,7 @@ def evaluate_on_dataset(
     Returns:
         the `evaluate_model` dict plus model name, dataset, split and crop_pct.
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
+    check_batch_size(batch_size)
     info = pipeline.dataset_info(dataset_name, data_dir=data_dir)
     if info.num_classes != model.num_classes:
         raise ValueError(

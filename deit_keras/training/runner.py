@@ -72,15 +72,17 @@ def _teacher_dataset_config(config):
     )
 
 
+def _teacher_weights(config):
+    """`--teacher_weights`, with "none" (random weights) as None."""
+    weights = config.teacher_weights
+    return None if weights in ("", "none", "None") else weights
+
+
 def _teacher_to_train(config, num_classes, image_size):
     """`--teacher_base` with a new head (fine-tuned), else the small CNN (from scratch)."""
     if config.teacher_base:
-        weights = config.teacher_weights
         return teachers.build_finetune_teacher(
-            config.teacher_base,
-            num_classes,
-            image_size,
-            weights=None if weights in ("", "none", "None") else weights,
+            config.teacher_base, num_classes, image_size, weights=_teacher_weights(config)
         )
     return teachers.build_small_cnn(num_classes, image_size)
 
@@ -131,14 +133,11 @@ def _make_teacher(config, info, student):
             config.teacher,
         )
         train_teacher(config, info, image_size, config.teacher, student.preprocessing)
-    weights = config.teacher_weights
-    if weights in ("", "none", "None"):
-        weights = None
     return teachers.build_teacher(
         config.teacher,
         info.num_classes,
         image_size,
-        weights=weights,
+        weights=_teacher_weights(config),
         input_convention=config.teacher_input,
     )
 

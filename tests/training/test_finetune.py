@@ -26,6 +26,25 @@ def finetune_config(path, image_size, num_classes=10):
     return config, num_classes
 
 
+def run_on_digits(config, tmp_path, **changes):
+    """`run_training` of `config` for one epoch on digits, labels only, no warmup, no export."""
+    config = dataclasses.replace(
+        config,
+        dataset="digits",
+        data_dir=str(tmp_path / "tfds"),
+        epochs=1,
+        warmup_epochs=0,
+        repeated_aug=1,
+        distillation_type="none",
+        model_dir=str(tmp_path / "run"),
+        output=str(tmp_path / "finetuned.keras"),
+        export_savedmodel=False,
+        progress="none",
+        **changes,
+    )
+    return run_training(config)
+
+
 @pytest.fixture
 def saved_source(tmp_path):
     """A tiny distilled model saved as `.keras`: `(model, path)`."""
@@ -66,25 +85,15 @@ def test_new_class_count_gets_fresh_heads(saved_source):
 def test_finetune_run_at_the_new_size(saved_source, tmp_path):
     source, path = saved_source
     config, _ = finetune_config(path, 48)
-    config = dataclasses.replace(
+    results = run_on_digits(
         config,
-        dataset="digits",
-        data_dir=str(tmp_path / "tfds"),
+        tmp_path,
         batch_size=32,
-        epochs=1,
         steps_per_epoch=3,
         lr=5e-6,
         min_lr=5e-6,
-        warmup_epochs=0,
         weight_decay=1e-8,
-        repeated_aug=1,
-        distillation_type="none",
-        model_dir=str(tmp_path / "run"),
-        output=str(tmp_path / "finetuned.keras"),
-        export_savedmodel=False,
-        progress="none",
     )
-    results = run_training(config)
     model, _ = saving.load_model(results["saved_model"])
     assert model.image_size == 48 and results["epochs"] == 1
     assert not np.allclose(model.head.kernel.numpy(), source.head.kernel.numpy())  # it trained
@@ -93,25 +102,15 @@ def test_finetune_run_at_the_new_size(saved_source, tmp_path):
 def test_first_stage_run_trains_the_heads_only_with_accumulation(saved_source, tmp_path):
     source, path = saved_source
     config, _ = finetune_config(path, 32)
-    config = dataclasses.replace(
+    results = run_on_digits(
         config,
-        dataset="digits",
-        data_dir=str(tmp_path / "tfds"),
+        tmp_path,
         batch_size=16,
-        epochs=1,
         steps_per_epoch=4,
         grad_accum_steps=2,
         layer_decay=0.65,
         freeze="backbone",
-        warmup_epochs=0,
-        repeated_aug=1,
-        distillation_type="none",
-        model_dir=str(tmp_path / "run"),
-        output=str(tmp_path / "heads.keras"),
-        export_savedmodel=False,
-        progress="none",
     )
-    results = run_training(config)
     model, _ = saving.load_model(results["saved_model"])
     for before, after in zip(source.weights, model.weights, strict=True):
         moved = not np.array_equal(before.numpy(), after.numpy())
