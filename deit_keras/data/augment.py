@@ -54,6 +54,9 @@ class AugmentConfig:
         crop_scale_min: float. Smallest random resized crop area (the
             largest is the whole image).
         crop_ratio: tuple of two floats. Random resized crop aspect range.
+        translate: int. After the crop, shift the image by up to this many
+            pixels on each axis, filling with zeros (CIFAR's pad-and-crop);
+            0 disables (the DeiT recipe has none).
 
     Field names are the official DeiT `main.py` flag names (`--mixup`,
     `--cutmix`, `--smoothing`, ...); the train CLI's flags are generated
@@ -78,6 +81,9 @@ class AugmentConfig:
     hflip: float = field(0.5, "Horizontal flip probability.")
     crop_scale_min: float = field(0.08, "Random resized crop: smallest area.")
     crop_ratio: tuple = field((3 / 4, 4 / 3), "Random resized crop: aspect range.")
+    translate: int = field(
+        0, "Random shift of up to this many pixels per axis after the crop, zero fill (0 = off)."
+    )
 
     def __post_init__(self):
         for name in ("reprob", "mixup_prob", "mixup_switch_prob", "hflip"):
@@ -97,6 +103,8 @@ class AugmentConfig:
                 f"crop_scale_min={self.crop_scale_min}, crop_ratio={self.crop_ratio}"
             )
         object.__setattr__(self, "crop_ratio", tuple(float(v) for v in self.crop_ratio))
+        if self.translate < 0:
+            raise ValueError(f"`translate` must be >= 0. Received: translate={self.translate}")
         if not 0.0 <= self.rand_augment_magnitude <= 10.0:
             raise ValueError(
                 "`rand_augment_magnitude` must be in [0, 10]. Received: "
@@ -196,11 +204,15 @@ def split_seeds(seed):
 
 
 def train_transform_image(image, seed, image_size, config, keras_cv_layer=None):
-    """Crop + flip (+ RandAugment unless batched); float32 in `[0, 255]`."""
+    """Crop + translate + flip (+ RandAugment unless batched); float32 in `[0, 255]`."""
     seeds = split_seeds(seed)
     image = transforms.random_resized_crop(
         image, image_size, seeds[0], config.crop_scale, config.crop_ratio
     )
+    if config.translate:
+        # Its own seed, folded in: the crop/flip/RandAugment streams stay as they were.
+        translate_seed = tf.random.experimental.stateless_fold_in(seed, 11)
+        image = transforms.random_translate(image, translate_seed, config.translate)
     image = transforms.random_horizontal_flip(image, seeds[1], config.hflip)
     if config.rand_augment_ops and not config.rand_augment_batched:
         if keras_cv_layer is not None:

@@ -1,6 +1,6 @@
 """Geometric train-time transforms of the DeiT recipe (timm `create_transform`).
 
-Train: random resized crop (bicubic) -> horizontal flip -> [RandAugment]
+Train: random resized crop (bicubic) -> [random translation] -> horizontal flip -> [RandAugment]
 -> normalise -> [random erasing]. The bracketed steps live in
 `deit_keras.data.augment`, normalisation and the eval transform in
 `deit_keras.data.preprocessing`.
@@ -128,6 +128,31 @@ def random_resized_crop(image, image_size, seed, scale=(0.08, 1.0), ratio=(3 / 4
         window = random_crop_window(tf.shape(image)[:2], seed, scale, ratio)
         crop = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
     return resize(crop, [image_size, image_size])
+
+
+def random_translate(image, seed, padding):
+    """Random translation by up to `padding` pixels along each axis (zero fill).
+
+    The CIFAR-style "pad and random crop": the `[H, W, C]` image is padded
+    with `padding` zeros on every side and an `H x W` window is cut at a
+    uniformly random integer offset, so the content moves by
+    `-padding..padding` pixels on each axis independently.
+
+    Args:
+        image: float32 `[H, W, C]`.
+        seed: int tensor `[2]`, a stateless seed.
+        padding: int >= 0. Largest shift in pixels; 0 returns `image`.
+
+    Returns:
+        float32 `[H, W, C]`, the static shape of `image` kept.
+    """
+    if padding == 0:
+        return image
+    shape = tf.shape(image)
+    offsets = tf.random.stateless_uniform([2], seed, 0, 2 * padding + 1, dtype=tf.int32)
+    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
+    moved = padded[offsets[0] : offsets[0] + shape[0], offsets[1] : offsets[1] + shape[1]]
+    return tf.ensure_shape(moved, image.shape)
 
 
 def random_horizontal_flip(image, seed, probability=0.5):

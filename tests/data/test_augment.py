@@ -165,3 +165,43 @@ def test_keras_cv_rand_augment_option_runs():
     images = tf.stack([_image(i) for i in range(2)])
     out = augment.rand_augment_images(images, None, augment.AugmentConfig(), layer)
     assert out.shape == images.shape
+
+
+def test_random_translate_shifts_by_at_most_padding_with_zero_fill():
+    from deit_keras.data import transforms
+
+    image = tf.ones([12, 12, 3]) * 200.0
+    shifts = set()
+    for index in range(40):
+        seed = tf.constant([index, 3], tf.int64)
+        moved = transforms.random_translate(image, seed, 2).numpy()
+        assert moved.shape == (12, 12, 3)
+        rows = np.flatnonzero(moved[:, :, 0].any(axis=1))
+        cols = np.flatnonzero(moved[:, :, 0].any(axis=0))
+        # The content moved by (dy, dx): a block of 12 - |d| rows/cols survives, the rest is 0.
+        dy = rows[0] if rows[0] else -(11 - rows[-1])
+        dx = cols[0] if cols[0] else -(11 - cols[-1])
+        assert len(rows) == 12 - abs(dy) and len(cols) == 12 - abs(dx)
+        assert set(np.unique(moved)) <= {0.0, 200.0}
+        shifts.add((int(dy), int(dx)))
+        again = transforms.random_translate(image, seed, 2).numpy()
+        np.testing.assert_array_equal(moved, again)
+    assert {dy for dy, _ in shifts} == {-2, -1, 0, 1, 2}
+    assert {dx for _, dx in shifts} == {-2, -1, 0, 1, 2}
+    np.testing.assert_array_equal(transforms.random_translate(image, seed, 0), image)
+
+
+def test_translate_setting_moves_training_views_only_when_set():
+    image = tf.cast(_image(size=32), tf.uint8)
+    seed = tf.constant([4, 5], tf.int64)
+    plain = augment.AugmentConfig(rand_augment_ops=0, hflip=0.0, crop_scale_min=1.0)
+    moved = augment.AugmentConfig(rand_augment_ops=0, hflip=0.0, crop_scale_min=1.0, translate=8)
+    base = augment.train_transform_image(image, seed, 32, plain).numpy()
+    np.testing.assert_allclose(base, image.numpy().astype(np.float32), atol=1e-3)
+    shifted = [
+        augment.train_transform_image(image, tf.constant([4, s], tf.int64), 32, moved).numpy()
+        for s in range(6)
+    ]
+    assert any(np.abs(view - base).max() > 1.0 for view in shifted)
+    with pytest.raises(ValueError, match="translate"):
+        augment.AugmentConfig(translate=-1)
