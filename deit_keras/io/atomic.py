@@ -1,10 +1,69 @@
-"""Crash-safe file output: write to a temporary name, then rename."""
+"""Crash-safe file output: write to a temporary name, then rename.
+
+A write that fails for want of space or rights (ENOSPC, EDQUOT, EROFS,
+EACCES, ...) raises `WriteError`: one line naming the path, with the file
+that was there before left unchanged.
+"""
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+
+_DISK_ERRNOS = frozenset(
+    (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+)
+# Libraries that wrap the OSError (h5py, TensorFlow) keep its text.
+_DISK_MESSAGES = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "Read-only file system",
+    "Permission denied",
+    "File too large",
+)
+
+
+class WriteError(OSError):
+    """An output could not be written (disk full, read-only, no rights); the message names it."""
+
+
+def disk_error_reason(error: BaseException) -> str | None:
+    """The reason (e.g. "No space left on device") when `error` is a full/read-only disk."""
+    if isinstance(error, OSError) and error.errno in _DISK_ERRNOS:
+        return os.strerror(error.errno)  # h5py's strerror is a paragraph
+    text = str(error)
+    return next((message for message in _DISK_MESSAGES if message in text), None)
+
+
+def _write_error(path: str, error: BaseException) -> WriteError | None:
+    if isinstance(error, WriteError):
+        return None
+    reason = disk_error_reason(error)
+    if reason is None:
+        return None
+    failure = WriteError(
+        f"Could not write {path}: {reason}. Free space or give write access there, or write "
+        "elsewhere; the file that was there before (if any) is unchanged."
+    )
+    failure.errno = getattr(error, "errno", None)
+    return failure
+
+
+def check_writable(directory: str) -> None:
+    """Raises `WriteError` unless a file can be created in `directory` (made if missing)."""
+    directory = os.path.abspath(directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        failure = _write_error(directory, error)
+        if failure is None:
+            raise
+        raise failure from error
 
 
 @contextlib.contextmanager
@@ -13,17 +72,21 @@ def atomic_output(path: str) -> Iterator[str]:
 
     Works for files and directories (e.g. a SavedModel). On any exception
     the temporary output is removed and `path` is left as it was, so a
-    crash never leaves a half-written file where a good one was.
+    crash never leaves a half-written file where a good one was. A full,
+    read-only or forbidden disk raises `WriteError` naming `path`.
     """
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
     base, extension = os.path.splitext(os.path.basename(path))
-    # Keep the extension: keras.saving checks that a path ends in ".keras".
-    handle, temporary = tempfile.mkstemp(prefix=f".{base}.tmp-", suffix=extension, dir=directory)
-    os.close(handle)
-    os.remove(temporary)
+    temporary = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        # Keep the extension: keras.saving checks that a path ends in ".keras".
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{base}.tmp-", suffix=extension, dir=directory
+        )
+        os.close(handle)
+        os.remove(temporary)
         yield temporary
         if os.path.isdir(path) and not os.path.islink(path):
             backup = temporary + ".old"
@@ -32,10 +95,15 @@ def atomic_output(path: str) -> Iterator[str]:
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(temporary, path)
+    except Exception as error:
+        failure = _write_error(path, error)
+        if failure is None:
+            raise
+        raise failure from error
     finally:
-        if os.path.isdir(temporary):
+        if temporary is not None and os.path.isdir(temporary):
             shutil.rmtree(temporary, ignore_errors=True)
-        elif os.path.exists(temporary):
+        elif temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
 
 

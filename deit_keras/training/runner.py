@@ -19,6 +19,7 @@ from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.deploy.saving import load_model, save_model
 from deit_keras.distill import teachers
 from deit_keras.inference.evaluate import classifier_top1, evaluate_model
+from deit_keras.io import atomic, run_lock
 from deit_keras.io.atomic import atomic_output, write_text_atomic
 from deit_keras.models.variants import create_model
 from deit_keras.training import callbacks as callbacks_lib
@@ -26,6 +27,8 @@ from deit_keras.training import custom_loop
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.distribute import make_strategy
 from deit_keras.training.optim import create_optimizer, freeze_backbone
+
+_DEFAULT_OUTPUT = os.path.join("saved_models", "{name}.keras")
 
 
 def _new_student(config: TrainConfig, num_classes: int):
@@ -245,11 +248,26 @@ def check_accumulation(config: TrainConfig, replicas: int) -> None:
 
 
 def run_training(config: TrainConfig) -> dict:
-    """Runs one training job; returns the results dict also written to `results.json`."""
+    """Runs one training job; returns the results dict also written to `results.json`.
+
+    The chief first checks that `model_dir` and the output's folder are
+    writable, then holds `model_dir`'s run lock (`io.run_lock`) to the end:
+    a second run on the same directory is refused in one line
+    (`DirectoryInUseError`, naming the holder's PID) instead of sharing it.
+    """
     config.validate()
     started = time.time()
     # First: MultiWorkerMirroredStrategy must configure collectives before any TF op runs.
     strategy = make_strategy(config.strategy, config.tpu)
+    if not custom_loop.is_chief(strategy):  # workers share the chief's model_dir
+        return _run_training(config, strategy, started)
+    atomic.check_writable(config.model_dir)
+    atomic.check_writable(os.path.dirname(os.path.abspath(config.output or _DEFAULT_OUTPUT)))
+    with run_lock.hold(config.model_dir):
+        return _run_training(config, strategy, started)
+
+
+def _run_training(config: TrainConfig, strategy, started: float) -> dict:
     check_accumulation(config, strategy.num_replicas_in_sync)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -327,7 +345,7 @@ def run_training(config: TrainConfig) -> dict:
     results = evaluate_model(student, evaluation)
     if teacher is not None:
         results["teacher_top1"] = classifier_top1(teacher, evaluation, info.num_classes)
-    output = config.output or os.path.join("saved_models", f"{student.name}.keras")
+    output = config.output or _DEFAULT_OUTPUT.format(name=student.name)
     if not custom_loop.is_chief(strategy):  # only the chief writes
         return dict(
             results,
