@@ -2,6 +2,13 @@
 
 from setuptools import find_packages, setup
 
+DEPLOY = [
+    "ai-edge-litert==2.3.0",  # LiteRT runtime (tf.lite.Interpreter is deprecated)
+    "onnxruntime==1.32.0",
+    "tf2onnx==1.17.0",  # TF graph -> ONNX, as keras.export(format="onnx") uses
+    "onnx==1.23.2",
+]
+
 setup(
     name="deit_keras",
     version="0.1.0",
@@ -30,7 +37,10 @@ setup(
         "huggingface_hub>=1.0",  # pretrained="hf" / "hf-hub:..." weights
     ],
     extras_require={
-        "test": [
+        # Runtimes and converters of the LiteRT / ONNX exports (deit_keras.deploy).
+        "deploy": DEPLOY,
+        "test": DEPLOY
+        + [
             "pytest",
             # The CPU wheel of torch 2.13.0 is what the reference needs; an
             # unpinned torch resolves to a multi-GB CUDA build.

@@ -13,6 +13,7 @@ agree. A model's own settings are a `Preprocessing`, saved in its config.
 import dataclasses
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from deit_keras.data.constants import (
@@ -90,6 +91,12 @@ def denormalize(images, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
     """Inverse of `normalize`: float32 pixels, about [0, 255] (not clipped)."""
     images = tf.cast(images, tf.float32)
     return (images * tf.constant(preprocessing.std) + tf.constant(preprocessing.mean)) * 255.0
+
+
+def to_uint8(images, preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> np.ndarray:
+    """Normalised images -> the uint8 pixels they came from (exact for integer pixels)."""
+    pixels = np.asarray(denormalize(images, preprocessing))
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
 def resize(images, size, interpolation=DEFAULT_INTERPOLATION):

@@ -1,0 +1,44 @@
+"""Calibration images for int8 quantization: uint8 eval crops of a dataset's images."""
+
+import numpy as np
+
+from deit_keras.data.pipeline import make_dataset
+from deit_keras.data.preprocessing import Preprocessing, to_uint8
+
+
+def eval_crops(
+    dataset_name: str,
+    count: int,
+    image_size: int,
+    preprocessing: Preprocessing,
+    split: str = "train",
+    data_dir: str | None = None,
+) -> np.ndarray:
+    """The first `count` images of a split as uint8 `[N, image_size, image_size, 3]` eval crops.
+
+    The crops the exported fixed-size signature takes (`deploy.signatures`):
+    the eval resize and centre crop, without normalisation.
+
+    Raises:
+        ValueError: `count` is not positive, or the split is empty.
+    """
+    if count <= 0:
+        raise ValueError(f"count must be positive. Received: count={count}")
+    dataset = make_dataset(
+        dataset_name,
+        split,
+        image_size=image_size,
+        batch_size=min(count, 256),
+        training=False,
+        preprocessing=preprocessing,
+        data_dir=data_dir,
+    )
+    crops, total = [], 0
+    for images, _ in dataset:
+        crops.append(to_uint8(images, preprocessing))
+        total += len(crops[-1])
+        if total >= count:
+            break
+    if not total:
+        raise ValueError(f"Dataset {dataset_name!r} ({split}) has no images to calibrate on.")
+    return np.concatenate(crops)[:count]

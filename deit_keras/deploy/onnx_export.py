@@ -1,0 +1,112 @@
+"""ONNX export of a DeiT through tf2onnx, with an exact GELU and its serving config embedded.
+
+The graph has the fixed-size contract of `deploy.signatures` (uint8
+`[B, S, S, 3]` crops in, dynamic batch; `probabilities`, `logits`,
+`cls_logits`, `dist_logits` out) at opset `DEFAULT_OPSET`, and holds only
+standard ONNX operators, so onnxruntime (or any ONNX runtime) loads it.
+`deit_serving.json` is stored in the model's `metadata_props` under
+"deit_serving" (`read_onnx_config`).
+
+Why a custom handler: TensorFlow's exact GELU is `0.5 * x * erfc(-x / sqrt(2))`
+and tf2onnx 1.17 has no conversion for `Erfc`, so a plain conversion
+writes a node onnxruntime rejects. `erfc(z)` is written as `1 - erf(z)`
+with ONNX's `Erf` (opset >= 9): the same function, and in float32 equal to
+the TF graph's outputs up to round-off (the export tests compare logits).
+"""
+
+import json
+
+import keras
+import numpy as np
+
+from deit_keras.deploy.signatures import SERVING_CONFIG, fixed_size_function, serving_config
+from deit_keras.io import atomic
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 9  # ONNX Erf
+METADATA_NAME = SERVING_CONFIG.removesuffix(".json")  # "deit_serving"
+
+
+def _erfc_as_one_minus_erf(ctx, node, name, args):
+    """tf2onnx handler: `Erfc(x)` -> `Sub(1, Erf(x))`."""
+    from tf2onnx import utils
+
+    node.type = "Erf"
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype=dtype))
+    ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]])
+
+
+def _tf2onnx():
+    import tf2onnx
+
+    # Keras' own compatibility patch of tf2onnx 1.17 for numpy 2 (it calls
+    # numpy names that numpy 2 removed); keras.export(format="onnx") applies it too.
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+    patch_tf2onnx()
+    return tf2onnx
+
+
+def check_opset(opset: int) -> None:
+    if not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(f"opset must be an integer >= {MIN_OPSET}. Received: opset={opset!r}")
+
+
+def export_onnx(
+    model: keras.Model,
+    path: str,
+    opset: int = DEFAULT_OPSET,
+    crop_pct: float | None = None,
+    class_names: list[str] | None = None,
+) -> dict:
+    """Writes `model` as an ONNX file (atomically) and returns its serving config.
+
+    Args:
+        model: a `DeiT` with a classification head.
+        path: str. Output `.onnx` file (replaced).
+        opset: int. ONNX opset, at least `MIN_OPSET`. Defaults to 17.
+        crop_pct: float or None. Recorded in the config: the crop the caller
+            applies. Defaults to the model's.
+        class_names: list of str or None. Recorded in the config.
+
+    Returns:
+        The `deit_serving` config stored in the file.
+    """
+    check_opset(opset)
+    config = serving_config(model, "onnx", crop_pct=crop_pct, class_names=class_names, opset=opset)
+    serve = fixed_size_function(model)
+    tf2onnx = _tf2onnx()
+    proto, _ = tf2onnx.convert.from_function(
+        serve,
+        input_signature=serve.input_signature,
+        opset=opset,
+        custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+    )
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_NAME, json.dumps(config)
+    with atomic.atomic_output(path) as temporary:
+        with open(temporary, "wb") as handle:
+            handle.write(proto.SerializeToString())
+    return config
+
+
+def read_onnx_config(path: str) -> dict:
+    """The `deit_serving` metadata of an `.onnx` file written by `export_onnx`.
+
+    Raises:
+        ValueError: not an ONNX model, or one without the metadata.
+    """
+    import onnx
+
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as error:  # protobuf DecodeError and friends
+        raise ValueError(f"{path} is not an ONNX model: {error}") from error
+    props = {entry.key: entry.value for entry in proto.metadata_props}
+    if METADATA_NAME not in props:
+        raise ValueError(
+            f"{path} has no '{METADATA_NAME}' metadata: export it with "
+            "`python -m deit_keras.export --format=onnx`."
+        )
+    return json.loads(props[METADATA_NAME])

@@ -1,0 +1,132 @@
+"""Exported `.tflite` / `.onnx` DeiTs run by their own runtimes, shaped like a `DeiT`.
+
+`load_exported(path)` returns `(ExportedModel, class_names)`, as
+`deploy.saving.load_model` returns `(DeiT, class_names)`, so `predict` and
+`evaluate` take an exported file where they take a `.keras` one and a user
+can check an export's accuracy before shipping it. An `ExportedModel` has
+the attributes those commands read (`name`, `image_size`, `num_classes`,
+`distilled`, `preprocessing`, `in_channels`) and takes normalised float32
+`[B, S, S, 3]` images like the model: they are mapped back to the uint8
+crops the file expects (`data.preprocessing.to_uint8`, exact on eval
+crops, whose pixels are integers).
+
+Runtimes: `ai_edge_litert` for LiteRT (tf.lite.Interpreter is deprecated),
+`onnxruntime` for ONNX; both are in the `deploy` extra.
+"""
+
+import os
+
+import numpy as np
+
+from deit_keras.data.preprocessing import Preprocessing, to_uint8
+from deit_keras.deploy.litert_export import read_litert_config
+from deit_keras.deploy.onnx_export import read_onnx_config
+from deit_keras.deploy.saving import load_model
+
+EXPORTED_SUFFIXES = (".tflite", ".onnx")
+_EXTRA = "pip install 'deit_keras[deploy]'"
+
+
+def is_exported(path: str) -> bool:
+    return str(path).lower().endswith(EXPORTED_SUFFIXES)
+
+
+def _import_runtime(module, what):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as error:
+        raise ImportError(f"Running a {what} file needs {module}: {_EXTRA}.") from error
+
+
+class _LiteRTRunner:
+    def __init__(self, path, num_threads):
+        interpreter_lib = _import_runtime("ai_edge_litert.interpreter", ".tflite")
+        self.interpreter = interpreter_lib.Interpreter(model_path=path, num_threads=num_threads)
+        self.runner = self.interpreter.get_signature_runner("serving_default")
+
+    def __call__(self, images: np.ndarray) -> dict:
+        return self.runner(images=images)
+
+
+class _OnnxRunner:
+    def __init__(self, path, num_threads):
+        ort = _import_runtime("onnxruntime", ".onnx")
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        self.session = ort.InferenceSession(
+            path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def __call__(self, images: np.ndarray) -> dict:
+        values = self.session.run(None, {self.input_name: images})
+        return dict(zip(self.output_names, values, strict=True))
+
+
+class ExportedModel:
+    """An exported DeiT file and its runtime (see the module docstring).
+
+    Args:
+        path: str. A `.tflite` or `.onnx` file written by `deit_keras.export`.
+        num_threads: int or None. Runtime threads; None lets the runtime
+            choose (LiteRT: 1 unless given; onnxruntime: all cores).
+    """
+
+    def __init__(self, path: str, num_threads: int | None = None):
+        self.path = path
+        if path.lower().endswith(".tflite"):
+            self.config = read_litert_config(path)
+            self._run = _LiteRTRunner(path, num_threads)
+        else:
+            self.config = read_onnx_config(path)
+            self._run = _OnnxRunner(path, num_threads)
+        self.format = self.config["format"]
+        self.name = self.config["model"]
+        self.image_size = int(self.config["image_size"])
+        self.num_classes = int(self.config["num_classes"])
+        self.distilled = bool(self.config["distilled"])
+        self.preprocessing = Preprocessing.from_config(self.config["preprocessing"])
+        self.in_channels = 3
+        saved = self.config.get("class_names_source") == "saved"
+        self.class_names = self.config["class_names"] if saved else None
+
+    def run_uint8(self, crops: np.ndarray) -> dict:
+        """The file's outputs dict for uint8 `[B, S, S, 3]` eval crops."""
+        crops = np.asarray(crops)
+        expected = (self.image_size, self.image_size, 3)
+        if crops.ndim != 4 or crops.shape[1:] != expected:
+            raise ValueError(
+                f"{os.path.basename(self.path)} takes [batch, {self.image_size}, "
+                f"{self.image_size}, 3] images. Received shape: {crops.shape}"
+            )
+        return {name: np.asarray(value) for name, value in self._run(crops).items()}
+
+    def call_heads(self, images, training=None):
+        """`(cls_logits, dist_logits)` of normalised float32 images, as `DeiT.call_heads`."""
+        outputs = self.run_uint8(to_uint8(images, self.preprocessing))
+        return outputs["cls_logits"], outputs.get("dist_logits")
+
+    def __call__(self, images, training=None):
+        return self.run_uint8(to_uint8(images, self.preprocessing))["logits"]
+
+
+def load_exported(path: str, num_threads: int | None = None):
+    """`(ExportedModel, class_names)` of a `.tflite` / `.onnx` file written by `deit_keras.export`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a file of the wrong kind, or without the serving metadata.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path}.")
+    model = ExportedModel(path, num_threads=num_threads)
+    return model, model.class_names
+
+
+def load_for_inference(path: str):
+    """`(model, class_names)` of a `.keras` file (a `DeiT`) or an exported `.tflite` / `.onnx`."""
+    if is_exported(path):
+        return load_exported(path)
+    return load_model(path, compile=False)

@@ -1,0 +1,230 @@
+"""LiteRT and ONNX exports: parity with the Keras model, quantization, and running them back.
+
+The models are tiny DeiTs trained for a few epochs on the embedded digits
+data, so the logits are those of a real classifier (|logits| up to ~5-10)
+and the images are real eval crops.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import onnx
+import pytest
+
+from deit_keras.data import pipeline
+from deit_keras.deploy import export_formats, litert_export, onnx_export, runtimes, saving
+from deit_keras.deploy.calibration import eval_crops
+from deit_keras.deploy.signatures import fixed_size_function
+from deit_keras.inference.evaluate import evaluate_model
+from deit_keras.inference.predict import predict_images
+from deit_keras.testing import run_cli, tiny_model, user_stderr
+
+# fp32 exports against the Keras graph, absolute, on logits of a trained model.
+FP32_ATOL = 1e-5
+# Top-1 agreement with the fp32 model on the 360 digits eval images (the bar
+# stated in docs/deployment.md) and the largest file size relative to fp32.
+QUANTIZED_BARS = {"float16": (0.99, 0.70), "dynamic_int8": (0.97, 0.60), "int8": (0.90, 0.60)}
+
+
+def _trained(distilled):
+    keras.utils.set_random_seed(0)
+    model = tiny_model(distilled=distilled)
+    model.compile(optimizer=keras.optimizers.AdamW(3e-3), distillation="none")
+    train = pipeline.make_dataset(
+        "digits", "train", image_size=32, batch_size=64, training=False, seed=0
+    )
+    model.fit(train, epochs=5, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"distilled": _trained(True), "plain": _trained(False)}
+
+
+@pytest.fixture(scope="module")
+def crops(models):
+    """The digits eval split as the uint8 crops the fixed-size exports take."""
+    return eval_crops("digits", 10_000, 32, models["distilled"].preprocessing, split="eval")
+
+
+def _keras_outputs(model, crops):
+    return {k: np.asarray(v) for k, v in fixed_size_function(model)(crops).items()}
+
+
+def _export(model, tmp_path, export_format, **options):
+    path = str(tmp_path / f"m{export_formats.SUFFIXES[export_format]}")
+    export_formats.export_model(model, path, export_format, **options)
+    return path
+
+
+@pytest.mark.parametrize("export_format", ["litert", "onnx"])
+@pytest.mark.parametrize("kind", ["distilled", "plain"])
+def test_fp32_exports_match_keras(models, crops, tmp_path, export_format, kind):
+    model = models[kind]
+    path = _export(model, tmp_path, export_format)
+    exported, _ = runtimes.load_exported(path)
+    expected = _keras_outputs(model, crops)
+    got = exported.run_uint8(crops)
+    assert sorted(got) == sorted(expected)
+    assert ("dist_logits" in got) == (kind == "distilled")
+    assert np.abs(expected["logits"]).max() > 3  # a trained classifier, not near-zero logits
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=FP32_ATOL, err_msg=name)
+    # Batch size is dynamic: one image gives that image's row.
+    np.testing.assert_allclose(
+        exported.run_uint8(crops[3:4])["logits"], expected["logits"][3:4], atol=FP32_ATOL
+    )
+
+
+def test_onnx_graph_has_only_standard_ops_and_an_exact_gelu(models, tmp_path):
+    path = _export(models["distilled"], tmp_path, "onnx", opset=17)
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    op_types = {node.op_type for node in proto.graph.node}
+    assert "Erf" in op_types and "Erfc" not in op_types
+    assert {node.domain for node in proto.graph.node} <= {"", "ai.onnx"}
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert onnx_export.read_onnx_config(path)["opset"] == 17
+
+
+@pytest.mark.parametrize("quantize", ["float16", "dynamic_int8", "int8"])
+def test_quantized_litert_agrees_with_fp32(models, crops, tmp_path, quantize):
+    model = models["distilled"]
+    fp32 = _export(model, tmp_path / "fp32", "litert")
+    calibration = eval_crops("digits", 200, 32, model.preprocessing) if quantize == "int8" else None
+    path = _export(
+        model, tmp_path / quantize, "litert", quantize=quantize, calibration_images=calibration
+    )
+    reference = runtimes.load_exported(fp32)[0].run_uint8(crops)["logits"].argmax(-1)
+    exported, _ = runtimes.load_exported(path)
+    agreement = np.mean(exported.run_uint8(crops)["logits"].argmax(-1) == reference)
+    min_agreement, max_size = QUANTIZED_BARS[quantize]
+    assert agreement >= min_agreement, (quantize, agreement)
+    assert os.path.getsize(path) <= max_size * os.path.getsize(fp32)
+    assert exported.config["quantize"] == quantize
+
+
+def test_exported_files_evaluate_and_predict_like_the_keras_model(models, tmp_path):
+    model = models["distilled"]
+    evaluation = pipeline.make_dataset(
+        "digits", "eval", image_size=32, batch_size=128, training=False
+    )
+    expected = evaluate_model(model, evaluation)
+    images = [np.asarray(image) for image in eval_crops("digits", 3, 32, model.preprocessing)]
+    keras_top = predict_images(model, images, ["c%d" % i for i in range(10)], top_k=2)
+    for export_format in ("litert", "onnx"):
+        path = _export(
+            model, tmp_path / export_format, export_format, class_names=[f"c{i}" for i in range(10)]
+        )
+        exported, class_names = runtimes.load_for_inference(path)
+        assert class_names == [f"c{i}" for i in range(10)]
+        got = evaluate_model(exported, evaluation)
+        for key in ("top1", "cls_top1", "dist_top1"):
+            assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+        top = predict_images(exported, images, class_names, top_k=2)
+        assert [[n for n, _, _ in row] for row in top] == [[n for n, _, _ in r] for r in keras_top]
+
+
+def test_serving_config_is_embedded(models, tmp_path):
+    model = models["plain"]
+    litert = _export(model, tmp_path, "litert", crop_pct=0.9)
+    onnx_path = _export(model, tmp_path, "onnx", crop_pct=0.9)
+    for config in (
+        litert_export.read_litert_config(litert),
+        onnx_export.read_onnx_config(onnx_path),
+    ):
+        assert config["image_size"] == 32 and config["num_classes"] == 10
+        assert config["crop_pct"] == 0.9 and not config["distilled"]
+        assert config["class_names_source"] == "index"
+        assert sorted(config["outputs"]) == ["cls_logits", "logits", "probabilities"]
+
+
+def test_bad_export_options_are_one_line_errors(models, tmp_path):
+    cases = [
+        ("tflite", str(tmp_path / "m.tflite"), "none", "format must be one of"),
+        ("litert", str(tmp_path / "m.onnx"), "none", "single .tflite file"),
+        ("onnx", str(tmp_path / "m.tflite"), "none", "single .onnx file"),
+        ("saved_model", str(tmp_path / "m.tflite"), "none", "SavedModel is a directory"),
+        ("onnx", str(tmp_path / "m.onnx"), "int8", "Quantization is for LiteRT"),
+        ("litert", str(tmp_path / "m.tflite"), "int4", "quantize must be one of"),
+    ]
+    for export_format, path, quantize, message in cases:
+        with pytest.raises(ValueError, match=message) as caught:
+            export_formats.check_export_options(export_format, path, quantize)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="calibration_images"):
+        litert_export.export_litert(models["plain"], str(tmp_path / "q.tflite"), "int8")
+    with pytest.raises(ValueError, match="opset"):
+        onnx_export.export_onnx(models["plain"], str(tmp_path / "o.onnx"), opset=7)
+    assert not os.listdir(tmp_path)
+
+
+def test_failed_conversion_leaves_no_file(models, tmp_path, monkeypatch):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"previous good file")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("converter failed")
+
+    monkeypatch.setattr(litert_export, "_with_metadata", broken)
+    with pytest.raises(RuntimeError):
+        litert_export.export_litert(models["plain"], str(path))
+    assert path.read_bytes() == b"previous good file"
+    assert os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_runtimes_reject_files_of_the_wrong_kind(tmp_path):
+    text = tmp_path / "notes.tflite"
+    text.write_text("not a model")
+    onnx_text = tmp_path / "notes.onnx"
+    onnx_text.write_text("not a model")
+    for path, message in [(text, "not a LiteRT"), (onnx_text, "not an ONNX model")]:
+        with pytest.raises(ValueError, match=message):
+            runtimes.load_exported(str(path))
+    with pytest.raises(FileNotFoundError, match="No model file"):
+        runtimes.load_exported(str(tmp_path / "missing.onnx"))
+
+
+def test_export_cli_writes_litert_int8_and_evaluate_reads_it(models, tmp_path):
+    keras_path = str(tmp_path / "digits.keras")
+    saving.save_model(models["distilled"], keras_path, class_names=[str(i) for i in range(10)])
+    out = str(tmp_path / "digits_int8.tflite")
+    process = run_cli(
+        "export",
+        f"--model_path={keras_path}",
+        "--format=litert",
+        "--quantize=int8",
+        "--calibration_dataset=digits",
+        "--calibration_images=64",
+        f"--output={out}",
+    )
+    assert process.returncode == 0, process.stderr
+    assert "quantize=int8" in process.stdout and os.path.isfile(out)
+    results = str(tmp_path / "results.json")
+    process = run_cli("evaluate", f"--model_path={out}", "--dataset=digits", f"--output={results}")
+    assert process.returncode == 0, process.stderr
+    with open(results) as handle:
+        summary = json.load(handle)
+    assert summary["num_examples"] == 360 and summary["top1"] > 0
+
+
+def test_export_cli_bad_combination_is_one_line(models, tmp_path):
+    keras_path = str(tmp_path / "digits.keras")
+    saving.save_model(models["plain"], keras_path)
+    out = str(tmp_path / "m.onnx")
+    process = run_cli(
+        "export",
+        f"--model_path={keras_path}",
+        "--format=onnx",
+        "--quantize=int8",
+        f"--output={out}",
+    )
+    assert process.returncode == 2
+    assert user_stderr(process) == [
+        "error: Quantization is for LiteRT exports (--format=litert). "
+        "Received: format='onnx', quantize='int8'"
+    ]
+    assert not os.path.exists(out)
