@@ -10,6 +10,8 @@ its `AugmentConfig`): every default is the paper's recipe (DeiT `main.py`);
 
 import json
 import os
+import shlex
+import sys
 
 from absl import flags
 
@@ -33,10 +35,37 @@ def main(argv: list[str]) -> None:
     write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags.FLAGS.flags_into_string())
     results = run_training(config)
     print(json.dumps(results, indent=1))
-    summary = f"student top-1 {results['top1']:.2f}%"
+    print(comparison(results, config, ablate_command(sys.argv[1:])))
+
+
+def comparison(results: dict, config: TrainConfig, ablation: str) -> str:
+    """The closing lines: teacher vs student top-1 by head, wall time, the ablation command."""
+    lines = ["top-1 on the evaluation split (fractions, as in the Keras logs and results.json):"]
     if "teacher_top1" in results:
-        summary += f", teacher top-1 {results['teacher_top1']:.2f}%"
-    print(f"{summary}; {results['wall_s']:.0f} s; saved {results['saved_model']}")
+        teacher = config.teacher_base or os.path.basename(config.teacher)
+        lines.append(f"  teacher ({teacher}): {results['teacher_top1']:.4f}")
+    heads = f"cls+dist {results['top1']:.4f}, cls head {results['cls_top1']:.4f}"
+    if "dist_top1" in results:
+        heads += f", dist head {results['dist_top1']:.4f}"
+    lines.append(
+        f"  student ({results['model']}, distillation {config.distillation_type}): {heads}"
+    )
+    lines.append(
+        f"{results['wall_s']:.0f} s in all (training the teacher, if this run did, included); "
+        f"saved {results['saved_model']}"
+    )
+    lines.append(f"With and without distillation over 3 seeds (DeiT Table 3): {ablation}")
+    return "\n".join(lines)
+
+
+def ablate_command(argv: list[str]) -> str:
+    """This run's flags as a `deit_keras.ablate` command (own output directory, 3 seeds)."""
+    run_only = ("--model_dir=", "--output=", "--output_dir=", "--distillation=")
+    run_only += ("--distillation_type=", "--seeds=", "--types=")
+    kept = [arg for arg in argv if not arg.startswith(run_only)]
+    return shlex.join(
+        ["python", "-m", "deit_keras.ablate", *kept, "--seeds=3", "--output_dir=runs/ablation"]
+    )
 
 
 def run() -> None:

@@ -56,7 +56,8 @@ def evaluate_outputs(outputs_fn, dataset, num_classes: int, max_batches: int | N
         max_batches: int or None. Stop after this many batches.
 
     Returns:
-        dict of top-k percentages, `loss` (mean cross-entropy of the ""
+        dict of top-k accuracies as fractions in [0, 1] (the unit of the
+        Keras logs' `top1`), `loss` (mean cross-entropy of the ""
         output), `num_examples`, `seconds` (whole loop) and
         `images_per_second` (forward only, without the first, tracing batch
         when there are several).
@@ -94,7 +95,7 @@ def evaluate_outputs(outputs_fn, dataset, num_classes: int, max_batches: int | N
         raise ValueError("The dataset yielded no examples.")
     if forward_images == 0:  # a single batch: include its tracing time
         forward_seconds, forward_images = first_seconds, first_images
-    results = {key: 100.0 * value / total for key, value in correct.items()}
+    results = {key: value / total for key, value in correct.items()}  # fractions, as Keras
     results.update(
         loss=loss / total,
         num_examples=total,
@@ -143,7 +144,7 @@ def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) 
 
 
 def classifier_top1(classifier: keras.Model, dataset, num_classes: int) -> float:
-    """Top-1 (percent) of any `images -> logits` Keras model, e.g. a teacher."""
+    """Top-1 (a fraction in [0, 1]) of any `images -> logits` Keras model, e.g. a teacher."""
     results = evaluate_outputs(
         lambda images: {"": classifier(images, training=False)}, dataset, num_classes
     )

@@ -126,14 +126,14 @@ def seed_teacher(config: TrainConfig, seed_dir: str) -> tuple[str, float | None]
 
 
 def validation_curve(model_dir: str, tag: str = "epoch_top1") -> list[float]:
-    """Per-epoch validation `tag` (percent) from a run's TensorBoard logs, epoch 0 first."""
+    """Per-epoch validation `tag` (a fraction) from a run's TensorBoard logs, epoch 0 first."""
     values = {}
     pattern = os.path.join(model_dir, "tensorboard", "validation", "events.out.tfevents.*")
     for path in sorted(glob.glob(pattern)):  # a resumed run's later file wins
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 if value.tag == tag:
-                    values[event.step] = 100.0 * float(tf.make_ndarray(value.tensor))
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
     return [values[step] for step in sorted(values)]
 
 
@@ -193,7 +193,7 @@ def summarize(runs: list[dict], teachers: list[dict], types) -> dict:
     return summary
 
 
-def _cell(stats, digits=2):
+def _cell(stats, digits=4):
     if not stats:
         return "–"
     if stats["n"] == 1:
@@ -215,7 +215,8 @@ def markdown_table(report: dict) -> str:
         "",
         f"{report['date']}; dataset {config['dataset']}, student {config['model']}, "
         f"{config['epochs']} epochs, seeds {', '.join(map(str, report['seeds']))}. "
-        "Top-1 (%) on the evaluation split, mean ± sample std over seeds; "
+        "Top-1 accuracy (a fraction, as in the Keras logs and results.json) on the "
+        "evaluation split, mean ± sample std over seeds; "
         "cls+dist is the inference output (the mean of both heads' logits).",
         "",
         "| run | top-1 cls+dist | cls head | dist head | mean wall / run (s) |",
@@ -245,10 +246,10 @@ def curves_png(curves: dict, path: str, size: tuple[int, int] = (560, 360)) -> N
     colours = {"none": (90, 90, 90), "soft": (40, 120, 220), "hard": (205, 45, 5)}
     width, height = size
     left, right, top, bottom = 52, 120, 28, 40
-    everything = [value for curve in curves.values() for value in curve] or [0.0, 100.0]
-    low = max(0.0, np.floor(min(everything) / 10) * 10)
-    high = min(100.0, np.ceil(max(everything) / 10) * 10)
-    high = high if high > low else low + 10
+    everything = [value for curve in curves.values() for value in curve] or [0.0, 1.0]
+    low = max(0.0, np.floor(min(everything) * 10) / 10)
+    high = min(1.0, np.ceil(max(everything) * 10) / 10)
+    high = high if high > low else low + 0.1
     epochs = max((len(curve) for curve in curves.values()), default=1)
     figure = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(figure)
@@ -259,12 +260,12 @@ def curves_png(curves: dict, path: str, size: tuple[int, int] = (560, 360)) -> N
         y = top + (height - top - bottom) * (high - value) / (high - low)
         return x, y
 
-    draw.text((left, 8), "validation top-1 (%), mean over seeds", fill=ink)
+    draw.text((left, 8), "validation top-1 (fraction), mean over seeds", fill=ink)
     draw.rectangle([left, top, width - right, height - bottom], outline=ink)
     for tick in np.linspace(low, high, 6):
         _, y = point(0, tick)
         draw.line([left - 4, y, left, y], fill=ink)
-        draw.text((8, y - 6), f"{tick:.0f}", fill=ink)
+        draw.text((8, y - 6), f"{tick:.2f}", fill=ink)
     for epoch in range(epochs):
         if epochs <= 12 or epoch % int(np.ceil(epochs / 10)) == 0 or epoch == epochs - 1:
             x, y = point(epoch, low)

@@ -61,7 +61,9 @@ def test_each_number_is_a_real_runs(ablation):
             assert run[key] == results[key], key
         assert results["saved_model"] == os.path.join(model_dir, "student.keras")
         assert not os.path.exists(os.path.join(model_dir, "student_savedmodel"))
-        assert len(run["val_top1"]) == 2 and all(0 <= value <= 100 for value in run["val_top1"])
+        # One unit everywhere: fractions, as the Keras logs (issue #12 item 8).
+        assert len(run["val_top1"]) == 2 and all(0 <= value <= 1 for value in run["val_top1"])
+        assert all(0 <= run[key] <= 1 for key in ("top1", "cls_top1", "dist_top1"))
         if run["type"] == "hard":
             teacher = report["teachers"][run["seed"]]
             seed_dir = os.path.join(output_dir, f"seed_{run['seed']}")
@@ -108,7 +110,7 @@ def test_table_and_curves_are_written(ablation):
     hard = report["summary"]["hard"]
     row = next(line for line in lines if line.startswith("| student, hard distillation |"))
     for key in ("top1", "cls_top1", "dist_top1"):
-        assert f"{hard[key]['mean']:.2f} ± {hard[key]['std']:.2f}" in row
+        assert f"{hard[key]['mean']:.4f} ± {hard[key]['std']:.4f}" in row
     assert any(line.startswith("| teacher (small CNN) |") for line in lines)
     assert "soft distillation" not in table
     with Image.open(os.path.join(output_dir, "learning_curves.png")) as picture:

@@ -15,8 +15,9 @@ from deit_keras.training.runner import run_training
 
 def test_reduced_digits_run_learns_and_saves(tmp_path):
     results = run_training(digits_config(tmp_path))
-    assert results["top1"] > 35.0, results  # chance is 10%
-    assert results["teacher_top1"] > 50.0, results
+    # Fractions, the unit of the Keras logs (issue #12 item 8); chance is 0.1.
+    assert 0.35 < results["top1"] <= 1.0, results
+    assert 0.5 < results["teacher_top1"] <= 1.0, results
     for key in (
         "top1",
         "top5",

@@ -67,7 +67,7 @@ def _labelled_batches(model, num=20, batch_size=8, seed=0):
 
 def _top_k(logits, labels, k):
     top = np.argsort(-logits, axis=-1)[:, :k]
-    return 100.0 * np.mean(np.any(top == labels[:, None], axis=-1))
+    return np.mean(np.any(top == labels[:, None], axis=-1))  # a fraction, as Keras
 
 
 def test_evaluate_model_matches_numpy(saved):
@@ -143,8 +143,8 @@ def test_evaluate_cli_on_image_folder(saved, tmp_path):
     # Same numbers as predicting each file through the serving preprocessing.
     paths = sorted((tmp_path / "data" / "val").glob("c*/0.png"))
     top = predict.predict_images(model, [images_io.load_image(p) for p in paths], top_k=5)
-    expected_top1 = 100.0 * np.mean([row[0][1] == i for i, row in enumerate(top)])
-    expected_top5 = 100.0 * np.mean([i in [c[1] for c in row] for i, row in enumerate(top)])
+    expected_top1 = np.mean([row[0][1] == i for i, row in enumerate(top)])
+    expected_top5 = np.mean([i in [c[1] for c in row] for i, row in enumerate(top)])
     assert results["top1"] == pytest.approx(expected_top1)
     assert results["top5"] == pytest.approx(expected_top5)
 

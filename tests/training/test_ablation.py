@@ -28,6 +28,20 @@ RUNS = [
 TEACHERS = [{"seed": 0, "top1": 98.0, "wall_s": 5.0}, {"seed": 1, "top1": 97.0, "wall_s": 7.0}]
 
 
+def _as_fractions(rows):
+    """The made-up percentages in the unit runs report: fractions (issue #12 item 8)."""
+    scaled = []
+    for row in rows:
+        row = dict(row)
+        for key in ("top1", "cls_top1", "dist_top1"):
+            if key in row:
+                row[key] /= 100.0
+        if "val_top1" in row:
+            row["val_top1"] = [value / 100.0 for value in row["val_top1"]]
+        scaled.append(row)
+    return scaled
+
+
 def test_summary_is_mean_and_sample_std():
     summary = summarize(RUNS, TEACHERS, ["none", "hard"])
     assert list(summary) == ["teacher", "none", "hard"]
@@ -58,14 +72,17 @@ def test_markdown_table():
         "types": ["none", "hard"],
         "teacher_trained": True,
         "config": {"dataset": "digits", "model": "m", "epochs": 3, "teacher_base": None},
-        "summary": summarize(RUNS, TEACHERS, ["none", "hard"]),
+        "summary": summarize(_as_fractions(RUNS), _as_fractions(TEACHERS), ["none", "hard"]),
     }
     lines = markdown_table(report).splitlines()
     assert lines[2] == "`deit-ablate --seeds=2`" and lines[4].startswith("2026-11-25 08:00 UTC")
-    assert "| teacher (small CNN) | 97.50 ± 0.71 | – | – | 6 |" in lines
-    none = "| student, no distillation | 91.00 ± 1.41 | 89.00 ± 1.41 | 90.00 ± 1.41 | 12 |"
-    hard = "| student, hard distillation | 93.50 ± 0.71 | 91.50 ± 0.71 | 94.00 ± 1.41 | 14 |"
+    assert "| teacher (small CNN) | 0.9750 ± 0.0071 | – | – | 6 |" in lines
+    none = "| student, no distillation | 0.9100 ± 0.0141 | 0.8900 ± 0.0141 | 0.9000 ± 0.0141 | 12 |"
+    hard = (
+        "| student, hard distillation | 0.9350 ± 0.0071 | 0.9150 ± 0.0071 | 0.9400 ± 0.0141 | 14 |"
+    )
     assert none in lines and hard in lines
+    assert "a fraction" in lines[4]
 
 
 def test_check_arguments():
@@ -82,10 +99,10 @@ def test_check_arguments():
 
 def test_curves_png(tmp_path):
     path = str(tmp_path / "curves.png")
-    curves_png({"none": [50.0, 80.0], "soft": [55.0, 85.0], "hard": [60.0, 90.0]}, path)
+    curves_png({"none": [0.50, 0.80], "soft": [0.55, 0.85], "hard": [0.60, 0.90]}, path)
     with Image.open(path) as picture:
         pixels = np.asarray(picture.convert("RGB")).astype(int)
     for colour in ((90, 90, 90), (40, 120, 220), (205, 45, 5)):
         assert (np.abs(pixels - colour).sum(axis=-1) < 10).sum() > 50, colour
-    curves_png({"none": [42.0]}, path)  # one epoch: a point, no line
+    curves_png({"none": [0.42]}, path)  # one epoch: a point, no line
     assert [name for name in tmp_path.iterdir()] == [tmp_path / "curves.png"]

@@ -1,0 +1,54 @@
+"""The train CLI's closing comparison (issue #12 item 3) and its units."""
+
+import shlex
+
+from deit_keras.cli import train
+from deit_keras.testing import digits_config
+
+
+def test_comparison_names_teacher_heads_wall_and_ablation(tmp_path):
+    config = digits_config(tmp_path)
+    results = {
+        "top1": 0.98333,
+        "cls_top1": 0.975,
+        "dist_top1": 0.98056,
+        "teacher_top1": 0.98889,
+        "model": "deit_tiny_distilled_patch16_224",
+        "wall_s": 412.3,
+        "saved_model": "/x/deit_digits.keras",
+    }
+    text = train.comparison(results, config, "python -m deit_keras.ablate --seeds=3")
+    lines = text.splitlines()
+    assert "fractions" in lines[0]
+    assert lines[1].endswith(": 0.9889") and "teacher" in lines[1]
+    assert "cls+dist 0.9833, cls head 0.9750, dist head 0.9806" in lines[2]
+    assert f"distillation {config.distillation_type}" in lines[2]
+    assert lines[3].startswith("412 s in all")
+    assert lines[4].endswith("python -m deit_keras.ablate --seeds=3")
+
+
+def test_comparison_without_teacher_or_dist_head(tmp_path):
+    config = digits_config(tmp_path, distillation_type="none")
+    results = {"top1": 0.5, "cls_top1": 0.5, "model": "m", "wall_s": 3, "saved_model": "m.keras"}
+    text = train.comparison(results, config, "cmd")
+    assert "teacher" not in text.splitlines()[1] and "dist head" not in text
+
+
+def test_ablate_command_keeps_run_flags_and_drops_per_run_ones():
+    argv = [
+        "--flagfile=experiments/digits.cfg",
+        "--model_dir=/tmp/a",
+        "--output=/tmp/a.keras",
+        "--distillation_type=hard",
+        "--distillation_tau=2.0",
+        "--epochs=5",
+    ]
+    words = shlex.split(train.ablate_command(argv))
+    assert words[:3] == ["python", "-m", "deit_keras.ablate"]
+    assert words[3:] == [
+        "--flagfile=experiments/digits.cfg",
+        "--distillation_tau=2.0",
+        "--epochs=5",
+        "--seeds=3",
+        "--output_dir=runs/ablation",
+    ]
