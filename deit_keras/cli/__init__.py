@@ -8,13 +8,16 @@
     deit-visualize / python -m deit_keras.visualize  analysis.drawing.visualize_file
     deit-ablate / python -m deit_keras.ablate        training.ablation.run_ablation
 
-What they share lives here: one-line errors with exit status 2, quiet logs.
+What they share lives here: one-line errors with exit status 2 (a bad flag
+value too: `check_range` / `check_path` register absl validators), quiet logs.
 """
 
 import os
 import sys
 
 from absl import app, flags, logging
+
+from deit_keras.io import paths
 
 _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Print full Python tracebacks instead of one-line errors."
@@ -29,6 +32,58 @@ class UsageError(ValueError):
 # out of range (ValueError, which CheckpointError and UsageError extend), I/O
 # failures, and a training run whose loss diverged.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+# What a path flag names: `check_path(name, kind)`.
+PATH_KINDS = {
+    "input_file": paths.input_file_problem,
+    "output_file": paths.output_file_problem,
+    "output_dir": paths.output_dir_problem,
+    "output_path": paths.output_path_problem,
+    "directory": paths.directory_problem,
+}
+
+
+def _register(name: str, problem) -> None:
+    def validator(value):
+        line = problem(name, value)
+        if line:
+            raise flags.ValidationError(line)
+        return True
+
+    flags.register_validator(name, validator)
+
+
+def check_range(name: str, allowed) -> None:
+    """Makes a value of --`name` outside `allowed` (a `schema.Range`) a flag error."""
+    _register(name, allowed.problem)
+
+
+def check_path(name: str, kind: str) -> None:
+    """Makes --`name` a flag error unless it can serve as `kind` (a `PATH_KINDS` key)."""
+    _register(name, PATH_KINDS[kind])
+
+
+def parse_argv(argv: list[str]) -> list[str]:
+    """`flags.FLAGS(argv)`: the arguments left; `UsageError` for a bad flag or flagfile."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        raise UsageError(str(error).removeprefix("ERROR:: ")) from None
+    except UnicodeDecodeError as error:  # absl reads flagfiles as UTF-8 text
+        given = [arg.split("=", 1)[-1] for arg in argv if arg.startswith("--flagfile")]
+        raise UsageError(
+            f"flagfile must be a text file of flags ({error.reason}), got {', '.join(given)}"
+        ) from None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag reported in one line and exit status 2."""
+    try:
+        return parse_argv(argv)
+    except UsageError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(2)
 
 
 def check_no_arguments(argv: list[str]) -> None:
@@ -49,8 +104,9 @@ def _quiet_logging():
 def run(main) -> None:
     """`absl.app.run(main)`, turning user errors into one line on stderr and exit 2.
 
-    absl already reports bad flags in a short message with exit 1; every other
-    error the user can fix ends as `error: <message>` with exit status 2.
+    A bad flag (unknown, unparsable, out of range, a path that cannot serve)
+    and every other error the user can fix end as `error: <message>` with exit
+    status 2.
     `--verbose` shows the traceback instead.
     """
     # A command (not the library) may quiet TensorFlow's C++ start-up chatter;
@@ -71,4 +127,4 @@ def run(main) -> None:
             print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse_flags)

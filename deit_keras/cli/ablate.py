@@ -27,6 +27,7 @@ from deit_keras import cli
 from deit_keras.cli.config_flags import config_from_flags, define_config_flags
 from deit_keras.distill.losses import DISTILLATION_TYPES
 from deit_keras.io.atomic import write_text_atomic
+from deit_keras.schema import POSITIVE
 from deit_keras.training.ablation import check_arguments, run_ablation
 from deit_keras.training.config import TrainConfig
 
@@ -38,12 +39,15 @@ _TYPES = flags.DEFINE_list(
     "types", list(DISTILLATION_TYPES), "Distillation types to compare: none, soft, hard."
 )
 
+cli.check_range("seeds", POSITIVE)
+
 
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     types = check_arguments(_SEEDS.value, _TYPES.value)
     config = config_from_flags(TrainConfig)
     config.validate()
+    config.check_paths()
     os.makedirs(config.model_dir, exist_ok=True)
     write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags.FLAGS.flags_into_string())
     command = shlex.join(["python", "-m", "deit_keras.ablate", *sys.argv[1:]])

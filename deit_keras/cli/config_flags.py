@@ -54,13 +54,20 @@ def define_config_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS) 
         define_config_flags(nested, flag_values)
 
 
+def _number(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a list of numbers, got {text!r}") from None
+
+
 def config_from_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS):
     """The `cls` instance the parsed flags describe."""
     values = {}
     for item in schema_fields(cls):
         value = flag_values[item.name].value
         if field_type(cls, item) is tuple:
-            value = tuple(float(part) for part in value)
+            value = tuple(_number(item.name, part) for part in value)
         values[item.name] = value
     for name, nested in _nested(cls):
         values[name] = config_from_flags(nested, flag_values)

@@ -9,6 +9,7 @@ from absl import flags
 from deit_keras import cli
 from deit_keras.deploy.checkpoints import convert_checkpoint
 from deit_keras.models.variants import list_models
+from deit_keras.schema import POSITIVE
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint",
@@ -30,6 +31,11 @@ _NUM_CLASSES = flags.DEFINE_integer(
     "Classes of the heads. Defaults to the checkpoint's; another value "
     "keeps freshly initialised heads (for fine-tuning).",
 )
+
+cli.check_path("checkpoint", "input_file")
+cli.check_path("output", "output_file")
+cli.check_range("image_size", POSITIVE)
+cli.check_range("num_classes", POSITIVE)
 
 
 def main(argv: list[str]) -> None:

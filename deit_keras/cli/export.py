@@ -1,7 +1,13 @@
-"""Exports a `.keras` DeiT as a SavedModel with a uint8, any-size serving signature.
+"""Exports a `.keras` DeiT as a SavedModel, a LiteRT (.tflite) or an ONNX file.
 
 python -m deit_keras.export --model_path model.keras --output exported/
+python -m deit_keras.export --model_path model.keras --format=litert --output model.tflite \\
+    [--quantize=float16|dynamic_int8|int8 --calibration_dataset=digits]
+python -m deit_keras.export --model_path model.keras --format=onnx --output model.onnx
 python -m deit_keras.export --model deit_base_patch16_384 --pretrained --output exported/
+
+The library is `deit_keras.deploy.export_formats`; inputs and outputs of
+each format are in its docstring and in docs/deployment.md.
 """
 
 import os
@@ -10,30 +16,107 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.cli import model_source
-from deit_keras.deploy.saved_model import export_saved_model
+from deit_keras.deploy import export_formats, litert_export, onnx_export
+from deit_keras.deploy.calibration import eval_crops
+from deit_keras.schema import FRACTION, POSITIVE
 
-_OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory to write (replaced).")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Output: a SavedModel directory, a .tflite or an .onnx file (replaced)."
+)
+_FORMAT = flags.DEFINE_enum(
+    "format",
+    "saved_model",
+    list(export_formats.FORMATS),
+    "saved_model: uint8 images of any size in. litert / onnx: uint8 "
+    "[batch, image_size, image_size, 3] eval crops in (see docs/deployment.md).",
+)
+_QUANTIZE = flags.DEFINE_enum(
+    "quantize",
+    "none",
+    list(litert_export.QUANTIZATIONS),
+    "LiteRT only. int8 needs --calibration_dataset.",
+)
+_CALIBRATION_DATASET = flags.DEFINE_string(
+    "calibration_dataset",
+    None,
+    "Dataset whose images calibrate --quantize=int8: 'digits', 'folder:PATH' or a TFDS name.",
+)
+_CALIBRATION_IMAGES = flags.DEFINE_integer(
+    "calibration_images", 200, "How many images of --calibration_dataset (its train split)."
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+_OPSET = flags.DEFINE_integer("opset", onnx_export.DEFAULT_OPSET, "ONNX opset (onnx only).")
 _CROP_PCT = flags.DEFINE_float(
     "crop_pct",
     None,
     "Eval crop fraction: the shorter side is resized to image_size / crop_pct. "
     "Defaults to the model's own (saved in its config).",
 )
+cli.check_path("output", "output_path")
+cli.check_path("data_dir", "directory")
+cli.check_range("crop_pct", FRACTION)
+cli.check_range("opset", POSITIVE)
+cli.check_range("calibration_images", POSITIVE)
+
+
+def _check_flags() -> None:
+    """Flag combinations that are wrong before any model is loaded."""
+    try:
+        export_formats.check_export_options(_FORMAT.value, _OUTPUT.value, _QUANTIZE.value)
+        onnx_export.check_opset(_OPSET.value)
+    except ValueError as error:
+        raise cli.UsageError(str(error)) from error
+    if _QUANTIZE.value == "int8" and not _CALIBRATION_DATASET.value:
+        raise cli.UsageError(
+            "--quantize=int8 calibrates on real images: add --calibration_dataset "
+            "(e.g. the dataset the model was trained on)."
+        )
+    if _CALIBRATION_IMAGES.value <= 0:
+        raise cli.UsageError(
+            f"--calibration_images must be positive. Received: {_CALIBRATION_IMAGES.value}"
+        )
+
+
+def _calibration_images(model):
+    if _QUANTIZE.value != "int8":
+        return None
+    return eval_crops(
+        _CALIBRATION_DATASET.value,
+        _CALIBRATION_IMAGES.value,
+        model.image_size,
+        model.preprocessing.replace(crop_pct=_CROP_PCT.value),
+        data_dir=_DATA_DIR.value,
+    )
+
+
+def _describe(config: dict) -> str:
+    size = config["image_size"]
+    outputs = ", ".join(config["outputs"])
+    if config["format"] == "saved_model":
+        return f"serving_default: uint8 [B, H, W, 3] -> {outputs}"
+    quantize = config.get("quantize", "none")
+    suffix = f", quantize={quantize}" if quantize != "none" else ""
+    return f"uint8 [B, {size}, {size}, 3] eval crops -> {outputs}{suffix}"
 
 
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
+    _check_flags()
     model, class_names = model_source.load_model_from_flags()
-    export_saved_model(
+    config = export_formats.export_model(
         model,
         _OUTPUT.value,
+        _FORMAT.value,
+        quantize=_QUANTIZE.value,
+        calibration_images=_calibration_images(model),
+        opset=_OPSET.value,
         crop_pct=_CROP_PCT.value,
         class_names=class_names,
         extra_files={"flags.txt": flags.FLAGS.flags_into_string()},
     )
     print(
         f"Exported {model_source.model_description()} to {os.path.abspath(_OUTPUT.value)} "
-        "(serving_default: uint8 [B, H, W, 3] -> probabilities, logits)"
+        f"({_describe(config)})"
     )
 
 

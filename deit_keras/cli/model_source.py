@@ -11,9 +11,14 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.deploy.pretrained import MIRROR_ENV, create_model
+from deit_keras.deploy.runtimes import is_exported, load_for_inference
 from deit_keras.deploy.saving import load_model
 
-MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model.")
+MODEL_PATH = flags.DEFINE_string(
+    "model_path",
+    None,
+    "The .keras model (predict and evaluate also take a .tflite or .onnx export).",
+)
 MODEL = flags.DEFINE_string(
     "model",
     None,
@@ -33,15 +38,29 @@ PRETRAINED_WEIGHTS = flags.DEFINE_string(
     "Hugging Face hub), 'hf-hub:OWNER/REPO', a URL or a checkpoint path.",
 )
 
+cli.check_path("model_path", "input_file")
 
-def load_model_from_flags():
+
+def load_model_from_flags(allow_exported: bool = False):
     """`(model, class_names)` from `--model_path`, or `--model` + `--pretrained`.
 
+    Args:
+        allow_exported: bool. Accept a `.tflite` / `.onnx` export
+            (`deploy.runtimes.ExportedModel`) as `--model_path`.
+
     Raises:
-        cli.UsageError: neither or both were given.
+        cli.UsageError: neither or both were given, or an export where
+            only a `.keras` model will do.
     """
     if MODEL_PATH.value and MODEL.value:
         raise cli.UsageError("Pass either --model_path or --model with --pretrained, not both.")
+    if MODEL_PATH.value and is_exported(MODEL_PATH.value):
+        if not allow_exported:
+            raise cli.UsageError(
+                f"--model_path={MODEL_PATH.value} is an exported file; this command needs the "
+                ".keras model it was exported from."
+            )
+        return load_for_inference(MODEL_PATH.value)
     if MODEL_PATH.value:
         return load_model(MODEL_PATH.value, compile=False)
     if not MODEL.value:

@@ -21,6 +21,7 @@ from deit_keras.data.labels import IMAGENET, INDEX, resolve_class_names
 from deit_keras.inference.predict import predict_images
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.io.images import load_image
+from deit_keras.schema import FRACTION, POSITIVE
 
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes to show per image.")
 _CROP_PCT = flags.DEFINE_float(
@@ -33,6 +34,9 @@ _OUTPUT = flags.DEFINE_string("output", None, "Also write the predictions as JSO
 _JSON = flags.DEFINE_bool(
     "json", False, "Print the predictions as one JSON document (nothing else on stdout)."
 )
+cli.check_path("output", "output_file")
+cli.check_range("top_k", POSITIVE)
+cli.check_range("crop_pct", FRACTION)
 
 # Where the class names came from, when it is worth saying (on stderr).
 _NAMES_NOTE = {
@@ -69,7 +73,7 @@ def main(argv: list[str]) -> None:
     if not paths:
         raise cli.UsageError("Give at least one image path.")
     images = [load_image(path) for path in paths]  # all checked before the model loads
-    model, class_names = model_source.load_model_from_flags()
+    model, class_names = model_source.load_model_from_flags(allow_exported=True)
     predictions = predict_images(
         model, images, class_names, crop_pct=_CROP_PCT.value, top_k=_TOP_K.value
     )

@@ -29,6 +29,7 @@ def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     config = config_from_flags(TrainConfig)
     config.validate()
+    config.check_paths()
     if config.strategy != "multi_worker":  # workers share the chief's model_dir
         run_lock.check_free(config.model_dir)  # before flags.txt: a live run keeps its own
     os.makedirs(config.model_dir, exist_ok=True)

@@ -7,6 +7,7 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.analysis.drawing import visualize_file
+from deit_keras.schema import FRACTION, POSITIVE
 
 _MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model.")
 _OUTPUT = flags.DEFINE_string("output", "attention.png", "PNG of the attention maps.")
@@ -22,6 +23,12 @@ _CROP_PCT = flags.DEFINE_float(
     "Defaults to the model's own (saved in its config).",
 )
 _TILE = flags.DEFINE_integer("tile", 128, "Side of each tile in pixels.")
+
+cli.check_path("model_path", "input_file")
+cli.check_path("output", "output_file")
+cli.check_path("similarity_output", "output_file")
+cli.check_range("crop_pct", FRACTION)
+cli.check_range("tile", POSITIVE)
 
 
 def main(argv: list[str]) -> None:

@@ -78,7 +78,9 @@ class TeacherAdapter(keras.Model):
 
     @property
     def num_classes(self):
-        return self.teacher.output_shape[-1]
+        # A subclassed model (a deit_keras DeiT as teacher) has no output_shape.
+        known = getattr(self.teacher, "num_classes", None)
+        return known if isinstance(known, int) else self.teacher.output_shape[-1]
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,76 @@
+"""Checks of file and folder arguments before any work: one line naming the argument.
+
+Each `*_problem(name, path)` returns None when `path` can serve as that kind
+of argument, else a line such as `model_path not found, got runs/x.keras`;
+an empty or None `path` (not given) is no problem. What a file holds (a
+.keras archive, an image) is checked by the code that reads it.
+"""
+
+import os
+
+
+def input_file_problem(name: str, path: str | None) -> str | None:
+    """Whether `path` is an existing, readable, non-empty file."""
+    if not path:
+        return None
+    if not os.path.exists(path):
+        return f"{name} not found, got {path}"
+    if os.path.isdir(path):
+        return f"{name} is a directory, expected a file, got {path}"
+    if not os.access(path, os.R_OK):
+        return f"{name} is not readable (permission denied), got {path}"
+    if os.path.getsize(path) == 0:
+        return f"{name} is an empty file (0 bytes), got {path}"
+    return None
+
+
+def output_file_problem(name: str, path: str | None) -> str | None:
+    """Whether a file can be written at `path` (not a directory; its folder writable)."""
+    if not path:
+        return None
+    if os.path.isdir(path):
+        return f"{name} is an existing directory, expected a file name, got {path}"
+    return _folder_problem(name, path)
+
+
+def output_path_problem(name: str, path: str | None) -> str | None:
+    """Whether a file or a directory can be written at `path` (its folder writable)."""
+    return _folder_problem(name, path) if path else None
+
+
+def output_dir_problem(name: str, path: str | None) -> str | None:
+    """Whether `path` can be (or already is) a directory this program writes into."""
+    if not path:
+        return None
+    if os.path.isdir(path):
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{name} is not writable (permission denied), got {path}"
+        return None
+    if os.path.exists(path):
+        return f"{name} is an existing file, expected a directory, got {path}"
+    return _folder_problem(name, path)
+
+
+def directory_problem(name: str, path: str | None) -> str | None:
+    """Whether `path` is a directory or not there yet (e.g. a data folder made on demand)."""
+    if not path:
+        return None
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        where = "" if folder == os.path.abspath(path) else f" ({folder})"
+        return f"{name} is an existing file{where}, expected a directory, got {path}"
+    return None
+
+
+def _folder_problem(name: str, path: str) -> str | None:
+    """The nearest existing ancestor of `path` must be a writable directory."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"{name} lies under {folder}, which is a file, got {path}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{name} lies under {folder}, which is not writable, got {path}"
+    return None
