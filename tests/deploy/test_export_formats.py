@@ -35,13 +35,30 @@ def _trained(distilled):
     train = pipeline.make_dataset(
         "digits", "train", image_size=32, batch_size=64, training=False, seed=0
     )
-    model.fit(train, epochs=5, verbose=0)
+    model.fit(train, epochs=4, verbose=0)
     return model
 
 
 @pytest.fixture(scope="module")
 def models():
     return {"distilled": _trained(True), "plain": _trained(False)}
+
+
+NAMES = [f"c{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def exports(models, tmp_path_factory):
+    """`{(kind, format): path}`: each model exported once as fp32 LiteRT and ONNX."""
+    root = tmp_path_factory.mktemp("exports")
+    paths = {}
+    for kind, model in models.items():
+        for export_format, suffix in export_formats.SUFFIXES.items():
+            path = str(root / f"{kind}{suffix}")
+            names = NAMES if kind == "distilled" else None
+            export_formats.export_model(model, path, export_format, class_names=names)
+            paths[kind, export_format] = path
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +79,9 @@ def _export(model, tmp_path, export_format, **options):
 
 @pytest.mark.parametrize("export_format", ["litert", "onnx"])
 @pytest.mark.parametrize("kind", ["distilled", "plain"])
-def test_fp32_exports_match_keras(models, crops, tmp_path, export_format, kind):
+def test_fp32_exports_match_keras(models, exports, crops, export_format, kind):
     model = models[kind]
-    path = _export(model, tmp_path, export_format)
-    exported, _ = runtimes.load_exported(path)
+    exported, _ = runtimes.load_exported(exports[kind, export_format])
     expected = _keras_outputs(model, crops)
     got = exported.run_uint8(crops)
     assert sorted(got) == sorted(expected)
@@ -79,8 +95,8 @@ def test_fp32_exports_match_keras(models, crops, tmp_path, export_format, kind):
     )
 
 
-def test_onnx_graph_has_only_standard_ops_and_an_exact_gelu(models, tmp_path):
-    path = _export(models["distilled"], tmp_path, "onnx", opset=17)
+def test_onnx_graph_has_only_standard_ops_and_an_exact_gelu(exports):
+    path = exports["distilled", "onnx"]
     proto = onnx.load(path)
     onnx.checker.check_model(proto)
     op_types = {node.op_type for node in proto.graph.node}
@@ -91,10 +107,10 @@ def test_onnx_graph_has_only_standard_ops_and_an_exact_gelu(models, tmp_path):
 
 
 @pytest.mark.parametrize("quantize", ["float16", "dynamic_int8", "int8"])
-def test_quantized_litert_agrees_with_fp32(models, crops, tmp_path, quantize):
+def test_quantized_litert_agrees_with_fp32(models, exports, crops, tmp_path, quantize):
     model = models["distilled"]
-    fp32 = _export(model, tmp_path / "fp32", "litert")
-    calibration = eval_crops("digits", 200, 32, model.preprocessing) if quantize == "int8" else None
+    fp32 = exports["distilled", "litert"]
+    calibration = eval_crops("digits", 64, 32, model.preprocessing) if quantize == "int8" else None
     path = _export(
         model, tmp_path / quantize, "litert", quantize=quantize, calibration_images=calibration
     )
@@ -107,20 +123,17 @@ def test_quantized_litert_agrees_with_fp32(models, crops, tmp_path, quantize):
     assert exported.config["quantize"] == quantize
 
 
-def test_exported_files_evaluate_and_predict_like_the_keras_model(models, tmp_path):
+def test_exported_files_evaluate_and_predict_like_the_keras_model(models, exports):
     model = models["distilled"]
     evaluation = pipeline.make_dataset(
         "digits", "eval", image_size=32, batch_size=128, training=False
     )
     expected = evaluate_model(model, evaluation)
     images = [np.asarray(image) for image in eval_crops("digits", 3, 32, model.preprocessing)]
-    keras_top = predict_images(model, images, ["c%d" % i for i in range(10)], top_k=2)
+    keras_top = predict_images(model, images, NAMES, top_k=2)
     for export_format in ("litert", "onnx"):
-        path = _export(
-            model, tmp_path / export_format, export_format, class_names=[f"c{i}" for i in range(10)]
-        )
-        exported, class_names = runtimes.load_for_inference(path)
-        assert class_names == [f"c{i}" for i in range(10)]
+        exported, class_names = runtimes.load_for_inference(exports["distilled", export_format])
+        assert class_names == NAMES
         got = evaluate_model(exported, evaluation)
         for key in ("top1", "cls_top1", "dist_top1"):
             assert got[key] == pytest.approx(expected[key], abs=1e-9), key
@@ -198,7 +211,7 @@ def test_export_cli_writes_litert_int8_and_evaluate_reads_it(models, tmp_path):
         "--format=litert",
         "--quantize=int8",
         "--calibration_dataset=digits",
-        "--calibration_images=64",
+        "--calibration_images=32",
         f"--output={out}",
     )
     assert process.returncode == 0, process.stderr
