@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from deit_keras.data.labels import resolve_class_names
 from deit_keras.data.preprocessing import preprocess
-from deit_keras.deploy.saving import load_model
+from deit_keras.deploy.runtimes import load_for_inference
 from deit_keras.io.images import load_image
 
 
@@ -90,7 +90,8 @@ def predict_files(
     """Top-k classes of image files; all images are read (and checked) before the model is loaded.
 
     Args:
-        model_path: str. A `.keras` model (its `.classes.json` names are used).
+        model_path: str. A `.keras` model (its `.classes.json` names are used), or a
+            `.tflite` / `.onnx` export.
         image_paths: list of str. JPEG/PNG files.
         crop_pct: float or None. Eval crop fraction; defaults to the model's.
         top_k: int. How many classes per image. Defaults to 5.
@@ -103,6 +104,6 @@ def predict_files(
     if not image_paths:
         raise ValueError("Give at least one image path.")
     images = [load_image(path) for path in image_paths]
-    model, class_names = load_model(model_path, compile=False)
+    model, class_names = load_for_inference(model_path)
     predictions = predict_images(model, images, class_names, crop_pct=crop_pct, top_k=top_k)
     return predictions, resolve_class_names(model.num_classes, class_names)[1]
