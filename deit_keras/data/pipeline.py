@@ -14,6 +14,7 @@ also fixes the order of the parallel map) and new augmentations each epoch.
 import tensorflow as tf
 
 from deit_keras.data import augment as augment_lib
+from deit_keras.data import in_memory as in_memory_lib
 from deit_keras.data import sources, transforms
 from deit_keras.data.augment import AugmentConfig
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, preprocess
@@ -60,6 +61,7 @@ def make_dataset(
     drop_remainder=None,
     cache=False,
     epoch=None,
+    in_memory=None,
 ):
     """Builds the batched input pipeline of one split.
 
@@ -98,6 +100,13 @@ def make_dataset(
             this process has iterated the dataset; a run restarted at epoch
             k then sees the same batches as an uninterrupted one.
 
+        in_memory: bool or None. Hold the split decoded in memory and
+            augment whole batches (`deit_keras.data.in_memory`): same
+            recipe, other random draws, far less CPU per batch. None
+            (default): when the split is small (`in_memory.MAX_BYTES`
+            decoded) and its images share one shape; False: never; True:
+            required (ValueError when the split does not qualify).
+
     Returns:
         `tf.data.Dataset` of `(images, targets)`: float32
         `[B, image_size, image_size, 3]` ImageNet-normalised and float32
@@ -128,8 +137,19 @@ def make_dataset(
         seed = _derive(seed or 0, 7919 + epoch)
         order_seed = _derive(order_seed or 0, 7919 + epoch)
 
-    ds = source.read(split, shuffle_files=training, seed=order_seed)
-    if cache:
+    arrays = None
+    if in_memory or in_memory is None:
+        arrays = in_memory_lib.decoded_split(name, data_dir, split)
+        if arrays is None and in_memory:
+            raise ValueError(
+                f"in_memory=True needs a split of one image shape under "
+                f"{in_memory_lib.MAX_BYTES} bytes decoded; {name!r} {split!r} is not."
+            )
+    if arrays is not None:
+        ds = tf.data.Dataset.from_tensor_slices(arrays)
+    else:
+        ds = source.read(split, shuffle_files=training, seed=order_seed)
+    if cache and arrays is None:
         ds = ds.cache()
     if not training and num_pipelines > 1:
         ds = ds.shard(num_pipelines, pipeline_id)
@@ -146,7 +166,8 @@ def make_dataset(
             shuffle_buffer,
             reshuffle=fresh_each_iteration,
         )
-        ds = _train_maps(
+        train_maps = _train_maps if arrays is None else _batched_train_maps
+        ds = train_maps(
             ds,
             image_size,
             batch_size,
@@ -157,6 +178,10 @@ def make_dataset(
             drop_remainder,
             fresh_each_iteration,
         )
+    elif arrays is not None:  # decoded, one shape: the eval transform on whole batches
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.map(lambda x, y: (preprocess(x, image_size, preprocessing), y))
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes, dtype=tf.float32))).cache()
     else:
 
         def eval_map(encoded, label):
@@ -247,3 +272,36 @@ def _train_maps(
 
     ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 2), rerandomize)))
     return ds.map(mix, num_parallel_calls=AUTOTUNE)
+
+
+def _batched_train_maps(
+    ds,
+    image_size,
+    batch_size,
+    num_classes,
+    config,
+    preprocessing,
+    seed,
+    drop_remainder,
+    rerandomize=True,
+    skip_batches=0,
+):
+    """`_train_maps` for decoded uint8 images of one shape: augmentation per batch."""
+    keras_cv_layer = None
+    if config.rand_augment_ops and config.rand_augment_impl == "keras_cv":
+        keras_cv_layer = augment_lib.make_keras_cv_rand_augment(config, seed)
+    if skip_batches:
+        ds = ds.skip(skip_batches * batch_size)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    seeds = _seed_pairs(_derive(seed, 3), rerandomize).skip(skip_batches)
+
+    def augment_and_mix(batch, batch_seed):
+        images, labels = batch
+        transform_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(batch_seed, 2))
+        images = in_memory_lib.train_transform_batch(
+            images, transform_seed, image_size, config, preprocessing, keras_cv_layer
+        )
+        images, targets, _ = augment_lib.mix_batch(images, labels, num_classes, mix_seed, config)
+        return images, targets
+
+    return tf.data.Dataset.zip((ds, seeds)).map(augment_and_mix, num_parallel_calls=AUTOTUNE)
