@@ -19,6 +19,7 @@ from deit_keras.training.optim import FREEZE
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 TEACHER_INPUTS = ("normalized", "pixels", "keras_applications")
+TEACHER_AUGMENT = ("crops", "student")
 PROGRESS = {"auto": "auto", "bar": 1, "epoch": 2, "none": 0}  # -> keras fit `verbose`
 
 
@@ -118,6 +119,12 @@ class TrainConfig:
         "the small CNN, starting from --teacher_weights (imagenet, a no-top weights file, "
         "none).",
     )
+    teacher_augment: str = field(
+        "crops",
+        "Views that teacher trains on: crops (the crop, translation and flip settings only) "
+        "or student (the student's whole recipe: RandAugment, erasing, MixUp/CutMix too).",
+        choices=TEACHER_AUGMENT,
+    )
     # === Run ===
     strategy: str = field("auto", "tf.distribute strategy.", choices=STRATEGIES)
     tpu: str | None = field(None, "TPU name or grpc:// address, with --strategy=tpu.")
@@ -172,6 +179,10 @@ class TrainConfig:
                     f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}"
                 )
         problems += self._finetune_problems()
+        if self.teacher_augment not in TEACHER_AUGMENT:
+            problems.append(
+                f"teacher_augment must be one of {TEACHER_AUGMENT}, got {self.teacher_augment!r}"
+            )
         if self.summary_every < 0:
             problems.append(f"summary_every must be >= 0, got {self.summary_every}")
         if self.pretrained and self.finetune:

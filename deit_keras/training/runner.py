@@ -69,7 +69,14 @@ def _finetune_student(config: TrainConfig, num_classes: int):
 
 
 def _teacher_dataset_config(config):
-    """The digits teacher trains on crops and flips only: a CNN needs no ViT-strength recipe."""
+    """The views a teacher trained here sees (`--teacher_augment`).
+
+    "crops": the student's crop, translation and flip settings only (a CNN
+    needs no ViT-strength recipe to fit); "student": the student's whole
+    recipe, so the teacher has seen the kind of views it will label.
+    """
+    if config.teacher_augment == "student":
+        return config.augment
     return dataclasses.replace(
         config.augment, rand_augment_ops=0, reprob=0.0, mixup=0.0, cutmix=0.0
     )
