@@ -136,6 +136,11 @@ class TrainConfig:
     output: str | None = field(None, "Final .keras; default saved_models/<model>.keras.")
     export_savedmodel: bool = field(True, "Also export a serving SavedModel.")
     resume: bool = field(True, "Resume from model_dir's backup if one exists.")
+    checkpoint_interval_s: float = field(
+        30.0,
+        "Write checkpoints/last.keras at most every N seconds (first, last and final good "
+        "epoch always; 0 = every epoch): a save costs about a digits epoch.",
+    )
     seed: int = field(0, "Random seed.")
     deterministic: bool = field(False, "Deterministic ops and input order.")
     summary_every: int = field(

@@ -161,7 +161,9 @@ def _callbacks(config, sample_images, preprocessing, validation_images):
     return nan_stop, [
         nan_stop,
         callbacks_lib.AtomicBackupAndRestore(backup_dir),
-        callbacks_lib.EpochCheckpoint(os.path.join(config.model_dir, "checkpoints")),
+        callbacks_lib.EpochCheckpoint(
+            os.path.join(config.model_dir, "checkpoints"), config.checkpoint_interval_s
+        ),
         keras.callbacks.TensorBoard(tensorboard_dir),
         callbacks_lib.InputImages(tensorboard_dir, sample_images, preprocessing=preprocessing),
     ] + (
