@@ -12,6 +12,7 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.cli import model_source
+from deit_keras.data.image_check import BAD_IMAGES
 from deit_keras.inference.evaluate import check_batch_size, evaluate_on_dataset
 from deit_keras.io.atomic import write_text_atomic
 
@@ -19,6 +20,13 @@ _DATASET = flags.DEFINE_string(
     "dataset", None, "'digits', 'folder:PATH' or a TFDS name, e.g. 'imagenet2012'."
 )
 _SPLIT = flags.DEFINE_enum("split", "eval", ["train", "eval"], "Which split.")
+_BAD_IMAGES = flags.DEFINE_enum(
+    "bad_images",
+    "skip",
+    list(BAD_IMAGES),
+    "A folder: dataset's files that do not decode: skip (counted, listed in the "
+    "results) or fail naming the first.",
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Evaluation batch size.")
 _MAX_BATCHES = flags.DEFINE_integer("max_batches", None, "Stop after this many batches.")
@@ -61,6 +69,7 @@ def main(argv: list[str]) -> None:
             batch_size=_BATCH_SIZE.value,
             max_batches=_MAX_BATCHES.value,
             crop_pct=_CROP_PCT.value,
+            bad_images=_BAD_IMAGES.value,
         )
     )
     if _OUTPUT.value:

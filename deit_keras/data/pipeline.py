@@ -25,13 +25,15 @@ __all__ = ["DatasetInfo", "dataset_info", "make_dataset"]
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
+def dataset_info(name: str, data_dir: str | None = None, bad_images: str = "skip") -> DatasetInfo:
     """Returns the `DatasetInfo` of `"digits"`, `"folder:PATH"` or a tfds name.
 
     Raises `sources.DatasetNotFoundError` (a `ValueError`) when a tfds
-    dataset is not prepared in `data_dir`; nothing is downloaded.
+    dataset is not prepared in `data_dir`; nothing is downloaded. A folder
+    dataset's undecodable files are listed in `skipped` (`bad_images="skip"`)
+    or raise `image_check.BadImageError` (`"fail"`).
     """
-    return sources.get_source(name, data_dir).info
+    return sources.get_source(name, data_dir, bad_images).info
 
 
 def _seed_pairs(seed, rerandomize=True):

@@ -3,6 +3,11 @@
 Every source reads a split as `(encoded_image_bytes, int64 label)` so one
 image pipeline (decode inside the crop window for JPEGs) serves all.
 Nothing is ever downloaded: a tfds dataset must be prepared beforehand.
+
+A `folder:` dataset is checked before use (`image_check`): files the
+pipeline cannot decode are left out (`bad_images="skip"`, listed in
+`DatasetInfo.skipped`) or stop the run (`"fail"`); train/ and val/ must
+hold the same class folders, and every train/ class at least one image.
 """
 
 import dataclasses
@@ -11,10 +16,11 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from deit_keras.data import digits
+from deit_keras.data import digits, image_check
 
 FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+NOT_AN_IMAGE = "not an image file name"  # the reason given for e.g. notes.txt
 
 
 class DatasetNotFoundError(ValueError):
@@ -33,6 +39,8 @@ class DatasetInfo:
         num_eval_examples: int.
         train_split: str. The dataset's own name of the training split.
         eval_split: str. The dataset's own name of the evaluation split.
+        skipped: tuple of `(path, reason)`: files of a folder dataset left
+            out (undecodable images, files that are not images).
     """
 
     name: str
@@ -42,6 +50,7 @@ class DatasetInfo:
     num_eval_examples: int
     train_split: str
     eval_split: str
+    skipped: tuple = ()
 
 
 class Source:
@@ -129,29 +138,54 @@ def _tfds(name, data_dir):
     return _tfds_source(name, builder, name)
 
 
-def _list_folder(root, class_names=None):
-    if class_names is None:
-        class_names = tuple(
-            sorted(
-                d
-                for d in tf.io.gfile.listdir(root)
-                if tf.io.gfile.isdir(os.path.join(root, d.rstrip("/")))
-            )
+def _class_folders(root):
+    return tuple(
+        sorted(
+            d.rstrip("/")
+            for d in tf.io.gfile.listdir(root)
+            if tf.io.gfile.isdir(os.path.join(root, d.rstrip("/")))
         )
-        class_names = tuple(c.rstrip("/") for c in class_names)
-    paths, labels = [], []
+    )
+
+
+def _list_folder(root, class_names):
+    """`(paths, labels, ignored)`: image files by class; `ignored` are other files' paths."""
+    paths, labels, ignored = [], [], []
     for label, class_name in enumerate(class_names):
         class_dir = os.path.join(root, class_name)
         if not tf.io.gfile.isdir(class_dir):
             continue
         for file_name in sorted(tf.io.gfile.listdir(class_dir)):
+            path = os.path.join(class_dir, file_name)
             if file_name.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(os.path.join(class_dir, file_name))
+                paths.append(path)
                 labels.append(label)
-    return class_names, paths, labels
+            elif not file_name.startswith(".") and not tf.io.gfile.isdir(path):
+                ignored.append(path)
+    return paths, labels, ignored
 
 
-def _folder(name, path):
+def _check_classes(train_dir, eval_dir, class_names, eval_classes):
+    if class_names != eval_classes:
+        only_train = sorted(set(class_names) - set(eval_classes))
+        only_eval = sorted(set(eval_classes) - set(class_names))
+        raise ValueError(
+            f"The class folders of {train_dir} and {eval_dir} differ: only in train: "
+            f"{only_train}, only in {os.path.basename(eval_dir)}: {only_eval}. "
+            "Both need the same class folders (one may be empty in "
+            f"{os.path.basename(eval_dir)})."
+        )
+
+
+def _read_split(root, class_names, bad_images):
+    paths, labels, ignored = _list_folder(root, class_names)
+    paths, labels, bad = image_check.apply_policy(paths, labels, bad_images)
+    skipped = [(path, reason) for path, reason in bad.items()]
+    skipped += [(path, NOT_AN_IMAGE) for path in ignored]
+    return paths, labels, skipped
+
+
+def _folder(name, path, bad_images="skip"):
     train_dir = os.path.join(path, "train")
     eval_name = next(
         (s for s in ("val", "validation", "test") if tf.io.gfile.isdir(os.path.join(path, s))),
@@ -162,17 +196,19 @@ def _folder(name, path):
             f"Image folder {path!r} must contain 'train/' and 'val/' "
             "sub-folders, each with one folder of JPEG/PNG images per class."
         )
-    class_names, train_paths, train_labels = _list_folder(train_dir)
-    if not class_names or not train_paths:
+    eval_dir = os.path.join(path, eval_name)
+    class_names = _class_folders(train_dir)
+    if not class_names:
         raise DatasetNotFoundError(f"No class folders with images in {train_dir!r}.")
-    extra = set(d.rstrip("/") for d in tf.io.gfile.listdir(os.path.join(path, eval_name))) - set(
-        class_names
-    )
-    if extra:
+    _check_classes(train_dir, eval_dir, class_names, _class_folders(eval_dir))
+    train_paths, train_labels, skipped = _read_split(train_dir, class_names, bad_images)
+    empty = sorted(set(class_names) - {class_names[label] for label in train_labels})
+    if empty:
         raise ValueError(
-            f"{os.path.join(path, eval_name)!r} has classes not in train/: {sorted(extra)}"
+            f"Class folder(s) {empty} of {train_dir} hold no readable image: a class the "
+            "model could never learn. Add images or remove the folder(s) (from val/ too)."
         )
-    _, eval_paths, eval_labels = _list_folder(os.path.join(path, eval_name), class_names)
+    eval_paths, eval_labels, eval_skipped = _read_split(eval_dir, class_names, bad_images)
     files = {"train": (train_paths, train_labels), eval_name: (eval_paths, eval_labels)}
     info = DatasetInfo(
         name=name,
@@ -182,6 +218,7 @@ def _folder(name, path):
         num_eval_examples=len(eval_paths),
         train_split="train",
         eval_split=eval_name,
+        skipped=tuple(skipped + eval_skipped),
     )
 
     def reader(split, shuffle_files, seed):
@@ -195,13 +232,18 @@ def _folder(name, path):
     return Source(info, reader)
 
 
-def get_source(name: str, data_dir: str | None = None) -> Source:
-    """Resolves `"digits"`, `"folder:PATH"` or a tfds name to a `Source`."""
+def get_source(name: str, data_dir: str | None = None, bad_images: str = "skip") -> Source:
+    """Resolves `"digits"`, `"folder:PATH"` or a tfds name to a `Source`.
+
+    `bad_images` ("skip" or "fail") is what a folder dataset does with files
+    that do not decode (see `image_check`); tfds datasets are checked by tfds.
+    """
+    image_check.check_policy(bad_images)
     if not isinstance(name, str) or not name:
         raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
     if name == "digits":
         builder = digits.digits_builder(data_dir)
         return _tfds_source(digits.TFDS_NAME, builder, "digits")
     if name.startswith(FOLDER_PREFIX):
-        return _folder(name, os.path.expanduser(name[len(FOLDER_PREFIX) :]))
+        return _folder(name, os.path.expanduser(name[len(FOLDER_PREFIX) :]), bad_images)
     return _tfds(name, data_dir)

@@ -228,6 +228,7 @@ def evaluate_on_dataset(
     batch_size: int = 64,
     max_batches: int | None = None,
     crop_pct: float | None = None,
+    bad_images: str = "skip",
 ) -> dict:
     """Top-1/top-5 of `model` on the named dataset.
 
@@ -247,12 +248,23 @@ def evaluate_on_dataset(
         batch_size: int. Evaluation batch size.
         max_batches: int or None. Stop after this many batches.
         crop_pct: float or None. Eval crop fraction; defaults to the model's.
+        bad_images: str. "skip" (default): a folder dataset's files that do
+            not decode are left out, counted in a warning and listed under
+            "skipped"; "fail": they raise, naming the first.
 
     Returns:
-        the `evaluate_model` dict plus model name, dataset, split and crop_pct.
+        the `evaluate_model` dict plus model name, dataset, split and crop_pct
+        (and "skipped": `[path, reason]` pairs when files were left out).
     """
     check_batch_size(batch_size)
-    info = pipeline.dataset_info(dataset_name, data_dir=data_dir)
+    info = pipeline.dataset_info(dataset_name, data_dir=data_dir, bad_images=bad_images)
+    if info.skipped:
+        logging.warning(
+            "%s: left out %d file(s) that do not decode or are not images, first %s",
+            dataset_name,
+            len(info.skipped),
+            info.skipped[0][0],
+        )
     if info.num_classes != model.num_classes:
         raise ValueError(
             f"Dataset {dataset_name!r} has {info.num_classes} classes but the model "
@@ -280,4 +292,6 @@ def evaluate_on_dataset(
         "crop_pct": preprocessing.crop_pct,
     }
     summary.update(results)
+    if info.skipped:
+        summary["skipped"] = [list(item) for item in info.skipped]
     return summary
