@@ -11,6 +11,7 @@ DeiT-Ti recipe; `experiments/*.cfg` hold complete runs.
 import dataclasses
 
 from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.image_check import BAD_IMAGES
 from deit_keras.distill.losses import DISTILLATION_TYPES
 from deit_keras.models.variants import ALIASES, list_models
 from deit_keras.schema import field
@@ -59,6 +60,13 @@ class TrainConfig:
     # === Data ===
     dataset: str = field("imagenet2012", "digits, folder:PATH, or a tfds name.")
     data_dir: str | None = field(None, "tfds data directory.")
+    bad_images: str = field(
+        "skip",
+        "What a folder: dataset does with files that do not decode (truncated, empty, not "
+        "an image): skip them (counted, listed in model_dir/skipped_images.txt) or fail "
+        "naming the first.",
+        choices=BAD_IMAGES,
+    )
     batch_size: int = field(1024, "Global batch size (all replicas).")
     epochs: int = field(300, "Training epochs.")
     steps_per_epoch: int | None = field(None, "Steps per epoch; default one pass.")
@@ -178,6 +186,7 @@ class TrainConfig:
             ("distillation_type", DISTILLATION_TYPES),
             ("progress", PROGRESS),
             ("freeze", FREEZE),
+            ("bad_images", BAD_IMAGES),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(

@@ -14,6 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from deit_keras.data.pipeline import dataset_info, make_dataset
+from deit_keras.data.sources import NOT_AN_IMAGE
 from deit_keras.deploy import checkpoints, pretrained
 from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.deploy.saving import load_model, save_model
@@ -243,6 +244,29 @@ def _fit(config, student, train, evaluation, steps_per_epoch):
     return history, nan_stop
 
 
+def report_skipped(info, model_dir: str) -> str | None:
+    """Lists the files a folder dataset left out in `model_dir/skipped_images.txt`.
+
+    Logs one warning line with the count and the list's path; returns the
+    path (None, writing nothing, when no file was left out).
+    """
+    if not info.skipped:
+        return None
+    path = os.path.join(model_dir, "skipped_images.txt")
+    lines = [f"{file}\t{reason}" for file, reason in info.skipped]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    unreadable = sum(reason != NOT_AN_IMAGE for _, reason in info.skipped)
+    logging.warning(
+        "%s: left out %d file(s) that do not decode and %d that are not images "
+        "(--bad_images=skip); the list is in %s",
+        info.name,
+        unreadable,
+        len(info.skipped) - unreadable,
+        path,
+    )
+    return path
+
+
 def check_accumulation(config: TrainConfig, replicas: int) -> None:
     """Refuses `grad_accum_steps > 1` on more than one replica, in one line."""
     if config.grad_accum_steps > 1 and replicas > 1:
@@ -281,8 +305,11 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(config.precision)
-    info = dataset_info(config.dataset, config.data_dir)  # may build it: draws random numbers
+    # May build the dataset (draws random numbers); checks a folder dataset's files.
+    info = dataset_info(config.dataset, config.data_dir, config.bad_images)
     os.makedirs(config.model_dir, exist_ok=True)
+    if custom_loop.is_chief(strategy):
+        report_skipped(info, config.model_dir)
     keras.utils.set_random_seed(config.seed)
 
     with strategy.scope():
