@@ -18,6 +18,7 @@ import sys
 from absl import app, flags, logging
 
 from deit_keras.io import paths
+from deit_keras.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Print full Python tracebacks instead of one-line errors."
@@ -120,6 +121,9 @@ def run(main) -> None:
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             sys.exit(130)
+        except Preempted as stop:  # SIGTERM: the step is backed up
+            print(stop, file=sys.stderr)
+            sys.exit(PREEMPTED_EXIT_CODE)
         except USER_ERRORS as error:
             if _VERBOSE.value:
                 raise

@@ -63,6 +63,7 @@ def make_dataset(
     drop_remainder=None,
     cache=False,
     epoch=None,
+    skip_batches=0,
     in_memory=None,
 ):
     """Builds the batched input pipeline of one split.
@@ -101,6 +102,11 @@ def make_dataset(
             are a function of `(seed, epoch)` alone, not of how many times
             this process has iterated the dataset; a run restarted at epoch
             k then sees the same batches as an uninterrupted one.
+        skip_batches: int. Training only: leave out the first batches of
+            the (first) pass, as if they had been drawn: examples and their
+            augmentation seeds are dropped before decoding, so a run resumed
+            in the middle of an epoch gets that epoch's remaining batches
+            (with `epoch`) without decoding the ones it already trained on.
 
         in_memory: bool or None. Hold the split decoded in memory and
             augment whole batches (`deit_keras.data.in_memory`): same
@@ -124,6 +130,10 @@ def make_dataset(
         raise ValueError(f"`augment` must be an AugmentConfig. Received: {augment!r}")
     if not isinstance(preprocessing, Preprocessing):
         raise ValueError(f"`preprocessing` must be a Preprocessing. Received: {preprocessing!r}")
+    if not isinstance(skip_batches, int) or skip_batches < 0 or (skip_batches and not training):
+        raise ValueError(
+            f"`skip_batches` must be an int >= 0, in training only. Received: {skip_batches!r}"
+        )
     source = sources.get_source(name, data_dir)
     num_classes = source.info.num_classes
     num_examples = source.num_examples(split)
@@ -179,6 +189,7 @@ def make_dataset(
             _derive(seed, pipeline_id),
             drop_remainder,
             fresh_each_iteration,
+            skip_batches,
         )
     elif arrays is not None:  # decoded, one shape: the eval transform on whole batches
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
@@ -234,6 +245,7 @@ def _train_maps(
     seed,
     drop_remainder,
     rerandomize=True,
+    skip_batches=0,
 ):
     keras_cv_layer = None
     if config.rand_augment_ops and config.rand_augment_impl == "keras_cv":
@@ -250,6 +262,8 @@ def _train_maps(
         return image, label, image_seed
 
     ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 1), rerandomize)))
+    if skip_batches:  # before the (costly) decoding map
+        ds = ds.skip(skip_batches * batch_size)
     ds = ds.map(per_image, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if batched_ra:
@@ -272,7 +286,7 @@ def _train_maps(
         images, targets, _ = augment_lib.mix_batch(images, labels, num_classes, batch_seed, config)
         return images, targets
 
-    ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 2), rerandomize)))
+    ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 2), rerandomize).skip(skip_batches)))
     return ds.map(mix, num_parallel_calls=AUTOTUNE)
 
 

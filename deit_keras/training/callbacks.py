@@ -15,6 +15,7 @@ from deit_keras.analysis.attention import attention_maps, token_cosine_similarit
 from deit_keras.analysis.drawing import attention_figure
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, denormalize
 from deit_keras.io.atomic import atomic_output, write_text_atomic
+from deit_keras.training.preemption import Preempted
 
 
 def finite_logs(logs: dict | None) -> bool:
@@ -94,10 +95,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
 class Backup:
     """A crash-safe backup of weights and optimizer state, one directory per save.
 
-    Each save goes to a new directory `epoch-<N>/` (`state.weights.h5`: the
-    weights with the optimizer state), which appears by one rename; then
-    `latest.json` (`{"epoch", "dir", "step"}`) is switched to it by another,
-    and only then are older states removed. A crash at any instant leaves
+    Each save goes to a new directory `epoch-<N>/` (or `epoch-<N>-batch-<B>/`
+    in the middle of epoch N + 1; `state.weights.h5`: the weights with the
+    optimizer state), which appears by one rename; then `latest.json`
+    (`{"epoch", "batch", "dir", "step"}`) is switched to it by another, and
+    only then are older states removed. A crash at any instant leaves
     either the old or the new state, whole. `AtomicBackupAndRestore` (for
     `fit`) and the multi-worker loop both use this one format.
 
@@ -117,8 +119,14 @@ class Backup:
 
     def restored_epoch(self) -> int:
         """The epoch a run in this directory resumes at (0: starts afresh)."""
+        return self.position()[0]
+
+    def position(self) -> tuple[int, int]:
+        """`(epoch, batch)` a run resumes at: completed epochs, batches done in the next."""
         latest = self.latest()
-        return 0 if latest is None else int(latest["epoch"])
+        if latest is None:
+            return 0, 0
+        return int(latest["epoch"]), int(latest.get("batch", 0))
 
     def restore(self, model) -> int:
         """Loads the latest state into `model`; returns its epoch (0 when there is none)."""
@@ -132,13 +140,18 @@ class Backup:
         model.load_weights(os.path.join(self.directory, latest["dir"], "state.weights.h5"))
         return int(latest["epoch"])
 
-    def save(self, model, epoch: int) -> None:
-        """Saves `model` as the state after `epoch` epochs."""
-        name = f"epoch-{epoch:05d}"
+    def save(self, model, epoch: int, batch: int = 0) -> None:
+        """Saves `model` as the state after `epoch` epochs and `batch` batches of the next."""
+        name = f"epoch-{epoch:05d}" + (f"-batch-{batch:07d}" if batch else "")
         with atomic_output(os.path.join(self.directory, name)) as temporary:
             os.makedirs(temporary)
             model.save_weights(os.path.join(temporary, "state.weights.h5"))
-        state = {"epoch": epoch, "dir": name, "step": int(model.optimizer.iterations.numpy())}
+        state = {
+            "epoch": epoch,
+            "batch": batch,
+            "dir": name,
+            "step": int(model.optimizer.iterations.numpy()),
+        }
         write_text_atomic(self.pointer, json.dumps(state))
         for old in glob.glob(os.path.join(self.directory, "epoch-*")):
             if os.path.basename(old) != name:
@@ -149,17 +162,32 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` whose saves survive a crash at any instant.
 
     Keras writes `latest.weights.h5` and `training_metadata.json` in place,
-    one after the other: a kill in between leaves a torn or mismatched pair.
-    Here saves use the `Backup` format. Epochs with a NaN/Inf loss are not
-    saved.
+    one after the other: a kill in between leaves a torn or mismatched pair;
+    and with `save_freq=N` it records the batch but resumes at the start of
+    the epoch, replaying batches. Here saves use the `Backup` format, which
+    records the batch: the caller resumes at it (`Backup.position`; see
+    `runner`). Epochs or steps with a NaN/Inf loss are not saved.
 
     Args:
         backup_dir: str. Directory of this run's backups only.
+        every_steps: int. Also save every this many training steps (counted
+            from the start of the run, so the same steps whether resumed or
+            not); 0 saves at epoch ends only. Defaults to 0.
+        steps_per_epoch: int or None. Steps of a whole epoch; needed with
+            `every_steps`.
+        preemption: a `PreemptionWatcher` or None. When it fires, the state
+            after the current step is saved and `Preempted` raised.
     """
 
-    def __init__(self, backup_dir):
+    def __init__(self, backup_dir, every_steps=0, steps_per_epoch=None, preemption=None):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+        if every_steps and not steps_per_epoch:
+            raise ValueError("every_steps needs steps_per_epoch.")
         self.backup = Backup(backup_dir)
+        self.every_steps = every_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.preemption = preemption
+        self._resumed_at = (0, 0)
 
     def restored_epoch(self):
         """The epoch a run in this directory resumes at (0: starts afresh)."""
@@ -167,7 +195,28 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _load_model(self):
         if self.backup.latest() is not None:
+            self._resumed_at = self.backup.position()
             self.model._initial_epoch = self.backup.restore(self.model)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+        resumed_epoch, resumed_batch = self._resumed_at
+        self._first_batch = resumed_batch if epoch == resumed_epoch else 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self._first_batch + batch + 1  # batches of this epoch done
+        preempted = self.preemption is not None and self.preemption.requested
+        periodic = bool(self.every_steps) and (
+            (self._current_epoch * self.steps_per_epoch + done) % self.every_steps == 0
+        )
+        if (preempted or periodic) and finite_logs(logs):
+            if done != self.steps_per_epoch:
+                self.backup.save(self.model, self._current_epoch, done)
+            elif preempted:  # the epoch's last step: saved as a whole epoch
+                self.backup.save(self.model, self._current_epoch + 1)
+        if preempted:
+            epoch, batch = self.backup.position()
+            raise Preempted(epoch, batch, self.backup_dir)
 
     def on_epoch_end(self, epoch, logs=None):
         self._current_epoch = epoch + 1

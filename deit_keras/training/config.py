@@ -14,7 +14,7 @@ from deit_keras.data.augment import AugmentConfig
 from deit_keras.data.image_check import BAD_IMAGES
 from deit_keras.distill.losses import DISTILLATION_TYPES
 from deit_keras.models.variants import ALIASES, list_models
-from deit_keras.schema import field
+from deit_keras.schema import NON_NEGATIVE, POSITIVE, field
 from deit_keras.training.distribute import STRATEGIES
 from deit_keras.training.optim import FREEZE
 
@@ -151,6 +151,18 @@ class TrainConfig:
     )
     seed: int = field(0, "Random seed.")
     deterministic: bool = field(False, "Deterministic ops and input order.")
+    backup_every_steps: int = field(
+        0,
+        "Also back up to model_dir/backup every N training steps, to resume mid-epoch "
+        "(0 = at epoch ends only). A SIGTERM always backs up the current step.",
+        valid=NON_NEGATIVE,
+    )
+    teacher_wait_s: int = field(
+        3600,
+        "Multi-worker: seconds the other workers wait for the chief to train a missing "
+        "--teacher file (--teacher_epochs) before giving up.",
+        valid=POSITIVE,
+    )
     summary_every: int = field(
         5,
         "Every N epochs, TensorBoard gets the cls/dist attention maps of a few validation "

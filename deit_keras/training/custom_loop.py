@@ -7,23 +7,36 @@ model's own `train_step` (so the loss, `optimizer.scale_loss`, the per-replica
 loss division and the gradient all-reduce are exactly those of `fit`) and
 reproduces the effects of the fit callbacks a run relies on:
 
-- `BackupAndRestore`: a crash-safe backup each epoch, restored at start;
+- `BackupAndRestore`: a crash-safe backup each epoch (and every
+  `backup_every_steps` steps), restored at start, resuming in the middle of
+  an epoch at the saved step;
+- SIGTERM (`preemption.PreemptionWatcher`): the flag is all-reduced with each
+  step, so every worker stops after the same step; the chief backs it up and
+  all raise `Preempted`;
 - `EpochCheckpoint`: `checkpoints/last.keras` + `last.json` each epoch;
 - `StopOnNaN`: a non-finite loss stops the run, naming the step, before
   anything is saved;
-- `TensorBoard`: epoch scalars (loss, metrics, learning rate).
+- `validation_data`: each worker evaluates its shard after each epoch; the
+  counts are all-reduced, so every worker gets the same `val_*` values;
+- `TensorBoard`: epoch scalars (loss, metrics, learning rate; `val_*` under
+  `validation/`).
 
-Only the chief (task index 0 of the `chief` or `worker` job) writes files.
+Only the chief (task index 0 of the `chief` or `worker` job) writes files
+and prints progress.
 """
 
 import math
 import os
+import time
 import types
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from deit_keras.training.callbacks import Backup, save_epoch_checkpoint
+from deit_keras.inference.evaluate import evaluate_model
+from deit_keras.training.callbacks import Backup, finite_logs, save_epoch_checkpoint
+from deit_keras.training.preemption import Preempted
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -36,6 +49,51 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def worker_context(strategy: tf.distribute.Strategy) -> tf.distribute.InputContext:
+    """This worker's input pipeline among all workers (the chief first), as the strategy counts."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    tasks = [(job, index) for job in ("chief", "worker") for index in range(len(spec.get(job, [])))]
+    if not tasks:
+        return tf.distribute.InputContext(1, 0, strategy.num_replicas_in_sync)
+    position = tasks.index((resolver.task_type, resolver.task_id))
+    return tf.distribute.InputContext(len(tasks), position, strategy.num_replicas_in_sync)
+
+
+def wait_for_file(path: str, timeout_s: float, what: str = "the file", poll_s: float = 1.0) -> None:
+    """Waits until `path` exists (written whole by an atomic rename) or raises TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{what} {path} did not appear within {timeout_s:g} s; is it on storage "
+                "every worker shares, and is the chief still running?"
+            )
+        time.sleep(poll_s)
+
+
+def all_reduce_sum(strategy: tf.distribute.Strategy, values) -> np.ndarray:
+    """The sum over workers of each worker's float `values` (also a barrier: all must call it)."""
+    local = len(strategy.extended.worker_devices)  # each local replica adds a share
+    values = tf.constant(np.asarray(values, dtype=np.float64) / local)
+
+    def replica_fn():
+        context = tf.distribute.get_replica_context()
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+    return strategy.experimental_local_results(strategy.run(replica_fn))[0].numpy()
+
+
+def _validate(model, strategy, dataset) -> dict:
+    """`val_*` of `evaluate_model` over every worker's shard of `dataset`, all-reduced."""
+    results = evaluate_model(model, dataset)
+    count = results["num_examples"]
+    names = sorted(name for name in results if name == "loss" or "top" in name)
+    totals = all_reduce_sum(strategy, [count] + [results[name] * count for name in names])
+    means = totals[1:] / max(totals[0], 1)
+    return {f"val_{name}": float(mean) for name, mean in zip(names, means, strict=True)}
 
 
 def distribute_train_dataset(strategy: tf.distribute.Strategy, dataset_fn, global_batch_size: int):
@@ -58,7 +116,18 @@ def distribute_train_dataset(strategy: tf.distribute.Strategy, dataset_fn, globa
 
 
 def fit_distributed(
-    model, strategy, dataset, *, epochs, steps_per_epoch, model_dir=None, resume=True, verbose=1
+    model,
+    strategy,
+    dataset,
+    *,
+    epochs,
+    steps_per_epoch,
+    model_dir=None,
+    resume=True,
+    verbose=1,
+    backup_every_steps=0,
+    validation_data=None,
+    preemption=None,
 ):
     """Trains a compiled model with `strategy.run(model.train_step, ...)`.
 
@@ -67,14 +136,21 @@ def fit_distributed(
             `strategy.scope()`.
         strategy: the `tf.distribute.Strategy` the model was built under.
         dataset: a distributed, infinite dataset
-            (`distribute_train_dataset`).
+            (`distribute_train_dataset`), or a function
+            `(epoch, skip_batches) -> such a dataset` that starts at the
+            position a backup resumes at.
         epochs: int. Total epochs (resumed epochs included).
         steps_per_epoch: int. Steps per epoch.
         model_dir: str or None. `backup/`, `checkpoints/` and `tensorboard/`
             go here (chief only); None writes nothing.
         resume: bool. Restore `model_dir/backup` when it exists.
         verbose: int or str. 0 shows nothing; otherwise Keras' one line per
-            epoch (`keras.utils.Progbar`, as `fit(verbose=2)`).
+            epoch (`keras.utils.Progbar`, as `fit(verbose=2)`), on the chief.
+        backup_every_steps: int. Also back up every this many steps (counted
+            from the start of the run); 0: at epoch ends only.
+        validation_data: this worker's shard of the evaluation data (a
+            `tf.data.Dataset`), or None: no per-epoch validation.
+        preemption: a `PreemptionWatcher` or None.
 
     Returns:
         A `keras.callbacks.History`-like object: `epoch` (the epoch indices
@@ -83,28 +159,45 @@ def fit_distributed(
     Raises:
         FloatingPointError: when the loss becomes NaN/Inf; the backup and
             checkpoint of the last good epoch are kept.
+        Preempted: after a SIGTERM on any worker, once the step every worker
+            stopped at is backed up.
     """
     chief = is_chief(strategy) and model_dir is not None
     backup = Backup(os.path.join(model_dir, "backup")) if model_dir else None
-    initial_epoch = backup.restore(model) if (backup and resume) else 0
-    writer = None
+    initial_epoch, initial_batch = 0, 0
+    if backup and resume:
+        initial_epoch, initial_batch = backup.position()
+        backup.restore(model)
+    if callable(dataset):
+        dataset = dataset(initial_epoch, initial_batch)
+    writers = {}
     if chief:
-        writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "train"))
+        for name in ("train", "validation"):
+            path = os.path.join(model_dir, "tensorboard", name)
+            writers[name] = tf.summary.create_file_writer(path)
 
-    def replica_step(batch):
+    def replica_step(batch, stop):
         logs = model.train_step(batch)
         # Metric variables are per replica: average the replicas' running
         # means (equal per-replica batches: the global mean), on every worker.
         context = tf.distribute.get_replica_context()
-        return {
+        logs = {
             name: value if name == "lr" else context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
             for name, value in logs.items()
         }
+        # Any worker's SIGTERM stops all of them after this same step.
+        # (tf.identity: an input tensor as such has no device to reduce from.)
+        return logs, context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(stop))
 
     @tf.function
-    def train_steps(iterator):
-        logs = strategy.run(replica_step, args=(next(iterator),))
-        return {name: strategy.experimental_local_results(value)[0] for name, value in logs.items()}
+    def train_steps(iterator, stop):
+        logs, stop = strategy.run(replica_step, args=(next(iterator), stop))
+        local = strategy.experimental_local_results
+        return {name: local(value)[0] for name, value in logs.items()}, local(stop)[0]
+
+    def save_backup(epoch, batch, logs):
+        if chief and finite_logs(logs):
+            backup.save(model, epoch, batch)
 
     iterator = iter(dataset)
     history = types.SimpleNamespace(epoch=[], history={})
@@ -113,12 +206,14 @@ def fit_distributed(
             metric.reset_state()
         progress = keras.utils.Progbar(  # logs are running means already
             steps_per_epoch,
-            verbose=2 if verbose else 0,
+            verbose=2 if (verbose and (chief or model_dir is None)) else 0,
             stateful_metrics=[metric.name for metric in model.metrics] + ["lr"],
         )
+        first = initial_batch if epoch == initial_epoch else 0
         logs = {}
-        for step in range(steps_per_epoch):
-            logs = train_steps(iterator)
+        for step in range(first, steps_per_epoch):
+            requested = float(preemption is not None and preemption.requested)
+            logs, stop = train_steps(iterator, tf.constant(requested, tf.float32))
             loss = float(logs["loss"])
             if not math.isfinite(loss):
                 step = int(model.optimizer.iterations.numpy())
@@ -127,40 +222,83 @@ def fit_distributed(
                     f"{os.path.join(model_dir or '.', 'checkpoints')}. "
                     "Lower --lr or check the data."
                 )
-            progress.update(
-                step + 1,
-                [(name, float(value)) for name, value in logs.items()],
-                finalize=step + 1 == steps_per_epoch,
-            )
+            done = step + 1
+            if float(stop) > 0:
+                last = done == steps_per_epoch
+                save_backup(epoch + 1 if last else epoch, 0 if last else done, logs)
+                position = backup.position() if backup else (epoch, done)
+                raise Preempted(*position, backup.directory if backup else None)
+            run_step = epoch * steps_per_epoch + done
+            if backup_every_steps and run_step % backup_every_steps == 0 and done < steps_per_epoch:
+                save_backup(epoch, done, {"loss": loss})
+            if done < steps_per_epoch:
+                progress.update(done, [(name, float(value)) for name, value in logs.items()])
         logs = {name: float(value) for name, value in logs.items()}
+        if validation_data is not None:
+            logs.update(_validate(model, strategy, validation_data))
+        progress.update(steps_per_epoch, list(logs.items()), finalize=True)
         history.epoch.append(epoch)
         for name, value in logs.items():
             history.history.setdefault(name, []).append(value)
         if chief:
             backup.save(model, epoch + 1)
             save_epoch_checkpoint(model, os.path.join(model_dir, "checkpoints"), epoch, logs)
-            with writer.as_default():
-                for name, value in logs.items():
-                    tf.summary.scalar(f"epoch_{name}", value, step=epoch)
-            writer.flush()
-    if writer is not None:
+            for name, value in logs.items():
+                validation = name.startswith("val_")
+                with writers["validation" if validation else "train"].as_default():
+                    tf.summary.scalar(f"epoch_{name.removeprefix('val_')}", value, step=epoch)
+            for writer in writers.values():
+                writer.flush()
+    for writer in writers.values():
         writer.close()
     return history
 
 
-def fit_multi_worker(config, model, strategy, steps_per_epoch, dataset_fn):
-    """`fit_distributed` with a run's settings over `dataset_fn(input_context, batch_size)`."""
-    dataset = distribute_train_dataset(strategy, dataset_fn, config.batch_size)
+def fit_multi_worker(
+    config, model, strategy, steps_per_epoch, dataset_fn, validation_fn=None, preemption=None
+):
+    """`fit_distributed` with a run's settings.
+
+    Args:
+        config: the run's `TrainConfig`.
+        model, strategy, steps_per_epoch: as `fit_distributed`.
+        dataset_fn: `(input_context, batch_size, epoch, skip_batches) ->
+            tf.data.Dataset`: this input pipeline's batches from `epoch`,
+            without its first `skip_batches` (a resumed backup's position).
+        validation_fn: `input_context -> tf.data.Dataset` (this worker's
+            shard of the evaluation data) or None.
+        preemption: a `PreemptionWatcher` or None.
+    """
+
+    def dataset_from(epoch, skip_batches):
+        return distribute_train_dataset(
+            strategy,
+            lambda context, batch: dataset_fn(context, batch, epoch, skip_batches),
+            config.batch_size,
+        )
+
+    validation = validation_fn(worker_context(strategy)) if validation_fn else None
     return fit_distributed(
         model,
         strategy,
-        dataset,
+        dataset_from,
         epochs=config.epochs,
         steps_per_epoch=steps_per_epoch,
         model_dir=config.model_dir,
         resume=config.resume,
         verbose=0 if config.fit_verbose == 0 else 1,
+        backup_every_steps=config.backup_every_steps,
+        validation_data=validation,
+        preemption=preemption,
     )
 
 
-__all__ = ["distribute_train_dataset", "fit_distributed", "fit_multi_worker", "is_chief"]
+__all__ = [
+    "all_reduce_sum",
+    "distribute_train_dataset",
+    "fit_distributed",
+    "fit_multi_worker",
+    "is_chief",
+    "wait_for_file",
+    "worker_context",
+]

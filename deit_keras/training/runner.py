@@ -22,12 +22,13 @@ from deit_keras.distill import teachers
 from deit_keras.inference.evaluate import classifier_top1, evaluate_model
 from deit_keras.io import atomic, run_lock
 from deit_keras.io.atomic import atomic_output, write_text_atomic
-from deit_keras.models.variants import create_model
+from deit_keras.models.variants import create_model, get_variant
 from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training import custom_loop
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.distribute import make_strategy
 from deit_keras.training.optim import create_optimizer, freeze_backbone
+from deit_keras.training.preemption import PreemptionWatcher
 
 _DEFAULT_OUTPUT = os.path.join("saved_models", "{name}.keras")
 
@@ -127,33 +128,62 @@ def train_teacher(config, info, image_size, path, preprocessing):
     return cnn
 
 
+def _teacher_missing(config) -> bool:
+    """True when the run must train its teacher first; ValueError when it may not."""
+    if config.distillation_type == "none" or not config.teacher.endswith(".keras"):
+        return False
+    if os.path.exists(config.teacher):
+        return False
+    if config.teacher_epochs <= 0:
+        raise ValueError(
+            f"Teacher file {config.teacher} does not exist; train one or set "
+            "--teacher_epochs to have this run train a small CNN teacher first."
+        )
+    return True
+
+
+def _train_missing_teacher(config, info, image_size, preprocessing):
+    logging.warning(
+        "Training a %s teacher for %d epochs -> %s",
+        config.teacher_base or "small CNN",
+        config.teacher_epochs,
+        config.teacher,
+    )
+    train_teacher(config, info, image_size, config.teacher, preprocessing)
+
+
+def _share_teacher(config, info, strategy):
+    """Multi-worker: the chief trains a missing teacher, once; the others wait for its file.
+
+    Runs before the strategy scope (a `fit` under `MultiWorkerMirroredStrategy`
+    fails, keras-team/keras#20585): the chief trains on its own; the file
+    appears whole (atomic rename) on the shared storage.
+    """
+    if not _teacher_missing(config):
+        return
+    if custom_loop.is_chief(strategy):
+        variant = get_variant(config.model)
+        preprocessing = variant.preprocessing.replace(crop_pct=config.crop_pct)
+        _train_missing_teacher(config, info, config.image_size or variant.image_size, preprocessing)
+    else:
+        custom_loop.wait_for_file(config.teacher, config.teacher_wait_s, "the chief's teacher")
+
+
 def _make_teacher(config, info, student):
-    image_size = student.image_size
     if config.distillation_type == "none":
         return None
-    if config.teacher.endswith(".keras") and not os.path.exists(config.teacher):
-        if config.teacher_epochs <= 0:
-            raise ValueError(
-                f"Teacher file {config.teacher} does not exist; train one or set "
-                "--teacher_epochs to have this run train a small CNN teacher first."
-            )
-        logging.warning(
-            "Training a %s teacher for %d epochs -> %s",
-            config.teacher_base or "small CNN",
-            config.teacher_epochs,
-            config.teacher,
-        )
-        train_teacher(config, info, image_size, config.teacher, student.preprocessing)
+    if _teacher_missing(config):
+        _train_missing_teacher(config, info, student.image_size, student.preprocessing)
     return teachers.build_teacher(
         config.teacher,
         info.num_classes,
-        image_size,
+        student.image_size,
         weights=_teacher_weights(config),
         input_convention=config.teacher_input,
     )
 
 
-def _callbacks(config, sample_images, preprocessing, validation_images):
+def _callbacks(config, sample_images, preprocessing, validation_images, steps, preemption):
     tensorboard_dir = os.path.join(config.model_dir, "tensorboard")
     backup_dir = os.path.join(config.model_dir, "backup")
     if not config.resume and os.path.isdir(backup_dir):
@@ -161,7 +191,9 @@ def _callbacks(config, sample_images, preprocessing, validation_images):
     nan_stop = callbacks_lib.StopOnNaN()
     return nan_stop, [
         nan_stop,
-        callbacks_lib.AtomicBackupAndRestore(backup_dir),
+        callbacks_lib.AtomicBackupAndRestore(
+            backup_dir, config.backup_every_steps, steps_per_epoch=steps, preemption=preemption
+        ),
         callbacks_lib.EpochCheckpoint(
             os.path.join(config.model_dir, "checkpoints"), config.checkpoint_interval_s
         ),
@@ -193,55 +225,107 @@ def _train_data(config, data_kwargs, **extra):
     return make_dataset(config.dataset, "train", **options)
 
 
-def _deterministic_epochs(config, data_kwargs, start_epoch):
+def _deterministic_epochs(config, data_kwargs, start_epoch, skip_batches=0, **extra):
     """Epochs `start_epoch..epochs-1`, each seeded by its index, back to back.
 
-    A resumed run starts at the epoch it restored and sees the batches an
-    uninterrupted run would have seen there (see `make_dataset(epoch=)`).
+    A resumed run starts at the position it restored (`skip_batches` into
+    `start_epoch`) and sees the batches an uninterrupted run would have seen
+    there (see `make_dataset(epoch=, skip_batches=)`).
     """
 
-    def epoch_data(epoch):
-        return _train_data(config, data_kwargs, epoch=epoch)
+    def epoch_data(epoch, skip=0):
+        return _train_data(config, data_kwargs, epoch=epoch, skip_batches=skip, **extra)
 
-    train = epoch_data(start_epoch)
+    train = epoch_data(start_epoch, skip_batches)
     for epoch in range(start_epoch + 1, config.epochs):
         train = train.concatenate(epoch_data(epoch))
     return train
 
 
-def _train_dataset(config, data_kwargs, steps):
-    """`(dataset, steps_per_epoch for fit)` of the run's training input.
+def _training_stream(config, data_kwargs, epoch, skip_batches, **extra):
+    """All the input the run has left from `(epoch, skip_batches)`, repeated if need be.
 
     With `--deterministic` (and whole-pass epochs) every epoch is seeded by its
-    index, starting at the epoch a backup restores; otherwise one pipeline is
-    re-iterated each epoch with fresh randomness.
+    index (`_deterministic_epochs`); otherwise one pipeline is re-iterated
+    with fresh randomness and a resumed epoch just runs its remaining steps.
     """
     if config.deterministic and not config.steps_per_epoch:
-        backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
-        start = backup.restored_epoch() if config.resume else 0
-        return _deterministic_epochs(config, data_kwargs, start), steps
-    train = _train_data(config, data_kwargs)
-    return train, config.steps_per_epoch
+        return _deterministic_epochs(config, data_kwargs, epoch, skip_batches, **extra)
+    return _train_data(config, data_kwargs, **extra).repeat()
 
 
-def _fit(config, student, train, evaluation, steps_per_epoch):
-    sample_images = next(iter(train.take(1)))[0]
+def _train_phases(config, data_kwargs, steps):
+    """`[(dataset, epochs, steps_per_epoch)]`: the `fit` calls that run the rest of the run.
+
+    `fit` cannot start in the middle of an epoch, so a backup at batch `b` of
+    epoch `e` is resumed by a first fit of that epoch's remaining `steps - b`
+    batches, then a fit of the epochs after it. With `--deterministic` the
+    first skips the batches the backup already trained on.
+    """
+    epoch, batch = (0, 0)
+    if config.resume:
+        epoch, batch = callbacks_lib.Backup(os.path.join(config.model_dir, "backup")).position()
+    phases = []
+    if batch and epoch < config.epochs:
+        if config.deterministic and not config.steps_per_epoch:
+            rest_of_epoch = _train_data(config, data_kwargs, epoch=epoch, skip_batches=batch)
+        else:
+            rest_of_epoch = _train_data(config, data_kwargs).repeat()
+        phases.append((rest_of_epoch, epoch + 1, steps - batch))
+        epoch += 1
+    if epoch < config.epochs or not phases:
+        phases.append((_training_stream(config, data_kwargs, epoch, 0), config.epochs, steps))
+    return phases
+
+
+def _fit(config, student, phases, evaluation, steps, preemption):
+    sample_images = next(iter(phases[0][0].take(1)))[0]
     validation_images = next(iter(evaluation.take(1)))[0][:4]
     nan_stop, callbacks = _callbacks(
-        config, sample_images, student.preprocessing, validation_images
+        config, sample_images, student.preprocessing, validation_images, steps, preemption
     )
-    if config.steps_per_epoch:
-        train = train.repeat()
-    history = student.fit(
-        train,
-        epochs=config.epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=evaluation,
-        callbacks=callbacks,
-        verbose=config.fit_verbose,
-        shuffle=False,  # the tf.data pipeline shuffles
-    )
+    history = keras.callbacks.History()
+    history.epoch, history.history = [], {}
+    for train, epochs, fit_steps in phases:
+        part = student.fit(
+            train,
+            epochs=epochs,
+            steps_per_epoch=fit_steps,
+            validation_data=evaluation,
+            callbacks=callbacks,
+            verbose=config.fit_verbose,
+            shuffle=False,  # the tf.data pipeline shuffles
+        )
+        history.epoch += part.epoch
+        for name, values in part.history.items():
+            history.history.setdefault(name, []).extend(values)
+        if nan_stop.bad_step is not None:
+            break
     return history, nan_stop
+
+
+def _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption):
+    if not config.resume:
+        shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
+
+    def train_fn(context, batch, epoch, skip_batches):
+        return _training_stream(
+            config, data_kwargs, epoch, skip_batches, input_context=context, batch_size=batch
+        )
+
+    def validation_fn(context):
+        return make_dataset(
+            config.dataset,
+            "eval",
+            batch_size=min(config.batch_size, 256),
+            training=False,
+            input_context=context,
+            **data_kwargs,
+        )
+
+    return custom_loop.fit_multi_worker(
+        config, student, strategy, steps, train_fn, validation_fn, preemption
+    )
 
 
 def report_skipped(info, model_dir: str) -> str | None:
@@ -310,6 +394,8 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
     os.makedirs(config.model_dir, exist_ok=True)
     if custom_loop.is_chief(strategy):
         report_skipped(info, config.model_dir)
+    if config.strategy == "multi_worker":
+        _share_teacher(config, info, strategy)
     keras.utils.set_random_seed(config.seed)
 
     with strategy.scope():
@@ -357,22 +443,13 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
             tau=config.distillation_tau,
             jit_compile=config.jit_compile,
         )
-    if config.strategy == "multi_worker":  # Model.fit fails under it (keras-team/keras#20585)
-        if not config.resume:
-            shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
-        history = custom_loop.fit_multi_worker(
-            config,
-            student,
-            strategy,
-            steps,
-            lambda context, batch: _train_data(
-                config, data_kwargs, input_context=context, batch_size=batch
-            ),
-        )
-        nan_stop = callbacks_lib.StopOnNaN()  # the loop raises on NaN itself
-    else:
-        train, fit_steps = _train_dataset(config, data_kwargs, steps)
-        history, nan_stop = _fit(config, student, train, evaluation, fit_steps)
+    with PreemptionWatcher() as preemption:  # SIGTERM: back up the step, raise Preempted
+        if config.strategy == "multi_worker":  # Model.fit fails (keras-team/keras#20585)
+            history = _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
+            nan_stop = callbacks_lib.StopOnNaN()  # the loop raises on NaN itself
+        else:
+            phases = _train_phases(config, data_kwargs, steps)
+            history, nan_stop = _fit(config, student, phases, evaluation, steps, preemption)
     if nan_stop.bad_step is not None:
         raise FloatingPointError(
             f"Loss became NaN/Inf at step {nan_stop.bad_step}; the last good checkpoint is in "

@@ -1,10 +1,12 @@
 """Two real MultiWorkerMirroredStrategy workers on 127.0.0.1 train like one process.
 
 Each worker process runs (1) `run_training(strategy="multi_worker")` on digits
-for a few steps, then (2) `fit_distributed` on a fixed in-memory global batch
-of which each worker reads its half. The test checks that both workers end
-with identical weights, that only the chief wrote files, and that the loss
-and weights of (2) match a single-process run on the whole global batch.
+for a few steps, with hard distillation from a small CNN teacher the run
+trains first, then (2) `fit_distributed` on a fixed in-memory global batch of
+which each worker reads its half. The test checks that both workers end with
+identical weights and validation results, that only the chief trained the
+teacher and wrote files, and that the loss and weights of (2) match a
+single-process run on the whole global batch.
 """
 
 import json
@@ -13,9 +15,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from deit_keras.testing import fixed_batch_training
@@ -33,7 +38,8 @@ WORKER = textwrap.dedent("""
 
     def capture(config, model, strategy, *args):
         captured.update(model=model, strategy=strategy)
-        return fit_multi_worker(config, model, strategy, *args)
+        captured["history"] = fit_multi_worker(config, model, strategy, *args)
+        return captured["history"]
 
     custom_loop.fit_multi_worker = capture
     config = runner.TrainConfig(
@@ -41,15 +47,18 @@ WORKER = textwrap.dedent("""
         patch_size=8, embed_dim=16, depth=1, num_heads=2, crop_pct=1.0,
         batch_size=32, epochs=2, steps_per_epoch=2, warmup_epochs=1, repeated_aug=1,
         augment=AugmentConfig(rand_augment_ops=0, reprob=0.0, hflip=0.0),
-        distillation_type="none", teacher=None, strategy="multi_worker", jit_compile=False,
+        distillation_type="hard", teacher={model_dir!r} + "/teacher.keras", teacher_epochs=1,
+        strategy="multi_worker", jit_compile=False,
         model_dir={model_dir!r}, output={model_dir!r} + "/final.keras",
         export_savedmodel=False, progress="none",
     )
     results = runner.run_training(config)
     run_weights = captured["model"].get_weights()
     losses, weights = fixed_batch_training(captured["strategy"])
+    history = captured["history"].history
     np.savez({out!r}, losses=np.array(losses), chief=results.get("chief", True),
-             epochs=results["epochs"], *run_weights,
+             epochs=results["epochs"], val_top1=history["val_top1"],
+             val_loss=history["val_loss"], *run_weights,
              **{{f"fixed_{{i}}": w for i, w in enumerate(weights)}})
 """)
 
@@ -110,6 +119,12 @@ def test_two_workers_match_each_other_and_one_process(tmp_path):
     assert run_keys
     for key in run_keys:  # the two replicas stayed in sync
         np.testing.assert_array_equal(chief[key], other[key])
+    # Validation each epoch over both workers' shards: the same all-reduced values.
+    assert len(chief["val_top1"]) == 2 and np.all(chief["val_loss"] > 0)
+    np.testing.assert_array_equal(chief["val_top1"], other["val_top1"])
+    np.testing.assert_array_equal(chief["val_loss"], other["val_loss"])
+    # The teacher was trained once, by the chief; the other worker waited for its file.
+    assert "teacher for 1 epochs" in logs[0] and "teacher for 1 epochs" not in logs[1]
     # Only the chief wrote: one final model, one backup, checkpoints, results.
     assert os.path.exists(os.path.join(model_dir, "final.keras"))
     assert (
@@ -119,10 +134,102 @@ def test_two_workers_match_each_other_and_one_process(tmp_path):
         json.loads(Path(os.path.join(model_dir, "checkpoints", "last.json")).read_text())["step"]
         == 4
     )
-    assert json.loads(Path(os.path.join(model_dir, "results.json")).read_text())["epochs"] == 2
+    results = json.loads(Path(os.path.join(model_dir, "results.json")).read_text())
+    assert results["epochs"] == 2 and "teacher_top1" in results
+    for kind in ("train", "validation"):  # one TensorBoard writer: the chief's
+        events = os.listdir(os.path.join(model_dir, "tensorboard", kind))
+        assert len(events) == 1, events
+    checkpoint = json.loads(Path(model_dir, "checkpoints", "last.json").read_text())
+    assert checkpoint["val_top1"] == float(chief["val_top1"][-1])
 
     losses, weights = fixed_batch_training(tf.distribute.get_strategy())
     for worker in (chief, other):
         np.testing.assert_allclose(worker["losses"], losses, rtol=1e-5)
         for index, expected in enumerate(weights):
             np.testing.assert_allclose(worker[f"fixed_{index}"], expected, atol=1e-5)
+
+
+RUN = textwrap.dedent("""
+    import sys
+    from deit_keras.data.augment import AugmentConfig
+    from deit_keras.training import runner
+
+    config = runner.TrainConfig(
+        dataset="digits", data_dir={tfds!r}, image_size=16, drop_path=0.0,
+        patch_size=8, embed_dim=16, depth=1, num_heads=2, crop_pct=1.0,
+        batch_size=64, epochs=3, warmup_epochs=1, repeated_aug=1,
+        augment=AugmentConfig(rand_augment_ops=0, reprob=0.0, hflip=0.0),
+        distillation_type="none", teacher=None, strategy="multi_worker", jit_compile=False,
+        deterministic=True, backup_every_steps=4,
+        model_dir={model_dir!r}, output={model_dir!r} + "/final.keras",
+        export_savedmodel=False, progress="none",
+    )
+    runner.run_training(config)
+""")
+
+
+def _start_workers(tmp_path, model_dir, script=RUN):
+    """Two workers of `script` on fresh 127.0.0.1 ports; stderr goes to `<model_dir>-<i>.log`."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    processes = []
+    for index in range(2):
+        env = dict(
+            os.environ,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+            CUDA_VISIBLE_DEVICES="",
+        )
+        log = open(f"{model_dir}-{index}.log", "a")  # noqa: SIM115 (closed with the process)
+        code = script.format(tfds=str(tmp_path / "tfds"), model_dir=model_dir)
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code], env=env, cwd=ROOT, stdout=log, stderr=log
+            )
+        )
+    return processes
+
+
+def _wait_all(processes, timeout):
+    try:
+        return [process.wait(timeout) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.mark.large
+def test_killed_worker_restart_resumes_from_the_shared_backup(tmp_path):
+    """SIGKILL one worker mid-epoch; the other stops; both restarted end as if never stopped."""
+    from deit_keras.data.pipeline import dataset_info
+
+    dataset_info("digits", str(tmp_path / "tfds"))
+    reference = str(tmp_path / "reference")
+    assert _wait_all(_start_workers(tmp_path, reference), 600) == [0, 0]
+
+    model_dir = str(tmp_path / "run")
+    pointer = Path(model_dir, "backup", "latest.json")
+    processes = _start_workers(tmp_path, model_dir)
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 8:
+            break
+        time.sleep(0.05)
+    assert all(p.poll() is None for p in processes), "the run ended before the kill"
+    processes[1].kill()
+    killed_at = time.monotonic()
+    survivor = _wait_all(processes[:1], 300)[0]
+    stopped_s = time.monotonic() - killed_at
+    _wait_all(processes, 10)
+    saved = json.loads(pointer.read_text())
+    assert survivor != 0 and saved["step"] < 3 * 22
+    assert not Path(model_dir, "results.json").exists()
+
+    assert _wait_all(_start_workers(tmp_path, model_dir), 600) == [0, 0]
+    results = json.loads(Path(model_dir, "results.json").read_text())
+    assert results["epochs"] == 3 - saved["epoch"]
+    got = keras.saving.load_model(os.path.join(model_dir, "final.keras"), compile=False)
+    want = keras.saving.load_model(os.path.join(reference, "final.keras"), compile=False)
+    for g, w in zip(got.get_weights(), want.get_weights(), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6)
+    print(f"survivor exit {survivor} after {stopped_s:.1f} s; resumed from {saved}")

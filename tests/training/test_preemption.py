@@ -1,0 +1,165 @@
+"""Preemption: SIGTERM mid-epoch backs up the step; a rerun resumes there, bit for bit."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from deit_keras.data.pipeline import make_dataset
+from deit_keras.testing import tiny_model, user_stderr
+from deit_keras.training import callbacks as callbacks_lib
+from deit_keras.training.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatcher
+
+from .test_reliability import _prepare_digits, _train_command, _weights
+
+STEPS = 22  # digits: 1437 training images // batch 64
+RUN = ["--epochs=3", "--deterministic", "--backup_every_steps=5"]
+
+
+def _max_difference(got, want):
+    return max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 3-epoch deterministic run: the weights every resumed run must end with."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    _prepare_digits(tmp_path)
+    process = subprocess.run(
+        _train_command(tmp_path, "a", *RUN), capture_output=True, text=True, timeout=300
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return _weights(tmp_path / "a.keras")
+
+
+def _rerun_and_compare(tmp_path, command, reference, saved):
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = keras.saving.load_model(tmp_path / "b" / "checkpoints" / "last.keras")
+    assert int(final.optimizer.iterations.numpy()) == 3 * STEPS
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["epochs"] == 3 - saved["epoch"]  # the resumed epoch counts as one
+    difference = _max_difference(_weights(tmp_path / "b.keras"), reference)
+    assert difference <= 1e-6, difference
+
+
+# A SIGTERM sent by the run itself right after global step 31 (epoch 1, batch 9).
+SELF_TERM = textwrap.dedent("""
+    import os, signal, sys
+    from deit_keras.cli import train
+    from deit_keras.training import callbacks
+
+    class TermAt(callbacks.StopOnNaN):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            if int(self.model.optimizer.iterations.numpy()) == 31:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    callbacks.StopOnNaN = TermAt
+    sys.argv = ["deit-train"] + sys.argv[1:]
+    train.run()
+""")
+
+
+def test_sigterm_mid_epoch_backs_up_that_step_and_rerun_matches(tmp_path, reference):
+    _prepare_digits(tmp_path)
+    command = _train_command(tmp_path, "b", *RUN)
+    preempted = subprocess.run(
+        [sys.executable, "-c", SELF_TERM, *command[3:]], capture_output=True, text=True, timeout=300
+    )
+    assert preempted.returncode == PREEMPTED_EXIT_CODE, preempted.stderr[-3000:]
+    lines = user_stderr(preempted)
+    assert lines[-1].startswith("preempted (SIGTERM): backed up at epoch 1 step 9"), lines
+    assert "Traceback" not in preempted.stderr
+    saved = json.loads((tmp_path / "b" / "backup" / "latest.json").read_text())
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 9, STEPS + 9)
+    assert not (tmp_path / "b" / "results.json").exists()
+    _rerun_and_compare(tmp_path, command, reference, saved)
+
+
+@pytest.mark.large
+def test_sigterm_from_outside_exits_143_quickly_and_rerun_matches(tmp_path, reference):
+    """A real external SIGTERM at whatever step the run is at (CI: the self-sent one above)."""
+    _prepare_digits(tmp_path)
+    command = _train_command(tmp_path, "b", *RUN)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    pointer = tmp_path / "b" / "backup" / "latest.json"
+    deadline = time.time() + 240
+    try:
+        while not pointer.exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert process.poll() is None, "the run ended before it could be preempted"
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=60)[1]
+        seconds = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
+    saved = json.loads(pointer.read_text())
+    # A step, a backup and the exit, within the default grace period (GCE, Kubernetes).
+    assert seconds < 30, seconds
+    print(f"SIGTERM -> exit {PREEMPTED_EXIT_CODE} in {seconds:.1f} s; backup {saved}")
+    assert saved["step"] == STEPS * saved["epoch"] + saved["batch"] and saved["step"] >= 5
+    _rerun_and_compare(tmp_path, command, reference, saved)
+
+
+def test_skip_batches_drops_the_batches_already_drawn(tmp_path):
+    options = dict(image_size=16, batch_size=32, training=True, seed=3, epoch=1, deterministic=True)
+    options["data_dir"] = str(tmp_path / "tfds")
+    whole = [x.numpy() for x, _ in make_dataset("digits", "train", **options)]
+    rest = [x.numpy() for x, _ in make_dataset("digits", "train", skip_batches=5, **options)]
+    assert len(rest) == len(whole) - 5
+    for got, want in zip(rest, whole[5:], strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="skip_batches"):
+        make_dataset("digits", "eval", image_size=16, batch_size=8, training=False, skip_batches=1)
+
+
+def test_periodic_backups_count_run_steps_and_resume_mid_epoch(tmp_path):
+    model = tiny_model(num_classes=3)
+    model.compile(optimizer="adamw")
+    model.optimizer.build(model.trainable_variables)
+    backup = callbacks_lib.AtomicBackupAndRestore(str(tmp_path), every_steps=4, steps_per_epoch=6)
+    backup.set_model(model)
+    positions = []
+    for epoch in range(2):
+        backup.on_epoch_begin(epoch)
+        for batch in range(6):
+            backup.on_train_batch_end(batch, {"loss": 1.0})
+            positions.append(backup.backup.position())
+        backup.on_epoch_end(epoch, {"loss": 1.0})
+    # Run steps 4 and 8 (= epoch 1, batch 2) back up mid-epoch; 12 is an epoch end.
+    assert positions[3] == (0, 4) and positions[7] == (1, 2) and positions[11] == (1, 2)
+    assert backup.backup.position() == (2, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-00002", "latest.json"]
+    backup.backup.save(model, 1, 1)
+    resumed = callbacks_lib.AtomicBackupAndRestore(str(tmp_path), every_steps=4, steps_per_epoch=6)
+    resumed.set_model(model)
+    resumed.on_train_begin()
+    assert model._initial_epoch == 1
+    resumed.on_epoch_begin(1)
+    resumed.on_train_batch_end(0, {"loss": float("nan")})  # run step 8, NaN: not saved
+    assert resumed.backup.position() == (1, 1)
+    resumed.on_epoch_begin(1)
+    resumed.on_train_batch_end(0, {"loss": 1.0})  # the fit's first batch is batch 2 of epoch 1
+    assert resumed.backup.position() == (1, 2)
+
+
+def test_watcher_turns_sigterm_into_a_flag_and_restores_the_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    with PreemptionWatcher() as watcher:
+        assert not watcher.requested
+        signal.raise_signal(signal.SIGTERM)
+        assert watcher.requested
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "epoch 2 step 7" in str(Preempted(2, 7, "/runs/x/backup"))
