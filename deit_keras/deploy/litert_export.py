@@ -79,14 +79,14 @@ def _int8_matmuls(converter, images) -> bytes:
     dense and patch-embedding matmuls, nearly all of the FLOPs, stay int8.
     """
     converter.representative_dataset = lambda: ({"images": image[None]} for image in images)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter,
-        debug_dataset=lambda: ([image[None]] for image in images),
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=FLOAT_OPS),
-    )
     with warnings.catch_warnings():
         # The calibrator runs TF's own deprecated tf.lite.Interpreter; not ours to fix.
         warnings.simplefilter("ignore", UserWarning)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter,
+            debug_dataset=lambda: ([image[None]] for image in images),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=FLOAT_OPS),
+        )
         return debugger.get_nondebug_quantized_model()
 
 
