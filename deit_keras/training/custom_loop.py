@@ -96,6 +96,26 @@ def _validate(model, strategy, dataset) -> dict:
     return {f"val_{name}": float(mean) for name, mean in zip(names, means, strict=True)}
 
 
+# What a collective op raises when a peer dies (connection reset, health check).
+LOST_WORKER = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
+
+
+def _lost_worker(error, epoch: int, step: int, backup) -> ConnectionError:
+    """One line for a collective op that failed because another worker is gone."""
+    lines = [line.strip() for line in (error.message or "").splitlines() if line.strip()]
+    # TensorFlow puts "Graph execution error:" first and the cause further down.
+    causes = [line for line in lines if "abort" in line.lower() or "connection" in line.lower()]
+    reason = (causes or lines or [type(error).__name__])[0]
+    where = "the start (no backup)"
+    if backup is not None and backup.latest() is not None:
+        saved_epoch, saved_batch = backup.position()
+        where = f"the backup at epoch {saved_epoch} step {saved_batch} in {backup.directory}"
+    return ConnectionError(
+        f"Lost another worker at epoch {epoch} step {step} ({type(error).__name__}: {reason}); "
+        f"restart every worker with the same command: they resume from {where}."
+    )
+
+
 def distribute_train_dataset(strategy: tf.distribute.Strategy, dataset_fn, global_batch_size: int):
     """Per-worker sharded, repeated input: `dataset_fn(input_context, per_replica_batch)`.
 
@@ -167,7 +187,8 @@ def fit_distributed(
     initial_epoch, initial_batch = 0, 0
     if backup and resume:
         initial_epoch, initial_batch = backup.position()
-        backup.restore(model)
+        with strategy.scope():  # the optimizer's variables are built there
+            backup.restore(model)
     if callable(dataset):
         dataset = dataset(initial_epoch, initial_batch)
     writers = {}
@@ -213,7 +234,10 @@ def fit_distributed(
         logs = {}
         for step in range(first, steps_per_epoch):
             requested = float(preemption is not None and preemption.requested)
-            logs, stop = train_steps(iterator, tf.constant(requested, tf.float32))
+            try:
+                logs, stop = train_steps(iterator, tf.constant(requested, tf.float32))
+            except LOST_WORKER as error:
+                raise _lost_worker(error, epoch, step, backup) from None
             loss = float(logs["loss"])
             if not math.isfinite(loss):
                 step = int(model.optimizer.iterations.numpy())
@@ -225,8 +249,8 @@ def fit_distributed(
             done = step + 1
             if float(stop) > 0:
                 last = done == steps_per_epoch
-                save_backup(epoch + 1 if last else epoch, 0 if last else done, logs)
-                position = backup.position() if backup else (epoch, done)
+                position = (epoch + 1, 0) if last else (epoch, done)  # the same on all workers
+                save_backup(*position, logs)
                 raise Preempted(*position, backup.directory if backup else None)
             run_step = epoch * steps_per_epoch + done
             if backup_every_steps and run_step % backup_every_steps == 0 and done < steps_per_epoch:
@@ -235,7 +259,10 @@ def fit_distributed(
                 progress.update(done, [(name, float(value)) for name, value in logs.items()])
         logs = {name: float(value) for name, value in logs.items()}
         if validation_data is not None:
-            logs.update(_validate(model, strategy, validation_data))
+            try:
+                logs.update(_validate(model, strategy, validation_data))
+            except LOST_WORKER as error:
+                raise _lost_worker(error, epoch + 1, 0, backup) from None
         progress.update(steps_per_epoch, list(logs.items()), finalize=True)
         history.epoch.append(epoch)
         for name, value in logs.items():

@@ -11,6 +11,7 @@ single-process run on the whole global batch.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 import tensorflow as tf
 
 from deit_keras.testing import fixed_batch_training
+from deit_keras.training.preemption import PREEMPTED_EXIT_CODE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,6 +33,7 @@ WORKER = textwrap.dedent("""
     import numpy as np
     from deit_keras.data.augment import AugmentConfig
     from deit_keras.testing import fixed_batch_training
+from deit_keras.training.preemption import PREEMPTED_EXIT_CODE
     from deit_keras.training import custom_loop, runner
 
     captured = {{}}
@@ -149,27 +152,19 @@ def test_two_workers_match_each_other_and_one_process(tmp_path):
             np.testing.assert_allclose(worker[f"fixed_{index}"], expected, atol=1e-5)
 
 
-RUN = textwrap.dedent("""
-    import sys
-    from deit_keras.data.augment import AugmentConfig
-    from deit_keras.training import runner
+def _start_workers(tmp_path, name):
+    """The train CLI as two workers on fresh 127.0.0.1 ports; output in `<name>-<i>.log`."""
+    from .test_reliability import _train_command
 
-    config = runner.TrainConfig(
-        dataset="digits", data_dir={tfds!r}, image_size=16, drop_path=0.0,
-        patch_size=8, embed_dim=16, depth=1, num_heads=2, crop_pct=1.0,
-        batch_size=64, epochs=3, warmup_epochs=1, repeated_aug=1,
-        augment=AugmentConfig(rand_augment_ops=0, reprob=0.0, hflip=0.0),
-        distillation_type="none", teacher=None, strategy="multi_worker", jit_compile=False,
-        deterministic=True, backup_every_steps=4,
-        model_dir={model_dir!r}, output={model_dir!r} + "/final.keras",
-        export_savedmodel=False, progress="none",
+    command = _train_command(
+        tmp_path,
+        name,
+        "--strategy=multi_worker",
+        "--jit_compile=false",
+        "--epochs=3",
+        "--deterministic",
+        "--backup_every_steps=4",
     )
-    runner.run_training(config)
-""")
-
-
-def _start_workers(tmp_path, model_dir, script=RUN):
-    """Two workers of `script` on fresh 127.0.0.1 ports; stderr goes to `<model_dir>-<i>.log`."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     processes = []
     for index in range(2):
@@ -178,13 +173,8 @@ def _start_workers(tmp_path, model_dir, script=RUN):
             TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
             CUDA_VISIBLE_DEVICES="",
         )
-        log = open(f"{model_dir}-{index}.log", "a")  # noqa: SIM115 (closed with the process)
-        code = script.format(tfds=str(tmp_path / "tfds"), model_dir=model_dir)
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-c", code], env=env, cwd=ROOT, stdout=log, stderr=log
-            )
-        )
+        with open(tmp_path / f"{name}-{index}.log", "a") as log:
+            processes.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log))
     return processes
 
 
@@ -198,38 +188,85 @@ def _wait_all(processes, timeout):
                 process.wait()
 
 
+def _last_line(tmp_path, name, index):
+    return (tmp_path / f"{name}-{index}.log").read_text().strip().splitlines()[-1]
+
+
+def _wait_for_backup(processes, pointer, step, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no backup at step >= {step} while both workers ran")
+
+
 @pytest.mark.large
-def test_killed_worker_restart_resumes_from_the_shared_backup(tmp_path):
-    """SIGKILL one worker mid-epoch; the other stops; both restarted end as if never stopped."""
+def test_sigterm_and_a_killed_worker_then_restarts_end_as_if_never_stopped(tmp_path):
+    """SIGTERM on one worker stops both at one step; SIGKILL of one stops the other in one
+    line; each time both restarted resume from the shared backup, ending with the weights of
+    an uninterrupted two-worker run."""
     from deit_keras.data.pipeline import dataset_info
 
     dataset_info("digits", str(tmp_path / "tfds"))
-    reference = str(tmp_path / "reference")
-    assert _wait_all(_start_workers(tmp_path, reference), 600) == [0, 0]
+    assert _wait_all(_start_workers(tmp_path, "a"), 600) == [0, 0]
+    pointer = tmp_path / "b" / "backup" / "latest.json"
 
-    model_dir = str(tmp_path / "run")
-    pointer = Path(model_dir, "backup", "latest.json")
-    processes = _start_workers(tmp_path, model_dir)
-    deadline = time.time() + 300
-    while time.time() < deadline and all(p.poll() is None for p in processes):
-        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 8:
-            break
-        time.sleep(0.05)
-    assert all(p.poll() is None for p in processes), "the run ended before the kill"
+    processes = _start_workers(tmp_path, "b")
+    _wait_for_backup(processes, pointer, 4)
+    processes[1].send_signal(signal.SIGTERM)  # the non-chief: both must stop
+    assert _wait_all(processes, 120) == [PREEMPTED_EXIT_CODE] * 2
+    preempted = json.loads(pointer.read_text())
+    for index in range(2):
+        assert _last_line(tmp_path, "b", index).startswith("preempted (SIGTERM): backed up at")
+
+    processes = _start_workers(tmp_path, "b")
+    _wait_for_backup(processes, pointer, preempted["step"] + 4)
     processes[1].kill()
     killed_at = time.monotonic()
     survivor = _wait_all(processes[:1], 300)[0]
     stopped_s = time.monotonic() - killed_at
     _wait_all(processes, 10)
+    assert survivor == 2, _last_line(tmp_path, "b", 0)
+    assert _last_line(tmp_path, "b", 0).startswith("error: Lost another worker at epoch")
     saved = json.loads(pointer.read_text())
-    assert survivor != 0 and saved["step"] < 3 * 22
-    assert not Path(model_dir, "results.json").exists()
+    assert preempted["step"] < saved["step"] < 3 * 22
+    assert not (tmp_path / "b" / "results.json").exists()
 
-    assert _wait_all(_start_workers(tmp_path, model_dir), 600) == [0, 0]
-    results = json.loads(Path(model_dir, "results.json").read_text())
+    assert _wait_all(_start_workers(tmp_path, "b"), 600) == [0, 0]
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert results["epochs"] == 3 - saved["epoch"]
-    got = keras.saving.load_model(os.path.join(model_dir, "final.keras"), compile=False)
-    want = keras.saving.load_model(os.path.join(reference, "final.keras"), compile=False)
-    for g, w in zip(got.get_weights(), want.get_weights(), strict=True):
+    got = keras.saving.load_model(tmp_path / "b.keras", compile=False).get_weights()
+    want = keras.saving.load_model(tmp_path / "a.keras", compile=False).get_weights()
+    for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-6)
-    print(f"survivor exit {survivor} after {stopped_s:.1f} s; resumed from {saved}")
+    print(f"SIGTERM at {preempted}; survivor of SIGKILL exit 2 after {stopped_s:.1f} s; {saved}")
+
+
+def test_waiting_for_the_chiefs_teacher_times_out_in_one_line(tmp_path):
+    from deit_keras.training.custom_loop import wait_for_file
+
+    path = tmp_path / "teacher.keras"
+    with pytest.raises(TimeoutError, match=r"teacher .*teacher.keras did not appear within 0.2 s"):
+        wait_for_file(str(path), 0.2, "the chief's teacher", poll_s=0.05)
+    path.write_bytes(b"PK")
+    wait_for_file(str(path), 0.2, "the chief's teacher", poll_s=0.05)  # there: returns at once
+
+
+def test_a_lost_worker_is_one_line_naming_the_backup_to_resume(tmp_path):
+    from deit_keras.testing import tiny_model
+    from deit_keras.training.callbacks import Backup
+    from deit_keras.training.custom_loop import _lost_worker
+
+    error = tf.errors.UnavailableError(
+        None, None, "Graph execution error:\n\nCollective ops is aborted by: Connection reset"
+    )
+    message = str(_lost_worker(error, 1, 3, None))
+    assert "\n" not in message and "resume from the start (no backup)" in message
+    model = tiny_model(num_classes=3)
+    model.compile(optimizer="adamw")
+    backup = Backup(str(tmp_path / "backup"))
+    backup.save(model, 1, 2)
+    message = str(_lost_worker(error, 1, 3, backup))
+    assert message.startswith("Lost another worker at epoch 1 step 3 (UnavailableError: Collective")
+    assert "\n" not in message and f"epoch 1 step 2 in {tmp_path / 'backup'}" in message
