@@ -15,6 +15,7 @@ from deit_keras.cli import model_source
 from deit_keras.data.image_check import BAD_IMAGES
 from deit_keras.inference.evaluate import check_batch_size, evaluate_on_dataset
 from deit_keras.io.atomic import write_text_atomic
+from deit_keras.schema import FRACTION, POSITIVE
 
 _DATASET = flags.DEFINE_string(
     "dataset", None, "'digits', 'folder:PATH' or a TFDS name, e.g. 'imagenet2012'."
@@ -40,6 +41,12 @@ _OUTPUT = flags.DEFINE_string(
     "output", None, "Write the JSON summary here (atomically) instead of stdout."
 )
 
+cli.check_path("data_dir", "directory")
+cli.check_path("output", "output_file")
+cli.check_range("batch_size", POSITIVE)
+cli.check_range("max_batches", POSITIVE)
+cli.check_range("crop_pct", FRACTION)
+
 
 def format_results(results: dict) -> str:
     """One line per metric, for people."""
@@ -57,7 +64,7 @@ def format_results(results: dict) -> str:
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     check_batch_size(_BATCH_SIZE.value)  # before a model is loaded or downloaded
-    model, class_names = model_source.load_model_from_flags()
+    model, class_names = model_source.load_model_from_flags(allow_exported=True)
     summary = {"model_path": model_source.model_description()}
     summary.update(
         evaluate_on_dataset(

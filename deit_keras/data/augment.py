@@ -26,7 +26,7 @@ import tensorflow as tf
 from deit_keras.data import rand_augment as rand_augment_lib
 from deit_keras.data import transforms
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, normalize
-from deit_keras.schema import field
+from deit_keras.schema import NON_NEGATIVE, POSITIVE, PROBABILITY, Range, field, range_problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,55 +63,43 @@ class AugmentConfig:
     from these fields (`deit_keras.training.config`).
     """
 
-    rand_augment_ops: int = field(2, "RandAugment ops per image (0 = off).")
-    rand_augment_magnitude: float = field(9.0, "RandAugment magnitude (0-10).")
-    rand_augment_std: float = field(0.5, "RandAugment magnitude noise std.")
+    rand_augment_ops: int = field(2, "RandAugment ops per image (0 = off).", valid=NON_NEGATIVE)
+    rand_augment_magnitude: float = field(9.0, "RandAugment magnitude (0-10).", valid=Range(0, 10))
+    rand_augment_std: float = field(0.5, "RandAugment magnitude noise std.", valid=NON_NEGATIVE)
     rand_augment_impl: str = field(
         "timm",
         "RandAugment implementation: timm (own, seedable) or keras_cv.",
         choices=("timm", "keras_cv"),
     )
     rand_augment_batched: bool = field(False, "Apply RandAugment in a batch-level map.")
-    reprob: float = field(0.25, "Random erasing probability.")
-    mixup: float = field(0.8, "MixUp alpha (0 = off).")
-    cutmix: float = field(1.0, "CutMix alpha (0 = off).")
-    mixup_prob: float = field(1.0, "Probability of mixing a batch.")
-    mixup_switch_prob: float = field(0.5, "Probability of CutMix over MixUp.")
-    smoothing: float = field(0.1, "Label smoothing.")
-    hflip: float = field(0.5, "Horizontal flip probability.")
-    crop_scale_min: float = field(0.08, "Random resized crop: smallest area.")
-    crop_ratio: tuple = field((3 / 4, 4 / 3), "Random resized crop: aspect range.")
+    reprob: float = field(0.25, "Random erasing probability.", valid=PROBABILITY)
+    mixup: float = field(0.8, "MixUp alpha (0 = off).", valid=NON_NEGATIVE)
+    cutmix: float = field(1.0, "CutMix alpha (0 = off).", valid=NON_NEGATIVE)
+    mixup_prob: float = field(1.0, "Probability of mixing a batch.", valid=PROBABILITY)
+    mixup_switch_prob: float = field(0.5, "Probability of CutMix over MixUp.", valid=PROBABILITY)
+    smoothing: float = field(0.1, "Label smoothing.", valid=Range(0, 1, high_open=True))
+    hflip: float = field(0.5, "Horizontal flip probability.", valid=PROBABILITY)
+    crop_scale_min: float = field(
+        0.08, "Random resized crop: smallest area.", valid=Range(0, 1, low_open=True)
+    )
+    crop_ratio: tuple = field((3 / 4, 4 / 3), "Random resized crop: aspect range.", valid=POSITIVE)
     translate: int = field(
-        0, "Random shift of up to this many pixels per axis after the crop, zero fill (0 = off)."
+        0,
+        "Random shift of up to this many pixels per axis after the crop, zero fill (0 = off).",
+        valid=NON_NEGATIVE,
     )
 
     def __post_init__(self):
-        for name in ("reprob", "mixup_prob", "mixup_switch_prob", "hflip"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value}")
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"`smoothing` must be in [0, 1). Received: smoothing={self.smoothing}")
-        if self.mixup < 0 or self.cutmix < 0:
+        problems = range_problems(self)  # every numeric field's `valid` range
+        if problems:
+            raise ValueError("; ".join(problems))
+        if len(self.crop_ratio) != 2 or self.crop_ratio[0] > self.crop_ratio[1]:
             raise ValueError(
-                "`mixup` and `cutmix` must be >= 0. Received: "
-                f"mixup={self.mixup}, cutmix={self.cutmix}"
-            )
-        if not 0.0 < self.crop_scale_min <= 1.0 or len(self.crop_ratio) != 2:
-            raise ValueError(
-                "`crop_scale_min` must be in (0, 1] and `crop_ratio` two floats. Received: "
-                f"crop_scale_min={self.crop_scale_min}, crop_ratio={self.crop_ratio}"
+                f"crop_ratio must be two numbers, min <= max, got {list(self.crop_ratio)}"
             )
         object.__setattr__(self, "crop_ratio", tuple(float(v) for v in self.crop_ratio))
         if self.translate < 0:
             raise ValueError(f"`translate` must be >= 0. Received: translate={self.translate}")
-        if not 0.0 <= self.rand_augment_magnitude <= 10.0:
-            raise ValueError(
-                "`rand_augment_magnitude` must be in [0, 10]. Received: "
-                f"rand_augment_magnitude={self.rand_augment_magnitude}"
-            )
-        if self.rand_augment_ops < 0:
-            raise ValueError(f"`rand_augment_ops` must be >= 0. Received: {self.rand_augment_ops}")
         if self.rand_augment_impl not in ("timm", "keras_cv"):
             raise ValueError(
                 "`rand_augment_impl` must be 'timm' or 'keras_cv'. "

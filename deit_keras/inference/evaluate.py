@@ -14,7 +14,7 @@ from absl import logging
 
 from deit_keras.data import pipeline
 from deit_keras.data.labels import INDEX, resolve_class_names
-from deit_keras.deploy.saving import load_model
+from deit_keras.deploy.runtimes import load_for_inference
 from deit_keras.distill.step import average_heads
 
 
@@ -109,7 +109,8 @@ def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) 
     """Accuracy of a DeiT on `dataset`, per head and for the averaged heads.
 
     Args:
-        model: a `DeiT` with a classification head.
+        model: a `DeiT` with a classification head, or a
+            `deploy.runtimes.ExportedModel` (a `.tflite` / `.onnx` export).
         dataset: iterable of `(images, labels)` batches (e.g. a `tf.data`
             dataset): images normalised float32 `[B, H, W, 3]`, labels one-hot
             `[B, num_classes]` or integer `[B]`.
@@ -124,13 +125,16 @@ def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) 
         raise ValueError("Cannot evaluate a model without a head (num_classes=0).")
     size = model.image_size
 
-    @tf.function(input_signature=[tf.TensorSpec([None, size, size, model.in_channels], tf.float32)])
     def heads(images):
         cls_logits, dist_logits = model.call_heads(images, training=False)
         outputs = {"": average_heads(cls_logits, dist_logits), "cls_": cls_logits}
         if dist_logits is not None:
             outputs["dist_"] = dist_logits
         return outputs
+
+    if isinstance(model, keras.Model):  # an ExportedModel runs in its own runtime
+        spec = tf.TensorSpec([None, size, size, model.in_channels], tf.float32)
+        heads = tf.function(heads, input_signature=[spec])
 
     def outputs_fn(images):
         if tuple(images.shape[1:3]) != (size, size):
@@ -202,7 +206,7 @@ def evaluate_file(
         the `evaluate_on_dataset` dict plus `model_path`.
     """
     check_batch_size(batch_size)
-    model, class_names = load_model(model_path, compile=False)
+    model, class_names = load_for_inference(model_path)
     summary = {"model_path": model_path}
     summary.update(
         evaluate_on_dataset(

@@ -9,12 +9,27 @@ DeiT-Ti recipe; `experiments/*.cfg` hold complete runs.
 """
 
 import dataclasses
+import os
 
 from deit_keras.data.augment import AugmentConfig
 from deit_keras.data.image_check import BAD_IMAGES
 from deit_keras.distill.losses import DISTILLATION_TYPES
+from deit_keras.io.paths import (
+    directory_problem,
+    input_file_problem,
+    output_dir_problem,
+    output_file_problem,
+)
 from deit_keras.models.variants import ALIASES, list_models
-from deit_keras.schema import NON_NEGATIVE, POSITIVE, field
+from deit_keras.schema import (
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Range,
+    field,
+    range_problems,
+)
 from deit_keras.training.distribute import STRATEGIES
 from deit_keras.training.optim import FREEZE
 
@@ -34,16 +49,21 @@ class TrainConfig:
         "DeiT variant (timm name).",
         choices=tuple(list_models() + sorted(ALIASES)),
     )
-    image_size: int | None = field(None, "Input size; defaults to the variant's.")
-    patch_size: int | None = field(None, "Override the variant's patch size (small data).")
-    embed_dim: int | None = field(None, "Override the variant's token size.")
-    depth: int | None = field(None, "Override the variant's number of blocks.")
-    num_heads: int | None = field(None, "Override the variant's attention heads.")
-    drop_path: float = field(0.1, "Stochastic depth rate of the last block.")
+    image_size: int | None = field(None, "Input size; defaults to the variant's.", valid=POSITIVE)
+    patch_size: int | None = field(
+        None, "Override the variant's patch size (small data).", valid=POSITIVE
+    )
+    embed_dim: int | None = field(None, "Override the variant's token size.", valid=POSITIVE)
+    depth: int | None = field(None, "Override the variant's number of blocks.", valid=POSITIVE)
+    num_heads: int | None = field(None, "Override the variant's attention heads.", valid=POSITIVE)
+    drop_path: float = field(
+        0.1, "Stochastic depth rate of the last block.", valid=Range(0, 1, high_open=True)
+    )
     crop_pct: float | None = field(
         None,
         "Eval centre-crop fraction saved with the model; "
         "defaults to the variant's (0.875 at 224 px, 1.0 at 384).",
+        valid=FRACTION,
     )
     pretrained: bool = field(
         False, "Start from the published ImageNet weights of --model (downloaded, cached)."
@@ -67,30 +87,34 @@ class TrainConfig:
         "naming the first.",
         choices=BAD_IMAGES,
     )
-    batch_size: int = field(1024, "Global batch size (all replicas).")
-    epochs: int = field(300, "Training epochs.")
-    steps_per_epoch: int | None = field(None, "Steps per epoch; default one pass.")
-    repeated_aug: int = field(3, "Repeated augmentation count (1 = off).")
+    batch_size: int = field(1024, "Global batch size (all replicas).", valid=POSITIVE)
+    epochs: int = field(300, "Training epochs.", valid=POSITIVE)
+    steps_per_epoch: int | None = field(None, "Steps per epoch; default one pass.", valid=POSITIVE)
+    repeated_aug: int = field(3, "Repeated augmentation count (1 = off).", valid=Range(1))
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     # === Optimiser ===
-    lr: float = field(5e-4, "Base LR for batch 512; scaled by batch_size / 512.")
-    min_lr: float = field(1e-5, "LR at the end of the cosine.")
-    warmup_lr: float = field(1e-6, "LR at step 0.")
-    warmup_epochs: int = field(5, "Linear warmup epochs.")
-    weight_decay: float = field(0.05, "AdamW weight decay.")
-    clip_grad: float | None = field(None, "Global gradient norm clip (off by default).")
+    lr: float = field(5e-4, "Base LR for batch 512; scaled by batch_size / 512.", valid=POSITIVE)
+    min_lr: float = field(1e-5, "LR at the end of the cosine.", valid=NON_NEGATIVE)
+    warmup_lr: float = field(1e-6, "LR at step 0.", valid=NON_NEGATIVE)
+    warmup_epochs: int = field(5, "Linear warmup epochs.", valid=NON_NEGATIVE)
+    weight_decay: float = field(0.05, "AdamW weight decay.", valid=NON_NEGATIVE)
+    clip_grad: float | None = field(
+        None, "Global gradient norm clip (off by default).", valid=POSITIVE
+    )
     model_ema: bool = field(False, "Keep an EMA of the weights; used at the end.")
-    model_ema_decay: float = field(0.99996, "EMA decay.")
+    model_ema_decay: float = field(0.99996, "EMA decay.", valid=PROBABILITY)
     # === Fine-tuning ===
     layer_decay: float = field(
         1.0,
         "Layer-wise LR decay (BEiT, timm): block i (of depth d) trains at lr x "
         "layer_decay^(d - i), the patch embedding at lr x layer_decay^(d + 1); 1 = off.",
+        valid=FRACTION,
     )
     grad_accum_steps: int = field(
         1,
         "Steps whose mean gradient makes one optimizer update; the LR scales with "
         "batch_size x grad_accum_steps and the schedule counts updates.",
+        valid=POSITIVE,
     )
     freeze: str = field(
         "none", "backbone: train only head / head_dist (a first stage).", choices=FREEZE
@@ -102,8 +126,8 @@ class TrainConfig:
         choices=DISTILLATION_TYPES,
         aliases=("distillation",),
     )
-    distillation_alpha: float = field(0.5, "Weight of the distillation loss.")
-    distillation_tau: float = field(1.0, "Soft distillation temperature.")
+    distillation_alpha: float = field(0.5, "Weight of the distillation loss.", valid=PROBABILITY)
+    distillation_tau: float = field(1.0, "Soft distillation temperature.", valid=POSITIVE)
     teacher: str | None = field(
         "regnety160",
         "A .keras CNN or a keras.applications name (regnety160 = RegNetY-16GF).",
@@ -119,8 +143,11 @@ class TrainConfig:
         0,
         "If > 0 and --teacher is a missing .keras file, first train a small CNN teacher this "
         "many epochs and save it there.",
+        valid=NON_NEGATIVE,
     )
-    teacher_lr: float = field(4e-3, "Peak LR of that CNN teacher (batch 64, AdamW).")
+    teacher_lr: float = field(
+        4e-3, "Peak LR of that CNN teacher (batch 64, AdamW).", valid=POSITIVE
+    )
     teacher_base: str | None = field(
         None,
         "A keras.applications name (e.g. resnet50) to fine-tune as that teacher instead of "
@@ -148,8 +175,9 @@ class TrainConfig:
         30.0,
         "Write checkpoints/last.keras at most every N seconds (first, last and final good "
         "epoch always; 0 = every epoch): a save costs about a digits epoch.",
+        valid=NON_NEGATIVE,
     )
-    seed: int = field(0, "Random seed.")
+    seed: int = field(0, "Random seed.", valid=NON_NEGATIVE)
     deterministic: bool = field(False, "Deterministic ops and input order.")
     backup_every_steps: int = field(
         0,
@@ -167,6 +195,7 @@ class TrainConfig:
         5,
         "Every N epochs, TensorBoard gets the cls/dist attention maps of a few validation "
         "images and the per-layer cls-dist token cosine similarity (0 = off).",
+        valid=NON_NEGATIVE,
     )
     progress: str = field(
         "auto",
@@ -186,12 +215,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises one ValueError naming every out-of-range setting."""
-        problems = []
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
-            problems.append(f"steps_per_epoch must be positive, got {self.steps_per_epoch}")
+        problems = range_problems(self)  # every numeric field's `valid` range
         for name, allowed in (
             ("precision", PRECISIONS),
             ("strategy", STRATEGIES),
@@ -209,8 +233,6 @@ class TrainConfig:
             problems.append(
                 f"teacher_augment must be one of {TEACHER_AUGMENT}, got {self.teacher_augment!r}"
             )
-        if self.summary_every < 0:
-            problems.append(f"summary_every must be >= 0, got {self.summary_every}")
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
         if self.distillation_type != "none" and not self.teacher:
@@ -218,13 +240,42 @@ class TrainConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
+    def check_paths(self) -> None:
+        """Raises one ValueError naming every file or folder setting that cannot serve.
+
+        Run before any work: a missing `finetune` or `teacher` file, an `output`
+        that is a directory, a `model_dir` or `data_dir` that is a file or lies
+        in a folder that cannot be written. Apart from `validate` so a config can
+        be checked on a machine without its files.
+        """
+        problems = [
+            output_dir_problem("model_dir", self.model_dir),
+            directory_problem("data_dir", self.data_dir),
+            output_file_problem("output", self.output),
+            input_file_problem("finetune", self.finetune),
+        ]
+        if self.distillation_type != "none" and str(self.teacher).endswith(".keras"):
+            # A missing .keras teacher is written first when teacher_epochs > 0.
+            if self.teacher_epochs and not os.path.exists(self.teacher):
+                problems.append(output_file_problem("teacher", self.teacher))
+            else:
+                problems.append(input_file_problem("teacher", self.teacher))
+        elif self.distillation_type != "none" and self.teacher and os.path.exists(self.teacher):
+            problems.append(
+                f"teacher must be a .keras file or a keras.applications name, got {self.teacher}"
+            )
+        problems = [problem for problem in problems if problem]
+        if problems:
+            raise ValueError("; ".join(problems))
+
     def _finetune_problems(self) -> list:
         problems = []
-        if not 0.0 < self.layer_decay <= 1.0:
-            problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay}")
-        if self.grad_accum_steps < 1:
-            problems.append(f"grad_accum_steps must be positive, got {self.grad_accum_steps}")
-        elif self.steps_per_epoch and self.steps_per_epoch % self.grad_accum_steps:
+        if (
+            POSITIVE.contains(self.grad_accum_steps)
+            and POSITIVE.contains(self.steps_per_epoch)
+            and self.steps_per_epoch
+            and self.steps_per_epoch % self.grad_accum_steps
+        ):
             problems.append(
                 f"steps_per_epoch ({self.steps_per_epoch}) must be a multiple of "
                 f"grad_accum_steps ({self.grad_accum_steps}): an epoch ends on an update"
