@@ -119,17 +119,36 @@ def prepare(args):
     """Keras side of the set-up: the exports of the reference's weights."""
     from deit_keras.deploy import export_formats
     from deit_keras.deploy.checkpoints import load_checkpoint
+    from deit_keras.deploy.runtimes import ExportedModel
+    from deit_keras.deploy.signatures import fixed_size_function
 
     model = load_checkpoint(os.path.join(args.workdir, "weights.safetensors"), args.model)
     size = model.image_size
     calibration = _images(16, size)
+    paths = {f"litert_{q}": os.path.join(args.workdir, f"litert_{q}.tflite") for q in QUANTIZE}
     for quantize in QUANTIZE:
-        path = os.path.join(args.workdir, f"litert_{quantize}.tflite")
         export_formats.export_model(
-            model, path, "litert", quantize=quantize, calibration_images=calibration
+            model,
+            paths[f"litert_{quantize}"],
+            "litert",
+            quantize=quantize,
+            calibration_images=calibration,
         )
-    export_formats.export_model(model, os.path.join(args.workdir, "onnx.onnx"), "onnx")
-    _reply(image_size=size)
+    paths["onnx"] = os.path.join(args.workdir, "onnx.onnx")
+    export_formats.export_model(model, paths["onnx"], "onnx")
+    # Same weights, same images: each export's logits against the Keras graph's.
+    probe = np.random.default_rng(1).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    expected = np.asarray(fixed_size_function(model)(probe)["logits"])
+    checks = {}
+    for side, path in paths.items():
+        logits = ExportedModel(path).run_uint8(probe)["logits"]
+        checks[side] = {
+            "finite": bool(np.isfinite(logits).all()),
+            "max_abs_logit_diff": float(np.abs(logits - expected).max()),
+            "max_abs_logit": float(np.abs(expected).max()),
+            "file_mb": os.path.getsize(path) / 2**20,
+        }
+    _reply(image_size=size, checks=checks)
 
 
 def digits_accuracy(args):
@@ -252,6 +271,15 @@ def markdown(result):
             f"{row['b1_latency_ratio']:.2f}x | {row[f'b{batch}_images_per_s']:.1f} | "
             f"{row[f'b{batch}_throughput_ratio']:.2f}x | {row['max_rss_mb']:.0f} |"
         )
+    lines += [
+        "",
+        "| export | finite | max abs logit diff vs Keras | file MB |",
+        "|---|---|---|---|",
+    ]
+    for side, row in result["export_checks"].items():
+        lines.append(
+            f"| {side} | {row['finite']} | {row['max_abs_logit_diff']:.2e} | {row['file_mb']:.1f} |"
+        )
     if result.get("digits"):
         lines += ["", "| digits student | top-1 | agreement with fp32 | file KB |"]
         lines.append("|---|---|---|---|")
@@ -292,7 +320,8 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         args.workdir = workdir
         one_shot(args, "save_weights")
-        size = one_shot(args, "prepare")["image_size"]
+        prepared = one_shot(args, "prepare")
+        size = prepared["image_size"]
         digits = one_shot(args, "digits") if args.digits_model else None
         batch1 = timed(args, 1, size, args.iterations)
         batchn = timed(args, args.batch, size, max(1, args.iterations // 10))
@@ -305,6 +334,7 @@ def main():
         "batch": args.batch,
         "repeats": args.repeats,
         "latency": summarise(batch1, batchn, args.batch),
+        "export_checks": prepared["checks"],
         "digits": digits,
     }
     name = "deploy_latency_quick.json" if args.quick else "deploy_latency.json"
