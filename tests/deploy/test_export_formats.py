@@ -241,3 +241,21 @@ def test_export_cli_bad_combination_is_one_line(models, tmp_path):
         "Received: format='onnx', quantize='int8'"
     ]
     assert not os.path.exists(out)
+
+
+def test_predict_cli_runs_an_onnx_export(models, exports, tmp_path):
+    from PIL import Image
+
+    model = models["distilled"]
+    crop = eval_crops("digits", 1, 32, model.preprocessing, split="eval")[0]
+    image = str(tmp_path / "digit.png")
+    Image.fromarray(crop).save(image)
+    expected = predict_images(model, [crop], NAMES, top_k=1)[0][0]
+    process = run_cli(
+        "predict", f"--model_path={exports['distilled', 'onnx']}", "--top_k=1", "--json", image
+    )
+    assert process.returncode == 0, process.stderr
+    (record,) = json.loads(process.stdout)
+    (top,) = record["predictions"]
+    assert top["class_name"] == expected[0]
+    assert top["probability"] == pytest.approx(expected[2], abs=1e-5)
