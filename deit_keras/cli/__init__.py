@@ -108,7 +108,8 @@ def run(main) -> None:
     A bad flag (unknown, unparsable, out of range, a path that cannot serve)
     and every other error the user can fix end as `error: <message>` with exit
     status 2.
-    `--verbose` shows the traceback instead.
+    `--verbose` shows the traceback instead. A training run stopped by SIGTERM
+    (`training.preemption.Preempted`) prints its one line and exits 143.
     """
     # A command (not the library) may quiet TensorFlow's C++ start-up chatter;
     # a value the user set is kept.

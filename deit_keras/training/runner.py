@@ -24,7 +24,7 @@ from deit_keras.io import atomic, run_lock
 from deit_keras.io.atomic import atomic_output, write_text_atomic
 from deit_keras.models.variants import create_model, get_variant
 from deit_keras.training import callbacks as callbacks_lib
-from deit_keras.training import custom_loop
+from deit_keras.training import custom_loop, inputs
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.distribute import make_strategy
 from deit_keras.training.optim import create_optimizer, freeze_backbone
@@ -213,71 +213,6 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
     )
 
 
-def _train_data(config, data_kwargs, **extra):
-    """The run's training pipeline; `extra` sets `epoch`, `input_context`, `batch_size`."""
-    options = dict(
-        batch_size=config.batch_size,
-        training=True,
-        augment=config.augment,
-        repeated_aug=config.repeated_aug,
-    )
-    options.update(data_kwargs, **extra)
-    return make_dataset(config.dataset, "train", **options)
-
-
-def _deterministic_epochs(config, data_kwargs, start_epoch, skip_batches=0, **extra):
-    """Epochs `start_epoch..epochs-1`, each seeded by its index, back to back.
-
-    A resumed run starts at the position it restored (`skip_batches` into
-    `start_epoch`) and sees the batches an uninterrupted run would have seen
-    there (see `make_dataset(epoch=, skip_batches=)`).
-    """
-
-    def epoch_data(epoch, skip=0):
-        return _train_data(config, data_kwargs, epoch=epoch, skip_batches=skip, **extra)
-
-    train = epoch_data(start_epoch, skip_batches)
-    for epoch in range(start_epoch + 1, config.epochs):
-        train = train.concatenate(epoch_data(epoch))
-    return train
-
-
-def _training_stream(config, data_kwargs, epoch, skip_batches, **extra):
-    """All the input the run has left from `(epoch, skip_batches)`, repeated if need be.
-
-    With `--deterministic` (and whole-pass epochs) every epoch is seeded by its
-    index (`_deterministic_epochs`); otherwise one pipeline is re-iterated
-    with fresh randomness and a resumed epoch just runs its remaining steps.
-    """
-    if config.deterministic and not config.steps_per_epoch:
-        return _deterministic_epochs(config, data_kwargs, epoch, skip_batches, **extra)
-    return _train_data(config, data_kwargs, **extra).repeat()
-
-
-def _train_phases(config, data_kwargs, steps):
-    """`[(dataset, epochs, steps_per_epoch)]`: the `fit` calls that run the rest of the run.
-
-    `fit` cannot start in the middle of an epoch, so a backup at batch `b` of
-    epoch `e` is resumed by a first fit of that epoch's remaining `steps - b`
-    batches, then a fit of the epochs after it. With `--deterministic` the
-    first skips the batches the backup already trained on.
-    """
-    epoch, batch = (0, 0)
-    if config.resume:
-        epoch, batch = callbacks_lib.Backup(os.path.join(config.model_dir, "backup")).position()
-    phases = []
-    if batch and epoch < config.epochs:
-        if config.deterministic and not config.steps_per_epoch:
-            rest_of_epoch = _train_data(config, data_kwargs, epoch=epoch, skip_batches=batch)
-        else:
-            rest_of_epoch = _train_data(config, data_kwargs).repeat()
-        phases.append((rest_of_epoch, epoch + 1, steps - batch))
-        epoch += 1
-    if epoch < config.epochs or not phases:
-        phases.append((_training_stream(config, data_kwargs, epoch, 0), config.epochs, steps))
-    return phases
-
-
 def _fit(config, student, phases, evaluation, steps, preemption):
     sample_images = next(iter(phases[0][0].take(1)))[0]
     validation_images = next(iter(evaluation.take(1)))[0][:4]
@@ -309,7 +244,7 @@ def _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
         shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
 
     def train_fn(context, batch, epoch, skip_batches):
-        return _training_stream(
+        return inputs.training_stream(
             config, data_kwargs, epoch, skip_batches, input_context=context, batch_size=batch
         )
 
@@ -448,7 +383,7 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
             history = _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
             nan_stop = callbacks_lib.StopOnNaN()  # the loop raises on NaN itself
         else:
-            phases = _train_phases(config, data_kwargs, steps)
+            phases = inputs.train_phases(config, data_kwargs, steps)
             history, nan_stop = _fit(config, student, phases, evaluation, steps, preemption)
     if nan_stop.bad_step is not None:
         raise FloatingPointError(

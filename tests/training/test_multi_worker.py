@@ -33,7 +33,6 @@ WORKER = textwrap.dedent("""
     import numpy as np
     from deit_keras.data.augment import AugmentConfig
     from deit_keras.testing import fixed_batch_training
-from deit_keras.training.preemption import PREEMPTED_EXIT_CODE
     from deit_keras.training import custom_loop, runner
 
     captured = {{}}

@@ -1,0 +1,82 @@
+"""The training input of a run: epochs seeded by index, and where a resumed run picks up.
+
+A backup records `(epoch, batch)` (`callbacks.Backup.position`). `train_phases`
+turns it into the `fit` calls that finish the run: the rest of the
+interrupted epoch, then the epochs after it. With `--deterministic` every epoch
+is a function of `(seed, epoch)` and a resumed epoch skips the batches it
+already trained on, so a resumed run sees the batches an uninterrupted one
+would have seen.
+"""
+
+import os
+
+from deit_keras.data.pipeline import make_dataset
+from deit_keras.training.callbacks import Backup
+
+
+def train_data(config, data_kwargs, **extra):
+    """The run's training pipeline; `extra` sets `epoch`, `input_context`, `batch_size`."""
+    options = dict(
+        batch_size=config.batch_size,
+        training=True,
+        augment=config.augment,
+        repeated_aug=config.repeated_aug,
+    )
+    options.update(data_kwargs, **extra)
+    return make_dataset(config.dataset, "train", **options)
+
+
+def deterministic_epochs(config, data_kwargs, start_epoch, skip_batches=0, **extra):
+    """Epochs `start_epoch..epochs-1`, each seeded by its index, back to back.
+
+    A resumed run starts at the position it restored (`skip_batches` into
+    `start_epoch`) and sees the batches an uninterrupted run would have seen
+    there (see `make_dataset(epoch=, skip_batches=)`).
+    """
+
+    def epoch_data(epoch, skip=0):
+        return train_data(config, data_kwargs, epoch=epoch, skip_batches=skip, **extra)
+
+    train = epoch_data(start_epoch, skip_batches)
+    for epoch in range(start_epoch + 1, config.epochs):
+        train = train.concatenate(epoch_data(epoch))
+    return train
+
+
+def training_stream(config, data_kwargs, epoch, skip_batches, **extra):
+    """All the input the run has left from `(epoch, skip_batches)`, repeated if need be.
+
+    With `--deterministic` (and whole-pass epochs) every epoch is seeded by its
+    index (`deterministic_epochs`); otherwise one pipeline is re-iterated
+    with fresh randomness and a resumed epoch just runs its remaining steps.
+    """
+    if config.deterministic and not config.steps_per_epoch:
+        return deterministic_epochs(config, data_kwargs, epoch, skip_batches, **extra)
+    return train_data(config, data_kwargs, **extra).repeat()
+
+
+def train_phases(config, data_kwargs, steps):
+    """`[(dataset, epochs, steps_per_epoch)]`: the `fit` calls that run the rest of the run.
+
+    `fit` cannot start in the middle of an epoch, so a backup at batch `b` of
+    epoch `e` is resumed by a first fit of that epoch's remaining `steps - b`
+    batches, then a fit of the epochs after it. With `--deterministic` the
+    first skips the batches the backup already trained on.
+    """
+    epoch, batch = (0, 0)
+    if config.resume:
+        epoch, batch = Backup(os.path.join(config.model_dir, "backup")).position()
+    phases = []
+    if batch and epoch < config.epochs:
+        if config.deterministic and not config.steps_per_epoch:
+            rest_of_epoch = train_data(config, data_kwargs, epoch=epoch, skip_batches=batch)
+        else:
+            rest_of_epoch = train_data(config, data_kwargs).repeat()
+        phases.append((rest_of_epoch, epoch + 1, steps - batch))
+        epoch += 1
+    if epoch < config.epochs or not phases:
+        phases.append((training_stream(config, data_kwargs, epoch, 0), config.epochs, steps))
+    return phases
+
+
+__all__ = ["deterministic_epochs", "train_data", "train_phases", "training_stream"]
