@@ -188,6 +188,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.steps_per_epoch = steps_per_epoch
         self.preemption = preemption
         self._resumed_at = (0, 0)
+        self._train_logs = None  # of the last training step
 
     def restored_epoch(self):
         """The epoch a run in this directory resumes at (0: starts afresh)."""
@@ -214,7 +215,18 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 self.backup.save(self.model, self._current_epoch, done)
             elif preempted:  # the epoch's last step: saved as a whole epoch
                 self.backup.save(self.model, self._current_epoch + 1)
+        self._train_logs = logs
         if preempted:
+            epoch, batch = self.backup.position()
+            raise Preempted(epoch, batch, self.backup_dir)
+
+    def on_test_batch_end(self, batch, logs=None):
+        # A SIGTERM during the epoch-end validation: the epoch's training is
+        # done; back it up now rather than after a validation that may outlast
+        # the grace period.
+        if self.preemption is not None and self.preemption.requested:
+            if finite_logs(self._train_logs):
+                self.backup.save(self.model, self._current_epoch + 1)
             epoch, batch = self.backup.position()
             raise Preempted(epoch, batch, self.backup_dir)
 

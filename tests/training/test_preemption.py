@@ -19,7 +19,8 @@ from deit_keras.training.preemption import PREEMPTED_EXIT_CODE, Preempted, Preem
 from .test_reliability import _prepare_digits, _train_command, _weights
 
 STEPS = 22  # digits: 1437 training images // batch 64
-RUN = ["--epochs=3", "--deterministic", "--backup_every_steps=5"]
+EPOCHS = 2
+RUN = [f"--epochs={EPOCHS}", "--deterministic", "--backup_every_steps=5"]
 
 
 def _max_difference(got, want):
@@ -28,7 +29,7 @@ def _max_difference(got, want):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted 3-epoch deterministic run: the weights every resumed run must end with."""
+    """An uninterrupted deterministic run: the weights every resumed run must end with."""
     tmp_path = tmp_path_factory.mktemp("reference")
     _prepare_digits(tmp_path)
     process = subprocess.run(
@@ -42,9 +43,9 @@ def _rerun_and_compare(tmp_path, command, reference, saved):
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = keras.saving.load_model(tmp_path / "b" / "checkpoints" / "last.keras")
-    assert int(final.optimizer.iterations.numpy()) == 3 * STEPS
+    assert int(final.optimizer.iterations.numpy()) == EPOCHS * STEPS
     results = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert results["epochs"] == 3 - saved["epoch"]  # the resumed epoch counts as one
+    assert results["epochs"] == EPOCHS - saved["epoch"]  # the resumed epoch counts as one
     difference = _max_difference(_weights(tmp_path / "b.keras"), reference)
     assert difference <= 1e-6, difference
 
@@ -163,3 +164,23 @@ def test_watcher_turns_sigterm_into_a_flag_and_restores_the_handler():
         assert watcher.requested
     assert signal.getsignal(signal.SIGTERM) is before
     assert "epoch 2 step 7" in str(Preempted(2, 7, "/runs/x/backup"))
+
+
+def test_sigterm_during_validation_backs_up_the_finished_epoch(tmp_path):
+    model = tiny_model(num_classes=3)
+    model.compile(optimizer="adamw")
+    model.optimizer.build(model.trainable_variables)
+    watcher = PreemptionWatcher()
+    backup = callbacks_lib.AtomicBackupAndRestore(
+        str(tmp_path), steps_per_epoch=6, preemption=watcher
+    )
+    backup.set_model(model)
+    backup.on_epoch_begin(2)
+    for batch in range(6):
+        backup.on_train_batch_end(batch, {"loss": 1.0})
+    backup.on_test_batch_end(0)  # validation, no signal: nothing happens
+    assert backup.backup.latest() is None
+    watcher.requested = True  # the SIGTERM arrives while validating
+    with pytest.raises(Preempted, match="epoch 3 step 0"):
+        backup.on_test_batch_end(1)
+    assert backup.backup.position() == (3, 0)
