@@ -323,7 +323,10 @@ def run_ablation(
                 distillation_type=name,
                 model_dir=model_dir,
                 output=os.path.join(model_dir, "student.keras"),
-                teacher=teacher,
+                # A `none` run has no teacher: it keeps the given setting, so the same run
+                # is recognised whether or not this call also trains the seed's teacher
+                # (e.g. `--types=none` and `--types=hard,soft` run side by side).
+                teacher=config.teacher if name == "none" else teacher,
             )
             seed_runs.append(_run_one(run_config))
         distilled = [run for run in seed_runs if "teacher_top1" in run]

@@ -1,5 +1,8 @@
 """The ablation's arithmetic, table and plot on made-up runs; tests/cli/test_ablate.py trains."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -106,3 +109,29 @@ def test_curves_png(tmp_path):
         assert (np.abs(pixels - colour).sum(axis=-1) < 10).sum() > 50, colour
     curves_png({"none": [0.42]}, path)  # one epoch: a point, no line
     assert [name for name in tmp_path.iterdir()] == [tmp_path / "curves.png"]
+
+
+def test_none_runs_keep_the_given_teacher_so_split_calls_share_runs(tmp_path, monkeypatch):
+    """`--types=none` and `--types=hard` side by side, then all types: the runs are reused."""
+    from deit_keras.testing import digits_config
+    from deit_keras.training import ablation
+
+    trained = []
+
+    def fake_run(config):
+        trained.append((config.distillation_type, config.teacher))
+        results = {"top1": 0.5, "cls_top1": 0.5, "dist_top1": 0.5, "wall_s": 1.0}
+        if config.distillation_type != "none":
+            results["teacher_top1"] = 0.9
+        with open(os.path.join(config.model_dir, "results.json"), "w") as handle:
+            json.dump(results, handle)
+        return results
+
+    monkeypatch.setattr(ablation.runner, "run_training", fake_run)
+    monkeypatch.setattr(ablation, "seed_teacher", lambda config, seed_dir: ("t.keras", 2.0))
+    config = digits_config(tmp_path, model_dir=str(tmp_path / "out"))
+    ablation.run_ablation(config, 1, ["none"])
+    ablation.run_ablation(config, 1, ["hard"])
+    assert trained == [("none", config.teacher), ("hard", "t.keras")]
+    report = ablation.run_ablation(config, 1, ["none", "hard"])  # refused before the fix
+    assert len(trained) == 2 and all(run["reused"] for run in report["runs"])
