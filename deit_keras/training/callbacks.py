@@ -79,7 +79,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if not finite_logs(logs):
             return
         self._unsaved = (epoch, logs)
-        if self.interval.due(epoch, self.params.get("epochs")):
+        if self.interval.due(epoch, (self.params or {}).get("epochs")):
             self._save()
 
     def on_train_end(self, logs=None):
@@ -177,13 +177,19 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             `every_steps`.
         preemption: a `PreemptionWatcher` or None. When it fires, the state
             after the current step is saved and `Preempted` raised.
+        min_interval_s: float. Epoch-end saves at most this often
+            (`SaveInterval`: the first and last epoch always); 0 saves every
+            epoch. Defaults to 0.
     """
 
-    def __init__(self, backup_dir, every_steps=0, steps_per_epoch=None, preemption=None):
+    def __init__(
+        self, backup_dir, every_steps=0, steps_per_epoch=None, preemption=None, min_interval_s=0.0
+    ):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
         if every_steps and not steps_per_epoch:
             raise ValueError("every_steps needs steps_per_epoch.")
         self.backup = Backup(backup_dir)
+        self.interval = SaveInterval(min_interval_s)
         self.every_steps = every_steps
         self.steps_per_epoch = steps_per_epoch
         self.preemption = preemption
@@ -232,8 +238,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def on_epoch_end(self, epoch, logs=None):
         self._current_epoch = epoch + 1
-        if finite_logs(logs):
+        if finite_logs(logs) and self.interval.due(epoch, (self.params or {}).get("epochs")):
             self._save_model()
+            self.interval.saved()
 
     def _save_model(self):
         self.backup.save(self.model, self._current_epoch)

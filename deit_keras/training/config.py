@@ -173,8 +173,8 @@ class TrainConfig:
     resume: bool = field(True, "Resume from model_dir's backup if one exists.")
     checkpoint_interval_s: float = field(
         30.0,
-        "Write checkpoints/last.keras at most every N seconds (first, last and final good "
-        "epoch always; 0 = every epoch): a save costs about a digits epoch.",
+        "Write checkpoints/last.keras and the epoch-end backup at most every N seconds "
+        "(first and last epoch always; 0 = every epoch): a save costs about a digits epoch.",
         valid=NON_NEGATIVE,
     )
     seed: int = field(0, "Random seed.", valid=NON_NEGATIVE)

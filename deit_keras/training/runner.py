@@ -192,7 +192,11 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
     return nan_stop, [
         nan_stop,
         callbacks_lib.AtomicBackupAndRestore(
-            backup_dir, config.backup_every_steps, steps_per_epoch=steps, preemption=preemption
+            backup_dir,
+            config.backup_every_steps,
+            steps_per_epoch=steps,
+            preemption=preemption,
+            min_interval_s=config.checkpoint_interval_s,
         ),
         callbacks_lib.EpochCheckpoint(
             os.path.join(config.model_dir, "checkpoints"), config.checkpoint_interval_s

@@ -45,3 +45,21 @@ def test_interval_elapsed_saves_again(monkeypatch):
 def test_negative_interval_refused():
     with pytest.raises(ValueError, match="min_interval_s"):
         callbacks_lib.SaveInterval(-1.0)
+
+
+def test_backup_epoch_ends_follow_the_interval(monkeypatch, tmp_path):
+    saved = []
+    monkeypatch.setattr(
+        callbacks_lib.Backup, "save", lambda self, model, epoch, batch=0: saved.append(epoch)
+    )
+    backup = callbacks_lib.AtomicBackupAndRestore(str(tmp_path), min_interval_s=3600.0)
+    backup.set_params({"epochs": 5})
+    for epoch in range(5):
+        backup.on_epoch_end(epoch, {"loss": 1.0})
+    assert saved == [1, 5]  # states after the first and the last epoch
+    every = callbacks_lib.AtomicBackupAndRestore(str(tmp_path))
+    every.set_params({"epochs": 3})
+    saved.clear()
+    for epoch in range(3):
+        every.on_epoch_end(epoch, {"loss": 1.0})
+    assert saved == [1, 2, 3]
