@@ -85,9 +85,10 @@ def test_unreachable_mirror_is_one_line(image, tmp_path):
     [
         ([f"--model={NAME}"], "--pretrained"),
         ([], "--model_path"),
-        ([f"--model={NAME}", "--pretrained", "--model_path=x.keras"], "not both"),
+        ([f"--model={NAME}", "--pretrained", "--model_path=IMAGE"], "not both"),
         (["--model=deit_huge", "--pretrained"], "deit_huge"),
     ],
 )
 def test_bad_model_choice_is_one_line(args, fragment, image):
+    args = [arg.replace("IMAGE", image) for arg in args]  # an existing file: past the path check
     assert_one_line_error(run_cli("predict", *args, image), fragment)

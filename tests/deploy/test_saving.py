@@ -241,13 +241,13 @@ def test_eval_pipeline_and_serving_signature_give_the_same_input(tmp_path):
     from_pipeline = next(iter(dataset))[0].numpy()
     serve = saved_model.serving_function(model)
     seen = []
-    original_call = model.call
+    original_call = model.call_heads
 
     def recording_call(images, training=None):
         seen.append(images)
         return original_call(images, training=training)
 
-    model.call = recording_call
+    model.call_heads = recording_call  # the serving outputs read both heads through it
     serve.python_function(tf.constant(pixels[None]))
-    model.call = original_call
+    model.call_heads = original_call
     np.testing.assert_array_equal(np.asarray(seen[0]), from_pipeline)
