@@ -162,7 +162,12 @@ def digits_accuracy(args):
     model, _ = saving.load_model(args.digits_model, compile=False)
     evaluation = list(
         pipeline.make_dataset(
-            "digits", "eval", image_size=model.image_size, batch_size=400, training=False
+            "digits",
+            "eval",
+            image_size=model.image_size,
+            batch_size=400,
+            training=False,
+            preprocessing=model.preprocessing,
         )
     )
     images = np.concatenate([x for x, _ in evaluation])
