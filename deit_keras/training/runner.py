@@ -19,6 +19,7 @@ from deit_keras.deploy import checkpoints, pretrained
 from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.deploy.saving import load_model, save_model
 from deit_keras.distill import teachers
+from deit_keras.distill.step import with_teacher_logits
 from deit_keras.inference.evaluate import classifier_top1, evaluate_model
 from deit_keras.io import atomic, run_lock
 from deit_keras.io.atomic import atomic_output, write_text_atomic
@@ -226,6 +227,8 @@ def _fit(config, student, phases, evaluation, steps, preemption):
     history = keras.callbacks.History()
     history.epoch, history.history = [], {}
     for train, epochs, fit_steps in phases:
+        if student.teacher is not None and student.distribute_strategy.num_replicas_in_sync == 1:
+            train = with_teacher_logits(train, student.teacher)  # off the step's critical path
         part = student.fit(
             train,
             epochs=epochs,

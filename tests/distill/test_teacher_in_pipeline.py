@@ -1,0 +1,46 @@
+"""The teacher's logits computed in the input pipeline (`distill.step.with_teacher_logits`)."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deit_keras.distill.step import with_teacher_logits
+from deit_keras.testing import batches, compiled, tiny_model
+
+
+def _teacher():
+    keras.utils.set_random_seed(3)
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(4, 4, strides=4, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+
+
+def _trained(in_pipeline, jit_compile):
+    keras.utils.set_random_seed(0)
+    model = compiled(tiny_model(), _teacher(), "hard", jit_compile=jit_compile)
+    images, labels = batches(count=3, batch=4)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    if in_pipeline:
+        data = with_teacher_logits(data, model.teacher)
+        first_images, first_targets = next(iter(data))
+        expected = model.teacher(first_images, training=False)
+        np.testing.assert_allclose(first_targets["teacher_logits"], expected, rtol=1e-6, atol=1e-6)
+    history = model.fit(data, epochs=2, verbose=0, shuffle=False)
+    evaluation = model.evaluate(data, verbose=0, return_dict=True)
+    return model.get_weights(), history.history, evaluation
+
+
+def test_same_training_as_calling_the_teacher_in_the_step():
+    for jit_compile in (False, True):
+        weights, history, evaluation = _trained(False, jit_compile)
+        weights_p, history_p, evaluation_p = _trained(True, jit_compile)
+        for a, b in zip(weights, weights_p, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(history["loss"], history_p["loss"], rtol=1e-5)
+        assert history["teacher_agreement"] == history_p["teacher_agreement"]
+        np.testing.assert_allclose(evaluation["loss"], evaluation_p["loss"], rtol=1e-5)
