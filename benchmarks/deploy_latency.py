@@ -26,7 +26,6 @@ import datetime
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,16 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput  # noqa: E402  (a sibling script: machine facts, the HF reference)
 
 ROOT = throughput.ROOT
-MARK = throughput.MARK
 QUANTIZE = ("none", "float16", "dynamic_int8", "int8")
 SIDES = ["torch", "keras_xla", *[f"litert_{q}" for q in QUANTIZE], "onnx"]
 
 
 # === Workers ===
-
-
-def _reply(**kwargs):
-    print(MARK + json.dumps(kwargs), flush=True)
 
 
 def _torch_step(args, batch, size):
@@ -101,7 +95,7 @@ def worker(args):
         step = _exported_step(args, side, batch, size)
     for _ in range(args.warmup):
         step()
-    _reply(ready=True)
+    throughput.reply(ready=True)
     for line in sys.stdin:
         command = line.split()
         if command[0] != "run":
@@ -111,8 +105,8 @@ def worker(args):
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
-        _reply(seconds=times)
-    _reply(max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        throughput.reply(seconds=times)
+    throughput.reply(max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def prepare(args):
@@ -148,7 +142,7 @@ def prepare(args):
             "max_abs_logit": float(np.abs(expected).max()),
             "file_mb": os.path.getsize(path) / 2**20,
         }
-    _reply(image_size=size, checks=checks)
+    throughput.reply(image_size=size, checks=checks)
 
 
 def digits_accuracy(args):
@@ -188,40 +182,19 @@ def digits_accuracy(args):
             "agreement": float(np.mean(predictions == reference)),
             "file_kb": os.path.getsize(path) / 1024,
         }
-    _reply(rows=rows, model=args.digits_model, num_images=int(len(images)))
+    throughput.reply(rows=rows, model=args.digits_model, num_images=int(len(images)))
 
 
 # === Driver ===
 
 
-class Worker:
+class Worker(throughput.WorkerProcess):
     def __init__(self, args, mode, spec=""):
         command = [sys.executable, os.path.abspath(__file__), f"--{mode}", spec or "1"]
         command += ["--workdir", args.workdir, "--model", args.model, "--warmup", str(args.warmup)]
         if args.digits_model:
             command += ["--digits_model", args.digits_model]
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-        self.spec = spec
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
-        )
-
-    def read(self):
-        for line in self.process.stdout:
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK) :])
-        raise RuntimeError(f"worker {self.spec} exited with {self.process.wait()}")
-
-    def send(self, text):
-        self.process.stdin.write(text + "\n")
-        self.process.stdin.flush()
-
-    def finish(self):
-        self.send("quit")
-        reply = self.read()
-        self.process.stdin.close()
-        self.process.wait()
-        return reply
+        super().__init__(command, spec, dict(os.environ, CUDA_VISIBLE_DEVICES=""))
 
 
 def one_shot(args, mode):
@@ -242,7 +215,7 @@ def timed(args, batch, size, iterations):
             w.send(f"run {iterations}")
             out[side]["seconds"] += w.read()["seconds"]
     for side, w in zip(SIDES, workers, strict=True):
-        out[side].update(w.finish())
+        out[side].update(w.close())
     return out
 
 

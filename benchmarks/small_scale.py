@@ -52,6 +52,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import throughput  # noqa: E402  (a sibling script: the PyTorch twin of the CNN teacher)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 FLAGFILE = os.path.join(ROOT, "experiments", "digits.cfg")
@@ -168,25 +171,6 @@ def process_cpu_s(pid):
 # === PyTorch reference (a process without TensorFlow) ===
 
 
-def _torch_teacher(torch, num_classes, width=16):
-    """The PyTorch twin of `deit_keras.distill.teachers.build_small_cnn`."""
-    nn, layers, channels = torch.nn, [], 3
-    for stage in range(3):
-        for _ in range(2):
-            out = width * 2**stage
-            layers += [
-                nn.Conv2d(channels, out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(out),
-                nn.ReLU(),
-            ]
-            channels = out
-        if stage < 2:
-            layers.append(nn.MaxPool2d(2))
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2)]
-    layers.append(nn.Linear(channels, num_classes))
-    return nn.Sequential(*layers).eval()
-
-
 def torch_worker(args):
     import math
 
@@ -223,7 +207,7 @@ def torch_worker(args):
 
     train_x, eval_x = tensors(data["train_x"]), tensors(data["eval_x"])
     train_y = torch.from_numpy(data["train_y"])
-    teacher = _torch_teacher(torch, 10) if args.distillation == "hard" else None
+    teacher = throughput.torch_teacher(torch, 10) if args.distillation == "hard" else None
     no_decay = ("cls_token", "distillation_token", "position_embeddings")
     decay, plain = [], []
     for name, parameter in model.named_parameters():

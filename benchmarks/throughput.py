@@ -106,11 +106,11 @@ def machine():
 # === Workers (one process per measured case) ===
 
 
-def _reply(**kwargs):
+def reply(**kwargs):
     print(MARK + json.dumps(kwargs), flush=True)
 
 
-def _torch_teacher(torch, num_classes, width=TEACHER_WIDTH):
+def torch_teacher(torch, num_classes, width=TEACHER_WIDTH):
     """The PyTorch twin of `deit_keras.distill.teachers.build_small_cnn`."""
     nn, layers, channels = torch.nn, [], 3
     for stage in range(3):
@@ -187,7 +187,7 @@ def torch_worker(args, task, name, batch, attn):
                 model(images).logits.numpy()
     else:
         model.train()
-        teacher = _torch_teacher(torch, 1000)
+        teacher = torch_teacher(torch, 1000)
         labels = torch.from_numpy(rng.integers(0, 1000, batch))
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
 
@@ -276,17 +276,17 @@ def worker(args):
     step = build(args, task, name, int(batch), *attn)
     for _ in range(args.warmup if task == "infer" else min(args.warmup, 2)):
         step()
-    _reply(ready=True)
+    reply(ready=True)
     for line in sys.stdin:
         command = line.split()
         if command[0] == "run":
             start = time.perf_counter()
             for _ in range(int(command[1])):
                 step()
-            _reply(seconds=(time.perf_counter() - start) / int(command[1]))
+            reply(seconds=(time.perf_counter() - start) / int(command[1]))
         else:
             break
-    _reply(
+    reply(
         max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         import_rss_mb=import_rss,
         vm_hwm_mb=_vm_hwm_mb(),
@@ -305,27 +305,10 @@ def _vm_hwm_mb():
 # === Driver ===
 
 
-class Worker:
-    def __init__(self, args, spec, python=sys.executable):
-        command = [
-            python,
-            os.path.abspath(__file__),
-            "--worker",
-            spec,
-            "--weights",
-            args.weights,
-            "--warmup",
-            str(args.warmup),
-            "--keras_infer",
-            args.keras_infer,
-            "--keras_threads",
-            str(args.keras_threads),
-        ]
-        if not args.keras_train_jit:
-            command.append("--no_keras_train_jit")
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        if args.device == "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = ""
+class WorkerProcess:
+    """A worker subprocess that answers on stdout with `MARK`-prefixed JSON lines."""
+
+    def __init__(self, command, spec, env):
         self.spec = spec
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
@@ -347,6 +330,30 @@ class Worker:
         self.process.stdin.close()
         self.process.wait()
         return rss
+
+
+class Worker(WorkerProcess):
+    def __init__(self, args, spec, python=sys.executable):
+        command = [
+            python,
+            os.path.abspath(__file__),
+            "--worker",
+            spec,
+            "--weights",
+            args.weights,
+            "--warmup",
+            str(args.warmup),
+            "--keras_infer",
+            args.keras_infer,
+            "--keras_threads",
+            str(args.keras_threads),
+        ]
+        if not args.keras_train_jit:
+            command.append("--no_keras_train_jit")
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if args.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        super().__init__(command, spec, env)
 
 
 def interleaved(specs, args, iterations, pythons=None):
@@ -391,7 +398,7 @@ def save_weights(name, path):
         raise ValueError(f"name_variant({name!r}) disagrees with get_variant: {variant}")
     torch.manual_seed(0)
     save_file({k: v.contiguous() for k, v in hf_model(name).state_dict().items()}, path)
-    _reply(**variant)
+    reply(**variant)
 
 
 def run_model(args, name, info, hub_python, variant):
