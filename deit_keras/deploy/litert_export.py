@@ -26,11 +26,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deit_keras.deploy.signatures import SERVING_CONFIG, fixed_size_function, serving_config
+from deit_keras.deploy.signatures import METADATA_NAME, fixed_size_function, serving_config
 from deit_keras.io import atomic
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8")
-METADATA_NAME = SERVING_CONFIG.removesuffix(".json")  # "deit_serving"
 # Kept in float32 by quantize="int8" (`_int8_matmuls`): LayerNorm's element-wise
 # ops, the attention products (scores and probabilities x values), softmax.
 FLOAT_OPS = ["BATCH_MATMUL", "SOFTMAX", "MEAN", "RSQRT", "SQUARED_DIFFERENCE", "MUL", "ADD", "SUB"]
@@ -161,7 +160,5 @@ def export_litert(
     )
     flatbuffer = _convert(model, quantize, calibration_images)
     flatbuffer = _with_metadata(flatbuffer, METADATA_NAME, json.dumps(config))
-    with atomic.atomic_output(path) as temporary:
-        with open(temporary, "wb") as handle:
-            handle.write(flatbuffer)
+    atomic.write_bytes_atomic(path, flatbuffer)
     return config

@@ -19,12 +19,11 @@ import json
 import keras
 import numpy as np
 
-from deit_keras.deploy.signatures import SERVING_CONFIG, fixed_size_function, serving_config
+from deit_keras.deploy.signatures import METADATA_NAME, fixed_size_function, serving_config
 from deit_keras.io import atomic
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 9  # ONNX Erf
-METADATA_NAME = SERVING_CONFIG.removesuffix(".json")  # "deit_serving"
 
 
 def _erfc_as_one_minus_erf(ctx, node, name, args):
@@ -85,9 +84,7 @@ def export_onnx(
     )
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_NAME, json.dumps(config)
-    with atomic.atomic_output(path) as temporary:
-        with open(temporary, "wb") as handle:
-            handle.write(proto.SerializeToString())
+    atomic.write_bytes_atomic(path, proto.SerializeToString())
     return config
 
 

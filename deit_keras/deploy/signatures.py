@@ -24,6 +24,8 @@ from deit_keras.data.preprocessing import normalize, preprocess
 from deit_keras.models.deit import average_heads  # the inference output's one rule
 
 SERVING_CONFIG = "deit_serving.json"
+# The same config inside a single-file export (LiteRT metadata, ONNX metadata_props).
+METADATA_NAME = SERVING_CONFIG.removesuffix(".json")  # "deit_serving"
 
 
 def output_names(model) -> list[str]:

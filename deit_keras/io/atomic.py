@@ -108,7 +108,12 @@ def atomic_output(path: str) -> Iterator[str]:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through `atomic_output`."""
+    """Writes `text` (UTF-8) to `path` through `atomic_output`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Writes `data` to `path` through `atomic_output`."""
     with atomic_output(path) as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
