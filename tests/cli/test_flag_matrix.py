@@ -16,7 +16,6 @@ import dataclasses
 import importlib
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -29,7 +28,7 @@ from deit_keras import cli
 from deit_keras.deploy import saving
 from deit_keras.io.images import load_image
 from deit_keras.schema import VALID, schema_fields
-from deit_keras.testing import tiny_model
+from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
 from deit_keras.training.config import TrainConfig
 
 CLIS = ("train", "convert", "export", "evaluate", "predict", "visualize", "ablate")
@@ -393,9 +392,6 @@ def test_train_values_in_any_mix_are_all_checked(tmp_path):
 
 # === Subprocesses: what a user sees ===
 
-_NOISE = ("I0000", "W0000", "E0000", "WARNING: All log", "cudart", "cuInit", "cpu_feature")
-_NOISE += ("To enable the following", "oneDNN")
-
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
@@ -455,19 +451,6 @@ def test_cli_prints_one_line_and_exits_2(name, args, flag, value, output, inputs
         return text.format(tmp=tmp_path, inputs=inputs)
 
     value = fill(value)
-    result = subprocess.run(
-        [sys.executable, "-m", f"deit_keras.{name}", f"--{flag}={value}", *map(fill, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    lines = [
-        line
-        for line in result.stderr.splitlines()
-        if line.strip() and not any(noise in line for noise in _NOISE)
-    ]
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert flag in lines[0] and value in lines[0], lines
+    process = run_cli(name, f"--{flag}={value}", *map(fill, args), timeout=120)
+    assert_one_line_error(process, flag, value)
     assert not (tmp_path / output).exists()
