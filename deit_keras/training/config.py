@@ -165,6 +165,13 @@ class TrainConfig:
     tpu: str | None = field(None, "TPU name or grpc:// address, with --strategy=tpu.")
     precision: str = field("float32", "Keras dtype policy.", choices=PRECISIONS)
     jit_compile: bool = field(True, "Compile the train step with XLA.")
+    steps_per_execution: int = field(
+        1,
+        "Training steps run per tf.function call (Keras' steps_per_execution; the "
+        "greatest common divisor of N and the steps per epoch is used): fewer Python round "
+        "trips for small models; callbacks, SIGTERM and --backup_every_steps act every N steps.",
+        valid=POSITIVE,
+    )
     model_dir: str = field(
         "runs/deit", "Checkpoints, TensorBoard logs, results.json.", aliases=("output_dir",)
     )
@@ -235,6 +242,11 @@ class TrainConfig:
             )
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
+        if self.backup_every_steps % self.steps_per_execution:
+            problems.append(
+                f"backup_every_steps={self.backup_every_steps} must be a multiple of "
+                f"steps_per_execution={self.steps_per_execution}"
+            )
         if self.distillation_type != "none" and not self.teacher:
             problems.append(f"distillation_type={self.distillation_type!r} needs --teacher")
         if problems:

@@ -5,6 +5,7 @@ The train CLI only turns flags into a `TrainConfig` and calls `run_training`.
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -384,6 +385,8 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
             alpha=config.distillation_alpha,
             tau=config.distillation_tau,
             jit_compile=config.jit_compile,
+            # A divisor of the epoch, so epochs, backups and the LR schedule keep their steps.
+            steps_per_execution=math.gcd(config.steps_per_execution, steps),
         )
     with PreemptionWatcher() as preemption:  # SIGTERM: back up the step, raise Preempted
         if config.strategy == "multi_worker":  # Model.fit fails (keras-team/keras#20585)

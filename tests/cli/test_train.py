@@ -42,6 +42,8 @@ def test_config_rejects_bad_values(tmp_path):
         digits_config(tmp_path, batch_size=0).validate()
     with pytest.raises(ValueError, match="epochs must be positive"):
         digits_config(tmp_path, epochs=-1).validate()
+    with pytest.raises(ValueError, match="backup_every_steps=6 must be a multiple of steps_per"):
+        digits_config(tmp_path, backup_every_steps=6, steps_per_execution=4).validate()
 
 
 def run_cli(*args):

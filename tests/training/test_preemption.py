@@ -50,6 +50,25 @@ def _rerun_and_compare(tmp_path, command, reference, saved):
     assert difference <= 1e-6, difference
 
 
+def test_steps_per_execution_trains_the_same_steps_and_weights(tmp_path, reference):
+    """Several steps per tf.function call: the same batches, steps and weights.
+
+    11 divides the 22 steps of an epoch; 8 is cut to gcd(8, 22) = 2 (8 steps per
+    call would train 24 steps an epoch on the repeated, non-deterministic stream).
+    """
+    _prepare_digits(tmp_path)
+    run = [*RUN, "--steps_per_execution=11", "--backup_every_steps=11"]
+    process = subprocess.run(_train_command(tmp_path, "b", *run), capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr[-3000:]
+    difference = _max_difference(_weights(tmp_path / "b.keras"), reference)
+    assert difference <= 1e-6, difference
+    run = [f"--epochs={EPOCHS}", "--steps_per_execution=8"]
+    process = subprocess.run(_train_command(tmp_path, "c", *run), capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr[-3000:]
+    final = keras.saving.load_model(tmp_path / "c" / "checkpoints" / "last.keras")
+    assert int(final.optimizer.iterations.numpy()) == EPOCHS * STEPS
+
+
 # A SIGTERM sent by the run itself right after global step 31 (epoch 1, batch 9).
 SELF_TERM = textwrap.dedent("""
     import os, signal, sys
