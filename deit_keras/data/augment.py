@@ -135,6 +135,13 @@ def make_keras_cv_rand_augment(config, seed=None):
     )
 
 
+def keras_cv_rand_augment_layer(config, seed=None):
+    """The KerasCV RandAugment layer when `config` asks for that implementation, else None."""
+    if config.rand_augment_ops and config.rand_augment_impl == "keras_cv":
+        return make_keras_cv_rand_augment(config, seed)
+    return None
+
+
 def rand_augment_images(images, seeds, config, keras_cv_layer=None):
     """RandAugment of a batch `[B, H, W, 3]` in `[0, 255]`, per image."""
     if config.rand_augment_ops == 0:

@@ -247,9 +247,7 @@ def _train_maps(
     rerandomize=True,
     skip_batches=0,
 ):
-    keras_cv_layer = None
-    if config.rand_augment_ops and config.rand_augment_impl == "keras_cv":
-        keras_cv_layer = augment_lib.make_keras_cv_rand_augment(config, seed)
+    keras_cv_layer = augment_lib.keras_cv_rand_augment_layer(config, seed)
     batched_ra = config.rand_augment_batched and config.rand_augment_ops > 0
 
     def per_image(example, image_seed):
@@ -303,9 +301,7 @@ def _batched_train_maps(
     skip_batches=0,
 ):
     """`_train_maps` for decoded uint8 images of one shape: augmentation per batch."""
-    keras_cv_layer = None
-    if config.rand_augment_ops and config.rand_augment_impl == "keras_cv":
-        keras_cv_layer = augment_lib.make_keras_cv_rand_augment(config, seed)
+    keras_cv_layer = augment_lib.keras_cv_rand_augment_layer(config, seed)
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
