@@ -42,7 +42,15 @@ from deit_keras.training import runner
 from deit_keras.training.config import TrainConfig
 
 # Settings that do not change a run's numbers; a resumed ablation may differ in them.
-_RUN_ONLY = ("model_dir", "output", "distillation_type", "progress", "resume", "export_savedmodel")
+_RUN_ONLY = (
+    "model_dir",
+    "output",
+    "distillation_type",
+    "progress",
+    "resume",
+    "export_savedmodel",
+    "steps_per_execution",
+)
 _HEADS = (("top1", "cls+dist"), ("cls_top1", "cls head"), ("dist_top1", "dist head"))
 _LABELS = {"none": "no distillation", "soft": "soft distillation", "hard": "hard distillation"}
 
