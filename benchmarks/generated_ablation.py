@@ -3,7 +3,7 @@
     python benchmarks/generated_ablation.py [--datasets shapes,glyphs,objects] [--seeds 3]
         [--types none,hard] [--flagfile experiments/small_data.cfg]
         [--data_root /tmp/deit_generated] [--output_dir runs/ablation_generated]
-        [--extra_flags "--epochs=4"]
+        [--extra_flags=--epochs=4]
 
 For each dataset of `deit_keras.data.synthetic` (a few classes of objects drawn at
 random positions on clutter or textures, ~1,000 training images; nothing committed:
