@@ -242,7 +242,7 @@ class TrainConfig:
             )
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
-        if self.backup_every_steps % self.steps_per_execution:
+        if self.steps_per_execution > 0 and self.backup_every_steps % self.steps_per_execution:
             problems.append(
                 f"backup_every_steps={self.backup_every_steps} must be a multiple of "
                 f"steps_per_execution={self.steps_per_execution}"
