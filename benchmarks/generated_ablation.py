@@ -30,9 +30,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deit_keras.data import synthetic  # noqa: E402
+from deit_keras.training.ablation import TYPE_LABELS, stats_cell  # noqa: E402
 
 _RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-_LABELS = {"none": "student, none", "soft": "student, soft", "hard": "student, hard"}
 
 
 def _arguments(argv=None):
@@ -63,26 +63,21 @@ def ablation_command(args, name: str) -> list[str]:
     ]
 
 
-def _cell(stats) -> str:
-    if stats["n"] == 1:
-        return f"{stats['mean']:.4f}"
-    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
-
-
 def table(summaries: dict, types) -> str:
     """Markdown: one row per dataset; teacher, each student, and distillation's gains.
 
     "gap closed" = (student - none) / (teacher - none), means over seeds: the share of
     the teacher's lead over the undistilled student that distillation recovers.
     """
-    header = ["dataset", "teacher (small CNN)"] + [_LABELS[name] for name in types]
+    students = [f"student, {TYPE_LABELS[name]}" for name in types]
+    header = ["dataset", "teacher (small CNN)", *students]
     distilled = [name for name in types if name != "none"] if "none" in types else []
     for name in distilled:
         header += [f"{name} - none", f"{name}: gap closed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for dataset, summary in summaries.items():
         teacher = summary["teacher"]["top1"]
-        row = [dataset, _cell(teacher)] + [_cell(summary[name]["top1"]) for name in types]
+        row = [dataset, stats_cell(teacher)] + [stats_cell(summary[name]["top1"]) for name in types]
         for name in distilled:
             none, student = summary["none"]["top1"]["mean"], summary[name]["top1"]["mean"]
             row += [f"{student - none:+.4f}", f"{(student - none) / (teacher['mean'] - none):.0%}"]

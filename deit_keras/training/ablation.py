@@ -52,7 +52,8 @@ _RUN_ONLY = (
     "steps_per_execution",
 )
 _HEADS = (("top1", "cls+dist"), ("cls_top1", "cls head"), ("dist_top1", "dist head"))
-_LABELS = {"none": "no distillation", "soft": "soft distillation", "hard": "hard distillation"}
+# How a student of each distillation type is named in tables.
+TYPE_LABELS = {"none": "no distillation", "soft": "soft distillation", "hard": "hard distillation"}
 
 
 def check_arguments(num_seeds: int, types) -> tuple:
@@ -201,7 +202,8 @@ def summarize(runs: list[dict], teachers: list[dict], types) -> dict:
     return summary
 
 
-def _cell(stats, digits=4):
+def stats_cell(stats, digits=4) -> str:
+    """A `_stats` dict as a table cell: "mean ± std" (one value: the mean; none: "–")."""
     if not stats:
         return "–"
     if stats["n"] == 1:
@@ -237,13 +239,13 @@ def markdown_table(report: dict) -> str:
         else:
             name = os.path.basename(config["teacher"])
         lines.append(
-            f"| teacher ({name}) | {_cell(teacher['top1'])} | – | – | "
+            f"| teacher ({name}) | {stats_cell(teacher['top1'])} | – | – | "
             f"{_seconds(teacher.get('wall_s'))} |"
         )
     for name in report["types"]:
         row = summary[name]
-        heads = " | ".join(_cell(row.get(key)) for key, _ in _HEADS)
-        lines.append(f"| student, {_LABELS[name]} | {heads} | {_seconds(row['wall_s'])} |")
+        heads = " | ".join(stats_cell(row.get(key)) for key, _ in _HEADS)
+        lines.append(f"| student, {TYPE_LABELS[name]} | {heads} | {_seconds(row['wall_s'])} |")
     return "\n".join(lines) + "\n"
 
 
