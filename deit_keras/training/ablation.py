@@ -88,8 +88,13 @@ def _read_json(path: str) -> dict:
 
 
 def _check_same_config(path: str, stored: dict, config: TrainConfig) -> None:
-    """ValueError naming the settings in which `stored` (read from `path`) and `config` differ."""
+    """ValueError naming the settings in which `stored` (read from `path`) and `config` differ.
+
+    Run-only settings are left out of both: a record written before a setting
+    joined `_RUN_ONLY` still matches.
+    """
     current = _config_key(config)
+    stored = {key: value for key, value in stored.items() if key not in _RUN_ONLY}
     keys = set(stored) | set(current)
     changed = sorted(key for key in keys if stored.get(key) != current.get(key))
     if changed:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deit_keras.training import ablation
 from deit_keras.training.ablation import check_arguments, curves_png, markdown_table, summarize
+from deit_keras.training.config import TrainConfig
 
 
 def _run(seed, kind, top1, cls_top1, dist_top1, wall_s, curve):
@@ -135,3 +137,12 @@ def test_none_runs_keep_the_given_teacher_so_split_calls_share_runs(tmp_path, mo
     assert trained == [("none", config.teacher), ("hard", "t.keras")]
     report = ablation.run_ablation(config, 1, ["none", "hard"])  # refused before the fix
     assert len(trained) == 2 and all(run["reused"] for run in report["runs"])
+
+
+def test_a_record_matches_whatever_its_run_only_settings_say():
+    """Records written before `steps_per_execution` became run-only still match."""
+    config = TrainConfig(dataset="digits", lr=1e-3)
+    stored = dict(ablation._config_key(config), steps_per_execution=1, model_dir="elsewhere")
+    ablation._check_same_config("teacher.json", stored, config)
+    with pytest.raises(ValueError, match=r"made with other settings \(lr differ\)"):
+        ablation._check_same_config("teacher.json", dict(stored, lr=2e-3), config)
