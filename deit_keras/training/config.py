@@ -169,7 +169,8 @@ class TrainConfig:
         1,
         "Training steps run per tf.function call (Keras' steps_per_execution; the "
         "greatest common divisor of N and the steps per epoch is used): fewer Python round "
-        "trips for small models; callbacks, SIGTERM and --backup_every_steps act every N steps.",
+        "trips for small models; callbacks, SIGTERM and --backup_every_steps act every N steps. "
+        "Keras fit only: --strategy=multi_worker's loop runs one step per call.",
         valid=POSITIVE,
     )
     model_dir: str = field(
