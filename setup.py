@@ -1,6 +1,15 @@
 """deit_keras: DeiT (Touvron et al., 2021) in Keras 3 on the TensorFlow backend."""
 
+import re
+
 from setuptools import find_packages, setup
+
+
+def _version() -> str:
+    """`__version__` of deit_keras/__init__.py, its one home (read, not imported)."""
+    with open("deit_keras/__init__.py", encoding="utf-8") as init:
+        return re.search(r'^__version__ = "([^"]+)"', init.read(), re.MULTILINE).group(1)
+
 
 DEPLOY = [
     "ai-edge-litert==2.3.0",  # LiteRT runtime (tf.lite.Interpreter is deprecated)
@@ -11,7 +20,7 @@ DEPLOY = [
 
 setup(
     name="deit_keras",
-    version="0.1.0",
+    version=_version(),
     description=(
         "Data-efficient image Transformers (DeiT) with distillation through "
         "attention, in Keras 3 / TensorFlow."
@@ -42,6 +51,8 @@ setup(
         "test": DEPLOY
         + [
             "pytest",
+            "hypothesis==6.170.17",  # tests/cli/test_flag_matrix.py
+            "h5py==3.14.0",  # tests read the weights inside a .keras file
             # The CPU wheel of torch 2.13.0 is what the reference needs; an
             # unpinned torch resolves to a multi-GB CUDA build.
             "torch==2.13.0",
@@ -51,7 +62,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            f"deit-{command}=deit_keras.cli.{command}:run"
+            f"deit-{command}=deit_keras.cli.launch:{command}"
             for command in (
                 "train",
                 "convert",

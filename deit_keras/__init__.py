@@ -2,39 +2,65 @@
 
 Packages, each depending only on those listed before it (`tests/test_architecture.py`):
 `schema`, `io`, `data`, `layers`, `distill`, `models`, `deploy`, `inference`,
-`analysis`, `training`, `cli`. See README.md, "Architecture".
+`analysis`, `training`, `cli`. See docs/architecture.md.
+
+The public API below is loaded lazily (PEP 562): `import deit_keras` alone
+does not import TensorFlow, so the commands can quiet TensorFlow's C++
+start-up lines before it loads. The first use of any name loads all of it,
+and with it registers every Keras object of the package (layers, `DeiT`,
+the LR schedule) for `keras.models.load_model`. When Keras is already
+imported (`import keras` before `import deit_keras`, the order isort
+writes), it is loaded at once, since that costs nothing more.
 """
 
-from deit_keras.data.preprocessing import Preprocessing
-from deit_keras.deploy.pretrained import create_model
-from deit_keras.layers import (
-    MLP,
-    DropPath,
-    MultiHeadSelfAttention,
-    PatchEmbedding,
-    TokensAndPositionEmbedding,
-    TransformerBlock,
-    resample_position_embeddings,
-)
-from deit_keras.models import DeiT, get_variant, list_models
-
-# Imported for its side effect: it registers `deit_keras>WarmupCosine`, the
-# schedule inside compiled `.keras` files, so `keras.models.load_model` finds it.
-from deit_keras.training import optim as _optim  # noqa: F401
+import importlib
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DeiT",
-    "DropPath",
-    "MLP",
-    "MultiHeadSelfAttention",
-    "PatchEmbedding",
-    "Preprocessing",
-    "TokensAndPositionEmbedding",
-    "TransformerBlock",
-    "create_model",
-    "get_variant",
-    "list_models",
-    "resample_position_embeddings",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "Preprocessing": "deit_keras.data.preprocessing",
+    "create_model": "deit_keras.deploy.pretrained",
+    "MLP": "deit_keras.layers",
+    "DropPath": "deit_keras.layers",
+    "MultiHeadSelfAttention": "deit_keras.layers",
+    "PatchEmbedding": "deit_keras.layers",
+    "TokensAndPositionEmbedding": "deit_keras.layers",
+    "TransformerBlock": "deit_keras.layers",
+    "resample_position_embeddings": "deit_keras.layers",
+    "DeiT": "deit_keras.models",
+    "get_variant": "deit_keras.models",
+    "list_models": "deit_keras.models",
+}
+# Imported with the API for its side effect: it registers `deit_keras>WarmupCosine`,
+# the schedule inside compiled `.keras` files, so `keras.models.load_model` finds it.
+_REGISTERS = ("deit_keras.training.optim",)
+
+__all__ = sorted(_EXPORTS)
+
+
+def _load_api() -> None:
+    for module in (*sorted(set(_EXPORTS.values())), *_REGISTERS):
+        importlib.import_module(module)
+    for name, module in _EXPORTS.items():
+        globals()[name] = getattr(sys.modules[module], name)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        _load_api()
+        return globals()[name]
+    if importlib.util.find_spec(f"deit_keras.{name}") is not None:  # `deit_keras.models`
+        _load_api()
+        return importlib.import_module(f"deit_keras.{name}")
+    raise AttributeError(f"module 'deit_keras' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if "keras" in sys.modules:
+    _load_api()

@@ -1,6 +1,6 @@
 """`python -m deit_keras.convert`, the documented entry point of `deit_keras.cli.convert`."""
 
 if __name__ == "__main__":
-    from deit_keras.cli.convert import run
+    from deit_keras.cli.launch import launch
 
-    run()
+    launch("convert")

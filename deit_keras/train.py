@@ -1,6 +1,6 @@
 """`python -m deit_keras.train`, the documented entry point of `deit_keras.cli.train`."""
 
 if __name__ == "__main__":
-    from deit_keras.cli.train import run
+    from deit_keras.cli.launch import launch
 
-    run()
+    launch("train")

@@ -1,9 +1,4 @@
-import os
-
 import pytest
-
-# Before any test module imports TensorFlow: fewer C++ start-up lines in the logs.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def pytest_addoption(parser):

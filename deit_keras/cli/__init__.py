@@ -12,7 +12,6 @@ What they share lives here: one-line errors with exit status 2 (a bad flag
 value too: `check_range` / `check_path` register absl validators), quiet logs.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -111,10 +110,6 @@ def run(main) -> None:
     `--verbose` shows the traceback instead. A training run stopped by SIGTERM
     (`training.preemption.Preempted`) prints its one line and exits 143.
     """
-    # A command (not the library) may quiet TensorFlow's C++ start-up chatter;
-    # a value the user set is kept.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
     def guarded(argv):
         _quiet_logging()
         try:

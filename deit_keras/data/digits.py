@@ -13,8 +13,11 @@ handwritten digits (values 0..16), 10 classes. Served as tfds dataset
 Builds offline into `data_dir` in about a second on first use.
 """
 
+import contextlib
+
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 TFDS_NAME = "deit_digits"
 IMAGE_SIZE = 32
@@ -46,6 +49,14 @@ class DeitDigits(tfds.core.GeneratorBasedBuilder):
     """scikit-learn digits as 32x32 RGB, stratified 80/20 split."""
 
     VERSION = tfds.core.Version("1.0.0")
+
+    # tfds announces a download before preparing and its place after; nothing is
+    # downloaded here, and `digits_builder` says what happens in one line instead.
+    def _log_download_bytes(self):
+        pass
+
+    def _log_download_done(self):
+        pass
     RELEASE_NOTES = {"1.0.0": "scikit-learn load_digits, 32x32 RGB."}
 
     def _info(self):
@@ -75,11 +86,32 @@ class DeitDigits(tfds.core.GeneratorBasedBuilder):
             yield int(index), {"image": images[index], "label": int(labels[index])}
 
 
+@contextlib.contextmanager
+def _without_tfds_chatter():
+    """No progress bars, and no absl warning such as "Variant folder ... has no
+    dataset_info.json" (tfds looking at the folder it is about to fill)."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(True)
+        logging.set_verbosity(verbosity)
+
+
 def digits_builder(data_dir=None):
     """Returns the prepared `deit_digits` builder, building it if needed."""
-    builder = DeitDigits(data_dir=data_dir)
-    if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    with _without_tfds_chatter():
+        builder = DeitDigits(data_dir=data_dir)
+        prepared = builder.is_prepared()
+    if not prepared:
+        logging.warning(
+            "Preparing the embedded digits dataset (scikit-learn, offline, once) in %s",
+            builder.data_dir,
         )
+        with _without_tfds_chatter():
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            )
     return builder

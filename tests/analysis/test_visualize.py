@@ -111,7 +111,6 @@ def test_visualize_cli(model, tmp_path):
     rgb = np.random.RandomState(3).randint(0, 256, (45, 70, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(image_path)
     output = str(tmp_path / "maps" / "attn.png")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.run(
         [
             sys.executable,
@@ -124,7 +123,6 @@ def test_visualize_cli(model, tmp_path):
         ],
         capture_output=True,
         text=True,
-        env=env,
         timeout=120,
     )
     assert process.returncode == 0, process.stderr

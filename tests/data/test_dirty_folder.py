@@ -6,7 +6,6 @@ JPEG, a 1x1 and a 12000x9000 image.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -242,7 +241,6 @@ def _train(dirty, tmp_path, *extra):
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
 
 

@@ -1,0 +1,109 @@
+"""A command starts quietly: no TensorFlow C++ start-up lines, no tfds download messages.
+
+`deit_keras.cli.launch` holds TensorFlow's start-up lines back unless `--verbose`
+or `TF_CPP_MIN_LOG_LEVEL` asks for them; the embedded digits builder says in one
+line that it prepares the data, and where.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deit_keras.cli.launch import asks_verbose
+from deit_keras.data import digits
+from deit_keras.testing import TF_CPP_LINE, run_cli, user_stderr
+
+TFDS_CHATTER = ("Downloading and preparing", "downloaded and prepared", "Variant folder")
+TFDS_CHATTER += ("Generating", "Shuffling", "examples/s")
+
+
+def _tensorflow_lines(process):
+    return [
+        line
+        for line in (process.stdout + process.stderr).splitlines()
+        if TF_CPP_LINE.match(line)
+    ]
+
+
+def _console_script(name):
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def test_help_prints_the_command_doc_and_no_tensorflow_lines():
+    for process in (
+        run_cli("predict", "--help"),
+        subprocess.run(
+            [_console_script("deit-predict"), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+        ),
+    ):
+        assert process.returncode == 1, process.stderr  # absl's --help exits 1
+        assert process.stdout.startswith("Top-k predictions of a DeiT for image files."), (
+            process.stdout[:200]
+        )
+        assert not _tensorflow_lines(process), process.stderr
+        assert not user_stderr(process), process.stderr
+
+
+def test_verbose_or_a_log_level_the_user_set_brings_the_tensorflow_lines_back():
+    # TensorFlow 2.21 writes its start-up lines on every CPU (oneDNN, CPU features).
+    assert _tensorflow_lines(run_cli("predict", "--help", "--verbose"))
+    assert _tensorflow_lines(run_cli("predict", "--help", env={"TF_CPP_MIN_LOG_LEVEL": "0"}))
+
+
+@pytest.mark.parametrize(
+    "argv, verbose",
+    [
+        ([], False),
+        (["--verbose"], True),
+        (["--verbose=false"], False),
+        (["--verbose", "--noverbose"], False),
+        (["-verbose=1"], True),
+        (["--", "--verbose"], False),
+        (["--verbosity=1"], False),
+    ],
+)
+def test_asks_verbose_reads_absl_bool_syntax(argv, verbose):
+    assert asks_verbose(argv) is verbose
+
+
+def test_digits_run_prints_only_its_own_lines(tmp_path):
+    process = run_cli(
+        "train",
+        "--flagfile=experiments/digits.cfg",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--depth=1",
+        "--embed_dim=16",
+        "--num_heads=2",
+        f"--data_dir={tmp_path / 'tfds'}",
+        f"--teacher={tmp_path / 'teacher.keras'}",
+        f"--model_dir={tmp_path / 'run'}",
+        f"--output={tmp_path / 'student.keras'}",
+    )
+    assert process.returncode == 0, process.stderr
+    assert not _tensorflow_lines(process), process.stderr
+    everything = process.stdout + process.stderr
+    assert not [word for word in TFDS_CHATTER if word in everything], everything
+    # What is left on stderr is the run's own absl lines, from Python files of the package.
+    lines = user_stderr(process)
+    preparing = [line for line in lines if "Preparing the embedded digits dataset" in line]
+    assert len(preparing) == 1 and str(tmp_path / "tfds") in preparing[0], lines
+    assert all(".py:" in line.split("]")[0] for line in lines), lines
+
+
+def test_digits_builder_says_once_that_it_prepares_the_data(tmp_path, caplog, capfd):
+    caplog.set_level(logging.WARNING)
+    for _ in range(2):
+        builder = digits.digits_builder(str(tmp_path))
+    assert builder.info.splits["train"].num_examples == 1437
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and said[0].startswith("Preparing the embedded digits dataset"), said
+    out, err = capfd.readouterr()
+    assert not [word for word in TFDS_CHATTER if word in out + err], out + err
