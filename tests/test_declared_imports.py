@@ -10,10 +10,10 @@ import os
 import re
 import runpy
 import sys
-import tomllib
 from unittest import mock
 
 import setuptools
+import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCANNED = ("deit_keras", "tests", "benchmarks")

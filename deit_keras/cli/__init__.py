@@ -110,6 +110,7 @@ def run(main) -> None:
     `--verbose` shows the traceback instead. A training run stopped by SIGTERM
     (`training.preemption.Preempted`) prints its one line and exits 143.
     """
+
     def guarded(argv):
         _quiet_logging()
         try:

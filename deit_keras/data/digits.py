@@ -57,6 +57,7 @@ class DeitDigits(tfds.core.GeneratorBasedBuilder):
 
     def _log_download_done(self):
         pass
+
     RELEASE_NOTES = {"1.0.0": "scikit-learn load_digits, 32x32 RGB."}
 
     def _info(self):

@@ -22,9 +22,7 @@ TFDS_CHATTER += ("Generating", "Shuffling", "examples/s")
 
 def _tensorflow_lines(process):
     return [
-        line
-        for line in (process.stdout + process.stderr).splitlines()
-        if TF_CPP_LINE.match(line)
+        line for line in (process.stdout + process.stderr).splitlines() if TF_CPP_LINE.match(line)
     ]
 
 

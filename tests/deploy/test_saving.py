@@ -210,9 +210,11 @@ def _stored_model_weights(keras_path):
     arrays = []
     with h5py.File(weights, "r") as stored:
         stored.visititems(
-            lambda name, item: arrays.append(item[()])
-            if isinstance(item, h5py.Dataset) and not name.startswith("optimizer/")
-            else None
+            lambda name, item: (
+                arrays.append(item[()])
+                if isinstance(item, h5py.Dataset) and not name.startswith("optimizer/")
+                else None
+            )
         )
     return arrays
 
