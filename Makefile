@@ -4,6 +4,8 @@
 # make lint (ruff, configured in pyproject.toml) runs in CI before make test.
 PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
+RUFF_VERSION = 0.17.6
+LINTED = deit_keras tests benchmarks setup.py
 
 .PHONY: install install-test demo test test-large lint format
 
@@ -19,12 +21,16 @@ demo: install
 test: install-test
 	$(PYTHON) -m pytest tests -q -ra --durations=15
 
-lint: install-test
-	$(PYTHON) -m ruff check deit_keras tests benchmarks
-
-format: install-test
-	$(PYTHON) -m ruff format deit_keras tests benchmarks
-	$(PYTHON) -m ruff check --fix deit_keras tests benchmarks
-
 test-large: install-test
 	$(PYTHON) -m pytest tests -q -ra --run_large
+
+# Lint needs ruff only, not the package or its test extra.
+lint:
+	$(PIP_INSTALL) ruff==$(RUFF_VERSION)
+	$(PYTHON) -m ruff check $(LINTED)
+	$(PYTHON) -m ruff format --check $(LINTED)
+
+format:
+	$(PIP_INSTALL) ruff==$(RUFF_VERSION)
+	$(PYTHON) -m ruff format $(LINTED)
+	$(PYTHON) -m ruff check --fix $(LINTED)

@@ -57,7 +57,6 @@ setup(
             # unpinned torch resolves to a multi-GB CUDA build.
             "torch==2.13.0",
             "transformers==5.23.0",
-            "ruff==0.17.6",  # `make lint`; pinned so the rules do not move under CI
         ],
     },
     entry_points={
