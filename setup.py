@@ -1,5 +1,6 @@
 """deit_keras: DeiT (Touvron et al., 2021) in Keras 3 on the TensorFlow backend."""
 
+import ast
 import re
 
 from setuptools import find_packages, setup
@@ -9,6 +10,16 @@ def _version() -> str:
     """`__version__` of deit_keras/__init__.py, its one home (read, not imported)."""
     with open("deit_keras/__init__.py", encoding="utf-8") as init:
         return re.search(r'^__version__ = "([^"]+)"', init.read(), re.MULTILINE).group(1)
+
+
+def _commands() -> tuple[str, ...]:
+    """`COMMANDS` of deit_keras/cli/launch.py, their one home (read, not imported)."""
+    with open("deit_keras/cli/launch.py", encoding="utf-8") as launch:
+        tree = ast.parse(launch.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMMANDS":
+            return ast.literal_eval(node.value)
+    raise RuntimeError("deit_keras/cli/launch.py defines no COMMANDS")
 
 
 DEPLOY = [
@@ -61,16 +72,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            f"deit-{command}=deit_keras.cli.launch:{command}"
-            for command in (
-                "train",
-                "convert",
-                "export",
-                "evaluate",
-                "predict",
-                "visualize",
-                "ablate",
-            )
+            f"deit-{command}=deit_keras.cli.launch:{command}" for command in _commands()
         ],
     },
 )
