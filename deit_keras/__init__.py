@@ -8,12 +8,14 @@ The public API below is loaded lazily (PEP 562): `import deit_keras` alone
 does not import TensorFlow, so the commands can quiet TensorFlow's C++
 start-up lines before it loads. The first use of any name loads all of it,
 and with it registers every Keras object of the package (layers, `DeiT`,
-the LR schedule) for `keras.models.load_model`. When Keras is already
-imported (`import keras` before `import deit_keras`, the order isort
-writes), it is loaded at once, since that costs nothing more.
+the LR schedule) for `keras.models.load_model`. So that `import deit_keras`
+then `keras.models.load_model(...)` works in either import order, the API
+also loads as soon as Keras has been imported: at once if it already is,
+else right after its import finishes.
 """
 
 import importlib
+import importlib.abc
 import importlib.util
 import sys
 
@@ -41,11 +43,40 @@ _REGISTERS = ("deit_keras.training.optim",)
 __all__ = sorted(_EXPORTS)
 
 
+_loading = False
+
+
 def _load_api() -> None:
-    for module in (*sorted(set(_EXPORTS.values())), *_REGISTERS):
-        importlib.import_module(module)
+    global _loading
+    if _loading:  # our own modules import keras, which calls back here
+        return
+    _loading = True
+    try:
+        for module in (*sorted(set(_EXPORTS.values())), *_REGISTERS):
+            importlib.import_module(module)
+    finally:
+        _loading = False
     for name, module in _EXPORTS.items():
         globals()[name] = getattr(sys.modules[module], name)
+
+
+class _LoadAfterKeras(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: it wraps the loader of `keras` to load our API after it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("keras")
+        if spec is not None and spec.loader is not None:
+            exec_keras = spec.loader.exec_module
+
+            def exec_keras_then_load_api(module):
+                exec_keras(module)
+                _load_api()
+
+            spec.loader.exec_module = exec_keras_then_load_api
+        return spec
 
 
 def __getattr__(name: str):
@@ -64,3 +95,5 @@ def __dir__():
 
 if "keras" in sys.modules:
     _load_api()
+elif not any(isinstance(finder, _LoadAfterKeras) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _LoadAfterKeras())

@@ -1,0 +1,51 @@
+"""`import deit_keras` loads no TensorFlow; its Keras objects are registered either way round.
+
+Each case runs in a fresh interpreter, since the point is what an import does first.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+from deit_keras.testing import tiny_model
+
+
+def _python(code):
+    process = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return process.stdout.strip()
+
+
+def test_import_alone_loads_neither_tensorflow_nor_keras():
+    code = "import sys, deit_keras; print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
+    assert _python(code) == "[]"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lazy") / "tiny.keras"
+    tiny_model().save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "imports", ["import deit_keras\nimport keras", "import keras\nimport deit_keras"]
+)
+def test_load_model_finds_the_classes_in_either_import_order(saved, imports):
+    code = f"{imports}\nprint(type(keras.models.load_model({str(saved)!r})).__name__)"
+    assert _python(code) == "DeiT"
+
+
+def test_without_deit_keras_keras_cannot_load_the_file(saved):
+    """The control: the registration above is deit_keras's doing."""
+    process = subprocess.run(
+        [sys.executable, "-c", f"import keras; keras.models.load_model({str(saved)!r})"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode != 0
+    assert "DeiT" in process.stderr
