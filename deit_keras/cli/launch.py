@@ -84,7 +84,19 @@ def launch(command: str) -> None:
     main = sys.modules.get("__main__")
     if main is not None:  # absl's --help prints the __main__ module's docstring
         main.__doc__ = module.__doc__
+    _list_command_flags_in_help()
     module.run()
+
+
+def _list_command_flags_in_help() -> None:
+    """absl's `--help` lists the flags of the main module (`sys.argv[0]`) only; the
+    command's are defined in `cli/`, so they are made key flags of the main module."""
+    from absl import flags
+
+    for defining, defined in flags.FLAGS.flags_by_module_dict().items():
+        if defining.split(".")[:2] == ["deit_keras", "cli"]:  # this command's cli modules
+            for flag in defined:
+                flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
 def train() -> None:

@@ -47,6 +47,16 @@ def test_help_prints_the_command_doc_and_no_tensorflow_lines():
         )
         assert not _tensorflow_lines(process), process.stderr
         assert not user_stderr(process), process.stderr
+        # The command's own flags, the generated ones and cli's --verbose; not absl's.
+        for flag in ("--model_path:", "--top_k:", "--[no]verbose:"):
+            assert f"\n  {flag}" in process.stdout, process.stdout[-2000:]
+        assert "--flagfile:" not in process.stdout
+
+
+def test_train_help_lists_the_flags_generated_from_the_config():
+    process = run_cli("train", "--help")
+    for flag in ("--batch_size:", "--distillation_type:", "--teacher:", "--mixup:"):
+        assert f"\n  {flag}" in process.stdout, process.stdout[-2000:]
 
 
 def test_verbose_or_a_log_level_the_user_set_brings_the_tensorflow_lines_back():
