@@ -16,6 +16,7 @@ else right after its import finishes.
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 
@@ -60,22 +61,42 @@ def _load_api() -> None:
         globals()[name] = getattr(sys.modules[module], name)
 
 
+def _initializing(module) -> bool:
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def _load_api_when_safe(just_loaded: str) -> None:
+    """Loads the API once Keras is in and no module it needs is half-imported."""
+    if _loading or "keras" not in sys.modules:
+        return
+    for name, module in list(sys.modules.items()):
+        if name == just_loaded:
+            continue  # executed in full; only its import flag is still up
+        if (name.startswith("deit_keras.") or name == "tensorflow") and _initializing(module):
+            return  # an outer import finishing later calls back here
+    for finder in [f for f in sys.meta_path if isinstance(f, _LoadAfterKeras)]:
+        sys.meta_path.remove(finder)
+    _load_api()
+
+
 class _LoadAfterKeras(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: it wraps the loader of `keras` to load our API after it."""
+    """Finds nothing of its own: it wraps the loaders of `keras` and of our submodules so
+    that the API loads right after the import that makes it possible, whichever that is
+    (`import keras` after `import deit_keras`, or `from deit_keras.deploy import ...`)."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "keras":
+        if name != "keras" and not name.startswith("deit_keras."):
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("keras")
-        if spec is not None and spec.loader is not None:
-            exec_keras = spec.loader.exec_module
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        exec_module = spec.loader.exec_module
 
-            def exec_keras_then_load_api(module):
-                exec_keras(module)
-                _load_api()
+        def exec_module_then_load_api(module):
+            exec_module(module)
+            _load_api_when_safe(name)
 
-            spec.loader.exec_module = exec_keras_then_load_api
+        spec.loader.exec_module = exec_module_then_load_api
         return spec
 
 

@@ -1,4 +1,19 @@
+import os
+
 import pytest
+
+# What the user's shell said; a library imported in-process may change it (tf2onnx's
+# convert module sets it), and subprocess tests copy os.environ.
+_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+
+
+@pytest.fixture(autouse=True)
+def _tensorflow_log_level_as_the_session_began():
+    yield
+    if _TF_LOG_LEVEL is None:
+        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    else:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = _TF_LOG_LEVEL
 
 
 def pytest_addoption(parser):

@@ -32,7 +32,14 @@ def saved(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "imports", ["import deit_keras\nimport keras", "import keras\nimport deit_keras"]
+    "imports",
+    [
+        "import deit_keras\nimport keras",
+        "import keras\nimport deit_keras",
+        "from deit_keras.deploy import onnx_export\nimport keras",  # a submodule imports keras
+        "import deit_keras.layers\nimport keras",
+        "import tensorflow as tf\nimport deit_keras\nimport keras",
+    ],
 )
 def test_load_model_finds_the_classes_in_either_import_order(saved, imports):
     code = f"{imports}\nprint(type(keras.models.load_model({str(saved)!r})).__name__)"

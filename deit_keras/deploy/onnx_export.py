@@ -14,7 +14,9 @@ with ONNX's `Erf` (opset >= 9): the same function, and in float32 equal to
 the TF graph's outputs up to round-off (the export tests compare logits).
 """
 
+import contextlib
 import json
+import os
 
 import keras
 import numpy as np
@@ -34,6 +36,20 @@ def _erfc_as_one_minus_erf(ctx, node, name, args):
     dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
     one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype=dtype))
     ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]])
+
+
+@contextlib.contextmanager
+def _environment_unchanged(name="TF_CPP_MIN_LOG_LEVEL"):
+    """tf2onnx sets TF_CPP_MIN_LOG_LEVEL on import and while converting; the library
+    changes no environment variable, so the caller's value (or its absence) comes back."""
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _tf2onnx():
@@ -75,13 +91,14 @@ def export_onnx(
     check_opset(opset)
     config = serving_config(model, "onnx", crop_pct=crop_pct, class_names=class_names, opset=opset)
     serve = fixed_size_function(model)
-    tf2onnx = _tf2onnx()
-    proto, _ = tf2onnx.convert.from_function(
-        serve,
-        input_signature=serve.input_signature,
-        opset=opset,
-        custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
-    )
+    with _environment_unchanged():
+        tf2onnx = _tf2onnx()
+        proto, _ = tf2onnx.convert.from_function(
+            serve,
+            input_signature=serve.input_signature,
+            opset=opset,
+            custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+        )
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_NAME, json.dumps(config)
     atomic.write_bytes_atomic(path, proto.SerializeToString())

@@ -7,6 +7,8 @@ and the images are real eval crops.
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -153,6 +155,26 @@ def test_serving_config_is_embedded(models, tmp_path):
         assert config["crop_pct"] == 0.9 and not config["distilled"]
         assert config["class_names_source"] == "index"
         assert sorted(config["outputs"]) == ["cls_logits", "logits", "probabilities"]
+
+
+@pytest.mark.parametrize("level", [None, "1"])
+def test_onnx_export_leaves_the_tensorflow_log_level_as_it_was(tmp_path, level):
+    """tf2onnx sets TF_CPP_MIN_LOG_LEVEL on import; a fresh interpreter shows it."""
+    code = (
+        "import os\n"
+        "from deit_keras.deploy import onnx_export\n"
+        "from deit_keras.testing import tiny_model\n"
+        f"onnx_export.export_onnx(tiny_model(), {str(tmp_path / 'm.onnx')!r})\n"
+        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    process = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.stdout.strip().splitlines()[-1] == str(level)
 
 
 def test_bad_export_options_are_one_line_errors(models, tmp_path):
