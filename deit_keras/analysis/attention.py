@@ -14,6 +14,8 @@
 import numpy as np
 from keras import ops
 
+from deit_keras.errors import UserInputError
+
 
 def attention_rollout(
     attentions: list, num_prefix_tokens: int, residual_weight: float = 0.5
@@ -33,17 +35,19 @@ def attention_rollout(
         prefix token, the rolled-out attention over the patch tokens.
     """
     if not attentions:
-        raise ValueError("attention_rollout needs at least one layer's attention.")
+        raise UserInputError("attention_rollout needs at least one layer's attention.")
     if not 0.0 <= residual_weight <= 1.0:
-        raise ValueError(f"residual_weight must be in [0, 1]. Received: {residual_weight}")
+        raise UserInputError(f"residual_weight must be in [0, 1]. Received: {residual_weight}")
     rollout = None
     for attention in attentions:
         attention = np.asarray(ops.convert_to_numpy(attention), dtype=np.float64)
         if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2]:
-            raise ValueError(f"Expected attention [B, heads, T, T]. Received: {attention.shape}")
+            raise UserInputError(
+                f"Expected attention [B, heads, T, T]. Received: {attention.shape}"
+            )
         tokens = attention.shape[-1]
         if not 0 < num_prefix_tokens < tokens:
-            raise ValueError(
+            raise UserInputError(
                 f"num_prefix_tokens must be in [1, {tokens - 1}]. Received: {num_prefix_tokens}"
             )
         mixed = (1 - residual_weight) * attention.mean(axis=1) + residual_weight * np.eye(tokens)
@@ -73,7 +77,7 @@ def attention_maps(model, image) -> dict:
     if len(image.shape) == 3:
         image = ops.expand_dims(image, 0)
     if len(image.shape) != 4 or image.shape[0] != 1:
-        raise ValueError(f"attention_maps takes one image. Received shape: {image.shape}")
+        raise UserInputError(f"attention_maps takes one image. Received shape: {image.shape}")
     _, attentions = model.forward_features(image, training=False, return_attention_scores=True)
     prefix = model.num_prefix_tokens
     grid = model.grid_size
@@ -108,7 +112,7 @@ def token_cosine_similarity(model, images) -> np.ndarray:
         output of block `i` (before the final norm).
     """
     if not model.distilled:
-        raise ValueError("token_cosine_similarity needs a distilled model (with a dist token).")
+        raise UserInputError("token_cosine_similarity needs a distilled model (with a dist token).")
     x = model.tokens(model.patch_embed(ops.convert_to_tensor(images, dtype="float32")))
     similarities = [_cosine(x[:, 0], x[:, 1]).mean()]
     for block in model.blocks:

@@ -20,6 +20,7 @@ import numpy as np
 from deit_keras.analysis import attention
 from deit_keras.data.preprocessing import normalize, resize_and_center_crop
 from deit_keras.deploy.saving import load_model
+from deit_keras.errors import UserInputError
 from deit_keras.io.atomic import atomic_output
 from deit_keras.io.images import load_image
 
@@ -178,7 +179,7 @@ def visualize_file(
         (per-layer cosine similarities, index 0 = input tokens, or None).
     """
     if not os.fspath(output).lower().endswith(".png"):
-        raise ValueError(f"--output must be a .png path. Received: {output}")
+        raise UserInputError(f"--output must be a .png path. Received: {output}")
     image = load_image(image_path)
     model, _ = load_model(model_path, compile=False)
     preprocessing = model.preprocessing.replace(crop_pct=crop_pct)

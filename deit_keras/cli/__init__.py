@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
+from deit_keras.errors import UserInputError
+from deit_keras.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
 from deit_keras.io import paths
 from deit_keras.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 
@@ -24,14 +26,14 @@ _VERBOSE = flags.DEFINE_bool(
 )
 
 
-class UsageError(ValueError):
+class UsageError(UserInputError):
     """A problem with the user's input (flags, files, names): reported in one line."""
 
 
-# Every error a user can fix: missing or corrupt files, unknown names, values
-# out of range (ValueError, which CheckpointError and UsageError extend), I/O
-# failures, and a training run whose loss diverged.
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
+# Every error a user can fix: what our checks raise (`errors.UserError`: bad values,
+# unknown names, corrupt files, a diverged loss) and what the operating system says
+# about the user's files, disks and network (OSError). Anything else is a bug.
+USER_ERRORS = (UserError, OSError)
 
 
 # What a path flag names: `check_path(name, kind)`.
@@ -83,7 +85,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         return parse_argv(argv)
     except UsageError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USER_ERROR_EXIT_CODE)
 
 
 def check_no_arguments(argv: list[str]) -> None:
@@ -101,13 +103,26 @@ def _quiet_logging():
     tf.get_logger().setLevel("ERROR")
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def internal_error_line(error: BaseException) -> str:
+    """What a command prints for an exception that is not the user's to fix."""
+    return (
+        f"internal error: {type(error).__name__}: {_one_line(error)[:300]} "
+        "(not a problem with your input: rerun with --verbose and report the traceback)"
+    )
+
+
 def run(main) -> None:
     """`absl.app.run(main)`, turning user errors into one line on stderr and exit 2.
 
     A bad flag (unknown, unparsable, out of range, a path that cannot serve)
-    and every other error the user can fix end as `error: <message>` with exit
-    status 2.
-    `--verbose` shows the traceback instead. A training run stopped by SIGTERM
+    and every other error the user can fix (`USER_ERRORS`) end as
+    `error: <message>` with exit status 2. Any other exception is a bug: one
+    `internal error: ...` line and exit status 70 (`errors.INTERNAL_ERROR_EXIT_CODE`).
+    `--verbose` shows the traceback instead of either. A training run stopped by SIGTERM
     (`training.preemption.Preempted`) prints its one line and exits 143.
     """
 
@@ -124,8 +139,12 @@ def run(main) -> None:
         except USER_ERRORS as error:
             if _VERBOSE.value:
                 raise
-            message = " ".join(str(error).split()) or type(error).__name__
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
+            print(f"error: {_one_line(error)}", file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT_CODE)
+        except Exception as error:
+            if _VERBOSE.value:
+                raise
+            print(internal_error_line(error), file=sys.stderr)
+            sys.exit(INTERNAL_ERROR_EXIT_CODE)
 
     app.run(guarded, flags_parser=parse_flags)

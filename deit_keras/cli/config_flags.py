@@ -10,6 +10,7 @@ import dataclasses
 
 from absl import flags
 
+from deit_keras.errors import UserInputError
 from deit_keras.schema import ALIASES, CHOICES, HELP, field_type, schema_fields
 
 
@@ -58,7 +59,7 @@ def _number(name: str, text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"{name} must be a list of numbers, got {text!r}") from None
+        raise UserInputError(f"{name} must be a list of numbers, got {text!r}") from None
 
 
 def config_from_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS):

@@ -26,6 +26,7 @@ import tensorflow as tf
 from deit_keras.data import rand_augment as rand_augment_lib
 from deit_keras.data import transforms
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, normalize
+from deit_keras.errors import UserInputError
 from deit_keras.schema import NON_NEGATIVE, POSITIVE, PROBABILITY, Range, field, range_problems
 
 
@@ -92,16 +93,16 @@ class AugmentConfig:
     def __post_init__(self):
         problems = range_problems(self)  # every numeric field's `valid` range
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UserInputError("; ".join(problems))
         if len(self.crop_ratio) != 2 or self.crop_ratio[0] > self.crop_ratio[1]:
-            raise ValueError(
+            raise UserInputError(
                 f"crop_ratio must be two numbers, min <= max, got {list(self.crop_ratio)}"
             )
         object.__setattr__(self, "crop_ratio", tuple(float(v) for v in self.crop_ratio))
         if self.translate < 0:
-            raise ValueError(f"`translate` must be >= 0. Received: translate={self.translate}")
+            raise UserInputError(f"`translate` must be >= 0. Received: translate={self.translate}")
         if self.rand_augment_impl not in ("timm", "keras_cv"):
-            raise ValueError(
+            raise UserInputError(
                 "`rand_augment_impl` must be 'timm' or 'keras_cv'. "
                 f"Received: rand_augment_impl={self.rand_augment_impl!r}"
             )

@@ -21,19 +21,21 @@ import sys
 
 import tensorflow as tf
 
+from deit_keras.errors import UserInputError
+
 BAD_IMAGES = ("skip", "fail")
 
 # (path, size, mtime_ns) -> reason, or None for a good file.
 _CHECKED: dict = {}
 
 
-class BadImageError(ValueError):
+class BadImageError(UserInputError):
     """An image file the pipeline cannot decode, with `--bad_images=fail`."""
 
 
 def check_policy(bad_images: str) -> None:
     if bad_images not in BAD_IMAGES:
-        raise ValueError(f"bad_images must be one of {BAD_IMAGES}. Received: {bad_images!r}")
+        raise UserInputError(f"bad_images must be one of {BAD_IMAGES}. Received: {bad_images!r}")
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ import tensorflow as tf
 from deit_keras.data import augment as augment_lib
 from deit_keras.data import sources, transforms
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, normalize
+from deit_keras.errors import UserInputError
 
 # A decoded split above this stays on the streaming path (the tf.data graph
 # holds it as a constant, which must stay well under protobuf's 2 GiB).
@@ -122,7 +123,7 @@ def resize_weights(starts, lengths, in_size, out_size, interpolation="bicubic"):
     `tf.image.resize(..., antialias=True)` on that window.
     """
     if interpolation not in KERNELS:
-        raise ValueError(
+        raise UserInputError(
             f"interpolation must be one of {tuple(KERNELS)}. Received: {interpolation!r}"
         )
     lengths = tf.cast(lengths, tf.float32)[:, None, None]

@@ -19,6 +19,8 @@ import functools
 from collections.abc import Sequence
 from importlib import resources
 
+from deit_keras.errors import UserInputError
+
 IMAGENET_NUM_CLASSES = 1000
 _IMAGENET_FILE = "imagenet_classes.txt"
 
@@ -32,7 +34,7 @@ def _imagenet_table() -> tuple[tuple[str, str], ...]:
     text = resources.files(__package__).joinpath(_IMAGENET_FILE).read_text(encoding="utf-8")
     table = tuple(tuple(line.split("\t")) for line in text.splitlines() if line)
     if len(table) != IMAGENET_NUM_CLASSES or any(len(row) != 2 for row in table):
-        raise ValueError(
+        raise UserInputError(
             f"{_IMAGENET_FILE} must have {IMAGENET_NUM_CLASSES} 'synset<TAB>lemmas' lines. "
             f"Received: {len(table)} lines"
         )
@@ -106,11 +108,11 @@ def resolve_class_names(
         ValueError: when `saved` does not have `num_classes` names.
     """
     if num_classes < 0:
-        raise ValueError(f"num_classes must be >= 0. Received: num_classes={num_classes}")
+        raise UserInputError(f"num_classes must be >= 0. Received: num_classes={num_classes}")
     if saved is not None:
         names = [str(name) for name in saved]
         if len(names) != num_classes:
-            raise ValueError(
+            raise UserInputError(
                 f"Expected num_classes={num_classes} class names. Received: {len(names)} names"
             )
         lemmas = _lemmas_by_synset()

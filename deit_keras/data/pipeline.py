@@ -19,6 +19,7 @@ from deit_keras.data import sources, transforms
 from deit_keras.data.augment import AugmentConfig
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, preprocess
 from deit_keras.data.sources import DatasetInfo
+from deit_keras.errors import UserInputError
 
 __all__ = ["DatasetInfo", "dataset_info", "make_dataset"]
 
@@ -121,17 +122,19 @@ def make_dataset(
         `[B, num_classes]` probability targets.
     """
     if not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(f"`image_size` must be a positive int. Received: {image_size!r}")
+        raise UserInputError(f"`image_size` must be a positive int. Received: {image_size!r}")
     if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
+        raise UserInputError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
     if not isinstance(repeated_aug, int) or repeated_aug < 1:
-        raise ValueError(f"`repeated_aug` must be an int >= 1. Received: {repeated_aug!r}")
+        raise UserInputError(f"`repeated_aug` must be an int >= 1. Received: {repeated_aug!r}")
     if not isinstance(augment, AugmentConfig):
-        raise ValueError(f"`augment` must be an AugmentConfig. Received: {augment!r}")
+        raise UserInputError(f"`augment` must be an AugmentConfig. Received: {augment!r}")
     if not isinstance(preprocessing, Preprocessing):
-        raise ValueError(f"`preprocessing` must be a Preprocessing. Received: {preprocessing!r}")
+        raise UserInputError(
+            f"`preprocessing` must be a Preprocessing. Received: {preprocessing!r}"
+        )
     if not isinstance(skip_batches, int) or skip_batches < 0 or (skip_batches and not training):
-        raise ValueError(
+        raise UserInputError(
             f"`skip_batches` must be an int >= 0, in training only. Received: {skip_batches!r}"
         )
     source = sources.get_source(name, data_dir)
@@ -153,7 +156,7 @@ def make_dataset(
     if in_memory or in_memory is None:
         arrays = in_memory_lib.decoded_split(name, data_dir, split)
         if arrays is None and in_memory:
-            raise ValueError(
+            raise UserInputError(
                 f"in_memory=True needs a split of one image shape under "
                 f"{in_memory_lib.MAX_BYTES} bytes decoded; {name!r} {split!r} is not."
             )

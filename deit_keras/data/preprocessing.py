@@ -23,12 +23,13 @@ from deit_keras.data.constants import (
     IMAGENET_STD,
     INTERPOLATIONS,
 )
+from deit_keras.errors import UserInputError
 
 
 def check_crop_pct(crop_pct: float) -> None:
     """Raises ValueError unless `0 < crop_pct <= 1`."""
     if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1]. Received: crop_pct={crop_pct}")
+        raise UserInputError(f"crop_pct must be in (0, 1]. Received: crop_pct={crop_pct}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +51,12 @@ class Preprocessing:
     def __post_init__(self):
         check_crop_pct(self.crop_pct)
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
+            raise UserInputError(
                 f"interpolation must be one of {INTERPOLATIONS}. "
                 f"Received: interpolation={self.interpolation!r}"
             )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(
+            raise UserInputError(
                 f"mean and std need 3 values, std > 0. Received: mean={self.mean}, std={self.std}"
             )
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -132,7 +133,7 @@ def resize_and_center_crop(
     if unbatched:
         images = images[tf.newaxis]
     if images.shape.rank != 4:
-        raise ValueError(
+        raise UserInputError(
             f"images must be [B, H, W, C] or [H, W, C]. Received shape: {images.shape}"
         )
     scale_size = math.floor(image_size / crop_pct)

@@ -17,13 +17,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from deit_keras.data import digits, image_check
+from deit_keras.errors import UserInputError
 
 FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 NOT_AN_IMAGE = "not an image file name"  # the reason given for e.g. notes.txt
 
 
-class DatasetNotFoundError(ValueError):
+class DatasetNotFoundError(UserInputError):
     """A dataset is not prepared / not found where it was looked for."""
 
 
@@ -65,7 +66,7 @@ class Source:
             return self.info.train_split
         if split == "eval":
             return self.info.eval_split
-        raise ValueError(f"`split` must be 'train' or 'eval'. Received: split={split!r}")
+        raise UserInputError(f"`split` must be 'train' or 'eval'. Received: split={split!r}")
 
     def num_examples(self, split):
         self.split_name(split)
@@ -83,10 +84,10 @@ def _tfds_source(name, builder, user_name):
     image_key, label_key = info.supervised_keys or ("image", "label")
     splits = info.splits
     if "train" not in splits:
-        raise ValueError(f"tfds dataset {name!r} has no 'train' split: {list(splits)}")
+        raise UserInputError(f"tfds dataset {name!r} has no 'train' split: {list(splits)}")
     eval_split = next((s for s in ("validation", "test", "val") if s in splits), None)
     if eval_split is None:
-        raise ValueError(f"tfds dataset {name!r} has no validation/test split: {list(splits)}")
+        raise UserInputError(f"tfds dataset {name!r} has no validation/test split: {list(splits)}")
     label_feature = info.features[label_key]
     class_names = tuple(label_feature.names)
     dataset_info = DatasetInfo(
@@ -169,7 +170,7 @@ def _check_classes(train_dir, eval_dir, class_names, eval_classes):
     if class_names != eval_classes:
         only_train = sorted(set(class_names) - set(eval_classes))
         only_eval = sorted(set(eval_classes) - set(class_names))
-        raise ValueError(
+        raise UserInputError(
             f"The class folders of {train_dir} and {eval_dir} differ: only in train: "
             f"{only_train}, only in {os.path.basename(eval_dir)}: {only_eval}. "
             "Both need the same class folders (one may be empty in "
@@ -204,7 +205,7 @@ def _folder(name, path, bad_images="skip"):
     train_paths, train_labels, skipped = _read_split(train_dir, class_names, bad_images)
     empty = sorted(set(class_names) - {class_names[label] for label in train_labels})
     if empty:
-        raise ValueError(
+        raise UserInputError(
             f"Class folder(s) {empty} of {train_dir} hold no readable image: a class the "
             "model could never learn. Add images or remove the folder(s) (from val/ too)."
         )
@@ -240,7 +241,7 @@ def get_source(name: str, data_dir: str | None = None, bad_images: str = "skip")
     """
     image_check.check_policy(bad_images)
     if not isinstance(name, str) or not name:
-        raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
+        raise UserInputError(f"`name` must be a non-empty string. Received: name={name!r}")
     if name == "digits":
         builder = digits.digits_builder(data_dir)
         return _tfds_source(digits.TFDS_NAME, builder, "digits")

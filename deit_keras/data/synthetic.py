@@ -33,6 +33,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from deit_keras.errors import UserInputError
+
 # name: (classes, image side, train images per class, val images per class)
 DATASETS = {
     "shapes": (("circle", "square", "triangle", "cross"), 32, 250, 75),
@@ -84,7 +86,7 @@ def _polygon(kind, radius):
     if kind == "arrow":
         r, w = radius, radius * 0.25
         return [(-r, -w), (0, -w), (0, -2.2 * w), (r, 0), (0, 2.2 * w), (0, w), (-r, w)]
-    raise ValueError(f"Unknown polygon {kind!r}")
+    raise UserInputError(f"Unknown polygon {kind!r}")
 
 
 def _draw_shape(draw, rng, kind, centre, radius, colour, background):
@@ -216,7 +218,7 @@ def write_dataset(
         str: the `--dataset` value, `"folder:<root>"`.
     """
     if name not in DATASETS:
-        raise ValueError(f"name must be one of {tuple(DATASETS)}. Received: name={name!r}")
+        raise UserInputError(f"name must be one of {tuple(DATASETS)}. Received: name={name!r}")
     classes, _, default_train, default_val = DATASETS[name]
     counts = {"train": train_per_class or default_train, "val": val_per_class or default_val}
     for split_index, (split, count) in enumerate(counts.items()):

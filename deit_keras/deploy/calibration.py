@@ -4,6 +4,7 @@ import numpy as np
 
 from deit_keras.data.pipeline import make_dataset
 from deit_keras.data.preprocessing import Preprocessing, to_uint8
+from deit_keras.errors import UserInputError
 
 
 def eval_crops(
@@ -23,7 +24,7 @@ def eval_crops(
         ValueError: `count` is not positive, or the split is empty.
     """
     if count <= 0:
-        raise ValueError(f"count must be positive. Received: count={count}")
+        raise UserInputError(f"count must be positive. Received: count={count}")
     dataset = make_dataset(
         dataset_name,
         split,
@@ -40,5 +41,5 @@ def eval_crops(
         if total >= count:
             break
     if not total:
-        raise ValueError(f"Dataset {dataset_name!r} ({split}) has no images to calibrate on.")
+        raise UserInputError(f"Dataset {dataset_name!r} ({split}) has no images to calibrate on.")
     return np.concatenate(crops)[:count]

@@ -18,13 +18,14 @@ import re
 
 import numpy as np
 
+from deit_keras.errors import UserInputError
 from deit_keras.io import torch_checkpoint
 from deit_keras.io.atomic import atomic_output
 from deit_keras.layers.embedding import resample_position_embeddings
 from deit_keras.models.variants import create_model
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 

@@ -12,6 +12,7 @@ All give `probabilities`, `logits`, `cls_logits` (+ `dist_logits`); see
 
 from deit_keras.deploy import litert_export, onnx_export
 from deit_keras.deploy.saved_model import export_saved_model
+from deit_keras.errors import UserInputError
 
 FORMATS = ("saved_model", "litert", "onnx")
 SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
@@ -20,17 +21,17 @@ SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 def check_export_options(export_format: str, path: str, quantize: str = "none") -> None:
     """One-line `ValueError`s for a format, output path and quantization that do not go together."""
     if export_format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}. Received: format={export_format!r}")
+        raise UserInputError(f"format must be one of {FORMATS}. Received: format={export_format!r}")
     suffix = SUFFIXES.get(export_format)
     if suffix and not path.lower().endswith(suffix):
-        raise ValueError(
+        raise UserInputError(
             f"A {export_format} export is a single {suffix} file. Received: output={path!r}"
         )
     if export_format == "saved_model" and path.lower().endswith((".tflite", ".onnx", ".keras")):
-        raise ValueError(f"A SavedModel is a directory. Received: output={path!r}")
+        raise UserInputError(f"A SavedModel is a directory. Received: output={path!r}")
     litert_export.check_quantize_name(quantize)
     if quantize != "none" and export_format != "litert":
-        raise ValueError(
+        raise UserInputError(
             f"Quantization is for LiteRT exports (--format=litert). Received: "
             f"format={export_format!r}, quantize={quantize!r}"
         )

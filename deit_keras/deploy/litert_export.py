@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from deit_keras.deploy.signatures import METADATA_NAME, fixed_size_function, serving_config
+from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8")
@@ -37,7 +38,7 @@ FLOAT_OPS = ["BATCH_MATMUL", "SOFTMAX", "MEAN", "RSQRT", "SQUARED_DIFFERENCE", "
 
 def check_quantize_name(quantize: str) -> None:
     if quantize not in QUANTIZATIONS:
-        raise ValueError(
+        raise UserInputError(
             f"quantize must be one of {QUANTIZATIONS}. Received: quantize={quantize!r}"
         )
 
@@ -45,7 +46,7 @@ def check_quantize_name(quantize: str) -> None:
 def check_quantize(quantize: str, calibration_images) -> None:
     check_quantize_name(quantize)
     if quantize == "int8" and calibration_images is None:
-        raise ValueError(
+        raise UserInputError(
             "quantize='int8' calibrates activation ranges on images: pass calibration_images "
             "(the export command's --calibration_dataset)."
         )
@@ -121,9 +122,9 @@ def read_litert_config(path: str) -> dict:
             for i in range(model.MetadataLength())
         }
     except Exception as error:  # flatbuffers raises assorted errors on garbage
-        raise ValueError(f"{path} is not a LiteRT (.tflite) model: {error}") from error
+        raise UserInputError(f"{path} is not a LiteRT (.tflite) model: {error}") from error
     if METADATA_NAME not in entries:
-        raise ValueError(
+        raise UserInputError(
             f"{path} has no '{METADATA_NAME}' metadata: export it with "
             "`python -m deit_keras.export --format=litert`."
         )

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from deit_keras.deploy.signatures import METADATA_NAME, fixed_size_function, serving_config
+from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
 
 DEFAULT_OPSET = 17
@@ -65,7 +66,7 @@ def _tf2onnx():
 
 def check_opset(opset: int) -> None:
     if not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(f"opset must be an integer >= {MIN_OPSET}. Received: opset={opset!r}")
+        raise UserInputError(f"opset must be an integer >= {MIN_OPSET}. Received: opset={opset!r}")
 
 
 def export_onnx(
@@ -116,10 +117,10 @@ def read_onnx_config(path: str) -> dict:
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception as error:  # protobuf DecodeError and friends
-        raise ValueError(f"{path} is not an ONNX model: {error}") from error
+        raise UserInputError(f"{path} is not an ONNX model: {error}") from error
     props = {entry.key: entry.value for entry in proto.metadata_props}
     if METADATA_NAME not in props:
-        raise ValueError(
+        raise UserInputError(
             f"{path} has no '{METADATA_NAME}' metadata: export it with "
             "`python -m deit_keras.export --format=onnx`."
         )

@@ -31,6 +31,7 @@ import uuid
 import keras
 
 from deit_keras.deploy import checkpoints
+from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.io.atomic import atomic_output
 from deit_keras.models import variants
 from deit_keras.models.deit import DeiT
@@ -43,7 +44,7 @@ PARTIAL_PREFIX = "partial-"
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class PretrainedWeightsError(OSError):
+class PretrainedWeightsError(UserEnvironmentError):
     """Published weights that cannot be fetched, verified or read (one-line message)."""
 
 
@@ -127,7 +128,7 @@ def published_weights(name: str) -> PublishedWeights:
     canonical = variants.ALIASES.get(name, name)
     variants.get_variant(canonical)  # unknown names get the registry's error
     if canonical not in PUBLISHED:
-        raise ValueError(
+        raise UserInputError(
             f"No published weights for {name!r}. Models with weights: {', '.join(PUBLISHED)}."
         )
     return PUBLISHED[canonical]
@@ -313,7 +314,7 @@ def load_published(name: str, source: bool | str = True) -> DeiT:
             return _cached_model(cached, repo_id)
         return _convert_into_cache(hub_download(repo_id), name, cached, repo_id)
     if not isinstance(source, str) or not source:
-        raise ValueError(
+        raise UserInputError(
             "pretrained must be True, 'official', 'hf', 'hf-hub:OWNER/REPO', a URL or a "
             f"checkpoint path. Received: pretrained={source!r}"
         )

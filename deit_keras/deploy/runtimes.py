@@ -22,6 +22,7 @@ from deit_keras.data.preprocessing import Preprocessing, to_uint8
 from deit_keras.deploy.litert_export import read_litert_config
 from deit_keras.deploy.onnx_export import read_onnx_config
 from deit_keras.deploy.saving import load_model
+from deit_keras.errors import UserInputError
 
 EXPORTED_SUFFIXES = (".tflite", ".onnx")
 _EXTRA = "pip install 'deit_keras[deploy]'"
@@ -97,7 +98,7 @@ class ExportedModel:
         crops = np.asarray(crops)
         expected = (self.image_size, self.image_size, 3)
         if crops.ndim != 4 or crops.shape[1:] != expected:
-            raise ValueError(
+            raise UserInputError(
                 f"{os.path.basename(self.path)} takes [batch, {self.image_size}, "
                 f"{self.image_size}, 3] images. Received shape: {crops.shape}"
             )

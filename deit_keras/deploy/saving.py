@@ -11,6 +11,7 @@ import zipfile
 
 import keras
 
+from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
 from deit_keras.models.deit import DeiT
 
@@ -25,7 +26,7 @@ def classes_path(path: str) -> str:
 def check_class_names(class_names: list, num_classes: int) -> list[str]:
     class_names = [str(name) for name in class_names]
     if len(class_names) != num_classes:
-        raise ValueError(
+        raise UserInputError(
             f"Got {len(class_names)} class names for a model with num_classes={num_classes}."
         )
     return class_names
@@ -42,7 +43,7 @@ def save_model(model: DeiT, path: str, class_names: list[str] | None = None) -> 
     """
     path = os.fspath(path)
     if not path.endswith(".keras"):
-        raise ValueError(f"The model path must end in '.keras'. Received: {path}")
+        raise UserInputError(f"The model path must end in '.keras'. Received: {path}")
     if class_names is not None:
         class_names = check_class_names(class_names, model.num_classes)
     with atomic.atomic_output(path) as temporary:
@@ -61,9 +62,9 @@ def _read_class_names(path, num_classes):
         with open(sidecar, encoding="utf-8") as handle:
             names = json.load(handle)
     except (OSError, ValueError) as error:
-        raise ValueError(f"Could not read class names {sidecar}: {error}") from error
+        raise UserInputError(f"Could not read class names {sidecar}: {error}") from error
     if not isinstance(names, list):
-        raise ValueError(f"{sidecar} must hold a JSON list of class names.")
+        raise UserInputError(f"{sidecar} must hold a JSON list of class names.")
     return check_class_names(names, num_classes)
 
 
@@ -84,18 +85,18 @@ def load_model(path: str, compile: bool = True) -> tuple[DeiT, list[str] | None]
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise ValueError(f"Model file not found: {path}")
+        raise UserInputError(f"Model file not found: {path}")
     if os.path.isdir(path):
-        raise ValueError(f"{path} is a directory, expected a .keras file.")
+        raise UserInputError(f"{path} is a directory, expected a .keras file.")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"Model file {path} is empty.")
+        raise UserInputError(f"Model file {path} is empty.")
     if not path.endswith(".keras") or not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a .keras model file (a zip archive ending in .keras).")
+        raise UserInputError(f"{path} is not a .keras model file (a zip archive ending in .keras).")
     try:
         model = keras.saving.load_model(path, compile=compile)
     except Exception as error:  # Keras raises many types for corrupt archives.
         message = " ".join(str(error).split())[:300]
-        raise ValueError(f"Could not load {path}: {type(error).__name__}: {message}") from error
+        raise UserInputError(f"Could not load {path}: {type(error).__name__}: {message}") from error
     if not isinstance(model, DeiT):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a deit_keras DeiT model.")
+        raise UserInputError(f"{path} holds a {type(model).__name__}, not a deit_keras DeiT model.")
     return model, _read_class_names(path, model.num_classes)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from deit_keras.data.labels import resolve_class_names
 from deit_keras.data.preprocessing import normalize, preprocess
+from deit_keras.errors import UserInputError
 from deit_keras.models.deit import average_heads  # the inference output's one rule
 
 SERVING_CONFIG = "deit_serving.json"
@@ -38,7 +39,7 @@ def output_names(model) -> list[str]:
 
 def check_has_head(model) -> None:
     if not model.num_classes:
-        raise ValueError("Cannot export a model without a head (num_classes=0).")
+        raise UserInputError("Cannot export a model without a head (num_classes=0).")
 
 
 def serving_outputs(model, inputs) -> dict:

@@ -15,6 +15,8 @@ as its `distillation_alpha` / `distillation_tau`:
 import keras
 from keras import ops
 
+from deit_keras.errors import UserInputError
+
 DISTILLATION_TYPES = ("none", "soft", "hard")
 
 
@@ -36,12 +38,12 @@ class DistillationLoss:
 
     def __init__(self, distillation="none", alpha=0.5, tau=1.0, base_loss=None):
         if distillation not in DISTILLATION_TYPES:
-            raise ValueError(
+            raise UserInputError(
                 f"distillation must be one of {DISTILLATION_TYPES}. "
                 f"Received: distillation={distillation!r}"
             )
         if not 0.0 <= alpha <= 1.0 or tau <= 0:
-            raise ValueError(
+            raise UserInputError(
                 f"Need 0 <= alpha <= 1 and tau > 0. Received: alpha={alpha}, tau={tau}"
             )
         self.distillation = distillation
@@ -67,7 +69,7 @@ class DistillationLoss:
             # as the reference does for non-distilled students.
             dist_logits = cls_logits
         if teacher_logits is None:
-            raise ValueError(f"distillation={self.distillation!r} needs teacher logits.")
+            raise UserInputError(f"distillation={self.distillation!r} needs teacher logits.")
         teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
         if self.distillation == "hard":
             dist_loss = self.teacher_cross_entropy(ops.argmax(teacher_logits, axis=-1), dist_logits)

@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from deit_keras.distill.losses import DistillationLoss
+from deit_keras.errors import UserInputError
 
 
 def _replicas() -> int:
@@ -67,7 +68,7 @@ class DistillationStep:
 
     def __init__(self, loss: DistillationLoss, teacher: keras.Model | None = None):
         if loss.needs_teacher and teacher is None:
-            raise ValueError(f"distillation={loss.distillation!r} needs a teacher model.")
+            raise UserInputError(f"distillation={loss.distillation!r} needs a teacher model.")
         self.loss = loss
         self.teacher = teacher if loss.needs_teacher else None
         if self.teacher is not None:

@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from deit_keras.errors import UserInputError
 
 INPUT_CONVENTIONS = ("normalized", "pixels", "keras_applications")
 
@@ -46,12 +47,14 @@ class TeacherAdapter(keras.Model):
         **kwargs,
     ):
         if input_convention not in INPUT_CONVENTIONS:
-            raise ValueError(
+            raise UserInputError(
                 f"input_convention must be one of {INPUT_CONVENTIONS}. "
                 f"Received: {input_convention!r}"
             )
         if outputs not in ("logits", "probabilities"):
-            raise ValueError(f"outputs must be 'logits' or 'probabilities'. Received: {outputs!r}")
+            raise UserInputError(
+                f"outputs must be 'logits' or 'probabilities'. Received: {outputs!r}"
+            )
         super().__init__(**kwargs)
         self.teacher = teacher
         self.input_convention = input_convention
@@ -115,7 +118,7 @@ def _application(name, unknown_message):
     """`(constructor, module name)` of the keras.applications model `name` (any case)."""
     table = _applications()
     if name.lower() not in table:
-        raise ValueError(unknown_message)
+        raise UserInputError(unknown_message)
     return table[name.lower()]
 
 
@@ -189,11 +192,13 @@ def build_teacher(
     """
     if spec.endswith(".keras"):
         if not os.path.isfile(spec):
-            raise ValueError(f"Teacher file not found: {spec}")
+            raise UserInputError(f"Teacher file not found: {spec}")
         try:
             teacher = keras.models.load_model(spec)
         except Exception as error:
-            raise ValueError(f"Teacher {spec} is not a loadable Keras model: {error}") from error
+            raise UserInputError(
+                f"Teacher {spec} is not a loadable Keras model: {error}"
+            ) from error
         if isinstance(teacher, TeacherAdapter):  # saved with its convention (a fine-tuned one)
             return _frozen(_check_classes(teacher, spec, num_classes))
         teacher_size = (getattr(teacher, "input_shape", None) or (None, None))[1]
@@ -231,7 +236,7 @@ def build_teacher(
 
 def _check_classes(adapter, spec, num_classes):
     if adapter.num_classes != num_classes:
-        raise ValueError(
+        raise UserInputError(
             f"Teacher {spec} predicts {adapter.num_classes} classes but the dataset has "
             f"{num_classes}; use a teacher trained on this dataset."
         )

@@ -16,6 +16,7 @@ from deit_keras.data import pipeline
 from deit_keras.data.labels import INDEX, resolve_class_names
 from deit_keras.deploy.runtimes import load_for_inference
 from deit_keras.distill.step import average_heads
+from deit_keras.errors import UserInputError
 
 
 def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
@@ -31,7 +32,7 @@ def _labels_to_indices(labels):
         return np.argmax(labels, axis=-1)
     if labels.ndim == 1:
         return labels.astype(np.int64)
-    raise ValueError(
+    raise UserInputError(
         f"Labels must be [B] indices or [B, C] one-hot. Received shape: {labels.shape}"
     )
 
@@ -78,9 +79,9 @@ def evaluate_outputs(outputs_fn, dataset, num_classes: int, max_batches: int | N
             first_seconds, first_images = time.perf_counter() - tick, batch
         labels = _labels_to_indices(labels)
         if labels.shape[0] != batch:
-            raise ValueError("Images and labels of a batch differ in batch size.")
+            raise UserInputError("Images and labels of a batch differ in batch size.")
         if labels.size and labels.max() >= num_classes:
-            raise ValueError(
+            raise UserInputError(
                 f"Label {int(labels.max())} out of range for a model with "
                 f"num_classes={num_classes}."
             )
@@ -92,7 +93,7 @@ def evaluate_outputs(outputs_fn, dataset, num_classes: int, max_batches: int | N
         total += batch
     seconds = time.perf_counter() - start
     if total == 0:
-        raise ValueError("The dataset yielded no examples.")
+        raise UserInputError("The dataset yielded no examples.")
     if forward_images == 0:  # a single batch: include its tracing time
         forward_seconds, forward_images = first_seconds, first_images
     results = {key: value / total for key, value in correct.items()}  # fractions, as Keras
@@ -122,7 +123,7 @@ def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) 
         `dist_top5`, plus `loss`, `num_examples`, `seconds`, `images_per_second`.
     """
     if not model.num_classes:
-        raise ValueError("Cannot evaluate a model without a head (num_classes=0).")
+        raise UserInputError("Cannot evaluate a model without a head (num_classes=0).")
     size = model.image_size
 
     def heads(images):
@@ -138,7 +139,7 @@ def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) 
 
     def outputs_fn(images):
         if tuple(images.shape[1:3]) != (size, size):
-            raise ValueError(
+            raise UserInputError(
                 f"The model takes {size}x{size} images; the dataset gives "
                 f"{images.shape[1]}x{images.shape[2]}."
             )
@@ -188,7 +189,7 @@ def class_names_mismatch(
 def check_batch_size(batch_size: int) -> None:
     """Raises a one-line ValueError unless `batch_size` is positive (before any loading)."""
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
+        raise UserInputError(f"batch_size must be positive. Received: batch_size={batch_size}")
 
 
 def evaluate_file(
@@ -270,7 +271,7 @@ def evaluate_on_dataset(
             info.skipped[0][0],
         )
     if info.num_classes != model.num_classes:
-        raise ValueError(
+        raise UserInputError(
             f"Dataset {dataset_name!r} has {info.num_classes} classes but the model "
             f"has num_classes={model.num_classes}."
         )

@@ -14,6 +14,7 @@ import tensorflow as tf
 from deit_keras.data.labels import resolve_class_names
 from deit_keras.data.preprocessing import preprocess
 from deit_keras.deploy.runtimes import load_for_inference
+from deit_keras.errors import UserInputError
 from deit_keras.io.images import load_image
 
 
@@ -63,9 +64,9 @@ def predict_images(
         most probable first.
     """
     if not model.num_classes:
-        raise ValueError("Cannot predict with a model without a head (num_classes=0).")
+        raise UserInputError("Cannot predict with a model without a head (num_classes=0).")
     if top_k <= 0:
-        raise ValueError(f"top_k must be positive. Received: top_k={top_k}")
+        raise UserInputError(f"top_k must be positive. Received: top_k={top_k}")
     names, _ = resolve_class_names(model.num_classes, class_names)
     if not images:
         return []
@@ -102,7 +103,7 @@ def predict_files(
         (`data.labels.resolve_class_names`).
     """
     if not image_paths:
-        raise ValueError("Give at least one image path.")
+        raise UserInputError("Give at least one image path.")
     images = [load_image(path) for path in image_paths]
     model, class_names = load_for_inference(model_path)
     predictions = predict_images(model, images, class_names, crop_pct=crop_pct, top_k=top_k)

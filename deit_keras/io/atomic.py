@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+from deit_keras.errors import UserEnvironmentError
+
 _DISK_ERRNOS = frozenset(
     (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 )
@@ -25,7 +27,7 @@ _DISK_MESSAGES = (
 )
 
 
-class WriteError(OSError):
+class WriteError(UserEnvironmentError):
     """An output could not be written (disk full, read-only, no rights); the message names it."""
 
 

@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from deit_keras.errors import UserInputError
+
 
 def load_image(path: str) -> np.ndarray:
     """Reads a JPEG/PNG/... file as RGB uint8 `[H, W, 3]`.
@@ -18,15 +20,15 @@ def load_image(path: str) -> np.ndarray:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"Image file not found: {path}")
+        raise UserInputError(f"Image file not found: {path}")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"Image file {path} is empty.")
+        raise UserInputError(f"Image file {path} is empty.")
     try:
         with Image.open(path) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"Could not read {path} as an image: {error}") from error
+        raise UserInputError(f"Could not read {path} as an image: {error}") from error
     return _to_rgb_uint8(image)
 
 

@@ -15,10 +15,12 @@ import os
 import socket
 from collections.abc import Iterator
 
+from deit_keras.errors import UserInputError
+
 LOCK_NAME = ".lock"
 
 
-class DirectoryInUseError(ValueError):
+class DirectoryInUseError(UserInputError):
     """Another live process holds the run lock of a directory."""
 
 

@@ -13,6 +13,8 @@ import zipfile
 
 import numpy as np
 
+from deit_keras.errors import UserInputError
+
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
     "DoubleStorage": np.float64,
@@ -106,7 +108,7 @@ def read_torch_zip(path: str):
     with zipfile.ZipFile(path) as archive:
         pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
         if not pickles:
-            raise ValueError(f"{path} is not a zip-format torch file (no data.pkl).")
+            raise UserInputError(f"{path} is not a zip-format torch file (no data.pkl).")
         prefix = pickles[0][: -len("data.pkl")]
         with archive.open(pickles[0]) as handle:
             return _StateDictUnpickler(handle, archive, prefix).load()

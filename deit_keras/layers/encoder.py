@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from deit_keras.errors import UserInputError
 from deit_keras.layers.initializers import trunc_normal
 
 LAYER_NORM_EPSILON = 1e-6
@@ -39,7 +40,7 @@ class DropPath(keras.layers.Layer):
 
     def __init__(self, rate=0.0, seed=None, **kwargs):
         if not 0.0 <= rate < 1.0:
-            raise ValueError(f"DropPath rate must be in [0, 1). Received: rate={rate}")
+            raise UserInputError(f"DropPath rate must be in [0, 1). Received: rate={rate}")
         super().__init__(**kwargs)
         self.rate = rate
         self.seed = seed
@@ -81,7 +82,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def __init__(self, embed_dim, num_heads, **kwargs):
         if num_heads <= 0 or embed_dim % num_heads:
-            raise ValueError(
+            raise UserInputError(
                 "embed_dim must be a positive multiple of num_heads. "
                 f"Received: embed_dim={embed_dim}, num_heads={num_heads}"
             )

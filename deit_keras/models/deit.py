@@ -13,6 +13,7 @@ from keras import ops
 from deit_keras.data.preprocessing import Preprocessing
 from deit_keras.distill.losses import DistillationLoss
 from deit_keras.distill.step import DistillationStep, average_heads
+from deit_keras.errors import UserInputError
 from deit_keras.layers.embedding import PatchEmbedding, TokensAndPositionEmbedding
 from deit_keras.layers.encoder import TransformerBlock, dense, layer_norm
 
@@ -77,12 +78,12 @@ class DeiT(keras.Model):
         **kwargs,
     ):
         if image_size <= 0 or image_size % patch_size:
-            raise ValueError(
+            raise UserInputError(
                 "image_size must be a positive multiple of patch_size. "
                 f"Received: image_size={image_size}, patch_size={patch_size}"
             )
         if depth <= 0 or num_classes < 0:
-            raise ValueError(
+            raise UserInputError(
                 "depth must be positive and num_classes non-negative. "
                 f"Received: depth={depth}, num_classes={num_classes}"
             )
@@ -216,7 +217,7 @@ class DeiT(keras.Model):
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`).
         """
         if metrics:
-            raise ValueError(
+            raise UserInputError(
                 "DeiT reports its own metrics (loss, cls_loss, distill_loss, top1, top5, "
                 "cls_top1, dist_top1, and teacher_agreement with a teacher). "
                 f"Received: metrics={metrics!r}"
@@ -268,12 +269,12 @@ class DeiT(keras.Model):
 
     def train_step(self, data):
         if self.distillation_step is None:
-            raise ValueError(f"{self.name} must be compiled before it is trained.")
+            raise UserInputError(f"{self.name} must be compiled before it is trained.")
         return self.distillation_step.train_step(self, data)
 
     def test_step(self, data):
         if self.distillation_step is None:
-            raise ValueError(f"{self.name} must be compiled before it is evaluated.")
+            raise UserInputError(f"{self.name} must be compiled before it is evaluated.")
         return self.distillation_step.test_step(self, data)
 
     def export(

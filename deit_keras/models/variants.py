@@ -4,6 +4,7 @@ import dataclasses
 
 from deit_keras.data.constants import DEFAULT_CROP_PCT
 from deit_keras.data.preprocessing import Preprocessing
+from deit_keras.errors import UserInputError
 from deit_keras.models.deit import DeiT
 
 
@@ -68,7 +69,7 @@ def get_variant(name: str) -> Variant:
     """The `Variant` registered as `name` (or an alias); ValueError listing valid names."""
     variant = VARIANTS.get(ALIASES.get(name, name))
     if variant is None:
-        raise ValueError(
+        raise UserInputError(
             f"Unknown model {name!r}. Valid names: {', '.join(list_models())} "
             f"(aliases: {', '.join(sorted(ALIASES))})."
         )

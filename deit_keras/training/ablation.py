@@ -36,6 +36,7 @@ from absl import logging
 
 from deit_keras.data.pipeline import dataset_info
 from deit_keras.distill.losses import DISTILLATION_TYPES
+from deit_keras.errors import UserInputError
 from deit_keras.io.atomic import atomic_output, write_text_atomic
 from deit_keras.models.variants import get_variant
 from deit_keras.training import runner
@@ -60,15 +61,15 @@ def check_arguments(num_seeds: int, types) -> tuple:
     """The distillation types as a tuple; ValueError naming a bad seed count or type."""
     types = tuple(types)
     if num_seeds <= 0:
-        raise ValueError(f"seeds must be positive, got {num_seeds}")
+        raise UserInputError(f"seeds must be positive, got {num_seeds}")
     unknown = [name for name in types if name not in DISTILLATION_TYPES]
     if unknown or not types:
-        raise ValueError(
+        raise UserInputError(
             f"types must be a non-empty list of {', '.join(DISTILLATION_TYPES)}; got "
             f"{','.join(types) or 'nothing'}"
         )
     if len(set(types)) != len(types):
-        raise ValueError(f"types lists a type twice: {','.join(types)}")
+        raise UserInputError(f"types lists a type twice: {','.join(types)}")
     return types
 
 
@@ -98,7 +99,7 @@ def _check_same_config(path: str, stored: dict, config: TrainConfig) -> None:
     keys = set(stored) | set(current)
     changed = sorted(key for key in keys if stored.get(key) != current.get(key))
     if changed:
-        raise ValueError(
+        raise UserInputError(
             f"{path} was made with other settings ({', '.join(changed)} differ); "
             "use a new --output_dir or delete that run to train it again."
         )

@@ -14,6 +14,7 @@ import tensorflow as tf
 from deit_keras.analysis.attention import attention_maps, token_cosine_similarity
 from deit_keras.analysis.drawing import attention_figure
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, denormalize
+from deit_keras.errors import UserInputError
 from deit_keras.io.atomic import atomic_output, write_text_atomic
 from deit_keras.training.preemption import Preempted
 
@@ -46,7 +47,7 @@ class SaveInterval:
 
     def __init__(self, min_interval_s: float = 0.0):
         if min_interval_s < 0:
-            raise ValueError(f"min_interval_s must be >= 0. Received: {min_interval_s}")
+            raise UserInputError(f"min_interval_s must be >= 0. Received: {min_interval_s}")
         self.min_interval_s = min_interval_s
         self._last = None
 
@@ -134,7 +135,7 @@ class Backup:
         if latest is None:
             return 0
         if not model.built:
-            raise ValueError("Restoring a backup needs a built model.")
+            raise UserInputError("Restoring a backup needs a built model.")
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(self.directory, latest["dir"], "state.weights.h5"))
@@ -187,7 +188,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     ):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
         if every_steps and not steps_per_epoch:
-            raise ValueError("every_steps needs steps_per_epoch.")
+            raise UserInputError("every_steps needs steps_per_epoch.")
         self.backup = Backup(backup_dir)
         self.interval = SaveInterval(min_interval_s)
         self.every_steps = every_steps
@@ -306,7 +307,7 @@ class DistillationSummaries(keras.callbacks.Callback):
     ):
         super().__init__()
         if every_n_epochs <= 0:
-            raise ValueError(
+            raise UserInputError(
                 f"every_n_epochs must be positive. Received: every_n_epochs={every_n_epochs}"
             )
         self.log_dir = log_dir

@@ -14,6 +14,7 @@ import os
 from deit_keras.data.augment import AugmentConfig
 from deit_keras.data.image_check import BAD_IMAGES
 from deit_keras.distill.losses import DISTILLATION_TYPES
+from deit_keras.errors import UserInputError
 from deit_keras.io.paths import (
     directory_problem,
     input_file_problem,
@@ -251,7 +252,7 @@ class TrainConfig:
         if self.distillation_type != "none" and not self.teacher:
             problems.append(f"distillation_type={self.distillation_type!r} needs --teacher")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UserInputError("; ".join(problems))
 
     def check_paths(self) -> None:
         """Raises one ValueError naming every file or folder setting that cannot serve.
@@ -279,7 +280,7 @@ class TrainConfig:
             )
         problems = [problem for problem in problems if problem]
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UserInputError("; ".join(problems))
 
     def _finetune_problems(self) -> list:
         problems = []

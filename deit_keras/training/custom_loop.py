@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deit_keras.errors import TrainingDivergedError, UserInputError
 from deit_keras.inference.evaluate import evaluate_model
 from deit_keras.training.callbacks import Backup, finite_logs, save_epoch_checkpoint
 from deit_keras.training.preemption import Preempted
@@ -124,7 +125,7 @@ def distribute_train_dataset(strategy: tf.distribute.Strategy, dataset_fn, globa
     """
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
-        raise ValueError(
+        raise UserInputError(
             f"batch_size {global_batch_size} is not divisible by the {replicas} replicas."
         )
 
@@ -241,7 +242,7 @@ def fit_distributed(
             loss = float(logs["loss"])
             if not math.isfinite(loss):
                 step = int(model.optimizer.iterations.numpy())
-                raise FloatingPointError(
+                raise TrainingDivergedError(
                     f"Loss became NaN/Inf at step {step}; the last good checkpoint is in "
                     f"{os.path.join(model_dir or '.', 'checkpoints')}. "
                     "Lower --lr or check the data."

@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from deit_keras.errors import UserInputError
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
@@ -14,7 +16,7 @@ def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.S
     local TPU VM).
     """
     if name not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
+        raise UserInputError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
     if name == "multi_worker":
         # Collective ops must be configured before anything initialises the
         # devices, so this comes before the device listing below.

@@ -11,6 +11,8 @@ import re
 import keras
 from keras import ops
 
+from deit_keras.errors import UserInputError
+
 # Parameters the reference excludes from weight decay: every 1-D tensor
 # (biases, LayerNorm scales and offsets) and the tokens / position embeddings.
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "cls_token", "dist_token", "pos_embed")
@@ -45,7 +47,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, peak_lr, total_steps, warmup_steps=0, warmup_lr=1e-6, min_lr=1e-5):
         if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
-            raise ValueError(
+            raise UserInputError(
                 "Need total_steps > 0 and 0 <= warmup_steps <= total_steps. Received: "
                 f"total_steps={total_steps}, warmup_steps={warmup_steps}"
             )
@@ -130,7 +132,9 @@ class LayerDecayAdamW(keras.optimizers.AdamW):
 
     def __init__(self, layer_decay=1.0, depth=None, no_weight_decay=NO_WEIGHT_DECAY, **kwargs):
         if not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1]. Received: layer_decay={layer_decay}")
+            raise UserInputError(
+                f"layer_decay must be in (0, 1]. Received: layer_decay={layer_decay}"
+            )
         super().__init__(**kwargs)
         self.layer_decay = float(layer_decay)
         self.depth = depth
@@ -222,7 +226,7 @@ def create_optimizer(
         (`epochs * steps_per_epoch // grad_accum_steps`).
     """
     if grad_accum_steps < 1 or epochs * steps_per_epoch < grad_accum_steps:
-        raise ValueError(
+        raise UserInputError(
             "Need 1 <= grad_accum_steps <= epochs * steps_per_epoch (at least one update). "
             f"Received: grad_accum_steps={grad_accum_steps}, epochs={epochs}, "
             f"steps_per_epoch={steps_per_epoch}"
@@ -262,7 +266,9 @@ def freeze_backbone(model: keras.Model) -> keras.Model:
     """
     heads = [head for head in (model.head, model.head_dist) if head is not None]
     if not heads:
-        raise ValueError(f"freeze=backbone needs a model with heads. Received: model={model.name}")
+        raise UserInputError(
+            f"freeze=backbone needs a model with heads. Received: model={model.name}"
+        )
     for layer in model.layers:
         layer.trainable = any(layer is head for head in heads)
     return model

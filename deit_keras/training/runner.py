@@ -21,6 +21,7 @@ from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.deploy.saving import load_model, save_model
 from deit_keras.distill import teachers
 from deit_keras.distill.step import with_teacher_logits
+from deit_keras.errors import TrainingDivergedError, UserInputError
 from deit_keras.inference.evaluate import classifier_top1, evaluate_model
 from deit_keras.io import atomic, run_lock
 from deit_keras.io.atomic import atomic_output, write_text_atomic
@@ -137,7 +138,7 @@ def _teacher_missing(config) -> bool:
     if os.path.exists(config.teacher):
         return False
     if config.teacher_epochs <= 0:
-        raise ValueError(
+        raise UserInputError(
             f"Teacher file {config.teacher} does not exist; train one or set "
             "--teacher_epochs to have this run train a small CNN teacher first."
         )
@@ -300,7 +301,7 @@ def check_accumulation(config: TrainConfig, replicas: int) -> None:
         # Keras applies accumulated gradients inside a `cond`, where a
         # cross-replica merge is not allowed ("merge_call called while
         # defining a new graph"); more replicas already give a bigger batch.
-        raise ValueError(
+        raise UserInputError(
             f"grad_accum_steps={config.grad_accum_steps} needs a single replica; "
             f"strategy {config.strategy!r} has {replicas}. "
             "Raise --batch_size instead (the global batch grows with the replicas)."
@@ -396,7 +397,7 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
             phases = inputs.train_phases(config, data_kwargs, steps)
             history, nan_stop = _fit(config, student, phases, evaluation, steps, preemption)
     if nan_stop.bad_step is not None:
-        raise FloatingPointError(
+        raise TrainingDivergedError(
             f"Loss became NaN/Inf at step {nan_stop.bad_step}; the last good checkpoint is in "
             f"{os.path.join(config.model_dir, 'checkpoints')}. Lower --lr or check the data."
         )

@@ -1,0 +1,86 @@
+"""A user error and a bug look different: `error: ...`, exit 2 against `internal error`, exit 70.
+
+The commands used to turn every `ValueError` into a one-line user error, so an internal
+TensorFlow shape error read like a bad flag and hid its traceback from bug reports.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+from deit_keras.errors import INTERNAL_ERROR_EXIT_CODE, UserInputError
+from deit_keras.testing import assert_one_line_error, tiny_model, user_stderr
+
+TF_SHAPE_BUG = "Dimensions must be equal, but are 16 and 17 for '{{node add}}'"
+
+
+def _run_main_raising(raised, *args):
+    """`cli.run(main)` in a fresh interpreter, with a `main` that raises `raised`."""
+    code = (
+        "import sys\n"
+        "from deit_keras.cli.launch import quiet_tensorflow_start\n"
+        "quiet_tensorflow_start(sys.argv[1:])  # as the commands start\n"
+        "from deit_keras import cli\n"
+        "from deit_keras.errors import UserInputError\n"
+        "def main(argv):\n"
+        f"    raise {raised}\n"
+        "cli.run(main)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_user_error_is_one_line_and_exit_2():
+    process = _run_main_raising("UserInputError('image_size must be > 0. Received: image_size=0')")
+    assert_one_line_error(process, "image_size=0")
+
+
+@pytest.mark.parametrize(
+    "raised", [f"ValueError({TF_SHAPE_BUG!r})", "KeyError('blocks')", "AttributeError('x')"]
+)
+def test_any_other_exception_is_an_internal_error_with_its_own_exit_code(raised):
+    process = _run_main_raising(raised)
+    assert process.returncode == INTERNAL_ERROR_EXIT_CODE, process.stderr
+    lines = user_stderr(process)
+    assert len(lines) == 1, process.stderr
+    assert lines[0].startswith(f"internal error: {raised.split('(')[0]}: "), lines[0]
+    assert "--verbose" in lines[0] and "Traceback" not in process.stderr
+
+
+def test_verbose_shows_the_traceback_of_an_internal_error():
+    process = _run_main_raising(f"ValueError({TF_SHAPE_BUG!r})", "--verbose")
+    assert process.returncode not in (0, 2), process.stderr
+    assert "Traceback" in process.stderr and "Dimensions must be equal" in process.stderr
+
+
+def test_a_real_command_reports_an_injected_library_bug_as_internal(tmp_path):
+    """evaluate, with the library function it calls replaced by one that fails inside."""
+    path = tmp_path / "tiny.keras"
+    tiny_model().save(path)
+    code = (
+        "import sys\n"
+        "from deit_keras.inference import evaluate\n"
+        "def broken(*args, **kwargs):\n"
+        f"    raise ValueError({TF_SHAPE_BUG!r})\n"
+        "evaluate.evaluate_on_dataset = broken\n"
+        "from deit_keras.cli.launch import launch\n"
+        "launch('evaluate')\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code, f"--model_path={path}", "--dataset=digits"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == INTERNAL_ERROR_EXIT_CODE, process.stderr[-2000:]
+    assert user_stderr(process)[-1].startswith("internal error: ValueError: Dimensions")
+
+
+def test_user_errors_are_still_the_builtin_types_python_callers_catch():
+    assert issubclass(UserInputError, ValueError)
+    with pytest.raises(ValueError, match="Unknown model"):
+        from deit_keras.models.variants import get_variant
+
+        get_variant("deit_enormous")
