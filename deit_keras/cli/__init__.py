@@ -16,8 +16,12 @@ import sys
 
 from absl import app, flags, logging
 
-from deit_keras.errors import UserInputError
-from deit_keras.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
+from deit_keras.errors import (
+    INTERNAL_ERROR_EXIT_CODE,
+    USER_ERROR_EXIT_CODE,
+    UserError,
+    UserInputError,
+)
 from deit_keras.io import paths
 from deit_keras.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 

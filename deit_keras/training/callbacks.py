@@ -93,6 +93,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self._unsaved = None
 
 
+SETTINGS_FILE = "settings.json"
+
+
+class BackupMismatchError(UserInputError):
+    """A backup in `--model_dir` that does not fit the model of this run's settings."""
+
+
 class Backup:
     """A crash-safe backup of weights and optimizer state, one directory per save.
 
@@ -106,11 +113,18 @@ class Backup:
 
     Args:
         directory: str. Directory of this run's backups only.
+        settings: dict or None. The run's settings (JSON-able), written beside
+            the states as `settings.json`: a restore that does not fit the
+            model names the settings that differ from the current run's.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, settings: dict | None = None):
         self.directory = directory
         self.pointer = os.path.join(directory, "latest.json")
+        self.settings = settings
+
+    def _settings_path(self) -> str:
+        return os.path.join(self.directory, SETTINGS_FILE)
 
     def latest(self) -> dict | None:
         if not os.path.exists(self.pointer):
@@ -135,11 +149,35 @@ class Backup:
         if latest is None:
             return 0
         if not model.built:
-            raise UserInputError("Restoring a backup needs a built model.")
+            raise RuntimeError("Restoring a backup needs a built model.")
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(self.directory, latest["dir"], "state.weights.h5"))
+        try:
+            model.load_weights(os.path.join(self.directory, latest["dir"], "state.weights.h5"))
+        except ValueError as error:  # Keras: shapes or variables that do not match
+            raise BackupMismatchError(self._mismatch(error)) from error
         return int(latest["epoch"])
+
+    def _mismatch(self, error) -> str:
+        stored = self._stored_settings()
+        differ = [
+            f"{key} {stored.get(key)!r} there, {value!r} now"
+            for key, value in sorted((self.settings or {}).items())
+            if key in stored and stored[key] != value
+        ]
+        what = f"settings that differ: {'; '.join(differ)}" if differ else f"Keras: {error}"
+        return (
+            f"The backup in {self.directory} belongs to a run whose model does not match this "
+            f"one ({what}). Use another --model_dir, or delete {self.directory} to start afresh."
+        )
+
+    def _stored_settings(self) -> dict:
+        path = os.path.join(self.directory, SETTINGS_FILE)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return {}  # a backup written before settings were recorded
 
     def save(self, model, epoch: int, batch: int = 0) -> None:
         """Saves `model` as the state after `epoch` epochs and `batch` batches of the next."""
@@ -147,6 +185,8 @@ class Backup:
         with atomic_output(os.path.join(self.directory, name)) as temporary:
             os.makedirs(temporary)
             model.save_weights(os.path.join(temporary, "state.weights.h5"))
+        if self.settings is not None and not os.path.exists(self._settings_path()):
+            write_text_atomic(self._settings_path(), json.dumps(self.settings, indent=1))
         state = {
             "epoch": epoch,
             "batch": batch,
@@ -159,15 +199,18 @@ class Backup:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` whose saves survive a crash at any instant.
+class AtomicBackupAndRestore(keras.callbacks.Callback):
+    """Crash-safe backups of a `fit` run, and its resume: public Keras hooks only.
 
-    Keras writes `latest.weights.h5` and `training_metadata.json` in place,
-    one after the other: a kill in between leaves a torn or mismatched pair;
-    and with `save_freq=N` it records the batch but resumes at the start of
-    the epoch, replaying batches. Here saves use the `Backup` format, which
-    records the batch: the caller resumes at it (`Backup.position`; see
-    `runner`). Epochs or steps with a NaN/Inf loss are not saved.
+    Keras' own `BackupAndRestore` writes `latest.weights.h5` and
+    `training_metadata.json` in place, one after the other (a kill in between
+    leaves a torn or mismatched pair), and with `save_freq=N` it records the
+    batch but resumes at the start of the epoch, replaying batches. Here saves
+    use the `Backup` format, which records the batch. Resuming is the caller's
+    explicit step, before `fit`: `resume()` loads the latest state and returns
+    `(epoch, batch)`; the caller passes `initial_epoch=epoch` to `fit` and
+    skips `batch` batches (`inputs.train_phases`). Epochs or steps with a
+    NaN/Inf loss are not saved.
 
     Args:
         backup_dir: str. Directory of this run's backups only.
@@ -181,30 +224,44 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         min_interval_s: float. Epoch-end saves at most this often
             (`SaveInterval`: the first and last epoch always); 0 saves every
             epoch. Defaults to 0.
+        settings: dict or None. The run's settings, recorded with the backup
+            (see `Backup`).
     """
 
     def __init__(
-        self, backup_dir, every_steps=0, steps_per_epoch=None, preemption=None, min_interval_s=0.0
+        self,
+        backup_dir,
+        every_steps=0,
+        steps_per_epoch=None,
+        preemption=None,
+        min_interval_s=0.0,
+        settings=None,
     ):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+        super().__init__()
         if every_steps and not steps_per_epoch:
             raise UserInputError("every_steps needs steps_per_epoch.")
-        self.backup = Backup(backup_dir)
+        self.backup_dir = backup_dir
+        self.backup = Backup(backup_dir, settings)
         self.interval = SaveInterval(min_interval_s)
         self.every_steps = every_steps
         self.steps_per_epoch = steps_per_epoch
         self.preemption = preemption
         self._resumed_at = (0, 0)
+        self._current_epoch = 0
+        self._first_batch = 0
         self._train_logs = None  # of the last training step
 
     def restored_epoch(self):
         """The epoch a run in this directory resumes at (0: starts afresh)."""
         return self.backup.restored_epoch()
 
-    def _load_model(self):
+    def resume(self, model=None) -> tuple[int, int]:
+        """Loads the latest backup into `model` (default: the callback's); `(epoch, batch)`."""
+        model = model if model is not None else self.model
         if self.backup.latest() is not None:
+            self.backup.restore(model)
             self._resumed_at = self.backup.position()
-            self.model._initial_epoch = self.backup.restore(self.model)
+        return self._resumed_at
 
     def on_epoch_begin(self, epoch, logs=None):
         self._current_epoch = epoch
@@ -238,13 +295,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             raise Preempted(epoch, batch, self.backup_dir)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._current_epoch = epoch + 1
         if finite_logs(logs) and self.interval.due(epoch, (self.params or {}).get("epochs")):
-            self._save_model()
+            self.backup.save(self.model, epoch + 1)
             self.interval.saved()
-
-    def _save_model(self):
-        self.backup.save(self.model, self._current_epoch)
 
 
 class StopOnNaN(keras.callbacks.Callback):

@@ -9,6 +9,7 @@ DeiT-Ti recipe; `experiments/*.cfg` hold complete runs.
 """
 
 import dataclasses
+import json
 import os
 
 from deit_keras.data.augment import AugmentConfig
@@ -217,6 +218,17 @@ class TrainConfig:
         """The architecture fields set on top of the variant's."""
         names = ("patch_size", "embed_dim", "depth", "num_heads")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def flat_settings(self) -> dict:
+        """Every setting by its flag name (the recipe's fields beside the run's), JSON-able."""
+        settings = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if dataclasses.is_dataclass(value):
+                settings.update(json.loads(json.dumps(dataclasses.asdict(value))))
+            else:
+                settings[item.name] = json.loads(json.dumps(value))
+        return settings
 
     @property
     def fit_verbose(self) -> int | str:

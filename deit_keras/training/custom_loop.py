@@ -149,6 +149,7 @@ def fit_distributed(
     backup_every_steps=0,
     validation_data=None,
     preemption=None,
+    settings=None,
 ):
     """Trains a compiled model with `strategy.run(model.train_step, ...)`.
 
@@ -172,6 +173,8 @@ def fit_distributed(
         validation_data: this worker's shard of the evaluation data (a
             `tf.data.Dataset`), or None: no per-epoch validation.
         preemption: a `PreemptionWatcher` or None.
+        settings: dict or None. The run's settings, recorded with its backup
+            (`callbacks.Backup`).
 
     Returns:
         A `keras.callbacks.History`-like object: `epoch` (the epoch indices
@@ -184,7 +187,7 @@ def fit_distributed(
             stopped at is backed up.
     """
     chief = is_chief(strategy) and model_dir is not None
-    backup = Backup(os.path.join(model_dir, "backup")) if model_dir else None
+    backup = Backup(os.path.join(model_dir, "backup"), settings) if model_dir else None
     initial_epoch, initial_batch = 0, 0
     if backup and resume:
         initial_epoch, initial_batch = backup.position()
@@ -314,6 +317,7 @@ def fit_multi_worker(
         steps_per_epoch=steps_per_epoch,
         model_dir=config.model_dir,
         resume=config.resume,
+        settings=config.flat_settings(),
         verbose=0 if config.fit_verbose == 0 else 1,
         backup_every_steps=config.backup_every_steps,
         validation_data=validation,

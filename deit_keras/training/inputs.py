@@ -56,7 +56,8 @@ def training_stream(config, data_kwargs, epoch, skip_batches, **extra):
 
 
 def train_phases(config, data_kwargs, steps):
-    """`[(dataset, epochs, steps_per_epoch)]`: the `fit` calls that run the rest of the run.
+    """`[(dataset, initial_epoch, epochs, steps_per_epoch)]`: the `fit` calls that run the
+    rest of the run.
 
     `fit` cannot start in the middle of an epoch, so a backup at batch `b` of
     epoch `e` is resumed by a first fit of that epoch's remaining `steps - b`
@@ -72,10 +73,11 @@ def train_phases(config, data_kwargs, steps):
             rest_of_epoch = train_data(config, data_kwargs, epoch=epoch, skip_batches=batch)
         else:
             rest_of_epoch = train_data(config, data_kwargs).repeat()
-        phases.append((rest_of_epoch, epoch + 1, steps - batch))
+        phases.append((rest_of_epoch, epoch, epoch + 1, steps - batch))
         epoch += 1
     if epoch < config.epochs or not phases:
-        phases.append((training_stream(config, data_kwargs, epoch, 0), config.epochs, steps))
+        stream = training_stream(config, data_kwargs, epoch, 0)
+        phases.append((stream, min(epoch, config.epochs), config.epochs, steps))
     return phases
 
 

@@ -192,47 +192,57 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
     if not config.resume and os.path.isdir(backup_dir):
         shutil.rmtree(backup_dir)
     nan_stop = callbacks_lib.StopOnNaN()
-    return nan_stop, [
+    backup = callbacks_lib.AtomicBackupAndRestore(
+        backup_dir,
+        config.backup_every_steps,
+        steps_per_epoch=steps,
+        preemption=preemption,
+        min_interval_s=config.checkpoint_interval_s,
+        settings=config.flat_settings(),
+    )
+    return (
         nan_stop,
-        callbacks_lib.AtomicBackupAndRestore(
-            backup_dir,
-            config.backup_every_steps,
-            steps_per_epoch=steps,
-            preemption=preemption,
-            min_interval_s=config.checkpoint_interval_s,
-        ),
-        callbacks_lib.EpochCheckpoint(
-            os.path.join(config.model_dir, "checkpoints"), config.checkpoint_interval_s
-        ),
-        keras.callbacks.TensorBoard(tensorboard_dir),
-        callbacks_lib.InputImages(tensorboard_dir, sample_images, preprocessing=preprocessing),
-    ] + (
+        backup,
         [
-            callbacks_lib.DistillationSummaries(
-                tensorboard_dir,
-                validation_images,
-                every_n_epochs=config.summary_every,
-                preprocessing=preprocessing,
-            )
+            nan_stop,
+            backup,
+            callbacks_lib.EpochCheckpoint(
+                os.path.join(config.model_dir, "checkpoints"), config.checkpoint_interval_s
+            ),
+            keras.callbacks.TensorBoard(tensorboard_dir),
+            callbacks_lib.InputImages(tensorboard_dir, sample_images, preprocessing=preprocessing),
         ]
-        if config.summary_every
-        else []
+        + (
+            [
+                callbacks_lib.DistillationSummaries(
+                    tensorboard_dir,
+                    validation_images,
+                    every_n_epochs=config.summary_every,
+                    preprocessing=preprocessing,
+                )
+            ]
+            if config.summary_every
+            else []
+        ),
     )
 
 
 def _fit(config, student, phases, evaluation, steps, preemption):
     sample_images = next(iter(phases[0][0].take(1)))[0]
     validation_images = next(iter(evaluation.take(1)))[0][:4]
-    nan_stop, callbacks = _callbacks(
+    nan_stop, backup, callbacks = _callbacks(
         config, sample_images, student.preprocessing, validation_images, steps, preemption
     )
+    with student.distribute_strategy.scope():  # the optimizer's variables are built there
+        backup.resume(student)  # where `phases` start: the backup's (epoch, batch)
     history = keras.callbacks.History()
     history.epoch, history.history = [], {}
-    for train, epochs, fit_steps in phases:
+    for train, initial_epoch, epochs, fit_steps in phases:
         if student.teacher is not None and student.distribute_strategy.num_replicas_in_sync == 1:
             train = with_teacher_logits(train, student.teacher)  # off the step's critical path
         part = student.fit(
             train,
+            initial_epoch=initial_epoch,
             epochs=epochs,
             steps_per_epoch=fit_steps,
             validation_data=evaluation,

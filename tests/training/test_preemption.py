@@ -165,8 +165,7 @@ def test_periodic_backups_count_run_steps_and_resume_mid_epoch(tmp_path):
     backup.backup.save(model, 1, 1)
     resumed = callbacks_lib.AtomicBackupAndRestore(str(tmp_path), every_steps=4, steps_per_epoch=6)
     resumed.set_model(model)
-    resumed.on_train_begin()
-    assert model._initial_epoch == 1
+    assert resumed.resume() == (1, 1)  # fit(initial_epoch=1), skipping 1 batch
     resumed.on_epoch_begin(1)
     resumed.on_train_batch_end(0, {"loss": float("nan")})  # run step 8, NaN: not saved
     assert resumed.backup.position() == (1, 1)

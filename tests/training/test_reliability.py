@@ -175,3 +175,31 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path):
     if checkpoint.exists():  # only epochs with a finite loss are saved
         model = keras.saving.load_model(checkpoint, compile=False)
         assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_a_backup_of_a_run_with_another_model_is_one_line_naming_what_differs(tmp_path):
+    """A rerun with another --embed_dim: not Keras' 'objects could not be loaded'."""
+    from deit_keras.testing import assert_one_line_error, run_cli
+
+    first = run_cli("train", *_train_command(tmp_path, "run", "--epochs=1")[3:])
+    assert first.returncode == 0, first.stderr[-2000:]
+    backup = tmp_path / "run" / "backup"
+    assert json.loads((backup / "settings.json").read_text())["embed_dim"] == 16
+    again = run_cli("train", *_train_command(tmp_path, "run", "--epochs=2", "--embed_dim=32")[3:])
+    assert_one_line_error(again, str(backup), "embed_dim 16 there, 32 now", "--model_dir")
+    assert "could not be loaded" not in again.stderr
+
+
+def test_backup_restore_into_a_model_it_does_not_fit_names_the_settings(tmp_path):
+    small = tiny_model(num_classes=3)
+    small.compile(optimizer="adamw")
+    small.optimizer.build(small.trainable_variables)
+    callbacks_lib.Backup(str(tmp_path), {"embed_dim": 32, "epochs": 3}).save(small, 1)
+    wide = tiny_model(num_classes=3, embed_dim=48)
+    wide.compile(optimizer="adamw")
+    restoring = callbacks_lib.Backup(str(tmp_path), {"embed_dim": 48, "epochs": 3})
+    with pytest.raises(callbacks_lib.BackupMismatchError, match="embed_dim 32 there, 48 now"):
+        restoring.restore(wide)
+    with pytest.raises(callbacks_lib.BackupMismatchError) as raised:
+        restoring.restore(wide)
+    assert "epochs" not in str(raised.value)  # only the settings that differ are named
