@@ -7,6 +7,9 @@ traceback, and exit `INTERNAL_ERROR_EXIT_CODE`.
 
 Each type also extends the built-in a Python caller expects (`ValueError`,
 `OSError`, `FloatingPointError`), so `except ValueError` keeps working.
+Checks that run inside a traced `call` or `train_step` raise a plain
+`ValueError`: autograph re-raises only built-in types as they are and turns
+any other into a `StagingError`.
 """
 
 INTERNAL_ERROR_EXIT_CODE = 70  # sysexits.h EX_SOFTWARE: an internal software error

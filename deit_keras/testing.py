@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from deit_keras.data.augment import AugmentConfig
-from deit_keras.models.variants import create_model, get_variant
+from deit_keras.deploy.pretrained import create_model
+from deit_keras.models.variants import get_variant
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.custom_loop import distribute_train_dataset, fit_distributed
 from deit_keras.training.optim import create_optimizer

@@ -22,7 +22,7 @@ from deit_keras.errors import UserInputError
 from deit_keras.io import torch_checkpoint
 from deit_keras.io.atomic import atomic_output
 from deit_keras.layers.embedding import resample_position_embeddings
-from deit_keras.models.variants import create_model
+from deit_keras.models.variants import build_model
 
 
 class CheckpointError(UserInputError):
@@ -309,7 +309,7 @@ def load_checkpoint(
     source_classes = checkpoint_num_classes(state)
     if num_classes is None:
         num_classes = source_classes
-    model = create_model(model_name, num_classes=num_classes, image_size=image_size, **overrides)
+    model = build_model(model_name, num_classes=num_classes, image_size=image_size, **overrides)
     load_timm_state_dict(model, state, skip_heads=num_classes != source_classes)
     return model
 

@@ -19,7 +19,6 @@ failed, corrupt or interrupted download never becomes a cache entry.
 """
 
 import contextlib
-import dataclasses
 import glob
 import hashlib
 import os
@@ -35,6 +34,7 @@ from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.io.atomic import atomic_output
 from deit_keras.models import variants
 from deit_keras.models.deit import DeiT
+from deit_keras.models.deit_presets import PublishedWeights, sha256_prefix_of
 
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/deit/"
 MIRROR_ENV = "DEIT_KERAS_WEIGHTS_URL"
@@ -46,63 +46,6 @@ _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 class PretrainedWeightsError(UserEnvironmentError):
     """Published weights that cannot be fetched, verified or read (one-line message)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PublishedWeights:
-    """Where one variant's ImageNet-1k weights live and what the paper reports for them."""
-
-    filename: str  # official release file; ends in a SHA-256 prefix
-    hf_hub_id: str
-    top1: float  # ImageNet-1k top-1 in the paper (Table 5 and 384 px rows)
-
-    @property
-    def sha256_prefix(self) -> str:
-        return sha256_prefix_of(self.filename)
-
-
-PUBLISHED = {
-    "deit_tiny_patch16_224": PublishedWeights(
-        "deit_tiny_patch16_224-a1311bcf.pth", "facebook/deit-tiny-patch16-224", 72.2
-    ),
-    "deit_small_patch16_224": PublishedWeights(
-        "deit_small_patch16_224-cd65a155.pth", "facebook/deit-small-patch16-224", 79.8
-    ),
-    "deit_base_patch16_224": PublishedWeights(
-        "deit_base_patch16_224-b5f2ef4d.pth", "facebook/deit-base-patch16-224", 81.8
-    ),
-    "deit_base_patch16_384": PublishedWeights(
-        "deit_base_patch16_384-8de9b5d1.pth", "facebook/deit-base-patch16-384", 83.1
-    ),
-    "deit_tiny_distilled_patch16_224": PublishedWeights(
-        "deit_tiny_distilled_patch16_224-b40b3cf7.pth",
-        "facebook/deit-tiny-distilled-patch16-224",
-        74.5,
-    ),
-    "deit_small_distilled_patch16_224": PublishedWeights(
-        "deit_small_distilled_patch16_224-649709d9.pth",
-        "facebook/deit-small-distilled-patch16-224",
-        81.2,
-    ),
-    "deit_base_distilled_patch16_224": PublishedWeights(
-        "deit_base_distilled_patch16_224-df68dfff.pth",
-        "facebook/deit-base-distilled-patch16-224",
-        83.4,
-    ),
-    "deit_base_distilled_patch16_384": PublishedWeights(
-        "deit_base_distilled_patch16_384-d0272ac0.pth",
-        "facebook/deit-base-distilled-patch16-384",
-        85.2,
-    ),
-}
-
-_HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
-
-
-def sha256_prefix_of(filename: str) -> str | None:
-    """The torch.hub hash prefix in a file name (`name-<hex>.pth`), or None."""
-    match = _HASH_SUFFIX.search(os.path.basename(filename))
-    return match.group(1) if match else None
 
 
 def cache_dir() -> str:
@@ -124,14 +67,14 @@ def official_url(name: str) -> str:
 
 
 def published_weights(name: str) -> PublishedWeights:
-    """The `PublishedWeights` of a variant name or alias; ValueError naming the valid ones."""
-    canonical = variants.ALIASES.get(name, name)
-    variants.get_variant(canonical)  # unknown names get the registry's error
-    if canonical not in PUBLISHED:
+    """The `PublishedWeights` of a preset name or alias; `UserInputError` naming the valid ones."""
+    weights = variants.get_variant(name).weights  # unknown names get the registry's error
+    if weights is None:
+        with_weights = [n for n in variants.list_models() if variants.get_variant(n).weights]
         raise UserInputError(
-            f"No published weights for {name!r}. Models with weights: {', '.join(PUBLISHED)}."
+            f"No published weights for {name!r}. Models with weights: {', '.join(with_weights)}."
         )
-    return PUBLISHED[canonical]
+    return weights
 
 
 # === Fetching ===
@@ -302,7 +245,7 @@ def load_published(name: str, source: bool | str = True) -> DeiT:
             failures, in one line.
         ValueError: unknown model name.
     """
-    name = variants.ALIASES.get(name, name)
+    name = variants.canonical_name(name)
     variants.get_variant(name)
     if source is True or source == "official":
         url = official_url(name)
@@ -336,12 +279,32 @@ def _fetch_url(name, url, sha256, cache_name):
         _remove(partial)
 
 
-def _load_local(name, path):
+def _is_checkpoint_file(source) -> bool:
+    """A local `.pth` / `.safetensors` / `.npz` path (not a name, URL or `.keras` file)."""
+    if not isinstance(source, str) or source in ("official", "hf") or source.endswith(".keras"):
+        return False
+    return not source.startswith(HUB_PREFIX) and not urllib.parse.urlsplit(source).scheme
+
+
+def _check_local_file(path):
     if not os.path.isfile(path):
         raise PretrainedWeightsError(
             f"Pretrained weights file not found: {path}. Pass an existing checkpoint, a URL, "
             "'official' or 'hf'."
         )
+
+
+def _checkpoint_state(path) -> dict:
+    """The timm-layout state dict of a local checkpoint file, in one-line errors."""
+    _check_local_file(path)
+    try:
+        return checkpoints.to_timm_state_dict(checkpoints.read_state_dict(path))
+    except checkpoints.CheckpointError as error:
+        raise PretrainedWeightsError(str(error)) from error
+
+
+def _load_local(name, path):
+    _check_local_file(path)
     if path.endswith(".keras"):
         return _cached_model(path, path)
     try:
@@ -372,29 +335,34 @@ def create_model(
         pretrained: bool or str. False for fresh weights; True / "official",
             "hf", "hf-hub:OWNER/REPO", a URL or a checkpoint path.
         num_classes, image_size, drop_path_rate, crop_pct, **overrides: as
-            for `deit_keras.models.create_model`.
+            for `deit_keras.models.build_model`.
 
     Returns:
         A built `DeiT`.
     """
     if pretrained is False or pretrained is None:
-        return variants.create_model(
+        return variants.build_model(
             name, num_classes, image_size, drop_path_rate, crop_pct, **overrides
         )
-    published = load_published(name, pretrained)
-    same_model = (
-        num_classes == published.num_classes
-        and image_size in (None, published.image_size)
-        and not drop_path_rate
-        and crop_pct is None
-        and not overrides
-    )
-    if same_model:
-        return published
-    model = variants.create_model(
+    if _is_checkpoint_file(pretrained):
+        # Its state dict as it is: the file may come from a model with other
+        # overrides (a small student) than the preset `name` has.
+        state = _checkpoint_state(pretrained)
+    else:
+        published = load_published(name, pretrained)
+        same_model = (
+            num_classes == published.num_classes
+            and image_size in (None, published.image_size)
+            and not drop_path_rate
+            and crop_pct is None
+            and not overrides
+        )
+        if same_model:
+            return published
+        state = checkpoints.state_dict_of(published)
+    model = variants.build_model(
         name, num_classes, image_size, drop_path_rate, crop_pct, **overrides
     )
-    state = checkpoints.state_dict_of(published)
-    skip_heads = num_classes != published.num_classes
+    skip_heads = checkpoints.checkpoint_num_classes(state) != num_classes
     checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads)
     return model

@@ -69,7 +69,7 @@ class DistillationLoss:
             # as the reference does for non-distilled students.
             dist_logits = cls_logits
         if teacher_logits is None:
-            raise UserInputError(f"distillation={self.distillation!r} needs teacher logits.")
+            raise ValueError(f"distillation={self.distillation!r} needs teacher logits.")
         teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
         if self.distillation == "hard":
             dist_loss = self.teacher_cross_entropy(ops.argmax(teacher_logits, axis=-1), dist_logits)

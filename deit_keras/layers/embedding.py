@@ -62,7 +62,7 @@ class PatchEmbedding(keras.layers.Layer):
     def _check_image_shape(self, shape):
         for side in (shape[1], shape[2]):
             if side is not None and side % self.patch_size:
-                raise UserInputError(
+                raise ValueError(
                     "Image height and width must be multiples of patch_size. "
                     f"Received: image shape={tuple(shape[1:])}, "
                     f"patch_size={self.patch_size}"
@@ -180,7 +180,7 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
         if grid is None or _same_grid(grid, self.grid_shape):
             return self.pos_embed
         if self.grid_shape is None:
-            raise UserInputError(
+            raise ValueError(
                 "Position embeddings of a non-square grid cannot be resampled. "
                 f"Received: num_patches={self.num_patches}, grid={grid}"
             )
@@ -321,14 +321,14 @@ def resample_position_embeddings(
     if old_grid is None:
         side = int(round(np.sqrt(grid.shape[0])))
         if side * side != grid.shape[0]:
-            raise UserInputError(
+            raise ValueError(
                 "Cannot infer a square grid from "
                 f"{grid.shape[0]} position embeddings; pass old_grid."
             )
         old_grid = (side, side)
     old_grid, new_grid = tuple(old_grid), tuple(new_grid)
     if old_grid[0] * old_grid[1] != grid.shape[0]:
-        raise UserInputError(f"old_grid={old_grid} does not match {grid.shape[0]} grid embeddings.")
+        raise ValueError(f"old_grid={old_grid} does not match {grid.shape[0]} grid embeddings.")
     if old_grid == new_grid:
         return pos_embed.astype(np.float32)
     grid = grid.reshape(old_grid[0], old_grid[1], -1)

@@ -269,12 +269,12 @@ class DeiT(keras.Model):
 
     def train_step(self, data):
         if self.distillation_step is None:
-            raise UserInputError(f"{self.name} must be compiled before it is trained.")
+            raise ValueError(f"{self.name} must be compiled before it is trained.")
         return self.distillation_step.train_step(self, data)
 
     def test_step(self, data):
         if self.distillation_step is None:
-            raise UserInputError(f"{self.name} must be compiled before it is evaluated.")
+            raise ValueError(f"{self.name} must be compiled before it is evaluated.")
         return self.distillation_step.test_step(self, data)
 
     def export(

@@ -16,16 +16,16 @@ from absl import logging
 
 from deit_keras.data.pipeline import dataset_info, make_dataset
 from deit_keras.data.sources import NOT_AN_IMAGE
-from deit_keras.deploy import checkpoints, pretrained
+from deit_keras.deploy import pretrained
 from deit_keras.deploy.saved_model import export_saved_model
-from deit_keras.deploy.saving import load_model, save_model
+from deit_keras.deploy.saving import save_model
 from deit_keras.distill import teachers
 from deit_keras.distill.step import with_teacher_logits
 from deit_keras.errors import TrainingDivergedError, UserInputError
 from deit_keras.inference.evaluate import classifier_top1, evaluate_model
 from deit_keras.io import atomic, run_lock
 from deit_keras.io.atomic import atomic_output, write_text_atomic
-from deit_keras.models.variants import create_model, get_variant
+from deit_keras.models.variants import get_variant
 from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training import custom_loop, inputs
 from deit_keras.training.config import TrainConfig
@@ -36,41 +36,19 @@ from deit_keras.training.preemption import PreemptionWatcher
 _DEFAULT_OUTPUT = os.path.join("saved_models", "{name}.keras")
 
 
-def _new_student(config: TrainConfig, num_classes: int):
-    return create_model(
+def _make_student(config: TrainConfig, num_classes: int):
+    """The student, through the one factory: fresh, `--pretrained` or `--finetune` weights
+    (new heads when the classes differ)."""
+    start = (config.pretrained_weights if config.pretrained else None) or config.finetune
+    return pretrained.create_model(
         config.model,
+        pretrained=start or False,
         num_classes=num_classes,
         image_size=config.image_size,
         drop_path_rate=config.drop_path,
         crop_pct=config.crop_pct,
         **config.model_overrides,
     )
-
-
-def _make_student(config: TrainConfig, num_classes: int):
-    if config.finetune or config.pretrained:
-        return _finetune_student(config, num_classes)
-    return _new_student(config, num_classes)
-
-
-def _start_state(config: TrainConfig) -> dict:
-    """The timm state dict a fine-tune starts from: `--pretrained` weights or `--finetune`."""
-    if config.pretrained:
-        source = pretrained.load_published(config.model, config.pretrained_weights)
-        return checkpoints.state_dict_of(source)
-    if config.finetune.endswith(".keras"):
-        source, _ = load_model(config.finetune, compile=False)
-        return checkpoints.state_dict_of(source)
-    return checkpoints.to_timm_state_dict(checkpoints.read_state_dict(config.finetune))
-
-
-def _finetune_student(config: TrainConfig, num_classes: int):
-    """Starts from a checkpoint (`_start_state`); new heads if classes differ."""
-    state = _start_state(config)
-    model = _new_student(config, num_classes)
-    skip_heads = checkpoints.checkpoint_num_classes(state) != num_classes
-    checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads)
-    return model
 
 
 def _teacher_dataset_config(config):

@@ -1,5 +1,6 @@
 """Weights by name: download from a server on 127.0.0.1, verify, convert, cache, fail cleanly."""
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 
 from deit_keras.deploy import pretrained
-from deit_keras.deploy.pretrained import PretrainedWeightsError, PublishedWeights
+from deit_keras.deploy.pretrained import PretrainedWeightsError
+from deit_keras.models import deit_presets
+from deit_keras.models.deit_presets import PublishedWeights
 from deit_keras.testing import hf_reference
 from deit_keras.testing_server import closed_port_url, serve_files
 
@@ -40,12 +43,18 @@ def cache(tmp_path, monkeypatch):
     return directory
 
 
+def _publish(monkeypatch, weights):
+    """NAME's preset with other published weights, for this test only."""
+    preset = dataclasses.replace(deit_presets.PRESETS[NAME], weights=weights)
+    monkeypatch.setitem(deit_presets.PRESETS, NAME, preset)
+
+
 @pytest.fixture
 def published(reference, monkeypatch):
     """Registers the reference file as NAME's release file (its name carries its hash)."""
     _, _, filename = reference
     entry = PublishedWeights(filename, "facebook/deit-tiny-distilled-patch16-224", 74.5)
-    monkeypatch.setitem(pretrained.PUBLISHED, NAME, entry)
+    _publish(monkeypatch, entry)
     return filename
 
 
@@ -119,9 +128,7 @@ def test_download_faults_give_one_line_and_cache_nothing(
         elif route == "truncated":
             monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/truncated")
         else:  # served under the official name, whose hash prefix it does not have
-            monkeypatch.setitem(
-                pretrained.PUBLISHED, NAME, PublishedWeights(f"{NAME}-b40b3cf7.pth", "x/y", 74.5)
-            )
+            _publish(monkeypatch, PublishedWeights(f"{NAME}-b40b3cf7.pth", "x/y", 74.5))
             monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/files")
         with pytest.raises(PretrainedWeightsError) as caught:
             pretrained.create_model(NAME, pretrained=True)
@@ -222,7 +229,7 @@ def test_hub_weights_from_an_offline_cache(reference, cache, tmp_path, monkeypat
 
     hf_model, _, _ = reference
     hub = tmp_path / "hub"
-    repo_id = pretrained.PUBLISHED[NAME].hf_hub_id
+    repo_id = pretrained.published_weights(NAME).hf_hub_id
     state = {key: value.contiguous() for key, value in hf_model.state_dict().items()}
     hub_cache(hub, repo_id, "model.safetensors", save(state))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
@@ -242,7 +249,8 @@ def test_hub_weights_from_an_offline_cache(reference, cache, tmp_path, monkeypat
 def test_registry_covers_every_variant_with_a_hashed_file_name():
     from deit_keras.models import list_models
 
-    assert sorted(pretrained.PUBLISHED) == list_models()
-    for name, weights in pretrained.PUBLISHED.items():
+    assert sorted(deit_presets.PRESETS) == list_models()
+    for name in list_models():
+        weights = pretrained.published_weights(name)
         assert weights.filename.startswith(name + "-") and len(weights.sha256_prefix) == 8
         assert pretrained.official_url(name).startswith(pretrained.OFFICIAL_BASE_URL)

@@ -9,7 +9,7 @@ from deit_keras.deploy import checkpoints, saving
 from deit_keras.layers import resample_position_embeddings
 from deit_keras.testing import random_images, tiny_model
 from deit_keras.training.config import TrainConfig
-from deit_keras.training.runner import _finetune_student, run_training
+from deit_keras.training.runner import _make_student, run_training
 
 
 def finetune_config(path, image_size, num_classes=10):
@@ -57,7 +57,7 @@ def saved_source(tmp_path):
 def test_same_size_finetune_keeps_outputs(saved_source):
     source, path = saved_source
     config, classes = finetune_config(path, 32)
-    model = _finetune_student(config, classes)
+    model = _make_student(config, classes)
     images = random_images()
     np.testing.assert_allclose(model(images), source(images), atol=1e-6)
 
@@ -65,7 +65,7 @@ def test_same_size_finetune_keeps_outputs(saved_source):
 def test_larger_grid_resamples_only_the_position_embeddings(saved_source):
     source, path = saved_source
     config, classes = finetune_config(path, 48)
-    model = _finetune_student(config, classes)
+    model = _make_student(config, classes)
     assert model.image_size == 48 and model.grid_size == 6
     before, after = checkpoints.state_dict_of(source), checkpoints.state_dict_of(model)
     expected = resample_position_embeddings(before["pos_embed"], (6, 6), 2)
@@ -77,7 +77,7 @@ def test_larger_grid_resamples_only_the_position_embeddings(saved_source):
 def test_new_class_count_gets_fresh_heads(saved_source):
     source, path = saved_source
     config, _ = finetune_config(path, 48)
-    model = _finetune_student(config, 7)
+    model = _make_student(config, 7)
     assert model.head.kernel.shape == (32, 7)
     np.testing.assert_array_equal(model.tokens.cls_token.numpy(), source.tokens.cls_token.numpy())
 
