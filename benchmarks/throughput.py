@@ -234,7 +234,9 @@ def keras_worker(args, task, name, batch, _=None):
     labels = tf.constant(np.eye(1000, dtype="float32")[rng.integers(0, 1000, batch)])
     teacher = build_small_cnn(1000, size, width=TEACHER_WIDTH)
     model.compile(
-        optimizer=create_optimizer(5e-4, batch, 100, 1, warmup_epochs=0),
+        optimizer=create_optimizer(
+            base_lr=5e-4, global_batch_size=batch, steps_per_epoch=100, epochs=1, warmup_epochs=0
+        ),
         teacher=teacher,
         distillation="hard",
         jit_compile=args.keras_train_jit,

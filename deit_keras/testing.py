@@ -56,7 +56,9 @@ def batches(count=3, batch=4, seed=1):
 def compiled(model, teacher, distillation="hard", **kwargs):
     """`model` compiled with a small AdamW schedule and the given objective."""
     model.compile(
-        optimizer=create_optimizer(1e-3, 512, 3, 2, warmup_epochs=0),
+        optimizer=create_optimizer(
+            base_lr=1e-3, global_batch_size=512, steps_per_epoch=3, epochs=2, warmup_epochs=0
+        ),
         teacher=teacher,
         distillation=distillation,
         **kwargs,

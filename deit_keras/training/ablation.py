@@ -38,8 +38,8 @@ from deit_keras.data.pipeline import dataset_info
 from deit_keras.distill.losses import DISTILLATION_TYPES
 from deit_keras.errors import UserInputError
 from deit_keras.io.atomic import atomic_output, write_text_atomic
-from deit_keras.models.variants import get_variant
 from deit_keras.training import runner
+from deit_keras.training import teacher as teacher_lib
 from deit_keras.training.config import TrainConfig
 
 # Settings that do not change a run's numbers; a resumed ablation may differ in them.
@@ -122,18 +122,12 @@ def seed_teacher(config: TrainConfig, seed_dir: str) -> tuple[str, float | None]
     # Progress at WARNING, as the runner's teacher message: the CLIs hide INFO.
     logging.warning("Ablation: training the seed %d teacher -> %s", config.seed, path)
     info = dataset_info(config.dataset, config.data_dir)
-    variant = get_variant(config.model)  # the student's input size and preprocessing
+    image_size, preprocessing = teacher_lib.student_input(config)
     keras.utils.clear_session()
     keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     started = time.time()
-    runner.train_teacher(
-        config,
-        info,
-        config.image_size or variant.image_size,
-        path,
-        variant.preprocessing.replace(crop_pct=config.crop_pct),
-    )
+    teacher_lib.train_teacher(config, info, image_size, path, preprocessing)
     wall_s = round(time.time() - started, 1)
     record_text = json.dumps({"wall_s": wall_s, "config": _config_key(config)}, indent=1)
     write_text_atomic(record, record_text)

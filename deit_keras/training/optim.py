@@ -183,8 +183,10 @@ class LayerDecayAdamW(keras.optimizers.AdamW):
 
 
 def create_optimizer(
+    *,
     base_lr: float = 5e-4,
     global_batch_size: int = 512,
+    scale_lr: bool = True,
     steps_per_epoch: int = 1,
     epochs: int = 300,
     warmup_epochs: int = 5,
@@ -208,6 +210,7 @@ def create_optimizer(
         base_lr: float. LR for a batch of 512 (scaled linearly).
         global_batch_size: int. Examples per step, all replicas; an update
             sees `grad_accum_steps` steps, and the LR scales with that.
+        scale_lr: bool. False uses `base_lr` as it is, whatever the batch.
         steps_per_epoch: int. Steps (micro-batches) per epoch.
         epochs: int. Epochs of the run.
         warmup_epochs: int. Linear warmup epochs.
@@ -233,7 +236,9 @@ def create_optimizer(
         )
     total = max(epochs * steps_per_epoch // grad_accum_steps, 1)
     schedule = WarmupCosine(
-        scaled_learning_rate(base_lr, global_batch_size * grad_accum_steps),
+        scaled_learning_rate(base_lr, global_batch_size * grad_accum_steps)
+        if scale_lr
+        else base_lr,
         total_steps=total,
         warmup_steps=min(warmup_epochs * steps_per_epoch // grad_accum_steps, total),
         warmup_lr=warmup_lr,

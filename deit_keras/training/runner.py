@@ -3,7 +3,6 @@
 The train CLI only turns flags into a `TrainConfig` and calls `run_training`.
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -19,15 +18,14 @@ from deit_keras.data.sources import NOT_AN_IMAGE
 from deit_keras.deploy import pretrained
 from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.deploy.saving import save_model
-from deit_keras.distill import teachers
 from deit_keras.distill.step import with_teacher_logits
 from deit_keras.errors import TrainingDivergedError, UserInputError
 from deit_keras.inference.evaluate import classifier_top1, evaluate_model
 from deit_keras.io import atomic, run_lock
-from deit_keras.io.atomic import atomic_output, write_text_atomic
-from deit_keras.models.variants import get_variant
+from deit_keras.io.atomic import write_text_atomic
 from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training import custom_loop, inputs
+from deit_keras.training import teacher as teacher_lib
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.distribute import make_strategy
 from deit_keras.training.optim import create_optimizer, freeze_backbone
@@ -48,119 +46,6 @@ def _make_student(config: TrainConfig, num_classes: int):
         drop_path_rate=config.drop_path,
         crop_pct=config.crop_pct,
         **config.model_overrides,
-    )
-
-
-def _teacher_dataset_config(config):
-    """The views a teacher trained here sees (`--teacher_augment`).
-
-    "crops": the student's crop, translation and flip settings only (a CNN
-    needs no ViT-strength recipe to fit); "student": the student's whole
-    recipe, so the teacher has seen the kind of views it will label.
-    """
-    if config.teacher_augment == "student":
-        return config.augment
-    return dataclasses.replace(
-        config.augment, rand_augment_ops=0, reprob=0.0, mixup=0.0, cutmix=0.0
-    )
-
-
-def _teacher_weights(config):
-    """`--teacher_weights`, with "none" (random weights) as None."""
-    weights = config.teacher_weights
-    return None if weights in ("", "none", "None") else weights
-
-
-def _teacher_to_train(config, num_classes, image_size):
-    """`--teacher_base` with a new head (fine-tuned), else the small CNN (from scratch)."""
-    if config.teacher_base:
-        return teachers.build_finetune_teacher(
-            config.teacher_base, num_classes, image_size, weights=_teacher_weights(config)
-        )
-    return teachers.build_small_cnn(num_classes, image_size)
-
-
-def train_teacher(config, info, image_size, path, preprocessing):
-    """Trains the run's teacher (`_teacher_to_train`) on its dataset and saves it to `path`."""
-    train = make_dataset(
-        config.dataset,
-        "train",
-        image_size=image_size,
-        batch_size=64,
-        training=True,
-        augment=_teacher_dataset_config(config),
-        preprocessing=preprocessing,
-        data_dir=config.data_dir,
-        seed=config.seed,
-    )
-    cnn = _teacher_to_train(config, info.num_classes, image_size)
-    steps = max(info.num_train_examples // 64, 1)
-    cnn.compile(
-        optimizer=create_optimizer(
-            config.teacher_lr, 512, steps, config.teacher_epochs, warmup_epochs=1, weight_decay=0.05
-        ),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=config.jit_compile,
-    )
-    cnn.fit(train, epochs=config.teacher_epochs, verbose=config.fit_verbose, shuffle=False)
-    with atomic_output(path) as temporary:
-        cnn.save(temporary)
-    return cnn
-
-
-def _teacher_missing(config) -> bool:
-    """True when the run must train its teacher first; ValueError when it may not."""
-    if config.distillation_type == "none" or not config.teacher.endswith(".keras"):
-        return False
-    if os.path.exists(config.teacher):
-        return False
-    if config.teacher_epochs <= 0:
-        raise UserInputError(
-            f"Teacher file {config.teacher} does not exist; train one or set "
-            "--teacher_epochs to have this run train a small CNN teacher first."
-        )
-    return True
-
-
-def _train_missing_teacher(config, info, image_size, preprocessing):
-    logging.warning(
-        "Training a %s teacher for %d epochs -> %s",
-        config.teacher_base or "small CNN",
-        config.teacher_epochs,
-        config.teacher,
-    )
-    train_teacher(config, info, image_size, config.teacher, preprocessing)
-
-
-def _share_teacher(config, info, strategy):
-    """Multi-worker: the chief trains a missing teacher, once; the others wait for its file.
-
-    Runs before the strategy scope (a `fit` under `MultiWorkerMirroredStrategy`
-    fails, keras-team/keras#20585): the chief trains on its own; the file
-    appears whole (atomic rename) on the shared storage.
-    """
-    if not _teacher_missing(config):
-        return
-    if custom_loop.is_chief(strategy):
-        variant = get_variant(config.model)
-        preprocessing = variant.preprocessing.replace(crop_pct=config.crop_pct)
-        _train_missing_teacher(config, info, config.image_size or variant.image_size, preprocessing)
-    else:
-        custom_loop.wait_for_file(config.teacher, config.teacher_wait_s, "the chief's teacher")
-
-
-def _make_teacher(config, info, student):
-    if config.distillation_type == "none":
-        return None
-    if _teacher_missing(config):
-        _train_missing_teacher(config, info, student.image_size, student.preprocessing)
-    return teachers.build_teacher(
-        config.teacher,
-        info.num_classes,
-        student.image_size,
-        weights=_teacher_weights(config),
-        input_convention=config.teacher_input,
     )
 
 
@@ -327,7 +212,7 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
     if custom_loop.is_chief(strategy):
         report_skipped(info, config.model_dir)
     if config.strategy == "multi_worker":
-        _share_teacher(config, info, strategy)
+        teacher_lib.share_teacher(config, info, strategy)
     keras.utils.set_random_seed(config.seed)
 
     with strategy.scope():
@@ -335,7 +220,7 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
         if config.freeze == "backbone":
             freeze_backbone(student)
         image_size = student.image_size
-        teacher = _make_teacher(config, info, student)
+        teacher = teacher_lib.make_teacher(config, info, student)
         data_kwargs = dict(
             image_size=image_size,
             data_dir=config.data_dir,
@@ -352,17 +237,17 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
         )
         steps = config.steps_per_epoch or max(info.num_train_examples // config.batch_size, 1)
         optimizer = create_optimizer(
-            config.lr,
-            config.batch_size,
-            steps,
-            config.epochs,
-            config.warmup_epochs,
-            config.warmup_lr,
-            config.min_lr,
-            config.weight_decay,
-            config.model_ema,
-            config.model_ema_decay,
-            config.clip_grad,
+            base_lr=config.lr,
+            global_batch_size=config.batch_size,
+            steps_per_epoch=steps,
+            epochs=config.epochs,
+            warmup_epochs=config.warmup_epochs,
+            warmup_lr=config.warmup_lr,
+            min_lr=config.min_lr,
+            weight_decay=config.weight_decay,
+            model_ema=config.model_ema,
+            model_ema_decay=config.model_ema_decay,
+            clip_grad=config.clip_grad,
             layer_decay=config.layer_decay,
             depth=student.depth,
             grad_accum_steps=config.grad_accum_steps,

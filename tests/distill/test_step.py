@@ -65,7 +65,9 @@ def test_both_heads_get_gradients():
 def test_fit_with_xla_reduces_loss():
     images, labels = batches(count=2)
     model = compiled(tiny_model(), RecordingTeacher(), jit_compile=True)
-    model.optimizer = create_optimizer(1e-2, 512, 2, 10, warmup_epochs=0)
+    model.optimizer = create_optimizer(
+        base_lr=1e-2, global_batch_size=512, steps_per_epoch=2, epochs=10, warmup_epochs=0
+    )
     history = model.fit(images, labels, batch_size=4, epochs=10, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert set(history.history) >= {"loss", "cls_loss", "distill_loss", "top1", "top5", "lr"}
@@ -88,8 +90,10 @@ MIRRORED_SCRIPT = textwrap.dedent("""
                 [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
             teacher(images[:1])
             model = tiny_model()
-            model.compile(optimizer=create_optimizer(1e-2, 512, 1, 1, warmup_epochs=0),
-                          teacher=teacher, distillation="hard")
+            optimizer = create_optimizer(
+                base_lr=1e-2, global_batch_size=512, steps_per_epoch=1, epochs=1, warmup_epochs=0
+            )
+            model.compile(optimizer=optimizer, teacher=teacher, distillation="hard")
         history = model.fit(images, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
         return history.history["loss"][0], model.get_weights()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -64,7 +64,14 @@ def _one_step_changes(layer_decay):
     keras.utils.set_random_seed(0)
     model = tiny_model(drop_path_rate=0.0)
     model.compile(
-        optimizer=create_optimizer(1e-2, 512, 1, 2, warmup_epochs=0, layer_decay=layer_decay),
+        optimizer=create_optimizer(
+            base_lr=1e-2,
+            global_batch_size=512,
+            steps_per_epoch=1,
+            epochs=2,
+            warmup_epochs=0,
+            layer_decay=layer_decay,
+        ),
         jit_compile=False,
     )
     before = [v.numpy() for v in model.trainable_variables]
@@ -115,7 +122,14 @@ def test_compiled_model_round_trip_keeps_the_optimizer(tmp_path):
     model = tiny_model()
     model.compile(
         optimizer=create_optimizer(
-            1e-3, 64, 10, 3, layer_decay=0.65, depth=2, grad_accum_steps=2, clip_grad=1.0
+            base_lr=1e-3,
+            global_batch_size=64,
+            steps_per_epoch=10,
+            epochs=3,
+            layer_decay=0.65,
+            depth=2,
+            grad_accum_steps=2,
+            clip_grad=1.0,
         )
     )
     model.save(tmp_path / "model.keras")
@@ -159,10 +173,10 @@ def _train(batch, grad_accum_steps, epochs=2):
     teacher(images[:1])
     model = tiny_model(drop_path_rate=0.0)
     optimizer = create_optimizer(
-        2e-2,
-        batch,
-        len(images) // batch,
-        epochs,
+        base_lr=2e-2,
+        global_batch_size=batch,
+        steps_per_epoch=len(images) // batch,
+        epochs=epochs,
         warmup_epochs=1,
         layer_decay=0.7,
         depth=2,
@@ -193,7 +207,14 @@ def test_accumulated_micro_batches_equal_one_big_batch():
 
 
 def test_schedule_counts_updates():
-    optimizer = create_optimizer(1e-3, 64, 10, 3, warmup_epochs=1, grad_accum_steps=2)
+    optimizer = create_optimizer(
+        base_lr=1e-3,
+        global_batch_size=64,
+        steps_per_epoch=10,
+        epochs=3,
+        warmup_epochs=1,
+        grad_accum_steps=2,
+    )
     schedule = optimizer.get_config()["learning_rate"]["config"]
     assert (schedule["total_steps"], schedule["warmup_steps"]) == (15, 5)
     assert schedule["peak_lr"] == pytest.approx(scaled_learning_rate(1e-3, 128))
@@ -217,9 +238,11 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         with strategy.scope():
             keras.utils.set_random_seed(0)
             model = tiny_model(drop_path_rate=0.0)
-            model.compile(optimizer=create_optimizer(
-                2e-2, batch, 32 // batch, 2, warmup_epochs=1, layer_decay=0.7, depth=2,
-                grad_accum_steps=accum), jit_compile=False)
+            optimizer = create_optimizer(
+                base_lr=2e-2, global_batch_size=batch, steps_per_epoch=32 // batch, epochs=2,
+                warmup_epochs=1, layer_decay=0.7, depth=2, grad_accum_steps=accum,
+            )
+            model.compile(optimizer=optimizer, jit_compile=False)
         data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
         model.fit(data, epochs=2, verbose=0)
         return model.get_weights()
@@ -245,7 +268,12 @@ def test_mirrored_layer_decay_matches_one_device():
 
 def test_freeze_backbone_trains_only_the_heads():
     model = freeze_backbone(tiny_model(drop_path_rate=0.0))
-    model.compile(optimizer=create_optimizer(1e-2, 512, 1, 1, warmup_epochs=0), jit_compile=False)
+    model.compile(
+        optimizer=create_optimizer(
+            base_lr=1e-2, global_batch_size=512, steps_per_epoch=1, epochs=1, warmup_epochs=0
+        ),
+        jit_compile=False,
+    )
     before = {v.path: v.numpy() for v in model.weights}
     images, labels = batches(count=1)
     model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
@@ -259,3 +287,15 @@ def test_accumulation_on_several_replicas_is_refused_in_one_line():
     check_accumulation(config, 1)
     with pytest.raises(ValueError, match="grad_accum_steps=4 needs a single replica.*has 2"):
         check_accumulation(config, 2)
+
+
+def test_scale_lr_false_takes_the_base_lr_as_it_is():
+    scaled = create_optimizer(base_lr=4e-3, global_batch_size=64, steps_per_epoch=2, epochs=2)
+    as_is = create_optimizer(
+        base_lr=4e-3, global_batch_size=64, scale_lr=False, steps_per_epoch=2, epochs=2
+    )
+    for optimizer, peak in ((scaled, 4e-3 * 64 / 512), (as_is, 4e-3)):
+        schedule = optimizer.get_config()["learning_rate"]["config"]
+        assert schedule["peak_lr"] == pytest.approx(peak)
+    with pytest.raises(TypeError):
+        create_optimizer(4e-3, 64)  # keyword arguments only

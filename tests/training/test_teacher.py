@@ -6,17 +6,19 @@ import pytest
 
 from deit_keras.data.augment import AugmentConfig
 from deit_keras.testing import digits_config
-from deit_keras.training import runner
+from deit_keras.training import teacher
 
 
 def test_teacher_views_crops_keep_geometry_only_student_keeps_everything(tmp_path):
     augment = AugmentConfig(rand_augment_ops=2, reprob=0.25, mixup_prob=0.5, translate=2)
     config = digits_config(tmp_path, augment=augment)
     assert config.teacher_augment == "crops"
-    crops = runner._teacher_dataset_config(config)
+    crops = teacher._teacher_dataset_config(config)
     assert (crops.rand_augment_ops, crops.reprob, crops.mixing) == (0, 0.0, False)
     assert (crops.translate, crops.crop_scale_min) == (2, augment.crop_scale_min)
-    student = runner._teacher_dataset_config(dataclasses.replace(config, teacher_augment="student"))
+    student = teacher._teacher_dataset_config(
+        dataclasses.replace(config, teacher_augment="student")
+    )
     assert student == augment
 
 

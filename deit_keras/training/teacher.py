@@ -1,0 +1,148 @@
+"""The run's frozen teacher: trained first when missing, loaded, adapted to the student.
+
+The runner and the ablation both get their teacher here: `make_teacher` (the
+run's, training it first when `--teacher` names a missing `.keras` file and
+`--teacher_epochs` allows), `share_teacher` (multi-worker: the chief trains it
+once) and `train_teacher` (a CNN teacher trained on the run's dataset).
+"""
+
+import dataclasses
+import os
+
+import keras
+from absl import logging
+
+from deit_keras.data.pipeline import make_dataset
+from deit_keras.distill import teachers
+from deit_keras.errors import UserInputError
+from deit_keras.io.atomic import atomic_output
+from deit_keras.models.variants import get_variant
+from deit_keras.training import custom_loop
+from deit_keras.training.optim import create_optimizer
+
+TEACHER_BATCH_SIZE = 64  # of a teacher trained here (AdamW, --teacher_lr as it is)
+
+
+def _teacher_dataset_config(config):
+    """The views a teacher trained here sees (`--teacher_augment`).
+
+    "crops": the student's crop, translation and flip settings only (a CNN
+    needs no ViT-strength recipe to fit); "student": the student's whole
+    recipe, so the teacher has seen the kind of views it will label.
+    """
+    if config.teacher_augment == "student":
+        return config.augment
+    return dataclasses.replace(
+        config.augment, rand_augment_ops=0, reprob=0.0, mixup=0.0, cutmix=0.0
+    )
+
+
+def _teacher_weights(config):
+    """`--teacher_weights`, with "none" (random weights) as None."""
+    weights = config.teacher_weights
+    return None if weights in ("", "none", "None") else weights
+
+
+def _teacher_to_train(config, num_classes, image_size):
+    """`--teacher_base` with a new head (fine-tuned), else the small CNN (from scratch)."""
+    if config.teacher_base:
+        return teachers.build_finetune_teacher(
+            config.teacher_base, num_classes, image_size, weights=_teacher_weights(config)
+        )
+    return teachers.build_small_cnn(num_classes, image_size)
+
+
+def student_input(config) -> tuple:
+    """`(image_size, preprocessing)` of the run's student, before the student exists."""
+    variant = get_variant(config.model)
+    return config.image_size or variant.image_size, variant.preprocessing.replace(
+        crop_pct=config.crop_pct
+    )
+
+
+def train_teacher(config, info, image_size, path, preprocessing):
+    """Trains the run's teacher (`_teacher_to_train`) on its dataset and saves it to `path`."""
+    train = make_dataset(
+        config.dataset,
+        "train",
+        image_size=image_size,
+        batch_size=TEACHER_BATCH_SIZE,
+        training=True,
+        augment=_teacher_dataset_config(config),
+        preprocessing=preprocessing,
+        data_dir=config.data_dir,
+        seed=config.seed,
+    )
+    cnn = _teacher_to_train(config, info.num_classes, image_size)
+    steps = max(info.num_train_examples // TEACHER_BATCH_SIZE, 1)
+    cnn.compile(
+        optimizer=create_optimizer(
+            base_lr=config.teacher_lr,
+            global_batch_size=TEACHER_BATCH_SIZE,
+            scale_lr=False,  # --teacher_lr is the LR of that batch
+            steps_per_epoch=steps,
+            epochs=config.teacher_epochs,
+            warmup_epochs=1,
+            weight_decay=0.05,
+        ),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=config.jit_compile,
+    )
+    cnn.fit(train, epochs=config.teacher_epochs, verbose=config.fit_verbose, shuffle=False)
+    with atomic_output(path) as temporary:
+        cnn.save(temporary)
+    return cnn
+
+
+def teacher_missing(config) -> bool:
+    """True when the run must train its teacher first; ValueError when it may not."""
+    if config.distillation_type == "none" or not config.teacher.endswith(".keras"):
+        return False
+    if os.path.exists(config.teacher):
+        return False
+    if config.teacher_epochs <= 0:
+        raise UserInputError(
+            f"Teacher file {config.teacher} does not exist; train one or set "
+            "--teacher_epochs to have this run train a small CNN teacher first."
+        )
+    return True
+
+
+def _train_missing_teacher(config, info, image_size, preprocessing):
+    logging.warning(
+        "Training a %s teacher for %d epochs -> %s",
+        config.teacher_base or "small CNN",
+        config.teacher_epochs,
+        config.teacher,
+    )
+    train_teacher(config, info, image_size, config.teacher, preprocessing)
+
+
+def share_teacher(config, info, strategy):
+    """Multi-worker: the chief trains a missing teacher, once; the others wait for its file.
+
+    Runs before the strategy scope (a `fit` under `MultiWorkerMirroredStrategy`
+    fails, keras-team/keras#20585): the chief trains on its own; the file
+    appears whole (atomic rename) on the shared storage.
+    """
+    if not teacher_missing(config):
+        return
+    if custom_loop.is_chief(strategy):
+        _train_missing_teacher(config, info, *student_input(config))
+    else:
+        custom_loop.wait_for_file(config.teacher, config.teacher_wait_s, "the chief's teacher")
+
+
+def make_teacher(config, info, student):
+    if config.distillation_type == "none":
+        return None
+    if teacher_missing(config):
+        _train_missing_teacher(config, info, student.image_size, student.preprocessing)
+    return teachers.build_teacher(
+        config.teacher,
+        info.num_classes,
+        student.image_size,
+        weights=_teacher_weights(config),
+        input_convention=config.teacher_input,
+    )
