@@ -23,7 +23,6 @@ resumes where it stopped; a killed run resumes from its backup); its
 
 import dataclasses
 import datetime
-import glob
 import json
 import os
 import statistics
@@ -31,13 +30,13 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from deit_keras.data.pipeline import dataset_info
 from deit_keras.distill.losses import DISTILLATION_TYPES
 from deit_keras.errors import UserInputError
 from deit_keras.io.atomic import atomic_output, write_text_atomic
+from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training import runner
 from deit_keras.training import teacher as teacher_lib
 from deit_keras.training.config import TrainConfig
@@ -134,16 +133,15 @@ def seed_teacher(config: TrainConfig, seed_dir: str) -> tuple[str, float | None]
     return path, wall_s
 
 
-def validation_curve(model_dir: str, tag: str = "epoch_top1") -> list[float]:
-    """Per-epoch validation `tag` (a fraction) from a run's TensorBoard logs, epoch 0 first."""
-    values = {}
-    pattern = os.path.join(model_dir, "tensorboard", "validation", "events.out.tfevents.*")
-    for path in sorted(glob.glob(pattern)):  # a resumed run's later file wins
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = float(tf.make_ndarray(value.tensor))
-    return [values[step] for step in sorted(values)]
+def validation_curve(model_dir: str, name: str = "val_top1") -> list[float]:
+    """Per-epoch validation `name` (a fraction) from the run's `history.json`, epoch 0 first."""
+    records = callbacks_lib.read_history(model_dir)
+    if not records:
+        raise UserInputError(
+            f"{model_dir} has no {callbacks_lib.HISTORY_FILE} (a run written before runs "
+            "recorded their history): delete that folder and rerun the ablation to redo it."
+        )
+    return [record[name] for record in records if name in record]
 
 
 def _run_one(config: TrainConfig) -> dict:

@@ -300,6 +300,48 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
             self.interval.saved()
 
 
+HISTORY_FILE = "history.json"
+
+
+def read_history(model_dir: str) -> list[dict]:
+    """A run's per-epoch records, `[{"epoch": 0, "loss": ..., "val_top1": ...}, ...]`."""
+    path = os.path.join(model_dir, HISTORY_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)["epochs"]
+
+
+def record_epochs(model_dir: str, epochs: list[int], logs: dict[str, list]) -> None:
+    """Writes `model_dir/history.json` (atomically) with `logs` of `epochs` added.
+
+    The records of those epochs replace older ones (a resumed run redoes the
+    epochs after its backup); earlier epochs are kept, so one file holds the
+    whole run however often it was resumed.
+    """
+    records = {record["epoch"]: record for record in read_history(model_dir)}
+    for index, epoch in enumerate(epochs):
+        record = {"epoch": int(epoch)}
+        for name, values in logs.items():
+            if index < len(values) and np.isscalar(values[index]):
+                record[name] = float(values[index])
+        records[int(epoch)] = record
+    keep = [records[epoch] for epoch in sorted(records)]
+    text = json.dumps({"epochs": keep}, indent=1)
+    write_text_atomic(os.path.join(model_dir, HISTORY_FILE), text)
+
+
+class HistoryFile(keras.callbacks.Callback):
+    """Adds each epoch's logs (training and validation) to `model_dir/history.json`."""
+
+    def __init__(self, model_dir: str):
+        super().__init__()
+        self.model_dir = model_dir
+
+    def on_epoch_end(self, epoch, logs=None):
+        record_epochs(self.model_dir, [epoch], {k: [v] for k, v in (logs or {}).items()})
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """Stops at the first non-finite loss, naming the step; earlier checkpoints stay as they are."""
 

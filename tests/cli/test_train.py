@@ -31,6 +31,9 @@ def test_reduced_digits_run_learns_and_saves(tmp_path):
         assert key in results
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["top1"] == results["top1"] and on_disk["epochs"] == 10
+    history = json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]
+    assert [record["epoch"] for record in history] == list(range(10))
+    assert all(0 <= record["val_top1"] <= 1 and record["loss"] > 0 for record in history)
     model = keras.models.load_model(results["saved_model"])
     assert model.num_classes == 10 and model.distilled
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "last.keras")

@@ -2,8 +2,10 @@
 
 import keras
 import numpy as np
+import pytest
 
 from deit_keras.testing import batches, compiled, tiny_model
+from deit_keras.training import callbacks as callbacks_lib
 
 
 def test_resume_continues_epoch_step_lr_and_optimizer_state(tmp_path):
@@ -86,3 +88,26 @@ def test_distillation_summaries_write_attention_and_token_similarity(tmp_path):
         height, width, channels = steps[0][1]
         assert channels == 3 and width > height > 0  # rows cls/dist, columns input/rollout/heads
     assert "attention/2" not in found
+
+
+def test_history_file_keeps_earlier_epochs_and_replaces_redone_ones(tmp_path):
+    directory = str(tmp_path)
+    callbacks_lib.record_epochs(directory, [0, 1, 2], {"loss": [3.0, 2.0, 1.5]})
+    # Resumed from the backup after epoch 2: epochs 2 and 3 are run again and on.
+    history = callbacks_lib.HistoryFile(directory)
+    history.on_epoch_end(2, {"loss": 1.4, "val_top1": 0.5})
+    history.on_epoch_end(3, {"loss": 1.2, "val_top1": 0.6})
+    records = callbacks_lib.read_history(directory)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert [r["loss"] for r in records] == [3.0, 2.0, 1.4, 1.2]
+    assert "val_top1" not in records[0] and records[3]["val_top1"] == 0.6
+
+
+def test_ablation_curves_come_from_the_history_file(tmp_path):
+    from deit_keras.errors import UserInputError
+    from deit_keras.training.ablation import validation_curve
+
+    with pytest.raises(UserInputError, match="history.json"):
+        validation_curve(str(tmp_path))
+    callbacks_lib.record_epochs(str(tmp_path), [0, 1], {"val_top1": [0.25, 0.5], "loss": [2, 1]})
+    assert validation_curve(str(tmp_path)) == [0.25, 0.5]
