@@ -46,6 +46,10 @@ def _derive(seed, salt):
     return None if seed is None else seed * 1_000_003 + salt
 
 
+# Examples the training stream shuffles over: all of a small dataset, a window of a large one.
+SHUFFLE_BUFFER = 10_000
+
+
 def make_dataset(
     name,
     split,
@@ -60,9 +64,7 @@ def make_dataset(
     repeated_aug=1,
     input_context=None,
     deterministic=False,
-    shuffle_buffer=10_000,
     drop_remainder=None,
-    cache=False,
     epoch=None,
     skip_batches=0,
     in_memory=None,
@@ -96,9 +98,7 @@ def make_dataset(
         input_context: `tf.distribute.InputContext` for sharding.
         deterministic: bool. Keep element order fixed in parallel maps
             (always on in eval).
-        shuffle_buffer: int. Shuffle buffer size. Defaults to 10,000.
         drop_remainder: bool. Defaults to `training`.
-        cache: bool. Cache the encoded examples in memory.
         epoch: int or None. Build one epoch whose order and augmentations
             are a function of `(seed, epoch)` alone, not of how many times
             this process has iterated the dataset; a run restarted at epoch
@@ -164,8 +164,6 @@ def make_dataset(
         ds = tf.data.Dataset.from_tensor_slices(arrays)
     else:
         ds = source.read(split, shuffle_files=training, seed=order_seed)
-    if cache and arrays is None:
-        ds = ds.cache()
     if not training and num_pipelines > 1:
         ds = ds.shard(num_pipelines, pipeline_id)
     if training:
@@ -178,7 +176,6 @@ def make_dataset(
             num_pipelines,
             pipeline_id,
             order_seed,
-            shuffle_buffer,
             reshuffle=fresh_each_iteration,
         )
         train_maps = _train_maps if arrays is None else _batched_train_maps
@@ -219,7 +216,6 @@ def sample_training_stream(
     num_pipelines=1,
     pipeline_id=0,
     seed=None,
-    shuffle_buffer=10_000,
     reshuffle=True,
 ):
     """Shuffles (and repeats, shards) one epoch of examples for one pipeline.
@@ -229,8 +225,8 @@ def sample_training_stream(
     if repeated_aug == 1:
         if num_pipelines > 1:
             ds = ds.shard(num_pipelines, pipeline_id)
-        return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=reshuffle)
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=reshuffle)
+        return ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=reshuffle)
+    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=reshuffle)
     ds = ds.flat_map(lambda *x: tf.data.Dataset.from_tensors(x).repeat(repeated_aug))
     if num_pipelines > 1:
         ds = ds.shard(num_pipelines, pipeline_id)

@@ -1,9 +1,13 @@
 """DeiT's training objective: classification plus distillation through the dist token.
 
 As the official `losses.py` (DistillationLoss), with `alpha` and `tau` named
-as its `distillation_alpha` / `distillation_tau`:
-  * none: CE(cls_logits, y); a distilled model without teacher trains both
-    heads on y (the mean of the two CE terms).
+as its `distillation_alpha` / `distillation_tau`, except where `none` meets a
+model with a dist token:
+  * none: CE(cls_logits, y) for a model without dist token, as the official
+    code. A distilled model (with dist token) trained with `none` differs
+    from it: both heads train on y (the mean of the two CE terms), where the
+    official code trains the class head only. The paper's no-distillation
+    baseline is the model without dist token.
   * hard: (1 - alpha) * CE(cls_logits, y) + alpha * CE(dist_logits, argmax(teacher)).
   * soft: (1 - alpha) * CE(cls_logits, y)
           + alpha * tau^2 * KL(softmax(teacher / tau) || softmax(dist / tau)),
