@@ -182,3 +182,53 @@ def hf_reference(name, num_classes=1000):
     if variant.distilled:
         return transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**kwargs))
     return transformers.ViTForImageClassification(transformers.ViTConfig(**kwargs))
+
+
+# A digits run of seconds through `python -m deit_keras.train` (whole epochs: resume tests).
+TINY_TRAIN_FLAGS = [
+    "--dataset=digits",
+    "--image_size=16",
+    "--patch_size=8",
+    "--embed_dim=16",
+    "--depth=1",
+    "--num_heads=2",
+    "--drop_path=0.0",
+    "--batch_size=64",
+    "--lr=2e-3",
+    "--warmup_epochs=1",
+    "--repeated_aug=1",
+    "--rand_augment_ops=0",
+    "--reprob=0.0",
+    "--mixup_prob=0.5",
+    "--hflip=0.0",
+    "--crop_pct=1.0",
+    "--distillation_type=none",
+    "--export_savedmodel=false",
+    "--progress=none",
+]
+
+
+def train_command(tmp_path, name, *extra):
+    """argv of a tiny digits train run in `tmp_path/name` (data in `tmp_path/tfds`)."""
+    return [
+        sys.executable,
+        "-m",
+        "deit_keras.train",
+        *TINY_TRAIN_FLAGS,
+        f"--data_dir={tmp_path / 'tfds'}",
+        f"--model_dir={tmp_path / name}",
+        f"--output={tmp_path / name}.keras",
+        *extra,
+    ]
+
+
+def prepare_digits(tmp_path):
+    """Builds digits in `tmp_path/tfds` once, before processes race to build it."""
+    from deit_keras.data.pipeline import dataset_info
+
+    dataset_info("digits", str(tmp_path / "tfds"))
+
+
+def saved_weights(path):
+    """The weights of a saved `.keras` model, as numpy arrays."""
+    return keras.saving.load_model(path, compile=False).get_weights()

@@ -166,3 +166,15 @@ def test_the_architecture_page_states_the_enforced_rule():
         for unit, allowed in rows
     }
     assert documented == ALLOWED
+
+
+def test_no_test_module_imports_another():
+    """Helpers the tests share live in `deit_keras.testing` (pytest.ini: importlib mode)."""
+    offenders = []
+    for path in sorted((PACKAGE.parent / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").split(".")[0] == "tests"
+            ):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []

@@ -153,9 +153,9 @@ def test_two_workers_match_each_other_and_one_process(tmp_path):
 
 def _start_workers(tmp_path, name):
     """The train CLI as two workers on fresh 127.0.0.1 ports; output in `<name>-<i>.log`."""
-    from .test_reliability import _train_command
+    from deit_keras.testing import train_command
 
-    command = _train_command(
+    command = train_command(
         tmp_path,
         name,
         "--strategy=multi_worker",

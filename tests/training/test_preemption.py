@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 
 from deit_keras.data.pipeline import make_dataset
-from deit_keras.testing import tiny_model, user_stderr
+from deit_keras.testing import (
+    prepare_digits,
+    saved_weights,
+    tiny_model,
+    train_command,
+    user_stderr,
+)
 from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatcher
-
-from .test_reliability import _prepare_digits, _train_command, _weights
 
 STEPS = 22  # digits: 1437 training images // batch 64
 EPOCHS = 2
@@ -31,12 +35,12 @@ def _max_difference(got, want):
 def reference(tmp_path_factory):
     """An uninterrupted deterministic run: the weights every resumed run must end with."""
     tmp_path = tmp_path_factory.mktemp("reference")
-    _prepare_digits(tmp_path)
+    prepare_digits(tmp_path)
     process = subprocess.run(
-        _train_command(tmp_path, "a", *RUN), capture_output=True, text=True, timeout=300
+        train_command(tmp_path, "a", *RUN), capture_output=True, text=True, timeout=300
     )
     assert process.returncode == 0, process.stderr[-3000:]
-    return _weights(tmp_path / "a.keras")
+    return saved_weights(tmp_path / "a.keras")
 
 
 def _rerun_and_compare(tmp_path, command, reference, saved):
@@ -46,24 +50,24 @@ def _rerun_and_compare(tmp_path, command, reference, saved):
     assert int(final.optimizer.iterations.numpy()) == EPOCHS * STEPS
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert results["epochs"] == EPOCHS - saved["epoch"]  # the resumed epoch counts as one
-    difference = _max_difference(_weights(tmp_path / "b.keras"), reference)
+    difference = _max_difference(saved_weights(tmp_path / "b.keras"), reference)
     assert difference <= 1e-6, difference
 
 
-def test_steps_per_execution_trains_the_same_steps_and_weights(tmp_path, reference):
+def test_steps_per_execution_trains_the_same_steps_andsaved_weights(tmp_path, reference):
     """Several steps per tf.function call: the same batches, steps and weights.
 
     11 divides the 22 steps of an epoch; 8 is cut to gcd(8, 22) = 2 (8 steps per
     call would train 24 steps an epoch on the repeated, non-deterministic stream).
     """
-    _prepare_digits(tmp_path)
+    prepare_digits(tmp_path)
     run = [*RUN, "--steps_per_execution=11", "--backup_every_steps=11"]
-    process = subprocess.run(_train_command(tmp_path, "b", *run), capture_output=True, text=True)
+    process = subprocess.run(train_command(tmp_path, "b", *run), capture_output=True, text=True)
     assert process.returncode == 0, process.stderr[-3000:]
-    difference = _max_difference(_weights(tmp_path / "b.keras"), reference)
+    difference = _max_difference(saved_weights(tmp_path / "b.keras"), reference)
     assert difference <= 1e-6, difference
     run = [f"--epochs={EPOCHS}", "--steps_per_execution=8"]
-    process = subprocess.run(_train_command(tmp_path, "c", *run), capture_output=True, text=True)
+    process = subprocess.run(train_command(tmp_path, "c", *run), capture_output=True, text=True)
     assert process.returncode == 0, process.stderr[-3000:]
     final = keras.saving.load_model(tmp_path / "c" / "checkpoints" / "last.keras")
     assert int(final.optimizer.iterations.numpy()) == EPOCHS * STEPS
@@ -88,8 +92,8 @@ SELF_TERM = textwrap.dedent("""
 
 
 def test_sigterm_mid_epoch_backs_up_that_step_and_rerun_matches(tmp_path, reference):
-    _prepare_digits(tmp_path)
-    command = _train_command(tmp_path, "b", *RUN)
+    prepare_digits(tmp_path)
+    command = train_command(tmp_path, "b", *RUN)
     preempted = subprocess.run(
         [sys.executable, "-c", SELF_TERM, *command[3:]], capture_output=True, text=True, timeout=300
     )
@@ -106,8 +110,8 @@ def test_sigterm_mid_epoch_backs_up_that_step_and_rerun_matches(tmp_path, refere
 @pytest.mark.large
 def test_sigterm_from_outside_exits_143_quickly_and_rerun_matches(tmp_path, reference):
     """A real external SIGTERM at whatever step the run is at (CI: the self-sent one above)."""
-    _prepare_digits(tmp_path)
-    command = _train_command(tmp_path, "b", *RUN)
+    prepare_digits(tmp_path)
+    command = train_command(tmp_path, "b", *RUN)
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import keras
@@ -12,65 +11,20 @@ import numpy as np
 import pytest
 
 from deit_keras.io import atomic as io_utils
-from deit_keras.testing import tiny_model
+from deit_keras.testing import prepare_digits, saved_weights, tiny_model, train_command
 from deit_keras.training import callbacks as callbacks_lib
 
-TINY_RUN = [
-    "--dataset=digits",
-    "--image_size=16",
-    "--patch_size=8",
-    "--embed_dim=16",
-    "--depth=1",
-    "--num_heads=2",
-    "--drop_path=0.0",
-    "--batch_size=64",
-    "--lr=2e-3",
-    "--warmup_epochs=1",
-    "--repeated_aug=1",
-    "--rand_augment_ops=0",
-    "--reprob=0.0",
-    "--mixup_prob=0.5",
-    "--hflip=0.0",
-    "--crop_pct=1.0",
-    "--distillation_type=none",
-    "--export_savedmodel=false",
-    "--progress=none",
-]
 
-
-def _train_command(tmp_path, name, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "deit_keras.train",
-        *TINY_RUN,
-        f"--data_dir={tmp_path / 'tfds'}",
-        f"--model_dir={tmp_path / name}",
-        f"--output={tmp_path / name}.keras",
-        *extra,
-    ]
-
-
-def _prepare_digits(tmp_path):
-    from deit_keras.data.pipeline import dataset_info
-
-    dataset_info("digits", str(tmp_path / "tfds"))  # built once, before processes race on it
-
-
-def _weights(path):
-    return keras.saving.load_model(path, compile=False).get_weights()
-
-
-def test_sigkill_mid_run_then_rerun_resumes_to_the_uninterrupted_weights(tmp_path):
-    _prepare_digits(tmp_path)
+def test_sigkill_mid_run_then_rerun_resumes_to_the_uninterruptedsaved_weights(tmp_path):
+    prepare_digits(tmp_path)
     epochs = ["--epochs=4", "--deterministic"]
     reference = subprocess.Popen(
-        _train_command(tmp_path, "a", *epochs),
+        train_command(tmp_path, "a", *epochs),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    command = _train_command(tmp_path, "b", *epochs)
+    command = train_command(tmp_path, "b", *epochs)
     killed = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pointer = tmp_path / "b" / "backup" / "latest.json"
     deadline = time.time() + 240
@@ -96,7 +50,7 @@ def test_sigkill_mid_run_then_rerun_resumes_to_the_uninterrupted_weights(tmp_pat
     assert results["epochs"] == 4 - saved["epoch"]  # only the remaining epochs ran
     final = keras.saving.load_model(tmp_path / "b" / "checkpoints" / "last.keras")
     assert int(final.optimizer.iterations.numpy()) == 4 * 22  # optimizer state came back
-    got, want = _weights(tmp_path / "b.keras"), _weights(tmp_path / "a.keras")
+    got, want = saved_weights(tmp_path / "b.keras"), saved_weights(tmp_path / "a.keras")
     difference = max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
     assert difference <= 1e-6, difference  # --deterministic: same batches after the restart
 
@@ -174,18 +128,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoints" / "last.keras"
     if checkpoint.exists():  # only epochs with a finite loss are saved
         model = keras.saving.load_model(checkpoint, compile=False)
-        assert all(np.isfinite(w).all() for w in model.get_weights())
+        assert all(np.isfinite(w).all() for w in model.getsaved_weights())
 
 
 def test_a_backup_of_a_run_with_another_model_is_one_line_naming_what_differs(tmp_path):
     """A rerun with another --embed_dim: not Keras' 'objects could not be loaded'."""
     from deit_keras.testing import assert_one_line_error, run_cli
 
-    first = run_cli("train", *_train_command(tmp_path, "run", "--epochs=1")[3:])
+    first = run_cli("train", *train_command(tmp_path, "run", "--epochs=1")[3:])
     assert first.returncode == 0, first.stderr[-2000:]
     backup = tmp_path / "run" / "backup"
     assert json.loads((backup / "settings.json").read_text())["embed_dim"] == 16
-    again = run_cli("train", *_train_command(tmp_path, "run", "--epochs=2", "--embed_dim=32")[3:])
+    again = run_cli("train", *train_command(tmp_path, "run", "--epochs=2", "--embed_dim=32")[3:])
     assert_one_line_error(again, str(backup), "embed_dim 16 there, 32 now", "--model_dir")
     assert "could not be loaded" not in again.stderr
 
