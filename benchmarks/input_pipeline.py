@@ -70,12 +70,8 @@ def main():
     cases = {
         "recipe_off (crop+flip only)": augment.NO_AUGMENT,
         "recipe_on, RandAugment per image (default)": full,
-        "recipe_on, RandAugment batched": augment.AugmentConfig(rand_augment_batched=True),
         "recipe_on, keras_cv RandAugment per image": augment.AugmentConfig(
-            rand_augment_impl="keras_cv", rand_augment_batched=False
-        ),
-        "recipe_on, keras_cv RandAugment batched": augment.AugmentConfig(
-            rand_augment_impl="keras_cv", rand_augment_batched=True
+            rand_augment_impl="keras_cv"
         ),
     }
     results = {}

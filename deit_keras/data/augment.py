@@ -39,12 +39,6 @@ class AugmentConfig:
         rand_augment_magnitude: float in [0, 10]. RandAugment magnitude.
         rand_augment_std: float. Gaussian noise std on the magnitude.
         rand_augment_impl: str. `"timm"` (own, seedable) or `"keras_cv"`.
-        rand_augment_batched: bool. Apply RandAugment (and normalise +
-            erase) in a batch-level map (`tf.map_fn`, still one draw per
-            image, same output as per image for a seed) instead of in the
-            per-image map. Default False: per image was faster in an
-            interleaved A/B at 224px on 2 shared cores (median 98 vs 72
-            images/s; `benchmarks/input_pipeline.py`).
         reprob: float. Random erasing probability; 0 disables.
         mixup: float. MixUp Beta(alpha, alpha); 0 disables MixUp.
         cutmix: float. CutMix Beta(alpha, alpha); 0 disables CutMix.
@@ -72,7 +66,6 @@ class AugmentConfig:
         "RandAugment implementation: timm (own, seedable) or keras_cv.",
         choices=("timm", "keras_cv"),
     )
-    rand_augment_batched: bool = field(False, "Apply RandAugment in a batch-level map.")
     reprob: float = field(0.25, "Random erasing probability.", valid=PROBABILITY)
     mixup: float = field(0.8, "MixUp alpha (0 = off).", valid=NON_NEGATIVE)
     cutmix: float = field(1.0, "CutMix alpha (0 = off).", valid=NON_NEGATIVE)
@@ -210,7 +203,7 @@ def train_transform_image(image, seed, image_size, config, keras_cv_layer=None):
         translate_seed = tf.random.experimental.stateless_fold_in(seed, 11)
         image = transforms.random_translate(image, translate_seed, config.translate)
     image = transforms.random_horizontal_flip(image, seeds[1], config.hflip)
-    if config.rand_augment_ops and not config.rand_augment_batched:
+    if config.rand_augment_ops:
         if keras_cv_layer is not None:
             image = keras_cv_layer(image)
         else:

@@ -247,15 +247,13 @@ def _train_maps(
     skip_batches=0,
 ):
     keras_cv_layer = augment_lib.keras_cv_rand_augment_layer(config, seed)
-    batched_ra = config.rand_augment_batched and config.rand_augment_ops > 0
 
     def per_image(example, image_seed):
         encoded, label = example
         image = augment_lib.train_transform_image(
             encoded, image_seed, image_size, config, keras_cv_layer
         )
-        if not batched_ra:
-            image = augment_lib.finish_image(image, image_seed, config, preprocessing)
+        image = augment_lib.finish_image(image, image_seed, config, preprocessing)
         return image, label, image_seed
 
     ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 1), rerandomize)))
@@ -263,20 +261,6 @@ def _train_maps(
         ds = ds.skip(skip_batches * batch_size)
     ds = ds.map(per_image, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if batched_ra:
-
-        def per_batch(images, labels, seeds):
-            # The per-image path's RandAugment seed: same output either way.
-            ra_seeds = tf.map_fn(lambda s: tf.cast(augment_lib.split_seeds(s)[2], tf.int64), seeds)
-            images = augment_lib.rand_augment_images(images, ra_seeds, config, keras_cv_layer)
-            images = tf.map_fn(
-                lambda a: augment_lib.finish_image(a[0], a[1], config, preprocessing),
-                (images, seeds),
-                fn_output_signature=tf.float32,
-            )
-            return images, labels, seeds
-
-        ds = ds.map(per_batch, num_parallel_calls=AUTOTUNE)
 
     def mix(batch, batch_seed):
         images, labels, _ = batch
