@@ -36,7 +36,12 @@ import tensorflow as tf
 
 from deit_keras.errors import TrainingDivergedError, UserInputError
 from deit_keras.inference.evaluate import evaluate_model
-from deit_keras.training.callbacks import Backup, finite_logs, save_epoch_checkpoint
+from deit_keras.training.callbacks import (
+    Backup,
+    finite_logs,
+    record_epochs,
+    save_epoch_checkpoint,
+)
 from deit_keras.training.preemption import Preempted
 
 
@@ -188,18 +193,57 @@ def fit_distributed(
     """
     chief = is_chief(strategy) and model_dir is not None
     backup = Backup(os.path.join(model_dir, "backup"), settings) if model_dir else None
-    initial_epoch, initial_batch = 0, 0
-    if backup and resume:
-        initial_epoch, initial_batch = backup.position()
-        with strategy.scope():  # the optimizer's variables are built there
-            backup.restore(model)
+    initial_epoch, initial_batch = _resume(model, strategy, backup if resume else None)
     if callable(dataset):
         dataset = dataset(initial_epoch, initial_batch)
-    writers = {}
-    if chief:
-        for name in ("train", "validation"):
-            path = os.path.join(model_dir, "tensorboard", name)
-            writers[name] = tf.summary.create_file_writer(path)
+    writers = _summary_writers(model_dir) if chief else {}
+    train_steps = _distributed_train_steps(model, strategy)
+    iterator = iter(dataset)
+    history = types.SimpleNamespace(epoch=[], history={})
+    for epoch in range(initial_epoch, epochs):
+        progress = keras.utils.Progbar(  # logs are running means already
+            steps_per_epoch,
+            verbose=2 if (verbose and (chief or model_dir is None)) else 0,
+            stateful_metrics=[metric.name for metric in model.metrics] + ["lr"],
+        )
+        run = _EpochRun(model, backup, chief, epoch, steps_per_epoch, model_dir)
+        first = initial_batch if epoch == initial_epoch else 0
+        logs = run.train(train_steps, iterator, first, progress, preemption, backup_every_steps)
+        if validation_data is not None:
+            try:
+                logs.update(_validate(model, strategy, validation_data))
+            except LOST_WORKER as error:
+                raise _lost_worker(error, epoch + 1, 0, backup) from None
+        progress.update(steps_per_epoch, list(logs.items()), finalize=True)
+        history.epoch.append(epoch)
+        for name, value in logs.items():
+            history.history.setdefault(name, []).append(value)
+        if chief:
+            _end_of_epoch_outputs(model, backup, model_dir, writers, epoch, logs)
+    for writer in writers.values():
+        writer.close()
+    return history
+
+
+def _resume(model, strategy, backup) -> tuple[int, int]:
+    """`(epoch, batch)` the run starts at: the backup's, restored into `model`, or (0, 0)."""
+    if backup is None:
+        return 0, 0
+    position = backup.position()
+    with strategy.scope():  # the optimizer's variables are built there
+        backup.restore(model)
+    return position
+
+
+def _summary_writers(model_dir) -> dict:
+    return {
+        name: tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", name))
+        for name in ("train", "validation")
+    }
+
+
+def _distributed_train_steps(model, strategy):
+    """`(iterator, stop) -> (logs, stop)`: one `train_step` on every replica, logs averaged."""
 
     def replica_step(batch, stop):
         logs = model.train_step(batch)
@@ -220,69 +264,71 @@ def fit_distributed(
         local = strategy.experimental_local_results
         return {name: local(value)[0] for name, value in logs.items()}, local(stop)[0]
 
-    def save_backup(epoch, batch, logs):
-        if chief and finite_logs(logs):
-            backup.save(model, epoch, batch)
+    return train_steps
 
-    iterator = iter(dataset)
-    history = types.SimpleNamespace(epoch=[], history={})
-    for epoch in range(initial_epoch, epochs):
-        for metric in model.metrics:
+
+class _EpochRun:
+    """The training steps of one epoch: NaN stop, preemption and step backups (chief)."""
+
+    def __init__(self, model, backup, chief, epoch, steps_per_epoch, model_dir):
+        self.model, self.backup, self.chief, self.epoch = model, backup, chief, epoch
+        self.steps_per_epoch, self.model_dir = steps_per_epoch, model_dir
+
+    def train(self, train_steps, iterator, first, progress, preemption, backup_every_steps):
+        """Runs steps `first..steps_per_epoch - 1`; returns the epoch's last logs as floats."""
+        for metric in self.model.metrics:
             metric.reset_state()
-        progress = keras.utils.Progbar(  # logs are running means already
-            steps_per_epoch,
-            verbose=2 if (verbose and (chief or model_dir is None)) else 0,
-            stateful_metrics=[metric.name for metric in model.metrics] + ["lr"],
-        )
-        first = initial_batch if epoch == initial_epoch else 0
         logs = {}
-        for step in range(first, steps_per_epoch):
+        for step in range(first, self.steps_per_epoch):
             requested = float(preemption is not None and preemption.requested)
             try:
                 logs, stop = train_steps(iterator, tf.constant(requested, tf.float32))
             except LOST_WORKER as error:
-                raise _lost_worker(error, epoch, step, backup) from None
+                raise _lost_worker(error, self.epoch, step, self.backup) from None
             loss = float(logs["loss"])
-            if not math.isfinite(loss):
-                step = int(model.optimizer.iterations.numpy())
-                raise TrainingDivergedError(
-                    f"Loss became NaN/Inf at step {step}; the last good checkpoint is in "
-                    f"{os.path.join(model_dir or '.', 'checkpoints')}. "
-                    "Lower --lr or check the data."
-                )
+            self._check_finite(loss)
             done = step + 1
             if float(stop) > 0:
-                last = done == steps_per_epoch
-                position = (epoch + 1, 0) if last else (epoch, done)  # the same on all workers
-                save_backup(*position, logs)
-                raise Preempted(*position, backup.directory if backup else None)
-            run_step = epoch * steps_per_epoch + done
-            if backup_every_steps and run_step % backup_every_steps == 0 and done < steps_per_epoch:
-                save_backup(epoch, done, {"loss": loss})
-            if done < steps_per_epoch:
+                self._stop_preempted(done, logs)
+            run_step = self.epoch * self.steps_per_epoch + done
+            periodic = backup_every_steps and run_step % backup_every_steps == 0
+            if periodic and done < self.steps_per_epoch:
+                self._save(self.epoch, done, {"loss": loss})
+            if done < self.steps_per_epoch:
                 progress.update(done, [(name, float(value)) for name, value in logs.items()])
-        logs = {name: float(value) for name, value in logs.items()}
-        if validation_data is not None:
-            try:
-                logs.update(_validate(model, strategy, validation_data))
-            except LOST_WORKER as error:
-                raise _lost_worker(error, epoch + 1, 0, backup) from None
-        progress.update(steps_per_epoch, list(logs.items()), finalize=True)
-        history.epoch.append(epoch)
-        for name, value in logs.items():
-            history.history.setdefault(name, []).append(value)
-        if chief:
-            backup.save(model, epoch + 1)
-            save_epoch_checkpoint(model, os.path.join(model_dir, "checkpoints"), epoch, logs)
-            for name, value in logs.items():
-                validation = name.startswith("val_")
-                with writers["validation" if validation else "train"].as_default():
-                    tf.summary.scalar(f"epoch_{name.removeprefix('val_')}", value, step=epoch)
-            for writer in writers.values():
-                writer.flush()
+        return {name: float(value) for name, value in logs.items()}
+
+    def _check_finite(self, loss):
+        if not math.isfinite(loss):
+            step = int(self.model.optimizer.iterations.numpy())
+            raise TrainingDivergedError(
+                f"Loss became NaN/Inf at step {step}; the last good checkpoint is in "
+                f"{os.path.join(self.model_dir or '.', 'checkpoints')}. "
+                "Lower --lr or check the data."
+            )
+
+    def _stop_preempted(self, done, logs):
+        last = done == self.steps_per_epoch
+        position = (self.epoch + 1, 0) if last else (self.epoch, done)  # the same on all workers
+        self._save(*position, logs)
+        raise Preempted(*position, self.backup.directory if self.backup else None)
+
+    def _save(self, epoch, batch, logs):
+        if self.chief and finite_logs(logs):
+            self.backup.save(self.model, epoch, batch)
+
+
+def _end_of_epoch_outputs(model, backup, model_dir, writers, epoch, logs):
+    """The chief's epoch end: backup, checkpoint, history.json and TensorBoard scalars."""
+    backup.save(model, epoch + 1)
+    save_epoch_checkpoint(model, os.path.join(model_dir, "checkpoints"), epoch, logs)
+    record_epochs(model_dir, [epoch], {name: [value] for name, value in logs.items()})
+    for name, value in logs.items():
+        validation = name.startswith("val_")
+        with writers["validation" if validation else "train"].as_default():
+            tf.summary.scalar(f"epoch_{name.removeprefix('val_')}", value, step=epoch)
     for writer in writers.values():
-        writer.close()
-    return history
+        writer.flush()
 
 
 def fit_multi_worker(

@@ -266,8 +266,6 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
     with PreemptionWatcher() as preemption:  # SIGTERM: back up the step, raise Preempted
         if config.strategy == "multi_worker":  # Model.fit fails (keras-team/keras#20585)
             history = _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
-            if custom_loop.is_chief(strategy):
-                callbacks_lib.record_epochs(config.model_dir, history.epoch, history.history)
             nan_stop = callbacks_lib.StopOnNaN()  # the loop raises on NaN itself
         else:
             phases = inputs.train_phases(config, data_kwargs, steps)

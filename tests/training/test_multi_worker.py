@@ -143,6 +143,9 @@ def test_two_workers_match_each_other_and_one_process(tmp_path):
         assert len(events) == 1, events
     checkpoint = json.loads(Path(model_dir, "checkpoints", "last.json").read_text())
     assert checkpoint["val_top1"] == float(chief["val_top1"][-1])
+    history = json.loads(Path(model_dir, "history.json").read_text())["epochs"]  # the chief's
+    assert [record["epoch"] for record in history] == [0, 1]
+    np.testing.assert_allclose([r["val_top1"] for r in history], chief["val_top1"])
 
     losses, weights = fixed_batch_training(tf.distribute.get_strategy())
     for worker in (chief, other):
@@ -235,6 +238,8 @@ def test_sigterm_and_a_killed_worker_then_restarts_end_as_if_never_stopped(tmp_p
     assert _wait_all(_start_workers(tmp_path, "b"), 600) == [0, 0]
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert results["epochs"] == 3 - saved["epoch"]
+    history = json.loads((tmp_path / "b" / "history.json").read_text())["epochs"]
+    assert [record["epoch"] for record in history] == [0, 1, 2]  # whole across the restarts
     got = keras.saving.load_model(tmp_path / "b.keras", compile=False).get_weights()
     want = keras.saving.load_model(tmp_path / "a.keras", compile=False).get_weights()
     for g, w in zip(got, want, strict=True):
