@@ -121,25 +121,11 @@ def make_dataset(
         `[B, image_size, image_size, 3]` ImageNet-normalised and float32
         `[B, num_classes]` probability targets.
     """
-    if not isinstance(image_size, int) or image_size <= 0:
-        raise UserInputError(f"`image_size` must be a positive int. Received: {image_size!r}")
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise UserInputError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
-    if not isinstance(repeated_aug, int) or repeated_aug < 1:
-        raise UserInputError(f"`repeated_aug` must be an int >= 1. Received: {repeated_aug!r}")
-    if not isinstance(augment, AugmentConfig):
-        raise UserInputError(f"`augment` must be an AugmentConfig. Received: {augment!r}")
-    if not isinstance(preprocessing, Preprocessing):
-        raise UserInputError(
-            f"`preprocessing` must be a Preprocessing. Received: {preprocessing!r}"
-        )
-    if not isinstance(skip_batches, int) or skip_batches < 0 or (skip_batches and not training):
-        raise UserInputError(
-            f"`skip_batches` must be an int >= 0, in training only. Received: {skip_batches!r}"
-        )
+    _check_arguments(
+        image_size, batch_size, repeated_aug, augment, preprocessing, skip_batches, training
+    )
     source = sources.get_source(name, data_dir)
     num_classes = source.info.num_classes
-    num_examples = source.num_examples(split)
     num_pipelines, pipeline_id = 1, 0
     if input_context is not None:
         num_pipelines = input_context.num_input_pipelines
@@ -147,31 +133,18 @@ def make_dataset(
     if drop_remainder is None:
         drop_remainder = training
     common_order = training and repeated_aug > 1 and num_pipelines > 1
-    order_seed = 0 if (seed is None and common_order) else seed
-    if epoch is not None:
-        seed = _derive(seed or 0, 7919 + epoch)
-        order_seed = _derive(order_seed or 0, 7919 + epoch)
-
-    arrays = None
-    if in_memory or in_memory is None:
-        arrays = in_memory_lib.decoded_split(name, data_dir, split)
-        if arrays is None and in_memory:
-            raise UserInputError(
-                f"in_memory=True needs a split of one image shape under "
-                f"{in_memory_lib.MAX_BYTES} bytes decoded; {name!r} {split!r} is not."
-            )
+    seed, order_seed = _seeds(seed, epoch, common_order)
+    arrays = _decoded_in_memory(name, data_dir, split, in_memory)
     if arrays is not None:
         ds = tf.data.Dataset.from_tensor_slices(arrays)
     else:
         ds = source.read(split, shuffle_files=training, seed=order_seed)
-    if not training and num_pipelines > 1:
-        ds = ds.shard(num_pipelines, pipeline_id)
     if training:
         # With `epoch`, every iteration of the dataset repeats the same epoch.
         fresh_each_iteration = epoch is None
         ds = sample_training_stream(
             ds,
-            num_examples,
+            source.num_examples(split),
             repeated_aug,
             num_pipelines,
             pipeline_id,
@@ -191,22 +164,76 @@ def make_dataset(
             fresh_each_iteration,
             skip_batches,
         )
-    elif arrays is not None:  # decoded, one shape: the eval transform on whole batches
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        ds = ds.map(lambda x, y: (preprocess(x, image_size, preprocessing), y))
-        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes, dtype=tf.float32))).cache()
     else:
-
-        def eval_map(encoded, label):
-            return preprocess(transforms.decode_image(encoded), image_size, preprocessing), label
-
-        ds = ds.map(eval_map, num_parallel_calls=AUTOTUNE)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes, dtype=tf.float32)))
+        if num_pipelines > 1:
+            ds = ds.shard(num_pipelines, pipeline_id)
+        decoded = arrays is not None
+        ds = _eval_batches(
+            ds, decoded, image_size, batch_size, num_classes, preprocessing, drop_remainder
+        )
     options = tf.data.Options()
     # Eval keeps the file order always; training only when asked (faster).
     options.deterministic = bool(deterministic) or not training
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _check_arguments(
+    image_size, batch_size, repeated_aug, augment, preprocessing, skip_batches, training
+):
+    if not isinstance(image_size, int) or image_size <= 0:
+        raise UserInputError(f"`image_size` must be a positive int. Received: {image_size!r}")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise UserInputError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
+    if not isinstance(repeated_aug, int) or repeated_aug < 1:
+        raise UserInputError(f"`repeated_aug` must be an int >= 1. Received: {repeated_aug!r}")
+    if not isinstance(augment, AugmentConfig):
+        raise UserInputError(f"`augment` must be an AugmentConfig. Received: {augment!r}")
+    if not isinstance(preprocessing, Preprocessing):
+        raise UserInputError(
+            f"`preprocessing` must be a Preprocessing. Received: {preprocessing!r}"
+        )
+    if not isinstance(skip_batches, int) or skip_batches < 0 or (skip_batches and not training):
+        raise UserInputError(
+            f"`skip_batches` must be an int >= 0, in training only. Received: {skip_batches!r}"
+        )
+
+
+def _seeds(seed, epoch, common_order):
+    """`(augmentation seed, order seed)`: pipelines that must agree on the order share one,
+    and with `epoch` both are a function of `(seed, epoch)` alone."""
+    order_seed = 0 if (seed is None and common_order) else seed
+    if epoch is not None:
+        seed = _derive(seed or 0, 7919 + epoch)
+        order_seed = _derive(order_seed or 0, 7919 + epoch)
+    return seed, order_seed
+
+
+def _decoded_in_memory(name, data_dir, split, in_memory):
+    """The split's decoded `(images, labels)` when held in memory (`in_memory`), else None."""
+    if not in_memory and in_memory is not None:  # False: never
+        return None
+    arrays = in_memory_lib.decoded_split(name, data_dir, split)
+    if arrays is None and in_memory:
+        raise UserInputError(
+            f"in_memory=True needs a split of one image shape under "
+            f"{in_memory_lib.MAX_BYTES} bytes decoded; {name!r} {split!r} is not."
+        )
+    return arrays
+
+
+def _eval_batches(ds, decoded, image_size, batch_size, num_classes, preprocessing, drop_remainder):
+    """The eval transform and one-hot targets, batched."""
+    if decoded:  # one shape: the eval transform on whole batches
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.map(lambda x, y: (preprocess(x, image_size, preprocessing), y))
+        return ds.map(lambda x, y: (x, tf.one_hot(y, num_classes, dtype=tf.float32))).cache()
+
+    def eval_map(encoded, label):
+        return preprocess(transforms.decode_image(encoded), image_size, preprocessing), label
+
+    ds = ds.map(eval_map, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.map(lambda x, y: (x, tf.one_hot(y, num_classes, dtype=tf.float32)))
 
 
 def sample_training_stream(
