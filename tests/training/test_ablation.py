@@ -117,6 +117,7 @@ def test_none_runs_keep_the_given_teacher_so_split_calls_share_runs(tmp_path, mo
     """`--types=none` and `--types=hard` side by side, then all types: the runs are reused."""
     from deit_keras.testing import digits_config
     from deit_keras.training import ablation
+    from deit_keras.training.callbacks import record_epochs
 
     trained = []
 
@@ -127,6 +128,7 @@ def test_none_runs_keep_the_given_teacher_so_split_calls_share_runs(tmp_path, mo
             results["teacher_top1"] = 0.9
         with open(os.path.join(config.model_dir, "results.json"), "w") as handle:
             json.dump(results, handle)
+        record_epochs(config.model_dir, [0], {"val_top1": [0.5]})  # as a real run writes
         return results
 
     monkeypatch.setattr(ablation.runner, "run_training", fake_run)
