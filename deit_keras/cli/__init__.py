@@ -88,7 +88,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return parse_argv(argv)
     except UsageError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
 
 
