@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from deit_keras.deploy.pretrained import create_model
 from deit_keras.models.variants import get_variant
 from deit_keras.training.config import TrainConfig
@@ -182,6 +183,39 @@ def hf_reference(name, num_classes=1000):
     if variant.distilled:
         return transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**kwargs))
     return transformers.ViTForImageClassification(transformers.ViTConfig(**kwargs))
+
+
+def timm_reference(name, seed=0, **kwargs):
+    """timm's model `name` (never downloaded) with every parameter random, so that a
+    mis-mapped weight, even a LayerScale of 1e-6, changes the logits.
+
+    Needs the torchvision stub of tests/conftest.py (timm imports torchvision)."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    return model
+
+
+def sample_photos(size):
+    """scikit-learn's two bundled photos, centre-cropped, resized, ImageNet-normalised."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    out = []
+    for photo in load_sample_images().images:
+        height, width, _ = photo.shape
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        crop = Image.fromarray(photo[top : top + side, left : left + side])
+        pixels = np.asarray(crop.resize((size, size), Image.BICUBIC), "float32") / 255.0
+        out.append((pixels - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD))
+    return np.stack(out).astype("float32")
 
 
 # A digits run of seconds through `python -m deit_keras.train` (whole epochs: resume tests).

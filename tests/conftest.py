@@ -1,6 +1,15 @@
 import os
+import sys
+import types
 
 import pytest
+
+# timm (a test-only reference) imports torchvision, whose CUDA wheel cannot register its
+# C++ ops beside the CPU torch; timm's models never call those ops. transformers imports
+# torchvision too once it is installed. So these two modules are empty, before any torch
+# library is imported. Never in the package.
+for _module in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+    sys.modules.setdefault(_module, types.ModuleType(_module))
 
 # What the user's shell said; a library imported in-process may change it (tf2onnx's
 # convert module sets it), and subprocess tests copy os.environ.

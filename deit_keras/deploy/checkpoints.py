@@ -1,4 +1,4 @@
-"""Import of published DeiT weights (official/timm and Hugging Face layouts).
+"""Import of published DeiT, DeiT III and CaiT weights (official/timm and Hugging Face layouts).
 
 Two key styles are in use:
   * official DeiT / timm: `cls_token`, `dist_token`, `pos_embed`,
@@ -10,9 +10,14 @@ Two key styles are in use:
     or `classifier`. The hub's files use the transformers 4 names
     (`encoder.layer.N.attention.attention.query`); transformers 5 writes
     `layers.N.attention.q_proj`. Both are read.
-Both are first rewritten to timm keys, then copied into a `DeiT`.
+Both are first rewritten to timm keys, then copied into the model. DeiT III's
+official files (`models_v2.py`) name LayerScale `blocks.N.gamma_1`, timm
+`blocks.N.ls1.gamma`; CaiT's keys are the same in both (`blocks.N.gamma_1`,
+`blocks_token_only.N.attn.q`, ...), and DataParallel's `module.` prefix is
+dropped.
 """
 
+import math
 import os
 import re
 
@@ -22,6 +27,7 @@ from deit_keras.errors import UserInputError
 from deit_keras.io import torch_checkpoint
 from deit_keras.io.atomic import atomic_output
 from deit_keras.layers.embedding import resample_position_embeddings
+from deit_keras.models.cait import CaiT
 from deit_keras.models.variants import build_model
 
 
@@ -185,8 +191,9 @@ def _norm(layer):
 def timm_weight_map(model) -> dict:
     """`{timm key: (keras variable, (to_keras, to_torch) or None)}` for every weight of `model`."""
     conv = model.patch_embed.projection
+    is_cait = isinstance(model, CaiT)
     pairs = {
-        "cls_token": (model.tokens.cls_token, None),
+        "cls_token": (model.cls_token if is_cait else model.tokens.cls_token, None),
         "pos_embed": (model.tokens.pos_embed, None),
         "patch_embed.proj.weight": (conv.kernel, _CONV),
         "patch_embed.proj.bias": (conv.bias, None),
@@ -199,12 +206,31 @@ def timm_weight_map(model) -> dict:
             pairs[f"{prefix}.{suffix}"] = pair
 
     for index, block in enumerate(model.blocks):
-        add(f"blocks.{index}.norm1", _norm(block.norm1))
-        add(f"blocks.{index}.attn.qkv", _dense(block.attn.qkv))
-        add(f"blocks.{index}.attn.proj", _dense(block.attn.proj))
-        add(f"blocks.{index}.norm2", _norm(block.norm2))
-        add(f"blocks.{index}.mlp.fc1", _dense(block.mlp.fc1))
-        add(f"blocks.{index}.mlp.fc2", _dense(block.mlp.fc2))
+        prefix = f"blocks.{index}"
+        add(f"{prefix}.norm1", _norm(block.norm1))
+        add(f"{prefix}.attn.qkv", _dense(block.attn.qkv))
+        if block.talking_heads:
+            add(f"{prefix}.attn.proj_l", _dense(block.attn.proj_l))
+            add(f"{prefix}.attn.proj_w", _dense(block.attn.proj_w))
+        add(f"{prefix}.attn.proj", _dense(block.attn.proj))
+        add(f"{prefix}.norm2", _norm(block.norm2))
+        add(f"{prefix}.mlp.fc1", _dense(block.mlp.fc1))
+        add(f"{prefix}.mlp.fc2", _dense(block.mlp.fc2))
+        if block.ls1 is not None:
+            # timm's CaiT keeps the official `gamma_N`; its ViT (DeiT III) says `lsN.gamma`.
+            for number, scale in ((1, block.ls1), (2, block.ls2)):
+                key = f"{prefix}.gamma_{number}" if is_cait else f"{prefix}.ls{number}.gamma"
+                pairs[key] = (scale.gamma, None)
+    for index, block in enumerate(getattr(model, "blocks_token_only", [])):
+        prefix = f"blocks_token_only.{index}"
+        add(f"{prefix}.norm1", _norm(block.norm1))
+        for part in ("q", "k", "v", "proj"):
+            add(f"{prefix}.attn.{part}", _dense(getattr(block.attn, part)))
+        add(f"{prefix}.norm2", _norm(block.norm2))
+        add(f"{prefix}.mlp.fc1", _dense(block.mlp.fc1))
+        add(f"{prefix}.mlp.fc2", _dense(block.mlp.fc2))
+        pairs[f"{prefix}.gamma_1"] = (block.gamma_1.gamma, None)
+        pairs[f"{prefix}.gamma_2"] = (block.gamma_2.gamma, None)
     add("norm", _norm(model.norm))
     for name in ("head", "head_dist"):
         layer = getattr(model, name)
@@ -244,9 +270,7 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
             f"{'' if model.distilled else 'not '}distilled; pick the matching --model."
         )
     if "pos_embed" in state and state["pos_embed"].shape[1] != model.tokens.pos_embed.shape[1]:
-        state["pos_embed"] = resample_position_embeddings(
-            state["pos_embed"], (model.grid_size, model.grid_size), source_prefix
-        )
+        state["pos_embed"] = _resampled_pos_embed(model, state["pos_embed"])
     targets = timm_weight_map(model)
     if skip_heads:
         targets = {k: v for k, v in targets.items() if not k.startswith(("head.", "head_dist."))}
@@ -272,6 +296,19 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
         targets[key][0].assign(value)
 
 
+def _resampled_pos_embed(model, pos_embed):
+    prefix = model.tokens.embedded_prefix_tokens
+    side = math.isqrt(max(pos_embed.shape[1] - prefix, 0))
+    if pos_embed.ndim != 3 or side < 1 or side * side != pos_embed.shape[1] - prefix:
+        layout = "patches only" if model.tokens.no_embed_class else f"{prefix} prefix token(s)"
+        raise CheckpointError(
+            f"The checkpoint's pos_embed {tuple(pos_embed.shape)} is not a square grid plus "
+            f"{prefix} prefix embedding(s), as {model.name} has ({layout}); is it from another "
+            "model family (DeiT vs DeiT III / CaiT)? Pick the matching --model."
+        )
+    return resample_position_embeddings(pos_embed, (model.grid_size, model.grid_size), prefix)
+
+
 def state_dict_of(model) -> dict:
     """The weights of a `DeiT` as a timm-keyed numpy state dict (the inverse of loading)."""
     return {
@@ -280,9 +317,22 @@ def state_dict_of(model) -> dict:
     }
 
 
+_OFFICIAL_LAYER_SCALE = re.compile(r"^blocks\.(\d+)\.gamma_([12])$")
+
+
+def official_to_timm_keys(state: dict) -> dict:
+    """The official release's keys as timm's: no `module.`; DeiT III's `gamma_N` -> `lsN.gamma`."""
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    if any(key.startswith("blocks_token_only.") for key in state):
+        return state  # CaiT: timm keeps the official names
+    return {_OFFICIAL_LAYER_SCALE.sub(r"blocks.\1.ls\2.gamma", k): v for k, v in state.items()}
+
+
 def to_timm_state_dict(state: dict) -> dict:
-    """Either key style, rewritten to timm keys."""
-    return hf_to_timm_keys(state) if detect_key_style(state) == "hf" else dict(state)
+    """Any supported key style, rewritten to timm keys."""
+    if detect_key_style(state) == "hf":
+        return hf_to_timm_keys(state)
+    return official_to_timm_keys(state)
 
 
 def load_checkpoint(

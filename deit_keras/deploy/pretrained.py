@@ -1,11 +1,13 @@
-"""Published DeiT weights by name: download, verify, convert once, cache.
+"""Published DeiT, DeiT III and CaiT weights by name: download, verify, convert once, cache.
 
 Sources of `create_model(name, pretrained=...)`:
   * `True` or "official": the official DeiT release
-    (https://dl.fbaipublicfiles.com/deit/; each file name ends in the first
-    hex digits of its SHA-256, which are checked as torch.hub does).
+    (https://dl.fbaipublicfiles.com/deit/; each DeiT file name ends in the
+    first hex digits of its SHA-256, which are checked as torch.hub does;
+    DeiT III and CaiT files carry none, and a warning says so).
     `DEIT_KERAS_WEIGHTS_URL` replaces that base URL (an internal mirror).
-  * "hf": the variant's Hugging Face hub repository (`facebook/deit-...`);
+  * "hf": the variant's Hugging Face hub repository (`facebook/deit-...`,
+    timm's `timm/deit3_...` / `timm/cait_...` copies);
     "hf-hub:OWNER/REPO" any hub repository (e.g. timm's
     `timm/deit_tiny_distilled_patch16_224.fb_in1k`). Downloaded with
     `huggingface_hub`, which verifies, caches and honours `HF_HOME`,
@@ -28,12 +30,13 @@ import urllib.parse
 import uuid
 
 import keras
+from absl import logging
 
 from deit_keras.deploy import checkpoints
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.io.atomic import atomic_output
 from deit_keras.models import variants
-from deit_keras.models.deit import DeiT
+from deit_keras.models.classifier import TokenClassifier
 from deit_keras.models.deit_presets import PublishedWeights, sha256_prefix_of
 
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/deit/"
@@ -229,7 +232,7 @@ def _source_key(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "--", source).strip("-")
 
 
-def load_published(name: str, source: bool | str = True) -> DeiT:
+def load_published(name: str, source: bool | str = True) -> TokenClassifier:
     """The variant `name` with published weights, as released (1000 classes, its own size).
 
     Args:
@@ -238,7 +241,7 @@ def load_published(name: str, source: bool | str = True) -> DeiT:
             local checkpoint path (see the module docstring).
 
     Returns:
-        A `DeiT` with the weights (uncompiled).
+        A `DeiT` or `CaiT` with the weights (uncompiled).
 
     Raises:
         PretrainedWeightsError: download, checksum, cache or conversion
@@ -248,8 +251,15 @@ def load_published(name: str, source: bool | str = True) -> DeiT:
     name = variants.canonical_name(name)
     variants.get_variant(name)
     if source is True or source == "official":
-        url = official_url(name)
-        return _fetch_url(name, url, published_weights(name).sha256_prefix, f"{name}.keras")
+        weights = published_weights(name)
+        if weights.sha256_prefix is None:
+            logging.warning(
+                "The official file of %s has no checksum in its name, so its download is not "
+                "verified; pretrained='hf' gets the hub copy (%s), which huggingface_hub verifies.",
+                name,
+                weights.hf_hub_id,
+            )
+        return _fetch_url(name, official_url(name), weights.sha256_prefix, f"{name}.keras")
     if source == "hf" or (isinstance(source, str) and source.startswith(HUB_PREFIX)):
         repo_id = published_weights(name).hf_hub_id if source == "hf" else source[len(HUB_PREFIX) :]
         cached = os.path.join(cache_dir(), f"{name}--hf--{_source_key(repo_id)}.keras")
@@ -321,8 +331,8 @@ def create_model(
     drop_path_rate: float = 0.0,
     crop_pct: float | None = None,
     **overrides,
-) -> DeiT:
-    """Builds the DeiT variant `name`, with published weights when `pretrained`.
+) -> TokenClassifier:
+    """Builds the model `name`, with published weights when `pretrained`.
 
     Like timm's `create_model(name, pretrained=True)`: the published weights
     are downloaded once (see `load_published`), then copied into the model
@@ -338,7 +348,7 @@ def create_model(
             for `deit_keras.models.build_model`.
 
     Returns:
-        A built `DeiT`.
+        A built `DeiT` or `CaiT`.
     """
     if pretrained is False or pretrained is None:
         return variants.build_model(

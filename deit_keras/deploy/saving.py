@@ -13,7 +13,7 @@ import keras
 
 from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
-from deit_keras.models.deit import DeiT
+from deit_keras.models.classifier import TokenClassifier
 
 CLASSES_SUFFIX = ".classes.json"
 
@@ -32,7 +32,7 @@ def check_class_names(class_names: list, num_classes: int) -> list[str]:
     return class_names
 
 
-def save_model(model: DeiT, path: str, class_names: list[str] | None = None) -> None:
+def save_model(model: TokenClassifier, path: str, class_names: list[str] | None = None) -> None:
     """Writes `model` to the `.keras` file `path` atomically.
 
     Args:
@@ -68,7 +68,7 @@ def _read_class_names(path, num_classes):
     return check_class_names(names, num_classes)
 
 
-def load_model(path: str, compile: bool = True) -> tuple[DeiT, list[str] | None]:
+def load_model(path: str, compile: bool = True) -> tuple[TokenClassifier, list[str] | None]:
     """Loads a `.keras` DeiT and its class names.
 
     Args:
@@ -97,6 +97,8 @@ def load_model(path: str, compile: bool = True) -> tuple[DeiT, list[str] | None]
     except Exception as error:  # Keras raises many types for corrupt archives.
         message = " ".join(str(error).split())[:300]
         raise UserInputError(f"Could not load {path}: {type(error).__name__}: {message}") from error
-    if not isinstance(model, DeiT):
-        raise UserInputError(f"{path} holds a {type(model).__name__}, not a deit_keras DeiT model.")
+    if not isinstance(model, TokenClassifier):
+        raise UserInputError(
+            f"{path} holds a {type(model).__name__}, not a deit_keras model (DeiT, CaiT)."
+        )
     return model, _read_class_names(path, model.num_classes)

@@ -22,7 +22,7 @@ import tensorflow as tf
 from deit_keras.data.labels import resolve_class_names
 from deit_keras.data.preprocessing import normalize, preprocess
 from deit_keras.errors import UserInputError
-from deit_keras.models.deit import average_heads  # the inference output's one rule
+from deit_keras.models.classifier import average_heads  # the inference output's one rule
 
 SERVING_CONFIG = "deit_serving.json"
 # The same config inside a single-file export (LiteRT metadata, ONNX metadata_props).

@@ -102,6 +102,11 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
     token, whose output feeds the distillation head. Both prefix tokens get
     their own position embedding, as in the reference implementation.
 
+    With `no_embed_class` (DeiT III, CaiT; timm's `no_embed_class`) the
+    position embeddings cover the patch tokens only and are added before the
+    prefix tokens are prepended. With `class_token=False` (CaiT, which adds
+    its class token after the self-attention blocks) no token is prepended.
+
     The position embeddings are learned for a square grid of `num_patches`.
     Patch tokens of another grid (timm's `dynamic_img_size`) get those
     embeddings resampled on the fly with PyTorch's bicubic, as the checkpoint
@@ -114,6 +119,9 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
             number unless inputs always come on that grid.
         embed_dim: int. Token size.
         distilled: bool. Whether to add the distillation token.
+        class_token: bool. Whether to prepend the class token. Defaults to True.
+        no_embed_class: bool. Position embeddings for the patch tokens only.
+            Defaults to False.
 
     Call arguments:
         patch_tokens: `[B, gh * gw, embed_dim]`, row-major over the grid.
@@ -125,28 +133,46 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
         first, then the distillation token when `distilled`.
     """
 
-    def __init__(self, num_patches, embed_dim, distilled=False, **kwargs):
+    def __init__(
+        self,
+        num_patches,
+        embed_dim,
+        distilled=False,
+        class_token=True,
+        no_embed_class=False,
+        **kwargs,
+    ):
         if num_patches <= 0 or embed_dim <= 0:
             raise UserInputError(
                 "num_patches and embed_dim must be positive. Received: "
                 f"num_patches={num_patches}, embed_dim={embed_dim}"
             )
+        if distilled and not class_token:
+            raise UserInputError(
+                "A distillation token needs the class token. "
+                f"Received: distilled={distilled}, class_token={class_token}"
+            )
         super().__init__(**kwargs)
         self.num_patches = num_patches
         self.embed_dim = embed_dim
         self.distilled = distilled
-        self.num_prefix_tokens = 2 if distilled else 1
+        self.class_token = class_token
+        self.no_embed_class = no_embed_class
+        self.num_prefix_tokens = int(class_token) + int(distilled)
+        # Prefix tokens that have a position embedding of their own.
+        self.embedded_prefix_tokens = 0 if no_embed_class else self.num_prefix_tokens
         side = math.isqrt(num_patches)
         # The learned grid; None when not square (then only that grid is served).
         self.grid_shape = (side, side) if side * side == num_patches else None
 
     def build(self, input_shape):
-        self.cls_token = self.add_weight(
-            shape=(1, 1, self.embed_dim),
-            initializer=trunc_normal(),
-            name="cls_token",
-        )
-        self.dist_token = None
+        self.cls_token = self.dist_token = None
+        if self.class_token:
+            self.cls_token = self.add_weight(
+                shape=(1, 1, self.embed_dim),
+                initializer=trunc_normal(),
+                name="cls_token",
+            )
         if self.distilled:
             self.dist_token = self.add_weight(
                 shape=(1, 1, self.embed_dim),
@@ -155,24 +181,31 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
             )
         # Not autocast: under mixed precision the resampling runs in float32.
         self.pos_embed = self.add_weight(
-            shape=(1, self.num_prefix_tokens + self.num_patches, self.embed_dim),
+            shape=(1, self.embedded_prefix_tokens + self.num_patches, self.embed_dim),
             initializer=trunc_normal(),
             autocast=False,
             name="pos_embed",
         )
 
     def call(self, patch_tokens, grid=None):
+        position = ops.cast(self.position_embeddings(grid), patch_tokens.dtype)
+        if self.no_embed_class:
+            return self._prepend(patch_tokens + position)
+        return self._prepend(patch_tokens) + position
+
+    def _prepend(self, patch_tokens):
+        tokens = [t for t in (self.cls_token, self.dist_token) if t is not None]
+        if not tokens:
+            return patch_tokens
         batch = ops.shape(patch_tokens)[0]
-        tokens = [self.cls_token] + ([self.dist_token] if self.distilled else [])
         prefix = [
             ops.broadcast_to(ops.cast(t, patch_tokens.dtype), (batch, 1, self.embed_dim))
             for t in tokens
         ]
-        x = ops.concatenate(prefix + [patch_tokens], axis=1)
-        return x + ops.cast(self.position_embeddings(grid), x.dtype)
+        return ops.concatenate(prefix + [patch_tokens], axis=1)
 
     def position_embeddings(self, grid=None):
-        """`[1, num_prefix_tokens + gh * gw, embed_dim]` for the patch grid `(gh, gw)`.
+        """`[1, embedded_prefix_tokens + gh * gw, embed_dim]` for the patch grid `(gh, gw)`.
 
         The learned `pos_embed` itself when `grid` is the learned grid (or
         None); otherwise its grid part resampled bicubically, in float32.
@@ -185,8 +218,8 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
                 f"Received: num_patches={self.num_patches}, grid={grid}"
             )
         pos_embed = ops.cast(self.pos_embed, "float32")
-        prefix = pos_embed[:, : self.num_prefix_tokens]
-        learned = ops.reshape(pos_embed[0, self.num_prefix_tokens :], (*self.grid_shape, -1))
+        prefix = pos_embed[:, : self.embedded_prefix_tokens]
+        learned = ops.reshape(pos_embed[0, self.embedded_prefix_tokens :], (*self.grid_shape, -1))
         resized = resize_bicubic(learned, grid)
         resized = ops.reshape(resized, (1, -1, self.embed_dim))
         return ops.concatenate([prefix, resized], axis=1)
@@ -205,6 +238,8 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
             num_patches=self.num_patches,
             embed_dim=self.embed_dim,
             distilled=self.distilled,
+            class_token=self.class_token,
+            no_embed_class=self.no_embed_class,
         )
         return config
 
@@ -309,7 +344,9 @@ def resample_position_embeddings(
     Args:
         pos_embed: array `[1, num_prefix_tokens + gh * gw, D]`.
         new_grid: `(new_gh, new_gw)` patch grid of the target image size.
-        num_prefix_tokens: 1 (class token) or 2 (class + distillation).
+        num_prefix_tokens: prefix tokens with a position embedding of their
+            own: 1 (class token), 2 (class + distillation) or 0 (DeiT III,
+            CaiT).
         old_grid: `(gh, gw)`; inferred as square when omitted.
 
     Returns:

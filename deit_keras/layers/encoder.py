@@ -4,25 +4,9 @@ import keras
 from keras import ops
 
 from deit_keras.errors import UserInputError
-from deit_keras.layers.initializers import trunc_normal
-
-LAYER_NORM_EPSILON = 1e-6
-
-
-def dense(units, name, dtype_policy):
-    return keras.layers.Dense(
-        units,
-        kernel_initializer=trunc_normal(),
-        bias_initializer="zeros",
-        dtype=dtype_policy,
-        name=name,
-    )
-
-
-def layer_norm(name, dtype_policy):
-    return keras.layers.LayerNormalization(
-        epsilon=LAYER_NORM_EPSILON, dtype=dtype_policy, name=name
-    )
+from deit_keras.layers.basic import dense, layer_norm
+from deit_keras.layers.layer_scale import LayerScale
+from deit_keras.layers.talking_heads import TalkingHeadsAttention
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
@@ -159,36 +143,63 @@ class MLP(keras.layers.Layer):
 class TransformerBlock(keras.layers.Layer):
     """Pre-norm ViT block: `x + DropPath(Attn(LN(x)))`, `x + DropPath(MLP(LN(x)))`.
 
+    With `layer_scale_init` each branch is scaled by a `LayerScale` (`ls1`,
+    `ls2`) first: DeiT III and CaiT's self-attention stage. With
+    `talking_heads` the attention is `TalkingHeadsAttention` (CaiT).
+
     Args:
         embed_dim: int. Token size.
         num_heads: int. Attention heads.
         mlp_ratio: float. MLP hidden size over `embed_dim`. Defaults to 4.
         drop_path_rate: float. Stochastic depth rate of this block.
+        layer_scale_init: float or None. Initial LayerScale value; None
+            (DeiT) for no LayerScale. Defaults to None.
+        talking_heads: bool. Talking-heads attention. Defaults to False.
     """
 
-    def __init__(self, embed_dim, num_heads, mlp_ratio=4.0, drop_path_rate=0.0, **kwargs):
+    def __init__(
+        self,
+        embed_dim,
+        num_heads,
+        mlp_ratio=4.0,
+        drop_path_rate=0.0,
+        layer_scale_init=None,
+        talking_heads=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
         self.drop_path_rate = drop_path_rate
+        self.layer_scale_init = layer_scale_init
+        self.talking_heads = talking_heads
         policy = self.dtype_policy
+        attention = TalkingHeadsAttention if talking_heads else MultiHeadSelfAttention
         self.norm1 = layer_norm("norm1", policy)
-        self.attn = MultiHeadSelfAttention(embed_dim, num_heads, dtype=policy, name="attn")
+        self.attn = attention(embed_dim, num_heads, dtype=policy, name="attn")
         self.norm2 = layer_norm("norm2", policy)
         self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio), dtype=policy, name="mlp")
         self.drop_path = DropPath(drop_path_rate, dtype=policy, name="drop_path")
+        self.ls1 = self.ls2 = None
+        if layer_scale_init is not None:
+            self.ls1 = LayerScale(embed_dim, layer_scale_init, dtype=policy, name="ls1")
+            self.ls2 = LayerScale(embed_dim, layer_scale_init, dtype=policy, name="ls2")
 
     def build(self, input_shape):
-        for layer in (self.norm1, self.attn, self.norm2, self.mlp):
-            layer.build(input_shape)
+        for layer in (self.norm1, self.attn, self.norm2, self.mlp, self.ls1, self.ls2):
+            if layer is not None:
+                layer.build(input_shape)
+
+    def _scaled(self, layer_scale, x):
+        return x if layer_scale is None else layer_scale(x)
 
     def call(self, x, training=None, return_attention_scores=False):
         attended = self.attn(self.norm1(x), return_attention_scores=return_attention_scores)
         if return_attention_scores:
             attended, attention = attended
-        x = x + self.drop_path(attended, training=training)
-        x = x + self.drop_path(self.mlp(self.norm2(x)), training=training)
+        x = x + self.drop_path(self._scaled(self.ls1, attended), training=training)
+        x = x + self.drop_path(self._scaled(self.ls2, self.mlp(self.norm2(x))), training=training)
         if return_attention_scores:
             return x, attention
         return x
@@ -203,5 +214,7 @@ class TransformerBlock(keras.layers.Layer):
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
             drop_path_rate=self.drop_path_rate,
+            layer_scale_init=self.layer_scale_init,
+            talking_heads=self.talking_heads,
         )
         return config

@@ -3,8 +3,10 @@
 One table (`PRESETS`), keyed by timm's names, is the one home of these facts:
 `deit_keras.create_model(name, pretrained=...)` builds from it, the importer
 checks the downloads against it, and `docs/models.md` quotes it. Each entry
-names its architecture (`"deit"` here), so that other model families of the
-official repository join the same table.
+names its architecture: `"deit"` (DeiT, 2021), `"deit3"` (DeiT III, 2022:
+the DeiT class with LayerScale and patch-only position embeddings) and
+`"cait"` (CaiT, 2021). A name with a timm tag (`.fb_in22k_ft_in1k`) is a
+preset of its own: the same architecture with other published weights.
 """
 
 import dataclasses
@@ -28,13 +30,26 @@ def sha256_prefix_of(filename: str) -> str | None:
 class PublishedWeights:
     """Where a preset's ImageNet-1k weights live and what the paper reports for them."""
 
-    filename: str  # official release file; ends in a SHA-256 prefix
+    filename: str  # official release file; DeiT's end in a SHA-256 prefix
     hf_hub_id: str
-    top1: float  # ImageNet-1k top-1 in the paper (Table 5 and 384 px rows)
+    top1: float | None  # ImageNet-1k top-1 in the paper / official README; None: not given
 
     @property
     def sha256_prefix(self) -> str | None:
         return sha256_prefix_of(self.filename)
+
+    @property
+    def checksum_source(self) -> str:
+        """What verifies a download: the release file's name, or only the hub copy.
+
+        DeiT's release files end in a SHA-256 prefix (checked as torch.hub
+        does); DeiT III's and CaiT's do not, so only their hub copies
+        (`pretrained="hf"`: huggingface_hub checks each file's SHA-256) are
+        verified.
+        """
+        if self.sha256_prefix:
+            return "file name (SHA-256 prefix)"
+        return "hub (huggingface_hub SHA-256)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +119,103 @@ def _deit_presets() -> dict:
     return presets
 
 
-PRESETS = _deit_presets()
+# DeiT III (official README_revenge.md): size -> (embed_dim, heads, depth, patch).
+_DEIT3_SIZES = {
+    "small": (384, 6, 12, 16),
+    "medium": (512, 8, 12, 16),
+    "base": (768, 12, 12, 16),
+    "large": (1024, 16, 24, 16),
+    "huge": (1280, 16, 32, 14),
+}
+# (size, image size) -> ImageNet-1k top-1 of the in1k and the in22k -> in1k weights.
+_DEIT3_TOP1 = {
+    ("small", 224): (81.4, 83.1),
+    ("small", 384): (83.4, 84.8),
+    ("medium", 224): (83.0, 84.5),
+    ("base", 224): (83.8, 85.7),
+    ("base", 384): (85.0, 86.7),
+    ("large", 224): (84.9, 87.0),
+    ("large", 384): (85.8, 87.7),
+    ("huge", 224): (85.2, 87.2),
+}
+IN22K_TAG = "fb_in22k_ft_in1k"
+
+
+def _deit3_presets() -> dict:
+    presets = {}
+    for (size, image_size), (top1_1k, top1_22k) in _DEIT3_TOP1.items():
+        embed_dim, num_heads, depth, patch_size = _DEIT3_SIZES[size]
+        name = f"deit3_{size}_patch{patch_size}_{image_size}"
+        config = MappingProxyType(
+            dict(
+                embed_dim=embed_dim,
+                num_heads=num_heads,
+                depth=depth,
+                patch_size=patch_size,
+                image_size=image_size,
+                distilled=False,
+                layer_scale_init=1e-6,
+                no_embed_class=True,
+            )
+        )
+        # timm's eval crops: 0.9 for the in1k weights at 224, 1.0 otherwise.
+        crop_1k = 1.0 if image_size == 384 else 0.9
+        stem = f"deit_3_{size}_{image_size}"
+        presets[name] = Variant(
+            "deit3",
+            config,
+            Preprocessing(crop_pct=crop_1k),
+            PublishedWeights(f"{stem}_1k.pth", f"timm/{name}.fb_in1k", top1_1k),
+        )
+        suffix = "_21k_v1" if size == "huge" else "_21k"
+        presets[f"{name}.{IN22K_TAG}"] = Variant(
+            "deit3",
+            config,
+            Preprocessing(crop_pct=1.0),
+            PublishedWeights(f"{stem}{suffix}.pth", f"timm/{name}.{IN22K_TAG}", top1_22k),
+        )
+    return presets
+
+
+# CaiT (timm's cait.py, official cait_models.py): name -> (embed_dim, depth, heads,
+# LayerScale init, release file stem, top-1 of README_cait.md or None where it gives none).
+_CAIT = {
+    "cait_xxs24_224": (192, 24, 4, 1e-5, "XXS24_224", None),
+    "cait_xxs24_384": (192, 24, 4, 1e-5, "XXS24_384", None),
+    "cait_xxs36_224": (192, 36, 4, 1e-5, "XXS36_224", None),
+    "cait_xxs36_384": (192, 36, 4, 1e-5, "XXS36_384", None),
+    "cait_xs24_384": (288, 24, 6, 1e-5, "XS24_384", 84.1),
+    "cait_s24_224": (384, 24, 8, 1e-5, "S24_224", 83.5),
+    "cait_s24_384": (384, 24, 8, 1e-5, "S24_384", 85.1),
+    "cait_s36_384": (384, 36, 8, 1e-6, "S36_384", 85.4),
+    "cait_m36_384": (768, 36, 16, 1e-6, "M36_384", 86.1),
+    "cait_m48_448": (768, 48, 16, 1e-6, "M48_448", 86.5),
+}
+
+
+def _cait_presets() -> dict:
+    presets = {}
+    for name, (embed_dim, depth, num_heads, init, stem, top1) in _CAIT.items():
+        image_size = int(name.rsplit("_", 1)[1])
+        presets[name] = Variant(
+            "cait",
+            MappingProxyType(
+                dict(
+                    embed_dim=embed_dim,
+                    depth=depth,
+                    num_heads=num_heads,
+                    layer_scale_init=init,
+                    patch_size=16,
+                    image_size=image_size,
+                )
+            ),
+            Preprocessing(crop_pct=1.0),  # timm's eval config of every CaiT
+            PublishedWeights(f"{stem}.pth", f"timm/{name}.fb_dist_in1k", top1),
+        )
+    return presets
+
+
+PRESETS = {**_deit_presets(), **_deit3_presets(), **_cait_presets()}
 
 ALIASES = dict(
     {
@@ -114,5 +225,8 @@ ALIASES = dict(
         "deit_t_distilled": "deit_tiny_distilled_patch16_224",
         "deit_s_distilled": "deit_small_distilled_patch16_224",
         "deit_b_distilled": "deit_base_distilled_patch16_224",
-    }
+    },
+    # timm's default tags name the plain presets too.
+    **{f"{name}.fb_in1k": name for name in PRESETS if name.startswith("deit") and "." not in name},
+    **{f"{name}.fb_dist_in1k": name for name in PRESETS if name.startswith("cait_")},
 )

@@ -5,12 +5,16 @@ weights; `deit_keras.create_model` (in `deploy.pretrained`) is the one public
 factory, which calls it and adds published weights.
 """
 
+import inspect
+
 from deit_keras.errors import UserInputError
+from deit_keras.models.cait import CaiT
+from deit_keras.models.classifier import TokenClassifier
 from deit_keras.models.deit import DeiT
 from deit_keras.models.deit_presets import ALIASES, PRESETS, Variant
 
-# The model class of each preset's `architecture`.
-ARCHITECTURES = {"deit": DeiT}
+# The model class of each preset's `architecture` (DeiT III is DeiT with LayerScale).
+ARCHITECTURES = {"deit": DeiT, "deit3": DeiT, "cait": CaiT}
 
 
 def list_models() -> list:
@@ -41,7 +45,7 @@ def build_model(
     drop_path_rate: float = 0.0,
     crop_pct: float | None = None,
     **overrides,
-) -> DeiT:
+) -> TokenClassifier:
     """Builds the preset `name` with fresh (reference-style) weights.
 
     Args:
@@ -64,7 +68,20 @@ def build_model(
     config["preprocessing"] = variant.preprocessing.replace(crop_pct=crop_pct)
     if image_size is not None:
         config["image_size"] = image_size
-    config.update(overrides)
-    config.setdefault("name", canonical_name(name))
     model_class = ARCHITECTURES[variant.architecture]
+    _check_overrides(name, model_class, overrides)
+    config.update(overrides)
+    config.setdefault("name", canonical_name(name).replace(".", "_"))
     return model_class(num_classes=num_classes, drop_path_rate=drop_path_rate, **config)
+
+
+def _check_overrides(name, model_class, overrides):
+    """One line naming the arguments a preset's model class does not take."""
+    taken = set(inspect.signature(model_class.__init__).parameters) - {"self", "kwargs"}
+    taken |= {"dtype", "name"}
+    unknown = sorted(set(overrides) - taken)
+    if unknown:
+        raise UserInputError(
+            f"{name} ({model_class.__name__}) does not take {', '.join(unknown)}. "
+            f"It takes: {', '.join(sorted(taken))}. Received: {overrides}"
+        )

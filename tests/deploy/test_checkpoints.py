@@ -6,31 +6,13 @@ import pytest
 import deit_keras
 from deit_keras.deploy.checkpoints import CheckpointError, load_checkpoint
 from deit_keras.layers import TransformerBlock
-from deit_keras.testing import hf_reference
+from deit_keras.testing import hf_reference, sample_photos
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-MEAN = np.array([0.485, 0.456, 0.406], "float32")
-STD = np.array([0.229, 0.224, 0.225], "float32")
 TOLERANCE = 1e-4
-
-
-def sample_images(size):
-    """scikit-learn's two bundled photos, centre-cropped, resized, ImageNet-normalised."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    out = []
-    for photo in load_sample_images().images:
-        height, width, _ = photo.shape
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        crop = Image.fromarray(photo[top : top + side, left : left + side])
-        pixels = np.asarray(crop.resize((size, size), Image.BICUBIC), "float32") / 255.0
-        out.append((pixels - MEAN) / STD)
-    return np.stack(out)
 
 
 def randomise(model, seed=0):
@@ -114,7 +96,7 @@ def hub_state_dict(hf_model):
 
 @pytest.fixture(scope="module")
 def images():
-    return sample_images(224)
+    return sample_photos(224)
 
 
 @pytest.fixture(scope="module", params=["deit_tiny_distilled_patch16_224", "deit_tiny_patch16_224"])
@@ -150,7 +132,7 @@ def test_logits_match_reference(reference, images, style, tmp_path):
 
 def test_interpolated_position_embeddings_match_reference(reference, tmp_path):
     name, hf_model = reference
-    images = sample_images(288)
+    images = sample_photos(288)
     model = load_checkpoint(save_as("hf_safetensors", hf_model, tmp_path), name, image_size=288)
     expected = reference_logits(hf_model, images, interpolate=True)
     np.testing.assert_allclose(model(images), expected["logits"], atol=TOLERANCE, rtol=0)
@@ -224,7 +206,7 @@ def test_npz_reads_without_torch(tmp_path):
     hf_model = randomise(hf_reference("deit_tiny_patch16_224"))
     path = tmp_path / "weights.npz"
     np.savez(path, **{k: v.numpy() for k, v in timm_state_dict(hf_model).items()})
-    images = sample_images(224)
+    images = sample_photos(224)
     model = load_checkpoint(str(path), "deit_tiny_patch16_224")
     np.testing.assert_allclose(
         model(images), reference_logits(hf_model, images)["logits"], atol=TOLERANCE, rtol=0

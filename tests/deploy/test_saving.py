@@ -89,7 +89,7 @@ def test_load_model_errors_are_one_line_value_errors(saved, tmp_path):
         "text": "not a .keras model file",
         "garbage_zip": "Could not load",
         "directory": "is a directory",
-        "sequential": "not a deit_keras DeiT",
+        "sequential": "not a deit_keras model",
         "truncated": "not a .keras model file",
     }
     for kind, path in paths.items():

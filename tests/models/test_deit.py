@@ -8,11 +8,22 @@ from deit_keras.testing import hf_reference, random_images, tiny_model
 
 
 def test_list_models_has_the_timm_names():
-    assert set(deit_keras.list_models()) == {
+    deit = {
         f"deit_{size}{tag}_patch16_224"
         for size in ("tiny", "small", "base")
         for tag in ("", "_distilled")
     } | {"deit_base_patch16_384", "deit_base_distilled_patch16_384"}
+    sizes = ("small", "medium", "base", "large")
+    deit3 = {f"deit3_{size}_patch16_{px}" for size in sizes for px in (224, 384)} - {
+        "deit3_medium_patch16_384"
+    } | {"deit3_huge_patch14_224"}
+    cait = (
+        {f"cait_{size}_{px}" for size in ("xxs24", "xxs36") for px in (224, 384)}
+        | {f"cait_{size}_384" for size in ("xs24", "s24", "s36", "m36")}
+        | {"cait_s24_224", "cait_m48_448"}
+    )
+    in22k = {f"{name}.fb_in22k_ft_in1k" for name in deit3}
+    assert set(deit_keras.list_models()) == deit | deit3 | in22k | cait
 
 
 def test_unknown_model_lists_valid_names():

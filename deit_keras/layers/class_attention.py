@@ -1,0 +1,158 @@
+"""CaiT's class attention: only the class token queries; the patch tokens stay frozen."""
+
+import keras
+from keras import ops
+
+from deit_keras.errors import UserInputError
+from deit_keras.layers.basic import dense, layer_norm
+from deit_keras.layers.encoder import MLP, DropPath
+from deit_keras.layers.layer_scale import LayerScale
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class ClassAttention(keras.layers.Layer):
+    """Attention of the class token over `[class token, patch tokens]`.
+
+    CaiT (arXiv:2103.17239), Sec. 3: in the class-attention stage the class
+    token is the only query; keys and values come from the class token and
+    all patch tokens. Separate q, k, v projections (with bias), as timm's
+    `ClassAttn` and the official `Class_Attention`.
+
+    Args:
+        embed_dim: int. Token size; a multiple of `num_heads`.
+        num_heads: int. Attention heads.
+
+    Call arguments:
+        x: `[B, 1 + T, embed_dim]`, the class token first.
+        return_attention_scores: bool. Also return the attention
+            `[B, num_heads, 1, 1 + T]`.
+
+    Returns:
+        `[B, 1, embed_dim]`: the class token's update (and the attention).
+    """
+
+    def __init__(self, embed_dim, num_heads, **kwargs):
+        if num_heads <= 0 or embed_dim % num_heads:
+            raise UserInputError(
+                "embed_dim must be a positive multiple of num_heads. "
+                f"Received: embed_dim={embed_dim}, num_heads={num_heads}"
+            )
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        policy = self.dtype_policy
+        self.q = dense(embed_dim, "q", policy)
+        self.k = dense(embed_dim, "k", policy)
+        self.v = dense(embed_dim, "v", policy)
+        self.proj = dense(embed_dim, "proj", policy)
+
+    def build(self, input_shape):
+        for layer in (self.q, self.k, self.v, self.proj):
+            layer.build(input_shape)
+
+    def _heads(self, x, batch, tokens):
+        x = ops.reshape(x, (batch, tokens, self.num_heads, self.head_dim))
+        return ops.transpose(x, (0, 2, 1, 3))  # [B, N, T, H]
+
+    def call(self, x, return_attention_scores=False):
+        shape = ops.shape(x)
+        batch, tokens = shape[0], shape[1]
+        query = self._heads(self.q(x[:, :1]), batch, 1)
+        key = self._heads(self.k(x), batch, tokens)
+        value = self._heads(self.v(x), batch, tokens)
+        scale = ops.cast(self.head_dim**-0.5, query.dtype)
+        logits = ops.matmul(query * scale, ops.transpose(key, (0, 1, 3, 2)))
+        attention = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), value.dtype)
+        out = ops.matmul(attention, value)  # [B, N, 1, H]
+        out = self.proj(ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, 1, self.embed_dim)))
+        if return_attention_scores:
+            return out, attention
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, self.embed_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(embed_dim=self.embed_dim, num_heads=self.num_heads)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class ClassAttentionBlock(keras.layers.Layer):
+    """CaiT's class-attention block with LayerScale (timm's `LayerScaleBlockClassAttn`).
+
+    `cls + gamma_1 * CA(LN([cls, x]))`, then `cls + gamma_2 * MLP(LN(cls))`;
+    the patch tokens `x` pass through unchanged.
+
+    Args:
+        embed_dim: int. Token size.
+        num_heads: int. Attention heads.
+        mlp_ratio: float. MLP hidden size over `embed_dim`. Defaults to 4.
+        layer_scale_init: float. Initial LayerScale value. Defaults to 1e-5.
+        drop_path_rate: float. Stochastic depth rate. Defaults to 0 (CaiT
+            applies none in this stage).
+
+    Call arguments:
+        x: `[B, T, embed_dim]`, the patch tokens.
+        cls_token: `[B, 1, embed_dim]`.
+
+    Returns:
+        The updated class token `[B, 1, embed_dim]`.
+    """
+
+    def __init__(
+        self,
+        embed_dim,
+        num_heads,
+        mlp_ratio=4.0,
+        layer_scale_init=1e-5,
+        drop_path_rate=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.layer_scale_init = layer_scale_init
+        self.drop_path_rate = drop_path_rate
+        policy = self.dtype_policy
+        self.norm1 = layer_norm("norm1", policy)
+        self.attn = ClassAttention(embed_dim, num_heads, dtype=policy, name="attn")
+        self.norm2 = layer_norm("norm2", policy)
+        self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio), dtype=policy, name="mlp")
+        self.gamma_1 = LayerScale(embed_dim, layer_scale_init, dtype=policy, name="gamma_1")
+        self.gamma_2 = LayerScale(embed_dim, layer_scale_init, dtype=policy, name="gamma_2")
+        self.drop_path = DropPath(drop_path_rate, dtype=policy, name="drop_path")
+
+    def build(self, x_shape, cls_shape=None):
+        tokens = (x_shape[0], None, self.embed_dim)
+        for layer in (self.norm1, self.attn, self.norm2, self.mlp, self.gamma_1, self.gamma_2):
+            layer.build(tokens)
+
+    def call(self, x, cls_token, training=None, return_attention_scores=False):
+        joined = ops.concatenate([cls_token, x], axis=1)
+        attended = self.attn(self.norm1(joined), return_attention_scores=return_attention_scores)
+        if return_attention_scores:
+            attended, attention = attended
+        cls_token = cls_token + self.drop_path(self.gamma_1(attended), training=training)
+        update = self.gamma_2(self.mlp(self.norm2(cls_token)))
+        cls_token = cls_token + self.drop_path(update, training=training)
+        if return_attention_scores:
+            return cls_token, attention
+        return cls_token
+
+    def compute_output_shape(self, x_shape, cls_shape=None):
+        return (x_shape[0], 1, self.embed_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            embed_dim=self.embed_dim,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            layer_scale_init=self.layer_scale_init,
+            drop_path_rate=self.drop_path_rate,
+        )
+        return config

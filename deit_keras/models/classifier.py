@@ -1,0 +1,261 @@
+"""The shared base of the token classifiers (DeiT, CaiT): heads, training, export, config.
+
+A subclass builds its layers in `__init__` (ending with `_make_heads()` and
+`build`) and defines `forward_features(images) -> [B, T, D]` normalised
+tokens whose first is the class token (then the distillation token when
+`distilled`); everything else is here once.
+"""
+
+import keras
+from absl import logging
+from keras import ops
+
+from deit_keras.data.preprocessing import Preprocessing
+from deit_keras.distill.losses import DistillationLoss
+from deit_keras.distill.step import DistillationStep, average_heads
+from deit_keras.errors import UserInputError
+from deit_keras.layers.basic import dense
+
+
+class TokenClassifier(keras.Model):
+    """A patch-token image classifier with a class-token head (and a distillation head).
+
+    Args:
+        image_size: int. Side of the square input image.
+        patch_size: int. Side of a square patch.
+        embed_dim: int. Token size.
+        depth: int. Number of transformer blocks.
+        num_heads: int. Attention heads.
+        mlp_ratio: float. MLP hidden size over `embed_dim`.
+        num_classes: int. Classes of the heads; 0 returns the pooled
+            features instead of logits.
+        distilled: bool. Whether the model has the distillation token and head.
+        drop_path_rate: float. Stochastic depth rate.
+        in_channels: int. Image channels.
+        preprocessing: `deit_keras.data.Preprocessing` or its config dict.
+    """
+
+    def __init__(
+        self,
+        image_size,
+        patch_size,
+        embed_dim,
+        depth,
+        num_heads,
+        mlp_ratio,
+        num_classes,
+        distilled,
+        drop_path_rate,
+        in_channels,
+        preprocessing,
+        **kwargs,
+    ):
+        if image_size <= 0 or image_size % patch_size:
+            raise UserInputError(
+                "image_size must be a positive multiple of patch_size. "
+                f"Received: image_size={image_size}, patch_size={patch_size}"
+            )
+        if depth <= 0 or num_classes < 0:
+            raise UserInputError(
+                "depth must be positive and num_classes non-negative. "
+                f"Received: depth={depth}, num_classes={num_classes}"
+            )
+        super().__init__(**kwargs)
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.num_classes = num_classes
+        self.distilled = distilled
+        self.drop_path_rate = drop_path_rate
+        self.in_channels = in_channels
+        self.preprocessing = Preprocessing.from_config(preprocessing)
+        self.grid_size = image_size // patch_size
+        self.num_prefix_tokens = 2 if distilled else 1
+        self.distillation_step = None  # set by compile()
+
+    def _make_heads(self):
+        self.head = self.head_dist = None
+        if self.num_classes:
+            self.head = dense(self.num_classes, "head", self.dtype_policy)
+            if self.distilled:
+                self.head_dist = dense(self.num_classes, "head_dist", self.dtype_policy)
+
+    def _build_heads(self, batch):
+        for head in (self.head, self.head_dist):
+            if head is not None:
+                head.build((batch, self.embed_dim))
+
+    def forward_features(self, images, training=None, return_attention_scores=False):
+        """Normalised tokens `[B, T, D]`, the class token first (and attention when asked)."""
+        raise NotImplementedError
+
+    def patch_grid(self, images):
+        """`(gh, gw)` patch grid of `images`: ints, or scalar tensors for run-time sizes."""
+        shape = ops.shape(images)
+        return shape[1] // self.patch_size, shape[2] // self.patch_size
+
+    def forward_heads(self, features):
+        """`(cls_logits, dist_logits)` in float32; `dist_logits` is None if not distilled."""
+        cls_out = features[:, 0]
+        dist_out = features[:, 1] if self.distilled else None
+        if self.head is None:
+            return cls_out, dist_out
+        cls_logits = ops.cast(self.head(cls_out), "float32")
+        dist_logits = None
+        if self.distilled:
+            dist_logits = ops.cast(self.head_dist(dist_out), "float32")
+        return cls_logits, dist_logits
+
+    def call_heads(self, images, training=None):
+        """Both heads' logits whatever `training` is (used by train/eval steps)."""
+        return self.forward_heads(self.forward_features(images, training=training))
+
+    def call(self, images, training=None):
+        cls_logits, dist_logits = self.call_heads(images, training=training)
+        if training and dist_logits is not None:
+            return cls_logits, dist_logits
+        return average_heads(cls_logits, dist_logits)
+
+    # === Training (the step lives in `deit_keras.distill`) ===
+    def compile(
+        self,
+        optimizer="adamw",
+        teacher=None,
+        distillation="none",
+        alpha=0.5,
+        tau=1.0,
+        loss=None,
+        metrics=None,
+        **kwargs,
+    ):
+        """Configures training: the optimizer and DeiT's distillation objective.
+
+        Args:
+            optimizer: a Keras optimizer (see `deit_keras.training.optim`).
+            teacher: a `keras.Model` mapping this model's input batch to
+                teacher logits (wrap keras.applications models with
+                `deit_keras.distill.TeacherAdapter`). Frozen here.
+            distillation: "none", "soft" or "hard".
+            alpha: weight of the distillation loss. Defaults to 0.5.
+            tau: soft-distillation temperature. Defaults to 1.0.
+            loss: a `keras.losses.Loss` or None: the label term (the official
+                `base_criterion`, on logits and probability targets).
+                Defaults to categorical cross-entropy from logits.
+            metrics: not supported: the step reports loss, cls/distill
+                loss, top-1/top-5 and per-head top-1 itself.
+            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`).
+        """
+        if metrics:
+            raise UserInputError(
+                "DeiT reports its own metrics (loss, cls_loss, distill_loss, top1, top5, "
+                "cls_top1, dist_top1, and teacher_agreement with a teacher). "
+                f"Received: metrics={metrics!r}"
+            )
+        base_loss = keras.losses.get(loss) if loss is not None else None
+        objective = DistillationLoss(distillation, alpha, tau, base_loss=base_loss)
+        self.distillation_step = DistillationStep(objective, teacher)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and self.distillation_step is not None:
+            objective = self.distillation_step.loss
+            config.update(
+                distillation=objective.distillation, alpha=objective.alpha, tau=objective.tau
+            )
+        return config
+
+    def compile_from_config(self, config):
+        """Restores the optimizer (with its state) of a saved model.
+
+        The teacher is not part of the student's file, so a loaded model is
+        compiled without distillation; `compile` again with `teacher=` and
+        `optimizer=model.optimizer` to keep distilling with the same state.
+        """
+        config = keras.saving.deserialize_keras_object(config)
+        saved = config.pop("distillation", "none")
+        if saved != "none":
+            logging.warning(
+                "%s was trained with %s distillation; its teacher is not saved with it, so it is "
+                "compiled without one. Call compile(optimizer=model.optimizer, teacher=..., "
+                "distillation=%r) to continue distilling.",
+                self.name,
+                saved,
+                saved,
+            )
+        self.compile(distillation="none", **config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @property
+    def teacher(self):
+        """The frozen teacher of the last `compile`, or None."""
+        return None if self.distillation_step is None else self.distillation_step.teacher
+
+    @property
+    def metrics(self):
+        return [] if self.distillation_step is None else self.distillation_step.metrics
+
+    def train_step(self, data):
+        if self.distillation_step is None:
+            raise ValueError(f"{self.name} must be compiled before it is trained.")
+        return self.distillation_step.train_step(self, data)
+
+    def test_step(self, data):
+        if self.distillation_step is None:
+            raise ValueError(f"{self.name} must be compiled before it is evaluated.")
+        return self.distillation_step.test_step(self, data)
+
+    def export(
+        self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs
+    ):
+        """`keras.Model.export` with the model's own input signature as default.
+
+        A subclassed model built in `__init__` has no recorded call shapes, so
+        the signature `[None, image_size, image_size, in_channels]` float32
+        is supplied here. Pass `input_signature=[keras.InputSpec(shape=(None,
+        None, None, in_channels), dtype="float32")]` for an endpoint taking
+        any image size.
+        """
+        if input_signature is None:
+            input_signature = [
+                keras.InputSpec(
+                    shape=(None, self.image_size, self.image_size, self.in_channels),
+                    dtype="float32",
+                )
+            ]
+        return super().export(
+            filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
+        )
+
+    def compute_output_shape(self, input_shape):
+        width = self.num_classes or self.embed_dim
+        return (input_shape[0], width)
+
+    # === Config ===
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable}
+        config.update(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            num_classes=self.num_classes,
+            drop_path_rate=self.drop_path_rate,
+            in_channels=self.in_channels,
+            preprocessing=self.preprocessing.get_config(),
+            dtype=keras.saving.serialize_keras_object(self.dtype_policy),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return cls(**config)
