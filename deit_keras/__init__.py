@@ -32,8 +32,13 @@ _EXPORTS = {
     "PatchEmbedding": "deit_keras.layers",
     "TokensAndPositionEmbedding": "deit_keras.layers",
     "TransformerBlock": "deit_keras.layers",
+    "LayerScale": "deit_keras.layers",
+    "TalkingHeadsAttention": "deit_keras.layers",
+    "ClassAttention": "deit_keras.layers",
+    "ClassAttentionBlock": "deit_keras.layers",
     "resample_position_embeddings": "deit_keras.layers",
     "DeiT": "deit_keras.models",
+    "CaiT": "deit_keras.models",
     "get_variant": "deit_keras.models",
     "list_models": "deit_keras.models",
 }

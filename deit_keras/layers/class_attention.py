@@ -126,7 +126,7 @@ class ClassAttentionBlock(keras.layers.Layer):
         self.gamma_2 = LayerScale(embed_dim, layer_scale_init, dtype=policy, name="gamma_2")
         self.drop_path = DropPath(drop_path_rate, dtype=policy, name="drop_path")
 
-    def build(self, x_shape, cls_shape=None):
+    def build(self, x_shape, cls_token_shape=None):
         tokens = (x_shape[0], None, self.embed_dim)
         for layer in (self.norm1, self.attn, self.norm2, self.mlp, self.gamma_1, self.gamma_2):
             layer.build(tokens)
@@ -143,7 +143,7 @@ class ClassAttentionBlock(keras.layers.Layer):
             return cls_token, attention
         return cls_token
 
-    def compute_output_shape(self, x_shape, cls_shape=None):
+    def compute_output_shape(self, x_shape, cls_token_shape=None):
         return (x_shape[0], 1, self.embed_dim)
 
     def get_config(self):

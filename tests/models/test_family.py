@@ -1,0 +1,288 @@
+"""DeiT III and CaiT: their layers, parameter counts and logits against timm, files, exports.
+
+timm is the reference (test extra; imported behind the torchvision stub of conftest.py).
+Every parameter of the reference is random, LayerScale included, so that a mis-mapped
+weight changes the logits.
+"""
+
+import io
+
+import keras
+import numpy as np
+import pytest
+
+from deit_keras.deploy import checkpoints, export_formats, pretrained, runtimes
+from deit_keras.deploy.signatures import fixed_size_function
+from deit_keras.layers import (
+    ClassAttention,
+    ClassAttentionBlock,
+    LayerScale,
+    TalkingHeadsAttention,
+    TransformerBlock,
+)
+from deit_keras.models import CaiT, DeiT, build_model, deit_presets
+from deit_keras.testing import (
+    assert_layer_round_trip,
+    random_images,
+    run_cli,
+    sample_photos,
+    timm_reference,
+)
+from deit_keras.testing_server import serve_files
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+TOKENS = np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
+TOLERANCE = 1e-4
+TINY_DEIT3 = dict(image_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
+TINY_CAIT = dict(image_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
+
+
+# === Layers ===
+@pytest.mark.parametrize(
+    "layer",
+    [
+        LayerScale(8, 1e-5),
+        TalkingHeadsAttention(8, 2),
+        ClassAttention(8, 2),
+        TransformerBlock(8, 2, layer_scale_init=1e-6),
+        TransformerBlock(8, 2, layer_scale_init=1e-5, talking_heads=True, drop_path_rate=0.1),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_layer_round_trips_through_config(layer):
+    assert_layer_round_trip(layer, TOKENS)
+
+
+def test_class_attention_block_updates_only_the_class_token_and_round_trips():
+    block = ClassAttentionBlock(8, 2, mlp_ratio=2.0, layer_scale_init=0.5)
+    cls_token = TOKENS[:, :1]
+    out = np.asarray(block(TOKENS, cls_token))
+    assert out.shape == (2, 1, 8) and not np.allclose(out, cls_token)
+    clone = ClassAttentionBlock.from_config(block.get_config())
+    clone(TOKENS, cls_token)
+    clone.set_weights(block.get_weights())
+    np.testing.assert_array_equal(np.asarray(clone(TOKENS, cls_token)), out)
+
+
+def test_layer_scale_multiplies_each_channel_by_its_gamma():
+    layer = LayerScale(3, 0.25)
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    np.testing.assert_allclose(np.asarray(layer(x)), 0.25 * x)
+    layer.gamma.assign([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(np.asarray(layer(x)), x * np.array([1.0, -2.0, 0.5]))
+    with pytest.raises(ValueError, match="Received: dim=0"):
+        LayerScale(0)
+
+
+def test_talking_heads_with_identity_mixing_is_plain_attention():
+    """proj_l = proj_w = identity (no bias) reduces talking heads to multi-head attention."""
+    from deit_keras.layers import MultiHeadSelfAttention
+
+    talking, plain = TalkingHeadsAttention(8, 2), MultiHeadSelfAttention(8, 2)
+    talking(TOKENS), plain(TOKENS)
+    rng = np.random.default_rng(0)
+    plain.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in plain.get_weights()])
+    for source, target in ((plain.qkv, talking.qkv), (plain.proj, talking.proj)):
+        target.set_weights(source.get_weights())
+    for mixing in (talking.proj_l, talking.proj_w):
+        mixing.set_weights([np.eye(2, dtype="float32"), np.zeros(2, "float32")])
+    np.testing.assert_allclose(np.asarray(talking(TOKENS)), np.asarray(plain(TOKENS)), atol=1e-6)
+    talking.proj_l.set_weights([np.array([[0, 1], [1, 0]], "float32"), np.zeros(2, "float32")])
+    assert not np.allclose(np.asarray(talking(TOKENS)), np.asarray(plain(TOKENS)), atol=1e-2)
+
+
+# === Parameter counts against timm ===
+def _timm_count(name, **kwargs):
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
+FAMILY = [n for n in deit_presets.PRESETS if n.startswith(("deit3_", "cait_")) and "." not in n]
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_parameter_counts_equal_timm_at_reduced_depth(name):
+    """Two blocks (and one class-attention block) on both sides: every width, head count,
+    patch and grid is the preset's; the count is linear in depth, so the full models
+    differ only by whole blocks (compared in full below)."""
+    depths = dict(depth=2, depth_token_only=1) if name.startswith("cait") else dict(depth=2)
+    ours = build_model(name, **depths).count_params()
+    assert ours == _timm_count(name, **depths)
+
+
+FULL_IN_CI = ["deit3_small_patch16_224", "cait_xxs24_224"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=() if n in FULL_IN_CI else pytest.mark.large) for n in FAMILY],
+)
+def test_parameter_counts_equal_timm_in_full(name):
+    assert build_model(name).count_params() == _timm_count(name)
+
+
+# === Logits against timm, through the importer's two doors ===
+def _official_deit3_file(reference, path):
+    """DeiT III as the official release stores it: `model` wrapper, `gamma_N` LayerScale."""
+    state = {
+        key.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2"): value
+        for key, value in reference.state_dict().items()
+    }
+    assert any(key.endswith("gamma_1") for key in state)
+    torch.save({"model": state, "epoch": 799}, path)
+
+
+def _timm_logits(reference, images):
+    with torch.no_grad():
+        return reference(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+
+
+@pytest.mark.parametrize("image_size", [224, 160])
+def test_deit3_converted_by_the_cli_matches_timm_on_photos(image_size, tmp_path):
+    name = "deit3_small_patch16_224"
+    reference = timm_reference(name, img_size=image_size)
+    source = timm_reference(name)  # the 224 px weights that are converted
+    _official_deit3_file(source, tmp_path / "deit3.pth")
+    if image_size != 224:  # timm resamples on load; the reference is that resampled model
+        from timm.layers import resample_abs_pos_embed
+
+        state = source.state_dict()
+        grid = (image_size // 16, image_size // 16)
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], grid, num_prefix_tokens=0)
+        reference.load_state_dict(state)
+    output = tmp_path / "deit3.keras"
+    process = run_cli(
+        "convert",
+        f"--checkpoint={tmp_path / 'deit3.pth'}",
+        f"--model={name}",
+        f"--output={output}",
+        f"--image_size={image_size}",
+    )
+    assert process.returncode == 0, process.stderr
+    model = keras.models.load_model(output)
+    assert isinstance(model, DeiT) and model.no_embed_class and not model.distilled
+    photos = sample_photos(image_size)
+    expected = _timm_logits(reference, photos)
+    np.testing.assert_allclose(np.asarray(model(photos)), expected, atol=TOLERANCE, rtol=0)
+    assert np.abs(expected).max() > 0.1
+
+
+@pytest.mark.parametrize("image_size", [224, 288])
+def test_cait_from_a_url_on_localhost_matches_timm_on_photos(image_size, tmp_path, monkeypatch):
+    name = "cait_xxs24_224"
+    reference = timm_reference(name)
+    buffer = io.BytesIO()
+    torch.save({"model": reference.state_dict()}, buffer)  # the official CaiT layout
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
+    with serve_files({"XXS24_224.pth": buffer.getvalue()}) as base:
+        model = pretrained.create_model(
+            name, pretrained=f"{base}/files/XXS24_224.pth", image_size=image_size
+        )
+    assert isinstance(model, CaiT)
+    if image_size != 224:
+        from timm.layers import resample_abs_pos_embed
+
+        state = reference.state_dict()
+        grid = (image_size // 16, image_size // 16)
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], grid, num_prefix_tokens=0)
+        reference = timm_reference(name, img_size=image_size)
+        reference.load_state_dict(state)
+    photos = sample_photos(image_size)
+    expected = _timm_logits(reference, photos)
+    np.testing.assert_allclose(np.asarray(model(photos)), expected, atol=TOLERANCE, rtol=0)
+    assert np.abs(expected).max() > 0.1
+
+
+def test_a_deit_checkpoint_does_not_load_into_deit3(tmp_path):
+    deit = build_model("deit_small_patch16_224", depth=1)
+    state = checkpoints.state_dict_of(deit)
+    model = build_model("deit3_small_patch16_224", depth=1)
+    with pytest.raises(checkpoints.CheckpointError, match="another model family"):
+        checkpoints.load_timm_state_dict(model, state)
+
+
+# === Files, sizes, training, exports ===
+def _tiny(kind):
+    if kind == "cait":
+        return build_model("cait_xxs24_224", num_classes=5, **TINY_CAIT)
+    return build_model("deit3_small_patch16_224", num_classes=5, **TINY_DEIT3)
+
+
+def _randomised(model, seed=0):
+    """Weights of a visible scale (LayerScale 1e-6 would make every model look alike)."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, 0.2, w.shape).astype("float32") for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("kind", ["deit3", "cait"])
+def test_keras_file_round_trip_is_exact(kind, tmp_path):
+    model = _randomised(_tiny(kind))
+    images = random_images()
+    path = tmp_path / f"{kind}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(model) and loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(np.asarray(loaded(images)), np.asarray(model(images)))
+
+
+@pytest.mark.parametrize("kind", ["deit3", "cait"])
+def test_any_image_size_equals_a_model_built_at_that_size(kind):
+    model = _randomised(_tiny(kind))
+    resized = build_model(
+        "cait_xxs24_224" if kind == "cait" else "deit3_small_patch16_224",
+        num_classes=5,
+        **{**(TINY_CAIT if kind == "cait" else TINY_DEIT3), "image_size": 48},
+    )
+    state = checkpoints.state_dict_of(model)
+    checkpoints.load_timm_state_dict(resized, state)
+    images = random_images(size=48)
+    np.testing.assert_allclose(
+        np.asarray(model(images)), np.asarray(resized(images)), atol=1e-5, rtol=0
+    )
+
+
+def test_cait_drop_path_is_random_in_training_only():
+    model = _randomised(
+        build_model("cait_xxs24_224", num_classes=5, drop_path_rate=0.5, **TINY_CAIT)
+    )
+    images = random_images()
+    np.testing.assert_array_equal(np.asarray(model(images)), np.asarray(model(images)))
+    first = np.asarray(model(images, training=True))
+    assert any(not np.allclose(first, np.asarray(model(images, training=True))) for _ in range(5))
+
+
+def test_hard_distillation_into_a_deit3_student_trains_the_dist_token():
+    student = build_model("deit3_small_patch16_224", num_classes=10, distilled=True, **TINY_DEIT3)
+    teacher = keras.Sequential(
+        [keras.layers.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    student.compile(optimizer=keras.optimizers.AdamW(1e-3), teacher=teacher, distillation="hard")
+    images = random_images(batch=8)
+    labels = np.eye(10, dtype="float32")[np.arange(8) % 10]
+    before = np.asarray(student.tokens.dist_token).copy()
+    logs = student.train_on_batch(images, labels, return_dict=True)
+    assert np.isfinite(logs["distill_loss"]) and logs["distill_loss"] > 0
+    assert not np.allclose(np.asarray(student.tokens.dist_token), before)
+
+
+def test_cait_takes_no_distillation_token():
+    with pytest.raises(ValueError, match="does not take distilled"):
+        build_model("cait_xxs24_224", distilled=True)
+
+
+@pytest.mark.parametrize("export_format", ["onnx", "litert"])
+def test_cait_and_deit3_fp32_exports_match_keras(export_format, tmp_path):
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    for kind in ("deit3", "cait"):
+        model = _randomised(_tiny(kind))
+        path = str(tmp_path / f"{kind}{export_formats.SUFFIXES[export_format]}")
+        export_formats.export_model(model, path, export_format)
+        exported, _ = runtimes.load_exported(path)
+        expected = np.asarray(fixed_size_function(model)(crops)["logits"])
+        got = exported.run_uint8(crops)["logits"]
+        assert np.abs(expected).max() > 0.1
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-5, err_msg=kind)
