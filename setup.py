@@ -69,6 +69,11 @@ setup(
             # unpinned torch resolves to a multi-GB CUDA build.
             "torch==2.13.0",
             "transformers==5.23.0",
+            # The DeiT III / CaiT reference. torchvision is imported by timm and
+            # transformers; tests/conftest.py stubs its two op-registration
+            # modules, which fail beside the CPU torch.
+            "torchvision==0.28.0",
+            "timm==1.0.31",
         ],
     },
     entry_points={
