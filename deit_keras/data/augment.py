@@ -2,7 +2,9 @@
 
 Per image (inside `tf.data`, stateless seeds): random resized crop, flip,
 RandAugment `rand-m9-mstd0.5-inc1`, ImageNet normalisation, random erasing
-(`reprob` 0.25, 'pixel' mode). Per batch: MixUp (alpha 0.8) or CutMix
+(`reprob` 0.25, 'pixel' mode). DeiT III's recipe swaps RandAugment for
+3-Augment (`three_augment`, `deit_keras.data.three_augment`) and may swap the
+crop for the "simple random crop" (`simple_random_crop`). Per batch: MixUp (alpha 0.8) or CutMix
 (alpha 1.0) with timm's `Mixup(mode='batch')` semantics and label smoothing
 0.1 folded into the targets.
 
@@ -24,6 +26,7 @@ import dataclasses
 import tensorflow as tf
 
 from deit_keras.data import rand_augment as rand_augment_lib
+from deit_keras.data import three_augment as three_augment_lib
 from deit_keras.data import transforms
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, normalize
 from deit_keras.errors import UserInputError
@@ -52,6 +55,15 @@ class AugmentConfig:
         translate: int. After the crop, shift the image by up to this many
             pixels on each axis, filling with zeros (CIFAR's pad-and-crop);
             0 disables (the DeiT recipe has none).
+        three_augment: bool. DeiT III's 3-Augment after the flip (one of
+            grayscale / solarize / Gaussian blur, then colour jitter), in
+            place of RandAugment (official `--ThreeAugment`, an alias).
+        color_jitter: float. 3-Augment's colour jitter strength (official
+            `--color-jitter`, 0.3); 0 disables. Only with `three_augment`:
+            as timm, the RandAugment recipe has no colour jitter.
+        simple_random_crop: bool. DeiT III's "simple random crop": resize
+            the shorter side, pad 4 pixels by reflection, random crop, in
+            place of the random resized crop (official `--src`, an alias).
 
     Field names are the official DeiT `main.py` flag names (`--mixup`,
     `--cutmix`, `--smoothing`, ...); the train CLI's flags are generated
@@ -82,6 +94,21 @@ class AugmentConfig:
         "Random shift of up to this many pixels per axis after the crop, zero fill (0 = off).",
         valid=NON_NEGATIVE,
     )
+    three_augment: bool = field(
+        False,
+        "DeiT III 3-Augment: grayscale, solarize or blur, then colour jitter (not with "
+        "RandAugment).",
+        aliases=("ThreeAugment",),
+    )
+    color_jitter: float = field(
+        0.3, "3-Augment colour jitter strength (0 = off).", valid=NON_NEGATIVE
+    )
+    simple_random_crop: bool = field(
+        False,
+        "DeiT III simple random crop: resize, reflect-pad 4, random crop (not the random "
+        "resized crop).",
+        aliases=("src",),
+    )
 
     def __post_init__(self):
         problems = range_problems(self)  # every numeric field's `valid` range
@@ -98,6 +125,16 @@ class AugmentConfig:
             raise UserInputError(
                 "`rand_augment_impl` must be 'timm' or 'keras_cv'. "
                 f"Received: rand_augment_impl={self.rand_augment_impl!r}"
+            )
+        if self.three_augment and self.rand_augment_ops:
+            raise UserInputError(
+                "three_augment replaces RandAugment: set rand_augment_ops=0. "
+                f"Received: rand_augment_ops={self.rand_augment_ops}"
+            )
+        if self.simple_random_crop and self.translate:
+            raise UserInputError(
+                "simple_random_crop already pads and crops: set translate=0. "
+                f"Received: translate={self.translate}"
             )
 
     @property
@@ -193,11 +230,14 @@ def split_seeds(seed):
 
 
 def train_transform_image(image, seed, image_size, config, keras_cv_layer=None):
-    """Crop + translate + flip (+ RandAugment unless batched); float32 in `[0, 255]`."""
+    """Crop + translate + flip (+ RandAugment or 3-Augment); float32 in `[0, 255]`."""
     seeds = split_seeds(seed)
-    image = transforms.random_resized_crop(
-        image, image_size, seeds[0], config.crop_scale, config.crop_ratio
-    )
+    if config.simple_random_crop:
+        image = transforms.simple_random_crop(image, image_size, seeds[0])
+    else:
+        image = transforms.random_resized_crop(
+            image, image_size, seeds[0], config.crop_scale, config.crop_ratio
+        )
     if config.translate:
         # Its own seed, folded in: the crop/flip/RandAugment streams stay as they were.
         translate_seed = tf.random.experimental.stateless_fold_in(seed, 11)
@@ -214,7 +254,20 @@ def train_transform_image(image, seed, image_size, config, keras_cv_layer=None):
                 config.rand_augment_magnitude,
                 config.rand_augment_std,
             )
+    if config.three_augment:
+        image = three_augment_lib.three_augment(image, seeds[2], config.color_jitter)
     return image
+
+
+def three_augment_images(images, seeds, config):
+    """3-Augment of a batch `[B, H, W, 3]` in `[0, 255]`, per image (when enabled)."""
+    if not config.three_augment:
+        return images
+
+    def one(args):
+        return three_augment_lib.three_augment(args[0], args[1], config.color_jitter)
+
+    return tf.map_fn(one, (images, seeds), fn_output_signature=tf.float32)
 
 
 def finish_image(image, seed, config, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):

@@ -28,7 +28,12 @@ import tensorflow as tf
 
 from deit_keras.data import augment as augment_lib
 from deit_keras.data import sources, transforms
-from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, normalize
+from deit_keras.data.preprocessing import (
+    DEFAULT_PREPROCESSING,
+    Preprocessing,
+    normalize,
+    resize,
+)
 from deit_keras.errors import UserInputError
 
 # A decoded split above this stays on the streaming path (the tf.data graph
@@ -172,6 +177,36 @@ def crop_and_resize(images, windows, image_size, interpolation="bicubic", shifts
     return tf.clip_by_value(tf.round(out), 0.0, 255.0)
 
 
+def simple_random_crops(images, image_size: int, seed, padding: int = 4):
+    """The batched `transforms.simple_random_crop` of `[B, H, W, 3]` images of one static size.
+
+    One resize of the batch, reflection padding, then an `image_size` square
+    at each image's own uniformly random offset.
+
+    Returns:
+        float32 `[B, image_size, image_size, 3]` in [0, 255].
+    """
+    height, width = images.shape[1], images.shape[2]
+    # `transforms.resized_shape` on the static size, in Python.
+    short = min(height, width)
+    new_height = image_size if height <= width else image_size * height // short
+    new_width = image_size if width <= height else image_size * width // short
+    resized = resize(images, [new_height, new_width])
+    pad = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+    padded = tf.pad(resized, pad, mode="REFLECT")
+    count = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    top = tf.random.stateless_uniform(
+        [count], seeds[0], 0, new_height + 2 * padding - image_size + 1, tf.int32
+    )
+    left = tf.random.stateless_uniform(
+        [count], seeds[1], 0, new_width + 2 * padding - image_size + 1, tf.int32
+    )
+    steps = tf.range(image_size)
+    rows = tf.gather(padded, top[:, None] + steps, axis=1, batch_dims=1)
+    return tf.gather(rows, left[:, None] + steps, axis=2, batch_dims=1)
+
+
 def train_transform_batch(
     images,
     seed,
@@ -182,8 +217,9 @@ def train_transform_batch(
 ):
     """The per-image training recipe on a uint8 batch `[B, H, W, 3]` of one static size.
 
-    Crop + translation + flip + normalisation are batched; RandAugment and random erasing,
-    when enabled, still draw per image (`tf.map_fn`). One stateless `seed`
+    Crop (random resized or simple) + translation + flip + normalisation are batched;
+    RandAugment, 3-Augment and random erasing, when enabled, still draw per image
+    (`tf.map_fn`). One stateless `seed`
     gives the whole batch's draws.
 
     Returns:
@@ -191,21 +227,29 @@ def train_transform_batch(
     """
     count = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    windows = random_crop_windows(
-        images.shape[1], images.shape[2], count, seeds[0], config.crop_scale, config.crop_ratio
-    )
-    shifts = None
-    if config.translate:
-        shift_seed = tf.random.experimental.stateless_fold_in(seed, 11)
-        bound = config.translate
-        shifts = tf.random.stateless_uniform([count, 2], shift_seed, -bound, bound + 1, tf.int32)
-    images = crop_and_resize(images, windows, image_size, shifts=shifts)
+    if config.simple_random_crop:
+        images = simple_random_crops(images, image_size, seeds[0])
+    else:
+        windows = random_crop_windows(
+            images.shape[1], images.shape[2], count, seeds[0], config.crop_scale, config.crop_ratio
+        )
+        shifts = None
+        if config.translate:
+            shift_seed = tf.random.experimental.stateless_fold_in(seed, 11)
+            bound = config.translate
+            shifts = tf.random.stateless_uniform(
+                [count, 2], shift_seed, -bound, bound + 1, tf.int32
+            )
+        images = crop_and_resize(images, windows, image_size, shifts=shifts)
     if config.hflip > 0:
         flip = tf.random.stateless_uniform([count], seeds[1]) < config.hflip
         images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     if config.rand_augment_ops:
         image_seeds = tf.random.experimental.stateless_split(seeds[2], count)
         images = augment_lib.rand_augment_images(images, image_seeds, config, keras_cv_layer)
+    if config.three_augment:
+        image_seeds = tf.random.experimental.stateless_split(seeds[2], count)
+        images = augment_lib.three_augment_images(images, image_seeds, config)
     images = normalize(images, preprocessing)
     if config.reprob > 0:
         image_seeds = tf.random.experimental.stateless_split(seeds[3], count)

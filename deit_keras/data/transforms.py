@@ -159,3 +159,46 @@ def random_horizontal_flip(image, seed, probability=0.5):
     """Flips `[H, W, C]` left-right with `probability` (stateless)."""
     flip = tf.random.stateless_uniform([], seed) < probability
     return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def resized_shape(height, width, size):
+    """torchvision `Resize(size)` (an int): the shorter side -> `size`, the longer
+    `int(size * long / short)`. Works on ints and on int32 tensors."""
+    short = tf.minimum(height, width)
+    new_height = tf.where(height <= width, size, size * height // short)
+    new_width = tf.where(width <= height, size, size * width // short)
+    return new_height, new_width
+
+
+def simple_random_crop(image, image_size, seed, padding=4):
+    """DeiT III's "simple random crop" (`--src`): resize, pad by reflection, crop.
+
+    The official `augment.py`: `Resize(image_size, bicubic)` of the shorter
+    side, then `RandomCrop(image_size, padding=4, padding_mode='reflect')`
+    (an `image_size` square at a uniformly random integer offset of the
+    reflect-padded image), in place of the random resized crop.
+
+    Args:
+        image: uint8 `[H, W, 3]` image, or a scalar string of encoded bytes.
+        image_size: int. Output side length.
+        seed: int tensor `[2]`, a stateless seed.
+        padding: int >= 0. Reflection padding on each side. Defaults to 4.
+
+    Returns:
+        float32 `[image_size, image_size, 3]` in `[0, 255]`.
+    """
+    if image.dtype == tf.string:
+        image = decode_image(image)
+    shape = tf.shape(image)
+    new_height, new_width = resized_shape(shape[0], shape[1], image_size)
+    resized = resize(image, tf.stack([new_height, new_width]))
+    padded = tf.pad(resized, [[padding, padding], [padding, padding], [0, 0]], mode="REFLECT")
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    top = tf.random.stateless_uniform(
+        [], seeds[0], 0, new_height + 2 * padding - image_size + 1, dtype=tf.int32
+    )
+    left = tf.random.stateless_uniform(
+        [], seeds[1], 0, new_width + 2 * padding - image_size + 1, dtype=tf.int32
+    )
+    crop = padded[top : top + image_size, left : left + image_size]
+    return tf.ensure_shape(crop, [image_size, image_size, 3])

@@ -155,6 +155,7 @@ class TokenClassifier(keras.Model):
                 f"Received: metrics={metrics!r}"
             )
         base_loss = keras.losses.get(loss) if loss is not None else None
+        self._base_loss = base_loss
         objective = DistillationLoss(distillation, alpha, tau, base_loss=base_loss)
         self.distillation_step = DistillationStep(objective, teacher)
         super().compile(optimizer=optimizer, **kwargs)
@@ -166,6 +167,8 @@ class TokenClassifier(keras.Model):
             config.update(
                 distillation=objective.distillation, alpha=objective.alpha, tau=objective.tau
             )
+            if self._base_loss is not None:  # e.g. DeiT III's binary cross-entropy
+                config["loss"] = keras.saving.serialize_keras_object(self._base_loss)
         return config
 
     def compile_from_config(self, config):

@@ -33,7 +33,7 @@ from deit_keras.schema import (
     range_problems,
 )
 from deit_keras.training.distribute import STRATEGIES
-from deit_keras.training.optim import FREEZE
+from deit_keras.training.optim import FREEZE, OPTIMIZERS
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 TEACHER_INPUTS = ("normalized", "pixels", "keras_applications")
@@ -94,12 +94,28 @@ class TrainConfig:
     steps_per_epoch: int | None = field(None, "Steps per epoch; default one pass.", valid=POSITIVE)
     repeated_aug: int = field(3, "Repeated augmentation count (1 = off).", valid=Range(1))
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    # === Loss ===
+    bce_loss: bool = field(
+        False, "Binary cross-entropy on the (mixed) targets instead of cross-entropy (DeiT III)."
+    )
+    bce_target_thresh: float = field(
+        0.0,
+        "With --bce_loss, targets above this become 1, the rest 0 (0: the official "
+        "binarized mix, each class in it a positive).",
+        valid=Range(0, 1, high_open=True),
+    )
     # === Optimiser ===
-    lr: float = field(5e-4, "Base LR for batch 512; scaled by batch_size / 512.", valid=POSITIVE)
+    opt: str = field("adamw", "Optimizer: adamw, or lamb (DeiT III).", choices=OPTIMIZERS)
+    lr: float = field(
+        5e-4,
+        "Base LR for batch 512; scaled by batch_size / 512 unless --unscale_lr.",
+        valid=POSITIVE,
+    )
+    unscale_lr: bool = field(False, "Use --lr as it is, whatever the batch size.")
     min_lr: float = field(1e-5, "LR at the end of the cosine.", valid=NON_NEGATIVE)
     warmup_lr: float = field(1e-6, "LR at step 0.", valid=NON_NEGATIVE)
     warmup_epochs: int = field(5, "Linear warmup epochs.", valid=NON_NEGATIVE)
-    weight_decay: float = field(0.05, "AdamW weight decay.", valid=NON_NEGATIVE)
+    weight_decay: float = field(0.05, "AdamW / LAMB weight decay.", valid=NON_NEGATIVE)
     clip_grad: float | None = field(
         None, "Global gradient norm clip (off by default).", valid=POSITIVE
     )
@@ -244,6 +260,7 @@ class TrainConfig:
             ("progress", PROGRESS),
             ("freeze", FREEZE),
             ("bad_images", BAD_IMAGES),
+            ("opt", OPTIMIZERS),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(

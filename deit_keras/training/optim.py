@@ -1,4 +1,4 @@
-"""The DeiT optimiser: AdamW, linearly scaled LR, warmup then cosine decay.
+"""The DeiT optimisers: AdamW (or DeiT III's LAMB), linearly scaled LR, warmup then cosine.
 
 Fine-tuning levers (issue #13): layer-wise LR decay (BEiT; timm's
 `param_groups_layer_decay`), gradient accumulation with the schedule counting
@@ -18,6 +18,8 @@ from deit_keras.errors import UserInputError
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "cls_token", "dist_token", "pos_embed")
 # `TrainConfig.freeze`: "backbone" trains the classification heads only.
 FREEZE = ("none", "backbone")
+# `TrainConfig.opt` (the official `--opt`; its `fusedlamb` is "lamb" here).
+OPTIMIZERS = ("adamw", "lamb")
 _BLOCK = re.compile(r"^block_(\d+)$")
 _STEM = ("patch_embed", "tokens")  # patch embedding; cls/dist tokens and pos_embed
 
@@ -107,35 +109,22 @@ def layer_scale(path: str, layer_decay: float, depth: int) -> float:
     return layer_decay ** (depth + 1 - layer_id(path, depth))
 
 
-@keras.saving.register_keras_serializable(package="deit_keras")
-class LayerDecayAdamW(keras.optimizers.AdamW):
-    """AdamW with layer-wise LR decay, serialized decay exclusions, and a per-update schedule.
+class _PerLayerRates:
+    """What DeiT's optimizers share: per-layer LR scales, decay exclusions, per-update schedule.
 
-    Each variable's update, weight decay included, is taken at
-    `learning_rate * layer_scale(path)` (BEiT / timm scale the LR of each
-    layer's parameter group; Adam ignores gradient scale, so the update is
-    what must be scaled). A `LearningRateSchedule` is evaluated at
-    `iterations`, i.e. at optimizer updates: with
-    `gradient_accumulation_steps=N`, Keras 3.15 would evaluate it at
-    micro-batches, N times faster.
-
-    Args:
-        layer_decay: float in (0, 1]. Per-layer LR factor; 1 is plain
-            AdamW. Defaults to 1.0.
-        depth: int or None. The model's number of blocks; None infers it
-            from the variable paths at `build`. Defaults to None.
-        no_weight_decay: tuple of str. Variables whose name contains one of
-            these are not decayed. Defaults to `NO_WEIGHT_DECAY`.
-        **kwargs: passed to `keras.optimizers.AdamW` (`learning_rate`,
-            `weight_decay`, `gradient_accumulation_steps`, ...).
+    Mixed in before a Keras optimizer class. Each variable's update, weight
+    decay included, is taken at `learning_rate * layer_scale(path)` (BEiT /
+    timm scale the LR of each layer's parameter group). A
+    `LearningRateSchedule` is evaluated at `iterations`, i.e. at optimizer
+    updates: with `gradient_accumulation_steps=N`, Keras 3.15 would evaluate
+    it at micro-batches, N times faster.
     """
 
-    def __init__(self, layer_decay=1.0, depth=None, no_weight_decay=NO_WEIGHT_DECAY, **kwargs):
+    def _set_layer_rates(self, layer_decay, depth, no_weight_decay):
         if not 0.0 < layer_decay <= 1.0:
             raise UserInputError(
                 f"layer_decay must be in (0, 1]. Received: layer_decay={layer_decay}"
             )
-        super().__init__(**kwargs)
         self.layer_decay = float(layer_decay)
         self.depth = depth
         self.no_weight_decay = tuple(no_weight_decay)
@@ -154,14 +143,6 @@ class LayerDecayAdamW(keras.optimizers.AdamW):
     def lr_scale(self, variable) -> float:
         """The factor on `variable`'s learning rate (after `build`)."""
         return self._scales[self._var_key(variable)]
-
-    def update_step(self, gradient, variable, learning_rate):
-        key = self._var_key(variable)
-        learning_rate = ops.cast(learning_rate, variable.dtype) * self._scales[key]
-        if self._decayed[key]:
-            decay = ops.cast(self.weight_decay, variable.dtype) * learning_rate
-            self.assign_sub(variable, variable * decay)
-        super().update_step(gradient, variable, learning_rate)
 
     def _apply_weight_decay(self, variables):
         # Done in `update_step`, at each variable's scaled learning rate.
@@ -182,6 +163,88 @@ class LayerDecayAdamW(keras.optimizers.AdamW):
         )
 
 
+@keras.saving.register_keras_serializable(package="deit_keras")
+class LayerDecayAdamW(_PerLayerRates, keras.optimizers.AdamW):
+    """AdamW with layer-wise LR decay, serialized decay exclusions, and a per-update schedule.
+
+    See `_PerLayerRates`; Adam ignores gradient scale, so the update is
+    what must be scaled per layer.
+
+    Args:
+        layer_decay: float in (0, 1]. Per-layer LR factor; 1 is plain
+            AdamW. Defaults to 1.0.
+        depth: int or None. The model's number of blocks; None infers it
+            from the variable paths at `build`. Defaults to None.
+        no_weight_decay: tuple of str. Variables whose name contains one of
+            these are not decayed. Defaults to `NO_WEIGHT_DECAY`.
+        **kwargs: passed to `keras.optimizers.AdamW` (`learning_rate`,
+            `weight_decay`, `gradient_accumulation_steps`, ...).
+    """
+
+    def __init__(self, layer_decay=1.0, depth=None, no_weight_decay=NO_WEIGHT_DECAY, **kwargs):
+        super().__init__(**kwargs)
+        self._set_layer_rates(layer_decay, depth, no_weight_decay)
+
+    def update_step(self, gradient, variable, learning_rate):
+        key = self._var_key(variable)
+        learning_rate = ops.cast(learning_rate, variable.dtype) * self._scales[key]
+        if self._decayed[key]:
+            decay = ops.cast(self.weight_decay, variable.dtype) * learning_rate
+            self.assign_sub(variable, variable * decay)
+        super().update_step(gradient, variable, learning_rate)
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class LayerDecayLamb(_PerLayerRates, keras.optimizers.Lamb):
+    """LAMB as timm's `Lamb` and apex's `FusedLAMB` (DeiT III's `--opt fusedlamb`).
+
+    Keras' `Lamb` decays weights apart from the trust ratio (its base
+    optimizer's decoupled decay) and adapts every variable; timm and apex
+    add the decay to the Adam step inside the trust ratio, and adapt only
+    the decayed parameters (apex `use_nvlamb=False`, timm
+    `always_adapt=False`), so biases, norms and tokens take plain Adam
+    steps. Per variable, with `u = m_hat / (sqrt(v_hat) + eps)`:
+    decayed: `u += wd * w`, `w -= lr * (|w| / |u|) * u` (ratio 1 when a norm
+    is 0); excluded: `w -= lr * u`. apex / timm also clip the global
+    gradient norm to 1.0 (their `max_grad_norm`): pass
+    `global_clipnorm=1.0` (`--clip_grad=1.0`) for that.
+
+    Args:
+        layer_decay: float in (0, 1]. Per-layer LR factor. Defaults to 1.0.
+        depth: int or None. The model's number of blocks. Defaults to None.
+        no_weight_decay: tuple of str. Variables whose name contains one of
+            these are neither decayed nor adapted. Defaults to
+            `NO_WEIGHT_DECAY`.
+        **kwargs: passed to `keras.optimizers.Lamb` (`learning_rate`,
+            `weight_decay`, `epsilon`, `global_clipnorm`, ...).
+    """
+
+    def __init__(self, layer_decay=1.0, depth=None, no_weight_decay=NO_WEIGHT_DECAY, **kwargs):
+        super().__init__(**kwargs)
+        self._set_layer_rates(layer_decay, depth, no_weight_decay)
+
+    def update_step(self, gradient, variable, learning_rate):
+        key = self._var_key(variable)
+        dtype = variable.dtype
+        learning_rate = ops.cast(learning_rate, dtype) * self._scales[key]
+        gradient = ops.cast(gradient, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        self.assign_add(m, (gradient - m) * (1 - self.beta_1))
+        self.assign_add(v, (ops.square(gradient) - v) * (1 - self.beta_2))
+        m_hat = m / (1.0 - ops.power(ops.cast(self.beta_1, dtype), step))
+        v_hat = v / (1.0 - ops.power(ops.cast(self.beta_2, dtype), step))
+        update = m_hat / (ops.sqrt(v_hat) + self.epsilon)
+        if self._decayed[key] and self.weight_decay:
+            update = update + ops.cast(self.weight_decay, dtype) * variable
+            w_norm = ops.sqrt(ops.sum(ops.square(variable)))
+            u_norm = ops.sqrt(ops.sum(ops.square(update)))
+            ratio = ops.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, 1.0)
+            update = update * ratio
+        self.assign_sub(variable, learning_rate * update)
+
+
 def create_optimizer(
     *,
     base_lr: float = 5e-4,
@@ -199,8 +262,9 @@ def create_optimizer(
     layer_decay: float = 1.0,
     depth: int | None = None,
     grad_accum_steps: int = 1,
-) -> LayerDecayAdamW:
-    """AdamW with the DeiT recipe (paper defaults).
+    opt: str = "adamw",
+) -> LayerDecayAdamW | LayerDecayLamb:
+    """AdamW with the DeiT recipe (paper defaults), or LAMB (DeiT III).
 
     With `model_ema`, Keras keeps an exponential moving average of the
     weights and writes it into the model at the end of `fit`, so the final
@@ -223,11 +287,15 @@ def create_optimizer(
         layer_decay: float in (0, 1]. Layer-wise LR decay (1 = off).
         depth: int or None. The model's blocks, for `layer_decay`.
         grad_accum_steps: int. Steps whose mean gradient makes one update.
+        opt: str. "adamw" or "lamb" (`LayerDecayLamb`, the official
+            `--opt fusedlamb`); both skip decay on biases, norms and tokens.
 
     Returns:
-        A `LayerDecayAdamW` whose schedule spans the run's updates
-        (`epochs * steps_per_epoch // grad_accum_steps`).
+        A `LayerDecayAdamW` or `LayerDecayLamb` whose schedule spans the
+        run's updates (`epochs * steps_per_epoch // grad_accum_steps`).
     """
+    if opt not in OPTIMIZERS:
+        raise UserInputError(f"opt must be one of {OPTIMIZERS}. Received: opt={opt!r}")
     if grad_accum_steps < 1 or epochs * steps_per_epoch < grad_accum_steps:
         raise UserInputError(
             "Need 1 <= grad_accum_steps <= epochs * steps_per_epoch (at least one update). "
@@ -244,7 +312,8 @@ def create_optimizer(
         warmup_lr=warmup_lr,
         min_lr=min_lr,
     )
-    return LayerDecayAdamW(
+    optimizer_class = LayerDecayLamb if opt == "lamb" else LayerDecayAdamW
+    return optimizer_class(
         layer_decay=layer_decay,
         depth=depth,
         learning_rate=schedule,
@@ -256,7 +325,7 @@ def create_optimizer(
         use_ema=model_ema,
         ema_momentum=model_ema_decay,
         gradient_accumulation_steps=grad_accum_steps if grad_accum_steps > 1 else None,
-        name="adamw",
+        name=opt,
     )
 
 

@@ -18,6 +18,7 @@ from deit_keras.data.sources import NOT_AN_IMAGE
 from deit_keras.deploy import pretrained
 from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.deploy.saving import save_model
+from deit_keras.distill.base_losses import BinaryCrossEntropy
 from deit_keras.distill.step import with_teacher_logits
 from deit_keras.errors import TrainingDivergedError, UserInputError
 from deit_keras.inference.evaluate import classifier_top1, evaluate_model
@@ -47,6 +48,13 @@ def _make_student(config: TrainConfig, num_classes: int):
         crop_pct=config.crop_pct,
         **config.model_overrides,
     )
+
+
+def _base_loss(config: TrainConfig):
+    """The label term: DeiT III's binary cross-entropy with --bce_loss, else None (CE)."""
+    if not config.bce_loss:
+        return None
+    return BinaryCrossEntropy(target_threshold=config.bce_target_thresh)
 
 
 def _callbacks(config, sample_images, preprocessing, validation_images, steps, preemption):
@@ -252,6 +260,8 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
             layer_decay=config.layer_decay,
             depth=student.depth,
             grad_accum_steps=config.grad_accum_steps,
+            opt=config.opt,
+            scale_lr=not config.unscale_lr,
         )
         student.compile(
             optimizer=optimizer,
@@ -259,6 +269,7 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
             distillation=config.distillation_type,
             alpha=config.distillation_alpha,
             tau=config.distillation_tau,
+            loss=_base_loss(config),
             jit_compile=config.jit_compile,
             # A divisor of the epoch, so epochs, backups and the LR schedule keep their steps.
             steps_per_execution=math.gcd(config.steps_per_execution, steps),

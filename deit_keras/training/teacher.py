@@ -33,7 +33,7 @@ def _teacher_dataset_config(config):
     if config.teacher_augment == "student":
         return config.augment
     return dataclasses.replace(
-        config.augment, rand_augment_ops=0, reprob=0.0, mixup=0.0, cutmix=0.0
+        config.augment, rand_augment_ops=0, three_augment=False, reprob=0.0, mixup=0.0, cutmix=0.0
     )
 
 

@@ -101,7 +101,97 @@ def test_experiment_flagfiles_parse_into_valid_configs(flagfile):
             and config.distillation_type == "hard"
             and config.teacher == "regnety160"
         )
+    if flagfile in ("deit3_s.cfg", "deit3_b.cfg"):  # README_revenge.md's ImageNet-1k runs
+        assert (config.opt, config.unscale_lr, config.bce_loss, config.epochs) == (
+            "lamb",
+            True,
+            True,
+            800,
+        )
+        assert config.augment.three_augment and config.augment.rand_augment_ops == 0
+        assert config.augment.smoothing == 0.0 and config.augment.reprob == 0.0
+        assert (config.augment.mixup, config.augment.cutmix, config.repeated_aug) == (0.8, 1.0, 3)
+        assert (config.batch_size, config.crop_pct, config.distillation_type) == (
+            2048,
+            1.0,
+            "none",
+        )
+        assert (config.image_size, config.lr) == (
+            (224, 4e-3) if flagfile == "deit3_s.cfg" else (192, 3e-3)
+        )
+    if flagfile == "deit3_finetune_224.cfg":
+        assert (config.image_size, config.lr, config.epochs, config.weight_decay) == (
+            224,
+            1e-5,
+            20,
+            0.1,
+        )
+        assert config.opt == "adamw" and not config.bce_loss and config.finetune
+        assert not config.augment.three_augment and config.augment.smoothing == 0.1
+    if flagfile.startswith("cait_"):
+        assert config.distillation_type == "hard" and config.teacher == "regnety160"
+        assert (config.epochs, config.crop_pct) == (400, 1.0)
     assert config.model_dir.startswith("runs/")
+
+
+def test_deit3_flags_take_the_official_names():
+    """--ThreeAugment and --src are aliases; --opt, --bce_loss, --unscale_lr go to the run."""
+    from absl import flags
+
+    from deit_keras.cli import train  # noqa: F401  (defines the train flags)
+    from deit_keras.cli.config_flags import config_from_flags
+
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(
+            [
+                "train",
+                "--ThreeAugment",
+                "--src",
+                "--rand_augment_ops=0",
+                "--color_jitter=0.4",
+                "--opt=lamb",
+                "--bce_loss",
+                "--unscale_lr",
+            ]
+        )
+        config = config_from_flags(TrainConfig)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert config.augment.three_augment and config.augment.simple_random_crop
+    assert config.augment.color_jitter == 0.4
+    assert (config.opt, config.bce_loss, config.unscale_lr) == ("lamb", True, True)
+
+
+def test_deit3_recipe_trains_end_to_end(tmp_path):
+    """3-Augment, the simple crop, BCE and LAMB through run_training; saved with the model."""
+    from deit_keras.data.augment import AugmentConfig
+    from deit_keras.distill.base_losses import BinaryCrossEntropy
+    from deit_keras.training.optim import LayerDecayLamb
+
+    augment = AugmentConfig(
+        rand_augment_ops=0, three_augment=True, simple_random_crop=True, reprob=0.0
+    )
+    config = digits_config(
+        tmp_path,
+        augment=augment,
+        epochs=1,
+        steps_per_epoch=2,
+        jit_compile=False,
+        distillation_type="none",
+        teacher=None,
+        opt="lamb",
+        bce_loss=True,
+        unscale_lr=True,
+        lr=4e-3,
+        clip_grad=1.0,
+    )
+    results = run_training(config)
+    assert 0.0 <= results["top1"] <= 1.0 and results["epochs"] == 1
+    model = keras.models.load_model(results["saved_model"])
+    assert isinstance(model.optimizer, LayerDecayLamb)
+    assert model.optimizer.get_config()["learning_rate"]["config"]["peak_lr"] == 4e-3
+    assert isinstance(model.distillation_step.loss.cross_entropy, BinaryCrossEntropy)
 
 
 def test_train_flags_are_generated_from_the_config_schema():

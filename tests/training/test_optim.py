@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deit_keras.distill.base_losses import BinaryCrossEntropy
+from deit_keras.errors import UserInputError
 from deit_keras.testing import batches, tiny_model
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.optim import (
     NO_WEIGHT_DECAY,
     LayerDecayAdamW,
+    LayerDecayLamb,
     WarmupCosine,
     create_optimizer,
     freeze_backbone,
@@ -299,3 +302,57 @@ def test_scale_lr_false_takes_the_base_lr_as_it_is():
         assert schedule["peak_lr"] == pytest.approx(peak)
     with pytest.raises(TypeError):
         create_optimizer(4e-3, 64)  # keyword arguments only
+
+
+# === LAMB (DeiT III) ===
+
+
+def test_lamb_is_built_with_the_adamw_exclusions():
+    model = tiny_model()
+    optimizer = create_optimizer(steps_per_epoch=2, epochs=2, opt="lamb", weight_decay=0.05)
+    optimizer.build(model.trainable_variables)
+    assert isinstance(optimizer, LayerDecayLamb) and optimizer.name == "lamb"
+    assert (optimizer.epsilon, optimizer.beta_1, optimizer.beta_2) == (1e-8, 0.9, 0.999)
+    skipped = {
+        v.path.split("/")[-1]
+        for v in model.trainable_variables
+        if not optimizer._use_weight_decay(v)
+    }
+    decayed = {v.path.split("/")[-1] for v in model.trainable_variables} - skipped
+    assert decayed == {"kernel"} and skipped == set(NO_WEIGHT_DECAY)
+    with pytest.raises(UserInputError, match="opt must be one of"):
+        create_optimizer(opt="sgd")
+
+
+def test_lamb_first_step_by_hand():
+    """timm Lamb / apex FusedLAMB: decay inside the trust ratio, excluded variables not adapted."""
+    lr, wd, eps = 0.1, 0.5, 1e-8
+    kernel = keras.Variable(np.array([[3.0, -4.0], [0.0, 12.0]], "float32"), name="kernel")
+    bias = keras.Variable(np.array([1.0, -2.0], "float32"), name="bias")
+    grads = [np.array([[0.1, 0.2], [-0.3, 0.4]], "float32"), np.array([0.5, -0.25], "float32")]
+    optimizer = LayerDecayLamb(learning_rate=lr, weight_decay=wd, epsilon=eps, depth=0)
+    optimizer.apply_gradients(zip([tf.constant(g) for g in grads], [kernel, bias], strict=True))
+    # Step 1: m_hat = g, v_hat = g^2, so the Adam step is g / (|g| + eps), about sign(g).
+    w = np.array([[3.0, -4.0], [0.0, 12.0]])
+    update = grads[0] / (np.abs(grads[0]) + eps) + wd * w
+    ratio = np.linalg.norm(w) / np.linalg.norm(update)  # 13 / |update|
+    np.testing.assert_allclose(kernel.numpy(), w - lr * ratio * update, rtol=1e-5)
+    plain = grads[1] / (np.abs(grads[1]) + eps)  # no decay, no trust ratio
+    np.testing.assert_allclose(bias.numpy(), np.array([1.0, -2.0]) - lr * plain, rtol=1e-6)
+
+
+def test_deit3_recipe_compile_round_trips(tmp_path):
+    """LAMB and the binary cross-entropy come back with a saved model."""
+    model = tiny_model()
+    optimizer = create_optimizer(
+        base_lr=4e-3, steps_per_epoch=4, epochs=2, opt="lamb", clip_grad=1.0, scale_lr=False
+    )
+    model.compile(optimizer=optimizer, loss=BinaryCrossEntropy(), jit_compile=False)
+    optimizer.build(model.trainable_variables)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded.optimizer, LayerDecayLamb)
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert loaded.optimizer.get_config()["learning_rate"]["config"]["peak_lr"] == 4e-3
+    base_loss = loaded.distillation_step.loss.cross_entropy
+    assert isinstance(base_loss, BinaryCrossEntropy) and base_loss.target_threshold == 0.0

@@ -1,0 +1,175 @@
+"""DeiT III's 3-Augment and simple random crop against hand-computed values."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deit_keras.data import augment, in_memory, pipeline, three_augment, transforms
+from deit_keras.data.preprocessing import resize
+from deit_keras.errors import UserInputError
+
+THREE_AUGMENT = augment.AugmentConfig(
+    rand_augment_ops=0, three_augment=True, reprob=0.0, mixup=0.0, cutmix=0.0
+)
+
+
+def _seed(value):
+    return tf.constant([value, 17], tf.int64)
+
+
+def _colourful(size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return tf.constant(rng.integers(0, 256, (size, size, 3)), tf.float32)
+
+
+def test_grayscale_is_pil_luma_on_three_channels():
+    pixels = tf.constant([[[255.0, 0.0, 0.0], [10.0, 200.0, 30.0], [0.0, 0.0, 255.0]]])
+    out = three_augment.grayscale(pixels).numpy()
+    # PIL "L": 0.299 R + 0.587 G + 0.114 B, rounded: 76.245 -> 76, 123.81 -> 124, 29.07 -> 29.
+    np.testing.assert_array_equal(out[0, :, 0], [76.0, 124.0, 29.0])
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_solarize_inverts_from_128_up():
+    pixels = tf.constant([0.0, 127.0, 128.0, 200.0, 255.0])
+    np.testing.assert_array_equal(three_augment.solarize(pixels), [0.0, 127.0, 127.0, 55.0, 0.0])
+
+
+def test_blur_of_a_delta_is_the_gaussian():
+    sigma = 1.5
+    image = np.zeros((25, 25, 3), np.float32)
+    image[12, 12] = 255.0
+    out = three_augment.gaussian_blur(tf.constant(image), sigma).numpy()
+    taps = np.arange(-6, 7)
+    kernel = np.exp(-0.5 * (taps / sigma) ** 2)
+    kernel /= kernel.sum()
+    expected = np.zeros((25, 25))
+    expected[6:19, 6:19] = 255.0 * np.outer(kernel, kernel)
+    np.testing.assert_allclose(out[..., 1], expected, atol=0.5)  # the output is rounded
+    assert out[12, 12, 0] == np.round(255.0 * kernel[6] ** 2) < 255.0
+
+
+def test_blur_extends_edges_so_a_flat_image_stays_flat():
+    flat = tf.fill([9, 7, 3], 77.0)
+    np.testing.assert_array_equal(three_augment.gaussian_blur(flat, 2.0), flat)
+
+
+def test_color_jitter_on_gray_is_brightness_in_its_range():
+    # On a flat gray image contrast and saturation are the identity: only brightness acts.
+    flat = tf.fill([4, 4, 3], 100.0)
+    values = set()
+    for seed in range(20):
+        out = three_augment.color_jitter(flat, _seed(seed), 0.3).numpy()
+        assert np.all(out == out.flat[0]) and 70.0 <= out.flat[0] <= 130.0
+        values.add(float(out.flat[0]))
+    assert len(values) > 5
+    np.testing.assert_array_equal(three_augment.color_jitter(flat, _seed(0), 0.0), flat)
+
+
+def test_three_augment_picks_each_op_a_third_of_the_time_and_is_seeded():
+    image = _colourful()
+    gray, solarized = three_augment.grayscale(image), three_augment.solarize(image)
+    counts = {"gray": 0, "solarize": 0, "blur": 0}
+    for seed in range(90):
+        out = three_augment.three_augment(image, _seed(seed), color_jitter_strength=0.0)
+        again = three_augment.three_augment(image, _seed(seed), color_jitter_strength=0.0)
+        np.testing.assert_array_equal(out, again)
+        if np.array_equal(out, gray):
+            counts["gray"] += 1
+        elif np.array_equal(out, solarized):
+            counts["solarize"] += 1
+        else:
+            # A blur keeps the mean and never widens the spread (radius 0.1 is about the identity).
+            assert abs(float(tf.reduce_mean(out - image))) < 3.0
+            assert float(tf.math.reduce_std(out)) <= float(tf.math.reduce_std(image))
+            counts["blur"] += 1
+    assert all(15 <= count <= 45 for count in counts.values()), counts
+
+
+def _padded_resized(image, size, padding=4):
+    height, width = image.shape[:2]
+    short = min(height, width)
+    shape = [size if height <= width else size * height // short]
+    shape.append(size if width <= height else size * width // short)
+    resized = resize(tf.constant(image), shape).numpy()
+    return np.pad(resized, [(padding, padding), (padding, padding), (0, 0)], mode="reflect")
+
+
+def _offset(crop, padded):
+    """The (top, left) of `crop` in `padded`, or None."""
+    size = crop.shape[0]
+    for top in range(padded.shape[0] - size + 1):
+        for left in range(padded.shape[1] - size + 1):
+            if np.array_equal(padded[top : top + size, left : left + size], crop):
+                return top, left
+    return None
+
+
+def test_simple_random_crop_is_a_window_of_the_reflect_padded_resize():
+    image = np.random.default_rng(1).integers(0, 256, (40, 30, 3)).astype(np.uint8)
+    padded = _padded_resized(image, 24)  # 30 -> 24, 40 -> int(24 * 40 / 30) = 32; + 2 x 4
+    assert padded.shape == (40, 32, 3)
+    offsets = set()
+    for seed in range(12):
+        crop = transforms.simple_random_crop(tf.constant(image), 24, _seed(seed)).numpy()
+        assert crop.shape == (24, 24, 3)
+        offset = _offset(crop, padded)
+        assert offset is not None and offset[0] <= 16 and offset[1] <= 8
+        offsets.add(offset)
+    assert len(offsets) > 6
+    encoded = tf.io.encode_png(tf.constant(image))
+    np.testing.assert_array_equal(
+        transforms.simple_random_crop(encoded, 24, _seed(3)),
+        transforms.simple_random_crop(tf.constant(image), 24, _seed(3)),
+    )
+
+
+def test_batched_simple_random_crops_are_windows_too():
+    images = np.random.default_rng(2).integers(0, 256, (3, 20, 20, 3)).astype(np.uint8)
+    crops = in_memory.simple_random_crops(tf.constant(images), 16, _seed(5)).numpy()
+    assert crops.shape == (3, 16, 16, 3)
+    for image, crop in zip(images, crops, strict=True):
+        assert _offset(crop, _padded_resized(image, 16)) is not None
+
+
+def test_config_rejects_three_augment_with_rand_augment():
+    with pytest.raises(UserInputError, match="rand_augment_ops=0"):
+        augment.AugmentConfig(three_augment=True)
+    with pytest.raises(UserInputError, match="translate=0"):
+        augment.AugmentConfig(simple_random_crop=True, translate=2)
+    with pytest.raises(UserInputError, match="color_jitter"):
+        dataclasses.replace(THREE_AUGMENT, color_jitter=-0.1)
+
+
+@pytest.mark.parametrize("in_memory_path", [False, True])
+def test_pipeline_trains_on_three_augment_views(in_memory_path):
+    config = dataclasses.replace(THREE_AUGMENT, simple_random_crop=True)
+    dataset = pipeline.make_dataset(
+        "digits",
+        "train",
+        image_size=16,
+        batch_size=8,
+        training=True,
+        augment=config,
+        seed=3,
+        in_memory=in_memory_path,
+        deterministic=True,
+    )
+    images, targets = next(iter(dataset))
+    assert images.shape == (8, 16, 16, 3) and targets.shape == (8, 10)
+    plain = pipeline.make_dataset(
+        "digits",
+        "train",
+        image_size=16,
+        batch_size=8,
+        training=True,
+        augment=dataclasses.replace(config, three_augment=False),
+        seed=3,
+        in_memory=in_memory_path,
+        deterministic=True,
+    )
+    np.testing.assert_array_equal(targets, next(iter(plain))[1])  # same examples
+    assert float(tf.reduce_mean(tf.abs(images - next(iter(plain))[0]))) > 0.05
