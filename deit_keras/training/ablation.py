@@ -188,7 +188,7 @@ def seed_teacher(config: TrainConfig, seed_dir: str) -> tuple[str, float | None]
         return path, stored["wall_s"]
     # Progress at WARNING, as the runner's teacher message: the CLIs hide INFO.
     logging.warning("Ablation: training the seed %d teacher -> %s", config.seed, path)
-    info = dataset_info(config.dataset, config.data_dir)
+    info = dataset_info(config.dataset, config.data_dir, train_fraction=config.train_fraction)
     image_size, preprocessing = teacher_lib.student_input(config)
     keras.utils.clear_session()
     keras.mixed_precision.set_global_policy(config.precision)
