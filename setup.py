@@ -54,6 +54,7 @@ setup(
         "scikit-learn",
         "numpy",
         "pillow",
+        "matplotlib",  # the ablation's figures (deit_keras.training.ablation_plots)
         "safetensors",
         "huggingface_hub>=1.0",  # pretrained="hf" / "hf-hub:..." weights
     ],

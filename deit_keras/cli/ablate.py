@@ -1,20 +1,25 @@
-"""The DeiT paper's distillation ablation (Table 3) in miniature: none vs soft vs hard.
+"""The DeiT paper's distillation ablation (Table 3) in miniature.
 
     python -m deit_keras.ablate --flagfile=experiments/digits.cfg --output_dir=runs/ablation
-    deit-ablate --flagfile=experiments/digits.cfg --seeds=3 --types=none,soft,hard \\
+    deit-ablate --flagfile=experiments/digits.cfg --seeds=3 --rows=none,hard,dist_hard \\
         --output_dir=runs/ablation
 
-Takes every train flag (`deit_keras.cli.train`; `--output_dir` is `--model_dir`)
-plus `--seeds` and `--types`. For each seed (`--seed`, `--seed`+1, ...) the
-teacher is trained once into `output_dir/seed_<s>/teacher.keras` when
-`--teacher_epochs` > 0 and `--teacher` names a .keras file (otherwise the given
-teacher serves every seed), then the student is trained once per type in
-`output_dir/seed_<s>/<type>/` (`training.runner.run_training`). Writes
-`ablation.md` (a table: teacher top-1, each student's top-1 by cls head, dist
-head and both, mean ± std over seeds, and mean wall time per run),
+Takes every train flag (`deit_keras.cli.train`; `--output_dir` is `--model_dir`;
+`--model` gives the architecture, each row takes it with or without dist token)
+plus `--seeds` and `--rows` (`training.ablation.ROWS`): none, soft, hard (DeiT
+without dist token: labels only, then soft / hard distillation through the class
+token), dist_hard (DeiT⚗, hard distillation through the dist token; read by class
+head, dist head and both) and dist_labels (DeiT⚗ without teacher, both heads on
+labels: not a paper row). For each seed (`--seed`, `--seed`+1, ...) the teacher
+is trained once into `output_dir/seed_<s>/teacher.keras` when `--teacher_epochs`
+> 0 and `--teacher` names a .keras file (otherwise the given teacher serves every
+seed), then each row's student in `output_dir/seed_<s>/<row>/`
+(`training.runner.run_training`). Writes `ablation.md` (the table: teacher top-1,
+each row's top-1 per head, mean ± std over seeds, mean wall time per run),
 `ablation.json` (every run's numbers and per-epoch validation top-1, plus the
-summary) and `learning_curves.png`. Rerunning the same command skips finished
-runs. Unlike train, no SavedModel is exported unless `--export_savedmodel`.
+summary) and `learning_curves.png` (mean ± std bands over seeds). Rerunning the
+same command skips finished runs. Unlike train, no SavedModel is exported unless
+`--export_savedmodel`.
 """
 
 import os
@@ -25,18 +30,20 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.cli.config_flags import config_from_flags, define_config_flags
-from deit_keras.distill.losses import DISTILLATION_TYPES
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import POSITIVE
-from deit_keras.training.ablation import check_arguments, run_ablation
+from deit_keras.training.ablation import DEFAULT_ROWS, ROWS, check_arguments, run_ablation
 from deit_keras.training.config import TrainConfig
 
 define_config_flags(TrainConfig)
 flags.FLAGS.set_default("export_savedmodel", False)
 
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Number of seeds: --seed, --seed + 1, ...")
-_TYPES = flags.DEFINE_list(
-    "types", list(DISTILLATION_TYPES), "Distillation types to compare: none, soft, hard."
+_ROWS = flags.DEFINE_list(
+    "rows",
+    list(DEFAULT_ROWS),
+    f"Rows of the table to train: {', '.join(row.name for row in ROWS)} "
+    "(default: the paper's Table 3).",
 )
 
 cli.check_range("seeds", POSITIVE)
@@ -44,14 +51,14 @@ cli.check_range("seeds", POSITIVE)
 
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
-    types = check_arguments(_SEEDS.value, _TYPES.value)
+    rows = check_arguments(_SEEDS.value, _ROWS.value)
     config = config_from_flags(TrainConfig)
     config.validate()
     config.check_paths()
     os.makedirs(config.model_dir, exist_ok=True)
     write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags.FLAGS.flags_into_string())
     command = shlex.join(["python", "-m", "deit_keras.ablate", *sys.argv[1:]])
-    report = run_ablation(config, _SEEDS.value, types, command=command)
+    report = run_ablation(config, _SEEDS.value, rows, command=command)
     with open(report["markdown"], encoding="utf-8") as handle:
         print(handle.read())
     print(f"wrote {report['markdown']}, {report['json']}, {report['curves']}")

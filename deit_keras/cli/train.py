@@ -62,7 +62,7 @@ def comparison(results: dict, config: TrainConfig, ablation: str) -> str:
 def ablate_command(argv: list[str]) -> str:
     """This run's flags as a `deit_keras.ablate` command (own output directory, 3 seeds)."""
     run_only = ("--model_dir=", "--output=", "--output_dir=", "--distillation=")
-    run_only += ("--distillation_type=", "--seeds=", "--types=")
+    run_only += ("--distillation_type=", "--seeds=", "--rows=")
     kept = [arg for arg in argv if not arg.startswith(run_only)]
     return shlex.join(
         ["python", "-m", "deit_keras.ablate", *kept, "--seeds=3", "--output_dir=runs/ablation"]

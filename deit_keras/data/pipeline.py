@@ -11,11 +11,13 @@ Randomness is stateless: each element is zipped with a seed drawn from
 also fixes the order of the parallel map) and new augmentations each epoch.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
 from deit_keras.data import augment as augment_lib
 from deit_keras.data import in_memory as in_memory_lib
-from deit_keras.data import sources, transforms
+from deit_keras.data import sources, subsets, transforms
 from deit_keras.data.augment import AugmentConfig
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, preprocess
 from deit_keras.data.sources import DatasetInfo
@@ -26,15 +28,24 @@ __all__ = ["DatasetInfo", "dataset_info", "make_dataset"]
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def dataset_info(name: str, data_dir: str | None = None, bad_images: str = "skip") -> DatasetInfo:
+def dataset_info(
+    name: str, data_dir: str | None = None, bad_images: str = "skip", train_fraction: float = 1.0
+) -> DatasetInfo:
     """Returns the `DatasetInfo` of `"digits"`, `"folder:PATH"` or a tfds name.
+
+    With `train_fraction` < 1, `num_train_examples` is the size of the subset
+    `make_dataset(train_fraction=...)` trains on (`data.subsets`).
 
     Raises `sources.DatasetNotFoundError` (a `ValueError`) when a tfds
     dataset is not prepared in `data_dir`; nothing is downloaded. A folder
     dataset's undecodable files are listed in `skipped` (`bad_images="skip"`)
     or raise `image_check.BadImageError` (`"fail"`).
     """
-    return sources.get_source(name, data_dir, bad_images).info
+    info = sources.get_source(name, data_dir, bad_images).info
+    if train_fraction == 1.0:
+        return info
+    size = subsets.subset_size(name, data_dir, train_fraction)
+    return dataclasses.replace(info, num_train_examples=size)
 
 
 def _seed_pairs(seed, rerandomize=True):
@@ -68,6 +79,7 @@ def make_dataset(
     epoch=None,
     skip_batches=0,
     in_memory=None,
+    train_fraction=1.0,
 ):
     """Builds the batched input pipeline of one split.
 
@@ -115,6 +127,8 @@ def make_dataset(
             (default): when the split is small (`in_memory.MAX_BYTES`
             decoded) and its images share one shape; False: never; True:
             required (ValueError when the split does not qualify).
+        train_fraction: float in (0, 1]. The train split only: a class-balanced
+            subset of this share, chosen by `seed` (`data.subsets`). Defaults to 1.
 
     Returns:
         `tf.data.Dataset` of `(images, targets)`: float32
@@ -133,18 +147,28 @@ def make_dataset(
     if drop_remainder is None:
         drop_remainder = training
     common_order = training and repeated_aug > 1 and num_pipelines > 1
+    subset = None
+    if split == "train" and train_fraction != 1.0:
+        seed_value = seed or 0
+        subset = subsets.train_subset(name, data_dir, train_fraction, seed_value)
     seed, order_seed = _seeds(seed, epoch, common_order)
     arrays = _decoded_in_memory(name, data_dir, split, in_memory)
     if arrays is not None:
+        if subset is not None:
+            arrays = tuple(array[subset] for array in arrays)
         ds = tf.data.Dataset.from_tensor_slices(arrays)
+    elif subset is not None:  # shuffled below
+        examples = subsets.train_subset_examples(name, data_dir, train_fraction, seed_value)
+        ds = tf.data.Dataset.from_tensor_slices(examples)
     else:
         ds = source.read(split, shuffle_files=training, seed=order_seed)
+    num_examples = source.num_examples(split) if subset is None else len(subset)
     if training:
         # With `epoch`, every iteration of the dataset repeats the same epoch.
         fresh_each_iteration = epoch is None
         ds = sample_training_stream(
             ds,
-            source.num_examples(split),
+            num_examples,
             repeated_aug,
             num_pipelines,
             pipeline_id,

@@ -1,19 +1,29 @@
-"""DeiT's training objective: classification plus distillation through the dist token.
+"""DeiT's training objective: classification plus distillation (dist token or class token).
 
 As the official `losses.py` (DistillationLoss), with `alpha` and `tau` named
-as its `distillation_alpha` / `distillation_tau`, except where `none` meets a
-model with a dist token:
+as its `distillation_alpha` / `distillation_tau`. `kd` below is the logits
+the distillation term trains (the official `outputs_kd`): the dist head's
+for a model with a dist token (DeiT⚗), the class head's for one without.
   * none: CE(cls_logits, y) for a model without dist token, as the official
     code. A distilled model (with dist token) trained with `none` differs
     from it: both heads train on y (the mean of the two CE terms), where the
     official code trains the class head only. The paper's no-distillation
     baseline is the model without dist token.
-  * hard: (1 - alpha) * CE(cls_logits, y) + alpha * CE(dist_logits, argmax(teacher)).
+  * hard: (1 - alpha) * CE(cls_logits, y) + alpha * CE(kd, argmax(teacher)).
   * soft: (1 - alpha) * CE(cls_logits, y)
-          + alpha * tau^2 * KL(softmax(teacher / tau) || softmax(dist / tau)),
+          + alpha * tau^2 * KL(softmax(teacher / tau) || softmax(kd / tau)),
     the KL summed over batch and classes and divided by batch x classes
     (the reference's `reduction='sum' / numel`, not batch-mean).
 `y` holds probability targets (label smoothing and MixUp/CutMix folded in).
+
+Distillation through the class token (a model without dist token): the
+official `losses.py` raises ValueError there ("the model is expected to
+return a Tuple[Tensor, Tensor]"), yet the paper's Table 3 has these rows
+("usual distillation" and "hard distillation" of DeiT without dist token):
+its equations (2) and (3), where the student's logits Z_s are the class
+head's. So here `kd` is the class logits, the label and the teacher term
+train the same head: hard is 0.5 * CE(cls, y) + 0.5 * CE(cls, argmax(teacher))
+at alpha 0.5, the paper's equation (3).
 """
 
 import keras
@@ -62,25 +72,24 @@ class DistillationLoss:
         return self.distillation != "none"
 
     def __call__(self, y, cls_logits, dist_logits=None, teacher_logits=None):
+        """`(total, cls_loss, distillation term)`; `dist_logits` None: a model without
+        dist token, which distils through `cls_logits` (see the module docstring)."""
         cls_loss = self.cross_entropy(y, cls_logits)
         if self.distillation == "none":
             if dist_logits is None:
                 return cls_loss, cls_loss, ops.zeros_like(cls_loss)
             dist_loss = self.cross_entropy(y, dist_logits)
             return (cls_loss + dist_loss) / 2, cls_loss, dist_loss
-        if dist_logits is None:
-            # A model without a dist token distils through its class head,
-            # as the reference does for non-distilled students.
-            dist_logits = cls_logits
         if teacher_logits is None:
             raise ValueError(f"distillation={self.distillation!r} needs teacher logits.")
+        kd_logits = cls_logits if dist_logits is None else dist_logits
         teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
         if self.distillation == "hard":
-            dist_loss = self.teacher_cross_entropy(ops.argmax(teacher_logits, axis=-1), dist_logits)
+            dist_loss = self.teacher_cross_entropy(ops.argmax(teacher_logits, axis=-1), kd_logits)
         else:
-            num_classes = ops.cast(ops.shape(dist_logits)[-1], "float32")
+            num_classes = ops.cast(ops.shape(kd_logits)[-1], "float32")
             teacher_probs = ops.softmax(teacher_logits / self.tau, axis=-1)
-            student_probs = ops.softmax(dist_logits / self.tau, axis=-1)
+            student_probs = ops.softmax(kd_logits / self.tau, axis=-1)
             # KLDivergence sums over classes and averages over the batch;
             # dividing by the class count gives the reference's sum / numel.
             dist_loss = self.kl_divergence(teacher_probs, student_probs) / num_classes

@@ -60,16 +60,22 @@ class DistillationStep:
         teacher: `keras.Model` or None. Maps the student's input batch to
             teacher logits; frozen here. Required unless the objective is
             "none", where it is ignored.
+        dist_head: bool. Whether the model has a dist token and head (DeiT⚗).
+            Without one, soft/hard distil through the class head (see
+            `distill.losses`) and no `dist_top1` is reported. Defaults to True.
 
     The model passed to the step methods must provide
     `call_heads(images, training) -> (cls_logits, dist_logits or None)`,
     `optimizer`, `trainable_variables` and `losses`.
     """
 
-    def __init__(self, loss: DistillationLoss, teacher: keras.Model | None = None):
+    def __init__(
+        self, loss: DistillationLoss, teacher: keras.Model | None = None, dist_head: bool = True
+    ):
         if loss.needs_teacher and teacher is None:
             raise UserInputError(f"distillation={loss.distillation!r} needs a teacher model.")
         self.loss = loss
+        self.dist_head = dist_head
         self.teacher = teacher if loss.needs_teacher else None
         if self.teacher is not None:
             self.teacher.trainable = False
@@ -80,7 +86,7 @@ class DistillationStep:
         self.top5 = keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")
         self.cls_top1 = keras.metrics.TopKCategoricalAccuracy(k=1, name="cls_top1")
         self.dist_top1 = keras.metrics.TopKCategoricalAccuracy(k=1, name="dist_top1")
-        # How often the dist head's argmax is the teacher's (on the views both saw).
+        # How often the distilling head's argmax is the teacher's (on the views both saw).
         self.teacher_agreement = keras.metrics.Mean(name="teacher_agreement")
 
     @property
@@ -92,8 +98,9 @@ class DistillationStep:
             self.top1,
             self.top5,
             self.cls_top1,
-            self.dist_top1,
         ]
+        if self.dist_head:
+            metrics.append(self.dist_top1)
         if self.teacher is not None:
             metrics.append(self.teacher_agreement)
         return metrics
@@ -131,7 +138,8 @@ class DistillationStep:
         self.top1.update_state(labels, logits)
         self.top5.update_state(labels, logits)
         self.cls_top1.update_state(labels, cls_logits)
-        self.dist_top1.update_state(labels, cls_logits if dist_logits is None else dist_logits)
+        if dist_logits is not None:
+            self.dist_top1.update_state(labels, dist_logits)
         if teacher_logits is not None:
             student = cls_logits if dist_logits is None else dist_logits
             agree = ops.argmax(student, axis=-1) == ops.argmax(teacher_logits, axis=-1)

@@ -151,13 +151,13 @@ class TokenClassifier(keras.Model):
         if metrics:
             raise UserInputError(
                 "DeiT reports its own metrics (loss, cls_loss, distill_loss, top1, top5, "
-                "cls_top1, dist_top1, and teacher_agreement with a teacher). "
+                "cls_top1, dist_top1 with a dist token, and teacher_agreement with a teacher). "
                 f"Received: metrics={metrics!r}"
             )
         base_loss = keras.losses.get(loss) if loss is not None else None
         self._base_loss = base_loss
         objective = DistillationLoss(distillation, alpha, tau, base_loss=base_loss)
-        self.distillation_step = DistillationStep(objective, teacher)
+        self.distillation_step = DistillationStep(objective, teacher, dist_head=self.distilled)
         super().compile(optimizer=optimizer, **kwargs)
 
     def get_compile_config(self):

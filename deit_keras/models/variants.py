@@ -38,6 +38,32 @@ def get_variant(name: str) -> Variant:
     return variant
 
 
+def with_dist_token(name: str, dist_token: bool) -> str:
+    """The preset of `name`'s architecture with (DeiT⚗) or without the distillation token.
+
+    Args:
+        name: str. A preset name or alias, e.g. "deit_tiny_distilled_patch16_224".
+        dist_token: bool. Whether the preset returned has the dist token and head.
+
+    Returns:
+        The preset's name, e.g. "deit_tiny_patch16_224" for
+        `("deit_tiny_distilled_patch16_224", False)`; `name`'s own when it already matches.
+    """
+    variant = get_variant(name)
+    wanted = dict(variant.config)
+    if dist_token or "distilled" in wanted:  # CaiT's presets take no dist token at all
+        wanted["distilled"] = dist_token
+    if dict(variant.config) == wanted:
+        return canonical_name(name)
+    for other, candidate in PRESETS.items():
+        if candidate.architecture == variant.architecture and dict(candidate.config) == wanted:
+            return other
+    raise UserInputError(
+        f"No preset is {name!r} {'with' if dist_token else 'without'} a distillation token. "
+        f"Received: name={name!r}, dist_token={dist_token}"
+    )
+
+
 def build_model(
     name: str,
     num_classes: int = 1000,

@@ -1,20 +1,24 @@
 """The DeiT paper's distillation ablation (Table 3) in miniature, on any dataset.
 
-For each seed a teacher is trained once (or the given one is used) and the
-same student is trained with each `distillation_type` (none, soft, hard),
-each in its own `model_dir`, through `runner.run_training`. The summary
-gives, over seeds, the mean and sample standard deviation of top-1 for the
-teacher alone and for each student with inference by the class head, the
-distillation head and both (the mean of the two heads' logits, DeiT's
-"class+distillation"), plus the mean wall time of a run.
+The rows are a table (`ROWS`): each names a student (DeiT without dist token,
+or DeiT⚗ with it: the preset of `--model`'s architecture with or without the
+token, `models.variants.with_dist_token`) and an objective, as the paper's
+Table 3: the teacher; DeiT without dist token trained on labels only (the
+paper's baseline), then with usual (soft) and with hard distillation through
+its class token; DeiT⚗ with hard distillation through its dist token, read
+by the class head, the dist head and both. A further row is one more `Row`.
+For each seed a teacher is trained once (or the given one is used) and each
+row's student is trained in its own `model_dir`, through
+`runner.run_training`. The summary gives, over seeds, the mean and sample
+standard deviation of top-1 per row and head, and the mean wall time of a run.
 
     output_dir/
       seed_<s>/teacher.keras, teacher.json   the seed's teacher and its training time
-      seed_<s>/<type>/                       one run's model_dir (results.json, TensorBoard,
-                                             student.keras, ablation_config.json)
+      seed_<s>/<row>/                        one run's model_dir (results.json, history.json,
+                                             TensorBoard, student.keras, ablation_config.json)
       ablation.md     the table, with the command line and date
       ablation.json   every run's numbers, curves and wall time, and the summary
-      learning_curves.png   validation top-1 per epoch, mean over seeds, per type
+      learning_curves.png   validation top-1 per epoch, mean ± std over seeds, per row
 
 A run whose `results.json` exists is not trained again (a killed ablation
 resumes where it stopped; a killed run resumes from its backup); its
@@ -29,15 +33,14 @@ import statistics
 import time
 
 import keras
-import numpy as np
 from absl import logging
 
 from deit_keras.data.pipeline import dataset_info
-from deit_keras.distill.losses import DISTILLATION_TYPES
 from deit_keras.errors import UserInputError
-from deit_keras.io.atomic import atomic_output, write_text_atomic
+from deit_keras.io.atomic import write_text_atomic
+from deit_keras.models.variants import with_dist_token
+from deit_keras.training import ablation_plots, runner
 from deit_keras.training import callbacks as callbacks_lib
-from deit_keras.training import runner
 from deit_keras.training import teacher as teacher_lib
 from deit_keras.training.config import TrainConfig
 
@@ -51,25 +54,90 @@ _RUN_ONLY = (
     "export_savedmodel",
     "steps_per_execution",
 )
-_HEADS = (("top1", "cls+dist"), ("cls_top1", "cls head"), ("dist_top1", "dist head"))
-# How a student of each distillation type is named in tables.
-TYPE_LABELS = {"none": "no distillation", "soft": "soft distillation", "hard": "hard distillation"}
 
 
-def check_arguments(num_seeds: int, types) -> tuple:
-    """The distillation types as a tuple; ValueError naming a bad seed count or type."""
-    types = tuple(types)
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One student row of the ablation: a model and its objective.
+
+    Args:
+        name: str. The `--rows` value and the run's folder under `seed_<s>/`.
+        label: str. The row's text in the table and the plot's legend.
+        distillation: str. The run's `distillation_type`: none, soft or hard.
+        dist_token: bool. DeiT⚗ (dist token and head) or DeiT without them.
+        settings: tuple of `(TrainConfig field, value)` pairs the row sets on top
+            of the ablation's configuration (e.g. a feature-distillation weight).
+    """
+
+    name: str
+    label: str
+    distillation: str
+    dist_token: bool
+    settings: tuple = ()
+
+    @property
+    def heads(self) -> tuple:
+        """`(results key, how the table names that head)` of each number the row reports."""
+        if not self.dist_token:
+            return (("top1", ""),)  # one head: its inference output is the class head
+        return (
+            ("cls_top1", "class embedding"),
+            ("dist_top1", "distil. embedding"),
+            ("top1", "class+distil."),
+        )
+
+
+# The paper's Table 3, top to bottom (the teacher row comes first, from the teachers),
+# then a row that is not the paper's: what `none` meant here before issue 24.
+ROWS = (
+    Row("none", "DeiT, no distillation", "none", dist_token=False),
+    Row("soft", "DeiT, usual distillation (soft, class token)", "soft", dist_token=False),
+    Row("hard", "DeiT, hard distillation (class token)", "hard", dist_token=False),
+    Row("dist_hard", "DeiT⚗, hard distillation (dist token)", "hard", dist_token=True),
+    Row(
+        "dist_labels",
+        "DeiT⚗ without teacher, both heads on labels (not a Table 3 row)",
+        "none",
+        dist_token=True,
+    ),
+)
+ROWS_BY_NAME = {row.name: row for row in ROWS}
+DEFAULT_ROWS = ("none", "soft", "hard", "dist_hard")
+_HEAD_KEYS = ("top1", "cls_top1", "dist_top1")
+_TEACHER_COLUMN = {"none": "–", "soft": "soft", "hard": "hard"}
+
+
+def check_arguments(num_seeds: int, rows) -> tuple:
+    """The rows' names as a tuple; UserInputError naming a bad seed count or row."""
+    rows = tuple(rows)
     if num_seeds <= 0:
         raise UserInputError(f"seeds must be positive, got {num_seeds}")
-    unknown = [name for name in types if name not in DISTILLATION_TYPES]
-    if unknown or not types:
+    unknown = [name for name in rows if name not in ROWS_BY_NAME]
+    if unknown or not rows:
         raise UserInputError(
-            f"types must be a non-empty list of {', '.join(DISTILLATION_TYPES)}; got "
-            f"{','.join(types) or 'nothing'}"
+            f"rows must be a non-empty list of {', '.join(ROWS_BY_NAME)}; got "
+            f"{','.join(rows) or 'nothing'}"
         )
-    if len(set(types)) != len(types):
-        raise UserInputError(f"types lists a type twice: {','.join(types)}")
-    return types
+    if len(set(rows)) != len(rows):
+        raise UserInputError(f"rows lists a row twice: {','.join(rows)}")
+    return rows
+
+
+def row_config(config: TrainConfig, row: Row, seed_dir: str, teacher: str | None) -> TrainConfig:
+    """The TrainConfig of `row`'s run in `seed_dir/<row>` with the seed's `teacher`."""
+    model_dir = os.path.join(seed_dir, row.name)
+    return dataclasses.replace(
+        config,
+        model=with_dist_token(config.model, row.dist_token),
+        distillation_type=row.distillation,
+        model_dir=model_dir,
+        output=os.path.join(model_dir, "student.keras"),
+        # A run without distillation has no teacher: it keeps the given setting, so the
+        # same run is recognised whether or not this call also trains the seed's teacher
+        # (e.g. `--rows=none` and `--rows=hard,soft` run side by side).
+        teacher=config.teacher if row.distillation == "none" else teacher,
+        **dict(row.settings),
+    )
 
 
 def trains_teacher(config: TrainConfig) -> bool:
@@ -120,7 +188,7 @@ def seed_teacher(config: TrainConfig, seed_dir: str) -> tuple[str, float | None]
         return path, stored["wall_s"]
     # Progress at WARNING, as the runner's teacher message: the CLIs hide INFO.
     logging.warning("Ablation: training the seed %d teacher -> %s", config.seed, path)
-    info = dataset_info(config.dataset, config.data_dir)
+    info = dataset_info(config.dataset, config.data_dir, train_fraction=config.train_fraction)
     image_size, preprocessing = teacher_lib.student_input(config)
     keras.utils.clear_session()
     keras.mixed_precision.set_global_policy(config.precision)
@@ -144,7 +212,7 @@ def validation_curve(model_dir: str, name: str = "val_top1") -> list[float]:
     return [record[name] for record in records if name in record]
 
 
-def _run_one(config: TrainConfig) -> dict:
+def _run_one(config: TrainConfig, row: Row) -> dict:
     model_dir = config.model_dir
     results_path = os.path.join(model_dir, "results.json")
     key_path = os.path.join(model_dir, "ablation_config.json")
@@ -157,16 +225,17 @@ def _run_one(config: TrainConfig) -> dict:
         logging.warning("Ablation: reusing %s", results_path)
         results, reused = _read_json(results_path), True
     else:
-        logging.warning(
-            "Ablation: seed %d, distillation %s -> %s",
-            config.seed,
-            config.distillation_type,
-            model_dir,
-        )
+        logging.warning("Ablation: seed %d, %s -> %s", config.seed, row.label, model_dir)
         keras.utils.clear_session()
         results, reused = runner.run_training(config), False
-    run = {"seed": config.seed, "type": config.distillation_type, "model_dir": model_dir}
-    run.update({key: results[key] for key, _ in _HEADS if key in results})
+    run = {
+        "seed": config.seed,
+        "row": row.name,
+        "distillation": row.distillation,
+        "model": config.model,
+        "model_dir": model_dir,
+    }
+    run.update({key: results[key] for key in _HEAD_KEYS if key in results})
     if "teacher_top1" in results:
         run["teacher_top1"] = results["teacher_top1"]
     run.update(wall_s=results["wall_s"], reused=reused, val_top1=validation_curve(model_dir))
@@ -181,21 +250,33 @@ def _stats(values: list) -> dict | None:
     return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
 
 
-def summarize(runs: list[dict], teachers: list[dict], types) -> dict:
-    """`{row: {metric: {mean, std (sample, n-1), n, values}}}`; rows: teacher, then types."""
+def _curve_stats(curves: list) -> tuple[list, list]:
+    """Per epoch, the mean and sample std over `curves` (cut to the shortest)."""
+    curves = [curve for curve in curves if curve]
+    length = min((len(curve) for curve in curves), default=0)
+    columns = [[curve[epoch] for curve in curves] for epoch in range(length)]
+    means = [statistics.fmean(column) for column in columns]
+    stds = [statistics.stdev(column) if len(column) > 1 else 0.0 for column in columns]
+    return means, stds
+
+
+def summarize(runs: list[dict], teachers: list[dict], rows) -> dict:
+    """`{row: {metric: {mean, std (sample, n-1), n, values}}}`; rows: teacher, then `rows`.
+
+    Each student row also has `val_top1` and `val_top1_std`: per epoch, the mean and
+    sample std over seeds of the validation top-1 (the row's inference output).
+    """
     summary = {}
     if teachers:
         summary["teacher"] = {
             "top1": _stats([teacher["top1"] for teacher in teachers]),
             "wall_s": _stats([teacher["wall_s"] for teacher in teachers]),
         }
-    for name in types:
-        rows = [run for run in runs if run["type"] == name]
-        row = {key: _stats([run.get(key) for run in rows]) for key, _ in _HEADS}
-        row["wall_s"] = _stats([run["wall_s"] for run in rows])
-        curves = [run["val_top1"] for run in rows if run["val_top1"]]
-        length = min((len(curve) for curve in curves), default=0)
-        row["val_top1"] = [statistics.fmean(c[epoch] for c in curves) for epoch in range(length)]
+    for name in rows:
+        row_runs = [run for run in runs if run["row"] == name]
+        row = {key: _stats([run.get(key) for run in row_runs]) for key in _HEAD_KEYS}
+        row["wall_s"] = _stats([run["wall_s"] for run in row_runs])
+        row["val_top1"], row["val_top1_std"] = _curve_stats([run["val_top1"] for run in row_runs])
         summary[name] = {key: value for key, value in row.items() if value is not None}
     return summary
 
@@ -213,6 +294,26 @@ def _seconds(stats):
     return f"{stats['mean']:.0f}" if stats else "–"
 
 
+def _teacher_name(report: dict) -> str:
+    config = report["config"]
+    if report["teacher_trained"]:
+        return config["teacher_base"] or "small CNN"
+    return os.path.basename(config["teacher"])
+
+
+def _row_lines(row: Row, stats: dict) -> list[str]:
+    """The table lines of one student row: one per head it reports."""
+    lines = []
+    for key, head in row.heads:
+        name = f"{row.label}: {head}" if head else row.label
+        teacher = _TEACHER_COLUMN[row.distillation]
+        lines.append(
+            f"| {name} | {teacher} | {stats_cell(stats.get(key))} | "
+            f"{_seconds(stats.get('wall_s'))} |"
+        )
+    return lines
+
+
 def markdown_table(report: dict) -> str:
     """ablation.md: the command, the date, the settings and the table of `report["summary"]`."""
     config, summary = report["config"], report["summary"]
@@ -221,143 +322,114 @@ def markdown_table(report: dict) -> str:
         "",
         f"`{report['command']}`" if report["command"] else "",
         "",
-        f"{report['date']}; dataset {config['dataset']}, student {config['model']}, "
-        f"{config['epochs']} epochs, seeds {', '.join(map(str, report['seeds']))}. "
+        f"{report['date']}; dataset {config['dataset']}, students "
+        f"{with_dist_token(config['model'], False)} (DeiT) and "
+        f"{with_dist_token(config['model'], True)} (DeiT⚗), {config['epochs']} epochs, "
+        f"seeds {', '.join(map(str, report['seeds']))}. "
         "Top-1 accuracy (a fraction, as in the Keras logs and results.json) on the "
-        "evaluation split, mean ± sample std over seeds; "
-        "cls+dist is the inference output (the mean of both heads' logits).",
+        "evaluation split, mean ± sample std over seeds. Every student also learns from "
+        "the labels; DeiT has no dist token (soft and hard distil through its class "
+        "token), DeiT⚗ is read by its class head, its dist head and both "
+        "(the mean of their logits, its inference output).",
         "",
-        "| run | top-1 cls+dist | cls head | dist head | mean wall / run (s) |",
-        "|---|---|---|---|---|",
+        "| method | teacher supervision | top-1 | mean wall / run (s) |",
+        "|---|---|---|---|",
     ]
     if "teacher" in summary:
         teacher = summary["teacher"]
-        if report["teacher_trained"]:
-            name = config["teacher_base"] or "small CNN"
-        else:
-            name = os.path.basename(config["teacher"])
         lines.append(
-            f"| teacher ({name}) | {stats_cell(teacher['top1'])} | – | – | "
+            f"| teacher ({_teacher_name(report)}) | – | {stats_cell(teacher['top1'])} | "
             f"{_seconds(teacher.get('wall_s'))} |"
         )
-    for name in report["types"]:
-        row = summary[name]
-        heads = " | ".join(stats_cell(row.get(key)) for key, _ in _HEADS)
-        lines.append(f"| student, {TYPE_LABELS[name]} | {heads} | {_seconds(row['wall_s'])} |")
+    for name in report["rows"]:
+        lines += _row_lines(ROWS_BY_NAME[name], summary[name])
     return "\n".join(lines) + "\n"
 
 
-def curves_png(curves: dict, path: str, size: tuple[int, int] = (560, 360)) -> None:
-    """Writes a PIL line plot of `{type: [top-1 per epoch]}` to `path` (PNG, atomically)."""
-    from PIL import Image, ImageDraw
+def _plot_curves(report: dict) -> None:
+    """learning_curves.png: each row's validation top-1 per epoch, the teacher's final."""
+    summary = report["summary"]
+    curves = {
+        ROWS_BY_NAME[name].label: (summary[name]["val_top1"], summary[name]["val_top1_std"])
+        for name in report["rows"]
+    }
+    references = {}
+    if "teacher" in summary:
+        references[f"teacher ({_teacher_name(report)}), final"] = summary["teacher"]["top1"]
+    seeds = len(report["seeds"])
+    ablation_plots.learning_curves_png(
+        curves,
+        report["curves"],
+        title=(
+            f"{report['config']['dataset']}: validation top-1, mean ± std over "
+            f"{seeds} seed{'s' if seeds > 1 else ''}"
+        ),
+        references=references,
+    )
 
-    colours = {"none": (90, 90, 90), "soft": (40, 120, 220), "hard": (205, 45, 5)}
-    width, height = size
-    left, right, top, bottom = 52, 120, 28, 40
-    everything = [value for curve in curves.values() for value in curve] or [0.0, 1.0]
-    low = max(0.0, np.floor(min(everything) * 10) / 10)
-    high = min(1.0, np.ceil(max(everything) * 10) / 10)
-    high = high if high > low else low + 0.1
-    epochs = max((len(curve) for curve in curves.values()), default=1)
-    figure = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(figure)
-    ink = (30, 30, 30)
 
-    def point(epoch, value):
-        x = left + (width - left - right) * epoch / max(epochs - 1, 1)
-        y = top + (height - top - bottom) * (high - value) / (high - low)
-        return x, y
-
-    draw.text((left, 8), "validation top-1 (fraction), mean over seeds", fill=ink)
-    draw.rectangle([left, top, width - right, height - bottom], outline=ink)
-    for tick in np.linspace(low, high, 6):
-        _, y = point(0, tick)
-        draw.line([left - 4, y, left, y], fill=ink)
-        draw.text((8, y - 6), f"{tick:.2f}", fill=ink)
-    for epoch in range(epochs):
-        if epochs <= 12 or epoch % int(np.ceil(epochs / 10)) == 0 or epoch == epochs - 1:
-            x, y = point(epoch, low)
-            draw.line([x, y, x, y + 4], fill=ink)
-            draw.text((x - 3, y + 6), str(epoch + 1), fill=ink)
-    draw.text((left + (width - left - right) // 2 - 16, height - 16), "epoch", fill=ink)
-    for index, (name, curve) in enumerate(curves.items()):
-        colour = colours.get(name, ink)
-        points = [point(epoch, value) for epoch, value in enumerate(curve)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        legend_y = top + 8 + 18 * index
-        draw.line([width - right + 10, legend_y + 6, width - right + 30, legend_y + 6], colour, 2)
-        draw.text((width - right + 36, legend_y), name, fill=ink)
-    with atomic_output(path) as temporary:
-        figure.save(temporary, format="PNG")
+def _seed_runs(config: TrainConfig, seed: int, rows, output_dir: str) -> tuple[list, dict | None]:
+    """The runs of one seed, and its teacher's record (None when no run had a teacher)."""
+    seed_dir = os.path.join(output_dir, f"seed_{seed}")
+    seed_config = dataclasses.replace(config, seed=seed)
+    teacher, teacher_wall = config.teacher, None
+    if any(ROWS_BY_NAME[name].distillation != "none" for name in rows):
+        teacher, teacher_wall = seed_teacher(seed_config, seed_dir)
+    runs = []
+    for name in rows:
+        row = ROWS_BY_NAME[name]
+        runs.append(_run_one(row_config(seed_config, row, seed_dir, teacher), row))
+    distilled = [run for run in runs if "teacher_top1" in run]
+    if not distilled:
+        return runs, None
+    top1 = distilled[0]["teacher_top1"]
+    return runs, {"seed": seed, "path": teacher, "top1": top1, "wall_s": teacher_wall}
 
 
 def run_ablation(
-    config: TrainConfig, num_seeds: int = 3, types=DISTILLATION_TYPES, command: str = ""
+    config: TrainConfig, num_seeds: int = 3, rows=DEFAULT_ROWS, command: str = ""
 ) -> dict:
     """Runs the ablation under `config.model_dir`; returns the report also in ablation.json.
 
     Args:
         config: TrainConfig. The student's run; its `model_dir` is the ablation's
-            output directory and `seed` the first seed.
+            output directory, `seed` the first seed, and `model` the architecture
+            (each row takes the preset with or without dist token).
         num_seeds: int > 0. Seeds `config.seed`, `config.seed + 1`, ...
-        types: distillation types to compare, a subset of none, soft, hard.
+        rows: names of `ROWS` to train. Defaults to the paper's Table 3
+            (`DEFAULT_ROWS`).
         command: str. The command line, shown at the top of ablation.md.
 
     Returns:
-        dict with `runs` (one per seed and type: top-1 per head, teacher_top1,
-        wall_s, val_top1 per epoch, model_dir), `teachers`, `summary`
-        (`summarize`), `seeds`, `types`, `config`, `command`, `date` and the
-        paths written (`markdown`, `json`, `curves`).
+        dict with `runs` (one per seed and row: row, distillation, model, top-1
+        per head, teacher_top1, wall_s, val_top1 per epoch, model_dir), `teachers`,
+        `summary` (`summarize`), `seeds`, `rows`, `config`, `command`, `date` and
+        the paths written (`markdown`, `json`, `curves`).
     """
-    types = check_arguments(num_seeds, types)
+    rows = check_arguments(num_seeds, rows)
     config.validate()
     output_dir = config.model_dir
     seeds = [config.seed + index for index in range(num_seeds)]
     runs, teachers = [], []
     for seed in seeds:
-        seed_dir = os.path.join(output_dir, f"seed_{seed}")
-        seed_config = dataclasses.replace(config, seed=seed)
-        teacher, teacher_wall = config.teacher, None
-        if any(name != "none" for name in types):
-            teacher, teacher_wall = seed_teacher(seed_config, seed_dir)
-        seed_runs = []
-        for name in types:
-            model_dir = os.path.join(seed_dir, name)
-            run_config = dataclasses.replace(
-                seed_config,
-                distillation_type=name,
-                model_dir=model_dir,
-                output=os.path.join(model_dir, "student.keras"),
-                # A `none` run has no teacher: it keeps the given setting, so the same run
-                # is recognised whether or not this call also trains the seed's teacher
-                # (e.g. `--types=none` and `--types=hard,soft` run side by side).
-                teacher=config.teacher if name == "none" else teacher,
-            )
-            seed_runs.append(_run_one(run_config))
-        distilled = [run for run in seed_runs if "teacher_top1" in run]
-        if distilled:
-            top1 = distilled[0]["teacher_top1"]
-            teachers.append({"seed": seed, "path": teacher, "top1": top1, "wall_s": teacher_wall})
+        seed_runs, teacher = _seed_runs(config, seed, rows, output_dir)
         runs += seed_runs
+        teachers += [teacher] if teacher else []
     report = {
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seeds": seeds,
-        "types": list(types),
+        "rows": list(rows),
         "teacher_trained": trains_teacher(config),
         "config": json.loads(json.dumps(dataclasses.asdict(config))),
         "runs": runs,
         "teachers": teachers,
-        "summary": summarize(runs, teachers, types),
+        "summary": summarize(runs, teachers, rows),
         "markdown": os.path.join(output_dir, "ablation.md"),
         "json": os.path.join(output_dir, "ablation.json"),
         "curves": os.path.join(output_dir, "learning_curves.png"),
     }
-    curves = {name: report["summary"][name]["val_top1"] for name in types}
-    curves_png(curves, report["curves"])
+    _plot_curves(report)
     write_text_atomic(report["markdown"], markdown_table(report))
     write_text_atomic(report["json"], json.dumps(report, indent=1))
     logging.info("Wrote %s", report["markdown"])

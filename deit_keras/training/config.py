@@ -89,6 +89,12 @@ class TrainConfig:
         "naming the first.",
         choices=BAD_IMAGES,
     )
+    train_fraction: float = field(
+        1.0,
+        "Train (student and a teacher trained here) on this share of the training split: "
+        "a class-balanced subset chosen by --seed (data-efficiency studies; 1 = all).",
+        valid=FRACTION,
+    )
     batch_size: int = field(1024, "Global batch size (all replicas).", valid=POSITIVE)
     epochs: int = field(300, "Training epochs.", valid=POSITIVE)
     steps_per_epoch: int | None = field(None, "Steps per epoch; default one pass.", valid=POSITIVE)

@@ -21,6 +21,7 @@ def train_data(config, data_kwargs, **extra):
         training=True,
         augment=config.augment,
         repeated_aug=config.repeated_aug,
+        train_fraction=config.train_fraction,
     )
     options.update(data_kwargs, **extra)
     return make_dataset(config.dataset, "train", **options)

@@ -216,7 +216,9 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(config.precision)
     # May build the dataset (draws random numbers); checks a folder dataset's files.
-    info = dataset_info(config.dataset, config.data_dir, config.bad_images)
+    info = dataset_info(
+        config.dataset, config.data_dir, config.bad_images, train_fraction=config.train_fraction
+    )
     os.makedirs(config.model_dir, exist_ok=True)
     if custom_loop.is_chief(strategy):
         report_skipped(info, config.model_dir)

@@ -72,6 +72,7 @@ def train_teacher(config, info, image_size, path, preprocessing):
         preprocessing=preprocessing,
         data_dir=config.data_dir,
         seed=config.seed,
+        train_fraction=config.train_fraction,
     )
     cnn = _teacher_to_train(config, info.num_classes, image_size)
     steps = max(info.num_train_examples // TEACHER_BATCH_SIZE, 1)

@@ -1,4 +1,5 @@
-"""`python -m deit_keras.ablate` end to end: two seeds of none vs hard on digits, in ~30 s."""
+"""`python -m deit_keras.ablate` end to end: two seeds of DeiT hard (class token) vs DeiT⚗
+hard on digits, in ~30 s; every row's names and models: tests/training/test_ablation.py."""
 
 import json
 import os
@@ -23,7 +24,7 @@ TINY = (
     "--nojit_compile",
     "--progress=none",
     "--seeds=2",
-    "--types=none,hard",
+    "--rows=hard,dist_hard",
 )
 
 
@@ -34,61 +35,72 @@ def _read_json(path):
 
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory):
-    """(output_dir, extra flags, ablation.json) of 2 seeds x (none, hard), 1-epoch teachers."""
+    """(output_dir, extra flags, ablation.json) of 2 seeds x (hard, dist_hard), 1-epoch teachers."""
     tmp_path = tmp_path_factory.mktemp("ablate")
     where = (f"--data_dir={tmp_path / 'tfds'}", f"--output_dir={tmp_path / 'out'}")
     process = run_cli("ablate", *TINY, *where)
     assert process.returncode == 0, process.stderr
-    assert "| student, hard distillation |" in process.stdout
+    assert "| DeiT, hard distillation (class token) |" in process.stdout
     return str(tmp_path / "out"), where, _read_json(tmp_path / "out" / "ablation.json")
 
 
 def test_each_number_is_a_real_runs(ablation):
     output_dir, _, report = ablation
-    assert report["seeds"] == [0, 1] and report["types"] == ["none", "hard"]
-    assert [(run["seed"], run["type"]) for run in report["runs"]] == [
-        (0, "none"),
+    assert report["seeds"] == [0, 1] and report["rows"] == ["hard", "dist_hard"]
+    assert [(run["seed"], run["row"]) for run in report["runs"]] == [
         (0, "hard"),
-        (1, "none"),
+        (0, "dist_hard"),
         (1, "hard"),
+        (1, "dist_hard"),
     ]
     for run in report["runs"]:
-        model_dir = os.path.join(output_dir, f"seed_{run['seed']}", run["type"])
+        model_dir = os.path.join(output_dir, f"seed_{run['seed']}", run["row"])
         assert run["model_dir"] == model_dir and not run["reused"]
         results = _read_json(os.path.join(model_dir, "results.json"))
-        assert results["distillation"] == run["type"]
-        for key in ("top1", "cls_top1", "dist_top1", "wall_s"):
+        assert results["distillation"] == run["distillation"] == "hard"
+        heads = ("top1", "cls_top1", "dist_top1") if run["row"] == "dist_hard" else ("top1",)
+        for key in (*heads, "wall_s"):
             assert run[key] == results[key], key
         assert results["saved_model"] == os.path.join(model_dir, "student.keras")
         assert not os.path.exists(os.path.join(model_dir, "student_savedmodel"))
         # One unit everywhere: fractions, as the Keras logs (issue #12 item 8).
         assert len(run["val_top1"]) == 2 and all(0 <= value <= 1 for value in run["val_top1"])
-        assert all(0 <= run[key] <= 1 for key in ("top1", "cls_top1", "dist_top1"))
-        if run["type"] == "hard":
-            teacher = report["teachers"][run["seed"]]
-            seed_dir = os.path.join(output_dir, f"seed_{run['seed']}")
-            assert teacher["path"] == os.path.join(seed_dir, "teacher.keras")
-            assert teacher["top1"] == results["teacher_top1"] and teacher["wall_s"] > 0
-        else:
-            assert "teacher_top1" not in results
+        assert all(0 <= run[key] <= 1 for key in heads)
+        teacher = report["teachers"][run["seed"]]
+        seed_dir = os.path.join(output_dir, f"seed_{run['seed']}")
+        assert teacher["path"] == os.path.join(seed_dir, "teacher.keras")
+        assert teacher["top1"] == results["teacher_top1"] and teacher["wall_s"] > 0
     # Each seed trains its own teacher and students from its own initialisation.
     teachers = [keras.models.load_model(t["path"]).get_weights() for t in report["teachers"]]
     assert any(not np.array_equal(a, b) for a, b in zip(*teachers, strict=True))
-    students = [
-        keras.models.load_model(os.path.join(output_dir, f"seed_{s}", "none", "student.keras"))
-        for s in (0, 1)
-    ]
-    pairs = zip(students[0].get_weights(), students[1].get_weights(), strict=True)
+    students = {
+        (seed, row): keras.models.load_model(
+            os.path.join(output_dir, f"seed_{seed}", row, "student.keras")
+        )
+        for seed in (0, 1)
+        for row in ("hard", "dist_hard")
+    }
+    pairs = zip(students[0, "hard"].get_weights(), students[1, "hard"].get_weights(), strict=True)
     assert any(not np.array_equal(a, b) for a, b in pairs)
+    # The paper's rows: hard distillation through the class token of a DeiT without
+    # dist token (one head, one token fewer), the ⚗ row through the dist token.
+    for seed in (0, 1):
+        plain, distilled = students[seed, "hard"], students[seed, "dist_hard"]
+        assert not plain.distilled and plain.num_prefix_tokens == 1
+        assert distilled.distilled and distilled.num_prefix_tokens == 2
+        names = {weight.path for weight in plain.weights}
+        assert not any("dist" in name for name in names), sorted(names)
+        assert len(plain.weights) < len(distilled.weights)
+        assert plain.name == "deit_tiny_patch16_224"
 
 
 def test_summary_is_mean_and_sample_std_of_the_runs(ablation):
     _, _, report = ablation
     summary = report["summary"]
-    assert list(summary) == ["teacher", "none", "hard"]
-    for name in ("none", "hard"):
-        runs = [run for run in report["runs"] if run["type"] == name]
-        for key in ("top1", "cls_top1", "dist_top1", "wall_s"):
+    assert list(summary) == ["teacher", "hard", "dist_hard"]
+    for name, heads in (("hard", ("top1",)), ("dist_hard", ("top1", "cls_top1", "dist_top1"))):
+        runs = [run for run in report["runs"] if run["row"] == name]
+        for key in (*heads, "wall_s"):
             values = [run[key] for run in runs]
             stats = summary[name][key]
             assert stats["values"] == values and stats["n"] == 2
@@ -96,6 +108,8 @@ def test_summary_is_mean_and_sample_std_of_the_runs(ablation):
             assert stats["std"] == pytest.approx(abs(values[0] - values[1]) / np.sqrt(2))
         curves = np.array([run["val_top1"] for run in runs])
         np.testing.assert_allclose(summary[name]["val_top1"], curves.mean(axis=0))
+        np.testing.assert_allclose(summary[name]["val_top1_std"], curves.std(axis=0, ddof=1))
+    assert "dist_top1" not in summary["hard"]
     teacher_top1 = [teacher["top1"] for teacher in report["teachers"]]
     assert summary["teacher"]["top1"]["values"] == teacher_top1
     assert summary["teacher"]["top1"]["std"] == pytest.approx(statistics.stdev(teacher_top1))
@@ -107,16 +121,20 @@ def test_table_and_curves_are_written(ablation):
     assert "`python -m deit_keras.ablate --flagfile=experiments/digits.cfg" in table
     assert report["date"] in table and "seeds 0, 1" in table
     lines = table.splitlines()
-    hard = report["summary"]["hard"]
-    row = next(line for line in lines if line.startswith("| student, hard distillation |"))
-    for key in ("top1", "cls_top1", "dist_top1"):
-        assert f"{hard[key]['mean']:.4f} ± {hard[key]['std']:.4f}" in row
+    summary = report["summary"]
+    row = "| DeiT⚗, hard distillation (dist token): distil. embedding | hard |"
+    row = next(line for line in lines if line.startswith(row))
+    dist = summary["dist_hard"]["dist_top1"]
+    assert f"{dist['mean']:.4f} ± {dist['std']:.4f}" in row
+    row = next(line for line in lines if line.startswith("| DeiT, hard distillation (class"))
+    hard = summary["hard"]["top1"]
+    assert f"{hard['mean']:.4f} ± {hard['std']:.4f}" in row
     assert any(line.startswith("| teacher (small CNN) |") for line in lines)
-    assert "soft distillation" not in table
+    assert "usual distillation" not in table and "no distillation" not in table
     with Image.open(os.path.join(output_dir, "learning_curves.png")) as picture:
-        assert picture.format == "PNG" and picture.size == (560, 360)
+        assert picture.format == "PNG" and picture.size == (800, 500)
         pixels = np.asarray(picture.convert("RGB")).astype(int)
-    assert (np.abs(pixels - (205, 45, 5)).sum(axis=-1) < 10).any()  # the hard curve
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20
 
 
 def test_rerun_reuses_finished_runs_and_refuses_other_settings(ablation):
@@ -137,8 +155,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     process = run_cli(
         "ablate",
         "--flagfile=experiments/digits.cfg",
-        "--types=none,medium",
+        "--rows=none,medium",
         f"--output_dir={tmp_path / 'out'}",
     )
-    assert_one_line_error(process, "medium", "none, soft, hard")
+    assert_one_line_error(process, "medium", "none, soft, hard, dist_hard, dist_labels")
     assert not (tmp_path / "out").exists()

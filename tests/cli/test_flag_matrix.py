@@ -155,7 +155,7 @@ def check(name, module, argv, files):
         config.validate()
         config.check_paths()
         if name == "ablate":
-            module.check_arguments(values.seeds, values.types)
+            module.check_arguments(values.seeds, values.rows)
         finetune = config.finetune
         if finetune:
             saving.load_model(finetune, compile=False)

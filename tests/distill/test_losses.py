@@ -52,3 +52,32 @@ def test_bad_distillation_settings_are_rejected():
         DistillationLoss("medium")
     with pytest.raises(ValueError, match="alpha"):
         DistillationLoss("hard", alpha=1.5)
+
+
+def test_hard_distillation_through_the_class_token_by_hand():
+    """No dist token (the paper's Table 3 "hard distillation" row of DeiT): both terms
+    train the class head, 0.5 * CE(cls, y) + 0.5 * CE(cls, argmax(teacher))."""
+    total, cls_loss, dist_loss = DistillationLoss("hard", alpha=0.5)(Y, CLS, None, TEACHER)
+    teacher_labels = np.eye(5)[TEACHER.argmax(-1)]
+    by_hand = 0.5 * cross_entropy(Y, CLS) + 0.5 * cross_entropy(teacher_labels, CLS)
+    np.testing.assert_allclose(float(total), by_hand, rtol=1e-5)
+    np.testing.assert_allclose(float(cls_loss), cross_entropy(Y, CLS), rtol=1e-5)
+    np.testing.assert_allclose(float(dist_loss), cross_entropy(teacher_labels, CLS), rtol=1e-5)
+    # Not the dist-token objective: the same call with a dist head gives another number.
+    with_dist = float(DistillationLoss("hard", alpha=0.5)(Y, CLS, DIST, TEACHER)[0])
+    assert abs(with_dist - by_hand) > 1e-3
+
+
+def test_soft_distillation_through_the_class_token_by_hand():
+    tau = 3.0
+    total, _, dist_loss = DistillationLoss("soft", alpha=0.1, tau=tau)(Y, CLS, None, TEACHER)
+    log_p_teacher, log_p_student = log_softmax(TEACHER / tau), log_softmax(CLS / tau)
+    kl = (np.exp(log_p_teacher) * (log_p_teacher - log_p_student)).sum() / CLS.size * tau**2
+    np.testing.assert_allclose(float(dist_loss), kl, rtol=1e-4)
+    np.testing.assert_allclose(float(total), 0.9 * cross_entropy(Y, CLS) + 0.1 * kl, rtol=1e-4)
+
+
+def test_no_distillation_without_dist_token_is_the_class_head_loss():
+    total, cls_loss, dist_loss = DistillationLoss("none")(Y, CLS)
+    np.testing.assert_allclose(float(total), cross_entropy(Y, CLS), rtol=1e-5)
+    assert float(cls_loss) == float(total) and float(dist_loss) == 0.0

@@ -147,3 +147,31 @@ def test_teacher_agreement_is_the_dist_head_matching_the_teacher():
     no_teacher = compiled(tiny_model(), teacher, distillation="none")
     logs = no_teacher.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)
     assert "teacher_agreement" not in logs
+
+
+def test_a_model_without_dist_token_distils_through_its_class_head():
+    """The paper's class-token rows: the step trains the class head on labels and teacher."""
+    images, labels = batches(count=2, batch=8)
+    teacher = RecordingTeacher()
+    teacher(images[:1])
+    model = compiled(tiny_model(distilled=False, drop_path_rate=0.0), teacher, distillation="hard")
+    total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits = (
+        model.distillation_step.compute_loss(model, images, labels, training=False)
+    )
+    assert dist_logits is None
+    teacher_labels = np.argmax(teacher_logits, -1)
+    by_hand = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        teacher_labels, cls_logits
+    )
+    np.testing.assert_allclose(float(dist_loss), float(by_hand), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(total), 0.5 * float(cls_loss) + 0.5 * float(by_hand), rtol=1e-5
+    )
+    logs = model.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)
+    assert "dist_top1" not in logs and logs["top1"] == logs["cls_top1"]
+    expected = np.mean(np.argmax(cls_logits, -1) == teacher_labels)
+    assert logs["teacher_agreement"] == pytest.approx(expected, abs=1e-6)
+    history = model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+    assert (
+        np.isfinite(history.history["distill_loss"][0]) and history.history["distill_loss"][0] > 0
+    )

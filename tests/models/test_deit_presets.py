@@ -5,6 +5,7 @@ import pytest
 
 from deit_keras.deploy import pretrained
 from deit_keras.models import build_model, deit_presets, list_models, variants
+from deit_keras.models.variants import get_variant, with_dist_token
 
 NAMES = list_models()
 
@@ -75,3 +76,14 @@ def test_unknown_name_and_missing_weights_are_user_errors(monkeypatch):
     monkeypatch.setitem(deit_presets.PRESETS, name, bare)
     with pytest.raises(UserInputError, match="No published weights for 'deit_tiny_patch16_224'"):
         pretrained.published_weights(name)
+
+
+def test_with_dist_token_finds_the_same_architecture_with_or_without_the_token():
+    assert with_dist_token("deit_tiny_distilled_patch16_224", False) == "deit_tiny_patch16_224"
+    assert with_dist_token("deit_t", True) == "deit_tiny_distilled_patch16_224"
+    assert with_dist_token("deit_base_patch16_384", True) == "deit_base_distilled_patch16_384"
+    assert with_dist_token("deit_small_patch16_224", False) == "deit_small_patch16_224"
+    for name in list_models():
+        sibling = with_dist_token(name, not get_variant(name).distilled)
+        assert get_variant(sibling).distilled != get_variant(name).distilled
+        assert with_dist_token(sibling, get_variant(name).distilled) == name

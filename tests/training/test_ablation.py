@@ -5,30 +5,26 @@ import os
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 from PIL import Image
 
-from deit_keras.training import ablation
-from deit_keras.training.ablation import check_arguments, curves_png, markdown_table, summarize
+from deit_keras.training import ablation, ablation_plots
+from deit_keras.training.ablation import check_arguments, markdown_table, summarize
 from deit_keras.training.config import TrainConfig
 
 
-def _run(seed, kind, top1, cls_top1, dist_top1, wall_s, curve):
-    return dict(
-        seed=seed,
-        type=kind,
-        top1=top1,
-        cls_top1=cls_top1,
-        dist_top1=dist_top1,
-        wall_s=wall_s,
-        val_top1=curve,
-    )
+def _run(seed, row, top1, cls_top1, dist_top1, wall_s, curve):
+    run = dict(seed=seed, row=row, top1=top1, cls_top1=cls_top1, wall_s=wall_s, val_top1=curve)
+    if dist_top1 is not None:  # a DeiT without dist token has one head
+        run["dist_top1"] = dist_top1
+    return run
 
 
 RUNS = [
-    _run(0, "none", 90.0, 88.0, 89.0, 10.0, [50.0, 80.0, 90.0]),
-    _run(0, "hard", 94.0, 92.0, 95.0, 12.0, [60.0, 85.0, 94.0]),
-    _run(1, "none", 92.0, 90.0, 91.0, 14.0, [60.0, 84.0, 92.0]),
-    _run(1, "hard", 93.0, 91.0, 93.0, 16.0, [70.0, 89.0, 93.0]),
+    _run(0, "none", 90.0, 90.0, None, 10.0, [50.0, 80.0, 90.0]),
+    _run(0, "dist_hard", 94.0, 92.0, 95.0, 12.0, [60.0, 85.0, 94.0]),
+    _run(1, "none", 92.0, 92.0, None, 14.0, [60.0, 84.0, 92.0]),
+    _run(1, "dist_hard", 93.0, 91.0, 93.0, 16.0, [70.0, 89.0, 93.0]),
 ]
 TEACHERS = [{"seed": 0, "top1": 98.0, "wall_s": 5.0}, {"seed": 1, "top1": 97.0, "wall_s": 7.0}]
 
@@ -48,50 +44,64 @@ def _as_fractions(rows):
 
 
 def test_summary_is_mean_and_sample_std():
-    summary = summarize(RUNS, TEACHERS, ["none", "hard"])
-    assert list(summary) == ["teacher", "none", "hard"]
+    summary = summarize(RUNS, TEACHERS, ["none", "dist_hard"])
+    assert list(summary) == ["teacher", "none", "dist_hard"]
     assert summary["none"]["top1"] == {
         "mean": 91.0,
         "std": pytest.approx(np.sqrt(2.0)),  # sample std of 90, 92
         "n": 2,
         "values": [90.0, 92.0],
     }
-    assert summary["hard"]["dist_top1"]["mean"] == 94.0
-    assert summary["hard"]["wall_s"]["mean"] == 14.0
+    assert "dist_top1" not in summary["none"]  # no dist token, no dist head
+    assert summary["dist_hard"]["dist_top1"]["mean"] == 94.0
+    assert summary["dist_hard"]["wall_s"]["mean"] == 14.0
     assert summary["none"]["val_top1"] == [55.0, 82.0, 91.0]
+    np.testing.assert_allclose(
+        summary["none"]["val_top1_std"], np.std([[50, 80, 90], [60, 84, 92]], axis=0, ddof=1)
+    )
     assert summary["teacher"]["top1"]["mean"] == 97.5
 
 
 def test_single_seed_has_zero_std_and_missing_heads_are_left_out():
-    runs = [{"type": "none", "top1": 50.0, "wall_s": 3.0, "val_top1": [40.0, 50.0]}]
+    runs = [{"row": "none", "top1": 50.0, "wall_s": 3.0, "val_top1": [40.0, 50.0]}]
     summary = summarize(runs, [], ["none"])
     assert summary["none"]["top1"] == {"mean": 50.0, "std": 0.0, "n": 1, "values": [50.0]}
+    assert summary["none"]["val_top1_std"] == [0.0, 0.0]
     assert "dist_top1" not in summary["none"] and "teacher" not in summary
 
 
-def test_markdown_table():
+def test_markdown_table_has_the_papers_rows():
     report = {
         "command": "deit-ablate --seeds=2",
         "date": "2026-11-25 08:00 UTC",
         "seeds": [0, 1],
-        "types": ["none", "hard"],
+        "rows": ["none", "dist_hard"],
         "teacher_trained": True,
-        "config": {"dataset": "digits", "model": "m", "epochs": 3, "teacher_base": None},
-        "summary": summarize(_as_fractions(RUNS), _as_fractions(TEACHERS), ["none", "hard"]),
+        "config": {
+            "dataset": "digits",
+            "model": "deit_tiny_distilled_patch16_224",
+            "epochs": 3,
+            "teacher_base": None,
+        },
+        "summary": summarize(_as_fractions(RUNS), _as_fractions(TEACHERS), ["none", "dist_hard"]),
     }
     lines = markdown_table(report).splitlines()
     assert lines[2] == "`deit-ablate --seeds=2`" and lines[4].startswith("2026-11-25 08:00 UTC")
-    assert "| teacher (small CNN) | 0.9750 ± 0.0071 | – | – | 6 |" in lines
-    none = "| student, no distillation | 0.9100 ± 0.0141 | 0.8900 ± 0.0141 | 0.9000 ± 0.0141 | 12 |"
-    hard = (
-        "| student, hard distillation | 0.9350 ± 0.0071 | 0.9150 ± 0.0071 | 0.9400 ± 0.0141 | 14 |"
+    assert "deit_tiny_patch16_224 (DeiT)" in lines[4] and "a fraction" in lines[4]
+    assert "| teacher (small CNN) | – | 0.9750 ± 0.0071 | 6 |" in lines
+    assert "| DeiT, no distillation | – | 0.9100 ± 0.0141 | 12 |" in lines
+    dist = "DeiT⚗, hard distillation (dist token)"
+    assert f"| {dist}: class embedding | hard | 0.9150 ± 0.0071 | 14 |" in lines
+    assert f"| {dist}: distil. embedding | hard | 0.9400 ± 0.0141 | 14 |" in lines
+    assert f"| {dist}: class+distil. | hard | 0.9350 ± 0.0071 | 14 |" in lines
+    assert lines.index("| teacher (small CNN) | – | 0.9750 ± 0.0071 | 6 |") < lines.index(
+        "| DeiT, no distillation | – | 0.9100 ± 0.0141 | 12 |"
     )
-    assert none in lines and hard in lines
-    assert "a fraction" in lines[4]
 
 
 def test_check_arguments():
     assert check_arguments(1, ["hard", "soft"]) == ("hard", "soft")
+    assert check_arguments(1, ablation.DEFAULT_ROWS) == ("none", "soft", "hard", "dist_hard")
     with pytest.raises(ValueError, match="seeds must be positive, got 0"):
         check_arguments(0, ["hard"])
     with pytest.raises(ValueError, match="medium"):
@@ -102,41 +112,108 @@ def test_check_arguments():
         check_arguments(2, [])
 
 
-def test_curves_png(tmp_path):
-    path = str(tmp_path / "curves.png")
-    curves_png({"none": [0.50, 0.80], "soft": [0.55, 0.85], "hard": [0.60, 0.90]}, path)
+def _pixels(path):
     with Image.open(path) as picture:
-        pixels = np.asarray(picture.convert("RGB")).astype(int)
-    for colour in ((90, 90, 90), (40, 120, 220), (205, 45, 5)):
-        assert (np.abs(pixels - colour).sum(axis=-1) < 10).sum() > 50, colour
-    curves_png({"none": [0.42]}, path)  # one epoch: a point, no line
-    assert [name for name in tmp_path.iterdir()] == [tmp_path / "curves.png"]
+        assert picture.format == "PNG"
+        return picture.size, np.asarray(picture.convert("RGB")).astype(int)
 
 
-def test_none_runs_keep_the_given_teacher_so_split_calls_share_runs(tmp_path, monkeypatch):
-    """`--types=none` and `--types=hard` side by side, then all types: the runs are reused."""
-    from deit_keras.testing import digits_config
-    from deit_keras.training import ablation
-    from deit_keras.training.callbacks import record_epochs
+def _near(pixels, rgb, tolerance=6):
+    return (np.abs(pixels - np.asarray(rgb)).max(axis=-1) <= tolerance).sum()
 
-    trained = []
+
+def test_learning_curves_are_lines_in_std_bands(tmp_path):
+    path = str(tmp_path / "curves.png")
+    curves = {
+        "DeiT, no distillation": ([0.50, 0.70, 0.80], [0.05, 0.04, 0.03]),
+        "DeiT⚗, hard distillation": ([0.55, 0.80, 0.90], [0.02, 0.06, 0.02]),
+    }
+    references = {"teacher, final": {"mean": 0.95, "std": 0.01}}
+    ablation_plots.learning_curves_png(curves, path, "t", references, size=(640, 400))
+    size, pixels = _pixels(path)
+    assert size == (640, 400)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20  # not one colour
+    background = pixels[0, 0]
+    for index in range(2):
+        line = np.asarray(to_rgb(ablation_plots.colour(index))) * 255
+        # A band is its line's colour at BAND_ALPHA over the white axes.
+        band = ablation_plots.BAND_ALPHA * line + (1 - ablation_plots.BAND_ALPHA) * 255
+        assert np.abs(band - background).max() > 20  # the band is not the background
+        assert _near(pixels, band) > 200, index
+        assert _near(pixels, line, 10) > 100, index
+    # Without spread there is no band: the band's pixels are gone.
+    flat = {label: (means, [0.0] * 3) for label, (means, _) in curves.items()}
+    ablation_plots.learning_curves_png(flat, path, "t", references, size=(640, 400))
+    _, pixels = _pixels(path)
+    line = np.asarray(to_rgb(ablation_plots.colour(0))) * 255
+    assert (
+        _near(pixels, ablation_plots.BAND_ALPHA * line + (1 - ablation_plots.BAND_ALPHA) * 255) < 50
+    )
+    ablation_plots.learning_curves_png({"one epoch": ([0.42], [0.0])}, path, "t")  # a point
+    assert _pixels(path)[0] == (800, 500)
+    assert [name for name in tmp_path.iterdir()] == [tmp_path / "curves.png"]  # atomic
+
+
+def _fake_runs(monkeypatch, trained):
+    """run_training replaced by one that writes what a real run writes, instantly."""
 
     def fake_run(config):
-        trained.append((config.distillation_type, config.teacher))
-        results = {"top1": 0.5, "cls_top1": 0.5, "dist_top1": 0.5, "wall_s": 1.0}
+        trained.append((config.distillation_type, config.teacher, config.model))
+        results = {"top1": 0.5, "cls_top1": 0.5, "wall_s": 1.0}
+        if "distilled" in config.model:
+            results["dist_top1"] = 0.5
         if config.distillation_type != "none":
             results["teacher_top1"] = 0.9
         with open(os.path.join(config.model_dir, "results.json"), "w") as handle:
             json.dump(results, handle)
-        record_epochs(config.model_dir, [0], {"val_top1": [0.5]})  # as a real run writes
+        record_epochs(config.model_dir, [0, 1], {"val_top1": [0.4, 0.5]})  # as a real run writes
         return results
+
+    from deit_keras.training.callbacks import record_epochs
 
     monkeypatch.setattr(ablation.runner, "run_training", fake_run)
     monkeypatch.setattr(ablation, "seed_teacher", lambda config, seed_dir: ("t.keras", 2.0))
+
+
+def test_rows_train_the_papers_students(tmp_path, monkeypatch):
+    """Class-token rows train DeiT without dist token, dist rows DeiT⚗; names as Table 3."""
+    from deit_keras.testing import digits_config
+
+    trained = []
+    _fake_runs(monkeypatch, trained)
+    config = digits_config(tmp_path, model_dir=str(tmp_path / "out"))
+    rows = [row.name for row in ablation.ROWS]
+    report = ablation.run_ablation(config, 2, rows)
+    plain, distilled = "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"
+    assert trained[:5] == [
+        ("none", config.teacher, plain),
+        ("soft", "t.keras", plain),
+        ("hard", "t.keras", plain),
+        ("hard", "t.keras", distilled),
+        ("none", config.teacher, distilled),
+    ]
+    assert [(run["seed"], run["row"]) for run in report["runs"][:5]] == [(0, name) for name in rows]
+    for run in report["runs"]:
+        assert run["model_dir"] == str(tmp_path / "out" / f"seed_{run['seed']}" / run["row"])
+        assert run["model"] == (distilled if run["row"].startswith("dist_") else plain)
+    assert list(report["summary"]) == ["teacher", *rows]
+    table = open(report["markdown"], encoding="utf-8").read()
+    for row in ablation.ROWS:
+        assert f"| {row.label}" in table
+    assert _pixels(report["curves"])[0] == (800, 500)
+
+
+def test_none_runs_keep_the_given_teacher_so_split_calls_share_runs(tmp_path, monkeypatch):
+    """`--rows=none` and `--rows=hard` side by side, then both: the runs are reused."""
+    from deit_keras.testing import digits_config
+
+    trained = []
+    _fake_runs(monkeypatch, trained)
     config = digits_config(tmp_path, model_dir=str(tmp_path / "out"))
     ablation.run_ablation(config, 1, ["none"])
     ablation.run_ablation(config, 1, ["hard"])
-    assert trained == [("none", config.teacher), ("hard", "t.keras")]
+    plain = "deit_tiny_patch16_224"
+    assert trained == [("none", config.teacher, plain), ("hard", "t.keras", plain)]
     report = ablation.run_ablation(config, 1, ["none", "hard"])  # refused before the fix
     assert len(trained) == 2 and all(run["reused"] for run in report["runs"])
 
