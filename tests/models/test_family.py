@@ -254,18 +254,30 @@ def test_cait_drop_path_is_random_in_training_only():
     assert any(not np.allclose(first, np.asarray(model(images, training=True))) for _ in range(5))
 
 
-def test_hard_distillation_into_a_deit3_student_trains_the_dist_token():
-    student = build_model("deit3_small_patch16_224", num_classes=10, distilled=True, **TINY_DEIT3)
+@pytest.mark.parametrize("name", ["deit3_small_patch16_224", "cait_xxs24_224"])
+@pytest.mark.parametrize("dist_token", [True, False])
+def test_hard_distillation_into_a_family_student(name, dist_token):
+    """Through the dist token when the student has one (DeiT III⚗), else the class token."""
+    if name.startswith("cait") and dist_token:
+        pytest.skip("CaiT has no distillation token")
+    extra = dict(distilled=True) if dist_token else {}
+    student = build_model(name, num_classes=10, **TINY_DEIT3, **extra)
     teacher = keras.Sequential(
         [keras.layers.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]
     )
     student.compile(optimizer=keras.optimizers.AdamW(1e-3), teacher=teacher, distillation="hard")
     images = random_images(batch=8)
     labels = np.eye(10, dtype="float32")[np.arange(8) % 10]
-    before = np.asarray(student.tokens.dist_token).copy()
+    token = (
+        student.tokens.dist_token
+        if dist_token
+        else (student.cls_token if name.startswith("cait") else student.tokens.cls_token)
+    )
+    before = np.asarray(token).copy()
     logs = student.train_on_batch(images, labels, return_dict=True)
     assert np.isfinite(logs["distill_loss"]) and logs["distill_loss"] > 0
-    assert not np.allclose(np.asarray(student.tokens.dist_token), before)
+    assert ("dist_top1" in logs) == dist_token
+    assert not np.allclose(np.asarray(token), before)
 
 
 def test_cait_takes_no_distillation_token():
