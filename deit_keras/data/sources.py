@@ -10,12 +10,14 @@ pipeline cannot decode are left out (`bad_images="skip"`, listed in
 hold the same class folders, and every train/ class at least one image.
 """
 
+import contextlib
 import dataclasses
 import os
 import re
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from deit_keras.data import digits, image_check
 from deit_keras.errors import UserInputError
@@ -125,6 +127,18 @@ def _manual_download_line(builder, looked_in, catalog_name):
     )
 
 
+@contextlib.contextmanager
+def _without_lookup_warnings():
+    """tfds warns "Variant folder ... has no dataset_info.json" for a dataset it finds
+    unprepared; `prepared_builder` says so in its own one line instead."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 def prepared_builder(name: str, data_dir: str | None = None):
     """The tfds builder of `name` (e.g. "imagenet_v2/matched-frequency"), prepared in `data_dir`.
 
@@ -135,13 +149,15 @@ def prepared_builder(name: str, data_dir: str | None = None):
     """
     looked_in = data_dir or tfds.core.constants.DATA_DIR
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with _without_lookup_warnings():
+            builder = tfds.builder(name, data_dir=data_dir)
+            prepared = builder.is_prepared()
     except tfds.core.registered.DatasetNotFoundError as error:
         raise DatasetNotFoundError(
             f"Unknown dataset {name!r}: not 'digits', not 'folder:PATH' and "
             f"not a tfds catalogue name ({error.__class__.__name__})."
         ) from None
-    if not builder.is_prepared():
+    if not prepared:
         manual = ""
         if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
             manual = _manual_download_line(builder, looked_in, name.split("/")[0])
