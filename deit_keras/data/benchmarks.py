@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 
 from deit_keras.data import transforms
 from deit_keras.data.preprocessing import Preprocessing, preprocess
-from deit_keras.data.sources import prepared_builder
+from deit_keras.data.sources import DatasetNotFoundError, prepared_builder
 from deit_keras.errors import UserInputError
 
 IMAGENET, REAL, V2 = "imagenet", "real", "v2"
@@ -108,7 +108,15 @@ def prepare_pass(data: BenchmarkData, data_dir: str | None = None) -> PreparedPa
         sources.DatasetNotFoundError: not prepared (one line naming the
             `tfds build` command); UserInputError: a feature is missing.
     """
-    builder = prepared_builder(data.tfds_name, data_dir)
+    try:
+        builder = prepared_builder(data.tfds_name, data_dir)
+    except DatasetNotFoundError as error:
+        if data.tfds_name != "imagenet2012":
+            raise
+        raise DatasetNotFoundError(
+            f"{error} Or ask for real too (benchmarks=imagenet,real): ImageNet top-1 is "
+            "then read from imagenet2012_real, which needs only ILSVRC2012_img_val.tar."
+        ) from None
     features = builder.info.features
     keys = [data.label_key] + ([data.label_set_key] if data.label_set_key else [])
     missing = [key for key in ["image", *keys] if key not in features]

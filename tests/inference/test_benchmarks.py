@@ -148,6 +148,8 @@ def test_missing_datasets_name_the_tfds_command(prepared, tmp_path):
     message = str(error.value)
     assert f"tfds build imagenet2012_real --data_dir={tmp_path}" in message
     assert "ILSVRC2012_img_val.tar" in message and "\n" not in message
+    with pytest.raises(DatasetNotFoundError, match="tfds build imagenet2012 .*imagenet,real"):
+        benchmarks.evaluate_benchmarks(model, "imagenet", data_dir=str(tmp_path))
     # V2 is looked for before the ReaL pass runs: its absence stops the evaluation at once.
     with pytest.raises(DatasetNotFoundError, match="tfds build imagenet_v2/threshold-0.7"):
         benchmarks.evaluate_benchmarks(model, data_dir=data_dir, v2_variant="threshold-0.7")
