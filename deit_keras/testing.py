@@ -248,23 +248,24 @@ def write_tfds_dataset(data_dir, name, splits):
         splits: dict `{split: [(key, example dict of the dataset's features)]}`.
     """
     import tensorflow_datasets as tfds
-    from tensorflow_datasets.core import registered
 
     dataset, _, config = name.partition("/")
-    with registered.skip_registration():
 
-        class Tiny(tfds.builder_cls(dataset)):
-            name = dataset  # the folder tfds.builder(name) reads
+    # Not registered (the catalogue keeps its own class); the keyword, not tfds'
+    # `skip_registration()` context, which would also hide every builder tfds
+    # imports for the first time inside it.
+    class Tiny(tfds.builder_cls(dataset), skip_registration=True):
+        name = dataset  # the folder tfds.builder(name) reads
 
-            def _log_download_bytes(self):  # nothing is downloaded
-                pass
+        def _log_download_bytes(self):  # nothing is downloaded
+            pass
 
-            def _log_download_done(self):
-                pass
+        def _log_download_done(self):
+            pass
 
-            def _split_generators(self, dl_manager):
-                del dl_manager  # the examples are given
-                return {split: iter(examples) for split, examples in splits.items()}
+        def _split_generators(self, dl_manager):
+            del dl_manager  # the examples are given
+            return {split: iter(examples) for split, examples in splits.items()}
 
     tfds.display_progress_bar(False)
     try:

@@ -22,7 +22,9 @@ from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import FRACTION, POSITIVE
 
 _DATASET = flags.DEFINE_string(
-    "dataset", None, "'digits', 'folder:PATH' or a TFDS name, e.g. 'imagenet2012'."
+    "dataset",
+    None,
+    "'digits', 'folder:PATH' or a TFDS name, e.g. 'imagenet2012' (or --benchmarks instead).",
 )
 _BENCHMARKS = flags.DEFINE_list(
     "benchmarks",
