@@ -266,3 +266,101 @@ def prepare_digits(tmp_path):
 def saved_weights(path):
     """The weights of a saved `.keras` model, as numpy arrays."""
     return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def write_tfds_dataset(data_dir, name, splits):
+    """Writes a prepared tfds dataset `name` of a few examples in `data_dir`, offline.
+
+    The catalogue's own builder class writes it (a subclass whose only change is
+    where the examples come from), so its features, version, config and folder
+    are exactly those `tfds.builder(name, data_dir=data_dir)` reads.
+
+    Args:
+        data_dir: str or path. The tfds data directory.
+        name: str. A catalogue name, with its config: "imagenet2012_real",
+            "imagenet_v2/matched-frequency".
+        splits: dict `{split: [(key, example dict of the dataset's features)]}`.
+    """
+    import tensorflow_datasets as tfds
+
+    dataset, _, config = name.partition("/")
+
+    # Not registered (the catalogue keeps its own class); the keyword, not tfds'
+    # `skip_registration()` context, which would also hide every builder tfds
+    # imports for the first time inside it.
+    class Tiny(tfds.builder_cls(dataset), skip_registration=True):
+        name = dataset  # the folder tfds.builder(name) reads
+
+        def _log_download_bytes(self):  # nothing is downloaded
+            pass
+
+        def _log_download_done(self):
+            pass
+
+        def _split_generators(self, dl_manager):
+            del dl_manager  # the examples are given
+            return {split: iter(examples) for split, examples in splits.items()}
+
+    tfds.display_progress_bar(False)
+    try:
+        builder = Tiny(data_dir=str(data_dir), config=config or None)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+    finally:
+        tfds.display_progress_bar(True)
+
+
+def jpeg_bytes(seed, shape=(40, 48)):
+    """A random-noise RGB JPEG file's bytes."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def own_predictions(model, encoded_images, crop_pct=None):
+    """The argmax of `model`'s inference output on each JPEG, through the eval transform."""
+    from deit_keras.data.preprocessing import preprocess
+    from deit_keras.data.transforms import decode_image
+
+    preprocessing = model.preprocessing.replace(crop_pct=crop_pct)
+    images = [preprocess(decode_image(e), model.image_size, preprocessing) for e in encoded_images]
+    return np.argmax(keras.ops.convert_to_numpy(model(tf.stack(images))), axis=-1)
+
+
+# What `write_benchmark_datasets` builds: (right, counted) by construction.
+TINY_BENCHMARK_EXPECTED = {"imagenet": (7, 12), "real": (6, 9), "v2": (4, 10)}
+TINY_REAL_WITHOUT_LABELS = 3
+
+
+def write_benchmark_datasets(data_dir, model, v2_variant="matched-frequency"):
+    """Tiny `imagenet2012_real` (12 images) and `imagenet_v2/<variant>` (10) in `data_dir`.
+
+    Labels are set from `model`'s own predictions `p` so that the scores are
+    known (`TINY_BENCHMARK_EXPECTED`): ImageNet's `original_label` is `p` for
+    images 0-6; ReaL's `real_label` is, by image index mod 4, empty (left
+    out: 0, 4, 8), `[p, p+1]`, `[p+1]` and `[p+1, p+2, p]`; V2's `label` is `p`
+    for images 0-3. Images alternate between two sizes.
+    """
+    real_images = [jpeg_bytes(i, (40, 48) if i % 2 else (36, 36)) for i in range(12)]
+    predictions = own_predictions(model, real_images)
+    examples = []
+    for i, (image, p) in enumerate(zip(real_images, predictions, strict=True)):
+        p, q, r = (int(p + offset) % model.num_classes for offset in (0, 1, 2))
+        real_label = [[], [p, q], [q], [q, r, p]][i % 4]
+        file_name = f"ILSVRC2012_val_{i + 1:08}.JPEG"
+        example = {"file_name": file_name, "image": image, "real_label": real_label}
+        examples.append((file_name, {**example, "original_label": p if i < 7 else q}))
+    write_tfds_dataset(data_dir, "imagenet2012_real", {"validation": examples})
+    v2_images = [jpeg_bytes(100 + i, (48, 40)) for i in range(10)]
+    examples = []
+    for i, (image, p) in enumerate(zip(v2_images, own_predictions(model, v2_images), strict=True)):
+        label = int(p if i < 4 else (p + 1) % model.num_classes)
+        file_name = f"{label}/{i}.jpeg"
+        examples.append((file_name, {"file_name": file_name, "image": image, "label": label}))
+    write_tfds_dataset(data_dir, f"imagenet_v2/{v2_variant}", {"test": examples})

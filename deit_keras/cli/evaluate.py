@@ -1,9 +1,11 @@
-"""Top-1/top-5 accuracy of a saved DeiT on a dataset.
+"""Top-1/top-5 accuracy of a saved DeiT on a dataset, or the paper's Table 5 benchmarks.
 
     python -m deit_keras.evaluate --model_path model.keras --dataset digits \\
         [--split eval] [--data_dir DIR] [--batch_size 64] [--output results.json]
-    python -m deit_keras.evaluate --model deit_tiny_patch16_224 --pretrained \
+    python -m deit_keras.evaluate --model deit_tiny_patch16_224 --pretrained \\
         --dataset imagenet2012
+    python -m deit_keras.evaluate --model deit_base_distilled_patch16_224 --pretrained \\
+        --benchmarks imagenet,real,v2 [--v2_variant matched-frequency] [--data_dir DIR]
 """
 
 import json
@@ -12,13 +14,32 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.cli import model_source
+from deit_keras.data import benchmarks
 from deit_keras.data.image_check import BAD_IMAGES
+from deit_keras.inference.benchmarks import evaluate_benchmarks, format_benchmarks
 from deit_keras.inference.evaluate import check_batch_size, evaluate_on_dataset
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import FRACTION, POSITIVE
 
 _DATASET = flags.DEFINE_string(
-    "dataset", None, "'digits', 'folder:PATH' or a TFDS name, e.g. 'imagenet2012'."
+    "dataset",
+    None,
+    "'digits', 'folder:PATH' or a TFDS name, e.g. 'imagenet2012' (or --benchmarks instead).",
+)
+_BENCHMARKS = flags.DEFINE_list(
+    "benchmarks",
+    None,
+    "Instead of --dataset, the DeiT paper's Table 5 test sets, a subset of "
+    f"{','.join(benchmarks.BENCHMARKS)}: ImageNet top-1 (tfds imagenet2012, or "
+    "imagenet2012_real's original_label when real is asked for too), ImageNet-ReaL "
+    "top-1 (imagenet2012_real; images without ReaL labels left out) and ImageNet-V2 "
+    "top-1 (imagenet_v2/<--v2_variant>), each prepared in --data_dir.",
+)
+_V2_VARIANT = flags.DEFINE_enum(
+    "v2_variant",
+    benchmarks.DEFAULT_V2_VARIANT,
+    list(benchmarks.V2_VARIANTS),
+    "The ImageNet-V2 config of --benchmarks=v2 (the paper's: matched-frequency).",
 )
 _SPLIT = flags.DEFINE_enum("split", "eval", ["train", "eval"], "Which split.")
 _BAD_IMAGES = flags.DEFINE_enum(
@@ -61,11 +82,39 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    cli.check_no_arguments(argv)
-    check_batch_size(_BATCH_SIZE.value)  # before a model is loaded or downloaded
-    model, class_names = model_source.load_model_from_flags(allow_exported=True)
+def _check_flags() -> None:
+    """One of --dataset / --benchmarks, and no flag the other one ignores (before any loading)."""
+    if bool(_DATASET.value) == bool(_BENCHMARKS.value):
+        raise cli.UsageError(
+            "Pass either --dataset=NAME or --benchmarks="
+            f"{','.join(benchmarks.BENCHMARKS)} (the paper's test sets), not both or neither."
+        )
+    if _BENCHMARKS.value:
+        benchmarks.parse_benchmarks(_BENCHMARKS.value)
+        ignored = [name for name in ("split", "bad_images") if flags.FLAGS[name].present]
+        if ignored:
+            raise cli.UsageError(
+                f"--{ignored[0]} is for --dataset; the benchmarks read each test set's own split."
+            )
+    check_batch_size(_BATCH_SIZE.value)
+
+
+def _evaluate(model, class_names) -> tuple:
+    """`(summary, lines for people)` of --dataset or --benchmarks."""
     summary = {"model_path": model_source.model_description()}
+    if _BENCHMARKS.value:
+        report = evaluate_benchmarks(
+            model,
+            _BENCHMARKS.value,
+            class_names=class_names,
+            data_dir=_DATA_DIR.value,
+            batch_size=_BATCH_SIZE.value,
+            max_batches=_MAX_BATCHES.value,
+            crop_pct=_CROP_PCT.value,
+            v2_variant=_V2_VARIANT.value,
+        )
+        summary.update(report)
+        return summary, format_benchmarks(report)
     summary.update(
         evaluate_on_dataset(
             model,
@@ -79,17 +128,24 @@ def main(argv: list[str]) -> None:
             bad_images=_BAD_IMAGES.value,
         )
     )
+    return summary, format_results(summary)
+
+
+def main(argv: list[str]) -> None:
+    cli.check_no_arguments(argv)
+    _check_flags()  # before a model is loaded or downloaded
+    model, class_names = model_source.load_model_from_flags(allow_exported=True)
+    summary, for_people = _evaluate(model, class_names)
     if _OUTPUT.value:
         summary["flags"] = flags.FLAGS.flags_into_string()
         write_text_atomic(_OUTPUT.value, json.dumps(summary, indent=1) + "\n")
-        print(format_results(summary))
+        print(for_people)
         print(f"wrote {_OUTPUT.value}")
     else:
         print(json.dumps(summary, indent=1))
 
 
 def run() -> None:
-    flags.mark_flags_as_required(["dataset"])
     cli.run(main)
 
 

@@ -10,11 +10,14 @@ pipeline cannot decode are left out (`bad_images="skip"`, listed in
 hold the same class folders, and every train/ class at least one image.
 """
 
+import contextlib
 import dataclasses
 import os
+import re
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from deit_keras.data import digits, image_check
 from deit_keras.errors import UserInputError
@@ -112,31 +115,63 @@ def _tfds_source(name, builder, user_name):
     return Source(dataset_info, reader)
 
 
-def _tfds(name, data_dir):
+def _manual_download_line(builder, looked_in, catalog_name):
+    """What a dataset that needs a manual download asks for, in one sentence."""
+    files = re.findall(r"[\w.-]+\.(?:tar\.gz|tar|zip|tgz)\b", builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    what = " and ".join(dict.fromkeys(files)) or "the files"
+    return (
+        f" It needs a manual download: put {what} in "
+        f"{os.path.join(looked_in, 'downloads', 'manual')} (or pass "
+        "--manual_dir) as described at "
+        f"https://www.tensorflow.org/datasets/catalog/{catalog_name}."
+    )
+
+
+@contextlib.contextmanager
+def _without_lookup_warnings():
+    """tfds warns "Variant folder ... has no dataset_info.json" for a dataset it finds
+    unprepared; `prepared_builder` says so in its own one line instead."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def prepared_builder(name: str, data_dir: str | None = None):
+    """The tfds builder of `name` (e.g. "imagenet_v2/matched-frequency"), prepared in `data_dir`.
+
+    Raises:
+        DatasetNotFoundError: `name` is not in the tfds catalogue, or the
+            dataset is not prepared there; the message names the `tfds build`
+            command that prepares it (and the files a manual download needs).
+    """
     looked_in = data_dir or tfds.core.constants.DATA_DIR
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with _without_lookup_warnings():
+            builder = tfds.builder(name, data_dir=data_dir)
+            prepared = builder.is_prepared()
     except tfds.core.registered.DatasetNotFoundError as error:
         raise DatasetNotFoundError(
             f"Unknown dataset {name!r}: not 'digits', not 'folder:PATH' and "
             f"not a tfds catalogue name ({error.__class__.__name__})."
         ) from None
-    if not builder.is_prepared():
+    if not prepared:
         manual = ""
         if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-            manual = (
-                " It needs a manual download: put the files in "
-                f"{os.path.join(looked_in, 'downloads', 'manual')} (or pass "
-                "--manual_dir) as described at "
-                f"https://www.tensorflow.org/datasets/catalog/{name}."
-            )
+            manual = _manual_download_line(builder, looked_in, name.split("/")[0])
         raise DatasetNotFoundError(
             f"tfds dataset {name!r} is not prepared in data_dir={looked_in!r} "
             f"(looked for {builder.data_dir}). deit_keras never downloads "
             f"data; prepare it first with `tfds build {name} "
             f"--data_dir={looked_in}`.{manual}"
         )
-    return _tfds_source(name, builder, name)
+    return builder
+
+
+def _tfds(name, data_dir):
+    return _tfds_source(name, prepared_builder(name, data_dir), name)
 
 
 def _class_folders(root):

@@ -122,6 +122,21 @@ def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) 
         `cls_top1`, `cls_top5` and, for distilled models, `dist_top1`,
         `dist_top5`, plus `loss`, `num_examples`, `seconds`, `images_per_second`.
     """
+    return evaluate_outputs(outputs_function(model), dataset, model.num_classes, max_batches)
+
+
+def outputs_function(model: keras.Model):
+    """`images -> {"": averaged heads, "cls_": class head[, "dist_": distillation head]}`.
+
+    Args:
+        model: a `DeiT` with a classification head, or a
+            `deploy.runtimes.ExportedModel`.
+
+    Returns:
+        A function of a batch of normalised `[B, H, W, 3]` images of the
+        model's size (UserInputError for another size), traced once for a
+        Keras model.
+    """
     if not model.num_classes:
         raise UserInputError("Cannot evaluate a model without a head (num_classes=0).")
     size = model.image_size
@@ -145,7 +160,7 @@ def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) 
             )
         return heads(tf.cast(images, tf.float32))
 
-    return evaluate_outputs(outputs_fn, dataset, model.num_classes, max_batches)
+    return outputs_fn
 
 
 def classifier_top1(classifier: keras.Model, dataset, num_classes: int) -> float:
