@@ -8,7 +8,11 @@
   reports a cosine similarity of 0.06 between the learned class and
   distillation tokens at the input, rising to 0.93 at the last layer.
 - `attention_maps`: last-layer attention of each prefix token over the
-  patches, per head, and the rollout, as `[grid, grid]` maps.
+  patches, per head, and the rollout, as `[grid, grid]` maps. For CaiT the
+  last layer is the last class-attention block, and the rollout runs over
+  `[class token, patches]` with the class token held still in the
+  self-attention blocks and the patches held still in the class-attention
+  blocks (what each block really does).
 """
 
 import numpy as np
@@ -64,7 +68,7 @@ def attention_maps(model, image) -> dict:
     """Last-layer (per head) and rollout attention maps of the prefix tokens.
 
     Args:
-        model: a `DeiT`.
+        model: a `DeiT` or `CaiT`.
         image: one normalised model input, `[H, W, 3]` or `[1, H, W, 3]`
             with `H = W = model.image_size`.
 
@@ -79,6 +83,8 @@ def attention_maps(model, image) -> dict:
     if len(image.shape) != 4 or image.shape[0] != 1:
         raise UserInputError(f"attention_maps takes one image. Received shape: {image.shape}")
     _, attentions = model.forward_features(image, training=False, return_attention_scores=True)
+    if hasattr(model, "blocks_token_only"):  # CaiT
+        attentions = _cait_full_sequence(attentions, model.depth)
     prefix = model.num_prefix_tokens
     grid = model.grid_size
     last = np.asarray(ops.convert_to_numpy(attentions[-1]), dtype=np.float32)[0]
@@ -90,6 +96,27 @@ def attention_maps(model, image) -> dict:
             "rollout": rollout[index].reshape(grid, grid),
         }
     return maps
+
+
+def _cait_full_sequence(attentions, depth):
+    """CaiT's attentions as `[B, heads, 1 + T, 1 + T]` over `[class token, patches]`.
+
+    A self-attention block leaves the class token (not yet inserted) as it is:
+    its row is the identity. A class-attention block updates the class token
+    only: its row is the block's attention, the patch rows the identity.
+    """
+    full = []
+    for index, attention in enumerate(attentions):
+        attention = np.asarray(ops.convert_to_numpy(attention), dtype=np.float64)
+        batch, heads = attention.shape[:2]
+        tokens = attention.shape[-1] + (1 if index < depth else 0)
+        matrix = np.broadcast_to(np.eye(tokens), (batch, heads, tokens, tokens)).copy()
+        if index < depth:
+            matrix[:, :, 1:, 1:] = attention
+        else:
+            matrix[:, :, 0, :] = attention[:, :, 0, :]
+        full.append(matrix)
+    return full
 
 
 def _cosine(a, b):

@@ -71,6 +71,39 @@ def test_attention_maps_are_last_layer_rows(model):
         attention_lib.attention_maps(model, np.stack([image, image]))
 
 
+def test_cait_maps_are_class_attention_rows_and_a_full_sequence_rollout():
+    from deit_keras.models import build_model
+
+    cait = build_model(
+        "cait_xxs24_224",
+        num_classes=5,
+        image_size=32,
+        patch_size=8,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+    )
+    image = np.random.RandomState(1).randn(1, 32, 32, 3).astype("float32")
+    maps = attention_lib.attention_maps(cait, image)
+    assert sorted(maps) == ["cls"]
+    _, attentions = cait.forward_features(image, return_attention_scores=True)
+    last = attentions[-1].numpy()[0]  # the last class-attention block: [heads, 1, 1 + T]
+    np.testing.assert_allclose(maps["cls"]["heads"].reshape(2, 16), last[:, 0, 1:], atol=1e-6)
+    # By hand: self-attention blocks move only patches, class attention only the class token.
+    expected = np.eye(17)
+    for index, attention in enumerate(a.numpy()[0].mean(0) for a in attentions):
+        full = np.eye(17)
+        if index < 2:
+            full[1:, 1:] = attention
+        else:
+            full[0] = attention[0]
+        mixed = 0.5 * full + 0.5 * np.eye(17)
+        expected = mixed / mixed.sum(-1, keepdims=True) @ expected
+    np.testing.assert_allclose(
+        maps["cls"]["rollout"].reshape(16), expected[0, 1:], rtol=1e-4, atol=1e-6
+    )
+
+
 def test_token_cosine_similarity(model):
     images = np.random.RandomState(2).randn(3, 32, 32, 3).astype("float32")
     similarity = attention_lib.token_cosine_similarity(model, images)
