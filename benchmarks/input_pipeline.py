@@ -3,9 +3,19 @@
 Generates a few hundred ~500x375 JPEGs into a temporary `folder:` dataset
 and times `make_dataset(..., image_size=224)` with the full recipe on/off,
 RandAugment per image vs batched, and KerasCV's RandAugment for comparison.
-Writes `benchmarks/results/input_pipeline.json`.
+With `--reference=timm` it also times, on the same JPEGs and in the same run
+(interleaved with ours), timm's training transform in a torch `DataLoader`:
+`create_transform(224, is_training=True, auto_augment="rand-m9-mstd0.5-inc1",
+re_prob=0.25, interpolation="bicubic")` (random resized crop, flip, RandAugment m9,
+erasing) with `timm.data.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)`
+on each batch: the DeiT recipe as the official `main.py` builds it. Both sides use every
+core of the machine (tf.data's AUTOTUNE; `num_workers` = cores), so images/s per core is
+the total over `os.cpu_count()` on both sides. timm needs the test extra (torch,
+torchvision, timm) and torchvision's op-registration stub (set here, as in
+tests/conftest.py). Writes `benchmarks/results/input_pipeline.json`.
 
-    python benchmarks/input_pipeline.py [--images 320] [--batches 20]
+    python benchmarks/input_pipeline.py [--images 320] [--batches 20] \
+        [--reference timm] [--rounds 3]
 """
 
 import argparse
@@ -60,11 +70,90 @@ def images_per_second(name, config, batch_size, batches, training=True):
     return batches * batch_size / (time.perf_counter() - start)
 
 
+def timm_loader(root, batch_size, workers):
+    """timm's DeiT training transform + Mixup/CutMix in a torch DataLoader over `root/train`."""
+    import sys
+    import types
+
+    for module in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+        sys.modules.setdefault(module, types.ModuleType(module))
+    import torch
+    from timm.data import Mixup, create_transform
+    from torchvision.datasets import ImageFolder
+
+    transform = create_transform(
+        224,
+        is_training=True,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        re_prob=0.25,
+        interpolation="bicubic",
+    )
+    dataset = ImageFolder(os.path.join(root, "train"), transform=transform)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=True,
+    )
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
+    return loader, mixup
+
+
+def timm_images_per_second(loader, mixup, batches):
+    def forever():
+        while True:
+            yield from loader
+
+    iterator = forever()
+    next(iterator)  # warm-up: worker start, first files
+    next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        images, targets = next(iterator)
+        images, targets = mixup(images, targets)
+    return batches * images.shape[0] / (time.perf_counter() - start)
+
+
+def compare_with_timm(name, root, args):
+    """Ours (full recipe) and timm's, interleaved `args.rounds` times; the median ratio."""
+    loader, mixup = timm_loader(root, args.batch_size, os.cpu_count())
+    full = augment.AugmentConfig()
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+        ours.append(images_per_second(name, full, args.batch_size, args.batches))
+        theirs.append(timm_images_per_second(loader, mixup, args.batches))
+        print(f"round: deit_keras {ours[-1]:6.1f} img/s, timm {theirs[-1]:6.1f} img/s", flush=True)
+    cores = os.cpu_count()
+    ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
+    return {
+        "deit_keras_images_per_second": ours,
+        "timm_images_per_second": theirs,
+        "deit_keras_per_core_median": float(np.median(ours)) / cores,
+        "timm_per_core_median": float(np.median(theirs)) / cores,
+        "ratio_median": ratios[len(ratios) // 2],
+        "timm_transform": "create_transform(224, is_training=True, auto_augment="
+        "'rand-m9-mstd0.5-inc1', re_prob=0.25, interpolation='bicubic') + "
+        "Mixup(0.8, cutmix 1.0, smoothing 0.1), DataLoader(num_workers=cpu_count)",
+    }
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--reference", choices=["none", "timm"], default="none")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     full = augment.AugmentConfig()
     cases = {
@@ -88,6 +177,7 @@ def main():
             f"{'eval (resize 256 + centre crop 224)':45s} "
             f"{results['eval (resize 256 + centre crop 224)']:8.1f} images/s"
         )
+        timm = compare_with_timm(name, root, args) if args.reference == "timm" else None
     report = {
         "images_per_second": results,
         "image_size": 224,
@@ -95,9 +185,15 @@ def main():
         "batch_size": args.batch_size,
         "timed_batches": args.batches,
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "load_average_at_end": os.getloadavg(),
         "platform": platform.platform(),
         "tensorflow": tf.__version__,
     }
+    if timm is not None:
+        report["against_timm"] = timm
+        ratio = timm["ratio_median"]
+        print(f"deit_keras / timm (median of {args.rounds} interleaved rounds): {ratio:.2f}x")
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, "input_pipeline.json")
     with open(path, "w") as f:
