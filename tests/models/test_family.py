@@ -195,6 +195,26 @@ def test_cait_from_a_url_on_localhost_matches_timm_on_photos(image_size, tmp_pat
     assert np.abs(expected).max() > 0.1
 
 
+@pytest.mark.parametrize(
+    "name, depths",
+    [
+        ("deit3_small_patch16_224.fb_in22k_ft_in1k", dict(depth=2)),
+        ("cait_xxs24_224", dict(depth=2, depth_token_only=1)),
+    ],
+)
+def test_timm_hub_safetensors_load_through_create_model(name, depths, tmp_path):
+    """timm's hub copies: `model.safetensors` in timm keys (DeiT III's `lsN.gamma`)."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    reference = timm_reference(name.split(".")[0], **depths)
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(reference.state_dict(), str(path))
+    model = pretrained.create_model(name, pretrained=str(path), **depths)
+    photos = sample_photos(224)
+    expected = _timm_logits(reference, photos)
+    np.testing.assert_allclose(np.asarray(model(photos)), expected, atol=TOLERANCE, rtol=0)
+    assert model.preprocessing == deit_presets.PRESETS[name].preprocessing
+
+
 def test_a_deit_checkpoint_does_not_load_into_deit3(tmp_path):
     deit = build_model("deit_small_patch16_224", depth=1)
     state = checkpoints.state_dict_of(deit)
