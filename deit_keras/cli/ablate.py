@@ -20,6 +20,12 @@ each row's top-1 per head, mean ± std over seeds, mean wall time per run),
 summary) and `learning_curves.png` (mean ± std bands over seeds). Rerunning the
 same command skips finished runs. Unlike train, no SavedModel is exported unless
 `--export_savedmodel`.
+
+With `--train_fractions=0.1,0.25,0.5,1.0` the ablation runs once per fraction of
+the training split (a class-balanced, seeded subset; teacher and students train on
+it) into `output_dir/fraction_<f>/`, then writes `data_efficiency.md`, `.json` and
+`.png`: each row's top-1 and the teacher's against the number of training images
+(`training.data_efficiency`).
 """
 
 import os
@@ -34,6 +40,7 @@ from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import POSITIVE
 from deit_keras.training.ablation import DEFAULT_ROWS, ROWS, check_arguments, run_ablation
 from deit_keras.training.config import TrainConfig
+from deit_keras.training.data_efficiency import check_fractions, run_data_efficiency
 
 define_config_flags(TrainConfig)
 flags.FLAGS.set_default("export_savedmodel", False)
@@ -46,18 +53,32 @@ _ROWS = flags.DEFINE_list(
     "(default: the paper's Table 3).",
 )
 
+_TRAIN_FRACTIONS = flags.DEFINE_list(
+    "train_fractions",
+    None,
+    "Fractions of the training split, e.g. 0.1,0.25,0.5,1.0: the ablation at each, and "
+    "top-1 against the number of training images (data_efficiency.md/.json/.png).",
+)
+
 cli.check_range("seeds", POSITIVE)
 
 
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     rows = check_arguments(_SEEDS.value, _ROWS.value)
+    fractions = check_fractions(_TRAIN_FRACTIONS.value) if _TRAIN_FRACTIONS.value else None
     config = config_from_flags(TrainConfig)
     config.validate()
     config.check_paths()
     os.makedirs(config.model_dir, exist_ok=True)
     write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags.FLAGS.flags_into_string())
     command = shlex.join(["python", "-m", "deit_keras.ablate", *sys.argv[1:]])
+    if fractions:
+        result = run_data_efficiency(config, fractions, _SEEDS.value, rows, command=command)
+        with open(result["markdown"], encoding="utf-8") as handle:
+            print(handle.read())
+        print(f"wrote {result['markdown']}, {result['json']}, {result['plot']}")
+        return
     report = run_ablation(config, _SEEDS.value, rows, command=command)
     with open(report["markdown"], encoding="utf-8") as handle:
         print(handle.read())

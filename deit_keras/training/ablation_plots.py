@@ -88,3 +88,36 @@ def learning_curves_png(
     if curves or references:
         axes.legend(loc="lower right", fontsize="small")
     _save(figure, path)
+
+
+def data_efficiency_png(
+    series: dict,
+    path: str,
+    title: str,
+    size: tuple[int, int] = (800, 500),
+) -> None:
+    """Writes top-1 against the number of training images, mean ± std per row, to `path`.
+
+    Args:
+        series: `{label: [(num_images, mean, std), ...]}`, one point per train fraction.
+        path: str. The PNG to write (atomically).
+        title: str. The figure's title.
+        size: `(width, height)` in pixels. Defaults to (800, 500).
+    """
+    figure, axes = _figure(size)
+    for index, (label, points) in enumerate(series.items()):
+        points = sorted(points)
+        counts = [count for count, _, _ in points]
+        means = [mean for _, mean, _ in points]
+        low = [mean - std for _, mean, std in points]
+        high = [mean + std for _, mean, std in points]
+        axes.fill_between(counts, low, high, color=colour(index), alpha=BAND_ALPHA, linewidth=0)
+        axes.plot(counts, means, color=colour(index), linewidth=1.8, marker="o", label=label)
+    axes.set_xscale("log")
+    axes.set_xlabel("training images (log scale)")
+    axes.set_ylabel("top-1 on the evaluation split (fraction)")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    if series:
+        axes.legend(loc="lower right", fontsize="small")
+    _save(figure, path)

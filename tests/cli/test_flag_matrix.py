@@ -409,6 +409,7 @@ def inputs(tmp_path_factory):
     [
         ("train", ["--model_dir={tmp}/run"], "drop_path", "nan", "run"),
         ("ablate", ["--output_dir={tmp}/ablation"], "seeds", "0", "ablation"),
+        ("ablate", ["--output_dir={tmp}/ablation"], "train_fractions", "0.5,1.5", "ablation"),
         (
             "convert",
             ["--model=deit_tiny_patch16_224", "--output={tmp}/x.keras"],
