@@ -83,7 +83,18 @@ def test_with_dist_token_finds_the_same_architecture_with_or_without_the_token()
     assert with_dist_token("deit_t", True) == "deit_tiny_distilled_patch16_224"
     assert with_dist_token("deit_base_patch16_384", True) == "deit_base_distilled_patch16_384"
     assert with_dist_token("deit_small_patch16_224", False) == "deit_small_patch16_224"
-    for name in list_models():
+    for name in [n for n in list_models() if get_variant(n).architecture == "deit"]:
         sibling = with_dist_token(name, not get_variant(name).distilled)
         assert get_variant(sibling).distilled != get_variant(name).distilled
         assert with_dist_token(sibling, get_variant(name).distilled) == name
+    # DeiT III and CaiT publish no DeiT⚗ presets: without the token they are themselves.
+    from deit_keras.errors import UserInputError
+
+    for name in (
+        "deit3_small_patch16_224",
+        "deit3_base_patch16_384.fb_in22k_ft_in1k",
+        "cait_s24_224",
+    ):
+        assert with_dist_token(name, False) == name
+        with pytest.raises(UserInputError, match="with a distillation token"):
+            with_dist_token(name, True)
