@@ -25,7 +25,7 @@ CPU_FEATURES = (
 )
 
 
-def _cpuinfo_fields(path: str = "/proc/cpuinfo") -> dict:
+def cpuinfo_fields(path: str = "/proc/cpuinfo") -> dict:
     """The first processor's `key: value` lines of `path` ({} where there is none)."""
     if not os.path.exists(path):
         return {}
@@ -57,7 +57,7 @@ def cpu_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict:
         `CPU_FEATURES`; all False where the flags are unknown), `flags_known`,
         `logical_cpus`, `usable_cpus`, `platform`.
     """
-    fields = _cpuinfo_fields(cpuinfo_path)
+    fields = cpuinfo_fields(cpuinfo_path)
     flags = set(fields.get("flags", "").split())
     return {
         "model": fields.get("model name") or platform.processor() or "unknown",

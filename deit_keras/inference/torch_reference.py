@@ -54,13 +54,18 @@ def hf_model(model, num_classes: int | None = None, attn: str = "sdpa"):
     """The transformers twin of `model`'s architecture, random weights, in eval mode."""
     _, transformers = _import_reference()
     kwargs = hf_config_kwargs(model, num_classes, attn)
-    if model.distilled:
-        reference = transformers.DeiTForImageClassificationWithTeacher(
-            transformers.DeiTConfig(**kwargs)
-        )
-    else:
-        reference = transformers.ViTForImageClassification(transformers.ViTConfig(**kwargs))
-    return reference.eval()
+    names = ("DeiTForImageClassificationWithTeacher", "DeiTConfig")
+    if not model.distilled:
+        names = ("ViTForImageClassification", "ViTConfig")
+    try:  # transformers imports its model modules on first use
+        model_class, config_class = (getattr(transformers, name) for name in names)
+    except (ImportError, RuntimeError) as error:
+        reason = " ".join(str(error.__cause__ or error).split())[:200]
+        raise UserEnvironmentError(
+            f"transformers cannot import {names[0]} here ({reason}); check that torch, "
+            "transformers (and torchvision, if installed) are versions that go together."
+        ) from error
+    return model_class(config_class(**kwargs)).eval()
 
 
 def torch_steps(model, num_threads: int | None = None, attn: str = "sdpa"):
