@@ -46,6 +46,7 @@ class Setup:
     num_threads: int
     quiet_onnx: bool = True
     files: dict = dataclasses.field(default_factory=dict)  # exports made so far, reused
+    closers: dict = dataclasses.field(default_factory=dict)  # name -> close(), its peak RSS MiB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +161,9 @@ def _litert(quantize):
 
 
 def _torch(setup):
-    steps = torch_reference.torch_steps(setup.model, setup.num_threads)
-    return lambda batch_size: steps(float_images(setup.model, batch_size))
+    reference = torch_reference.ReferenceProcess(setup.model, setup.num_threads)
+    setup.closers[REFERENCE] = reference.close
+    return reference.step_for
 
 
 _ONNX = ("tf2onnx", "onnx", "onnxruntime")
@@ -195,7 +197,7 @@ RUNTIMES = {
     ),
     REFERENCE: Runtime(
         "PyTorch eager reference: transformers DeiT of the same architecture (sdpa attention, "
-        "random weights, torch.inference_mode)",
+        "random weights, torch.inference_mode), in a process of its own",
         ("torch", "transformers"),
         _torch,
         install=torch_reference.INSTALL,

@@ -162,6 +162,16 @@ def _prepared(names, setup, batch_size, warmup, progress):
     return many, one, rows, failed
 
 
+def _timed(many, one, rows, iterations, budget_s, rounds) -> dict:
+    """Per-call seconds of every runtime, both cases, in turns."""
+    return {
+        "throughput": timing.interleaved(
+            many, _calls(rows, "throughput", iterations, budget_s), rounds
+        ),
+        "latency": timing.interleaved(one, _calls(rows, "latency", iterations, budget_s), rounds),
+    }
+
+
 def _calls(rows, case, iterations, budget_s):
     if iterations is not None:
         return {name: iterations for name in rows}
@@ -207,26 +217,30 @@ def run_benchmark(
     check_options(batch_size, reference, warmup, iterations, rounds)
     num_threads = num_threads or host.usable_cpus()
     names = list(runtimes) + ([reference] if reference != "none" else [])
+    load_before = host.load_average()
     with tempfile.TemporaryDirectory(prefix="deit-benchmark-") as workdir:
         setup = Setup(model, workdir, num_threads, quiet_onnx=len(names) > 1)
-        many, one, rows, failed = _prepared(names, setup, batch_size, warmup, progress)
-        progress(f"timing {', '.join(rows)} in {rounds} turns: batch {batch_size}, then batch 1")
-        seconds = {
-            "throughput": timing.interleaved(
-                many, _calls(rows, "throughput", iterations, time_budget_s), rounds
-            ),
-            "latency": timing.interleaved(
-                one, _calls(rows, "latency", iterations, time_budget_s), rounds
-            ),
-        }
+        try:
+            many, one, rows, failed = _prepared(names, setup, batch_size, warmup, progress)
+            progress(f"timing {', '.join(rows)} in {rounds} turns: batch {batch_size}, then 1")
+            seconds = _timed(many, one, rows, iterations, time_budget_s, rounds)
+        finally:
+            process_rss = {name: close() for name, close in setup.closers.items()}
     for name, row in rows.items():
         del row["_last"]
         row["throughput"] = timing.summarize(seconds["throughput"][name], batch_size)
         row["latency"] = timing.summarize(seconds["latency"][name], 1)
+        if name in process_rss:  # its own process: its memory, not ours
+            row["rss_mb_after_warmup"] = None
+            row["process_peak_rss_mb"] = process_rss[name]
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "versions": _versions(),
-        "machine": _machine(num_threads),
+        "machine": dict(
+            _machine(num_threads),
+            load_average_before=load_before,
+            load_average_after=host.load_average(),
+        ),
         "model": _model_fields(model),
         "settings": dict(
             batch_size=batch_size,

@@ -93,3 +93,11 @@ def current_rss_mb() -> float | None:
     except OSError:
         return None
     return None
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other work on the cores skews timings)."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None

@@ -7,6 +7,11 @@ transformers are imported here only, when a reference is asked for: they are
 not requirements of the package (the `test` extra has them).
 """
 
+import importlib.util
+import multiprocessing
+import resource
+import types
+
 import numpy as np
 
 from deit_keras.errors import UserEnvironmentError
@@ -24,6 +29,16 @@ def _import_reference():
             f"{INSTALL}."
         ) from None
     return torch, transformers
+
+
+def _import_reference_spec() -> None:
+    """`UserEnvironmentError` when torch or transformers is missing, without importing them."""
+    for module in ("torch", "transformers"):
+        if importlib.util.find_spec(module) is None:
+            raise UserEnvironmentError(
+                f"The PyTorch reference needs torch and transformers ({module} is missing): "
+                f"{INSTALL}."
+            )
 
 
 def hf_config_kwargs(model, num_classes: int | None = None, attn: str = "sdpa") -> dict:
@@ -69,13 +84,15 @@ def hf_model(model, num_classes: int | None = None, attn: str = "sdpa"):
 
 
 def torch_steps(model, num_threads: int | None = None, attn: str = "sdpa"):
-    """`step_for(images_nhwc) -> step()`: the reference's forward pass on fixed images.
+    """`step_for(images_nhwc) -> step()`: the reference's forward pass on fixed images, here.
 
     The reference is built once; each `step()` runs it under
     `torch.inference_mode()` on float32 `[B, S, S, 3]` images (made NCHW once).
+    In a process that also runs TensorFlow the two thread pools compete:
+    `ReferenceProcess` keeps them apart.
 
     Args:
-        model: the `DeiT` whose architecture the reference copies.
+        model: the `DeiT` (or its `architecture(model)`) the reference copies.
         num_threads: int or None. `torch.set_num_threads`; None leaves torch's.
         attn: str. transformers' attention implementation.
     """
@@ -94,3 +111,83 @@ def torch_steps(model, num_threads: int | None = None, attn: str = "sdpa"):
         return step
 
     return step_for
+
+
+_FIELDS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "image_size", "patch_size")
+
+
+def architecture(model) -> types.SimpleNamespace:
+    """The fields of `model` the reference needs, as a plain (picklable) object."""
+    fields = {name: getattr(model, name) for name in _FIELDS}
+    return types.SimpleNamespace(
+        **fields, num_classes=int(model.num_classes), distilled=bool(model.distilled)
+    )
+
+
+def _serve(connection, fields, num_threads, attn) -> None:
+    """The reference process: builds the model, then answers the parent's requests."""
+    try:
+        step_for = torch_steps(fields, num_threads, attn)
+    except Exception as error:  # sent to the parent, which raises it there
+        connection.send(("error", type(error).__name__, " ".join(str(error).split())))
+        return
+    connection.send(("ready",))
+    steps, rng = {}, np.random.default_rng(0)
+    size = fields.image_size
+    while True:
+        request, batch_size = connection.recv()
+        if request == "close":
+            connection.send(("closed", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+            return
+        if batch_size not in steps:
+            images = rng.normal(size=(batch_size, size, size, 3)).astype(np.float32)
+            steps[batch_size] = step_for(images)
+        steps[batch_size]()
+        connection.send(("done",))
+
+
+class ReferenceProcess:
+    """The reference in a process of its own (spawned, no TensorFlow in it).
+
+    Each `step()` of `step_for(batch_size)` asks that process for one forward
+    pass on fixed random images and waits for it; the pipe's round trip (tens
+    of microseconds) is in the time, as a served model's would be. TensorFlow's
+    and torch's thread pools then never share a process: in one process, timed
+    in turns, each slowed the other (torch's batch-1 median went from ~25 ms to
+    ~250 ms, p90 1.8 s, on 2 cores).
+
+    Args:
+        model: the `DeiT` whose architecture the reference copies.
+        num_threads: int or None. torch's threads in that process.
+        attn: str. transformers' attention implementation.
+
+    Raises:
+        UserEnvironmentError: torch or transformers cannot build the model there.
+    """
+
+    def __init__(self, model, num_threads: int | None = None, attn: str = "sdpa"):
+        _import_reference_spec()
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve, args=(child, architecture(model), num_threads, attn), daemon=True
+        )
+        self._process.start()
+        reply = self._connection.recv()
+        if reply[0] == "error":
+            self._process.join()
+            raise UserEnvironmentError(f"The PyTorch reference failed to start: {reply[2]}")
+
+    def step_for(self, batch_size: int):
+        def step():
+            self._connection.send(("run", batch_size))
+            self._connection.recv()
+
+        return step
+
+    def close(self) -> float:
+        """Ends the process; returns its peak RSS in MiB."""
+        self._connection.send(("close", 0))
+        peak = self._connection.recv()[1]
+        self._process.join()
+        return peak
