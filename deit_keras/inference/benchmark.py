@@ -218,6 +218,7 @@ def run_benchmark(
     num_threads = num_threads or host.usable_cpus()
     names = list(runtimes) + ([reference] if reference != "none" else [])
     load_before = host.load_average()
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory(prefix="deit-benchmark-") as workdir:
         setup = Setup(model, workdir, num_threads, quiet_onnx=len(names) > 1)
         try:
@@ -234,7 +235,7 @@ def run_benchmark(
             row["rss_mb_after_warmup"] = None
             row["process_peak_rss_mb"] = process_rss[name]
     result = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "date": started,
         "versions": _versions(),
         "machine": dict(
             _machine(num_threads),

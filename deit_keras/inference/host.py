@@ -83,16 +83,29 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS
 
 
-def current_rss_mb() -> float | None:
-    """This process's resident memory now (`VmRSS`), in MiB; None where /proc is missing."""
+def _status_mb(key: str) -> float | None:
     try:
         with open("/proc/self/status", encoding="utf-8") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident memory now (`VmRSS`), in MiB; None where /proc is missing."""
+    return _status_mb("VmRSS")
+
+
+def own_peak_rss_mb() -> float | None:
+    """This process's peak resident memory since it started its program (`VmHWM`), in MiB.
+
+    A spawned child's `ru_maxrss` starts from its parent's (it is kept across
+    exec); `VmHWM` belongs to the new program alone. None where /proc is missing.
+    """
+    return _status_mb("VmHWM")
 
 
 def load_average() -> list[float] | None:

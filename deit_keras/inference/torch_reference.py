@@ -9,12 +9,12 @@ not requirements of the package (the `test` extra has them).
 
 import importlib.util
 import multiprocessing
-import resource
 import types
 
 import numpy as np
 
 from deit_keras.errors import UserEnvironmentError
+from deit_keras.inference import host
 
 INSTALL = "pip install torch transformers"
 
@@ -137,7 +137,7 @@ def _serve(connection, fields, num_threads, attn) -> None:
     while True:
         request, batch_size = connection.recv()
         if request == "close":
-            connection.send(("closed", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+            connection.send(("closed", host.own_peak_rss_mb()))
             return
         if batch_size not in steps:
             images = rng.normal(size=(batch_size, size, size, 3)).astype(np.float32)
@@ -152,9 +152,12 @@ class ReferenceProcess:
     Each `step()` of `step_for(batch_size)` asks that process for one forward
     pass on fixed random images and waits for it; the pipe's round trip (tens
     of microseconds) is in the time, as a served model's would be. TensorFlow's
-    and torch's thread pools then never share a process: in one process, timed
-    in turns, each slowed the other (torch's batch-1 median went from ~25 ms to
-    ~250 ms, p90 1.8 s, on 2 cores).
+    and torch's thread pools then never share a process, and the reference's
+    memory is its own (`close()` returns its peak RSS), as in
+    `benchmarks/throughput.py`'s one-process-per-side workers. Its OpenMP
+    threads still share the cores: on cores other work also uses, torch with
+    every core's thread stalls (2 cores at load ~5: batch-1 median 36 ms and
+    p90 960 ms with 2 threads, 7 ms with 1, DeiT-Ti at 32 px).
 
     Args:
         model: the `DeiT` whose architecture the reference copies.
@@ -186,7 +189,7 @@ class ReferenceProcess:
         return step
 
     def close(self) -> float:
-        """Ends the process; returns its peak RSS in MiB."""
+        """Ends the process; returns its own peak RSS in MiB (`host.own_peak_rss_mb`)."""
         self._connection.send(("close", 0))
         peak = self._connection.recv()[1]
         self._process.join()

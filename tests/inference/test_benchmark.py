@@ -98,3 +98,19 @@ def test_bad_settings_and_models(tmp_path):
         benchmark.benchmark_model("deit_huge")
     with pytest.raises(UserInputError, match="image_size and num_classes are"):
         benchmark.benchmark_model(str(tmp_path / "m.keras"), image_size=32)
+
+
+def test_the_torch_reference_runs_in_a_process_of_its_own(model):
+    pytest.importorskip("transformers")
+    from deit_keras.inference import torch_reference
+
+    fields = torch_reference.architecture(model)
+    assert (fields.embed_dim, fields.num_classes, fields.distilled) == (32, 10, True)
+    reference = torch_reference.ReferenceProcess(model, num_threads=1)
+    try:
+        reference.step_for(2)()
+        reference.step_for(1)()
+        assert reference._process.is_alive()
+    finally:
+        peak_mb = reference.close()
+    assert peak_mb > 50 and not reference._process.is_alive()
