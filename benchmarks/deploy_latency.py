@@ -28,12 +28,13 @@ import os
 import resource
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput  # noqa: E402  (a sibling script: machine facts, the HF reference)
+
+from deit_keras.inference import timing  # noqa: E402  (throughput puts the repository first)
 
 ROOT = throughput.ROOT
 QUANTIZE = ("none", "float16", "dynamic_int8", "int8")
@@ -93,19 +94,13 @@ def worker(args):
         step = _keras_step(args, batch, size)
     else:
         step = _exported_step(args, side, batch, size)
-    for _ in range(args.warmup):
-        step()
+    timing.time_calls(step, args.warmup)
     throughput.reply(ready=True)
     for line in sys.stdin:
         command = line.split()
         if command[0] != "run":
             break
-        times = []
-        for _ in range(int(command[1])):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        throughput.reply(seconds=times)
+        throughput.reply(seconds=timing.time_calls(step, int(command[1])))
     throughput.reply(max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -224,10 +219,11 @@ def summarise(batch1, batch32, batch):
     ref1 = np.median(batch1["torch"]["seconds"])
     ref32 = np.median(batch32["torch"]["seconds"])
     for side in SIDES:
-        one, many = np.asarray(batch1[side]["seconds"]), np.asarray(batch32[side]["seconds"])
+        one, many = batch1[side]["seconds"], np.asarray(batch32[side]["seconds"])
+        latency = timing.summarize(one, 1)
         rows[side] = {
-            "b1_median_ms": 1e3 * float(np.median(one)),
-            "b1_p90_ms": 1e3 * float(np.percentile(one, 90)),
+            "b1_median_ms": latency["median_ms"],
+            "b1_p90_ms": latency["p90_ms"],
             "b1_latency_ratio": float(np.median(one) / ref1),
             f"b{batch}_images_per_s": batch / float(np.median(many)),
             f"b{batch}_throughput_ratio": float(ref32 / np.median(many)),

@@ -29,12 +29,15 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 import types
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's deit_keras; its timing and host modules load no TF
+
+from deit_keras.inference import host, timing  # noqa: E402
+
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 MARK = "@@"  # worker replies on stdout start with this
 TEACHER_WIDTH = 16
@@ -71,14 +74,7 @@ def teacher_flops(image_size, width=TEACHER_WIDTH, num_classes=1000):
 def machine():
     """CPU model, flags and the fp32 peak with how it was derived."""
     info = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
-    text = ""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    fields = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+    fields = host.cpuinfo_fields()
     flags = set(fields.get("flags", "").split())
     mhz = float(fields.get("cpu MHz", "0") or 0)
     vendor, family = fields.get("vendor_id", ""), int(fields.get("cpu family", "0") or 0)
@@ -89,6 +85,7 @@ def machine():
     peak = os.cpu_count() * mhz * 1e6 * lanes * 2 * fma_units
     info.update(
         cpu=fields.get("model name", platform.processor()),
+        features=host.cpu_info()["features"],
         vendor=vendor,
         family=family,
         mhz=mhz,
@@ -276,16 +273,12 @@ def worker(args):
     build = {"torch": torch_worker, "keras": keras_worker, "keras_hub": keras_hub_worker}[side]
     import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     step = build(args, task, name, int(batch), *attn)
-    for _ in range(args.warmup if task == "infer" else min(args.warmup, 2)):
-        step()
+    timing.time_calls(step, args.warmup if task == "infer" else min(args.warmup, 2))
     reply(ready=True)
     for line in sys.stdin:
         command = line.split()
         if command[0] == "run":
-            start = time.perf_counter()
-            for _ in range(int(command[1])):
-                step()
-            reply(seconds=(time.perf_counter() - start) / int(command[1]))
+            reply(seconds=float(np.mean(timing.time_calls(step, int(command[1])))))
         else:
             break
     reply(

@@ -17,6 +17,7 @@ import tensorflow as tf
 from deit_keras.data.augment import AugmentConfig
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from deit_keras.deploy.pretrained import create_model
+from deit_keras.inference.torch_reference import hf_config_kwargs
 from deit_keras.models.variants import get_variant
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.custom_loop import distribute_train_dataset, fit_distributed
@@ -169,17 +170,7 @@ def hf_reference(name, num_classes=1000):
 
     transformers = pytest.importorskip("transformers")
     variant = get_variant(name)
-    kwargs = dict(
-        hidden_size=variant.embed_dim,
-        num_hidden_layers=variant.depth,
-        num_attention_heads=variant.num_heads,
-        intermediate_size=4 * variant.embed_dim,
-        image_size=variant.image_size,
-        patch_size=variant.patch_size,
-        num_labels=num_classes,
-        layer_norm_eps=1e-6,
-        attn_implementation="eager",
-    )
+    kwargs = hf_config_kwargs(variant, num_classes, attn="eager")
     if variant.distilled:
         return transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**kwargs))
     return transformers.ViTForImageClassification(transformers.ViTConfig(**kwargs))

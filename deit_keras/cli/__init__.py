@@ -7,6 +7,7 @@
     deit-predict / python -m deit_keras.predict      inference.predict.predict_files
     deit-visualize / python -m deit_keras.visualize  analysis.drawing.visualize_file
     deit-ablate / python -m deit_keras.ablate        training.ablation.run_ablation
+    deit-benchmark / python -m deit_keras.benchmark  inference.benchmark.run_benchmark
 
 What they share lives here: one-line errors with exit status 2 (a bad flag
 value too: `check_range` / `check_path` register absl validators), quiet logs.

@@ -23,7 +23,16 @@ import os
 import sys
 import tempfile
 
-COMMANDS = ("train", "convert", "export", "evaluate", "predict", "visualize", "ablate")
+COMMANDS = (
+    "train",
+    "convert",
+    "export",
+    "evaluate",
+    "predict",
+    "visualize",
+    "ablate",
+    "benchmark",
+)
 _TRUE = ("", "true", "t", "1", "yes", "y")
 
 
@@ -125,3 +134,7 @@ def visualize() -> None:
 
 def ablate() -> None:
     launch("ablate")
+
+
+def benchmark() -> None:
+    launch("benchmark")

@@ -1,16 +1,29 @@
-"""Using a trained DeiT: compiled prediction, top-k classes of images, accuracy on a dataset,
-the paper's Table 5 (ImageNet, ReaL, V2)."""
+"""Using a trained DeiT: prediction, top-k classes, accuracy, the paper's test sets, speed.
 
-from deit_keras.inference.benchmarks import evaluate_benchmarks
-from deit_keras.inference.evaluate import evaluate_file, evaluate_model, evaluate_on_dataset
-from deit_keras.inference.predict import predict_files, predict_function, predict_images
+The names below load on first use (PEP 562), so `deit_keras.inference.timing`
+and `deit_keras.inference.host` import without TensorFlow: the `benchmarks/`
+drivers and PyTorch-only workers time with them and stay small.
+"""
 
-__all__ = [
-    "evaluate_benchmarks",
-    "evaluate_file",
-    "evaluate_model",
-    "evaluate_on_dataset",
-    "predict_files",
-    "predict_function",
-    "predict_images",
-]
+import importlib
+
+_EXPORTS = {
+    "evaluate_benchmarks": "deit_keras.inference.benchmarks",
+    "evaluate_file": "deit_keras.inference.evaluate",
+    "evaluate_model": "deit_keras.inference.evaluate",
+    "evaluate_on_dataset": "deit_keras.inference.evaluate",
+    "predict_files": "deit_keras.inference.predict",
+    "predict_function": "deit_keras.inference.predict",
+    "predict_images": "deit_keras.inference.predict",
+    "run_benchmark": "deit_keras.inference.benchmark",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

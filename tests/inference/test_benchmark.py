@@ -1,0 +1,116 @@
+"""`run_benchmark`: every runtime timed in turns, ratios against the reference, the summary."""
+
+import sys
+import time
+
+import pytest
+
+from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.inference import bench_runtimes, benchmark, host
+from deit_keras.testing import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(num_classes=10)
+
+
+def _sleeping(seconds):
+    """A fake runtime whose call takes `seconds`, whatever the batch."""
+    return bench_runtimes.Runtime(
+        f"sleeps {seconds}s", (), lambda setup: lambda b: lambda: time.sleep(seconds)
+    )
+
+
+def test_keras_runtimes_are_timed_with_the_machine_facts(model):
+    result = benchmark.run_benchmark(
+        model, ["keras", "xla"], batch_size=4, warmup=1, iterations=2, rounds=2
+    )
+    assert list(result["runtimes"]) == ["keras", "xla"] and not result["failed"]
+    for row in result["runtimes"].values():
+        assert row["throughput"]["batch_size"] == 4 and row["latency"]["batch_size"] == 1
+        assert row["throughput"]["calls"] == 2 and row["throughput"]["images_per_s"] > 0
+        assert row["latency"]["p90_ms"] >= row["latency"]["median_ms"] > 0
+        assert row["prepare_s"] > 0 and "throughput_ratio" not in row
+    assert result["reference"] is None and result["model"]["params"] == model.count_params()
+    assert set(result["machine"]["features"]) == set(host.CPU_FEATURES)
+    assert result["machine"]["num_threads"] == host.usable_cpus()
+    assert result["peak_rss_mb"] > 100
+    fastest = max(
+        result["runtimes"], key=lambda n: result["runtimes"][n]["throughput"]["images_per_s"]
+    )
+    assert result["fastest"]["throughput"] == fastest
+    assert (
+        result["summary"].startswith("fastest here (")
+        and f"throughput {fastest} " in result["summary"]
+    )
+
+
+def test_ratios_against_the_reference_and_a_failed_runtime(model, monkeypatch):
+    def broken(setup):
+        raise RuntimeError("no kernel\nfor this")
+
+    monkeypatch.setitem(bench_runtimes.RUNTIMES, "keras", _sleeping(0.02))
+    monkeypatch.setitem(
+        bench_runtimes.RUNTIMES, "xla", bench_runtimes.Runtime("broken", (), broken)
+    )
+    monkeypatch.setitem(bench_runtimes.RUNTIMES, "torch", _sleeping(0.04))
+    result = benchmark.run_benchmark(
+        model, ["keras", "xla"], batch_size=2, reference="torch", warmup=0, iterations=3
+    )
+    assert result["failed"] == {"xla": "RuntimeError: no kernel for this"}
+    keras, torch = result["runtimes"]["keras"], result["runtimes"]["torch"]
+    assert result["reference"] == "torch" and torch["throughput_ratio"] == 1.0
+    assert keras["throughput_ratio"] == pytest.approx(2.0, rel=0.25)
+    assert keras["latency_ratio"] == pytest.approx(0.5, rel=0.25)
+    assert result["fastest"] == {"throughput": "keras", "latency": "keras"}  # not the reference
+    assert "x torch)" in result["summary"] and "x torch's)" in result["summary"]
+
+
+def test_select_runtimes():
+    assert benchmark.select_runtimes("xla, keras,xla") == (["xla", "keras"], {})
+    everything, skipped = benchmark.select_runtimes("all")
+    assert set(everything) | set(skipped) == set(bench_runtimes.DEPLOY_RUNTIMES)
+    for bad in ("xla,tensorrt", "", "torch"):
+        with pytest.raises(UserInputError, match="runtimes must be"):
+            benchmark.select_runtimes(bad)
+
+
+def test_a_runtime_not_installed_is_named_with_its_pip_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # find_spec: not installed
+    with pytest.raises(
+        UserEnvironmentError, match=r"litert_int8 runtime needs ai_edge_litert.*pip install"
+    ):
+        benchmark.select_runtimes("xla,litert_int8")
+    everything, skipped = benchmark.select_runtimes("all")
+    assert "litert" not in everything and skipped["litert"] == "ai_edge_litert not installed"
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(UserEnvironmentError, match="torch"):
+        benchmark.check_options(1, "torch", 0, None, 1)
+
+
+def test_bad_settings_and_models(tmp_path):
+    with pytest.raises(UserInputError, match="batch_size must be positive"):
+        benchmark.check_options(0, "none", 1, None, 1)
+    with pytest.raises(UserInputError, match="rounds"):
+        benchmark.check_options(1, "none", 1, None, 0)
+    with pytest.raises(UserInputError, match="Unknown model"):
+        benchmark.benchmark_model("deit_huge")
+    with pytest.raises(UserInputError, match="image_size and num_classes are"):
+        benchmark.benchmark_model(str(tmp_path / "m.keras"), image_size=32)
+
+
+def test_the_torch_reference_runs_in_a_process_of_its_own(model):
+    pytest.importorskip("transformers")
+    from deit_keras.inference import torch_reference
+
+    fields = torch_reference.architecture(model)
+    assert (fields.embed_dim, fields.num_classes, fields.distilled) == (32, 10, True)
+    reference = torch_reference.ReferenceProcess(model, num_threads=1)
+    try:
+        reference.step_for(2)()
+        reference.step_for(1)()
+        assert reference._process.is_alive()
+    finally:
+        peak_mb = reference.close()
+    assert peak_mb > 50 and not reference._process.is_alive()
