@@ -14,10 +14,10 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.cli import model_source
-from deit_keras.data import benchmarks
+from deit_keras.data import imagenet_test_sets as benchmarks
 from deit_keras.data.image_check import BAD_IMAGES
-from deit_keras.inference.benchmarks import evaluate_benchmarks, format_benchmarks
 from deit_keras.inference.evaluate import check_batch_size, evaluate_on_dataset
+from deit_keras.inference.imagenet_test_sets import evaluate_benchmarks, format_benchmarks
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import FRACTION, POSITIVE
 

@@ -8,7 +8,7 @@ drivers and PyTorch-only workers time with them and stay small.
 import importlib
 
 _EXPORTS = {
-    "evaluate_benchmarks": "deit_keras.inference.benchmarks",
+    "evaluate_benchmarks": "deit_keras.inference.imagenet_test_sets",
     "evaluate_file": "deit_keras.inference.evaluate",
     "evaluate_model": "deit_keras.inference.evaluate",
     "evaluate_on_dataset": "deit_keras.inference.evaluate",

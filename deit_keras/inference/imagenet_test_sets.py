@@ -14,8 +14,8 @@ import keras
 import numpy as np
 from absl import logging
 
-from deit_keras.data import benchmarks as data_benchmarks
-from deit_keras.data.benchmarks import IMAGENET, NO_LABEL, REAL, V2
+from deit_keras.data import imagenet_test_sets as data_benchmarks
+from deit_keras.data.imagenet_test_sets import IMAGENET, NO_LABEL, REAL, V2
 from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import (
     check_batch_size,
@@ -32,7 +32,7 @@ def real_correct(predictions, label_sets) -> tuple:
     Args:
         predictions: int `[B]`. The predicted class of each image.
         label_sets: int `[B, L]`, each row an image's ReaL labels padded with
-            `data.benchmarks.NO_LABEL` (-1); a row of only padding is an image
+            `data.imagenet_test_sets.NO_LABEL` (-1); a row of only padding is an image
             without ReaL labels.
 
     Returns:
@@ -112,7 +112,7 @@ def evaluate_benchmarks(
     Args:
         model: an ImageNet-1k `DeiT` (or `deploy.runtimes.ExportedModel`).
         benchmarks: str or list of str. A subset of "imagenet", "real", "v2"
-            (`data.benchmarks.parse_benchmarks`). Defaults to all three.
+            (`data.imagenet_test_sets.parse_benchmarks`). Defaults to all three.
         class_names: list of str or None. The names saved with the model
             (a warning is logged when they are not ImageNet's).
         data_dir: str or None. The tfds data directory.

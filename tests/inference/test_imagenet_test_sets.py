@@ -1,14 +1,14 @@
-"""The paper's Table 5 evaluation (inference/benchmarks.py, data/benchmarks.py) on tiny tfds
+"""The paper's Table 5 evaluation (inference/ and data/imagenet_test_sets.py) on tiny tfds
 datasets of the catalogue's own layouts (`testing.write_benchmark_datasets`)."""
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from deit_keras.data import benchmarks as data_benchmarks
+from deit_keras.data import imagenet_test_sets as data_benchmarks
 from deit_keras.data.sources import DatasetNotFoundError
 from deit_keras.errors import UserInputError
-from deit_keras.inference import benchmarks
+from deit_keras.inference import imagenet_test_sets as benchmarks
 from deit_keras.testing import (
     TINY_BENCHMARK_EXPECTED,
     TINY_REAL_WITHOUT_LABELS,
