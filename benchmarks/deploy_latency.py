@@ -21,6 +21,7 @@ and top-1 agreement with fp32, and the file sizes.
 Writes `benchmarks/results/deploy_latency.json` and prints a markdown table.
 """
 
+import torch_env  # noqa: F401, I001 (first: the torchvision stub, see torch_env.py)
 import argparse
 import datetime
 import json

@@ -11,7 +11,7 @@ erasing) with `timm.data.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothin
 on each batch: the DeiT recipe as the official `main.py` builds it. Both sides use every
 core of the machine (tf.data's AUTOTUNE; `num_workers` = cores), so images/s per core is
 the total over `os.cpu_count()` on both sides. timm needs the test extra (torch,
-torchvision, timm) and torchvision's op-registration stub (set here, as in
+torchvision, timm) and torchvision's op-registration stub (`torch_env.py`, as
 tests/conftest.py). Writes `benchmarks/results/input_pipeline.json`.
 
     python benchmarks/input_pipeline.py [--images 320] [--batches 20] \
@@ -72,12 +72,8 @@ def images_per_second(name, config, batch_size, batches, training=True):
 
 def timm_loader(root, batch_size, workers):
     """timm's DeiT training transform + Mixup/CutMix in a torch DataLoader over `root/train`."""
-    import sys
-    import types
-
-    for module in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-        sys.modules.setdefault(module, types.ModuleType(module))
     import torch
+    import torch_env  # noqa: F401 (the torchvision stub, before torch libraries)
     from timm.data import Mixup, create_transform
     from torchvision.datasets import ImageFolder
 

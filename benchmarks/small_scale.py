@@ -39,6 +39,7 @@ gives the median over turns (< 1: ours faster). Writes
         [--threads N] [--flagfile experiments/digits.cfg] [--extra_flags '--jit_compile=false']
 """
 
+import torch_env  # noqa: F401, I001 (first: the torchvision stub, see torch_env.py)
 import argparse
 import glob
 import json

@@ -21,6 +21,7 @@ PyTorch below), so the teacher FLOPs are equal.
 Writes `benchmarks/results/throughput.json` (`throughput_quick.json` with --quick).
 """
 
+import torch_env  # noqa: F401, I001 (first: the torchvision stub, see torch_env.py)
 import argparse
 import json
 import os

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 import types
 
 import pytest
@@ -10,6 +11,20 @@ import pytest
 # library is imported. Never in the package.
 for _module in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
     sys.modules.setdefault(_module, types.ModuleType(_module))
+
+# The same for the Python processes tests start (CLI runs, the spawned PyTorch reference of
+# deit-benchmark): a sitecustomize on their PYTHONPATH, made once per test session.
+_STUB_DIR = tempfile.mkdtemp(prefix="deit_keras_test_stub_")
+with open(os.path.join(_STUB_DIR, "sitecustomize.py"), "w", encoding="utf-8") as _stub:
+    _stub.write(
+        "import sys, types\n"
+        "for _module in ('torchvision._meta_registrations', "
+        "'torchvision._autograd_registrations'):\n"
+        "    sys.modules.setdefault(_module, types.ModuleType(_module))\n"
+    )
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_STUB_DIR, *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 # What the user's shell said; a library imported in-process may change it (tf2onnx's
 # convert module sets it), and subprocess tests copy os.environ.
