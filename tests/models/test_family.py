@@ -124,14 +124,19 @@ def test_parameter_counts_equal_timm_in_full(name):
 
 
 # === Logits against timm, through the importer's two doors ===
-def _official_deit3_file(reference, path):
-    """DeiT III as the official release stores it: `model` wrapper, `gamma_N` LayerScale."""
-    state = {
-        key.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2"): value
-        for key, value in reference.state_dict().items()
-    }
-    assert any(key.endswith("gamma_1") for key in state)
-    torch.save({"model": state, "epoch": 799}, path)
+def _release_bytes(name, reference) -> bytes:
+    """The model as the official release stores it: a `model` wrapper; DeiT III's
+    LayerScale as `blocks.N.gamma_N` (CaiT's keys are timm's already)."""
+    state = reference.state_dict()
+    if name.startswith("deit3"):
+        state = {
+            key.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2"): value
+            for key, value in state.items()
+        }
+        assert any(key.endswith("gamma_1") for key in state)
+    buffer = io.BytesIO()
+    torch.save({"model": state, "epoch": 799}, buffer)
+    return buffer.getvalue()
 
 
 def _timm_logits(reference, images):
@@ -139,58 +144,66 @@ def _timm_logits(reference, images):
         return reference(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
 
 
-@pytest.mark.parametrize("image_size", [224, 160])
-def test_deit3_converted_by_the_cli_matches_timm_on_photos(image_size, tmp_path):
-    name = "deit3_small_patch16_224"
-    reference = timm_reference(name, img_size=image_size)
-    source = timm_reference(name)  # the 224 px weights that are converted
-    _official_deit3_file(source, tmp_path / "deit3.pth")
-    if image_size != 224:  # timm resamples on load; the reference is that resampled model
-        from timm.layers import resample_abs_pos_embed
+def _timm_at_size(name, source, image_size):
+    """timm's model of `source`'s weights at `image_size` (timm resamples on load)."""
+    if image_size == 224:
+        return source
+    from timm.layers import resample_abs_pos_embed
 
-        state = source.state_dict()
-        grid = (image_size // 16, image_size // 16)
-        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], grid, num_prefix_tokens=0)
-        reference.load_state_dict(state)
-    output = tmp_path / "deit3.keras"
+    state = source.state_dict()
+    grid = (image_size // 16, image_size // 16)
+    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], grid, num_prefix_tokens=0)
+    resized = timm_reference(name, img_size=image_size)
+    resized.load_state_dict(state)
+    return resized
+
+
+def _through_cli(name, body, image_size, tmp_path):
+    (tmp_path / "release.pth").write_bytes(body)
+    output = tmp_path / "converted.keras"
     process = run_cli(
         "convert",
-        f"--checkpoint={tmp_path / 'deit3.pth'}",
+        f"--checkpoint={tmp_path / 'release.pth'}",
         f"--model={name}",
         f"--output={output}",
         f"--image_size={image_size}",
     )
     assert process.returncode == 0, process.stderr
-    model = keras.models.load_model(output)
-    assert isinstance(model, DeiT) and model.no_embed_class and not model.distilled
-    photos = sample_photos(image_size)
-    expected = _timm_logits(reference, photos)
-    np.testing.assert_allclose(np.asarray(model(photos)), expected, atol=TOLERANCE, rtol=0)
-    assert np.abs(expected).max() > 0.1
+    return keras.models.load_model(output)
 
 
-@pytest.mark.parametrize("image_size", [224, 288])
-def test_cait_from_a_url_on_localhost_matches_timm_on_photos(image_size, tmp_path, monkeypatch):
-    name = "cait_xxs24_224"
-    reference = timm_reference(name)
-    buffer = io.BytesIO()
-    torch.save({"model": reference.state_dict()}, buffer)  # the official CaiT layout
+def _through_url(name, body, image_size, tmp_path, monkeypatch):
     monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
-    with serve_files({"XXS24_224.pth": buffer.getvalue()}) as base:
-        model = pretrained.create_model(
-            name, pretrained=f"{base}/files/XXS24_224.pth", image_size=image_size
+    filename = deit_presets.PRESETS[name].weights.filename
+    with serve_files({filename: body}) as base:
+        return pretrained.create_model(
+            name, pretrained=f"{base}/files/{filename}", image_size=image_size
         )
-    assert isinstance(model, CaiT)
-    if image_size != 224:
-        from timm.layers import resample_abs_pos_embed
 
-        state = reference.state_dict()
-        grid = (image_size // 16, image_size // 16)
-        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], grid, num_prefix_tokens=0)
-        reference = timm_reference(name, img_size=image_size)
-        reference.load_state_dict(state)
+
+@pytest.mark.parametrize(
+    "name, door, image_size",
+    [
+        ("deit3_small_patch16_224", "cli", 224),
+        ("deit3_small_patch16_224", "cli", 160),
+        ("deit3_small_patch16_224", "url", 224),
+        ("cait_xxs24_224", "url", 224),
+        ("cait_xxs24_224", "url", 288),
+        ("cait_xxs24_224", "cli", 224),
+    ],
+)
+def test_release_files_match_timm_on_photos(name, door, image_size, tmp_path, monkeypatch):
+    """Through `python -m deit_keras.convert` and `pretrained=<URL>` on 127.0.0.1."""
+    source = timm_reference(name)  # the 224 px weights that are published
+    body = _release_bytes(name, source)
+    if door == "cli":
+        model = _through_cli(name, body, image_size, tmp_path)
+    else:
+        model = _through_url(name, body, image_size, tmp_path, monkeypatch)
+    assert isinstance(model, CaiT if name.startswith("cait") else DeiT)
+    assert model.tokens.no_embed_class and not model.distilled
     photos = sample_photos(image_size)
-    expected = _timm_logits(reference, photos)
+    expected = _timm_logits(_timm_at_size(name, source, image_size), photos)
     np.testing.assert_allclose(np.asarray(model(photos)), expected, atol=TOLERANCE, rtol=0)
     assert np.abs(expected).max() > 0.1
 
