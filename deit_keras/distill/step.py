@@ -5,13 +5,16 @@
 `DeiT.train_step` / `test_step` delegate here, so the model itself carries no
 training state until it is compiled. The teacher is held outside Keras'
 layer tracking, so it is never trained, never saved inside the student's
-`.keras` file and never counted in the student's weights.
+`.keras` file and never counted in the student's weights. So are the
+adapters of feature distillation (`distill.feature_loss`), trained here by
+their own copy of the optimizer.
 """
 
 import keras
 import tensorflow as tf
 from keras import ops
 
+from deit_keras.distill.feature_loss import TEACHER_FEATURES, FeatureDistillation
 from deit_keras.distill.losses import DistillationLoss
 from deit_keras.errors import UserInputError
 
@@ -23,28 +26,36 @@ def _replicas() -> int:
 TEACHER_LOGITS = "teacher_logits"
 
 
-def with_teacher_logits(dataset: tf.data.Dataset, teacher: keras.Model) -> tf.data.Dataset:
+def with_teacher_logits(
+    dataset: tf.data.Dataset, teacher: keras.Model, features: FeatureDistillation | None = None
+) -> tf.data.Dataset:
     """`(images, targets)` batches -> `(images, {"targets", "teacher_logits"})`.
 
     The frozen teacher then runs in the input pipeline (graph mode, prefetched:
     overlapped with the train step, and outside the step's XLA cluster, where a
     small CNN costs ~1.4x more on CPU); `DistillationStep` uses the logits it
-    finds instead of calling the teacher. Same logits, same step.
+    finds instead of calling the teacher. Same logits, same step. With
+    `features` (feature distillation), its teacher gives the logits and, under
+    "teacher_features", the matched maps, in the same one pass.
     """
 
     def add(images, targets):
-        logits = ops.cast(teacher(images, training=False), "float32")
-        return images, {"targets": targets, TEACHER_LOGITS: logits}
+        if features is None:
+            logits = ops.cast(teacher(images, training=False), "float32")
+            return images, {"targets": targets, TEACHER_LOGITS: logits}
+        logits, maps = features.teacher_outputs(images)
+        return images, {"targets": targets, TEACHER_LOGITS: logits, TEACHER_FEATURES: tuple(maps)}
 
     return dataset.map(add).prefetch(tf.data.AUTOTUNE)
 
 
 def _unpack(data):
-    """`(images, targets, teacher logits or None)` of a batch (see `with_teacher_logits`)."""
+    """`(images, targets, teacher logits or None, teacher maps or None)` of a batch."""
     images, labels = data[0], data[1]
     if isinstance(labels, dict):  # the images stay `x`, so Keras can build the model from them
-        return images, labels["targets"], labels[TEACHER_LOGITS]
-    return images, labels, None
+        maps = labels.get(TEACHER_FEATURES)
+        return images, labels["targets"], labels[TEACHER_LOGITS], maps
+    return images, labels, None, None
 
 
 def average_heads(cls_logits, dist_logits):
@@ -63,22 +74,36 @@ class DistillationStep:
         dist_head: bool. Whether the model has a dist token and head (DeiT⚗).
             Without one, soft/hard distil through the class head (see
             `distill.losses`) and no `dist_top1` is reported. Defaults to True.
+        features: `FeatureDistillation` or None. Adds its weighted feature
+            loss to the objective (and a `feature_loss` metric); compiled
+            with the model's optimizer by the model's `compile`.
 
     The model passed to the step methods must provide
-    `call_heads(images, training) -> (cls_logits, dist_logits or None)`,
-    `optimizer`, `trainable_variables` and `losses`.
+    `call_heads(images, training, blocks=()) -> (cls_logits, dist_logits or
+    None[, block maps])`, `optimizer`, `trainable_variables` and `losses`.
     """
 
     def __init__(
-        self, loss: DistillationLoss, teacher: keras.Model | None = None, dist_head: bool = True
+        self,
+        loss: DistillationLoss,
+        teacher: keras.Model | None = None,
+        dist_head: bool = True,
+        features: FeatureDistillation | None = None,
     ):
         if loss.needs_teacher and teacher is None:
             raise UserInputError(f"distillation={loss.distillation!r} needs a teacher model.")
+        if features is not None and not loss.needs_teacher:
+            raise UserInputError(
+                "Feature distillation needs a teacher: use distillation 'soft' or 'hard'. "
+                f"Received: distillation={loss.distillation!r}"
+            )
         self.loss = loss
         self.dist_head = dist_head
+        self.features = features
         self.teacher = teacher if loss.needs_teacher else None
         if self.teacher is not None:
             self.teacher.trainable = False
+        self.feature_loss_tracker = keras.metrics.Mean(name="feature_loss")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
         self.distill_loss_tracker = keras.metrics.Mean(name="distill_loss")
@@ -103,6 +128,8 @@ class DistillationStep:
             metrics.append(self.dist_top1)
         if self.teacher is not None:
             metrics.append(self.teacher_agreement)
+        if self.features is not None:
+            metrics.append(self.feature_loss_tracker)
         return metrics
 
     def teacher_logits(self, images):
@@ -110,24 +137,51 @@ class DistillationStep:
             return None
         return ops.cast(self.teacher(images, training=False), "float32")
 
-    def compute_loss(self, model, images, labels, training=True, teacher_logits=None):
-        """`(total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits)` on one batch.
+    def compute_loss(
+        self, model, images, labels, training=True, teacher_logits=None, teacher_maps=None
+    ):
+        """`(total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits, feature_loss)`.
 
-        `teacher_logits`: computed beforehand (`with_teacher_logits`); else the
-        teacher is called here.
+        `teacher_logits` (and `teacher_maps`, with feature distillation):
+        computed beforehand (`with_teacher_logits`); else the teacher is
+        called here. `feature_loss` is None without feature distillation;
+        like the Keras losses it is divided by the number of replicas.
         """
         if self.teacher is None:
             teacher_logits = None
+        elif self.features is not None and (teacher_logits is None or teacher_maps is None):
+            teacher_logits, teacher_maps = self.features.teacher_outputs(images)
         elif teacher_logits is None:
             teacher_logits = self.teacher_logits(images)
-        cls_logits, dist_logits = model.call_heads(images, training=training)
+        feature_loss = None
+        if self.features is None:
+            cls_logits, dist_logits = model.call_heads(images, training=training)
+        else:
+            blocks = self.features.student_blocks
+            cls_logits, dist_logits, maps = model.call_heads(images, training, blocks=blocks)
+            feature_loss = self.features.loss(maps, list(teacher_maps)) / _replicas()
         total, cls_loss, dist_loss = self.loss(labels, cls_logits, dist_logits, teacher_logits)
+        if feature_loss is not None:
+            total = total + self.features.weight * feature_loss
         if model.losses:
             total = total + ops.sum(model.losses) / _replicas()
-        return total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits
+        return total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits, feature_loss
+
+    def trainable_variables(self, model) -> list:
+        """What a step trains: the model's variables, then the feature adapters'."""
+        extra = [] if self.features is None else self.features.adapters.trainable_variables
+        return list(model.trainable_variables) + list(extra)
 
     def update_metrics(
-        self, labels, total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits=None
+        self,
+        labels,
+        total,
+        cls_loss,
+        dist_loss,
+        cls_logits,
+        dist_logits,
+        teacher_logits=None,
+        feature_loss=None,
     ):
         batch = ops.shape(labels)[0]
         replicas = _replicas()  # losses are pre-divided by it; report the true value
@@ -140,6 +194,8 @@ class DistillationStep:
         self.cls_top1.update_state(labels, cls_logits)
         if dist_logits is not None:
             self.dist_top1.update_state(labels, dist_logits)
+        if feature_loss is not None:
+            self.feature_loss_tracker.update_state(feature_loss * replicas, sample_weight=batch)
         if teacher_logits is not None:
             student = cls_logits if dist_logits is None else dist_logits
             agree = ops.argmax(student, axis=-1) == ops.argmax(teacher_logits, axis=-1)
@@ -150,19 +206,29 @@ class DistillationStep:
 
     def train_step(self, model, data) -> dict:
         """One optimizer step on `data = (images, targets, ...)`; returns the logs."""
-        images, labels, teacher_logits = _unpack(data)
+        images, labels, teacher_logits, teacher_maps = _unpack(data)
         with tf.GradientTape() as tape:
-            outputs = self.compute_loss(model, images, labels, True, teacher_logits)
+            outputs = self.compute_loss(model, images, labels, True, teacher_logits, teacher_maps)
             total = outputs[0]
             scaled = model.optimizer.scale_loss(total)
         variables = model.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        model.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        gradients = tape.gradient(scaled, self.trainable_variables(model))
+        model.optimizer.apply_gradients(zip(gradients[: len(variables)], variables, strict=True))
+        if self.features is not None:
+            self._apply_adapter_gradients(model, gradients[len(variables) :])
         self.update_metrics(labels, *outputs)
         return dict(self.logs(), lr=model.optimizer.learning_rate)
 
+    def _apply_adapter_gradients(self, model, gradients):
+        # The adapters' optimizer copies the model's without its loss scaling:
+        # unscale by the model's factor (1 unless a LossScaleOptimizer's).
+        scale = model.optimizer.scale_loss(ops.ones((), "float32"))
+        gradients = [gradient / ops.cast(scale, gradient.dtype) for gradient in gradients]
+        variables = self.features.adapters.trainable_variables
+        self.features.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+
     def test_step(self, model, data) -> dict:
-        images, labels, teacher_logits = _unpack(data)
-        outputs = self.compute_loss(model, images, labels, False, teacher_logits)
+        images, labels, teacher_logits, teacher_maps = _unpack(data)
+        outputs = self.compute_loss(model, images, labels, False, teacher_logits, teacher_maps)
         self.update_metrics(labels, *outputs)
         return self.logs()

@@ -65,7 +65,8 @@ class TeacherAdapter(keras.Model):
         if input_convention == "keras_applications":
             self._preprocess = getattr(keras.applications, application).preprocess_input
 
-    def call(self, images, training=False):
+    def teacher_input(self, images):
+        """The student's batch as `teacher` expects it (resized, convention applied)."""
         if self.image_size is not None and images.shape[1] != self.image_size:
             images = ops.image.resize(images, (self.image_size, self.image_size))
         if self.input_convention != "normalized":
@@ -74,10 +75,17 @@ class TeacherAdapter(keras.Model):
             images = (images * std + mean) * 255.0
             if self._preprocess is not None:
                 images = self._preprocess(images)
-        out = ops.cast(self.teacher(images, training=False), "float32")
+        return images
+
+    def teacher_logits(self, outputs):
+        """`teacher`'s outputs -> float32 logits."""
+        out = ops.cast(outputs, "float32")
         if self.outputs_kind == "probabilities":
             out = ops.log(ops.maximum(out, 1e-12))
         return out
+
+    def call(self, images, training=False):
+        return self.teacher_logits(self.teacher(self.teacher_input(images), training=False))
 
     @property
     def num_classes(self):

@@ -143,21 +143,25 @@ class CaiT(TokenClassifier):
         self._build_heads(input_shape[0])
         self.built = True
 
-    def forward_features(self, images, training=None, return_attention_scores=False):
+    def forward_features(self, images, training=None, return_attention_scores=False, blocks=()):
         """Normalised `[class token, patch tokens]` `[B, 1 + T, D]`.
 
         With `return_attention_scores`, also the list of each block's
         attention: the self-attention blocks' `[B, N, T, T]`, then the
-        class-attention blocks' `[B, N, 1, 1 + T]`.
+        class-attention blocks' `[B, N, 1, 1 + T]`. With `blocks`, also those
+        self-attention blocks' patch maps `[B, gh, gw, D]`: `(tokens, maps)`.
         """
-        x = self.tokens(self.patch_embed(images), grid=self.patch_grid(images))
-        attentions = []
-        for block in self.blocks:
+        grid = self.patch_grid(images)
+        x = self.tokens(self.patch_embed(images), grid=grid)
+        attentions, maps = [], []
+        for index, block in enumerate(self.blocks):
             if return_attention_scores:
                 x, attention = block(x, training=training, return_attention_scores=True)
                 attentions.append(attention)
             else:
                 x = block(x, training=training)
+            if index in blocks:  # these blocks see the patch tokens only
+                maps.append(self.patch_map(x, grid, 0))
         batch = ops.shape(x)[0]
         cls_token = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (batch, 1, self.embed_dim))
         for block in self.blocks_token_only:
@@ -171,6 +175,8 @@ class CaiT(TokenClassifier):
         x = self.norm(ops.concatenate([cls_token, x], axis=1))
         if return_attention_scores:
             return x, attentions
+        if blocks:
+            return x, maps
         return x
 
     # === Config ===

@@ -11,6 +11,7 @@ from absl import logging
 from keras import ops
 
 from deit_keras.data.preprocessing import Preprocessing
+from deit_keras.distill.feature_loss import FeatureDistillation
 from deit_keras.distill.losses import DistillationLoss
 from deit_keras.distill.step import DistillationStep, average_heads
 from deit_keras.errors import UserInputError
@@ -88,9 +89,19 @@ class TokenClassifier(keras.Model):
             if head is not None:
                 head.build((batch, self.embed_dim))
 
-    def forward_features(self, images, training=None, return_attention_scores=False):
-        """Normalised tokens `[B, T, D]`, the class token first (and attention when asked)."""
+    def forward_features(self, images, training=None, return_attention_scores=False, blocks=()):
+        """Normalised tokens `[B, T, D]`, the class token first (and attention when asked).
+
+        With `blocks` (indices of self-attention blocks), also the list of
+        those blocks' output patch tokens as maps `[B, gh, gw, D]`
+        (`patch_map`): `(tokens, maps)`.
+        """
         raise NotImplementedError
+
+    def patch_map(self, tokens, grid, prefix_tokens):
+        """`[B, prefix + gh * gw, D]` tokens -> the patch tokens as a map `[B, gh, gw, D]`."""
+        batch = ops.shape(tokens)[0]
+        return ops.reshape(tokens[:, prefix_tokens:], (batch, grid[0], grid[1], self.embed_dim))
 
     def patch_grid(self, images):
         """`(gh, gw)` patch grid of `images`: ints, or scalar tensors for run-time sizes."""
@@ -109,9 +120,16 @@ class TokenClassifier(keras.Model):
             dist_logits = ops.cast(self.head_dist(dist_out), "float32")
         return cls_logits, dist_logits
 
-    def call_heads(self, images, training=None):
-        """Both heads' logits whatever `training` is (used by train/eval steps)."""
-        return self.forward_heads(self.forward_features(images, training=training))
+    def call_heads(self, images, training=None, blocks=()):
+        """Both heads' logits whatever `training` is (used by train/eval steps).
+
+        With `blocks`, also the list of those blocks' patch-token maps
+        (feature distillation): `(cls_logits, dist_logits, maps)`.
+        """
+        if not blocks:
+            return self.forward_heads(self.forward_features(images, training=training))
+        features, maps = self.forward_features(images, training=training, blocks=blocks)
+        return (*self.forward_heads(features), maps)
 
     def call(self, images, training=None):
         cls_logits, dist_logits = self.call_heads(images, training=training)
@@ -129,6 +147,9 @@ class TokenClassifier(keras.Model):
         tau=1.0,
         loss=None,
         metrics=None,
+        feature_weight=0.0,
+        feature_blocks=None,
+        feature_layers=None,
         **kwargs,
     ):
         """Configures training: the optimizer and DeiT's distillation objective.
@@ -146,6 +167,16 @@ class TokenClassifier(keras.Model):
                 Defaults to categorical cross-entropy from logits.
             metrics: not supported: the step reports loss, cls/distill
                 loss, top-1/top-5 and per-head top-1 itself.
+            feature_weight: float. > 0 adds feature distillation
+                (`distill.feature_loss`, "locality guidance") with this
+                weight: chosen blocks' patch-token maps, through trainable
+                1x1 adapters held outside this model, matched to the
+                teacher's stage maps by MSE; needs soft/hard distillation and
+                a functional CNN teacher. Defaults to 0 (off).
+            feature_blocks: list of int or None. The matched blocks; None:
+                first, middle and last.
+            feature_layers: list of str or None. The matched teacher layers;
+                None: found (the last layer of each spatial stage).
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`).
         """
         if metrics:
@@ -157,8 +188,19 @@ class TokenClassifier(keras.Model):
         base_loss = keras.losses.get(loss) if loss is not None else None
         self._base_loss = base_loss
         objective = DistillationLoss(distillation, alpha, tau, base_loss=base_loss)
-        self.distillation_step = DistillationStep(objective, teacher, dist_head=self.distilled)
+        features = None
+        if feature_weight:
+            if teacher is None:
+                raise UserInputError("Feature distillation needs a teacher model.")
+            features = FeatureDistillation(
+                teacher, self.embed_dim, self.depth, feature_weight, feature_blocks, feature_layers
+            )
+        self.distillation_step = DistillationStep(
+            objective, teacher, dist_head=self.distilled, features=features
+        )
         super().compile(optimizer=optimizer, **kwargs)
+        if features is not None:
+            features.compile(self.optimizer)
 
     def get_compile_config(self):
         config = super().get_compile_config()

@@ -139,19 +139,24 @@ class DeiT(TokenClassifier):
         self._build_heads(input_shape[0])
         self.built = True
 
-    def forward_features(self, images, training=None, return_attention_scores=False):
-        """Normalised tokens `[B, T, D]` (and each block's attention when asked)."""
-        x = self.tokens(self.patch_embed(images), grid=self.patch_grid(images))
-        attentions = []
-        for block in self.blocks:
+    def forward_features(self, images, training=None, return_attention_scores=False, blocks=()):
+        """Normalised tokens `[B, T, D]` (and each block's attention, or `blocks`' maps)."""
+        grid = self.patch_grid(images)
+        x = self.tokens(self.patch_embed(images), grid=grid)
+        attentions, maps = [], []
+        for index, block in enumerate(self.blocks):
             if return_attention_scores:
                 x, attention = block(x, training=training, return_attention_scores=True)
                 attentions.append(attention)
             else:
                 x = block(x, training=training)
+            if index in blocks:
+                maps.append(self.patch_map(x, grid, self.num_prefix_tokens))
         x = self.norm(x)
         if return_attention_scores:
             return x, attentions
+        if blocks:
+            return x, maps
         return x
 
     # === Config ===

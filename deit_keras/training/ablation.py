@@ -88,7 +88,8 @@ class Row:
 
 
 # The paper's Table 3, top to bottom (the teacher row comes first, from the teachers),
-# then a row that is not the paper's: what `none` meant here before issue 24.
+# then rows that are not the paper's: what `none` meant here before issue 24, and
+# feature distillation.
 ROWS = (
     Row("none", "DeiT, no distillation", "none", dist_token=False),
     Row("soft", "DeiT, usual distillation (soft, class token)", "soft", dist_token=False),
@@ -99,6 +100,14 @@ ROWS = (
         "DeiT⚗ without teacher, both heads on labels (not a Table 3 row)",
         "none",
         dist_token=True,
+    ),
+    # Not the paper's either: locality guidance (Li et al., ECCV 2022) beside the dist token's.
+    Row(
+        "feature",
+        "DeiT⚗, hard (dist token) + feature distillation",
+        "hard",
+        dist_token=True,
+        settings=(("feature_distillation", True),),
     ),
 )
 ROWS_BY_NAME = {row.name: row for row in ROWS}
@@ -307,6 +316,8 @@ def _row_lines(row: Row, stats: dict) -> list[str]:
     for key, head in row.heads:
         name = f"{row.label}: {head}" if head else row.label
         teacher = _TEACHER_COLUMN[row.distillation]
+        if dict(row.settings).get("feature_distillation"):
+            teacher += " + features"
         lines.append(
             f"| {name} | {teacher} | {stats_cell(stats.get(key))} | "
             f"{_seconds(stats.get('wall_s'))} |"

@@ -94,6 +94,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 SETTINGS_FILE = "settings.json"
+ADAPTERS_FILE = "adapters.weights.h5"
+
+
+def training_only_state(model):
+    """The model's training-only weights outside it (feature-distillation adapters, with
+    their optimizer), as a `keras.Model`; None when it has none."""
+    step = getattr(model, "distillation_step", None)
+    features = getattr(step, "features", None)
+    return None if features is None else features.adapters
 
 
 class BackupMismatchError(UserInputError):
@@ -105,7 +114,9 @@ class Backup:
 
     Each save goes to a new directory `epoch-<N>/` (or `epoch-<N>-batch-<B>/`
     in the middle of epoch N + 1; `state.weights.h5`: the weights with the
-    optimizer state), which appears by one rename; then `latest.json`
+    optimizer state; `adapters.weights.h5`: with feature distillation, the
+    training-only adapters and their optimizer's state), which appears by
+    one rename; then `latest.json`
     (`{"epoch", "batch", "dir", "step"}`) is switched to it by another, and
     only then are older states removed. A crash at any instant leaves
     either the old or the new state, whole. `AtomicBackupAndRestore` (for
@@ -152,8 +163,16 @@ class Backup:
             raise RuntimeError("Restoring a backup needs a built model.")
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
+        adapters = training_only_state(model)
+        adapters_file = os.path.join(self.directory, latest["dir"], ADAPTERS_FILE)
+        if adapters is not None and not os.path.exists(adapters_file):
+            raise BackupMismatchError(
+                self._mismatch("the backup has no feature-distillation adapters")
+            )
         try:
             model.load_weights(os.path.join(self.directory, latest["dir"], "state.weights.h5"))
+            if adapters is not None:
+                adapters.load_weights(adapters_file)
         except ValueError as error:  # Keras: shapes or variables that do not match
             raise BackupMismatchError(self._mismatch(error)) from error
         return int(latest["epoch"])
@@ -185,6 +204,9 @@ class Backup:
         with atomic_output(os.path.join(self.directory, name)) as temporary:
             os.makedirs(temporary)
             model.save_weights(os.path.join(temporary, "state.weights.h5"))
+            adapters = training_only_state(model)
+            if adapters is not None:
+                adapters.save_weights(os.path.join(temporary, ADAPTERS_FILE))
         if self.settings is not None and not os.path.exists(self._settings_path()):
             write_text_atomic(self._settings_path(), json.dumps(self.settings, indent=1))
         state = {

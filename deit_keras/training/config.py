@@ -178,6 +178,23 @@ class TrainConfig:
         "the small CNN, starting from --teacher_weights (imagenet, a no-top weights file, "
         "none).",
     )
+    feature_distillation: bool = field(
+        False,
+        "Also distil features (locality guidance, Li et al. ECCV 2022): chosen blocks' "
+        "patch-token maps, through training-only 1x1 adapters, matched by MSE to the CNN "
+        "teacher's stage feature maps; with soft or hard distillation.",
+    )
+    feature_distill_weight: float = field(
+        2.5, "Weight of the feature loss (the paper's 2.5).", valid=NON_NEGATIVE
+    )
+    feature_student_blocks: str = field(
+        "", "Comma-separated student blocks matched ('' = first, middle and last)."
+    )
+    feature_teacher_layers: str = field(
+        "",
+        "Comma-separated teacher layer names matched ('' = the last layer of each spatial "
+        "stage, as many as blocks, evenly spread from the first to the last).",
+    )
     teacher_augment: str = field(
         "crops",
         "Views that teacher trains on: crops (the crop, translation and flip settings only) "
@@ -241,6 +258,31 @@ class TrainConfig:
         names = ("patch_size", "embed_dim", "depth", "num_heads")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
+    @property
+    def feature_blocks(self) -> tuple | None:
+        """`--feature_student_blocks` as ints; None for the default."""
+        text = self.feature_student_blocks.strip()
+        if not text:
+            return None
+        try:
+            return tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise UserInputError(
+                "feature_student_blocks must be comma-separated block indices. "
+                f"Received: feature_student_blocks={text!r}"
+            ) from None
+
+    @property
+    def feature_layers(self) -> tuple | None:
+        """`--feature_teacher_layers` as names; None for the default."""
+        names = tuple(part.strip() for part in self.feature_teacher_layers.split(","))
+        return tuple(name for name in names if name) or None
+
+    @property
+    def feature_weight(self) -> float:
+        """The feature loss weight a run compiles with (0 without feature distillation)."""
+        return self.feature_distill_weight if self.feature_distillation else 0.0
+
     def flat_settings(self) -> dict:
         """Every setting by its flag name (the recipe's fields beside the run's), JSON-able."""
         settings = {}
@@ -286,6 +328,7 @@ class TrainConfig:
             )
         if self.distillation_type != "none" and not self.teacher:
             problems.append(f"distillation_type={self.distillation_type!r} needs --teacher")
+        problems += self._feature_problems()
         if problems:
             raise UserInputError("; ".join(problems))
 
@@ -316,6 +359,20 @@ class TrainConfig:
         problems = [problem for problem in problems if problem]
         if problems:
             raise UserInputError("; ".join(problems))
+
+    def _feature_problems(self) -> list:
+        if not self.feature_distillation:
+            return []
+        problems = []
+        if self.distillation_type == "none":
+            problems.append(
+                "feature_distillation needs a teacher: set --distillation_type=hard (or soft)"
+            )
+        try:
+            _ = self.feature_blocks
+        except UserInputError as error:
+            problems.append(str(error))
+        return problems
 
     def _finetune_problems(self) -> list:
         problems = []

@@ -111,7 +111,9 @@ def _fit(config, student, phases, evaluation, steps, preemption):
     history.epoch, history.history = [], {}
     for train, initial_epoch, epochs, fit_steps in phases:
         if student.teacher is not None and student.distribute_strategy.num_replicas_in_sync == 1:
-            train = with_teacher_logits(train, student.teacher)  # off the step's critical path
+            # Off the step's critical path; with feature distillation its maps too.
+            features = student.distillation_step.features
+            train = with_teacher_logits(train, student.teacher, features)
         part = student.fit(
             train,
             initial_epoch=initial_epoch,
@@ -272,6 +274,9 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
             alpha=config.distillation_alpha,
             tau=config.distillation_tau,
             loss=_base_loss(config),
+            feature_weight=config.feature_weight,
+            feature_blocks=config.feature_blocks,
+            feature_layers=config.feature_layers,
             jit_compile=config.jit_compile,
             # A divisor of the epoch, so epochs, backups and the LR schedule keep their steps.
             steps_per_execution=math.gcd(config.steps_per_execution, steps),

@@ -155,9 +155,10 @@ def test_a_model_without_dist_token_distils_through_its_class_head():
     teacher = RecordingTeacher()
     teacher(images[:1])
     model = compiled(tiny_model(distilled=False, drop_path_rate=0.0), teacher, distillation="hard")
-    total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits = (
+    total, cls_loss, dist_loss, cls_logits, dist_logits, teacher_logits, feature_loss = (
         model.distillation_step.compute_loss(model, images, labels, training=False)
     )
+    assert feature_loss is None  # no feature distillation
     assert dist_logits is None
     teacher_labels = np.argmax(teacher_logits, -1)
     by_hand = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(

@@ -313,6 +313,39 @@ def test_hard_distillation_into_a_family_student(name, dist_token):
     assert not np.allclose(np.asarray(token), before)
 
 
+@pytest.mark.parametrize("name", ["deit3_small_patch16_224", "cait_xxs24_224"])
+def test_feature_distillation_into_a_family_student(name):
+    """DeiT III's blocks after its prefix tokens, CaiT's self-attention blocks (patches only)."""
+    from deit_keras.distill.teachers import TeacherAdapter, build_small_cnn
+
+    extra = {} if name.startswith("cait") else dict(distilled=True)
+    student = build_model(name, num_classes=10, **TINY_DEIT3, **extra)
+    teacher = TeacherAdapter(build_small_cnn(10, 32, width=4))
+    student.compile(
+        optimizer=keras.optimizers.AdamW(1e-3),
+        teacher=teacher,
+        distillation="hard",
+        feature_weight=2.5,
+        run_eagerly=True,
+    )
+    images = random_images(batch=8)
+    _, maps = student.forward_features(images, blocks=(0, 1))
+    tokens = student.blocks[0](student.tokens(student.patch_embed(images), grid=(4, 4)))
+    prefix = tokens.shape[1] - 16
+    np.testing.assert_allclose(maps[0], np.reshape(tokens[:, prefix:], (8, 4, 4, 16)), atol=1e-6)
+    adapters = student.distillation_step.features.adapters
+    before = [np.asarray(w).copy() for w in adapters.weights]
+    labels = np.eye(10, dtype="float32")[np.arange(8) % 10]
+    logs = student.train_on_batch(images, labels, return_dict=True)
+    assert np.isfinite(logs["feature_loss"]) and logs["feature_loss"] > 0
+    assert not np.allclose(np.asarray(adapters.weights[0]), before[0])
+    assert [w.path for w in student.weights] == [w.path for w in _plain(name, extra).weights]
+
+
+def _plain(name, extra):
+    return build_model(name, num_classes=10, **TINY_DEIT3, **extra)
+
+
 def test_cait_takes_no_distillation_token():
     with pytest.raises(ValueError, match="does not take distilled"):
         build_model("cait_xxs24_224", distilled=True)

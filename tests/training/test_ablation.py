@@ -154,11 +154,13 @@ def test_learning_curves_are_lines_in_std_bands(tmp_path):
     assert [name for name in tmp_path.iterdir()] == [tmp_path / "curves.png"]  # atomic
 
 
-def _fake_runs(monkeypatch, trained):
+def _fake_runs(monkeypatch, trained, features=None):
     """run_training replaced by one that writes what a real run writes, instantly."""
+    features = [] if features is None else features
 
     def fake_run(config):
         trained.append((config.distillation_type, config.teacher, config.model))
+        features.append(config.feature_distillation)
         results = {"top1": 0.5, "cls_top1": 0.5, "wall_s": 1.0}
         if "distilled" in config.model:
             results["dist_top1"] = 0.5
@@ -179,23 +181,26 @@ def test_rows_train_the_papers_students(tmp_path, monkeypatch):
     """Class-token rows train DeiT without dist token, dist rows DeiT⚗; names as Table 3."""
     from deit_keras.testing import digits_config
 
-    trained = []
-    _fake_runs(monkeypatch, trained)
+    trained, features = [], []
+    _fake_runs(monkeypatch, trained, features)
     config = digits_config(tmp_path, model_dir=str(tmp_path / "out"))
     rows = [row.name for row in ablation.ROWS]
     report = ablation.run_ablation(config, 2, rows)
     plain, distilled = "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"
-    assert trained[:5] == [
+    assert trained[:6] == [
         ("none", config.teacher, plain),
         ("soft", "t.keras", plain),
         ("hard", "t.keras", plain),
         ("hard", "t.keras", distilled),
         ("none", config.teacher, distilled),
+        ("hard", "t.keras", distilled),
     ]
-    assert [(run["seed"], run["row"]) for run in report["runs"][:5]] == [(0, name) for name in rows]
+    assert features[:6] == [False] * 5 + [True]  # the feature row: hard + feature distillation
+    assert [(run["seed"], run["row"]) for run in report["runs"][:6]] == [(0, name) for name in rows]
+    with_token = {row.name for row in ablation.ROWS if row.dist_token}
     for run in report["runs"]:
         assert run["model_dir"] == str(tmp_path / "out" / f"seed_{run['seed']}" / run["row"])
-        assert run["model"] == (distilled if run["row"].startswith("dist_") else plain)
+        assert run["model"] == (distilled if run["row"] in with_token else plain)
     assert list(report["summary"]) == ["teacher", *rows]
     table = open(report["markdown"], encoding="utf-8").read()
     for row in ablation.ROWS:

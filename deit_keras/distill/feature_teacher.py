@@ -1,0 +1,172 @@
+"""A CNN teacher's stage feature maps, for feature distillation ("locality guidance").
+
+Li et al., "Locality Guidance for Improving Vision Transformers on Tiny
+Datasets", ECCV 2022 (arXiv:2207.10026; code: lkhl/tiny-transformers): the
+student's patch-token maps learn to match the feature maps a CNN teacher
+computes at the end of its spatial stages (ResNet-56's three stages there).
+`stage_layers` finds those layers in any functional Keras CNN (the small
+CNN of `teachers.build_small_cnn`, a `keras.applications` model, either
+wrapped in a `TeacherAdapter`); `FeatureTeacher` runs the frozen teacher once
+for its logits and those maps.
+"""
+
+import keras
+from keras import ops
+
+from deit_keras.distill.teachers import TeacherAdapter
+from deit_keras.errors import UserInputError
+
+
+def _is_functional(model) -> bool:
+    return isinstance(model, keras.Model) and bool(getattr(model, "inputs", None))
+
+
+def cnn_of(teacher):
+    """The functional CNN inside `teacher` (a `TeacherAdapter` or the CNN itself)."""
+    cnn = teacher.teacher if isinstance(teacher, TeacherAdapter) else teacher
+    if not _is_functional(cnn):
+        raise UserInputError(
+            "Feature distillation needs a functional Keras CNN teacher (a keras.applications "
+            f"model, the small CNN, any keras.Model(inputs, outputs)). Received: "
+            f"teacher={type(cnn).__name__}"
+        )
+    return cnn
+
+
+def _flat_layers(model):
+    """`(layer, owning functional model)` in order, nested functional models opened."""
+    for layer in model.layers:
+        if _is_functional(layer):
+            yield from _flat_layers(layer)
+        else:
+            yield layer, model
+
+
+def _spatial_size(layer):
+    """`(h, w)` of a layer's 4-D output with more than one position, else None."""
+    try:
+        shape = tuple(layer.output.shape)
+    except (AttributeError, ValueError, TypeError):
+        return None
+    if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[1] * shape[2] <= 1:
+        return None  # not a map, or a global pooling (squeeze-excitation's 1x1)
+    return shape[1], shape[2]
+
+
+def stage_layers(teacher) -> list[str]:
+    """Names of the last layer of each spatial stage of `teacher`, shallow to deep.
+
+    A stage is the run of layers at one resolution, each stage smaller than
+    the last; padding layers (larger) and global poolings (1x1) are no stage,
+    nor a run before the first layer with weights (the input, rescaling).
+
+    Args:
+        teacher: a `TeacherAdapter` or a functional `keras.Model` CNN.
+
+    Returns:
+        list of str: layer names; nested models' layers by their own names.
+    """
+    stages = []  # [area, name of the last layer, whether the run has weights]
+    for layer, _ in _flat_layers(cnn_of(teacher)):
+        size = _spatial_size(layer)
+        if size is None:
+            continue
+        area = size[0] * size[1]
+        if not stages or area < stages[-1][0]:
+            stages.append([area, layer.name, bool(layer.weights)])
+        elif area == stages[-1][0]:
+            stages[-1][1] = layer.name
+            stages[-1][2] = stages[-1][2] or bool(layer.weights)
+    return [name for _, name, weighted in stages if weighted]
+
+
+def spread(items: list, count: int) -> list:
+    """`count` of `items` evenly spread, the first and the last included."""
+    if count > len(items) or count <= 0:
+        raise UserInputError(
+            f"Feature distillation matches {count} student blocks but the teacher has "
+            f"{len(items)} spatial stages ({', '.join(items)}); choose at most {len(items)} "
+            "blocks (--feature_student_blocks) or name the teacher layers "
+            "(--feature_teacher_layers)."
+        )
+    if count == 1:
+        return [items[-1]]
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+def _owner(cnn, names):
+    """The one functional model (`cnn` or a nested one) holding every layer in `names`."""
+    owners = dict((layer.name, owner) for layer, owner in _flat_layers(cnn))
+    missing = [name for name in names if name not in owners]
+    if missing:
+        raise UserInputError(
+            f"The teacher has no layer named {', '.join(missing)}; its stage ends are "
+            f"{', '.join(stage_layers(cnn))}. Received: teacher_layers={list(names)}"
+        )
+    found = {id(owners[name]): owners[name] for name in names}
+    if len(found) > 1:
+        raise UserInputError(
+            f"The teacher layers {list(names)} lie in different nested models; name "
+            "layers of one model."
+        )
+    return next(iter(found.values()))
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class FeatureTeacher(keras.Model):
+    """A frozen teacher that returns its logits and the feature maps of named layers.
+
+    Args:
+        teacher: a `TeacherAdapter` or a functional `keras.Model` CNN taking
+            the student's batch and giving logits.
+        layer_names: list of str. Layers of the CNN (or of one functional
+            model nested in it and applied to its input, a fine-tuned
+            `keras.applications` backbone) whose outputs are the maps.
+
+    Call returns `(logits [B, K] float32, [maps [B, h, w, C] float32, ...])`.
+    A flat CNN runs once for both; a nested backbone runs once more for its maps.
+    """
+
+    def __init__(self, teacher, layer_names, **kwargs):
+        super().__init__(**kwargs)
+        self.teacher = teacher
+        self.layer_names = tuple(layer_names)
+        self._cnn = cnn_of(teacher)
+        owner = _owner(self._cnn, self.layer_names)
+        maps = [owner.get_layer(name).output for name in self.layer_names]
+        self.channels = tuple(int(item.shape[-1]) for item in maps)
+        if owner is self._cnn:
+            self._joint = keras.Model(owner.inputs, [owner.outputs[0], *maps])
+            self._maps = None
+        else:
+            self._joint = None
+            self._maps = keras.Model(owner.inputs, maps)
+        self.trainable = False
+        self.built = True  # of built models only
+
+    def call(self, images, training=False):
+        adapter = self.teacher if isinstance(self.teacher, TeacherAdapter) else None
+        inputs = adapter.teacher_input(images) if adapter else images
+        if self._joint is not None:
+            outputs = self._joint(inputs, training=False)
+            logits, maps = outputs[0], list(outputs[1:])
+        else:
+            logits = self._cnn(inputs, training=False)
+            maps = self._maps(inputs, training=False)
+            maps = list(maps) if isinstance(maps, (list, tuple)) else [maps]
+        logits = adapter.teacher_logits(logits) if adapter else ops.cast(logits, "float32")
+        return logits, [ops.cast(item, "float32") for item in maps]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            teacher=keras.saving.serialize_keras_object(self.teacher),
+            layer_names=list(self.layer_names),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
+        return cls(**config)
