@@ -21,6 +21,7 @@ import os
 import keras
 import numpy as np
 
+from deit_keras.deploy.onnx_fusable import rewrite_for_fusion
 from deit_keras.deploy.signatures import METADATA_NAME, fixed_size_function, serving_config
 from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
@@ -36,7 +37,10 @@ def _erfc_as_one_minus_erf(ctx, node, name, args):
     node.type = "Erf"
     dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
     one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype=dtype))
-    ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]])
+    # Named in the node's scope, so `onnx_fusable` finds the whole block under one prefix.
+    ctx.insert_new_node_on_output(
+        "Sub", node.output[0], name=f"{name}_one_minus", inputs=[one.output[0], node.output[0]]
+    )
 
 
 @contextlib.contextmanager
@@ -75,6 +79,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     crop_pct: float | None = None,
     class_names: list[str] | None = None,
+    fusable: bool = True,
 ) -> dict:
     """Writes `model` as an ONNX file (atomically) and returns its serving config.
 
@@ -85,6 +90,9 @@ def export_onnx(
         crop_pct: float or None. Recorded in the config: the crop the caller
             applies. Defaults to the model's.
         class_names: list of str or None. Recorded in the config.
+        fusable: bool. Rewrite the transformer blocks into the form ONNX
+            Runtime's transformer optimizer fuses (`deploy.onnx_fusable`).
+            Defaults to True.
 
     Returns:
         The `deit_serving` config stored in the file.
@@ -100,6 +108,8 @@ def export_onnx(
             opset=opset,
             custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
         )
+    if fusable:
+        rewrite_for_fusion(proto, model)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_NAME, json.dumps(config)
     atomic.write_bytes_atomic(path, proto.SerializeToString())
