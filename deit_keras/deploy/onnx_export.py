@@ -21,6 +21,7 @@ import os
 import keras
 import numpy as np
 
+from deit_keras.deploy import onnx_quantize
 from deit_keras.deploy.onnx_fusable import rewrite_for_fusion
 from deit_keras.deploy.signatures import METADATA_NAME, fixed_size_function, serving_config
 from deit_keras.errors import UserInputError
@@ -80,6 +81,9 @@ def export_onnx(
     crop_pct: float | None = None,
     class_names: list[str] | None = None,
     fusable: bool = True,
+    optimize: bool = False,
+    quantize: str = "none",
+    calibration_images=None,
 ) -> dict:
     """Writes `model` as an ONNX file (atomically) and returns its serving config.
 
@@ -93,12 +97,26 @@ def export_onnx(
         fusable: bool. Rewrite the transformer blocks into the form ONNX
             Runtime's transformer optimizer fuses (`deploy.onnx_fusable`).
             Defaults to True.
+        optimize: bool. Apply ONNX Runtime's transformer fusions
+            (`deploy.onnx_quantize`); the file then needs onnxruntime.
+        quantize: str. One of `onnx_quantize.QUANTIZATIONS`; int8 variants
+            imply `optimize`.
+        calibration_images: uint8 `[N, S, S, 3]` eval crops for "int8".
 
     Returns:
         The `deit_serving` config stored in the file.
     """
     check_opset(opset)
-    config = serving_config(model, "onnx", crop_pct=crop_pct, class_names=class_names, opset=opset)
+    onnx_quantize.check_quantize(quantize, calibration_images)
+    optimize = optimize or quantize != "none"
+    if optimize and not fusable:
+        raise UserInputError(
+            "optimize / quantize need fusable=True (the fusions match that graph)."
+        )
+    extra = {"optimized": True, "quantize": quantize} if optimize else {}
+    config = serving_config(
+        model, "onnx", crop_pct=crop_pct, class_names=class_names, opset=opset, **extra
+    )
     serve = fixed_size_function(model)
     with _environment_unchanged():
         tf2onnx = _tf2onnx()
@@ -110,10 +128,21 @@ def export_onnx(
         )
     if fusable:
         rewrite_for_fusion(proto, model)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_NAME, json.dumps(config)
+    if optimize:
+        proto = onnx_quantize.optimize(proto, model)
+    if quantize != "none":
+        proto = onnx_quantize.quantize(proto, quantize, calibration_images)
+    _set_metadata(proto, json.dumps(config))
     atomic.write_bytes_atomic(path, proto.SerializeToString())
     return config
+
+
+def _set_metadata(proto, text: str) -> None:
+    kept = [entry for entry in proto.metadata_props if entry.key != METADATA_NAME]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_NAME, text
 
 
 def read_onnx_config(path: str) -> dict:

@@ -102,9 +102,7 @@ def _weights(layer):
 def _layer_norm(writer, x, layer, name, output=None):
     gamma, beta = _weights(layer)
     inputs = [x, writer.const(f"{name}/gamma", gamma), writer.const(f"{name}/beta", beta)]
-    out = writer.node(
-        "LayerNormalization", inputs, name, axis=-1, epsilon=float(layer.epsilon)
-    )
+    out = writer.node("LayerNormalization", inputs, name, axis=-1, epsilon=float(layer.epsilon))
     if output is not None:
         writer.nodes[-1].output[0] = output
         return output
@@ -172,7 +170,9 @@ def _replace(graph, layer, prefix, emit) -> bool:
         return False
     inputs, outputs = _region_boundary(graph, region, _constant_names(graph))
     if len(inputs) != 1 or len(outputs) != 1:
-        logging.info("ONNX: %s kept as tf2onnx wrote it (%s in, %s out)", layer.name, inputs, outputs)
+        logging.info(
+            "ONNX: %s kept as tf2onnx wrote it (%s in, %s out)", layer.name, inputs, outputs
+        )
         return False
     writer = _Writer(graph, prefix)
     emit(writer, next(iter(inputs)), layer, next(iter(outputs)))
