@@ -42,7 +42,7 @@ def check_quantize(quantize: str, calibration_images=None, *, need_images=True) 
 
 
 def fused_operator_counts(proto, model) -> dict:
-    """`{op: count}` of the fused kernels ONNX Runtime's optimizer finds in `proto` (non-zero only)."""
+    """`{op: count}` (non-zero) of the fused kernels ONNX Runtime's optimizer finds in `proto`."""
     fused = _optimizer(proto, model)
     return {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
 
@@ -106,7 +106,7 @@ def _with_shapes(proto):
 
 
 def quantize(proto, quantize_name: str, calibration_images=None):
-    """The fused `proto` quantized as `quantize_name` ("dynamic_int8" or "int8"): a new `ModelProto`."""
+    """The fused `proto` quantized as "dynamic_int8" or "int8" (a new `ModelProto`)."""
     import onnx
     from onnxruntime import quantization
 
