@@ -5,6 +5,7 @@ the module (the pattern of test_export_formats.py): fp32 variants must give its
 logits to 1e-5, quantized ones its top-1 on the 360 eval crops (`AGREEMENT_BARS`).
 """
 
+import json
 import os
 import re
 
