@@ -27,6 +27,11 @@ DEPLOY = [
     "onnxruntime==1.32.0",
     "tf2onnx==1.17.0",  # TF graph -> ONNX, as keras.export(format="onnx") uses
     "onnx==1.23.2",
+    # OpenVINO IR export and runtime, NNCF int8. 2026.4.1 compiles and runs on the AMD EPYC
+    # (Zen 4, AVX-512) test box; openvino issue #35943 (SIGFPE in compile_model on some
+    # AMD EPYC VMs) was reported against 2025.3-2026.1.
+    "openvino==2026.4.1",
+    "nncf==3.4.0",
 ]
 
 setup(

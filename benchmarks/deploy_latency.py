@@ -6,7 +6,11 @@ Sides (each in its own worker process, timed in turns, A/B/C/...):
 - `keras_xla`: `deit_keras.inference.predict_function(model)` (XLA).
 - `litert_<quantize>`: `deit_keras.export --format=litert --quantize=...` run by
   `ai_edge_litert` with `num_threads=os.cpu_count()`.
-- `onnx`: `deit_keras.export --format=onnx` run by onnxruntime (CPU provider).
+- `onnx`: `deit_keras.export --format=onnx` (the fusable standard-op graph) run
+  by onnxruntime (CPU provider); `onnx_fused`: `--optimize` (ORT's Attention,
+  SkipLayerNorm, BiasGelu kernels); `onnx_<dynamic_int8|int8>`: `--quantize=...`.
+- `openvino_<none|bf16|int8>`: `--format=openvino --quantize=...` run by
+  OpenVINO's CPU plugin (int8: NNCF).
 
 The Keras model is the reference's weights read by
 `deit_keras.deploy.checkpoints.load_checkpoint`; the exports are made from
@@ -39,7 +43,16 @@ from deit_keras.inference import timing  # noqa: E402  (throughput puts the repo
 
 ROOT = throughput.ROOT
 QUANTIZE = ("none", "float16", "dynamic_int8", "int8")
-SIDES = ["torch", "keras_xla", *[f"litert_{q}" for q in QUANTIZE], "onnx"]
+# side -> (format, quantize, optimize): every export the benchmark times.
+EXPORTS = {
+    **{f"litert_{q}": ("litert", q, False) for q in QUANTIZE},
+    "onnx": ("onnx", "none", False),
+    "onnx_fused": ("onnx", "none", True),
+    "onnx_dynamic_int8": ("onnx", "dynamic_int8", True),
+    "onnx_int8": ("onnx", "int8", True),
+    **{f"openvino_{q}": ("openvino", q, False) for q in ("none", "bf16", "int8")},
+}
+SIDES = ["torch", "keras_xla", *EXPORTS]
 
 
 # === Workers ===
@@ -62,6 +75,12 @@ def _torch_step(args, batch, size):
     return step
 
 
+def _file_bytes(path):
+    """An export's size on disk; OpenVINO's weights are the .bin beside the .xml."""
+    weights = path[: -len(".xml")] + ".bin" if path.endswith(".xml") else None
+    return os.path.getsize(path) + (os.path.getsize(weights) if weights else 0)
+
+
 def _images(batch, size):
     return np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
 
@@ -78,9 +97,10 @@ def _keras_step(args, batch, size):
 
 
 def _exported_step(args, side, batch, size):
+    from deit_keras.deploy.export_formats import SUFFIXES
     from deit_keras.deploy.runtimes import ExportedModel
 
-    suffix = ".onnx" if side == "onnx" else ".tflite"
+    suffix = SUFFIXES[EXPORTS[side][0]]
     exported = ExportedModel(os.path.join(args.workdir, side + suffix), num_threads=os.cpu_count())
     images = _images(batch, size)
     return lambda: exported.run_uint8(images)["logits"]
@@ -115,17 +135,17 @@ def prepare(args):
     model = load_checkpoint(os.path.join(args.workdir, "weights.safetensors"), args.model)
     size = model.image_size
     calibration = _images(16, size)
-    paths = {f"litert_{q}": os.path.join(args.workdir, f"litert_{q}.tflite") for q in QUANTIZE}
-    for quantize in QUANTIZE:
+    paths = {}
+    for side, (export_format, quantize, optimize) in EXPORTS.items():
+        paths[side] = os.path.join(args.workdir, side + export_formats.SUFFIXES[export_format])
         export_formats.export_model(
             model,
-            paths[f"litert_{quantize}"],
-            "litert",
+            paths[side],
+            export_format,
             quantize=quantize,
+            optimize=optimize,
             calibration_images=calibration,
         )
-    paths["onnx"] = os.path.join(args.workdir, "onnx.onnx")
-    export_formats.export_model(model, paths["onnx"], "onnx")
     # Same weights, same images: each export's logits against the Keras graph's.
     probe = np.random.default_rng(1).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
     expected = np.asarray(fixed_size_function(model)(probe)["logits"])
@@ -136,7 +156,7 @@ def prepare(args):
             "finite": bool(np.isfinite(logits).all()),
             "max_abs_logit_diff": float(np.abs(logits - expected).max()),
             "max_abs_logit": float(np.abs(expected).max()),
-            "file_mb": os.path.getsize(path) / 2**20,
+            "file_mb": _file_bytes(path) / 2**20,
         }
     throughput.reply(image_size=size, checks=checks)
 
@@ -164,19 +184,22 @@ def digits_accuracy(args):
     reference = np.asarray(predict_function(model)(images)).argmax(-1)
     calibration = eval_crops("digits", 200, model.image_size, model.preprocessing)
     rows = {"keras": {"top1": evaluate_model(model, evaluation)["top1"], "agreement": 1.0}}
-    for side in SIDES[2:]:
-        export_format = "onnx" if side == "onnx" else "litert"
-        quantize = side.removeprefix("litert_") if export_format == "litert" else "none"
+    for side, (export_format, quantize, optimize) in EXPORTS.items():
         path = os.path.join(args.workdir, f"digits_{side}{export_formats.SUFFIXES[export_format]}")
         export_formats.export_model(
-            model, path, export_format, quantize=quantize, calibration_images=calibration
+            model,
+            path,
+            export_format,
+            quantize=quantize,
+            optimize=optimize,
+            calibration_images=calibration,
         )
         exported, _ = runtimes.load_exported(path)
         predictions = np.asarray(exported(images)).argmax(-1)
         rows[side] = {
             "top1": evaluate_model(exported, evaluation)["top1"],
             "agreement": float(np.mean(predictions == reference)),
-            "file_kb": os.path.getsize(path) / 1024,
+            "file_kb": _file_bytes(path) / 1024,
         }
     throughput.reply(rows=rows, model=args.digits_model, num_images=int(len(images)))
 
@@ -292,6 +315,7 @@ def main():
         )
     if args.quick:
         args.repeats, args.iterations = 2, 5
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
         args.workdir = workdir
         one_shot(args, "save_weights")
@@ -303,6 +327,7 @@ def main():
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": throughput.machine(),
+        "load_average_start": load_at_start,
         "load_average": os.getloadavg(),
         "command": " ".join(sys.argv),
         "model": args.model,

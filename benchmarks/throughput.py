@@ -382,14 +382,13 @@ def keras_hub_python(args):
 
 def save_weights(name, path):
     """Writes the reference's random weights; replies with the variant's fields."""
-    import dataclasses
 
     import torch
     from safetensors.torch import save_file
 
     from deit_keras import get_variant
 
-    variant = dataclasses.asdict(get_variant(name))
+    variant = dict(get_variant(name).config)  # a Variant's architecture fields
     if variant != {**variant, **vars(name_variant(name))}:
         raise ValueError(f"name_variant({name!r}) disagrees with get_variant: {variant}")
     torch.manual_seed(0)

@@ -1,9 +1,12 @@
-"""Exports a `.keras` DeiT as a SavedModel, a LiteRT (.tflite) or an ONNX file.
+"""Exports a `.keras` DeiT as a SavedModel, a LiteRT (.tflite), an ONNX or an OpenVINO file.
 
 python -m deit_keras.export --model_path model.keras --output exported/
 python -m deit_keras.export --model_path model.keras --format=litert --output model.tflite \\
     [--quantize=float16|dynamic_int8|int8 --calibration_dataset=digits]
-python -m deit_keras.export --model_path model.keras --format=onnx --output model.onnx
+python -m deit_keras.export --model_path model.keras --format=onnx --output model.onnx \\
+    [--optimize] [--quantize=dynamic_int8|int8 --calibration_dataset=digits]
+python -m deit_keras.export --model_path model.keras --format=openvino --output model.xml \\
+    [--quantize=bf16|int8 --calibration_dataset=digits]
 python -m deit_keras.export --model deit_base_patch16_384 --pretrained --output exported/
 
 The library is `deit_keras.deploy.export_formats`; inputs and outputs of
@@ -16,25 +19,34 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.cli import model_source
-from deit_keras.deploy import export_formats, litert_export, onnx_export
+from deit_keras.deploy import export_formats, onnx_export
 from deit_keras.deploy.calibration import eval_crops
 from deit_keras.schema import FRACTION, POSITIVE
 
 _OUTPUT = flags.DEFINE_string(
-    "output", None, "Output: a SavedModel directory, a .tflite or an .onnx file (replaced)."
+    "output",
+    None,
+    "Output: a SavedModel directory, a .tflite, an .onnx or an OpenVINO .xml file (replaced).",
 )
 _FORMAT = flags.DEFINE_enum(
     "format",
     "saved_model",
     list(export_formats.FORMATS),
-    "saved_model: uint8 images of any size in. litert / onnx: uint8 "
+    "saved_model: uint8 images of any size in. litert / onnx / openvino: uint8 "
     "[batch, image_size, image_size, 3] eval crops in (see docs/deployment.md).",
 )
 _QUANTIZE = flags.DEFINE_enum(
     "quantize",
     "none",
-    list(litert_export.QUANTIZATIONS),
-    "LiteRT only. int8 needs --calibration_dataset.",
+    list(export_formats.ALL_QUANTIZATIONS),
+    "litert: float16, dynamic_int8, int8. onnx: dynamic_int8, int8 (ONNX Runtime's fused "
+    "graph). openvino: bf16, int8 (NNCF). int8 needs --calibration_dataset.",
+)
+_OPTIMIZE = flags.DEFINE_bool(
+    "optimize",
+    False,
+    "onnx only: ONNX Runtime's fused Attention / LayerNorm / GELU kernels (the file then "
+    "runs on onnxruntime only); implied by --quantize.",
 )
 _CALIBRATION_DATASET = flags.DEFINE_string(
     "calibration_dataset",
@@ -66,6 +78,11 @@ def _check_flags() -> None:
         onnx_export.check_opset(_OPSET.value)
     except ValueError as error:
         raise cli.UsageError(str(error)) from error
+    if _OPTIMIZE.value and _FORMAT.value != "onnx":
+        raise cli.UsageError(
+            f"--optimize is for --format=onnx (ONNX Runtime's fusions). Received: "
+            f"--format={_FORMAT.value}"
+        )
     if _QUANTIZE.value == "int8" and not _CALIBRATION_DATASET.value:
         raise cli.UsageError(
             "--quantize=int8 calibrates on real images: add --calibration_dataset "
@@ -96,6 +113,8 @@ def _describe(config: dict) -> str:
         return f"serving_default: uint8 [B, H, W, 3] -> {outputs}"
     quantize = config.get("quantize", "none")
     suffix = f", quantize={quantize}" if quantize != "none" else ""
+    if config.get("optimized"):
+        suffix += ", ONNX Runtime fused"
     return f"uint8 [B, {size}, {size}, 3] eval crops -> {outputs}{suffix}"
 
 
@@ -110,6 +129,7 @@ def main(argv: list[str]) -> None:
         quantize=_QUANTIZE.value,
         calibration_images=_calibration_images(model),
         opset=_OPSET.value,
+        optimize=_OPTIMIZE.value,
         crop_pct=_CROP_PCT.value,
         class_names=class_names,
         extra_files={"flags.txt": flags.FLAGS.flags_into_string()},

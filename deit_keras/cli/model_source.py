@@ -17,7 +17,7 @@ from deit_keras.deploy.saving import load_model
 MODEL_PATH = flags.DEFINE_string(
     "model_path",
     None,
-    "The .keras model (predict and evaluate also take a .tflite or .onnx export).",
+    "The .keras model (predict and evaluate also take a .tflite, .onnx or OpenVINO .xml export).",
 )
 MODEL = flags.DEFINE_string(
     "model",

@@ -1,21 +1,32 @@
-"""One entry point for the three export formats (the library of `deit_keras.cli.export`).
+"""One entry point for the four export formats (the library of `deit_keras.cli.export`).
 
 | format        | file      | input                           | runs on                 |
 |---------------|-----------|---------------------------------|-------------------------|
 | `saved_model` | directory | uint8 `[B, H, W, 3]`, any size  | TF Serving, TF, Keras   |
 | `litert`      | `.tflite` | uint8 `[B, S, S, 3]` eval crops | ai_edge_litert, phones  |
 | `onnx`        | `.onnx`   | uint8 `[B, S, S, 3]` eval crops | onnxruntime, ONNX tools |
+| `openvino`    | `.xml`    | uint8 `[B, S, S, 3]` eval crops | openvino                |
+
+Quantizations per format: `QUANTIZATIONS` (litert: float16, dynamic_int8,
+int8; onnx: dynamic_int8, int8 on ORT's fused graph; openvino: bf16, NNCF int8).
 
 All give `probabilities`, `logits`, `cls_logits` (+ `dist_logits`); see
 `deploy.signatures`.
 """
 
-from deit_keras.deploy import litert_export, onnx_export
+from deit_keras.deploy import litert_export, onnx_export, onnx_quantize, openvino_export
 from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.errors import UserInputError
 
-FORMATS = ("saved_model", "litert", "onnx")
-SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
+FORMATS = ("saved_model", "litert", "onnx", "openvino")
+SUFFIXES = {"litert": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
+QUANTIZATIONS = {
+    "saved_model": ("none",),
+    "litert": litert_export.QUANTIZATIONS,
+    "onnx": onnx_quantize.QUANTIZATIONS,
+    "openvino": openvino_export.QUANTIZATIONS,
+}
+ALL_QUANTIZATIONS = tuple(dict.fromkeys(q for qs in QUANTIZATIONS.values() for q in qs))
 
 
 def check_export_options(export_format: str, path: str, quantize: str = "none") -> None:
@@ -27,13 +38,19 @@ def check_export_options(export_format: str, path: str, quantize: str = "none") 
         raise UserInputError(
             f"A {export_format} export is a single {suffix} file. Received: output={path!r}"
         )
-    if export_format == "saved_model" and path.lower().endswith((".tflite", ".onnx", ".keras")):
+    if export_format == "saved_model" and path.lower().endswith(
+        (".tflite", ".onnx", ".xml", ".keras")
+    ):
         raise UserInputError(f"A SavedModel is a directory. Received: output={path!r}")
-    litert_export.check_quantize_name(quantize)
-    if quantize != "none" and export_format != "litert":
+    if quantize not in ALL_QUANTIZATIONS:
         raise UserInputError(
-            f"Quantization is for LiteRT exports (--format=litert). Received: "
-            f"format={export_format!r}, quantize={quantize!r}"
+            f"quantize must be one of {ALL_QUANTIZATIONS}. Received: quantize={quantize!r}"
+        )
+    if quantize not in QUANTIZATIONS[export_format]:
+        supported = [f for f, qs in QUANTIZATIONS.items() if quantize in qs]
+        raise UserInputError(
+            f"quantize={quantize!r} is for format {' / '.join(supported)}; {export_format} takes "
+            f"{QUANTIZATIONS[export_format]}. Received: format={export_format!r}"
         )
 
 
@@ -45,6 +62,7 @@ def export_model(
     quantize: str = "none",
     calibration_images=None,
     opset: int = onnx_export.DEFAULT_OPSET,
+    optimize: bool = False,
     crop_pct: float | None = None,
     class_names: list[str] | None = None,
     extra_files: dict[str, str] | None = None,
@@ -53,12 +71,14 @@ def export_model(
 
     Args:
         model: a `DeiT` with a classification head.
-        path: str. A directory (saved_model), `.tflite` (litert) or `.onnx` file.
+        path: str. A directory (saved_model), `.tflite` (litert), `.onnx` or
+            `.xml` (openvino) file.
         export_format: str. One of `FORMATS`.
-        quantize: str. LiteRT only: `litert_export.QUANTIZATIONS`.
+        quantize: str. One of `QUANTIZATIONS[export_format]`.
         calibration_images: uint8 eval crops for quantize="int8"
             (`deploy.calibration.eval_crops`).
         opset: int. ONNX only.
+        optimize: bool. ONNX only: ONNX Runtime's fused transformer kernels.
         crop_pct: float or None. Eval crop fraction; defaults to the model's.
         class_names: list of str or None. Recorded with the export.
         extra_files: SavedModel only: file name -> text written beside it.
@@ -70,6 +90,17 @@ def export_model(
         )
     if export_format == "onnx":
         return onnx_export.export_onnx(
-            model, path, opset, crop_pct=crop_pct, class_names=class_names
+            model,
+            path,
+            opset,
+            crop_pct=crop_pct,
+            class_names=class_names,
+            optimize=optimize,
+            quantize=quantize,
+            calibration_images=calibration_images,
+        )
+    if export_format == "openvino":
+        return openvino_export.export_openvino(
+            model, path, quantize, calibration_images, crop_pct=crop_pct, class_names=class_names
         )
     return export_saved_model(model, path, crop_pct, class_names, extra_files)

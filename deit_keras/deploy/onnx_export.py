@@ -21,6 +21,8 @@ import os
 import keras
 import numpy as np
 
+from deit_keras.deploy import onnx_quantize
+from deit_keras.deploy.onnx_fusable import rewrite_for_fusion
 from deit_keras.deploy.signatures import METADATA_NAME, fixed_size_function, serving_config
 from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
@@ -36,7 +38,10 @@ def _erfc_as_one_minus_erf(ctx, node, name, args):
     node.type = "Erf"
     dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
     one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype=dtype))
-    ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]])
+    # Named in the node's scope, so `onnx_fusable` finds the whole block under one prefix.
+    ctx.insert_new_node_on_output(
+        "Sub", node.output[0], name=f"{name}_one_minus", inputs=[one.output[0], node.output[0]]
+    )
 
 
 @contextlib.contextmanager
@@ -75,6 +80,10 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     crop_pct: float | None = None,
     class_names: list[str] | None = None,
+    fusable: bool = True,
+    optimize: bool = False,
+    quantize: str = "none",
+    calibration_images=None,
 ) -> dict:
     """Writes `model` as an ONNX file (atomically) and returns its serving config.
 
@@ -85,12 +94,29 @@ def export_onnx(
         crop_pct: float or None. Recorded in the config: the crop the caller
             applies. Defaults to the model's.
         class_names: list of str or None. Recorded in the config.
+        fusable: bool. Rewrite the transformer blocks into the form ONNX
+            Runtime's transformer optimizer fuses (`deploy.onnx_fusable`).
+            Defaults to True.
+        optimize: bool. Apply ONNX Runtime's transformer fusions
+            (`deploy.onnx_quantize`); the file then needs onnxruntime.
+        quantize: str. One of `onnx_quantize.QUANTIZATIONS`; int8 variants
+            imply `optimize`.
+        calibration_images: uint8 `[N, S, S, 3]` eval crops for "int8".
 
     Returns:
         The `deit_serving` config stored in the file.
     """
     check_opset(opset)
-    config = serving_config(model, "onnx", crop_pct=crop_pct, class_names=class_names, opset=opset)
+    onnx_quantize.check_quantize(quantize, calibration_images)
+    optimize = optimize or quantize != "none"
+    if optimize and not fusable:
+        raise UserInputError(
+            "optimize / quantize need fusable=True (the fusions match that graph)."
+        )
+    extra = {"optimized": True, "quantize": quantize} if optimize else {}
+    config = serving_config(
+        model, "onnx", crop_pct=crop_pct, class_names=class_names, opset=opset, **extra
+    )
     serve = fixed_size_function(model)
     with _environment_unchanged():
         tf2onnx = _tf2onnx()
@@ -100,10 +126,23 @@ def export_onnx(
             opset=opset,
             custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
         )
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_NAME, json.dumps(config)
+    if fusable:
+        rewrite_for_fusion(proto, model)
+    if optimize:
+        proto = onnx_quantize.optimize(proto, model)
+    if quantize != "none":
+        proto = onnx_quantize.quantize(proto, quantize, calibration_images)
+    _set_metadata(proto, json.dumps(config))
     atomic.write_bytes_atomic(path, proto.SerializeToString())
     return config
+
+
+def _set_metadata(proto, text: str) -> None:
+    kept = [entry for entry in proto.metadata_props if entry.key != METADATA_NAME]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_NAME, text
 
 
 def read_onnx_config(path: str) -> dict:

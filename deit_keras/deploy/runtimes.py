@@ -1,4 +1,4 @@
-"""Exported `.tflite` / `.onnx` DeiTs run by their own runtimes, shaped like a `DeiT`.
+"""Exported `.tflite` / `.onnx` / OpenVINO `.xml` DeiTs run by their runtimes, shaped like a `DeiT`.
 
 `load_exported(path)` returns `(ExportedModel, class_names)`, as
 `deploy.saving.load_model` returns `(DeiT, class_names)`, so `predict` and
@@ -11,7 +11,9 @@ crops the file expects (`data.preprocessing.to_uint8`, exact on eval
 crops, whose pixels are integers).
 
 Runtimes: `ai_edge_litert` for LiteRT (tf.lite.Interpreter is deprecated),
-`onnxruntime` for ONNX; both are in the `deploy` extra.
+`onnxruntime` for ONNX, `openvino` for OpenVINO IR; all are in the `deploy`
+extra. Each uses all the machine's cores unless told otherwise (LiteRT's
+interpreter alone defaults to one thread, so it is given `os.cpu_count()`).
 """
 
 import os
@@ -21,10 +23,11 @@ import numpy as np
 from deit_keras.data.preprocessing import Preprocessing, to_uint8
 from deit_keras.deploy.litert_export import read_litert_config
 from deit_keras.deploy.onnx_export import read_onnx_config
+from deit_keras.deploy.openvino_export import read_openvino_config
 from deit_keras.deploy.saving import load_model
 from deit_keras.errors import UserInputError
 
-EXPORTED_SUFFIXES = (".tflite", ".onnx")
+EXPORTED_SUFFIXES = (".tflite", ".onnx", ".xml")
 # onnxruntime's idle intra-op threads spin, waiting for work, and take the CPU from
 # whatever runs next in the process (measured: another runtime timed in turns with
 # it slowed down); this entry makes them sleep instead.
@@ -46,7 +49,8 @@ def _import_runtime(module, what):
 class _LiteRTRunner:
     def __init__(self, path, num_threads):
         interpreter_lib = _import_runtime("ai_edge_litert.interpreter", ".tflite")
-        self.interpreter = interpreter_lib.Interpreter(model_path=path, num_threads=num_threads)
+        threads = num_threads or os.cpu_count() or 1
+        self.interpreter = interpreter_lib.Interpreter(model_path=path, num_threads=threads)
         self.runner = self.interpreter.get_signature_runner("serving_default")
 
     def __call__(self, images: np.ndarray) -> dict:
@@ -72,16 +76,30 @@ class _OnnxRunner:
         return dict(zip(self.output_names, values, strict=True))
 
 
+class _OpenVINORunner:
+    def __init__(self, path, num_threads, precision):
+        ov = _import_runtime("openvino", ".xml")
+        properties = {"INFERENCE_PRECISION_HINT": precision}
+        if num_threads:
+            properties["INFERENCE_NUM_THREADS"] = num_threads
+        self.compiled = ov.Core().compile_model(path, "CPU", properties)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, images: np.ndarray) -> dict:
+        results = self.request.infer({0: images})
+        return {output.get_any_name(): value for output, value in results.items()}
+
+
 class ExportedModel:
     """An exported DeiT file and its runtime (see the module docstring).
 
     Args:
-        path: str. A `.tflite` or `.onnx` file written by `deit_keras.export`.
-        num_threads: int or None. Runtime threads; None lets the runtime
-            choose (LiteRT: 1 unless given; onnxruntime: all cores).
+        path: str. A `.tflite`, `.onnx` or OpenVINO `.xml` file written by
+            `deit_keras.export`.
+        num_threads: int or None. Runtime threads; None for all cores.
         onnx_session_config: dict of str -> str or None. onnxruntime session
             config entries, e.g. `{"session.intra_op.allow_spinning": "0"}`
-            (`ONNX_NO_SPINNING`); ignored for LiteRT.
+            (`ONNX_NO_SPINNING`); ignored for the other runtimes.
     """
 
     def __init__(
@@ -94,6 +112,10 @@ class ExportedModel:
         if path.lower().endswith(".tflite"):
             self.config = read_litert_config(path)
             self._run = _LiteRTRunner(path, num_threads)
+        elif path.lower().endswith(".xml"):
+            self.config = read_openvino_config(path)
+            precision = self.config.get("inference_precision", "f32")
+            self._run = _OpenVINORunner(path, num_threads, precision)
         else:
             self.config = read_onnx_config(path)
             self._run = _OnnxRunner(path, num_threads, onnx_session_config)
@@ -128,7 +150,7 @@ class ExportedModel:
 
 
 def load_exported(path: str, num_threads: int | None = None):
-    """`(ExportedModel, class_names)` of a `.tflite` / `.onnx` file written by `deit_keras.export`.
+    """`(ExportedModel, class_names)` of a `.tflite` / `.onnx` / `.xml` from `deit_keras.export`.
 
     Raises:
         FileNotFoundError: no such file.
@@ -141,7 +163,7 @@ def load_exported(path: str, num_threads: int | None = None):
 
 
 def load_for_inference(path: str):
-    """`(model, class_names)` of a `.keras` file (a `DeiT`) or an exported `.tflite` / `.onnx`."""
+    """`(model, class_names)` of a `.keras` file (a `DeiT`) or an exported one (`is_exported`)."""
     if is_exported(path):
         return load_exported(path)
     return load_model(path, compile=False)

@@ -111,7 +111,7 @@ def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) 
 
     Args:
         model: a `DeiT` with a classification head, or a
-            `deploy.runtimes.ExportedModel` (a `.tflite` / `.onnx` export).
+            `deploy.runtimes.ExportedModel` (a `.tflite` / `.onnx` / `.xml` export).
         dataset: iterable of `(images, labels)` batches (e.g. a `tf.data`
             dataset): images normalised float32 `[B, H, W, 3]`, labels one-hot
             `[B, num_classes]` or integer `[B]`.

@@ -92,7 +92,7 @@ def predict_files(
 
     Args:
         model_path: str. A `.keras` model (its `.classes.json` names are used), or a
-            `.tflite` / `.onnx` export.
+            `.tflite` / `.onnx` / `.xml` export.
         image_paths: list of str. JPEG/PNG files.
         crop_pct: float or None. Eval crop fraction; defaults to the model's.
         top_k: int. How many classes per image. Defaults to 5.

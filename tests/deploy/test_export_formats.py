@@ -183,7 +183,7 @@ def test_bad_export_options_are_one_line_errors(models, tmp_path):
         ("litert", str(tmp_path / "m.onnx"), "none", "single .tflite file"),
         ("onnx", str(tmp_path / "m.tflite"), "none", "single .onnx file"),
         ("saved_model", str(tmp_path / "m.tflite"), "none", "SavedModel is a directory"),
-        ("onnx", str(tmp_path / "m.onnx"), "int8", "Quantization is for LiteRT"),
+        ("onnx", str(tmp_path / "m.onnx"), "float16", "quantize='float16' is for format litert"),
         ("litert", str(tmp_path / "m.tflite"), "int4", "quantize must be one of"),
     ]
     for export_format, path, quantize, message in cases:
@@ -254,13 +254,13 @@ def test_export_cli_bad_combination_is_one_line(models, tmp_path):
         "export",
         f"--model_path={keras_path}",
         "--format=onnx",
-        "--quantize=int8",
+        "--quantize=float16",
         f"--output={out}",
     )
     assert process.returncode == 2
     assert user_stderr(process) == [
-        "error: Quantization is for LiteRT exports (--format=litert). "
-        "Received: format='onnx', quantize='int8'"
+        "error: quantize='float16' is for format litert; onnx takes "
+        "('none', 'dynamic_int8', 'int8'). Received: format='onnx'"
     ]
     assert not os.path.exists(out)
 

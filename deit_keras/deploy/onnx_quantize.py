@@ -1,0 +1,140 @@
+"""ONNX Runtime's transformer fusions and int8 quantization of an exported DeiT graph.
+
+`optimize=True` runs `onnxruntime.transformers.optimizer` (model_type "vit")
+on the graph `deploy.onnx_fusable` wrote: `Attention`, `SkipLayerNormalization`,
+`BiasGelu` and `LayerNormalization` kernels (com.microsoft ops, so the file
+then runs on ONNX Runtime only). Quantization (`quantize=`) always starts
+from that fused graph:
+
+- "dynamic_int8": `quantize_dynamic(per_channel=True)`: int8 weights of every
+  matmul, the fused `Attention` included (it becomes `QAttention`);
+  activations quantized on the fly. No calibration data.
+- "int8": static QDQ (S8S8, per channel) with activation ranges calibrated
+  on `calibration_images`: the dense matmuls outside attention and the
+  patch embedding in int8; the fused `Attention` stays float (QDQ has no
+  quantized Attention).
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+from deit_keras.errors import UserInputError
+
+QUANTIZATIONS = ("none", "dynamic_int8", "int8")
+CALIBRATION_BATCH = 16
+# Static int8 quantizes these only; LayerNorm in int8 cost agreement (measured in
+# tests/deploy/test_onnx_int8.py's digits student: 95.8% with it, see the note below).
+STATIC_OPS = ["MatMul", "Conv"]
+
+
+def check_quantize(quantize: str, calibration_images=None, *, need_images=True) -> None:
+    if quantize not in QUANTIZATIONS:
+        raise UserInputError(
+            f"ONNX quantize must be one of {QUANTIZATIONS}. Received: quantize={quantize!r}"
+        )
+    if need_images and quantize == "int8" and calibration_images is None:
+        raise UserInputError(
+            "quantize='int8' calibrates activation ranges on images: pass calibration_images "
+            "(the export command's --calibration_dataset)."
+        )
+
+
+def fused_operator_counts(proto, model) -> dict:
+    """`{op: count}` (non-zero) of the fused kernels ONNX Runtime's optimizer finds in `proto`."""
+    fused = _optimizer(proto, model)
+    return {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
+
+
+def _optimizer(proto, model):
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "model.onnx")
+        with open(path, "wb") as handle:
+            handle.write(proto.SerializeToString())
+        # opt_level=0: the Python fusions only; ORT applies its own at load.
+        return optimize_model(
+            path,
+            model_type="vit",
+            num_heads=model.blocks[0].attn.num_heads,
+            hidden_size=model.embed_dim,
+            opt_level=0,
+        )
+
+
+def optimize(proto, model):
+    """`proto` with ONNX Runtime's transformer fusions applied (a new `ModelProto`)."""
+    from onnx import helper
+
+    fused = _optimizer(proto, model).model
+    # The fused ops' domain; OnnxModel.save_model_to_file declares it, `.model` does not.
+    if not any(o.domain == "com.microsoft" for o in fused.opset_import):
+        fused.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fused
+
+
+class _CalibrationReader:
+    """`onnxruntime.quantization.CalibrationDataReader` over uint8 crops, in small batches."""
+
+    def __init__(self, images, input_name):
+        self._batches = iter(
+            {input_name: images[i : i + CALIBRATION_BATCH]}
+            for i in range(0, len(images), CALIBRATION_BATCH)
+        )
+
+    def get_next(self):
+        return next(self._batches, None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.get_next()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+
+def _with_shapes(proto):
+    """`proto` with value types and shapes: ONNX's own shape inference does not know the
+    fused com.microsoft ops, ORT's symbolic one does (the quantizer needs each matmul's type)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    return SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+
+
+def quantize(proto, quantize_name: str, calibration_images=None):
+    """The fused `proto` quantized as "dynamic_int8" or "int8" (a new `ModelProto`)."""
+    import onnx
+    from onnxruntime import quantization
+
+    with tempfile.TemporaryDirectory() as directory:
+        source = os.path.join(directory, "fp32.onnx")
+        target = os.path.join(directory, "int8.onnx")
+        onnx.save(_with_shapes(proto), source)
+        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+        if quantize_name == "dynamic_int8":
+            quantization.quantize_dynamic(
+                source,
+                target,
+                per_channel=True,
+                weight_type=quantization.QuantType.QInt8,
+                extra_options=extra,
+            )
+        else:
+            images = np.asarray(calibration_images, dtype=np.uint8)
+            reader = _CalibrationReader(images, proto.graph.input[0].name)
+            quantization.quantize_static(
+                source,
+                target,
+                reader,
+                quant_format=quantization.QuantFormat.QDQ,
+                op_types_to_quantize=STATIC_OPS,
+                per_channel=True,
+                activation_type=quantization.QuantType.QInt8,
+                weight_type=quantization.QuantType.QInt8,
+                extra_options=extra,
+            )
+        return onnx.load(target)

@@ -1,0 +1,145 @@
+"""OpenVINO IR export of a DeiT (`.xml` + `.bin`), fp32, bf16 or NNCF int8.
+
+The graph is the ONNX export's (`deploy.onnx_export`, fusable form, standard
+ops) read by `openvino.convert_model`, so it has the same fixed-size contract
+(uint8 `[B, S, S, 3]` crops in, dynamic batch; `probabilities`, `logits`,
+`cls_logits`, `dist_logits` out). `deit_serving.json` is stored in the IR's
+runtime info under "deit_serving" (`read_openvino_config`).
+
+Precision (`quantize=`):
+- "none": float32 weights, and the runtime is told to compute in float32
+  (`INFERENCE_PRECISION_HINT`; on CPUs with bf16 OpenVINO otherwise picks
+  bf16 by itself, 1e-2 off).
+- "bf16": the same file, run with bf16 inference precision where the CPU has
+  it (AVX512_BF16, AMX); float32 elsewhere.
+- "int8": NNCF post-training quantization (`model_type=TRANSFORMER`,
+  `preset=MIXED`: symmetric weights, asymmetric activations) with activation
+  ranges calibrated on `calibration_images`.
+"""
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+
+from deit_keras.deploy import onnx_export
+from deit_keras.deploy.signatures import METADATA_NAME, serving_config
+from deit_keras.errors import UserInputError
+from deit_keras.io import atomic
+
+QUANTIZATIONS = ("none", "bf16", "int8")
+PRECISION_HINTS = {"none": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def check_quantize(quantize: str, calibration_images=None, *, need_images=True) -> None:
+    if quantize not in QUANTIZATIONS:
+        raise UserInputError(
+            f"OpenVINO quantize must be one of {QUANTIZATIONS}. Received: quantize={quantize!r}"
+        )
+    if need_images and quantize == "int8" and calibration_images is None:
+        raise UserInputError(
+            "quantize='int8' calibrates activation ranges on images: pass calibration_images "
+            "(the export command's --calibration_dataset)."
+        )
+
+
+def _nncf_int8(ov_model, images):
+    import nncf
+
+    dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
+    # NNCF draws progress bars on stdout; the library prints nothing.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return nncf.quantize(
+            ov_model,
+            dataset,
+            model_type=nncf.ModelType.TRANSFORMER,
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=len(images),
+        )
+
+
+def _convert(model, quantize, calibration_images):
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as directory:
+        onnx_path = os.path.join(directory, "model.onnx")
+        onnx_export.export_onnx(model, onnx_path)
+        ov_model = ov.convert_model(onnx_path)
+    if quantize == "int8":
+        ov_model = _nncf_int8(ov_model, calibration_images)
+    return ov_model
+
+
+def _save(ov_model, path: str) -> None:
+    """`path` (.xml) and its .bin, each replaced by rename once both are written."""
+    import openvino as ov
+
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.TemporaryDirectory(dir=directory) as staging:
+        staged = os.path.join(staging, "model.xml")
+        ov.save_model(ov_model, staged, compress_to_fp16=False)
+        atomic.write_bytes_atomic(path[: -len(".xml")] + ".bin", _read(staged[:-4] + ".bin"))
+        atomic.write_bytes_atomic(path, _read(staged))
+
+
+def _read(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def export_openvino(
+    model,
+    path: str,
+    quantize: str = "none",
+    calibration_images=None,
+    crop_pct: float | None = None,
+    class_names: list[str] | None = None,
+) -> dict:
+    """Writes `model` as OpenVINO IR (`path` .xml and its .bin) and returns its serving config.
+
+    Args:
+        model: a `DeiT` with a classification head.
+        path: str. Output `.xml` file; the weights go to the `.bin` beside it.
+        quantize: str. One of `QUANTIZATIONS` (module docstring).
+        calibration_images: uint8 `[N, S, S, 3]` eval crops; needed for "int8".
+        crop_pct: float or None. Recorded in the config. Defaults to the model's.
+        class_names: list of str or None. Recorded in the config.
+
+    Returns:
+        The `deit_serving` config stored in the file.
+    """
+    check_quantize(quantize, calibration_images)
+    config = serving_config(
+        model,
+        "openvino",
+        crop_pct=crop_pct,
+        class_names=class_names,
+        quantize=quantize,
+        inference_precision=PRECISION_HINTS[quantize],
+    )
+    ov_model = _convert(model, quantize, calibration_images)
+    ov_model.set_rt_info(json.dumps(config), [METADATA_NAME])
+    _save(ov_model, path)
+    return config
+
+
+def read_openvino_config(path: str) -> dict:
+    """The `deit_serving` runtime info of an `.xml` written by `export_openvino`.
+
+    Raises:
+        ValueError: not an OpenVINO IR, or one without the metadata.
+    """
+    import openvino as ov
+
+    try:
+        ov_model = ov.Core().read_model(path)
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserInputError(f"{path} is not an OpenVINO IR model: {first_line}") from error
+    if not ov_model.has_rt_info([METADATA_NAME]):
+        raise UserInputError(
+            f"{path} has no '{METADATA_NAME}' metadata: export it with "
+            "`python -m deit_keras.export --format=openvino`."
+        )
+    return json.loads(ov_model.get_rt_info([METADATA_NAME]).astype(str))
