@@ -184,12 +184,13 @@ def _through_url(name, body, image_size, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "name, door, image_size",
     [
+        # One door and size each in CI; the other doors and sizes are `large` twins.
         ("deit3_small_patch16_224", "cli", 224),
-        ("deit3_small_patch16_224", "cli", 160),
-        ("deit3_small_patch16_224", "url", 224),
-        ("cait_xxs24_224", "url", 224),
+        pytest.param("deit3_small_patch16_224", "cli", 160, marks=pytest.mark.large),
+        pytest.param("deit3_small_patch16_224", "url", 224, marks=pytest.mark.large),
         ("cait_xxs24_224", "url", 288),
-        ("cait_xxs24_224", "cli", 224),
+        pytest.param("cait_xxs24_224", "url", 224, marks=pytest.mark.large),
+        pytest.param("cait_xxs24_224", "cli", 224, marks=pytest.mark.large),
     ],
 )
 def test_release_files_match_timm_on_photos(name, door, image_size, tmp_path, monkeypatch):
