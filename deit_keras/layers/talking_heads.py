@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from deit_keras.errors import UserInputError
-from deit_keras.layers.basic import dense
+from deit_keras.layers.basic import check_heads, dense
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
@@ -31,11 +30,7 @@ class TalkingHeadsAttention(keras.layers.Layer):
     """
 
     def __init__(self, embed_dim, num_heads, **kwargs):
-        if num_heads <= 0 or embed_dim % num_heads:
-            raise UserInputError(
-                "embed_dim must be a positive multiple of num_heads. "
-                f"Received: embed_dim={embed_dim}, num_heads={num_heads}"
-            )
+        check_heads(embed_dim, num_heads)
         super().__init__(**kwargs)
         self.embed_dim = embed_dim
         self.num_heads = num_heads
