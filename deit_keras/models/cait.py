@@ -153,15 +153,8 @@ class CaiT(TokenClassifier):
         """
         grid = self.patch_grid(images)
         x = self.tokens(self.patch_embed(images), grid=grid)
-        attentions, maps = [], []
-        for index, block in enumerate(self.blocks):
-            if return_attention_scores:
-                x, attention = block(x, training=training, return_attention_scores=True)
-                attentions.append(attention)
-            else:
-                x = block(x, training=training)
-            if index in blocks:  # these blocks see the patch tokens only
-                maps.append(self.patch_map(x, grid, 0))
+        # The self-attention blocks see the patch tokens only (no prefix).
+        x, attentions, maps = self.run_blocks(x, grid, 0, training, return_attention_scores, blocks)
         batch = ops.shape(x)[0]
         cls_token = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (batch, 1, self.embed_dim))
         for block in self.blocks_token_only:

@@ -89,6 +89,24 @@ class TokenClassifier(keras.Model):
             if head is not None:
                 head.build((batch, self.embed_dim))
 
+    def run_blocks(self, x, grid, prefix, training, return_attention_scores, blocks=()):
+        """`self.blocks` over tokens `x`: `(x, attentions, maps)`.
+
+        `attentions` holds each block's attention when `return_attention_scores`;
+        `maps` the patch maps (`patch_map`, after `prefix` tokens) of the blocks
+        whose indices are in `blocks`.
+        """
+        attentions, maps = [], []
+        for index, block in enumerate(self.blocks):
+            if return_attention_scores:
+                x, attention = block(x, training=training, return_attention_scores=True)
+                attentions.append(attention)
+            else:
+                x = block(x, training=training)
+            if index in blocks:
+                maps.append(self.patch_map(x, grid, prefix))
+        return x, attentions, maps
+
     def forward_features(self, images, training=None, return_attention_scores=False, blocks=()):
         """Normalised tokens `[B, T, D]`, the class token first (and attention when asked).
 

@@ -143,15 +143,9 @@ class DeiT(TokenClassifier):
         """Normalised tokens `[B, T, D]` (and each block's attention, or `blocks`' maps)."""
         grid = self.patch_grid(images)
         x = self.tokens(self.patch_embed(images), grid=grid)
-        attentions, maps = [], []
-        for index, block in enumerate(self.blocks):
-            if return_attention_scores:
-                x, attention = block(x, training=training, return_attention_scores=True)
-                attentions.append(attention)
-            else:
-                x = block(x, training=training)
-            if index in blocks:
-                maps.append(self.patch_map(x, grid, self.num_prefix_tokens))
+        x, attentions, maps = self.run_blocks(
+            x, grid, self.num_prefix_tokens, training, return_attention_scores, blocks
+        )
         x = self.norm(x)
         if return_attention_scores:
             return x, attentions
