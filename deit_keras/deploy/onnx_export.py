@@ -164,38 +164,3 @@ def read_onnx_config(path: str) -> dict:
             "`python -m deit_keras.export --format=onnx`."
         )
     return json.loads(props[METADATA_NAME])
-
-
-def quantize_onnx_dynamic(source: str, path: str) -> dict:
-    """Writes `source` (an `export_onnx` file) with int8 weights to `path`; returns its config.
-
-    onnxruntime's dynamic quantization: each MatMul's weights int8 per output
-    channel, its activations quantized at run time from their own range (no
-    calibration images), everything else float32. The config records
-    `quantize="dynamic_int8"`.
-
-    Args:
-        source: str. An `.onnx` file written by `export_onnx`.
-        path: str. Output `.onnx` file (replaced, atomically).
-
-    Returns:
-        The `deit_serving` config stored in the file.
-    """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    config = dict(read_onnx_config(source), quantize="dynamic_int8")
-    with atomic.atomic_output(path) as temporary:
-        quantize_dynamic(
-            source,
-            temporary,
-            op_types_to_quantize=["MatMul"],
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-        )
-        proto = onnx.load(temporary)
-        del proto.metadata_props[:]
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_NAME, json.dumps(config)
-        onnx.save(proto, temporary)
-    return config
