@@ -30,7 +30,8 @@ import re
 import numpy as np
 from absl import logging
 
-from deit_keras.layers.encoder import MultiHeadSelfAttention, TransformerBlock
+from deit_keras.layers.attention import MultiHeadSelfAttention
+from deit_keras.layers.encoder import TransformerBlock
 
 SQRT2 = float(np.sqrt(2.0))
 MIN_OPSET = 17  # ONNX LayerNormalization

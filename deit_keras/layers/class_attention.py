@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from deit_keras.layers.attention import attention_weights, merge_heads, split_heads
 from deit_keras.layers.basic import check_heads, dense, layer_norm
 from deit_keras.layers.encoder import MLP, DropPath
 from deit_keras.layers.layer_scale import LayerScale
@@ -46,21 +47,15 @@ class ClassAttention(keras.layers.Layer):
         for layer in (self.q, self.k, self.v, self.proj):
             layer.build(input_shape)
 
-    def _heads(self, x, batch, tokens):
-        x = ops.reshape(x, (batch, tokens, self.num_heads, self.head_dim))
-        return ops.transpose(x, (0, 2, 1, 3))  # [B, N, T, H]
-
     def call(self, x, return_attention_scores=False):
         shape = ops.shape(x)
         batch, tokens = shape[0], shape[1]
-        query = self._heads(self.q(x[:, :1]), batch, 1)
-        key = self._heads(self.k(x), batch, tokens)
-        value = self._heads(self.v(x), batch, tokens)
-        scale = ops.cast(self.head_dim**-0.5, query.dtype)
-        logits = ops.matmul(query * scale, ops.transpose(key, (0, 1, 3, 2)))
-        attention = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), value.dtype)
-        out = ops.matmul(attention, value)  # [B, N, 1, H]
-        out = self.proj(ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, 1, self.embed_dim)))
+        heads = (self.num_heads, self.head_dim)
+        query = split_heads(self.q(x[:, :1]), batch, 1, *heads)
+        key = split_heads(self.k(x), batch, tokens, *heads)
+        value = split_heads(self.v(x), batch, tokens, *heads)
+        attention = attention_weights(query, key)
+        out = self.proj(merge_heads(ops.matmul(attention, value), batch, 1, self.embed_dim))
         if return_attention_scores:
             return out, attention
         return out

@@ -4,7 +4,8 @@ import keras
 from keras import ops
 
 from deit_keras.errors import UserInputError
-from deit_keras.layers.basic import check_heads, dense, layer_norm
+from deit_keras.layers.attention import MultiHeadSelfAttention
+from deit_keras.layers.basic import dense, layer_norm
 from deit_keras.layers.layer_scale import LayerScale
 from deit_keras.layers.talking_heads import TalkingHeadsAttention
 
@@ -44,62 +45,6 @@ class DropPath(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(rate=self.rate, seed=self.seed)
-        return config
-
-
-@keras.saving.register_keras_serializable(package="deit_keras")
-class MultiHeadSelfAttention(keras.layers.Layer):
-    """Multi-head self-attention with one fused qkv projection (with bias).
-
-    Args:
-        embed_dim: int. Token size; a multiple of `num_heads`.
-        num_heads: int. Number of attention heads.
-
-    Call arguments:
-        x: `[B, T, embed_dim]`.
-        return_attention_scores: bool. Also return the softmax attention
-            `[B, num_heads, T, T]` (used for attention maps).
-
-    Returns:
-        `[B, T, embed_dim]`, and the attention when asked.
-    """
-
-    def __init__(self, embed_dim, num_heads, **kwargs):
-        check_heads(embed_dim, num_heads)
-        super().__init__(**kwargs)
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
-        self.qkv = dense(3 * embed_dim, "qkv", self.dtype_policy)
-        self.proj = dense(embed_dim, "proj", self.dtype_policy)
-
-    def build(self, input_shape):
-        self.qkv.build(input_shape)
-        self.proj.build(input_shape)
-
-    def call(self, x, return_attention_scores=False):
-        shape = ops.shape(x)
-        batch, tokens = shape[0], shape[1]
-        qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, self.head_dim))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, N, T, H]
-        query, key, value = qkv[0], qkv[1], qkv[2]
-        scale = ops.cast(self.head_dim**-0.5, query.dtype)
-        logits = ops.matmul(query * scale, ops.transpose(key, (0, 1, 3, 2)))
-        # Softmax in float32 for stability under mixed precision.
-        attention = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), value.dtype)
-        out = ops.matmul(attention, value)  # [B, N, T, H]
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, tokens, self.embed_dim))
-        out = self.proj(out)
-        if return_attention_scores:
-            return out, attention
-        return out
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(embed_dim=self.embed_dim, num_heads=self.num_heads)
         return config
 
 

@@ -15,7 +15,7 @@ from deit_keras.layers.class_attention import ClassAttentionBlock
 from deit_keras.layers.embedding import PatchEmbedding, TokensAndPositionEmbedding
 from deit_keras.layers.encoder import TransformerBlock
 from deit_keras.layers.initializers import trunc_normal
-from deit_keras.models.classifier import TokenClassifier
+from deit_keras.models.classifier import TokenClassifier, call_block
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
@@ -158,19 +158,11 @@ class CaiT(TokenClassifier):
         batch = ops.shape(x)[0]
         cls_token = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (batch, 1, self.embed_dim))
         for block in self.blocks_token_only:
-            if return_attention_scores:
-                cls_token, attention = block(
-                    x, cls_token, training=training, return_attention_scores=True
-                )
-                attentions.append(attention)
-            else:
-                cls_token = block(x, cls_token, training=training)
+            cls_token = call_block(
+                block, attentions, x, cls_token, training=training, scores=return_attention_scores
+            )
         x = self.norm(ops.concatenate([cls_token, x], axis=1))
-        if return_attention_scores:
-            return x, attentions
-        if blocks:
-            return x, maps
-        return x
+        return self.features_output(x, attentions, maps, return_attention_scores, blocks)
 
     # === Config ===
     def get_config(self):

@@ -18,6 +18,15 @@ from deit_keras.errors import UserInputError
 from deit_keras.layers.basic import dense
 
 
+def call_block(block, attentions, *inputs, training=None, scores=False):
+    """`block(*inputs)`; with `scores`, its attention is appended to `attentions`."""
+    if not scores:
+        return block(*inputs, training=training)
+    out, attention = block(*inputs, training=training, return_attention_scores=True)
+    attentions.append(attention)
+    return out
+
+
 class TokenClassifier(keras.Model):
     """A patch-token image classifier with a class-token head (and a distillation head).
 
@@ -98,14 +107,19 @@ class TokenClassifier(keras.Model):
         """
         attentions, maps = [], []
         for index, block in enumerate(self.blocks):
-            if return_attention_scores:
-                x, attention = block(x, training=training, return_attention_scores=True)
-                attentions.append(attention)
-            else:
-                x = block(x, training=training)
+            x = call_block(block, attentions, x, training=training, scores=return_attention_scores)
             if index in blocks:
                 maps.append(self.patch_map(x, grid, prefix))
         return x, attentions, maps
+
+    @staticmethod
+    def features_output(x, attentions, maps, return_attention_scores, blocks):
+        """What `forward_features` returns: `x`, `(x, attentions)` or `(x, maps)`."""
+        if return_attention_scores:
+            return x, attentions
+        if blocks:
+            return x, maps
+        return x
 
     def forward_features(self, images, training=None, return_attention_scores=False, blocks=()):
         """Normalised tokens `[B, T, D]`, the class token first (and attention when asked).

@@ -146,12 +146,7 @@ class DeiT(TokenClassifier):
         x, attentions, maps = self.run_blocks(
             x, grid, self.num_prefix_tokens, training, return_attention_scores, blocks
         )
-        x = self.norm(x)
-        if return_attention_scores:
-            return x, attentions
-        if blocks:
-            return x, maps
-        return x
+        return self.features_output(self.norm(x), attentions, maps, return_attention_scores, blocks)
 
     # === Config ===
     def get_config(self):

@@ -1,0 +1,88 @@
+"""Multi-head self-attention, and the scaled dot-product core every attention layer shares."""
+
+import keras
+from keras import ops
+
+from deit_keras.layers.basic import check_heads, dense
+
+
+def split_heads(x, batch, tokens, num_heads, head_dim):
+    """`[B, T, N * H]` -> `[B, N, T, H]`."""
+    return ops.transpose(ops.reshape(x, (batch, tokens, num_heads, head_dim)), (0, 2, 1, 3))
+
+
+def merge_heads(x, batch, tokens, embed_dim):
+    """`[B, N, T, H]` -> `[B, T, N * H]`."""
+    return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (batch, tokens, embed_dim))
+
+
+def attention_weights(query, key, mix_logits=None):
+    """`softmax(q k^T / sqrt(H))` `[B, N, Tq, Tk]`, the logits optionally mixed first.
+
+    Args:
+        query: `[B, N, Tq, H]`.
+        key: `[B, N, Tk, H]`.
+        mix_logits: callable or None. Applied to the scaled logits before the
+            softmax (talking heads).
+    """
+    scale = ops.cast(query.shape[-1] ** -0.5, query.dtype)
+    logits = ops.matmul(query * scale, ops.transpose(key, (0, 1, 3, 2)))
+    if mix_logits is not None:
+        logits = mix_logits(logits)
+    # Softmax in float32 for stability under mixed precision.
+    return ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), query.dtype)
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention with one fused qkv projection (with bias).
+
+    Args:
+        embed_dim: int. Token size; a multiple of `num_heads`.
+        num_heads: int. Number of attention heads.
+
+    Call arguments:
+        x: `[B, T, embed_dim]`.
+        return_attention_scores: bool. Also return the softmax attention
+            `[B, num_heads, T, T]` (used for attention maps).
+
+    Returns:
+        `[B, T, embed_dim]`, and the attention when asked.
+    """
+
+    def __init__(self, embed_dim, num_heads, **kwargs):
+        check_heads(embed_dim, num_heads)
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.qkv = dense(3 * embed_dim, "qkv", self.dtype_policy)
+        self.proj = dense(embed_dim, "proj", self.dtype_policy)
+
+    def build(self, input_shape):
+        self.qkv.build(input_shape)
+        self.proj.build(input_shape)
+
+    def _attention(self, query, key):
+        """The attention weights `[B, N, T, T]`; subclasses mix heads here."""
+        return attention_weights(query, key)
+
+    def call(self, x, return_attention_scores=False):
+        shape = ops.shape(x)
+        batch, tokens = shape[0], shape[1]
+        qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, self.head_dim))
+        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, N, T, H]
+        query, key, value = qkv[0], qkv[1], qkv[2]
+        attention = self._attention(query, key)
+        out = self.proj(merge_heads(ops.matmul(attention, value), batch, tokens, self.embed_dim))
+        if return_attention_scores:
+            return out, attention
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(embed_dim=self.embed_dim, num_heads=self.num_heads)
+        return config
