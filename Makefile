@@ -3,6 +3,9 @@
 #   make test   installs the package with the test extra and runs the test suite
 # make lint (ruff, configured in pyproject.toml) runs in CI before make test.
 PYTHON ?= python3
+# Test processes side by side (pytest-xdist); a test file stays in one worker, so its
+# module fixtures are built once. Each worker's TensorFlow uses every core.
+TEST_WORKERS ?= 2
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 RUFF_VERSION = 0.17.6
 LINTED = deit_keras tests benchmarks setup.py
@@ -19,10 +22,10 @@ demo: install
 	$(PYTHON) -m deit_keras.train --flagfile=experiments/digits.cfg
 
 test: install-test
-	$(PYTHON) -m pytest tests -q -ra --durations=15
+	$(PYTHON) -m pytest tests -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-large: install-test
-	$(PYTHON) -m pytest tests -q -ra --run_large
+	$(PYTHON) -m pytest tests -q -ra --run_large -n $(TEST_WORKERS) --dist loadfile
 
 # Lint needs ruff only, not the package or its test extra.
 lint:

@@ -69,6 +69,7 @@ setup(
         "test": DEPLOY
         + [
             "pytest",
+            "pytest-xdist==3.8.0",  # make test: two workers, one test file each at a time
             "hypothesis==6.170.17",  # tests/cli/test_flag_matrix.py
             "h5py==3.14.0",  # tests read the weights inside a .keras file
             # The CPU wheel of torch 2.13.0 is what the reference needs; an

@@ -14,10 +14,13 @@ Builds offline into `data_dir` in about a second on first use.
 """
 
 import contextlib
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+
+from deit_keras.io import run_lock
 
 TFDS_NAME = "deit_digits"
 IMAGE_SIZE = 32
@@ -105,8 +108,15 @@ def digits_builder(data_dir=None):
     """Returns the prepared `deit_digits` builder, building it if needed."""
     with _without_tfds_chatter():
         builder = DeitDigits(data_dir=data_dir)
-        prepared = builder.is_prepared()
-    if not prepared:
+        if builder.is_prepared():
+            return builder
+    # Processes that start at once (test workers, an ablation's seeds side by side) take
+    # turns: the first prepares, the rest find it prepared.
+    with run_lock.exclusive(os.path.dirname(builder.data_dir) + ".prepare.lock"):
+        with _without_tfds_chatter():
+            builder = DeitDigits(data_dir=data_dir)
+            if builder.is_prepared():
+                return builder
         logging.warning(
             "Preparing the embedded digits dataset (scikit-learn, offline, once) in %s",
             builder.data_dir,

@@ -81,4 +81,20 @@ def check_free(directory: str) -> None:
         os.close(_take(directory))
 
 
-__all__ = ["DirectoryInUseError", "LOCK_NAME", "check_free", "hold"]
+@contextlib.contextmanager
+def exclusive(path: str) -> Iterator[None]:
+    """Waits for, then holds, an exclusive `flock` on the file `path` for the `with` block.
+
+    For one-time work several processes may start at once (preparing a
+    dataset): the first does it, the others wait and then find it done.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+__all__ = ["DirectoryInUseError", "LOCK_NAME", "check_free", "exclusive", "hold"]

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -102,3 +103,22 @@ def test_train_cli_on_a_live_runs_model_dir_is_one_line_exit_2(tmp_path, holder)
     assert_one_line_error(process, str(tmp_path / "run"), f"PID {holder.pid} ", "in use")
     assert not (tmp_path / "run" / "flags.txt").exists() and not (tmp_path / "out.keras").exists()
     assert time.time() - started < 60  # refused at once, not after a run
+
+
+def test_exclusive_makes_a_second_taker_wait_for_the_first(tmp_path):
+    path = str(tmp_path / "sub" / "prepare.lock")
+    events, inside = [], threading.Event()
+
+    def first():
+        with run_lock.exclusive(path):
+            inside.set()
+            time.sleep(0.3)
+            events.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    inside.wait(10)
+    with run_lock.exclusive(path):  # a second open file: flock makes it wait
+        events.append("second in")
+    thread.join(10)
+    assert events == ["first out", "second in"]
