@@ -31,16 +31,28 @@ it) into `output_dir/fraction_<f>/`, then writes `data_efficiency.md`, `.json` a
 import os
 import shlex
 import sys
+import time
 
 from absl import flags
 
 from deit_keras import cli
+from deit_keras.cli import parallel_seeds
 from deit_keras.cli.config_flags import config_from_flags, define_config_flags
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import POSITIVE
-from deit_keras.training.ablation import DEFAULT_ROWS, ROWS, check_arguments, run_ablation
+from deit_keras.training.ablation import (
+    DEFAULT_ROWS,
+    ROWS,
+    check_arguments,
+    check_resumable,
+    run_ablation,
+)
 from deit_keras.training.config import TrainConfig
-from deit_keras.training.data_efficiency import check_fractions, run_data_efficiency
+from deit_keras.training.data_efficiency import (
+    check_fractions,
+    fraction_configs,
+    run_data_efficiency,
+)
 
 define_config_flags(TrainConfig)
 flags.FLAGS.set_default("export_savedmodel", False)
@@ -60,26 +72,45 @@ _TRAIN_FRACTIONS = flags.DEFINE_list(
     "top-1 against the number of training images (data_efficiency.md/.json/.png).",
 )
 
+_PARALLEL_SEEDS = flags.DEFINE_integer(
+    "parallel_seeds",
+    1,
+    "Train up to this many seeds side by side, each in its own process on its share of "
+    "the cores (log: <output_dir>/seed_<s>.log); faster in all for small models.",
+)
+
 cli.check_range("seeds", POSITIVE)
+cli.check_range("parallel_seeds", POSITIVE)
 
 
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
+    started = time.time()
     rows = check_arguments(_SEEDS.value, _ROWS.value)
     fractions = check_fractions(_TRAIN_FRACTIONS.value) if _TRAIN_FRACTIONS.value else None
     config = config_from_flags(TrainConfig)
     config.validate()
     config.check_paths()
     os.makedirs(config.model_dir, exist_ok=True)
-    write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags.FLAGS.flags_into_string())
+    flags_path = os.path.join(config.model_dir, "flags.txt")
+    write_text_atomic(flags_path, flags.FLAGS.flags_into_string())
+    if _PARALLEL_SEEDS.value > 1 and _SEEDS.value > 1:
+        for point in fraction_configs(config, fractions) if fractions else [config]:
+            check_resumable(point, _SEEDS.value, rows, point.model_dir)
+        seeds = [config.seed + index for index in range(_SEEDS.value)]
+        parallel = _PARALLEL_SEEDS.value
+        parallel_seeds.run_seeds("deit_keras.ablate", config.model_dir, seeds, parallel)
+        write_text_atomic(flags_path, flags.FLAGS.flags_into_string())  # the seeds wrote theirs
     command = shlex.join(["python", "-m", "deit_keras.ablate", *sys.argv[1:]])
     if fractions:
-        result = run_data_efficiency(config, fractions, _SEEDS.value, rows, command=command)
+        result = run_data_efficiency(
+            config, fractions, _SEEDS.value, rows, command=command, started=started
+        )
         with open(result["markdown"], encoding="utf-8") as handle:
             print(handle.read())
         print(f"wrote {result['markdown']}, {result['json']}, {result['plot']}")
         return
-    report = run_ablation(config, _SEEDS.value, rows, command=command)
+    report = run_ablation(config, _SEEDS.value, rows, command=command, started=started)
     with open(report["markdown"], encoding="utf-8") as handle:
         print(handle.read())
     print(f"wrote {report['markdown']}, {report['json']}, {report['curves']}")

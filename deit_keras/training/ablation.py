@@ -181,15 +181,37 @@ def _check_same_config(path: str, stored: dict, config: TrainConfig) -> None:
         )
 
 
+def check_resumable(config: TrainConfig, num_seeds: int, rows, output_dir: str) -> None:
+    """UserInputError naming the first finished teacher or run under `output_dir` whose
+    settings differ from `config`'s: before anything trains, not when its turn comes."""
+    for index in range(num_seeds):
+        seed_config = dataclasses.replace(config, seed=config.seed + index)
+        seed_dir = os.path.join(output_dir, f"seed_{seed_config.seed}")
+        record = os.path.join(seed_dir, "teacher.json")
+        if trains_teacher(config) and os.path.exists(record):
+            _check_same_config(record, _read_json(record)["config"], seed_config)
+        teacher = seed_teacher_path(config, seed_dir)
+        for name in rows:
+            run_config = row_config(seed_config, ROWS_BY_NAME[name], seed_dir, teacher)
+            key_path = os.path.join(run_config.model_dir, "ablation_config.json")
+            if os.path.exists(key_path):
+                _check_same_config(key_path, _read_json(key_path), run_config)
+
+
+def seed_teacher_path(config: TrainConfig, seed_dir: str) -> str | None:
+    """The teacher of the seed in `seed_dir`: its own, or the one given for every seed."""
+    return os.path.join(seed_dir, "teacher.keras") if trains_teacher(config) else config.teacher
+
+
 def seed_teacher(config: TrainConfig, seed_dir: str) -> tuple[str, float | None]:
     """`(teacher path, training seconds or None)` for the seed whose config is `config`.
 
     Trains the small CNN (or `--teacher_base`) teacher into `seed_dir` unless it is
     already there; a teacher given by path or name is shared by all seeds.
     """
+    path = seed_teacher_path(config, seed_dir)
     if not trains_teacher(config):
-        return config.teacher, None
-    path = os.path.join(seed_dir, "teacher.keras")
+        return path, None
     record = os.path.join(seed_dir, "teacher.json")
     if os.path.exists(path) and os.path.exists(record):
         stored = _read_json(record)
@@ -221,7 +243,7 @@ def validation_curve(model_dir: str, name: str = "val_top1") -> list[float]:
     return [record[name] for record in records if name in record]
 
 
-def _run_one(config: TrainConfig, row: Row) -> dict:
+def _run_one(config: TrainConfig, row: Row, started: float) -> dict:
     model_dir = config.model_dir
     results_path = os.path.join(model_dir, "results.json")
     key_path = os.path.join(model_dir, "ablation_config.json")
@@ -231,8 +253,11 @@ def _run_one(config: TrainConfig, row: Row) -> dict:
         os.makedirs(model_dir, exist_ok=True)
         write_text_atomic(key_path, json.dumps(_config_key(config), indent=1))
     if os.path.exists(results_path):
-        logging.warning("Ablation: reusing %s", results_path)
-        results, reused = _read_json(results_path), True
+        # Reused: finished before this ablation began (not by its --parallel_seeds processes).
+        reused = os.path.getmtime(results_path) < started
+        if reused:
+            logging.warning("Ablation: reusing %s", results_path)
+        results = _read_json(results_path)
     else:
         logging.warning("Ablation: seed %d, %s -> %s", config.seed, row.label, model_dir)
         keras.utils.clear_session()
@@ -379,7 +404,9 @@ def _plot_curves(report: dict) -> None:
     )
 
 
-def _seed_runs(config: TrainConfig, seed: int, rows, output_dir: str) -> tuple[list, dict | None]:
+def _seed_runs(
+    config: TrainConfig, seed: int, rows, output_dir: str, started: float
+) -> tuple[list, dict | None]:
     """The runs of one seed, and its teacher's record (None when no run had a teacher)."""
     seed_dir = os.path.join(output_dir, f"seed_{seed}")
     seed_config = dataclasses.replace(config, seed=seed)
@@ -389,7 +416,7 @@ def _seed_runs(config: TrainConfig, seed: int, rows, output_dir: str) -> tuple[l
     runs = []
     for name in rows:
         row = ROWS_BY_NAME[name]
-        runs.append(_run_one(row_config(seed_config, row, seed_dir, teacher), row))
+        runs.append(_run_one(row_config(seed_config, row, seed_dir, teacher), row, started))
     distilled = [run for run in runs if "teacher_top1" in run]
     if not distilled:
         return runs, None
@@ -398,7 +425,11 @@ def _seed_runs(config: TrainConfig, seed: int, rows, output_dir: str) -> tuple[l
 
 
 def run_ablation(
-    config: TrainConfig, num_seeds: int = 3, rows=DEFAULT_ROWS, command: str = ""
+    config: TrainConfig,
+    num_seeds: int = 3,
+    rows=DEFAULT_ROWS,
+    command: str = "",
+    started: float | None = None,
 ) -> dict:
     """Runs the ablation under `config.model_dir`; returns the report also in ablation.json.
 
@@ -410,6 +441,8 @@ def run_ablation(
         rows: names of `ROWS` to train. Defaults to the paper's Table 3
             (`DEFAULT_ROWS`).
         command: str. The command line, shown at the top of ablation.md.
+        started: float or None. When the command began (`time.time()`); a run
+            finished before it counts as reused. Defaults to now.
 
     Returns:
         dict with `runs` (one per seed and row: row, distillation, model, top-1
@@ -417,13 +450,15 @@ def run_ablation(
         `summary` (`summarize`), `seeds`, `rows`, `config`, `command`, `date` and
         the paths written (`markdown`, `json`, `curves`).
     """
+    started = time.time() if started is None else started
     rows = check_arguments(num_seeds, rows)
     config.validate()
     output_dir = config.model_dir
+    check_resumable(config, num_seeds, rows, output_dir)
     seeds = [config.seed + index for index in range(num_seeds)]
     runs, teachers = [], []
     for seed in seeds:
-        seed_runs, teacher = _seed_runs(config, seed, rows, output_dir)
+        seed_runs, teacher = _seed_runs(config, seed, rows, output_dir, started)
         runs += seed_runs
         teachers += [teacher] if teacher else []
     report = {

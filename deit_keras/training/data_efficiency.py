@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import os
+import time
 
 from absl import logging
 
@@ -82,12 +83,23 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fraction_configs(config: TrainConfig, fractions) -> list[TrainConfig]:
+    """The ablation's TrainConfig at each fraction, in `<model_dir>/fraction_<f>/`."""
+    return [
+        dataclasses.replace(
+            config, train_fraction=fraction, model_dir=_fraction_dir(config.model_dir, fraction)
+        )
+        for fraction in fractions
+    ]
+
+
 def run_data_efficiency(
     config: TrainConfig,
     fractions,
     num_seeds: int = 3,
     rows=ablation.DEFAULT_ROWS,
     command: str = "",
+    started: float | None = None,
 ) -> dict:
     """The ablation at each training fraction under `config.model_dir`.
 
@@ -97,6 +109,7 @@ def run_data_efficiency(
         num_seeds: int. Seeds per fraction.
         rows: the ablation's rows.
         command: str. The command line, shown at the top of the table.
+        started: float or None. When the command began (`run_ablation`).
 
     Returns:
         dict with `points` (per fraction: fraction, num_train_images, the
@@ -104,13 +117,15 @@ def run_data_efficiency(
         paths written (`markdown`, `json`, `plot`).
     """
     fractions = check_fractions(fractions)
+    started = time.time() if started is None else started
     output_dir = config.model_dir
     points = []
-    for fraction in fractions:
-        fraction_config = dataclasses.replace(
-            config, train_fraction=fraction, model_dir=_fraction_dir(output_dir, fraction)
+    for fraction, fraction_config in zip(
+        fractions, fraction_configs(config, fractions), strict=True
+    ):
+        report = ablation.run_ablation(
+            fraction_config, num_seeds, rows, command=command, started=started
         )
-        report = ablation.run_ablation(fraction_config, num_seeds, rows, command=command)
         info = dataset_info(
             config.dataset, config.data_dir, config.bad_images, train_fraction=fraction
         )

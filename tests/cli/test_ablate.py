@@ -1,5 +1,6 @@
 """`python -m deit_keras.ablate` end to end: two seeds of DeiT hard (class token) vs DeiT⚗
-hard on digits, in ~30 s; every row's names and models: tests/training/test_ablation.py."""
+hard on digits, side by side (`--parallel_seeds=2`); every row's names and models:
+tests/training/test_ablation.py."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deit_keras.cli import parallel_seeds
 from deit_keras.testing import assert_one_line_error, run_cli
 
 TINY = (
@@ -25,6 +27,7 @@ TINY = (
     "--progress=none",
     "--seeds=2",
     "--rows=hard,dist_hard",
+    "--parallel_seeds=2",
 )
 
 
@@ -41,6 +44,10 @@ def ablation(tmp_path_factory):
     process = run_cli("ablate", *TINY, *where)
     assert process.returncode == 0, process.stderr
     assert "| DeiT, hard distillation (class token) |" in process.stdout
+    for seed in (0, 1):  # each seed in its own process, with its own log
+        assert f"seed {seed} in its own process on cores" in process.stderr
+        log = (tmp_path / "out" / f"seed_{seed}.log").read_text()
+        assert f"seed {seed}, DeiT, hard distillation" in log and f"seed {1 - seed}," not in log
     return str(tmp_path / "out"), where, _read_json(tmp_path / "out" / "ablation.json")
 
 
@@ -160,3 +167,15 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     )
     assert_one_line_error(process, "medium", "none, soft, hard, dist_hard, dist_labels")
     assert not (tmp_path / "out").exists()
+
+
+def test_parallel_seeds_split_the_cores_and_name_a_failed_seeds_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(parallel_seeds.os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 4})
+    assert parallel_seeds.core_groups(2) == [[0, 1, 2], [3, 4]]
+    assert parallel_seeds.core_groups(6) == [[0, 1, 2, 3, 4]] * 6  # more seeds than cores
+    log = tmp_path / "seed_3.log"
+    log.write_text("W1202 training\nerror: --teacher_lr must be positive\nW1202 exit\n")
+    with pytest.raises(ValueError, match=r"^seed 3 failed \(exit 2\): --teacher_lr"):
+        parallel_seeds._raise_failure(3, 2, str(log))
+    with pytest.raises(RuntimeError, match="exit 70"):
+        parallel_seeds._raise_failure(3, 70, str(log))

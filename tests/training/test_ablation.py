@@ -174,7 +174,11 @@ def _fake_runs(monkeypatch, trained, features=None):
     from deit_keras.training.callbacks import record_epochs
 
     monkeypatch.setattr(ablation.runner, "run_training", fake_run)
-    monkeypatch.setattr(ablation, "seed_teacher", lambda config, seed_dir: ("t.keras", 2.0))
+    monkeypatch.setattr(
+        ablation,
+        "seed_teacher",
+        lambda config, seed_dir: (ablation.seed_teacher_path(config, seed_dir), 2.0),
+    )
 
 
 def test_rows_train_the_papers_students(tmp_path, monkeypatch):
@@ -187,13 +191,14 @@ def test_rows_train_the_papers_students(tmp_path, monkeypatch):
     rows = [row.name for row in ablation.ROWS]
     report = ablation.run_ablation(config, 2, rows)
     plain, distilled = "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"
+    own = str(tmp_path / "out" / "seed_0" / "teacher.keras")  # the seed's own teacher
     assert trained[:6] == [
         ("none", config.teacher, plain),
-        ("soft", "t.keras", plain),
-        ("hard", "t.keras", plain),
-        ("hard", "t.keras", distilled),
+        ("soft", own, plain),
+        ("hard", own, plain),
+        ("hard", own, distilled),
         ("none", config.teacher, distilled),
-        ("hard", "t.keras", distilled),
+        ("hard", own, distilled),
     ]
     assert features[:6] == [False] * 5 + [True]  # the feature row: hard + feature distillation
     assert [(run["seed"], run["row"]) for run in report["runs"][:6]] == [(0, name) for name in rows]
@@ -218,7 +223,8 @@ def test_none_runs_keep_the_given_teacher_so_split_calls_share_runs(tmp_path, mo
     ablation.run_ablation(config, 1, ["none"])
     ablation.run_ablation(config, 1, ["hard"])
     plain = "deit_tiny_patch16_224"
-    assert trained == [("none", config.teacher, plain), ("hard", "t.keras", plain)]
+    own = str(tmp_path / "out" / "seed_0" / "teacher.keras")
+    assert trained == [("none", config.teacher, plain), ("hard", own, plain)]
     report = ablation.run_ablation(config, 1, ["none", "hard"])  # refused before the fix
     assert len(trained) == 2 and all(run["reused"] for run in report["runs"])
 

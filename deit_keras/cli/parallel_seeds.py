@@ -1,0 +1,110 @@
+"""`deit-ablate --parallel_seeds=N`: the ablation's seeds side by side, one process each.
+
+A small model on a few cores does not use them all (tracing, the input pipeline and
+small matmuls are largely serial), so N independent seeds each on cores/N run faster
+in all than one after the other on every core. Each seed is the same command with
+`--seed=<s> --seeds=1`, in its own process pinned (Linux) to its share of the cores;
+its output goes to `<output_dir>/seed_<s>.log`. The caller then runs the whole
+ablation once more in-process: every run is finished, so that pass only writes the
+table over all seeds.
+"""
+
+import os
+import subprocess
+import sys
+
+from absl import flags, logging
+
+from deit_keras.errors import UserInputError
+
+CHILD_FLAGS = "parallel_seeds.flags"
+
+
+def core_groups(count: int) -> list[list[int]]:
+    """This process's cores split into `count` groups (as even as they go), one per seed."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) < count:
+        return [cores] * count  # fewer cores than seeds: they share all of them
+    size, extra = divmod(len(cores), count)
+    groups, start = [], 0
+    for index in range(count):
+        end = start + size + (index < extra)
+        groups.append(cores[start:end])
+        start = end
+    return groups
+
+
+def _last_error_line(log_path: str) -> str:
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        lines = [line.strip() for line in handle if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(("error:", "internal error:")):
+            return line
+    return lines[-1] if lines else "no output"
+
+
+def _start(module: str, flagfile: str, seed: int, cores: list[int], log_path: str):
+    argv = [sys.executable, "-m", module, f"--flagfile={flagfile}"]
+    argv += [f"--seed={seed}", "--seeds=1", "--parallel_seeds=1"]
+
+    def pin():  # in the child, before Python starts: TensorFlow sizes its pools by it
+        if cores and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cores)
+
+    with open(log_path, "w", encoding="utf-8") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
+
+
+def run_seeds(module: str, output_dir: str, seeds: list[int], parallel: int) -> None:
+    """Trains each of `seeds` in its own `module` process, `parallel` at a time.
+
+    The processes read this process's flags (written to `<output_dir>/parallel_seeds.flags`)
+    with `--seed` and `--seeds=1` on top. A seed that fails stops the others.
+
+    Raises:
+        UserInputError: a seed's process exited with the status of a user error
+            (its one line and its log named).
+        RuntimeError: it failed otherwise.
+    """
+    flagfile = os.path.join(output_dir, CHILD_FLAGS)
+    with open(flagfile, "w", encoding="utf-8") as handle:
+        handle.write(flags.FLAGS.flags_into_string())
+    free_cores = core_groups(parallel)
+    pending, running = list(seeds), []
+    try:
+        while pending or running:
+            while pending and free_cores:
+                seed, cores = pending.pop(0), free_cores.pop(0)
+                log_path = os.path.join(output_dir, f"seed_{seed}.log")
+                logging.warning("Ablation: seed %d in its own process on cores %s", seed, cores)
+                process = _start(module, flagfile, seed, cores, log_path)
+                running.append((seed, cores, log_path, process))
+            finished = _wait_any(running)
+            running.remove(finished)
+            seed, cores, log_path, process = finished
+            free_cores.append(cores)
+            if process.returncode != 0:
+                _raise_failure(seed, process.returncode, log_path)
+    finally:
+        for *_, process in running:
+            process.terminate()  # a SIGTERM: each run backs up its step and stops
+        for *_, process in running:
+            process.wait()
+
+
+def _wait_any(running: list):
+    while True:
+        for entry in running:
+            try:
+                entry[3].wait(timeout=0.5)
+                return entry
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def _raise_failure(seed: int, returncode: int, log_path: str):
+    line = _last_error_line(log_path).removeprefix("error: ")
+    message = f"seed {seed} failed (exit {returncode}): {line} (log: {log_path})"
+    if returncode == 2:
+        raise UserInputError(message)
+    raise RuntimeError(message)
