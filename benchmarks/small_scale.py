@@ -21,6 +21,8 @@ the flagfile's augmentation every step. With `hard`, both sides run a frozen
 small CNN teacher of the same architecture (ours
 `distill.teachers.build_small_cnn(10, size)`, its PyTorch twin), random weights,
 in eval mode, on every training batch, and add 0.5 CE(dist head, teacher argmax).
+With `feature`, hard distillation plus feature distillation at its defaults
+(`--feature_distillation`; PyTorch: `torch_feature_distillation`, the same term).
 
 Two measures per epoch: wall time, and CPU time (user + system of every thread:
 ours sampled from `/proc/<pid>/stat` every 20 ms and interpolated at the epoch
@@ -35,7 +37,7 @@ of a turn is ours / PyTorch mean epoch time of the two adjacent runs, and the ta
 gives the median over turns (< 1: ours faster). Writes
 `benchmarks/results/small_scale.json`.
 
-    python benchmarks/small_scale.py [--epochs 11] [--repeats 3] [--types none,hard]
+    python benchmarks/small_scale.py [--epochs 11] [--repeats 3] [--types none,hard,feature]
         [--threads N] [--flagfile experiments/digits.cfg] [--extra_flags '--jit_compile=false']
 """
 
@@ -121,6 +123,16 @@ def epoch_end_times(model_dir):
     return [times[step] for step in sorted(times)]
 
 
+# A timed type's train flags: feature = hard + feature distillation (its defaults: the
+# first, middle and last block against the small CNN's three stage ends, weight 2.5).
+OURS_FLAGS = {
+    "none": ["--distillation_type=none"],
+    "hard": ["--distillation_type=hard"],
+    "feature": ["--distillation_type=hard", "--feature_distillation"],
+}
+FEATURE_WEIGHT = 2.5
+
+
 def run_ours(args, distillation, directory, turn):
     model_dir = os.path.join(directory, f"ours_{distillation}_{turn}")
     command = [
@@ -129,7 +141,7 @@ def run_ours(args, distillation, directory, turn):
         "deit_keras.train",
         f"--flagfile={args.flagfile}",
         f"--epochs={args.epochs}",
-        f"--distillation_type={distillation}",
+        *OURS_FLAGS[distillation],
         f"--teacher={os.path.join(directory, 'teacher.keras')}",
         "--teacher_epochs=0",
         f"--model_dir={model_dir}",
@@ -208,10 +220,17 @@ def torch_worker(args):
 
     train_x, eval_x = tensors(data["train_x"]), tensors(data["eval_x"])
     train_y = torch.from_numpy(data["train_y"])
-    teacher = throughput.torch_teacher(torch, 10) if args.distillation == "hard" else None
+    distils = args.distillation in ("hard", "feature")
+    teacher = throughput.torch_teacher(torch, 10) if distils else None
+    features = torch_feature_distillation(torch, model, teacher, flags, size)
+    if args.distillation != "feature":
+        features = None
     no_decay = ("cls_token", "distillation_token", "position_embeddings")
     decay, plain = [], []
-    for name, parameter in model.named_parameters():
+    named = list(model.named_parameters())
+    if features is not None:
+        named += [(f"adapter.{n}", p) for n, p in features.adapters.named_parameters()]
+    for name, parameter in named:
         (plain if parameter.ndim <= 1 or name.endswith(no_decay) else decay).append(parameter)
     peak = float(flags["lr"]) * batch / 512
     optimizer = torch.optim.AdamW(
@@ -237,18 +256,25 @@ def torch_worker(args):
         for step in range(steps):
             index = order[step * batch : (step + 1) * batch]
             images, labels = train_x[index], train_y[index]
-            out = model(images)
+            out = model(images, output_hidden_states=features is not None)
             cls_loss = F.cross_entropy(out.cls_logits, labels, label_smoothing=smoothing)
+            teacher_maps = None
             if teacher is None:
                 dist_target = labels
             else:
                 with torch.no_grad():
-                    dist_target = teacher(images).argmax(-1)
+                    if features is not None:
+                        logits, teacher_maps = features.teacher(images)
+                    else:
+                        logits = teacher(images)
+                    dist_target = logits.argmax(-1)
             dist_smoothing = smoothing if teacher is None else 0.0
             dist_loss = F.cross_entropy(
                 out.distillation_logits, dist_target, label_smoothing=dist_smoothing
             )
             loss = 0.5 * cls_loss + 0.5 * dist_loss
+            if teacher_maps is not None:
+                loss = loss + FEATURE_WEIGHT * features.loss(out.hidden_states, teacher_maps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -262,6 +288,50 @@ def torch_worker(args):
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu.append(usage.ru_utime + usage.ru_stime)
     print(MARK + json.dumps([np.diff(ends).tolist(), np.diff(cpu).tolist()]), flush=True)
+
+
+def torch_feature_distillation(torch, model, teacher, flags, size):
+    """The PyTorch twin of `distill.feature_loss` for the digits student and small CNN.
+
+    Student blocks first, middle and last (`default_blocks`); the teacher's three
+    stage ends (the ReLU before each pooling, and the last); 1x1 conv adapters;
+    both maps resized (bilinear, half-pixel centres) to the larger grid; summed MSE.
+    """
+    if teacher is None:
+        return None
+    import types
+
+    nn, F = torch.nn, torch.nn.functional
+    depth, dim = int(flags["depth"]), int(flags["embed_dim"])
+    grid = size // int(flags["patch_size"])
+    blocks = sorted({0, depth // 2, depth - 1})
+    relus = [i for i, layer in enumerate(teacher) if isinstance(layer, nn.ReLU)]
+    pools = [i for i, layer in enumerate(teacher) if isinstance(layer, nn.MaxPool2d)]
+    ends = [i - 1 for i in pools] + [relus[-1]]
+    channels = [teacher[i - 1].num_features for i in ends]  # the BatchNorm before each ReLU
+    adapters = nn.ModuleList(nn.Conv2d(dim, c, 1) for c in channels)
+
+    def teacher_outputs(images):
+        maps, x = [], images
+        for index, layer in enumerate(teacher):
+            x = layer(x)
+            if index in ends:
+                maps.append(x)
+        return x, maps
+
+    def loss(hidden_states, teacher_maps):
+        total = 0.0
+        for adapter, block, target in zip(adapters, blocks, teacher_maps, strict=True):
+            tokens = hidden_states[block + 1][:, 2:]  # after block `block`, patches only
+            student = tokens.transpose(1, 2).reshape(-1, dim, grid, grid)
+            student = adapter(student)
+            side = max(grid, target.shape[-1])
+            student = F.interpolate(student, size=(side, side), mode="bilinear")
+            target = F.interpolate(target, size=(side, side), mode="bilinear")
+            total = total + F.mse_loss(student, target)
+        return total
+
+    return types.SimpleNamespace(adapters=adapters, teacher=teacher_outputs, loss=loss)
 
 
 def run_torch(args, distillation, directory):
@@ -345,7 +415,7 @@ def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=11, help="Epochs per run (first dropped).")
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved turns.")
-    parser.add_argument("--types", default="none,hard", help="Distillation types to time.")
+    parser.add_argument("--types", default="none,hard", help="Types to time: none, hard, feature.")
     parser.add_argument(
         "--extra_flags",
         default="",
