@@ -132,6 +132,15 @@ def check_arguments(num_seeds: int, rows) -> tuple:
     return rows
 
 
+def seed_configuration(config: TrainConfig, seed: int) -> TrainConfig:
+    """The ablation's `config` at `seed`, its objective left to the rows.
+
+    Feature distillation is one row's setting (`feature`): a flagfile that turns
+    it on for single runs (`small_data.cfg`) trains the same teachers and rows.
+    """
+    return dataclasses.replace(config, seed=seed, feature_distillation=False)
+
+
 def row_config(config: TrainConfig, row: Row, seed_dir: str, teacher: str | None) -> TrainConfig:
     """The TrainConfig of `row`'s run in `seed_dir/<row>` with the seed's `teacher`."""
     model_dir = os.path.join(seed_dir, row.name)
@@ -185,7 +194,7 @@ def check_resumable(config: TrainConfig, num_seeds: int, rows, output_dir: str) 
     """UserInputError naming the first finished teacher or run under `output_dir` whose
     settings differ from `config`'s: before anything trains, not when its turn comes."""
     for index in range(num_seeds):
-        seed_config = dataclasses.replace(config, seed=config.seed + index)
+        seed_config = seed_configuration(config, config.seed + index)
         seed_dir = os.path.join(output_dir, f"seed_{seed_config.seed}")
         record = os.path.join(seed_dir, "teacher.json")
         if trains_teacher(config) and os.path.exists(record):
@@ -409,7 +418,7 @@ def _seed_runs(
 ) -> tuple[list, dict | None]:
     """The runs of one seed, and its teacher's record (None when no run had a teacher)."""
     seed_dir = os.path.join(output_dir, f"seed_{seed}")
-    seed_config = dataclasses.replace(config, seed=seed)
+    seed_config = seed_configuration(config, seed)
     teacher, teacher_wall = config.teacher, None
     if any(ROWS_BY_NAME[name].distillation != "none" for name in rows):
         teacher, teacher_wall = seed_teacher(seed_config, seed_dir)

@@ -236,3 +236,19 @@ def test_a_record_matches_whatever_its_run_only_settings_say():
     ablation._check_same_config("teacher.json", stored, config)
     with pytest.raises(ValueError, match=r"made with other settings \(lr differ\)"):
         ablation._check_same_config("teacher.json", dict(stored, lr=2e-3), config)
+
+
+def test_a_flagfile_with_feature_distillation_leaves_the_objective_to_the_rows(
+    tmp_path, monkeypatch
+):
+    """small_data.cfg turns feature distillation on for single runs; the rows stay the rows."""
+    from deit_keras.testing import digits_config
+
+    trained, features = [], []
+    _fake_runs(monkeypatch, trained, features)
+    config = digits_config(tmp_path, model_dir=str(tmp_path / "out"), feature_distillation=True)
+    ablation.run_ablation(config, 1, ["none", "dist_hard", "feature"])
+    assert features == [False, False, True]
+    plain = digits_config(tmp_path, model_dir=str(tmp_path / "out"))
+    report = ablation.run_ablation(plain, 1, ["none", "dist_hard", "feature"])  # the same runs
+    assert len(features) == 3 and all(run["reused"] for run in report["runs"])
