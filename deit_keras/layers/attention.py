@@ -16,6 +16,12 @@ def merge_heads(x, batch, tokens, embed_dim):
     return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (batch, tokens, embed_dim))
 
 
+def with_scores(result, scores: bool):
+    """`(output, attention)` of an attention call: `result` itself with `scores`, else
+    `(result, None)`."""
+    return result if scores else (result, None)
+
+
 def attention_weights(query, key, mix_logits=None):
     """`softmax(q k^T / sqrt(H))` `[B, N, Tq, Tk]`, the logits optionally mixed first.
 

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from deit_keras.layers.attention import attention_weights, merge_heads, split_heads
+from deit_keras.layers.attention import attention_weights, merge_heads, split_heads, with_scores
 from deit_keras.layers.basic import check_heads, dense, layer_norm
 from deit_keras.layers.encoder import MLP, DropPath
 from deit_keras.layers.layer_scale import LayerScale
@@ -123,15 +123,14 @@ class ClassAttentionBlock(keras.layers.Layer):
 
     def call(self, x, cls_token, training=None, return_attention_scores=False):
         joined = ops.concatenate([cls_token, x], axis=1)
-        attended = self.attn(self.norm1(joined), return_attention_scores=return_attention_scores)
-        if return_attention_scores:
-            attended, attention = attended
+        attended, attention = with_scores(
+            self.attn(self.norm1(joined), return_attention_scores=return_attention_scores),
+            return_attention_scores,
+        )
         cls_token = cls_token + self.drop_path(self.gamma_1(attended), training=training)
         update = self.gamma_2(self.mlp(self.norm2(cls_token)))
         cls_token = cls_token + self.drop_path(update, training=training)
-        if return_attention_scores:
-            return cls_token, attention
-        return cls_token
+        return (cls_token, attention) if return_attention_scores else cls_token
 
     def compute_output_shape(self, x_shape, cls_token_shape=None):
         return (x_shape[0], 1, self.embed_dim)

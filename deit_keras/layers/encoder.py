@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from deit_keras.errors import UserInputError
-from deit_keras.layers.attention import MultiHeadSelfAttention
+from deit_keras.layers.attention import MultiHeadSelfAttention, with_scores
 from deit_keras.layers.basic import dense, layer_norm
 from deit_keras.layers.layer_scale import LayerScale
 from deit_keras.layers.talking_heads import TalkingHeadsAttention
@@ -136,14 +136,13 @@ class TransformerBlock(keras.layers.Layer):
         return x if layer_scale is None else layer_scale(x)
 
     def call(self, x, training=None, return_attention_scores=False):
-        attended = self.attn(self.norm1(x), return_attention_scores=return_attention_scores)
-        if return_attention_scores:
-            attended, attention = attended
+        attended, attention = with_scores(
+            self.attn(self.norm1(x), return_attention_scores=return_attention_scores),
+            return_attention_scores,
+        )
         x = x + self.drop_path(self._scaled(self.ls1, attended), training=training)
         x = x + self.drop_path(self._scaled(self.ls2, self.mlp(self.norm2(x))), training=training)
-        if return_attention_scores:
-            return x, attention
-        return x
+        return (x, attention) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -366,7 +366,8 @@ class TrainConfig:
         problems = []
         if self.distillation_type == "none":
             problems.append(
-                "feature_distillation needs a teacher: set --distillation_type=hard (or soft)"
+                "feature_distillation needs a teacher: set --distillation_type=hard (or soft), "
+                "or --nofeature_distillation"
             )
         try:
             _ = self.feature_blocks
