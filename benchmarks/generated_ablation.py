@@ -1,7 +1,7 @@
 """Issue #12 item 4: the distillation ablation on generated small image-folder datasets.
 
     python benchmarks/generated_ablation.py [--datasets shapes,glyphs,objects] [--seeds 3]
-        [--rows none,hard,dist_hard] [--flagfile experiments/small_data.cfg]
+        [--rows none,feature] [--flagfile experiments/small_data.cfg]
         [--data_root /tmp/deit_generated] [--output_dir runs/ablation_generated]
         [--extra_flags=--epochs=4]
 
@@ -39,7 +39,7 @@ def _arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(synthetic.DATASETS))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rows", default="none,hard,dist_hard")
+    parser.add_argument("--rows", default="none,feature")
     parser.add_argument("--flagfile", default="experiments/small_data.cfg")
     parser.add_argument("--data_root", default="/tmp/deit_generated")
     parser.add_argument("--output_dir", default="runs/ablation_generated")
