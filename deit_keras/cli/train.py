@@ -49,7 +49,8 @@ def comparison(results: dict, config: TrainConfig, ablation: str) -> str:
     if "dist_top1" in results:
         heads += f", dist head {results['dist_top1']:.4f}"
     lines.append(
-        f"  student ({results['model']}, distillation {config.distillation_type}): {heads}"
+        f"  student ({results['model']}, distillation {config.distillation_type}"
+        f"{' + features' if config.feature_distillation else ''}): {heads}"
     )
     lines.append(
         f"{results['wall_s']:.0f} s in all (training the teacher, if this run did, included); "

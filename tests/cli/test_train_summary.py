@@ -1,5 +1,6 @@
 """The train CLI's closing comparison (issue #12 item 3) and its units."""
 
+import dataclasses
 import shlex
 
 from deit_keras.cli import train
@@ -25,6 +26,9 @@ def test_comparison_names_teacher_heads_wall_and_ablation(tmp_path):
     assert f"distillation {config.distillation_type}" in lines[2]
     assert lines[3].startswith("412 s in all")
     assert lines[4].endswith("python -m deit_keras.ablate --seeds=3")
+    featured = dataclasses.replace(config, feature_distillation=True)
+    line = train.comparison(results, featured, "cmd").splitlines()[2]
+    assert f"distillation {config.distillation_type} + features)" in line
 
 
 def test_comparison_without_teacher_or_dist_head(tmp_path):
