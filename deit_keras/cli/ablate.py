@@ -76,7 +76,8 @@ _PARALLEL_SEEDS = flags.DEFINE_integer(
     "parallel_seeds",
     1,
     "Train up to this many seeds side by side, each in its own process on its share of "
-    "the cores (log: <output_dir>/seed_<s>.log); faster in all for small models.",
+    "the cores (log: <output_dir>/seed_<s>.log); for boxes with more cores than one run "
+    "keeps busy (slower on 2 cores: docs/training.md).",
 )
 
 cli.check_range("seeds", POSITIVE)

@@ -1,8 +1,7 @@
 """`deit-ablate --parallel_seeds=N`: the ablation's seeds side by side, one process each.
 
-A small model on a few cores does not use them all (tracing, the input pipeline and
-small matmuls are largely serial), so N independent seeds each on cores/N run faster
-in all than one after the other on every core. Each seed is the same command with
+For boxes with more cores than one small run keeps busy (on a 2 vCPU box it measured
+slower than one seed after the other: docs/training.md). Each seed is the same command with
 `--seed=<s> --seeds=1`, in its own process pinned (Linux) to its share of the cores;
 its output goes to `<output_dir>/seed_<s>.log`. The caller then runs the whole
 ablation once more in-process: every run is finished, so that pass only writes the
