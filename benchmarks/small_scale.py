@@ -126,8 +126,8 @@ def epoch_end_times(model_dir):
 # A timed type's train flags: feature = hard + feature distillation (its defaults: the
 # first, middle and last block against the small CNN's three stage ends, weight 2.5).
 OURS_FLAGS = {
-    "none": ["--distillation_type=none"],
-    "hard": ["--distillation_type=hard"],
+    "none": ["--distillation_type=none", "--nofeature_distillation"],
+    "hard": ["--distillation_type=hard", "--nofeature_distillation"],
     "feature": ["--distillation_type=hard", "--feature_distillation"],
 }
 FEATURE_WEIGHT = 2.5
@@ -450,7 +450,9 @@ def main():
             [
                 sys.executable,
                 "-c",
-                f"import runpy; runpy.run_path({__file__!r})['prepare']"
+                # The script's folder on the path: its sibling torch_env, as when run directly.
+                f"import runpy, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+                f"runpy.run_path({__file__!r})['prepare']"
                 f"({directory!r}, {args.flagfile!r})",
             ],
             check=True,
