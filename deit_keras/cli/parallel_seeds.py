@@ -15,6 +15,7 @@ import sys
 from absl import flags, logging
 
 from deit_keras.errors import UserInputError
+from deit_keras.io.atomic import write_text_atomic
 
 CHILD_FLAGS = "parallel_seeds.flags"
 
@@ -66,8 +67,7 @@ def run_seeds(module: str, output_dir: str, seeds: list[int], parallel: int) -> 
         RuntimeError: it failed otherwise.
     """
     flagfile = os.path.join(output_dir, CHILD_FLAGS)
-    with open(flagfile, "w", encoding="utf-8") as handle:
-        handle.write(flags.FLAGS.flags_into_string())
+    write_text_atomic(flagfile, flags.FLAGS.flags_into_string())
     free_cores = core_groups(parallel)
     pending, running = list(seeds), []
     try:

@@ -132,6 +132,11 @@ def check_arguments(num_seeds: int, rows) -> tuple:
     return rows
 
 
+def seed_directory(output_dir: str, seed: int) -> str:
+    """Where the ablation under `output_dir` keeps seed `seed`'s teacher and runs."""
+    return os.path.join(output_dir, f"seed_{seed}")
+
+
 def seed_configuration(config: TrainConfig, seed: int) -> TrainConfig:
     """The ablation's `config` at `seed`, its objective left to the rows.
 
@@ -195,7 +200,7 @@ def check_resumable(config: TrainConfig, num_seeds: int, rows, output_dir: str) 
     settings differ from `config`'s: before anything trains, not when its turn comes."""
     for index in range(num_seeds):
         seed_config = seed_configuration(config, config.seed + index)
-        seed_dir = os.path.join(output_dir, f"seed_{seed_config.seed}")
+        seed_dir = seed_directory(output_dir, seed_config.seed)
         record = os.path.join(seed_dir, "teacher.json")
         if trains_teacher(config) and os.path.exists(record):
             _check_same_config(record, _read_json(record)["config"], seed_config)
@@ -417,7 +422,7 @@ def _seed_runs(
     config: TrainConfig, seed: int, rows, output_dir: str, started: float
 ) -> tuple[list, dict | None]:
     """The runs of one seed, and its teacher's record (None when no run had a teacher)."""
-    seed_dir = os.path.join(output_dir, f"seed_{seed}")
+    seed_dir = seed_directory(output_dir, seed)
     seed_config = seed_configuration(config, seed)
     teacher, teacher_wall = config.teacher, None
     if any(ROWS_BY_NAME[name].distillation != "none" for name in rows):
