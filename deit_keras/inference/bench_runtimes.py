@@ -173,8 +173,8 @@ _LITERT = ("ai_edge_litert",)
 RUNTIMES = {
     "eager": Runtime("model(images, training=False), op by op", (), _eager),
     "keras": Runtime(
-        "model.predict_on_batch(images): Keras' predict function (tf.function; XLA where "
-        "Keras turns it on, not on CPU)",
+        "model.predict_on_batch(images): Keras' predict function (XLA: the models' "
+        "default on CPU too, TokenClassifier.make_predict_function)",
         (),
         _predict_on_batch,
     ),
