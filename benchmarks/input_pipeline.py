@@ -9,8 +9,8 @@ With `--reference=timm` it also times, on the same JPEGs and in the same run
 re_prob=0.25, interpolation="bicubic")` (random resized crop, flip, RandAugment m9,
 erasing) with `timm.data.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)`
 on each batch: the DeiT recipe as the official `main.py` builds it. Both sides use every
-core of the machine (tf.data's AUTOTUNE; `num_workers` = cores), so images/s per core is
-the total over `os.cpu_count()` on both sides. timm needs the test extra (torch,
+core this process may use (tf.data's AUTOTUNE; `num_workers` = those cores), so images/s
+per core is the total over them on both sides (`taskset -c 0` measures one core). timm needs the test extra (torch,
 torchvision, timm) and torchvision's op-registration stub (`torch_env.py`, as
 tests/conftest.py). Writes `benchmarks/results/input_pipeline.json`.
 
@@ -70,12 +70,28 @@ def images_per_second(name, config, batch_size, batches, training=True):
     return batches * batch_size / (time.perf_counter() - start)
 
 
+def posterize_zero_bits_too(posterize):
+    """Pillow's posterize, also for 0 bits (the all-black image that 0 bits kept means).
+
+    timm 1.0.31's RandAugment asks for 4 down to 0 bits ("inc1"); Pillow 13 refuses 0,
+    which older Pillow computed (mask 0).
+    """
+
+    def posterize_any(image, bits):
+        return posterize(image, bits) if bits >= 1 else Image.new(image.mode, image.size)
+
+    return posterize_any
+
+
 def timm_loader(root, batch_size, workers):
     """timm's DeiT training transform + Mixup/CutMix in a torch DataLoader over `root/train`."""
     import torch
     import torch_env  # noqa: F401 (the torchvision stub, before torch libraries)
     from timm.data import Mixup, create_transform
+    from PIL import ImageOps
     from torchvision.datasets import ImageFolder
+
+    ImageOps.posterize = posterize_zero_bits_too(ImageOps.posterize)  # forked workers too
 
     transform = create_transform(
         224,
@@ -114,14 +130,14 @@ def timm_images_per_second(loader, mixup, batches):
 
 def compare_with_timm(name, root, args):
     """Ours (full recipe) and timm's, interleaved `args.rounds` times; the median ratio."""
-    loader, mixup = timm_loader(root, args.batch_size, os.cpu_count())
+    cores = usable_cores()
+    loader, mixup = timm_loader(root, args.batch_size, cores)
     full = augment.AugmentConfig()
     ours, theirs = [], []
     for _ in range(args.rounds):
         ours.append(images_per_second(name, full, args.batch_size, args.batches))
         theirs.append(timm_images_per_second(loader, mixup, args.batches))
         print(f"round: deit_keras {ours[-1]:6.1f} img/s, timm {theirs[-1]:6.1f} img/s", flush=True)
-    cores = os.cpu_count()
     ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
     return {
         "deit_keras_images_per_second": ours,
@@ -133,6 +149,11 @@ def compare_with_timm(name, root, args):
         "'rand-m9-mstd0.5-inc1', re_prob=0.25, interpolation='bicubic') + "
         "Mixup(0.8, cutmix 1.0, smoothing 0.1), DataLoader(num_workers=cpu_count)",
     }
+
+
+def usable_cores():
+    """The CPUs this process may run on (taskset / cgroup affinity), as tf.data sees them."""
+    return len(os.sched_getaffinity(0))
 
 
 def cpu_model():
@@ -181,6 +202,7 @@ def main():
         "batch_size": args.batch_size,
         "timed_batches": args.batches,
         "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
         "cpu_model": cpu_model(),
         "load_average_at_end": os.getloadavg(),
         "platform": platform.platform(),

@@ -39,15 +39,20 @@ from deit_keras.errors import UserInputError
 # A decoded split above this stays on the streaming path (the tf.data graph
 # holds it as a constant, which must stay well under protobuf's 2 GiB).
 MAX_BYTES = 256 * 2**20
+# Larger images stream by default: the batched crop's resize matrices cost grows with the
+# stored size (500x375 JPEGs at 224 px, full recipe, one core: 110 img/s batched from
+# memory against 195 decoded per image; benchmarks/input_pipeline.py, 2026-12-03).
+AUTO_MAX_PIXELS = 128 * 128
 
 
 @functools.lru_cache(maxsize=8)
-def decoded_split(name: str, data_dir: str | None, split: str):
+def decoded_split(name: str, data_dir: str | None, split: str, max_pixels: int | None = None):
     """`(images uint8 [N, H, W, 3], labels int64 [N])` of a split, or None.
 
-    None when the images do not share one shape or would take more than
-    `MAX_BYTES`. Decoded once per process (the deterministic training path
-    builds one pipeline per epoch). Raises what decoding raises.
+    None when the images do not share one shape, would take more than
+    `MAX_BYTES`, or have more than `max_pixels` pixels each. Decoded once per
+    process (the deterministic training path builds one pipeline per epoch).
+    Raises what decoding raises.
     """
     source = sources.get_source(name, data_dir)
     count = source.num_examples(split)
@@ -56,7 +61,8 @@ def decoded_split(name: str, data_dir: str | None, split: str):
     for image, label in encoded.map(lambda e, y: (transforms.decode_image(e), y)):
         if shape is None:
             shape = tuple(image.shape)
-            if count * math.prod(shape) > MAX_BYTES:
+            too_large = max_pixels is not None and shape[0] * shape[1] > max_pixels
+            if too_large or count * math.prod(shape) > MAX_BYTES:
                 return None
         elif tuple(image.shape) != shape:
             return None

@@ -123,9 +123,10 @@ def make_dataset(
 
         in_memory: bool or None. Hold the split decoded in memory and
             augment whole batches (`deit_keras.data.in_memory`): same
-            recipe, other random draws, far less CPU per batch. None
-            (default): when the split is small (`in_memory.MAX_BYTES`
-            decoded) and its images share one shape; False: never; True:
+            recipe, other random draws, far less CPU per batch for small
+            images. None (default): when the split is small
+            (`in_memory.MAX_BYTES` decoded), its images share one shape and
+            are small (`in_memory.AUTO_MAX_PIXELS`); False: never; True:
             required (ValueError when the split does not qualify).
         train_fraction: float in (0, 1]. The train split only: a class-balanced
             subset of this share, chosen by `seed` (`data.subsets`). Defaults to 1.
@@ -236,7 +237,8 @@ def _decoded_in_memory(name, data_dir, split, in_memory):
     """The split's decoded `(images, labels)` when held in memory (`in_memory`), else None."""
     if not in_memory and in_memory is not None:  # False: never
         return None
-    arrays = in_memory_lib.decoded_split(name, data_dir, split)
+    max_pixels = None if in_memory else in_memory_lib.AUTO_MAX_PIXELS
+    arrays = in_memory_lib.decoded_split(name, data_dir, split, max_pixels)
     if arrays is None and in_memory:
         raise UserInputError(
             f"in_memory=True needs a split of one image shape under "

@@ -106,3 +106,20 @@ def test_mixed_sizes_stream_and_refuse_in_memory(tmp_path):
     assert next(iter(data))[0].shape == (2, 16, 16, 3)
     with pytest.raises(ValueError, match="in_memory=True"):
         make_dataset(name, "train", image_size=16, batch_size=2, training=True, in_memory=True)
+
+
+def test_large_images_stream_unless_in_memory_is_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setattr(in_memory, "AUTO_MAX_PIXELS", 24 * 24)
+    small, large = _folder(tmp_path / "small", [24] * 2), _folder(tmp_path / "large", [25] * 2)
+    assert in_memory.decoded_split(small, None, "train", in_memory.AUTO_MAX_PIXELS) is not None
+    assert in_memory.decoded_split(large, None, "train", in_memory.AUTO_MAX_PIXELS) is None
+    options = dict(image_size=16, batch_size=4, augment=AUGMENT, seed=1, deterministic=True)
+
+    def first_batch(name, **changes):
+        data = make_dataset(name, "train", training=True, **{**options, **changes})
+        return next(iter(data))[0].numpy()
+
+    # Auto is the streaming path for the large images, the in-memory one for the small.
+    np.testing.assert_array_equal(first_batch(large), first_batch(large, in_memory=False))
+    assert not np.array_equal(first_batch(large), first_batch(large, in_memory=True))
+    np.testing.assert_array_equal(first_batch(small), first_batch(small, in_memory=True))
