@@ -10,9 +10,9 @@ re_prob=0.25, interpolation="bicubic")` (random resized crop, flip, RandAugment 
 erasing) with `timm.data.Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)`
 on each batch: the DeiT recipe as the official `main.py` builds it. Both sides use every
 core this process may use (tf.data's AUTOTUNE; `num_workers` = those cores), so images/s
-per core is the total over them on both sides (`taskset -c 0` measures one core). timm needs the test extra (torch,
-torchvision, timm) and torchvision's op-registration stub (`torch_env.py`, as
-tests/conftest.py). Writes `benchmarks/results/input_pipeline.json`.
+per core is the total over them on both sides (`taskset -c 0` measures one core). timm
+needs the test extra (torch, torchvision, timm) and torchvision's op-registration stub
+(`torch_env.py`, as tests/conftest.py). Writes `benchmarks/results/input_pipeline.json`.
 
     python benchmarks/input_pipeline.py [--images 320] [--batches 20] \
         [--reference timm] [--rounds 3]
@@ -87,8 +87,8 @@ def timm_loader(root, batch_size, workers):
     """timm's DeiT training transform + Mixup/CutMix in a torch DataLoader over `root/train`."""
     import torch
     import torch_env  # noqa: F401 (the torchvision stub, before torch libraries)
-    from timm.data import Mixup, create_transform
     from PIL import ImageOps
+    from timm.data import Mixup, create_transform
     from torchvision.datasets import ImageFolder
 
     ImageOps.posterize = posterize_zero_bits_too(ImageOps.posterize)  # forked workers too
