@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from deit_keras.data.preprocessing import normalize
-from deit_keras.deploy import litert_export, onnx_export, saved_model
+from deit_keras.deploy import litert_export, onnx_export, openvino_export, saved_model
 from deit_keras.deploy.runtimes import ONNX_NO_SPINNING, ExportedModel
 from deit_keras.inference import torch_reference
 from deit_keras.inference.predict import predict_function
@@ -158,6 +158,18 @@ def _litert(quantize):
     return build
 
 
+def _openvino(quantize):
+    def build(setup):
+        path = os.path.join(setup.workdir, f"model_openvino_{quantize}.xml")
+        calibration = None
+        if quantize == "int8":
+            calibration = uint8_images(CALIBRATION_IMAGES, setup.model.image_size, seed=1)
+        openvino_export.export_openvino(setup.model, path, quantize, calibration)
+        return _exported_steps(setup, path)
+
+    return build
+
+
 # === The reference ===
 
 
@@ -169,6 +181,7 @@ def _torch(setup):
 
 _ONNX = ("tf2onnx", "onnx", "onnxruntime")
 _LITERT = ("ai_edge_litert",)
+_OPENVINO = ("tf2onnx", "onnx", "openvino", "nncf")
 
 RUNTIMES = {
     "eager": Runtime("model(images, training=False), op by op", (), _eager),
@@ -195,6 +208,17 @@ RUNTIMES = {
     ),
     "litert_int8": Runtime(
         "LiteRT int8 matmuls, calibrated (random crops here)", _LITERT, _litert("int8")
+    ),
+    "openvino": Runtime(
+        "OpenVINO fp32 (IR from the fusable ONNX graph)", _OPENVINO, _openvino("none")
+    ),
+    "openvino_bf16": Runtime(
+        "OpenVINO bf16 inference precision (AVX512_BF16 / AMX; fp32 elsewhere)",
+        _OPENVINO,
+        _openvino("bf16"),
+    ),
+    "openvino_int8": Runtime(
+        "OpenVINO NNCF int8, calibrated (random crops here)", _OPENVINO, _openvino("int8")
     ),
     REFERENCE: Runtime(
         "PyTorch eager reference: transformers DeiT of the same architecture (sdpa attention, "

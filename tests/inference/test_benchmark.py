@@ -114,3 +114,12 @@ def test_the_torch_reference_runs_in_a_process_of_its_own(model):
     finally:
         peak_mb = reference.close()
     assert peak_mb > 50 and not reference._process.is_alive()
+
+
+def test_openvino_runtimes_are_timed(model):
+    pytest.importorskip("openvino")
+    names = ["openvino", "openvino_bf16", "openvino_int8"]
+    result = benchmark.run_benchmark(model, names, batch_size=2, warmup=1, iterations=1, rounds=1)
+    assert not result["failed"] and list(result["runtimes"]) == names
+    for row in result["runtimes"].values():
+        assert row["throughput"]["images_per_s"] > 0 and row["latency"]["median_ms"] > 0
