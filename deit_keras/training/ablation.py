@@ -53,6 +53,7 @@ _RUN_ONLY = (
     "resume",
     "export_savedmodel",
     "steps_per_execution",
+    "validation_freq",
 )
 
 
@@ -247,7 +248,7 @@ def seed_teacher(config: TrainConfig, seed_dir: str) -> tuple[str, float | None]
 
 
 def validation_curve(model_dir: str, name: str = "val_top1") -> list[float]:
-    """Per-epoch validation `name` (a fraction) from the run's `history.json`, epoch 0 first."""
+    """Validation `name` (a fraction) of each validated epoch, from the run's `history.json`."""
     records = callbacks_lib.read_history(model_dir)
     if not records:
         raise UserInputError(
@@ -255,6 +256,13 @@ def validation_curve(model_dir: str, name: str = "val_top1") -> list[float]:
             "recorded their history): delete that folder and rerun the ablation to redo it."
         )
     return [record[name] for record in records if name in record]
+
+
+def validated_epochs(model_dir: str, name: str = "val_top1") -> list[int]:
+    """The 1-based epochs `validation_curve` has values of (every N with --validation_freq)."""
+    return [
+        record["epoch"] + 1 for record in callbacks_lib.read_history(model_dir) if name in record
+    ]
 
 
 def _run_one(config: TrainConfig, row: Row, started: float) -> dict:
@@ -286,7 +294,12 @@ def _run_one(config: TrainConfig, row: Row, started: float) -> dict:
     run.update({key: results[key] for key in _HEAD_KEYS if key in results})
     if "teacher_top1" in results:
         run["teacher_top1"] = results["teacher_top1"]
-    run.update(wall_s=results["wall_s"], reused=reused, val_top1=validation_curve(model_dir))
+    run.update(
+        wall_s=results["wall_s"],
+        reused=reused,
+        val_top1=validation_curve(model_dir),
+        val_epochs=validated_epochs(model_dir),
+    )
     return run
 
 
@@ -308,11 +321,18 @@ def _curve_stats(curves: list) -> tuple[list, list]:
     return means, stds
 
 
+def _curve_epochs(runs: list[dict], length: int) -> list[int]:
+    """The epochs of a row's mean curve: its runs' (runs of one ablation validate alike)."""
+    epochs = next((run["val_epochs"] for run in runs if run.get("val_epochs")), None)
+    return list(epochs[:length]) if epochs else list(range(1, length + 1))
+
+
 def summarize(runs: list[dict], teachers: list[dict], rows) -> dict:
     """`{row: {metric: {mean, std (sample, n-1), n, values}}}`; rows: teacher, then `rows`.
 
-    Each student row also has `val_top1` and `val_top1_std`: per epoch, the mean and
-    sample std over seeds of the validation top-1 (the row's inference output).
+    Each student row also has `val_top1` and `val_top1_std`: per validated epoch
+    (`val_epochs`, 1-based), the mean and sample std over seeds of the validation
+    top-1 (the row's inference output).
     """
     summary = {}
     if teachers:
@@ -325,6 +345,7 @@ def summarize(runs: list[dict], teachers: list[dict], rows) -> dict:
         row = {key: _stats([run.get(key) for run in row_runs]) for key in _HEAD_KEYS}
         row["wall_s"] = _stats([run["wall_s"] for run in row_runs])
         row["val_top1"], row["val_top1_std"] = _curve_stats([run["val_top1"] for run in row_runs])
+        row["val_epochs"] = _curve_epochs(row_runs, len(row["val_top1"]))
         summary[name] = {key: value for key, value in row.items() if value is not None}
     return summary
 
@@ -400,7 +421,11 @@ def _plot_curves(report: dict) -> None:
     """learning_curves.png: each row's validation top-1 per epoch, the teacher's final."""
     summary = report["summary"]
     curves = {
-        ROWS_BY_NAME[name].label: (summary[name]["val_top1"], summary[name]["val_top1_std"])
+        ROWS_BY_NAME[name].label: (
+            summary[name]["val_top1"],
+            summary[name]["val_top1_std"],
+            summary[name].get("val_epochs"),
+        )
         for name in report["rows"]
     }
     references = {}

@@ -59,8 +59,9 @@ def learning_curves_png(
     """Writes validation top-1 per epoch, each row's mean line in a ± std band, to `path`.
 
     Args:
-        curves: `{label: (means, stds)}`, one value per epoch (epoch 1 first); a
-            single-epoch curve is drawn as a point.
+        curves: `{label: (means, stds)}` or `{label: (means, stds, epochs)}`:
+            one value per validated epoch, at `epochs` (1-based; None or left
+            out: 1, 2, ...); a single-epoch curve is drawn as a point.
         path: str. The PNG to write (atomically).
         title: str. The figure's title.
         references: `{label: {"mean": m, "std": s}}` or None. Levels drawn as
@@ -68,8 +69,8 @@ def learning_curves_png(
         size: `(width, height)` in pixels. Defaults to (800, 500).
     """
     figure, axes = _figure(size)
-    for index, (label, (means, stds)) in enumerate(curves.items()):
-        epochs = list(range(1, len(means) + 1))
+    for index, (label, (means, stds, *at)) in enumerate(curves.items()):
+        epochs = list(at[0]) if at and at[0] else list(range(1, len(means) + 1))
         low = [mean - std for mean, std in zip(means, stds, strict=True)]
         high = [mean + std for mean, std in zip(means, stds, strict=True)]
         axes.fill_between(epochs, low, high, color=colour(index), alpha=BAND_ALPHA, linewidth=0)

@@ -214,6 +214,12 @@ class TrainConfig:
         "Keras fit only: --strategy=multi_worker's loop runs one step per call.",
         valid=POSITIVE,
     )
+    validation_freq: int = field(
+        1,
+        "Validate every N epochs (Keras fit's validation_freq): the logs, TensorBoard and "
+        "history.json have val_* on those epochs only. The final evaluation runs regardless.",
+        valid=POSITIVE,
+    )
     model_dir: str = field(
         "runs/deit", "Checkpoints, TensorBoard logs, results.json.", aliases=("output_dir",)
     )

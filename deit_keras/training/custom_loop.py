@@ -155,6 +155,7 @@ def fit_distributed(
     validation_data=None,
     preemption=None,
     settings=None,
+    validation_freq=1,
 ):
     """Trains a compiled model with `strategy.run(model.train_step, ...)`.
 
@@ -178,6 +179,7 @@ def fit_distributed(
         validation_data: this worker's shard of the evaluation data (a
             `tf.data.Dataset`), or None: no per-epoch validation.
         preemption: a `PreemptionWatcher` or None.
+        validation_freq: int. Validate after every this many epochs (as `fit`).
         settings: dict or None. The run's settings, recorded with its backup
             (`callbacks.Backup`).
 
@@ -209,7 +211,7 @@ def fit_distributed(
         run = _EpochRun(model, backup, chief, epoch, steps_per_epoch, model_dir)
         first = initial_batch if epoch == initial_epoch else 0
         logs = run.train(train_steps, iterator, first, progress, preemption, backup_every_steps)
-        if validation_data is not None:
+        if validation_data is not None and (epoch + 1) % validation_freq == 0:
             try:
                 logs.update(_validate(model, strategy, validation_data))
             except LOST_WORKER as error:
@@ -367,6 +369,7 @@ def fit_multi_worker(
         verbose=0 if config.fit_verbose == 0 else 1,
         backup_every_steps=config.backup_every_steps,
         validation_data=validation,
+        validation_freq=config.validation_freq,
         preemption=preemption,
     )
 

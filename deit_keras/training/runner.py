@@ -120,6 +120,7 @@ def _fit(config, student, phases, evaluation, steps, preemption):
             epochs=epochs,
             steps_per_epoch=fit_steps,
             validation_data=evaluation,
+            validation_freq=config.validation_freq,
             callbacks=callbacks,
             verbose=config.fit_verbose,
             shuffle=False,  # the tf.data pipeline shuffles

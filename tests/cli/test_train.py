@@ -40,6 +40,23 @@ def test_reduced_digits_run_learns_and_saves(tmp_path):
     assert os.listdir(tmp_path / "run" / "tensorboard")
 
 
+def test_validation_freq_validates_every_n_epochs_and_evaluates_at_the_end(tmp_path):
+    config = digits_config(
+        tmp_path,
+        epochs=3,
+        validation_freq=2,
+        distillation_type="none",
+        teacher=None,
+        jit_compile=False,
+        steps_per_epoch=4,
+    )
+    results = run_training(config)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]
+    assert [record["epoch"] for record in history] == [0, 1, 2]
+    assert ["val_top1" in record for record in history] == [False, True, False]
+    assert 0 <= results["top1"] <= 1  # the final evaluation, whatever the frequency
+
+
 def test_config_rejects_bad_values(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be positive"):
         digits_config(tmp_path, batch_size=0).validate()

@@ -67,7 +67,17 @@ def test_single_seed_has_zero_std_and_missing_heads_are_left_out():
     summary = summarize(runs, [], ["none"])
     assert summary["none"]["top1"] == {"mean": 50.0, "std": 0.0, "n": 1, "values": [50.0]}
     assert summary["none"]["val_top1_std"] == [0.0, 0.0]
+    assert summary["none"]["val_epochs"] == [1, 2]  # runs without val_epochs: every epoch
     assert "dist_top1" not in summary["none"] and "teacher" not in summary
+
+
+def test_curves_of_runs_validated_every_n_epochs_keep_their_epochs():
+    runs = [
+        {"row": "none", "top1": 0.5, "wall_s": 3.0, "val_top1": [0.4, 0.5], "val_epochs": [5, 10]},
+        {"row": "none", "top1": 0.6, "wall_s": 3.0, "val_top1": [0.5], "val_epochs": [5]},
+    ]
+    summary = summarize(runs, [], ["none"])
+    assert summary["none"]["val_top1"] == [0.45] and summary["none"]["val_epochs"] == [5]
 
 
 def test_markdown_table_has_the_papers_rows():
@@ -151,6 +161,9 @@ def test_learning_curves_are_lines_in_std_bands(tmp_path):
     )
     ablation_plots.learning_curves_png({"one epoch": ([0.42], [0.0])}, path, "t")  # a point
     assert _pixels(path)[0] == (800, 500)
+    every_five = {"validated every 5": ([0.4, 0.5], [0.0, 0.0], [5, 10])}
+    ablation_plots.learning_curves_png(every_five, path, "t", size=(640, 400))
+    assert _near(_pixels(path)[1], np.asarray(to_rgb(ablation_plots.colour(0))) * 255, 10) > 100
     assert [name for name in tmp_path.iterdir()] == [tmp_path / "curves.png"]  # atomic
 
 

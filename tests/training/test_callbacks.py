@@ -111,3 +111,16 @@ def test_ablation_curves_come_from_the_history_file(tmp_path):
         validation_curve(str(tmp_path))
     callbacks_lib.record_epochs(str(tmp_path), [0, 1], {"val_top1": [0.25, 0.5], "loss": [2, 1]})
     assert validation_curve(str(tmp_path)) == [0.25, 0.5]
+
+
+def test_validation_every_n_epochs_gives_curves_at_those_epochs(tmp_path):
+    from deit_keras.training.ablation import validated_epochs, validation_curve
+
+    logs = {"loss": [4, 3, 2, 1], "val_top1": [0.0, 0.3, 0.0, 0.6]}
+    for epoch in range(4):  # as fit(validation_freq=2) logs: val_* on epochs 2 and 4 only
+        record = {"loss": logs["loss"][epoch]}
+        if epoch % 2:
+            record["val_top1"] = logs["val_top1"][epoch]
+        callbacks_lib.HistoryFile(str(tmp_path)).on_epoch_end(epoch, record)
+    assert validation_curve(str(tmp_path)) == [0.3, 0.6]
+    assert validated_epochs(str(tmp_path)) == [2, 4]
