@@ -124,3 +124,30 @@ def test_validation_every_n_epochs_gives_curves_at_those_epochs(tmp_path):
         callbacks_lib.HistoryFile(str(tmp_path)).on_epoch_end(epoch, record)
     assert validation_curve(str(tmp_path)) == [0.3, 0.6]
     assert validated_epochs(str(tmp_path)) == [2, 4]
+
+
+def test_the_custom_loop_validates_every_n_epochs():
+    import tensorflow as tf
+
+    from deit_keras.testing import random_images, tiny_model
+    from deit_keras.training.custom_loop import distribute_train_dataset, fit_distributed
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = tiny_model(num_classes=3)
+        model.compile(optimizer="adamw", jit_compile=False)
+    images = random_images(batch=8)
+    targets = tf.one_hot([0, 1, 2, 0, 1, 2, 0, 1], 3)
+    examples = tf.data.Dataset.from_tensor_slices((images, targets))
+    train = distribute_train_dataset(strategy, lambda context, batch: examples.batch(batch), 4)
+    history = fit_distributed(
+        model,
+        strategy,
+        train,
+        epochs=4,
+        steps_per_epoch=1,
+        verbose=0,
+        validation_data=examples.batch(4),
+        validation_freq=2,
+    )
+    assert history.epoch == [0, 1, 2, 3] and len(history.history["val_top1"]) == 2
