@@ -39,8 +39,27 @@ def attention_weights(query, key, mix_logits=None):
     return ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), query.dtype)
 
 
+class HeadsLayer(keras.layers.Layer):
+    """The head layout every attention layer has: `embed_dim` split into `num_heads`.
+
+    Subclasses create their projections after `super().__init__`.
+    """
+
+    def __init__(self, embed_dim, num_heads, **kwargs):
+        check_heads(embed_dim, num_heads)
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(embed_dim=self.embed_dim, num_heads=self.num_heads)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="deit_keras")
-class MultiHeadSelfAttention(keras.layers.Layer):
+class MultiHeadSelfAttention(HeadsLayer):
     """Multi-head self-attention with one fused qkv projection (with bias).
 
     Args:
@@ -57,11 +76,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     """
 
     def __init__(self, embed_dim, num_heads, **kwargs):
-        check_heads(embed_dim, num_heads)
-        super().__init__(**kwargs)
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
+        super().__init__(embed_dim, num_heads, **kwargs)
         self.qkv = dense(3 * embed_dim, "qkv", self.dtype_policy)
         self.proj = dense(embed_dim, "proj", self.dtype_policy)
 
@@ -87,8 +102,3 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(embed_dim=self.embed_dim, num_heads=self.num_heads)
-        return config

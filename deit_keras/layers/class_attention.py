@@ -3,14 +3,20 @@
 import keras
 from keras import ops
 
-from deit_keras.layers.attention import attention_weights, merge_heads, split_heads, with_scores
-from deit_keras.layers.basic import check_heads, dense, layer_norm
+from deit_keras.layers.attention import (
+    HeadsLayer,
+    attention_weights,
+    merge_heads,
+    split_heads,
+    with_scores,
+)
+from deit_keras.layers.basic import dense, layer_norm
 from deit_keras.layers.encoder import MLP, DropPath
 from deit_keras.layers.layer_scale import LayerScale
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
-class ClassAttention(keras.layers.Layer):
+class ClassAttention(HeadsLayer):
     """Attention of the class token over `[class token, patch tokens]`.
 
     CaiT (arXiv:2103.17239), Sec. 3: in the class-attention stage the class
@@ -32,11 +38,7 @@ class ClassAttention(keras.layers.Layer):
     """
 
     def __init__(self, embed_dim, num_heads, **kwargs):
-        check_heads(embed_dim, num_heads)
-        super().__init__(**kwargs)
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
+        super().__init__(embed_dim, num_heads, **kwargs)
         policy = self.dtype_policy
         self.q = dense(embed_dim, "q", policy)
         self.k = dense(embed_dim, "k", policy)
@@ -62,11 +64,6 @@ class ClassAttention(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1, self.embed_dim)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(embed_dim=self.embed_dim, num_heads=self.num_heads)
-        return config
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
