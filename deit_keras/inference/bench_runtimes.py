@@ -146,28 +146,27 @@ def _onnx_int8(setup):
     return _exported_steps(setup, path)
 
 
-def _litert(quantize):
+def _quantized_export(export, filename, quantize):
+    """A runtime that writes `export(model, path, quantize, calibration)`, then runs that file."""
+
     def build(setup):
-        path = os.path.join(setup.workdir, f"model_{quantize}.tflite")
+        path = os.path.join(setup.workdir, filename)
         calibration = None
         if quantize == "int8":
             calibration = uint8_images(CALIBRATION_IMAGES, setup.model.image_size, seed=1)
-        litert_export.export_litert(setup.model, path, quantize, calibration)
+        export(setup.model, path, quantize, calibration)
         return _exported_steps(setup, path)
 
     return build
+
+
+def _litert(quantize):
+    return _quantized_export(litert_export.export_litert, f"model_{quantize}.tflite", quantize)
 
 
 def _openvino(quantize):
-    def build(setup):
-        path = os.path.join(setup.workdir, f"model_openvino_{quantize}.xml")
-        calibration = None
-        if quantize == "int8":
-            calibration = uint8_images(CALIBRATION_IMAGES, setup.model.image_size, seed=1)
-        openvino_export.export_openvino(setup.model, path, quantize, calibration)
-        return _exported_steps(setup, path)
-
-    return build
+    filename = f"model_openvino_{quantize}.xml"
+    return _quantized_export(openvino_export.export_openvino, filename, quantize)
 
 
 # === The reference ===
