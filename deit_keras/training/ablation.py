@@ -247,22 +247,27 @@ def seed_teacher(config: TrainConfig, seed_dir: str) -> tuple[str, float | None]
     return path, wall_s
 
 
-def validation_curve(model_dir: str, name: str = "val_top1") -> list[float]:
-    """Validation `name` (a fraction) of each validated epoch, from the run's `history.json`."""
+def validation_points(model_dir: str, name: str = "val_top1") -> tuple[list[int], list[float]]:
+    """`(epochs, values)` of `name` (a fraction) over the validated epochs (1-based), from the
+    run's `history.json`: every epoch, or every N with --validation_freq."""
     records = callbacks_lib.read_history(model_dir)
     if not records:
         raise UserInputError(
             f"{model_dir} has no {callbacks_lib.HISTORY_FILE} (a run written before runs "
             "recorded their history): delete that folder and rerun the ablation to redo it."
         )
-    return [record[name] for record in records if name in record]
+    points = [(record["epoch"] + 1, record[name]) for record in records if name in record]
+    return [epoch for epoch, _ in points], [value for _, value in points]
+
+
+def validation_curve(model_dir: str, name: str = "val_top1") -> list[float]:
+    """Validation `name` of each validated epoch (`validation_points`' values)."""
+    return validation_points(model_dir, name)[1]
 
 
 def validated_epochs(model_dir: str, name: str = "val_top1") -> list[int]:
-    """The 1-based epochs `validation_curve` has values of (every N with --validation_freq)."""
-    return [
-        record["epoch"] + 1 for record in callbacks_lib.read_history(model_dir) if name in record
-    ]
+    """The 1-based epochs `validation_curve` has values of (`validation_points`' epochs)."""
+    return validation_points(model_dir, name)[0]
 
 
 def _run_one(config: TrainConfig, row: Row, started: float) -> dict:
@@ -294,12 +299,8 @@ def _run_one(config: TrainConfig, row: Row, started: float) -> dict:
     run.update({key: results[key] for key in _HEAD_KEYS if key in results})
     if "teacher_top1" in results:
         run["teacher_top1"] = results["teacher_top1"]
-    run.update(
-        wall_s=results["wall_s"],
-        reused=reused,
-        val_top1=validation_curve(model_dir),
-        val_epochs=validated_epochs(model_dir),
-    )
+    val_epochs, val_top1 = validation_points(model_dir)  # history.json, read once
+    run.update(wall_s=results["wall_s"], reused=reused, val_top1=val_top1, val_epochs=val_epochs)
     return run
 
 
