@@ -6,6 +6,11 @@ PYTHON ?= python3
 # Test processes side by side (pytest-xdist); a test file stays in one worker, so its
 # module fixtures are built once. Each worker's TensorFlow uses every core.
 TEST_WORKERS ?= 2
+# A worker that dies ends the run at once, naming its test: under --dist loadfile a
+# replaced worker can wait forever for work (pytest-xdist #784, #1323); a test that hangs
+# is stopped after TEST_TIMEOUT s with every thread's stack (pytest-timeout).
+TEST_TIMEOUT ?= 900
+PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0 --timeout-method=thread
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 RUFF_VERSION = 0.17.6
 LINTED = deit_keras tests benchmarks setup.py
@@ -22,10 +27,10 @@ demo: install
 	$(PYTHON) -m deit_keras.train --flagfile=experiments/digits.cfg
 
 test: install-test
-	$(PYTHON) -m pytest tests -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
+	$(PYTHON) -m pytest tests -q -ra --durations=15 $(PYTEST_XDIST) --timeout=$(TEST_TIMEOUT)
 
 test-large: install-test
-	$(PYTHON) -m pytest tests -q -ra --run_large -n $(TEST_WORKERS) --dist loadfile
+	$(PYTHON) -m pytest tests -q -ra --run_large $(PYTEST_XDIST) --timeout=3600
 
 # Lint needs ruff only, not the package or its test extra.
 lint:

@@ -70,6 +70,7 @@ setup(
         + [
             "pytest",
             "pytest-xdist==3.8.0",  # make test: two workers, one test file each at a time
+            "pytest-timeout==2.4.0",  # make test: a hung test fails with its stacks
             "hypothesis==6.170.17",  # tests/cli/test_flag_matrix.py
             "h5py==3.14.0",  # tests read the weights inside a .keras file
             # The CPU wheel of torch 2.13.0 is what the reference needs; an

@@ -43,16 +43,29 @@ def _last_error_line(log_path: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+# The child pins itself before anything else runs in it (TensorFlow sizes its thread pools
+# by its cores). Popen's preexec_fn could do it, but it runs Python between fork and exec of
+# a process with threads, where a lock another thread held at the fork deadlocks the child.
+_PINNED_MAIN = (
+    "import os, runpy, sys\n"
+    "cores = [int(core) for core in sys.argv.pop(1).split(',') if core]\n"
+    "module = sys.argv.pop(1)\n"
+    "if cores and hasattr(os, 'sched_setaffinity'):\n"
+    "    os.sched_setaffinity(0, cores)\n"
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+)
+
+
+def child_argv(module: str, flagfile: str, seed: int, cores: list[int]) -> list[str]:
+    """The command of one seed's process: `module` pinned to `cores`, this seed's flags."""
+    argv = [sys.executable, "-c", _PINNED_MAIN, ",".join(map(str, cores)), module]
+    return argv + [f"--flagfile={flagfile}", f"--seed={seed}", "--seeds=1", "--parallel_seeds=1"]
+
+
 def _start(module: str, flagfile: str, seed: int, cores: list[int], log_path: str):
-    argv = [sys.executable, "-m", module, f"--flagfile={flagfile}"]
-    argv += [f"--seed={seed}", "--seeds=1", "--parallel_seeds=1"]
-
-    def pin():  # in the child, before Python starts: TensorFlow sizes its pools by it
-        if cores and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, cores)
-
     with open(log_path, "w", encoding="utf-8") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
+        argv = child_argv(module, flagfile, seed, cores)
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
 
 def run_seeds(module: str, output_dir: str, seeds: list[int], parallel: int) -> None:

@@ -5,6 +5,7 @@ tests/training/test_ablation.py."""
 import json
 import os
 import statistics
+import subprocess
 
 import keras
 import numpy as np
@@ -179,3 +180,15 @@ def test_parallel_seeds_split_the_cores_and_name_a_failed_seeds_line(tmp_path, m
         parallel_seeds._raise_failure(3, 2, str(log))
     with pytest.raises(RuntimeError, match="exit 70"):
         parallel_seeds._raise_failure(3, 70, str(log))
+
+
+def test_a_seeds_process_runs_pinned_to_its_cores_with_its_flags(tmp_path):
+    (tmp_path / "seed_probe.py").write_text(
+        "import os, sys\nprint(sorted(os.sched_getaffinity(0)), sys.argv[1:])\n"
+    )
+    cores = [sorted(os.sched_getaffinity(0))[-1]]
+    argv = parallel_seeds.child_argv("seed_probe", "/runs/x.flags", 7, cores)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    printed = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
+    flags = ["--flagfile=/runs/x.flags", "--seed=7", "--seeds=1", "--parallel_seeds=1"]
+    assert printed.strip() == f"{cores} {flags}"
