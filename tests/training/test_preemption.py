@@ -91,6 +91,18 @@ SELF_TERM = textwrap.dedent("""
 """)
 
 
+def test_validating_less_often_trains_the_same_weights(tmp_path, reference):
+    """--validation_freq skips validation passes only: the training is bit for bit the same."""
+    prepare_digits(tmp_path)
+    run = [*RUN, f"--validation_freq={EPOCHS + 1}"]  # no validation pass at all
+    process = subprocess.run(train_command(tmp_path, "b", *run), capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr[-3000:]
+    history = json.loads((tmp_path / "b" / "history.json").read_text())["epochs"]
+    assert not any("val_top1" in record for record in history)
+    difference = _max_difference(saved_weights(tmp_path / "b.keras"), reference)
+    assert difference <= 1e-6, difference
+
+
 def test_sigterm_mid_epoch_backs_up_that_step_and_rerun_matches(tmp_path, reference):
     prepare_digits(tmp_path)
     command = train_command(tmp_path, "b", *RUN)
