@@ -37,12 +37,17 @@ of a turn is ours / PyTorch mean epoch time of the two adjacent runs, and the ta
 gives the median over turns (< 1: ours faster). Writes
 `benchmarks/results/small_scale.json`.
 
+With `--side_by_side N` each side runs N copies at once, each pinned to its share of the
+cores (the ablation's `--parallel_seeds`); an epoch then counts a copy's epoch time / N.
+
     python benchmarks/small_scale.py [--epochs 11] [--repeats 3] [--types none,hard,feature]
-        [--threads N] [--flagfile experiments/digits.cfg] [--extra_flags '--jit_compile=false']
+        [--threads N] [--side_by_side N] [--flagfile experiments/digits.cfg]
+        [--extra_flags '--jit_compile=false']
 """
 
 import torch_env  # noqa: F401, I001 (first: the torchvision stub, see torch_env.py)
 import argparse
+import concurrent.futures
 import glob
 import json
 import os
@@ -133,9 +138,10 @@ OURS_FLAGS = {
 FEATURE_WEIGHT = 2.5
 
 
-def run_ours(args, distillation, directory, turn):
-    model_dir = os.path.join(directory, f"ours_{distillation}_{turn}")
+def run_ours(args, distillation, directory, turn, index=0, cores=None):
+    model_dir = os.path.join(directory, f"ours_{distillation}_{turn}_{index}")
     command = [
+        *pinned(cores),
         sys.executable,
         "-m",
         "deit_keras.train",
@@ -171,6 +177,29 @@ def run_ours(args, distillation, directory, turn):
     return np.diff(ends).tolist(), np.diff(cpu_at_ends).tolist()  # epoch 1.. (0 compiles)
 
 
+def side_by_side(args, run, *run_args):
+    """Epoch wall and CPU seconds of `run(*run_args, index, cores)`; --side_by_side N: N at once.
+
+    Each of the N runs is pinned to its share of the cores; an epoch's wall time is then a
+    run's epoch time / N (N epochs every that many seconds: what an ablation's seeds side
+    by side get), its CPU time a run's own.
+    """
+    if args.side_by_side == 1:
+        return run(*run_args, 0, None)
+    cores = sorted(os.sched_getaffinity(0))
+    groups = [cores[index :: args.side_by_side] for index in range(args.side_by_side)]
+    with concurrent.futures.ThreadPoolExecutor(args.side_by_side) as pool:
+        starts = [pool.submit(run, *run_args, index, cores) for index, cores in enumerate(groups)]
+        results = [start.result() for start in starts]
+    walls = [wall / args.side_by_side for run, _ in results for wall in run]
+    return walls, [cpu for _, run in results for cpu in run]
+
+
+def pinned(cores):
+    """A command prefix pinning it to `cores` (taskset execs: the pid stays the same)."""
+    return ["taskset", "-c", ",".join(map(str, cores))] if cores else []
+
+
 def process_cpu_s(pid):
     """User + system CPU seconds of all threads of `pid` (None once it has gone)."""
     try:
@@ -191,7 +220,7 @@ def torch_worker(args):
     import torch.nn.functional as F
     import transformers
 
-    torch.set_num_threads(args.threads or os.cpu_count())
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
     flags = read_flagfile(args.flagfile)
     size, batch = int(flags["image_size"]), int(flags["batch_size"])
@@ -334,8 +363,9 @@ def torch_feature_distillation(torch, model, teacher, flags, size):
     return types.SimpleNamespace(adapters=adapters, teacher=teacher_outputs, loss=loss)
 
 
-def run_torch(args, distillation, directory):
+def run_torch(args, distillation, directory, index=0, cores=None):  # index: unused
     command = [
+        *pinned(cores),
         sys.executable,
         os.path.abspath(__file__),
         "--worker",
@@ -427,6 +457,13 @@ def parse(argv=None):
         default=0,
         help="Compute threads of both sides (TF intra-op / torch.set_num_threads); 0 = cores.",
     )
+    parser.add_argument(
+        "--side_by_side",
+        type=int,
+        default=1,
+        help="N runs of each side at once, each pinned to its share of the cores (an "
+        "ablation's seeds side by side); an epoch's wall time is a run's / N.",
+    )
     parser.add_argument("--flagfile", default=FLAGFILE, help="The run's flagfile (digits).")
     parser.add_argument("--output", default=os.path.join(RESULTS, "small_scale.json"))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -463,8 +500,8 @@ def main():
         for turn in range(args.repeats):
             for distillation in types:
                 load_before = load_average()
-                ours, ours_cpu = run_ours(args, distillation, directory, turn)
-                torch_, torch_cpu = run_torch(args, distillation, directory)
+                ours, ours_cpu = side_by_side(args, run_ours, args, distillation, directory, turn)
+                torch_, torch_cpu = side_by_side(args, run_torch, args, distillation, directory)
                 run = dict(
                     turn=turn,
                     distillation=distillation,
@@ -495,6 +532,7 @@ def main():
         command=" ".join(["python", "benchmarks/small_scale.py", *sys.argv[1:]]),
         flagfile=flags,
         threads=args.threads or os.cpu_count(),
+        side_by_side=args.side_by_side,
         steps_per_epoch=steps,
         torch=torch.__version__,
         transformers=transformers.__version__,
