@@ -1,7 +1,8 @@
 """`deit-ablate --parallel_seeds=N`: the ablation's seeds side by side, one process each.
 
-For boxes with more cores than one small run keeps busy (on a 2 vCPU box it measured
-slower than one seed after the other: docs/training.md). Each seed is the same command with
+For runs long enough that steady-state epochs outweigh compiling on fewer cores (on a
+2 vCPU box a 12-epoch ablation was slower side by side, a digits epoch 1.35x faster:
+docs/training.md). Each seed is the same command with
 `--seed=<s> --seeds=1`, in its own process pinned (Linux) to its share of the cores;
 its output goes to `<output_dir>/seed_<s>.log`. The caller then runs the whole
 ablation once more in-process: every run is finished, so that pass only writes the
