@@ -186,13 +186,13 @@ def side_by_side(args, run, *run_args):
     """
     if args.side_by_side == 1:
         return run(*run_args, 0, None)
-    cores = sorted(os.sched_getaffinity(0))
-    groups = [cores[index :: args.side_by_side] for index in range(args.side_by_side)]
+    usable = sorted(os.sched_getaffinity(0))
+    groups = [usable[index :: args.side_by_side] for index in range(args.side_by_side)]
     with concurrent.futures.ThreadPoolExecutor(args.side_by_side) as pool:
         starts = [pool.submit(run, *run_args, index, cores) for index, cores in enumerate(groups)]
         results = [start.result() for start in starts]
-    walls = [wall / args.side_by_side for run, _ in results for wall in run]
-    return walls, [cpu for _, run in results for cpu in run]
+    walls = [wall / args.side_by_side for epochs, _ in results for wall in epochs]
+    return walls, [cpu for _, epochs in results for cpu in epochs]
 
 
 def pinned(cores):

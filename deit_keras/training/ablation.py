@@ -260,16 +260,6 @@ def validation_points(model_dir: str, name: str = "val_top1") -> tuple[list[int]
     return [epoch for epoch, _ in points], [value for _, value in points]
 
 
-def validation_curve(model_dir: str, name: str = "val_top1") -> list[float]:
-    """Validation `name` of each validated epoch (`validation_points`' values)."""
-    return validation_points(model_dir, name)[1]
-
-
-def validated_epochs(model_dir: str, name: str = "val_top1") -> list[int]:
-    """The 1-based epochs `validation_curve` has values of (`validation_points`' epochs)."""
-    return validation_points(model_dir, name)[0]
-
-
 def _run_one(config: TrainConfig, row: Row, started: float) -> dict:
     model_dir = config.model_dir
     results_path = os.path.join(model_dir, "results.json")
@@ -299,7 +289,7 @@ def _run_one(config: TrainConfig, row: Row, started: float) -> dict:
     run.update({key: results[key] for key in _HEAD_KEYS if key in results})
     if "teacher_top1" in results:
         run["teacher_top1"] = results["teacher_top1"]
-    val_epochs, val_top1 = validation_points(model_dir)  # history.json, read once
+    val_epochs, val_top1 = validation_points(model_dir)
     run.update(wall_s=results["wall_s"], reused=reused, val_top1=val_top1, val_epochs=val_epochs)
     return run
 

@@ -105,16 +105,16 @@ def test_history_file_keeps_earlier_epochs_and_replaces_redone_ones(tmp_path):
 
 def test_ablation_curves_come_from_the_history_file(tmp_path):
     from deit_keras.errors import UserInputError
-    from deit_keras.training.ablation import validation_curve
+    from deit_keras.training.ablation import validation_points
 
     with pytest.raises(UserInputError, match="history.json"):
-        validation_curve(str(tmp_path))
+        validation_points(str(tmp_path))
     callbacks_lib.record_epochs(str(tmp_path), [0, 1], {"val_top1": [0.25, 0.5], "loss": [2, 1]})
-    assert validation_curve(str(tmp_path)) == [0.25, 0.5]
+    assert validation_points(str(tmp_path)) == ([1, 2], [0.25, 0.5])
 
 
 def test_validation_every_n_epochs_gives_curves_at_those_epochs(tmp_path):
-    from deit_keras.training.ablation import validated_epochs, validation_curve
+    from deit_keras.training.ablation import validation_points
 
     logs = {"loss": [4, 3, 2, 1], "val_top1": [0.0, 0.3, 0.0, 0.6]}
     for epoch in range(4):  # as fit(validation_freq=2) logs: val_* on epochs 2 and 4 only
@@ -122,8 +122,7 @@ def test_validation_every_n_epochs_gives_curves_at_those_epochs(tmp_path):
         if epoch % 2:
             record["val_top1"] = logs["val_top1"][epoch]
         callbacks_lib.HistoryFile(str(tmp_path)).on_epoch_end(epoch, record)
-    assert validation_curve(str(tmp_path)) == [0.3, 0.6]
-    assert validated_epochs(str(tmp_path)) == [2, 4]
+    assert validation_points(str(tmp_path)) == ([2, 4], [0.3, 0.6])
 
 
 def test_the_custom_loop_validates_every_n_epochs():
