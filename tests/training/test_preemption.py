@@ -92,7 +92,7 @@ SELF_TERM = textwrap.dedent("""
 
 
 def test_validating_less_often_trains_the_same_weights(tmp_path, reference):
-    """--validation_freq skips validation passes only: the training is bit for bit the same."""
+    """--validation_freq skips validation passes only: the same weights (to 1e-6)."""
     prepare_digits(tmp_path)
     run = [*RUN, f"--validation_freq={EPOCHS + 1}"]  # no validation pass at all
     process = subprocess.run(train_command(tmp_path, "b", *run), capture_output=True, text=True)
