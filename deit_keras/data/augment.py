@@ -28,6 +28,7 @@ import tensorflow as tf
 from deit_keras.data import rand_augment as rand_augment_lib
 from deit_keras.data import three_augment as three_augment_lib
 from deit_keras.data import transforms
+from deit_keras.data.image_ops import paste_box
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, normalize
 from deit_keras.errors import UserInputError
 from deit_keras.schema import NON_NEGATIVE, POSITIVE, PROBABILITY, Range, field, range_problems
@@ -223,9 +224,7 @@ def random_erasing(image, seed, probability=0.25, area=(0.02, 1 / 3), aspect=0.3
         noise = tf.random.stateless_normal(
             tf.stack([box[2], box[3], shape[2]]), seeds[4], dtype=image.dtype
         )
-        padding = [[box[0], shape[0] - box[0] - box[2]], [box[1], shape[1] - box[1] - box[3]]]
-        inside = tf.pad(tf.ones(box[2:], tf.bool), padding)
-        return tf.where(inside[:, :, None], tf.pad(noise, [*padding, [0, 0]]), image)
+        return paste_box(image, noise, box[0], box[1])
 
     return tf.cond(erase, erased, lambda: tf.identity(image))
 
@@ -348,10 +347,8 @@ def mix_batch(images, labels, num_classes, seed, config):
     cut_lam = 1.0 - tf.cast((y1 - y0) * (x1 - x0), tf.float32) / tf.cast(height * width, tf.float32)
 
     def cut_images():
-        rows = tf.range(height)[:, None]
-        cols = tf.range(width)[None, :]
-        box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
-        return tf.where(box[None, :, :, None], tf.reverse(images, axis=[0]), images)
+        patch = tf.reverse(images[:, y0:y1, x0:x1], axis=[0])
+        return paste_box(images, patch, y0, x0)
 
     def mix_images():
         return lam * images + (1.0 - lam) * tf.reverse(images, axis=[0])

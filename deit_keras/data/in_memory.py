@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from deit_keras.data import augment as augment_lib
 from deit_keras.data import sources, transforms
+from deit_keras.data.image_ops import select
 from deit_keras.data.preprocessing import (
     DEFAULT_PREPROCESSING,
     Preprocessing,
@@ -249,7 +250,7 @@ def train_transform_batch(
         images = crop_and_resize(images, windows, image_size, shifts=shifts)
     if config.hflip > 0:
         flip = tf.random.stateless_uniform([count], seeds[1]) < config.hflip
-        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        images = select(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     if config.rand_augment_ops:
         image_seeds = tf.random.experimental.stateless_split(seeds[2], count)
         images = augment_lib.rand_augment_images(images, image_seeds, config, keras_cv_layer)

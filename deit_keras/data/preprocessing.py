@@ -23,6 +23,7 @@ from deit_keras.data.constants import (
     IMAGENET_STD,
     INTERPOLATIONS,
 )
+from deit_keras.data.image_ops import per_channel
 from deit_keras.errors import UserInputError
 
 
@@ -84,14 +85,18 @@ DEFAULT_PREPROCESSING = Preprocessing()
 
 def normalize(pixels, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
     """`[..., 3]` pixels in [0, 255] (uint8 or float) -> float32 `(x / 255 - mean) / std`."""
-    pixels = tf.cast(pixels, tf.float32) / 255.0
-    return (pixels - tf.constant(preprocessing.mean)) / tf.constant(preprocessing.std)
+    pixels = tf.cast(pixels, tf.float32)
+    return per_channel(
+        lambda x, mean, std: (x / 255.0 - mean) / std, pixels, preprocessing.mean, preprocessing.std
+    )
 
 
 def denormalize(images, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
     """Inverse of `normalize`: float32 pixels, about [0, 255] (not clipped)."""
     images = tf.cast(images, tf.float32)
-    return (images * tf.constant(preprocessing.std) + tf.constant(preprocessing.mean)) * 255.0
+    return per_channel(
+        lambda x, mean, std: (x * std + mean) * 255.0, images, preprocessing.mean, preprocessing.std
+    )
 
 
 def to_uint8(images, preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> np.ndarray:

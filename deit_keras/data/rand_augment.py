@@ -15,6 +15,8 @@ import math
 
 import tensorflow as tf
 
+from deit_keras.data.image_ops import per_channel, select
+
 _MAX_LEVEL = 10.0
 _FILL = 128.0
 
@@ -49,7 +51,8 @@ def _auto_contrast(image, level, sign):
     high = tf.reduce_max(image, axis=[0, 1])
     scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1e-6), 1.0)
     low = tf.where(high > low, low, 0.0)
-    return tf.clip_by_value((image - low) * scale, 0.0, 255.0)
+    stretched = per_channel(lambda x, low, scale: (x - low) * scale, image, low, scale)
+    return tf.clip_by_value(stretched, 0.0, 255.0)
 
 
 def _equalize_channel(channel):
@@ -61,7 +64,7 @@ def _equalize_channel(channel):
     lut = (tf.cumsum(hist, exclusive=True) + step // 2) // tf.maximum(step, 1)
     lut = tf.clip_by_value(lut, 0, 255)
     equalized = tf.cast(tf.gather(lut, values), tf.float32)
-    return tf.where(step == 0, channel, equalized)
+    return select(step == 0, channel, equalized)
 
 
 def _equalize(image, level, sign):
@@ -102,12 +105,12 @@ def _posterize(image, level, sign):
 
 def _solarize(image, level, sign):
     threshold = 256.0 - tf.floor(level * 256.0)
-    return tf.where(image >= threshold, 255.0 - image, image)
+    return select(image >= threshold, 255.0 - image, image)
 
 
 def _solarize_add(image, level, sign):
     add = tf.floor(level * 110.0)
-    return tf.where(image < 128.0, tf.minimum(image + add, 255.0), image)
+    return select(image < 128.0, tf.minimum(image + add, 255.0), image)
 
 
 def _color(image, level, sign):

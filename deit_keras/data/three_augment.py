@@ -20,6 +20,8 @@ PIL's ops, written in TensorFlow:
 
 import tensorflow as tf
 
+from deit_keras.data.image_ops import select
+
 # `GaussianBlur(p=1.0, radius_min=0.1, radius_max=2.)` of the official augment.py.
 BLUR_RADIUS = (0.1, 2.0)
 SOLARIZE_THRESHOLD = 128.0
@@ -45,7 +47,7 @@ def grayscale(image):
 
 def solarize(image, threshold=SOLARIZE_THRESHOLD):
     """PIL `ImageOps.solarize`: values `>= threshold` are inverted."""
-    return tf.where(image >= threshold, 255.0 - image, image)
+    return select(image >= threshold, 255.0 - image, image)
 
 
 def gaussian_kernel(sigma):
