@@ -12,10 +12,11 @@ on each batch: the DeiT recipe as the official `main.py` builds it. Both sides u
 core this process may use (tf.data's AUTOTUNE; `num_workers` = those cores), so images/s
 per core is the total over them on both sides (`taskset -c 0` measures one core). timm
 needs the test extra (torch, torchvision, timm) and torchvision's op-registration stub
-(`torch_env.py`, as tests/conftest.py). Writes `benchmarks/results/input_pipeline.json`.
+(`torch_env.py`, as tests/conftest.py). Writes `--json` (default
+`benchmarks/results/input_pipeline.json`).
 
     python benchmarks/input_pipeline.py [--images 320] [--batches 20] \
-        [--reference timm] [--rounds 3]
+        [--reference timm] [--rounds 3] [--json PATH]
 """
 
 import argparse
@@ -171,6 +172,7 @@ def main():
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--reference", choices=["none", "timm"], default="none")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", default=os.path.join(RESULTS, "input_pipeline.json"))
     args = parser.parse_args()
     full = augment.AugmentConfig()
     cases = {
@@ -212,11 +214,10 @@ def main():
         report["against_timm"] = timm
         ratio = timm["ratio_median"]
         print(f"deit_keras / timm (median of {args.rounds} interleaved rounds): {ratio:.2f}x")
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, "input_pipeline.json")
-    with open(path, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
         json.dump(report, f, indent=2)
-    print("wrote", path)
+    print("wrote", args.json)
 
 
 if __name__ == "__main__":
