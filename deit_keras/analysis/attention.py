@@ -7,8 +7,9 @@
 - `token_cosine_similarity`: the DeiT paper (Touvron et al. 2021, Sec. 4)
   reports a cosine similarity of 0.06 between the learned class and
   distillation tokens at the input, rising to 0.93 at the last layer.
-- `attention_maps`: last-layer attention of each prefix token over the
-  patches, per head, and the rollout, as `[grid, grid]` maps. For CaiT the
+- `attention_maps` (`batch_attention_maps`: a batch in one pass): last-layer
+  attention of each prefix token over the patches, per head, and the rollout,
+  as `[grid, grid]` maps. For CaiT the
   last layer is the last class-attention block, and the rollout runs over
   `[class token, patches]` with the class token held still in the
   self-attention blocks and the patches held still in the class-attention
@@ -82,20 +83,37 @@ def attention_maps(model, image) -> dict:
         image = ops.expand_dims(image, 0)
     if len(image.shape) != 4 or image.shape[0] != 1:
         raise UserInputError(f"attention_maps takes one image. Received shape: {image.shape}")
-    _, attentions = model.forward_features(image, training=False, return_attention_scores=True)
+    return batch_attention_maps(model, image)[0]
+
+
+def batch_attention_maps(model, images) -> list:
+    """`attention_maps` of each image of a batch `[B, H, W, 3]`, from one forward pass.
+
+    Returns:
+        list of `B` dicts, each as `attention_maps` returns.
+    """
+    images = ops.convert_to_tensor(images, dtype="float32")
+    if len(images.shape) != 4:
+        raise UserInputError(
+            f"batch_attention_maps takes a batch [B, H, W, 3]. Received shape: {images.shape}"
+        )
+    _, attentions = model.forward_features(images, training=False, return_attention_scores=True)
     if hasattr(model, "blocks_token_only"):  # CaiT
         attentions = _cait_full_sequence(attentions, model.depth)
     prefix = model.num_prefix_tokens
     grid = model.grid_size
-    last = np.asarray(ops.convert_to_numpy(attentions[-1]), dtype=np.float32)[0]
-    rollout = attention_rollout(attentions, prefix)[0]
-    maps = {}
-    for index, name in enumerate(_token_names(model)):
-        maps[name] = {
-            "heads": last[:, index, prefix:].reshape(-1, grid, grid),
-            "rollout": rollout[index].reshape(grid, grid),
+    last = np.asarray(ops.convert_to_numpy(attentions[-1]), dtype=np.float32)
+    rollout = attention_rollout(attentions, prefix)
+    return [
+        {
+            name: {
+                "heads": last[image, :, index, prefix:].reshape(-1, grid, grid),
+                "rollout": rollout[image, index].reshape(grid, grid),
+            }
+            for index, name in enumerate(_token_names(model))
         }
-    return maps
+        for image in range(len(last))
+    ]
 
 
 def _cait_full_sequence(attentions, depth):

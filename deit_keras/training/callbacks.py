@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deit_keras.analysis.attention import attention_maps, token_cosine_similarity
+from deit_keras.analysis.attention import batch_attention_maps, token_cosine_similarity
 from deit_keras.analysis.drawing import attention_figure
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, denormalize
 from deit_keras.errors import UserInputError
@@ -447,9 +447,11 @@ class DistillationSummaries(keras.callbacks.Callback):
         writer.close()
 
     def _write_attention(self, epoch):
-        pixels = denormalize(self.images[: self.max_images], self.preprocessing)
+        images = self.images[: self.max_images]
+        pixels = denormalize(images, self.preprocessing)
         pixels = np.clip(np.asarray(pixels), 0, 255).astype(np.uint8)
-        for index, image in enumerate(self.images[: self.max_images]):
-            figure = attention_figure(pixels[index], attention_maps(self.model, image))
+        # One forward pass for all the images: eager passes cost ~0.13 s each (digits).
+        for index, maps in enumerate(batch_attention_maps(self.model, images)):
+            figure = attention_figure(pixels[index], maps)
             picture = np.asarray(figure, dtype=np.float32)[None] / 255.0
             tf.summary.image(f"attention/{index}", picture, step=epoch)

@@ -71,6 +71,19 @@ def test_attention_maps_are_last_layer_rows(model):
         attention_lib.attention_maps(model, np.stack([image, image]))
 
 
+def test_batch_attention_maps_equal_one_image_at_a_time(model):
+    images = np.random.RandomState(2).randn(3, 32, 32, 3).astype("float32")
+    batch = attention_lib.batch_attention_maps(model, images)
+    assert len(batch) == 3
+    for image, maps in zip(images, batch, strict=True):
+        alone = attention_lib.attention_maps(model, image)
+        for token in ("cls", "dist"):
+            for kind in ("heads", "rollout"):
+                np.testing.assert_allclose(maps[token][kind], alone[token][kind], atol=1e-6)
+    with pytest.raises(ValueError, match=r"a batch \[B, H, W, 3\]"):
+        attention_lib.batch_attention_maps(model, images[0])
+
+
 def test_cait_maps_are_class_attention_rows_and_a_full_sequence_rollout():
     from deit_keras.models import build_model
 
