@@ -7,10 +7,16 @@ TensorFlow 2.21's CPU kernels have slow paths that a whole-image op can fall int
 - an op broadcasting a trailing `[3]` per-channel vector costs ~0.7 ms where
   broadcasting a row of width `W * 3` over the `[H, W * 3]` view costs ~0.1 ms.
 The input pipeline runs several of these per image, so these helpers give the same
-values through the fast kernels.
+values through the fast kernels. And a `tf.switch_case` in a loop body (`tf.map_fn`
+over a batch's images) is lowered to Switch/Merge nodes, so every branch's nodes are
+visited on every iteration; `case` keeps the functional `Case` op, which runs only the
+chosen branch (RandAugment on a batch of 32 16x16 images: 5.9 -> 3.0 ms).
 """
 
 import tensorflow as tf
+
+# Private, but in every TF 2 release; setup.py pins tensorflow 2.21.x.
+from tensorflow.python.ops import cond_v2
 
 
 def select(condition, x, y):
@@ -82,3 +88,21 @@ def paste_box(images, patch, top, left):
     out = tf.concat([images[..., :top, :, :], band, images[..., top + height :, :, :]], axis=-3)
     out.set_shape(images.shape)
     return out
+
+
+def case(branch_index, branch_fns):
+    """`tf.switch_case(branch_index, branch_fns)` as a functional `Case` op (not lowered).
+
+    Args:
+        branch_index: int32 scalar tensor in `[0, len(branch_fns))`.
+        branch_fns: callables of no arguments returning tensors of one dtype and shape.
+
+    Returns:
+        The output of `branch_fns[branch_index]()`.
+    """
+    if tf.executing_eagerly():  # nothing is lowered there
+        return tf.switch_case(tf.cast(branch_index, tf.int32), list(branch_fns))
+    out = cond_v2.indexed_case(
+        tf.cast(branch_index, tf.int32), list(branch_fns), lower_using_switch_merge=False
+    )
+    return out[0] if isinstance(out, (list, tuple)) else out

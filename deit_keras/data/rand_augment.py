@@ -15,7 +15,7 @@ import math
 
 import tensorflow as tf
 
-from deit_keras.data.image_ops import per_channel, select
+from deit_keras.data.image_ops import case, per_channel, select
 
 _MAX_LEVEL = 10.0
 _FILL = 128.0
@@ -177,12 +177,13 @@ OPS = (
 
 
 def apply_op(image, op_index, magnitude, sign=1.0):
-    """Applies op `OPS[op_index]` at `magnitude` (0..10) to one image."""
+    """Applies op `OPS[op_index]` at `magnitude` (0..10) to one image (`len(OPS)`: none)."""
     image = tf.convert_to_tensor(image, tf.float32)
     level = tf.convert_to_tensor(magnitude, tf.float32) / _MAX_LEVEL
     sign = tf.convert_to_tensor(sign, tf.float32)
     branches = [(lambda fn=fn: fn(image, level, sign)) for _, fn in OPS]
-    out = tf.switch_case(tf.cast(op_index, tf.int32), branches)
+    branches.append(lambda: tf.identity(image))  # index len(OPS): the op is not applied
+    out = case(op_index, branches)
     out.set_shape(image.shape)
     return out
 
@@ -213,9 +214,6 @@ def rand_augment(image, seed, num_ops=2, magnitude=9.0, magnitude_std=0.5, proba
     mags = tf.clip_by_value(mags, 0.0, _MAX_LEVEL)
     signs = tf.where(tf.random.stateless_uniform([num_ops], seeds[3]) < 0.5, -1.0, 1.0)
     for i in range(num_ops):
-        image = tf.cond(
-            apply[i],
-            lambda i=i, x=image: apply_op(x, ops[i], mags[i], signs[i]),
-            lambda x=image: x,
-        )
+        # Not applied: the identity branch (one `Case` op, no `tf.cond` around it).
+        image = apply_op(image, tf.where(apply[i], ops[i], len(OPS)), mags[i], signs[i])
     return image

@@ -79,3 +79,29 @@ def test_paste_box_equals_a_masked_where(box, batched):
     expected = box_mask_where(base, other, top, left, height, width)
     np.testing.assert_array_equal(out.numpy(), expected.numpy())
     assert out.shape == base.shape
+
+
+def test_case_runs_the_chosen_branch_in_a_graph_and_eagerly():
+    branches = [lambda: tf.constant(10.0), lambda: tf.constant(20.0), lambda: tf.constant(30.0)]
+    for index in range(3):
+        assert float(image_ops.case(tf.constant(index), branches)) == 10.0 * (index + 1)
+
+    @tf.function
+    def per_element(indices):
+        return tf.map_fn(
+            lambda i: image_ops.case(i, branches), indices, fn_output_signature=tf.float32
+        )
+
+    indices = tf.constant([2, 0, 1, 1])
+    np.testing.assert_array_equal(per_element(indices).numpy(), [30.0, 10.0, 20.0, 20.0])
+    graph = per_element.get_concrete_function(indices).graph.as_graph_def()
+    cases = [
+        node
+        for function in graph.library.function
+        for node in function.node_def
+        if node.op in ("Case", "StatelessCase")
+    ]
+    assert len(cases) == 1
+    # tf.switch_case marks its op for lowering to Switch/Merge; `case` does not.
+    lowering = cases[0].attr.get("_lower_using_switch_merge")
+    assert lowering is None or not lowering.b
