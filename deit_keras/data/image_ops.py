@@ -1,4 +1,4 @@
-"""Elementwise image ops on the CPU kernels' fast paths (same values as the plain ops).
+"""Image ops on the CPU kernels' fast paths (the same values as the plain ops).
 
 TensorFlow 2.21's CPU kernels have slow paths that a whole-image op can fall into
 (measured on one core, a 224x224x3 float32 image, in `tf.function`):
