@@ -14,10 +14,9 @@ def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.S
     with one, and TensorFlow's default strategy without a GPU (one device,
     no distribution: Keras' `fit` then iterates the datasets directly, where
     under OneDeviceStrategy it built two multi-device iterators an epoch,
-    ~0.1 s each; the digits run's epoch went from 1.42 to 1.04 s, the same
-    weights with `--deterministic`). "multi_worker" reads the cluster from `TF_CONFIG`;
-    "tpu" connects to `tpu` (a name or grpc:// address; "" or None for a
-    local TPU VM).
+    ~0.1 s each; the same weights with `--deterministic`). "multi_worker"
+    reads the cluster from `TF_CONFIG`; "tpu" connects to `tpu` (a name or
+    grpc:// address; "" or None for a local TPU VM).
     """
     if name not in STRATEGIES:
         raise UserInputError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
