@@ -174,24 +174,22 @@ def keras_cv_rand_augment_layer(config, seed=None):
     return None
 
 
-def rand_augment_images(images, seeds, config, keras_cv_layer=None):
-    """RandAugment of a batch `[B, H, W, 3]` in `[0, 255]`, per image."""
+def rand_augment_images(images, seed, config, keras_cv_layer=None):
+    """RandAugment of a batch `[B, H, W, 3]` in `[0, 255]`, each image its own draws.
+
+    `seed`: one stateless seed `[2]` for the batch's draws (`rand_augment.rand_augment_batch`).
+    """
     if config.rand_augment_ops == 0:
         return images
     if keras_cv_layer is not None:
         return keras_cv_layer(images)  # maps over images: one draw per image
-
-    def one(args):
-        image, seed = args
-        return rand_augment_lib.rand_augment(
-            image,
-            seed,
-            config.rand_augment_ops,
-            config.rand_augment_magnitude,
-            config.rand_augment_std,
-        )
-
-    return tf.map_fn(one, (images, seeds), fn_output_signature=tf.float32)
+    return rand_augment_lib.rand_augment_batch(
+        images,
+        seed,
+        config.rand_augment_ops,
+        config.rand_augment_magnitude,
+        config.rand_augment_std,
+    )
 
 
 def random_erasing(image, seed, probability=0.25, area=(0.02, 1 / 3), aspect=0.3):

@@ -50,7 +50,8 @@ def per_channel(fn, pixels, *values):
     Args:
         fn: callable of `(rows, *vectors)`, elementwise (broadcasting `vectors`).
         pixels: float tensor `[..., H, W, C]` (rank >= 3; lower ranks are passed as they are).
-        *values: `C` floats each (sequences or `[C]` tensors).
+        *values: `C` floats each (sequences or `[C]` tensors), or tensors `[..., C]`
+            whose leading axes are those of `pixels` before `H` (one vector per image).
 
     Returns:
         `fn`'s result, shaped as `pixels`.
@@ -60,10 +61,18 @@ def per_channel(fn, pixels, *values):
     shape = tf.shape(pixels)
     rows = tf.reshape(pixels, tf.concat([shape[:-2], [-1]], axis=0))
     width = shape[-2]
-    tiled = [tf.tile(tf.convert_to_tensor(v, pixels.dtype), [width]) for v in values]
+    tiled = [_row_of(tf.convert_to_tensor(v, pixels.dtype), width) for v in values]
     out = tf.reshape(fn(rows, *tiled), shape)
     out.set_shape(pixels.shape)
     return out
+
+
+def _row_of(vector, width):
+    """A `[..., C]` vector repeated `width` times along its last axis (then over rows)."""
+    if vector.shape.rank == 1:
+        return tf.tile(vector, [width])
+    multiples = tf.concat([tf.ones([vector.shape.rank - 1], tf.int32), [width]], axis=0)
+    return tf.tile(vector, multiples)[..., None, :]
 
 
 def paste_box(images, patch, top, left):

@@ -3,7 +3,7 @@
 For a split that fits (`MAX_BYTES`) and whose images share one shape
 (digits, the generated folders), `decoded_split` decodes every image once per
 process; the training pipeline then shuffles and batches uint8 images and
-runs the random resized crop, flip and normalisation as a few batched ops
+runs the random resized crop, flip, RandAugment and normalisation as a few batched ops
 (`train_transform_batch`) instead of ~100 small ops per image, and the
 eval transform on whole batches. On 2 CPU cores the per-image path cost
 ~12 ms of CPU per digits batch of 32, about half a train step, taken from
@@ -224,10 +224,9 @@ def train_transform_batch(
 ):
     """The per-image training recipe on a uint8 batch `[B, H, W, 3]` of one static size.
 
-    Crop (random resized or simple) + translation + flip + normalisation are batched;
-    RandAugment, 3-Augment and random erasing, when enabled, still draw per image
-    (`tf.map_fn`). One stateless `seed`
-    gives the whole batch's draws.
+    Crop (random resized or simple) + translation + flip + RandAugment + normalisation
+    are batched; 3-Augment and random erasing, when enabled, still run per image
+    (`tf.map_fn`). One stateless `seed` gives the whole batch's draws.
 
     Returns:
         float32 `[B, image_size, image_size, 3]`, normalised.
@@ -252,8 +251,7 @@ def train_transform_batch(
         flip = tf.random.stateless_uniform([count], seeds[1]) < config.hflip
         images = select(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     if config.rand_augment_ops:
-        image_seeds = tf.random.experimental.stateless_split(seeds[2], count)
-        images = augment_lib.rand_augment_images(images, image_seeds, config, keras_cv_layer)
+        images = augment_lib.rand_augment_images(images, seeds[2], config, keras_cv_layer)
     if config.three_augment:
         image_seeds = tf.random.experimental.stateless_split(seeds[2], count)
         images = augment_lib.three_augment_images(images, image_seeds, config)

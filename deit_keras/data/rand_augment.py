@@ -21,66 +21,81 @@ _MAX_LEVEL = 10.0
 _FILL = 128.0
 
 
-def _blend(degenerate, image, factor):
-    return tf.clip_by_value(degenerate + factor * (image - degenerate), 0.0, 255.0)
+# === Ops ===
+# Each op maps a batch `[B, H, W, 3]` with one `level` (magnitude / 10) and one
+# `sign` per image (`[B]`) to its output; one image is a batch of one.
 
 
-def _grayscale(image):
+def _per_image(values):
+    """`[B]` values shaped `[B, 1, 1, 1]`, to broadcast over each image."""
+    return values[:, None, None, None]
+
+
+def _blend(degenerate, images, factor):
+    return tf.clip_by_value(degenerate + _per_image(factor) * (images - degenerate), 0.0, 255.0)
+
+
+def _grayscale(images):
     # PIL "L" conversion weights.
-    gray = tf.tensordot(image, tf.constant([0.299, 0.587, 0.114]), axes=1)
+    gray = tf.tensordot(images, tf.constant([0.299, 0.587, 0.114]), axes=1)
     return gray[..., None]
 
 
-def _affine(image, matrix):
-    """PIL-convention affine: output (x, y) samples input (a x + b y + c, ...)."""
-    transform = tf.concat([matrix, tf.zeros([2])], axis=0)[None]
-    shape = tf.shape(image)[:2]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None],
-        transforms=tf.cast(transform, tf.float32),
-        output_shape=shape,
+def _affine(images, matrices):
+    """PIL-convention affine per image: output (x, y) samples input (a x + b y + c, ...).
+
+    `matrices`: `[B, 6]`, each `(a, b, c, d, e, f)`.
+    """
+    transforms = tf.concat([matrices, tf.zeros([tf.shape(matrices)[0], 2])], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=tf.cast(transforms, tf.float32),
+        output_shape=tf.shape(images)[1:3],
         fill_value=_FILL,
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )
-    return out[0]
 
 
-def _auto_contrast(image, level, sign):
-    low = tf.reduce_min(image, axis=[0, 1])
-    high = tf.reduce_max(image, axis=[0, 1])
+def _auto_contrast(images, level, sign):
+    low = tf.reduce_min(images, axis=[1, 2])
+    high = tf.reduce_max(images, axis=[1, 2])
     scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1e-6), 1.0)
     low = tf.where(high > low, low, 0.0)
-    stretched = per_channel(lambda x, low, scale: (x - low) * scale, image, low, scale)
+    stretched = per_channel(lambda x, low, scale: (x - low) * scale, images, low, scale)
     return tf.clip_by_value(stretched, 0.0, 255.0)
 
 
-def _equalize_channel(channel):
-    # PIL ImageOps.equalize, as in TF Model Garden's autoaugment.
-    values = tf.cast(channel, tf.int32)
-    hist = tf.histogram_fixed_width(values, [0, 255], nbins=256)
-    nonzero = tf.boolean_mask(hist, hist != 0)
-    step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
-    lut = (tf.cumsum(hist, exclusive=True) + step // 2) // tf.maximum(step, 1)
+def _equalize(images, level, sign):
+    # PIL ImageOps.equalize (as TF Model Garden's autoaugment), every image and channel
+    # at once: one histogram of 256 bins per (image, channel), `bins` indexes them all.
+    values = tf.clip_by_value(tf.cast(images, tf.int32), 0, 255)
+    count = tf.shape(images)[0]
+    bins = (tf.range(count)[:, None, None, None] * 3 + tf.range(3)) * 256 + values
+    size = count * 3 * 256
+    hist = tf.math.bincount(tf.reshape(bins, [-1]), minlength=size, maxlength=size)
+    hist = tf.reshape(hist, [count, 3, 256])
+    # PIL leaves the count of the highest value present out of the step.
+    top_count = tf.gather(hist, tf.reduce_max(values, axis=[1, 2]), batch_dims=2)
+    pixels = tf.shape(images)[1] * tf.shape(images)[2]
+    step = (pixels - top_count) // 255
+    below = tf.cumsum(hist, axis=2, exclusive=True)
+    lut = (below + (step // 2)[..., None]) // tf.maximum(step, 1)[..., None]
     lut = tf.clip_by_value(lut, 0, 255)
-    equalized = tf.cast(tf.gather(lut, values), tf.float32)
-    return select(step == 0, channel, equalized)
+    equalized = tf.cast(tf.gather(tf.reshape(lut, [-1]), bins), tf.float32)
+    return select((step == 0)[:, None, None, :], images, equalized)
 
 
-def _equalize(image, level, sign):
-    return tf.stack([_equalize_channel(image[..., c]) for c in range(3)], -1)
+def _invert(images, level, sign):
+    return 255.0 - images
 
 
-def _invert(image, level, sign):
-    return 255.0 - image
-
-
-def _rotate(image, level, sign):
+def _rotate(images, level, sign):
     angle = sign * level * 30.0 * math.pi / 180.0
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    shape = tf.cast(tf.shape(images)[1:3], tf.float32)
     cy, cx = shape[0] / 2.0, shape[1] / 2.0
     cos, sin = tf.cos(angle), tf.sin(angle)
-    matrix = tf.stack(
+    matrices = tf.stack(
         [
             cos,
             sin,
@@ -88,72 +103,91 @@ def _rotate(image, level, sign):
             -sin,
             cos,
             cy + sin * cx - cos * cy,
-        ]
+        ],
+        axis=1,
     )
-    return _affine(image, matrix)
+    return _affine(images, matrices)
 
 
-def _posterize(image, level, sign):
+def _posterize(images, level, sign):
     bits = 4 - tf.cast(tf.floor(level * 4.0), tf.int32)
-    shift = 8 - bits
-    values = tf.cast(image, tf.int32)
+    shift = _per_image(8 - bits)
+    values = tf.cast(images, tf.int32)
     return tf.cast(
         tf.bitwise.left_shift(tf.bitwise.right_shift(values, shift), shift),
         tf.float32,
     )
 
 
-def _solarize(image, level, sign):
-    threshold = 256.0 - tf.floor(level * 256.0)
-    return select(image >= threshold, 255.0 - image, image)
+def _solarize(images, level, sign):
+    threshold = _per_image(256.0 - tf.floor(level * 256.0))
+    return select(images >= threshold, 255.0 - images, images)
 
 
-def _solarize_add(image, level, sign):
-    add = tf.floor(level * 110.0)
-    return select(image < 128.0, tf.minimum(image + add, 255.0), image)
+def _solarize_add(images, level, sign):
+    add = _per_image(tf.floor(level * 110.0))
+    return select(images < 128.0, tf.minimum(images + add, 255.0), images)
 
 
-def _color(image, level, sign):
-    return _blend(_grayscale(image), image, 1.0 + sign * level * 0.9)
+def _color(images, level, sign):
+    return _blend(_grayscale(images), images, 1.0 + sign * level * 0.9)
 
 
-def _contrast(image, level, sign):
-    mean = tf.round(tf.reduce_mean(_grayscale(image)))
-    return _blend(mean, image, 1.0 + sign * level * 0.9)
+def _contrast(images, level, sign):
+    mean = tf.round(tf.reduce_mean(_grayscale(images), axis=[1, 2, 3], keepdims=True))
+    return _blend(mean, images, 1.0 + sign * level * 0.9)
 
 
-def _brightness(image, level, sign):
-    return _blend(tf.zeros_like(image), image, 1.0 + sign * level * 0.9)
+def _brightness(images, level, sign):
+    return _blend(tf.zeros_like(images), images, 1.0 + sign * level * 0.9)
 
 
-def _sharpness(image, level, sign):
+def _sharpness(images, level, sign):
     kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-    smooth = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")
-    smooth = tf.round(smooth[0])
+    # "SAME", then the interior: TF 2.21's "VALID" gives an empty batch (an op group no
+    # image drew) the input's height and width.
+    smooth = tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], "SAME")[:, 1:-1, 1:-1]
     # PIL keeps the border pixels unfiltered.
-    smooth = tf.pad(smooth - image[1:-1, 1:-1], [[1, 1], [1, 1], [0, 0]]) + image
-    return _blend(smooth, image, 1.0 + sign * level * 0.9)
+    smooth = tf.pad(tf.round(smooth) - images[:, 1:-1, 1:-1], [[0, 0], [1, 1], [1, 1], [0, 0]])
+    smooth += images
+    return _blend(smooth, images, 1.0 + sign * level * 0.9)
 
 
-def _shear_x(image, level, sign):
-    factor = sign * level * 0.3
-    return _affine(image, tf.stack([1.0, factor, 0.0, 0.0, 1.0, 0.0]))
+def _shear(images, factors, axis):
+    zeros, ones = tf.zeros_like(factors), tf.ones_like(factors)
+    if axis == 1:
+        row = [ones, factors, zeros, zeros, ones, zeros]
+    else:
+        row = [ones, zeros, zeros, factors, ones, zeros]
+    return _affine(images, tf.stack(row, axis=1))
 
 
-def _shear_y(image, level, sign):
-    factor = sign * level * 0.3
-    return _affine(image, tf.stack([1.0, 0.0, 0.0, factor, 1.0, 0.0]))
+def _shear_x(images, level, sign):
+    return _shear(images, sign * level * 0.3, axis=1)
 
 
-def _translate_x(image, level, sign):
-    pixels = sign * level * 0.45 * tf.cast(tf.shape(image)[1], tf.float32)
-    return _affine(image, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0]))
+def _shear_y(images, level, sign):
+    return _shear(images, sign * level * 0.3, axis=0)
 
 
-def _translate_y(image, level, sign):
-    pixels = sign * level * 0.45 * tf.cast(tf.shape(image)[0], tf.float32)
-    return _affine(image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels]))
+def _translate(images, pixels, axis):
+    zeros, ones = tf.zeros_like(pixels), tf.ones_like(pixels)
+    if axis == 1:
+        row = [ones, zeros, pixels, zeros, ones, zeros]
+    else:
+        row = [ones, zeros, zeros, zeros, ones, pixels]
+    return _affine(images, tf.stack(row, axis=1))
+
+
+def _translate_x(images, level, sign):
+    width = tf.cast(tf.shape(images)[2], tf.float32)
+    return _translate(images, sign * level * 0.45 * width, axis=1)
+
+
+def _translate_y(images, level, sign):
+    height = tf.cast(tf.shape(images)[1], tf.float32)
+    return _translate(images, sign * level * 0.45 * height, axis=0)
 
 
 # timm `_RAND_INCREASING_TRANSFORMS`, in its order.
@@ -176,16 +210,60 @@ OPS = (
 )
 
 
+# === Choosing ops ===
+
+
 def apply_op(image, op_index, magnitude, sign=1.0):
     """Applies op `OPS[op_index]` at `magnitude` (0..10) to one image (`len(OPS)`: none)."""
-    image = tf.convert_to_tensor(image, tf.float32)
-    level = tf.convert_to_tensor(magnitude, tf.float32) / _MAX_LEVEL
-    sign = tf.convert_to_tensor(sign, tf.float32)
-    branches = [(lambda fn=fn: fn(image, level, sign)) for _, fn in OPS]
-    branches.append(lambda: tf.identity(image))  # index len(OPS): the op is not applied
-    out = case(op_index, branches)
-    out.set_shape(image.shape)
+    images = tf.convert_to_tensor(image, tf.float32)[None]
+    level = tf.reshape(tf.convert_to_tensor(magnitude, tf.float32) / _MAX_LEVEL, [1])
+    sign = tf.reshape(tf.convert_to_tensor(sign, tf.float32), [1])
+    branches = [(lambda fn=fn: fn(images, level, sign)) for _, fn in OPS]
+    branches.append(lambda: tf.identity(images))  # index len(OPS): the op is not applied
+    out = case(op_index, branches)[0]
+    out.set_shape(images.shape[1:])
     return out
+
+
+def apply_ops(images, op_indices, magnitudes, signs):
+    """Applies op `OPS[op_indices[b]]` to each image `b` of a batch (`len(OPS)`: none).
+
+    The batch is partitioned by op, each op runs once on its images, and the
+    results are stitched back in order: a few hundred kernels for the batch,
+    where a per-image loop runs its ops and control flow once per image.
+
+    Args:
+        images: float32 `[B, H, W, 3]` in `[0, 255]`.
+        op_indices: int32 `[B]` in `[0, len(OPS)]`.
+        magnitudes: float32 `[B]` in `[0, 10]`.
+        signs: float32 `[B]` of +-1.
+
+    Returns:
+        float32 `[B, H, W, 3]`.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    groups = len(OPS) + 1
+    op_indices = tf.cast(op_indices, tf.int32)
+    positions = tf.dynamic_partition(tf.range(tf.shape(images)[0]), op_indices, groups)
+    parts = tf.dynamic_partition(images, op_indices, groups)
+    levels = tf.dynamic_partition(magnitudes / _MAX_LEVEL, op_indices, groups)
+    signs = tf.dynamic_partition(signs, op_indices, groups)
+    outputs = [fn(parts[k], levels[k], signs[k]) for k, (_, fn) in enumerate(OPS)]
+    outputs.append(parts[len(OPS)])
+    out = tf.dynamic_stitch(positions, outputs)
+    out.set_shape(images.shape)
+    return out
+
+
+def _draws(shape, seed, num_ops, magnitude, magnitude_std, probability):
+    """Op indices (`len(OPS)` where not applied), magnitudes and signs of shape `shape`."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    ops = tf.random.stateless_uniform(shape, seeds[0], 0, len(OPS), dtype=tf.int32)
+    apply = tf.random.stateless_uniform(shape, seeds[1]) < probability
+    mags = magnitude + magnitude_std * tf.random.stateless_normal(shape, seeds[2])
+    mags = tf.clip_by_value(mags, 0.0, _MAX_LEVEL)
+    signs = tf.where(tf.random.stateless_uniform(shape, seeds[3]) < 0.5, -1.0, 1.0)
+    return tf.where(apply, ops, len(OPS)), mags, signs
 
 
 def rand_augment(image, seed, num_ops=2, magnitude=9.0, magnitude_std=0.5, probability=0.5):
@@ -207,13 +285,33 @@ def rand_augment(image, seed, num_ops=2, magnitude=9.0, magnitude_std=0.5, proba
     if num_ops <= 0:
         return image
     image = tf.convert_to_tensor(image, tf.float32)
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    ops = tf.random.stateless_uniform([num_ops], seeds[0], 0, len(OPS), dtype=tf.int32)
-    apply = tf.random.stateless_uniform([num_ops], seeds[1]) < probability
-    mags = magnitude + magnitude_std * tf.random.stateless_normal([num_ops], seeds[2])
-    mags = tf.clip_by_value(mags, 0.0, _MAX_LEVEL)
-    signs = tf.where(tf.random.stateless_uniform([num_ops], seeds[3]) < 0.5, -1.0, 1.0)
+    ops, mags, signs = _draws([num_ops], seed, num_ops, magnitude, magnitude_std, probability)
     for i in range(num_ops):
         # Not applied: the identity branch (one `Case` op, no `tf.cond` around it).
-        image = apply_op(image, tf.where(apply[i], ops[i], len(OPS)), mags[i], signs[i])
+        image = apply_op(image, ops[i], mags[i], signs[i])
     return image
+
+
+def rand_augment_batch(images, seed, num_ops=2, magnitude=9.0, magnitude_std=0.5, probability=0.5):
+    """RandAugment of a batch, every image drawing its own ops: `rand_augment` per image.
+
+    The same distribution as `rand_augment` on each image, the draws made for the
+    batch at once from one seed (so not the per-image seeds' values), each op
+    slot applied by `apply_ops`.
+
+    Args:
+        images: float32 `[B, H, W, 3]`, values in `[0, 255]`.
+        seed: int tensor `[2]`, a stateless seed.
+        num_ops, magnitude, magnitude_std, probability: as `rand_augment`.
+
+    Returns:
+        float32 `[B, H, W, 3]` in `[0, 255]`.
+    """
+    if num_ops <= 0:
+        return images
+    images = tf.convert_to_tensor(images, tf.float32)
+    shape = tf.stack([tf.shape(images)[0], num_ops])
+    ops, mags, signs = _draws(shape, seed, num_ops, magnitude, magnitude_std, probability)
+    for i in range(num_ops):
+        images = apply_ops(images, ops[:, i], mags[:, i], signs[:, i])
+    return images

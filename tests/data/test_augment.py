@@ -52,6 +52,44 @@ def test_rand_augment_changes_images_and_is_seedable():
     assert rand_augment.rand_augment(image, seed, num_ops=0) is image
 
 
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_apply_ops_on_a_batch_equals_each_image_alone(graph):
+    """Every op (and none) on a batch, some groups empty: the per-image op's values."""
+    rng = np.random.default_rng(2)
+    images = np.stack([_image(i, 24).numpy() for i in range(12)])
+    images[3] = 9.0  # flat: equalize and auto-contrast leave it as it is
+    ops = np.array([0, 1, 1, 3, 5, 7, 10, 10, 13, 15, 2, 14], np.int32)  # 4, 6, 8, ... empty
+    mags = rng.uniform(0, 10, 12).astype(np.float32)
+    signs = np.where(rng.uniform(size=12) < 0.5, -1.0, 1.0).astype(np.float32)
+    apply_ops = tf.function(rand_augment.apply_ops) if graph else rand_augment.apply_ops
+    out = apply_ops(images, ops, mags, signs).numpy()
+    for b in range(12):
+        alone = rand_augment.apply_op(images[b], ops[b], mags[b], signs[b]).numpy()
+        # Graph kernels may round the geometric ops' bilinear weights differently.
+        np.testing.assert_allclose(out[b], alone, atol=1e-3 if graph else 0.0, err_msg=str(b))
+    for k in range(len(rand_augment.OPS)):  # each op alone on a batch of two, and of none
+        pair = rand_augment.apply_ops(images[:2], [k, k], mags[:2], signs[:2]).numpy()
+        alone = rand_augment.apply_op(images[1], k, mags[1], signs[1]).numpy()
+        np.testing.assert_array_equal(pair[1], alone)
+        empty = [tf.constant(a[:0]) for a in (images, mags, signs)]
+        assert rand_augment.OPS[k][1](*empty).shape == (0, 24, 24, 3)
+
+
+def test_rand_augment_batch_draws_per_image_and_is_seedable():
+    images = tf.stack([_image(1)] * 400)
+    seed = tf.constant([5, 6])
+    out = rand_augment.rand_augment_batch(images, seed).numpy()
+    np.testing.assert_array_equal(out, rand_augment.rand_augment_batch(images, seed).numpy())
+    assert not np.array_equal(out, rand_augment.rand_augment_batch(images, seed + 1).numpy())
+    unchanged = np.all(out == images.numpy(), axis=(1, 2, 3))
+    # Per image P(no op applied) = 0.5 ** 2 (+ rare no-op draws); one shared draw gives 0 or 1.
+    assert 0.15 < unchanged.mean() < 0.4
+    distinct = {out[b].tobytes() for b in range(400)}
+    assert len(distinct) > 200
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 255.0
+    assert rand_augment.rand_augment_batch(images, seed, num_ops=0) is images
+
+
 def test_rand_augment_seedable_inside_tf_data():
     images = tf.stack([_image(i) for i in range(4)])
 

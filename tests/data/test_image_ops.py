@@ -48,6 +48,13 @@ def test_per_channel_equals_broadcasting_a_channel_vector(shape):
     assert out.shape == pixels.shape
 
 
+def test_per_channel_takes_one_vector_per_image():
+    pixels = images(4, 6, 5, 3)
+    low = tf.constant(RNG.uniform(0, 9, (4, 3)).astype(np.float32))
+    out = image_ops.per_channel(lambda rows, v: rows - v, pixels, low)
+    np.testing.assert_array_equal(out.numpy(), (pixels - low[:, None, None, :]).numpy())
+
+
 def test_per_channel_takes_tensors_and_unknown_shapes():
     low = tf.constant([1.0, 2.0, 3.0])
 
