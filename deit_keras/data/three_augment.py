@@ -20,7 +20,7 @@ PIL's ops, written in TensorFlow:
 
 import tensorflow as tf
 
-from deit_keras.data.image_ops import select
+from deit_keras.data.image_ops import case, select
 
 # `GaussianBlur(p=1.0, radius_min=0.1, radius_max=2.)` of the official augment.py.
 BLUR_RADIUS = (0.1, 2.0)
@@ -116,7 +116,7 @@ def color_jitter(image, seed, strength=0.3):
         op = order[slot]
         factor = tf.gather(factors, op)
         branches = [(lambda fn=fn, x=image, f=factor: fn(x, f)) for fn in _JITTERS]
-        image = tf.switch_case(op, branches)
+        image = case(op, branches)
     return image
 
 
@@ -136,7 +136,7 @@ def three_augment(image, seed, color_jitter_strength=0.3):
     seeds = tf.random.experimental.stateless_split(seed, 3)
     choice = tf.random.stateless_uniform([], seeds[0], 0, 3, dtype=tf.int32)
     radius = tf.random.stateless_uniform([], seeds[1], *BLUR_RADIUS)
-    out = tf.switch_case(
+    out = case(
         choice,
         [
             lambda: grayscale(image),
