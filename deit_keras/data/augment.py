@@ -28,7 +28,7 @@ import tensorflow as tf
 from deit_keras.data import rand_augment as rand_augment_lib
 from deit_keras.data import three_augment as three_augment_lib
 from deit_keras.data import transforms
-from deit_keras.data.image_ops import paste_box
+from deit_keras.data.image_ops import paste_box, select
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, normalize
 from deit_keras.errors import UserInputError
 from deit_keras.schema import NON_NEGATIVE, POSITIVE, PROBABILITY, Range, field, range_problems
@@ -225,6 +225,41 @@ def random_erasing(image, seed, probability=0.25, area=(0.02, 1 / 3), aspect=0.3
         return paste_box(image, noise, box[0], box[1])
 
     return tf.cond(erase, erased, lambda: tf.identity(image))
+
+
+def random_erasing_batch(images, seed, probability=0.25, area=(0.02, 1 / 3), aspect=0.3):
+    """`random_erasing` of each image of a batch `[B, H, W, C]` of one static size.
+
+    The same distribution per image, the draws made for the batch at once from one
+    `seed`; the boxes are written by one masked select (the in-memory path's images
+    are small, so noise for whole images costs less than a per-image loop).
+    """
+    count = tf.shape(images)[0]
+    height, width = float(images.shape[1]), float(images.shape[2])
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    target, ratio = transforms.sample_box_candidates(
+        height, width, seeds, area, (aspect, 1 / aspect), count=count
+    )
+    box_h = tf.round(tf.sqrt(target * ratio))
+    box_w = tf.round(tf.sqrt(target / ratio))
+    valid = (box_w < width) & (box_h < height)
+    first = tf.argmax(tf.cast(valid, tf.int32), axis=1)
+    box_h = tf.gather(box_h, first, batch_dims=1)
+    box_w = tf.gather(box_w, first, batch_dims=1)
+    offsets = tf.random.stateless_uniform(tf.stack([count, 2]), seeds[2])
+    top = tf.floor(offsets[:, 0] * (height - box_h + 1))
+    left = tf.floor(offsets[:, 1] * (width - box_w + 1))
+    erase = tf.random.stateless_uniform([count], seeds[3]) < probability
+    erase &= tf.reduce_any(valid, axis=1)
+
+    def inside(start, length, size):  # [B, size]: in [start, start + length) and erased
+        steps = tf.range(size, dtype=tf.float32)[None, :]
+        return (steps >= start[:, None]) & (steps < (start + length)[:, None]) & erase[:, None]
+
+    rows, cols = inside(top, box_h, height), inside(left, box_w, width)
+    box = rows[:, :, None, None] & cols[:, None, :, None]
+    noise = tf.random.stateless_normal(tf.shape(images), seeds[4], dtype=images.dtype)
+    return select(box, noise, images)
 
 
 def split_seeds(seed):

@@ -23,18 +23,17 @@ def decode_image(encoded):
     return image
 
 
-def sample_box_candidates(height, width, seeds, area, ratio, attempts=10):
+def sample_box_candidates(height, width, seeds, area, ratio, attempts=10, count=None):
     """timm's box proposals (RandomResizedCrop, RandomErasing): `(areas, aspects)`.
 
     `attempts` areas uniform in `area` x image area (with `seeds[0]`) and
     aspects log-uniform in `ratio` (with `seeds[1]`); callers keep the first
-    box that fits.
+    box that fits. With `count`, `[count, attempts]` of each: `count` images' proposals.
     """
-    target_area = (
-        height * width * tf.random.stateless_uniform([attempts], seeds[0], area[0], area[1])
-    )
+    shape = [attempts] if count is None else tf.stack([count, attempts])
+    target_area = height * width * tf.random.stateless_uniform(shape, seeds[0], area[0], area[1])
     aspect = tf.exp(
-        tf.random.stateless_uniform([attempts], seeds[1], math.log(ratio[0]), math.log(ratio[1]))
+        tf.random.stateless_uniform(shape, seeds[1], math.log(ratio[0]), math.log(ratio[1]))
     )
     return target_area, aspect
 

@@ -120,6 +120,32 @@ def test_random_erasing_rate_and_noise():
     assert abs(noise.std() - 1.0) < 0.3  # per-pixel N(0, 1)
 
 
+def test_random_erasing_batch_draws_the_per_image_boxes():
+    images = tf.zeros([2000, 24, 32, 3])
+    out = augment.random_erasing_batch(images, tf.constant([4, 2]), probability=0.25).numpy()
+    erased = out != 0
+    fractions = erased.mean(axis=(1, 2, 3))
+    hit = fractions > 0
+    assert abs(hit.mean() - 0.25) < 0.035  # Binomial(2000, 0.25): std ~0.01
+    for index in np.flatnonzero(hit)[:50]:  # one box, whole channels, a rectangle
+        mask = erased[index].all(axis=-1)
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
+        assert mask.sum() == len(rows) * len(cols) == erased[index].any(-1).sum()
+    # Box areas as the per-image op's (area uniform in [0.02, 1/3] when the box fits).
+    alone = [
+        float(tf.reduce_mean(tf.cast(out_one != 0, tf.float32)))
+        for out_one in (
+            augment.random_erasing(images[0], tf.constant([s, 9]), 1.0) for s in range(300)
+        )
+    ]
+    assert abs(fractions[hit].mean() - np.mean(alone)) < 0.02
+    assert 0.01 < fractions[hit].min() and fractions[hit].max() < 0.4
+    assert abs(out[erased].std() - 1.0) < 0.05  # per-pixel N(0, 1)
+    again = augment.random_erasing_batch(images, tf.constant([4, 2]), probability=0.25)
+    np.testing.assert_array_equal(out, again.numpy())
+
+
 def test_label_smoothing_mass():
     targets = augment.smooth_one_hot(tf.constant([2, 0]), 10, 0.1).numpy()
     np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-6)

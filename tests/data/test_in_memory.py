@@ -123,3 +123,31 @@ def test_large_images_stream_unless_in_memory_is_asked_for(tmp_path, monkeypatch
     np.testing.assert_array_equal(first_batch(large), first_batch(large, in_memory=False))
     assert not np.array_equal(first_batch(large), first_batch(large, in_memory=True))
     np.testing.assert_array_equal(first_batch(small), first_batch(small, in_memory=True))
+
+
+def test_in_memory_full_recipe_is_seeded_and_augments(tmp_path):
+    """The DeiT recipe (RandAugment m9, erasing 0.25, MixUp/CutMix) on the batched path."""
+    name = _folder(tmp_path / "same", [24] * 8)
+    recipe = AugmentConfig(reprob=1.0)
+
+    def batches(seed=1):
+        data = make_dataset(
+            name,
+            "train",
+            image_size=16,
+            batch_size=8,
+            training=True,
+            augment=recipe,
+            seed=seed,
+            deterministic=True,
+            in_memory=True,
+        )
+        return [(x.numpy(), y.numpy()) for x, y in data]
+
+    first = batches()
+    for (x1, y1), (x2, y2) in zip(first, batches(), strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(first[0][0], batches(seed=2)[0][0])
+    images = np.concatenate([x for x, _ in first])
+    assert images.shape[1:] == (16, 16, 3) and np.isfinite(images).all()
