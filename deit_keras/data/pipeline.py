@@ -199,6 +199,10 @@ def make_dataset(
     options = tf.data.Options()
     # Eval keeps the file order always; training only when asked (faster).
     options.deterministic = bool(deterministic) or not training
+    # A pass over an autotuned pipeline ends with its iterator waiting ~15-150 ms, cores
+    # idle, for the autotuning thread (TF 2.21); Keras starts a pass for every epoch and
+    # every validation. Splits held in memory have little to tune: off for them.
+    options.autotune.enabled = arrays is None
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 

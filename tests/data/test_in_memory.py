@@ -151,3 +151,14 @@ def test_in_memory_full_recipe_is_seeded_and_augments(tmp_path):
     assert not np.array_equal(first[0][0], batches(seed=2)[0][0])
     images = np.concatenate([x for x, _ in first])
     assert images.shape[1:] == (16, 16, 3) and np.isfinite(images).all()
+
+
+def test_autotune_is_off_in_memory_only(tmp_path):
+    """An autotuned pass ends waiting ~15-150 ms on its tuning thread: not for held splits."""
+    name = _folder(tmp_path / "same", [24] * 4)
+    for held in (True, False):
+        for split, training in (("train", True), ("eval", False)):
+            data = make_dataset(
+                name, split, image_size=16, batch_size=2, training=training, in_memory=held
+            )
+            assert data.options().autotune.enabled is (not held), (held, split)
