@@ -9,6 +9,11 @@ from the 15 "increasing" ops, each applied with probability 0.5 at a
 magnitude drawn from `N(magnitude, magnitude_std)` clipped to `[0, 10]`;
 signed ops flip sign with probability 0.5. Geometric ops fill with grey 128.
 Pixel values are float32 in `[0, 255]`.
+
+Every op works on a batch `[B, H, W, 3]` with one magnitude and sign per image:
+`rand_augment` (the streaming path, one image) runs the drawn op on a batch of
+one; `rand_augment_batch` (the in-memory path) partitions a batch by drawn op
+and runs each op once (`apply_ops`).
 """
 
 import math
