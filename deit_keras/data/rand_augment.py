@@ -159,40 +159,30 @@ def _sharpness(images, level, sign):
     return _blend(smooth, images, 1.0 + sign * level * 0.9)
 
 
-def _shear(images, factors, axis):
-    zeros, ones = tf.zeros_like(factors), tf.ones_like(factors)
-    if axis == 1:
-        row = [ones, factors, zeros, zeros, ones, zeros]
-    else:
-        row = [ones, zeros, zeros, factors, ones, zeros]
-    return _affine(images, tf.stack(row, axis=1))
+def _identity_but(images, values, slot):
+    """`_affine` by the identity `(1, 0, 0, 0, 1, 0)` with entry `slot` set to `values` `[B]`."""
+    zeros, ones = tf.zeros_like(values), tf.ones_like(values)
+    matrix = [ones, zeros, zeros, zeros, ones, zeros]
+    matrix[slot] = values
+    return _affine(images, tf.stack(matrix, axis=1))
 
 
 def _shear_x(images, level, sign):
-    return _shear(images, sign * level * 0.3, axis=1)
+    return _identity_but(images, sign * level * 0.3, slot=1)
 
 
 def _shear_y(images, level, sign):
-    return _shear(images, sign * level * 0.3, axis=0)
-
-
-def _translate(images, pixels, axis):
-    zeros, ones = tf.zeros_like(pixels), tf.ones_like(pixels)
-    if axis == 1:
-        row = [ones, zeros, pixels, zeros, ones, zeros]
-    else:
-        row = [ones, zeros, zeros, zeros, ones, pixels]
-    return _affine(images, tf.stack(row, axis=1))
+    return _identity_but(images, sign * level * 0.3, slot=3)
 
 
 def _translate_x(images, level, sign):
     width = tf.cast(tf.shape(images)[2], tf.float32)
-    return _translate(images, sign * level * 0.45 * width, axis=1)
+    return _identity_but(images, sign * level * 0.45 * width, slot=2)
 
 
 def _translate_y(images, level, sign):
     height = tf.cast(tf.shape(images)[1], tf.float32)
-    return _translate(images, sign * level * 0.45 * height, axis=0)
+    return _identity_but(images, sign * level * 0.45 * height, slot=5)
 
 
 # timm `_RAND_INCREASING_TRANSFORMS`, in its order.
