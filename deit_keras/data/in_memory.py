@@ -85,10 +85,9 @@ def random_crop_windows(height, width, count, seed, scale=(0.08, 1.0), ratio=(3 
     """
     height, width = float(height), float(width)
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    area = height * width
-    target = area * tf.random.stateless_uniform([count, 10], seeds[0], scale[0], scale[1])
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    aspect = tf.exp(tf.random.stateless_uniform([count, 10], seeds[1], *log_ratio))
+    target, aspect = transforms.sample_box_candidates(
+        height, width, seeds, scale, ratio, count=count
+    )
     crop_w = tf.round(tf.sqrt(target * aspect))
     crop_h = tf.round(tf.sqrt(target / aspect))
     valid = (crop_w <= width) & (crop_h <= height) & (crop_w > 0) & (crop_h > 0)
