@@ -250,7 +250,7 @@ def apply_ops(images, op_indices, magnitudes, signs):
     return out
 
 
-def _draws(shape, seed, num_ops, magnitude, magnitude_std, probability):
+def _draws(shape, seed, magnitude, magnitude_std, probability):
     """Op indices (`len(OPS)` where not applied), magnitudes and signs of shape `shape`."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
     ops = tf.random.stateless_uniform(shape, seeds[0], 0, len(OPS), dtype=tf.int32)
@@ -280,7 +280,7 @@ def rand_augment(image, seed, num_ops=2, magnitude=9.0, magnitude_std=0.5, proba
     if num_ops <= 0:
         return image
     image = tf.convert_to_tensor(image, tf.float32)
-    ops, mags, signs = _draws([num_ops], seed, num_ops, magnitude, magnitude_std, probability)
+    ops, mags, signs = _draws([num_ops], seed, magnitude, magnitude_std, probability)
     for i in range(num_ops):
         # Not applied: the identity branch (one `Case` op, no `tf.cond` around it).
         image = apply_op(image, ops[i], mags[i], signs[i])
@@ -306,7 +306,7 @@ def rand_augment_batch(images, seed, num_ops=2, magnitude=9.0, magnitude_std=0.5
         return images
     images = tf.convert_to_tensor(images, tf.float32)
     shape = tf.stack([tf.shape(images)[0], num_ops])
-    ops, mags, signs = _draws(shape, seed, num_ops, magnitude, magnitude_std, probability)
+    ops, mags, signs = _draws(shape, seed, magnitude, magnitude_std, probability)
     for i in range(num_ops):
         images = apply_ops(images, ops[:, i], mags[:, i], signs[:, i])
     return images
