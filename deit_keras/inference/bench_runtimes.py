@@ -185,8 +185,8 @@ _OPENVINO = ("tf2onnx", "onnx", "openvino", "nncf")
 RUNTIMES = {
     "eager": Runtime("model(images, training=False), op by op", (), _eager),
     "keras": Runtime(
-        "model.predict_on_batch(images): Keras' predict function (XLA: the models' "
-        "default on CPU too, TokenClassifier.make_predict_function)",
+        "model.predict_on_batch(images): Keras' predict function (on a CPU one XLA pass, "
+        "or shards side by side for large batches: models.cpu_predict)",
         (),
         _predict_on_batch,
     ),

@@ -1,0 +1,77 @@
+"""The predict step of the token classifiers on a CPU: XLA for small batches, shards for large.
+
+On a CPU, TensorFlow runs one op at a time over its intra-op threads, and a
+ViT's ops at batch 32 are too small to keep several cores busy (DeiT-Ti⚗ on
+2 Intel Xeon vCPUs ran 1.5x its one-core speed). Split into shards, the same
+forward pass gives TensorFlow's executor independent ops to run side by side
+on its inter-op threads, and the matrix products run on TensorFlow's oneDNN
+kernels. Small batches keep the whole pass in one XLA computation, which is
+faster when there is nothing to run side by side. Measured on 2 Intel Xeon
+vCPUs: `benchmarks/README.md` ("The CPU predict step").
+"""
+
+import math
+
+import tensorflow as tf
+
+# A batch is split when it holds enough work for each shard: 2 shards from 18
+# GFLOP a batch, 4 from 75 (DeiT-Ti⚗ at 224 px, 2.46 GFLOP an image: batches of
+# 8 and 31). Measured on 2 Intel Xeon vCPUs against one XLA pass: 2 shards won
+# at batch 8 and 16, 4 shards at 32 and tied at 16; the digits student (11 MFLOP
+# an image) lost in shards at batch 32 (benchmarks/README.md).
+SHARDS_FROM_GFLOP = ((4, 75.0), (2, 18.0))
+
+
+def smallest_batches(flops_per_image):
+    """`[(shards, smallest batch split so)]`, most shards first; never an empty shard."""
+    return [
+        (shards, max(shards, math.ceil(gflop * 1e9 / flops_per_image)))
+        for shards, gflop in SHARDS_FROM_GFLOP
+    ]
+
+
+def shard_sizes(batch, shards):
+    """Sizes of `shards` near-equal parts of `batch` (a scalar tensor), larger first."""
+    base, extra = batch // shards, batch % shards
+    return tf.stack([base + tf.cast(index < extra, batch.dtype) for index in range(shards)])
+
+
+def sharded_forward(forward, images, shards):
+    """`forward(images)` computed as `shards` independent passes over parts of the batch.
+
+    Args:
+        forward: callable `[B, ...] -> [B, ...]` whose rows depend only on the
+            same rows of its input (inference: no batch statistics).
+        images: `[B, H, W, C]`.
+        shards: int. Number of parts.
+
+    Returns:
+        The concatenated outputs, `forward(images)` up to float round-off.
+    """
+    parts = tf.split(images, shard_sizes(tf.shape(images)[0], shards), num=shards)
+    return tf.nest.map_structure(
+        lambda *outputs: tf.concat(outputs, axis=0), *[forward(part) for part in parts]
+    )
+
+
+def cpu_predict(forward, xla_forward, images, flops_per_image):
+    """The CPU predict step: shards for batches with the work for them, else one XLA pass.
+
+    Args:
+        forward: callable. The model's inference call, run op by op in the
+            caller's graph.
+        xla_forward: callable. The same call compiled with XLA.
+        images: `[B, H, W, C]`.
+        flops_per_image: float. The forward pass's FLOPs per image.
+    """
+    batch = tf.shape(images)[0]
+    result = lambda: xla_forward(images)  # noqa: E731
+    for shards, smallest in reversed(smallest_batches(flops_per_image)):
+        result = _cond_at_least(batch, smallest, shards, forward, images, result)
+    return result()
+
+
+def _cond_at_least(batch, smallest, shards, forward, images, otherwise):
+    return lambda: tf.cond(
+        batch >= smallest, lambda: sharded_forward(forward, images, shards), otherwise
+    )
