@@ -302,8 +302,8 @@ class TokenClassifier(keras.Model):
         Keras resolves `jit_compile="auto"` to no XLA on a machine without an
         accelerator, which runs these models op by op. There, "auto" (a model
         never compiled, or compiled with the default) runs `predict_step`
-        through `models.cpu_predict`: batches under `MIN_SHARDED_BATCH` in one
-        XLA computation (DeiT-Ti⚗, 2 vCPU Intel Xeon, `deit-benchmark`,
+        through `models.cpu_predict`: batches too small for shards
+        (`cpu_predict.SHARDS_FROM_GFLOP`) in one XLA computation (DeiT-Ti⚗, 2 vCPU Intel Xeon, `deit-benchmark`,
         2026-12-03: batch 1 21.5 ms against 33.2), larger ones as shards run side
         by side (2026-12-05, same box and command: batch 32 70.6 img/s against
         XLA's 59.3, PyTorch eager 57.4). An explicit
