@@ -303,10 +303,10 @@ class TokenClassifier(keras.Model):
         accelerator, which runs these models op by op. There, "auto" (a model
         never compiled, or compiled with the default) runs `predict_step`
         through `models.cpu_predict`: batches too small for shards
-        (`cpu_predict.SHARDS_FROM_GFLOP`) in one XLA computation (DeiT-Ti⚗, 2 vCPU Intel Xeon, `deit-benchmark`,
-        2026-12-03: batch 1 21.5 ms against 33.2), larger ones as shards run side
-        by side (2026-12-05, same box and command: batch 32 70.6 img/s against
-        XLA's 59.3, PyTorch eager 57.4). An explicit
+        (`cpu_predict.SHARDS_FROM_GFLOP`) in one XLA computation (DeiT-Ti⚗, 2 vCPU
+        Intel Xeon, `deit-benchmark`, 2026-12-03: batch 1 21.5 ms against 33.2),
+        larger ones as shards run side by side (2026-12-05, same box and command:
+        batch 32 70.6 img/s against XLA's 59.3, PyTorch eager 57.4). An explicit
         `jit_compile`, `run_eagerly`, a distribution strategy or an accelerator
         keeps Keras' own choice; training and evaluation keep it in every case.
         """
