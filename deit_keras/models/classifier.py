@@ -17,11 +17,7 @@ from deit_keras.distill.losses import DistillationLoss
 from deit_keras.distill.step import DistillationStep, average_heads
 from deit_keras.errors import UserInputError
 from deit_keras.layers.basic import dense
-from deit_keras.models.cpu_predict import cpu_predict
-
-
-def _accelerators():
-    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+from deit_keras.models.cpu_predict import cpu_only, cpu_predict
 
 
 def call_block(block, attentions, *inputs, training=None, scores=False):
@@ -312,9 +308,7 @@ class TokenClassifier(keras.Model):
         """
         if self.predict_function is not None and not force:
             return self.predict_function
-        self._cpu_predict = (
-            not self.jit_compile and self._xla_predict_by_default() and not _accelerators()
-        )
+        self._cpu_predict = not self.jit_compile and self._xla_predict_by_default() and cpu_only()
         return super().make_predict_function(force=force)
 
     def predict_step(self, data):

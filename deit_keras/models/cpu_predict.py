@@ -7,7 +7,9 @@ forward pass gives TensorFlow's executor independent ops to run side by side
 on its inter-op threads, and the matrix products run on TensorFlow's oneDNN
 kernels. Small batches keep the whole pass in one XLA computation, which is
 faster when there is nothing to run side by side. Measured on 2 Intel Xeon
-vCPUs: `benchmarks/README.md` ("The CPU predict step").
+vCPUs: `benchmarks/README.md` ("The CPU predict step"). `predict_on_batch` /
+`predict` (`TokenClassifier.predict_step`) and `deit-evaluate`'s heads
+(`inference.evaluate.outputs_function`) run through it.
 """
 
 import math
@@ -28,6 +30,11 @@ def smallest_batches(flops_per_image):
         (shards, max(shards, math.ceil(gflop * 1e9 / flops_per_image)))
         for shards, gflop in SHARDS_FROM_GFLOP
     ]
+
+
+def cpu_only():
+    """Whether TensorFlow sees no GPU or TPU (the case this module is for)."""
+    return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
 def shard_sizes(batch, shards):
