@@ -71,6 +71,11 @@ def cpu_predict(forward, xla_forward, images, flops_per_image):
         images: `[B, H, W, C]`.
         flops_per_image: float. The forward pass's FLOPs per image.
     """
+    if images.shape[0] is not None:  # a known batch traces only its own path
+        for shards, smallest in smallest_batches(flops_per_image):
+            if images.shape[0] >= smallest:
+                return sharded_forward(forward, images, shards)
+        return xla_forward(images)
     batch = tf.shape(images)[0]
     result = lambda: xla_forward(images)  # noqa: E731
     for shards, smallest in reversed(smallest_batches(flops_per_image)):

@@ -29,10 +29,11 @@ def test_deit_tiny_splits_batch_8_in_two_and_batch_32_in_four():
     assert cpu_predict.smallest_batches(DEIT_TI_FLOPS) == [(4, 31), (2, 8)]
 
 
+@pytest.mark.parametrize("known_batch", [True, False])
 @pytest.mark.parametrize(
     "batch, rows", [(1, [0]), (7, [0] * 7), (8, [4] * 8), (30, [15] * 30), (33, [9] * 9 + [8] * 24)]
 )
-def test_cpu_predict_chooses_the_path_by_the_batch_work(batch, rows):
+def test_cpu_predict_chooses_the_path_by_the_batch_work(batch, rows, known_batch):
     # Each path marks its rows: XLA with 0, a shard with its own size.
     def forward(part):
         return tf.fill([tf.shape(part)[0]], tf.cast(tf.shape(part)[0], tf.float32))
@@ -40,5 +41,9 @@ def test_cpu_predict_chooses_the_path_by_the_batch_work(batch, rows):
     def xla_forward(images):
         return tf.zeros([tf.shape(images)[0]])
 
-    step = tf.function(lambda x: cpu_predict.cpu_predict(forward, xla_forward, x, DEIT_TI_FLOPS))
+    spec = tf.TensorSpec([batch if known_batch else None, 1], tf.float32)
+    step = tf.function(
+        lambda x: cpu_predict.cpu_predict(forward, xla_forward, x, DEIT_TI_FLOPS),
+        input_signature=[spec],
+    )
     assert step(tf.zeros([batch, 1])).numpy().tolist() == rows
