@@ -17,7 +17,6 @@ from deit_keras.data.labels import INDEX, resolve_class_names
 from deit_keras.deploy.runtimes import load_for_inference
 from deit_keras.distill.step import average_heads
 from deit_keras.errors import UserInputError
-from deit_keras.models.cpu_predict import cpu_only, cpu_predict
 
 
 def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
@@ -151,7 +150,7 @@ def outputs_function(model: keras.Model):
 
     if isinstance(model, keras.Model):  # an ExportedModel runs in its own runtime
         spec = tf.TensorSpec([None, size, size, model.in_channels], tf.float32)
-        heads = tf.function(_on_cpu_in_shards(model, heads), input_signature=[spec])
+        heads = tf.function(heads, input_signature=[spec])
 
     def outputs_fn(images):
         if tuple(images.shape[1:3]) != (size, size):
@@ -162,14 +161,6 @@ def outputs_function(model: keras.Model):
         return heads(tf.cast(images, tf.float32))
 
     return outputs_fn
-
-
-def _on_cpu_in_shards(model, heads):
-    """`heads` as the CPU predict step runs a model (`models.cpu_predict`), or as it is."""
-    if not cpu_only():
-        return heads
-    xla_heads = tf.function(heads, jit_compile=True)
-    return lambda images: cpu_predict(heads, xla_heads, images, model.flops_per_image())
 
 
 def classifier_top1(classifier: keras.Model, dataset, num_classes: int) -> float:

@@ -8,8 +8,7 @@ on its inter-op threads, and the matrix products run on TensorFlow's oneDNN
 kernels. Small batches keep the whole pass in one XLA computation, which is
 faster when there is nothing to run side by side. Measured on 2 Intel Xeon
 vCPUs: `benchmarks/README.md` ("The CPU predict step"). `predict_on_batch` /
-`predict` (`TokenClassifier.predict_step`) and `deit-evaluate`'s heads
-(`inference.evaluate.outputs_function`) run through it.
+`predict` run through it (`TokenClassifier.predict_step`).
 """
 
 import math

@@ -12,8 +12,7 @@ from deit_keras.data import labels
 from deit_keras.deploy import saved_model, saving
 from deit_keras.inference import evaluate, predict
 from deit_keras.io import images as images_io
-from deit_keras.models import cpu_predict
-from deit_keras.testing import assert_one_line_error, random_images, run_cli, tiny_model
+from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
 
 CLASS_NAMES = [f"digit {i}" for i in range(10)]
 
@@ -245,18 +244,3 @@ def test_predict_cli_text_file_named_jpg_is_one_line_error(saved, image_files):
     _, path = saved
     process = run_cli("predict", f"--model_path={path}", image_files["text.jpg"])
     assert_one_line_error(process, "text.jpg")
-
-
-def test_outputs_function_in_shards_equals_the_heads(monkeypatch):
-    # The tiny model's batches split from 2 images on (2 shards) and 4 (4 shards).
-    model = tiny_model()
-    gflop = model.flops_per_image() / 1e9
-    monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((4, 1.5 * gflop), (2, 0.5 * gflop)))
-    outputs_fn = evaluate.outputs_function(model)
-    for batch in (1, 3, 9):
-        images = random_images(batch=batch, seed=batch)
-        outputs = outputs_fn(tf.constant(images))
-        cls_logits, dist_logits = model.call_heads(images, training=False)
-        expected = {"cls_": cls_logits, "dist_": dist_logits, "": (cls_logits + dist_logits) / 2}
-        for key, value in expected.items():
-            np.testing.assert_allclose(outputs[key], value, atol=1e-5, rtol=1e-5)
