@@ -17,6 +17,7 @@ from deit_keras.data.labels import INDEX, resolve_class_names
 from deit_keras.deploy.runtimes import load_for_inference
 from deit_keras.distill.step import average_heads
 from deit_keras.errors import UserInputError
+from deit_keras.models import cpu_predict
 
 
 def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
@@ -134,8 +135,9 @@ def outputs_function(model: keras.Model):
 
     Returns:
         A function of a batch of normalised `[B, H, W, 3]` images of the
-        model's size (UserInputError for another size), traced once for a
-        Keras model.
+        model's size (UserInputError for another size). For a Keras model,
+        traced once for each shard count its batches use (on a CPU, batches
+        with the work for it run in shards, as in `predict_on_batch`).
     """
     if not model.num_classes:
         raise UserInputError("Cannot evaluate a model without a head (num_classes=0).")
@@ -150,7 +152,7 @@ def outputs_function(model: keras.Model):
 
     if isinstance(model, keras.Model):  # an ExportedModel runs in its own runtime
         spec = tf.TensorSpec([None, size, size, model.in_channels], tf.float32)
-        heads = tf.function(heads, input_signature=[spec])
+        heads = _traced_by_shards(heads, spec, _cpu_flops_per_image(model))
 
     def outputs_fn(images):
         if tuple(images.shape[1:3]) != (size, size):
@@ -161,6 +163,40 @@ def outputs_function(model: keras.Model):
         return heads(tf.cast(images, tf.float32))
 
     return outputs_fn
+
+
+def _cpu_flops_per_image(model):
+    """The model's FLOPs an image when its batches may run in shards here, else None."""
+    if cpu_predict.cpu_only() and hasattr(model, "flops_per_image"):
+        return model.flops_per_image()
+    return None
+
+
+def _traced_by_shards(heads, spec, flops_per_image):
+    """`heads` in one `tf.function` per shard count, chosen by each batch's work.
+
+    A batch with the work for it runs in shards as in `predict_on_batch`
+    (`models/cpu_predict.py`). One function per count, traced when first
+    needed, rather than a `tf.cond` over all of them: training evaluates with
+    a new function after every run, and a small model's batches then trace
+    only the one plain graph they run.
+    """
+    functions = {}
+
+    def run(images):
+        shards = 1
+        if flops_per_image is not None:
+            shards = cpu_predict.shards_for(images.shape[0], flops_per_image)
+        if shards not in functions:
+            forward = heads if shards == 1 else _in_shards(heads, shards)
+            functions[shards] = tf.function(forward, input_signature=[spec])
+        return functions[shards](images)
+
+    return run
+
+
+def _in_shards(heads, shards):
+    return lambda images: cpu_predict.sharded_forward(heads, images, shards)
 
 
 def classifier_top1(classifier: keras.Model, dataset, num_classes: int) -> float:

@@ -31,6 +31,14 @@ def smallest_batches(flops_per_image):
     ]
 
 
+def shards_for(batch_size, flops_per_image):
+    """How many shards a batch of `batch_size` images is split into (1: not split)."""
+    for shards, smallest in smallest_batches(flops_per_image):
+        if batch_size >= smallest:
+            return shards
+    return 1
+
+
 def cpu_only():
     """Whether TensorFlow sees no GPU or TPU (the case this module is for)."""
     return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
@@ -71,10 +79,8 @@ def cpu_predict(forward, xla_forward, images, flops_per_image):
         flops_per_image: float. The forward pass's FLOPs per image.
     """
     if images.shape[0] is not None:  # a known batch traces only its own path
-        for shards, smallest in smallest_batches(flops_per_image):
-            if images.shape[0] >= smallest:
-                return sharded_forward(forward, images, shards)
-        return xla_forward(images)
+        shards = shards_for(images.shape[0], flops_per_image)
+        return sharded_forward(forward, images, shards) if shards > 1 else xla_forward(images)
     batch = tf.shape(images)[0]
     result = lambda: xla_forward(images)  # noqa: E731
     for shards, smallest in reversed(smallest_batches(flops_per_image)):

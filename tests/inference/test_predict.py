@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 import deit_keras
+from deit_keras.inference import evaluate
 from deit_keras.inference.predict import predict_function
 from deit_keras.models import cpu_predict
 from deit_keras.testing import random_images, tiny_model
@@ -64,3 +65,38 @@ def test_predict_keeps_an_explicit_no_xla_choice():
     assert not _predict_compiles_with_xla(model, random_images(batch=3))
     assert model.jit_compile is False  # training and evaluation too
     assert not model._cpu_predict
+
+
+def _spy_on_shards(monkeypatch):
+    """The shard counts `cpu_predict.sharded_forward` is traced with, in order."""
+    traced, sharded_forward = [], cpu_predict.sharded_forward
+
+    def spy(forward, images, shards):
+        traced.append(shards)
+        return sharded_forward(forward, images, shards)
+
+    monkeypatch.setattr(cpu_predict, "sharded_forward", spy)
+    return traced
+
+
+def test_evaluate_heads_in_shards_match_eager_heads_and_trace_each_count_once(monkeypatch):
+    model = tiny_model()
+    gflop = model.flops_per_image() / 1e9
+    monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((4, 1.5 * gflop), (2, 0.5 * gflop)))
+    traced = _spy_on_shards(monkeypatch)
+    heads = evaluate.outputs_function(model)
+    for batch in (1, 3, 9, 5, 2):
+        images = random_images(batch=batch)
+        cls_logits, dist_logits = model.call_heads(images, training=False)
+        outputs = heads(images)
+        np.testing.assert_allclose(outputs["cls_"], cls_logits, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(outputs["dist_"], dist_logits, atol=1e-5, rtol=1e-5)
+    assert traced == [2, 4]
+
+
+def test_evaluate_heads_of_a_small_model_are_not_split(monkeypatch):
+    traced = _spy_on_shards(monkeypatch)
+    heads = evaluate.outputs_function(tiny_model())
+    for batch in (1, 64):
+        assert heads(random_images(batch=batch))[""].shape[0] == batch
+    assert traced == []
