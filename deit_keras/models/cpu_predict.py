@@ -8,7 +8,8 @@ on its inter-op threads, and the matrix products run on TensorFlow's oneDNN
 kernels. Small batches keep the whole pass in one XLA computation, which is
 faster when there is nothing to run side by side. Measured on 2 Intel Xeon
 vCPUs: `benchmarks/README.md` ("The CPU predict step"). `predict_on_batch` /
-`predict` run through it (`TokenClassifier.predict_step`).
+`predict` run through it (`TokenClassifier.predict_step`), `deit-evaluate`'s
+heads through `shards_for` / `sharded_forward` (`inference/evaluate.py`).
 """
 
 import math
