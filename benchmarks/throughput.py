@@ -38,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's deit_keras; its timing and host modules load no TF
 
 from deit_keras.inference import host, timing  # noqa: E402
+from deit_keras.models.flops import vit_flops  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 MARK = "@@"  # worker replies on stdout start with this
@@ -50,13 +51,16 @@ MLP_RATIO = 4  # every DeiT variant
 
 def deit_flops(variant, num_classes=1000):
     """Forward FLOPs per image (2 per multiply-add) of the matrix products."""
-    d, p = variant.embed_dim, variant.patch_size
-    n = (variant.image_size // p) ** 2 + (2 if variant.distilled else 1)
-    hidden = MLP_RATIO * d
-    macs = (n - (2 if variant.distilled else 1)) * 3 * p * p * d  # patch embedding
-    macs += variant.depth * (4 * n * d * d + 2 * n * n * d + 2 * n * d * hidden)
-    macs += (2 if variant.distilled else 1) * d * num_classes
-    return 2 * macs
+    return vit_flops(
+        image_size=variant.image_size,
+        patch_size=variant.patch_size,
+        in_channels=3,
+        embed_dim=variant.embed_dim,
+        depth=variant.depth,
+        mlp_ratio=MLP_RATIO,
+        prefix_tokens=2 if variant.distilled else 1,
+        num_classes=num_classes,
+    )
 
 
 def teacher_flops(image_size, width=TEACHER_WIDTH, num_classes=1000):

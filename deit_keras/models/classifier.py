@@ -18,6 +18,7 @@ from deit_keras.distill.step import DistillationStep, average_heads
 from deit_keras.errors import UserInputError
 from deit_keras.layers.basic import dense
 from deit_keras.models.cpu_predict import cpu_only, cpu_predict
+from deit_keras.models.flops import vit_flops
 
 
 def call_block(block, attentions, *inputs, training=None, scores=False):
@@ -323,14 +324,20 @@ class TokenClassifier(keras.Model):
         return cpu_predict(forward, xla_forward, images, self.flops_per_image())
 
     def flops_per_image(self):
-        """Forward FLOPs per image (2 per multiply-add) of the blocks' matrix products.
+        """Forward FLOPs per image of the matrix products (`vit_flops`) at `image_size`.
 
-        At `image_size`; an estimate for CaiT (its class-attention blocks are left out).
+        An estimate for CaiT (its class-attention blocks are left out).
         """
-        tokens = self.grid_size**2 + self.num_prefix_tokens
-        width, hidden = self.embed_dim, int(self.mlp_ratio * self.embed_dim)
-        macs = 4 * tokens * width**2 + 2 * tokens**2 * width + 2 * tokens * width * hidden
-        return 2 * self.depth * macs
+        return vit_flops(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            in_channels=self.in_channels,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            mlp_ratio=self.mlp_ratio,
+            prefix_tokens=self.num_prefix_tokens,
+            num_classes=self.num_classes,
+        )
 
     def _xla_predict_by_default(self):
         no_strategy = (

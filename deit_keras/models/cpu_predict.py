@@ -17,8 +17,8 @@ import math
 import tensorflow as tf
 
 # A batch is split when it holds enough work for each shard: 2 shards from 18
-# GFLOP a batch, 4 from 75 (DeiT-Ti⚗ at 224 px, 2.46 GFLOP an image: batches of
-# 8 and 31). Measured on 2 Intel Xeon vCPUs against one XLA pass: 2 shards won
+# GFLOP a batch, 4 from 75 (DeiT-Ti⚗ at 224 px, 2.52 GFLOP an image: batches of
+# 8 and 30). Measured on 2 Intel Xeon vCPUs against one XLA pass: 2 shards won
 # at batch 8 and 16, 4 shards at 32 and tied at 16; the digits student (11 MFLOP
 # an image) lost in shards at batch 32 (benchmarks/README.md).
 SHARDS_FROM_GFLOP = ((4, 75.0), (2, 18.0))
