@@ -19,8 +19,9 @@ def _python(code):
     return process.stdout.strip()
 
 
-def test_import_alone_loads_neither_tensorflow_nor_keras():
-    code = "import sys, deit_keras; print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
+@pytest.mark.parametrize("module", ["deit_keras", "deit_keras.models.flops"])
+def test_import_alone_loads_neither_tensorflow_nor_keras(module):
+    code = f"import sys, {module}; print(sorted({{'tensorflow', 'keras'}} & set(sys.modules)))"
     assert _python(code) == "[]"
 
 
@@ -38,6 +39,7 @@ def saved(tmp_path_factory):
         "import keras\nimport deit_keras",
         "from deit_keras.deploy import onnx_export\nimport keras",  # a submodule imports keras
         "import deit_keras.layers\nimport keras",
+        "from deit_keras.models import flops\nimport keras",
         "import tensorflow as tf\nimport deit_keras\nimport keras",
     ],
 )

@@ -62,7 +62,8 @@ def evaluate_outputs(outputs_fn, dataset, num_classes: int, max_batches: int | N
         Keras logs' `top1`), `loss` (mean cross-entropy of the ""
         output), `num_examples`, `seconds` (whole loop) and
         `images_per_second` (forward only, without the first, tracing batch
-        when there are several).
+        when there are several; on a CPU a last, smaller batch of a large
+        model may run in fewer shards and trace that graph inside the timing).
     """
     correct, total, loss = {}, 0, 0.0
     forward_seconds, forward_images = 0.0, 0
@@ -173,29 +174,32 @@ def _cpu_flops_per_image(model):
 
 
 def _traced_by_shards(heads, spec, flops_per_image):
-    """`heads` in one `tf.function` per shard count, chosen by each batch's work.
+    """`heads`, run in shards for batches with the work for them (`flops_per_image` not None).
 
-    A batch with the work for it runs in shards as in `predict_on_batch`
-    (`models/cpu_predict.py`). One function per count, traced when first
-    needed, rather than a `tf.cond` over all of them: training evaluates with
-    a new function after every run, and a small model's batches then trace
-    only the one plain graph they run.
+    As in `predict_on_batch` (`models/cpu_predict.py`), with one function per
+    shard count, made when a batch first needs it, rather than a `tf.cond` over
+    all of them: training evaluates with a new function after every run (the
+    multi-worker loop at every validation), and a small model's batches then
+    trace only the plain graph they run. Every count calls the one traced
+    `heads`. A batch of unknown size (inside another `tf.function`) is not split.
     """
-    functions = {}
+    traced_heads = cpu_predict.traced_once(heads, spec)
+    functions = {1: traced_heads}
 
     def run(images):
         shards = 1
-        if flops_per_image is not None:
+        if flops_per_image is not None and images.shape[0] is not None:
             shards = cpu_predict.shards_for(images.shape[0], flops_per_image)
         if shards not in functions:
-            forward = heads if shards == 1 else _in_shards(heads, shards)
-            functions[shards] = tf.function(forward, input_signature=[spec])
+            in_shards = _in_shards(traced_heads, shards)
+            functions[shards] = tf.function(in_shards, input_signature=[spec])
         return functions[shards](images)
 
     return run
 
 
 def _in_shards(heads, shards):
+    """`images -> heads(images)` computed in `shards` parts."""
     return lambda images: cpu_predict.sharded_forward(heads, images, shards)
 
 

@@ -33,7 +33,12 @@ def smallest_batches(flops_per_image):
 
 
 def shards_for(batch_size, flops_per_image):
-    """How many shards a batch of `batch_size` images is split into (1: not split)."""
+    """How many shards a batch is split into (1: not split).
+
+    Args:
+        batch_size: int. Images in the batch.
+        flops_per_image: float. The forward pass's FLOPs per image.
+    """
     for shards, smallest in smallest_batches(flops_per_image):
         if batch_size >= smallest:
             return shards
@@ -49,6 +54,27 @@ def shard_sizes(batch, shards):
     """Sizes of `shards` near-equal parts of `batch` (a scalar tensor), larger first."""
     base, extra = batch // shards, batch % shards
     return tf.stack([base + tf.cast(index < extra, batch.dtype) for index in range(shards)])
+
+
+def traced_once(forward, spec):
+    """`forward` as one `tf.function` of `spec`, called (not inlined) by each shard.
+
+    Every shard and shard count calls the one traced function, so the model
+    is traced once, and the function is kept out of line, so graph
+    optimisation sees one copy of the model rather than one per shard.
+    DeiT-Ti⚗'s first `predict` (70 images, batch 32) took 21.8 s when each
+    shard traced and inlined the model; the shards run as fast either way.
+
+    Args:
+        forward: callable `[B, ...] -> outputs`.
+        spec: `tf.TensorSpec` of the images, batch dimension None.
+    """
+    return tf.function(forward, input_signature=[spec], experimental_attributes={"_noinline": True})
+
+
+def images_spec(images):
+    """`images`' `tf.TensorSpec` with any batch size."""
+    return tf.TensorSpec([None, *images.shape[1:]], images.dtype)
 
 
 def sharded_forward(forward, images, shards):
@@ -79,6 +105,7 @@ def cpu_predict(forward, xla_forward, images, flops_per_image):
         images: `[B, H, W, C]`.
         flops_per_image: float. The forward pass's FLOPs per image.
     """
+    forward = traced_once(forward, images_spec(images))
     if images.shape[0] is not None:  # a known batch traces only its own path
         shards = shards_for(images.shape[0], flops_per_image)
         return sharded_forward(forward, images, shards) if shards > 1 else xla_forward(images)

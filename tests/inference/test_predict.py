@@ -94,6 +94,36 @@ def test_evaluate_heads_in_shards_match_eager_heads_and_trace_each_count_once(mo
     assert traced == [2, 4]
 
 
+def test_evaluate_heads_trace_the_model_once_for_every_shard_count(monkeypatch):
+    model = tiny_model()
+    gflop = model.flops_per_image() / 1e9
+    monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((4, 1.5 * gflop), (2, 0.5 * gflop)))
+    traces, call_heads = [], model.call_heads
+
+    def counted(images, training):
+        traces.append(images.shape[0])
+        return call_heads(images, training=training)
+
+    monkeypatch.setattr(model, "call_heads", counted)
+    heads = evaluate.outputs_function(model)
+    for batch in (1, 3, 9):
+        heads(random_images(batch=batch))
+    assert traces == [None]  # one trace, of any batch size
+
+
+def test_evaluate_heads_of_an_unknown_batch_size_are_not_split(monkeypatch):
+    model = tiny_model()
+    monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((2, 1e-9),))
+    traced = _spy_on_shards(monkeypatch)
+    heads = evaluate.outputs_function(model)
+    spec = tf.TensorSpec([None, 32, 32, 3], tf.float32)
+    logits = tf.function(lambda images: heads(images)["cls_"], input_signature=[spec])
+    images = random_images(batch=4)
+    expected, _ = model.call_heads(images, training=False)
+    np.testing.assert_allclose(logits(images), expected, atol=1e-5, rtol=1e-5)
+    assert traced == []
+
+
 def test_evaluate_heads_of_a_small_model_are_not_split(monkeypatch):
     traced = _spy_on_shards(monkeypatch)
     heads = evaluate.outputs_function(tiny_model())
