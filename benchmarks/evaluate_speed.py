@@ -44,6 +44,7 @@ def one_plain_graph(model):
 
 
 def random_dataset(model, batch_size, batches, seed=0):
+    """`batches` cached batches of random images of the model's size and random labels."""
     rng = np.random.default_rng(seed)
     count = batch_size * batches
     size = model.image_size
@@ -53,6 +54,7 @@ def random_dataset(model, batch_size, batches, seed=0):
 
 
 def run(model_name, batch_size, batches, turns):
+    """Both sides' images/s per turn, their medians and ratio, and each side's top-1."""
     model = deit_keras.create_model(model_name)
     dataset = random_dataset(model, batch_size, batches)
     sides = {"shards": evaluate.outputs_function(model), "plain": one_plain_graph(model)}

@@ -1,9 +1,9 @@
 """How near a DeiT's matrix products alone come to the CPU's fp32 peak: the bound on "% of peak".
 
-Times each matrix product of one DeiT forward pass at one batch size, alone, three
+Times each matrix product of one DeiT forward pass at one batch size, alone, four
 ways: one op over every core (TensorFlow's oneDNN kernel, a `tf.function` without
-XLA), the same op compiled by XLA, and the batch in two halves side by side (two
-independent oneDNN ops in one graph, as `models/cpu_predict.py`'s shards run). The
+XLA), the same op compiled by XLA, and the batch in two and in four parts side by side
+(independent oneDNN ops in one graph, as `models/cpu_predict.py`'s shards run). The
 fastest way for each product, times its count in the model, adds up to the time the
 matrix products need with everything else (LayerNorm, softmax, GELU, reshapes) free:
 the best a forward pass could do with these kernels. Against it, in the same run, the
@@ -12,7 +12,7 @@ model's `predict_on_batch` (the user's path) and the CPU's nominal fp32 peak
 `benchmarks/results/peak_bound.json`).
 
     python benchmarks/peak_bound.py [--model deit_tiny_distilled_patch16_224] \
-        [--batch 32] [--seconds 1.5] [--json PATH]
+        [--batch 32 (a multiple of 4)] [--seconds 1.5] [--json PATH]
 """
 
 import argparse
@@ -58,10 +58,12 @@ def matrix_products(model, batch):
 
 
 def product_flops(left, right):
+    """FLOPs (2 per multiply-add) of `left @ right`, batched when 3-d."""
     return 2 * int(np.prod(left)) * right[-1]
 
 
 def median_seconds(call, seconds):
+    """Median seconds of `call()` over `seconds` (at least 5 calls), after one untimed call."""
     call()
     times, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds or len(times) < 5:
@@ -71,31 +73,40 @@ def median_seconds(call, seconds):
     return float(np.median(times))
 
 
+def in_parts(parts, batched):
+    """`a @ b` as `parts` independent products over parts of `a`'s rows (and of a batched `b`)."""
+
+    @tf.function
+    def product(a, b):
+        lefts = tf.split(a, parts)
+        rights = tf.split(b, parts) if batched else [b] * parts
+        return [tf.matmul(left, right) for left, right in zip(lefts, rights, strict=True)]
+
+    return product
+
+
 def time_product(left_shape, right_shape, seconds):
-    """Median seconds of one product: `{"onednn", "xla", "halves"}`."""
+    """Median seconds of one product: `{"onednn", "xla", "halves", "quarters"}`."""
     rng = np.random.default_rng(0)
     left = tf.constant(rng.standard_normal(left_shape, dtype=np.float32))
     right = tf.constant(rng.standard_normal(right_shape, dtype=np.float32))
-    one_op = tf.function(tf.matmul)
-    xla = tf.function(tf.matmul, jit_compile=True)
-
-    @tf.function
-    def halves(a, b):
-        first, second = tf.split(a, 2)
-        if len(right_shape) == 3:  # batched: each half has its own right-hand matrices
-            b_first, b_second = tf.split(b, 2)
-            return tf.matmul(first, b_first), tf.matmul(second, b_second)
-        return tf.matmul(first, b), tf.matmul(second, b)
-
+    batched = len(right_shape) == 3
+    ways = {
+        "onednn": tf.function(tf.matmul),
+        "xla": tf.function(tf.matmul, jit_compile=True),
+        "halves": in_parts(2, batched),
+        "quarters": in_parts(4, batched),
+    }
     return {
         name: median_seconds(
             lambda f=function: tf.nest.map_structure(np.asarray, f(left, right)), seconds
         )
-        for name, function in (("onednn", one_op), ("xla", xla), ("halves", halves))
+        for name, function in ways.items()
     }
 
 
 def run(model_name, batch, seconds):
+    """The products' times, their sum against the peak, and `predict_on_batch`'s speed."""
     model = deit_keras.create_model(model_name)
     host = machine()
     peak = host["peak_fp32_flops"]
@@ -141,6 +152,10 @@ def main():
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--json", default=os.path.join(RESULTS, "peak_bound.json"))
     args = parser.parse_args()
+    if args.batch <= 0 or args.batch % 4:
+        parser.error(
+            f"--batch must be a positive multiple of 4 (four parts). Received: {args.batch}"
+        )
     result = run(args.model, args.batch, args.seconds)
     with open(args.json + ".tmp", "w") as handle:
         json.dump(result, handle, indent=1)
