@@ -1,6 +1,7 @@
 """The compiled inference functions (ours and Keras' predict) return the eager call's logits."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import deit_keras
@@ -79,8 +80,11 @@ def _spy_on_shards(monkeypatch):
     return traced
 
 
-def test_evaluate_heads_in_shards_match_eager_heads_and_trace_each_count_once(monkeypatch):
-    model = tiny_model()
+@pytest.mark.parametrize("distilled", [True, False])
+def test_evaluate_heads_in_shards_match_eager_heads_and_trace_each_count_once(
+    monkeypatch, distilled
+):
+    model = tiny_model(distilled=distilled)
     gflop = model.flops_per_image() / 1e9
     monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((4, 1.5 * gflop), (2, 0.5 * gflop)))
     traced = _spy_on_shards(monkeypatch)
@@ -90,7 +94,11 @@ def test_evaluate_heads_in_shards_match_eager_heads_and_trace_each_count_once(mo
         cls_logits, dist_logits = model.call_heads(images, training=False)
         outputs = heads(images)
         np.testing.assert_allclose(outputs["cls_"], cls_logits, atol=1e-5, rtol=1e-5)
-        np.testing.assert_allclose(outputs["dist_"], dist_logits, atol=1e-5, rtol=1e-5)
+        if distilled:
+            np.testing.assert_allclose(outputs["dist_"], dist_logits, atol=1e-5, rtol=1e-5)
+        else:
+            assert "dist_" not in outputs
+            np.testing.assert_allclose(outputs[""], cls_logits, atol=1e-5, rtol=1e-5)
     assert traced == [2, 4]
 
 
