@@ -17,7 +17,7 @@ from deit_keras.distill.losses import DistillationLoss
 from deit_keras.distill.step import DistillationStep, average_heads
 from deit_keras.errors import UserInputError
 from deit_keras.layers.basic import dense
-from deit_keras.models.cpu_predict import cpu_only, cpu_predict
+from deit_keras.models.cpu_predict import TracedForwards, cpu_only, cpu_predict, images_spec
 from deit_keras.models.flops import vit_flops
 
 
@@ -90,6 +90,7 @@ class TokenClassifier(keras.Model):
         self.distillation_step = None  # set by compile()
         self._jit_compile_choice = "auto"  # compile()'s jit_compile, before Keras resolves it
         self._cpu_predict = False  # predict_step through models.cpu_predict (make_predict_function)
+        self._cpu_forwards = None  # its traced forward functions (cpu_predict.TracedForwards)
 
     def _make_heads(self):
         self.head = self.head_dist = None
@@ -310,17 +311,14 @@ class TokenClassifier(keras.Model):
         if self.predict_function is not None and not force:
             return self.predict_function
         self._cpu_predict = not self.jit_compile and self._xla_predict_by_default() and cpu_only()
+        self._cpu_forwards = TracedForwards(lambda batch: self(batch, training=False))
         return super().make_predict_function(force=force)
 
     def predict_step(self, data):
         if not self._cpu_predict:
             return super().predict_step(data)
         images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-
-        def forward(batch):
-            return self(batch, training=False)
-
-        xla_forward = tf.function(forward, jit_compile=True)
+        forward, xla_forward = self._cpu_forwards.for_spec(images_spec(images))
         return cpu_predict(forward, xla_forward, images, self.flops_per_image())
 
     def flops_per_image(self):

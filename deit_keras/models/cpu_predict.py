@@ -77,6 +77,31 @@ def images_spec(images):
     return tf.TensorSpec([None, *images.shape[1:]], images.dtype)
 
 
+class TracedForwards:
+    """A model's forward pass traced for the CPU predict step, kept across the step's traces.
+
+    Keras traces the predict step again for a new batch shape (a last,
+    smaller batch); the forward functions, traced once per images spec, are
+    reused rather than traced (and XLA-compiled) anew. A plain object, not a
+    `tf.Module`, so a SavedModel of the model holding it does not save them.
+
+    Args:
+        forward: callable `[B, ...] -> outputs`, the model's inference call.
+    """
+
+    def __init__(self, forward):
+        self._forward = forward
+        self._functions = {}
+
+    def for_spec(self, spec):
+        """`(traced_once forward, the same under XLA)` for images of `spec`."""
+        key = (tuple(spec.shape), spec.dtype)
+        if key not in self._functions:
+            xla = tf.function(self._forward, input_signature=[spec], jit_compile=True)
+            self._functions[key] = (traced_once(self._forward, spec), xla)
+        return self._functions[key]
+
+
 def sharded_forward(forward, images, shards):
     """`forward(images)` computed as `shards` independent passes over parts of the batch.
 
@@ -99,13 +124,12 @@ def cpu_predict(forward, xla_forward, images, flops_per_image):
     """The CPU predict step: shards for batches with the work for them, else one XLA pass.
 
     Args:
-        forward: callable. The model's inference call, run op by op in the
-            caller's graph.
+        forward: callable. The model's inference call, run op by op; a
+            `traced_once` function, or each shard traces the model again.
         xla_forward: callable. The same call compiled with XLA.
         images: `[B, H, W, C]`.
         flops_per_image: float. The forward pass's FLOPs per image.
     """
-    forward = traced_once(forward, images_spec(images))
     if images.shape[0] is not None:  # a known batch traces only its own path
         shards = shards_for(images.shape[0], flops_per_image)
         return sharded_forward(forward, images, shards) if shards > 1 else xla_forward(images)

@@ -60,6 +60,25 @@ def test_predict_on_batch_in_shards_matches_eager_call(monkeypatch):
     assert model._cpu_predict
 
 
+def test_predict_step_traces_the_forward_once_across_its_own_traces(monkeypatch):
+    model = tiny_model()
+    gflop = model.flops_per_image() / 1e9
+    monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((4, 1.5 * gflop), (2, 0.5 * gflop)))
+    specs, traced_once = [], cpu_predict.traced_once
+
+    def counted(forward, spec):
+        specs.append(spec)
+        return traced_once(forward, spec)
+
+    monkeypatch.setattr(cpu_predict, "traced_once", counted)
+    for batch in (9, 3, 5, 1):  # Keras traces its step again for new batch shapes
+        images = random_images(batch=batch)
+        np.testing.assert_allclose(
+            model.predict_on_batch(images), model(images, training=False), atol=1e-5, rtol=1e-5
+        )
+    assert specs == [tf.TensorSpec([None, 32, 32, 3], tf.float32)]
+
+
 def test_predict_keeps_an_explicit_no_xla_choice():
     model = tiny_model()
     model.compile(optimizer="adamw", jit_compile=False)
