@@ -13,6 +13,7 @@ Writes `--json` (default `benchmarks/results/evaluate_speed.json`).
 """
 
 import argparse
+import functools
 import json
 import os
 
@@ -20,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 import deit_keras
-from deit_keras.distill.step import average_heads
 from deit_keras.inference import evaluate
 from deit_keras.inference.host import cpu_info
 
@@ -29,18 +29,8 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 def one_plain_graph(model):
     """The heads in one `tf.function` without XLA: `outputs_function` before the shards."""
-    size = model.image_size
-    spec = tf.TensorSpec([None, size, size, model.in_channels], tf.float32)
-
-    @tf.function(input_signature=[spec])
-    def heads(images):
-        cls_logits, dist_logits = model.call_heads(images, training=False)
-        outputs = {"": average_heads(cls_logits, dist_logits), "cls_": cls_logits}
-        if dist_logits is not None:
-            outputs["dist_"] = dist_logits
-        return outputs
-
-    return heads
+    heads = functools.partial(evaluate.head_outputs, model)
+    return tf.function(heads, input_signature=[evaluate.batch_spec(model)])
 
 
 def random_dataset(model, batch_size, batches, seed=0):

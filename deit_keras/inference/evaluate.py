@@ -5,6 +5,7 @@ output, the mean of the class and distillation heads (DeiT paper, Table 3,
 "DeiT⚗: class+distillation"); each head alone is reported too.
 """
 
+import functools
 import time
 
 import keras
@@ -127,6 +128,21 @@ def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) 
     return evaluate_outputs(outputs_function(model), dataset, model.num_classes, max_batches)
 
 
+def head_outputs(model, images):
+    """`{"": averaged heads, "cls_": class head[, "dist_": distillation head]}` of `images`."""
+    cls_logits, dist_logits = model.call_heads(images, training=False)
+    outputs = {"": average_heads(cls_logits, dist_logits), "cls_": cls_logits}
+    if dist_logits is not None:
+        outputs["dist_"] = dist_logits
+    return outputs
+
+
+def batch_spec(model):
+    """The `tf.TensorSpec` of a batch of the model's input images, any batch size."""
+    size = model.image_size
+    return tf.TensorSpec([None, size, size, model.in_channels], tf.float32)
+
+
 def outputs_function(model: keras.Model):
     """`images -> {"": averaged heads, "cls_": class head[, "dist_": distillation head]}`.
 
@@ -143,17 +159,9 @@ def outputs_function(model: keras.Model):
     if not model.num_classes:
         raise UserInputError("Cannot evaluate a model without a head (num_classes=0).")
     size = model.image_size
-
-    def heads(images):
-        cls_logits, dist_logits = model.call_heads(images, training=False)
-        outputs = {"": average_heads(cls_logits, dist_logits), "cls_": cls_logits}
-        if dist_logits is not None:
-            outputs["dist_"] = dist_logits
-        return outputs
-
+    heads = functools.partial(head_outputs, model)
     if isinstance(model, keras.Model):  # an ExportedModel runs in its own runtime
-        spec = tf.TensorSpec([None, size, size, model.in_channels], tf.float32)
-        heads = _traced_by_shards(heads, spec, _cpu_flops_per_image(model))
+        heads = _traced_by_shards(heads, batch_spec(model), _cpu_flops_per_image(model))
 
     def outputs_fn(images):
         if tuple(images.shape[1:3]) != (size, size):

@@ -46,11 +46,15 @@ def test_predict_on_batch_uses_xla_on_cpu_by_default_and_matches_eager_call():
     assert _predict_compiles_with_xla(model, images)
 
 
-def test_predict_on_batch_in_shards_matches_eager_call(monkeypatch):
-    # The tiny model's batches split from 2 images on (2 shards) and 4 (4 shards).
-    model = tiny_model()
+def split_from_2_and_4_images(monkeypatch, model):
+    """The tiny model's batches split from 2 images on (2 shards) and 4 (4 shards)."""
     gflop = model.flops_per_image() / 1e9
     monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((4, 1.5 * gflop), (2, 0.5 * gflop)))
+
+
+def test_predict_on_batch_in_shards_matches_eager_call(monkeypatch):
+    model = tiny_model()
+    split_from_2_and_4_images(monkeypatch, model)
     assert cpu_predict.smallest_batches(model.flops_per_image()) == [(4, 4), (2, 2)]
     for batch in (1, 3, 9):
         images = random_images(batch=batch)
@@ -62,8 +66,7 @@ def test_predict_on_batch_in_shards_matches_eager_call(monkeypatch):
 
 def test_predict_step_traces_the_forward_once_across_its_own_traces(monkeypatch):
     model = tiny_model()
-    gflop = model.flops_per_image() / 1e9
-    monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((4, 1.5 * gflop), (2, 0.5 * gflop)))
+    split_from_2_and_4_images(monkeypatch, model)
     specs, traced_once = [], cpu_predict.traced_once
 
     def counted(forward, spec):
@@ -104,8 +107,7 @@ def test_evaluate_heads_in_shards_match_eager_heads_and_trace_each_count_once(
     monkeypatch, distilled
 ):
     model = tiny_model(distilled=distilled)
-    gflop = model.flops_per_image() / 1e9
-    monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((4, 1.5 * gflop), (2, 0.5 * gflop)))
+    split_from_2_and_4_images(monkeypatch, model)
     traced = _spy_on_shards(monkeypatch)
     heads = evaluate.outputs_function(model)
     for batch in (1, 3, 9, 5, 2):
@@ -123,8 +125,7 @@ def test_evaluate_heads_in_shards_match_eager_heads_and_trace_each_count_once(
 
 def test_evaluate_heads_trace_the_model_once_for_every_shard_count(monkeypatch):
     model = tiny_model()
-    gflop = model.flops_per_image() / 1e9
-    monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((4, 1.5 * gflop), (2, 0.5 * gflop)))
+    split_from_2_and_4_images(monkeypatch, model)
     traces, call_heads = [], model.call_heads
 
     def counted(images, training):
