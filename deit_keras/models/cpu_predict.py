@@ -95,11 +95,10 @@ class TracedForwards:
 
     def for_spec(self, spec):
         """`(traced_once forward, the same under XLA)` for images of `spec`."""
-        key = (tuple(spec.shape), spec.dtype)
-        if key not in self._functions:
+        if spec not in self._functions:
             xla = tf.function(self._forward, input_signature=[spec], jit_compile=True)
-            self._functions[key] = (traced_once(self._forward, spec), xla)
-        return self._functions[key]
+            self._functions[spec] = (traced_once(self._forward, spec), xla)
+        return self._functions[spec]
 
 
 def sharded_forward(forward, images, shards):
