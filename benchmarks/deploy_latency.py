@@ -38,20 +38,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput  # noqa: E402  (a sibling script: machine facts, the HF reference)
+from export_agreement import EXPORTS, agreement_rows, file_bytes  # noqa: E402  (a sibling)
 
 from deit_keras.inference import timing  # noqa: E402  (throughput puts the repository first)
 
 ROOT = throughput.ROOT
-QUANTIZE = ("none", "float16", "dynamic_int8", "int8")
-# side -> (format, quantize, optimize): every export the benchmark times.
-EXPORTS = {
-    **{f"litert_{q}": ("litert", q, False) for q in QUANTIZE},
-    "onnx": ("onnx", "none", False),
-    "onnx_fused": ("onnx", "none", True),
-    "onnx_dynamic_int8": ("onnx", "dynamic_int8", True),
-    "onnx_int8": ("onnx", "int8", True),
-    **{f"openvino_{q}": ("openvino", q, False) for q in ("none", "bf16", "int8")},
-}
 SIDES = ["torch", "keras_xla", *EXPORTS]
 
 
@@ -73,12 +64,6 @@ def _torch_step(args, batch, size):
             return model(images).logits.numpy()
 
     return step
-
-
-def _file_bytes(path):
-    """An export's size on disk; OpenVINO's weights are the .bin beside the .xml."""
-    weights = path[: -len(".xml")] + ".bin" if path.endswith(".xml") else None
-    return os.path.getsize(path) + (os.path.getsize(weights) if weights else 0)
 
 
 def _images(batch, size):
@@ -156,52 +141,17 @@ def prepare(args):
             "finite": bool(np.isfinite(logits).all()),
             "max_abs_logit_diff": float(np.abs(logits - expected).max()),
             "max_abs_logit": float(np.abs(expected).max()),
-            "file_mb": _file_bytes(path) / 2**20,
+            "file_mb": file_bytes(path) / 2**20,
         }
     throughput.reply(image_size=size, checks=checks)
 
 
 def digits_accuracy(args):
     """Top-1, fp32 agreement and file size of each export of the digits student."""
-    from deit_keras.data import pipeline
-    from deit_keras.deploy import export_formats, runtimes, saving
-    from deit_keras.deploy.calibration import eval_crops
-    from deit_keras.inference.evaluate import evaluate_model
-    from deit_keras.inference.predict import predict_function
-
-    model, _ = saving.load_model(args.digits_model, compile=False)
-    evaluation = list(
-        pipeline.make_dataset(
-            "digits",
-            "eval",
-            image_size=model.image_size,
-            batch_size=400,
-            training=False,
-            preprocessing=model.preprocessing,
-        )
-    )
-    images = np.concatenate([x for x, _ in evaluation])
-    reference = np.asarray(predict_function(model)(images)).argmax(-1)
-    calibration = eval_crops("digits", 200, model.image_size, model.preprocessing)
-    rows = {"keras": {"top1": evaluate_model(model, evaluation)["top1"], "agreement": 1.0}}
-    for side, (export_format, quantize, optimize) in EXPORTS.items():
-        path = os.path.join(args.workdir, f"digits_{side}{export_formats.SUFFIXES[export_format]}")
-        export_formats.export_model(
-            model,
-            path,
-            export_format,
-            quantize=quantize,
-            optimize=optimize,
-            calibration_images=calibration,
-        )
-        exported, _ = runtimes.load_exported(path)
-        predictions = np.asarray(exported(images)).argmax(-1)
-        rows[side] = {
-            "top1": evaluate_model(exported, evaluation)["top1"],
-            "agreement": float(np.mean(predictions == reference)),
-            "file_kb": _file_bytes(path) / 1024,
-        }
-    throughput.reply(rows=rows, model=args.digits_model, num_images=int(len(images)))
+    workdir = os.path.join(args.workdir, "digits")  # beside, not over, the timed exports
+    os.makedirs(workdir, exist_ok=True)
+    rows, _, num_images = agreement_rows(args.digits_model, "digits", workdir)
+    throughput.reply(rows=rows, model=args.digits_model, num_images=num_images)
 
 
 # === Driver ===
