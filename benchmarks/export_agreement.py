@@ -20,7 +20,6 @@ Prints a markdown table; `--json` writes the rows (atomically). `deploy_latency.
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import sys
@@ -28,7 +27,8 @@ import tempfile
 
 import numpy as np
 
-from deit_keras.inference import host
+from deit_keras.errors import UserInputError
+from deit_keras.inference import host  # no TensorFlow: deploy_latency's torch workers import this
 
 # side -> (format, quantize, optimize): every export compared (and timed by deploy_latency.py).
 QUANTIZE = ("none", "float16", "dynamic_int8", "int8")
@@ -40,18 +40,14 @@ EXPORTS = {
     "onnx_int8": ("onnx", "int8", True),
     **{f"openvino_{q}": ("openvino", q, False) for q in ("none", "bf16", "int8")},
 }
-RUNTIME_MODULES = {
-    "litert": ("ai_edge_litert",),
-    "onnx": ("tf2onnx", "onnx", "onnxruntime"),
-    "openvino": ("tf2onnx", "onnx", "openvino", "nncf"),
-}
 BATCH = 500
 
 
 def _missing_module(export_format):
-    return next(
-        (m for m in RUNTIME_MODULES[export_format] if importlib.util.find_spec(m) is None), None
-    )
+    """The first module `export_format`'s runtime needs that is not installed, or None."""
+    from deit_keras.inference import bench_runtimes
+
+    return bench_runtimes.RUNTIMES[export_format].missing_module()
 
 
 def _eval_images(dataset, model, max_images):
@@ -213,9 +209,12 @@ def main():
             f"--calibration_images must be positive. Received: {args.calibration_images}"
         )
     with tempfile.TemporaryDirectory() as workdir:
-        rows, skipped, num_images = agreement_rows(
-            args.model, args.dataset, workdir, exports, args.calibration_images, args.max_images
-        )
+        try:
+            rows, skipped, num_images = agreement_rows(
+                args.model, args.dataset, workdir, exports, args.calibration_images, args.max_images
+            )
+        except UserInputError as error:  # a dataset or model file the library refuses
+            raise SystemExit(f"export_agreement: {error}") from None
     result = {
         "date": datetime.date.today().isoformat(),
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
