@@ -6,6 +6,8 @@
         --dataset imagenet2012
     python -m deit_keras.evaluate --model deit_base_distilled_patch16_224 --pretrained \\
         --benchmarks imagenet,real,v2 [--v2_variant matched-frequency] [--data_dir DIR]
+    python -m deit_keras.evaluate --model_path model_int8.onnx --dataset folder:DIR \\
+        --reference_model model.keras   # + top-1 agreement with the fp32 model
 """
 
 import json
@@ -16,6 +18,7 @@ from deit_keras import cli
 from deit_keras.cli import model_source
 from deit_keras.data import imagenet_test_sets as benchmarks
 from deit_keras.data.image_check import BAD_IMAGES
+from deit_keras.deploy.runtimes import load_for_inference
 from deit_keras.inference.evaluate import check_batch_size, evaluate_on_dataset
 from deit_keras.inference.imagenet_test_sets import evaluate_benchmarks, format_benchmarks
 from deit_keras.io.atomic import write_text_atomic
@@ -61,9 +64,17 @@ _CROP_PCT = flags.DEFINE_float(
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Write the JSON summary here (atomically) instead of stdout."
 )
+_REFERENCE_MODEL = flags.DEFINE_string(
+    "reference_model",
+    None,
+    "With --dataset: a .keras model (or an export) run on the same crops, e.g. the fp32 "
+    "model an int8 file was exported from: adds reference_top1 and agreement_with_reference "
+    "(share of images with the same top-1 class).",
+)
 
 cli.check_path("data_dir", "directory")
 cli.check_path("output", "output_file")
+cli.check_path("reference_model", "input_file")
 cli.check_range("batch_size", POSITIVE)
 cli.check_range("max_batches", POSITIVE)
 cli.check_range("crop_pct", FRACTION)
@@ -72,13 +83,14 @@ cli.check_range("crop_pct", FRACTION)
 def format_results(results: dict) -> str:
     """One line per metric, for people."""
     lines = []
+    width = max(len(key) for key in results)
     for key, value in results.items():
         if key == "flags":
             continue
         if isinstance(value, float):
-            lines.append(f"{key:>18}: {value:.4f}")
+            lines.append(f"{key:>{width}}: {value:.4f}")
         elif not isinstance(value, (dict, list)):
-            lines.append(f"{key:>18}: {value}")
+            lines.append(f"{key:>{width}}: {value}")
     return "\n".join(lines)
 
 
@@ -91,7 +103,9 @@ def _check_flags() -> None:
         )
     if _BENCHMARKS.value:
         benchmarks.parse_benchmarks(_BENCHMARKS.value)
-        ignored = [name for name in ("split", "bad_images") if flags.FLAGS[name].present]
+        ignored = [
+            name for name in ("split", "bad_images", "reference_model") if flags.FLAGS[name].present
+        ]
         if ignored:
             raise cli.UsageError(
                 f"--{ignored[0]} is for --dataset; the benchmarks read each test set's own split."
@@ -126,9 +140,18 @@ def _evaluate(model, class_names) -> tuple:
             max_batches=_MAX_BATCHES.value,
             crop_pct=_CROP_PCT.value,
             bad_images=_BAD_IMAGES.value,
+            reference=_reference_model(),
         )
     )
+    if _REFERENCE_MODEL.value:
+        summary["reference_model"] = _REFERENCE_MODEL.value
     return summary, format_results(summary)
+
+
+def _reference_model():
+    if not _REFERENCE_MODEL.value:
+        return None
+    return load_for_inference(_REFERENCE_MODEL.value)[0]
 
 
 def main(argv: list[str]) -> None:

@@ -46,7 +46,13 @@ def _cross_entropy(logits, labels):
     return float(-np.sum(log_probs[np.arange(len(labels)), labels]))
 
 
-def evaluate_outputs(outputs_fn, dataset, num_classes: int, max_batches: int | None = None) -> dict:
+def evaluate_outputs(
+    outputs_fn,
+    dataset,
+    num_classes: int,
+    max_batches: int | None = None,
+    reference_fn=None,
+) -> dict:
     """Accuracy of each named output of a classifier on `dataset`.
 
     Args:
@@ -57,6 +63,10 @@ def evaluate_outputs(outputs_fn, dataset, num_classes: int, max_batches: int | N
             `[B, num_classes]` or integer `[B]`.
         num_classes: int. Labels must be below it.
         max_batches: int or None. Stop after this many batches.
+        reference_fn: another `outputs_fn` or None. When given, its ""
+            output runs on the same images (outside the timing) and is
+            reported as `reference_top1` and `agreement_with_reference`, the
+            fraction of images whose top-1 class is the same in both.
 
     Returns:
         dict of top-k accuracies as fractions in [0, 1] (the unit of the
@@ -92,6 +102,8 @@ def evaluate_outputs(outputs_fn, dataset, num_classes: int, max_batches: int | N
             for k in (1, 5):
                 key = f"{name}top{k}"
                 correct[key] = correct.get(key, 0) + top_k_correct(logits, labels, k)
+        if reference_fn is not None:
+            _count_reference(correct, outputs[""], np.asarray(reference_fn(images)[""]), labels)
         loss += _cross_entropy(outputs[""], labels)
         total += batch
     seconds = time.perf_counter() - start
@@ -109,7 +121,17 @@ def evaluate_outputs(outputs_fn, dataset, num_classes: int, max_batches: int | N
     return results
 
 
-def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) -> dict:
+def _count_reference(correct, logits, reference_logits, labels):
+    """Adds a batch's reference top-1 hits and top-1 agreements to `correct`."""
+    agree = int(np.sum(np.argmax(logits, -1) == np.argmax(reference_logits, -1)))
+    correct["agreement_with_reference"] = correct.get("agreement_with_reference", 0) + agree
+    hits = top_k_correct(reference_logits, labels, 1)
+    correct["reference_top1"] = correct.get("reference_top1", 0) + hits
+
+
+def evaluate_model(
+    model: keras.Model, dataset, max_batches: int | None = None, reference=None
+) -> dict:
     """Accuracy of a DeiT on `dataset`, per head and for the averaged heads.
 
     Args:
@@ -119,13 +141,41 @@ def evaluate_model(model: keras.Model, dataset, max_batches: int | None = None) 
             dataset): images normalised float32 `[B, H, W, 3]`, labels one-hot
             `[B, num_classes]` or integer `[B]`.
         max_batches: int or None. Stop after this many batches.
+        reference: a model as `model` or None, e.g. the fp32 `.keras` model an
+            int8 export was made from (`check_reference`): its top-1 and the
+            top-1 agreement with it are reported too.
 
     Returns:
         The `evaluate_outputs` dict: `top1`, `top5` (of the averaged heads),
         `cls_top1`, `cls_top5` and, for distilled models, `dist_top1`,
-        `dist_top5`, plus `loss`, `num_examples`, `seconds`, `images_per_second`.
+        `dist_top5`, plus `loss`, `num_examples`, `seconds`, `images_per_second`
+        (and `reference_top1`, `agreement_with_reference` with a reference).
     """
-    return evaluate_outputs(outputs_function(model), dataset, model.num_classes, max_batches)
+    reference_fn = None if reference is None else outputs_function(reference)
+    return evaluate_outputs(
+        outputs_function(model), dataset, model.num_classes, max_batches, reference_fn
+    )
+
+
+def check_reference(model, reference) -> None:
+    """Raises `UserInputError` unless `reference` takes `model`'s images and classes.
+
+    Both must see the same normalised crops to be compared image by image:
+    the same image size, number of classes and normalisation (mean, std).
+    """
+    theirs = (reference.image_size, reference.num_classes)
+    ours = (model.image_size, model.num_classes)
+    if theirs != ours:
+        raise UserInputError(
+            "The reference model must take the same images and classes as the model: "
+            f"(image_size, num_classes) {ours}. Received: {theirs}"
+        )
+    normalisation = (reference.preprocessing.mean, reference.preprocessing.std)
+    if normalisation != (model.preprocessing.mean, model.preprocessing.std):
+        raise UserInputError(
+            "The reference model normalises images otherwise than the model: mean, std "
+            f"{(model.preprocessing.mean, model.preprocessing.std)}. Received: {normalisation}"
+        )
 
 
 def head_outputs(model, images):
@@ -297,6 +347,7 @@ def evaluate_on_dataset(
     max_batches: int | None = None,
     crop_pct: float | None = None,
     bad_images: str = "skip",
+    reference=None,
 ) -> dict:
     """Top-1/top-5 of `model` on the named dataset.
 
@@ -319,12 +370,16 @@ def evaluate_on_dataset(
         bad_images: str. "skip" (default): a folder dataset's files that do
             not decode are left out, counted in a warning and listed under
             "skipped"; "fail": they raise, naming the first.
+        reference: a model or None. Compared image by image (`evaluate_model`);
+            it sees the crops `model` sees.
 
     Returns:
         the `evaluate_model` dict plus model name, dataset, split and crop_pct
         (and "skipped": `[path, reason]` pairs when files were left out).
     """
     check_batch_size(batch_size)
+    if reference is not None:
+        check_reference(model, reference)
     info = pipeline.dataset_info(dataset_name, data_dir=data_dir, bad_images=bad_images)
     if info.skipped:
         logging.warning(
@@ -351,7 +406,7 @@ def evaluate_on_dataset(
         data_dir=data_dir,
         preprocessing=preprocessing,
     )
-    results = evaluate_model(model, dataset, max_batches=max_batches)
+    results = evaluate_model(model, dataset, max_batches=max_batches, reference=reference)
     summary = {
         "model": model.name,
         "distilled": bool(model.distilled),

@@ -47,7 +47,12 @@ PATH_FLAGS = {
     },
     "convert": {"checkpoint": "input_file", "output": "output_file"},
     "export": {"model_path": "input_file", "output": "output_path", "data_dir": "directory"},
-    "evaluate": {"model_path": "input_file", "output": "output_file", "data_dir": "directory"},
+    "evaluate": {
+        "model_path": "input_file",
+        "reference_model": "input_file",
+        "output": "output_file",
+        "data_dir": "directory",
+    },
     "predict": {"model_path": "input_file", "output": "output_file"},
     "visualize": {
         "model_path": "input_file",
@@ -171,6 +176,10 @@ def check(name, module, argv, files):
         read_state_dict(values.checkpoint)
     if "model_path" in values and values.model_path:
         saving.load_model(values.model_path, compile=False)
+    if "reference_model" in values and values.reference_model:
+        from deit_keras.deploy.runtimes import load_for_inference
+
+        load_for_inference(values.reference_model)
 
 
 # What a CLI needs besides the flag tried (its required flags, where its checks read them).

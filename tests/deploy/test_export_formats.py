@@ -21,7 +21,7 @@ from deit_keras.deploy.calibration import eval_crops
 from deit_keras.deploy.signatures import fixed_size_function
 from deit_keras.inference.evaluate import evaluate_model
 from deit_keras.inference.predict import predict_images
-from deit_keras.testing import run_cli, tiny_model, user_stderr
+from deit_keras.testing import assert_one_line_error, run_cli, tiny_model, user_stderr
 
 # fp32 exports against the Keras graph, absolute, on logits of a trained model.
 FP32_ATOL = 1e-5
@@ -223,7 +223,7 @@ def test_runtimes_reject_files_of_the_wrong_kind(tmp_path):
         runtimes.load_exported(str(tmp_path / "missing.onnx"))
 
 
-def test_export_cli_writes_litert_int8_and_evaluate_reads_it(models, tmp_path):
+def test_export_cli_writes_litert_int8_and_evaluate_reads_it(models, crops, tmp_path):
     keras_path = str(tmp_path / "digits.keras")
     saving.save_model(models["distilled"], keras_path, class_names=[str(i) for i in range(10)])
     out = str(tmp_path / "digits_int8.tflite")
@@ -239,11 +239,35 @@ def test_export_cli_writes_litert_int8_and_evaluate_reads_it(models, tmp_path):
     assert process.returncode == 0, process.stderr
     assert "quantize=int8" in process.stdout and os.path.isfile(out)
     results = str(tmp_path / "results.json")
-    process = run_cli("evaluate", f"--model_path={out}", "--dataset=digits", f"--output={results}")
+    process = run_cli(
+        "evaluate",
+        f"--model_path={out}",
+        "--dataset=digits",
+        f"--reference_model={keras_path}",
+        f"--output={results}",
+    )
     assert process.returncode == 0, process.stderr
+    assert "agreement_with_reference" in process.stdout
     with open(results) as handle:
         summary = json.load(handle)
     assert summary["num_examples"] == 360 and summary["top1"] > 0
+    # The int8 file's answers against its fp32 model's on the same 360 crops.
+    int8 = runtimes.load_exported(out)[0].run_uint8(crops)["logits"].argmax(-1)
+    fp32 = _keras_outputs(models["distilled"], crops)["logits"].argmax(-1)
+    assert summary["agreement_with_reference"] == pytest.approx(np.mean(int8 == fp32))
+    assert summary["agreement_with_reference"] >= QUANTIZED_BARS["int8"][0]
+
+    # A reference with other classes, or beside --benchmarks: one line each.
+    five = str(tmp_path / "five.keras")
+    saving.save_model(tiny_model(num_classes=5), five)
+    process = run_cli(
+        "evaluate", f"--model_path={out}", "--dataset=digits", f"--reference_model={five}"
+    )
+    assert_one_line_error(process, "same images and classes", "Received: (32, 5)")
+    process = run_cli(
+        "evaluate", f"--model_path={out}", "--benchmarks=v2", f"--reference_model={keras_path}"
+    )
+    assert_one_line_error(process, "--reference_model is for --dataset")
 
 
 def test_export_cli_bad_combination_is_one_line(models, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import re
+import types
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deit_keras.data import labels
+from deit_keras.data.preprocessing import Preprocessing
 from deit_keras.deploy import saved_model, saving
 from deit_keras.inference import evaluate, predict
 from deit_keras.io import images as images_io
@@ -107,6 +109,51 @@ def test_evaluate_model_plain_model_and_errors(saved):
         evaluate.evaluate_model(plain, [(images, np.full(6, 12))])
     with pytest.raises(ValueError, match="32x32"):
         evaluate.evaluate_model(plain, [(np.zeros((1, 16, 16, 3), "float32"), np.zeros(1))])
+
+
+class _Relabelled:
+    """`model`, but the next class wins on images whose first pixel is positive (about half)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.image_size, self.num_classes = model.image_size, model.num_classes
+        self.preprocessing = model.preprocessing
+
+    def call_heads(self, images, training=False):
+        cls_logits, dist_logits = (np.asarray(t) for t in self.model.call_heads(images))
+        winner = (cls_logits + dist_logits).argmax(-1)
+        moved = np.asarray(images)[:, 0, 0, 0] > 0
+        bump = 100.0 * np.eye(self.num_classes)[(winner + 1) % self.num_classes] * moved[:, None]
+        return cls_logits + bump, dist_logits + bump
+
+
+def test_evaluate_model_against_a_reference_model(saved):
+    model, _ = saved
+    reference = _Relabelled(model)
+    images, labels, dataset = _labelled_batches(model, num=40, seed=3)
+    ours = model(images).numpy().argmax(-1)
+    theirs = np.add(*reference.call_heads(images)).argmax(-1)
+    assert 0 < np.mean(ours == theirs) < 1  # the check below can tell a wrong count
+
+    results = evaluate.evaluate_model(model, dataset, reference=reference)
+    assert results["agreement_with_reference"] == pytest.approx(np.mean(ours == theirs))
+    assert results["reference_top1"] == pytest.approx(np.mean(theirs == labels))
+    assert results["top1"] == pytest.approx(np.mean(ours == labels))
+    itself = evaluate.evaluate_model(model, dataset, reference=model)
+    assert itself["agreement_with_reference"] == 1.0 and itself["reference_top1"] == itself["top1"]
+    assert "agreement_with_reference" not in evaluate.evaluate_model(model, dataset)
+
+
+def test_check_reference_needs_the_same_crops_and_classes(saved):
+    model, _ = saved
+    evaluate.check_reference(model, tiny_model())
+    sizes = r"same images and classes.*\(32, 10\). Received: \(32, 5\)"
+    with pytest.raises(ValueError, match=sizes):
+        evaluate.check_reference(model, tiny_model(num_classes=5))
+    halves = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    inception_style = types.SimpleNamespace(image_size=32, num_classes=10, preprocessing=halves)
+    with pytest.raises(ValueError, match="normalises images otherwise"):
+        evaluate.check_reference(model, inception_style)
 
 
 def test_class_names_mismatch_compares_through_the_naming_rule():
