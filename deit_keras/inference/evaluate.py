@@ -151,7 +151,10 @@ def evaluate_model(
         `dist_top5`, plus `loss`, `num_examples`, `seconds`, `images_per_second`
         (and `reference_top1`, `agreement_with_reference` with a reference).
     """
-    reference_fn = None if reference is None else outputs_function(reference)
+    reference_fn = None
+    if reference is not None:
+        check_reference(model, reference)
+        reference_fn = outputs_function(reference)
     return evaluate_outputs(
         outputs_function(model), dataset, model.num_classes, max_batches, reference_fn
     )
@@ -378,7 +381,7 @@ def evaluate_on_dataset(
         (and "skipped": `[path, reason]` pairs when files were left out).
     """
     check_batch_size(batch_size)
-    if reference is not None:
+    if reference is not None:  # before the dataset is read
         check_reference(model, reference)
     info = pipeline.dataset_info(dataset_name, data_dir=data_dir, bad_images=bad_images)
     if info.skipped:

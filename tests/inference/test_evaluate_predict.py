@@ -154,6 +154,8 @@ def test_check_reference_needs_the_same_crops_and_classes(saved):
     inception_style = types.SimpleNamespace(image_size=32, num_classes=10, preprocessing=halves)
     with pytest.raises(ValueError, match="normalises images otherwise"):
         evaluate.check_reference(model, inception_style)
+    with pytest.raises(ValueError, match="same images and classes"):  # the library checks too
+        evaluate.evaluate_model(model, [], reference=tiny_model(num_classes=5))
 
 
 def test_class_names_mismatch_compares_through_the_naming_rule():
