@@ -19,16 +19,19 @@ Prints a markdown table; `--json` writes the rows (atomically). `deploy_latency.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import sys
 import tempfile
+from importlib import metadata
 
 import numpy as np
 
-from deit_keras.errors import UserInputError
+from deit_keras.errors import UserError, UserInputError
 from deit_keras.inference import host  # no TensorFlow: deploy_latency's torch workers import this
+from deit_keras.io import atomic, paths
 
 # side -> (format, quantize, optimize): every export compared (and timed by deploy_latency.py).
 QUANTIZE = ("none", "float16", "dynamic_int8", "int8")
@@ -68,6 +71,8 @@ def _eval_images(dataset, model, max_images):
         labels.append(y.argmax(-1) if y.ndim == 2 else y)
         if max_images and sum(map(len, images)) >= max_images:
             break
+    if not images:
+        raise UserInputError(f"Dataset {dataset!r} has no eval images to compare on.")
     return np.concatenate(images)[:max_images], np.concatenate(labels)[:max_images]
 
 
@@ -185,11 +190,13 @@ def _parse_exports(text):
     return names
 
 
-def _write_json(path, result):
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(result, handle, indent=1)
-    os.replace(temporary, path)
+def _versions():
+    """Versions of the packages behind the exports (NNCF's preset: `deploy.openvino_export`)."""
+    found = {}
+    for package in ("tensorflow", "keras", "ai-edge-litert", "onnxruntime", "openvino", "nncf"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[package] = metadata.version(package)
+    return found
 
 
 def main():
@@ -204,16 +211,19 @@ def main():
     exports = _parse_exports(args.exports)
     if not os.path.isfile(args.model):
         raise SystemExit(f"--model: no file at {args.model!r} (a trained .keras DeiT).")
-    if args.calibration_images <= 0:
-        raise SystemExit(
-            f"--calibration_images must be positive. Received: {args.calibration_images}"
-        )
+    for name in ("calibration_images", "max_images"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise SystemExit(f"--{name} must be positive. Received: {value}")
+    problem = paths.output_file_problem("--json", args.json)
+    if problem:  # before the exports, not after
+        raise SystemExit(problem)
     with tempfile.TemporaryDirectory() as workdir:
         try:
             rows, skipped, num_images = agreement_rows(
                 args.model, args.dataset, workdir, exports, args.calibration_images, args.max_images
             )
-        except UserInputError as error:  # a dataset or model file the library refuses
+        except UserError as error:  # a dataset or model file the library refuses
             raise SystemExit(f"export_agreement: {error}") from None
     result = {
         "date": datetime.date.today().isoformat(),
@@ -223,11 +233,12 @@ def main():
         "dataset": args.dataset,
         "num_images": num_images,
         "calibration_images": args.calibration_images,
+        "versions": _versions(),
         "rows": rows,
         "skipped": skipped,
     }
     if args.json:
-        _write_json(args.json, result)
+        atomic.write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     print(markdown(rows, num_images))
     for side, reason in skipped.items():
         print(f"skipped {side}: {reason}")

@@ -12,7 +12,7 @@
 
 import json
 
-from absl import flags
+from absl import flags, logging
 
 from deit_keras import cli
 from deit_keras.cli import model_source
@@ -83,7 +83,7 @@ cli.check_range("crop_pct", FRACTION)
 def format_results(results: dict) -> str:
     """One line per metric, for people."""
     lines = []
-    width = max(len(key) for key in results)
+    width = max(18, *(len(key) for key in results))
     for key, value in results.items():
         if key == "flags":
             continue
@@ -103,9 +103,9 @@ def _check_flags() -> None:
         )
     if _BENCHMARKS.value:
         benchmarks.parse_benchmarks(_BENCHMARKS.value)
-        ignored = [
-            name for name in ("split", "bad_images", "reference_model") if flags.FLAGS[name].present
-        ]
+        if _REFERENCE_MODEL.value:
+            raise cli.UsageError("--reference_model is for --dataset, not --benchmarks.")
+        ignored = [name for name in ("split", "bad_images") if flags.FLAGS[name].present]
         if ignored:
             raise cli.UsageError(
                 f"--{ignored[0]} is for --dataset; the benchmarks read each test set's own split."
@@ -140,7 +140,7 @@ def _evaluate(model, class_names) -> tuple:
             max_batches=_MAX_BATCHES.value,
             crop_pct=_CROP_PCT.value,
             bad_images=_BAD_IMAGES.value,
-            reference=_reference_model(),
+            reference=_reference_model(class_names),
         )
     )
     if _REFERENCE_MODEL.value:
@@ -148,10 +148,17 @@ def _evaluate(model, class_names) -> tuple:
     return summary, format_results(summary)
 
 
-def _reference_model():
+def _reference_model(class_names):
+    """The --reference_model, with a warning when its class names are not the model's."""
     if not _REFERENCE_MODEL.value:
         return None
-    return load_for_inference(_REFERENCE_MODEL.value)[0]
+    reference, reference_names = load_for_inference(_REFERENCE_MODEL.value)
+    if class_names and reference_names and list(reference_names) != list(class_names):
+        logging.warning(
+            "--reference_model's class names differ from the model's; agreement assumes "
+            "both use the same label order."
+        )
+    return reference
 
 
 def main(argv: list[str]) -> None:

@@ -64,9 +64,10 @@ def evaluate_outputs(
         num_classes: int. Labels must be below it.
         max_batches: int or None. Stop after this many batches.
         reference_fn: another `outputs_fn` or None. When given, its ""
-            output runs on the same images (outside the timing) and is
-            reported as `reference_top1` and `agreement_with_reference`, the
-            fraction of images whose top-1 class is the same in both.
+            output runs on the same images (outside `images_per_second`,
+            inside `seconds`) and is reported as `reference_top1` and
+            `agreement_with_reference`, the fraction of images whose top-1
+            class is the same in both.
 
     Returns:
         dict of top-k accuracies as fractions in [0, 1] (the unit of the
