@@ -77,13 +77,11 @@ def _eval_images(dataset, model, max_images):
 
 
 def _probabilities(model, images):
-    """Softmax of the averaged heads, in batches of `BATCH`."""
-    from deit_keras.inference.evaluate import head_outputs
+    """Softmax of the averaged heads (`deit-evaluate`'s forward pass), in batches of `BATCH`."""
+    from deit_keras.inference.evaluate import outputs_function
 
-    chunks = [
-        np.asarray(head_outputs(model, images[i : i + BATCH])[""])
-        for i in range(0, len(images), BATCH)
-    ]
+    outputs = outputs_function(model)
+    chunks = [np.asarray(outputs(images[i : i + BATCH])[""]) for i in range(0, len(images), BATCH)]
     logits = np.concatenate(chunks).astype(np.float64)
     logits -= logits.max(-1, keepdims=True)
     return np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)

@@ -374,16 +374,14 @@ def evaluate_on_dataset(
         bad_images: str. "skip" (default): a folder dataset's files that do
             not decode are left out, counted in a warning and listed under
             "skipped"; "fail": they raise, naming the first.
-        reference: a model or None. Compared image by image (`evaluate_model`);
-            it sees the crops `model` sees.
+        reference: a model or None. Compared image by image (`evaluate_model`,
+            which checks it); it sees the crops `model` sees.
 
     Returns:
         the `evaluate_model` dict plus model name, dataset, split and crop_pct
         (and "skipped": `[path, reason]` pairs when files were left out).
     """
     check_batch_size(batch_size)
-    if reference is not None:  # before the dataset is read
-        check_reference(model, reference)
     info = pipeline.dataset_info(dataset_name, data_dir=data_dir, bad_images=bad_images)
     if info.skipped:
         logging.warning(
