@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from deit_keras.layers import onednn_form
 from deit_keras.layers.basic import check_heads, dense
 
 
@@ -91,11 +92,13 @@ class MultiHeadSelfAttention(HeadsLayer):
     def call(self, x, return_attention_scores=False):
         shape = ops.shape(x)
         batch, tokens = shape[0], shape[1]
-        qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, self.head_dim))
+        qkv = onednn_form.token_dense(self.qkv, x)
+        qkv = ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, N, T, H]
         query, key, value = qkv[0], qkv[1], qkv[2]
         attention = self._attention(query, key)
-        out = self.proj(merge_heads(ops.matmul(attention, value), batch, tokens, self.embed_dim))
+        merged = merge_heads(ops.matmul(attention, value), batch, tokens, self.embed_dim)
+        out = onednn_form.token_dense(self.proj, merged)
         if return_attention_scores:
             return out, attention
         return out

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from deit_keras.errors import UserInputError
+from deit_keras.layers import onednn_form
 from deit_keras.layers.attention import MultiHeadSelfAttention, with_scores
 from deit_keras.layers.basic import dense, layer_norm
 from deit_keras.layers.layer_scale import LayerScale
@@ -69,7 +70,7 @@ class MLP(keras.layers.Layer):
         self.fc2.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
 
     def call(self, x):
-        return self.fc2(keras.activations.gelu(self.fc1(x), approximate=False))
+        return onednn_form.mlp(self.fc1, self.fc2, x)
 
     def compute_output_shape(self, input_shape):
         return input_shape

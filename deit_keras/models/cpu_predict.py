@@ -16,6 +16,8 @@ import math
 
 import tensorflow as tf
 
+from deit_keras.layers import onednn_form
+
 # A batch is split when it holds enough work for each shard: 2 shards from 18
 # GFLOP a batch, 4 from 75 (DeiT-Ti⚗ at 224 px, 2.52 GFLOP an image: batches of
 # 8 and 30). Measured on 2 Intel Xeon vCPUs against one XLA pass: 2 shards won
@@ -59,6 +61,9 @@ def shard_sizes(batch, shards):
 def traced_once(forward, spec):
     """`forward` as one `tf.function` of `spec`, called (not inlined) by each shard.
 
+    The model is traced in `layers.onednn_form`'s fusable form: its Dense
+    layers and GELUs become oneDNN fused products in this graph (DeiT-Ti⚗
+    batch 32: 1.1-1.2x the default form, benchmarks/README).
     Every shard and shard count calls the one traced function, so the model
     is traced once, and the function is kept out of line, so graph
     optimisation sees one copy of the model rather than one per shard.
@@ -69,7 +74,14 @@ def traced_once(forward, spec):
         forward: callable `[B, ...] -> outputs`.
         spec: `tf.TensorSpec` of the images, batch dimension None.
     """
-    return tf.function(forward, input_signature=[spec], experimental_attributes={"_noinline": True})
+
+    def in_fusable_form(images):
+        with onednn_form.fusable_form():
+            return forward(images)
+
+    return tf.function(
+        in_fusable_form, input_signature=[spec], experimental_attributes={"_noinline": True}
+    )
 
 
 def images_spec(images):
