@@ -31,6 +31,8 @@ from throughput import machine
 import deit_keras
 from deit_keras.deploy import openvino_export
 from deit_keras.deploy.runtimes import ExportedModel
+from deit_keras.inference import bench_runtimes
+from deit_keras.io import atomic
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -139,14 +141,6 @@ def openvino_call(left, right, batched):
     return lambda: request.infer(feeds, share_inputs=True, share_outputs=True)
 
 
-def has_openvino():
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def time_product(left_shape, right_shape, seconds, with_openvino):
     """Median seconds of one product in each way: onednn, xla, halves, quarters, openvino."""
     rng = np.random.default_rng(0)
@@ -197,7 +191,8 @@ def run(model_name, batch, seconds):
     model = deit_keras.create_model(model_name)
     host = machine()
     peak = host["peak_fp32_flops"]
-    with_openvino = has_openvino()
+    # The OpenVINO export needs tf2onnx and onnx too: the same check as deit-benchmark's.
+    with_openvino = bench_runtimes.RUNTIMES["openvino"].missing_module() is None
     rows, product_total = [], 0
     for name, count, left, right in matrix_products(model, batch):
         timed = time_product(left, right, seconds, with_openvino)
@@ -251,9 +246,7 @@ def main():
     if args.batch <= 0:
         parser.error(f"--batch must be a positive number of images. Received: {args.batch}")
     result = run(args.model, args.batch, args.seconds)
-    with open(args.json + ".tmp", "w") as handle:
-        json.dump(result, handle, indent=1)
-    os.replace(args.json + ".tmp", args.json)
+    atomic.write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     print(result["machine"]["peak_derivation"])
     for row in result["products"]:
         speeds = ", ".join(f"{way} {value:.0f}" for way, value in row["gflop_per_s"].items())
