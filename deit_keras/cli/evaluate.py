@@ -19,7 +19,11 @@ from deit_keras.cli import model_source
 from deit_keras.data import imagenet_test_sets as benchmarks
 from deit_keras.data.image_check import BAD_IMAGES
 from deit_keras.deploy.runtimes import load_for_inference
-from deit_keras.inference.evaluate import check_batch_size, evaluate_on_dataset
+from deit_keras.inference.evaluate import (
+    check_batch_size,
+    class_names_mismatch,
+    evaluate_on_dataset,
+)
 from deit_keras.inference.imagenet_test_sets import evaluate_benchmarks, format_benchmarks
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import FRACTION, POSITIVE
@@ -140,7 +144,7 @@ def _evaluate(model, class_names) -> tuple:
             max_batches=_MAX_BATCHES.value,
             crop_pct=_CROP_PCT.value,
             bad_images=_BAD_IMAGES.value,
-            reference=_reference_model(class_names),
+            reference=_reference_model(model, class_names),
         )
     )
     if _REFERENCE_MODEL.value:
@@ -148,16 +152,21 @@ def _evaluate(model, class_names) -> tuple:
     return summary, format_results(summary)
 
 
-def _reference_model(class_names):
+def _reference_model(model, class_names):
     """The --reference_model, with a warning when its class names are not the model's."""
     if not _REFERENCE_MODEL.value:
         return None
     reference, reference_names = load_for_inference(_REFERENCE_MODEL.value)
-    if class_names and reference_names and list(reference_names) != list(class_names):
-        logging.warning(
-            "--reference_model's class names differ from the model's; agreement assumes "
-            "both use the same label order."
+    if reference_names:
+        mismatch = class_names_mismatch(
+            class_names,
+            list(reference_names),
+            model.num_classes,
+            other="--reference_model's",
+            measure="agreement",
         )
+        if mismatch:
+            logging.warning(mismatch)
     return reference
 
 

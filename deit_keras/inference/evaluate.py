@@ -274,7 +274,12 @@ def classifier_top1(classifier: keras.Model, dataset, num_classes: int) -> float
 
 
 def class_names_mismatch(
-    model_names: list[str] | None, dataset_names: list[str], num_classes: int
+    model_names: list[str] | None,
+    dataset_names: list[str],
+    num_classes: int,
+    *,
+    other: str = "the dataset's",
+    measure: str = "accuracy",
 ) -> str | None:
     """Why the model's classes may not be the dataset's, or None when their names agree.
 
@@ -286,6 +291,9 @@ def class_names_mismatch(
         model_names: list of str or None. The names saved with the model.
         dataset_names: list of str. The dataset's label names, index = label.
         num_classes: int. The number of classes of both.
+        other: str. Whose names `dataset_names` are, in the message (e.g. a
+            reference model's).
+        measure: str. What the label order matters to, in the message.
 
     Returns:
         A one-line message naming the first class that differs, or None.
@@ -297,8 +305,8 @@ def class_names_mismatch(
     for index, (name, label) in enumerate(zip(names, expected, strict=True)):
         if name != label:
             return (
-                f"The model's class names differ from the dataset's (first at index {index}: "
-                f"{name!r} vs {label!r}); accuracy assumes both use the same label order."
+                f"The model's class names differ from {other} (first at index {index}: "
+                f"{name!r} vs {label!r}); {measure} assumes both use the same label order."
             )
     return None
 

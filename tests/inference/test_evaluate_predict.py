@@ -164,6 +164,10 @@ def test_class_names_mismatch_compares_through_the_naming_rule():
     assert evaluate.class_names_mismatch(None, digits, 10) is None  # class_<index>: unknown
     message = evaluate.class_names_mismatch(digits[::-1], digits, 10)
     assert "index 0" in message and "'9' vs '0'" in message and "\n" not in message
+    reference = evaluate.class_names_mismatch(
+        digits[::-1], digits, 10, other="--reference_model's", measure="agreement"
+    )  # deit-evaluate --reference_model's warning
+    assert "differ from --reference_model's" in reference and "agreement assumes" in reference
     # A 1000-class model without names is ImageNet's: tfds imagenet2012 labels are synset ids.
     assert evaluate.class_names_mismatch(None, labels.imagenet_synsets(), 1000) is None
     assert "index 0" in evaluate.class_names_mismatch(None, [f"c{i}" for i in range(1000)], 1000)
