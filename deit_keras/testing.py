@@ -17,6 +17,7 @@ import tensorflow as tf
 from deit_keras.data.augment import AugmentConfig
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from deit_keras.deploy.pretrained import create_model
+from deit_keras.distill.step import average_heads
 from deit_keras.inference.torch_reference import hf_config_kwargs
 from deit_keras.models.variants import get_variant
 from deit_keras.training.config import TrainConfig
@@ -34,6 +35,16 @@ def tiny_model(distilled=True, num_classes=10, **overrides):
 
 def random_images(batch=2, size=32, seed=0):
     return np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype("float32")
+
+
+def op_by_op(model, images):
+    """A token classifier's inference logits run op by op (eagerly), never a compiled step.
+
+    `model(images)` on a CPU runs the compiled predict step
+    (`TokenClassifier._eager_inference_step`); this is the eager reference
+    compiled paths are checked against.
+    """
+    return average_heads(*model.call_heads(tf.convert_to_tensor(images), training=False))
 
 
 def assert_layer_round_trip(layer, inputs):

@@ -183,7 +183,12 @@ _LITERT = ("ai_edge_litert",)
 _OPENVINO = ("tf2onnx", "onnx", "openvino", "nncf")
 
 RUNTIMES = {
-    "eager": Runtime("model(images, training=False), op by op", (), _eager),
+    "eager": Runtime(
+        "model(images, training=False): the eager call (on a CPU the compiled predict step, "
+        "as predict_on_batch's: TokenClassifier._eager_inference_step)",
+        (),
+        _eager,
+    ),
     "keras": Runtime(
         "model.predict_on_batch(images): Keras' predict function (on a CPU one XLA pass, "
         "or shards side by side for large batches: models.cpu_predict)",

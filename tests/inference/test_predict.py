@@ -1,4 +1,5 @@
-"""The compiled inference functions (ours and Keras' predict) return the eager call's logits."""
+"""The compiled inference functions (ours, Keras' predict, an eager `model(images)`) return the
+op-by-op call's logits."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import deit_keras
 from deit_keras.inference import evaluate
 from deit_keras.inference.predict import predict_function
 from deit_keras.models import cpu_predict
-from deit_keras.testing import random_images, tiny_model
+from deit_keras.testing import op_by_op, random_images, tiny_model
 
 
 def test_predict_function_matches_eager_call():
@@ -16,7 +17,7 @@ def test_predict_function_matches_eager_call():
         "deit_tiny_distilled_patch16_224", num_classes=10, image_size=32, depth=2
     )
     images = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype("float32")
-    expected = model(images, training=False).numpy()
+    expected = op_by_op(model, images).numpy()
     for jit_compile in (True, False):
         logits = predict_function(model, jit_compile=jit_compile)(images).numpy()
         np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-5)
@@ -40,7 +41,7 @@ def test_predict_on_batch_uses_xla_on_cpu_by_default_and_matches_eager_call():
     images = random_images(batch=3)
     assert _predict_compiles_with_xla(model, images)
     np.testing.assert_allclose(
-        model.predict_on_batch(images), model(images, training=False), atol=1e-5, rtol=1e-5
+        model.predict_on_batch(images), op_by_op(model, images), atol=1e-5, rtol=1e-5
     )
     model.compile(optimizer="adamw")  # jit_compile="auto" keeps XLA for predict
     assert _predict_compiles_with_xla(model, images)
@@ -59,14 +60,13 @@ def test_predict_on_batch_in_shards_matches_eager_call(monkeypatch):
     for batch in (1, 3, 9):
         images = random_images(batch=batch)
         np.testing.assert_allclose(
-            model.predict_on_batch(images), model(images, training=False), atol=1e-5, rtol=1e-5
+            model.predict_on_batch(images), op_by_op(model, images), atol=1e-5, rtol=1e-5
         )
     assert model._cpu_predict
 
 
-def test_predict_step_traces_the_forward_once_across_its_own_traces(monkeypatch):
-    model = tiny_model()
-    split_from_2_and_4_images(monkeypatch, model)
+def counted_traces(monkeypatch):
+    """The images specs `cpu_predict.traced_once` traces the model for, from now on."""
     specs, traced_once = [], cpu_predict.traced_once
 
     def counted(forward, spec):
@@ -74,10 +74,17 @@ def test_predict_step_traces_the_forward_once_across_its_own_traces(monkeypatch)
         return traced_once(forward, spec)
 
     monkeypatch.setattr(cpu_predict, "traced_once", counted)
+    return specs
+
+
+def test_predict_step_traces_the_forward_once_across_its_own_traces(monkeypatch):
+    model = tiny_model()
+    split_from_2_and_4_images(monkeypatch, model)
+    specs = counted_traces(monkeypatch)
     for batch in (9, 3, 5, 1):  # Keras traces its step again for new batch shapes
         images = random_images(batch=batch)
         np.testing.assert_allclose(
-            model.predict_on_batch(images), model(images, training=False), atol=1e-5, rtol=1e-5
+            model.predict_on_batch(images), op_by_op(model, images), atol=1e-5, rtol=1e-5
         )
     assert specs == [tf.TensorSpec([None, 32, 32, 3], tf.float32)]
 
@@ -158,3 +165,35 @@ def test_evaluate_heads_of_a_small_model_are_not_split(monkeypatch):
     for batch in (1, 64):
         assert heads(random_images(batch=batch))[""].shape[0] == batch
     assert traced == []
+
+
+def test_an_eager_call_runs_the_compiled_predict_step(monkeypatch):
+    model = tiny_model()
+    split_from_2_and_4_images(monkeypatch, model)
+    specs = counted_traces(monkeypatch)
+    for batch in (3, 1, 9, 3):  # XLA, then shards; one trace of the model for all
+        images = random_images(batch=batch)
+        np.testing.assert_allclose(model(images), op_by_op(model, images), atol=1e-5, rtol=1e-5)
+    assert specs == [tf.TensorSpec([None, 32, 32, 3], tf.float32)]
+
+
+def test_eager_calls_stay_op_by_op_when_differentiated_training_or_asked(monkeypatch):
+    model = tiny_model()
+    specs = counted_traces(monkeypatch)
+    images = tf.constant(random_images())
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        total = tf.reduce_sum(model(images))
+    gradient = tape.gradient(total, images)
+    assert gradient is not None and float(tf.reduce_sum(tf.abs(gradient))) > 0
+    cls_logits, dist_logits = model(images, training=True)  # both heads, as training sees them
+    assert cls_logits.shape == dist_logits.shape == (2, 10)
+    model.run_eagerly = True
+    np.testing.assert_array_equal(model(images), op_by_op(model, images))
+    model.run_eagerly = False
+    tf.config.run_functions_eagerly(True)
+    try:
+        np.testing.assert_array_equal(model(images), op_by_op(model, images))
+    finally:
+        tf.config.run_functions_eagerly(False)
+    assert specs == []

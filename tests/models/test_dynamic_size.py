@@ -8,7 +8,7 @@ from keras import ops
 
 from deit_keras.distill.step import average_heads
 from deit_keras.layers import resample_position_embeddings
-from deit_keras.testing import random_images, tiny_model
+from deit_keras.testing import op_by_op, random_images, tiny_model
 
 # (height, width) off the 32x32 (4x4 patch grid) the tiny model is built at.
 SIZES = [(48, 48), (16, 16), (24, 40)]
@@ -44,9 +44,11 @@ def model():
 
 @pytest.fixture(scope="module")
 def calls(model):
-    """The model called eagerly, in a graph with run-time sizes, and compiled by XLA."""
+    """The model run op by op, called as a user does (the compiled CPU predict step), in a
+    graph with run-time sizes, and compiled by XLA."""
     return {
-        "eager": model,
+        "eager": lambda x: op_by_op(model, x),
+        "call": model,
         "graph": tf.function(lambda x: model(x, training=False), input_signature=ANY_SIZE),
         "xla": tf.function(
             lambda x: model(x, training=False), input_signature=ANY_SIZE, jit_compile=True
@@ -54,7 +56,7 @@ def calls(model):
     }
 
 
-@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+@pytest.mark.parametrize("mode", ["eager", "call", "graph", "xla"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda size: "x".join(map(str, size)))
 def test_other_sizes_equal_numpy_resampled_position_embeddings(model, calls, mode, size):
     images = images_of(*size)
@@ -85,7 +87,8 @@ def test_equals_a_model_built_at_that_size_with_resampled_weights(model, side):
 def test_the_built_size_is_unchanged(model, calls):
     images = random_images()
     expected = forward_with_pos_embed(model, images, model.tokens.pos_embed)
-    np.testing.assert_array_equal(model(images), expected)
+    np.testing.assert_array_equal(op_by_op(model, images), expected)
+    np.testing.assert_allclose(model(images), expected, atol=1e-6, rtol=0)
     np.testing.assert_allclose(calls["graph"](images), expected, atol=1e-6, rtol=0)
     np.testing.assert_allclose(calls["xla"](images), expected, atol=1e-6, rtol=0)
 
