@@ -45,6 +45,7 @@ def profiled(call, calls, directory):
 
 
 def tool_data(xspace, tool):
+    """One of the profiler's tools' JSON (`framework_op_stats`, `trace_viewer@`) of `xspace`."""
     data, _ = profiler_tools.xspace_to_tools_data([xspace], tool, {})
     return json.loads(data)
 

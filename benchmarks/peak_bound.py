@@ -262,6 +262,7 @@ def run(model_name, batch, seconds):
 
 
 def of_peaks(value):
+    """`value`'s fractions of the peaks as text: "70% of the nominal peak, ..."."""
     shares = value["fraction_of_peak"]
     return ", ".join(f"{100 * share:.0f}% of the {name} peak" for name, share in shares.items())
 

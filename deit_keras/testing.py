@@ -38,11 +38,18 @@ def random_images(batch=2, size=32, seed=0):
 
 
 def op_by_op(model, images):
-    """A token classifier's inference logits run op by op (eagerly), never a compiled step.
+    """A token classifier's inference logits from its ops run eagerly, never a compiled step.
 
     `model(images)` on a CPU runs the compiled predict step
-    (`TokenClassifier._eager_inference_step`); this is the eager reference
-    compiled paths are checked against.
+    (`TokenClassifier._eager_inference_step`); this is the reference compiled
+    paths are checked against.
+
+    Args:
+        model: a `TokenClassifier`.
+        images: `[B, H, W, C]` array or tensor.
+
+    Returns:
+        `[B, classes]` tensor: the mean of the heads, as `model(images)`.
     """
     return average_heads(*model.call_heads(tf.convert_to_tensor(images), training=False))
 

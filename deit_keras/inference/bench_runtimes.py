@@ -184,8 +184,8 @@ _OPENVINO = ("tf2onnx", "onnx", "openvino", "nncf")
 
 RUNTIMES = {
     "eager": Runtime(
-        "model(images, training=False): the eager call (on a CPU the compiled predict step, "
-        "as predict_on_batch's: TokenClassifier._eager_inference_step)",
+        "model(images, training=False): the eager call (on a CPU what predict_on_batch "
+        "runs, compiled, unless run_eagerly)",
         (),
         _eager,
     ),

@@ -3,11 +3,10 @@
 `predict_function(model)` traces the forward pass once per input shape into a
 `tf.function` compiled by XLA (`jit_compile=True`), which fuses the
 element-wise work (LayerNorm, GELU, softmax, bias adds) between the matrix
-products, on any device. On a CPU an eager `model(images)` runs the compiled
-predict step of `models/cpu_predict.py` itself (XLA for small batches, shards
-for large ones); elsewhere, or with `run_eagerly`, it runs op by op. The
-numerics are those of the op-by-op call up to float32 round-off
-(tests/inference/test_predict.py).
+products, on any device. On a CPU an eager `model(images)` runs what
+`predict_on_batch` runs, compiled (`TokenClassifier._eager_inference_step`);
+on an accelerator, or with `run_eagerly`, it runs the ops. The numerics are
+those of the ops up to float32 round-off (tests/inference/test_predict.py).
 """
 
 import keras

@@ -10,7 +10,6 @@ import keras
 import tensorflow as tf
 from absl import logging
 from keras import ops
-from tensorflow.python.eager import record  # could_possibly_record: no public equivalent
 
 from deit_keras.data.preprocessing import Preprocessing
 from deit_keras.distill.feature_loss import FeatureDistillation
@@ -18,13 +17,7 @@ from deit_keras.distill.losses import DistillationLoss
 from deit_keras.distill.step import DistillationStep, average_heads
 from deit_keras.errors import UserInputError
 from deit_keras.layers.basic import dense
-from deit_keras.models.cpu_predict import (
-    EagerInference,
-    TracedForwards,
-    cpu_only,
-    cpu_predict,
-    images_spec,
-)
+from deit_keras.models import cpu_predict
 from deit_keras.models.flops import vit_flops
 
 
@@ -98,7 +91,7 @@ class TokenClassifier(keras.Model):
         self._jit_compile_choice = "auto"  # compile()'s jit_compile, before Keras resolves it
         self._cpu_predict = False  # predict_step through models.cpu_predict (make_predict_function)
         self._cpu_forwards = None  # its traced forward functions (cpu_predict.TracedForwards)
-        self._eager_inference = None  # eager inference calls' step (cpu_predict.EagerInference)
+        self._eager_mode = None  # what eager inference calls run (cpu_predict.EAGER_MODES)
 
     def _make_heads(self):
         self.head = self.head_dist = None
@@ -254,6 +247,10 @@ class TokenClassifier(keras.Model):
 
     def get_compile_config(self):
         config = super().get_compile_config()
+        if config and "jit_compile" in config:
+            # Keras saves "auto" resolved (False on a CPU); a loaded model would then
+            # take the explicit choice and lose the CPU predict step.
+            config["jit_compile"] = self._jit_compile_choice
         if config is not None and self.distillation_step is not None:
             objective = self.distillation_step.loss
             config.update(
@@ -321,42 +318,44 @@ class TokenClassifier(keras.Model):
         """
         if self.predict_function is not None and not force:
             return self.predict_function
-        self._cpu_predict = not self.jit_compile and self._xla_predict_by_default() and cpu_only()
-        self._cpu_forwards = TracedForwards(lambda batch: self(batch, training=False))
+        ours = self._compiled_by_us()
+        self._cpu_predict = ours and self._jit_compile_choice == "auto" and not self.jit_compile
+        self._eager_mode = None
+        if ours:
+            self._eager_mode = (
+                "cpu_predict" if self._cpu_predict else "xla" if self.jit_compile else "graph"
+            )
+        self._cpu_forwards = cpu_predict.TracedForwards(lambda batch: self(batch, training=False))
         return super().make_predict_function(force=force)
 
     def predict_step(self, data):
         if not self._cpu_predict:
             return super().predict_step(data)
         images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        forward, xla_forward = self._cpu_forwards.for_spec(images_spec(images))
-        return cpu_predict(forward, xla_forward, images, self.flops_per_image())
+        forward, xla_forward = self._cpu_forwards.for_spec(cpu_predict.images_spec(images))
+        return cpu_predict.cpu_predict(forward, xla_forward, images, self.flops_per_image())
 
     def _eager_inference_step(self, images):
-        """The compiled CPU predict step for an eager inference call, or None to run op by op.
+        """The compiled call an eager inference `model(images)` runs, or None for the ops.
 
-        On a CPU, under the conditions `make_predict_function` takes
-        `models.cpu_predict` on, an eager `model(images)` (not training, no
-        gradient tape recording) runs that step (`cpu_predict.EagerInference`):
-        the values of `predict_on_batch`; DeiT-Ti⚗ at batch 1 8.3x and at
-        batch 32 1.7x the op-by-op call (2 Intel Xeon vCPUs, benchmarks/README)
-        after a first call per input shape that traces and compiles (2.6-2.9 s
-        against 0.2-0.5 s). `run_eagerly=True` (or
-        `tf.config.run_functions_eagerly(True)`) keeps every call op by op.
+        On a CPU (no `run_eagerly`, no distribution strategy) an eager
+        inference call runs what `predict_on_batch` runs, from the same traced
+        functions: the CPU predict step (`jit_compile` "auto"), one XLA
+        computation (`jit_compile=True`) or one graph (`jit_compile=False`);
+        `cpu_predict.runs_op_by_op` says which calls keep the ops (gradient
+        tapes, `tf.config.run_functions_eagerly(True)`, ...). Speed and the
+        first call's compile time: benchmarks/README.md ("The eager call").
         """
-        if not (tf.executing_eagerly() and isinstance(images, tf.Tensor)):
+        if self.run_eagerly or cpu_predict.runs_op_by_op(images):
             return None
-        if tf.config.functions_run_eagerly() or record.could_possibly_record():
+        self.make_predict_function()  # Keras resets it on compile() and quantize()
+        if self._eager_mode is None:
             return None
-        if self.jit_compile or not self._xla_predict_by_default():
-            return None
-        if self._eager_inference is None:
-            if not cpu_only():
-                return None
-            self._eager_inference = EagerInference(
-                lambda batch: self(batch, training=False), self.flops_per_image()
-            )
-        return self._eager_inference.step_for(images)
+        return self._cpu_forwards.eager_step(images, self._eager_mode, self.flops_per_image())
+
+    def stateless_call(self, *args, **kwargs):
+        with cpu_predict.op_by_op():
+            return super().stateless_call(*args, **kwargs)
 
     def flops_per_image(self):
         """Forward FLOPs per image of the matrix products (`vit_flops`) at `image_size`.
@@ -374,12 +373,13 @@ class TokenClassifier(keras.Model):
             num_classes=self.num_classes,
         )
 
-    def _xla_predict_by_default(self):
+    def _compiled_by_us(self):
+        """Whether inference is compiled here (a CPU, no `run_eagerly`, no strategy)."""
         no_strategy = (
             not tf.distribute.has_strategy()
             and self.distribute_strategy is tf.distribute.get_strategy()
         )
-        return self._jit_compile_choice == "auto" and not self.run_eagerly and no_strategy
+        return not self.run_eagerly and no_strategy and cpu_predict.cpu_only()
 
     def export(
         self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs

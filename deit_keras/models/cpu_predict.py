@@ -12,9 +12,12 @@ vCPUs: `benchmarks/README.md` ("The CPU predict step"). `predict_on_batch` /
 heads through `shards_for` / `sharded_forward` (`inference/evaluate.py`).
 """
 
+import contextlib
+import contextvars
 import math
 
 import tensorflow as tf
+from tensorflow.python.eager import record  # could_possibly_record: no public equivalent
 
 from deit_keras.layers import onednn_form
 
@@ -104,6 +107,7 @@ class TracedForwards:
     def __init__(self, forward):
         self._forward = forward
         self._functions = {}
+        self._steps = {}
 
     def for_spec(self, spec):
         """`(traced_once forward, the same under XLA)` for images of `spec`."""
@@ -112,35 +116,57 @@ class TracedForwards:
             self._functions[spec] = (traced_once(self._forward, spec), xla)
         return self._functions[spec]
 
+    def eager_step(self, images, mode, flops_per_image):
+        """What an eager inference call on `images` runs instead of the model's ops.
 
-class EagerInference:
-    """The CPU predict step for a model's eager inference calls (`model(images)`).
-
-    Eagerly, Keras runs a model's call op by op from Python: DeiT-Ti⚗'s batch 1
-    took 160-290 ms, most of it Python and per-op dispatch, against ~20 ms in
-    `predict_on_batch`'s step, which `step_for` returns (`cpu_predict` over
-    a `TracedForwards`, traced per batch size). A plain object, as
-    `TracedForwards`, so a SavedModel of the model does not save it.
-
-    Args:
-        forward: callable `[B, ...] -> outputs`, the model's inference call.
-        flops_per_image: float. The forward pass's FLOPs per image.
-    """
-
-    def __init__(self, forward, flops_per_image):
-        self._forwards = TracedForwards(forward)
-        self._flops_per_image = flops_per_image
-        self._steps = {}
-
-    def step_for(self, images):
-        """The compiled step for images of `images`' spec (any batch size)."""
+        Args:
+            images: `[B, ...]` tensor.
+            mode: "cpu_predict" (`cpu_predict` over the forward functions, traced
+                per batch size), "xla" (one XLA computation) or "graph" (one
+                graph, no XLA): the model's predict step (`EAGER_MODES`).
+            flops_per_image: float. The forward pass's FLOPs per image.
+        """
         spec = images_spec(images)
+        forward, xla_forward = self.for_spec(spec)
+        if mode == "xla":
+            return xla_forward
+        if mode == "graph":
+            return forward
         if spec not in self._steps:
-            forward, xla_forward = self._forwards.for_spec(spec)
             self._steps[spec] = tf.function(
-                lambda batch: cpu_predict(forward, xla_forward, batch, self._flops_per_image)
+                lambda batch: cpu_predict(forward, xla_forward, batch, flops_per_image)
             )
         return self._steps[spec]
+
+
+EAGER_MODES = ("cpu_predict", "xla", "graph")
+_OP_BY_OP = contextvars.ContextVar("deit_keras_op_by_op", default=False)
+
+
+@contextlib.contextmanager
+def op_by_op():
+    """Eager calls inside this block run the model's ops (Keras' `stateless_call`, whose
+    scoped variable values a compiled step would not see)."""
+    token = _OP_BY_OP.set(True)
+    try:
+        yield
+    finally:
+        _OP_BY_OP.reset(token)
+
+
+def runs_op_by_op(images):
+    """Whether a model's inference call on `images` runs its own ops, not a compiled step.
+
+    Anything but an eager call on float tensors does (tracing, symbolic calls,
+    other dtypes, whose errors are the ops' own), and so do eager calls under
+    `tf.config.run_functions_eagerly(True)`, under a gradient tape that is
+    recording (`tape.gradient` needs the ops) or inside `op_by_op()`.
+    """
+    if not (tf.executing_eagerly() and isinstance(images, tf.Tensor)):
+        return True
+    if not images.dtype.is_floating:
+        return True
+    return tf.config.functions_run_eagerly() or record.could_possibly_record() or _OP_BY_OP.get()
 
 
 def sharded_forward(forward, images, shards):

@@ -1,6 +1,7 @@
 """The compiled inference functions (ours, Keras' predict, an eager `model(images)`) return the
 op-by-op call's logits."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -197,3 +198,38 @@ def test_eager_calls_stay_op_by_op_when_differentiated_training_or_asked(monkeyp
     finally:
         tf.config.run_functions_eagerly(False)
     assert specs == []
+
+
+def test_eager_calls_see_stateless_values_and_quantized_weights(monkeypatch):
+    model = tiny_model()
+    images = tf.constant(random_images())
+    np.testing.assert_allclose(model(images), op_by_op(model, images), atol=1e-5, rtol=1e-5)
+    zeros = [tf.zeros_like(variable) for variable in model.trainable_variables]
+    others = [variable.value for variable in model.non_trainable_variables]
+    stateless, _ = model.stateless_call(zeros, others, images)
+    np.testing.assert_array_equal(stateless, np.zeros((2, 10), np.float32))  # zero heads
+    np.testing.assert_allclose(model(images), op_by_op(model, images), atol=1e-5, rtol=1e-5)
+    before = np.asarray(model(images))
+    model.quantize("int8")
+    quantized = np.asarray(op_by_op(model, images))
+    assert np.abs(quantized - before).max() > 1e-6
+    np.testing.assert_allclose(model(images), quantized, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        model(random_images(batch=3)), op_by_op(model, random_images(batch=3)), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_a_saved_compiled_model_keeps_its_eager_step(monkeypatch, tmp_path):
+    model = tiny_model()
+    model.compile(optimizer="adamw")
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    specs = counted_traces(monkeypatch)
+    images = random_images()
+    np.testing.assert_array_equal(loaded(images), model(images))
+    assert loaded._eager_mode == model._eager_mode == "cpu_predict"
+    assert len(specs) == 2  # each model traced its own step
+    loaded.compile(optimizer="adamw", jit_compile=True)  # an explicit choice: one XLA pass
+    np.testing.assert_allclose(loaded(images), op_by_op(loaded, images), atol=1e-5, rtol=1e-5)
+    assert loaded._eager_mode == "xla"

@@ -284,6 +284,8 @@ def test_cait_drop_path_is_random_in_training_only():
     )
     images = random_images()
     np.testing.assert_array_equal(np.asarray(model(images)), np.asarray(model(images)))
+    inference = model.call_heads(images)[0]  # op by op, `training` left to Keras
+    np.testing.assert_array_equal(inference, model.call_heads(images)[0])
     first = np.asarray(model(images, training=True))
     assert any(not np.allclose(first, np.asarray(model(images, training=True))) for _ in range(5))
 
