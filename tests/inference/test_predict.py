@@ -200,7 +200,7 @@ def test_eager_calls_stay_op_by_op_when_differentiated_training_or_asked(monkeyp
     assert specs == []
 
 
-def test_eager_calls_see_stateless_values_and_quantized_weights(monkeypatch):
+def test_eager_calls_see_stateless_values_and_quantized_weights():
     model = tiny_model()
     images = tf.constant(random_images())
     np.testing.assert_allclose(model(images), op_by_op(model, images), atol=1e-5, rtol=1e-5)
