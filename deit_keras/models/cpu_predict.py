@@ -121,9 +121,9 @@ class TracedForwards:
 
         Args:
             images: `[B, ...]` tensor.
-            mode: "cpu_predict" (`cpu_predict` over the forward functions, traced
-                per batch size), "xla" (one XLA computation) or "graph" (one
-                graph, no XLA): the model's predict step (`EAGER_MODES`).
+            mode: "cpu_predict" (`cpu_predict` over the forward functions), "xla"
+                (one XLA computation) or "graph" (one graph, no XLA): the model's
+                predict step (`EAGER_MODES`).
             flops_per_image: float. The forward pass's FLOPs per image.
         """
         spec = images_spec(images)
@@ -133,8 +133,12 @@ class TracedForwards:
         if mode == "graph":
             return forward
         if spec not in self._steps:
+            # As Keras' predict function: the first batch size traces only its own
+            # path, a second one the step for any size (`cpu_predict`'s conds over
+            # the already traced forward functions), so new sizes do not retrace.
             self._steps[spec] = tf.function(
-                lambda batch: cpu_predict(forward, xla_forward, batch, flops_per_image)
+                lambda batch: cpu_predict(forward, xla_forward, batch, flops_per_image),
+                reduce_retracing=True,
             )
         return self._steps[spec]
 

@@ -172,10 +172,13 @@ def test_an_eager_call_runs_the_compiled_predict_step(monkeypatch):
     model = tiny_model()
     split_from_2_and_4_images(monkeypatch, model)
     specs = counted_traces(monkeypatch)
-    for batch in (3, 1, 9, 3):  # XLA, then shards; one trace of the model for all
+    for batch in (3, 1, 9, 3, 2, 5):  # XLA, then shards; one trace of the model for all
         images = random_images(batch=batch)
         np.testing.assert_allclose(model(images), op_by_op(model, images), atol=1e-5, rtol=1e-5)
-    assert specs == [tf.TensorSpec([None, 32, 32, 3], tf.float32)]
+    spec = tf.TensorSpec([None, 32, 32, 3], tf.float32)
+    assert specs == [spec]
+    # The step itself: its first batch size, then any size (no retrace, no warning, per size).
+    assert model._cpu_forwards._steps[spec].experimental_get_tracing_count() == 2
 
 
 def test_eager_calls_stay_op_by_op_when_differentiated_training_or_asked(monkeypatch):
