@@ -236,3 +236,15 @@ def test_a_saved_compiled_model_keeps_its_eager_step(monkeypatch, tmp_path):
     loaded.compile(optimizer="adamw", jit_compile=True)  # an explicit choice: one XLA pass
     np.testing.assert_allclose(loaded(images), op_by_op(loaded, images), atol=1e-5, rtol=1e-5)
     assert loaded._eager_mode == "xla"
+
+
+def test_a_model_of_a_distribution_strategy_runs_its_ops_when_called(monkeypatch):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = tiny_model()
+    specs = counted_traces(monkeypatch)
+    images = tf.constant(random_images())
+    with strategy.scope():
+        np.testing.assert_array_equal(model(images), op_by_op(model, images))
+    np.testing.assert_array_equal(model(images), op_by_op(model, images))
+    assert specs == []
