@@ -89,9 +89,10 @@ class TokenClassifier(keras.Model):
         self.num_prefix_tokens = 2 if distilled else 1
         self.distillation_step = None  # set by compile()
         self._jit_compile_choice = "auto"  # compile()'s jit_compile, before Keras resolves it
-        self._cpu_predict = False  # predict_step through models.cpu_predict (make_predict_function)
+        # What inference compiled here runs (cpu_predict.EAGER_MODES; None: Keras' own
+        # predict, and eager calls run the ops), set by make_predict_function.
+        self._cpu_mode = None
         self._cpu_forwards = None  # its traced forward functions (cpu_predict.TracedForwards)
-        self._eager_mode = None  # what eager inference calls run (cpu_predict.EAGER_MODES)
 
     def _make_heads(self):
         self.head = self.head_dist = None
@@ -318,18 +319,12 @@ class TokenClassifier(keras.Model):
         """
         if self.predict_function is not None and not force:
             return self.predict_function
-        ours = self._compiled_by_us()
-        self._cpu_predict = ours and self._jit_compile_choice == "auto" and not self.jit_compile
-        self._eager_mode = None
-        if ours:
-            self._eager_mode = (
-                "cpu_predict" if self._cpu_predict else "xla" if self.jit_compile else "graph"
-            )
+        self._cpu_mode = self._inference_mode()
         self._cpu_forwards = cpu_predict.TracedForwards(lambda batch: self(batch, training=False))
         return super().make_predict_function(force=force)
 
     def predict_step(self, data):
-        if not self._cpu_predict:
+        if self._cpu_mode != "cpu_predict":
             return super().predict_step(data)
         images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         forward, xla_forward = self._cpu_forwards.for_spec(cpu_predict.images_spec(images))
@@ -349,9 +344,9 @@ class TokenClassifier(keras.Model):
         if self.run_eagerly or cpu_predict.runs_op_by_op(images):
             return None
         self.make_predict_function()  # Keras resets it on compile() and quantize()
-        if self._eager_mode is None:
+        if self._cpu_mode is None:
             return None
-        return self._cpu_forwards.eager_step(images, self._eager_mode, self.flops_per_image())
+        return self._cpu_forwards.eager_step(images, self._cpu_mode, self.flops_per_image())
 
     def stateless_call(self, *args, **kwargs):
         with cpu_predict.op_by_op():
@@ -373,13 +368,20 @@ class TokenClassifier(keras.Model):
             num_classes=self.num_classes,
         )
 
-    def _compiled_by_us(self):
-        """Whether inference is compiled here (a CPU, no `run_eagerly`, no strategy)."""
+    def _inference_mode(self):
+        """What inference compiled here runs (`cpu_predict.EAGER_MODES`), or None for Keras'.
+
+        Compiled here: a CPU, no `run_eagerly`, no distribution strategy.
+        """
         no_strategy = (
             not tf.distribute.has_strategy()
             and self.distribute_strategy is tf.distribute.get_strategy()
         )
-        return not self.run_eagerly and no_strategy and cpu_predict.cpu_only()
+        if self.run_eagerly or not no_strategy or not cpu_predict.cpu_only():
+            return None
+        if self.jit_compile:
+            return "xla"
+        return "cpu_predict" if self._jit_compile_choice == "auto" else "graph"
 
     def export(
         self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs

@@ -63,7 +63,7 @@ def test_predict_on_batch_in_shards_matches_eager_call(monkeypatch):
         np.testing.assert_allclose(
             model.predict_on_batch(images), op_by_op(model, images), atol=1e-5, rtol=1e-5
         )
-    assert model._cpu_predict
+    assert model._cpu_mode == "cpu_predict"
 
 
 def counted_traces(monkeypatch):
@@ -95,7 +95,7 @@ def test_predict_keeps_an_explicit_no_xla_choice():
     model.compile(optimizer="adamw", jit_compile=False)
     assert not _predict_compiles_with_xla(model, random_images(batch=3))
     assert model.jit_compile is False  # training and evaluation too
-    assert not model._cpu_predict
+    assert model._cpu_mode != "cpu_predict"
 
 
 def _spy_on_shards(monkeypatch):
@@ -231,11 +231,11 @@ def test_a_saved_compiled_model_keeps_its_eager_step(monkeypatch, tmp_path):
     specs = counted_traces(monkeypatch)
     images = random_images()
     np.testing.assert_array_equal(loaded(images), model(images))
-    assert loaded._eager_mode == model._eager_mode == "cpu_predict"
+    assert loaded._cpu_mode == model._cpu_mode == "cpu_predict"
     assert len(specs) == 2  # each model traced its own step
     loaded.compile(optimizer="adamw", jit_compile=True)  # an explicit choice: one XLA pass
     np.testing.assert_allclose(loaded(images), op_by_op(loaded, images), atol=1e-5, rtol=1e-5)
-    assert loaded._eager_mode == "xla"
+    assert loaded._cpu_mode == "xla"
 
 
 def test_a_model_of_a_distribution_strategy_runs_its_ops_when_called(monkeypatch):
