@@ -7,7 +7,6 @@ tokens whose first is the class token (then the distillation token when
 """
 
 import keras
-import tensorflow as tf
 from absl import logging
 from keras import ops
 
@@ -17,7 +16,7 @@ from deit_keras.distill.losses import DistillationLoss
 from deit_keras.distill.step import DistillationStep, average_heads
 from deit_keras.errors import UserInputError
 from deit_keras.layers.basic import dense
-from deit_keras.models import cpu_predict
+from deit_keras.models.compiled_inference import CompiledInference
 from deit_keras.models.flops import vit_flops
 
 
@@ -30,7 +29,7 @@ def call_block(block, attentions, *inputs, training=None, scores=False):
     return out
 
 
-class TokenClassifier(keras.Model):
+class TokenClassifier(CompiledInference, keras.Model):
     """A patch-token image classifier with a class-token head (and a distillation head).
 
     Args:
@@ -88,11 +87,7 @@ class TokenClassifier(keras.Model):
         self.grid_size = image_size // patch_size
         self.num_prefix_tokens = 2 if distilled else 1
         self.distillation_step = None  # set by compile()
-        self._jit_compile_choice = "auto"  # compile()'s jit_compile, before Keras resolves it
-        # What inference compiled here runs (cpu_predict.EAGER_MODES; None: Keras' own
-        # predict, and eager calls run the ops), set by make_predict_function.
-        self._cpu_mode = None
-        self._cpu_forwards = None  # its traced forward functions (cpu_predict.TracedForwards)
+        self._init_compiled_inference()
 
     def _make_heads(self):
         self.head = self.head_dist = None
@@ -220,7 +215,12 @@ class TokenClassifier(keras.Model):
                 first, middle and last.
             feature_layers: list of str or None. The matched teacher layers;
                 None: found (the last layer of each spatial stage).
-            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`).
+            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`),
+                except `predict_jit_compile`: None (the default: as
+                `jit_compile`), "auto", True or False, how inference
+                (`predict`, `predict_on_batch`, an eager call) compiles on a
+                CPU apart from training's `jit_compile`
+                (`models.compiled_inference`; "auto": the CPU predict step).
         """
         if metrics:
             raise UserInputError(
@@ -241,17 +241,13 @@ class TokenClassifier(keras.Model):
         self.distillation_step = DistillationStep(
             objective, teacher, dist_head=self.distilled, features=features
         )
-        self._jit_compile_choice = kwargs.get("jit_compile", "auto")
+        self._choose_jit_compile(kwargs)
         super().compile(optimizer=optimizer, **kwargs)
         if features is not None:
             features.compile(self.optimizer)
 
     def get_compile_config(self):
-        config = super().get_compile_config()
-        if config and "jit_compile" in config:
-            # Keras saves "auto" resolved (False on a CPU); a loaded model would then
-            # take the explicit choice and lose the CPU predict step.
-            config["jit_compile"] = self._jit_compile_choice
+        config = self._keep_jit_compile_choice(super().get_compile_config())
         if config is not None and self.distillation_step is not None:
             objective = self.distillation_step.loss
             config.update(
@@ -302,56 +298,7 @@ class TokenClassifier(keras.Model):
             raise ValueError(f"{self.name} must be compiled before it is evaluated.")
         return self.distillation_step.test_step(self, data)
 
-    # === Inference ===
-    def make_predict_function(self, force=False):
-        """Keras' predict function (`predict`, `predict_on_batch`), compiled for the CPU too.
-
-        Keras resolves `jit_compile="auto"` to no XLA on a machine without an
-        accelerator, which runs these models op by op. There, "auto" (a model
-        never compiled, or compiled with the default) runs `predict_step`
-        through `models.cpu_predict`: batches too small for shards
-        (`cpu_predict.SHARDS_FROM_GFLOP`) in one XLA computation (DeiT-Ti⚗, 2 vCPU
-        Intel Xeon, `deit-benchmark`, 2026-12-03: batch 1 21.5 ms against 33.2),
-        larger ones as shards run side by side (2026-12-05, same box and command:
-        batch 32 70.6 img/s against XLA's 59.3, PyTorch eager 57.4). An explicit
-        `jit_compile`, `run_eagerly`, a distribution strategy or an accelerator
-        keeps Keras' own choice; training and evaluation keep it in every case.
-        """
-        if self.predict_function is not None and not force:
-            return self.predict_function
-        self._cpu_mode = self._inference_mode()
-        self._cpu_forwards = cpu_predict.TracedForwards(lambda batch: self(batch, training=False))
-        return super().make_predict_function(force=force)
-
-    def predict_step(self, data):
-        if self._cpu_mode != "cpu_predict":
-            return super().predict_step(data)
-        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        forward, xla_forward = self._cpu_forwards.for_spec(cpu_predict.images_spec(images))
-        return cpu_predict.cpu_predict(forward, xla_forward, images, self.flops_per_image())
-
-    def _eager_inference_step(self, images):
-        """The compiled call an eager inference `model(images)` runs, or None for the ops.
-
-        On a CPU (no `run_eagerly`, no distribution strategy) an eager
-        inference call runs what `predict_on_batch` runs, from the same traced
-        functions: the CPU predict step (`jit_compile` "auto"), one XLA
-        computation (`jit_compile=True`) or one graph (`jit_compile=False`);
-        `cpu_predict.runs_op_by_op` says which calls keep the ops (gradient
-        tapes, `tf.config.run_functions_eagerly(True)`, ...). Speed and the
-        first call's compile time: benchmarks/README.md ("The eager call").
-        """
-        if self.run_eagerly or cpu_predict.runs_op_by_op(images):
-            return None
-        self.make_predict_function()  # Keras resets it on compile() and quantize()
-        if self._cpu_mode is None:
-            return None
-        return self._cpu_forwards.eager_step(images, self._cpu_mode, self.flops_per_image())
-
-    def stateless_call(self, *args, **kwargs):
-        with cpu_predict.op_by_op():
-            return super().stateless_call(*args, **kwargs)
-
+    # === Inference (compiled on a CPU: `CompiledInference`) ===
     def flops_per_image(self):
         """Forward FLOPs per image of the matrix products (`vit_flops`) at `image_size`.
 
@@ -367,21 +314,6 @@ class TokenClassifier(keras.Model):
             prefix_tokens=self.num_prefix_tokens,
             num_classes=self.num_classes,
         )
-
-    def _inference_mode(self):
-        """What inference compiled here runs (`cpu_predict.EAGER_MODES`), or None for Keras'.
-
-        Compiled here: a CPU, no `run_eagerly`, no distribution strategy.
-        """
-        no_strategy = (
-            not tf.distribute.has_strategy()
-            and self.distribute_strategy is tf.distribute.get_strategy()
-        )
-        if self.run_eagerly or not no_strategy or not cpu_predict.cpu_only():
-            return None
-        if self.jit_compile:
-            return "xla"
-        return "cpu_predict" if self._jit_compile_choice == "auto" else "graph"
 
     def export(
         self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs

@@ -36,6 +36,8 @@ def test_reduced_digits_run_learns_and_saves(tmp_path):
     assert all(0 <= record["val_top1"] <= 1 and record["loss"] > 0 for record in history)
     model = keras.models.load_model(results["saved_model"])
     assert model.num_classes == 10 and model.distilled
+    # Trained with XLA (--jit_compile), the loaded model still predicts with the CPU step.
+    assert model.jit_compile and model._inference_mode() == "cpu_predict"
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "last.keras")
     assert os.listdir(tmp_path / "run" / "tensorboard")
 

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import deit_keras
+from deit_keras.errors import UserInputError
 from deit_keras.inference import evaluate
 from deit_keras.inference.predict import predict_function
 from deit_keras.models import cpu_predict
@@ -248,3 +249,28 @@ def test_a_model_of_a_distribution_strategy_runs_its_ops_when_called(monkeypatch
         np.testing.assert_array_equal(model(images), op_by_op(model, images))
     np.testing.assert_array_equal(model(images), op_by_op(model, images))
     assert specs == []
+
+
+def test_predict_jit_compile_sets_inference_apart_from_training(tmp_path):
+    model = tiny_model()
+    model.compile(optimizer="adamw", jit_compile=True, predict_jit_compile="auto")
+    images = random_images(batch=3)
+    np.testing.assert_allclose(model(images), op_by_op(model, images), atol=1e-5, rtol=1e-5)
+    assert model.jit_compile is True  # training and evaluation
+    assert model._cpu_mode == "cpu_predict"
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.jit_compile is True and loaded._inference_mode() == "cpu_predict"
+    loaded.compile(optimizer="adamw", jit_compile=True, predict_jit_compile=False)
+    np.testing.assert_allclose(
+        loaded.predict_on_batch(images), op_by_op(loaded, images), atol=1e-5, rtol=1e-5
+    )
+    assert loaded._cpu_mode == "graph"
+    loaded.compile(optimizer="adamw", jit_compile=True)  # None again: as jit_compile
+    assert loaded._inference_mode() == "xla"
+
+
+def test_predict_jit_compile_rejects_other_values():
+    with pytest.raises(UserInputError, match="Received: predict_jit_compile='xla'"):
+        tiny_model().compile(optimizer="adamw", predict_jit_compile="xla")
