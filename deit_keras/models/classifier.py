@@ -228,6 +228,7 @@ class TokenClassifier(CompiledInference, keras.Model):
                 "cls_top1, dist_top1 with a dist token, and teacher_agreement with a teacher). "
                 f"Received: metrics={metrics!r}"
             )
+        self._choose_jit_compile(kwargs)  # first: it checks predict_jit_compile
         base_loss = keras.losses.get(loss) if loss is not None else None
         self._base_loss = base_loss
         objective = DistillationLoss(distillation, alpha, tau, base_loss=base_loss)
@@ -241,7 +242,6 @@ class TokenClassifier(CompiledInference, keras.Model):
         self.distillation_step = DistillationStep(
             objective, teacher, dist_head=self.distilled, features=features
         )
-        self._choose_jit_compile(kwargs)
         super().compile(optimizer=optimizer, **kwargs)
         if features is not None:
             features.compile(self.optimizer)
