@@ -71,15 +71,30 @@ class PatchEmbedding(keras.layers.Layer):
     def call(self, images):
         self._check_image_shape(images.shape)
         if None in images.shape[1:3]:
-            # The strided conv would silently drop the remainder rows/columns.
-            tf.debugging.assert_equal(
-                tf.shape(images)[1:3] % self.patch_size,
-                0,
-                message=f"Image height and width must be multiples of patch_size={self.patch_size}",
-            )
+            images = self._whole_patches(images)
         patches = self.projection(images)  # [B, H/p, W/p, D]
-        shape = ops.shape(patches)
-        return ops.reshape(patches, (shape[0], -1, self.embed_dim))
+        # The token count from the images, not -1 or the conv's shape: on a batch of
+        # 0 images TensorFlow's conv returns its input's shape (TF 2.21).
+        shape = ops.shape(images)
+        tokens = (shape[1] // self.patch_size) * (shape[2] // self.patch_size)
+        return ops.reshape(patches, (shape[0], tokens, self.embed_dim))
+
+    def _whole_patches(self, images):
+        """`images` of run-time size, checked to hold whole patches.
+
+        The strided conv would silently drop the remainder rows/columns. XLA
+        drops assert ops, so the images also go through a reshape to whole
+        patches, which fails there when XLA compiles the size.
+        """
+        shape = tf.shape(images)
+        check = tf.debugging.assert_equal(
+            shape[1:3] % self.patch_size,
+            0,
+            message=f"Image height and width must be multiples of patch_size={self.patch_size}",
+        )
+        with tf.control_dependencies([check]):
+            whole = shape[1:3] // self.patch_size * self.patch_size
+            return tf.reshape(images, tf.concat([shape[:1], whole, shape[3:]], axis=0))
 
     def compute_output_shape(self, input_shape):
         batch, height, width = input_shape[0], input_shape[1], input_shape[2]

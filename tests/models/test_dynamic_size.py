@@ -102,6 +102,29 @@ def test_a_size_that_is_not_a_multiple_of_the_patch_is_rejected(model, calls):
         static(images)
     with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of patch_size=8"):
         calls["graph"](images)
+    # XLA drops the assert; the images' reshape to whole patches fails its compile instead
+    # of the strided conv dropping the remainder.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Input to reshape"):
+        calls["xla"](images)
+
+
+def test_predict_rejects_a_size_that_is_not_a_multiple_after_sizes_relax():
+    model = tiny_model()  # its own: Keras relaxes the predict function's image sizes
+    model.predict_on_batch(images_of(32, 32))
+    model.predict_on_batch(images_of(40, 40))  # a retrace for any size
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        model.predict_on_batch(images_of(36, 36))
+    np.testing.assert_allclose(
+        model.predict_on_batch(images_of(48, 48)),
+        op_by_op(model, images_of(48, 48)),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("mode", ["eager", "call", "graph", "xla"])
+def test_a_batch_of_no_images_gives_no_logits(calls, mode):
+    assert tuple(calls[mode](np.zeros((0, 32, 32, 3), "float32")).shape) == (0, 10)
 
 
 def test_keras_round_trip_keeps_other_sizes(model, tmp_path):
