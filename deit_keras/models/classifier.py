@@ -15,6 +15,7 @@ from deit_keras.distill.feature_loss import FeatureDistillation
 from deit_keras.distill.losses import DistillationLoss
 from deit_keras.distill.step import DistillationStep, average_heads
 from deit_keras.errors import UserInputError
+from deit_keras.layers import onednn_form
 from deit_keras.layers.basic import dense
 from deit_keras.models.compiled_inference import CompiledInference
 from deit_keras.models.flops import vit_flops
@@ -324,8 +325,19 @@ class TokenClassifier(CompiledInference, keras.Model):
         the signature `[None, image_size, image_size, in_channels]` float32
         is supplied here. Pass `input_signature=[keras.InputSpec(shape=(None,
         None, None, in_channels), dtype="float32")]` for an endpoint taking
-        any image size.
+        any image size. `format="onnx"` traces the layers' fusable form
+        (`layers.onednn_form`): its GELU is written with `Erf`, which ONNX
+        has, where TensorFlow's exact GELU is `Erfc`, which tf2onnx does not
+        convert (onnxruntime then refuses the file). `deit-export
+        --format=onnx` (`deploy.onnx_export`) writes the graph ONNX Runtime's
+        transformer optimizer fuses.
         """
+        if format == "onnx":
+            with onednn_form.fusable_form():
+                return self._export(filepath, format, verbose, input_signature, **kwargs)
+        return self._export(filepath, format, verbose, input_signature, **kwargs)
+
+    def _export(self, filepath, format, verbose, input_signature, **kwargs):
         if input_signature is None:
             input_signature = [
                 keras.InputSpec(

@@ -84,6 +84,17 @@ def test_saved_model_export_gives_same_logits(tmp_path):
     np.testing.assert_allclose(served.serve(images), op_by_op(model, images), atol=1e-5)
 
 
+def test_onnx_export_runs_in_onnxruntime_with_the_same_logits(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = tiny_model()
+    images = random_images()
+    path = str(tmp_path / "model.onnx")
+    model.export(path, format="onnx", verbose=False)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: images})
+    np.testing.assert_allclose(logits, op_by_op(model, images), atol=1e-5)
+
+
 def test_init_follows_reference():
     model = tiny_model()
     block = model.blocks[0]
