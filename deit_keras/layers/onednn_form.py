@@ -13,9 +13,10 @@ the same function; PyTorch and timm use the erf form).
 
 Only graphs run op by op on TensorFlow's CPU kernels gain from it: the CPU
 predict step's shards trace the model inside `fusable_form()`
-(`models/cpu_predict.traced_once`). Everything else (XLA, which fuses by
-itself; exports, whose converters match the default form) traces the
-default form.
+(`models/cpu_predict.traced_once`), and Keras' own ONNX export
+(`TokenClassifier.export`), for its `Erf`. Everything else (XLA, which
+fuses by itself; `deit-export`, whose converters match the default form)
+traces the default form.
 """
 
 import contextlib
