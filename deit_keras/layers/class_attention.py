@@ -117,6 +117,7 @@ class ClassAttentionBlock(keras.layers.Layer):
         tokens = (x_shape[0], None, self.embed_dim)
         for layer in (self.norm1, self.attn, self.norm2, self.mlp, self.gamma_1, self.gamma_2):
             layer.build(tokens)
+        self.drop_path.build(tokens)  # no weights; built, so `Model.quantize` accepts it
 
     def call(self, x, cls_token, training=None, return_attention_scores=False):
         joined = ops.concatenate([cls_token, x], axis=1)

@@ -132,6 +132,7 @@ class TransformerBlock(keras.layers.Layer):
         for layer in (self.norm1, self.attn, self.norm2, self.mlp, self.ls1, self.ls2):
             if layer is not None:
                 layer.build(input_shape)
+        self.drop_path.build(input_shape)  # no weights; built, so `Model.quantize` accepts it
 
     def _scaled(self, layer_scale, x):
         return x if layer_scale is None else layer_scale(x)

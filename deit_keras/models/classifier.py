@@ -17,6 +17,7 @@ from deit_keras.distill.step import DistillationStep, average_heads
 from deit_keras.errors import UserInputError
 from deit_keras.layers import onednn_form
 from deit_keras.layers.basic import dense
+from deit_keras.models import quantized
 from deit_keras.models.compiled_inference import CompiledInference
 from deit_keras.models.flops import vit_flops
 
@@ -369,11 +370,18 @@ class TokenClassifier(CompiledInference, keras.Model):
             preprocessing=self.preprocessing.get_config(),
             dtype=keras.saving.serialize_keras_object(self.dtype_policy),
         )
+        layers = quantized.quantized_layers(self)
+        if layers:
+            config["quantized_layers"] = layers
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        layers = config.pop("quantized_layers", None)
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
-        return cls(**config)
+        model = cls(**config)
+        if layers:
+            quantized.requantize(model, layers)
+        return model

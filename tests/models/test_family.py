@@ -27,6 +27,7 @@ from deit_keras.testing import (
     run_cli,
     sample_photos,
     timm_reference,
+    tiny_model,
 )
 from deit_keras.testing_server import serve_files
 
@@ -260,6 +261,31 @@ def test_keras_file_round_trip_is_exact(kind, tmp_path):
     loaded = keras.models.load_model(path)
     assert type(loaded) is type(model) and loaded.get_config() == model.get_config()
     np.testing.assert_array_equal(np.asarray(loaded(images)), np.asarray(model(images)))
+
+
+@pytest.mark.parametrize("kind", ["deit", "deit3", "cait"])
+@pytest.mark.parametrize("mode", ["int8", "int4", "blocks_int8"])
+def test_a_quantized_model_round_trips_through_a_keras_file(kind, mode, tmp_path):
+    model = _randomised(tiny_model() if kind == "deit" else _tiny(kind))
+    if mode == "blocks_int8":  # some layers only: the heads stay float
+        model.quantize("int8", filters=lambda layer: "block" in layer.path)
+    else:
+        model.quantize(mode)  # right after construction: every layer is built
+    images = random_images()
+    path = tmp_path / f"{kind}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config() == model.get_config()
+    assert set(loaded.get_config()["quantized_layers"].values()) == {mode.split("_")[-1]}
+    np.testing.assert_array_equal(np.asarray(loaded(images)), np.asarray(model(images)))
+    np.testing.assert_array_equal(loaded.predict_on_batch(images), model.predict_on_batch(images))
+
+
+def test_a_model_quantized_with_calibration_is_refused_from_a_config():
+    config = tiny_model().get_config()
+    config["quantized_layers"] = {"block_0/mlp/fc1": "gptq"}
+    with pytest.raises(ValueError, match="mode 'gptq' cannot be rebuilt from a config"):
+        DeiT.from_config(config)
 
 
 @pytest.mark.parametrize("kind", ["deit3", "cait"])
