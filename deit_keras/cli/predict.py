@@ -18,9 +18,8 @@ from absl import flags
 from deit_keras import cli
 from deit_keras.cli import model_source
 from deit_keras.data.labels import IMAGENET, INDEX, resolve_class_names
-from deit_keras.inference.predict import predict_images
+from deit_keras.inference.predict import PREDICT_BATCH_SIZE, predict_images, read_images
 from deit_keras.io.atomic import write_text_atomic
-from deit_keras.io.images import load_image
 from deit_keras.schema import FRACTION, POSITIVE
 
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes to show per image.")
@@ -30,12 +29,18 @@ _CROP_PCT = flags.DEFINE_float(
     "Eval crop fraction: the shorter side is resized to image_size / crop_pct. "
     "Defaults to the model's own (saved in its config).",
 )
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size",
+    PREDICT_BATCH_SIZE,
+    "Images per forward pass (memory holds one batch, however many files).",
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the predictions as JSON here.")
 _JSON = flags.DEFINE_bool(
     "json", False, "Print the predictions as one JSON document (nothing else on stdout)."
 )
 cli.check_path("output", "output_file")
 cli.check_range("top_k", POSITIVE)
+cli.check_range("batch_size", POSITIVE)
 cli.check_range("crop_pct", FRACTION)
 
 # Where the class names came from, when it is worth saying (on stderr).
@@ -72,10 +77,15 @@ def main(argv: list[str]) -> None:
     paths = argv[1:]
     if not paths:
         raise cli.UsageError("Give at least one image path.")
-    images = [load_image(path) for path in paths]  # all checked before the model loads
+    images = read_images(paths, _BATCH_SIZE.value)  # all checked before the model loads
     model, class_names = model_source.load_model_from_flags(allow_exported=True)
     predictions = predict_images(
-        model, images, class_names, crop_pct=_CROP_PCT.value, top_k=_TOP_K.value
+        model,
+        images,
+        class_names,
+        crop_pct=_CROP_PCT.value,
+        top_k=_TOP_K.value,
+        batch_size=_BATCH_SIZE.value,
     )
     source = resolve_class_names(model.num_classes, class_names)[1]
     records = prediction_records(paths, predictions)

@@ -42,24 +42,32 @@ def predict_function(model: keras.Model, jit_compile: bool = True):
     return predict
 
 
+# Images per forward pass of `predict_images`: memory stays that of one batch,
+# however many files (all at once took ~3 MB an image for a one-block DeiT-Ti).
+PREDICT_BATCH_SIZE = 32
+
+
 def predict_images(
     model: keras.Model,
-    images: list[np.ndarray],
+    images,
     class_names: list[str] | None = None,
     crop_pct: float | None = None,
     top_k: int = 5,
+    batch_size: int = PREDICT_BATCH_SIZE,
 ) -> list[list[tuple[str, int, float]]]:
-    """Top-k classes of each image.
+    """Top-k classes of each image, `batch_size` images per forward pass.
 
     Args:
         model: a `DeiT` with a classification head.
-        images: list of uint8 `[H, W, 3]` arrays (sizes may differ).
+        images: iterable of uint8 `[H, W, 3]` arrays (sizes may differ): a
+            list, or a generator reading them one by one (`read_images`).
         class_names: list of str or None. The model's saved names; without
             them a 1000-class model uses the ImageNet-1k names and any other
             calls its classes `class_<index>` (`data.labels.resolve_class_names`).
         crop_pct: float or None. Eval crop fraction; defaults to the
             model's (`model.preprocessing`).
         top_k: int. How many classes per image. Defaults to 5.
+        batch_size: int. Images per forward pass. Defaults to 32.
 
     Returns:
         A list (one per image) of lists of `(class_name, index, probability)`,
@@ -67,30 +75,61 @@ def predict_images(
     """
     if not model.num_classes:
         raise UserInputError("Cannot predict with a model without a head (num_classes=0).")
-    if top_k <= 0:
-        raise UserInputError(f"top_k must be positive. Received: top_k={top_k}")
+    if top_k <= 0 or batch_size <= 0:
+        raise UserInputError(
+            f"top_k and batch_size must be positive. Received: top_k={top_k}, "
+            f"batch_size={batch_size}"
+        )
     names, _ = resolve_class_names(model.num_classes, class_names)
-    if not images:
-        return []
     preprocessing = model.preprocessing.replace(crop_pct=crop_pct)
-    batch = np.stack(
-        [preprocess(image, model.image_size, preprocessing).numpy() for image in images]
-    )
-    logits = np.asarray(model(batch, training=False), dtype=np.float64)
-    logits -= logits.max(axis=-1, keepdims=True)
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
     k = min(top_k, model.num_classes)
     results = []
-    for row in probabilities:
-        order = np.argsort(-row, kind="stable")[:k]
-        results.append([(names[i], int(i), float(row[i])) for i in order])
+    for chunk in _chunks(images, batch_size):
+        batch = np.stack(
+            [preprocess(image, model.image_size, preprocessing).numpy() for image in chunk]
+        )
+        for row in _probabilities(model(batch, training=False)):
+            order = np.argsort(-row, kind="stable")[:k]
+            results.append([(names[i], int(i), float(row[i])) for i in order])
     return results
+
+
+def _chunks(items, size):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _probabilities(logits):
+    logits = np.asarray(logits, dtype=np.float64)
+    logits -= logits.max(axis=-1, keepdims=True)
+    return np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+
+
+def read_images(paths: list[str], batch_size: int = PREDICT_BATCH_SIZE):
+    """The images of `paths` for `predict_images`, each file checked now.
+
+    Up to `batch_size` files: the decoded list. More: each file is decoded
+    now to check it (a bad one is a `UserInputError` before any model work),
+    and a generator decodes them again one by one, so memory holds one batch
+    rather than every image.
+    """
+    if len(paths) <= batch_size:
+        return [load_image(path) for path in paths]
+    for path in paths:
+        load_image(path)
+    return (load_image(path) for path in paths)
 
 
 def predict_files(
     model_path: str, image_paths: list[str], crop_pct: float | None = None, top_k: int = 5
 ) -> tuple[list, str]:
-    """Top-k classes of image files; all images are read (and checked) before the model is loaded.
+    """Top-k classes of image files; every file is checked before the model is loaded.
 
     Args:
         model_path: str. A `.keras` model (its `.classes.json` names are used), or a
@@ -106,7 +145,7 @@ def predict_files(
     """
     if not image_paths:
         raise UserInputError("Give at least one image path.")
-    images = [load_image(path) for path in image_paths]
+    images = read_images(image_paths)
     model, class_names = load_for_inference(model_path)
     predictions = predict_images(model, images, class_names, crop_pct=crop_pct, top_k=top_k)
     return predictions, resolve_class_names(model.num_classes, class_names)[1]

@@ -12,6 +12,7 @@ from PIL import Image
 from deit_keras.data import labels
 from deit_keras.data.preprocessing import Preprocessing
 from deit_keras.deploy import saved_model, saving
+from deit_keras.errors import UserInputError
 from deit_keras.inference import evaluate, predict
 from deit_keras.io import images as images_io
 from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
@@ -261,6 +262,45 @@ def test_predict_images_matches_saved_model(saved, image_files, tmp_path):
     assert sum(p for _, _, p in unnamed[0]) == pytest.approx(1.0, abs=1e-5)
 
 
+class _BatchRecorder:
+    """`model` for `predict_images`, recording each forward pass's batch size."""
+
+    def __init__(self, model):
+        self.model, self.batches = model, []
+        self.num_classes, self.image_size = model.num_classes, model.image_size
+        self.preprocessing = model.preprocessing
+
+    def __call__(self, images, training=False):
+        self.batches.append(len(images))
+        return self.model(images, training=training)
+
+
+def test_predict_images_runs_batches_of_at_most_batch_size(saved, image_files):
+    model, _ = saved
+    names = ["rgb.jpg", "gray.png", "rgba.png", "gray16.png", "palette.png"]
+    paths = [image_files[n] for n in names]
+    images = predict.read_images(paths, batch_size=2)
+    assert not isinstance(images, list)  # more than one batch: read again one by one
+    recorder = _BatchRecorder(model)
+    batched = predict.predict_images(recorder, images, CLASS_NAMES, batch_size=2)
+    assert recorder.batches == [2, 2, 1]
+    whole = predict.predict_images(model, predict.read_images(paths), CLASS_NAMES)
+    assert [[name for name, _, _ in top] for top in batched] == [
+        [name for name, _, _ in top] for top in whole
+    ]
+    np.testing.assert_allclose(
+        [[p for _, _, p in top] for top in batched],
+        [[p for _, _, p in top] for top in whole],
+        atol=1e-6,
+    )
+
+
+def test_read_images_checks_every_file_before_any_batch(image_files):
+    paths = [image_files["rgb.jpg"], image_files["gray.png"], image_files["text.jpg"]]
+    with pytest.raises(UserInputError, match="text.jpg"):
+        predict.read_images(paths, batch_size=1)
+
+
 def test_predict_cli(saved, image_files, tmp_path):
     model, path = saved
     output = tmp_path / "predictions.json"
@@ -291,6 +331,23 @@ def test_predict_cli(saved, image_files, tmp_path):
     assert [t["class_index"] for t in top] == [index for _, index, _ in expected]
     probabilities = [t["probability"] for t in top]
     np.testing.assert_allclose(probabilities, [p for _, _, p in expected], atol=1e-5)
+
+
+def test_predict_cli_batches_give_the_same_predictions(saved, image_files, tmp_path):
+    _, path = saved
+    paths = [image_files[n] for n in ("rgb.jpg", "one_pixel.png", "gray16.png")]
+    documents = []
+    for batch_size in (1, 32):
+        process = run_cli(
+            "predict", f"--model_path={path}", f"--batch_size={batch_size}", "--json", *paths
+        )
+        assert process.returncode == 0, process.stderr
+        documents.append(json.loads(process.stdout))
+    assert [r["file"] for r in documents[0]] == paths
+    for one, whole in zip(*documents, strict=True):
+        assert [t["class_index"] for t in one["predictions"]] == [
+            t["class_index"] for t in whole["predictions"]
+        ]
 
 
 def test_predict_cli_text_file_named_jpg_is_one_line_error(saved, image_files):
