@@ -168,6 +168,17 @@ class TokenClassifier(CompiledInference, keras.Model):
         features, maps = self.forward_features(images, training=training, blocks=blocks)
         return (*self.forward_heads(features), maps)
 
+    def __call__(self, images, *args, **kwargs):
+        # Here, not in `call`: Keras would wrap the error in lines about the call.
+        dtype = getattr(images, "dtype", None)
+        if dtype is not None and not keras.backend.is_float_dtype(dtype):
+            raise ValueError(
+                f"{self.name} takes float images, normalised as `model.preprocessing` says "
+                "(`deit_keras.data.preprocess(image, model.image_size, model.preprocessing)` "
+                f"for uint8 pixels). Received: dtype={keras.backend.standardize_dtype(dtype)}"
+            )
+        return super().__call__(images, *args, **kwargs)
+
     def call(self, images, training=None):
         step = None if training else self._eager_inference_step(images)
         if step is not None:

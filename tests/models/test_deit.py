@@ -95,6 +95,16 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_logits(tmp_path):
     np.testing.assert_allclose(logits, op_by_op(model, images), atol=1e-5)
 
 
+def test_uint8_images_get_a_one_line_error_naming_preprocess():
+    model = tiny_model()
+    pixels = np.zeros((1, 32, 32, 3), "uint8")
+    with pytest.raises(ValueError, match=r"data.preprocess\(.*Received: dtype=uint8") as error:
+        model(pixels)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="Received: dtype=uint8"):
+        model.predict_on_batch(pixels)
+
+
 def test_init_follows_reference():
     model = tiny_model()
     block = model.blocks[0]
