@@ -11,7 +11,7 @@ from PIL import Image
 
 from deit_keras.deploy import saving
 from deit_keras.io.images import load_image
-from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
+from deit_keras.testing import TINY_TRAIN_FLAGS, assert_one_line_error, run_cli, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,28 @@ def test_train_cli_teacher_that_is_not_a_model(files, tmp_path):
         f"--output={tmp_path / 'out.keras'}",
     )
     assert_one_line_error(process, "not a loadable Keras model")
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_train_cli_teacher_weights_offline(tmp_path):
+    from deit_keras.testing import prepare_digits
+    from deit_keras.testing_server import closed_port_url
+
+    prepare_digits(tmp_path)
+    # The weights URL is reached through a proxy on a closed port: refused, never online.
+    proxy = {name: closed_port_url() for name in ("https_proxy", "HTTPS_PROXY")}
+    no_proxy = {"no_proxy": "", "NO_PROXY": "", "KERAS_HOME": str(tmp_path / "keras")}
+    process = run_cli(
+        "train",
+        *TINY_TRAIN_FLAGS,
+        "--distillation_type=hard",
+        "--teacher=resnet50",
+        f"--data_dir={tmp_path / 'tfds'}",
+        f"--model_dir={tmp_path / 'r'}",
+        f"--output={tmp_path / 'out.keras'}",
+        env=proxy | no_proxy,
+    )
+    assert_one_line_error(process, "Cannot download the imagenet weights of the teacher resnet50")
     assert not (tmp_path / "out.keras").exists()
 
 
