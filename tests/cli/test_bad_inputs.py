@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from deit_keras.deploy import saving
+from deit_keras.errors import UserInputError
 from deit_keras.io.images import load_image
 from deit_keras.testing import TINY_TRAIN_FLAGS, assert_one_line_error, run_cli, tiny_model
 
@@ -86,6 +87,22 @@ def test_finetune_from_another_architecture_fails_before_writing(files, tmp_path
         run_training(config)
     assert not (tmp_path / "student.keras").exists()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [("cnn.keras", "holds a Functional"), ("truncated.keras", "not a .keras model file")],
+)
+def test_finetune_from_a_keras_file_that_is_not_a_deit(files, tmp_path, name, words):
+    from deit_keras.deploy.pretrained import create_model
+    from deit_keras.distill.teachers import build_small_cnn
+
+    build_small_cnn(3, 16).save(tmp_path / "cnn.keras")
+    path = str((tmp_path if name == "cnn.keras" else files) / name)
+    with pytest.raises(UserInputError) as caught:
+        create_model("deit_tiny_patch16_224", pretrained=path, num_classes=3, image_size=16)
+    message = str(caught.value)
+    assert path in message and words in message and "cache" not in message, message
 
 
 # === Subprocesses: what only a CLI does ===
