@@ -6,8 +6,10 @@ Nothing is ever downloaded: a tfds dataset must be prepared beforehand.
 
 A `folder:` dataset is checked before use (`image_check`): files the
 pipeline cannot decode are left out (`bad_images="skip"`, listed in
-`DatasetInfo.skipped`) or stop the run (`"fail"`); train/ and val/ must
-hold the same class folders, and every train/ class at least one image.
+`DatasetInfo.skipped`) or stop the run (`"fail"`); files that are not
+images, or lie in a sub-folder of a class folder (class folders do not
+nest), are listed there too. train/ and val/ must hold the same class
+folders, at least 2, and every train/ class at least one image.
 """
 
 import contextlib
@@ -25,6 +27,8 @@ from deit_keras.errors import UserInputError
 FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 NOT_AN_IMAGE = "not an image file name"  # the reason given for e.g. notes.txt
+IN_SUB_FOLDER = "in a sub-folder of a class folder (class folders do not nest)"
+NOT_READ = (NOT_AN_IMAGE, IN_SUB_FOLDER)  # reasons of files left out without decoding
 
 
 class DatasetNotFoundError(UserInputError):
@@ -44,7 +48,8 @@ class DatasetInfo:
         train_split: str. The dataset's own name of the training split.
         eval_split: str. The dataset's own name of the evaluation split.
         skipped: tuple of `(path, reason)`: files of a folder dataset left
-            out (undecodable images, files that are not images).
+            out (undecodable images, files that are not images, files in
+            sub-folders of class folders).
     """
 
     name: str
@@ -185,20 +190,33 @@ def _class_folders(root):
 
 
 def _list_folder(root, class_names):
-    """`(paths, labels, ignored)`: image files by class; `ignored` are other files' paths."""
+    """`(paths, labels, ignored)`: image files by class; `ignored`: `(path, reason)` of others."""
     paths, labels, ignored = [], [], []
     for label, class_name in enumerate(class_names):
         class_dir = os.path.join(root, class_name)
         if not tf.io.gfile.isdir(class_dir):
             continue
         for file_name in sorted(tf.io.gfile.listdir(class_dir)):
+            file_name = file_name.rstrip("/")
             path = os.path.join(class_dir, file_name)
-            if file_name.lower().endswith(IMAGE_EXTENSIONS):
+            hidden = file_name.startswith(".")
+            if tf.io.gfile.isdir(path):
+                ignored += [] if hidden else [(f, IN_SUB_FOLDER) for f in _files_under(path)]
+            elif file_name.lower().endswith(IMAGE_EXTENSIONS):
                 paths.append(path)
                 labels.append(label)
-            elif not file_name.startswith(".") and not tf.io.gfile.isdir(path):
-                ignored.append(path)
+            elif not hidden:
+                ignored.append((path, NOT_AN_IMAGE))
     return paths, labels, ignored
+
+
+def _files_under(directory):
+    """The files below `directory`, sorted; hidden files and folders left out."""
+    found = []
+    for parent, folders, files in tf.io.gfile.walk(directory):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [os.path.join(parent, name) for name in files if not name.startswith(".")]
+    return sorted(found)
 
 
 def _check_classes(train_dir, eval_dir, class_names, eval_classes):
@@ -217,7 +235,7 @@ def _read_split(root, class_names, bad_images):
     paths, labels, ignored = _list_folder(root, class_names)
     paths, labels, bad = image_check.apply_policy(paths, labels, bad_images)
     skipped = [(path, reason) for path, reason in bad.items()]
-    skipped += [(path, NOT_AN_IMAGE) for path in ignored]
+    skipped += ignored
     return paths, labels, skipped
 
 
@@ -236,6 +254,11 @@ def _folder(name, path, bad_images="skip"):
     class_names = _class_folders(train_dir)
     if not class_names:
         raise DatasetNotFoundError(f"No class folders with images in {train_dir!r}.")
+    if len(class_names) == 1:
+        raise UserInputError(
+            f"A folder dataset needs at least 2 classes. Received: 1 class folder "
+            f"{class_names[0]!r} in {train_dir}"
+        )
     _check_classes(train_dir, eval_dir, class_names, _class_folders(eval_dir))
     train_paths, train_labels, skipped = _read_split(train_dir, class_names, bad_images)
     empty = sorted(set(class_names) - {class_names[label] for label in train_labels})

@@ -32,7 +32,7 @@ import uuid
 import keras
 from absl import logging
 
-from deit_keras.deploy import checkpoints
+from deit_keras.deploy import checkpoints, saving
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.io.atomic import atomic_output
 from deit_keras.models import variants
@@ -316,7 +316,8 @@ def _checkpoint_state(path) -> dict:
 def _load_local(name, path):
     _check_local_file(path)
     if path.endswith(".keras"):
-        return _cached_model(path, path)
+        # The user's own file: errors name it (not cache advice) and its kind (a DeiT or CaiT).
+        return saving.load_model(path, compile=False)[0]
     try:
         return checkpoints.load_checkpoint(path, name)
     except checkpoints.CheckpointError as error:

@@ -8,14 +8,18 @@ images without a silent convention mismatch.
 """
 
 import os
+import urllib.error
 
 import keras
 from keras import ops
 
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from deit_keras.errors import UserInputError
+from deit_keras.errors import UserEnvironmentError, UserInputError
 
 INPUT_CONVENTIONS = ("normalized", "pixels", "keras_applications")
+# The smallest input keras.applications builds, by module (the size its
+# constructor checks); 32 for the others.
+_MIN_INPUT_SIZE = {"inception_v3": 75, "inception_resnet_v2": 75, "xception": 71}
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
@@ -130,6 +134,47 @@ def _application(name, unknown_message):
     return table[name.lower()]
 
 
+def _check_input_size(name, module, image_size, flag):
+    """`UserInputError` before building `name` (--`flag`) at a size its constructor refuses."""
+    minimum = _MIN_INPUT_SIZE.get(module, 32)
+    if image_size < minimum:
+        raise UserInputError(
+            f"keras.applications {name} needs images of at least {minimum}x{minimum} "
+            f"pixels: raise --image_size or choose another --{flag}. Received: "
+            f"image_size={image_size}, {flag}={name}"
+        )
+
+
+def _download_failed(error) -> bool:
+    """Whether `error` is `keras.utils.get_file` failing to fetch a URL.
+
+    get_file re-raises urllib's `URLError` (HTTP errors, refused connections,
+    unknown hosts, truncated bodies) as a bare `Exception`, raised while
+    handling it: the URLError is in the chain.
+    """
+    while error is not None:
+        if isinstance(error, urllib.error.URLError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _with_weights(name, weights, constructor, **kwargs):
+    """`constructor(weights=weights, **kwargs)`; a failed weights download in one line."""
+    try:
+        return constructor(weights=weights, **kwargs)
+    except Exception as error:
+        if not _download_failed(error):
+            raise
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise UserEnvironmentError(
+            f"Cannot download the {weights} weights of the teacher {name}: {detail}. Check "
+            "the network connection, or download the file yourself and pass its path "
+            "(--teacher_weights=PATH) or put it in $KERAS_HOME/models (default "
+            "~/.keras/models)."
+        ) from error
+
+
 def build_finetune_teacher(
     application: str,
     num_classes: int,
@@ -159,16 +204,20 @@ def build_finetune_teacher(
         A trainable `TeacherAdapter` producing `[B, num_classes]` logits.
 
     Raises:
-        ValueError: unknown application name.
+        ValueError: unknown application name, or `image_size` below its minimum.
+        OSError: the weights cannot be downloaded.
     """
     constructor, module = _application(
         application,
         f"Unknown keras.applications model {application!r}. Received: "
         f"application={application!r}; e.g. resnet50, efficientnetb0, regnety160.",
     )
-    backbone = constructor(
+    _check_input_size(application, module, image_size, "teacher_base")
+    backbone = _with_weights(
+        application,
+        weights,
+        constructor,
         include_top=False,
-        weights=weights,
         input_shape=(image_size, image_size, 3),
         pooling="avg",
     )
@@ -196,7 +245,9 @@ def build_teacher(
         outputs: "logits" or "probabilities", for `.keras` files.
 
     Raises:
-        ValueError: unknown name, unreadable file, or class-count mismatch.
+        ValueError: unknown name, unreadable file, class-count mismatch, or
+            `image_size` below the application's minimum (random weights).
+        OSError: the application's weights cannot be downloaded.
     """
     if spec.endswith(".keras"):
         if not os.path.isfile(spec):
@@ -225,8 +276,12 @@ def build_teacher(
             f"such as regnety160, resnet50, efficientnetb0.",
         )
         convention = input_convention or "keras_applications"
-        teacher = constructor(
-            weights=weights,
+        if weights is None:  # built at the student's size; with weights, at its own
+            _check_input_size(spec, module, image_size, "teacher")
+        teacher = _with_weights(
+            spec,
+            weights,
+            constructor,
             classes=num_classes if weights in (None,) else 1000,
             classifier_activation=None,
             input_shape=(image_size, image_size, 3) if weights is None else None,

@@ -51,7 +51,9 @@ class TrainConfig:
         "DeiT variant (timm name).",
         choices=tuple(list_models() + sorted(ALIASES)),
     )
-    image_size: int | None = field(None, "Input size; defaults to the variant's.", valid=POSITIVE)
+    image_size: int | None = field(
+        None, "Input size; defaults to the variant's.", aliases=("input_size",), valid=POSITIVE
+    )
     patch_size: int | None = field(
         None, "Override the variant's patch size (small data).", valid=POSITIVE
     )
@@ -155,7 +157,7 @@ class TrainConfig:
     teacher: str | None = field(
         "regnety160",
         "A .keras CNN or a keras.applications name (regnety160 = RegNetY-16GF).",
-        aliases=("teacher_model",),
+        aliases=("teacher_model", "teacher_path"),
     )
     teacher_weights: str | None = field(
         "imagenet", "keras.applications weights: imagenet, a file, or none."

@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from deit_keras.data.pipeline import dataset_info, make_dataset
-from deit_keras.data.sources import NOT_AN_IMAGE
+from deit_keras.data.sources import NOT_READ
 from deit_keras.deploy import pretrained
 from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.deploy.saving import save_model
@@ -168,10 +168,10 @@ def report_skipped(info, model_dir: str) -> str | None:
     path = os.path.join(model_dir, "skipped_images.txt")
     lines = [f"{file}\t{reason}" for file, reason in info.skipped]
     write_text_atomic(path, "\n".join(lines) + "\n")
-    unreadable = sum(reason != NOT_AN_IMAGE for _, reason in info.skipped)
+    unreadable = sum(reason not in NOT_READ for _, reason in info.skipped)
     logging.warning(
         "%s: left out %d file(s) that do not decode and %d that are not images "
-        "(--bad_images=skip); the list is in %s",
+        "or are in sub-folders of class folders (--bad_images=skip); the list is in %s",
         info.name,
         unreadable,
         len(info.skipped) - unreadable,

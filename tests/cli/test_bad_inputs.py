@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from deit_keras.deploy import saving
+from deit_keras.errors import UserInputError
 from deit_keras.io.images import load_image
-from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
+from deit_keras.testing import TINY_TRAIN_FLAGS, assert_one_line_error, run_cli, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,22 @@ def test_finetune_from_another_architecture_fails_before_writing(files, tmp_path
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    "name, words",
+    [("cnn.keras", "holds a Functional"), ("truncated.keras", "not a .keras model file")],
+)
+def test_finetune_from_a_keras_file_that_is_not_a_deit(files, tmp_path, name, words):
+    from deit_keras.deploy.pretrained import create_model
+    from deit_keras.distill.teachers import build_small_cnn
+
+    build_small_cnn(3, 16).save(tmp_path / "cnn.keras")
+    path = str((tmp_path if name == "cnn.keras" else files) / name)
+    with pytest.raises(UserInputError) as caught:
+        create_model("deit_tiny_patch16_224", pretrained=path, num_classes=3, image_size=16)
+    message = str(caught.value)
+    assert path in message and words in message and "cache" not in message, message
+
+
 # === Subprocesses: what only a CLI does ===
 
 
@@ -128,6 +145,28 @@ def test_train_cli_teacher_that_is_not_a_model(files, tmp_path):
         f"--output={tmp_path / 'out.keras'}",
     )
     assert_one_line_error(process, "not a loadable Keras model")
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_train_cli_teacher_weights_offline(tmp_path):
+    from deit_keras.testing import prepare_digits
+    from deit_keras.testing_server import closed_port_url
+
+    prepare_digits(tmp_path)
+    # The weights URL is reached through a proxy on a closed port: refused, never online.
+    proxy = {name: closed_port_url() for name in ("https_proxy", "HTTPS_PROXY")}
+    no_proxy = {"no_proxy": "", "NO_PROXY": "", "KERAS_HOME": str(tmp_path / "keras")}
+    process = run_cli(
+        "train",
+        *TINY_TRAIN_FLAGS,
+        "--distillation_type=hard",
+        "--teacher=resnet50",
+        f"--data_dir={tmp_path / 'tfds'}",
+        f"--model_dir={tmp_path / 'r'}",
+        f"--output={tmp_path / 'out.keras'}",
+        env=proxy | no_proxy,
+    )
+    assert_one_line_error(process, "Cannot download the imagenet weights of the teacher resnet50")
     assert not (tmp_path / "out.keras").exists()
 
 

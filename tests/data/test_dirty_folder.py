@@ -108,7 +108,8 @@ def test_fail_names_the_first_bad_file_in_one_line(dirty):
 def test_a_file_that_changes_is_checked_again(tmp_path):
     rng = np.random.default_rng(1)
     for split in ("train", "val"):
-        _write_class(tmp_path / split / "a", rng, count=2)
+        for name in ("a", "b"):
+            _write_class(tmp_path / split / name, rng, count=2)
     victim = tmp_path / "train" / "a" / "good1.jpg"
     assert dataset_info(f"folder:{tmp_path}").skipped == ()
     victim.write_bytes(victim.read_bytes()[:40])  # new size and mtime: not the cached result
@@ -148,6 +149,40 @@ def test_train_and_val_class_folders_that_differ(tmp_path):
         dataset_info(f"folder:{tmp_path}")
     message = str(caught.value)
     assert "only in train: ['cat']" in message and "only in val: ['dog']" in message, message
+
+
+def test_images_in_sub_folders_of_a_class_folder_are_listed_as_skipped(tmp_path, caplog):
+    from deit_keras.training.runner import report_skipped
+
+    rng = np.random.default_rng(6)
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            _write_class(tmp_path / split / name, rng, count=1)
+    _write_class(tmp_path / "train" / "a" / "sub", rng, count=1)
+    _write_class(tmp_path / "train" / "a" / "sub" / "deeper", rng, count=1)
+    _write_class(tmp_path / "train" / "a" / ".cache", rng, count=1)  # hidden: not listed
+    info = dataset_info(f"folder:{tmp_path}")
+    sub = tmp_path / "train" / "a" / "sub"
+    reason = "in a sub-folder of a class folder (class folders do not nest)"
+    assert list(info.skipped) == [
+        (str(sub / "deeper" / "good0.jpg"), reason),
+        (str(sub / "good0.jpg"), reason),
+    ]
+    assert info.num_train_examples == 2
+    with caplog.at_level("WARNING"):
+        report_skipped(info, str(tmp_path / "run"))
+    assert "0 file(s) that do not decode and 2 that are not images or are in sub" in caplog.text
+
+
+def test_single_class_folder_is_one_line_error(tmp_path):
+    rng = np.random.default_rng(7)
+    for split in ("train", "val"):
+        _write_class(tmp_path / split / "a", rng, count=2)
+    with pytest.raises(ValueError) as caught:
+        dataset_info(f"folder:{tmp_path}")
+    message = str(caught.value)
+    assert "needs at least 2 classes. Received: 1 class folder 'a' in" in message, message
+    assert str(tmp_path / "train") in message and "\n" not in message
 
 
 def test_unknown_policy_refused():
@@ -200,7 +235,8 @@ def dirty_clean(root):
     """A clean folder dataset under `root/clean`."""
     rng = np.random.default_rng(5)
     for split in ("train", "val"):
-        _write_class(root / "clean" / split / "a", rng, count=1)
+        for name in ("a", "b"):
+            _write_class(root / "clean" / split / name, rng, count=1)
     return root / "clean"
 
 

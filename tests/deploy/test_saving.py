@@ -255,10 +255,12 @@ def test_eval_pipeline_and_serving_signature_give_the_same_input(tmp_path):
     root = tmp_path / "folder"
     rng = np.random.default_rng(3)
     for split in ("train", "val"):
-        os.makedirs(root / split / "only")
+        for name in ("only", "other"):  # the second class has no val image
+            os.makedirs(root / split / name)
     pixels = rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(root / "val" / "only" / "a.png")
     Image.fromarray(pixels).save(root / "train" / "only" / "a.png")
+    Image.fromarray(pixels).save(root / "train" / "other" / "a.png")
     dataset = pipeline.make_dataset(
         f"folder:{root}",
         "eval",

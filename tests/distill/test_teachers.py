@@ -4,6 +4,8 @@ import pytest
 
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from deit_keras.distill import teachers
+from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.testing_server import closed_port_url
 
 PIXELS = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
 NORMALISED = ((PIXELS / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype("float32")
@@ -71,3 +73,31 @@ def test_teacher_with_another_input_size_gets_a_resized_batch(tmp_path):
     adapter = teachers.build_teacher(path, 10, 32)
     assert adapter.image_size == 48
     assert tuple(adapter(NORMALISED).shape) == (2, 10)
+
+
+def test_application_below_its_minimum_size_is_refused_before_building():
+    with pytest.raises(UserInputError, match="at least 32x32") as caught:
+        teachers.build_teacher("mobilenetv2", 10, 16, weights=None)
+    assert "--image_size" in str(caught.value) and "teacher=mobilenetv2" in str(caught.value)
+    with pytest.raises(UserInputError, match="at least 71x71.*teacher_base=xception"):
+        teachers.build_finetune_teacher("xception", 10, 64, weights=None)
+
+
+def test_failed_weights_download_is_an_environment_error(monkeypatch, tmp_path):
+    def downloading_application(**kwargs):  # its weights are on a closed 127.0.0.1 port
+        return keras.utils.get_file("w.h5", closed_port_url() + "/w.h5", cache_dir=tmp_path)
+
+    monkeypatch.setattr(keras.applications, "ResNet50", downloading_application)
+    with pytest.raises(UserEnvironmentError, match="Cannot download the imagenet weights"):
+        teachers.build_teacher("resnet50", 10, 32, weights="imagenet")
+    with pytest.raises(UserEnvironmentError, match="--teacher_weights=PATH"):
+        teachers.build_finetune_teacher("resnet50", 10, 32, weights="imagenet")
+
+
+def test_other_application_errors_stay_internal(monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(keras.applications, "ResNet50", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        teachers.build_teacher("resnet50", 10, 32, weights="imagenet")
