@@ -16,7 +16,14 @@ import onnx
 import pytest
 
 from deit_keras.data import pipeline
-from deit_keras.deploy import export_formats, litert_export, onnx_export, runtimes, saving
+from deit_keras.deploy import (
+    export_formats,
+    litert_export,
+    onnx_export,
+    runtimes,
+    saved_model,
+    saving,
+)
 from deit_keras.deploy.calibration import eval_crops
 from deit_keras.deploy.signatures import fixed_size_function
 from deit_keras.inference.evaluate import evaluate_model
@@ -195,6 +202,35 @@ def test_bad_export_options_are_one_line_errors(models, tmp_path):
     with pytest.raises(ValueError, match="opset"):
         onnx_export.export_onnx(models["plain"], str(tmp_path / "o.onnx"), opset=7)
     assert not os.listdir(tmp_path)
+
+
+def test_what_is_at_the_output_is_replaced_only_if_an_earlier_export(tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "notes.txt").write_text("notes")
+    for name in ("d.onnx", "d.tflite", "w.bin"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "a_file").write_text("keep")
+    cases = [
+        ("saved_model", mine, "existing directory without saved_model.pb"),
+        ("saved_model", tmp_path / "a_file", "existing file, expected a directory"),
+        ("onnx", tmp_path / "d.onnx", "existing directory, expected a file"),
+        ("litert", tmp_path / "d.tflite", "existing directory, expected a file"),
+        ("openvino", tmp_path / "w.xml", "w.bin"),  # the weights beside the .xml
+    ]
+    for export_format, path, message in cases:
+        with pytest.raises(ValueError, match=message) as caught:
+            export_formats.check_export_options(export_format, str(path))
+        assert "\n" not in str(caught.value) and str(path.parent) in str(caught.value)
+    # The library refuses before exporting, whichever entry point.
+    model = tiny_model()
+    with pytest.raises(ValueError, match="without saved_model.pb"):
+        export_formats.export_model(model, str(mine))
+    with pytest.raises(ValueError, match="without saved_model.pb"):
+        saved_model.export_saved_model(model, str(mine))
+    assert (mine / "sub" / "notes.txt").read_text() == "notes" and len(os.listdir(mine)) == 1
+    (mine / "saved_model.pb").write_bytes(b"an earlier export")
+    export_formats.check_export_options("saved_model", str(mine))
 
 
 def test_failed_conversion_leaves_no_file(models, tmp_path, monkeypatch):
