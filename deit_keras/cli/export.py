@@ -59,7 +59,12 @@ _CALIBRATION_IMAGES = flags.DEFINE_integer(
     "calibration_images", 200, "How many images of --calibration_dataset (its train split)."
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-_OPSET = flags.DEFINE_integer("opset", onnx_export.DEFAULT_OPSET, "ONNX opset (onnx only).")
+_OPSET = flags.DEFINE_integer(
+    "opset",
+    onnx_export.DEFAULT_OPSET,
+    f"ONNX opset (onnx only): {onnx_export.MIN_OPSET} up to the newest the installed tf2onnx "
+    "writes.",
+)
 _CROP_PCT = flags.DEFINE_float(
     "crop_pct",
     None,

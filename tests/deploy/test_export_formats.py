@@ -233,6 +233,16 @@ def test_what_is_at_the_output_is_replaced_only_if_an_earlier_export(tmp_path):
     export_formats.check_export_options("saved_model", str(mine))
 
 
+def test_an_opset_tf2onnx_cannot_write_is_a_one_line_error():
+    from tf2onnx import constants
+
+    newest = max(constants.OPSET_TO_IR_VERSION)
+    for opset in (newest + 1, 99):
+        with pytest.raises(ValueError, match=f"from 9 to {newest} .*Received: opset={opset}"):
+            onnx_export.check_opset(opset)
+    onnx_export.check_opset(newest)
+
+
 def test_failed_conversion_leaves_no_file(models, tmp_path, monkeypatch):
     path = tmp_path / "m.tflite"
     path.write_bytes(b"previous good file")
