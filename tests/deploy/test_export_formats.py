@@ -262,11 +262,29 @@ def test_runtimes_reject_files_of_the_wrong_kind(tmp_path):
     text.write_text("not a model")
     onnx_text = tmp_path / "notes.onnx"
     onnx_text.write_text("not a model")
-    for path, message in [(text, "not a LiteRT"), (onnx_text, "not an ONNX model")]:
+    for path, message in [(text, "not a readable LiteRT"), (onnx_text, "not an ONNX model")]:
         with pytest.raises(ValueError, match=message):
             runtimes.load_exported(str(path))
     with pytest.raises(FileNotFoundError, match="No model file"):
         runtimes.load_exported(str(tmp_path / "missing.onnx"))
+
+
+@pytest.fixture(scope="module")
+def untrained_exports(tmp_path_factory):
+    """`{format: path}`: an untrained tiny model as a LiteRT file, to break."""
+    root = tmp_path_factory.mktemp("untrained")
+    model = tiny_model()
+    return {f: _export(model, root, f) for f in ("litert",)}
+
+
+def test_a_truncated_litert_file_is_a_one_line_error(untrained_exports, tmp_path):
+    content = open(untrained_exports["litert"], "rb").read()
+    for size in (50_000, len(content) * 9 // 10, len(content) - 64):
+        path = tmp_path / f"cut{size}.tflite"
+        path.write_bytes(content[:size])
+        with pytest.raises(ValueError, match="not a readable LiteRT") as caught:
+            runtimes.load_exported(str(path))
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_export_cli_writes_litert_int8_and_evaluate_reads_it(models, crops, tmp_path):
