@@ -271,10 +271,10 @@ def test_runtimes_reject_files_of_the_wrong_kind(tmp_path):
 
 @pytest.fixture(scope="module")
 def untrained_exports(tmp_path_factory):
-    """`{format: path}`: an untrained tiny model as a LiteRT file, to break."""
+    """`{format: path}`: an untrained tiny model as LiteRT and OpenVINO files, to break."""
     root = tmp_path_factory.mktemp("untrained")
     model = tiny_model()
-    return {f: _export(model, root, f) for f in ("litert",)}
+    return {f: _export(model, root, f) for f in ("litert", "openvino")}
 
 
 def test_a_truncated_litert_file_is_a_one_line_error(untrained_exports, tmp_path):
@@ -285,6 +285,19 @@ def test_a_truncated_litert_file_is_a_one_line_error(untrained_exports, tmp_path
         with pytest.raises(ValueError, match="not a readable LiteRT") as caught:
             runtimes.load_exported(str(path))
         assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_openvino_xml_without_its_bin_names_the_bin(untrained_exports, tmp_path):
+    xml = tmp_path / "alone.xml"
+    xml.write_bytes(open(untrained_exports["openvino"], "rb").read())
+    with pytest.raises(ValueError, match="weights file .*alone.bin is missing") as caught:
+        runtimes.load_exported(str(xml))
+    assert "\n" not in str(caught.value)
+    # A .bin that is not the one written with the .xml: the runtime's reason, not its source line.
+    (tmp_path / "alone.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError, match="not an OpenVINO IR model: Incorrect weights") as caught:
+        runtimes.load_exported(str(xml))
+    assert "src/" not in str(caught.value)
 
 
 def test_export_cli_writes_litert_int8_and_evaluate_reads_it(models, crops, tmp_path):
