@@ -21,12 +21,14 @@ from deit_keras import cli
 from deit_keras.cli import model_source
 from deit_keras.deploy import export_formats, onnx_export
 from deit_keras.deploy.calibration import eval_crops
+from deit_keras.io import paths
 from deit_keras.schema import FRACTION, POSITIVE
 
 _OUTPUT = flags.DEFINE_string(
     "output",
     None,
-    "Output: a SavedModel directory, a .tflite, an .onnx or an OpenVINO .xml file (replaced).",
+    "Output: a SavedModel directory (only an earlier SavedModel there is replaced), a "
+    ".tflite, an .onnx or an OpenVINO .xml file (with its .bin; files are replaced).",
 )
 _FORMAT = flags.DEFINE_enum(
     "format",
@@ -57,7 +59,12 @@ _CALIBRATION_IMAGES = flags.DEFINE_integer(
     "calibration_images", 200, "How many images of --calibration_dataset (its train split)."
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-_OPSET = flags.DEFINE_integer("opset", onnx_export.DEFAULT_OPSET, "ONNX opset (onnx only).")
+_OPSET = flags.DEFINE_integer(
+    "opset",
+    onnx_export.DEFAULT_OPSET,
+    f"ONNX opset (onnx only): {onnx_export.MIN_OPSET} up to the newest the installed tf2onnx "
+    "writes.",
+)
 _CROP_PCT = flags.DEFINE_float(
     "crop_pct",
     None,
@@ -78,6 +85,13 @@ def _check_flags() -> None:
         onnx_export.check_opset(_OPSET.value)
     except ValueError as error:
         raise cli.UsageError(str(error)) from error
+    model_path = model_source.MODEL_PATH.value
+    outputs = export_formats.output_files(_FORMAT.value, _OUTPUT.value)
+    if model_path and any(paths.is_within(model_path, output) for output in outputs):
+        raise cli.UsageError(
+            f"--output would replace --model_path, which it holds: write the export elsewhere. "
+            f"Received: --output={_OUTPUT.value}, --model_path={model_path}"
+        )
     if _OPTIMIZE.value and _FORMAT.value != "onnx":
         raise cli.UsageError(
             f"--optimize is for --format=onnx (ONNX Runtime's fusions). Received: "

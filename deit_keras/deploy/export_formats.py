@@ -15,8 +15,9 @@ All give `probabilities`, `logits`, `cls_logits` (+ `dist_logits`); see
 """
 
 from deit_keras.deploy import litert_export, onnx_export, onnx_quantize, openvino_export
-from deit_keras.deploy.saved_model import export_saved_model
+from deit_keras.deploy.saved_model import SAVED_MODEL_FILE, export_saved_model
 from deit_keras.errors import UserInputError
+from deit_keras.io import paths
 
 FORMATS = ("saved_model", "litert", "onnx", "openvino")
 SUFFIXES = {"litert": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
@@ -29,8 +30,29 @@ QUANTIZATIONS = {
 ALL_QUANTIZATIONS = tuple(dict.fromkeys(q for qs in QUANTIZATIONS.values() for q in qs))
 
 
+def output_files(export_format: str, path: str) -> list[str]:
+    """The files an export writes: `path`, and for openvino the `.bin` beside the `.xml`."""
+    if export_format == "openvino":
+        return [path, path[: -len(".xml")] + ".bin"]
+    return [path]
+
+
+def _output_problem(export_format: str, path: str) -> str | None:
+    """What is already at the output and may not be replaced (only an earlier SavedModel may)."""
+    if export_format == "saved_model":
+        return paths.replaceable_dir_problem("output", path, SAVED_MODEL_FILE)
+    problems = (
+        paths.output_file_problem("output", name) for name in output_files(export_format, path)
+    )
+    return next(filter(None, problems), None)
+
+
 def check_export_options(export_format: str, path: str, quantize: str = "none") -> None:
-    """One-line `ValueError`s for a format, output path and quantization that do not go together."""
+    """One-line `ValueError`s for a format, output path and quantization that do not go together.
+
+    Also what is already at the output: a directory where a file goes, a file
+    where a SavedModel goes, or a directory other than an earlier SavedModel.
+    """
     if export_format not in FORMATS:
         raise UserInputError(f"format must be one of {FORMATS}. Received: format={export_format!r}")
     suffix = SUFFIXES.get(export_format)
@@ -42,6 +64,9 @@ def check_export_options(export_format: str, path: str, quantize: str = "none") 
         (".tflite", ".onnx", ".xml", ".keras")
     ):
         raise UserInputError(f"A SavedModel is a directory. Received: output={path!r}")
+    problem = _output_problem(export_format, path)
+    if problem:
+        raise UserInputError(problem)
     if quantize not in ALL_QUANTIZATIONS:
         raise UserInputError(
             f"quantize must be one of {ALL_QUANTIZATIONS}. Received: quantize={quantize!r}"
@@ -71,8 +96,9 @@ def export_model(
 
     Args:
         model: a `DeiT` with a classification head.
-        path: str. A directory (saved_model), `.tflite` (litert), `.onnx` or
-            `.xml` (openvino) file.
+        path: str. A directory (saved_model: an earlier SavedModel there is
+            replaced, any other directory is an error), `.tflite` (litert),
+            `.onnx` or `.xml` (openvino) file.
         export_format: str. One of `FORMATS`.
         quantize: str. One of `QUANTIZATIONS[export_format]`.
         calibration_images: uint8 eval crops for quantize="int8"

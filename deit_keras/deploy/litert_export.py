@@ -116,19 +116,20 @@ def read_litert_config(path: str) -> dict:
     with open(path, "rb") as handle:
         content = handle.read()
     try:
-        model = schema.Model.GetRootAsModel(content, 0)
-        entries = {
-            model.Metadata(i).Name().decode(): model.Metadata(i).Buffer()
-            for i in range(model.MetadataLength())
-        }
+        # Unpacking every table follows every offset, so a truncated file fails here, in
+        # one line, rather than later in the interpreter. Buffers stay views of `content`.
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
     except Exception as error:  # flatbuffers raises assorted errors on garbage
-        raise UserInputError(f"{path} is not a LiteRT (.tflite) model: {error}") from error
+        raise UserInputError(
+            f"{path} is not a readable LiteRT (.tflite) model (truncated, or not one): {error}"
+        ) from error
+    entries = {entry.name.decode(): entry.buffer for entry in model.metadata or []}
     if METADATA_NAME not in entries:
         raise UserInputError(
             f"{path} has no '{METADATA_NAME}' metadata: export it with "
             "`python -m deit_keras.export --format=litert`."
         )
-    data = model.Buffers(entries[METADATA_NAME]).DataAsNumpy()
+    data = model.buffers[entries[METADATA_NAME]].data
     return json.loads(bytes(data).decode("utf-8"))
 
 

@@ -69,9 +69,22 @@ def _tf2onnx():
     return tf2onnx
 
 
+def max_opset() -> int:
+    """The newest opset the installed tf2onnx (and onnx) can write."""
+    from onnx import defs
+
+    with _environment_unchanged():
+        from tf2onnx import constants
+    return min(max(constants.OPSET_TO_IR_VERSION), defs.onnx_opset_version())
+
+
 def check_opset(opset: int) -> None:
-    if not isinstance(opset, int) or opset < MIN_OPSET:
-        raise UserInputError(f"opset must be an integer >= {MIN_OPSET}. Received: opset={opset!r}")
+    highest = max_opset()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= highest:
+        raise UserInputError(
+            f"opset must be an integer from {MIN_OPSET} to {highest} (the newest the installed "
+            f"tf2onnx writes). Received: opset={opset!r}"
+        )
 
 
 def export_onnx(
@@ -90,7 +103,8 @@ def export_onnx(
     Args:
         model: a `DeiT` with a classification head.
         path: str. Output `.onnx` file (replaced).
-        opset: int. ONNX opset, at least `MIN_OPSET`. Defaults to 17.
+        opset: int. ONNX opset, from `MIN_OPSET` to `max_opset()`. Defaults
+            to 17.
         crop_pct: float or None. Recorded in the config: the crop the caller
             applies. Defaults to the model's.
         class_names: list of str or None. Recorded in the config.

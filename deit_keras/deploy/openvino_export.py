@@ -139,11 +139,28 @@ def read_openvino_config(path: str) -> dict:
     try:
         ov_model = ov.Core().read_model(path)
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise UserInputError(f"{path} is not an OpenVINO IR model: {first_line}") from error
+        raise UserInputError(_unreadable(path, error)) from error
     if not ov_model.has_rt_info([METADATA_NAME]):
         raise UserInputError(
             f"{path} has no '{METADATA_NAME}' metadata: export it with "
             "`python -m deit_keras.export --format=openvino`."
         )
     return json.loads(ov_model.get_rt_info([METADATA_NAME]).astype(str))
+
+
+def _unreadable(path: str, error: RuntimeError) -> str:
+    """Why OpenVINO cannot read `path`: its .bin is missing, or the runtime's own reason."""
+    from openvino.frontend import FrontEndManager
+
+    weights = os.path.splitext(path)[0] + ".bin"
+    frontend = FrontEndManager().load_by_model(path)
+    if frontend is not None and frontend.get_name() == "ir" and not os.path.isfile(weights):
+        return (
+            f"{path} is an OpenVINO IR whose weights file {weights} is missing: keep the .bin "
+            "beside the .xml (copy both)."
+        )
+    # The runtime's message opens with source locations ("Exception from src/...:84:",
+    # "Check '...' failed at ..."); the reason is on the lines after them.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return f"{path} is not an OpenVINO IR model: {' '.join(reasons or lines)}"

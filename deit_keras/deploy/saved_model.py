@@ -15,6 +15,7 @@ from deit_keras.deploy.signatures import SERVING_CONFIG, any_size_function, serv
 from deit_keras.io import atomic
 
 serving_function = any_size_function  # the name this module has always exported
+SAVED_MODEL_FILE = "saved_model.pb"  # what makes a directory an earlier export, to replace
 
 
 def export_saved_model(
@@ -35,7 +36,9 @@ def export_saved_model(
 
     Args:
         model: a `DeiT` with a classification head.
-        out_dir: str. Output directory (replaced if it exists).
+        out_dir: str. Output directory. An earlier SavedModel there (a
+            directory holding saved_model.pb) is replaced; any other
+            existing directory or file raises `UserInputError` before the export.
         crop_pct: float in (0, 1] or None. Eval crop fraction; defaults to
             the model's (`model.preprocessing.crop_pct`).
         class_names: list of str or None. The model's saved names, recorded
@@ -50,7 +53,7 @@ def export_saved_model(
     """
     serve = any_size_function(model, crop_pct)
     config = serving_config(model, "saved_model", crop_pct=crop_pct, class_names=class_names)
-    with atomic.atomic_output(out_dir) as temporary:
+    with atomic.atomic_output(out_dir, directory_marker=SAVED_MODEL_FILE) as temporary:
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint("serving_default", serve)

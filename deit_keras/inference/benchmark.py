@@ -12,6 +12,7 @@ the threads, the process's peak RSS and a one-line "fastest here" summary.
 
 import datetime
 import importlib.metadata
+import os
 import tempfile
 import time
 
@@ -21,10 +22,12 @@ from deit_keras.deploy.saving import load_model
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.inference import host, timing
 from deit_keras.inference.bench_runtimes import DEPLOY_RUNTIMES, REFERENCE, RUNTIMES, Setup
-from deit_keras.models.variants import build_model
+from deit_keras.models.variants import build_model, list_models
 
 ALL = "all"
 REFERENCES = ("none", REFERENCE)
+# The runtime that times what an exported file holds (the benchmark exports the .keras itself).
+_RUNTIME_OF_SUFFIX = {".onnx": "onnx", ".tflite": "litert", ".xml": "openvino"}
 _VERSIONS = (
     "tensorflow",
     "keras",
@@ -93,9 +96,11 @@ def benchmark_model(model: str, image_size: int | None = None, num_classes: int 
         num_classes: int or None. A preset's classes; defaults to 1000.
 
     Raises:
-        UserInputError: an unknown name, a model without a head, or
+        UserInputError: an unknown name, a file other than `.keras` (e.g. an
+            export), a model without a head, or
             `image_size` / `num_classes` given with a `.keras` file (it has its own).
     """
+    _check_not_another_file(model)
     if model.lower().endswith(".keras"):
         if image_size is not None or num_classes is not None:
             raise UserInputError(
@@ -112,6 +117,26 @@ def benchmark_model(model: str, image_size: int | None = None, num_classes: int 
             f"A benchmark needs a model with a head. Received: {model} with num_classes=0"
         )
     return deit
+
+
+def _check_not_another_file(model: str) -> None:
+    """A path that is not a .keras file (e.g. an export) is not looked up as a preset name."""
+    suffix = os.path.splitext(model)[1].lower()
+    if suffix == ".keras" or model in list_models():  # a folder may share a preset's name
+        return
+    if not (os.path.exists(model) or suffix in _RUNTIME_OF_SUFFIX):
+        return
+    runtime = _RUNTIME_OF_SUFFIX.get(suffix)
+    hint = (
+        f": to time it as {runtime}, pass the .keras it was exported from with runtimes={runtime} "
+        "(the benchmark exports it itself)"
+        if runtime
+        else ""
+    )
+    raise UserInputError(
+        f"model takes a preset name (deit_keras.list_models()) or a .keras file, not another "
+        f"file{hint}. Received: model={model}"
+    )
 
 
 def _versions() -> dict:

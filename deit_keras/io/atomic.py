@@ -12,7 +12,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-from deit_keras.errors import UserEnvironmentError
+from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.io.paths import replaceable_dir_problem
 
 _DISK_ERRNOS = frozenset(
     (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
@@ -69,14 +70,25 @@ def check_writable(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str) -> Iterator[str]:
+def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator[str]:
     """Yields a temporary path beside `path`; renames it to `path` on success.
 
     Works for files and directories (e.g. a SavedModel). On any exception
     the temporary output is removed and `path` is left as it was, so a
     crash never leaves a half-written file where a good one was. A full,
     read-only or forbidden disk raises `WriteError` naming `path`.
+
+    A file never replaces a directory, nor a directory a file
+    (`UserInputError`, `path` unchanged). With `directory_marker` (a
+    directory output), an existing directory is replaced only when it holds
+    a file of that name, an earlier output of the same kind (e.g. a
+    SavedModel's saved_model.pb); anything else at `path` raises
+    `UserInputError` before the body runs.
     """
+    if directory_marker is not None:
+        problem = replaceable_dir_problem("output", path, directory_marker)
+        if problem:
+            raise UserInputError(problem)
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
     base, extension = os.path.splitext(os.path.basename(path))
@@ -90,13 +102,7 @@ def atomic_output(path: str) -> Iterator[str]:
         os.close(handle)
         os.remove(temporary)
         yield temporary
-        if os.path.isdir(path) and not os.path.islink(path):
-            backup = temporary + ".old"
-            os.rename(path, backup)
-            os.rename(temporary, path)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(temporary, path)
+        _rename(temporary, path)
     except Exception as error:
         failure = _write_error(path, error)
         if failure is None:
@@ -107,6 +113,22 @@ def atomic_output(path: str) -> Iterator[str]:
             shutil.rmtree(temporary, ignore_errors=True)
         elif temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _rename(temporary: str, path: str) -> None:
+    """`temporary` becomes `path`; a directory there is replaced only by a directory."""
+    new_is_dir = os.path.isdir(temporary)
+    if os.path.isdir(path) and not os.path.islink(path):
+        if not new_is_dir:
+            raise UserInputError(f"{path} is an existing directory, not replaced by a file")
+        backup = temporary + ".old"
+        os.rename(path, backup)
+        os.rename(temporary, path)
+        shutil.rmtree(backup, ignore_errors=True)
+    elif new_is_dir and os.path.lexists(path):
+        raise UserInputError(f"{path} is an existing file, not replaced by a directory")
+    else:
+        os.replace(temporary, path)
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -34,8 +34,38 @@ def output_file_problem(name: str, path: str | None) -> str | None:
 
 
 def output_path_problem(name: str, path: str | None) -> str | None:
-    """Whether a file or a directory can be written at `path` (its folder writable)."""
+    """Whether a file or a directory can be written at `path` (its folder writable).
+
+    What may already be there depends on what is written: `output_file_problem`,
+    `replaceable_dir_problem`.
+    """
     return _folder_problem(name, path) if path else None
+
+
+def replaceable_dir_problem(name: str, path: str | None, marker: str) -> str | None:
+    """Whether a directory can be written at `path`, replacing only an earlier one.
+
+    `path` may be missing, or an earlier output of the same kind: a directory
+    holding a file `marker` (e.g. a SavedModel's saved_model.pb), which is
+    replaced. Any other directory is the user's, and a file is not a directory.
+    """
+    if not path:
+        return None
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, marker)):
+            return (
+                f"{name} is an existing directory without {marker}; only an earlier export "
+                f"(which has one) is replaced: choose a new path, got {path}"
+            )
+    elif os.path.lexists(path):
+        return f"{name} is an existing file, expected a directory, got {path}"
+    return _folder_problem(name, path)
+
+
+def is_within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it (symbolic links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def output_dir_problem(name: str, path: str | None) -> str | None:

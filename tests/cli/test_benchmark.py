@@ -48,6 +48,7 @@ def test_benchmark_writes_its_json(tiny_path, tmp_path):
         (["--model=deit_tiny_patch16_224", "--runtimes=xla,tensorrt"], "runtimes must be"),
         (["--model=deit_tiny_patch16_224", "--batch_size=0"], "batch_size must be positive"),
         (["--model=MODEL", "--image_size=64", "--runtimes=xla"], "image_size and num_classes"),
+        (["--model=exported/tiny.onnx"], "exported from with runtimes=onnx"),
     ],
 )
 def test_bad_options_give_one_line(tiny_path, flags, fragment):

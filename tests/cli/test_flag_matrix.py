@@ -68,7 +68,9 @@ REFUSED = {
     "input_file": {"missing", "directory", "empty", "wrong_kind"} | UNREADABLE,
     "output_file": {"directory", "wrong_kind"} | UNREADABLE,
     "output_dir": {"empty", "wrong_kind"} | UNREADABLE,
-    "output_path": {"wrong_kind"} | UNREADABLE,
+    # export's --output (a SavedModel by default): a file, or a directory that is not
+    # an earlier SavedModel, is not replaced.
+    "output_path": {"directory", "empty", "wrong_kind"} | UNREADABLE,
     "directory": {"empty", "wrong_kind"},
     "flagfile": {"missing", "directory", "wrong_kind"} | UNREADABLE,
 }

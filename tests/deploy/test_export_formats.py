@@ -16,7 +16,14 @@ import onnx
 import pytest
 
 from deit_keras.data import pipeline
-from deit_keras.deploy import export_formats, litert_export, onnx_export, runtimes, saving
+from deit_keras.deploy import (
+    export_formats,
+    litert_export,
+    onnx_export,
+    runtimes,
+    saved_model,
+    saving,
+)
 from deit_keras.deploy.calibration import eval_crops
 from deit_keras.deploy.signatures import fixed_size_function
 from deit_keras.inference.evaluate import evaluate_model
@@ -197,6 +204,45 @@ def test_bad_export_options_are_one_line_errors(models, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def test_what_is_at_the_output_is_replaced_only_if_an_earlier_export(tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "notes.txt").write_text("notes")
+    for name in ("d.onnx", "d.tflite", "w.bin"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "a_file").write_text("keep")
+    cases = [
+        ("saved_model", mine, "existing directory without saved_model.pb"),
+        ("saved_model", tmp_path / "a_file", "existing file, expected a directory"),
+        ("onnx", tmp_path / "d.onnx", "existing directory, expected a file"),
+        ("litert", tmp_path / "d.tflite", "existing directory, expected a file"),
+        ("openvino", tmp_path / "w.xml", "w.bin"),  # the weights beside the .xml
+    ]
+    for export_format, path, message in cases:
+        with pytest.raises(ValueError, match=message) as caught:
+            export_formats.check_export_options(export_format, str(path))
+        assert "\n" not in str(caught.value) and str(path.parent) in str(caught.value)
+    # The library refuses before exporting, whichever entry point.
+    model = tiny_model()
+    with pytest.raises(ValueError, match="without saved_model.pb"):
+        export_formats.export_model(model, str(mine))
+    with pytest.raises(ValueError, match="without saved_model.pb"):
+        saved_model.export_saved_model(model, str(mine))
+    assert (mine / "sub" / "notes.txt").read_text() == "notes" and len(os.listdir(mine)) == 1
+    (mine / "saved_model.pb").write_bytes(b"an earlier export")
+    export_formats.check_export_options("saved_model", str(mine))
+
+
+def test_an_opset_tf2onnx_cannot_write_is_a_one_line_error():
+    from tf2onnx import constants
+
+    newest = max(constants.OPSET_TO_IR_VERSION)
+    for opset in (newest + 1, 99):
+        with pytest.raises(ValueError, match=f"from 9 to {newest} .*Received: opset={opset}"):
+            onnx_export.check_opset(opset)
+    onnx_export.check_opset(newest)
+
+
 def test_failed_conversion_leaves_no_file(models, tmp_path, monkeypatch):
     path = tmp_path / "m.tflite"
     path.write_bytes(b"previous good file")
@@ -216,11 +262,42 @@ def test_runtimes_reject_files_of_the_wrong_kind(tmp_path):
     text.write_text("not a model")
     onnx_text = tmp_path / "notes.onnx"
     onnx_text.write_text("not a model")
-    for path, message in [(text, "not a LiteRT"), (onnx_text, "not an ONNX model")]:
+    for path, message in [(text, "not a readable LiteRT"), (onnx_text, "not an ONNX model")]:
         with pytest.raises(ValueError, match=message):
             runtimes.load_exported(str(path))
     with pytest.raises(FileNotFoundError, match="No model file"):
         runtimes.load_exported(str(tmp_path / "missing.onnx"))
+
+
+@pytest.fixture(scope="module")
+def untrained_exports(tmp_path_factory):
+    """`{format: path}`: an untrained tiny model as LiteRT and OpenVINO files, to break."""
+    root = tmp_path_factory.mktemp("untrained")
+    model = tiny_model()
+    return {f: _export(model, root, f) for f in ("litert", "openvino")}
+
+
+def test_a_truncated_litert_file_is_a_one_line_error(untrained_exports, tmp_path):
+    content = open(untrained_exports["litert"], "rb").read()
+    for size in (50_000, len(content) * 9 // 10, len(content) - 64):
+        path = tmp_path / f"cut{size}.tflite"
+        path.write_bytes(content[:size])
+        with pytest.raises(ValueError, match="not a readable LiteRT") as caught:
+            runtimes.load_exported(str(path))
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_openvino_xml_without_its_bin_names_the_bin(untrained_exports, tmp_path):
+    xml = tmp_path / "alone.xml"
+    xml.write_bytes(open(untrained_exports["openvino"], "rb").read())
+    with pytest.raises(ValueError, match="weights file .*alone.bin is missing") as caught:
+        runtimes.load_exported(str(xml))
+    assert "\n" not in str(caught.value)
+    # A .bin that is not the one written with the .xml: the runtime's reason, not its source line.
+    (tmp_path / "alone.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError, match="not an OpenVINO IR model: Incorrect weights") as caught:
+        runtimes.load_exported(str(xml))
+    assert "src/" not in str(caught.value)
 
 
 def test_export_cli_writes_litert_int8_and_evaluate_reads_it(models, crops, tmp_path):

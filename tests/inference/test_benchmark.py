@@ -100,6 +100,25 @@ def test_bad_settings_and_models(tmp_path):
         benchmark.benchmark_model(str(tmp_path / "m.keras"), image_size=32)
 
 
+def test_a_file_other_than_keras_is_not_looked_up_as_a_preset(tmp_path, monkeypatch):
+    (tmp_path / "tiny.onnx").write_bytes(b"an export")
+    (tmp_path / "notes.txt").write_text("x")
+    cases = [
+        (tmp_path / "tiny.onnx", "runtimes=onnx"),
+        (tmp_path / "missing.tflite", "runtimes=litert"),
+        (tmp_path / "notes.txt", "or a .keras file, not another file. Received"),
+        (tmp_path, "or a .keras file"),
+    ]
+    for path, fragment in cases:
+        with pytest.raises(UserInputError, match="model takes a preset name") as caught:
+            benchmark.benchmark_model(str(path))
+        assert fragment in str(caught.value) and "Valid names" not in str(caught.value)
+    # A folder that shares a preset's name is not taken for a file.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deit_tiny_patch16_224").mkdir()
+    assert benchmark.benchmark_model("deit_tiny_patch16_224", image_size=32).image_size == 32
+
+
 def test_the_torch_reference_runs_in_a_process_of_its_own(model):
     pytest.importorskip("transformers")
     from deit_keras.inference import torch_reference

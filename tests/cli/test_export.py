@@ -1,0 +1,33 @@
+"""deit-export's --output: what is there already is replaced only if it is an earlier export."""
+
+import os
+
+from deit_keras.deploy import saving
+from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
+
+
+def test_export_keeps_a_folder_that_is_not_an_earlier_savedmodel(tmp_path):
+    mine = tmp_path / "runs" / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "notes.txt").write_text("notes")
+    saving.save_model(tiny_model(), str(mine / "model.keras"))
+    before = sorted(os.listdir(mine))
+    process = run_cli("export", f"--model_path={mine / 'model.keras'}", f"--output={mine}")
+    assert_one_line_error(process, "without saved_model.pb", str(mine))
+    assert sorted(os.listdir(mine)) == before
+
+    # An earlier SavedModel is replaced, but not when it holds the model being exported.
+    (mine / "saved_model.pb").write_bytes(b"an earlier export")
+    process = run_cli("export", f"--model_path={mine / 'model.keras'}", f"--output={mine}")
+    assert_one_line_error(process, "--output would replace --model_path", str(mine))
+    assert sorted(os.listdir(mine)) == sorted([*before, "saved_model.pb"])
+
+
+def test_export_an_opset_tf2onnx_cannot_write_is_one_line(tmp_path):
+    model_path, out = tmp_path / "m.keras", tmp_path / "m.onnx"
+    saving.save_model(tiny_model(), str(model_path))
+    process = run_cli(
+        "export", f"--model_path={model_path}", "--format=onnx", "--opset=19", f"--output={out}"
+    )
+    assert_one_line_error(process, "opset must be an integer from 9 to", "opset=19")
+    assert not out.exists()

@@ -1,0 +1,58 @@
+"""atomic_output never deletes what it was not asked to replace."""
+
+import os
+
+import pytest
+
+from deit_keras.errors import UserInputError
+from deit_keras.io import atomic
+
+
+def _users_folder(tmp_path):
+    folder = tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "notes.txt").write_text("notes")
+    return folder
+
+
+def test_a_file_never_replaces_a_directory(tmp_path):
+    folder = _users_folder(tmp_path)
+    with pytest.raises(UserInputError, match="existing directory, not replaced by a file"):
+        atomic.write_bytes_atomic(str(folder), b"model")
+    assert (folder / "sub" / "notes.txt").read_text() == "notes"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_directory_output_replaces_only_an_earlier_one(tmp_path):
+    folder = _users_folder(tmp_path)
+    ran = []
+    with pytest.raises(UserInputError, match="without saved_model.pb") as caught:
+        with atomic.atomic_output(str(folder), directory_marker="saved_model.pb"):
+            ran.append(True)
+    assert not ran and str(folder) in str(caught.value)
+    assert (folder / "sub" / "notes.txt").read_text() == "notes"
+
+    (folder / "saved_model.pb").write_bytes(b"earlier export")
+    with atomic.atomic_output(str(folder), directory_marker="saved_model.pb") as temporary:
+        os.makedirs(temporary)
+        with open(os.path.join(temporary, "saved_model.pb"), "wb") as handle:
+            handle.write(b"new export")
+    assert sorted(os.listdir(folder)) == ["saved_model.pb"]
+    assert (folder / "saved_model.pb").read_bytes() == b"new export"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_directory_never_replaces_a_file(tmp_path):
+    path = tmp_path / "existing"
+    path.write_text("keep")
+    with pytest.raises(UserInputError, match="existing file, expected a directory") as caught:
+        with atomic.atomic_output(str(path), directory_marker="saved_model.pb"):
+            pass
+    assert str(path) in str(caught.value)
+    # Without a marker the body runs; the rename still refuses, naming `path`, not the temporary.
+    refused = "existing file, not replaced by a directory"
+    with pytest.raises(UserInputError, match=refused) as caught:
+        with atomic.atomic_output(str(path)) as temporary:
+            os.makedirs(temporary)
+    assert ".tmp-" not in str(caught.value)
+    assert path.read_text() == "keep" and sorted(os.listdir(tmp_path)) == ["existing"]
