@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from deit_keras.distill import teachers
+from deit_keras.distill import regnet, teachers
 
 PIXELS = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
 NORMALISED = ((PIXELS / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype("float32")
@@ -71,3 +71,33 @@ def test_teacher_with_another_input_size_gets_a_resized_batch(tmp_path):
     adapter = teachers.build_teacher(path, 10, 32)
     assert adapter.image_size == 48
     assert tuple(adapter(NORMALISED).shape) == (2, 10)
+
+
+def test_regnety160_the_default_teacher_is_our_regnet():
+    """keras.applications has no RegNet: the paper's teacher is `distill.regnet`'s."""
+    adapter = teachers.build_teacher("regnety160", 10, 32)
+    assert adapter.teacher.name == "regnety_160" and adapter.input_convention == "normalized"
+    assert tuple(adapter(NORMALISED).shape) == (2, 10) and not adapter.trainable
+
+
+def test_regnet_teacher_takes_a_timm_state_dict():
+    model = regnet.regnety("regnety_002", num_classes=5)
+    state = {}
+    for layer in model.layers:  # timm's keys and layouts of the Keras weights
+        module = layer.name.replace("_", ".")
+        if isinstance(layer, keras.layers.BatchNormalization):
+            names = ("weight", "bias", "running_mean", "running_var")
+            values = [np.asarray(w) for w in layer.weights]
+        elif isinstance(layer, keras.layers.Dense):
+            names, values = ("weight", "bias"), [layer.kernel.numpy().T, layer.bias.numpy()]
+        elif layer.weights:
+            names = ("weight", "bias")
+            values = [np.transpose(layer.kernel.numpy(), (3, 2, 0, 1))]
+            values += [layer.bias.numpy()] if layer.use_bias else []
+        else:
+            continue
+        state.update({f"{module}.{n}": v for n, v in zip(names, values)})
+    adapter = teachers.build_teacher("regnety_002", 5, 32, weights=state)
+    np.testing.assert_allclose(adapter(NORMALISED), model(NORMALISED), atol=1e-5)
+    with pytest.raises(ValueError, match="predicts 5 classes but the dataset has 10"):
+        teachers.build_teacher("regnety_002", 10, 32, weights=state)
