@@ -91,12 +91,12 @@ def test_regnet_teacher_takes_a_timm_state_dict():
         elif isinstance(layer, keras.layers.Dense):
             names, values = ("weight", "bias"), [layer.kernel.numpy().T, layer.bias.numpy()]
         elif layer.weights:
-            names = ("weight", "bias")
             values = [np.transpose(layer.kernel.numpy(), (3, 2, 0, 1))]
             values += [layer.bias.numpy()] if layer.use_bias else []
+            names = ("weight", "bias")[: len(values)]
         else:
             continue
-        state.update({f"{module}.{n}": v for n, v in zip(names, values)})
+        state.update({f"{module}.{n}": v for n, v in zip(names, values, strict=True)})
     adapter = teachers.build_teacher("regnety_002", 5, 32, weights=state)
     np.testing.assert_allclose(adapter(NORMALISED), model(NORMALISED), atol=1e-5)
     with pytest.raises(ValueError, match="predicts 5 classes but the dataset has 10"):
