@@ -1,7 +1,8 @@
 """The frozen CNN teacher: building, loading, and adapting it to the student's input.
 
-The student sees ImageNet-normalised images; `keras.applications` models
-expect 0-255 pixels and apply their own preprocessing. `TeacherAdapter`
+The student sees ImageNet-normalised images, and so does the paper's teacher
+(RegNetY, `distill.regnet`); `keras.applications` models expect 0-255 pixels
+and apply their own preprocessing. `TeacherAdapter`
 turns the student's batch into what the teacher expects (and resizes it if
 the teacher has another fixed input size), so both see the same augmented
 images without a silent convention mismatch.
@@ -14,6 +15,7 @@ import keras
 from keras import ops
 
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from deit_keras.distill import regnet
 from deit_keras.errors import UserEnvironmentError, UserInputError
 
 INPUT_CONVENTIONS = ("normalized", "pixels", "keras_applications")
@@ -193,7 +195,7 @@ def build_finetune_teacher(
 
     Args:
         application: str. A keras.applications name, lowercase, e.g.
-            "resnet50", "efficientnetb0", "regnety160".
+            "resnet50", "efficientnetb0", "convnexttiny".
         num_classes: int. Classes of the dataset to fine-tune on.
         image_size: int. The student's input size.
         weights: str or None. "imagenet", a weights file of the backbone
@@ -210,7 +212,7 @@ def build_finetune_teacher(
     constructor, module = _application(
         application,
         f"Unknown keras.applications model {application!r}. Received: "
-        f"application={application!r}; e.g. resnet50, efficientnetb0, regnety160.",
+        f"application={application!r}; e.g. resnet50, efficientnetb0, convnexttiny.",
     )
     _check_input_size(application, module, image_size, "teacher_base")
     backbone = _with_weights(
@@ -234,14 +236,20 @@ def build_teacher(
     """The teacher named by `spec`, wrapped in a `TeacherAdapter`.
 
     Args:
-        spec: a `.keras` path (a CNN trained elsewhere) or a keras.applications
-            name, lowercase, e.g. "regnety160" (the paper's RegNetY-16GF).
+        spec: a `.keras` path (a CNN trained elsewhere), a RegNetY name
+            ("regnety160" or "regnety_160": the paper's RegNetY-16GF; any
+            `regnet.CONFIGS` size), or a keras.applications name, lowercase
+            (e.g. "resnet50").
         num_classes: classes of the student's dataset; the teacher must match.
         image_size: the student's input size.
-        weights: for an application: "imagenet", a weights file, or None
-            (random; tests only). Ignored for `.keras` files.
+        weights: for a RegNetY: a timm state dict (`{key: numpy array}`; its
+            head sets the class count) or None (random). For an application:
+            "imagenet", a weights file, or None (random; tests only). Ignored
+            for `.keras` files. A RegNetY's "imagenet" (DeiT's released
+            teacher) and checkpoint files are read into a state dict by
+            `training.teacher.make_teacher`.
         input_convention: overrides the default ("normalized" for `.keras`
-            files, "keras_applications" for application names).
+            files and RegNetY, "keras_applications" for application names).
         outputs: "logits" or "probabilities", for `.keras` files.
 
     Raises:
@@ -269,11 +277,18 @@ def build_teacher(
             # a teacher built for another fixed size gets the batch resized to it
             image_size=teacher_size if teacher_size not in (None, image_size) else None,
         )
+    elif regnet.canonical_name(spec):
+        adapter = TeacherAdapter(
+            _regnet(spec, num_classes, image_size, weights),
+            input_convention or "normalized",  # timm's RegNetY takes the student's input
+            name="teacher",
+        )
     else:
         constructor, module = _application(
             spec,
-            f"Unknown teacher {spec!r}: give a .keras file or a keras.applications name "
-            f"such as regnety160, resnet50, efficientnetb0.",
+            f"Unknown teacher {spec!r}: give a .keras file, a RegNetY name (regnety160, the "
+            f"paper's teacher, or another size: {', '.join(regnet.CONFIGS)}) or a "
+            f"keras.applications name such as resnet50, efficientnetb0. Received: teacher={spec!r}",
         )
         convention = input_convention or "keras_applications"
         if weights is None:  # built at the student's size; with weights, at its own
@@ -295,6 +310,18 @@ def build_teacher(
             name="teacher",
         )
     return _frozen(_check_classes(adapter, spec, num_classes))
+
+
+def _regnet(spec, num_classes, image_size, weights):
+    """A RegNetY with timm's weights (a state dict) or random ones (None)."""
+    if weights is not None and not isinstance(weights, dict):
+        raise UserInputError(
+            "A RegNetY teacher's weights are a timm state dict or None here ('imagenet' and "
+            f"checkpoint files are read by deit_keras.training.teacher). Received: {weights=}"
+        )
+    classes = num_classes if weights is None else regnet.state_num_classes(weights)
+    model = regnet.regnety(spec, num_classes=classes, image_size=image_size)
+    return model if weights is None else regnet.load_timm_state(model, weights)
 
 
 def _check_classes(adapter, spec, num_classes):

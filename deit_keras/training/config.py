@@ -156,11 +156,16 @@ class TrainConfig:
     distillation_tau: float = field(1.0, "Soft distillation temperature.", valid=POSITIVE)
     teacher: str | None = field(
         "regnety160",
-        "A .keras CNN or a keras.applications name (regnety160 = RegNetY-16GF).",
+        "A .keras CNN, a RegNetY (regnety160: the paper's RegNetY-16GF, timm's "
+        "architecture in Keras; or regnety002 ... regnety320) or a keras.applications name "
+        "(e.g. resnet50).",
         aliases=("teacher_model", "teacher_path"),
     )
     teacher_weights: str | None = field(
-        "imagenet", "keras.applications weights: imagenet, a file, or none."
+        "imagenet",
+        "Teacher weights: imagenet (for regnety160 the DeiT authors' released teacher, "
+        "downloaded once and cached), a file (a timm .pth/.safetensors/.npz checkpoint for "
+        "a RegNetY, a Keras weights file for a keras.applications model), or none.",
     )
     teacher_input: str | None = field(
         None, "Input convention of the teacher; default by teacher kind.", choices=TEACHER_INPUTS
@@ -362,7 +367,8 @@ class TrainConfig:
                 problems.append(input_file_problem("teacher", self.teacher))
         elif self.distillation_type != "none" and self.teacher and os.path.exists(self.teacher):
             problems.append(
-                f"teacher must be a .keras file or a keras.applications name, got {self.teacher}"
+                "teacher must be a .keras file, a RegNetY name or a keras.applications name. "
+                f"Received: teacher={self.teacher}"
             )
         problems = [problem for problem in problems if problem]
         if problems:

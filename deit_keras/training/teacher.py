@@ -13,7 +13,8 @@ import keras
 from absl import logging
 
 from deit_keras.data.pipeline import make_dataset
-from deit_keras.distill import teachers
+from deit_keras.deploy import teacher_weights
+from deit_keras.distill import regnet, teachers
 from deit_keras.errors import UserInputError
 from deit_keras.io.atomic import atomic_output
 from deit_keras.models.variants import get_variant
@@ -135,6 +136,15 @@ def share_teacher(config, info, strategy):
         custom_loop.wait_for_file(config.teacher, config.teacher_wait_s, "the chief's teacher")
 
 
+def _build_weights(config):
+    """`--teacher_weights` as `build_teacher` takes them: a RegNetY's read into a state dict."""
+    weights = _teacher_weights(config)
+    name = regnet.canonical_name(config.teacher)
+    if name is None or weights is None:
+        return weights
+    return teacher_weights.teacher_state(name, weights)
+
+
 def make_teacher(config, info, student):
     if config.distillation_type == "none":
         return None
@@ -144,6 +154,6 @@ def make_teacher(config, info, student):
         config.teacher,
         info.num_classes,
         student.image_size,
-        weights=_teacher_weights(config),
+        weights=_build_weights(config),
         input_convention=config.teacher_input,
     )

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from deit_keras.distill import teachers
+from deit_keras.distill import regnet, teachers
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.testing_server import closed_port_url
 
@@ -101,3 +101,33 @@ def test_other_application_errors_stay_internal(monkeypatch):
     monkeypatch.setattr(keras.applications, "ResNet50", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         teachers.build_teacher("resnet50", 10, 32, weights="imagenet")
+
+
+def test_regnety160_the_default_teacher_is_our_regnet():
+    """keras.applications has no RegNet: the paper's teacher is `distill.regnet`'s."""
+    adapter = teachers.build_teacher("regnety160", 10, 32)
+    assert adapter.teacher.name == "regnety_160" and adapter.input_convention == "normalized"
+    assert tuple(adapter(NORMALISED).shape) == (2, 10) and not adapter.trainable
+
+
+def test_regnet_teacher_takes_a_timm_state_dict():
+    model = regnet.regnety("regnety_002", num_classes=5)
+    state = {}
+    for layer in model.layers:  # timm's keys and layouts of the Keras weights
+        module = layer.name.replace("_", ".")
+        if isinstance(layer, keras.layers.BatchNormalization):
+            names = ("weight", "bias", "running_mean", "running_var")
+            values = [np.asarray(w) for w in layer.weights]
+        elif isinstance(layer, keras.layers.Dense):
+            names, values = ("weight", "bias"), [layer.kernel.numpy().T, layer.bias.numpy()]
+        elif layer.weights:
+            values = [np.transpose(layer.kernel.numpy(), (3, 2, 0, 1))]
+            values += [layer.bias.numpy()] if layer.use_bias else []
+            names = ("weight", "bias")[: len(values)]
+        else:
+            continue
+        state.update({f"{module}.{n}": v for n, v in zip(names, values, strict=True)})
+    adapter = teachers.build_teacher("regnety_002", 5, 32, weights=state)
+    np.testing.assert_allclose(adapter(NORMALISED), model(NORMALISED), atol=1e-5)
+    with pytest.raises(ValueError, match="predicts 5 classes but the dataset has 10"):
+        teachers.build_teacher("regnety_002", 10, 32, weights=state)
