@@ -193,6 +193,24 @@ def check_accumulation(config: TrainConfig, replicas: int) -> None:
         )
 
 
+def check_splits(config: TrainConfig, info) -> None:
+    """Refuses, in one line, a train split smaller than one (global) batch, whose every
+    batch would be dropped, and an evaluation split without images."""
+    if info.num_train_examples < config.batch_size:
+        share = f" (train_fraction={config.train_fraction})" if config.train_fraction < 1 else ""
+        raise UserInputError(
+            f"The train split of {config.dataset} has {info.num_train_examples} images{share}, "
+            "fewer than one batch (incomplete batches are dropped): lower --batch_size, the "
+            f"global batch of all replicas. Received: batch_size={config.batch_size}"
+        )
+    if info.num_eval_examples == 0:
+        raise UserInputError(
+            f"The evaluation split ({info.eval_split}) of {config.dataset} has no images: "
+            "the run validates and reports top-1 on it. Add images to its class folders "
+            f"(some may stay empty). Received: dataset={config.dataset}"
+        )
+
+
 def run_training(config: TrainConfig) -> dict:
     """Runs one training job; returns the results dict also written to `results.json`.
 
@@ -222,6 +240,7 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
     info = dataset_info(
         config.dataset, config.data_dir, config.bad_images, train_fraction=config.train_fraction
     )
+    check_splits(config, info)
     os.makedirs(config.model_dir, exist_ok=True)
     if custom_loop.is_chief(strategy):
         report_skipped(info, config.model_dir)

@@ -1,0 +1,67 @@
+"""run_training's checks before any work, and what a rerun in the same --model_dir finds."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deit_keras.errors import UserInputError
+from deit_keras.io import run_lock
+from deit_keras.testing import digits_config
+from deit_keras.training.runner import run_training
+
+
+def _tiny(tmp_path, **changes):
+    """A 2-block, 32-dim DeiT at 16 px, patch 4: two steps of batch 32, no teacher."""
+    settings = dict(
+        distillation_type="none",
+        teacher=None,
+        image_size=16,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        epochs=1,
+        steps_per_epoch=2,
+        jit_compile=False,
+        summary_every=0,
+    )
+    return digits_config(tmp_path, **(settings | changes))
+
+
+def _nothing_written(model_dir):
+    return not os.path.exists(model_dir) or set(os.listdir(model_dir)) <= {run_lock.LOCK_NAME}
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        (dict(batch_size=2048), "has 1437 images, fewer than one batch"),
+        (dict(train_fraction=0.01), "images (train_fraction=0.01), fewer than one batch"),
+    ],
+)
+def test_a_train_split_smaller_than_one_batch_is_refused_before_any_work(
+    tmp_path, changes, fragment
+):
+    config = _tiny(tmp_path, **changes)
+    with pytest.raises(UserInputError) as raised:
+        run_training(config)
+    message = str(raised.value)
+    assert fragment in message and f"Received: batch_size={config.batch_size}" in message
+    assert "\n" not in message
+    assert _nothing_written(config.model_dir) and not os.path.exists(config.output)
+
+
+def test_an_evaluation_split_without_images_is_refused_before_any_work(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("ant", "bee"):
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        (tmp_path / "data" / "val" / name).mkdir(parents=True)  # empty
+        for index in range(16):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / "train" / name / f"{index}.png")
+    config = _tiny(tmp_path, dataset=f"folder:{tmp_path / 'data'}", data_dir=None)
+    with pytest.raises(UserInputError, match=r"evaluation split \(val\) of folder:.* no images"):
+        run_training(config)
+    assert _nothing_written(config.model_dir)
