@@ -170,8 +170,12 @@ class TrainConfig:
         valid=NON_NEGATIVE,
     )
     teacher_lr: float = field(
-        4e-3, "Peak LR of that CNN teacher (batch 64, AdamW).", valid=POSITIVE
+        4e-3,
+        "Peak LR of that CNN teacher (AdamW; batch 64, or the whole train split when "
+        "smaller; not scaled by the batch).",
+        valid=POSITIVE,
     )
+
     teacher_base: str | None = field(
         None,
         "A keras.applications name (e.g. resnet50) to fine-tune as that teacher instead of "
