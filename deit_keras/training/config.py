@@ -329,6 +329,8 @@ class TrainConfig:
             problems.append(
                 f"teacher_augment must be one of {TEACHER_AUGMENT}, got {self.teacher_augment!r}"
             )
+        if self.output and not self.output.endswith(".keras"):
+            problems.append(f"output must end in '.keras', got {self.output}")
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
         if self.steps_per_execution > 0 and self.backup_every_steps % self.steps_per_execution:

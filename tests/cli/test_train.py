@@ -66,6 +66,8 @@ def test_config_rejects_bad_values(tmp_path):
         digits_config(tmp_path, epochs=-1).validate()
     with pytest.raises(ValueError, match="backup_every_steps=6 must be a multiple of steps_per"):
         digits_config(tmp_path, backup_every_steps=6, steps_per_execution=4).validate()
+    with pytest.raises(ValueError, match=r"output must end in '.keras', got .*model.h5"):
+        digits_config(tmp_path, output=str(tmp_path / "model.h5")).validate()
 
 
 def run_cli(*args):
@@ -89,6 +91,10 @@ def test_cli_one_line_errors(tmp_path):
         result.returncode != 0 and "deit_huge" in result.stderr and "Traceback" not in result.stderr
     )
     assert not os.path.exists(tmp_path / "r")
+    result = run_cli("--flagfile=experiments/digits.cfg", f"--output={tmp_path}/x/model.h5")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: output must end in '.keras', got {tmp_path}/x/model.h5"
 
 
 @pytest.mark.parametrize(
