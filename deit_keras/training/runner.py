@@ -211,6 +211,14 @@ def check_splits(config: TrainConfig, info) -> None:
         )
 
 
+def check_backup_settings(config: TrainConfig) -> None:
+    """Refuses, in one line, to resume a backup in `model_dir` made with other settings
+    (`TrainConfig.defining_settings`: more --epochs, for one, still resumes)."""
+    if config.resume:
+        backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
+        backup.check_settings(config.defining_settings())
+
+
 def run_training(config: TrainConfig) -> dict:
     """Runs one training job; returns the results dict also written to `results.json`.
 
@@ -241,6 +249,7 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
         config.dataset, config.data_dir, config.bad_images, train_fraction=config.train_fraction
     )
     check_splits(config, info)
+    check_backup_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
     if custom_loop.is_chief(strategy):
         report_skipped(info, config.model_dir)

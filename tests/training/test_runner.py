@@ -9,6 +9,7 @@ from PIL import Image
 from deit_keras.errors import UserInputError
 from deit_keras.io import run_lock
 from deit_keras.testing import digits_config
+from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training.runner import run_training
 
 
@@ -65,3 +66,17 @@ def test_an_evaluation_split_without_images_is_refused_before_any_work(tmp_path)
     with pytest.raises(UserInputError, match=r"evaluation split \(val\) of folder:.* no images"):
         run_training(config)
     assert _nothing_written(config.model_dir)
+
+
+def test_a_backup_made_with_other_settings_is_refused_before_any_work(tmp_path):
+    config = _tiny(tmp_path)
+    run_training(config)
+    backup = os.path.join(config.model_dir, "backup")
+    before = sorted(os.listdir(backup))
+    with pytest.raises(callbacks_lib.BackupMismatchError) as raised:
+        run_training(_tiny(tmp_path, lr=1e-3, epochs=2))
+    message = str(raised.value)
+    assert f"lr {config.lr!r} there, 0.001 now" in message and "epochs" not in message
+    assert backup in message and "--model_dir" in message and "\n" not in message
+    assert sorted(os.listdir(backup)) == before
+    assert len(callbacks_lib.read_history(config.model_dir)) == 1
