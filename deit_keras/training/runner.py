@@ -60,8 +60,6 @@ def _base_loss(config: TrainConfig):
 def _callbacks(config, sample_images, preprocessing, validation_images, steps, preemption):
     tensorboard_dir = os.path.join(config.model_dir, "tensorboard")
     backup_dir = os.path.join(config.model_dir, "backup")
-    if not config.resume and os.path.isdir(backup_dir):
-        shutil.rmtree(backup_dir)
     nan_stop = callbacks_lib.StopOnNaN()
     backup = callbacks_lib.AtomicBackupAndRestore(
         backup_dir,
@@ -134,9 +132,6 @@ def _fit(config, student, phases, evaluation, steps, preemption):
 
 
 def _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption):
-    if not config.resume:
-        shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
-
     def train_fn(context, batch, epoch, skip_batches):
         return inputs.training_stream(
             config, data_kwargs, epoch, skip_batches, input_context=context, batch_size=batch
@@ -219,27 +214,44 @@ def check_backup_settings(config: TrainConfig) -> None:
         backup.check_settings(config.defining_settings())
 
 
-def run_training(config: TrainConfig) -> dict:
+def _accept(config: TrainConfig, strategy, flags_text: str | None) -> None:
+    """What the chief writes once nothing can refuse the run any more: `flags.txt`, and with
+    --noresume the end of the previous run's backup and history."""
+    if not custom_loop.is_chief(strategy):
+        return
+    if flags_text is not None:
+        write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags_text)
+    if not config.resume:
+        shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
+        history = os.path.join(config.model_dir, callbacks_lib.HISTORY_FILE)
+        if os.path.exists(history):
+            os.remove(history)
+
+
+def run_training(config: TrainConfig, flags_text: str | None = None) -> dict:
     """Runs one training job; returns the results dict also written to `results.json`.
 
     The chief first checks that `model_dir` and the output's folder are
     writable, then holds `model_dir`'s run lock (`io.run_lock`) to the end:
     a second run on the same directory is refused in one line
     (`DirectoryInUseError`, naming the holder's PID) instead of sharing it.
+    `flags_text` (the command's flags) goes to `model_dir/flags.txt` once the
+    run is accepted: after the checks that refuse it (data, backup, teacher),
+    so a refused run leaves the directory's earlier `flags.txt` as it was.
     """
     config.validate()
     started = time.time()
     # First: MultiWorkerMirroredStrategy must configure collectives before any TF op runs.
     strategy = make_strategy(config.strategy, config.tpu)
     if not custom_loop.is_chief(strategy):  # workers share the chief's model_dir
-        return _run_training(config, strategy, started)
+        return _run_training(config, strategy, started, flags_text)
     atomic.check_writable(config.model_dir)
     atomic.check_writable(os.path.dirname(os.path.abspath(config.output or _DEFAULT_OUTPUT)))
     with run_lock.hold(config.model_dir):
-        return _run_training(config, strategy, started)
+        return _run_training(config, strategy, started, flags_text)
 
 
-def _run_training(config: TrainConfig, strategy, started: float) -> dict:
+def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> dict:
     check_accumulation(config, strategy.num_replicas_in_sync)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -313,6 +325,7 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
             # A divisor of the epoch, so epochs, backups and the LR schedule keep their steps.
             steps_per_execution=math.gcd(config.steps_per_execution, steps),
         )
+    _accept(config, strategy, flags_text)
     with PreemptionWatcher() as preemption:  # SIGTERM: back up the step, raise Preempted
         if config.strategy == "multi_worker":  # Model.fit fails (keras-team/keras#20585)
             history = _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)

@@ -97,6 +97,22 @@ def test_cli_one_line_errors(tmp_path):
     assert last == f"error: output must end in '.keras', got {tmp_path}/x/model.h5"
 
 
+def test_a_refused_run_leaves_the_flags_txt_of_the_directory(tmp_path):
+    from deit_keras.distill import teachers
+    from deit_keras.testing import assert_one_line_error, prepare_digits, train_command
+    from deit_keras.testing import run_cli as run_module
+
+    prepare_digits(tmp_path)
+    teachers.build_small_cnn(2, 16).save(tmp_path / "two.keras")
+    flags_txt = tmp_path / "run" / "flags.txt"
+    flags_txt.parent.mkdir()
+    flags_txt.write_text("--the_accepted_run\n")
+    teacher = ["--distillation_type=hard", f"--teacher={tmp_path / 'two.keras'}", "--epochs=1"]
+    refused = run_module("train", *train_command(tmp_path, "run", *teacher)[3:])
+    assert_one_line_error(refused, "predicts 2 classes but the dataset has 10")
+    assert flags_txt.read_text() == "--the_accepted_run\n"
+
+
 @pytest.mark.parametrize(
     "flagfile", sorted(f for f in os.listdir("experiments") if f.endswith(".cfg"))
 )

@@ -1,5 +1,6 @@
 """run_training's checks before any work, and what a rerun in the same --model_dir finds."""
 
+import json
 import os
 
 import numpy as np
@@ -80,3 +81,15 @@ def test_a_backup_made_with_other_settings_is_refused_before_any_work(tmp_path):
     assert backup in message and "--model_dir" in message and "\n" not in message
     assert sorted(os.listdir(backup)) == before
     assert len(callbacks_lib.read_history(config.model_dir)) == 1
+
+
+def test_noresume_starts_a_fresh_history(tmp_path):
+    run_training(_tiny(tmp_path, epochs=2))
+    assert len(callbacks_lib.read_history(tmp_path / "run")) == 2
+    # Other settings too: a new run, whose flags replace the old run's.
+    run_training(_tiny(tmp_path, lr=1e-3, resume=False), flags_text="--noresume\n")
+    assert (tmp_path / "run" / "flags.txt").read_text() == "--noresume\n"
+    history = callbacks_lib.read_history(tmp_path / "run")
+    assert [record["epoch"] for record in history] == [0]
+    settings = json.loads((tmp_path / "run" / "backup" / "settings.json").read_text())
+    assert settings["lr"] == 1e-3
