@@ -43,9 +43,9 @@ def comparison(results: dict, config: TrainConfig, ablation: str) -> str:
     if "teacher_top1" in results:
         teacher = config.teacher_base or os.path.basename(config.teacher)
         lines.append(f"  teacher ({teacher}): {results['teacher_top1']:.4f}")
-    heads = f"cls+dist {results['top1']:.4f}, cls head {results['cls_top1']:.4f}"
+    heads = f"cls head {results['cls_top1']:.4f}"  # a model without a dist token
     if "dist_top1" in results:
-        heads += f", dist head {results['dist_top1']:.4f}"
+        heads = f"cls+dist {results['top1']:.4f}, {heads}, dist head {results['dist_top1']:.4f}"
     lines.append(
         f"  student ({results['model']}, distillation {config.distillation_type}"
         f"{' + features' if config.feature_distillation else ''}): {heads}"

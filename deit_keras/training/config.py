@@ -197,7 +197,6 @@ class TrainConfig:
         "smaller; not scaled by the batch).",
         valid=POSITIVE,
     )
-
     teacher_base: str | None = field(
         None,
         "A keras.applications name (e.g. resnet50) to fine-tune as that teacher instead of "

@@ -326,6 +326,8 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             steps_per_execution=math.gcd(config.steps_per_execution, steps),
         )
     _accept(config, strategy, flags_text)
+    backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
+    first_epoch = backup.restored_epoch() if config.resume else 0  # where this process starts
     with PreemptionWatcher() as preemption:  # SIGTERM: back up the step, raise Preempted
         if config.strategy == "multi_worker":  # Model.fit fails (keras-team/keras#20585)
             history = _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
@@ -346,7 +348,8 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         return dict(
             results,
             model=student.name,
-            epochs=len(history.epoch),
+            epochs=first_epoch + len(history.epoch),
+            resumed_at_epoch=first_epoch,
             chief=False,
             wall_s=round(time.time() - started, 1),
             saved_model=os.path.abspath(output),
@@ -359,7 +362,8 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
     results.update(
         model=student.name,
         dataset=config.dataset,
-        epochs=len(history.epoch),
+        epochs=first_epoch + len(history.epoch),  # the run's, resumed epochs included
+        resumed_at_epoch=first_epoch,
         wall_s=round(time.time() - started, 1),
         saved_model=os.path.abspath(output),
         distillation=config.distillation_type,

@@ -83,6 +83,15 @@ def test_a_backup_made_with_other_settings_is_refused_before_any_work(tmp_path):
     assert len(callbacks_lib.read_history(config.model_dir)) == 1
 
 
+def test_more_epochs_resume_and_results_count_the_runs_epochs(tmp_path):
+    run_training(_tiny(tmp_path))
+    results = run_training(_tiny(tmp_path, epochs=2))  # extended: resumes at epoch 1
+    assert [record["epoch"] for record in callbacks_lib.read_history(tmp_path / "run")] == [0, 1]
+    assert (results["epochs"], results["resumed_at_epoch"]) == (2, 1)
+    again = run_training(_tiny(tmp_path, epochs=2))  # finished: trains nothing
+    assert (again["epochs"], again["resumed_at_epoch"]) == (2, 2)
+
+
 def test_noresume_starts_a_fresh_history(tmp_path):
     run_training(_tiny(tmp_path, epochs=2))
     assert len(callbacks_lib.read_history(tmp_path / "run")) == 2
