@@ -18,7 +18,6 @@ from absl import flags
 from deit_keras import cli
 from deit_keras.cli.config_flags import config_from_flags, define_config_flags
 from deit_keras.io import run_lock
-from deit_keras.io.atomic import write_text_atomic
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.runner import run_training
 
@@ -31,10 +30,9 @@ def main(argv: list[str]) -> None:
     config.validate()
     config.check_paths()
     if config.strategy != "multi_worker":  # workers share the chief's model_dir
-        run_lock.check_free(config.model_dir)  # before flags.txt: a live run keeps its own
-    os.makedirs(config.model_dir, exist_ok=True)
-    write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags.FLAGS.flags_into_string())
-    results = run_training(config)
+        run_lock.check_free(config.model_dir)  # at once, before the strategy starts
+    # flags.txt is written once the run is accepted: a refused one keeps the directory's own.
+    results = run_training(config, flags_text=flags.FLAGS.flags_into_string())
     print(json.dumps(results, indent=1))
     print(comparison(results, config, ablate_command(sys.argv[1:])))
 
@@ -45,9 +43,9 @@ def comparison(results: dict, config: TrainConfig, ablation: str) -> str:
     if "teacher_top1" in results:
         teacher = config.teacher_base or os.path.basename(config.teacher)
         lines.append(f"  teacher ({teacher}): {results['teacher_top1']:.4f}")
-    heads = f"cls+dist {results['top1']:.4f}, cls head {results['cls_top1']:.4f}"
+    heads = f"cls head {results['cls_top1']:.4f}"  # a model without a dist token
     if "dist_top1" in results:
-        heads += f", dist head {results['dist_top1']:.4f}"
+        heads = f"cls+dist {results['top1']:.4f}, {heads}, dist head {results['dist_top1']:.4f}"
     lines.append(
         f"  student ({results['model']}, distillation {config.distillation_type}"
         f"{' + features' if config.feature_distillation else ''}): {heads}"

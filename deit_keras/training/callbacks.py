@@ -177,13 +177,33 @@ class Backup:
             raise BackupMismatchError(self._mismatch(error)) from error
         return int(latest["epoch"])
 
-    def _mismatch(self, error) -> str:
+    def check_settings(self, settings: dict) -> None:
+        """Raises `BackupMismatchError` when the backup was made with other `settings`.
+
+        Only keys that both the backup's `settings.json` and `settings` hold are
+        compared (a setting added since, or left out by the caller, passes); a
+        backup without `settings.json`, or no backup, passes.
+        """
+        if self.latest() is None:
+            return
+        differ = self._differences(settings)
+        if differ:
+            raise BackupMismatchError(
+                f"The backup in {self.directory} belongs to a run with other settings "
+                f"({'; '.join(differ)}). Use another --model_dir, --noresume to start afresh, "
+                f"or the same settings to resume it."
+            )
+
+    def _differences(self, settings: dict | None) -> list[str]:
         stored = self._stored_settings()
-        differ = [
+        return [
             f"{key} {stored.get(key)!r} there, {value!r} now"
-            for key, value in sorted((self.settings or {}).items())
+            for key, value in sorted((settings or {}).items())
             if key in stored and stored[key] != value
         ]
+
+    def _mismatch(self, error) -> str:
+        differ = self._differences(self.settings)
         what = f"settings that differ: {'; '.join(differ)}" if differ else f"Keras: {error}"
         return (
             f"The backup in {self.directory} belongs to a run whose model does not match this "

@@ -39,6 +39,28 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 TEACHER_INPUTS = ("normalized", "pixels", "keras_applications")
 TEACHER_AUGMENT = ("crops", "student")
 PROGRESS = {"auto": "auto", "bar": 1, "epoch": 2, "none": 0}  # -> keras fit `verbose`
+# Settings in which a rerun may differ and still resume the run in --model_dir: more
+# epochs, or where and how it runs, not what it trains.
+RESUMABLE_CHANGES = (
+    "epochs",
+    "model_dir",
+    "output",
+    "export_savedmodel",
+    "resume",
+    "checkpoint_interval_s",
+    "backup_every_steps",
+    "teacher_wait_s",
+    "summary_every",
+    "progress",
+    "validation_freq",
+    "steps_per_execution",
+    "jit_compile",
+    "strategy",
+    "tpu",
+    "data_dir",
+    "bad_images",
+    "deterministic",
+)
 
 
 @dataclasses.dataclass
@@ -177,7 +199,10 @@ class TrainConfig:
         valid=NON_NEGATIVE,
     )
     teacher_lr: float = field(
-        4e-3, "Peak LR of that CNN teacher (batch 64, AdamW).", valid=POSITIVE
+        4e-3,
+        "Peak LR of that CNN teacher (AdamW; batch 64, or the whole train split when "
+        "smaller; not scaled by the batch).",
+        valid=POSITIVE,
     )
     teacher_base: str | None = field(
         None,
@@ -307,6 +332,11 @@ class TrainConfig:
                 settings[item.name] = json.loads(json.dumps(value))
         return settings
 
+    def defining_settings(self) -> dict:
+        """`flat_settings` less `RESUMABLE_CHANGES`: those a resumed run must share."""
+        settings = self.flat_settings()
+        return {key: value for key, value in settings.items() if key not in RESUMABLE_CHANGES}
+
     @property
     def fit_verbose(self) -> int | str:
         return PROGRESS[self.progress]
@@ -332,6 +362,8 @@ class TrainConfig:
             problems.append(
                 f"teacher_augment must be one of {TEACHER_AUGMENT}, got {self.teacher_augment!r}"
             )
+        if self.output and not self.output.endswith(".keras"):
+            problems.append(f"output must end in '.keras', got {self.output}")
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
         if self.steps_per_execution > 0 and self.backup_every_steps % self.steps_per_execution:

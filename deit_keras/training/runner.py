@@ -60,8 +60,6 @@ def _base_loss(config: TrainConfig):
 def _callbacks(config, sample_images, preprocessing, validation_images, steps, preemption):
     tensorboard_dir = os.path.join(config.model_dir, "tensorboard")
     backup_dir = os.path.join(config.model_dir, "backup")
-    if not config.resume and os.path.isdir(backup_dir):
-        shutil.rmtree(backup_dir)
     nan_stop = callbacks_lib.StopOnNaN()
     backup = callbacks_lib.AtomicBackupAndRestore(
         backup_dir,
@@ -134,9 +132,6 @@ def _fit(config, student, phases, evaluation, steps, preemption):
 
 
 def _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption):
-    if not config.resume:
-        shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
-
     def train_fn(context, batch, epoch, skip_batches):
         return inputs.training_stream(
             config, data_kwargs, epoch, skip_batches, input_context=context, batch_size=batch
@@ -193,27 +188,70 @@ def check_accumulation(config: TrainConfig, replicas: int) -> None:
         )
 
 
-def run_training(config: TrainConfig) -> dict:
+def check_splits(config: TrainConfig, info) -> None:
+    """Refuses, in one line, a train split smaller than one (global) batch, whose every
+    batch would be dropped, and an evaluation split without images."""
+    if info.num_train_examples < config.batch_size:
+        share = f" (train_fraction={config.train_fraction})" if config.train_fraction < 1 else ""
+        raise UserInputError(
+            f"The train split of {config.dataset} has {info.num_train_examples} images{share}, "
+            "fewer than one batch (incomplete batches are dropped): lower --batch_size, the "
+            f"global batch of all replicas. Received: batch_size={config.batch_size}"
+        )
+    if info.num_eval_examples == 0:
+        raise UserInputError(
+            f"The evaluation split ({info.eval_split}) of {config.dataset} has no images: "
+            "the run validates and reports top-1 on it. Add images to its class folders "
+            f"(some may stay empty). Received: dataset={config.dataset}"
+        )
+
+
+def check_backup_settings(config: TrainConfig) -> None:
+    """Refuses, in one line, to resume a backup in `model_dir` made with other settings
+    (`TrainConfig.defining_settings`: more --epochs, for one, still resumes)."""
+    if config.resume:
+        backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
+        backup.check_settings(config.defining_settings())
+
+
+def _accept(config: TrainConfig, strategy, flags_text: str | None) -> None:
+    """What the chief writes once nothing can refuse the run any more: `flags.txt`, and with
+    --noresume the end of the previous run's backup and history."""
+    if not custom_loop.is_chief(strategy):
+        return
+    if flags_text is not None:
+        write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags_text)
+    if not config.resume:
+        shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
+        history = os.path.join(config.model_dir, callbacks_lib.HISTORY_FILE)
+        if os.path.exists(history):
+            os.remove(history)
+
+
+def run_training(config: TrainConfig, flags_text: str | None = None) -> dict:
     """Runs one training job; returns the results dict also written to `results.json`.
 
     The chief first checks that `model_dir` and the output's folder are
     writable, then holds `model_dir`'s run lock (`io.run_lock`) to the end:
     a second run on the same directory is refused in one line
     (`DirectoryInUseError`, naming the holder's PID) instead of sharing it.
+    `flags_text` (the command's flags) goes to `model_dir/flags.txt` once the
+    run is accepted: after the checks that refuse it (data, backup, teacher),
+    so a refused run leaves the directory's earlier `flags.txt` as it was.
     """
     config.validate()
     started = time.time()
     # First: MultiWorkerMirroredStrategy must configure collectives before any TF op runs.
     strategy = make_strategy(config.strategy, config.tpu)
     if not custom_loop.is_chief(strategy):  # workers share the chief's model_dir
-        return _run_training(config, strategy, started)
+        return _run_training(config, strategy, started, flags_text)
     atomic.check_writable(config.model_dir)
     atomic.check_writable(os.path.dirname(os.path.abspath(config.output or _DEFAULT_OUTPUT)))
     with run_lock.hold(config.model_dir):
-        return _run_training(config, strategy, started)
+        return _run_training(config, strategy, started, flags_text)
 
 
-def _run_training(config: TrainConfig, strategy, started: float) -> dict:
+def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> dict:
     check_accumulation(config, strategy.num_replicas_in_sync)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -222,6 +260,8 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
     info = dataset_info(
         config.dataset, config.data_dir, config.bad_images, train_fraction=config.train_fraction
     )
+    check_splits(config, info)
+    check_backup_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
     if custom_loop.is_chief(strategy):
         report_skipped(info, config.model_dir)
@@ -285,6 +325,9 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
             # A divisor of the epoch, so epochs, backups and the LR schedule keep their steps.
             steps_per_execution=math.gcd(config.steps_per_execution, steps),
         )
+    _accept(config, strategy, flags_text)
+    backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
+    first_epoch = backup.restored_epoch() if config.resume else 0  # where this process starts
     with PreemptionWatcher() as preemption:  # SIGTERM: back up the step, raise Preempted
         if config.strategy == "multi_worker":  # Model.fit fails (keras-team/keras#20585)
             history = _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
@@ -305,7 +348,8 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
         return dict(
             results,
             model=student.name,
-            epochs=len(history.epoch),
+            epochs=first_epoch + len(history.epoch),
+            resumed_at_epoch=first_epoch,
             chief=False,
             wall_s=round(time.time() - started, 1),
             saved_model=os.path.abspath(output),
@@ -318,7 +362,8 @@ def _run_training(config: TrainConfig, strategy, started: float) -> dict:
     results.update(
         model=student.name,
         dataset=config.dataset,
-        epochs=len(history.epoch),
+        epochs=first_epoch + len(history.epoch),  # the run's, resumed epochs included
+        resumed_at_epoch=first_epoch,
         wall_s=round(time.time() - started, 1),
         saved_model=os.path.abspath(output),
         distillation=config.distillation_type,

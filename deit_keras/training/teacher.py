@@ -24,6 +24,12 @@ from deit_keras.training.optim import create_optimizer
 TEACHER_BATCH_SIZE = 64  # of a teacher trained here (AdamW, --teacher_lr as it is)
 
 
+def teacher_batch_size(num_train_examples: int) -> int:
+    """`TEACHER_BATCH_SIZE`, or the whole train split when smaller: incomplete batches are
+    dropped, so a larger batch would train nothing."""
+    return max(min(TEACHER_BATCH_SIZE, num_train_examples), 1)
+
+
 def _teacher_dataset_config(config):
     """The views a teacher trained here sees (`--teacher_augment`).
 
@@ -62,12 +68,16 @@ def student_input(config) -> tuple:
 
 
 def train_teacher(config, info, image_size, path, preprocessing):
-    """Trains the run's teacher (`_teacher_to_train`) on its dataset and saves it to `path`."""
+    """Trains the run's teacher (`_teacher_to_train`) on its dataset and saves it to `path`.
+
+    Batches of `teacher_batch_size`; `--teacher_lr` is used as it is, whatever the batch.
+    """
+    batch_size = teacher_batch_size(info.num_train_examples)
     train = make_dataset(
         config.dataset,
         "train",
         image_size=image_size,
-        batch_size=TEACHER_BATCH_SIZE,
+        batch_size=batch_size,
         training=True,
         augment=_teacher_dataset_config(config),
         preprocessing=preprocessing,
@@ -76,12 +86,12 @@ def train_teacher(config, info, image_size, path, preprocessing):
         train_fraction=config.train_fraction,
     )
     cnn = _teacher_to_train(config, info.num_classes, image_size)
-    steps = max(info.num_train_examples // TEACHER_BATCH_SIZE, 1)
+    steps = max(info.num_train_examples // batch_size, 1)
     cnn.compile(
         optimizer=create_optimizer(
             base_lr=config.teacher_lr,
-            global_batch_size=TEACHER_BATCH_SIZE,
-            scale_lr=False,  # --teacher_lr is the LR of that batch
+            global_batch_size=batch_size,
+            scale_lr=False,  # --teacher_lr as it is
             steps_per_epoch=steps,
             epochs=config.teacher_epochs,
             warmup_epochs=1,

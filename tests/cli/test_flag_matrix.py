@@ -42,7 +42,7 @@ PATH_FLAGS = {
         "finetune": "input_file",
         "teacher": "input_file",
         "model_dir": "output_dir",
-        "output": "output_file",
+        "output": "keras_file",
         "data_dir": "directory",
     },
     "convert": {"checkpoint": "input_file", "output": "output_file"},
@@ -59,7 +59,7 @@ PATH_FLAGS = {
         "output": "output_file",
         "similarity_output": "output_file",
     },
-    "ablate": {"model_dir": "output_dir", "finetune": "input_file", "output": "output_file"},
+    "ablate": {"model_dir": "output_dir", "finetune": "input_file", "output": "keras_file"},
 }
 # Which cases of each kind must be refused (the others must pass the checks);
 # root reads and writes past file modes, so "unreadable" is refused only for others.
@@ -67,6 +67,7 @@ UNREADABLE = set() if ROOT else {"unreadable"}
 REFUSED = {
     "input_file": {"missing", "directory", "empty", "wrong_kind"} | UNREADABLE,
     "output_file": {"directory", "wrong_kind"} | UNREADABLE,
+    "keras_file": {"directory", "wrong_kind"} | UNREADABLE,  # an output_file named .keras
     "output_dir": {"empty", "wrong_kind"} | UNREADABLE,
     # export's --output (a SavedModel by default): a file, or a directory that is not
     # an earlier SavedModel, is not replaced.
@@ -243,6 +244,9 @@ def files(tmp_path_factory):
 
 
 def path_value(flag, kind, case, files):
+    if kind == "keras_file":  # other names are refused for their suffix alone
+        value = path_value(flag, "output_file", case, files)
+        return value if case in REFUSED[kind] else value + ".keras"
     if case == "missing":
         return str(files / "missing" / ("x.keras" if kind == "input_file" else "new"))
     if case == "directory":

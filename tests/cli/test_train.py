@@ -66,6 +66,8 @@ def test_config_rejects_bad_values(tmp_path):
         digits_config(tmp_path, epochs=-1).validate()
     with pytest.raises(ValueError, match="backup_every_steps=6 must be a multiple of steps_per"):
         digits_config(tmp_path, backup_every_steps=6, steps_per_execution=4).validate()
+    with pytest.raises(ValueError, match=r"output must end in '.keras', got .*model.h5"):
+        digits_config(tmp_path, output=str(tmp_path / "model.h5")).validate()
 
 
 def run_cli(*args):
@@ -89,6 +91,26 @@ def test_cli_one_line_errors(tmp_path):
         result.returncode != 0 and "deit_huge" in result.stderr and "Traceback" not in result.stderr
     )
     assert not os.path.exists(tmp_path / "r")
+    result = run_cli("--flagfile=experiments/digits.cfg", f"--output={tmp_path}/x/model.h5")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: output must end in '.keras', got {tmp_path}/x/model.h5"
+
+
+def test_a_refused_run_leaves_the_flags_txt_of_the_directory(tmp_path):
+    from deit_keras.distill import teachers
+    from deit_keras.testing import assert_one_line_error, prepare_digits, train_command
+    from deit_keras.testing import run_cli as run_module
+
+    prepare_digits(tmp_path)
+    teachers.build_small_cnn(2, 16).save(tmp_path / "two.keras")
+    flags_txt = tmp_path / "run" / "flags.txt"
+    flags_txt.parent.mkdir()
+    flags_txt.write_text("--the_accepted_run\n")
+    teacher = ["--distillation_type=hard", f"--teacher={tmp_path / 'two.keras'}", "--epochs=1"]
+    refused = run_module("train", *train_command(tmp_path, "run", *teacher)[3:])
+    assert_one_line_error(refused, "predicts 2 classes but the dataset has 10")
+    assert flags_txt.read_text() == "--the_accepted_run\n"
 
 
 @pytest.mark.parametrize(

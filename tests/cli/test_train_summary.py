@@ -36,6 +36,7 @@ def test_comparison_without_teacher_or_dist_head(tmp_path):
     results = {"top1": 0.5, "cls_top1": 0.5, "model": "m", "wall_s": 3, "saved_model": "m.keras"}
     text = train.comparison(results, config, "cmd")
     assert "teacher" not in text.splitlines()[1] and "dist head" not in text
+    assert "cls+dist" not in text and "): cls head 0.5000" in text.splitlines()[1]
 
 
 def test_ablate_command_keeps_run_flags_and_drops_per_run_ones():

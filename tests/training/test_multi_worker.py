@@ -237,7 +237,7 @@ def test_sigterm_and_a_killed_worker_then_restarts_end_as_if_never_stopped(tmp_p
 
     assert _wait_all(_start_workers(tmp_path, "b"), 600) == [0, 0]
     results = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert results["epochs"] == 3 - saved["epoch"]
+    assert results["epochs"] == 3 and results["resumed_at_epoch"] == saved["epoch"]
     history = json.loads((tmp_path / "b" / "history.json").read_text())["epochs"]
     assert [record["epoch"] for record in history] == [0, 1, 2]  # whole across the restarts
     got = keras.saving.load_model(tmp_path / "b.keras", compile=False).get_weights()

@@ -49,7 +49,7 @@ def _rerun_and_compare(tmp_path, command, reference, saved):
     final = keras.saving.load_model(tmp_path / "b" / "checkpoints" / "last.keras")
     assert int(final.optimizer.iterations.numpy()) == EPOCHS * STEPS
     results = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert results["epochs"] == EPOCHS - saved["epoch"]  # the resumed epoch counts as one
+    assert results["epochs"] == EPOCHS and results["resumed_at_epoch"] == saved["epoch"]
     difference = _max_difference(saved_weights(tmp_path / "b.keras"), reference)
     assert difference <= 1e-6, difference
 

@@ -2,9 +2,12 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.pipeline import dataset_info
+from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING
 from deit_keras.testing import digits_config
 from deit_keras.training import teacher
 
@@ -28,3 +31,14 @@ def test_teacher_views_crops_keep_geometry_only_student_keeps_everything(tmp_pat
 def test_teacher_augment_is_checked(tmp_path):
     with pytest.raises(ValueError, match="teacher_augment must be one of"):
         digits_config(tmp_path, teacher_augment="all").validate()
+
+
+def test_a_teacher_on_fewer_images_than_its_batch_trains(tmp_path):
+    config = digits_config(tmp_path, train_fraction=0.02, teacher_epochs=2, jit_compile=False)
+    info = dataset_info("digits", config.data_dir, train_fraction=0.02)
+    assert info.num_train_examples < teacher.TEACHER_BATCH_SIZE
+    path = str(tmp_path / "teacher.keras")
+    cnn = teacher.train_teacher(config, info, 16, path, DEFAULT_PREPROCESSING)
+    assert len(cnn.history.history["loss"]) == 2  # an epoch of one batch, each epoch
+    moments = [v for v in cnn.optimizer.variables if v.path.endswith("_momentum")]
+    assert max(float(np.abs(v).max()) for v in moments) > 0  # AdamW stepped

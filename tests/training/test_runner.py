@@ -1,0 +1,104 @@
+"""run_training's checks before any work, and what a rerun in the same --model_dir finds."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deit_keras.errors import UserInputError
+from deit_keras.io import run_lock
+from deit_keras.testing import digits_config
+from deit_keras.training import callbacks as callbacks_lib
+from deit_keras.training.runner import run_training
+
+
+def _tiny(tmp_path, **changes):
+    """A 2-block, 32-dim DeiT at 16 px, patch 4: two steps of batch 32, no teacher."""
+    settings = dict(
+        distillation_type="none",
+        teacher=None,
+        image_size=16,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        epochs=1,
+        steps_per_epoch=2,
+        jit_compile=False,
+        summary_every=0,
+    )
+    return digits_config(tmp_path, **(settings | changes))
+
+
+def _nothing_written(model_dir):
+    return not os.path.exists(model_dir) or set(os.listdir(model_dir)) <= {run_lock.LOCK_NAME}
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        (dict(batch_size=2048), "has 1437 images, fewer than one batch"),
+        (dict(train_fraction=0.01), "images (train_fraction=0.01), fewer than one batch"),
+    ],
+)
+def test_a_train_split_smaller_than_one_batch_is_refused_before_any_work(
+    tmp_path, changes, fragment
+):
+    config = _tiny(tmp_path, **changes)
+    with pytest.raises(UserInputError) as raised:
+        run_training(config)
+    message = str(raised.value)
+    assert fragment in message and f"Received: batch_size={config.batch_size}" in message
+    assert "\n" not in message
+    assert _nothing_written(config.model_dir) and not os.path.exists(config.output)
+
+
+def test_an_evaluation_split_without_images_is_refused_before_any_work(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("ant", "bee"):
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        (tmp_path / "data" / "val" / name).mkdir(parents=True)  # empty
+        for index in range(16):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / "train" / name / f"{index}.png")
+    config = _tiny(tmp_path, dataset=f"folder:{tmp_path / 'data'}", data_dir=None)
+    with pytest.raises(UserInputError, match=r"evaluation split \(val\) of folder:.* no images"):
+        run_training(config)
+    assert _nothing_written(config.model_dir)
+
+
+def test_a_backup_made_with_other_settings_is_refused_before_any_work(tmp_path):
+    config = _tiny(tmp_path)
+    run_training(config)
+    backup = os.path.join(config.model_dir, "backup")
+    before = sorted(os.listdir(backup))
+    with pytest.raises(callbacks_lib.BackupMismatchError) as raised:
+        run_training(_tiny(tmp_path, lr=1e-3, epochs=2))
+    message = str(raised.value)
+    assert f"lr {config.lr!r} there, 0.001 now" in message and "epochs" not in message
+    assert backup in message and "--model_dir" in message and "\n" not in message
+    assert sorted(os.listdir(backup)) == before
+    assert len(callbacks_lib.read_history(config.model_dir)) == 1
+
+
+def test_more_epochs_resume_and_results_count_the_runs_epochs(tmp_path):
+    run_training(_tiny(tmp_path))
+    results = run_training(_tiny(tmp_path, epochs=2))  # extended: resumes at epoch 1
+    assert [record["epoch"] for record in callbacks_lib.read_history(tmp_path / "run")] == [0, 1]
+    assert (results["epochs"], results["resumed_at_epoch"]) == (2, 1)
+    again = run_training(_tiny(tmp_path, epochs=2))  # finished: trains nothing
+    assert (again["epochs"], again["resumed_at_epoch"]) == (2, 2)
+
+
+def test_noresume_starts_a_fresh_history(tmp_path):
+    run_training(_tiny(tmp_path, epochs=2))
+    assert len(callbacks_lib.read_history(tmp_path / "run")) == 2
+    # Other settings too: a new run, whose flags replace the old run's.
+    run_training(_tiny(tmp_path, lr=1e-3, resume=False), flags_text="--noresume\n")
+    assert (tmp_path / "run" / "flags.txt").read_text() == "--noresume\n"
+    history = callbacks_lib.read_history(tmp_path / "run")
+    assert [record["epoch"] for record in history] == [0]
+    settings = json.loads((tmp_path / "run" / "backup" / "settings.json").read_text())
+    assert settings["lr"] == 1e-3
