@@ -82,7 +82,8 @@ def _check_flags() -> None:
     """Flag combinations that are wrong before any model is loaded."""
     try:
         export_formats.check_export_options(_FORMAT.value, _OUTPUT.value, _QUANTIZE.value)
-        onnx_export.check_opset(_OPSET.value)
+        if _FORMAT.value == "onnx":  # tf2onnx and onnx: the [deploy] extra, ONNX only
+            onnx_export.check_opset(_OPSET.value)
     except ValueError as error:
         raise cli.UsageError(str(error)) from error
     model_path = model_source.MODEL_PATH.value

@@ -31,3 +31,20 @@ def test_export_an_opset_tf2onnx_cannot_write_is_one_line(tmp_path):
     )
     assert_one_line_error(process, "opset must be an integer from 9 to", "opset=19")
     assert not out.exists()
+
+
+def test_export_to_savedmodel_needs_no_onnx_packages(tmp_path):
+    """tf2onnx and onnx come with the [deploy] extra; a SavedModel needs neither."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['onnx'] = None\nsys.modules['tf2onnx'] = None\n"
+    )
+    model_path, out = tmp_path / "m.keras", tmp_path / "sm"
+    saving.save_model(tiny_model(), str(model_path))
+    path = os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])
+    process = run_cli(
+        "export", f"--model_path={model_path}", f"--output={out}", env={"PYTHONPATH": path}
+    )
+    assert process.returncode == 0, process.stderr
+    assert (out / "saved_model.pb").exists()
