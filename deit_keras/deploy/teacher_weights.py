@@ -18,7 +18,29 @@ from deit_keras.models.deit_presets import sha256_prefix_of
 
 # timm name -> (the DeiT release file, timm's hub copy of it)
 RELEASED = {"regnety_160": ("regnety_160-a5fe301d.pth", "timm/regnety_160.deit_in1k")}
+RELEASED_CLASSES = 1000  # ImageNet-1k
 TEACHERS_SUBDIR = "teachers"
+
+
+def _is_url(weights: str) -> bool:
+    return str(weights).startswith(("http://", "https://"))
+
+
+def is_release(weights: str | None) -> bool:
+    """Whether `--teacher_weights` names released weights (ImageNet-1k classes), not a file."""
+    return weights in ("imagenet", "hf") or (weights is not None and _is_url(weights))
+
+
+def _release_of_url(name: str, url: str) -> str:
+    """`"imagenet"` for the release file's URL (official DeiT's `--teacher-path`)."""
+    release = RELEASED.get(name, (None,))[0]
+    if url.rsplit("/", 1)[-1] == release:
+        return "imagenet"
+    raise UserInputError(
+        f"Teacher weights are downloaded by URL only for DeiT's release "
+        f"({', '.join(f for f, _ in RELEASED.values())}); download other files and pass their "
+        f"path. Received: teacher={name}, teacher_weights={url!r}"
+    )
 
 
 def teacher_state(name: str, weights: str) -> dict:
@@ -26,14 +48,17 @@ def teacher_state(name: str, weights: str) -> dict:
 
     Args:
         name: the teacher's timm name.
-        weights: "imagenet" (DeiT's released teacher), "hf" (timm's hub copy
-            of it) or a local `.pth` / `.safetensors` / `.npz` timm checkpoint.
+        weights: "imagenet" (DeiT's released teacher; also its release URL, as
+            official DeiT's `--teacher-path` gives it), "hf" (timm's hub copy of
+            it) or a local `.pth` / `.safetensors` / `.npz` timm checkpoint.
 
     Raises:
         UserInputError: no released weights for `name`, a missing or
             unreadable file.
         PretrainedWeightsError: the download failed or did not verify.
     """
+    if _is_url(weights):
+        weights = _release_of_url(name, weights)
     if weights in ("imagenet", "hf"):
         if name not in RELEASED:
             raise UserInputError(

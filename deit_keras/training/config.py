@@ -181,13 +181,15 @@ class TrainConfig:
         "A .keras CNN, a RegNetY (regnety160: the paper's RegNetY-16GF, timm's "
         "architecture in Keras; or regnety002 ... regnety320) or a keras.applications name "
         "(e.g. resnet50).",
-        aliases=("teacher_model", "teacher_path"),
+        aliases=("teacher_model",),
     )
     teacher_weights: str | None = field(
         "imagenet",
         "Teacher weights: imagenet (for regnety160 the DeiT authors' released teacher, "
-        "downloaded once and cached), a file (a timm .pth/.safetensors/.npz checkpoint for "
-        "a RegNetY, a Keras weights file for a keras.applications model), or none.",
+        "downloaded once and cached; its release URL too), hf (for regnety160 timm's hub copy "
+        "of it), a file (a timm .pth/.safetensors/.npz checkpoint for a RegNetY, a Keras "
+        "weights file for a keras.applications model), or none.",
+        aliases=("teacher_path",),
     )
     teacher_input: str | None = field(
         None, "Input convention of the teacher; default by teacher kind.", choices=TEACHER_INPUTS

@@ -155,9 +155,23 @@ def _build_weights(config):
     return teacher_weights.teacher_state(name, weights)
 
 
+def _check_release_classes(config, num_classes):
+    """A released RegNetY teacher predicts ImageNet's classes: refused before its download."""
+    name = regnet.canonical_name(config.teacher)
+    released = teacher_weights.RELEASED_CLASSES
+    if name and teacher_weights.is_release(config.teacher_weights) and num_classes != released:
+        raise UserInputError(
+            f"The released {config.teacher} teacher predicts the {released} ImageNet classes "
+            f"but the dataset has {num_classes}: give a teacher of your classes (--teacher="
+            f"PATH.keras, or trained in the run: docs/finetune.md) or --teacher_weights=PATH. "
+            f"Received: teacher={config.teacher}, teacher_weights={config.teacher_weights}"
+        )
+
+
 def make_teacher(config, info, student):
     if config.distillation_type == "none":
         return None
+    _check_release_classes(config, info.num_classes)
     if teacher_missing(config):
         _train_missing_teacher(config, info, student.image_size, student.preprocessing)
     return teachers.build_teacher(

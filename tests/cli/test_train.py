@@ -282,11 +282,12 @@ def test_train_flags_are_generated_from_the_config_schema():
     finally:
         flags.FLAGS.unparse_flags()
     try:  # official main.py's --input-size and --teacher-path
-        flags.FLAGS(["train", "--input_size=24", "--teacher_path=t.keras"])
+        flags.FLAGS(["train", "--input_size=24", "--teacher_path=regnety_160-a5fe301d.pth"])
         aliased = config_from_flags(TrainConfig)
     finally:
         flags.FLAGS.unparse_flags()
-    assert aliased.image_size == 24 and aliased.teacher == "t.keras"
+    # official --teacher-path is the teacher's weights (--teacher-model names the model)
+    assert aliased.image_size == 24 and aliased.teacher_weights == "regnety_160-a5fe301d.pth"
     assert config.distillation_type == "soft" and config.augment.mixup == 0.3
     assert config.augment.crop_ratio == (0.5, 2.0) and config.teacher == "resnet50"
     assert config.batch_size == 8 and config == dataclasses.replace(

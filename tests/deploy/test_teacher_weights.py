@@ -52,6 +52,18 @@ def test_a_failed_or_corrupt_download_is_one_line_naming_the_teacher_flag(releas
             teacher_weights.teacher_state("regnety_002", "imagenet")
 
 
+def test_the_release_url_is_the_release_and_other_urls_are_refused(released, monkeypatch):
+    """Official DeiT's --teacher-path gives the release's URL."""
+    with serve_files({released: BODY}) as base:
+        monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/files")
+        url = f"https://dl.fbaipublicfiles.com/deit/{released}"
+        state = teacher_weights.teacher_state("regnety_002", url)
+    np.testing.assert_array_equal(state["head.fc.weight"], STATE["head.fc.weight"])
+    assert teacher_weights.is_release(url) and not teacher_weights.is_release("w.pth")
+    with pytest.raises(UserInputError, match="download other files and pass their path"):
+        teacher_weights.teacher_state("regnety_002", "https://example.com/other.pth")
+
+
 def test_the_paper_teacher_is_the_deit_release():
     filename, hub_id = teacher_weights.RELEASED["regnety_160"]
     assert filename == "regnety_160-a5fe301d.pth" and hub_id == "timm/regnety_160.deit_in1k"

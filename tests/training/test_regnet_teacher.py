@@ -39,7 +39,8 @@ def test_regnet_teacher_from_a_timm_checkpoint_file(tmp_path):
     assert 0 <= run_training(config)["teacher_top1"] <= 1
 
 
-def test_default_teacher_without_network_is_one_line(tmp_path):
+def test_default_teacher_on_other_classes_is_refused_before_its_download(tmp_path):
+    """DeiT's released teacher predicts ImageNet's 1000 classes; digits has 10."""
     prepare_digits(tmp_path)
     process = run_cli(
         "train",
@@ -52,8 +53,8 @@ def test_default_teacher_without_network_is_one_line(tmp_path):
         env={pretrained.MIRROR_ENV: closed_port_url(), pretrained.CACHE_ENV: str(tmp_path)},
     )
     assert process.returncode == 2 and "Traceback" not in process.stderr, process.stderr
-    *progress, error = user_stderr(process)
-    assert error.startswith("error: Cannot download") and "regnety_160-a5fe301d.pth" in error
-    assert "--teacher_weights=PATH" in error, error
-    assert all(line.startswith("Downloading data from") for line in progress), progress
-    assert not list(tmp_path.rglob("*.pth"))  # no partial download left
+    assert user_stderr(process) == [user_stderr(process)[-1]], process.stderr  # no download
+    error = user_stderr(process)[-1]
+    assert error.startswith("error: The released regnety160 teacher predicts the 1000"), error
+    assert "the dataset has 10" in error and "--teacher_weights=PATH" in error, error
+    assert not list(tmp_path.rglob("*.pth"))
