@@ -136,6 +136,8 @@ def read_openvino_config(path: str) -> dict:
     """
     import openvino as ov
 
+    if not os.path.isfile(path):
+        raise UserInputError(f"OpenVINO model file not found: {path}")
     try:
         ov_model = ov.Core().read_model(path)
     except RuntimeError as error:

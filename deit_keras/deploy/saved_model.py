@@ -18,6 +18,11 @@ serving_function = any_size_function  # the name this module has always exported
 SAVED_MODEL_FILE = "saved_model.pb"  # what makes a directory an earlier export, to replace
 
 
+def savedmodel_beside(keras_path: str) -> str:
+    """Where `deit-train --export_savedmodel` writes the SavedModel of the `.keras` it saves."""
+    return os.path.splitext(keras_path)[0] + "_savedmodel"
+
+
 def export_saved_model(
     model: keras.Model,
     out_dir: str,

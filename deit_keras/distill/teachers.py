@@ -57,6 +57,12 @@ class TeacherAdapter(keras.Model):
                 f"input_convention must be one of {INPUT_CONVENTIONS}. "
                 f"Received: {input_convention!r}"
             )
+        if input_convention == "keras_applications" and application is None:
+            raise UserInputError(
+                "input_convention 'keras_applications' is for keras.applications teachers "
+                "(their preprocess_input); this teacher takes 'normalized' or 'pixels'. "
+                f"Received: input_convention={input_convention!r}"
+            )
         if outputs not in ("logits", "probabilities"):
             raise UserInputError(
                 f"outputs must be 'logits' or 'probabilities'. Received: {outputs!r}"

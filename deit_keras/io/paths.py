@@ -45,14 +45,17 @@ def output_path_problem(name: str, path: str | None) -> str | None:
 def replaceable_dir_problem(name: str, path: str | None, marker: str) -> str | None:
     """Whether a directory can be written at `path`, replacing only an earlier one.
 
-    `path` may be missing, or an earlier output of the same kind: a directory
-    holding a file `marker` (e.g. a SavedModel's saved_model.pb), which is
-    replaced. Any other directory is the user's, and a file is not a directory.
+    `path` may be missing, an empty directory, or an earlier output of the
+    same kind: a directory holding a file `marker` (e.g. a SavedModel's
+    saved_model.pb), which is replaced. Any other directory is the user's, and
+    a file is not a directory.
     """
     if not path:
         return None
+    if os.path.islink(path):  # the rename would replace the link, not what it points to
+        return f"{name} is a symbolic link: give the directory it points to, got {path}"
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, marker)):
+        if os.listdir(path) and not os.path.isfile(os.path.join(path, marker)):
             return (
                 f"{name} is an existing directory without {marker}; only an earlier export "
                 f"(which has one) is replaced: choose a new path, got {path}"

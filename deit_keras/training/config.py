@@ -14,6 +14,7 @@ import os
 
 from deit_keras.data.augment import AugmentConfig
 from deit_keras.data.image_check import BAD_IMAGES
+from deit_keras.deploy.saved_model import SAVED_MODEL_FILE, savedmodel_beside
 from deit_keras.distill.losses import DISTILLATION_TYPES
 from deit_keras.errors import UserInputError
 from deit_keras.io.paths import (
@@ -21,6 +22,7 @@ from deit_keras.io.paths import (
     input_file_problem,
     output_dir_problem,
     output_file_problem,
+    replaceable_dir_problem,
 )
 from deit_keras.models.variants import ALIASES, list_models
 from deit_keras.schema import (
@@ -61,6 +63,11 @@ RESUMABLE_CHANGES = (
     "bad_images",
     "deterministic",
 )
+
+
+def default_output(model_name: str) -> str:
+    """Where a run saves its model when `output` is not given."""
+    return os.path.join("saved_models", f"{model_name}.keras")
 
 
 @dataclasses.dataclass
@@ -404,6 +411,10 @@ class TrainConfig:
                 "teacher must be a .keras file, a RegNetY name or a keras.applications name. "
                 f"Received: teacher={self.teacher}"
             )
+        if self.export_savedmodel:  # written last: checked first, not after the training
+            savedmodel = savedmodel_beside(self.output or default_output(self.model))
+            where = "the SavedModel beside output"
+            problems.append(replaceable_dir_problem(where, savedmodel, SAVED_MODEL_FILE))
         problems = [problem for problem in problems if problem]
         if problems:
             raise UserInputError("; ".join(problems))

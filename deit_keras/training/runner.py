@@ -16,7 +16,7 @@ from absl import logging
 from deit_keras.data.pipeline import dataset_info, make_dataset
 from deit_keras.data.sources import NOT_READ
 from deit_keras.deploy import pretrained
-from deit_keras.deploy.saved_model import export_saved_model
+from deit_keras.deploy.saved_model import export_saved_model, savedmodel_beside
 from deit_keras.deploy.saving import save_model
 from deit_keras.distill.base_losses import BinaryCrossEntropy
 from deit_keras.distill.step import with_teacher_logits
@@ -27,12 +27,10 @@ from deit_keras.io.atomic import write_text_atomic
 from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training import custom_loop, inputs
 from deit_keras.training import teacher as teacher_lib
-from deit_keras.training.config import TrainConfig
+from deit_keras.training.config import TrainConfig, default_output
 from deit_keras.training.distribute import make_strategy
 from deit_keras.training.optim import create_optimizer, freeze_backbone
 from deit_keras.training.preemption import PreemptionWatcher
-
-_DEFAULT_OUTPUT = os.path.join("saved_models", "{name}.keras")
 
 
 def _make_student(config: TrainConfig, num_classes: int):
@@ -246,7 +244,8 @@ def run_training(config: TrainConfig, flags_text: str | None = None) -> dict:
     if not custom_loop.is_chief(strategy):  # workers share the chief's model_dir
         return _run_training(config, strategy, started, flags_text)
     atomic.check_writable(config.model_dir)
-    atomic.check_writable(os.path.dirname(os.path.abspath(config.output or _DEFAULT_OUTPUT)))
+    output = config.output or default_output(config.model)
+    atomic.check_writable(os.path.dirname(os.path.abspath(output)))
     with run_lock.hold(config.model_dir):
         return _run_training(config, strategy, started, flags_text)
 
@@ -319,8 +318,8 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             feature_blocks=config.feature_blocks,
             feature_layers=config.feature_layers,
             jit_compile=config.jit_compile,
-            # --jit_compile is the train step's; the saved model, loaded compiled, predicts
-            # with the CPU predict step (DeiT-Ti⚗ b32 1.19x one XLA pass, benchmarks/README).
+            # --jit_compile is the train step's; the saved model, loaded compiled, predicts with
+            # the CPU predict step (DeiT-Ti⚗ b32 1.12x one XLA pass, benchmarks/predict_choice.py).
             predict_jit_compile="auto",
             # A divisor of the epoch, so epochs, backups and the LR schedule keep their steps.
             steps_per_execution=math.gcd(config.steps_per_execution, steps),
@@ -343,7 +342,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
     results = evaluate_model(student, evaluation)
     if teacher is not None:
         results["teacher_top1"] = classifier_top1(teacher, evaluation, info.num_classes)
-    output = config.output or _DEFAULT_OUTPUT.format(name=student.name)
+    output = config.output or default_output(student.name)
     if not custom_loop.is_chief(strategy):  # only the chief writes
         return dict(
             results,
@@ -356,9 +355,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         )
     save_model(student, output, class_names=list(info.class_names))
     if config.export_savedmodel:
-        export_saved_model(
-            student, os.path.splitext(output)[0] + "_savedmodel", class_names=list(info.class_names)
-        )
+        export_saved_model(student, savedmodel_beside(output), class_names=list(info.class_names))
     results.update(
         model=student.name,
         dataset=config.dataset,

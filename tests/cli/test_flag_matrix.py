@@ -226,6 +226,7 @@ def files(tmp_path_factory):
     (root / "a_file").write_text("x")
     (root / "empty").write_bytes(b"")
     (root / "a_dir").mkdir()
+    (root / "a_dir" / "notes.txt").write_text("a user's folder")  # not empty: not replaced
     locked = root / "locked"
     locked.mkdir()
     unreadable = locked / "good.keras"

@@ -8,6 +8,7 @@ import sys
 import keras
 import pytest
 
+from deit_keras.errors import UserInputError
 from deit_keras.testing import digits_config
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.runner import run_training
@@ -57,6 +58,15 @@ def test_validation_freq_validates_every_n_epochs_and_evaluates_at_the_end(tmp_p
     assert [record["epoch"] for record in history] == [0, 1, 2]
     assert ["val_top1" in record for record in history] == [False, True, False]
     assert 0 <= results["top1"] <= 1  # the final evaluation, whatever the frequency
+
+
+def test_a_folder_where_the_savedmodel_goes_is_refused_before_the_run(tmp_path):
+    config = digits_config(tmp_path, output=str(tmp_path / "m.keras"), export_savedmodel=True)
+    (tmp_path / "m_savedmodel").mkdir()
+    (tmp_path / "m_savedmodel" / "notes.txt").write_text("a user's folder")
+    with pytest.raises(UserInputError, match="the SavedModel beside output is an existing dir"):
+        config.check_paths()
+    dataclasses.replace(config, export_savedmodel=False).check_paths()
 
 
 def test_config_rejects_bad_values(tmp_path):

@@ -20,12 +20,14 @@ from deit_keras.deploy import (
     export_formats,
     litert_export,
     onnx_export,
+    openvino_export,
     runtimes,
     saved_model,
     saving,
 )
 from deit_keras.deploy.calibration import eval_crops
 from deit_keras.deploy.signatures import fixed_size_function
+from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import evaluate_model
 from deit_keras.inference.predict import predict_images
 from deit_keras.testing import assert_one_line_error, run_cli, tiny_model, user_stderr
@@ -298,6 +300,8 @@ def test_an_openvino_xml_without_its_bin_names_the_bin(untrained_exports, tmp_pa
     with pytest.raises(ValueError, match="not an OpenVINO IR model: Incorrect weights") as caught:
         runtimes.load_exported(str(xml))
     assert "src/" not in str(caught.value)
+    with pytest.raises(UserInputError, match="OpenVINO model file not found"):
+        openvino_export.read_openvino_config(str(tmp_path / "missing.xml"))
 
 
 def test_export_cli_writes_litert_int8_and_evaluate_reads_it(models, crops, tmp_path):

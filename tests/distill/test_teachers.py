@@ -131,3 +131,8 @@ def test_regnet_teacher_takes_a_timm_state_dict():
     np.testing.assert_allclose(adapter(NORMALISED), model(NORMALISED), atol=1e-5)
     with pytest.raises(ValueError, match="predicts 5 classes but the dataset has 10"):
         teachers.build_teacher("regnety_002", 10, 32, weights=state)
+
+
+def test_keras_applications_convention_needs_an_application():
+    with pytest.raises(UserInputError, match="'keras_applications' is for keras.applications"):
+        teachers.build_teacher("regnety_002", 10, 32, input_convention="keras_applications")

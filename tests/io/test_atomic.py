@@ -1,11 +1,12 @@
 """atomic_output never deletes what it was not asked to replace."""
 
 import os
+from pathlib import Path
 
 import pytest
 
 from deit_keras.errors import UserInputError
-from deit_keras.io import atomic
+from deit_keras.io import atomic, paths
 
 
 def _users_folder(tmp_path):
@@ -56,3 +57,17 @@ def test_a_directory_never_replaces_a_file(tmp_path):
             os.makedirs(temporary)
     assert ".tmp-" not in str(caught.value)
     assert path.read_text() == "keep" and sorted(os.listdir(tmp_path)) == ["existing"]
+
+
+def test_an_empty_directory_is_replaced_and_a_link_is_refused(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert paths.replaceable_dir_problem("output", str(empty), "saved_model.pb") is None
+    with atomic.atomic_output(str(empty), directory_marker="saved_model.pb") as temporary:
+        os.makedirs(temporary)
+        (Path(temporary) / "saved_model.pb").write_bytes(b"export")
+    assert os.listdir(empty) == ["saved_model.pb"]
+    link = tmp_path / "link"
+    link.symlink_to(empty)  # an earlier export, through a link
+    problem = paths.replaceable_dir_problem("output", str(link), "saved_model.pb")
+    assert problem is not None and "symbolic link" in problem
