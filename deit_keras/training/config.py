@@ -15,6 +15,7 @@ import os
 from deit_keras.data.augment import AugmentConfig
 from deit_keras.data.image_check import BAD_IMAGES
 from deit_keras.deploy.saved_model import SAVED_MODEL_FILE, savedmodel_beside
+from deit_keras.distill import regnet
 from deit_keras.distill.losses import DISTILLATION_TYPES
 from deit_keras.errors import UserInputError
 from deit_keras.io.paths import (
@@ -373,6 +374,11 @@ class TrainConfig:
             )
         if self.output and not self.output.endswith(".keras"):
             problems.append(f"output must end in '.keras', got {self.output}")
+        if self.teacher_weights == "hf" and not regnet.canonical_name(str(self.teacher)):
+            problems.append(
+                f"teacher_weights=hf (timm's hub copy of DeiT's teacher) is for a RegNetY "
+                f"teacher, got teacher={self.teacher!r}"
+            )
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
         if self.steps_per_execution > 0 and self.backup_every_steps % self.steps_per_execution:

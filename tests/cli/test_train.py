@@ -72,6 +72,9 @@ def test_a_folder_where_the_savedmodel_goes_is_refused_before_the_run(tmp_path):
 def test_config_rejects_bad_values(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be positive"):
         digits_config(tmp_path, batch_size=0).validate()
+    with pytest.raises(ValueError, match="teacher_weights=hf .* is for a RegNetY teacher"):
+        digits_config(tmp_path, teacher="resnet50", teacher_weights="hf").validate()
+    digits_config(tmp_path, teacher="regnety160", teacher_weights="hf").validate()
     with pytest.raises(ValueError, match="epochs must be positive"):
         digits_config(tmp_path, epochs=-1).validate()
     with pytest.raises(ValueError, match="backup_every_steps=6 must be a multiple of steps_per"):
