@@ -8,7 +8,9 @@ the teacher has another fixed input size), so both see the same augmented
 images without a silent convention mismatch.
 """
 
+import contextlib
 import os
+import sys
 import urllib.error
 
 import keras
@@ -170,7 +172,9 @@ def _download_failed(error) -> bool:
 def _with_weights(name, weights, constructor, **kwargs):
     """`constructor(weights=weights, **kwargs)`; a failed weights download in one line."""
     try:
-        return constructor(weights=weights, **kwargs)
+        # Keras prints "Downloading data from ..." on stdout, which is for results.
+        with contextlib.redirect_stdout(sys.stderr):
+            return constructor(weights=weights, **kwargs)
     except Exception as error:
         if not _download_failed(error):
             raise

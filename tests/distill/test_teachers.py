@@ -83,7 +83,7 @@ def test_application_below_its_minimum_size_is_refused_before_building():
         teachers.build_finetune_teacher("xception", 10, 64, weights=None)
 
 
-def test_failed_weights_download_is_an_environment_error(monkeypatch, tmp_path):
+def test_failed_weights_download_is_an_environment_error(monkeypatch, tmp_path, capfd):
     def downloading_application(**kwargs):  # its weights are on a closed 127.0.0.1 port
         return keras.utils.get_file("w.h5", closed_port_url() + "/w.h5", cache_dir=tmp_path)
 
@@ -92,6 +92,8 @@ def test_failed_weights_download_is_an_environment_error(monkeypatch, tmp_path):
         teachers.build_teacher("resnet50", 10, 32, weights="imagenet")
     with pytest.raises(UserEnvironmentError, match="--teacher_weights=PATH"):
         teachers.build_finetune_teacher("resnet50", 10, 32, weights="imagenet")
+    out, err = capfd.readouterr()
+    assert "Downloading data from" in err and not out  # stdout is for a command's results
 
 
 def test_other_application_errors_stay_internal(monkeypatch):

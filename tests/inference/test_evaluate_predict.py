@@ -348,6 +348,11 @@ def test_predict_cli_batches_give_the_same_predictions(saved, image_files, tmp_p
         assert [t["class_index"] for t in one["predictions"]] == [
             t["class_index"] for t in whole["predictions"]
         ]
+        np.testing.assert_allclose(
+            [t["probability"] for t in one["predictions"]],
+            [t["probability"] for t in whole["predictions"]],
+            atol=1e-6,
+        )
 
 
 def test_predict_cli_text_file_named_jpg_is_one_line_error(saved, image_files):
