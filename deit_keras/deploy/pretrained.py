@@ -25,7 +25,9 @@ import glob
 import hashlib
 import os
 import re
+import socket
 import sys
+import time
 import urllib.parse
 import uuid
 
@@ -84,9 +86,10 @@ def published_weights(name: str) -> PublishedWeights:
 def download(url: str, directory: str, sha256: str | None = None) -> str:
     """Downloads `url` into `directory` with `keras.utils.get_file` and verifies it.
 
-    The file is written under a unique `partial-<pid>-...` name and its SHA-256 (or
+    The file is written under a unique `partial-<pid>@<host>-...` name and its SHA-256 (or
     its prefix) checked; on any failure it is removed. Leftovers of killed
-    downloads of the same file are removed first.
+    downloads of the same file by this host are removed first; another host's
+    (a shared cache) only after a day.
 
     Returns:
         The path of the verified partial file; the caller converts and
@@ -98,7 +101,7 @@ def download(url: str, directory: str, sha256: str | None = None) -> str:
     filename = os.path.basename(urllib.parse.urlsplit(url).path) or "checkpoint"
     _remove_stale_partials(directory, filename)
     # The name keeps the extension last: the checkpoint reader goes by it.
-    partial = f"{PARTIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{filename}"
+    partial = f"{PARTIAL_PREFIX}{_owner()}-{uuid.uuid4().hex[:8]}-{filename}"
     path = os.path.join(directory, partial)
     try:
         os.makedirs(directory, exist_ok=True)
@@ -144,12 +147,36 @@ def _verify_sha256(path, expected, url):
         )
 
 
+# A partial download of another host (a cache on shared storage: the workers of a
+# multi-worker run) is left alone unless this old; its process cannot be checked here.
+OTHER_HOST_STALE_S = 24 * 3600
+
+
+def _owner():
+    """`<pid>@<host>` of this process, with no "-" (partial names split on it)."""
+    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname())}"
+
+
 def _remove_stale_partials(directory, filename):
     pattern = os.path.join(glob.escape(directory), f"{PARTIAL_PREFIX}*-{glob.escape(filename)}")
+    host = _owner().partition("@")[2]
     for stale in glob.glob(pattern):
-        pid = os.path.basename(stale)[len(PARTIAL_PREFIX) :].split("-")[0]
-        if not (pid.isdigit() and _process_alive(int(pid))):
+        pid, _, owner_host = (
+            os.path.basename(stale)[len(PARTIAL_PREFIX) :].split("-")[0].partition("@")
+        )
+        if owner_host == host:
+            dead = not (pid.isdigit() and _process_alive(int(pid)))
+        else:
+            dead = time.time() - _mtime(stale) > OTHER_HOST_STALE_S
+        if dead:
             _remove(stale)
+
+
+def _mtime(path):
+    try:
+        return os.path.getmtime(path)
+    except FileNotFoundError:
+        return time.time()
 
 
 def _process_alive(pid):

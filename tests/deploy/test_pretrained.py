@@ -254,3 +254,20 @@ def test_registry_covers_every_deit_variant_with_a_hashed_file_name():
         weights = pretrained.published_weights(name)
         assert weights.filename.startswith(name + "-") and len(weights.sha256_prefix) == 8
         assert pretrained.official_url(name).startswith(pretrained.OFFICIAL_BASE_URL)
+
+
+def test_stale_partials_of_this_host_go_and_another_hosts_stay_a_day(tmp_path):
+    """A cache on shared storage: another host's download in progress is not deleted."""
+    host = pretrained._owner().partition("@")[2]
+    names = {
+        "mine_alive": f"partial-{os.getpid()}@{host}-aaaa-w.pth",
+        "mine_dead": f"partial-999999999@{host}-bbbb-w.pth",
+        "other_fresh": "partial-12@another_host-cccc-w.pth",
+        "other_old": "partial-12@another_host-dddd-w.pth",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"part")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(tmp_path / names["other_old"], (two_days_ago, two_days_ago))
+    pretrained._remove_stale_partials(str(tmp_path), "w.pth")
+    assert sorted(os.listdir(tmp_path)) == sorted([names["mine_alive"], names["other_fresh"]])
