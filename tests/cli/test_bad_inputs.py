@@ -12,7 +12,13 @@ from PIL import Image
 from deit_keras.deploy import saving
 from deit_keras.errors import UserInputError
 from deit_keras.io.images import load_image
-from deit_keras.testing import TINY_TRAIN_FLAGS, assert_one_line_error, run_cli, tiny_model
+from deit_keras.testing import (
+    TINY_TRAIN_FLAGS,
+    assert_one_line_error,
+    run_cli,
+    tiny_model,
+    user_stderr,
+)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +172,11 @@ def test_train_cli_teacher_weights_offline(tmp_path):
         f"--output={tmp_path / 'out.keras'}",
         env=proxy | no_proxy,
     )
-    assert_one_line_error(process, "Cannot download the imagenet weights of the teacher resnet50")
+    assert process.returncode == 2 and "Traceback" not in process.stderr, process.stderr
+    *progress, error = user_stderr(process)  # Keras' progress line, on stderr, then the error
+    assert error.startswith("error: Cannot download the imagenet weights of the teacher resnet50")
+    assert all(line.startswith("Downloading data from") for line in progress), progress
+    assert "Downloading" not in process.stdout
     assert not (tmp_path / "out.keras").exists()
 
 

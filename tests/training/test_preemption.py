@@ -194,6 +194,8 @@ def test_watcher_turns_sigterm_into_a_flag_and_restores_the_handler():
     before = signal.getsignal(signal.SIGTERM)
     with PreemptionWatcher() as watcher:
         assert not watcher.requested
+        # Installed, or the signal below would end the test process (a pytest-xdist worker).
+        assert signal.getsignal(signal.SIGTERM) == watcher._handle
         signal.raise_signal(signal.SIGTERM)
         assert watcher.requested
     assert signal.getsignal(signal.SIGTERM) is before
