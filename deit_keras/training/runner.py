@@ -262,8 +262,6 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
     check_splits(config, info)
     check_backup_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
-    if custom_loop.is_chief(strategy):
-        report_skipped(info, config.model_dir)
     if config.strategy == "multi_worker":
         teacher_lib.share_teacher(config, info, strategy)
     keras.utils.set_random_seed(config.seed)
@@ -325,6 +323,8 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             steps_per_execution=math.gcd(config.steps_per_execution, steps),
         )
     _accept(config, strategy, flags_text)
+    if custom_loop.is_chief(strategy):  # accepted: nothing is written for a refused run
+        report_skipped(info, config.model_dir)
     backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
     first_epoch = backup.restored_epoch() if config.resume else 0  # where this process starts
     with PreemptionWatcher() as preemption:  # SIGTERM: back up the step, raise Preempted

@@ -287,6 +287,15 @@ def test_train_cli_bad_images_fail_is_one_line_exit_2(dirty, tmp_path):
     assert not (tmp_path / "out.keras").exists()
 
 
+def test_a_refused_run_writes_no_list_of_skipped_files(dirty, tmp_path):
+    # Refused when the teacher is built (keras.applications needs 32 px), after the data.
+    process = _train(
+        dirty, tmp_path, "--distillation_type=hard", "--teacher=resnet50", "--teacher_weights=none"
+    )
+    assert_one_line_error(process, "at least 32x32")
+    assert not (tmp_path / "run" / "skipped_images.txt").exists()
+
+
 @pytest.mark.large  # ~30 s on 2 shared cores; fast variant: test_run_reports_skipped_files...
 def test_train_cli_default_skips_with_one_warning_and_a_list(dirty, tmp_path):
     process = _train(dirty, tmp_path)
