@@ -25,7 +25,7 @@ from deit_keras.io.paths import (
     output_file_problem,
     replaceable_dir_problem,
 )
-from deit_keras.models.variants import ALIASES, list_models
+from deit_keras.models.variants import ALIASES, canonical_name, list_models
 from deit_keras.schema import (
     FRACTION,
     NON_NEGATIVE,
@@ -67,8 +67,9 @@ RESUMABLE_CHANGES = (
 
 
 def default_output(model_name: str) -> str:
-    """Where a run saves its model when `output` is not given."""
-    return os.path.join("saved_models", f"{model_name}.keras")
+    """Where a run saves its model when `output` is not given (named as the model: an
+    alias such as `deit_t` by the preset it stands for)."""
+    return os.path.join("saved_models", f"{canonical_name(model_name)}.keras")
 
 
 @dataclasses.dataclass

@@ -69,6 +69,19 @@ def test_a_folder_where_the_savedmodel_goes_is_refused_before_the_run(tmp_path):
     dataclasses.replace(config, export_savedmodel=False).check_paths()
 
 
+def test_the_default_output_is_named_as_the_preset_an_alias_stands_for(tmp_path, monkeypatch):
+    from deit_keras.models.variants import ALIASES
+
+    alias, preset = next(iter(sorted(ALIASES.items())))
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "saved_models" / f"{preset}_savedmodel"  # where the run would write
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("a user's folder")
+    config = digits_config(tmp_path, model=alias, output=None, export_savedmodel=True)
+    with pytest.raises(UserInputError, match=f"{preset}_savedmodel"):
+        config.check_paths()
+
+
 def test_config_rejects_bad_values(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be positive"):
         digits_config(tmp_path, batch_size=0).validate()
