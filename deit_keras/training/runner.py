@@ -212,11 +212,13 @@ def check_backup_settings(config: TrainConfig) -> None:
         backup.check_settings(config.defining_settings())
 
 
-def _accept(config: TrainConfig, strategy, flags_text: str | None) -> None:
-    """What the chief writes once nothing can refuse the run any more: `flags.txt`, and with
-    --noresume the end of the previous run's backup and history."""
+def _accept(config: TrainConfig, strategy, flags_text: str | None, info) -> None:
+    """What the chief writes once nothing can refuse the run any more: `flags.txt`, the
+    list of skipped files, and with --noresume the end of the previous run's backup and
+    history."""
     if not custom_loop.is_chief(strategy):
         return
+    report_skipped(info, config.model_dir)
     if flags_text is not None:
         write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags_text)
     if not config.resume:
@@ -322,9 +324,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             # A divisor of the epoch, so epochs, backups and the LR schedule keep their steps.
             steps_per_execution=math.gcd(config.steps_per_execution, steps),
         )
-    _accept(config, strategy, flags_text)
-    if custom_loop.is_chief(strategy):  # accepted: nothing is written for a refused run
-        report_skipped(info, config.model_dir)
+    _accept(config, strategy, flags_text, info)
     backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
     first_epoch = backup.restored_epoch() if config.resume else 0  # where this process starts
     with PreemptionWatcher() as preemption:  # SIGTERM: back up the step, raise Preempted
