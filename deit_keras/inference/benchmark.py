@@ -18,6 +18,7 @@ import time
 
 from absl import logging
 
+from deit_keras.deploy.export_formats import SUFFIXES
 from deit_keras.deploy.saving import load_model
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.inference import host, timing
@@ -26,8 +27,9 @@ from deit_keras.models.variants import build_model, list_models
 
 ALL = "all"
 REFERENCES = ("none", REFERENCE)
-# The runtime that times what an exported file holds (the benchmark exports the .keras itself).
-_RUNTIME_OF_SUFFIX = {".onnx": "onnx", ".tflite": "litert", ".xml": "openvino"}
+# The runtime that times what an exported file holds (the benchmark exports the .keras
+# itself): the export format, whose runtime has its name.
+_RUNTIME_OF_SUFFIX = {suffix: export_format for export_format, suffix in SUFFIXES.items()}
 _VERSIONS = (
     "tensorflow",
     "keras",
