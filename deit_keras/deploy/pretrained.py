@@ -67,8 +67,14 @@ def cache_dir() -> str:
 
 def official_url(name: str) -> str:
     """The release URL of `name`'s weights, on the mirror when `DEIT_KERAS_WEIGHTS_URL` is set."""
+    return release_url(published_weights(name).filename)
+
+
+def release_url(filename: str) -> str:
+    """The URL of the DeiT release file `filename`, on the mirror when `DEIT_KERAS_WEIGHTS_URL`
+    is set."""
     base = os.environ.get(MIRROR_ENV) or OFFICIAL_BASE_URL
-    return base.rstrip("/") + "/" + published_weights(name).filename
+    return base.rstrip("/") + "/" + filename
 
 
 def published_weights(name: str) -> PublishedWeights:

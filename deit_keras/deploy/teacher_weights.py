@@ -84,8 +84,7 @@ def released_file(filename: str) -> str:
     cached = os.path.join(directory, filename)
     if os.path.exists(cached):
         return cached
-    base = os.environ.get(pretrained.MIRROR_ENV) or pretrained.OFFICIAL_BASE_URL
-    url = base.rstrip("/") + "/" + filename
+    url = pretrained.release_url(filename)
     try:
         partial = pretrained.download(url, directory, sha256=sha256_prefix_of(filename))
     except pretrained.PretrainedWeightsError as error:
