@@ -158,14 +158,19 @@ def _verify_sha256(path, expected, url):
 OTHER_HOST_STALE_S = 24 * 3600
 
 
+def _host():
+    """This host's name with no "-" or "@" (partial names split on them)."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+
+
 def _owner():
-    """`<pid>@<host>` of this process, with no "-" (partial names split on it)."""
-    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname())}"
+    """`<pid>@<host>` of this process."""
+    return f"{os.getpid()}@{_host()}"
 
 
 def _remove_stale_partials(directory, filename):
     pattern = os.path.join(glob.escape(directory), f"{PARTIAL_PREFIX}*-{glob.escape(filename)}")
-    host = _owner().partition("@")[2]
+    host = _host()
     for stale in glob.glob(pattern):
         pid, _, owner_host = (
             os.path.basename(stale)[len(PARTIAL_PREFIX) :].split("-")[0].partition("@")

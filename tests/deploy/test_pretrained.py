@@ -258,7 +258,7 @@ def test_registry_covers_every_deit_variant_with_a_hashed_file_name():
 
 def test_stale_partials_of_this_host_go_and_another_hosts_stay_a_day(tmp_path):
     """A cache on shared storage: another host's download in progress is not deleted."""
-    host = pretrained._owner().partition("@")[2]
+    host = pretrained._host()
     names = {
         "mine_alive": f"partial-{os.getpid()}@{host}-aaaa-w.pth",
         "mine_dead": f"partial-999999999@{host}-bbbb-w.pth",
