@@ -45,6 +45,9 @@ _EXPORTS = {
 # Imported with the API for its side effect: it registers `deit_keras>WarmupCosine`,
 # the schedule inside compiled `.keras` files, so `keras.models.load_model` finds it.
 _REGISTERS = ("deit_keras.training.optim",)
+# What loads on Keras' other backends (JAX, PyTorch): the layers and models run there;
+# training, data, deployment and the commands are TensorFlow's (docs/backends.md).
+_ANY_BACKEND = ("deit_keras.layers", "deit_keras.models")
 
 __all__ = sorted(_EXPORTS)
 
@@ -58,12 +61,21 @@ def _load_api() -> None:
         return
     _loading = True
     try:
-        for module in (*sorted(set(_EXPORTS.values())), *_REGISTERS):
+        for module in _api_modules():
             importlib.import_module(module)
     finally:
         _loading = False
     for name, module in _EXPORTS.items():
-        globals()[name] = getattr(sys.modules[module], name)
+        if module in sys.modules:
+            globals()[name] = getattr(sys.modules[module], name)
+
+
+def _api_modules() -> tuple:
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        return (*sorted(set(_EXPORTS.values())), *_REGISTERS)
+    return _ANY_BACKEND
 
 
 def _initializing(module) -> bool:
@@ -108,11 +120,22 @@ class _LoadAfterKeras(importlib.abc.MetaPathFinder):
 def __getattr__(name: str):
     if name in _EXPORTS:
         _load_api()
+        if name not in globals():
+            raise _needs_tensorflow(f"deit_keras.{name}")
         return globals()[name]
     if importlib.util.find_spec(f"deit_keras.{name}") is not None:  # `deit_keras.models`
         _load_api()
         return importlib.import_module(f"deit_keras.{name}")
     raise AttributeError(f"module 'deit_keras' has no attribute {name!r}")
+
+
+def _needs_tensorflow(what: str) -> ImportError:
+    import keras
+
+    return ImportError(
+        f"{what} needs Keras' TensorFlow backend; on {keras.backend.backend()!r} only the "
+        "layers and models (deit_keras.models.build_model) run. Set KERAS_BACKEND=tensorflow."
+    )
 
 
 def __dir__():

@@ -17,11 +17,13 @@ from deit_keras.cli.launch import COMMANDS
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "deit_keras"
 ARCHITECTURE_DOC = PACKAGE.parent / "docs" / "architecture.md"
 
-# The exception types user errors are raised as: a leaf that every package may import.
-EVERYONE_MAY_IMPORT = {"errors"}
+# Leaves every package may import: the exception types user errors are raised as, and
+# TensorFlow imported on first use.
+EVERYONE_MAY_IMPORT = {"errors", "backend"}
 # Leaves first; each entry lists what it may import (besides EVERYONE_MAY_IMPORT).
 ALLOWED = {
     "errors": set(),
+    "backend": set(),
     "schema": set(),
     "io": set(),
     "layers": set(),

@@ -2,29 +2,33 @@
 
 `make_dataset("digits" | "folder:PATH" | tfds name, "train" | "eval", ...)`
 yields `(images, targets)` batches; see `deit_keras.data.pipeline`.
+
+The names below load on first use (PEP 562), so the models import the
+constants and `Preprocessing` without the TensorFlow pipeline (docs/backends.md).
 """
 
-from deit_keras.data.augment import AugmentConfig
-from deit_keras.data.labels import (
-    default_class_names,
-    imagenet_class_names,
-    imagenet_synsets,
-    resolve_class_names,
-)
-from deit_keras.data.pipeline import dataset_info, make_dataset
-from deit_keras.data.preprocessing import Preprocessing, preprocess
-from deit_keras.data.sources import DatasetInfo, DatasetNotFoundError
+import importlib
 
-__all__ = [
-    "AugmentConfig",
-    "DatasetInfo",
-    "DatasetNotFoundError",
-    "Preprocessing",
-    "dataset_info",
-    "default_class_names",
-    "imagenet_class_names",
-    "imagenet_synsets",
-    "make_dataset",
-    "preprocess",
-    "resolve_class_names",
-]
+_EXPORTS = {
+    "AugmentConfig": "deit_keras.data.augment",
+    "DatasetInfo": "deit_keras.data.sources",
+    "DatasetNotFoundError": "deit_keras.data.sources",
+    "Preprocessing": "deit_keras.data.preprocessing",
+    "dataset_info": "deit_keras.data.pipeline",
+    "default_class_names": "deit_keras.data.labels",
+    "imagenet_class_names": "deit_keras.data.labels",
+    "imagenet_synsets": "deit_keras.data.labels",
+    "make_dataset": "deit_keras.data.pipeline",
+    "preprocess": "deit_keras.data.preprocessing",
+    "resolve_class_names": "deit_keras.data.labels",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -14,8 +14,8 @@ import dataclasses
 import math
 
 import numpy as np
-import tensorflow as tf
 
+from deit_keras.backend import tf
 from deit_keras.data.constants import (
     DEFAULT_CROP_PCT,
     DEFAULT_INTERPOLATION,
@@ -23,7 +23,6 @@ from deit_keras.data.constants import (
     IMAGENET_STD,
     INTERPOLATIONS,
 )
-from deit_keras.data.image_ops import per_channel
 from deit_keras.errors import UserInputError
 
 
@@ -85,6 +84,8 @@ DEFAULT_PREPROCESSING = Preprocessing()
 
 def normalize(pixels, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
     """`[..., 3]` pixels in [0, 255] (uint8 or float) -> float32 `(x / 255 - mean) / std`."""
+    from deit_keras.data.image_ops import per_channel  # TensorFlow's private ops: loaded on use
+
     pixels = tf.cast(pixels, tf.float32)
     return per_channel(
         lambda x, mean, std: (x / 255.0 - mean) / std, pixels, preprocessing.mean, preprocessing.std
@@ -93,6 +94,8 @@ def normalize(pixels, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
 
 def denormalize(images, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
     """Inverse of `normalize`: float32 pixels, about [0, 255] (not clipped)."""
+    from deit_keras.data.image_ops import per_channel  # TensorFlow's private ops: loaded on use
+
     images = tf.cast(images, tf.float32)
     return per_channel(
         lambda x, mean, std: (x * std + mean) * 255.0, images, preprocessing.mean, preprocessing.std

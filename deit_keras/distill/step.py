@@ -10,10 +10,12 @@ adapters of feature distillation (`distill.feature_loss`), trained here by
 their own copy of the optimizer.
 """
 
+from __future__ import annotations  # `tf.data.Dataset` annotations: TensorFlow loads on use
+
 import keras
-import tensorflow as tf
 from keras import ops
 
+from deit_keras.backend import tf
 from deit_keras.distill.feature_loss import TEACHER_FEATURES, FeatureDistillation
 from deit_keras.distill.losses import DistillationLoss
 from deit_keras.errors import UserInputError

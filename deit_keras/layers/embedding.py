@@ -4,9 +4,9 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
+from deit_keras.backend import tf
 from deit_keras.errors import UserInputError
 from deit_keras.layers.initializers import trunc_normal
 

@@ -30,6 +30,8 @@ class TalkingHeadsAttention(MultiHeadSelfAttention):
         `[B, T, embed_dim]`, and the attention when asked.
     """
 
+    _fusable = False  # the heads mix inside the softmax
+
     def __init__(self, embed_dim, num_heads, **kwargs):
         super().__init__(embed_dim, num_heads, **kwargs)
         self.proj_l = dense(num_heads, "proj_l", self.dtype_policy)

@@ -9,7 +9,9 @@ tokens whose first is the class token (then the distillation token when
 import keras
 from absl import logging
 from keras import ops
+from keras.backend import backend
 
+from deit_keras.backend import on_tensorflow
 from deit_keras.data.preprocessing import Preprocessing
 from deit_keras.distill.feature_loss import FeatureDistillation
 from deit_keras.distill.losses import DistillationLoss
@@ -20,6 +22,11 @@ from deit_keras.layers.basic import dense
 from deit_keras.models import quantized
 from deit_keras.models.compiled_inference import CompiledInference
 from deit_keras.models.flops import vit_flops
+
+_TRAINS_ON_TENSORFLOW = (
+    "{name} trains on Keras' TensorFlow backend (KERAS_BACKEND=tensorflow); on {backend!r} it "
+    "runs inference (predict, a call, stateless_call) uncompiled. See docs/backends.md."
+)
 
 
 def call_block(block, attentions, *inputs, training=None, scores=False):
@@ -235,6 +242,10 @@ class TokenClassifier(CompiledInference, keras.Model):
                 CPU apart from training's `jit_compile`
                 (`models.compiled_inference`; "auto": the CPU predict step).
         """
+        if not on_tensorflow():
+            raise NotImplementedError(
+                _TRAINS_ON_TENSORFLOW.format(name=self.name, backend=backend())
+            )
         if metrics:
             raise UserInputError(
                 "DeiT reports its own metrics (loss, cls_loss, distill_loss, top1, top5, "
@@ -277,6 +288,9 @@ class TokenClassifier(CompiledInference, keras.Model):
         compiled without distillation; `compile` again with `teacher=` and
         `optimizer=model.optimizer` to keep distilling with the same state.
         """
+        if not on_tensorflow():  # loaded for inference, as on TensorFlow with compile=False
+            logging.warning(_TRAINS_ON_TENSORFLOW.format(name=self.name, backend=backend()))
+            return
         config = keras.saving.deserialize_keras_object(config)
         saved = config.pop("distillation", "none")
         if saved != "none":

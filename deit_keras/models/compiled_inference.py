@@ -9,10 +9,12 @@ Measured: benchmarks/README.md ("The CPU predict step", "The eager call").
 """
 
 import keras
-import tensorflow as tf
 
+from deit_keras.backend import on_tensorflow, tf
 from deit_keras.errors import UserInputError
-from deit_keras.models import cpu_predict
+
+if on_tensorflow():  # the machinery is TensorFlow's; other backends run Keras' own inference
+    from deit_keras.models import cpu_predict
 
 # `compile(predict_jit_compile=...)` -> what inference compiled here runs (cpu_predict.EAGER_MODES).
 _MODE_OF_CHOICE = {"auto": "cpu_predict", True: "xla", False: "graph"}
@@ -69,8 +71,8 @@ class CompiledInference:
         distribution strategy or an accelerator keeps Keras' own way;
         training and evaluation keep it in every case.
         """
-        if self.predict_function is not None and not force:
-            return self.predict_function
+        if not on_tensorflow() or (self.predict_function is not None and not force):
+            return super().make_predict_function(force=force)
         self._cpu_mode = self._inference_mode()
         self._cpu_forwards = cpu_predict.TracedForwards(lambda batch: self(batch, training=False))
         return super().make_predict_function(force=force)
@@ -93,7 +95,7 @@ class CompiledInference:
         Speed and the first call's compile time: benchmarks/README.md ("The
         eager call").
         """
-        if self.run_eagerly or cpu_predict.runs_op_by_op(images):
+        if not on_tensorflow() or self.run_eagerly or cpu_predict.runs_op_by_op(images):
             return None
         self.make_predict_function()  # Keras resets it on compile() and quantize()
         if self._cpu_mode is None:
@@ -101,6 +103,8 @@ class CompiledInference:
         return self._cpu_forwards.eager_step(images, self._cpu_mode, self.flops_per_image())
 
     def stateless_call(self, *args, **kwargs):
+        if not on_tensorflow():
+            return super().stateless_call(*args, **kwargs)
         with cpu_predict.op_by_op():
             return super().stateless_call(*args, **kwargs)
 
