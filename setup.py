@@ -82,6 +82,9 @@ setup(
             # modules, which fail beside the CPU torch.
             "torchvision==0.28.0",
             "timm==1.0.31",
+            # The models on Keras' JAX backend (tests/models/test_backends.py); 0.10.2 is
+            # the last JAX for Python 3.11. PyTorch above is the other backend checked.
+            "jax==0.10.2",
         ],
     },
     entry_points={

@@ -1,10 +1,12 @@
 """The H100 run's fused-attention rows measured the library's path: a check of that claim.
 
-The rows `keras-jax-fused-attention` in `results/gpu_h100_fused_bf16.json`
-(2026-12-05) were timed by `gpu_throughput.py --attention fused`, an option
-that patched `PROBE_CALL` below into `MultiHeadSelfAttention.call` before the
-library ran `keras.ops.dot_product_attention` itself; the GPU was not lent
-again to time the library's path. This lowers both (JAX, bf16, DeiT-Ti⚗ and
+The rows `keras-jax-fused-attention` in
+`results/gpu_h100_keras_fused_probe_bf16.json` (2026-12-05) were timed by the
+`gpu_throughput.py` of that hour with `--attention fused`, an option (since
+replaced) that patched `PROBE_CALL` below, copied from it, into
+`MultiHeadSelfAttention.call` before the library ran
+`keras.ops.dot_product_attention` itself; the GPU was not lent again to time
+the library's path. This lowers both (JAX, bf16, DeiT-Ti⚗ and
 DeiT-B⚗, inference and training with drop-path) and compares the programs
 with source locations stripped; exit 1 if any differs.
 

@@ -16,7 +16,13 @@ one per process where both hold the GPU's memory):
 A training step is the DeiT⚗ objective without the teacher's forward pass:
 cross-entropy of the class head on the labels plus that of the dist head on
 fixed "teacher" labels, halved; drop-path 0.1; AdamW (lr 5e-4 x batch/512,
-weight decay 0.05). Random weights and images (never zeros).
+weight decay 0.05). Random weights and images (never zeros). On TensorFlow the
+training rows are the library's own step instead (`compile(distillation="none")`,
+one-hot labels).
+
+`--attention explicit` makes the Keras self-attention layers run their
+matmul/softmax/matmul on JAX too, the form they had before they called
+`keras.ops.dot_product_attention` there (the layers' default, `library`).
 
     KERAS_BACKEND=jax python benchmarks/gpu_throughput.py \\
         --frameworks keras,timm --models deit_tiny_distilled_patch16_224 \\
@@ -28,6 +34,7 @@ import functools
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -60,6 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--image_size", type=int, default=IMAGE_SIZE)
     parser.add_argument("--depth", type=int, default=None, help="fewer blocks (a quick check)")
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per row")
+    parser.add_argument("--attention", default="library", choices=["library", "explicit"])
     parser.add_argument("--torch_compile", action="store_true", help="timm under torch.compile")
     parser.add_argument("--torch_device", default="cuda", help="cpu: a check of the timm rows")
     parser.add_argument("--json", default=None)
@@ -234,7 +242,15 @@ def keras_rows(args):
         raise SystemExit(
             f"error: Keras backend {backend!r} is not timed here; use jax or tensorflow"
         )
-    return f"keras-{backend}{keras.__version__}", runners[backend]
+    if backend == "jax" and args.precision == "fp16" and "train" in args.modes.split(","):
+        raise SystemExit("error: fp16 training on JAX needs loss scaling, not done here; use bf16")
+    label = f"keras-{backend}"
+    if args.attention == "explicit":
+        from deit_keras.layers.attention import MultiHeadSelfAttention
+
+        MultiHeadSelfAttention._fusable = False
+        label += "-explicit-attention"
+    return label, runners[backend]
 
 
 # === PyTorch (timm) ===
@@ -343,16 +359,29 @@ def timm_rows(args):
 
 def gpu_name():
     try:
-        import subprocess
-
         return subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=30,
         ).stdout.strip()
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return "unknown (no nvidia-smi)"
+
+
+def versions(frameworks):
+    """The versions of what ran: Keras and its backend, or PyTorch and timm."""
+    found = {}
+    if "keras" in frameworks:
+        import keras
+
+        found.update(keras=keras.__version__, keras_backend=keras.backend.backend())
+    if "timm" in frameworks:
+        import timm
+        import torch
+
+        found.update(torch=torch.__version__, timm=timm.__version__)
+    return found
 
 
 def main(argv=None):
@@ -382,7 +411,7 @@ def main(argv=None):
         "gpu": gpu_name(),
         "python": platform.python_version(),
         "command": " ".join(sys.argv),
-        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "versions": versions(args.frameworks.split(",")),
         "rows": rows,
     }
     if args.json:

@@ -11,7 +11,9 @@ and with it registers every Keras object of the package (layers, `DeiT`,
 the LR schedule) for `keras.models.load_model`. So that `import deit_keras`
 then `keras.models.load_model(...)` works in either import order, the API
 also loads as soon as Keras has been imported: at once if it already is,
-else right after its import finishes.
+else right after its import finishes. On Keras' JAX or PyTorch backend only
+the layers and models load (docs/backends.md); the other names raise an
+ImportError naming `KERAS_BACKEND=tensorflow`.
 """
 
 import importlib

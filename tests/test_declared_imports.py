@@ -18,10 +18,9 @@ import tomllib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCANNED = ("deit_keras", "tests", "benchmarks")
 FIRST_PARTY = {"deit_keras", "tests", "benchmarks", "setup"}
-# Imported only in another interpreter that has it, never in ours: benchmarks/throughput.py's
-# optional keras-hub comparison (keras-hub pins its own keras), and JAX, the Keras backend
-# benchmarks/gpu_throughput.py runs on a GPU machine (its CUDA wheel is the machine's choice).
-NOT_OURS_TO_DECLARE = {"keras_hub", "jax"}
+# Imported only in another interpreter that has it, never in ours (and keras-hub pins
+# its own keras): benchmarks/throughput.py's optional keras-hub comparison.
+NOT_OURS_TO_DECLARE = {"keras_hub"}
 
 
 def _normalized(distribution):

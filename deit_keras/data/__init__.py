@@ -32,3 +32,7 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -79,7 +79,7 @@ class MultiHeadSelfAttention(HeadsLayer):
     On Keras' JAX and PyTorch backends, a call that returns no attention runs
     `keras.ops.dot_product_attention` (cuDNN's / PyTorch's fused kernel on a
     GPU; H100, bf16: DeiT-B training 1.19x, inference 1.18x, see
-    benchmarks/README.md "On a GPU"). TensorFlow keeps the matmul/softmax/matmul,
+    benchmarks/README.md, `gpu_throughput.py`). TensorFlow keeps the matmul/softmax/matmul,
     which its CPU paths are tuned for (`layers.onednn_form`).
     """
 

@@ -9,7 +9,6 @@ tokens whose first is the class token (then the distillation token when
 import keras
 from absl import logging
 from keras import ops
-from keras.backend import backend
 
 from deit_keras.backend import on_tensorflow
 from deit_keras.data.preprocessing import Preprocessing
@@ -25,7 +24,7 @@ from deit_keras.models.flops import vit_flops
 
 _TRAINS_ON_TENSORFLOW = (
     "{name} trains on Keras' TensorFlow backend (KERAS_BACKEND=tensorflow); on {backend!r} it "
-    "runs inference (predict, a call, stateless_call) uncompiled. See docs/backends.md."
+    "runs inference (predict, a call, stateless_call). See docs/backends.md."
 )
 
 
@@ -242,10 +241,7 @@ class TokenClassifier(CompiledInference, keras.Model):
                 CPU apart from training's `jit_compile`
                 (`models.compiled_inference`; "auto": the CPU predict step).
         """
-        if not on_tensorflow():
-            raise NotImplementedError(
-                _TRAINS_ON_TENSORFLOW.format(name=self.name, backend=backend())
-            )
+        self._check_trains_here()
         if metrics:
             raise UserInputError(
                 "DeiT reports its own metrics (loss, cls_loss, distill_loss, top1, top5, "
@@ -288,8 +284,11 @@ class TokenClassifier(CompiledInference, keras.Model):
         compiled without distillation; `compile` again with `teacher=` and
         `optimizer=model.optimizer` to keep distilling with the same state.
         """
-        if not on_tensorflow():  # loaded for inference, as on TensorFlow with compile=False
-            logging.warning(_TRAINS_ON_TENSORFLOW.format(name=self.name, backend=backend()))
+        if not on_tensorflow():  # loaded for inference; Keras marks it compiled all the same
+            logging.warning(
+                _TRAINS_ON_TENSORFLOW.format(name=self.name, backend=keras.backend.backend())
+            )
+            self.optimizer = None  # so that evaluate() reaches test_step, which says so
             return
         config = keras.saving.deserialize_keras_object(config)
         saved = config.pop("distillation", "none")
@@ -315,12 +314,28 @@ class TokenClassifier(CompiledInference, keras.Model):
     def metrics(self):
         return [] if self.distillation_step is None else self.distillation_step.metrics
 
-    def train_step(self, data):
+    def _assert_compile_called(self, method_name=None):
+        # Keras' fit / evaluate / train_on_batch / test_on_batch start here, on every
+        # backend; a file compiled on TensorFlow loads "compiled" on the others.
+        self._check_trains_here()
+        super()._assert_compile_called(method_name)
+
+    def _check_trains_here(self):
+        if not on_tensorflow():
+            raise NotImplementedError(
+                _TRAINS_ON_TENSORFLOW.format(name=self.name, backend=keras.backend.backend())
+            )
+
+    def train_step(self, *args):  # (data) on TensorFlow and PyTorch; (state, data) on JAX
+        self._check_trains_here()
+        (data,) = args
         if self.distillation_step is None:
             raise ValueError(f"{self.name} must be compiled before it is trained.")
         return self.distillation_step.train_step(self, data)
 
-    def test_step(self, data):
+    def test_step(self, *args):
+        self._check_trains_here()
+        (data,) = args
         if self.distillation_step is None:
             raise ValueError(f"{self.name} must be compiled before it is evaluated.")
         return self.distillation_step.test_step(self, data)

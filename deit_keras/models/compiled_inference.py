@@ -77,9 +77,10 @@ class CompiledInference:
         self._cpu_forwards = cpu_predict.TracedForwards(lambda batch: self(batch, training=False))
         return super().make_predict_function(force=force)
 
-    def predict_step(self, data):
+    def predict_step(self, *args):  # (data) on TensorFlow; (state, data) on JAX
         if self._cpu_mode != "cpu_predict":
-            return super().predict_step(data)
+            return super().predict_step(*args)
+        (data,) = args
         images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         forward, xla_forward = self._cpu_forwards.for_spec(cpu_predict.images_spec(images))
         return cpu_predict.cpu_predict(forward, xla_forward, images, self.flops_per_image())
