@@ -1,4 +1,4 @@
-"""TensorFlow, imported on first use, and which Keras backend runs.
+"""TensorFlow imported on first use, which Keras backend runs, and packages' lazy names.
 
 The layers and models run on any Keras 3 backend (JAX, PyTorch, TensorFlow);
 training, the data pipeline, deployment and the commands are TensorFlow's.
@@ -8,6 +8,7 @@ Modules the models import reach TensorFlow through `tf` here, so that
 """
 
 import importlib
+import sys
 import types
 
 
@@ -34,3 +35,25 @@ def on_tensorflow() -> bool:
     import keras
 
     return keras.backend.backend() == "tensorflow"
+
+
+def lazy_exports(package: str, exports: dict, submodules: tuple = ()) -> tuple:
+    """A package's PEP 562 `(__getattr__, __dir__)`: `exports` ({name: module}) load on first use.
+
+    So that a package's light modules import without the heavy ones (TensorFlow's
+    pipeline, say) that its other names need.
+    """
+
+    def __getattr__(name: str):
+        if name in submodules:
+            return importlib.import_module(f"{package}.{name}")
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(exports[name]), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__():
+        return sorted(set(vars(sys.modules[package])) | set(exports) | set(submodules))
+
+    return __getattr__, __dir__

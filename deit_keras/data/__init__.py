@@ -7,7 +7,7 @@ The names below load on first use (PEP 562), so the models import the
 constants and `Preprocessing` without the TensorFlow pipeline (docs/backends.md).
 """
 
-import importlib
+from deit_keras.backend import lazy_exports
 
 _EXPORTS = {
     "AugmentConfig": "deit_keras.data.augment",
@@ -25,14 +25,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,7 +5,7 @@ and `deit_keras.inference.host` import without TensorFlow: the `benchmarks/`
 drivers and PyTorch-only workers time with them and stay small.
 """
 
-import importlib
+from deit_keras.backend import lazy_exports
 
 _EXPORTS = {
     "evaluate_benchmarks": "deit_keras.inference.imagenet_test_sets",
@@ -20,10 +20,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ The names below load on first use (PEP 562), so `deit_keras.models.flops`
 imports without TensorFlow (the `benchmarks/` drivers count FLOPs with it).
 """
 
-import importlib
+from deit_keras.backend import lazy_exports
 
 _EXPORTS = {
     "CaiT": "deit_keras.models.cait",
@@ -19,12 +19,4 @@ _SUBMODULES = ("deit_presets",)
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
-
-def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
