@@ -54,11 +54,15 @@ def _spatial_size(layer):
 
 
 def stage_layers(teacher) -> list[str]:
-    """Names of the last layer of each spatial stage of `teacher`, shallow to deep.
+    """Names of the output layer of each spatial stage of `teacher`, shallow to deep.
 
     A stage is the run of layers at one resolution, each stage smaller than
     the last; padding layers (larger) and global poolings (1x1) are no stage,
-    nor a run before the first layer with weights (the input, rescaling).
+    nor a run before the first layer with weights (the input, rescaling). Its
+    output is the first layer of the run that feeds a smaller one: where the
+    next stage's first block begins at this resolution (a RegNet's 1x1 conv
+    before its strided one, beside the shortcut), that block's layers come
+    after the stage's output in the run. The last stage's is its last layer.
 
     Args:
         teacher: a `TeacherAdapter` or a functional `keras.Model` CNN.
@@ -66,18 +70,50 @@ def stage_layers(teacher) -> list[str]:
     Returns:
         list of str: layer names; nested models' layers by their own names.
     """
-    stages = []  # [area, name of the last layer, whether the run has weights]
-    for layer, _ in _flat_layers(cnn_of(teacher)):
+    runs = _resolution_runs(cnn_of(teacher))
+    outputs = []
+    for index, (area, layers) in enumerate(runs):
+        last = index == len(runs) - 1
+        feeding = [] if last else [layer for layer in layers if _feeds_smaller(layer, area)]
+        outputs.append((feeding[0] if feeding else layers[-1]).name)
+    return outputs
+
+
+def _resolution_runs(cnn) -> list:
+    """`[(area, [layer, ...])]`: runs of layers at one spatial size, each smaller, with weights."""
+    runs = []  # [area, layers, whether the run has weights]
+    for layer, _ in _flat_layers(cnn):
         size = _spatial_size(layer)
         if size is None:
             continue
         area = size[0] * size[1]
-        if not stages or area < stages[-1][0]:
-            stages.append([area, layer.name, bool(layer.weights)])
-        elif area == stages[-1][0]:
-            stages[-1][1] = layer.name
-            stages[-1][2] = stages[-1][2] or bool(layer.weights)
-    return [name for _, name, weighted in stages if weighted]
+        if not runs or area < runs[-1][0]:
+            runs.append([area, [layer], bool(layer.weights)])
+        elif area == runs[-1][0]:
+            runs[-1][1].append(layer)
+            runs[-1][2] = runs[-1][2] or bool(layer.weights)
+    return [(area, layers) for area, layers, weighted in runs if weighted]
+
+
+def _feeds_smaller(layer, area) -> bool:
+    """Whether a layer consuming `layer`'s output, through larger ones (padding), is smaller."""
+    pending, seen = list(_consumers(layer)), set()
+    while pending:
+        consumer = pending.pop()
+        if id(consumer) in seen:
+            continue
+        seen.add(id(consumer))
+        size = _spatial_size(consumer)
+        if size is not None and size[0] * size[1] < area:
+            return True
+        if size is not None and size[0] * size[1] > area:
+            pending.extend(_consumers(consumer))
+    return False
+
+
+def _consumers(layer) -> list:
+    """The layers called on `layer`'s output in the functional graph."""
+    return [node.operation for node in getattr(layer, "_outbound_nodes", [])]
 
 
 def spread(items: list, count: int) -> list:

@@ -233,7 +233,7 @@ class TokenClassifier(CompiledInference, keras.Model):
             feature_blocks: list of int or None. The matched blocks; None:
                 first, middle and last.
             feature_layers: list of str or None. The matched teacher layers;
-                None: found (the last layer of each spatial stage).
+                None: found (the output layer of each spatial stage).
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`),
                 except `predict_jit_compile`: None (the default: as
                 `jit_compile`), "auto", True or False, how inference

@@ -235,7 +235,7 @@ class TrainConfig:
     )
     feature_teacher_layers: str = field(
         "",
-        "Comma-separated teacher layer names matched ('' = the last layer of each spatial "
+        "Comma-separated teacher layer names matched ('' = the output layer of each spatial "
         "stage, as many as blocks, evenly spread from the first to the last).",
     )
     teacher_augment: str = field(

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from deit_keras.deploy.pretrained import create_model
 from deit_keras.deploy.saving import save_model
+from deit_keras.distill import regnet
 from deit_keras.distill.feature_loss import default_blocks, feature_mse
 from deit_keras.distill.feature_teacher import FeatureTeacher, spread, stage_layers
 from deit_keras.distill.teachers import (
@@ -168,6 +169,20 @@ def test_teacher_stages_found_in_a_keras_application_and_its_fine_tuned_copy():
     logits, maps = FeatureTeacher(tuned, tuned_names[-2:])(images)
     np.testing.assert_allclose(logits, tuned(images), rtol=1e-5, atol=1e-5)
     assert [m.shape[1] for m in maps] == [4, 2]
+
+
+def test_regnet_stage_outputs_not_the_next_stages_first_conv():
+    """A RegNet's next stage begins at the old resolution (a 1x1 conv before the strided
+    one, beside the strided shortcut): the stage's output is its last block's, not that
+    conv's (which the last layer of each resolution would be)."""
+    adapter = build_teacher("regnety_002", 10, 64)
+    depths = [stage.depth for stage in regnet.stages(regnet.CONFIGS["regnety_002"])]
+    names = stage_layers(adapter)
+    expected = ["stem_act"] + [f"s{i}_b{depth}_act3" for i, depth in enumerate(depths, 1)]
+    assert names == expected
+    images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+    _, maps = FeatureTeacher(adapter, spread(names, 3))(images)
+    assert [m.shape[1] for m in maps] == [32, 8, 2]
 
 
 def test_bad_blocks_and_layers_are_one_line_errors():
