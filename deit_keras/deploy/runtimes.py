@@ -21,13 +21,14 @@ import os
 import numpy as np
 
 from deit_keras.data.preprocessing import Preprocessing, to_uint8
+from deit_keras.deploy.export_formats import SUFFIXES
 from deit_keras.deploy.litert_export import read_litert_config
 from deit_keras.deploy.onnx_export import read_onnx_config
 from deit_keras.deploy.openvino_export import read_openvino_config
 from deit_keras.deploy.saving import load_model
 from deit_keras.errors import UserInputError
 
-EXPORTED_SUFFIXES = (".tflite", ".onnx", ".xml")
+EXPORTED_SUFFIXES = tuple(SUFFIXES.values())
 # onnxruntime's idle intra-op threads spin, waiting for work, and take the CPU from
 # whatever runs next in the process (measured: another runtime timed in turns with
 # it slowed down); this entry makes them sleep instead.
