@@ -20,7 +20,7 @@ weight decay 0.05). Random weights and images (never zeros). On TensorFlow the
 training rows are the library's own step instead (`compile(distillation="none")`,
 one-hot labels).
 
-`--attention explicit` makes the Keras self-attention layers run their
+`--attention explicit` (Keras rows) makes the self-attention layers run their
 matmul/softmax/matmul on JAX too, the form they had before they called
 `keras.ops.dot_product_attention` there (the layers' default, `library`).
 
@@ -245,6 +245,8 @@ def keras_rows(args):
     if backend == "jax" and args.precision == "fp16" and "train" in args.modes.split(","):
         raise SystemExit("error: fp16 training on JAX needs loss scaling, not done here; use bf16")
     label = f"keras-{backend}"
+    if args.attention == "explicit" and backend == "tensorflow":
+        raise SystemExit("error: --attention explicit: on TensorFlow the layers run it already")
     if args.attention == "explicit":
         from deit_keras.layers.attention import MultiHeadSelfAttention
 

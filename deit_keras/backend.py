@@ -37,8 +37,8 @@ def on_tensorflow() -> bool:
     return keras.backend.backend() == "tensorflow"
 
 
-def lazy_exports(package: str, exports: dict, submodules: tuple = ()) -> tuple:
-    """A package's PEP 562 `(__getattr__, __dir__)`: `exports` ({name: module}) load on first use.
+def lazy_exports(package: str, exports: dict, submodules: tuple = ()):
+    """A package's PEP 562 `__getattr__`: `exports` ({name: module}) load on first use.
 
     So that a package's light modules import without the heavy ones (TensorFlow's
     pipeline, say) that its other names need.
@@ -53,7 +53,4 @@ def lazy_exports(package: str, exports: dict, submodules: tuple = ()) -> tuple:
         setattr(sys.modules[package], name, value)
         return value
 
-    def __dir__():
-        return sorted(set(vars(sys.modules[package])) | set(exports) | set(submodules))
-
-    return __getattr__, __dir__
+    return __getattr__

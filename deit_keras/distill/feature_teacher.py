@@ -59,10 +59,14 @@ def stage_layers(teacher) -> list[str]:
     A stage is the run of layers at one resolution, each stage smaller than
     the last; padding layers (larger) and global poolings (1x1) are no stage,
     nor a run before the first layer with weights (the input, rescaling). Its
-    output is the first layer of the run that feeds a smaller one: where the
-    next stage's first block begins at this resolution (a RegNet's 1x1 conv
-    before its strided one, beside the shortcut), that block's layers come
-    after the stage's output in the run. The last stage's is its last layer.
+    output is the first layer of the run that feeds a smaller one, in the
+    teacher's own graph: where the next stage's first block begins at this
+    resolution (a RegNet's 1x1 conv before its strided one, beside the
+    shortcut), that block's layers come after the stage's output in the run.
+    The last stage's is its last layer. In inverted-residual CNNs (MobileNet,
+    EfficientNet) the next block's expand activation feeds the strided
+    depthwise conv alone, so it is the layer found there; a stage's first
+    layer that also feeds a strided side branch would be taken too.
 
     Args:
         teacher: a `TeacherAdapter` or a functional `keras.Model` CNN.
@@ -74,30 +78,31 @@ def stage_layers(teacher) -> list[str]:
     outputs = []
     for index, (area, layers) in enumerate(runs):
         last = index == len(runs) - 1
-        feeding = [] if last else [layer for layer in layers if _feeds_smaller(layer, area)]
-        outputs.append((feeding[0] if feeding else layers[-1]).name)
+        feeding = [] if last else [pair for pair in layers if _feeds_smaller(*pair, area)]
+        outputs.append((feeding[0] if feeding else layers[-1])[0].name)
     return outputs
 
 
 def _resolution_runs(cnn) -> list:
-    """`[(area, [layer, ...])]`: runs of layers at one spatial size, each smaller, with weights."""
-    runs = []  # [area, layers, whether the run has weights]
-    for layer, _ in _flat_layers(cnn):
+    """`[(area, [(layer, owner), ...])]`: runs at one spatial size, each smaller, with weights."""
+    runs = []  # [area, (layer, owning model) pairs, whether the run has weights]
+    for layer, owner in _flat_layers(cnn):
         size = _spatial_size(layer)
         if size is None:
             continue
         area = size[0] * size[1]
         if not runs or area < runs[-1][0]:
-            runs.append([area, [layer], bool(layer.weights)])
+            runs.append([area, [(layer, owner)], bool(layer.weights)])
         elif area == runs[-1][0]:
-            runs[-1][1].append(layer)
+            runs[-1][1].append((layer, owner))
             runs[-1][2] = runs[-1][2] or bool(layer.weights)
     return [(area, layers) for area, layers, weighted in runs if weighted]
 
 
-def _feeds_smaller(layer, area) -> bool:
+def _feeds_smaller(layer, owner, area) -> bool:
     """Whether a layer consuming `layer`'s output, through larger ones (padding), is smaller."""
-    pending, seen = list(_consumers(layer)), set()
+    graph = {id(node) for nodes in owner._nodes_by_depth.values() for node in nodes}
+    pending, seen = list(_consumers(layer, graph)), set()
     while pending:
         consumer = pending.pop()
         if id(consumer) in seen:
@@ -107,13 +112,16 @@ def _feeds_smaller(layer, area) -> bool:
         if size is not None and size[0] * size[1] < area:
             return True
         if size is not None and size[0] * size[1] > area:
-            pending.extend(_consumers(consumer))
+            pending.extend(_consumers(consumer, graph))
     return False
 
 
-def _consumers(layer) -> list:
-    """The layers called on `layer`'s output in the functional graph."""
-    return [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+def _consumers(layer, graph) -> list:
+    """The layers called on `layer`'s output in the functional graph whose node ids are `graph`.
+
+    A layer's nodes also record calls in other graphs (another model built on it).
+    """
+    return [node.operation for node in layer._outbound_nodes if id(node) in graph]
 
 
 def spread(items: list, count: int) -> list:

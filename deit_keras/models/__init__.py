@@ -19,4 +19,4 @@ _SUBMODULES = ("deit_presets",)
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
+__getattr__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)

@@ -185,6 +185,16 @@ def test_regnet_stage_outputs_not_the_next_stages_first_conv():
     assert [m.shape[1] for m in maps] == [32, 8, 2]
 
 
+def test_stages_found_in_the_teachers_own_graph_only():
+    """Another model called on the teacher's layers adds nodes to them; the stages stay."""
+    cnn = build_small_cnn(10, 32, width=4)
+    names = stage_layers(TeacherAdapter(cnn))
+    first_conv = next(layer for layer in cnn.layers if layer.weights)
+    images = keras.Input((32, 32, 3))
+    keras.layers.AveragePooling2D(2)(first_conv(images))  # a smaller consumer elsewhere
+    assert stage_layers(TeacherAdapter(cnn)) == names
+
+
 def test_bad_blocks_and_layers_are_one_line_errors():
     with pytest.raises(UserInputError, match="feature_student_blocks"):
         _compiled(_teacher(), "hard", feature_weight=1.0, feature_blocks=[0, 5])
