@@ -194,22 +194,26 @@ def build_finetune_teacher(
     weights: str | None = "imagenet",
     name: str = "finetune_teacher",
 ) -> "TeacherAdapter":
-    """A `keras.applications` backbone with a new head, to fine-tune as the teacher.
+    """A `keras.applications` or RegNetY backbone with a new head, to fine-tune as the teacher.
 
     The backbone (no top, global average pooling) runs in inference mode, so
     its BatchNorm statistics stay the pretrained ones while its weights train
     (the Keras transfer-learning recipe); a new `Dense(num_classes)` head
-    gives logits. Wrapped in a `TeacherAdapter` ("keras_applications"), the
-    trainable model takes the student's normalised batch, and saved as
-    `.keras` it is a ready `--teacher` file.
+    gives logits. Wrapped in a `TeacherAdapter` ("keras_applications", or
+    "normalized" for a RegNetY, which takes the student's input as timm's
+    does), the trainable model takes the student's normalised batch, and
+    saved as `.keras` it is a ready `--teacher` file.
 
     Args:
         application: str. A keras.applications name, lowercase, e.g.
-            "resnet50", "efficientnetb0", "convnexttiny".
+            "resnet50", "efficientnetb0", "convnexttiny"; or a RegNetY name
+            ("regnety160", the paper's teacher; any `regnet.CONFIGS` size).
         num_classes: int. Classes of the dataset to fine-tune on.
         image_size: int. The student's input size.
-        weights: str or None. "imagenet", a weights file of the backbone
-            without its top, or None (random).
+        weights: str, dict or None. For an application: "imagenet", a
+            weights file of the backbone without its top, or None (random).
+            For a RegNetY: a timm state dict (its head is dropped; DeiT's
+            released teacher is read into one by `training.teacher`) or None.
         name: str. The model's name.
 
     Returns:
@@ -219,6 +223,8 @@ def build_finetune_teacher(
         ValueError: unknown application name, or `image_size` below its minimum.
         OSError: the weights cannot be downloaded.
     """
+    if regnet.canonical_name(application):
+        return _finetune_regnet(application, num_classes, image_size, weights, name)
     constructor, module = _application(
         application,
         f"Unknown keras.applications model {application!r}. Received: "
@@ -238,6 +244,16 @@ def build_finetune_teacher(
     outputs = keras.layers.Dense(num_classes, name="head")(features)
     classifier = keras.Model(inputs, outputs, name=f"{application.lower()}_classifier")
     return TeacherAdapter(classifier, "keras_applications", application=module, name=name)
+
+
+def _finetune_regnet(spec, num_classes, image_size, weights, name):
+    full = _regnet(spec, num_classes, image_size, weights)  # its head is left out below
+    backbone = keras.Model(full.input, full.get_layer("head_pool").output, name=full.name)
+    inputs = keras.Input((image_size, image_size, 3))
+    features = backbone(inputs, training=False)
+    outputs = keras.layers.Dense(num_classes, name="head")(features)
+    classifier = keras.Model(inputs, outputs, name=f"{full.name}_classifier")
+    return TeacherAdapter(classifier, "normalized", name=name)
 
 
 def build_teacher(

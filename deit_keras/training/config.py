@@ -217,9 +217,10 @@ class TrainConfig:
     )
     teacher_base: str | None = field(
         None,
-        "A keras.applications name (e.g. resnet50) to fine-tune as that teacher instead of "
-        "the small CNN, starting from --teacher_weights (imagenet, a no-top weights file, "
-        "none).",
+        "A keras.applications name (e.g. resnet50) or a RegNetY (regnety160, the paper's "
+        "teacher) to fine-tune as that teacher instead of the small CNN, starting from "
+        "--teacher_weights (imagenet: Keras' or, for a RegNetY, DeiT's released teacher; a "
+        "no-top weights file or a timm RegNetY checkpoint; none).",
     )
     feature_distillation: bool = field(
         False,
@@ -375,7 +376,8 @@ class TrainConfig:
             )
         if self.output and not self.output.endswith(".keras"):
             problems.append(f"output must end in '.keras', got {self.output}")
-        if self.teacher_weights == "hf" and not regnet.canonical_name(str(self.teacher)):
+        regnet_teacher = regnet.canonical_name(str(self.teacher_base or self.teacher))
+        if self.teacher_weights == "hf" and not regnet_teacher:
             problems.append(
                 f"teacher_weights=hf (timm's hub copy of DeiT's teacher) is for a RegNetY "
                 f"teacher, got teacher={self.teacher!r}"

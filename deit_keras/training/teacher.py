@@ -54,7 +54,10 @@ def _teacher_to_train(config, num_classes, image_size):
     """`--teacher_base` with a new head (fine-tuned), else the small CNN (from scratch)."""
     if config.teacher_base:
         return teachers.build_finetune_teacher(
-            config.teacher_base, num_classes, image_size, weights=_teacher_weights(config)
+            config.teacher_base,
+            num_classes,
+            image_size,
+            weights=_build_weights(config, config.teacher_base),
         )
     return teachers.build_small_cnn(num_classes, image_size)
 
@@ -146,10 +149,10 @@ def share_teacher(config, info, strategy):
         custom_loop.wait_for_file(config.teacher, config.teacher_wait_s, "the chief's teacher")
 
 
-def _build_weights(config):
-    """`--teacher_weights` as `build_teacher` takes them: a RegNetY's read into a state dict."""
+def _build_weights(config, teacher):
+    """`--teacher_weights` as the builders take them: a RegNetY's read into a state dict."""
     weights = _teacher_weights(config)
-    name = regnet.canonical_name(config.teacher)
+    name = regnet.canonical_name(teacher)
     if name is None or weights is None:
         return weights
     return teacher_weights.teacher_state(name, weights)
@@ -178,6 +181,6 @@ def make_teacher(config, info, student):
         config.teacher,
         info.num_classes,
         student.image_size,
-        weights=_build_weights(config),
+        weights=_build_weights(config, config.teacher),
         input_convention=config.teacher_input,
     )

@@ -63,3 +63,42 @@ def test_flagfile_pair_fine_tunes_teacher_then_distils_pretrained_student(tmp_pa
     assert student.distilled and student.image_size == 32
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["epochs"] == 1 and "teacher_top1" in results
+
+
+def test_the_papers_teacher_fine_tuned_from_a_timm_checkpoint(tmp_path):
+    """`--teacher_base=regnety_*` (`regnety160` is the paper's): timm weights, a new head."""
+    import pytest
+
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("regnety_002", pretrained=False)
+    state = {key: value.numpy() for key, value in reference.state_dict().items()}
+    np.savez(tmp_path / "regnety_002.npz", **state)
+    teacher_path = tmp_path / "teacher.keras"
+    process = run_cli(
+        "train",
+        "--flagfile=experiments/deit_finetune.cfg",
+        *TINY,
+        "--dataset=digits",
+        f"--data_dir={tmp_path / 'tfds'}",
+        f"--teacher={teacher_path}",
+        "--nopretrained",  # the student from scratch: the teacher is what is checked
+        "--teacher_base=regnety_002",
+        f"--teacher_weights={tmp_path / 'regnety_002.npz'}",
+        "--teacher_epochs=1",
+        "--batch_size=16",
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        "--warmup_epochs=0",
+        f"--model_dir={tmp_path / 'run'}",
+        f"--output={tmp_path / 'student.keras'}",
+        "--export_savedmodel=false",
+        "--progress=none",
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    teacher = keras.models.load_model(teacher_path)
+    assert isinstance(teacher, TeacherAdapter) and teacher.num_classes == 10
+    stem = teacher.teacher.get_layer("regnety_002").get_layer("stem_conv")
+    start = state["stem.conv.weight"].transpose(2, 3, 1, 0)  # timm OIHW -> Keras HWIO
+    change = float(np.abs(stem.get_weights()[0] - start).max())
+    assert 0 < change < 0.01, change  # fine-tuned from the checkpoint, not rebuilt at random

@@ -96,3 +96,26 @@ def test_round_trips_through_keras_file(tmp_path):
     loaded = keras.saving.load_model(path)
     images = np.random.default_rng(2).normal(size=(1, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(loaded(images), model(images), atol=1e-6)
+
+
+def test_finetune_teacher_starts_from_timms_weights_with_a_new_head(tmp_path):
+    """`--teacher_base=regnety_*`: timm's backbone, BatchNorm in inference mode, a new head."""
+    from deit_keras.distill import teachers
+
+    reference = _timm_with_bn_stats("regnety_002")
+    adapter = teachers.build_finetune_teacher("regnety_002", 5, 64, weights=_numpy_state(reference))
+    images = np.random.default_rng(3).normal(size=(2, 64, 64, 3)).astype("float32")
+    with torch.no_grad():
+        torch_images = torch.from_numpy(images).permute(0, 3, 1, 2)
+        want = reference.forward_head(reference.forward_features(torch_images), pre_logits=True)
+    backbone = adapter.teacher.get_layer("regnety_002")
+    np.testing.assert_allclose(backbone(images), want.numpy(), atol=TOLERANCE)
+    assert tuple(adapter(images).shape) == (2, 5) and adapter.trainable
+    statistics = [v.numpy().copy() for v in backbone.non_trainable_variables]
+    adapter(images, training=True)  # fine-tuning keeps the pretrained statistics
+    for before, variable in zip(statistics, backbone.non_trainable_variables, strict=True):
+        np.testing.assert_array_equal(before, variable.numpy())
+    path = str(tmp_path / "teacher.keras")
+    adapter.save(path)  # what the run saves: a ready --teacher file
+    loaded = teachers.build_teacher(path, 5, 64)
+    np.testing.assert_allclose(loaded(images), adapter(images), atol=1e-5)
