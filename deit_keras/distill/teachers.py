@@ -239,21 +239,23 @@ def build_finetune_teacher(
         input_shape=(image_size, image_size, 3),
         pooling="avg",
     )
-    inputs = keras.Input((image_size, image_size, 3))
-    features = backbone(inputs, training=False)
-    outputs = keras.layers.Dense(num_classes, name="head")(features)
-    classifier = keras.Model(inputs, outputs, name=f"{application.lower()}_classifier")
+    classifier = _with_new_head(backbone, image_size, num_classes, application.lower())
     return TeacherAdapter(classifier, "keras_applications", application=module, name=name)
 
 
 def _finetune_regnet(spec, num_classes, image_size, weights, name):
     full = _regnet(spec, num_classes, image_size, weights)  # its head is left out below
     backbone = keras.Model(full.input, full.get_layer("head_pool").output, name=full.name)
+    classifier = _with_new_head(backbone, image_size, num_classes, full.name)
+    return TeacherAdapter(classifier, "normalized", name=name)
+
+
+def _with_new_head(backbone, image_size, num_classes, name):
+    """`backbone` (pooled features) in inference mode, then a new `Dense(num_classes)` head."""
     inputs = keras.Input((image_size, image_size, 3))
     features = backbone(inputs, training=False)
     outputs = keras.layers.Dense(num_classes, name="head")(features)
-    classifier = keras.Model(inputs, outputs, name=f"{full.name}_classifier")
-    return TeacherAdapter(classifier, "normalized", name=name)
+    return keras.Model(inputs, outputs, name=f"{name}_classifier")
 
 
 def build_teacher(
