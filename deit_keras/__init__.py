@@ -73,9 +73,9 @@ def _load_api() -> None:
 
 
 def _api_modules() -> tuple:
-    import keras
+    from deit_keras.backend import on_tensorflow
 
-    if keras.backend.backend() == "tensorflow":
+    if on_tensorflow():
         return (*sorted(set(_EXPORTS.values())), *_REGISTERS)
     return _ANY_BACKEND
 
