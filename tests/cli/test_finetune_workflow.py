@@ -21,32 +21,41 @@ def no_top_weights(path):
     return backbone
 
 
-def test_flagfile_pair_fine_tunes_teacher_then_distils_pretrained_student(tmp_path):
-    student_start = str(tmp_path / "pretrained_student.keras")
-    saving.save_model(tiny_model(), student_start)
-    backbone = no_top_weights(str(tmp_path / "backbone.weights.h5"))
-    teacher_path = tmp_path / "teacher.keras"
-    process = run_cli(
+def run_finetune_flagfiles(tmp_path, *flags):
+    """`deit-train` with the fine-tune flagfile pair on tiny digits; the teacher is saved
+    to `tmp_path/teacher.keras` (trained for one epoch), the student to `student.keras`."""
+    return run_cli(
         "train",
         "--flagfile=experiments/deit_finetune.cfg",
         *TINY,
         "--dataset=digits",
         f"--data_dir={tmp_path / 'tfds'}",
-        f"--pretrained_weights={student_start}",
-        f"--teacher={teacher_path}",
-        "--teacher_base=mobilenetv3small",
-        f"--teacher_weights={tmp_path / 'backbone.weights.h5'}",
+        f"--teacher={tmp_path / 'teacher.keras'}",
         "--teacher_epochs=1",
         "--batch_size=16",
-        "--grad_accum_steps=2",
         "--epochs=1",
-        "--steps_per_epoch=4",
         "--warmup_epochs=0",
         f"--model_dir={tmp_path / 'run'}",
         f"--output={tmp_path / 'student.keras'}",
         "--export_savedmodel=false",
         "--progress=none",
+        *flags,
         timeout=600,
+    )
+
+
+def test_flagfile_pair_fine_tunes_teacher_then_distils_pretrained_student(tmp_path):
+    student_start = str(tmp_path / "pretrained_student.keras")
+    saving.save_model(tiny_model(), student_start)
+    backbone = no_top_weights(str(tmp_path / "backbone.weights.h5"))
+    teacher_path = tmp_path / "teacher.keras"
+    process = run_finetune_flagfiles(
+        tmp_path,
+        f"--pretrained_weights={student_start}",
+        "--teacher_base=mobilenetv3small",
+        f"--teacher_weights={tmp_path / 'backbone.weights.h5'}",
+        "--grad_accum_steps=2",
+        "--steps_per_epoch=4",
     )
     assert process.returncode == 0, process.stderr[-3000:]
     teacher = keras.models.load_model(teacher_path)
@@ -74,26 +83,12 @@ def test_the_papers_teacher_fine_tuned_from_a_timm_checkpoint(tmp_path):
     state = {key: value.numpy() for key, value in reference.state_dict().items()}
     np.savez(tmp_path / "regnety_002.npz", **state)
     teacher_path = tmp_path / "teacher.keras"
-    process = run_cli(
-        "train",
-        "--flagfile=experiments/deit_finetune.cfg",
-        *TINY,
-        "--dataset=digits",
-        f"--data_dir={tmp_path / 'tfds'}",
-        f"--teacher={teacher_path}",
+    process = run_finetune_flagfiles(
+        tmp_path,
         "--nopretrained",  # the student from scratch: the teacher is what is checked
         "--teacher_base=regnety_002",
         f"--teacher_weights={tmp_path / 'regnety_002.npz'}",
-        "--teacher_epochs=1",
-        "--batch_size=16",
-        "--epochs=1",
         "--steps_per_epoch=2",
-        "--warmup_epochs=0",
-        f"--model_dir={tmp_path / 'run'}",
-        f"--output={tmp_path / 'student.keras'}",
-        "--export_savedmodel=false",
-        "--progress=none",
-        timeout=600,
     )
     assert process.returncode == 0, process.stderr[-3000:]
     teacher = keras.models.load_model(teacher_path)
