@@ -21,6 +21,7 @@ import sys
 
 import tensorflow as tf
 
+from deit_keras.data import transforms
 from deit_keras.errors import UserInputError
 
 BAD_IMAGES = ("skip", "fail")
@@ -62,8 +63,7 @@ def _probe(encoded):
         return tf.shape(tf.io.decode_jpeg(encoded, channels=3, ratio=8))
 
     def other():
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        return tf.shape(image)
+        return tf.shape(transforms.decode_image(encoded))
 
     return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 

@@ -25,7 +25,7 @@ from deit_keras.data import digits, image_check
 from deit_keras.errors import UserInputError
 
 FOLDER_PREFIX = "folder:"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 NOT_AN_IMAGE = "not an image file name"  # the reason given for e.g. notes.txt
 IN_SUB_FOLDER = "in a sub-folder of a class folder (class folders do not nest)"
 NOT_READ = (NOT_AN_IMAGE, IN_SUB_FOLDER)  # reasons of files left out without decoding

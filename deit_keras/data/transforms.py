@@ -17,10 +17,70 @@ from deit_keras.data.preprocessing import resize
 
 
 def decode_image(encoded):
-    """Decodes JPEG/PNG/BMP/GIF bytes to a uint8 `[H, W, 3]` image."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    """Decodes JPEG/PNG/BMP/GIF/WebP bytes to a uint8 `[H, W, 3]` image.
+
+    An animation gives its first frame and alpha is dropped, as Pillow's
+    `Image.open(...).convert("RGB")` does.
+    """
+    image = tf.cond(
+        is_webp(encoded),
+        lambda: _decode_webp(encoded),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+    )
     image.set_shape([None, None, 3])
     return image
+
+
+# A WebP file starts `RIFF`, 4 size bytes, `WEBP`; an extended one then has a
+# `VP8X` chunk whose flags byte (offset 20) holds these two bits among others.
+_WEBP_FLAGS_AT = 20
+_WEBP_HEADER_BYTES = _WEBP_FLAGS_AT + 1
+_WEBP_ALPHA, _WEBP_ANIMATION, _WEBP_DEFINED_FLAGS = 0x10, 0x02, 0x3F
+
+
+def _webp_header(encoded):
+    """The first bytes of `encoded` up to the flags as uint8, zero-padded when it is shorter."""
+    header = tf.io.decode_raw(tf.strings.substr(encoded, 0, _WEBP_HEADER_BYTES), tf.uint8)
+    return tf.pad(header, [[0, _WEBP_HEADER_BYTES - tf.size(header)]])
+
+
+def _bytes_equal(values, text):
+    return tf.reduce_all(tf.equal(values, tf.constant(list(text), tf.uint8)))
+
+
+def is_webp(encoded):
+    """Whether the bytes `encoded` start as a WebP file does."""
+    header = _webp_header(encoded)
+    return tf.logical_and(_bytes_equal(header[0:4], b"RIFF"), _bytes_equal(header[8:12], b"WEBP"))
+
+
+def _decode_webp(encoded):
+    """WebP bytes -> `[H, W, 3]`, alpha dropped; an animation's first frame.
+
+    TensorFlow 2.21's `DecodeWebP` allocates an animation's frames with the
+    channels the alpha flag announces but writes them as RGBA: an animation
+    without that flag corrupts the heap and aborts the process (Pillow writes
+    such files). With the flag set, the frames come back as RGBA.
+    """
+    header = _webp_header(encoded)
+    flags = header[_WEBP_FLAGS_AT]
+    animated_without_alpha = tf.logical_and(
+        _bytes_equal(header[12:16], b"VP8X"),
+        tf.equal(tf.bitwise.bitwise_and(flags, _WEBP_ALPHA | _WEBP_ANIMATION), _WEBP_ANIMATION),
+    )
+
+    def with_alpha_flag():
+        # The reserved bits cleared (readers ignore them): the byte stays below 0x80,
+        # one byte in UTF-8.
+        defined = tf.bitwise.bitwise_and(flags, _WEBP_DEFINED_FLAGS)
+        flagged = tf.bitwise.bitwise_or(defined, _WEBP_ALPHA)
+        flag_byte = tf.strings.unicode_encode(tf.cast(flagged, tf.int32)[None], "UTF-8")
+        head = tf.strings.substr(encoded, 0, _WEBP_FLAGS_AT)
+        rest = tf.strings.substr(encoded, _WEBP_HEADER_BYTES, -1)
+        return tf.strings.join([head, flag_byte, rest])
+
+    safe = tf.cond(animated_without_alpha, with_alpha_flag, lambda: encoded)
+    return tf.io.decode_webp(safe)[0, :, :, :3]
 
 
 def sample_box_candidates(height, width, seeds, area, ratio, attempts=10, count=None):
