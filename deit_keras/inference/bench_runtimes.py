@@ -90,6 +90,14 @@ def _predict_on_batch(setup):
     return step_for
 
 
+def _keras_bf16(setup):
+    """`predict_on_batch` of a copy of the model in Keras' `mixed_bfloat16` (same weights)."""
+    model = setup.model
+    copy = type(model).from_config({**model.get_config(), "dtype": "mixed_bfloat16"})
+    copy.set_weights(model.get_weights())
+    return _predict_on_batch(dataclasses.replace(setup, model=copy))
+
+
 def _xla(setup):
     predict = predict_function(setup.model)
 
@@ -194,6 +202,12 @@ RUNTIMES = {
         "or shards side by side for large batches: models.cpu_predict)",
         (),
         _predict_on_batch,
+    ),
+    "keras_bf16": Runtime(
+        "predict_on_batch of the model in Keras' mixed_bfloat16 policy (bf16 products on "
+        "AVX512_BF16 / AMX; emulated, slow, elsewhere)",
+        (),
+        _keras_bf16,
     ),
     "xla": Runtime("inference.predict_function(model): tf.function(jit_compile=True)", (), _xla),
     "saved_model": Runtime(

@@ -3,6 +3,7 @@
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from deit_keras.errors import UserEnvironmentError, UserInputError
@@ -142,3 +143,12 @@ def test_openvino_runtimes_are_timed(model):
     assert not result["failed"] and list(result["runtimes"]) == names
     for row in result["runtimes"].values():
         assert row["throughput"]["images_per_s"] > 0 and row["latency"]["median_ms"] > 0
+
+
+def test_keras_bf16_times_a_bfloat16_copy_with_the_same_weights(model, tmp_path):
+    setup = bench_runtimes.Setup(model=model, workdir=str(tmp_path), num_threads=1)
+    step = bench_runtimes.RUNTIMES["keras_bf16"].build(setup)(3)
+    expected = model.predict_on_batch(bench_runtimes.float_images(model, 3))
+    logits = step()
+    assert model.dtype_policy.name == "float32" and setup.model is model  # the original is kept
+    assert logits.shape == expected.shape and 0 < np.abs(logits - expected).max() < 0.05
