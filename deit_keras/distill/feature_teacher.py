@@ -34,9 +34,13 @@ def cnn_of(teacher):
 
 
 def _flat_layers(model):
-    """`(layer, owning functional model)` in order, nested functional models opened."""
+    """`(layer, owning functional model)` in order, nested functional models opened.
+
+    A nested `Sequential` stays one layer (ConvNeXt's stem and downsampling
+    blocks): its layers' outputs are not tensors of the enclosing graph.
+    """
     for layer in model.layers:
-        if _is_functional(layer):
+        if _is_functional(layer) and not isinstance(layer, keras.Sequential):
             yield from _flat_layers(layer)
         else:
             yield layer, model
@@ -58,15 +62,16 @@ def stage_layers(teacher) -> list[str]:
 
     A stage is the run of layers at one resolution, each stage smaller than
     the last; padding layers (larger) and global poolings (1x1) are no stage,
-    nor a run before the first layer with weights (the input, rescaling). Its
-    output is the first layer of the run that feeds a smaller one, in the
-    teacher's own graph: where the next stage's first block begins at this
-    resolution (a RegNet's 1x1 conv before its strided one, beside the
-    shortcut), that block's layers come after the stage's output in the run.
-    The last stage's is its last layer. In inverted-residual CNNs (MobileNet,
-    EfficientNet) the next block's expand activation feeds the strided
-    depthwise conv alone, so it is the layer found there; a stage's first
-    layer that also feeds a strided side branch would be taken too.
+    nor a run before the first layer with weights (the input, rescaling, an
+    input `Normalization`). Its output is the first layer of the run that
+    feeds a smaller one, in the teacher's own graph: where the next stage's
+    first block begins at this resolution (a RegNet's 1x1 conv before its
+    strided one, beside the shortcut), that block's layers come after the
+    stage's output in the run. In inverted-residual CNNs (MobileNet,
+    EfficientNet) that layer is the next block's expand activation, which
+    alone feeds the strided depthwise conv; the output is then what the
+    expansion reads, the last block's (`_block_input`). The last stage's
+    output is its last layer. A nested `Sequential` counts as one layer.
 
     Args:
         teacher: a `TeacherAdapter` or a functional `keras.Model` CNN.
@@ -79,8 +84,63 @@ def stage_layers(teacher) -> list[str]:
     for index, (area, layers) in enumerate(runs):
         last = index == len(runs) - 1
         feeding = [] if last else [pair for pair in layers if _feeds_smaller(*pair, area)]
-        outputs.append((feeding[0] if feeding else layers[-1])[0].name)
+        output = _block_input(*feeding[0], area, layers[0][0]) if feeding else layers[-1][0]
+        outputs.append(output.name)
     return outputs
+
+
+def _block_input(layer, owner, area, first):
+    """The stage output behind `layer`: the input of the block `layer` begins, or `layer`.
+
+    Walks back from `layer` through normalizations and activations (each the
+    sole consumer of the one before, at this resolution). Reaching a 1x1
+    convolution that at least doubles the channels, `layer` is a block's
+    expansion (an inverted residual's: 1x1 conv, BN, activation, then the
+    strided depthwise conv) and the layer the convolution reads is the
+    previous block's output, the stage's, unless it is the stage's `first`
+    layer (nothing computed at this resolution yet: InceptionV3's stem).
+    Anything else (a merge, another kernel, another resolution, a branch)
+    leaves `layer`.
+    """
+    graph = _graph_node_ids(owner)
+    current = layer
+    while True:
+        producers = _producers(current, graph)
+        if len(producers) != 1:
+            return layer
+        producer = producers[0]
+        if _area(producer) != area or _consumers(producer, graph) != [current]:
+            return layer
+        if _is_expansion(producer):
+            inputs = _producers(producer, graph)
+            if len(inputs) == 1 and inputs[0] is not first and _area(inputs[0]) == area:
+                return inputs[0]
+            return layer
+        if producer.weights and not isinstance(producer, _NORMALIZATIONS):
+            return layer
+        current = producer
+
+
+_NORMALIZATIONS = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+)
+
+
+def _is_expansion(layer) -> bool:
+    """A 1x1 convolution with at least twice the channels it takes."""
+    return (
+        isinstance(layer, keras.layers.Conv2D)
+        and tuple(layer.kernel_size) == (1, 1)
+        and tuple(layer.strides) == (1, 1)
+        and layer.output.shape[-1] >= 2 * layer.input.shape[-1]
+    )
+
+
+def _area(layer):
+    size = _spatial_size(layer)
+    return None if size is None else size[0] * size[1]
 
 
 def _resolution_runs(cnn) -> list:
@@ -92,16 +152,27 @@ def _resolution_runs(cnn) -> list:
             continue
         area = size[0] * size[1]
         if not runs or area < runs[-1][0]:
-            runs.append([area, [(layer, owner)], bool(layer.weights)])
+            runs.append([area, [(layer, owner)], _computes(layer)])
         elif area == runs[-1][0]:
             runs[-1][1].append((layer, owner))
-            runs[-1][2] = runs[-1][2] or bool(layer.weights)
+            runs[-1][2] = runs[-1][2] or _computes(layer)
     return [(area, layers) for area, layers, weighted in runs if weighted]
+
+
+def _graph_node_ids(owner) -> set:
+    """Ids of the nodes of `owner`'s graph (a `Sequential`'s: its inner functional model's)."""
+    graph = getattr(owner, "_functional", None) or owner
+    return {id(node) for nodes in graph._nodes_by_depth.values() for node in nodes}
+
+
+def _computes(layer) -> bool:
+    """Whether `layer` has weights of a feature extractor (not the input's `Normalization`)."""
+    return bool(layer.weights) and not isinstance(layer, keras.layers.Normalization)
 
 
 def _feeds_smaller(layer, owner, area) -> bool:
     """Whether a layer consuming `layer`'s output, through larger ones (padding), is smaller."""
-    graph = {id(node) for nodes in owner._nodes_by_depth.values() for node in nodes}
+    graph = _graph_node_ids(owner)
     pending, seen = list(_consumers(layer, graph)), set()
     while pending:
         consumer = pending.pop()
@@ -122,6 +193,12 @@ def _consumers(layer, graph) -> list:
     A layer's nodes also record calls in other graphs (another model built on it).
     """
     return [node.operation for node in layer._outbound_nodes if id(node) in graph]
+
+
+def _producers(layer, graph) -> list:
+    """The layers whose outputs `layer` is called on in the graph whose node ids are `graph`."""
+    nodes = [node for node in layer._inbound_nodes if id(node) in graph]
+    return [parent.operation for node in nodes for parent in node.parent_nodes]
 
 
 def spread(items: list, count: int) -> list:

@@ -157,7 +157,9 @@ def test_teacher_stages_found_in_a_keras_application_and_its_fine_tuned_copy():
     names = stage_layers(adapter)
     cnn = adapter.teacher
     assert [cnn.get_layer(name).output.shape[1] for name in names] == [32, 16, 8, 4, 2]
-    _last_of_each_resolution(cnn, names)
+    for name in names[1:-1]:  # a block's output, read by the next block's 1x1 expansion
+        (consumer,) = [node.operation for node in cnn.get_layer(name)._outbound_nodes]
+        assert consumer.kernel_size == (1, 1) and consumer.filters >= 2 * consumer.input.shape[-1]
     images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
     logits, maps = FeatureTeacher(adapter, spread(names, 3))(images)
     np.testing.assert_allclose(logits, adapter(images), rtol=1e-5, atol=1e-5)
@@ -169,6 +171,55 @@ def test_teacher_stages_found_in_a_keras_application_and_its_fine_tuned_copy():
     logits, maps = FeatureTeacher(tuned, tuned_names[-2:])(images)
     np.testing.assert_allclose(logits, tuned(images), rtol=1e-5, atol=1e-5)
     assert [m.shape[1] for m in maps] == [4, 2]
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "mobilenetv2",
+            ["expanded_conv_project_BN", "block_2_add", "block_5_add", "block_12_add", "out_relu"],
+        ),
+        (
+            "efficientnetb0",  # not the input's Normalization layer
+            ["block1a_project_bn", "block2b_add", "block3b_add", "block5c_add", "top_activation"],
+        ),
+        (
+            "convnexttiny",  # its downsampling blocks are nested Sequentials
+            [f"convnext_tiny_stage_{i}_block_{n}_identity" for i, n in enumerate((2, 2, 8, 2))],
+        ),
+    ],
+)
+def test_inverted_residual_and_nested_sequential_stages_are_block_outputs(name, expected):
+    """An inverted-residual stage ends with its last block's output, not the next block's
+    1x1 expansion activation, which alone feeds the strided depthwise conv."""
+    adapter = build_teacher(name, 10, 64, weights=None)
+    names = stage_layers(adapter)
+    assert names == expected
+    images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+    logits, maps = FeatureTeacher(adapter, names)(images)
+    np.testing.assert_allclose(logits, adapter(images), rtol=1e-5, atol=1e-5)
+    sizes = [m.shape[1] for m in maps]
+    assert sizes == sorted(set(sizes), reverse=True)
+
+
+def test_stages_of_a_sequential_teacher():
+    cnn = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(4, 3, padding="same", name="conv_a"),
+            keras.layers.ReLU(name="relu_a"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(8, 3, padding="same", name="conv_b"),
+            keras.layers.ReLU(name="relu_b"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ]
+    )
+    assert stage_layers(cnn) == ["relu_a", "relu_b"]
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    _, maps = FeatureTeacher(cnn, ["relu_a", "relu_b"])(images)
+    assert [m.shape[1:] for m in maps] == [(32, 32, 4), (16, 16, 8)]
 
 
 def test_regnet_stage_outputs_not_the_next_stages_first_conv():
