@@ -28,6 +28,7 @@ FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 NOT_AN_IMAGE = "not an image file name"  # the reason given for e.g. notes.txt
 IN_SUB_FOLDER = "in a sub-folder of a class folder (class folders do not nest)"
+NOT_UTF8 = "a file name that is not UTF-8 (TensorFlow opens UTF-8 paths only)"
 NOT_READ = (NOT_AN_IMAGE, IN_SUB_FOLDER)  # reasons of files left out without decoding
 
 
@@ -179,14 +180,44 @@ def _tfds(name, data_dir):
     return _tfds_source(name, prepared_builder(name, data_dir), name)
 
 
+def _is_local(path) -> bool:
+    return "://" not in path
+
+
+def _names(directory) -> list[str]:
+    """The entries of `directory`, sorted. Local folders are listed by `os`, which keeps
+    names that are not UTF-8 (as surrogate escapes) where TensorFlow's listing raises."""
+    if _is_local(directory):
+        return sorted(os.listdir(directory))
+    return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(directory))
+
+
+def _is_dir(path) -> bool:
+    return os.path.isdir(path) if _is_local(path) else tf.io.gfile.isdir(path)
+
+
+def _is_utf8(name) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _class_folders(root):
-    return tuple(
-        sorted(
-            d.rstrip("/")
-            for d in tf.io.gfile.listdir(root)
-            if tf.io.gfile.isdir(os.path.join(root, d.rstrip("/")))
-        )
-    )
+    """The class folder names in `root`, sorted; hidden folders (`.ipynb_checkpoints`) left out."""
+    folders = [
+        name
+        for name in _names(root)
+        if not name.startswith(".") and _is_dir(os.path.join(root, name))
+    ]
+    for name in folders:
+        if not _is_utf8(name):
+            raise UserInputError(
+                f"The class folder {os.path.join(root, name)!r} has a name that is not UTF-8 "
+                "(TensorFlow opens UTF-8 paths only); rename it."
+            )
+    return tuple(folders)
 
 
 def _list_folder(root, class_names):
@@ -194,26 +225,34 @@ def _list_folder(root, class_names):
     paths, labels, ignored = [], [], []
     for label, class_name in enumerate(class_names):
         class_dir = os.path.join(root, class_name)
-        if not tf.io.gfile.isdir(class_dir):
+        if not _is_dir(class_dir):
             continue
-        for file_name in sorted(tf.io.gfile.listdir(class_dir)):
-            file_name = file_name.rstrip("/")
+        for file_name in _names(class_dir):
             path = os.path.join(class_dir, file_name)
             hidden = file_name.startswith(".")
-            if tf.io.gfile.isdir(path):
-                ignored += [] if hidden else [(f, IN_SUB_FOLDER) for f in _files_under(path)]
+            if hidden:
+                continue
+            if _is_dir(path):
+                ignored += [(f, IN_SUB_FOLDER) for f in _files_under(path)]
+            elif not _is_utf8(file_name):
+                ignored.append((path, NOT_UTF8))
             elif file_name.lower().endswith(IMAGE_EXTENSIONS):
                 paths.append(path)
                 labels.append(label)
-            elif not hidden:
+            else:
                 ignored.append((path, NOT_AN_IMAGE))
     return paths, labels, ignored
 
 
 def _files_under(directory):
-    """The files below `directory`, sorted; hidden files and folders left out."""
+    """The files below `directory`, sorted; hidden files and folders left out. Links to
+    folders are not followed (a link to a parent folder would loop)."""
+    if _is_local(directory):
+        walk = os.walk(directory, followlinks=False)
+    else:
+        walk = tf.io.gfile.walk(directory)
     found = []
-    for parent, folders, files in tf.io.gfile.walk(directory):
+    for parent, folders, files in walk:
         folders[:] = [name for name in folders if not name.startswith(".")]
         found += [os.path.join(parent, name) for name in files if not name.startswith(".")]
     return sorted(found)

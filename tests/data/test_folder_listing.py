@@ -1,0 +1,60 @@
+"""Listing a `folder:` dataset: what is a class, what is skipped, and listings that end."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deit_keras.data import sources
+from deit_keras.data.pipeline import dataset_info
+from deit_keras.errors import UserInputError
+
+
+def _image(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(path)
+
+
+@pytest.fixture
+def root(tmp_path):
+    for split in ("train", "val"):
+        for name in ("ant", "bee"):
+            _image(tmp_path / split / name / "0.png")
+    return tmp_path
+
+
+def test_hidden_folders_are_not_classes(root):
+    _image(root / "train" / ".ipynb_checkpoints" / "0.png")  # a notebook's, with an image
+    (root / "val" / ".cache").mkdir()
+    info = dataset_info(f"folder:{root}")
+    assert info.class_names == ("ant", "bee") and info.num_train_examples == 2
+
+
+def test_links_to_parent_folders_are_listed_once_and_the_listing_ends(root):
+    ant = root / "train" / "ant"
+    os.symlink("..", ant / "up1")
+    os.symlink("..", ant / "up2")
+    skipped = dict(dataset_info(f"folder:{root}").skipped)
+    assert str(ant / "up1" / "ant" / "0.png") in skipped  # the linked folder's own files
+    assert not any("up1/ant/up1" in path or "up1/ant/up2" in path for path in skipped)
+    assert set(skipped.values()) == {sources.IN_SUB_FOLDER}
+
+
+@pytest.mark.skipif(os.uname().sysname == "Darwin", reason="macOS file names are UTF-8")
+def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(root):
+    ant = os.path.join(os.fsencode(root), b"train", b"ant")
+    with open(os.path.join(ant, b"0.png"), "rb") as source:
+        data = source.read()
+    with open(os.path.join(ant, b"\xff\xfe.png"), "wb") as target:
+        target.write(data)
+    info = dataset_info(f"folder:{root}")
+    assert info.num_train_examples == 2
+    assert [reason for _, reason in info.skipped] == [sources.NOT_UTF8]
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_one_line_error(root):
+    os.makedirs(os.path.join(os.fsencode(root), b"train", b"c\xff"))
+    with pytest.raises(UserInputError, match="not UTF-8") as caught:
+        dataset_info(f"folder:{root}")
+    assert "\n" not in str(caught.value)
