@@ -89,14 +89,14 @@ def main(argv: list[str]) -> None:
     )
     source = resolve_class_names(model.num_classes, class_names)[1]
     records = prediction_records(paths, predictions)
+    if _OUTPUT.value:  # before printing: a closed pipe on stdout must not lose the file
+        write_text_atomic(_OUTPUT.value, json.dumps(records, indent=1) + "\n")
     if _JSON.value:
         print(json.dumps(records, indent=1))
     else:
         print(format_predictions(paths, predictions))
     if source in _NAMES_NOTE:
         print(f"({_NAMES_NOTE[source]})", file=sys.stderr)
-    if _OUTPUT.value:
-        write_text_atomic(_OUTPUT.value, json.dumps(records, indent=1) + "\n")
 
 
 def run() -> None:

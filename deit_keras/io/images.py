@@ -1,6 +1,7 @@
 """Reading image files as RGB uint8 arrays, whatever their mode."""
 
 import os
+import warnings
 
 import numpy as np
 
@@ -19,23 +20,35 @@ def load_image(path: str) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserInputError(f"{path} is a folder; give image files (e.g. {path}/*.jpg).")
     if not os.path.isfile(path):
         raise UserInputError(f"Image file not found: {path}")
     if os.path.getsize(path) == 0:
         raise UserInputError(f"Image file {path} is empty.")
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            # Large photos (Pillow warns from 89 megapixels) decode, as in training.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                image = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as error:
+        raise UserInputError(
+            f"{path} is too large for Pillow ({error}); downscale it first."
+        ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UserInputError(f"Could not read {path} as an image: {error}") from error
     return _to_rgb_uint8(image)
 
 
 def _to_rgb_uint8(image):
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if image.mode.startswith("I;16"):  # 16-bit grayscale: the high byte, as TensorFlow decodes it
+        pixels = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(pixels[..., None], 3, axis=-1)
+    if image.mode in ("I", "F"):
         pixels = np.asarray(image, dtype=np.float64)
-        if image.mode != "F" and pixels.max(initial=0) > 255:  # 16-bit
+        if image.mode == "I" and pixels.max(initial=0) > 255:  # 16-bit values in 32 bits
             pixels = pixels / 257.0
         elif image.mode == "F" and pixels.max(initial=0) <= 1.0:
             pixels = pixels * 255.0

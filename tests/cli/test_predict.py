@@ -58,3 +58,26 @@ def test_predict_json_is_one_document_on_stdout(imagenet_model, tmp_path):
         probabilities = [t["probability"] for t in top]
         assert probabilities == sorted(probabilities, reverse=True)
         assert all(0 <= p <= 1 for p in probabilities) and sum(probabilities) <= 1 + 1e-6
+
+
+def test_output_is_written_before_stdout_whose_reader_has_gone(imagenet_model, tmp_path):
+    """`deit-predict ... --output FILE | head -1`: the file is there, whatever stdout does."""
+    import os
+    import subprocess
+    import sys
+
+    path, images = imagenet_model
+    output = tmp_path / "predictions.json"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone: printing raises BrokenPipeError
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "deit_keras.predict", f"--model_path={path}"]
+            + [f"--output={output}", *images],
+            stdout=write_end,
+            stderr=subprocess.DEVNULL,
+            timeout=300,
+        )
+    finally:
+        os.close(write_end)
+    assert [record["file"] for record in json.loads(output.read_text())] == images

@@ -228,12 +228,42 @@ def test_load_image_converts_to_rgb_uint8(image_files):
     np.testing.assert_array_equal(images_io.load_image(image_files["rgba.png"]), rgba[..., :3])
 
 
+def test_16_bit_grayscale_reads_as_the_training_pipeline_decodes_it(tmp_path):
+    from deit_keras.data.transforms import decode_image
+
+    path = tmp_path / "dark16.png"  # every value below 256: the scale must not depend on them
+    Image.fromarray(np.arange(0, 65536, 37, dtype=np.uint16)[:1600].reshape(40, 40)).save(path)
+    np.testing.assert_array_equal(
+        images_io.load_image(str(path)), decode_image(path.read_bytes()).numpy()
+    )
+    path = tmp_path / "darker16.png"
+    Image.fromarray(np.arange(0, 250, dtype=np.uint16).reshape(10, 25)).save(path)
+    np.testing.assert_array_equal(
+        images_io.load_image(str(path)), decode_image(path.read_bytes()).numpy()
+    )
+
+
+def test_large_images_read_and_too_large_ones_are_one_line(tmp_path, monkeypatch):
+    import warnings
+
+    path = tmp_path / "large.png"
+    Image.fromarray(np.zeros((10, 15, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 150 pixels: Pillow warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert images_io.load_image(str(path)).shape == (10, 15, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # beyond twice the limit: Pillow refuses
+    with pytest.raises(ValueError, match="too large for Pillow") as info:
+        images_io.load_image(str(path))
+    assert "\n" not in str(info.value)
+
+
 def test_load_image_errors(image_files, tmp_path):
     for path, fragment in (
         (image_files["text.jpg"], "as an image"),
         (image_files["empty.png"], "is empty"),
         (str(tmp_path / "missing.png"), "not found"),
-        (str(tmp_path), "not found"),
+        (str(tmp_path), "is a folder"),
     ):
         with pytest.raises(ValueError, match=fragment) as info:
             images_io.load_image(path)
