@@ -13,14 +13,21 @@ import math
 
 import tensorflow as tf
 
+from deit_keras.data import exif
 from deit_keras.data.preprocessing import resize
 
 
-def decode_image(encoded):
-    """Decodes JPEG/PNG/BMP/GIF/WebP bytes to a uint8 `[H, W, 3]` image.
+def decode_image(encoded, orientation=None):
+    """Decodes JPEG/PNG/BMP/GIF/WebP bytes to an upright uint8 `[H, W, 3]` image.
 
-    An animation gives its first frame and alpha is dropped, as Pillow's
-    `Image.open(...).convert("RGB")` does.
+    The EXIF orientation is applied, an animation gives its first frame and
+    alpha is dropped, as `deit-predict`'s Pillow reading does
+    (`ImageOps.exif_transpose`, then `convert("RGB")`).
+
+    Args:
+        encoded: scalar string tensor, the file's bytes.
+        orientation: int32 scalar, `exif.orientation(encoded)` when the
+            caller has it already.
     """
     image = tf.cond(
         is_webp(encoded),
@@ -28,11 +35,13 @@ def decode_image(encoded):
         lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
     )
     image.set_shape([None, None, 3])
+    orientation = exif.orientation(encoded) if orientation is None else orientation
+    image = exif.apply_orientation(image, orientation)
+    image.set_shape([None, None, 3])
     return image
 
 
-# A WebP file starts `RIFF`, 4 size bytes, `WEBP`; an extended one then has a
-# `VP8X` chunk whose flags byte (offset 20) holds these two bits among others.
+# An extended WebP file's `VP8X` chunk has a flags byte at offset 20 with these bits.
 _WEBP_FLAGS_AT = 20
 _WEBP_HEADER_BYTES = _WEBP_FLAGS_AT + 1
 _WEBP_ALPHA, _WEBP_ANIMATION, _WEBP_DEFINED_FLAGS = 0x10, 0x02, 0x3F
@@ -49,9 +58,10 @@ def _bytes_equal(values, text):
 
 
 def is_webp(encoded):
-    """Whether the bytes `encoded` start as a WebP file does."""
-    header = _webp_header(encoded)
-    return tf.logical_and(_bytes_equal(header[0:4], b"RIFF"), _bytes_equal(header[8:12], b"WEBP"))
+    """Whether the bytes `encoded` start as a WebP file does (`RIFF`, 4 size bytes, `WEBP`)."""
+    riff = tf.equal(tf.strings.substr(encoded, 0, 4), "RIFF")
+    pieces = tf.strings.split(tf.strings.substr(encoded, 0, 12), sep="WEBP")
+    return tf.logical_and(riff, tf.equal(tf.strings.length(pieces[0]), 8))
 
 
 def _decode_webp(encoded):
@@ -174,15 +184,19 @@ def random_resized_crop(image, image_size, seed, scale=(0.08, 1.0), ratio=(3 / 4
             crop.set_shape([None, None, 3])
             return crop
 
+        orientation = exif.orientation(encoded)
+
         def other_branch():
-            decoded = decode_image(encoded)
+            decoded = decode_image(encoded, orientation)
             window = random_crop_window(tf.shape(decoded)[:2], seed, scale, ratio)
             return decoded[
                 window[0] : window[0] + window[2],
                 window[1] : window[1] + window[3],
             ]
 
-        crop = tf.cond(tf.io.is_jpeg(encoded), jpeg_branch, other_branch)
+        # The window is drawn on the upright image: JPEGs stored turned decode whole.
+        upright_jpeg = tf.logical_and(tf.io.is_jpeg(encoded), tf.equal(orientation, 1))
+        crop = tf.cond(upright_jpeg, jpeg_branch, other_branch)
     else:
         window = random_crop_window(tf.shape(image)[:2], seed, scale, ratio)
         crop = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]

@@ -1,0 +1,121 @@
+"""EXIF orientation: training and evaluation see a photo upright, as `deit-predict` does.
+
+Phones store photos as the sensor read them and record the turn in the EXIF
+Orientation tag; Pillow's `ImageOps.exif_transpose` (predict) applies it,
+TensorFlow's decoders do not, so `data.exif` does it for them.
+"""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image, ImageOps
+
+from deit_keras.data import exif
+from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.pipeline import make_dataset
+from deit_keras.data.preprocessing import preprocess
+from deit_keras.data.transforms import decode_image, random_resized_crop
+from deit_keras.io.images import load_image
+
+PIXELS = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+FORMATS = {"PNG": {}, "WEBP": {"lossless": True}, "JPEG": {"quality": 95}}
+
+
+def _encode(pixels, image_format, value, **options):
+    image = Image.fromarray(pixels)
+    tags = image.getexif()
+    tags[exif.ORIENTATION_TAG] = value
+    tags[0x010F] = "A phone"  # another tag before it in the directory
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, exif=tags.tobytes(), **{**FORMATS[image_format], **options})
+    return buffer.getvalue()
+
+
+def _upright(data):
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+@pytest.mark.parametrize("image_format", list(FORMATS))
+@pytest.mark.parametrize("value", range(1, 9))
+def test_each_orientation_is_read_and_applied_as_pillow_does(image_format, value):
+    data = _encode(PIXELS, image_format, value)
+    assert exif.orientation_of(data) == value
+    assert int(exif.orientation(tf.constant(data))) == value
+    decoded = decode_image(data).numpy()
+    expected = _upright(data)
+    assert decoded.shape == expected.shape == ((30, 50, 3) if value < 5 else (50, 30, 3))
+    if image_format == "JPEG":  # two JPEG decoders: equal up to their rounding
+        assert np.abs(decoded.astype(int) - expected).max() <= 8
+    else:
+        np.testing.assert_array_equal(decoded, expected)
+
+
+def test_webp_exif_after_the_image_data_is_found():
+    """WebP keeps its EXIF chunk after the image data, far from the file's start."""
+    noise = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    data = _encode(noise, "WEBP", 6)
+    assert data.index(b"EXIF") > 20_000
+    assert int(exif.orientation(tf.constant(data))) == 6
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff\xd8",
+        b"\xff\xd8\xff\xe1\x00\x08Exif\x00\x00",  # a block cut short
+        b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00MM\x00*\xff\xff\xff\xff",  # directory far away
+        b"RIFF\x00\x00\x00\x00WEBPEXIF\xff\xff\xff\xff",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\x04eXIfII*\x00",
+        b"GIF89a",
+    ],
+)
+def test_malformed_or_absent_blocks_read_as_stored(data):
+    assert exif.orientation_of(data) == 1
+    assert int(exif.orientation(tf.constant(data))) == 1
+
+
+def test_a_jpeg_without_exif_is_not_parsed(monkeypatch):
+    buffer = io.BytesIO()
+    Image.fromarray(PIXELS).save(buffer, "JPEG")
+    monkeypatch.setattr(exif, "orientation_of", lambda data: pytest.fail("parsed"))
+    assert int(exif.orientation(tf.constant(buffer.getvalue()))) == 1
+
+
+def test_the_training_crop_is_drawn_on_the_upright_photo():
+    """A 30x50 photo stored turned (orientation 6) is 50x30 upright: a crop of the whole
+    image at its aspect (scale 1, ratio 30/50) is the whole upright photo."""
+    data = _encode(PIXELS, "JPEG", 6)
+    crop = random_resized_crop(tf.constant(data), 16, tf.constant([1, 2]), (1.0, 1.0), (0.6, 0.6))
+    upright = tf.image.resize(
+        tf.cast(_upright(data), tf.float32), [16, 16], method="bicubic", antialias=True
+    )
+    assert np.abs(crop.numpy() - upright.numpy()).mean() < 4.0
+    stored = tf.image.resize(
+        tf.cast(PIXELS, tf.float32), [16, 16], method="bicubic", antialias=True
+    )
+    assert np.abs(crop.numpy() - stored.numpy()).mean() > 20.0
+
+
+def test_a_folder_of_turned_photos_evaluates_as_predict_reads_them(tmp_path):
+    for split in ("train", "val"):
+        for label, value in (("a", 6), ("b", 3)):
+            directory = tmp_path / split / label
+            directory.mkdir(parents=True)
+            (directory / "photo.png").write_bytes(_encode(PIXELS, "PNG", value))
+    dataset = make_dataset(
+        f"folder:{tmp_path}",
+        "eval",
+        image_size=24,
+        batch_size=2,
+        training=False,
+        augment=AugmentConfig(),
+    )
+    images, _ = next(iter(dataset))
+    for index, label in enumerate("ab"):
+        path = str(tmp_path / "val" / label / "photo.png")
+        expected = preprocess(tf.constant(load_image(path)), 24).numpy()  # predict's
+        np.testing.assert_allclose(images[index].numpy(), expected, atol=1e-4)
