@@ -16,8 +16,10 @@ import sys
 from absl import flags
 
 from deit_keras import cli
+from deit_keras.deploy import saving
 from deit_keras.inference import benchmark
 from deit_keras.inference.bench_runtimes import DEPLOY_RUNTIMES
+from deit_keras.io import paths
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import NON_NEGATIVE, POSITIVE
 
@@ -89,8 +91,23 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _check_flags() -> None:
+    if _ITERATIONS.value is not None and flags.FLAGS["time_budget"].present:
+        raise cli.UsageError(
+            "Give --iterations or --time_budget, not both. Received: "
+            f"--iterations={_ITERATIONS.value}, --time_budget={_TIME_BUDGET.value}"
+        )
+    model_files = [_MODEL.value, saving.classes_path(_MODEL.value)]
+    if _JSON.value and any(paths.is_within(_JSON.value, path) for path in model_files):
+        raise cli.UsageError(
+            f"--json would replace the model file: write it elsewhere. Received: "
+            f"--json={_JSON.value}, --model={_MODEL.value}"
+        )
+
+
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
+    _check_flags()
     runtimes, skipped = benchmark.select_runtimes(_RUNTIMES.value)
     benchmark.check_options(
         _BATCH_SIZE.value, _REFERENCE.value, _WARMUP.value, _ITERATIONS.value, _ROUNDS.value
@@ -115,6 +132,8 @@ def main(argv: list[str]) -> None:
     print(format_table(result))
     if _JSON.value:
         print(f"wrote {_JSON.value}")
+    if not result["runtimes"]:
+        raise cli.UsageError("No runtime could be timed (each one's reason is in the table).")
 
 
 def run() -> None:

@@ -14,10 +14,17 @@ All give `probabilities`, `logits`, `cls_logits` (+ `dist_logits`); see
 `deploy.signatures`.
 """
 
-from deit_keras.deploy import litert_export, onnx_export, onnx_quantize, openvino_export
+from deit_keras.deploy import (
+    litert_export,
+    onnx_export,
+    onnx_quantize,
+    openvino_export,
+    signatures,
+)
 from deit_keras.deploy.saved_model import SAVED_MODEL_FILE, export_saved_model
 from deit_keras.errors import UserInputError
 from deit_keras.io import paths
+from deit_keras.models import precision, quantized
 
 FORMATS = ("saved_model", "litert", "onnx", "openvino")
 SUFFIXES = {"litert": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
@@ -58,7 +65,7 @@ def check_export_options(export_format: str, path: str, quantize: str = "none") 
     suffix = SUFFIXES.get(export_format)
     if suffix and not path.lower().endswith(suffix):
         raise UserInputError(
-            f"A {export_format} export is a single {suffix} file. Received: output={path!r}"
+            f"The {export_format} export is a single {suffix} file. Received: output={path!r}"
         )
     if export_format == "saved_model" and path.lower().endswith(
         (".tflite", ".onnx", ".xml", ".keras")
@@ -77,6 +84,28 @@ def check_export_options(export_format: str, path: str, quantize: str = "none") 
             f"quantize={quantize!r} is for format {' / '.join(supported)}; {export_format} takes "
             f"{QUANTIZATIONS[export_format]}. Received: format={export_format!r}"
         )
+
+
+def exportable(model, export_format: str):
+    """The model an export converts: `model`, or for the converted formats (all but the
+    SavedModel, which keeps the model's own graph) its float32 copy when it computes in
+    mixed precision: they are float32 graphs, made smaller by `quantize`.
+
+    Raises:
+        UserInputError: a model without a head, with other than 3 input channels, or
+            with layers quantized in Keras (`model.quantize`) for a converted format.
+    """
+    signatures.check_servable(model)
+    modes = sorted(set(quantized.quantized_layers(model).values()))
+    if modes and export_format != "saved_model":
+        raise UserInputError(
+            f"The {export_format} converter cannot take layers quantized in Keras "
+            f"(model.quantize, mode {', '.join(modes)}): export the float model and pass "
+            f"--quantize instead, or export a SavedModel. Received: format={export_format}"
+        )
+    if export_format == "saved_model" or precision.computes_in_float32(model):
+        return model
+    return precision.with_dtype_policy(model, "float32")
 
 
 def export_model(
@@ -110,6 +139,7 @@ def export_model(
         extra_files: SavedModel only: file name -> text written beside it.
     """
     check_export_options(export_format, path, quantize)
+    model = exportable(model, export_format)
     if export_format == "litert":
         return litert_export.export_litert(
             model, path, quantize, calibration_images, crop_pct=crop_pct, class_names=class_names

@@ -80,6 +80,7 @@ def _save(ov_model, path: str) -> None:
     import openvino as ov
 
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as staging:
         staged = os.path.join(staging, "model.xml")
         ov.save_model(ov_model, staged, compress_to_fp16=False)

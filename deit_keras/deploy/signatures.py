@@ -37,9 +37,15 @@ def output_names(model) -> list[str]:
     return sorted(names)
 
 
-def check_has_head(model) -> None:
+def check_servable(model) -> None:
+    """One-line errors for models the serving functions cannot take."""
     if not model.num_classes:
         raise UserInputError("Cannot export a model without a head (num_classes=0).")
+    if model.in_channels != 3:
+        raise UserInputError(
+            "The exports take RGB images ([B, H, W, 3] uint8); this model takes "
+            f"{model.in_channels} channel(s). Received: in_channels={model.in_channels}"
+        )
 
 
 def serving_outputs(model, inputs) -> dict:
@@ -62,7 +68,7 @@ def any_size_function(model, crop_pct: float | None = None):
     Images go through `model.preprocessing`, with `crop_pct` (when given) in
     place of its crop fraction.
     """
-    check_has_head(model)
+    check_servable(model)
     preprocessing = model.preprocessing.replace(crop_pct=crop_pct)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
@@ -74,7 +80,7 @@ def any_size_function(model, crop_pct: float | None = None):
 
 def fixed_size_function(model):
     """A `tf.function`: uint8 `[B, image_size, image_size, 3]` crops -> the outputs dict."""
-    check_has_head(model)
+    check_servable(model)
     size = model.image_size
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])

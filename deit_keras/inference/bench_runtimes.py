@@ -22,6 +22,7 @@ from deit_keras.deploy import litert_export, onnx_export, openvino_export, saved
 from deit_keras.deploy.runtimes import ONNX_NO_SPINNING, ExportedModel
 from deit_keras.inference import torch_reference
 from deit_keras.inference.predict import predict_function
+from deit_keras.models import precision
 
 CALIBRATION_IMAGES = 8
 REFERENCE = "torch"
@@ -92,9 +93,7 @@ def _predict_on_batch(setup):
 
 def _keras_bf16(setup):
     """`predict_on_batch` of a copy of the model in Keras' `mixed_bfloat16` (same weights)."""
-    model = setup.model
-    copy = type(model).from_config({**model.get_config(), "dtype": "mixed_bfloat16"})
-    copy.set_weights(model.get_weights())
+    copy = precision.with_dtype_policy(setup.model, "mixed_bfloat16")
     return _predict_on_batch(dataclasses.replace(setup, model=copy))
 
 

@@ -49,6 +49,9 @@ def test_benchmark_writes_its_json(tiny_path, tmp_path):
         (["--model=deit_tiny_patch16_224", "--batch_size=0"], "batch_size must be positive"),
         (["--model=MODEL", "--image_size=64", "--runtimes=xla"], "image_size and num_classes"),
         (["--model=exported/tiny.onnx"], "exported from with runtimes=onnx"),
+        (["--model=MODEL", "--iterations=2", "--time_budget=1"], "not both"),
+        (["--model=MODEL", "--json=MODEL"], "would replace the model file"),
+        (["--model=MODEL", "--json=MODEL.classes.json"], "would replace the model file"),
     ],
 )
 def test_bad_options_give_one_line(tiny_path, flags, fragment):
@@ -66,3 +69,21 @@ def test_a_runtime_not_installed_gives_one_line():
         timeout=300,
     )
     assert_one_line_error(process, "onnx runtime needs onnxruntime", "pip install")
+
+
+def test_nothing_timed_is_a_failure(tmp_path):
+    path = str(tmp_path / "gray.keras")  # one channel: every runtime feeds RGB images
+    saving.save_model(tiny_model(num_classes=10, in_channels=1), path)
+    output = tmp_path / "bench.json"
+    process = run_cli(
+        "benchmark",
+        f"--model={path}",
+        "--runtimes=keras,xla",
+        "--iterations=1",
+        "--warmup=0",
+        "--rounds=1",
+        f"--json={output}",
+    )
+    assert process.returncode == 2 and "not timed" in process.stdout
+    assert "error: No runtime could be timed" in process.stderr
+    assert json.loads(output.read_text())["failed"].keys() == {"keras", "xla"}

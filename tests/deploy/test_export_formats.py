@@ -30,6 +30,7 @@ from deit_keras.deploy.signatures import fixed_size_function
 from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import evaluate_model
 from deit_keras.inference.predict import predict_images
+from deit_keras.models import precision
 from deit_keras.testing import assert_one_line_error, run_cli, tiny_model, user_stderr
 
 # fp32 exports against the Keras graph, absolute, on logits of a trained model.
@@ -409,3 +410,37 @@ def test_predict_cli_runs_an_onnx_export(models, exports, tmp_path):
     (top,) = record["predictions"]
     assert top["class_name"] == expected[0]
     assert top["probability"] == pytest.approx(expected[2], abs=1e-5)
+
+
+@pytest.mark.parametrize("export_format", ["onnx", "litert", "openvino"])
+def test_a_mixed_precision_model_exports_its_float32_copy(models, crops, tmp_path, export_format):
+    """tf2onnx wrote bfloat16 casts no runtime loads; LiteRT and OpenVINO failed on them."""
+    if export_format == "openvino":
+        pytest.importorskip("openvino")
+    model = models["distilled"]
+    mixed = precision.with_dtype_policy(model, "mixed_bfloat16")
+    exported, _ = runtimes.load_exported(_export(mixed, tmp_path, export_format))
+    got = exported.run_uint8(crops[:16])["logits"]
+    np.testing.assert_allclose(got, _keras_outputs(model, crops[:16])["logits"], atol=FP32_ATOL)
+    assert mixed.dtype_policy.name == "mixed_bfloat16"  # the user's model is left as it was
+
+
+def test_models_the_converters_cannot_take_are_one_line_errors(tmp_path):
+    gray = tiny_model(in_channels=1)
+    with pytest.raises(UserInputError, match="in_channels=1"):
+        _export(gray, tmp_path, "onnx")
+    quantized = tiny_model()
+    quantized.quantize("int8")
+    for export_format in ("onnx", "litert", "openvino"):
+        with pytest.raises(UserInputError, match="mode int8") as caught:
+            _export(quantized, tmp_path, export_format)
+        assert "\n" not in str(caught.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_openvino_export_makes_missing_folders(models, tmp_path):
+    pytest.importorskip("openvino")
+    path = tmp_path / "new" / "sub" / "m.xml"
+    export_formats.export_model(models["plain"], str(path), "openvino")
+    assert path.exists() and path.with_suffix(".bin").exists()
+    assert sorted(os.listdir(path.parent)) == ["m.bin", "m.xml"]
