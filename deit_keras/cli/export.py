@@ -103,6 +103,11 @@ def _check_flags() -> None:
             "--quantize=int8 calibrates on real images: add --calibration_dataset "
             "(e.g. the dataset the model was trained on)."
         )
+    if _CALIBRATION_DATASET.value and _QUANTIZE.value != "int8":
+        raise cli.UsageError(
+            "--calibration_dataset is for --quantize=int8 (the other precisions need no "
+            f"calibration). Received: --quantize={_QUANTIZE.value}"
+        )
     if _CALIBRATION_IMAGES.value <= 0:
         raise cli.UsageError(
             f"--calibration_images must be positive. Received: {_CALIBRATION_IMAGES.value}"

@@ -23,6 +23,7 @@ from deit_keras.deploy.saving import load_model
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.inference import host, timing
 from deit_keras.inference.bench_runtimes import DEPLOY_RUNTIMES, REFERENCE, RUNTIMES, Setup
+from deit_keras.models.cait import CaiT
 from deit_keras.models.variants import build_model, list_models
 
 ALL = "all"
@@ -86,6 +87,16 @@ def check_options(batch_size: int, reference: str, warmup: int, iterations, roun
         raise UserInputError(
             "warmup must be >= 0, rounds and iterations positive. Received: "
             f"warmup={warmup}, rounds={rounds}, iterations={iterations}"
+        )
+
+
+def check_reference_fits(model, reference: str) -> None:
+    """The PyTorch reference is transformers' DeiT (or ViT): nothing like-for-like for CaiT."""
+    if reference != "none" and isinstance(model, CaiT):
+        raise UserInputError(
+            f"The {reference} reference is transformers' DeiT/ViT, not CaiT (class attention, "
+            "talking heads): its ratios would compare other architectures. Time CaiT without "
+            f"--reference. Received: reference={reference}, model={type(model).__name__}"
         )
 
 
@@ -242,6 +253,7 @@ def run_benchmark(
     """
     progress = progress or (lambda line: logging.info("%s", line))
     check_options(batch_size, reference, warmup, iterations, rounds)
+    check_reference_fits(model, reference)
     num_threads = num_threads or host.usable_cpus()
     names = list(runtimes) + ([reference] if reference != "none" else [])
     load_before = host.load_average()

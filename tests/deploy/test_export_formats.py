@@ -392,6 +392,15 @@ def test_export_cli_bad_combination_is_one_line(models, tmp_path):
         "('none', 'dynamic_int8', 'int8'). Received: format='onnx'"
     ]
     assert not os.path.exists(out)
+    process = run_cli(
+        "export",
+        f"--model_path={keras_path}",
+        "--format=onnx",
+        "--calibration_dataset=digits",
+        f"--output={out}",
+    )
+    assert_one_line_error(process, "--calibration_dataset is for --quantize=int8")
+    assert not os.path.exists(out)
 
 
 def test_predict_cli_runs_an_onnx_export(models, exports, tmp_path):

@@ -152,3 +152,12 @@ def test_keras_bf16_times_a_bfloat16_copy_with_the_same_weights(model, tmp_path)
     logits = step()
     assert model.dtype_policy.name == "float32" and setup.model is model  # the original is kept
     assert logits.shape == expected.shape and 0 < np.abs(logits - expected).max() < 0.05
+
+
+def test_cait_has_no_like_for_like_torch_reference():
+    pytest.importorskip("transformers")
+    from deit_keras.models.variants import build_model
+
+    cait = build_model("cait_xxs24_224", num_classes=10, image_size=32, depth=1)
+    with pytest.raises(UserInputError, match="not CaiT"):
+        benchmark.run_benchmark(cait, ["keras"], batch_size=2, reference="torch", iterations=1)
