@@ -55,7 +55,7 @@ def decoded_split(name: str, data_dir: str | None, split: str, max_pixels: int |
     process (the deterministic training path builds one pipeline per epoch).
     Raises what decoding raises.
     """
-    source = sources.get_source(name, data_dir)
+    source = sources.get_source(name, data_dir, splits=(split,))
     count = source.num_examples(split)
     images, labels, shape = [], [], None
     encoded = source.read(split, shuffle_files=False)

@@ -29,7 +29,11 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def dataset_info(
-    name: str, data_dir: str | None = None, bad_images: str = "skip", train_fraction: float = 1.0
+    name: str,
+    data_dir: str | None = None,
+    bad_images: str = "skip",
+    train_fraction: float = 1.0,
+    splits=sources.SPLITS,
 ) -> DatasetInfo:
     """Returns the `DatasetInfo` of `"digits"`, `"folder:PATH"` or a tfds name.
 
@@ -39,9 +43,10 @@ def dataset_info(
     Raises `sources.DatasetNotFoundError` (a `ValueError`) when a tfds
     dataset is not prepared in `data_dir`; nothing is downloaded. A folder
     dataset's undecodable files are listed in `skipped` (`bad_images="skip"`)
-    or raise `image_check.BadImageError` (`"fail"`).
+    or raise `image_check.BadImageError` (`"fail"`); only those of `splits`
+    ("train", "eval") are read.
     """
-    info = sources.get_source(name, data_dir, bad_images).info
+    info = sources.get_source(name, data_dir, bad_images, splits).info
     if train_fraction == 1.0:
         return info
     size = subsets.subset_size(name, data_dir, train_fraction)
@@ -139,7 +144,7 @@ def make_dataset(
     _check_arguments(
         image_size, batch_size, repeated_aug, augment, preprocessing, skip_batches, training
     )
-    source = sources.get_source(name, data_dir)
+    source = sources.get_source(name, data_dir, splits=(split,))
     num_classes = source.info.num_classes
     num_pipelines, pipeline_id = 1, 0
     if input_context is not None:

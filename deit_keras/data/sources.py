@@ -44,8 +44,8 @@ class DatasetInfo:
         name: str. The name passed to `dataset_info` / `make_dataset`.
         num_classes: int.
         class_names: tuple of str, index = label id.
-        num_train_examples: int.
-        num_eval_examples: int.
+        num_train_examples: int (None: a folder split not read, `get_source(splits=...)`).
+        num_eval_examples: int (the same).
         train_split: str. The dataset's own name of the training split.
         eval_split: str. The dataset's own name of the evaluation split.
         skipped: tuple of `(path, reason)`: files of a folder dataset left
@@ -56,8 +56,8 @@ class DatasetInfo:
     name: str
     num_classes: int
     class_names: tuple
-    num_train_examples: int
-    num_eval_examples: int
+    num_train_examples: int | None
+    num_eval_examples: int | None
     train_split: str
     eval_split: str
     skipped: tuple = ()
@@ -278,7 +278,10 @@ def _read_split(root, class_names, bad_images):
     return paths, labels, skipped
 
 
-def _folder(name, path, bad_images="skip"):
+SPLITS = ("train", "eval")
+
+
+def _folder(name, path, bad_images="skip", splits=SPLITS):
     train_dir = os.path.join(path, "train")
     eval_name = next(
         (s for s in ("val", "validation", "test") if tf.io.gfile.isdir(os.path.join(path, s))),
@@ -299,24 +302,29 @@ def _folder(name, path, bad_images="skip"):
             f"{class_names[0]!r} in {train_dir}"
         )
     _check_classes(train_dir, eval_dir, class_names, _class_folders(eval_dir))
-    train_paths, train_labels, skipped = _read_split(train_dir, class_names, bad_images)
-    empty = sorted(set(class_names) - {class_names[label] for label in train_labels})
-    if empty:
-        raise UserInputError(
-            f"Class folder(s) {empty} of {train_dir} hold no readable image: a class the "
-            "model could never learn. Add images or remove the folder(s) (from val/ too)."
-        )
-    eval_paths, eval_labels, eval_skipped = _read_split(eval_dir, class_names, bad_images)
-    files = {"train": (train_paths, train_labels), eval_name: (eval_paths, eval_labels)}
+    files, counts, skipped = {}, {}, []
+    if "train" in splits:  # every image of a split is decoded once up front: only those used
+        train_paths, train_labels, skipped = _read_split(train_dir, class_names, bad_images)
+        empty = sorted(set(class_names) - {class_names[label] for label in train_labels})
+        if empty:
+            raise UserInputError(
+                f"Class folder(s) {empty} of {train_dir} hold no readable image: a class the "
+                "model could never learn. Add images or remove the folder(s) (from val/ too)."
+            )
+        files["train"], counts["train"] = (train_paths, train_labels), len(train_paths)
+    if "eval" in splits:
+        eval_paths, eval_labels, eval_skipped = _read_split(eval_dir, class_names, bad_images)
+        files[eval_name], counts["eval"] = (eval_paths, eval_labels), len(eval_paths)
+        skipped += eval_skipped
     info = DatasetInfo(
         name=name,
         num_classes=len(class_names),
         class_names=class_names,
-        num_train_examples=len(train_paths),
-        num_eval_examples=len(eval_paths),
+        num_train_examples=counts.get("train"),
+        num_eval_examples=counts.get("eval"),
         train_split="train",
         eval_split=eval_name,
-        skipped=tuple(skipped + eval_skipped),
+        skipped=tuple(skipped),
     )
 
     def reader(split, shuffle_files, seed):
@@ -330,11 +338,17 @@ def _folder(name, path, bad_images="skip"):
     return Source(info, reader)
 
 
-def get_source(name: str, data_dir: str | None = None, bad_images: str = "skip") -> Source:
+def get_source(
+    name: str, data_dir: str | None = None, bad_images: str = "skip", splits=SPLITS
+) -> Source:
     """Resolves `"digits"`, `"folder:PATH"` or a tfds name to a `Source`.
 
     `bad_images` ("skip" or "fail") is what a folder dataset does with files
     that do not decode (see `image_check`); tfds datasets are checked by tfds.
+    A folder dataset lists and checks only the `splits` ("train", "eval")
+    asked for: evaluating does not decode the training images first (its
+    `info` then counts None examples in the other split, and `skipped` holds
+    the asked splits' files).
     """
     image_check.check_policy(bad_images)
     if not isinstance(name, str) or not name:
@@ -343,5 +357,5 @@ def get_source(name: str, data_dir: str | None = None, bad_images: str = "skip")
         builder = digits.digits_builder(data_dir)
         return _tfds_source(digits.TFDS_NAME, builder, "digits")
     if name.startswith(FOLDER_PREFIX):
-        return _folder(name, os.path.expanduser(name[len(FOLDER_PREFIX) :]), bad_images)
+        return _folder(name, os.path.expanduser(name[len(FOLDER_PREFIX) :]), bad_images, splits)
     return _tfds(name, data_dir)

@@ -390,13 +390,24 @@ def evaluate_on_dataset(
         (and "skipped": `[path, reason]` pairs when files were left out).
     """
     check_batch_size(batch_size)
-    info = pipeline.dataset_info(dataset_name, data_dir=data_dir, bad_images=bad_images)
+    info = pipeline.dataset_info(
+        dataset_name, data_dir=data_dir, bad_images=bad_images, splits=(split,)
+    )
     if info.skipped:
         logging.warning(
             "%s: left out %d file(s) that do not decode or are not images, first %s",
             dataset_name,
             len(info.skipped),
             info.skipped[0][0],
+        )
+    if (info.num_train_examples if split == "train" else info.num_eval_examples) == 0:
+        raise UserInputError(
+            f"Dataset {dataset_name!r} has no readable image in its {split} split"
+            + (
+                f" ({len(info.skipped)} file(s) left out, first {info.skipped[0][0]})."
+                if info.skipped
+                else "."
+            )
         )
     if info.num_classes != model.num_classes:
         raise UserInputError(

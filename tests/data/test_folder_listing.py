@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deit_keras.data import sources
+from deit_keras.data import image_check, sources
 from deit_keras.data.pipeline import dataset_info
 from deit_keras.errors import UserInputError
 
@@ -58,3 +58,31 @@ def test_a_class_folder_whose_name_is_not_utf8_is_one_line_error(root):
     with pytest.raises(UserInputError, match="not UTF-8") as caught:
         dataset_info(f"folder:{root}")
     assert "\n" not in str(caught.value)
+
+
+def test_evaluating_reads_only_the_eval_split(root):
+    from deit_keras.inference.evaluate import evaluate_on_dataset
+    from deit_keras.testing import tiny_model
+
+    (root / "train" / "ant" / "cut.png").write_bytes(
+        (root / "train" / "ant" / "0.png").read_bytes()[:20]
+    )
+    with pytest.raises(image_check.BadImageError, match="cut.png"):
+        dataset_info(f"folder:{root}", bad_images="fail")
+    info = dataset_info(f"folder:{root}", bad_images="fail", splits=("eval",))
+    assert (info.num_train_examples, info.num_eval_examples, info.skipped) == (None, 2, ())
+    model = tiny_model(num_classes=2, image_size=16, patch_size=8)
+    summary = evaluate_on_dataset(model, f"folder:{root}", batch_size=2, bad_images="fail")
+    assert summary["num_examples"] == 2 and "skipped" not in summary
+
+
+def test_an_eval_split_without_a_readable_image_is_one_line(root):
+    from deit_keras.inference.evaluate import evaluate_on_dataset
+    from deit_keras.testing import tiny_model
+
+    for label in ("ant", "bee"):
+        (root / "val" / label / "0.png").write_bytes(b"not a png")
+    model = tiny_model(num_classes=2, image_size=16, patch_size=8)
+    with pytest.raises(UserInputError, match="no readable image in its eval split") as caught:
+        evaluate_on_dataset(model, f"folder:{root}", batch_size=2)
+    assert "\n" not in str(caught.value) and "0.png" in str(caught.value)
