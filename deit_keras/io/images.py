@@ -32,6 +32,8 @@ def load_image(path: str) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
+                # TensorFlow's GIF decoder leaves a GIF's transparent pixels black.
+                clear_is_black = image.format == "GIF" and "transparency" in image.info
                 image = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as error:
         raise UserInputError(
@@ -39,10 +41,10 @@ def load_image(path: str) -> np.ndarray:
         ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UserInputError(f"Could not read {path} as an image: {error}") from error
-    return _to_rgb_uint8(image)
+    return _to_rgb_uint8(image, clear_is_black)
 
 
-def _to_rgb_uint8(image):
+def _to_rgb_uint8(image, clear_is_black=False):
     if image.mode.startswith("I;16"):  # 16-bit grayscale: the high byte, as TensorFlow decodes it
         pixels = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
         return np.repeat(pixels[..., None], 3, axis=-1)
@@ -56,4 +58,7 @@ def _to_rgb_uint8(image):
         return np.repeat(pixels[..., None], 3, axis=-1)
     if image.mode == "P":
         image = image.convert("RGBA")
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if clear_is_black and image.mode == "RGBA":
+        pixels = np.where(np.asarray(image)[..., 3:] == 0, 0, pixels).astype(np.uint8)
+    return pixels

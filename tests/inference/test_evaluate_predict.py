@@ -389,3 +389,20 @@ def test_predict_cli_text_file_named_jpg_is_one_line_error(saved, image_files):
     _, path = saved
     process = run_cli("predict", f"--model_path={path}", image_files["text.jpg"])
     assert_one_line_error(process, "text.jpg")
+
+
+@pytest.mark.parametrize("suffix", ["gif", "png"])
+def test_transparent_palette_images_read_as_the_training_decoder_reads_them(tmp_path, suffix):
+    """TensorFlow leaves a GIF's transparent pixels black and keeps a PNG's palette colour."""
+    from deit_keras.data.transforms import decode_image
+
+    image = Image.new("P", (8, 6))
+    image.putpalette([255, 255, 255, 200, 30, 60] + [0] * 762)
+    pixels = np.zeros((6, 8), np.uint8)
+    pixels[2:4, 2:6] = 1
+    image.putdata(pixels.flatten())
+    path = tmp_path / f"logo.{suffix}"
+    image.save(path, transparency=0)
+    read = images_io.load_image(str(path))
+    np.testing.assert_array_equal(read, decode_image(path.read_bytes()).numpy())
+    assert tuple(read[0, 0]) == ((0, 0, 0) if suffix == "gif" else (255, 255, 255))
