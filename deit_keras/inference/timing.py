@@ -57,11 +57,11 @@ def interleaved(steps: dict, calls: dict, rounds: int) -> dict:
         dict of name -> list of per-call seconds, every turn's.
     """
     rounds = max(1, rounds)
-    per_turn = {name: max(1, math.ceil(calls[name] / rounds)) for name in steps}
     seconds = {name: [] for name in steps}
-    for _ in range(rounds):
+    for turn in range(rounds):
         for name, step in steps.items():
-            seconds[name] += time_calls(step, per_turn[name])
+            share = calls[name] // rounds + (turn < calls[name] % rounds)  # all `calls`, no more
+            seconds[name] += time_calls(step, share) if share else []
     return seconds
 
 

@@ -14,6 +14,8 @@ def test_interleaved_takes_turns_and_counts_every_call():
     assert order == ["a", "a", "b", "a", "a", "b"]
     assert [len(seconds["a"]), len(seconds["b"])] == [4, 2]
     assert all(value >= 0 for value in seconds["a"] + seconds["b"])
+    seconds = timing.interleaved(steps, {"a": 2, "b": 5}, rounds=3)  # fewer than rounds, uneven
+    assert [len(seconds["a"]), len(seconds["b"])] == [2, 5]
 
 
 def test_time_calls_measures_each_call():
