@@ -17,24 +17,29 @@ import numpy as np
 import tensorflow as tf
 
 ORIENTATION_TAG = 0x0112
-GATE_BYTES = 1024  # where a JPEG's APP1 segment is looked for before parsing
-_MAX_SEGMENTS = 64  # JPEG segments, PNG or WebP chunks walked before giving up
+GATE_BYTES = 1024  # where a JPEG's metadata is looked at before parsing
+_MAX_SEGMENTS = 100_000  # JPEG segments, PNG or WebP chunks walked (each a few bytes read)
 _MAX_ENTRIES = 512
 
 
 def orientation(encoded):
     """The EXIF orientation (int32 scalar, 1-8) of encoded image bytes; 1 when absent.
 
-    JPEGs without an APP1 segment in their first `GATE_BYTES` (most
-    training sets' files) skip the parse; others are parsed in Python
+    JPEGs whose first `GATE_BYTES` hold no APP1 segment and reach the
+    quantization table (the metadata ended without EXIF: most training
+    sets' files) skip the parse; others are parsed in Python
     (`orientation_of`), tens of microseconds next to milliseconds of decoding.
     """
     prefix = tf.strings.substr(encoded, 0, GATE_BYTES)
-    jpeg_without_app1 = tf.logical_and(
-        tf.io.is_jpeg(encoded),
-        tf.equal(tf.size(tf.strings.split(prefix, sep=b"\xff\xe1")), 1),
+    no_exif_jpeg = tf.logical_and(
+        tf.logical_and(tf.io.is_jpeg(encoded), tf.logical_not(_contains(prefix, b"\xff\xe1"))),
+        _contains(prefix, b"\xff\xdb"),
     )
-    return tf.cond(jpeg_without_app1, lambda: tf.constant(1, tf.int32), lambda: _parsed(encoded))
+    return tf.cond(no_exif_jpeg, lambda: tf.constant(1, tf.int32), lambda: _parsed(encoded))
+
+
+def _contains(text, pattern):
+    return tf.size(tf.strings.split(text, sep=pattern)) > 1
 
 
 def _parsed(encoded):

@@ -29,7 +29,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 NOT_AN_IMAGE = "not an image file name"  # the reason given for e.g. notes.txt
 IN_SUB_FOLDER = "in a sub-folder of a class folder (class folders do not nest)"
 NOT_UTF8 = "a file name that is not UTF-8 (TensorFlow opens UTF-8 paths only)"
-NOT_READ = (NOT_AN_IMAGE, IN_SUB_FOLDER)  # reasons of files left out without decoding
+NOT_READ = (NOT_AN_IMAGE, IN_SUB_FOLDER, NOT_UTF8)  # reasons of files left out undecoded
 
 
 class DatasetNotFoundError(UserInputError):
@@ -234,8 +234,8 @@ def _list_folder(root, class_names):
                 continue
             if _is_dir(path):
                 ignored += [(f, IN_SUB_FOLDER) for f in _files_under(path)]
-            elif not _is_utf8(file_name):
-                ignored.append((path, NOT_UTF8))
+            elif not _is_utf8(file_name):  # listed printable: the bytes as \xNN escapes
+                ignored.append((os.fsencode(path).decode("utf-8", "backslashreplace"), NOT_UTF8))
             elif file_name.lower().endswith(IMAGE_EXTENSIONS):
                 paths.append(path)
                 labels.append(label)

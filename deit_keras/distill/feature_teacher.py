@@ -34,16 +34,24 @@ def cnn_of(teacher):
 
 
 def _flat_layers(model):
-    """`(layer, owning functional model)` in order, nested functional models opened.
+    """`(layer or operation, owning functional model)` in order, nested functional models
+    opened.
 
-    A nested `Sequential` stays one layer (ConvNeXt's stem and downsampling
-    blocks): its layers' outputs are not tensors of the enclosing graph.
+    Operations count: ConvNeXt's residual adds are `x + y` in its graph, not
+    layers, and they are its blocks' outputs. A nested `Sequential` stays one
+    layer (ConvNeXt's stem and downsampling blocks): its layers' outputs are
+    not tensors of the enclosing graph.
     """
-    for layer in model.layers:
+    for layer in _operations(model):
         if _is_functional(layer) and not isinstance(layer, keras.Sequential):
             yield from _flat_layers(layer)
         else:
             yield layer, model
+
+
+def _operations(model) -> list:
+    """A functional model's layers and operations in order; a `Sequential`'s layers."""
+    return getattr(model, "operations", None) or model.layers
 
 
 def _spatial_size(layer):
@@ -116,7 +124,7 @@ def _block_input(layer, owner, area, first):
             if len(inputs) == 1 and inputs[0] is not first and _area(inputs[0]) == area:
                 return inputs[0]
             return layer
-        if producer.weights and not isinstance(producer, _NORMALIZATIONS):
+        if _weights(producer) and not isinstance(producer, _NORMALIZATIONS):
             return layer
         current = producer
 
@@ -165,9 +173,13 @@ def _graph_node_ids(owner) -> set:
     return {id(node) for nodes in graph._nodes_by_depth.values() for node in nodes}
 
 
+def _weights(operation) -> list:
+    return getattr(operation, "weights", [])  # a Keras operation (`x + y`) has none
+
+
 def _computes(layer) -> bool:
     """Whether `layer` has weights of a feature extractor (not the input's `Normalization`)."""
-    return bool(layer.weights) and not isinstance(layer, keras.layers.Normalization)
+    return bool(_weights(layer)) and not isinstance(layer, keras.layers.Normalization)
 
 
 def _feeds_smaller(layer, owner, area) -> bool:
@@ -254,7 +266,8 @@ class FeatureTeacher(keras.Model):
         self.layer_names = tuple(layer_names)
         self._cnn = cnn_of(teacher)
         owner = _owner(self._cnn, self.layer_names)
-        maps = [owner.get_layer(name).output for name in self.layer_names]
+        named = {operation.name: operation for operation in _operations(owner)}
+        maps = [named[name].output for name in self.layer_names]
         self.channels = tuple(int(item.shape[-1]) for item in maps)
         if owner is self._cnn:
             self._joint = keras.Model(owner.inputs, [owner.outputs[0], *maps])

@@ -119,3 +119,16 @@ def test_a_folder_of_turned_photos_evaluates_as_predict_reads_them(tmp_path):
         path = str(tmp_path / "val" / label / "photo.png")
         expected = preprocess(tf.constant(load_image(path)), 24).numpy()  # predict's
         np.testing.assert_allclose(images[index].numpy(), expected, atol=1e-4)
+
+
+def test_exif_after_other_segments_and_after_many_chunks_is_found():
+    data = _encode(PIXELS, "JPEG", 6)
+    comment = b"\xff\xfe" + (2 + 3000).to_bytes(2, "big") + b"c" * 3000  # a 3 KB comment first
+    moved = data[:2] + comment + data[2:]
+    assert int(exif.orientation(tf.constant(moved))) == 6
+    frames = [Image.fromarray(np.full((8, 8, 3), i * 3, np.uint8)) for i in range(80)]
+    tags = frames[0].getexif()
+    tags[exif.ORIENTATION_TAG] = 8
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], exif=tags.tobytes())
+    assert exif.orientation_of(buffer.getvalue()) == 8  # after 80 frame chunks

@@ -51,6 +51,12 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(root):
     info = dataset_info(f"folder:{root}")
     assert info.num_train_examples == 2
     assert [reason for _, reason in info.skipped] == [sources.NOT_UTF8]
+    assert info.skipped[0][0].endswith("\\xff\\xfe.png")  # printable, as the run's list writes it
+    from deit_keras.training.runner import report_skipped
+
+    listed = report_skipped(info, str(root))
+    with open(listed, encoding="utf-8") as handle:
+        assert handle.read().count(sources.NOT_UTF8) == 1
 
 
 def test_a_class_folder_whose_name_is_not_utf8_is_one_line_error(root):
