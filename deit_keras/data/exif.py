@@ -54,17 +54,27 @@ def _parsed(encoded):
 
 
 def apply_orientation(image, orientation_value):
-    """`image` `[H, W, C]` turned as EXIF `orientation_value` says, as Pillow's
+    """uint8 `image` `[H, W, 3]` turned as EXIF `orientation_value` says, as Pillow's
     `ImageOps.exif_transpose` does (5-8 swap height and width)."""
+
+    def swapped():
+        # TensorFlow's oneDNN transpose logs an error line for integer types (then falls
+        # back), and grappler moves a transpose between casts onto the uint8. So each
+        # pixel's RGB and a pad byte of 0x40 are bitcast to one float32 (little-endian:
+        # the pad is the exponent's high bits, a normal number whatever the colour, which
+        # no denormal flushing changes) and the floats are transposed.
+        padded = tf.pad(image, [[0, 0], [0, 0], [0, 1]], constant_values=0x40)
+        return tf.bitcast(tf.transpose(tf.bitcast(padded, tf.float32)), tf.uint8)[..., :3]
+
     branches = [
         lambda: image,
         lambda: tf.reverse(image, [1]),  # 2: mirrored
         lambda: tf.reverse(image, [0, 1]),  # 3: upside down
         lambda: tf.reverse(image, [0]),  # 4: mirrored upside down
-        lambda: tf.transpose(image, [1, 0, 2]),  # 5: transposed
-        lambda: tf.reverse(tf.transpose(image, [1, 0, 2]), [1]),  # 6: turned a quarter left
-        lambda: tf.reverse(tf.transpose(image, [1, 0, 2]), [0, 1]),  # 7: transversed
-        lambda: tf.reverse(tf.transpose(image, [1, 0, 2]), [0]),  # 8: turned a quarter right
+        swapped,  # 5: transposed
+        lambda: tf.reverse(swapped(), [1]),  # 6: turned a quarter left
+        lambda: tf.reverse(swapped(), [0, 1]),  # 7: transversed
+        lambda: tf.reverse(swapped(), [0]),  # 8: turned a quarter right
     ]
     return tf.switch_case(tf.convert_to_tensor(orientation_value, tf.int32) - 1, branches)
 

@@ -132,3 +132,25 @@ def test_exif_after_other_segments_and_after_many_chunks_is_found():
     buffer = io.BytesIO()
     frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], exif=tags.tobytes())
     assert exif.orientation_of(buffer.getvalue()) == 8  # after 80 frame chunks
+
+
+def test_turning_logs_no_onednn_line():
+    """oneDNN's transpose logs an error line for integer images (CLI runs show no such line)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, tensorflow as tf\n"
+        "from deit_keras.data import exif\n"
+        "image = tf.constant(np.zeros((4, 6, 3), np.uint8))\n"
+        "turned = tf.data.Dataset.from_tensors(image).map(\n"
+        "    lambda x: exif.apply_orientation(x, tf.constant(6)))\n"
+        "print([tuple(x.shape) for x in turned])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    process = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert process.returncode == 0 and "[(6, 4, 3)]" in process.stdout, process.stderr
+    assert "oneDNN supports" not in process.stderr
