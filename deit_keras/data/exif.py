@@ -30,16 +30,17 @@ def orientation(encoded):
     sets' files) skip the parse; others are parsed in Python
     (`orientation_of`), tens of microseconds next to milliseconds of decoding.
     """
-    prefix = tf.strings.substr(encoded, 0, GATE_BYTES)
+    prefix = tf.io.decode_raw(tf.strings.substr(encoded, 0, GATE_BYTES), tf.uint8)
+    marker = tf.equal(prefix[:-1], 0xFF)
+    following = prefix[1:]
     no_exif_jpeg = tf.logical_and(
-        tf.logical_and(tf.io.is_jpeg(encoded), tf.logical_not(_contains(prefix, b"\xff\xe1"))),
-        _contains(prefix, b"\xff\xdb"),
+        tf.logical_and(
+            tf.io.is_jpeg(encoded),
+            tf.logical_not(tf.reduce_any(tf.logical_and(marker, tf.equal(following, 0xE1)))),
+        ),
+        tf.reduce_any(tf.logical_and(marker, tf.equal(following, 0xDB))),
     )
     return tf.cond(no_exif_jpeg, lambda: tf.constant(1, tf.int32), lambda: _parsed(encoded))
-
-
-def _contains(text, pattern):
-    return tf.size(tf.strings.split(text, sep=pattern)) > 1
 
 
 def _parsed(encoded):
@@ -56,7 +57,13 @@ def _parsed(encoded):
 def apply_orientation(image, orientation_value):
     """uint8 `image` `[H, W, 3]` turned as EXIF `orientation_value` says, as Pillow's
     `ImageOps.exif_transpose` does (5-8 swap height and width)."""
+    orientation_value = tf.convert_to_tensor(orientation_value, tf.int32)
+    return tf.cond(
+        tf.equal(orientation_value, 1), lambda: image, lambda: _turned(image, orientation_value)
+    )
 
+
+def _turn(image, orientation_value):
     def swapped():
         # TensorFlow's oneDNN transpose logs an error line for integer types (then falls
         # back), and grappler moves a transpose between casts onto the uint8. So each
@@ -76,7 +83,16 @@ def apply_orientation(image, orientation_value):
         lambda: tf.reverse(swapped(), [0, 1]),  # 7: transversed
         lambda: tf.reverse(swapped(), [0]),  # 8: turned a quarter right
     ]
-    return tf.switch_case(tf.convert_to_tensor(orientation_value, tf.int32) - 1, branches)
+    return tf.switch_case(orientation_value - 1, branches)
+
+
+# Out of line: inlined into a `tf.data` map, a skipped branch's ops are each still
+# scheduled (as dead); called, the skipped branch is one op.
+_turned = tf.function(
+    _turn,
+    input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32)],
+    experimental_attributes={"_noinline": True},
+)
 
 
 # === The parse, in Python ===

@@ -31,7 +31,7 @@ def decode_image(encoded, orientation=None):
     """
     image = tf.cond(
         is_webp(encoded),
-        lambda: _decode_webp(encoded),
+        lambda: _decoded_webp(encoded),
         lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
     )
     image.set_shape([None, None, 3])
@@ -59,9 +59,9 @@ def _bytes_equal(values, text):
 
 def is_webp(encoded):
     """Whether the bytes `encoded` start as a WebP file does (`RIFF`, 4 size bytes, `WEBP`)."""
-    riff = tf.equal(tf.strings.substr(encoded, 0, 4), "RIFF")
-    pieces = tf.strings.split(tf.strings.substr(encoded, 0, 12), sep="WEBP")
-    return tf.logical_and(riff, tf.equal(tf.strings.length(pieces[0]), 8))
+    header = tf.io.decode_raw(tf.strings.substr(encoded, 0, 12), tf.uint8)
+    header = tf.pad(header, [[0, 12 - tf.size(header)]])
+    return tf.logical_and(_bytes_equal(header[0:4], b"RIFF"), _bytes_equal(header[8:12], b"WEBP"))
 
 
 def _decode_webp(encoded):
@@ -275,3 +275,11 @@ def simple_random_crop(image, image_size, seed, padding=4):
     )
     crop = padded[top : top + image_size, left : left + image_size]
     return tf.ensure_shape(crop, [image_size, image_size, 3])
+
+
+# Out of line, as `exif._turned`: the skipped branch of `decode_image` is then one op.
+_decoded_webp = tf.function(
+    _decode_webp,
+    input_signature=[tf.TensorSpec([], tf.string)],
+    experimental_attributes={"_noinline": True},
+)
