@@ -63,7 +63,8 @@ def _probe(encoded):
         return tf.shape(tf.io.decode_jpeg(encoded, channels=3, ratio=8))
 
     def other():
-        return tf.shape(transforms.decode_image(encoded))
+        # Whether it decodes, not which way up it is: the EXIF orientation is not read.
+        return tf.shape(transforms.decode_image(encoded, orientation=1))
 
     return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 

@@ -59,8 +59,7 @@ def _bytes_equal(values, text):
 
 def is_webp(encoded):
     """Whether the bytes `encoded` start as a WebP file does (`RIFF`, 4 size bytes, `WEBP`)."""
-    header = tf.io.decode_raw(tf.strings.substr(encoded, 0, 12), tf.uint8)
-    header = tf.pad(header, [[0, 12 - tf.size(header)]])
+    header = _webp_header(encoded)
     return tf.logical_and(_bytes_equal(header[0:4], b"RIFF"), _bytes_equal(header[8:12], b"WEBP"))
 
 
