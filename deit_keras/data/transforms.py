@@ -9,6 +9,7 @@ All random steps are stateless: they take a `seed` tensor of shape `[2]`, so
 the same seed gives the same image, inside or outside `tf.data`.
 """
 
+import functools
 import math
 
 import tensorflow as tf
@@ -29,6 +30,18 @@ def decode_image(encoded, orientation=None):
         orientation: int32 scalar, `exif.orientation(encoded)` when the
             caller has it already.
     """
+    if orientation is not None:
+        return _decode_upright(encoded, orientation)
+    image = tf.cond(
+        exif.needs_no_parse(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3),
+        lambda: _decoded_upright(encoded),
+    )
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _decode_upright(encoded, orientation=None):
     image = tf.cond(
         is_webp(encoded),
         lambda: _decoded_webp(encoded),
@@ -174,32 +187,53 @@ def random_resized_crop(image, image_size, seed, scale=(0.08, 1.0), ratio=(3 / 4
         float32 `[image_size, image_size, 3]` in `[0, 255]`.
     """
     if image.dtype == tf.string:
-        encoded = image
-
-        def jpeg_branch():
-            shape = tf.image.extract_jpeg_shape(encoded)
-            window = random_crop_window(shape[:2], seed, scale, ratio)
-            crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-            crop.set_shape([None, None, 3])
-            return crop
-
-        orientation = exif.orientation(encoded)
-
-        def other_branch():
-            decoded = decode_image(encoded, orientation)
-            window = random_crop_window(tf.shape(decoded)[:2], seed, scale, ratio)
-            return decoded[
-                window[0] : window[0] + window[2],
-                window[1] : window[1] + window[3],
-            ]
-
-        # The window is drawn on the upright image: JPEGs stored turned decode whole.
-        upright_jpeg = tf.logical_and(tf.io.is_jpeg(encoded), tf.equal(orientation, 1))
-        crop = tf.cond(upright_jpeg, jpeg_branch, other_branch)
+        encoded, seed = image, tf.convert_to_tensor(seed)
+        scale, ratio = tuple(map(float, scale)), tuple(map(float, ratio))
+        crop = tf.cond(
+            exif.needs_no_parse(encoded),
+            lambda: _jpeg_crop(encoded, seed, scale, ratio),
+            lambda: _cropped_any(scale, ratio, seed.dtype)(encoded, seed),
+        )
     else:
-        window = random_crop_window(tf.shape(image)[:2], seed, scale, ratio)
-        crop = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
+        crop = _window_of(image, seed, scale, ratio)
     return resize(crop, [image_size, image_size])
+
+
+def _jpeg_crop(encoded, seed, scale, ratio):
+    """The window decoded alone (faster than decoding the whole JPEG)."""
+    shape = tf.image.extract_jpeg_shape(encoded)
+    window = random_crop_window(shape[:2], seed, scale, ratio)
+    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+    crop.set_shape([None, None, 3])
+    return crop
+
+
+def _window_of(image, seed, scale, ratio):
+    window = random_crop_window(tf.shape(image)[:2], seed, scale, ratio)
+    return image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
+
+
+def _crop_any(encoded, seed, scale, ratio):
+    """A crop of any image file; the window is drawn on the upright image, so JPEGs
+    stored turned decode whole."""
+    orientation = exif.orientation(encoded)
+    upright_jpeg = tf.logical_and(tf.io.is_jpeg(encoded), tf.equal(orientation, 1))
+    return tf.cond(
+        upright_jpeg,
+        lambda: _jpeg_crop(encoded, seed, scale, ratio),
+        lambda: _window_of(_decode_upright(encoded, orientation), seed, scale, ratio),
+    )
+
+
+@functools.cache
+def _cropped_any(scale, ratio, seed_dtype):
+    """`_crop_any` out of line (see `_decoded_webp`), one function per crop range and
+    seed type (an int32 seed draws other numbers than the same seed as int64)."""
+    return tf.function(
+        functools.partial(_crop_any, scale=scale, ratio=ratio),
+        input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([2], seed_dtype)],
+        experimental_attributes={"_noinline": True},
+    )
 
 
 def random_translate(image, seed, padding):
@@ -276,9 +310,15 @@ def simple_random_crop(image, image_size, seed, padding=4):
     return tf.ensure_shape(crop, [image_size, image_size, 3])
 
 
-# Out of line, as `exif._turned`: the skipped branch of `decode_image` is then one op.
+# Out of line, as `exif._turned`: inlined, a skipped branch's ops would each be
+# scheduled (as dead) for every image; called, the skipped branch is one op.
 _decoded_webp = tf.function(
     _decode_webp,
+    input_signature=[tf.TensorSpec([], tf.string)],
+    experimental_attributes={"_noinline": True},
+)
+_decoded_upright = tf.function(
+    _decode_upright,
     input_signature=[tf.TensorSpec([], tf.string)],
     experimental_attributes={"_noinline": True},
 )

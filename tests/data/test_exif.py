@@ -6,6 +6,7 @@ TensorFlow's decoders do not, so `data.exif` does it for them.
 """
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -154,3 +155,121 @@ def test_turning_logs_no_onednn_line():
     )
     assert process.returncode == 0 and "[(6, 4, 3)]" in process.stdout, process.stderr
     assert "oneDNN supports" not in process.stderr
+
+
+# === Where else Pillow finds the orientation ===
+
+
+def _tiff(order, field_type, count, value_field):
+    """A TIFF structure whose first directory holds only the Orientation tag."""
+    endian = {"II": "little", "MM": "big"}[order]
+
+    def number(value, size):
+        return value.to_bytes(size, endian)
+
+    header = order.encode() + number(42, 2) + number(8, 4)
+    entry = number(exif.ORIENTATION_TAG, 2) + number(field_type, 2) + number(count, 4)
+    return header + number(1, 2) + entry + value_field + number(0, 4)
+
+
+def _png(pixels=PIXELS, **save):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", **save)
+    return buffer.getvalue()
+
+
+def _assert_read_as_pillow_does(data, expected):
+    assert exif.orientation_of(data) == expected
+    assert int(exif.orientation(tf.constant(data))) == expected
+    decoded, upright = decode_image(data).numpy(), _upright(data)
+    assert decoded.shape == upright.shape
+    if data.startswith(b"\xff\xd8"):
+        assert np.abs(decoded.astype(int) - upright).max() <= 8
+    else:
+        np.testing.assert_array_equal(decoded, upright)
+
+
+@pytest.mark.parametrize("order", ["II", "MM"])
+@pytest.mark.parametrize(
+    "field_type, count, value, expected",
+    [
+        (4, 1, 6, 6),  # LONG: in big-endian files the value is in the field's last bytes
+        (3, 1, 8, 8),  # SHORT
+        (8, 1, 3, 3),  # SSHORT
+        (3, 2, 6, 6),  # two values: the first counts (Pillow warns)
+        (3, 1, 9, 1),  # out of range
+    ],
+)
+def test_orientation_as_any_integer_type(order, field_type, count, value, expected):
+    size = {3: 2, 4: 4, 8: 2}[field_type]
+    endian = {"II": "little", "MM": "big"}[order]
+    value_field = (value.to_bytes(size, endian) * count).ljust(4, b"\0")
+    data = _png(exif=b"Exif\0\0" + _tiff(order, field_type, count, value_field))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pillow's on two values
+        _assert_read_as_pillow_does(data, expected)
+
+
+def test_several_values_stored_away_from_the_directory():
+    """Two LONGs do not fit the entry's 4 bytes: the entry holds their offset (26, after
+    the directory) and the first is the orientation."""
+    values = (7).to_bytes(4, "big") + (2).to_bytes(4, "big")
+    data = _png(exif=b"Exif\0\0" + _tiff("MM", 4, 2, (26).to_bytes(4, "big")) + values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        _assert_read_as_pillow_does(data, 7)
+
+
+def test_fill_bytes_and_junk_before_a_jpeg_segment():
+    data = _encode(PIXELS, "JPEG", 6)
+    app1 = data.index(b"\xff\xe1")
+    padded = data[:app1] + b"\xff\xff\xff" + data[app1:]  # fill bytes before the marker
+    _assert_read_as_pillow_does(padded, 6)
+    assert exif.orientation_of(data[:app1] + b"\x00\x17" + data[app1:]) == 6  # junk
+
+
+def test_imagemagick_png_text_copy_of_exif():
+    """ImageMagick keeps a PNG's EXIF as hex in a compressed text chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
+    block = b"Exif\0\0" + _tiff("MM", 3, 1, (8).to_bytes(2, "big") + b"\0\0")
+    hexed = block.hex()
+    lines = "\n".join(hexed[i : i + 72] for i in range(0, len(hexed), 72))
+    text = PngInfo()
+    text.add_text("Raw profile type exif", f"\nexif\n{len(block):8d}\n{lines}\n", zip=True)
+    _assert_read_as_pillow_does(_png(pnginfo=text), 8)
+
+
+XMP = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-'
+    'syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+    'tiff:Orientation="{}"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+@pytest.mark.parametrize("image_format", list(FORMATS))
+def test_xmp_orientation_when_exif_has_none(image_format):
+    buffer = io.BytesIO()
+    if image_format == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        text = PngInfo()
+        text.add_itxt("XML:com.adobe.xmp", XMP.format(6), zip=True)
+        Image.fromarray(PIXELS).save(buffer, "PNG", pnginfo=text)
+    else:
+        options = FORMATS[image_format]
+        Image.fromarray(PIXELS).save(buffer, image_format, xmp=XMP.format(6).encode(), **options)
+    _assert_read_as_pillow_does(buffer.getvalue(), 6)
+
+
+def test_exif_orientation_wins_over_xmp():
+    tags = Image.fromarray(PIXELS).getexif()
+    tags[exif.ORIENTATION_TAG] = 1
+    buffer = io.BytesIO()
+    Image.fromarray(PIXELS).save(buffer, "JPEG", exif=tags.tobytes(), xmp=XMP.format(6).encode())
+    _assert_read_as_pillow_does(buffer.getvalue(), 1)
+    tags = Image.fromarray(PIXELS).getexif()
+    tags[0x010F] = "A phone"  # EXIF without the tag: XMP decides
+    buffer = io.BytesIO()
+    Image.fromarray(PIXELS).save(buffer, "JPEG", exif=tags.tobytes(), xmp=XMP.format(3).encode())
+    _assert_read_as_pillow_does(buffer.getvalue(), 3)

@@ -265,6 +265,22 @@ def test_random_resized_crop_jpeg_and_array_shapes():
     assert area.min() >= 0.05 and area.max() <= 1.0 and area.std() > 0.1
 
 
+@pytest.mark.parametrize("seed_dtype", [tf.int32, tf.int64])
+def test_random_resized_crop_of_a_file_is_the_crop_of_its_pixels(seed_dtype):
+    """Encoded or decoded, with either seed type, an image gets the same window (a JPEG
+    takes another path: the window decoded alone)."""
+    array = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    seed = tf.constant([5, 6], seed_dtype)
+    for encoded in (tf.io.encode_png(array), tf.io.encode_jpeg(array)):
+        pixels = tf.io.decode_image(encoded, channels=3)
+        expected = transforms.random_resized_crop(pixels, 20, seed).numpy()
+        crop = transforms.random_resized_crop(encoded, 20, seed).numpy()
+        if encoded.numpy().startswith(b"\x89PNG"):
+            np.testing.assert_array_equal(crop, expected)
+        else:  # decoded in part, the colours near the window's edges differ a little
+            assert np.abs(crop - expected).mean() < 1.0
+
+
 def test_make_dataset_argument_errors(digits_dir):
     with pytest.raises(ValueError, match="split"):
         make_dataset(
