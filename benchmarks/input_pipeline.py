@@ -31,6 +31,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deit_keras.data import augment, make_dataset
+from deit_keras.inference import host
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -157,14 +158,6 @@ def usable_cores():
     return len(os.sched_getaffinity(0))
 
 
-def cpu_model():
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=320)
@@ -205,7 +198,7 @@ def main():
         "timed_batches": args.batches,
         "cpu_count": os.cpu_count(),
         "usable_cores": usable_cores(),
-        "cpu_model": cpu_model(),
+        "cpu": host.cpu_info(),
         "load_average_at_end": os.getloadavg(),
         "platform": platform.platform(),
         "tensorflow": tf.__version__,

@@ -51,7 +51,6 @@ import concurrent.futures
 import glob
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -396,14 +395,6 @@ def load_average():
     return round(os.getloadavg()[0], 2)
 
 
-def cpu_model():
-    result = subprocess.run(["lscpu"], capture_output=True, text=True, check=False)
-    for line in result.stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def summarize(runs, types):
     rows = []
     for distillation in types:
@@ -525,9 +516,11 @@ def main():
     import torch
     import transformers
 
+    from deit_keras.inference import host
+
     report = dict(
         date=time.strftime("%Y-%m-%d"),
-        cpu=cpu_model(),
+        cpu=host.cpu_info(),
         cores=os.cpu_count(),
         command=" ".join(["python", "benchmarks/small_scale.py", *sys.argv[1:]]),
         flagfile=flags,

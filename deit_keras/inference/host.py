@@ -53,14 +53,20 @@ def cpu_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict:
         cpuinfo_path: str. The `/proc/cpuinfo` to read (a test passes a fixture).
 
     Returns:
-        A dict: `model`, `vendor`, `mhz`, `features` ({flag: bool} for each of
-        `CPU_FEATURES`; all False where the flags are unknown), `flags_known`,
-        `logical_cpus`, `usable_cpus`, `platform`.
+        A dict: `model`, `model_id` (family, model and stepping numbers: VMs
+        often name different CPUs alike), `vendor`, `mhz`, `features` ({flag:
+        bool} for each of `CPU_FEATURES`; all False where the flags are
+        unknown), `flags_known`, `logical_cpus`, `usable_cpus`, `platform`.
     """
     fields = cpuinfo_fields(cpuinfo_path)
     flags = set(fields.get("flags", "").split())
     return {
         "model": fields.get("model name") or platform.processor() or "unknown",
+        "model_id": " ".join(
+            f"{key.split()[-1]} {fields[key]}"
+            for key in ("cpu family", "model", "stepping")
+            if key in fields
+        ),
         "vendor": fields.get("vendor_id", ""),
         "mhz": float(fields.get("cpu MHz", "0") or 0),
         "features": {name: name in flags for name in CPU_FEATURES},

@@ -42,7 +42,10 @@ def test_calls_for_budget_is_clipped():
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
 model name\t: Intel(R) Xeon(R) Platinum 8480+
+stepping\t: 8
 cpu MHz\t\t: 2000.000
 flags\t\t: fpu sse avx2 fma avx512f avx512_vnni amx_tile amx_int8
 
@@ -56,6 +59,7 @@ def test_cpu_info_reads_model_and_features(tmp_path):
     path.write_text(CPUINFO)
     info = host.cpu_info(str(path))
     assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert info["model_id"] == "family 6 model 143 stepping 8"
     assert info["mhz"] == 2000.0 and info["flags_known"]
     assert list(info["features"]) == list(host.CPU_FEATURES)
     present = {name for name, has in info["features"].items() if has}
@@ -67,7 +71,7 @@ def test_cpu_info_reads_model_and_features(tmp_path):
 def test_cpu_info_without_proc(tmp_path):
     info = host.cpu_info(str(tmp_path / "missing"))
     assert not info["flags_known"] and not any(info["features"].values())
-    assert info["usable_cpus"] >= 1 and info["model"]
+    assert info["usable_cpus"] >= 1 and info["model"] and info["model_id"] == ""
 
 
 def test_rss_is_measured():
