@@ -13,7 +13,11 @@ What they share lives here: one-line errors with exit status 2 (a bad flag
 value too: `check_range` / `check_path` register absl validators), quiet logs.
 """
 
+import itertools
+import os
+import signal
 import sys
+import threading
 
 from absl import app, flags, logging
 
@@ -71,6 +75,36 @@ def check_path(name: str, kind: str) -> None:
     _register(name, PATH_KINDS[kind])
 
 
+def model_files(path: str | None) -> list[str]:
+    """The files of a saved model at `path`: itself, its class names, OpenVINO's `.bin`."""
+    from deit_keras.deploy import export_formats, saving
+
+    if not path:
+        return []
+    export_format = "openvino" if path.endswith(".xml") else "keras"
+    return [*export_formats.output_files(export_format, path), saving.classes_path(path)]
+
+
+def check_outputs_spare_inputs(outputs: dict, inputs: dict) -> None:
+    """Raises `UsageError` when an output would replace an input or another output.
+
+    Args:
+        outputs: {flag or argument name: path or None}, what the command writes.
+        inputs: {name: path, or a list of paths, or None}, what it reads.
+    """
+    written = [(name, path) for name, path in outputs.items() if path]
+    for (name, path), (input_name, read) in itertools.product(written, inputs.items()):
+        for input_path in [read] if isinstance(read, str) else read or []:
+            if paths.is_within(input_path, path):
+                raise UsageError(
+                    f"{name} would replace {input_name}: write it elsewhere. "
+                    f"Received: {name}={path}, {input_name}={input_path}"
+                )
+    for (name, path), (other, other_path) in itertools.combinations(written, 2):
+        if os.path.realpath(path) == os.path.realpath(other_path):
+            raise UsageError(f"{name} and {other} name one file: give two. Received: {path}")
+
+
 def parse_argv(argv: list[str]) -> list[str]:
     """`flags.FLAGS(argv)`: the arguments left; `UsageError` for a bad flag or flagfile."""
     try:
@@ -97,6 +131,23 @@ def check_no_arguments(argv: list[str]) -> None:
     """Raises `UsageError` when positional arguments follow the program name."""
     if len(argv) > 1:
         raise UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a training loop (which backs up first: `training.preemption`).
+
+    Raised where the command is, like Ctrl-C's `KeyboardInterrupt`, so that a
+    half-written output's temporary is removed on the way out (`io.atomic`).
+    """
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _quiet_logging():
@@ -128,16 +179,22 @@ def run(main) -> None:
     `error: <message>` with exit status 2. Any other exception is a bug: one
     `internal error: ...` line and exit status 70 (`errors.INTERNAL_ERROR_EXIT_CODE`).
     `--verbose` shows the traceback instead of either. A training run stopped by SIGTERM
-    (`training.preemption.Preempted`) prints its one line and exits 143.
+    (`training.preemption.Preempted`) prints its one line and exits 143; SIGTERM
+    anywhere else ends the command as Ctrl-C does (its temporary outputs removed),
+    also with one line and exit status 143.
     """
 
     def guarded(argv):
         _quiet_logging()
+        _catch_sigterm()
         try:
             return main(argv)
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             sys.exit(130)
+        except Terminated:
+            print("error: terminated (SIGTERM)", file=sys.stderr)
+            sys.exit(PREEMPTED_EXIT_CODE)
         except Preempted as stop:  # SIGTERM: the step is backed up
             print(stop, file=sys.stderr)
             sys.exit(PREEMPTED_EXIT_CODE)

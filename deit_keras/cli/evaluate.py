@@ -115,6 +115,13 @@ def _check_flags() -> None:
                 f"--{ignored[0]} is for --dataset; the benchmarks read each test set's own split."
             )
     check_batch_size(_BATCH_SIZE.value)
+    cli.check_outputs_spare_inputs(
+        {"--output": _OUTPUT.value},
+        {
+            "--model_path": cli.model_files(model_source.MODEL_PATH.value),
+            "--reference_model": cli.model_files(_REFERENCE_MODEL.value),
+        },
+    )
 
 
 def _evaluate(model, class_names) -> tuple:

@@ -77,6 +77,10 @@ def main(argv: list[str]) -> None:
     paths = argv[1:]
     if not paths:
         raise cli.UsageError("Give at least one image path.")
+    cli.check_outputs_spare_inputs(
+        {"--output": _OUTPUT.value},
+        {"--model_path": cli.model_files(model_source.MODEL_PATH.value), "an image": paths},
+    )
     images = read_images(paths, _BATCH_SIZE.value)  # all checked before the model loads
     model, class_names = model_source.load_model_from_flags(allow_exported=True)
     predictions = predict_images(

@@ -6,8 +6,8 @@ python -m deit_keras.visualize --model_path model.keras cat.jpg --output attn.pn
 from absl import flags
 
 from deit_keras import cli
-from deit_keras.analysis.drawing import visualize_file
-from deit_keras.schema import FRACTION, POSITIVE
+from deit_keras.analysis.drawing import default_similarity_path, visualize_file
+from deit_keras.schema import FRACTION, Range
 
 _MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model.")
 _OUTPUT = flags.DEFINE_string("output", "attention.png", "PNG of the attention maps.")
@@ -22,18 +22,27 @@ _CROP_PCT = flags.DEFINE_float(
     "Eval crop fraction: the shorter side is resized to image_size / crop_pct. "
     "Defaults to the model's own (saved in its config).",
 )
-_TILE = flags.DEFINE_integer("tile", 128, "Side of each tile in pixels.")
+_TILE = flags.DEFINE_integer("tile", 128, "Side of each tile in pixels (at most 1024).")
 
 cli.check_path("model_path", "input_file")
 cli.check_path("output", "output_file")
 cli.check_path("similarity_output", "output_file")
 cli.check_range("crop_pct", FRACTION)
-cli.check_range("tile", POSITIVE)
+# A figure holds 2 rows of (heads + 2) tiles: 1024 px tiles make a ~30 MP DeiT-B figure.
+cli.check_range("tile", Range(1, 1024))
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise cli.UsageError("Give exactly one image path.")
+    cli.check_outputs_spare_inputs(
+        {
+            "--output": _OUTPUT.value,
+            "--similarity_output": _SIMILARITY_OUTPUT.value
+            or default_similarity_path(_OUTPUT.value),
+        },
+        {"--model_path": cli.model_files(_MODEL_PATH.value), "the image": argv[1]},
+    )
     result = visualize_file(
         _MODEL_PATH.value,
         argv[1],

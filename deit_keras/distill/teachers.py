@@ -296,6 +296,7 @@ def build_teacher(
             ) from error
         if isinstance(teacher, TeacherAdapter):  # saved with its convention (a fine-tuned one)
             return _frozen(_check_classes(teacher, spec, num_classes))
+        _check_takes_rgb_images(teacher, spec)
         teacher_size = (getattr(teacher, "input_shape", None) or (None, None))[1]
         adapter = TeacherAdapter(
             teacher,
@@ -350,6 +351,19 @@ def _regnet(spec, num_classes, image_size, weights):
     classes = num_classes if weights is None else regnet.state_num_classes(weights)
     model = regnet.regnety(spec, num_classes=classes, image_size=image_size)
     return model if weights is None else regnet.load_timm_state(model, weights)
+
+
+def _check_takes_rgb_images(teacher, spec: str) -> None:
+    """A teacher sees the student's batch: `[B, H, W, 3]` images."""
+    try:
+        shape = teacher.input_shape
+    except (AttributeError, ValueError):  # a subclassed model: its call decides
+        return
+    if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] not in (None, 3):
+        raise UserInputError(
+            f"Teacher {spec} takes inputs of shape {shape}, but a teacher sees the student's "
+            "RGB images, shape (batch, height, width, 3): train the teacher on RGB images."
+        )
 
 
 def _check_classes(adapter, spec, num_classes):

@@ -69,6 +69,24 @@ def check_writable(directory: str) -> None:
         raise failure from error
 
 
+def check_free_space(path: str, needed: int) -> None:
+    """Raises `WriteError` when the disk that would hold `path` has under `needed` bytes free.
+
+    For writers that a full disk takes down: HDF5 (Keras' `.weights.h5`) prints a
+    traceback for each object it fails to flush, then crashes the process at exit.
+    """
+    directory = os.path.abspath(os.path.dirname(os.path.abspath(path)))
+    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise WriteError(
+            f"Could not write {path}: No space left on device ({needed / 1e6:.1f} MB needed, "
+            f"{free / 1e6:.1f} MB free). Free space there, or write elsewhere; the file that "
+            "was there before (if any) is unchanged."
+        )
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator[str]:
     """Yields a temporary path beside `path`; renames it to `path` on success.

@@ -1,5 +1,6 @@
 """Callbacks of a DeiT run: atomic checkpoints, TensorBoard views of a run, NaN stop."""
 
+import contextlib
 import glob
 import json
 import math
@@ -15,7 +16,7 @@ from deit_keras.analysis.attention import batch_attention_maps, token_cosine_sim
 from deit_keras.analysis.drawing import attention_figure
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, denormalize
 from deit_keras.errors import UserInputError
-from deit_keras.io.atomic import atomic_output, write_text_atomic
+from deit_keras.io.atomic import atomic_output, check_free_space, write_text_atomic
 from deit_keras.training.preemption import Preempted
 
 
@@ -109,6 +110,23 @@ class BackupMismatchError(UserInputError):
     """A backup in `--model_dir` that does not fit the model of this run's settings."""
 
 
+class BackupDamagedError(UserInputError):
+    """A backup in `--model_dir` that cannot be read (its pointer or state file damaged)."""
+
+
+# HDF5's own bytes per stored array (headers, names, attributes) and per file.
+_H5_BYTES_PER_ARRAY, _H5_BYTES_PER_FILE = 2048, 1 << 16
+
+
+def _state_bytes(model) -> int:
+    """About what a backup of `model` (weights and optimizer state) takes on disk."""
+    arrays = list(model.variables)
+    if getattr(model, "optimizer", None) is not None:
+        arrays += list(model.optimizer.variables)
+    data = sum(int(np.prod(array.shape)) * tf.as_dtype(array.dtype).size for array in arrays)
+    return data + _H5_BYTES_PER_ARRAY * len(arrays) + _H5_BYTES_PER_FILE
+
+
 class Backup:
     """A crash-safe backup of weights and optimizer state, one directory per save.
 
@@ -134,14 +152,52 @@ class Backup:
         self.pointer = os.path.join(directory, "latest.json")
         self.settings = settings
 
+    def clear(self) -> None:
+        """Removes the backup's files (states, pointer, settings, leftovers of a crashed
+        save); anything else in the directory is not ours and stays."""
+        if not os.path.isdir(self.directory):
+            return
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            if name.startswith(("epoch-", ".epoch-")) and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif name in ("latest.json", SETTINGS_FILE) or name.startswith(
+                (".latest.tmp-", f".{os.path.splitext(SETTINGS_FILE)[0]}.tmp-")
+            ):
+                os.remove(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.directory)  # when nothing else is there
+
     def _settings_path(self) -> str:
         return os.path.join(self.directory, SETTINGS_FILE)
 
     def latest(self) -> dict | None:
+        """The pointer's `{"epoch", "batch", "dir", "step"}`; None when nothing is backed up.
+
+        Raises:
+            BackupDamagedError: the pointer is not one this class writes.
+        """
         if not os.path.exists(self.pointer):
             return None
-        with open(self.pointer, encoding="utf-8") as handle:
-            return json.load(handle)
+        try:
+            with open(self.pointer, encoding="utf-8") as handle:
+                latest = json.load(handle)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise self._damaged(self.pointer, f"not JSON: {error}") from error
+        if not (
+            isinstance(latest, dict)
+            and isinstance(latest.get("epoch"), int)
+            and isinstance(latest.get("dir"), str)
+            and isinstance(latest.get("batch", 0), int)
+        ):
+            raise self._damaged(self.pointer, f"not a backup pointer: {str(latest)[:80]}")
+        return latest
+
+    def _damaged(self, path: str, reason: str) -> BackupDamagedError:
+        return BackupDamagedError(
+            f"The backup in {self.directory} is damaged ({path}: {reason}). Delete "
+            f"{self.directory} or pass --noresume to start afresh, or use another --model_dir."
+        )
 
     def restored_epoch(self) -> int:
         """The epoch a run in this directory resumes at (0: starts afresh)."""
@@ -169,12 +225,17 @@ class Backup:
             raise BackupMismatchError(
                 self._mismatch("the backup has no feature-distillation adapters")
             )
+        state_file = os.path.join(self.directory, latest["dir"], "state.weights.h5")
+        if not os.path.isfile(state_file):
+            raise self._damaged(state_file, "missing")
         try:
-            model.load_weights(os.path.join(self.directory, latest["dir"], "state.weights.h5"))
+            model.load_weights(state_file)
             if adapters is not None:
                 adapters.load_weights(adapters_file)
         except ValueError as error:  # Keras: shapes or variables that do not match
             raise BackupMismatchError(self._mismatch(error)) from error
+        except OSError as error:  # h5py: a truncated or overwritten file
+            raise self._damaged(state_file, " ".join(str(error).split())[:200]) from error
         return int(latest["epoch"])
 
     def check_settings(self, settings: dict) -> None:
@@ -221,6 +282,7 @@ class Backup:
     def save(self, model, epoch: int, batch: int = 0) -> None:
         """Saves `model` as the state after `epoch` epochs and `batch` batches of the next."""
         name = f"epoch-{epoch:05d}" + (f"-batch-{batch:07d}" if batch else "")
+        check_free_space(os.path.join(self.directory, name), _state_bytes(model))
         with atomic_output(os.path.join(self.directory, name)) as temporary:
             os.makedirs(temporary)
             model.save_weights(os.path.join(temporary, "state.weights.h5"))

@@ -395,6 +395,18 @@ class TrainConfig:
         if problems:
             raise UserInputError("; ".join(problems))
 
+    def _output_replaces_an_input(self) -> list[str]:
+        output = os.path.realpath(self.output or default_output(self.model))
+        inputs = {"finetune": self.finetune}
+        if self.distillation_type != "none" and str(self.teacher).endswith(".keras"):
+            inputs["teacher"] = self.teacher
+        return [
+            f"output would replace {name}: write the model elsewhere. "
+            f"Received: output={self.output or default_output(self.model)}, {name}={path}"
+            for name, path in inputs.items()
+            if path and os.path.realpath(path) == output
+        ]
+
     def check_paths(self) -> None:
         """Raises one ValueError naming every file or folder setting that cannot serve.
 
@@ -420,6 +432,7 @@ class TrainConfig:
                 "teacher must be a .keras file, a RegNetY name or a keras.applications name. "
                 f"Received: teacher={self.teacher}"
             )
+        problems.extend(self._output_replaces_an_input())
         if self.export_savedmodel:  # written last: checked first, not after the training
             savedmodel = savedmodel_beside(self.output or default_output(self.model))
             where = "the SavedModel beside output"

@@ -6,7 +6,6 @@ The train CLI only turns flags into a `TrainConfig` and calls `run_training`.
 import json
 import math
 import os
-import shutil
 import time
 
 import keras
@@ -222,7 +221,7 @@ def _accept(config: TrainConfig, strategy, flags_text: str | None, info) -> None
     if flags_text is not None:
         write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags_text)
     if not config.resume:
-        shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
+        callbacks_lib.Backup(os.path.join(config.model_dir, "backup")).clear()
         history = os.path.join(config.model_dir, callbacks_lib.HISTORY_FILE)
         if os.path.exists(history):
             os.remove(history)

@@ -232,3 +232,26 @@ def test_visualize_cli_text_image(files, tmp_path):
     )
     assert_one_line_error(process, "text.jpg")
     assert not (tmp_path / "v.png").exists()
+
+
+@pytest.mark.parametrize(
+    "command, arguments, replaced",
+    [
+        ("predict", ["--model_path={m}", "--output={m}", "{i}"], "{m}"),
+        ("predict", ["--model_path={m}", "--output={m}.classes.json", "{i}"], "{m}.classes.json"),
+        ("predict", ["--model_path={m}", "--output={i}", "{i}"], "{i}"),
+        ("evaluate", ["--model_path={m}", "--dataset=digits", "--output={m}"], "{m}"),
+        ("visualize", ["--model_path={m}", "--output={i}", "{i}"], "{i}"),
+    ],
+)
+def test_an_output_never_replaces_an_input(files, tmp_path, command, arguments, replaced):
+    """predict, evaluate and visualize wrote over the model or the image they read."""
+    names = {"m": str(tmp_path / "model.keras"), "i": str(tmp_path / "photo.png")}
+    for source, copy in (("good.keras", "model.keras"), ("one.png", "photo.png")):
+        (tmp_path / copy).write_bytes((files / source).read_bytes())
+    (tmp_path / "model.keras.classes.json").write_text('["a", "b", "c"]')
+    replaced = replaced.format(**names)
+    before = open(replaced, "rb").read()
+    process = run_cli(command, *(argument.format(**names) for argument in arguments))
+    assert_one_line_error(process, "would replace")
+    assert open(replaced, "rb").read() == before

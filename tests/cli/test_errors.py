@@ -4,6 +4,7 @@ The commands used to turn every `ValueError` into a one-line user error, so an i
 TensorFlow shape error read like a bad flag and hid its traceback from bug reports.
 """
 
+import os
 import subprocess
 import sys
 
@@ -47,6 +48,29 @@ def test_any_other_exception_is_an_internal_error_with_its_own_exit_code(raised)
     assert len(lines) == 1, process.stderr
     assert lines[0].startswith(f"internal error: {raised.split('(')[0]}: "), lines[0]
     assert "--verbose" in lines[0] and "Traceback" not in process.stderr
+
+
+def test_sigterm_ends_a_command_in_one_line_and_removes_its_temporary_output(tmp_path):
+    """SIGTERM while an output is half written: exit 143, one line, no temporary left."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from deit_keras import cli\n"
+        "from deit_keras.io.atomic import atomic_output\n"
+        "def main(argv):\n"
+        "    with atomic_output(sys.argv[1]) as temporary:\n"
+        "        open(temporary, 'w').write('half')\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(60)\n"
+        "cli.run(main)\n"
+    )
+    target = tmp_path / "out.json"
+    process = subprocess.run(
+        [sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 143, process.stderr[-2000:]
+    assert user_stderr(process)[-1] == "error: terminated (SIGTERM)"
+    assert "Traceback" not in process.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_verbose_shows_the_traceback_of_an_internal_error():

@@ -69,6 +69,15 @@ def test_a_folder_where_the_savedmodel_goes_is_refused_before_the_run(tmp_path):
     dataclasses.replace(config, export_savedmodel=False).check_paths()
 
 
+def test_an_output_that_would_replace_the_teacher_is_refused_before_the_run(tmp_path):
+    teacher = tmp_path / "teacher.keras"
+    teacher.write_bytes(b"a trained teacher")
+    config = digits_config(tmp_path, teacher=str(teacher), output=str(teacher))
+    with pytest.raises(UserInputError, match="output would replace teacher"):
+        config.check_paths()
+    dataclasses.replace(config, output=str(tmp_path / "student.keras")).check_paths()
+
+
 def test_the_default_output_is_named_as_the_preset_an_alias_stands_for(tmp_path, monkeypatch):
     from deit_keras.models.variants import ALIASES
 

@@ -67,6 +67,17 @@ def test_build_teacher_from_file_and_application(tmp_path):
         teachers.build_teacher(str(tmp_path / "bad.keras"), 10, 32)
 
 
+@pytest.mark.parametrize("inputs", [(32, 32, 1), (4,)], ids=["one channel", "not an image"])
+def test_a_teacher_file_that_takes_no_rgb_images_is_refused(tmp_path, inputs):
+    """A one-channel teacher (natural for digits) was an internal error in the train step."""
+    flat = keras.layers.Flatten() if len(inputs) > 1 else keras.layers.Identity()
+    teacher = keras.Sequential([keras.Input(inputs), flat, keras.layers.Dense(10)])
+    path = str(tmp_path / "gray.keras")
+    teacher.save(path)
+    with pytest.raises(UserInputError, match=r"takes inputs of shape .* RGB images"):
+        teachers.build_teacher(path, 10, 32)
+
+
 def test_teacher_with_another_input_size_gets_a_resized_batch(tmp_path):
     path = str(tmp_path / "cnn48.keras")
     teachers.build_small_cnn(10, 48).save(path)

@@ -102,6 +102,35 @@ def test_full_disk_fails_each_save_naming_it_and_keeps_the_last_good(tmp_path, m
         assert not [f for f in os.listdir(disk) if ".tmp-" in f]  # no temporary left over
 
 
+def test_a_backup_larger_than_the_space_left_is_refused_before_writing(tmp_path):
+    """HDF5 meeting a full disk mid-file prints a traceback per object it cannot flush,
+    then crashes the process at exit (seen: exit 139): the backup is measured first."""
+    script = (
+        "import sys\n"
+        "from deit_keras.io.atomic import WriteError\n"
+        "from deit_keras.testing import tiny_model\n"
+        "from deit_keras.training.callbacks import Backup\n"
+        "model = tiny_model(num_classes=3)\n"
+        "model.compile(optimizer='adamw')\n"
+        "model.optimizer.build(model.trainable_variables)\n"
+        "try:\n"
+        "    Backup(sys.argv[1]).save(model, 1)\n"
+        "except WriteError as error:\n"
+        "    sys.exit(f'error: {error}')\n"
+    )
+    with tmpfs(tmp_path / "disk", size="300k") as disk:  # the backup is ~490 kB
+        process = subprocess.run(
+            [sys.executable, "-c", script, str(disk / "backup")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        lines = user_stderr(process)
+        assert process.returncode == 1 and lines[-1].startswith("error: "), process.stderr[-2000:]
+        assert "MB needed" in lines[-1] and "Traceback" not in process.stderr
+        assert not os.path.exists(disk / "backup") or not os.listdir(disk / "backup")
+
+
 def test_read_only_disk_fails_naming_the_path_and_keeps_the_file(tmp_path, model):
     with tmpfs(tmp_path / "disk") as disk:
         save_model(model, str(disk / "final.keras"))

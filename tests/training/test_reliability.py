@@ -157,3 +157,41 @@ def test_backup_restore_into_a_model_it_does_not_fit_names_the_settings(tmp_path
     with pytest.raises(callbacks_lib.BackupMismatchError) as raised:
         restoring.restore(wide)
     assert "epochs" not in str(raised.value)  # only the settings that differ are named
+
+
+@pytest.mark.parametrize(
+    "pointer", ["garbage", "{}", '{"epoch": "1", "dir": "epoch-00001"}', "[1, 2]"]
+)
+def test_a_damaged_backup_pointer_is_a_user_error_naming_the_way_out(tmp_path, pointer):
+    """Was an internal error (`JSONDecodeError`, `KeyError: 'epoch'`)."""
+    (tmp_path / "latest.json").write_text(pointer)
+    with pytest.raises(callbacks_lib.BackupDamagedError, match="latest.json.*--noresume"):
+        callbacks_lib.Backup(str(tmp_path)).position()
+
+
+def test_a_truncated_backup_state_is_a_user_error_naming_the_file(tmp_path):
+    model = tiny_model(num_classes=3)
+    model.compile(optimizer="adamw")
+    model.optimizer.build(model.trainable_variables)
+    backup = callbacks_lib.Backup(str(tmp_path / "backup"))
+    backup.save(model, 1)
+    state = tmp_path / "backup" / "epoch-00001" / "state.weights.h5"
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(callbacks_lib.BackupDamagedError, match="state.weights.h5"):
+        backup.restore(model)
+
+
+def test_clearing_a_backup_leaves_what_is_not_ours(tmp_path):
+    """--noresume removed a user's own `backup/` folder with everything in it."""
+    model = tiny_model(num_classes=3)
+    model.compile(optimizer="adamw")
+    model.optimizer.build(model.trainable_variables)
+    backup = callbacks_lib.Backup(str(tmp_path / "backup"), {"embed_dim": 16})
+    backup.save(model, 1)
+    (tmp_path / "backup" / "thesis.txt").write_text("a user's file")
+    backup.clear()
+    assert os.listdir(tmp_path / "backup") == ["thesis.txt"]
+    (tmp_path / "backup" / "thesis.txt").unlink()
+    backup.save(model, 2)
+    backup.clear()
+    assert not (tmp_path / "backup").exists()
