@@ -158,20 +158,27 @@ def make_dataset(
         seed_value = seed or 0
         subset = subsets.train_subset(name, data_dir, train_fraction, seed_value)
     seed, order_seed = _seeds(seed, epoch, common_order)
+    # With `epoch`, every iteration of the dataset repeats the same epoch.
+    fresh_each_iteration = epoch is None
+    # Pipelines that shard one order must draw the same one: a seed even when none is given.
+    shared_order_seed = 0 if order_seed is None and num_pipelines > 1 else order_seed
     arrays = _decoded_in_memory(name, data_dir, split, in_memory)
-    if arrays is not None:
-        if subset is not None:
-            arrays = tuple(array[subset] for array in arrays)
-        ds = tf.data.Dataset.from_tensor_slices(arrays)
-    elif subset is not None:  # shuffled below
+    in_memory_examples = arrays
+    if arrays is not None and subset is not None:
+        in_memory_examples = tuple(array[subset] for array in arrays)
+    elif subset is not None:
         examples = subsets.train_subset_examples(name, data_dir, train_fraction, seed_value)
-        ds = tf.data.Dataset.from_tensor_slices(examples)
+        in_memory_examples = tuple(tf.constant(example) for example in examples)
+    if in_memory_examples is not None and training:  # in read order: class by class for folders
+        ds = sources.permuted_slices(in_memory_examples, shared_order_seed, fresh_each_iteration)
+    elif in_memory_examples is not None:
+        ds = tf.data.Dataset.from_tensor_slices(in_memory_examples)
     else:
-        ds = source.read(split, shuffle_files=training, seed=order_seed)
+        ds = source.read(
+            split, shuffle_files=training, seed=shared_order_seed, reshuffle=fresh_each_iteration
+        )
     num_examples = source.num_examples(split) if subset is None else len(subset)
     if training:
-        # With `epoch`, every iteration of the dataset repeats the same epoch.
-        fresh_each_iteration = epoch is None
         ds = sample_training_stream(
             ds,
             num_examples,

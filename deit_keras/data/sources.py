@@ -83,9 +83,33 @@ class Source:
             return self.info.num_train_examples
         return self.info.num_eval_examples
 
-    def read(self, split, shuffle_files=False, seed=None):
-        """`tf.data.Dataset` of `(encoded bytes, int64 label)`."""
-        return self._reader(self.split_name(split), shuffle_files, seed)
+    def read(self, split, shuffle_files=False, seed=None, reshuffle=True):
+        """`tf.data.Dataset` of `(encoded bytes, int64 label)`.
+
+        With `shuffle_files`, in a random order (tfds: its files; a folder: a full
+        permutation of its images, drawn again each pass when `reshuffle`).
+        """
+        return self._reader(self.split_name(split), shuffle_files, seed, reshuffle)
+
+
+def permuted_slices(elements: tuple, seed=None, reshuffle=True) -> tf.data.Dataset:
+    """`Dataset.from_tensor_slices(elements)` in a random order: a full permutation (the
+    official DeiT's `RASampler` draws `torch.randperm` over the whole dataset), drawn
+    again on each pass when `reshuffle`.
+
+    A folder lists its images class by class, and a shuffle window over such a list
+    sees a few classes at a time; the window here holds indices only.
+
+    Args:
+        elements: tuple of tensors or arrays with one first dimension.
+        seed: int or None. With `reshuffle`, the passes' orders follow from it.
+    """
+    tensors = tuple(tf.convert_to_tensor(element) for element in elements)
+    count = int(tensors[0].shape[0])
+    order = tf.data.Dataset.range(count).shuffle(
+        max(count, 1), seed=seed, reshuffle_each_iteration=reshuffle
+    )
+    return order.map(lambda index: tuple(tf.gather(tensor, index) for tensor in tensors))
 
 
 def _tfds_source(name, builder, user_name):
@@ -109,12 +133,15 @@ def _tfds_source(name, builder, user_name):
         eval_split=eval_split,
     )
 
-    def reader(split, shuffle_files, seed):
+    def reader(split, shuffle_files, seed, reshuffle):
+        read_config = tfds.ReadConfig(
+            shuffle_seed=seed, shuffle_reshuffle_each_iteration=reshuffle, try_autocache=False
+        )
         ds = builder.as_dataset(
             split=split,
             shuffle_files=shuffle_files,
             decoders={image_key: tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
+            read_config=read_config,
         )
         return ds.map(lambda x: (x[image_key], tf.cast(x[label_key], tf.int64)))
 
@@ -327,12 +354,13 @@ def _folder(name, path, bad_images="skip", splits=SPLITS):
         skipped=tuple(skipped),
     )
 
-    def reader(split, shuffle_files, seed):
-        del shuffle_files, seed  # Shuffled later, per element.
+    def reader(split, shuffle_files, seed, reshuffle):
         split_paths, split_labels = files[split]
-        ds = tf.data.Dataset.from_tensor_slices(
-            (tf.constant(split_paths, tf.string), tf.constant(split_labels, tf.int64))
-        )
+        elements = (tf.constant(split_paths, tf.string), tf.constant(split_labels, tf.int64))
+        if shuffle_files:  # the file names in a random order, before any is read
+            ds = permuted_slices(elements, seed, reshuffle)
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(elements)
         return ds.map(lambda p, y: (tf.io.read_file(p), y))
 
     return Source(info, reader)

@@ -202,6 +202,37 @@ def test_folder_source(image_folder):
     assert sum(x.shape[0] for x, _ in evals) == 6
 
 
+@pytest.mark.parametrize("in_memory", [None, False], ids=["in memory", "streamed"])
+def test_a_folder_is_drawn_in_a_full_permutation_not_a_window(tmp_path, monkeypatch, in_memory):
+    """A folder lists its images class by class: a shuffle window (here 4 images, 10,000
+    by default, against ImageNet's 1.28M) with repeated augmentation x3 trained on the first
+    third of the classes only. Each epoch is a full permutation, as RASampler's randperm."""
+    monkeypatch.setattr(pipeline, "SHUFFLE_BUFFER", 4)
+    classes, per_class = 6, 8
+    for split, count in (("train", per_class), ("val", 1)):
+        for label in range(classes):
+            os.makedirs(tmp_path / split / f"c{label}")
+            for i in range(count):
+                pixels = np.full((8, 8, 3), 40 * label + i, np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / f"c{label}" / f"{i}.png")
+    config = augment.AugmentConfig(rand_augment_ops=0, reprob=0.0, mixup=0.0, cutmix=0.0)
+    train = make_dataset(
+        f"folder:{tmp_path}",
+        "train",
+        image_size=8,
+        batch_size=classes * per_class // 4,
+        training=True,
+        augment=config,
+        repeated_aug=3,
+        seed=0,
+        in_memory=in_memory,
+    )
+    batches = [np.argmax(targets, -1) for _, targets in train]
+    assert len(batches) == 4
+    assert set(np.concatenate(batches)) == set(range(classes))  # every class each epoch
+    assert len(set(np.concatenate(batches[:2]))) >= 3  # the first half: no run of classes
+
+
 def test_folder_missing_split(tmp_path):
     os.makedirs(tmp_path / "train" / "a")
     with pytest.raises(ValueError, match="val/"):
