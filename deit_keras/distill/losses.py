@@ -65,7 +65,6 @@ class DistillationLoss:
         self.tau = tau
         self.cross_entropy = base_loss or keras.losses.CategoricalCrossentropy(from_logits=True)
         self.teacher_cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        self.kl_divergence = keras.losses.KLDivergence()
 
     @property
     def needs_teacher(self):
@@ -87,12 +86,19 @@ class DistillationLoss:
         if self.distillation == "hard":
             dist_loss = self.teacher_cross_entropy(ops.argmax(teacher_logits, axis=-1), kd_logits)
         else:
-            num_classes = ops.cast(ops.shape(kd_logits)[-1], "float32")
-            teacher_probs = ops.softmax(teacher_logits / self.tau, axis=-1)
-            student_probs = ops.softmax(kd_logits / self.tau, axis=-1)
-            # KLDivergence sums over classes and averages over the batch;
-            # dividing by the class count gives the reference's sum / numel.
-            dist_loss = self.kl_divergence(teacher_probs, student_probs) / num_classes
-            dist_loss = dist_loss * (self.tau**2)
+            dist_loss = soft_distillation_loss(kd_logits, teacher_logits, self.tau)
         total = (1.0 - self.alpha) * cls_loss + self.alpha * dist_loss
         return total, cls_loss, dist_loss
+
+
+def soft_distillation_loss(student_logits, teacher_logits, tau):
+    """The official `F.kl_div(log_softmax(s / tau), log_softmax(t / tau), reduction="sum",
+    log_target=True) * tau**2 / s.numel()`, in log space throughout.
+
+    (Keras' `KLDivergence` on probabilities clips them to [1e-7, 1]: a class the
+    student gives less than 1e-7 then gets no gradient, however wrong that is.)
+    """
+    student_log_probs = ops.log_softmax(ops.cast(student_logits, "float32") / tau, axis=-1)
+    teacher_log_probs = ops.log_softmax(teacher_logits / tau, axis=-1)
+    per_class = ops.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs)
+    return ops.mean(per_class) * (tau**2)  # summed, over batch x classes: the mean

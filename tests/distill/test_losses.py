@@ -39,6 +39,26 @@ def test_soft_distillation_loss_by_hand(tau):
     np.testing.assert_allclose(float(total), 0.7 * cross_entropy(Y, CLS) + 0.3 * kl, rtol=1e-4)
 
 
+def test_soft_distillation_corrects_a_confident_student():
+    """Probabilities below 1e-7 were clipped (Keras' KLDivergence): a student sure of
+    class 0 (logit 20) where the teacher says 0 or 3 got no gradient at all."""
+    import tensorflow as tf
+
+    student = np.zeros((2, 10), np.float32)
+    student[:, 0] = 20.0
+    teacher = np.zeros((2, 10), np.float32)
+    teacher[:, [0, 3]] = 5.0
+    logits = tf.Variable(student)
+    with tf.GradientTape() as tape:
+        _, _, dist_loss = DistillationLoss("soft", alpha=1.0, tau=1.0)(
+            np.eye(10, dtype=np.float32)[:2], logits, logits, teacher
+        )
+    gradient = tape.gradient(dist_loss, logits).numpy()
+    p_student, p_teacher = np.exp(log_softmax(student)), np.exp(log_softmax(teacher))
+    np.testing.assert_allclose(gradient, (p_student - p_teacher) / student.size, atol=1e-6)
+    assert gradient[0, 3] < -0.02  # pushed towards the teacher's second class
+
+
 def test_no_distillation_trains_both_heads_on_labels():
     total, cls_loss, dist_loss = DistillationLoss("none")(Y, CLS, DIST)
     np.testing.assert_allclose(float(dist_loss), cross_entropy(Y, DIST), rtol=1e-5)
