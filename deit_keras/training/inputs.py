@@ -53,7 +53,18 @@ def training_stream(config, data_kwargs, epoch, skip_batches, **extra):
     """
     if config.deterministic and not config.steps_per_epoch:
         return deterministic_epochs(config, data_kwargs, epoch, skip_batches, **extra)
-    return train_data(config, data_kwargs, **extra).repeat()
+    fresh = resumed_data_kwargs(data_kwargs, epoch, skip_batches)
+    return train_data(config, fresh, **extra).repeat()
+
+
+def resumed_data_kwargs(data_kwargs: dict, epoch: int, batch: int) -> dict:
+    """`data_kwargs` for a pipeline re-iterated with fresh randomness, resumed at
+    `(epoch, batch)`: its seed moved on, since the run's own seed would replay epoch 0's
+    order and augmentation (the official sampler's `set_epoch` draws each epoch anew)."""
+    seed = data_kwargs.get("seed")
+    if seed is None or (epoch, batch) == (0, 0):
+        return data_kwargs
+    return {**data_kwargs, "seed": (seed * 1_000_003 + 7919 * (epoch + 1) + batch) % 2**62}
 
 
 def train_phases(config, data_kwargs, steps):
@@ -73,7 +84,8 @@ def train_phases(config, data_kwargs, steps):
         if config.deterministic and not config.steps_per_epoch:
             rest_of_epoch = train_data(config, data_kwargs, epoch=epoch, skip_batches=batch)
         else:
-            rest_of_epoch = train_data(config, data_kwargs).repeat()
+            fresh = resumed_data_kwargs(data_kwargs, epoch, batch)
+            rest_of_epoch = train_data(config, fresh).repeat()
         phases.append((rest_of_epoch, epoch, epoch + 1, steps - batch))
         epoch += 1
     if epoch < config.epochs or not phases:
@@ -82,4 +94,10 @@ def train_phases(config, data_kwargs, steps):
     return phases
 
 
-__all__ = ["deterministic_epochs", "train_data", "train_phases", "training_stream"]
+__all__ = [
+    "deterministic_epochs",
+    "resumed_data_kwargs",
+    "train_data",
+    "train_phases",
+    "training_stream",
+]
