@@ -51,6 +51,25 @@ def with_teacher_logits(
     return dataset.map(add).prefetch(tf.data.AUTOTUNE)
 
 
+def _clipped_over_replicas(optimizer, gradients):
+    """With several replicas, the summed gradient clipped to `global_clipnorm`.
+
+    Keras clips each replica's gradient before summing them (a norm up to R times
+    the clip with R replicas); the official code (DDP, then `clip_grad_norm_`)
+    clips the sum. So the sum is taken and clipped here, and each replica passes
+    on 1/R of it: Keras' clip leaves it be, and its sum is the clipped total.
+    """
+    clip = getattr(getattr(optimizer, "inner_optimizer", optimizer), "global_clipnorm", None)
+    context = tf.distribute.get_replica_context()
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if not clip or context is None or replicas == 1:
+        return gradients
+    scale = ops.cast(optimizer.scale_loss(ops.ones((), "float32")), "float32")  # loss scaling
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+    clipped, _ = tf.clip_by_global_norm([g / ops.cast(scale, g.dtype) for g in total], clip)
+    return [g * ops.cast(scale / replicas, g.dtype) for g in clipped]
+
+
 def _unpack(data):
     """`(images, targets, teacher logits or None, teacher maps or None)` of a batch."""
     images, labels = data[0], data[1]
@@ -215,7 +234,8 @@ class DistillationStep:
             scaled = model.optimizer.scale_loss(total)
         variables = model.trainable_variables
         gradients = tape.gradient(scaled, self.trainable_variables(model))
-        model.optimizer.apply_gradients(zip(gradients[: len(variables)], variables, strict=True))
+        model_gradients = _clipped_over_replicas(model.optimizer, gradients[: len(variables)])
+        model.optimizer.apply_gradients(zip(model_gradients, variables, strict=True))
         if self.features is not None:
             self._apply_adapter_gradients(model, gradients[len(variables) :])
         self.update_metrics(labels, *outputs)

@@ -222,6 +222,9 @@ def fit_distributed(
             history.history.setdefault(name, []).append(value)
         if chief:
             _end_of_epoch_outputs(model, backup, model_dir, writers, epoch, logs)
+    if history.epoch and model.optimizer is not None:
+        with strategy.scope():  # as `fit` ends: with --model_ema the average becomes the model
+            model.optimizer.finalize_variable_values(model.trainable_weights)
     for writer in writers.values():
         writer.close()
     return history

@@ -3,6 +3,7 @@
 The train CLI only turns flags into a `TrainConfig` and calls `run_training`.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -94,6 +95,18 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
     )
 
 
+@contextlib.contextmanager
+def _weights_kept(optimizer):
+    """`fit` ends by copying the optimizer's EMA into the weights (with --model_ema,
+    `finalize_variable_values`); after a phase that is not the run's last (a resumed
+    epoch's rest), training must go on from the trained weights, not the average."""
+    optimizer.finalize_variable_values = lambda var_list: None
+    try:
+        yield
+    finally:
+        del optimizer.finalize_variable_values  # the class's method again
+
+
 def _fit(config, student, phases, evaluation, steps, preemption):
     sample_images = next(iter(phases[0][0].take(1)))[0]
     validation_images = next(iter(evaluation.take(1)))[0][:4]
@@ -104,22 +117,24 @@ def _fit(config, student, phases, evaluation, steps, preemption):
         backup.resume(student)  # where `phases` start: the backup's (epoch, batch)
     history = keras.callbacks.History()
     history.epoch, history.history = [], {}
-    for train, initial_epoch, epochs, fit_steps in phases:
+    for index, (train, initial_epoch, epochs, fit_steps) in enumerate(phases):
+        last = index == len(phases) - 1
         if student.teacher is not None and student.distribute_strategy.num_replicas_in_sync == 1:
             # Off the step's critical path; with feature distillation its maps too.
             features = student.distillation_step.features
             train = with_teacher_logits(train, student.teacher, features)
-        part = student.fit(
-            train,
-            initial_epoch=initial_epoch,
-            epochs=epochs,
-            steps_per_epoch=fit_steps,
-            validation_data=evaluation,
-            validation_freq=config.validation_freq,
-            callbacks=callbacks,
-            verbose=config.fit_verbose,
-            shuffle=False,  # the tf.data pipeline shuffles
-        )
+        with contextlib.nullcontext() if last else _weights_kept(student.optimizer):
+            part = student.fit(
+                train,
+                initial_epoch=initial_epoch,
+                epochs=epochs,
+                steps_per_epoch=fit_steps,
+                validation_data=evaluation,
+                validation_freq=config.validation_freq,
+                callbacks=callbacks,
+                verbose=config.fit_verbose,
+                shuffle=False,  # the tf.data pipeline shuffles
+            )
         history.epoch += part.epoch
         for name, values in part.history.items():
             history.history.setdefault(name, []).extend(values)

@@ -74,7 +74,9 @@ def test_fit_with_xla_reduces_loss():
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""
+    import sys
     import numpy as np, tensorflow as tf
+    CLIP = float(sys.argv[1]) if len(sys.argv) > 1 else None
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
@@ -91,7 +93,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
             teacher(images[:1])
             model = tiny_model()
             optimizer = create_optimizer(
-                base_lr=1e-2, global_batch_size=512, steps_per_epoch=1, epochs=1, warmup_epochs=0
+                base_lr=1e-2, global_batch_size=512, steps_per_epoch=1, epochs=1, warmup_epochs=0,
+                clip_grad=CLIP,
             )
             model.compile(optimizer=optimizer, teacher=teacher, distillation="hard")
         history = model.fit(images, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
@@ -108,9 +111,11 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_mirrored_two_replicas_match_one_device():
+@pytest.mark.parametrize("clip", [None, "0.01"], ids=["no clip", "clipped"])
+def test_mirrored_two_replicas_match_one_device(clip):
+    """With a clip that binds, too: Keras clipped each replica's gradient before the sum."""
     result = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT],
+        [sys.executable, "-c", MIRRORED_SCRIPT, *([clip] if clip else [])],
         capture_output=True,
         text=True,
         timeout=300,

@@ -102,3 +102,29 @@ def test_noresume_starts_a_fresh_history(tmp_path):
     assert [record["epoch"] for record in history] == [0]
     settings = json.loads((tmp_path / "run" / "backup" / "settings.json").read_text())
     assert settings["lr"] == 1e-3
+
+
+def test_a_phase_before_the_last_leaves_the_trained_weights_not_the_ema():
+    """`fit` ends by copying the EMA into the weights: a run resumed mid-epoch (two fits)
+    trained its second phase from the average (--model_ema)."""
+    import keras
+
+    from deit_keras.training.runner import _weights_kept
+
+    def fitted(kept):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.9), "mse")
+        x, y = np.ones((8, 3), np.float32), np.full((8, 2), 5.0, np.float32)
+        if kept:
+            with _weights_kept(model.optimizer):
+                model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+        else:
+            model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+        average = [v.numpy() for v in model.optimizer._model_variables_moving_average]
+        return model.get_weights(), average
+
+    weights, average = fitted(kept=True)
+    assert not np.allclose(weights[0], average[0])  # training goes on from its own weights
+    weights, average = fitted(kept=False)
+    np.testing.assert_allclose(weights[0], average[0])  # the run's last fit: the EMA
