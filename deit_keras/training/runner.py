@@ -259,11 +259,25 @@ def run_training(config: TrainConfig, flags_text: str | None = None) -> dict:
     strategy = make_strategy(config.strategy, config.tpu)
     if not custom_loop.is_chief(strategy):  # workers share the chief's model_dir
         return _run_training(config, strategy, started, flags_text)
-    atomic.check_writable(config.model_dir)
-    output = config.output or default_output(config.model)
-    atomic.check_writable(os.path.dirname(os.path.abspath(output)))
-    with run_lock.hold(config.model_dir):
-        return _run_training(config, strategy, started, flags_text)
+    made_model_dir = not os.path.exists(config.model_dir)
+    try:
+        atomic.check_writable(config.model_dir)
+        output = config.output or default_output(config.model)
+        atomic.check_writable(os.path.dirname(os.path.abspath(output)))
+        with run_lock.hold(config.model_dir):
+            return _run_training(config, strategy, started, flags_text)
+    except BaseException:
+        if made_model_dir:  # a refused run leaves no folder holding only its lock file
+            _remove_if_only_the_lock(config.model_dir)
+        raise
+
+
+def _remove_if_only_the_lock(directory: str) -> None:
+    with contextlib.suppress(OSError):
+        if set(os.listdir(directory)) <= {run_lock.LOCK_NAME}:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, run_lock.LOCK_NAME))
+            os.rmdir(directory)
 
 
 def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> dict:
