@@ -139,6 +139,13 @@ def read_openvino_config(path: str) -> dict:
 
     if not os.path.isfile(path):
         raise UserInputError(f"OpenVINO model file not found: {path}")
+    with open(path, "rb") as handle:
+        start = handle.read(4096)
+    if b"<net " not in start:  # else OpenVINO tries each frontend, TensorFlow's logs its parse
+        raise UserInputError(
+            f"{path} is not an OpenVINO IR model (no <net> element at its start): export one "
+            "with `python -m deit_keras.export --format=openvino`."
+        )
     try:
         ov_model = ov.Core().read_model(path)
     except RuntimeError as error:
