@@ -1,6 +1,7 @@
 """The DeiT `tf.data` input pipeline: the API the training code calls.
 
-Training: read -> [shard] -> shuffle -> [repeated augmentation] -> per-image
+Training: read (a folder's or an in-memory split's images in a full permutation,
+tfds files shuffled) -> [shard] -> shuffle -> [repeated augmentation] -> per-image
 crop/flip/RandAugment/normalise/erase (parallel map) -> batch -> MixUp/CutMix
 with smoothed targets -> prefetch. Eval: read -> [shard] -> resize + centre
 crop + normalise -> batch -> one-hot targets -> prefetch.
@@ -62,7 +63,9 @@ def _derive(seed, salt):
     return None if seed is None else seed * 1_000_003 + salt
 
 
-# Examples the training stream shuffles over: all of a small dataset, a window of a large one.
+# Examples the training stream shuffles over: all of a small dataset, a window of a large
+# one (whose order is random already: tfds writes its records shuffled, folders and
+# in-memory splits are read in a full permutation).
 SHUFFLE_BUFFER = 10_000
 
 
