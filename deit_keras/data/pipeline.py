@@ -88,6 +88,7 @@ def make_dataset(
     skip_batches=0,
     in_memory=None,
     train_fraction=1.0,
+    subset_seed=None,
 ):
     """Builds the batched input pipeline of one split.
 
@@ -138,6 +139,8 @@ def make_dataset(
             required (ValueError when the split does not qualify).
         train_fraction: float in (0, 1]. The train split only: a class-balanced
             subset of this share, chosen by `seed` (`data.subsets`). Defaults to 1.
+        subset_seed: int or None. Chooses the subset instead of `seed` (a resumed
+            run draws with a new `seed`, on the same images).
 
     Returns:
         `tf.data.Dataset` of `(images, targets)`: float32
@@ -158,7 +161,7 @@ def make_dataset(
     common_order = training and repeated_aug > 1 and num_pipelines > 1
     subset = None
     if split == "train" and train_fraction != 1.0:
-        seed_value = seed or 0
+        seed_value = (seed if subset_seed is None else subset_seed) or 0
         subset = subsets.train_subset(name, data_dir, train_fraction, seed_value)
     seed, order_seed = _seeds(seed, epoch, common_order)
     # With `epoch`, every iteration of the dataset repeats the same epoch.

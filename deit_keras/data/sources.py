@@ -103,7 +103,11 @@ def permuted_slices(elements: tuple, seed=None, reshuffle=True) -> tf.data.Datas
     Args:
         elements: tuple of tensors or arrays with one first dimension.
         seed: int or None. With `reshuffle`, the passes' orders follow from it.
+            Salted here: the training stream's window shuffle draws from the same
+            seed, and two shuffles from one seed compose to no uniform permutation.
     """
+    if seed is not None:
+        seed = (seed * 1_000_003 + 1) % 2**63
     tensors = tuple(tf.convert_to_tensor(element) for element in elements)
     count = int(tensors[0].shape[0])
     order = tf.data.Dataset.range(count).shuffle(
@@ -134,9 +138,8 @@ def _tfds_source(name, builder, user_name):
     )
 
     def reader(split, shuffle_files, seed, reshuffle):
-        read_config = tfds.ReadConfig(
-            shuffle_seed=seed, shuffle_reshuffle_each_iteration=reshuffle, try_autocache=False
-        )
+        del reshuffle  # tfds' default: each of a deterministic run's epochs is read once
+        read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
         ds = builder.as_dataset(
             split=split,
             shuffle_files=shuffle_files,

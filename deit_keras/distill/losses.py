@@ -65,6 +65,7 @@ class DistillationLoss:
         self.tau = tau
         self.cross_entropy = base_loss or keras.losses.CategoricalCrossentropy(from_logits=True)
         self.teacher_cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.soft_distillation = SoftDistillation(tau)
 
     @property
     def needs_teacher(self):
@@ -86,19 +87,36 @@ class DistillationLoss:
         if self.distillation == "hard":
             dist_loss = self.teacher_cross_entropy(ops.argmax(teacher_logits, axis=-1), kd_logits)
         else:
-            dist_loss = soft_distillation_loss(kd_logits, teacher_logits, self.tau)
+            dist_loss = self.soft_distillation(teacher_logits, kd_logits)
         total = (1.0 - self.alpha) * cls_loss + self.alpha * dist_loss
         return total, cls_loss, dist_loss
 
 
-def soft_distillation_loss(student_logits, teacher_logits, tau):
-    """The official `F.kl_div(log_softmax(s / tau), log_softmax(t / tau), reduction="sum",
-    log_target=True) * tau**2 / s.numel()`, in log space throughout.
+@keras.saving.register_keras_serializable(package="deit_keras")
+class SoftDistillation(keras.losses.Loss):
+    """The official soft term, `F.kl_div(log_softmax(s / tau), log_softmax(t / tau),
+    reduction="sum", log_target=True) * tau**2 / s.numel()`, in log space throughout.
 
-    (Keras' `KLDivergence` on probabilities clips them to [1e-7, 1]: a class the
-    student gives less than 1e-7 then gets no gradient, however wrong that is.)
+    `y_true` is the teacher's logits, `y_pred` the student's. Per example: the KL
+    summed over classes, divided by the class count (the mean over the batch then
+    gives the reference's `/ numel`). A Keras `Loss`, so that under `tf.distribute`
+    it is divided by the replicas as the other terms are. (Keras' `KLDivergence` on
+    probabilities clips them to [1e-7, 1]: a class the student gives less than 1e-7
+    then gets no gradient, however wrong that is.)
+
+    Args:
+        tau: float > 0. The temperature.
     """
-    student_log_probs = ops.log_softmax(ops.cast(student_logits, "float32") / tau, axis=-1)
-    teacher_log_probs = ops.log_softmax(teacher_logits / tau, axis=-1)
-    per_class = ops.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs)
-    return ops.mean(per_class) * (tau**2)  # summed, over batch x classes: the mean
+
+    def __init__(self, tau=1.0, name="soft_distillation", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.tau = tau
+
+    def call(self, y_true, y_pred):
+        student_log_probs = ops.log_softmax(ops.cast(y_pred, "float32") / self.tau, axis=-1)
+        teacher_log_probs = ops.log_softmax(ops.cast(y_true, "float32") / self.tau, axis=-1)
+        per_class = ops.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs)
+        return ops.mean(per_class, axis=-1) * (self.tau**2)
+
+    def get_config(self):
+        return dict(super().get_config(), tau=self.tau)

@@ -65,9 +65,11 @@ def _clipped_over_replicas(optimizer, gradients):
     if not clip or context is None or replicas == 1:
         return gradients
     scale = ops.cast(optimizer.scale_loss(ops.ones((), "float32")), "float32")  # loss scaling
-    total = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+    present = [g for g in gradients if g is not None]  # Keras drops a None one, with a warning
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, present)
     clipped, _ = tf.clip_by_global_norm([g / ops.cast(scale, g.dtype) for g in total], clip)
-    return [g * ops.cast(scale / replicas, g.dtype) for g in clipped]
+    parts = iter(g * ops.cast(scale / replicas, g.dtype) for g in clipped)
+    return [None if g is None else next(parts) for g in gradients]
 
 
 def _unpack(data):

@@ -222,7 +222,7 @@ def fit_distributed(
             history.history.setdefault(name, []).append(value)
         if chief:
             _end_of_epoch_outputs(model, backup, model_dir, writers, epoch, logs)
-    if history.epoch and model.optimizer is not None:
+    if epochs > 0 and model.optimizer is not None:  # as `fit`: also when resumed at the end
         with strategy.scope():  # as `fit` ends: with --model_ema the average becomes the model
             model.optimizer.finalize_variable_values(model.trainable_weights)
     for writer in writers.values():

@@ -60,11 +60,13 @@ def training_stream(config, data_kwargs, epoch, skip_batches, **extra):
 def resumed_data_kwargs(data_kwargs: dict, epoch: int, batch: int) -> dict:
     """`data_kwargs` for a pipeline re-iterated with fresh randomness, resumed at
     `(epoch, batch)`: its seed moved on, since the run's own seed would replay epoch 0's
-    order and augmentation (the official sampler's `set_epoch` draws each epoch anew)."""
+    order and augmentation (the official sampler's `set_epoch` draws each epoch anew);
+    the `--train_fraction` subset stays the one the run's seed chose."""
     seed = data_kwargs.get("seed")
     if seed is None or (epoch, batch) == (0, 0):
         return data_kwargs
-    return {**data_kwargs, "seed": (seed * 1_000_003 + 7919 * (epoch + 1) + batch) % 2**62}
+    moved = (seed * 1_000_003 + 7919 * (epoch + 1) + batch) % 2**62
+    return {**data_kwargs, "seed": moved, "subset_seed": seed}  # the same --train_fraction images
 
 
 def train_phases(config, data_kwargs, steps):

@@ -233,6 +233,44 @@ def test_a_folder_is_drawn_in_a_full_permutation_not_a_window(tmp_path, monkeypa
     assert len(set(np.concatenate(batches[:2]))) >= 3  # the first half: no run of classes
 
 
+def test_the_permutation_and_the_window_shuffle_draw_independently():
+    """Both once drew from one seed: two shuffles of one stream compose to no uniform
+    permutation (2 examples: the order never changed, whatever the seed)."""
+    firsts = []
+    for seed in range(40):
+        permuted = sources.permuted_slices((np.arange(2),), seed)
+        stream = pipeline.sample_training_stream(permuted, 2, seed=seed)
+        firsts.append(int(next(iter(stream))[0]))
+    assert 8 <= firsts.count(0) <= 32, firsts
+
+
+def test_a_moved_seed_keeps_the_train_fraction_subset(digits_dir, monkeypatch):
+    """A resumed run draws with a new seed (`training.inputs.resumed_data_kwargs`) on the
+    images its own seed chose."""
+    from deit_keras.data import subsets
+
+    chosen_with = []
+    choose = subsets.train_subset
+
+    def recording(name, data_dir, fraction, seed):
+        chosen_with.append(seed)
+        return choose(name, data_dir, fraction, seed)
+
+    monkeypatch.setattr(subsets, "train_subset", recording)
+    for seeds in (dict(seed=3), dict(seed=999, subset_seed=3), dict(seed=999)):
+        make_dataset(
+            "digits",
+            "train",
+            image_size=8,
+            batch_size=16,
+            training=True,
+            data_dir=digits_dir,
+            train_fraction=0.1,
+            **seeds,
+        )
+    assert chosen_with == [3, 3, 999]
+
+
 def test_folder_missing_split(tmp_path):
     os.makedirs(tmp_path / "train" / "a")
     with pytest.raises(ValueError, match="val/"):

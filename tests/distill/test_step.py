@@ -76,7 +76,8 @@ def test_fit_with_xla_reduces_loss():
 MIRRORED_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np, tensorflow as tf
-    CLIP = float(sys.argv[1]) if len(sys.argv) > 1 else None
+    CLIP = float(sys.argv[1]) if sys.argv[1] != "none" else None
+    DISTILLATION = sys.argv[2]
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
@@ -96,7 +97,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
                 base_lr=1e-2, global_batch_size=512, steps_per_epoch=1, epochs=1, warmup_epochs=0,
                 clip_grad=CLIP,
             )
-            model.compile(optimizer=optimizer, teacher=teacher, distillation="hard")
+            model.compile(optimizer=optimizer, teacher=teacher, distillation=DISTILLATION)
         history = model.fit(images, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
         return history.history["loss"][0], model.get_weights()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -111,11 +112,16 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("clip", [None, "0.01"], ids=["no clip", "clipped"])
-def test_mirrored_two_replicas_match_one_device(clip):
-    """With a clip that binds, too: Keras clipped each replica's gradient before the sum."""
+@pytest.mark.parametrize(
+    "clip, distillation",
+    [("none", "hard"), ("0.01", "hard"), ("none", "soft")],
+    ids=["hard", "hard clipped", "soft"],
+)
+def test_mirrored_two_replicas_match_one_device(clip, distillation):
+    """With a clip that binds, too (Keras clipped each replica's gradient before the sum),
+    and the soft term (each term must be divided by the replicas)."""
     result = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT, *([clip] if clip else [])],
+        [sys.executable, "-c", MIRRORED_SCRIPT, clip, distillation],
         capture_output=True,
         text=True,
         timeout=300,
