@@ -75,7 +75,7 @@ def check_free_space(path: str, needed: int) -> None:
     For writers that a full disk takes down: HDF5 (Keras' `.weights.h5`) prints a
     traceback for each object it fails to flush, then crashes the process at exit.
     """
-    directory = os.path.abspath(os.path.dirname(os.path.abspath(path)))
+    directory = os.path.dirname(os.path.abspath(path))
     while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
         directory = os.path.dirname(directory)
     disk = os.statvfs(directory)
@@ -88,6 +88,11 @@ def check_free_space(path: str, needed: int) -> None:
             f"{free / 1e6:.1f} MB free). Free space there, or write elsewhere; the file that "
             "was there before (if any) is unchanged."
         )
+
+
+def temporary_prefix(path: str) -> str:
+    """How the name of `atomic_output`'s temporary for `path` begins."""
+    return f".{os.path.splitext(os.path.basename(path))[0]}.tmp-"
 
 
 @contextlib.contextmanager
@@ -112,13 +117,13 @@ def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator
             raise UserInputError(problem)
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
-    base, extension = os.path.splitext(os.path.basename(path))
+    extension = os.path.splitext(path)[1]
     temporary = None
     try:
         os.makedirs(directory, exist_ok=True)
         # Keep the extension: keras.saving checks that a path ends in ".keras".
         handle, temporary = tempfile.mkstemp(
-            prefix=f".{base}.tmp-", suffix=extension, dir=directory
+            prefix=temporary_prefix(path), suffix=extension, dir=directory
         )
         os.close(handle)
         os.remove(temporary)

@@ -16,7 +16,12 @@ from deit_keras.analysis.attention import batch_attention_maps, token_cosine_sim
 from deit_keras.analysis.drawing import attention_figure
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, denormalize
 from deit_keras.errors import UserInputError
-from deit_keras.io.atomic import atomic_output, check_free_space, write_text_atomic
+from deit_keras.io.atomic import (
+    atomic_output,
+    check_free_space,
+    temporary_prefix,
+    write_text_atomic,
+)
 from deit_keras.training.preemption import Preempted
 
 
@@ -157,13 +162,12 @@ class Backup:
         save); anything else in the directory is not ours and stays."""
         if not os.path.isdir(self.directory):
             return
+        ours = (os.path.basename(self.pointer), SETTINGS_FILE)
         for name in os.listdir(self.directory):
             path = os.path.join(self.directory, name)
             if name.startswith(("epoch-", ".epoch-")) and os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
-            elif name in ("latest.json", SETTINGS_FILE) or name.startswith(
-                (".latest.tmp-", f".{os.path.splitext(SETTINGS_FILE)[0]}.tmp-")
-            ):
+            elif name in ours or name.startswith(tuple(map(temporary_prefix, ours))):
                 os.remove(path)
         with contextlib.suppress(OSError):
             os.rmdir(self.directory)  # when nothing else is there

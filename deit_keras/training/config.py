@@ -396,15 +396,15 @@ class TrainConfig:
             raise UserInputError("; ".join(problems))
 
     def _output_replaces_an_input(self) -> list[str]:
-        output = os.path.realpath(self.output or default_output(self.model))
+        output = self.output or default_output(self.model)
         inputs = {"finetune": self.finetune}
         if self.distillation_type != "none" and str(self.teacher).endswith(".keras"):
             inputs["teacher"] = self.teacher
         return [
             f"output would replace {name}: write the model elsewhere. "
-            f"Received: output={self.output or default_output(self.model)}, {name}={path}"
+            f"Received: output={output}, {name}={path}"
             for name, path in inputs.items()
-            if path and os.path.realpath(path) == output
+            if path and os.path.realpath(path) == os.path.realpath(output)
         ]
 
     def check_paths(self) -> None:
