@@ -7,7 +7,8 @@ posterize, sharpness, solarize-add), and Keras core's runs all ops per slot
 (~3.5x slower). Per image: `num_ops` ops drawn uniformly with replacement
 from the 15 "increasing" ops, each applied with probability 0.5 at a
 magnitude drawn from `N(magnitude, magnitude_std)` clipped to `[0, 10]`;
-signed ops flip sign with probability 0.5. Geometric ops fill with grey 128.
+signed ops flip sign with probability 0.5. Geometric ops fill with the
+ImageNet mean colour (124, 116, 104), as timm's `create_transform` sets it.
 Pixel values are float32 in `[0, 255]`.
 
 Every op works on a batch `[B, H, W, 3]` with one magnitude and sign per image:
@@ -20,10 +21,12 @@ import math
 
 import tensorflow as tf
 
+from deit_keras.data.constants import IMAGENET_MEAN
 from deit_keras.data.image_ops import case, per_channel, select
 
 _MAX_LEVEL = 10.0
-_FILL = 128.0
+# timm's `img_mean`: round(255 x mean) per channel.
+_FILL = tuple(float(round(255 * mean)) for mean in IMAGENET_MEAN)
 
 
 # === Ops ===
@@ -49,17 +52,21 @@ def _grayscale(images):
 def _affine(images, matrices):
     """PIL-convention affine per image: output (x, y) samples input (a x + b y + c, ...).
 
-    `matrices`: `[B, 6]`, each `(a, b, c, d, e, f)`.
+    `matrices`: `[B, 6]`, each `(a, b, c, d, e, f)`. Outside the input the
+    output is `_FILL`: the op fills with one scalar, so the fill colour is
+    taken off before and put back after (interpolation weights sum to 1).
     """
     transforms = tf.concat([matrices, tf.zeros([tf.shape(matrices)[0], 2])], axis=1)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
+    fill = tf.constant(_FILL, images.dtype)
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images - fill,
         transforms=tf.cast(transforms, tf.float32),
         output_shape=tf.shape(images)[1:3],
-        fill_value=_FILL,
+        fill_value=0.0,
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )
+    return moved + fill
 
 
 def _auto_contrast(images, level, sign):
