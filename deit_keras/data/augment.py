@@ -98,7 +98,7 @@ class AugmentConfig:
     three_augment: bool = field(
         False,
         "DeiT III 3-Augment: grayscale, solarize or blur, then colour jitter (not with "
-        "RandAugment).",
+        "RandAugment or random erasing).",
         aliases=("ThreeAugment",),
     )
     color_jitter: float = field(
@@ -127,10 +127,12 @@ class AugmentConfig:
                 "`rand_augment_impl` must be 'timm' or 'keras_cv'. "
                 f"Received: rand_augment_impl={self.rand_augment_impl!r}"
             )
-        if self.three_augment and self.rand_augment_ops:
+        if self.three_augment and (self.rand_augment_ops or self.reprob):
+            # Official DeiT III swaps the whole per-image transform, erasing included.
             raise UserInputError(
-                "three_augment replaces RandAugment: set rand_augment_ops=0. "
-                f"Received: rand_augment_ops={self.rand_augment_ops}"
+                "three_augment replaces RandAugment and random erasing (DeiT III): set "
+                "rand_augment_ops=0 and reprob=0. "
+                f"Received: rand_augment_ops={self.rand_augment_ops}, reprob={self.reprob}"
             )
         if self.simple_random_crop and self.translate:
             raise UserInputError(

@@ -136,8 +136,11 @@ def test_batched_simple_random_crops_are_windows_too():
 
 
 def test_config_rejects_three_augment_with_rand_augment():
-    with pytest.raises(UserInputError, match="rand_augment_ops=0"):
+    with pytest.raises(UserInputError, match="rand_augment_ops=0 and reprob=0"):
         augment.AugmentConfig(three_augment=True)
+    # Official DeiT III's transform has no erasing; the default reprob 0.25 is not kept.
+    with pytest.raises(UserInputError, match=r"Received: rand_augment_ops=0, reprob=0.25"):
+        augment.AugmentConfig(three_augment=True, rand_augment_ops=0)
     with pytest.raises(UserInputError, match="translate=0"):
         augment.AugmentConfig(simple_random_crop=True, translate=2)
     with pytest.raises(UserInputError, match="color_jitter"):

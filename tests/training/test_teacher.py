@@ -23,7 +23,9 @@ def test_teacher_views_crops_keep_geometry_only_student_keeps_everything(tmp_pat
         dataclasses.replace(config, teacher_augment="student")
     )
     assert student == augment
-    three = AugmentConfig(rand_augment_ops=0, three_augment=True, simple_random_crop=True)
+    three = AugmentConfig(
+        rand_augment_ops=0, reprob=0.0, three_augment=True, simple_random_crop=True
+    )
     crops = teacher._teacher_dataset_config(digits_config(tmp_path, augment=three))
     assert not crops.three_augment and crops.simple_random_crop  # geometry kept
 
