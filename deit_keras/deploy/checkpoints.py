@@ -19,6 +19,7 @@ dropped.
 
 import math
 import os
+import pickle
 import re
 
 import numpy as np
@@ -77,7 +78,7 @@ def _read_torch(path):
     except ImportError:
         torch = None
     if torch is not None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _torch_load(torch, path)
     elif torch_checkpoint.is_torch_zip(path):
         state = torch_checkpoint.read_torch_zip(path)
     else:
@@ -90,6 +91,19 @@ def _read_torch(path):
             state = state[wrapper]
             break
     return {key: _to_numpy(value) for key, value in state.items() if _is_tensor(value)}
+
+
+def _torch_load(torch, path):
+    """`torch.load` with only tensors unpickled; a training checkpoint also holds the run's
+    `args` (official DeiT's `main.py` and timm save an `argparse.Namespace`), which
+    `weights_only` refuses: such a zip file is read by our own reader, which keeps the
+    tensors and leaves every other object a placeholder."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not torch_checkpoint.is_torch_zip(path):
+            raise
+        return torch_checkpoint.read_torch_zip(path)
 
 
 def _is_tensor(value):
@@ -129,8 +143,10 @@ _QKV_PART = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 
 
 def detect_key_style(state: dict) -> str:
-    """ "hf" when the keys carry the `deit.` / `vit.` prefix, else "timm"."""
-    return "hf" if any(_HF_PREFIX.match(key) for key in state) else "timm"
+    """ "hf" when the keys carry the `deit.` / `vit.` prefix, or are a bare backbone's
+    (`DeiTModel`, `ViTModel`: `embeddings.`, no prefix), else "timm"."""
+    hf = any(_HF_PREFIX.match(key) or key.startswith("embeddings.") for key in state)
+    return "hf" if hf else "timm"
 
 
 def hf_to_timm_keys(state: dict) -> dict:

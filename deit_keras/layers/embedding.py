@@ -123,10 +123,13 @@ class TokensAndPositionEmbedding(keras.layers.Layer):
     its class token after the self-attention blocks) no token is prepended.
 
     The position embeddings are learned for a square grid of `num_patches`.
-    Patch tokens of another grid (timm's `dynamic_img_size`) get those
+    Patch tokens of another grid (as timm's `dynamic_img_size`) get those
     embeddings resampled on the fly with PyTorch's bicubic, as the checkpoint
     importer does (`resample_position_embeddings`); the prefix tokens'
-    embeddings are used as they are.
+    embeddings are used as they are. The bicubic is official DeiT's
+    (`F.interpolate(mode="bicubic", align_corners=False)` in its `--finetune`),
+    without the antialiasing timm's `resample_abs_pos_embed` adds (another
+    cubic kernel: a random-weight DeiT-Ti⚗ at 384 px gives logits ~2e-4 from timm's).
 
     Args:
         num_patches: int. Number of patch tokens (grid height x grid width)
@@ -354,7 +357,8 @@ def _torch_bicubic_matrix(in_size, out_size, a=-0.75):
 def resample_position_embeddings(
     pos_embed, new_grid: int, num_prefix_tokens: int, old_grid: int | None = None
 ) -> np.ndarray:
-    """Resizes the grid part of position embeddings bicubically.
+    """Resizes the grid part of position embeddings bicubically, as official DeiT's
+    `--finetune` (PyTorch bicubic, `align_corners=False`, no antialiasing).
 
     Args:
         pos_embed: array `[1, num_prefix_tokens + gh * gw, D]`.

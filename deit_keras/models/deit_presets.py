@@ -56,8 +56,10 @@ class PublishedWeights:
 class Variant:
     """One preset: an architecture, its constructor arguments, eval preprocessing, weights.
 
-    `preprocessing` is timm's eval config of the published weights: ImageNet
-    mean/std, bicubic, crop_pct 0.875 at 224 px and 1.0 at 384 px. The
+    `preprocessing` is the eval config of the published weights: ImageNet
+    mean/std, bicubic, crop_pct 0.875 at 224 px (official DeiT's
+    `--eval-crop-ratio`; timm's pretrained config says 0.9) and 1.0 at 384 px
+    (timm's). The
     architecture's arguments are also readable as attributes
     (`variant.embed_dim`).
     """

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import deit_keras
-from deit_keras.deploy.checkpoints import CheckpointError, load_checkpoint
+from deit_keras.deploy.checkpoints import CheckpointError, load_checkpoint, read_state_dict
 from deit_keras.layers import TransformerBlock
 from deit_keras.testing import hf_reference, sample_photos
 
@@ -200,6 +200,38 @@ def test_checkpoint_errors_name_the_keys(tmp_path):
         load_checkpoint(str(tmp_path / "corrupt.safetensors"), "deit_tiny_patch16_224")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(str(tmp_path / "nope.pth"), "deit_tiny_patch16_224")
+
+
+def test_a_training_checkpoint_with_the_runs_args_reads_as_its_model(tmp_path):
+    """Official DeiT's `main.py` (and timm's saver) also pickle the run's `argparse.Namespace`,
+    which `torch.load(weights_only=True)` refuses."""
+    import argparse
+
+    state = timm_state_dict(randomise(hf_reference("deit_tiny_patch16_224")))
+    path = tmp_path / "checkpoint.pth"
+    args = argparse.Namespace(model="deit_tiny_patch16_224", lr=5e-4)
+    torch.save({"model": state, "model_ema": state, "epoch": 299, "args": args}, path)
+    read = read_state_dict(str(path))
+    assert sorted(read) == sorted(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(read[key], value.numpy())
+
+
+def test_a_bare_hugging_face_backbone_loads_under_new_heads(tmp_path):
+    """`DeiTModel`'s keys have no `deit.` prefix (it was taken for a timm file, "not
+    distilled")."""
+    from deit_keras.inference.torch_reference import hf_config_kwargs
+    from deit_keras.models.variants import get_variant
+
+    config = hf_config_kwargs(get_variant("deit_tiny_distilled_patch16_224"), 1000, attn="eager")
+    backbone = transformers.DeiTModel(transformers.DeiTConfig(**config), add_pooling_layer=False)
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(randomise(backbone).state_dict(), path)
+    model = load_checkpoint(str(path), "deit_tiny_distilled_patch16_224", num_classes=10)
+    np.testing.assert_array_equal(
+        model.tokens.dist_token.numpy(), backbone.embeddings.distillation_token.detach().numpy()
+    )
+    assert model.num_classes == 10
 
 
 def test_npz_reads_without_torch(tmp_path):
