@@ -19,6 +19,9 @@ from deit_keras.training.runner import run_training
 TINY = dict(epochs=1, steps_per_epoch=2, jit_compile=False, teacher_epochs=0)
 
 
+# ~70 s on 2 cores; fast twins: test_regnet_teacher_from_a_timm_checkpoint_file (the same
+# path, regnety_002) and tests/distill/test_regnet.py::test_regnety_160_has_timms_parameters
+@pytest.mark.large
 def test_default_teacher_trains_a_student_with_random_weights(tmp_path):
     assert TrainConfig().teacher == "regnety160"
     config = digits_config(tmp_path, teacher="regnety160", teacher_weights="none", **TINY)
