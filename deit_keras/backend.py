@@ -37,6 +37,18 @@ def on_tensorflow() -> bool:
     return keras.backend.backend() == "tensorflow"
 
 
+def replica_position():
+    """`(replicas in sync, this replica's index among them)`: `(1, 0)` outside a
+    `tf.distribute` replica context or on another backend. Under several workers the index
+    counts over all of them."""
+    if not on_tensorflow():
+        return 1, 0
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return 1, 0
+    return context.num_replicas_in_sync, context.replica_id_in_sync_group
+
+
 def lazy_exports(package: str, exports: dict, submodules: tuple = ()):
     """A package's PEP 562 `__getattr__`: `exports` ({name: module}) load on first use.
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from deit_keras.backend import replica_position
 from deit_keras.errors import UserInputError
 from deit_keras.layers import onednn_form
 from deit_keras.layers.attention import MultiHeadSelfAttention, with_scores
@@ -17,7 +18,10 @@ class DropPath(keras.layers.Layer):
 
     In training each sample's branch output is zeroed with probability
     `rate` and the survivors are scaled by `1 / (1 - rate)`; at inference
-    it is the identity.
+    it is the identity. Under a `tf.distribute` strategy each replica keeps
+    its own samples' draws (the seed generator's state is one mirrored
+    variable, so every replica would otherwise drop the same rows, where
+    official DeiT seeds each rank apart).
 
     Args:
         rate: float in [0, 1). Probability of dropping the branch.
@@ -37,7 +41,13 @@ class DropPath(keras.layers.Layer):
             return x
         keep = 1.0 - self.rate
         mask_shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-        mask = keras.random.uniform(mask_shape, seed=self.seed_generator) < keep
+        replicas, replica = replica_position()
+        if replicas == 1:
+            draws = keras.random.uniform(mask_shape, seed=self.seed_generator)
+        else:  # every replica draws all replicas' numbers and takes its own row
+            draws = keras.random.uniform((replicas, *mask_shape), seed=self.seed_generator)
+            draws = ops.take(draws, replica, axis=0)
+        mask = draws < keep
         return x * ops.cast(mask, x.dtype) / ops.cast(keep, x.dtype)
 
     def compute_output_shape(self, input_shape):

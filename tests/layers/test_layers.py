@@ -1,3 +1,7 @@
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -64,6 +68,39 @@ def test_drop_path_is_identity_in_inference_and_drops_whole_samples_in_training(
     assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))
     dropped = np.mean(per_sample[:, 0] == 0)
     assert 0.21 < dropped < 0.29
+
+
+DROP_PATH_ON_TWO_REPLICAS = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    from deit_keras.layers import DropPath
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        layer = DropPath(0.5, seed=0)
+    step = tf.function(lambda: strategy.run(lambda: layer(tf.ones([64, 1]), training=True)))
+    for _ in range(2):
+        kept = [(mask.numpy()[:, 0] > 0).astype(int) for mask in
+                strategy.experimental_local_results(step())]
+        print("".join(map(str, kept[0])), "".join(map(str, kept[1])))
+""")
+
+
+def test_drop_path_draws_apart_on_each_replica():
+    """One mirrored seed generator: each replica dropped the same rows (official DeiT seeds
+    each rank apart)."""
+    result = subprocess.run(
+        [sys.executable, "-c", DROP_PATH_ON_TWO_REPLICAS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [line.split() for line in result.stdout.splitlines()]
+    assert len(steps) == 2 and steps[0] != steps[1], steps  # new draws each step
+    for first, second in steps:
+        assert first != second, (first, second)
+        assert 16 < first.count("1") < 48 and 16 < second.count("1") < 48
 
 
 def test_drop_path_rejects_bad_rate():
