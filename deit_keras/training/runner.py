@@ -200,9 +200,10 @@ def check_accumulation(config: TrainConfig, replicas: int) -> None:
         )
 
 
-def check_splits(config: TrainConfig, info) -> None:
+def check_splits(config: TrainConfig, info, workers: int = 1) -> None:
     """Refuses, in one line, a train split smaller than one (global) batch, whose every
-    batch would be dropped, and an evaluation split without images."""
+    batch would be dropped, and an evaluation split without images, or (`workers` input
+    pipelines, each validating its shard) with fewer images than workers."""
     if info.num_train_examples < config.batch_size:
         share = f" (train_fraction={config.train_fraction})" if config.train_fraction < 1 else ""
         raise UserInputError(
@@ -215,6 +216,12 @@ def check_splits(config: TrainConfig, info) -> None:
             f"The evaluation split ({info.eval_split}) of {config.dataset} has no images: "
             "the run validates and reports top-1 on it. Add images to its class folders "
             f"(some may stay empty). Received: dataset={config.dataset}"
+        )
+    if info.num_eval_examples < workers:
+        raise UserInputError(
+            f"The evaluation split ({info.eval_split}) of {config.dataset} has "
+            f"{info.num_eval_examples} images, fewer than the {workers} workers that each "
+            "validate a shard of it: add images to it or run fewer workers."
         )
 
 
@@ -289,7 +296,12 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
     info = dataset_info(
         config.dataset, config.data_dir, config.bad_images, train_fraction=config.train_fraction
     )
-    check_splits(config, info)
+    multi_worker = config.strategy == "multi_worker"  # the loop that validates in shards
+    check_splits(
+        config,
+        info,
+        custom_loop.worker_context(strategy).num_input_pipelines if multi_worker else 1,
+    )
     check_backup_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
     if config.strategy == "multi_worker":

@@ -69,6 +69,20 @@ def test_an_evaluation_split_without_images_is_refused_before_any_work(tmp_path)
     assert _nothing_written(config.model_dir)
 
 
+def test_an_evaluation_split_smaller_than_the_workers_is_refused(tmp_path):
+    """Each worker validates its shard; an empty shard ended the run (`The dataset yielded
+    no examples` on one worker, a lost peer on the other)."""
+    import types
+
+    from deit_keras.training.runner import check_splits
+
+    config = _tiny(tmp_path, batch_size=4)
+    info = types.SimpleNamespace(num_train_examples=8, num_eval_examples=1, eval_split="val")
+    check_splits(config, info)  # one worker validates it all
+    with pytest.raises(UserInputError, match="has 1 images, fewer than the 2 workers"):
+        check_splits(config, info, workers=2)
+
+
 def test_a_backup_made_with_other_settings_is_refused_before_any_work(tmp_path):
     config = _tiny(tmp_path)
     run_training(config)
