@@ -2,8 +2,8 @@
 
 Per image (inside `tf.data`, stateless seeds): random resized crop, flip,
 RandAugment `rand-m9-mstd0.5-inc1`, ImageNet normalisation, random erasing
-(`reprob` 0.25, 'pixel' mode). DeiT III's recipe swaps RandAugment for
-3-Augment (`three_augment`, `deit_keras.data.three_augment`) and may swap the
+(`reprob` 0.25, 'pixel' mode). DeiT III's recipe swaps RandAugment and
+erasing for 3-Augment (`three_augment`, `deit_keras.data.three_augment`) and may swap the
 crop for the "simple random crop" (`simple_random_crop`). Per batch: MixUp (alpha 0.8) or CutMix
 (alpha 1.0) with timm's `Mixup(mode='batch')` semantics and label smoothing
 0.1 folded into the targets.
@@ -58,7 +58,8 @@ class AugmentConfig:
             0 disables (the DeiT recipe has none).
         three_augment: bool. DeiT III's 3-Augment after the flip (one of
             grayscale / solarize / Gaussian blur, then colour jitter), in
-            place of RandAugment (official `--ThreeAugment`, an alias).
+            place of RandAugment and random erasing (official
+            `--ThreeAugment`, an alias): needs rand_augment_ops=0, reprob=0.
         color_jitter: float. 3-Augment's colour jitter strength (official
             `--color-jitter`, 0.3); 0 disables. Only with `three_augment`:
             as timm, the RandAugment recipe has no colour jitter.

@@ -42,8 +42,10 @@ def read_state_dict(path: str) -> dict:
 
     `.safetensors`, `.npz` and zip-format `.pth`/`.pt`/`.bin` files (what
     `torch.save` writes since PyTorch 1.6, e.g. the official DeiT weights) are
-    read without torch; torch is used when installed, and needed only for
-    files in the legacy pre-1.6 format.
+    read without torch; torch is used when installed (`weights_only`; a zip
+    file it refuses, as a training checkpoint with its run's arguments, is
+    read without torch), and needed only for files in the legacy pre-1.6
+    format.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"Checkpoint not found: {path}")

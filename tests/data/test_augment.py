@@ -42,12 +42,12 @@ def test_geometric_ops_fill_with_timms_mean_colour(name):
     """timm's RandAugment fills with round(255 x ImageNet mean), not grey."""
     index = [op for op, _ in rand_augment.OPS].index(name)
     out = rand_augment.apply_op(tf.zeros([200, 200, 3]), index, 9.0, 1.0).numpy()
-    colours, counts = np.unique(out.reshape(-1, 3), axis=0, return_counts=True)
-    filled = dict(zip(map(tuple, colours), counts, strict=True)).get((124.0, 116.0, 104.0), 0)
-    if name == "TranslateXRel":  # 0.45 x 9 / 10 of 200 columns, whole pixels
-        assert sorted(map(tuple, colours)) == [(0.0, 0.0, 0.0), (124.0, 116.0, 104.0)]
-        assert filled == 81 * 200
-    assert filled > 0.1 * 200 * 200
+    filled = np.all(np.abs(out - [124.0, 116.0, 104.0]) < 1e-3, axis=-1)
+    assert filled.sum() > 0.1 * 200 * 200
+    if name == "TranslateXRel":  # 0.45 x 9 / 10 of 200 columns (81, up to float rounding)
+        image = np.all(out < 1e-3, axis=-1)
+        assert 80 * 200 <= filled.sum() <= 81 * 200
+        assert (filled | image).sum() >= 199 * 200  # at most one column blends the two
 
 
 def test_rand_augment_changes_images_and_is_seedable():
