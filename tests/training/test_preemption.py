@@ -54,7 +54,7 @@ def _rerun_and_compare(tmp_path, command, reference, saved):
     assert difference <= 1e-6, difference
 
 
-def test_steps_per_execution_trains_the_same_steps_andsaved_weights(tmp_path, reference):
+def test_steps_per_execution_trains_the_same_steps_and_weights(tmp_path, reference):
     """Several steps per tf.function call: the same batches, steps and weights.
 
     11 divides the 22 steps of an epoch; 8 is cut to gcd(8, 22) = 2 (8 steps per

@@ -15,7 +15,7 @@ from deit_keras.testing import prepare_digits, saved_weights, tiny_model, train_
 from deit_keras.training import callbacks as callbacks_lib
 
 
-def test_sigkill_mid_run_then_rerun_resumes_to_the_uninterruptedsaved_weights(tmp_path):
+def test_sigkill_mid_run_then_rerun_resumes_to_the_uninterrupted_weights(tmp_path):
     prepare_digits(tmp_path)
     epochs = ["--epochs=3", "--deterministic"]
     reference = subprocess.Popen(
