@@ -304,7 +304,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
     )
     check_backup_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
-    if config.strategy == "multi_worker":
+    if multi_worker:
         teacher_lib.share_teacher(config, info, strategy)
     keras.utils.set_random_seed(config.seed)
 
