@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from deit_keras.data import augment, make_dataset
+from deit_keras.data import augment_config, make_dataset
 from deit_keras.inference import host
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -134,7 +134,7 @@ def compare_with_timm(name, root, args):
     """Ours (full recipe) and timm's, interleaved `args.rounds` times; the median ratio."""
     cores = usable_cores()
     loader, mixup = timm_loader(root, args.batch_size, cores)
-    full = augment.AugmentConfig()
+    full = augment_config.AugmentConfig()
     ours, theirs = [], []
     for _ in range(args.rounds):
         ours.append(images_per_second(name, full, args.batch_size, args.batches))
@@ -167,11 +167,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default=os.path.join(RESULTS, "input_pipeline.json"))
     args = parser.parse_args()
-    full = augment.AugmentConfig()
+    full = augment_config.AugmentConfig()
     cases = {
-        "recipe_off (crop+flip only)": augment.NO_AUGMENT,
+        "recipe_off (crop+flip only)": augment_config.NO_AUGMENT,
         "recipe_on, RandAugment per image (default)": full,
-        "recipe_on, keras_cv RandAugment per image": augment.AugmentConfig(
+        "recipe_on, keras_cv RandAugment per image": augment_config.AugmentConfig(
             rand_augment_impl="keras_cv"
         ),
     }

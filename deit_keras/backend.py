@@ -4,7 +4,8 @@ The layers and models run on any Keras 3 backend (JAX, PyTorch, TensorFlow);
 training, the data pipeline, deployment and the commands are TensorFlow's.
 Modules the models import reach TensorFlow through `tf` here, so that
 `deit_keras.models` loads where TensorFlow is not installed
-(docs/backends.md).
+(docs/backends.md); `keras` here is Keras the same way, for the few modules whose
+names the commands' flags read.
 """
 
 import importlib
@@ -28,6 +29,9 @@ class _ImportedOnUse(types.ModuleType):
 
 
 tf = _ImportedOnUse("tensorflow")
+# For the modules whose names a command's flags need (choices, defaults): `--help` and a
+# bad flag are answered before Keras, and with it TensorFlow, loads.
+keras = _ImportedOnUse("keras")
 
 
 def on_tensorflow() -> bool:

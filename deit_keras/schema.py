@@ -1,6 +1,6 @@
 """Config fields that carry their own help text: the one schema flags are generated from.
 
-A run's settings live in dataclasses (`deit_keras.data.augment.AugmentConfig`,
+A run's settings live in dataclasses (`deit_keras.data.augment_config.AugmentConfig`,
 `deit_keras.training.config.TrainConfig`) whose fields are declared with
 `field(default, help, ...)`. The train CLI defines one absl flag per field,
 named as the field, so a hyperparameter has one name and one home; a numeric

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.augment_config import AugmentConfig
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from deit_keras.deploy.pretrained import create_model
 from deit_keras.inference.torch_reference import hf_config_kwargs

@@ -14,6 +14,7 @@ value too: `check_range` / `check_path` register absl validators), quiet logs.
 """
 
 import itertools
+import logging as std_logging
 import os
 import signal
 import sys
@@ -154,9 +155,8 @@ def _quiet_logging():
     """TensorFlow's INFO log lines drown a command's output unless --verbosity asks for them."""
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
+    # TensorFlow's Python logger, by name: it may not have loaded yet (`cli.train`).
+    std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
 
 
 def _one_line(error: BaseException) -> str:

@@ -33,6 +33,9 @@ COMMANDS = (
     "ablate",
     "benchmark",
 )
+# Commands whose modules load without TensorFlow: they start it themselves once their
+# flags are accepted (`quiet_tensorflow_start`), so `--help` and a bad flag answer at once.
+STARTS_TENSORFLOW_ITSELF = ("train",)
 _TRUE = ("", "true", "t", "1", "yes", "y")
 
 
@@ -66,10 +69,11 @@ def _file_descriptor_2_into(file):
 def quiet_tensorflow_start(argv: list[str]) -> None:
     """Imports TensorFlow and finds its devices with its start-up lines held back.
 
-    Does nothing when `argv` asks for `--verbose` or `TF_CPP_MIN_LOG_LEVEL` is
-    set. What TensorFlow wrote is replayed on stderr if the import fails.
+    Does nothing when `argv` asks for `--verbose`, `TF_CPP_MIN_LOG_LEVEL` is
+    set, or TensorFlow has loaded. What TensorFlow wrote is replayed on stderr if
+    the import fails.
     """
-    if asks_verbose(argv) or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    if asks_verbose(argv) or "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     with tempfile.TemporaryFile() as captured:
@@ -88,7 +92,8 @@ def launch(command: str) -> None:
     """Runs `deit_keras.cli.<command>` (its `run()`) after a quiet TensorFlow start."""
     if command not in COMMANDS:
         raise ValueError(f"command must be one of {COMMANDS}. Received: command={command!r}")
-    quiet_tensorflow_start(sys.argv[1:])
+    if command not in STARTS_TENSORFLOW_ITSELF:
+        quiet_tensorflow_start(sys.argv[1:])
     module = importlib.import_module(f"deit_keras.cli.{command}")
     main = sys.modules.get("__main__")
     if main is not None:  # absl's --help prints the __main__ module's docstring

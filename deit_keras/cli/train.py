@@ -16,10 +16,10 @@ import sys
 from absl import flags
 
 from deit_keras import cli
+from deit_keras.cli import launch
 from deit_keras.cli.config_flags import config_from_flags, define_config_flags
 from deit_keras.io import run_lock
 from deit_keras.training.config import TrainConfig
-from deit_keras.training.runner import run_training
 
 define_config_flags(TrainConfig)
 
@@ -28,9 +28,15 @@ def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     config = config_from_flags(TrainConfig)
     config.validate()
+    # TensorFlow starts once the flags and their values are accepted: `--help` and a bad
+    # flag answer before it (the config, its flags and `validate` need neither Keras nor
+    # TensorFlow); the path checks may load it (the SavedModel's layout).
+    launch.quiet_tensorflow_start(sys.argv[1:])
     config.check_paths()
     if config.strategy != "multi_worker":  # workers share the chief's model_dir
         run_lock.check_free(config.model_dir)  # at once, before the strategy starts
+    from deit_keras.training.runner import run_training
+
     # flags.txt is written once the run is accepted: a refused one keeps the directory's own.
     results = run_training(config, flags_text=flags.FLAGS.flags_into_string())
     print(json.dumps(results, indent=1))

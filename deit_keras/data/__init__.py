@@ -10,7 +10,7 @@ constants and `Preprocessing` without the TensorFlow pipeline (docs/backends.md)
 from deit_keras.backend import lazy_exports
 
 _EXPORTS = {
-    "AugmentConfig": "deit_keras.data.augment",
+    "AugmentConfig": "deit_keras.data.augment_config",
     "DatasetInfo": "deit_keras.data.sources",
     "DatasetNotFoundError": "deit_keras.data.sources",
     "Preprocessing": "deit_keras.data.preprocessing",

@@ -19,9 +19,7 @@ import contextlib
 import os
 import sys
 
-import tensorflow as tf
-
-from deit_keras.data import transforms
+from deit_keras.backend import tf
 from deit_keras.errors import UserInputError
 
 BAD_IMAGES = ("skip", "fail")
@@ -59,6 +57,9 @@ def _quiet_stderr():
 
 
 def _probe(encoded):
+    # Imported here: the train command reads `BAD_IMAGES` before TensorFlow loads.
+    from deit_keras.data import transforms
+
     def jpeg():
         return tf.shape(tf.io.decode_jpeg(encoded, channels=3, ratio=8))
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from deit_keras.data import augment as augment_lib
 from deit_keras.data import sources, transforms
+from deit_keras.data.augment_config import AugmentConfig
 from deit_keras.data.image_ops import select
 from deit_keras.data.preprocessing import (
     DEFAULT_PREPROCESSING,
@@ -217,7 +218,7 @@ def train_transform_batch(
     images,
     seed,
     image_size: int,
-    config: augment_lib.AugmentConfig,
+    config: AugmentConfig,
     preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
     keras_cv_layer=None,
 ):

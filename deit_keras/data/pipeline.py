@@ -19,7 +19,7 @@ import tensorflow as tf
 from deit_keras.data import augment as augment_lib
 from deit_keras.data import in_memory as in_memory_lib
 from deit_keras.data import sources, subsets, transforms
-from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.augment_config import DEFAULT_AUGMENT, AugmentConfig
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, preprocess
 from deit_keras.data.sources import DatasetInfo
 from deit_keras.errors import UserInputError
@@ -76,7 +76,7 @@ def make_dataset(
     image_size,
     batch_size,
     training,
-    augment=augment_lib.DEFAULT_AUGMENT,
+    augment=DEFAULT_AUGMENT,
     preprocessing=DEFAULT_PREPROCESSING,
     data_dir=None,
     seed=None,

@@ -3,20 +3,24 @@
 `DeiT.train_step` / `test_step` delegate to `DistillationStep`; the loss is
 `DistillationLoss` (its label term cross-entropy, or DeiT III's
 `BinaryCrossEntropy`); teachers are built and adapted in `teachers`.
+
+The names below load on first use (PEP 562), so that `distillation_types` and
+`regnet`'s names (the train command's flags) import without Keras.
 """
 
-from deit_keras.distill.base_losses import BinaryCrossEntropy
-from deit_keras.distill.losses import DISTILLATION_TYPES, DistillationLoss
-from deit_keras.distill.step import DistillationStep, average_heads
-from deit_keras.distill.teachers import TeacherAdapter, build_small_cnn, build_teacher
+from deit_keras.backend import lazy_exports
 
-__all__ = [
-    "BinaryCrossEntropy",
-    "DISTILLATION_TYPES",
-    "DistillationLoss",
-    "DistillationStep",
-    "TeacherAdapter",
-    "average_heads",
-    "build_small_cnn",
-    "build_teacher",
-]
+_EXPORTS = {
+    "BinaryCrossEntropy": "deit_keras.distill.base_losses",
+    "DISTILLATION_TYPES": "deit_keras.distill.distillation_types",
+    "DistillationLoss": "deit_keras.distill.losses",
+    "DistillationStep": "deit_keras.distill.step",
+    "TeacherAdapter": "deit_keras.distill.teachers",
+    "average_heads": "deit_keras.distill.step",
+    "build_small_cnn": "deit_keras.distill.teachers",
+    "build_teacher": "deit_keras.distill.teachers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -29,9 +29,8 @@ at alpha 0.5, the paper's equation (3).
 import keras
 from keras import ops
 
+from deit_keras.distill.distillation_types import DISTILLATION_TYPES
 from deit_keras.errors import UserInputError
-
-DISTILLATION_TYPES = ("none", "soft", "hard")
 
 
 class DistillationLoss:

@@ -13,12 +13,14 @@ grouped conv-BN-ReLU (stride 2 in a stage's first block), squeeze-excitation,
 ReLU. Head: global average pooling, Dense.
 """
 
+from __future__ import annotations  # `keras.Model` annotations stay unevaluated
+
 import dataclasses
 import math
 
-import keras
 import numpy as np
 
+from deit_keras.backend import keras
 from deit_keras.errors import UserInputError
 
 BN_EPSILON = 1e-5  # PyTorch's BatchNorm2d default, what timm's weights were trained with

@@ -5,16 +5,31 @@ weights; `deit_keras.create_model` (in `deploy.pretrained`) is the one public
 factory, which calls it and adds published weights.
 """
 
+from __future__ import annotations  # `TokenClassifier` annotations stay unevaluated
+
+import importlib
 import inspect
+from typing import TYPE_CHECKING
 
 from deit_keras.errors import UserInputError
-from deit_keras.models.cait import CaiT
-from deit_keras.models.classifier import TokenClassifier
-from deit_keras.models.deit import DeiT
 from deit_keras.models.deit_presets import ALIASES, PRESETS, Variant
 
-# The model class of each preset's `architecture` (DeiT III is DeiT with LayerScale).
-ARCHITECTURES = {"deit": DeiT, "deit3": DeiT, "cait": CaiT}
+if TYPE_CHECKING:
+    from deit_keras.models.classifier import TokenClassifier
+
+# The model class of each preset's `architecture` (DeiT III is DeiT with LayerScale), by
+# module and name: the names above load without Keras (the train command's flags need them).
+ARCHITECTURES = {
+    "deit": ("deit_keras.models.deit", "DeiT"),
+    "deit3": ("deit_keras.models.deit", "DeiT"),
+    "cait": ("deit_keras.models.cait", "CaiT"),
+}
+
+
+def model_class(architecture: str) -> type:
+    """The model class that builds a preset of `architecture` ("deit", "deit3", "cait")."""
+    module, name = ARCHITECTURES[architecture]
+    return getattr(importlib.import_module(module), name)
 
 
 def list_models() -> list:
@@ -94,11 +109,11 @@ def build_model(
     config["preprocessing"] = variant.preprocessing.replace(crop_pct=crop_pct)
     if image_size is not None:
         config["image_size"] = image_size
-    model_class = ARCHITECTURES[variant.architecture]
-    _check_overrides(name, model_class, overrides)
+    built_class = model_class(variant.architecture)
+    _check_overrides(name, built_class, overrides)
     config.update(overrides)
     config.setdefault("name", canonical_name(name).replace(".", "_"))
-    return model_class(num_classes=num_classes, drop_path_rate=drop_path_rate, **config)
+    return built_class(num_classes=num_classes, drop_path_rate=drop_path_rate, **config)
 
 
 def _check_overrides(name, model_class, overrides):

@@ -12,11 +12,10 @@ import dataclasses
 import json
 import os
 
-from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.augment_config import AugmentConfig
 from deit_keras.data.image_check import BAD_IMAGES
-from deit_keras.deploy.saved_model import SAVED_MODEL_FILE, savedmodel_beside
 from deit_keras.distill import regnet
-from deit_keras.distill.losses import DISTILLATION_TYPES
+from deit_keras.distill.distillation_types import DISTILLATION_TYPES
 from deit_keras.errors import UserInputError
 from deit_keras.io.paths import (
     directory_problem,
@@ -36,11 +35,14 @@ from deit_keras.schema import (
     range_problems,
 )
 from deit_keras.training.distribute import STRATEGIES
-from deit_keras.training.optim import FREEZE, OPTIMIZERS
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 TEACHER_INPUTS = ("normalized", "pixels", "keras_applications")
 TEACHER_AUGMENT = ("crops", "student")
+# "backbone" trains the classification heads only (`training.optim.freeze_backbone`).
+FREEZE = ("none", "backbone")
+# The official `--opt` values (its `fusedlamb` is "lamb" here; `training.optim`).
+OPTIMIZERS = ("adamw", "lamb")
 PROGRESS = {"auto": "auto", "bar": 1, "epoch": 2, "none": 0}  # -> keras fit `verbose`
 # Settings in which a rerun may differ and still resume the run in --model_dir: more
 # epochs, or where and how it runs, not what it trains.
@@ -434,6 +436,9 @@ class TrainConfig:
             )
         problems.extend(self._output_replaces_an_input())
         if self.export_savedmodel:  # written last: checked first, not after the training
+            # Imported here: the module loads Keras, which the flags and `validate` do not need.
+            from deit_keras.deploy.saved_model import SAVED_MODEL_FILE, savedmodel_beside
+
             savedmodel = savedmodel_beside(self.output or default_output(self.model))
             where = "the SavedModel beside output"
             problems.append(replaceable_dir_problem(where, savedmodel, SAVED_MODEL_FILE))

@@ -1,13 +1,12 @@
 """One factory for the tf.distribute strategies DeiT trains under."""
 
-import tensorflow as tf
-
+from deit_keras.backend import tf
 from deit_keras.errors import UserInputError
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
-def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.Strategy:
+def make_strategy(name: str = "auto", tpu: str | None = None) -> "tf.distribute.Strategy":
     """Builds the strategy `name`.
 
     "auto" is MirroredStrategy with more than one GPU, OneDeviceStrategy

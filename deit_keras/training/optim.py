@@ -12,14 +12,11 @@ import keras
 from keras import ops
 
 from deit_keras.errors import UserInputError
+from deit_keras.training.config import OPTIMIZERS
 
 # Parameters the reference excludes from weight decay: every 1-D tensor
 # (biases, LayerNorm scales and offsets) and the tokens / position embeddings.
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "cls_token", "dist_token", "pos_embed")
-# `TrainConfig.freeze`: "backbone" trains the classification heads only.
-FREEZE = ("none", "backbone")
-# `TrainConfig.opt` (the official `--opt`; its `fusedlamb` is "lamb" here).
-OPTIMIZERS = ("adamw", "lamb")
 _BLOCK = re.compile(r"^block_(\d+)$")
 _STEM = ("patch_embed", "tokens")  # patch embedding; cls/dist tokens and pos_embed
 

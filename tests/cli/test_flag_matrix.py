@@ -273,7 +273,7 @@ def number_value(flag, case):
 
 
 def test_every_numeric_schema_field_declares_its_range():
-    from deit_keras.data.augment import AugmentConfig
+    from deit_keras.data.augment_config import AugmentConfig
 
     for cls in (TrainConfig, AugmentConfig):
         kinds = {item.name: item.type for item in dataclasses.fields(cls)}
@@ -345,7 +345,7 @@ def _number(text):
 
 
 def _train_numeric_fields():
-    from deit_keras.data.augment import AugmentConfig
+    from deit_keras.data.augment_config import AugmentConfig
 
     return [
         (item.name, item.metadata[VALID], "int" in str(item.type))

@@ -14,7 +14,7 @@ import pytest
 
 from deit_keras.cli.launch import asks_verbose
 from deit_keras.data import digits
-from deit_keras.testing import TF_CPP_LINE, run_cli, user_stderr
+from deit_keras.testing import TF_CPP_LINE, assert_one_line_error, run_cli, user_stderr
 
 TFDS_CHATTER = ("Downloading and preparing", "downloaded and prepared", "Variant folder")
 TFDS_CHATTER += ("Generating", "Shuffling", "examples/s")
@@ -57,6 +57,44 @@ def test_train_help_lists_the_flags_generated_from_the_config():
     process = run_cli("train", "--help")
     for flag in ("--batch_size:", "--distillation_type:", "--teacher:", "--mixup:"):
         assert f"\n  {flag}" in process.stdout, process.stdout[-2000:]
+
+
+# `deit-train ARGS`, reporting at exit which of TensorFlow and Keras had loaded (stderr
+# cannot tell: the quiet start holds back everything written while TensorFlow imports).
+_TRAIN_REPORTING_IMPORTS = """
+import atexit, os, sys
+loaded = lambda: " ".join(name for name in ("tensorflow", "keras") if name in sys.modules)
+atexit.register(lambda: open(os.environ["LOADED_REPORT"], "w").write(loaded()))
+from deit_keras.cli.launch import launch
+launch("train")
+"""
+
+
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (["--help"], None),
+        (["--epochs=-1"], "epochs must be positive"),
+        (["--distillation_type=kl"], "--distillation_type=kl"),
+        (["--output=student.h5"], "output must end in '.keras'"),
+    ],
+)
+def test_train_answers_help_and_bad_flags_before_tensorflow_loads(tmp_path, argv, error):
+    report = tmp_path / "loaded.txt"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    process = subprocess.run(
+        [sys.executable, "-c", _TRAIN_REPORTING_IMPORTS, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env | {"LOADED_REPORT": str(report)},
+    )
+    assert report.read_text() == "", report.read_text()
+    if error is None:
+        assert process.returncode == 1 and "\n  --teacher:" in process.stdout, process.stdout
+        assert not user_stderr(process), process.stderr
+    else:
+        assert_one_line_error(process, error)
 
 
 def test_verbose_or_a_log_level_the_user_set_brings_the_tensorflow_lines_back():

@@ -241,7 +241,7 @@ def test_deit3_flags_take_the_official_names():
 
 def test_deit3_recipe_trains_end_to_end(tmp_path):
     """3-Augment, the simple crop, BCE and LAMB through run_training; saved with the model."""
-    from deit_keras.data.augment import AugmentConfig
+    from deit_keras.data.augment_config import AugmentConfig
     from deit_keras.distill.base_losses import BinaryCrossEntropy
     from deit_keras.training.optim import LayerDecayLamb
 
@@ -276,7 +276,7 @@ def test_train_flags_are_generated_from_the_config_schema():
 
     from deit_keras.cli import train  # noqa: F401  (defines the train flags)
     from deit_keras.cli.config_flags import config_from_flags
-    from deit_keras.data.augment import AugmentConfig
+    from deit_keras.data.augment_config import AugmentConfig
     from deit_keras.schema import schema_fields
     from deit_keras.training.config import TrainConfig
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deit_keras.data import augment, preprocessing, rand_augment
+from deit_keras.data import augment, augment_config, preprocessing, rand_augment
 
 
 def _image(seed=0, size=32):
@@ -15,15 +15,15 @@ def _image(seed=0, size=32):
 
 
 def test_config_defaults_and_validation():
-    config = augment.AugmentConfig()
+    config = augment_config.AugmentConfig()
     assert (config.rand_augment_ops, config.rand_augment_magnitude) == (2, 9.0)
     assert (config.mixup, config.cutmix, config.reprob) == (0.8, 1.0, 0.25)
     assert config.smoothing == 0.1 and config.mixing
-    assert not augment.AugmentConfig(mixup=0.0, cutmix=0.0).mixing
+    assert not augment_config.AugmentConfig(mixup=0.0, cutmix=0.0).mixing
     with pytest.raises(ValueError, match="reprob"):
-        augment.AugmentConfig(reprob=1.5)
+        augment_config.AugmentConfig(reprob=1.5)
     with pytest.raises(ValueError, match="rand_augment_impl"):
-        augment.AugmentConfig(rand_augment_impl="torch")
+        augment_config.AugmentConfig(rand_augment_impl="torch")
 
 
 @pytest.mark.parametrize("index", range(len(rand_augment.OPS)))
@@ -167,7 +167,7 @@ def test_label_smoothing_mass():
 
 
 def test_mixup_targets_match_lambda():
-    config = augment.AugmentConfig(cutmix=0.0, smoothing=0.0)
+    config = augment_config.AugmentConfig(cutmix=0.0, smoothing=0.0)
     images = tf.random.stateless_normal([4, 8, 8, 3], [1, 1])
     labels = tf.constant([0, 1, 2, 3])
     out, targets, lam = augment.mix_batch(images, labels, 5, tf.constant([7, 7]), config)
@@ -181,7 +181,7 @@ def test_mixup_targets_match_lambda():
 
 
 def test_cutmix_targets_match_pasted_area():
-    config = augment.AugmentConfig(mixup=0.0, smoothing=0.1)
+    config = augment_config.AugmentConfig(mixup=0.0, smoothing=0.1)
     images = tf.stack([tf.fill([16, 16, 3], float(i)) for i in range(4)])
     labels = tf.constant([0, 1, 2, 3])
     seen_partial = False
@@ -198,7 +198,7 @@ def test_cutmix_targets_match_pasted_area():
 
 
 def test_mix_batch_one_lambda_per_batch_and_switch_rate():
-    config = augment.AugmentConfig(smoothing=0.0)
+    config = augment_config.AugmentConfig(smoothing=0.0)
     images = tf.stack([tf.fill([8, 8, 3], float(i)) for i in range(4)])
     labels = tf.constant([0, 1, 2, 3])
     cutmix = 0
@@ -214,7 +214,7 @@ def test_mix_batch_one_lambda_per_batch_and_switch_rate():
 
 
 def test_mixing_disabled_gives_smoothed_one_hot():
-    config = augment.AugmentConfig(mixup=0.0, cutmix=0.0)
+    config = augment_config.AugmentConfig(mixup=0.0, cutmix=0.0)
     images = tf.ones([2, 4, 4, 3])
     out, targets, lam = augment.mix_batch(
         images, tf.constant([0, 1]), 2, tf.constant([0, 0]), config
@@ -226,21 +226,21 @@ def test_mixing_disabled_gives_smoothed_one_hot():
 def test_train_transform_image_shape_range_and_seed():
     image = tf.cast(_image(size=48), tf.uint8)
     seed = tf.constant([1, 2], tf.int64)
-    a = augment.train_transform_image(image, seed, 24, augment.AugmentConfig())
-    b = augment.train_transform_image(image, seed, 24, augment.AugmentConfig())
+    a = augment.train_transform_image(image, seed, 24, augment_config.AugmentConfig())
+    b = augment.train_transform_image(image, seed, 24, augment_config.AugmentConfig())
     assert a.shape == (24, 24, 3) and a.dtype == tf.float32
     assert 0.0 <= float(tf.reduce_min(a)) and float(tf.reduce_max(a)) <= 255.0
     np.testing.assert_array_equal(a.numpy(), b.numpy())
-    finished = augment.finish_image(a, seed, augment.AugmentConfig())
+    finished = augment.finish_image(a, seed, augment_config.AugmentConfig())
     expected = preprocessing.normalize(a)
     same = tf.reduce_all(tf.equal(finished, expected), axis=-1)
     assert float(tf.reduce_mean(tf.cast(same, tf.float32))) > 0.6  # <= 1/3 erased
 
 
 def test_keras_cv_rand_augment_option_runs():
-    layer = augment.make_keras_cv_rand_augment(augment.AugmentConfig())
+    layer = augment.make_keras_cv_rand_augment(augment_config.AugmentConfig())
     images = tf.stack([_image(i) for i in range(2)])
-    out = augment.rand_augment_images(images, None, augment.AugmentConfig(), layer)
+    out = augment.rand_augment_images(images, None, augment_config.AugmentConfig(), layer)
     assert out.shape == images.shape
 
 
@@ -271,8 +271,10 @@ def test_random_translate_shifts_by_at_most_padding_with_zero_fill():
 def test_translate_setting_moves_training_views_only_when_set():
     image = tf.cast(_image(size=32), tf.uint8)
     seed = tf.constant([4, 5], tf.int64)
-    plain = augment.AugmentConfig(rand_augment_ops=0, hflip=0.0, crop_scale_min=1.0)
-    moved = augment.AugmentConfig(rand_augment_ops=0, hflip=0.0, crop_scale_min=1.0, translate=8)
+    plain = augment_config.AugmentConfig(rand_augment_ops=0, hflip=0.0, crop_scale_min=1.0)
+    moved = augment_config.AugmentConfig(
+        rand_augment_ops=0, hflip=0.0, crop_scale_min=1.0, translate=8
+    )
     base = augment.train_transform_image(image, seed, 32, plain).numpy()
     np.testing.assert_allclose(base, image.numpy().astype(np.float32), atol=1e-3)
     shifted = [
@@ -281,4 +283,4 @@ def test_translate_setting_moves_training_views_only_when_set():
     ]
     assert any(np.abs(view - base).max() > 1.0 for view in shifted)
     with pytest.raises(ValueError, match="translate"):
-        augment.AugmentConfig(translate=-1)
+        augment_config.AugmentConfig(translate=-1)

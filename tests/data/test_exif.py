@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from deit_keras.data import exif
-from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.augment_config import AugmentConfig
 from deit_keras.data.pipeline import make_dataset
 from deit_keras.data.preprocessing import preprocess
 from deit_keras.data.transforms import decode_image, random_resized_crop

@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deit_keras.data import in_memory, make_dataset, transforms
-from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.augment_config import AugmentConfig
 from deit_keras.data.preprocessing import resize
 
 SEED = tf.constant([3, 5], tf.int64)

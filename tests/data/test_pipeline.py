@@ -9,7 +9,7 @@ from PIL import Image
 
 from deit_keras.data import (
     DatasetInfo,
-    augment,
+    augment_config,
     dataset_info,
     make_dataset,
     pipeline,
@@ -104,7 +104,7 @@ def test_deterministic_training_batches(digits_dir):
 
 
 def test_repeated_augmentation_copies_and_epoch_length(digits_dir):
-    config = augment.AugmentConfig(mixup=0.0, cutmix=0.0, smoothing=0.0, reprob=0.0)
+    config = augment_config.AugmentConfig(mixup=0.0, cutmix=0.0, smoothing=0.0, reprob=0.0)
     ds = make_dataset(
         "digits",
         "train",
@@ -127,7 +127,7 @@ def test_repeated_augmentation_copies_and_epoch_length(digits_dir):
 
 
 def test_repeated_augmentation_sharding_disjoint(digits_dir):
-    config = augment.NO_AUGMENT
+    config = augment_config.NO_AUGMENT
 
     def shard_stream(index):
         context = tf.distribute.InputContext(
@@ -215,7 +215,7 @@ def test_a_folder_is_drawn_in_a_full_permutation_not_a_window(tmp_path, monkeypa
             for i in range(count):
                 pixels = np.full((8, 8, 3), 40 * label + i, np.uint8)
                 Image.fromarray(pixels).save(tmp_path / split / f"c{label}" / f"{i}.png")
-    config = augment.AugmentConfig(rand_augment_ops=0, reprob=0.0, mixup=0.0, cutmix=0.0)
+    config = augment_config.AugmentConfig(rand_augment_ops=0, reprob=0.0, mixup=0.0, cutmix=0.0)
     train = make_dataset(
         f"folder:{tmp_path}",
         "train",
@@ -375,7 +375,7 @@ def test_keras_cv_rand_augment_is_a_working_choice(digits_dir):
     """--rand_augment_impl=keras_cv (KerasCV's layer) in the real pipeline: it augments."""
 
     def first_batch(impl, ops):
-        config = augment.AugmentConfig(
+        config = augment_config.AugmentConfig(
             rand_augment_impl=impl, rand_augment_ops=ops, reprob=0.0, mixup_prob=0.0
         )
         ds = make_dataset(

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from deit_keras.data import augment, dataset_info, make_dataset, subsets
+from deit_keras.data import augment_config, dataset_info, make_dataset, subsets
 
-NO_MIXING = augment.AugmentConfig(mixup=0.0, cutmix=0.0, smoothing=0.0, reprob=0.0)
+NO_MIXING = augment_config.AugmentConfig(mixup=0.0, cutmix=0.0, smoothing=0.0, reprob=0.0)
 
 
 @pytest.fixture(scope="module")

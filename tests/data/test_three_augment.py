@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deit_keras.data import augment, in_memory, pipeline, three_augment, transforms
+from deit_keras.data import augment_config, in_memory, pipeline, three_augment, transforms
 from deit_keras.data.preprocessing import resize
 from deit_keras.errors import UserInputError
 
-THREE_AUGMENT = augment.AugmentConfig(
+THREE_AUGMENT = augment_config.AugmentConfig(
     rand_augment_ops=0, three_augment=True, reprob=0.0, mixup=0.0, cutmix=0.0
 )
 
@@ -137,12 +137,12 @@ def test_batched_simple_random_crops_are_windows_too():
 
 def test_config_rejects_three_augment_with_rand_augment():
     with pytest.raises(UserInputError, match="rand_augment_ops=0 and reprob=0"):
-        augment.AugmentConfig(three_augment=True)
+        augment_config.AugmentConfig(three_augment=True)
     # Official DeiT III's transform has no erasing; the default reprob 0.25 is not kept.
     with pytest.raises(UserInputError, match=r"Received: rand_augment_ops=0, reprob=0.25"):
-        augment.AugmentConfig(three_augment=True, rand_augment_ops=0)
+        augment_config.AugmentConfig(three_augment=True, rand_augment_ops=0)
     with pytest.raises(UserInputError, match="translate=0"):
-        augment.AugmentConfig(simple_random_crop=True, translate=2)
+        augment_config.AugmentConfig(simple_random_crop=True, translate=2)
     with pytest.raises(UserInputError, match="color_jitter"):
         dataclasses.replace(THREE_AUGMENT, color_jitter=-0.1)
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from deit_keras.data import image_check
-from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.augment_config import AugmentConfig
 from deit_keras.data.pipeline import dataset_info, make_dataset
 from deit_keras.data.transforms import decode_image, is_webp
 

@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 WORKER = textwrap.dedent("""
     import numpy as np
-    from deit_keras.data.augment import AugmentConfig
+    from deit_keras.data.augment_config import AugmentConfig
     from deit_keras.testing import fixed_batch_training
     from deit_keras.training import custom_loop, runner
 

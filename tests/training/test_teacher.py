@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from deit_keras.data.augment import AugmentConfig
+from deit_keras.data.augment_config import AugmentConfig
 from deit_keras.data.pipeline import dataset_info
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING
 from deit_keras.testing import digits_config
