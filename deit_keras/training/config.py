@@ -160,13 +160,16 @@ class TrainConfig:
     clip_grad: float | None = field(
         None, "Global gradient norm clip (off by default).", valid=POSITIVE
     )
-    model_ema: bool = field(False, "Keep an EMA of the weights; used at the end.")
+    model_ema: bool = field(
+        False, "Keep an EMA of the weights (one step per optimizer update); used at the end."
+    )
     model_ema_decay: float = field(0.99996, "EMA decay.", valid=PROBABILITY)
     # === Fine-tuning ===
     layer_decay: float = field(
         1.0,
         "Layer-wise LR decay (BEiT, timm): block i (of depth d) trains at lr x "
-        "layer_decay^(d - i), the patch embedding at lr x layer_decay^(d + 1); 1 = off.",
+        "layer_decay^(d - i) (0-based i; the final norm with the last block), the patch "
+        "embedding and tokens at lr x layer_decay^(d + 1), the heads at lr; 1 = off.",
         valid=FRACTION,
     )
     grad_accum_steps: int = field(

@@ -18,7 +18,10 @@ from deit_keras.training.config import OPTIMIZERS
 # (biases, LayerNorm scales and offsets) and the tokens / position embeddings.
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "cls_token", "dist_token", "pos_embed")
 _BLOCK = re.compile(r"^block_(\d+)$")
-_STEM = ("patch_embed", "tokens")  # patch embedding; cls/dist tokens and pos_embed
+_CLASS_BLOCK = re.compile(r"^class_block_(\d+)$")  # CaiT's class-attention blocks
+# The patch embedding, the cls/dist tokens and pos_embed (DeiT: under `tokens`; CaiT's
+# cls token is the model's own variable).
+_STEM = ("patch_embed", "tokens", "cls_token", "dist_token", "pos_embed")
 
 
 def scaled_learning_rate(base_lr: float, global_batch_size: int) -> float:
@@ -75,35 +78,55 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         )
 
 
-def layer_id(path: str, depth: int) -> int:
-    """timm's layer id of a DeiT variable, for layer-wise LR decay.
+def layer_id(path: str, depth: int, class_depth: int = 0) -> int:
+    """timm's layer id of a DeiT or CaiT variable, for layer-wise LR decay.
+
+    As timm's `param_groups_layer_decay` with the models' `group_matcher`: the final
+    norm goes with the last block, and CaiT's class-attention blocks overlap the last
+    self-attention blocks (timm's cait.py).
 
     Args:
         path: str. The variable's path, e.g. "deit/block_3/attn/qkv/kernel".
-        depth: int. The number of transformer blocks.
+        depth: int. The number of (self-attention) transformer blocks.
+        class_depth: int. The number of CaiT class-attention blocks (0 for DeiT).
 
     Returns:
-        0 for the patch embedding, tokens and position embedding, `i + 1`
-        for `block_i`, `depth + 1` for the final norm and the heads.
+        0 for the patch embedding, tokens and position embedding, `i + 1` for
+        `block_i`, `i + 1 + depth - class_depth` for `class_block_i`, `depth` for
+        the final norm, `depth + 1` for the heads.
     """
     for part in path.split("/"):
         match = _BLOCK.match(part)
         if match:
             return int(match.group(1)) + 1
+        match = _CLASS_BLOCK.match(part)
+        if match:
+            return int(match.group(1)) + 1 + depth - class_depth
         if part in _STEM:
             return 0
+        if part == "norm":  # the final norm (the blocks' own are norm1 / norm2)
+            return depth
     return depth + 1
+
+
+def _block_count(paths, pattern) -> int:
+    indices = [int(m.group(1)) for p in paths for m in map(pattern.match, p.split("/")) if m]
+    return max(indices, default=-1) + 1
 
 
 def infer_depth(paths) -> int:
     """The number of blocks: one more than the largest `block_i` among `paths`."""
-    indices = [int(m.group(1)) for p in paths for m in map(_BLOCK.match, p.split("/")) if m]
-    return max(indices, default=-1) + 1
+    return _block_count(paths, _BLOCK)
 
 
-def layer_scale(path: str, layer_decay: float, depth: int) -> float:
+def infer_class_depth(paths) -> int:
+    """CaiT's class-attention blocks: one more than the largest `class_block_i` (0 if none)."""
+    return _block_count(paths, _CLASS_BLOCK)
+
+
+def layer_scale(path: str, layer_decay: float, depth: int, class_depth: int = 0) -> float:
     """`layer_decay ** (depth + 1 - layer_id)`: 1 for the heads, smallest for the stem."""
-    return layer_decay ** (depth + 1 - layer_id(path, depth))
+    return layer_decay ** (depth + 1 - layer_id(path, depth, class_depth))
 
 
 class _PerLayerRates:
@@ -131,10 +154,12 @@ class _PerLayerRates:
 
     def build(self, variables):
         super().build(variables)
-        depth = self.depth if self.depth is not None else infer_depth(v.path for v in variables)
+        paths = [variable.path for variable in variables]
+        depth = self.depth if self.depth is not None else infer_depth(paths)
+        class_depth = infer_class_depth(paths)
         for variable in variables:
             key = self._var_key(variable)
-            self._scales[key] = layer_scale(variable.path, self.layer_decay, depth)
+            self._scales[key] = layer_scale(variable.path, self.layer_decay, depth, class_depth)
             self._decayed[key] = self._use_weight_decay(variable)
 
     def lr_scale(self, variable) -> float:
@@ -144,6 +169,15 @@ class _PerLayerRates:
     def _apply_weight_decay(self, variables):
         # Done in `update_step`, at each variable's scaled learning rate.
         return
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        # Keras 3.15 steps the average at every micro-batch; timm's ModelEma (official
+        # engine.py) once an optimizer update.
+        update = super()._update_model_variables_moving_average
+        if not self.gradient_accumulation_steps:
+            return update(trainable_variables)
+        is_update_step = (self._iterations + 1) % self.gradient_accumulation_steps == 0
+        ops.cond(is_update_step, lambda: update(trainable_variables), lambda: None)
 
     def _get_current_learning_rate(self):
         # Keras evaluates schedules at `_iterations`, which counts micro-batches.

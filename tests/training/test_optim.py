@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from deit_keras.distill.base_losses import BinaryCrossEntropy
 from deit_keras.errors import UserInputError
+from deit_keras.models.variants import build_model
 from deit_keras.testing import batches, tiny_model
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.optim import (
@@ -85,19 +86,39 @@ def _one_step_changes(layer_decay):
 
 
 def test_layer_scales_follow_timm():
-    """timm / BEiT ids: 0 stem, 1..depth blocks, depth+1 norm and heads; d ** (depth + 1 - id)."""
+    """timm's ids: 0 stem, 1..depth blocks, the final norm with the last block, depth+1 heads."""
     model = tiny_model()
     optimizer = create_optimizer(steps_per_epoch=2, epochs=2, layer_decay=0.6)
     optimizer.build(model.trainable_variables)
-    depth, expected_ids = 2, {"patch_embed": 0, "tokens": 0, "block_0": 1, "block_1": 2}
+    depth = 2
+    expected_ids = {"patch_embed": 0, "tokens": 0, "block_0": 1, "block_1": 2, "norm": 2}
     for variable in model.trainable_variables:
         part = variable.path.split("/")[1]
         expected = expected_ids.get(part, depth + 1)
         assert layer_id(variable.path, depth) == expected, variable.path
         assert optimizer.lr_scale(variable) == pytest.approx(0.6 ** (depth + 1 - expected))
     assert infer_depth(v.path for v in model.trainable_variables) == depth
-    assert layer_id("deit/block_11/mlp/fc1/kernel", 12) == 12
-    assert layer_id("deit/head_dist/kernel", 12) == layer_id("deit/norm/gamma", 12) == 13
+    assert layer_id("deit/block_11/mlp/fc1/kernel", 12) == layer_id("deit/norm/gamma", 12) == 12
+    assert layer_id("deit/head_dist/kernel", 12) == 13
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_distilled_patch16_224", "cait_xxs24_224"])
+def test_layer_scales_equal_timms_param_groups(name):
+    """Every variable's LR scale against timm's `param_groups_layer_decay` on the same model."""
+    timm = pytest.importorskip("timm")
+    from timm.optim._param_groups import param_groups_layer_decay
+
+    reference = timm.create_model(name, pretrained=False, depth=3)
+    scales = {}
+    for group in param_groups_layer_decay(reference, weight_decay=0.05, layer_decay=0.75):
+        for parameter in group["params"]:
+            scales[id(parameter)] = group["lr_scale"]
+    expected = sorted(scales[id(parameter)] for parameter in reference.parameters())
+    model = build_model(name, depth=3)
+    optimizer = create_optimizer(steps_per_epoch=2, epochs=2, layer_decay=0.75)
+    optimizer.build(model.trainable_variables)
+    ours = sorted(optimizer.lr_scale(v) for v in model.trainable_variables)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
 
 
 def test_one_step_update_is_scaled_per_layer():
@@ -110,7 +131,7 @@ def test_one_step_update_is_scaled_per_layer():
         "block_0/attn/qkv/kernel": decay**2,
         "block_1/mlp/fc2/kernel": decay,  # the last block
         "head/kernel": 1.0,
-        "norm/gamma": 1.0,
+        "norm/gamma": decay,  # the final norm goes with the last block (timm)
     }
     for variable, change, reference in zip(model.trainable_variables, scaled, plain, strict=True):
         name = variable.path.split("/", 1)[1]
@@ -207,6 +228,36 @@ def test_accumulated_micro_batches_equal_one_big_batch():
     assert diff < 1e-5 and moved > 1e-2, (diff, moved)
     assert int(accumulated.optimizer.iterations) == int(big.optimizer.iterations) == 4
     np.testing.assert_allclose(history.history["lr"], big_history.history["lr"], rtol=1e-6)
+
+
+def test_model_ema_steps_once_per_accumulated_update():
+    """timm's ModelEma (official engine.py) steps once an optimizer update; Keras alone
+    steps its average at every micro-batch, so N micro-batches decayed it N times."""
+    decay = 0.9
+    variable = keras.Variable(np.ones(3, "float32"), name="kernel")
+    optimizer = create_optimizer(
+        base_lr=0.1,
+        global_batch_size=512,
+        steps_per_epoch=8,
+        epochs=4,
+        warmup_epochs=0,
+        weight_decay=0.0,
+        model_ema=True,
+        model_ema_decay=decay,
+        grad_accum_steps=2,
+    )
+    optimizer.build([variable])
+    rng = np.random.default_rng(0)
+    average = None
+    for micro_batch in range(8):
+        gradient = tf.constant(rng.normal(size=3), tf.float32)
+        optimizer.apply_gradients([(gradient, variable)])
+        if micro_batch % 2 == 1:  # an update; Keras' average starts at the first one's weights
+            weights = variable.numpy()
+            average = weights if average is None else decay * average + (1 - decay) * weights
+    assert int(optimizer.iterations) == 4
+    optimizer.finalize_variable_values([variable])  # the model takes the average
+    np.testing.assert_allclose(variable.numpy(), average, rtol=1e-6)
 
 
 def test_schedule_counts_updates():
