@@ -280,6 +280,12 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
     state = dict(state)
     if skip_heads:
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}
+    family, model_family = checkpoint_family(state), _model_family(model)
+    if family != model_family:
+        raise CheckpointError(
+            f"The checkpoint is a {family}'s but {model.name} is a {model_family}; "
+            f"pick a {family} --model (`deit_keras.list_models()` names them)."
+        )
     source_prefix = 2 if "dist_token" in state else 1
     if source_prefix != model.num_prefix_tokens:
         kind = "distilled (has dist_token)" if source_prefix == 2 else "not distilled"
@@ -312,6 +318,21 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
         raise CheckpointError(f"Checkpoint does not fit {model.name}: " + " | ".join(problems))
     for key, value in values.items():
         targets[key][0].assign(value)
+
+
+def checkpoint_family(state: dict) -> str:
+    """"CaiT", "DeiT III" (LayerScale on every block) or "DeiT", from a timm-keyed state dict."""
+    if any(key.startswith("blocks_token_only.") for key in state):
+        return "CaiT"
+    if any(".ls1.gamma" in key for key in state):
+        return "DeiT III"
+    return "DeiT"
+
+
+def _model_family(model) -> str:
+    if isinstance(model, CaiT):
+        return "CaiT"
+    return "DeiT" if model.layer_scale_init is None else "DeiT III"
 
 
 def _resampled_pos_embed(model, pos_embed):

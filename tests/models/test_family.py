@@ -230,12 +230,23 @@ def test_timm_hub_safetensors_load_through_create_model(name, depths, tmp_path):
     assert model.preprocessing == deit_presets.PRESETS[name].preprocessing
 
 
-def test_a_deit_checkpoint_does_not_load_into_deit3(tmp_path):
-    deit = build_model("deit_small_patch16_224", depth=1)
-    state = checkpoints.state_dict_of(deit)
-    model = build_model("deit3_small_patch16_224", depth=1)
-    with pytest.raises(checkpoints.CheckpointError, match="another model family"):
+@pytest.mark.parametrize(
+    "source, target, said",
+    [
+        ("deit_small_patch16_224", "deit3_small_patch16_224", "a DeiT's but .* is a DeiT III"),
+        ("deit3_small_patch16_224", "deit_small_patch16_224", "a DeiT III's but .* is a DeiT;"),
+        ("cait_xxs24_224", "deit_tiny_distilled_patch16_224", "a CaiT's but .* is a DeiT;"),
+        ("deit_tiny_patch16_224", "cait_xxs24_224", "a DeiT's but .* is a CaiT;"),
+    ],
+)
+def test_a_checkpoint_of_another_family_is_named_as_such(source, target, said):
+    """Not "not distilled" (a CaiT into a distilled DeiT) or a list of unknown keys."""
+    state = checkpoints.state_dict_of(build_model(source, depth=1))
+    model = build_model(target, depth=1)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(checkpoints.CheckpointError, match=said):
         checkpoints.load_timm_state_dict(model, state)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
 # === Files, sizes, training, exports ===
