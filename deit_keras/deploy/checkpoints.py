@@ -321,7 +321,7 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
 
 
 def checkpoint_family(state: dict) -> str:
-    """"CaiT", "DeiT III" (LayerScale on every block) or "DeiT", from a timm-keyed state dict."""
+    """ "CaiT", "DeiT III" (LayerScale on every block) or "DeiT", from a timm-keyed state dict."""
     if any(key.startswith("blocks_token_only.") for key in state):
         return "CaiT"
     if any(".ls1.gamma" in key for key in state):
