@@ -37,7 +37,11 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     `min_lr + (peak_lr - min_lr) * (1 + cos(pi * step / total_steps)) / 2`
     for `step >= warmup_steps`, and `warmup_lr + (peak_lr - warmup_lr) *
     step / warmup_steps` before. The reference steps its schedule once per
-    epoch; this is the same curve evaluated every step.
+    epoch; this is the same curve evaluated every step. Official `main.py` also
+    calls `lr_scheduler.step(epoch)` after each epoch, so its epoch e >= 1 trains at
+    lr(e - 1) and epochs 0 and 1 both at `warmup_lr`: its warmup ends about one epoch
+    later than here (a review's script at 300 epochs: mean LR of epochs 0/1/2 1e-6 /
+    1e-6 / 2.0e-4 there, 1.0e-4 / 3.0e-4 / 5.0e-4 here; the run's LR sum 1.00009x).
 
     Args:
         peak_lr: float. LR after warmup (already batch-scaled).
