@@ -28,7 +28,7 @@ ALLOWED = {
     "io": set(),
     "layers": set(),
     "data": {"schema", "io"},
-    "distill": {"data"},
+    "distill": {"data", "layers"},
     "models": {"layers", "distill", "data"},
     "deploy": {"io", "data", "layers", "models"},
     "inference": {"io", "data", "distill", "models", "deploy"},

@@ -19,6 +19,7 @@ from keras import ops
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from deit_keras.distill import regnet
 from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.layers.replica_dropout import ReplicaDropout
 
 INPUT_CONVENTIONS = ("normalized", "pixels", "keras_applications")
 # The smallest input keras.applications builds, by module (the size its
@@ -398,6 +399,6 @@ def build_small_cnn(
         if stage < 2:
             x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
+    x = ReplicaDropout(0.2)(x)  # its masks differ between replicas, as official DeiT's ranks
     outputs = keras.layers.Dense(num_classes)(x)
     return keras.Model(inputs, outputs, name=name)

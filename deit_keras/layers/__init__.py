@@ -9,6 +9,7 @@ from deit_keras.layers.embedding import (
 )
 from deit_keras.layers.encoder import MLP, DropPath, TransformerBlock
 from deit_keras.layers.layer_scale import LayerScale
+from deit_keras.layers.replica_dropout import ReplicaDropout
 from deit_keras.layers.talking_heads import TalkingHeadsAttention
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "MLP",
     "MultiHeadSelfAttention",
     "PatchEmbedding",
+    "ReplicaDropout",
     "TalkingHeadsAttention",
     "TokensAndPositionEmbedding",
     "TransformerBlock",

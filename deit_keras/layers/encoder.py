@@ -3,12 +3,12 @@
 import keras
 from keras import ops
 
-from deit_keras.backend import replica_position
 from deit_keras.errors import UserInputError
 from deit_keras.layers import onednn_form
 from deit_keras.layers.attention import MultiHeadSelfAttention, with_scores
 from deit_keras.layers.basic import dense, layer_norm
 from deit_keras.layers.layer_scale import LayerScale
+from deit_keras.layers.replica_dropout import replica_uniform
 from deit_keras.layers.talking_heads import TalkingHeadsAttention
 
 
@@ -41,13 +41,7 @@ class DropPath(keras.layers.Layer):
             return x
         keep = 1.0 - self.rate
         mask_shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-        replicas, replica = replica_position()
-        if replicas == 1:
-            draws = keras.random.uniform(mask_shape, seed=self.seed_generator)
-        else:  # every replica draws all replicas' numbers and takes its own row
-            draws = keras.random.uniform((replicas, *mask_shape), seed=self.seed_generator)
-            draws = ops.take(draws, replica, axis=0)
-        mask = draws < keep
+        mask = replica_uniform(mask_shape, self.seed_generator) < keep
         return x * ops.cast(mask, x.dtype) / ops.cast(keep, x.dtype)
 
     def compute_output_shape(self, input_shape):

@@ -149,3 +149,17 @@ def test_regnet_teacher_takes_a_timm_state_dict():
 def test_keras_applications_convention_needs_an_application():
     with pytest.raises(UserInputError, match="'keras_applications' is for keras.applications"):
         teachers.build_teacher("regnety_002", 10, 32, input_convention="keras_applications")
+
+
+def test_small_cnn_teacher_drops_apart_on_each_replica_and_round_trips(tmp_path):
+    """Its dropout is `ReplicaDropout` (`keras.layers.Dropout` gives every replica one
+    mask); a saved teacher loads with the same outputs."""
+    from deit_keras.layers import ReplicaDropout
+
+    teacher = teachers.build_small_cnn(10, 32, width=4)
+    dropouts = [layer for layer in teacher.layers if "dropout" in type(layer).__name__.lower()]
+    assert [type(layer) for layer in dropouts] == [ReplicaDropout], dropouts
+    teacher.save(tmp_path / "teacher.keras")
+    loaded = keras.models.load_model(tmp_path / "teacher.keras")
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict_on_batch(images), teacher.predict_on_batch(images))

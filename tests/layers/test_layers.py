@@ -11,6 +11,7 @@ from deit_keras.layers import (
     DropPath,
     MultiHeadSelfAttention,
     PatchEmbedding,
+    ReplicaDropout,
     TokensAndPositionEmbedding,
     TransformerBlock,
     resample_position_embeddings,
@@ -30,6 +31,7 @@ TOKENS = np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
         (MLP(8, 32), TOKENS),
         (TransformerBlock(8, 2, mlp_ratio=2.0, drop_path_rate=0.1), TOKENS),
         (DropPath(0.3, seed=3), TOKENS),
+        (ReplicaDropout(0.3, seed=3), TOKENS),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, keras.layers.Layer) else "",
 )
@@ -70,14 +72,25 @@ def test_drop_path_is_identity_in_inference_and_drops_whole_samples_in_training(
     assert 0.21 < dropped < 0.29
 
 
-DROP_PATH_ON_TWO_REPLICAS = textwrap.dedent("""
+def test_replica_dropout_is_identity_in_inference_and_drops_elements_in_training():
+    x = np.ones((200, 50), "float32")
+    layer = ReplicaDropout(0.2, seed=0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+    out = keras.ops.convert_to_numpy(layer(x, training=True))
+    assert set(np.unique(out)) <= {0.0, np.float32(1 / 0.8)}
+    assert 0.18 < np.mean(out == 0) < 0.22
+    assert 0 < np.mean(out[:, 0] == 0) < 1  # elements, not whole samples
+
+
+MASKS_ON_TWO_REPLICAS = textwrap.dedent("""
+    import sys
     import numpy as np, tensorflow as tf
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-    from deit_keras.layers import DropPath
+    from deit_keras import layers
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        layer = DropPath(0.5, seed=0)
+        layer = getattr(layers, sys.argv[1])(0.5, seed=0)
     step = tf.function(lambda: strategy.run(lambda: layer(tf.ones([64, 1]), training=True)))
     for _ in range(2):
         kept = [(mask.numpy()[:, 0] > 0).astype(int) for mask in
@@ -86,11 +99,12 @@ DROP_PATH_ON_TWO_REPLICAS = textwrap.dedent("""
 """)
 
 
-def test_drop_path_draws_apart_on_each_replica():
+@pytest.mark.parametrize("layer", ["DropPath", "ReplicaDropout"])
+def test_masks_are_drawn_apart_on_each_replica(layer):
     """One mirrored seed generator: each replica dropped the same rows (official DeiT seeds
-    each rank apart)."""
+    each rank apart; `keras.layers.Dropout` still does)."""
     result = subprocess.run(
-        [sys.executable, "-c", DROP_PATH_ON_TWO_REPLICAS],
+        [sys.executable, "-c", MASKS_ON_TWO_REPLICAS, layer],
         capture_output=True,
         text=True,
         timeout=300,
@@ -106,6 +120,8 @@ def test_drop_path_draws_apart_on_each_replica():
 def test_drop_path_rejects_bad_rate():
     with pytest.raises(ValueError, match="rate"):
         DropPath(1.0)
+    with pytest.raises(ValueError, match="Received: rate=-0.1"):
+        ReplicaDropout(-0.1)
 
 
 def test_attention_rejects_indivisible_heads():
