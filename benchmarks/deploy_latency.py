@@ -82,7 +82,7 @@ def _keras_step(args, batch, size):
 
 
 def _exported_step(args, side, batch, size):
-    from deit_keras.deploy.export_formats import SUFFIXES
+    from deit_keras.deploy.export_options import SUFFIXES
     from deit_keras.deploy.runtimes import ExportedModel
 
     suffix = SUFFIXES[EXPORTS[side][0]]
@@ -112,7 +112,7 @@ def worker(args):
 
 def prepare(args):
     """Keras side of the set-up: the exports of the reference's weights."""
-    from deit_keras.deploy import export_formats
+    from deit_keras.deploy import export_formats, export_options
     from deit_keras.deploy.checkpoints import load_checkpoint
     from deit_keras.deploy.runtimes import ExportedModel
     from deit_keras.deploy.signatures import fixed_size_function
@@ -122,7 +122,7 @@ def prepare(args):
     calibration = _images(16, size)
     paths = {}
     for side, (export_format, quantize, optimize) in EXPORTS.items():
-        paths[side] = os.path.join(args.workdir, side + export_formats.SUFFIXES[export_format])
+        paths[side] = os.path.join(args.workdir, side + export_options.SUFFIXES[export_format])
         export_formats.export_model(
             model,
             paths[side],

@@ -127,7 +127,7 @@ def agreement_rows(
         calibration_images: int. Train-split eval crops that calibrate int8.
         max_images: int or None. Compare on the first this many eval images.
     """
-    from deit_keras.deploy import export_formats, runtimes, saving
+    from deit_keras.deploy import export_formats, export_options, runtimes, saving
     from deit_keras.deploy.calibration import eval_crops
 
     model, _ = saving.load_model(model_path, compile=False)
@@ -146,7 +146,7 @@ def agreement_rows(
             calibration = eval_crops(
                 dataset, calibration_images, model.image_size, model.preprocessing
             )
-        path = os.path.join(workdir, f"{side}{export_formats.SUFFIXES[export_format]}")
+        path = os.path.join(workdir, f"{side}{export_options.SUFFIXES[export_format]}")
         export_formats.export_model(
             model,
             path,

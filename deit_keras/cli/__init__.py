@@ -2,9 +2,10 @@
 
     deit-train / python -m deit_keras.train          training.runner.run_training
     deit-convert / python -m deit_keras.convert      deploy.checkpoints.convert_checkpoint
-    deit-export / python -m deit_keras.export        deploy.saved_model.export_saved_model
-    deit-evaluate / python -m deit_keras.evaluate    inference.evaluate.evaluate_file
-    deit-predict / python -m deit_keras.predict      inference.predict.predict_files
+    deit-export / python -m deit_keras.export        deploy.export_formats.export_model
+    deit-evaluate / python -m deit_keras.evaluate    inference.evaluate.evaluate_on_dataset,
+                                                     inference.imagenet_test_sets.evaluate_benchmarks
+    deit-predict / python -m deit_keras.predict      inference.predict.predict_images
     deit-visualize / python -m deit_keras.visualize  analysis.drawing.visualize_file
     deit-ablate / python -m deit_keras.ablate        training.ablation.run_ablation
     deit-benchmark / python -m deit_keras.benchmark  inference.benchmark.run_benchmark
@@ -78,12 +79,12 @@ def check_path(name: str, kind: str) -> None:
 
 def model_files(path: str | None) -> list[str]:
     """The files of a saved model at `path`: itself, its class names, OpenVINO's `.bin`."""
-    from deit_keras.deploy import export_formats, saving
+    from deit_keras.deploy import export_options, saving
 
     if not path:
         return []
     export_format = "openvino" if path.endswith(".xml") else "keras"
-    return [*export_formats.output_files(export_format, path), saving.classes_path(path)]
+    return [*export_options.output_files(export_format, path), saving.classes_path(path)]
 
 
 def check_outputs_spare_inputs(outputs: dict, inputs: dict) -> None:

@@ -14,13 +14,13 @@ each format are in its docstring and in docs/deployment.md.
 """
 
 import os
+import sys
 
 from absl import flags
 
 from deit_keras import cli
-from deit_keras.cli import model_source
-from deit_keras.deploy import export_formats, onnx_export
-from deit_keras.deploy.calibration import eval_crops
+from deit_keras.cli import launch, model_source
+from deit_keras.deploy import export_options
 from deit_keras.io import paths
 from deit_keras.schema import FRACTION, POSITIVE
 
@@ -33,14 +33,14 @@ _OUTPUT = flags.DEFINE_string(
 _FORMAT = flags.DEFINE_enum(
     "format",
     "saved_model",
-    list(export_formats.FORMATS),
+    list(export_options.FORMATS),
     "saved_model: uint8 images of any size in. litert / onnx / openvino: uint8 "
     "[batch, image_size, image_size, 3] eval crops in (see docs/deployment.md).",
 )
 _QUANTIZE = flags.DEFINE_enum(
     "quantize",
     "none",
-    list(export_formats.ALL_QUANTIZATIONS),
+    list(export_options.ALL_QUANTIZATIONS),
     "litert: float16, dynamic_int8, int8. onnx: dynamic_int8, int8 (ONNX Runtime's fused "
     "graph). openvino: bf16, int8 (NNCF). int8 needs --calibration_dataset.",
 )
@@ -61,8 +61,8 @@ _CALIBRATION_IMAGES = flags.DEFINE_integer(
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _OPSET = flags.DEFINE_integer(
     "opset",
-    onnx_export.DEFAULT_OPSET,
-    f"ONNX opset (onnx only): {onnx_export.MIN_OPSET} up to the newest the installed tf2onnx "
+    export_options.DEFAULT_OPSET,
+    f"ONNX opset (onnx only): {export_options.MIN_OPSET} up to the newest the installed tf2onnx "
     "writes.",
 )
 _CROP_PCT = flags.DEFINE_float(
@@ -79,15 +79,14 @@ cli.check_range("calibration_images", POSITIVE)
 
 
 def _check_flags() -> None:
-    """Flag combinations that are wrong before any model is loaded."""
+    """Flag combinations that are wrong before any model is loaded (and before TensorFlow
+    starts, but for the opset: the installed tf2onnx decides the newest)."""
     try:
-        export_formats.check_export_options(_FORMAT.value, _OUTPUT.value, _QUANTIZE.value)
-        if _FORMAT.value == "onnx":  # tf2onnx and onnx: the [deploy] extra, ONNX only
-            onnx_export.check_opset(_OPSET.value)
+        export_options.check_export_options(_FORMAT.value, _OUTPUT.value, _QUANTIZE.value)
     except ValueError as error:
         raise cli.UsageError(str(error)) from error
     model_path = model_source.MODEL_PATH.value
-    outputs = export_formats.output_files(_FORMAT.value, _OUTPUT.value)
+    outputs = export_options.output_files(_FORMAT.value, _OUTPUT.value)
     if model_path and any(paths.is_within(model_path, output) for output in outputs):
         raise cli.UsageError(
             f"--output would replace --model_path, which it holds: write the export elsewhere. "
@@ -114,9 +113,22 @@ def _check_flags() -> None:
         )
 
 
+def _check_opset() -> None:
+    if _FORMAT.value != "onnx":  # tf2onnx and onnx: the [deploy] extra, ONNX only
+        return
+    from deit_keras.deploy import onnx_export
+
+    try:
+        onnx_export.check_opset(_OPSET.value)
+    except ValueError as error:
+        raise cli.UsageError(str(error)) from error
+
+
 def _calibration_images(model):
     if _QUANTIZE.value != "int8":
         return None
+    from deit_keras.deploy.calibration import eval_crops
+
     return eval_crops(
         _CALIBRATION_DATASET.value,
         _CALIBRATION_IMAGES.value,
@@ -141,6 +153,10 @@ def _describe(config: dict) -> str:
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     _check_flags()
+    launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
+    _check_opset()
+    from deit_keras.deploy import export_formats
+
     model, class_names = model_source.load_model_from_flags()
     config = export_formats.export_model(
         model,

@@ -10,9 +10,7 @@ declares its own `--model` / `--pretrained` through `TrainConfig`.
 from absl import flags
 
 from deit_keras import cli
-from deit_keras.deploy.pretrained import MIRROR_ENV, create_model
-from deit_keras.deploy.runtimes import is_exported, load_for_inference
-from deit_keras.deploy.saving import load_model
+from deit_keras.models.deit_presets import MIRROR_ENV
 
 MODEL_PATH = flags.DEFINE_string(
     "model_path",
@@ -52,6 +50,11 @@ def load_model_from_flags(allow_exported: bool = False):
         cli.UsageError: neither or both were given, or an export where
             only a `.keras` model will do.
     """
+    # Imported here: the flags above are defined before TensorFlow loads (`cli.launch`).
+    from deit_keras.deploy.pretrained import create_model
+    from deit_keras.deploy.runtimes import is_exported, load_for_inference
+    from deit_keras.deploy.saving import load_model
+
     if MODEL_PATH.value and MODEL.value:
         raise cli.UsageError("Pass either --model_path or --model with --pretrained, not both.")
     if MODEL_PATH.value and is_exported(MODEL_PATH.value):

@@ -1,29 +1,30 @@
 """Getting models in and out: published-checkpoint import, `.keras` saving, and export
-as a SavedModel, LiteRT or ONNX file (`export_model`) that `ExportedModel` runs back."""
+as a SavedModel, LiteRT or ONNX file (`export_model`) that `ExportedModel` runs back.
 
-from deit_keras.deploy.checkpoints import CheckpointError, convert_checkpoint, load_checkpoint
-from deit_keras.deploy.export_formats import FORMATS, export_model
-from deit_keras.deploy.litert_export import QUANTIZATIONS
-from deit_keras.deploy.pretrained import PretrainedWeightsError, create_model, load_published
-from deit_keras.deploy.runtimes import ExportedModel, load_exported, load_for_inference
-from deit_keras.deploy.saved_model import export_saved_model, serving_function
-from deit_keras.deploy.saving import load_model, save_model
+The names below load on first use (PEP 562), so that `export_options` (the commands'
+format and path checks) imports without Keras or TensorFlow."""
 
-__all__ = [
-    "FORMATS",
-    "QUANTIZATIONS",
-    "CheckpointError",
-    "ExportedModel",
-    "PretrainedWeightsError",
-    "convert_checkpoint",
-    "create_model",
-    "export_model",
-    "export_saved_model",
-    "load_checkpoint",
-    "load_exported",
-    "load_for_inference",
-    "load_model",
-    "load_published",
-    "save_model",
-    "serving_function",
-]
+from deit_keras.backend import lazy_exports
+
+_EXPORTS = {
+    "FORMATS": "deit_keras.deploy.export_options",
+    "QUANTIZATIONS": "deit_keras.deploy.litert_export",
+    "CheckpointError": "deit_keras.deploy.checkpoints",
+    "ExportedModel": "deit_keras.deploy.runtimes",
+    "PretrainedWeightsError": "deit_keras.deploy.pretrained",
+    "convert_checkpoint": "deit_keras.deploy.checkpoints",
+    "create_model": "deit_keras.deploy.pretrained",
+    "export_model": "deit_keras.deploy.export_formats",
+    "export_saved_model": "deit_keras.deploy.saved_model",
+    "load_checkpoint": "deit_keras.deploy.checkpoints",
+    "load_exported": "deit_keras.deploy.runtimes",
+    "load_for_inference": "deit_keras.deploy.runtimes",
+    "load_model": "deit_keras.deploy.saving",
+    "load_published": "deit_keras.deploy.pretrained",
+    "save_model": "deit_keras.deploy.saving",
+    "serving_function": "deit_keras.deploy.saved_model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

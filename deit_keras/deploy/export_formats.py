@@ -17,73 +17,13 @@ All give `probabilities`, `logits`, `cls_logits` (+ `dist_logits`); see
 from deit_keras.deploy import (
     litert_export,
     onnx_export,
-    onnx_quantize,
     openvino_export,
     signatures,
 )
-from deit_keras.deploy.saved_model import SAVED_MODEL_FILE, export_saved_model
+from deit_keras.deploy.export_options import DEFAULT_OPSET, check_export_options
+from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.errors import UserInputError
-from deit_keras.io import paths
 from deit_keras.models import precision, quantized
-
-FORMATS = ("saved_model", "litert", "onnx", "openvino")
-SUFFIXES = {"litert": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
-QUANTIZATIONS = {
-    "saved_model": ("none",),
-    "litert": litert_export.QUANTIZATIONS,
-    "onnx": onnx_quantize.QUANTIZATIONS,
-    "openvino": openvino_export.QUANTIZATIONS,
-}
-ALL_QUANTIZATIONS = tuple(dict.fromkeys(q for qs in QUANTIZATIONS.values() for q in qs))
-
-
-def output_files(export_format: str, path: str) -> list[str]:
-    """The files an export writes: `path`, and for openvino the `.bin` beside the `.xml`."""
-    if export_format == "openvino":
-        return [path, path[: -len(".xml")] + ".bin"]
-    return [path]
-
-
-def _output_problem(export_format: str, path: str) -> str | None:
-    """What is already at the output and may not be replaced (only an earlier SavedModel may)."""
-    if export_format == "saved_model":
-        return paths.replaceable_dir_problem("output", path, SAVED_MODEL_FILE)
-    problems = (
-        paths.output_file_problem("output", name) for name in output_files(export_format, path)
-    )
-    return next(filter(None, problems), None)
-
-
-def check_export_options(export_format: str, path: str, quantize: str = "none") -> None:
-    """One-line `ValueError`s for a format, output path and quantization that do not go together.
-
-    Also what is already at the output: a directory where a file goes, a file
-    where a SavedModel goes, or a directory other than an earlier SavedModel.
-    """
-    if export_format not in FORMATS:
-        raise UserInputError(f"format must be one of {FORMATS}. Received: format={export_format!r}")
-    suffix = SUFFIXES.get(export_format)
-    if suffix and not path.lower().endswith(suffix):
-        raise UserInputError(
-            f"The {export_format} export is a single {suffix} file. Received: output={path!r}"
-        )
-    if export_format == "saved_model" and path.lower().endswith(
-        (".tflite", ".onnx", ".xml", ".keras")
-    ):
-        raise UserInputError(f"A SavedModel is a directory. Received: output={path!r}")
-    problem = _output_problem(export_format, path)
-    if problem:
-        raise UserInputError(problem)
-    if quantize not in ALL_QUANTIZATIONS:
-        raise UserInputError(
-            f"quantize must be one of {ALL_QUANTIZATIONS}. Received: quantize={quantize!r}"
-        )
-    if quantize not in QUANTIZATIONS[export_format]:
-        supported = [f for f, qs in QUANTIZATIONS.items() if quantize in qs]
-        raise UserInputError(
-            f"quantize={quantize!r} is for format {' / '.join(supported)}; {export_format} takes "
-            f"{QUANTIZATIONS[export_format]}. Received: format={export_format!r}"
-        )
 
 
 def exportable(model, export_format: str):
@@ -115,7 +55,7 @@ def export_model(
     *,
     quantize: str = "none",
     calibration_images=None,
-    opset: int = onnx_export.DEFAULT_OPSET,
+    opset: int = DEFAULT_OPSET,
     optimize: bool = False,
     crop_pct: float | None = None,
     class_names: list[str] | None = None,

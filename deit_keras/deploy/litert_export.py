@@ -26,11 +26,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deit_keras.deploy import export_options
 from deit_keras.deploy.signatures import METADATA_NAME, fixed_size_function, serving_config
 from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
 
-QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8")
+QUANTIZATIONS = export_options.QUANTIZATIONS["litert"]
 # Kept in float32 by quantize="int8" (`_int8_matmuls`): LayerNorm's element-wise
 # ops, the attention products (scores and probabilities x values), softmax.
 FLOAT_OPS = ["BATCH_MATMUL", "SOFTMAX", "MEAN", "RSQRT", "SQUARED_DIFFERENCE", "MUL", "ADD", "SUB"]

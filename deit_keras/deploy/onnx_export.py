@@ -22,13 +22,11 @@ import keras
 import numpy as np
 
 from deit_keras.deploy import onnx_quantize
+from deit_keras.deploy.export_options import DEFAULT_OPSET, MIN_OPSET
 from deit_keras.deploy.onnx_fusable import rewrite_for_fusion
 from deit_keras.deploy.signatures import METADATA_NAME, fixed_size_function, serving_config
 from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
-
-DEFAULT_OPSET = 17
-MIN_OPSET = 9  # ONNX Erf
 
 
 def _erfc_as_one_minus_erf(ctx, node, name, args):

@@ -20,12 +20,13 @@ import tempfile
 
 import numpy as np
 
+from deit_keras.deploy import export_options
 from deit_keras.errors import UserInputError
 
-QUANTIZATIONS = ("none", "dynamic_int8", "int8")
+QUANTIZATIONS = export_options.QUANTIZATIONS["onnx"]
 CALIBRATION_BATCH = 16
 # Static int8 quantizes these only; LayerNorm in int8 cost agreement (measured in
-# tests/deploy/test_onnx_int8.py's digits student: 95.8% with it, see the note below).
+# tests/deploy/test_fused_and_int8_exports.py's digits student: 95.8% with it, see the note below).
 STATIC_OPS = ["MatMul", "Conv"]
 
 

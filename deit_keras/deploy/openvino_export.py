@@ -23,12 +23,12 @@ import json
 import os
 import tempfile
 
-from deit_keras.deploy import onnx_export
+from deit_keras.deploy import export_options, onnx_export
 from deit_keras.deploy.signatures import METADATA_NAME, serving_config
 from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
 
-QUANTIZATIONS = ("none", "bf16", "int8")
+QUANTIZATIONS = export_options.QUANTIZATIONS["openvino"]
 PRECISION_HINTS = {"none": "f32", "bf16": "bf16", "int8": "f32"}
 
 

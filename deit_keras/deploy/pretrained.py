@@ -39,10 +39,13 @@ from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.io.atomic import atomic_output
 from deit_keras.models import variants
 from deit_keras.models.classifier import TokenClassifier
-from deit_keras.models.deit_presets import PublishedWeights, sha256_prefix_of
+from deit_keras.models.deit_presets import (
+    MIRROR_ENV,
+    OFFICIAL_BASE_URL,
+    PublishedWeights,
+    sha256_prefix_of,
+)
 
-OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/deit/"
-MIRROR_ENV = "DEIT_KERAS_WEIGHTS_URL"
 CACHE_ENV = "DEIT_KERAS_CACHE"
 HUB_PREFIX = "hf-hub:"
 PARTIAL_PREFIX = "partial-"

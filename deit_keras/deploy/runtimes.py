@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from deit_keras.data.preprocessing import Preprocessing, to_uint8
-from deit_keras.deploy.export_formats import SUFFIXES
+from deit_keras.deploy.export_options import SUFFIXES
 from deit_keras.deploy.litert_export import read_litert_config
 from deit_keras.deploy.onnx_export import read_onnx_config
 from deit_keras.deploy.openvino_export import read_openvino_config

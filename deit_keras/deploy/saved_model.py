@@ -11,16 +11,11 @@ import os
 
 import keras
 
+from deit_keras.deploy.export_options import SAVED_MODEL_FILE
 from deit_keras.deploy.signatures import SERVING_CONFIG, any_size_function, serving_config
 from deit_keras.io import atomic
 
 serving_function = any_size_function  # the name this module has always exported
-SAVED_MODEL_FILE = "saved_model.pb"  # what makes a directory an earlier export, to replace
-
-
-def savedmodel_beside(keras_path: str) -> str:
-    """Where `deit-train --export_savedmodel` writes the SavedModel of the `.keras` it saves."""
-    return os.path.splitext(keras_path)[0] + "_savedmodel"
 
 
 def export_saved_model(

@@ -18,7 +18,7 @@ import time
 
 from absl import logging
 
-from deit_keras.deploy.export_formats import SUFFIXES
+from deit_keras.deploy.export_options import SUFFIXES
 from deit_keras.deploy.saving import load_model
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.inference import host, timing

@@ -17,6 +17,9 @@ from types import MappingProxyType
 from deit_keras.data.constants import DEFAULT_CROP_PCT
 from deit_keras.data.preprocessing import Preprocessing
 
+# Where the official release's files are, and the variable naming a mirror of them.
+OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/deit/"
+MIRROR_ENV = "DEIT_KERAS_WEIGHTS_URL"
 _HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
 
 

@@ -14,6 +14,7 @@ import os
 
 from deit_keras.data.augment_config import AugmentConfig
 from deit_keras.data.image_check import BAD_IMAGES
+from deit_keras.deploy.export_options import SAVED_MODEL_FILE, savedmodel_beside
 from deit_keras.distill import regnet
 from deit_keras.distill.distillation_types import DISTILLATION_TYPES
 from deit_keras.errors import UserInputError
@@ -439,9 +440,6 @@ class TrainConfig:
             )
         problems.extend(self._output_replaces_an_input())
         if self.export_savedmodel:  # written last: checked first, not after the training
-            # Imported here: the module loads Keras, which the flags and `validate` do not need.
-            from deit_keras.deploy.saved_model import SAVED_MODEL_FILE, savedmodel_beside
-
             savedmodel = savedmodel_beside(self.output or default_output(self.model))
             where = "the SavedModel beside output"
             problems.append(replaceable_dir_problem(where, savedmodel, SAVED_MODEL_FILE))

@@ -16,7 +16,8 @@ from absl import logging
 from deit_keras.data.pipeline import dataset_info, make_dataset
 from deit_keras.data.sources import NOT_READ
 from deit_keras.deploy import pretrained
-from deit_keras.deploy.saved_model import export_saved_model, savedmodel_beside
+from deit_keras.deploy.export_options import savedmodel_beside
+from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.deploy.saving import save_model
 from deit_keras.distill.base_losses import BinaryCrossEntropy
 from deit_keras.distill.step import with_teacher_logits

@@ -59,39 +59,56 @@ def test_train_help_lists_the_flags_generated_from_the_config():
         assert f"\n  {flag}" in process.stdout, process.stdout[-2000:]
 
 
-# `deit-train ARGS`, reporting at exit which of TensorFlow and Keras had loaded (stderr
+# `deit-COMMAND ARGS`, reporting at exit which of TensorFlow and Keras had loaded (stderr
 # cannot tell: the quiet start holds back everything written while TensorFlow imports).
-_TRAIN_REPORTING_IMPORTS = """
+_COMMAND_REPORTING_IMPORTS = """
 import atexit, os, sys
 loaded = lambda: " ".join(name for name in ("tensorflow", "keras") if name in sys.modules)
 atexit.register(lambda: open(os.environ["LOADED_REPORT"], "w").write(loaded()))
 from deit_keras.cli.launch import launch
-launch("train")
+launch(sys.argv.pop(1))
 """
 
 
 @pytest.mark.parametrize(
     "argv, error",
     [
-        (["--help"], None),
-        (["--epochs=-1"], "epochs must be positive"),
-        (["--distillation_type=kl"], "--distillation_type=kl"),
-        (["--output=student.h5"], "output must end in '.keras'"),
+        (["train", "--help"], None),
+        (["train", "--epochs=-1"], "epochs must be positive"),
+        (["train", "--distillation_type=kl"], "--distillation_type=kl"),
+        (["train", "--output=student.h5"], "output must end in '.keras'"),
+        (["export", "--help"], None),
+        (["export", "--model_path=nothing.keras", "--output=m.onnx"], "model_path not found"),
+        (
+            ["export", "--model=deit_tiny_patch16_224", "--format=litert", "--output=m.onnx"],
+            "single .tflite",
+        ),
+        (
+            [
+                "export",
+                "--model=deit_tiny_patch16_224",
+                "--output=m.xml",
+                "--format=openvino",
+                "--calibration_dataset=digits",
+            ],
+            "--calibration_dataset is for --quantize=int8",
+        ),
     ],
 )
-def test_train_answers_help_and_bad_flags_before_tensorflow_loads(tmp_path, argv, error):
+def test_commands_answer_help_and_bad_flags_before_tensorflow_loads(tmp_path, argv, error):
     report = tmp_path / "loaded.txt"
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     process = subprocess.run(
-        [sys.executable, "-c", _TRAIN_REPORTING_IMPORTS, *argv],
+        [sys.executable, "-c", _COMMAND_REPORTING_IMPORTS, *argv],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=tmp_path,
         env=env | {"LOADED_REPORT": str(report)},
     )
     assert report.read_text() == "", report.read_text()
     if error is None:
-        assert process.returncode == 1 and "\n  --teacher:" in process.stdout, process.stdout
+        assert process.returncode == 1 and "\n  --output:" in process.stdout, process.stdout
         assert not user_stderr(process), process.stderr
     else:
         assert_one_line_error(process, error)

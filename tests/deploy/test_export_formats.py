@@ -18,6 +18,7 @@ import pytest
 from deit_keras.data import pipeline
 from deit_keras.deploy import (
     export_formats,
+    export_options,
     litert_export,
     onnx_export,
     openvino_export,
@@ -65,7 +66,7 @@ def exports(models, tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     paths = {}
     for kind, model in models.items():
-        for export_format, suffix in export_formats.SUFFIXES.items():
+        for export_format, suffix in export_options.SUFFIXES.items():
             path = str(root / f"{kind}{suffix}")
             names = NAMES if kind == "distilled" else None
             export_formats.export_model(model, path, export_format, class_names=names)
@@ -84,7 +85,7 @@ def _keras_outputs(model, crops):
 
 
 def _export(model, tmp_path, export_format, **options):
-    path = str(tmp_path / f"m{export_formats.SUFFIXES[export_format]}")
+    path = str(tmp_path / f"m{export_options.SUFFIXES[export_format]}")
     export_formats.export_model(model, path, export_format, **options)
     return path
 
@@ -206,7 +207,7 @@ def test_bad_export_options_are_one_line_errors(models, tmp_path):
     ]
     for export_format, path, quantize, message in cases:
         with pytest.raises(ValueError, match=message) as caught:
-            export_formats.check_export_options(export_format, path, quantize)
+            export_options.check_export_options(export_format, path, quantize)
         assert "\n" not in str(caught.value)
     with pytest.raises(ValueError, match="calibration_images"):
         litert_export.export_litert(models["plain"], str(tmp_path / "q.tflite"), "int8")
@@ -231,7 +232,7 @@ def test_what_is_at_the_output_is_replaced_only_if_an_earlier_export(tmp_path):
     ]
     for export_format, path, message in cases:
         with pytest.raises(ValueError, match=message) as caught:
-            export_formats.check_export_options(export_format, str(path))
+            export_options.check_export_options(export_format, str(path))
         assert "\n" not in str(caught.value) and str(path.parent) in str(caught.value)
     # The library refuses before exporting, whichever entry point.
     model = tiny_model()
@@ -241,7 +242,7 @@ def test_what_is_at_the_output_is_replaced_only_if_an_earlier_export(tmp_path):
         saved_model.export_saved_model(model, str(mine))
     assert (mine / "sub" / "notes.txt").read_text() == "notes" and len(os.listdir(mine)) == 1
     (mine / "saved_model.pb").write_bytes(b"an earlier export")
-    export_formats.check_export_options("saved_model", str(mine))
+    export_options.check_export_options("saved_model", str(mine))
 
 
 def test_an_opset_tf2onnx_cannot_write_is_a_one_line_error():

@@ -17,6 +17,7 @@ import pytest
 from deit_keras.data import pipeline
 from deit_keras.deploy import (
     export_formats,
+    export_options,
     onnx_export,
     onnx_quantize,
     openvino_export,
@@ -137,7 +138,7 @@ def test_openvino_fp32_matches_keras_and_evaluates_like_it(model, crops, expecte
 def test_quantized_exports_agree_with_fp32(
     model, crops, expected, calibration, tmp_path, export_format, quantize
 ):
-    path = str(tmp_path / f"m{export_formats.SUFFIXES[export_format]}")
+    path = str(tmp_path / f"m{export_options.SUFFIXES[export_format]}")
     images = calibration if quantize == "int8" else None
     export_formats.export_model(
         model, path, export_format, quantize=quantize, calibration_images=images
@@ -164,10 +165,10 @@ def test_bad_option_combinations_are_one_line_errors(model, tmp_path):
     ]
     for export_format, name, quantize, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)) as caught:
-            export_formats.check_export_options(export_format, str(tmp_path / name), quantize)
+            export_options.check_export_options(export_format, str(tmp_path / name), quantize)
         assert "\n" not in str(caught.value)
     for export_format in ("onnx", "openvino"):
-        path = str(tmp_path / f"q{export_formats.SUFFIXES[export_format]}")
+        path = str(tmp_path / f"q{export_options.SUFFIXES[export_format]}")
         with pytest.raises(ValueError, match="calibration_images"):
             export_formats.export_model(model, path, export_format, quantize="int8")
     assert not os.listdir(tmp_path)

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from deit_keras.deploy import checkpoints, export_formats, pretrained, runtimes
+from deit_keras.deploy import checkpoints, export_formats, export_options, pretrained, runtimes
 from deit_keras.deploy.signatures import fixed_size_function
 from deit_keras.layers import (
     ClassAttention,
@@ -399,7 +399,7 @@ def test_cait_and_deit3_fp32_exports_match_keras(export_format, tmp_path):
     crops = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
     for kind in ("deit3", "cait"):
         model = _randomised(_tiny(kind))
-        path = str(tmp_path / f"{kind}{export_formats.SUFFIXES[export_format]}")
+        path = str(tmp_path / f"{kind}{export_options.SUFFIXES[export_format]}")
         export_formats.export_model(model, path, export_format)
         exported, _ = runtimes.load_exported(path)
         expected = np.asarray(fixed_size_function(model)(crops)["logits"])

@@ -1,0 +1,78 @@
+"""The export formats, their files and quantizations, and the checks of an export's options.
+
+One home for these facts, free of Keras and TensorFlow, so that `deit-export` and
+`deit-train --export_savedmodel` check a format, an output path and a quantization
+before TensorFlow loads; `deploy.export_formats` does the exports.
+"""
+
+import os
+
+from deit_keras.errors import UserInputError
+from deit_keras.io import paths
+
+FORMATS = ("saved_model", "litert", "onnx", "openvino")
+SUFFIXES = {"litert": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
+QUANTIZATIONS = {
+    "saved_model": ("none",),
+    "litert": ("none", "float16", "dynamic_int8", "int8"),
+    "onnx": ("none", "dynamic_int8", "int8"),  # int8 variants on ONNX Runtime's fused graph
+    "openvino": ("none", "bf16", "int8"),  # int8: NNCF
+}
+ALL_QUANTIZATIONS = tuple(dict.fromkeys(q for qs in QUANTIZATIONS.values() for q in qs))
+SAVED_MODEL_FILE = "saved_model.pb"  # what makes a directory an earlier export, to replace
+DEFAULT_OPSET = 17  # ONNX
+MIN_OPSET = 9  # ONNX Erf
+
+
+def savedmodel_beside(keras_path: str) -> str:
+    """Where `deit-train --export_savedmodel` writes the SavedModel of the `.keras` it saves."""
+    return os.path.splitext(keras_path)[0] + "_savedmodel"
+
+
+def output_files(export_format: str, path: str) -> list[str]:
+    """The files an export writes: `path`, and for openvino the `.bin` beside the `.xml`."""
+    if export_format == "openvino":
+        return [path, path[: -len(".xml")] + ".bin"]
+    return [path]
+
+
+def _output_problem(export_format: str, path: str) -> str | None:
+    """What is already at the output and may not be replaced (only an earlier SavedModel may)."""
+    if export_format == "saved_model":
+        return paths.replaceable_dir_problem("output", path, SAVED_MODEL_FILE)
+    problems = (
+        paths.output_file_problem("output", name) for name in output_files(export_format, path)
+    )
+    return next(filter(None, problems), None)
+
+
+def check_export_options(export_format: str, path: str, quantize: str = "none") -> None:
+    """One-line `ValueError`s for a format, output path and quantization that do not go together.
+
+    Also what is already at the output: a directory where a file goes, a file
+    where a SavedModel goes, or a directory other than an earlier SavedModel.
+    """
+    if export_format not in FORMATS:
+        raise UserInputError(f"format must be one of {FORMATS}. Received: format={export_format!r}")
+    suffix = SUFFIXES.get(export_format)
+    if suffix and not path.lower().endswith(suffix):
+        raise UserInputError(
+            f"The {export_format} export is a single {suffix} file. Received: output={path!r}"
+        )
+    if export_format == "saved_model" and path.lower().endswith(
+        (".tflite", ".onnx", ".xml", ".keras")
+    ):
+        raise UserInputError(f"A SavedModel is a directory. Received: output={path!r}")
+    problem = _output_problem(export_format, path)
+    if problem:
+        raise UserInputError(problem)
+    if quantize not in ALL_QUANTIZATIONS:
+        raise UserInputError(
+            f"quantize must be one of {ALL_QUANTIZATIONS}. Received: quantize={quantize!r}"
+        )
+    if quantize not in QUANTIZATIONS[export_format]:
+        supported = [f for f, qs in QUANTIZATIONS.items() if quantize in qs]
+        raise UserInputError(
+            f"quantize={quantize!r} is for format {' / '.join(supported)}; {export_format} takes "
+            f"{QUANTIZATIONS[export_format]}. Received: format={export_format!r}"
+        )
