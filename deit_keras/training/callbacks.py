@@ -15,7 +15,7 @@ import tensorflow as tf
 from deit_keras.analysis.attention import batch_attention_maps, token_cosine_similarity
 from deit_keras.analysis.drawing import attention_figure
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, denormalize
-from deit_keras.errors import UserInputError
+from deit_keras.errors import TrainingDivergedError, UserInputError
 from deit_keras.io.atomic import (
     atomic_output,
     check_free_space,
@@ -432,7 +432,8 @@ def record_epochs(model_dir: str, epochs: list[int], logs: dict[str, list]) -> N
         record = {"epoch": int(epoch)}
         for name, values in logs.items():
             if index < len(values) and np.isscalar(values[index]):
-                record[name] = float(values[index])
+                value = float(values[index])
+                record[name] = value if math.isfinite(value) else None  # JSON has no NaN
         records[int(epoch)] = record
     keep = [records[epoch] for epoch in sorted(records)]
     text = json.dumps({"epochs": keep}, indent=1)
@@ -448,6 +449,18 @@ class HistoryFile(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         record_epochs(self.model_dir, [epoch], {k: [v] for k, v in (logs or {}).items()})
+
+
+def diverged_error(step: int, model_dir: str | None) -> TrainingDivergedError:
+    """The one line of a run whose loss became NaN/Inf, naming its last checkpoint if any."""
+    checkpoint = os.path.join(model_dir or ".", "checkpoints", "last.keras")
+    if os.path.exists(checkpoint):
+        saved = f"the last good checkpoint is {checkpoint}"
+    else:
+        saved = "no checkpoint was saved before it"
+    return TrainingDivergedError(
+        f"Loss became NaN/Inf at step {step}; {saved}. Lower --lr or check the data."
+    )
 
 
 class StopOnNaN(keras.callbacks.Callback):

@@ -34,10 +34,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deit_keras.errors import TrainingDivergedError, UserInputError
+from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import evaluate_model
 from deit_keras.training.callbacks import (
     Backup,
+    diverged_error,
     finite_logs,
     record_epochs,
     save_epoch_checkpoint,
@@ -306,11 +307,7 @@ class _EpochRun:
     def _check_finite(self, loss):
         if not math.isfinite(loss):
             step = int(self.model.optimizer.iterations.numpy())
-            raise TrainingDivergedError(
-                f"Loss became NaN/Inf at step {step}; the last good checkpoint is in "
-                f"{os.path.join(self.model_dir or '.', 'checkpoints')}. "
-                "Lower --lr or check the data."
-            )
+            raise diverged_error(step, self.model_dir)
 
     def _stop_preempted(self, done, logs):
         last = done == self.steps_per_epoch

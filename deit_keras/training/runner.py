@@ -21,7 +21,7 @@ from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.deploy.saving import save_model
 from deit_keras.distill.base_losses import BinaryCrossEntropy
 from deit_keras.distill.step import with_teacher_logits
-from deit_keras.errors import TrainingDivergedError, UserInputError
+from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import classifier_top1, evaluate_model
 from deit_keras.io import atomic, run_lock
 from deit_keras.io.atomic import write_text_atomic
@@ -376,10 +376,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             phases = inputs.train_phases(config, data_kwargs, steps)
             history, nan_stop = _fit(config, student, phases, evaluation, steps, preemption)
     if nan_stop.bad_step is not None:
-        raise TrainingDivergedError(
-            f"Loss became NaN/Inf at step {nan_stop.bad_step}; the last good checkpoint is in "
-            f"{os.path.join(config.model_dir, 'checkpoints')}. Lower --lr or check the data."
-        )
+        raise callbacks_lib.diverged_error(nan_stop.bad_step, config.model_dir)
     results = evaluate_model(student, evaluation)
     if teacher is not None:
         results["teacher_top1"] = classifier_top1(teacher, evaluation, info.num_classes)

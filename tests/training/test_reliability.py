@@ -121,14 +121,20 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path):
         depth=1,
         num_heads=2,
     )
-    with pytest.raises(FloatingPointError, match=r"NaN/Inf at step \d+"):
+    with pytest.raises(FloatingPointError, match=r"NaN/Inf at step \d+") as raised:
         run_training(config)
     assert not (tmp_path / "student.keras").exists()
     assert not (tmp_path / "run" / "results.json").exists()
     checkpoint = tmp_path / "run" / "checkpoints" / "last.keras"
     if checkpoint.exists():  # only epochs with a finite loss are saved
+        assert f"the last good checkpoint is {checkpoint}" in str(raised.value)
         model = keras.saving.load_model(checkpoint, compile=False)
-        assert all(np.isfinite(w).all() for w in model.getsaved_weights())
+        assert all(np.isfinite(w).all() for w in model.get_weights())
+    else:  # it diverged in the first epoch: no directory to send the user to
+        assert "no checkpoint was saved before it" in str(raised.value), raised.value
+    # history.json stays strict JSON (a NaN loss is null there).
+    history = (tmp_path / "run" / "history.json").read_text()
+    json.loads(history, parse_constant=lambda name: pytest.fail(f"{name} in history.json"))
 
 
 # ~70 s on 2 cores; fast twins: the next test (the same error, in process) and
