@@ -92,12 +92,13 @@ def main(argv: list[str]) -> None:
     config = config_from_flags(TrainConfig)
     config.validate()
     config.check_paths()
+    # Every row's settings and every earlier run's, before anything is written.
+    for point in fraction_configs(config, fractions) if fractions else [config]:
+        check_resumable(point, _SEEDS.value, rows, point.model_dir)
     os.makedirs(config.model_dir, exist_ok=True)
     flags_path = os.path.join(config.model_dir, "flags.txt")
     write_text_atomic(flags_path, flags.FLAGS.flags_into_string())
     if _PARALLEL_SEEDS.value > 1 and _SEEDS.value > 1:
-        for point in fraction_configs(config, fractions) if fractions else [config]:
-            check_resumable(point, _SEEDS.value, rows, point.model_dir)
         seeds = [config.seed + index for index in range(_SEEDS.value)]
         parallel = _PARALLEL_SEEDS.value
         parallel_seeds.run_seeds("deit_keras.ablate", config.model_dir, seeds, parallel)

@@ -197,8 +197,9 @@ def _check_same_config(path: str, stored: dict, config: TrainConfig) -> None:
 
 
 def check_resumable(config: TrainConfig, num_seeds: int, rows, output_dir: str) -> None:
-    """UserInputError naming the first finished teacher or run under `output_dir` whose
-    settings differ from `config`'s: before anything trains, not when its turn comes."""
+    """UserInputError naming the first row whose settings are invalid (e.g. a distilling
+    row without a teacher), or the first finished teacher or run under `output_dir` whose
+    settings differ from `config`'s: before anything is written, not when its turn comes."""
     for index in range(num_seeds):
         seed_config = seed_configuration(config, config.seed + index)
         seed_dir = seed_directory(output_dir, seed_config.seed)
@@ -208,6 +209,10 @@ def check_resumable(config: TrainConfig, num_seeds: int, rows, output_dir: str) 
         teacher = seed_teacher_path(config, seed_dir)
         for name in rows:
             run_config = row_config(seed_config, ROWS_BY_NAME[name], seed_dir, teacher)
+            try:
+                run_config.validate()
+            except UserInputError as error:
+                raise UserInputError(f"Row {name!r}: {error}") from error
             key_path = os.path.join(run_config.model_dir, "ablation_config.json")
             if os.path.exists(key_path):
                 _check_same_config(key_path, _read_json(key_path), run_config)

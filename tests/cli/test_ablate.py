@@ -170,6 +170,18 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_row_that_cannot_run_is_refused_before_anything_is_written(tmp_path):
+    """A distilling row without a teacher: it wrote flags.txt and the row's
+    ablation_config.json first, which then refused the corrected command."""
+    out = tmp_path / "out"
+    common = ["--flagfile=experiments/digits.cfg", "--rows=soft", f"--output_dir={out}"]
+    process = run_cli(
+        "ablate", *common, "--distillation_type=none", "--nofeature_distillation", "--teacher="
+    )
+    assert_one_line_error(process, "Row 'soft'", "needs --teacher")
+    assert not out.exists()
+
+
 def test_parallel_seeds_split_the_cores_and_name_a_failed_seeds_line(tmp_path, monkeypatch):
     monkeypatch.setattr(parallel_seeds.os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 4})
     assert parallel_seeds.core_groups(2) == [[0, 1, 2], [3, 4]]
