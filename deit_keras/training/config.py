@@ -388,6 +388,11 @@ class TrainConfig:
                 f"teacher_weights=hf (timm's hub copy of DeiT's teacher) is for a RegNetY "
                 f"teacher, got teacher={self.teacher!r}"
             )
+        if not self.model_dir:  # an unset shell variable, say
+            problems.append(
+                "model_dir is empty: name the run's directory (checkpoints, backup, logs), "
+                "e.g. --model_dir=runs/mine"
+            )
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
         if self.steps_per_execution > 0 and self.backup_every_steps % self.steps_per_execution:

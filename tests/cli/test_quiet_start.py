@@ -77,6 +77,7 @@ launch(sys.argv.pop(1))
         (["train", "--epochs=-1"], "epochs must be positive"),
         (["train", "--distillation_type=kl"], "--distillation_type=kl"),
         (["train", "--output=student.h5"], "output must end in '.keras'"),
+        (["train", "--model_dir="], "model_dir is empty"),  # was a lock file in the cwd
         (["export", "--help"], None),
         (["export", "--model_path=nothing.keras", "--output=m.onnx"], "model_path not found"),
         (
