@@ -28,7 +28,7 @@ ALLOWED = {
     "io": set(),
     "layers": set(),
     "data": {"schema", "io"},
-    "distill": {"data", "layers"},
+    "distill": {"data", "layers", "io"},
     "models": {"layers", "distill", "data"},
     "deploy": {"io", "data", "layers", "models"},
     "inference": {"io", "data", "distill", "models", "deploy"},

@@ -7,12 +7,11 @@ crop_pct, interpolation) is part of its own config.
 
 import json
 import os
-import zipfile
 
 import keras
 
 from deit_keras.errors import UserInputError
-from deit_keras.io import atomic
+from deit_keras.io import atomic, paths
 from deit_keras.models.classifier import TokenClassifier
 
 CLASSES_SUFFIX = ".classes.json"
@@ -84,14 +83,9 @@ def load_model(path: str, compile: bool = True) -> tuple[TokenClassifier, list[s
             not a `.keras` archive, corrupt, or not a DeiT model.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise UserInputError(f"Model file not found: {path}")
-    if os.path.isdir(path):
-        raise UserInputError(f"{path} is a directory, expected a .keras file.")
-    if os.path.getsize(path) == 0:
-        raise UserInputError(f"Model file {path} is empty.")
-    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
-        raise UserInputError(f"{path} is not a .keras model file (a zip archive ending in .keras).")
+    problem = paths.keras_file_problem(path)
+    if problem:
+        raise UserInputError(problem)
     try:
         model = keras.saving.load_model(path, compile=compile)
     except Exception as error:  # Keras raises many types for corrupt archives.

@@ -9,7 +9,6 @@ images without a silent convention mismatch.
 """
 
 import contextlib
-import os
 import sys
 import urllib.error
 
@@ -19,6 +18,7 @@ from keras import ops
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from deit_keras.distill import regnet
 from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.io.paths import keras_file_problem
 from deit_keras.layers.replica_dropout import ReplicaDropout
 
 INPUT_CONVENTIONS = ("normalized", "pixels", "keras_applications")
@@ -287,8 +287,9 @@ def build_teacher(
         OSError: the application's weights cannot be downloaded.
     """
     if spec.endswith(".keras"):
-        if not os.path.isfile(spec):
-            raise UserInputError(f"Teacher file not found: {spec}")
+        problem = keras_file_problem(spec)
+        if problem:
+            raise UserInputError(f"Teacher: {problem}")
         try:
             teacher = keras.models.load_model(spec)
         except Exception as error:

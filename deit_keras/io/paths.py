@@ -7,6 +7,7 @@ an empty or None `path` (not given) is no problem. What a file holds (a
 """
 
 import os
+import zipfile
 
 
 def input_file_problem(name: str, path: str | None) -> str | None:
@@ -106,4 +107,18 @@ def _folder_problem(name: str, path: str) -> str | None:
         return f"{name} lies under {folder}, which is a file, got {path}"
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"{name} lies under {folder}, which is not writable, got {path}"
+    return None
+
+
+def keras_file_problem(path: str) -> str | None:
+    """Why `path` is not a `.keras` archive Keras can open (missing, a directory, empty,
+    truncated or another format), or None."""
+    if not os.path.exists(path):
+        return f"Model file not found: {path}"
+    if os.path.isdir(path):
+        return f"{path} is a directory, expected a .keras file."
+    if os.path.getsize(path) == 0:
+        return f"Model file {path} is empty."
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        return f"{path} is not a .keras model file (a zip archive ending in .keras)."
     return None

@@ -63,8 +63,13 @@ def test_build_teacher_from_file_and_application(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         teachers.build_teacher(str(tmp_path / "missing.keras"), 10, 32)
     (tmp_path / "bad.keras").write_text("not a model")
-    with pytest.raises(ValueError, match="not a loadable Keras model"):
+    with pytest.raises(ValueError, match=r"bad.keras is not a .keras model file"):
         teachers.build_teacher(str(tmp_path / "bad.keras"), 10, 32)
+    # A truncated copy (an interrupted download): Keras said 'File not found'.
+    data = (tmp_path / "cnn.keras").read_bytes()
+    (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"^Teacher: .*cut.keras is not a .keras model file"):
+        teachers.build_teacher(str(tmp_path / "cut.keras"), 10, 32)
 
 
 @pytest.mark.parametrize("inputs", [(32, 32, 1), (4,)], ids=["one channel", "not an image"])
