@@ -72,7 +72,7 @@ def test_text_file_named_jpg_is_rejected(files):
 def test_teacher_mismatches_and_non_models(files, tmp_path):
     from deit_keras.distill import teachers
 
-    with pytest.raises(ValueError, match="not a loadable Keras model"):
+    with pytest.raises(ValueError, match="truncated.keras is not a .keras model file"):
         teachers.build_teacher(str(files / "truncated.keras"), 3, 32)
     cnn = teachers.build_small_cnn(10, 32)
     cnn.save(tmp_path / "cnn10.keras")
@@ -150,7 +150,7 @@ def test_train_cli_teacher_that_is_not_a_model(files, tmp_path):
         f"--model_dir={tmp_path / 'r'}",
         f"--output={tmp_path / 'out.keras'}",
     )
-    assert_one_line_error(process, "not a loadable Keras model")
+    assert_one_line_error(process, "truncated.keras is not a .keras model file")
     assert not (tmp_path / "out.keras").exists()
 
 
