@@ -280,6 +280,11 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
     state = dict(state)
     if skip_heads:
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}
+    if not {"patch_embed.proj.weight", "pos_embed", "cls_token"} & set(state):
+        raise CheckpointError(
+            "The checkpoint holds no DeiT, DeiT III or CaiT weights (no patch_embed.proj.weight, "
+            f"pos_embed or cls_token); its keys: {_key_list(sorted(state))}"
+        )
     family, model_family = checkpoint_family(state), _model_family(model)
     if family != model_family:
         raise CheckpointError(

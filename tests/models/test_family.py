@@ -249,6 +249,14 @@ def test_a_checkpoint_of_another_family_is_named_as_such(source, target, said):
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
+def test_a_checkpoint_of_no_known_model_lists_its_keys():
+    """It said 'not distilled', a hint that led to a second error."""
+    model = build_model("deit_tiny_distilled_patch16_224", depth=1)
+    state = {"foo": np.zeros(3, "float32"), "bar.weight": np.zeros((2, 2), "float32")}
+    with pytest.raises(checkpoints.CheckpointError, match=r"no DeiT.*its keys: bar\.weight, foo"):
+        checkpoints.load_timm_state_dict(model, state)
+
+
 # === Files, sizes, training, exports ===
 def _tiny(kind):
     if kind == "cait":
