@@ -207,7 +207,27 @@ def run(main) -> None:
         except Exception as error:
             if _VERBOSE.value:
                 raise
+            if is_out_of_memory(error):
+                print(out_of_memory_line(error), file=sys.stderr)
+                sys.exit(USER_ERROR_EXIT_CODE)
             print(internal_error_line(error), file=sys.stderr)
             sys.exit(INTERNAL_ERROR_EXIT_CODE)
 
     app.run(guarded, flags_parser=parse_flags)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError or TensorFlow's ResourceExhaustedError (an allocation that
+    failed: the sizes asked for, not a bug), told by name so cli loads no TensorFlow."""
+    if isinstance(error, MemoryError):
+        return True
+    kind = type(error)
+    return kind.__name__ == "ResourceExhaustedError" and kind.__module__.startswith("tensorflow")
+
+
+def out_of_memory_line(error: BaseException) -> str:
+    """What a command prints when an allocation failed."""
+    return (
+        f"error: out of memory ({type(error).__name__}: {_one_line(error)[:200]}); lower "
+        "--batch_size or --image_size, or free memory on this machine"
+    )

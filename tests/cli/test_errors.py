@@ -50,6 +50,21 @@ def test_any_other_exception_is_an_internal_error_with_its_own_exit_code(raised)
     assert "--verbose" in lines[0] and "Traceback" not in process.stderr
 
 
+@pytest.mark.parametrize(
+    "raised",
+    [
+        "__import__('tensorflow').errors.ResourceExhaustedError("
+        "None, None, 'OOM when allocating tensor with shape[100000,100000,3]')",
+        "MemoryError()",
+    ],
+)
+def test_out_of_memory_is_one_line_naming_the_sizes_to_lower(raised):
+    """An allocation the sizes asked for failed (a --image_size of 100000 in deit-convert):
+    not 'internal error ... not a problem with your input'."""
+    process = _run_main_raising(raised)
+    assert_one_line_error(process, "out of memory", "--batch_size or --image_size")
+
+
 def test_sigterm_ends_a_command_in_one_line_and_removes_its_temporary_output(tmp_path):
     """SIGTERM while an output is half written: exit 143, one line, no temporary left."""
     code = (
