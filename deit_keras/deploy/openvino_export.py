@@ -83,7 +83,16 @@ def _save(ov_model, path: str) -> None:
     os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as staging:
         staged = os.path.join(staging, "model.xml")
-        ov.save_model(ov_model, staged, compress_to_fp16=False)
+        try:
+            ov.save_model(ov_model, staged, compress_to_fp16=False)
+        except RuntimeError as error:
+            if "iostream error" not in str(error):  # C++ stream failure: the disk's, not ours
+                raise
+            raise atomic.WriteError(
+                f"Could not write {path}: OpenVINO's writer failed ({error}): is the disk full "
+                "or read-only? Free space or give write access there, or write elsewhere; the "
+                "files that were there before (if any) are unchanged."
+            ) from error
         atomic.write_bytes_atomic(path[: -len(".xml")] + ".bin", _read(staged[:-4] + ".bin"))
         atomic.write_bytes_atomic(path, _read(staged))
 

@@ -454,3 +454,19 @@ def test_openvino_export_makes_missing_folders(models, tmp_path):
     export_formats.export_model(models["plain"], str(path), "openvino")
     assert path.exists() and path.with_suffix(".bin").exists()
     assert sorted(os.listdir(path.parent)) == ["m.bin", "m.xml"]
+
+
+def test_openvino_writer_failing_on_a_full_disk_is_a_write_error(models, tmp_path, monkeypatch):
+    """On a full disk `ov.save_model` raises `RuntimeError: basic_ios::clear: iostream
+    error` (a 2 MB tmpfs): it was an internal error, exit 70."""
+    openvino = pytest.importorskip("openvino")
+    from deit_keras.io.atomic import WriteError
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(openvino, "save_model", full_disk)
+    path = tmp_path / "m.xml"
+    with pytest.raises(WriteError, match=r"Could not write .*m.xml: .*disk full"):
+        export_formats.export_model(models["plain"], str(path), "openvino")
+    assert not list(tmp_path.iterdir())
