@@ -100,7 +100,8 @@ class TrainConfig:
     crop_pct: float | None = field(
         None,
         "Eval centre-crop fraction saved with the model; "
-        "defaults to the variant's (0.875 at 224 px, 1.0 at 384).",
+        "defaults to the variant's (DeiT: 0.875 at 224 px, 1.0 at 384; DeiT III and CaiT: "
+        "their presets', docs/models.md).",
         valid=FRACTION,
     )
     pretrained: bool = field(
