@@ -17,6 +17,7 @@ the TF graph's outputs up to round-off (the export tests compare logits).
 import contextlib
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -61,9 +62,15 @@ def _tf2onnx():
 
     # Keras' own compatibility patch of tf2onnx 1.17 for numpy 2 (it calls
     # numpy names that numpy 2 removed); keras.export(format="onnx") applies it too.
-    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    # It asks numpy for `np.object`, which warns on every export (Keras' line, not the
+    # user's to act on).
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="In the future `np.object`", category=FutureWarning
+        )
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
-    patch_tf2onnx()
+        patch_tf2onnx()
     return tf2onnx
 
 

@@ -3,7 +3,7 @@
 import os
 
 from deit_keras.deploy import saving
-from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
+from deit_keras.testing import assert_one_line_error, run_cli, tiny_model, user_stderr
 
 
 def test_export_keeps_a_folder_that_is_not_an_earlier_savedmodel(tmp_path):
@@ -48,3 +48,13 @@ def test_export_to_savedmodel_needs_no_onnx_packages(tmp_path):
     )
     assert process.returncode == 0, process.stderr
     assert (out / "saved_model.pb").exists()
+
+
+def test_an_onnx_export_prints_its_line_and_nothing_on_stderr(tmp_path):
+    """Keras' tf2onnx patch asked numpy for `np.object`: a FutureWarning on every export."""
+    model_path, out = tmp_path / "m.keras", tmp_path / "m.onnx"
+    saving.save_model(tiny_model(), str(model_path))
+    process = run_cli("export", f"--model_path={model_path}", "--format=onnx", f"--output={out}")
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.startswith(f"Exported {model_path} to {out}"), process.stdout
+    assert not user_stderr(process), process.stderr
