@@ -15,12 +15,11 @@ CMYK and 16-bit images, 1x1 and very large ones decode to RGB uint8 and are
 kept.
 """
 
-import contextlib
 import os
-import sys
 
 from deit_keras.backend import tf
 from deit_keras.errors import UserInputError
+from deit_keras.io.quiet_stderr import quiet_stderr
 
 BAD_IMAGES = ("skip", "fail")
 
@@ -35,25 +34,6 @@ class BadImageError(UserInputError):
 def check_policy(bad_images: str) -> None:
     if bad_images not in BAD_IMAGES:
         raise UserInputError(f"bad_images must be one of {BAD_IMAGES}. Received: {bad_images!r}")
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silences file descriptor 2: libjpeg prints a line per corrupt file there
-    ("Improper call to JPEG library in state 201"); the caller reports them itself."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded, captured)
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _probe(encoded):
@@ -104,7 +84,7 @@ def undecodable(paths: list[str]) -> dict[str, str]:
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=False,
         ).ignore_errors()
-        with _quiet_stderr():
+        with quiet_stderr():
             decoded = {path.decode() for path, _ in ds.as_numpy_iterator()}
             for key in keys:
                 if key[0] in pending:

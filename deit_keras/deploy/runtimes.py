@@ -27,6 +27,7 @@ from deit_keras.deploy.onnx_export import read_onnx_config
 from deit_keras.deploy.openvino_export import read_openvino_config
 from deit_keras.deploy.saving import load_model
 from deit_keras.errors import UserInputError
+from deit_keras.io.quiet_stderr import quiet_stderr
 
 EXPORTED_SUFFIXES = tuple(SUFFIXES.values())
 # onnxruntime's idle intra-op threads spin, waiting for work, and take the CPU from
@@ -53,9 +54,14 @@ class _LiteRTRunner:
         threads = num_threads or os.cpu_count() or 1
         self.interpreter = interpreter_lib.Interpreter(model_path=path, num_threads=threads)
         self.runner = self.interpreter.get_signature_runner("serving_default")
+        self.ran = False
 
     def __call__(self, images: np.ndarray) -> dict:
-        return self.runner(images=images)
+        if self.ran:
+            return self.runner(images=images)
+        self.ran = True
+        with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            return self.runner(images=images)
 
 
 class _OnnxRunner:

@@ -2,6 +2,8 @@
 
 import os
 
+import numpy as np
+
 from deit_keras.deploy import saving
 from deit_keras.testing import assert_one_line_error, run_cli, tiny_model, user_stderr
 
@@ -58,3 +60,22 @@ def test_an_onnx_export_prints_its_line_and_nothing_on_stderr(tmp_path):
     assert process.returncode == 0, process.stderr
     assert process.stdout.startswith(f"Exported {model_path} to {out}"), process.stdout
     assert not user_stderr(process), process.stderr
+
+
+def test_predict_on_a_litert_export_prints_no_delegate_line(tmp_path):
+    """LiteRT's first run printed 'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.'
+    on stderr, among the command's own lines."""
+    from PIL import Image
+
+    from deit_keras.deploy import export_formats
+
+    out = tmp_path / "m.tflite"
+    export_formats.export_model(tiny_model(), str(out), "litert")
+    image = tmp_path / "image.png"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)
+    process = run_cli("predict", f"--model_path={out}", "--top_k=1", str(image))
+    assert process.returncode == 0, process.stderr
+    assert "XNNPACK" not in process.stderr, process.stderr
+    assert user_stderr(process) == [
+        "(no class names stored with the model: classes shown as class_<index>)"
+    ], process.stderr
