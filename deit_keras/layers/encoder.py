@@ -3,17 +3,16 @@
 import keras
 from keras import ops
 
-from deit_keras.errors import UserInputError
 from deit_keras.layers import onednn_form
 from deit_keras.layers.attention import MultiHeadSelfAttention, with_scores
 from deit_keras.layers.basic import dense, layer_norm
 from deit_keras.layers.layer_scale import LayerScale
-from deit_keras.layers.replica_dropout import replica_uniform
+from deit_keras.layers.replica_dropout import ReplicaDropout
 from deit_keras.layers.talking_heads import TalkingHeadsAttention
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
-class DropPath(keras.layers.Layer):
+class DropPath(ReplicaDropout):
     """Stochastic depth: drops a whole residual branch per sample.
 
     In training each sample's branch output is zeroed with probability
@@ -21,36 +20,15 @@ class DropPath(keras.layers.Layer):
     it is the identity. Under a `tf.distribute` strategy each replica keeps
     its own samples' draws (the seed generator's state is one mirrored
     variable, so every replica would otherwise drop the same rows, where
-    official DeiT seeds each rank apart).
+    official DeiT seeds each rank apart). `ReplicaDropout` with one draw per sample.
 
     Args:
         rate: float in [0, 1). Probability of dropping the branch.
         seed: int or None. Seed of the layer's `SeedGenerator`.
     """
 
-    def __init__(self, rate=0.0, seed=None, **kwargs):
-        if not 0.0 <= rate < 1.0:
-            raise UserInputError(f"DropPath rate must be in [0, 1). Received: rate={rate}")
-        super().__init__(**kwargs)
-        self.rate = rate
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, x, training=None):
-        if not training or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        mask_shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-        mask = replica_uniform(mask_shape, self.seed_generator) < keep
-        return x * ops.cast(mask, x.dtype) / ops.cast(keep, x.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(rate=self.rate, seed=self.seed)
-        return config
+    def mask_shape(self, x) -> tuple:
+        return (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")

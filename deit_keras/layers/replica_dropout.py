@@ -45,7 +45,9 @@ class ReplicaDropout(keras.layers.Layer):
 
     def __init__(self, rate=0.0, seed=None, **kwargs):
         if not 0.0 <= rate < 1.0:
-            raise UserInputError(f"ReplicaDropout rate must be in [0, 1). Received: rate={rate}")
+            raise UserInputError(
+                f"{type(self).__name__} rate must be in [0, 1). Received: rate={rate}"
+            )
         super().__init__(**kwargs)
         self.rate = rate
         self.seed = seed
@@ -55,8 +57,12 @@ class ReplicaDropout(keras.layers.Layer):
         if not training or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = replica_uniform(tuple(ops.shape(x)), self.seed_generator) < keep
+        mask = replica_uniform(self.mask_shape(x), self.seed_generator) < keep
         return x * ops.cast(mask, x.dtype) / ops.cast(keep, x.dtype)
+
+    def mask_shape(self, x) -> tuple:
+        """The shape of the draw: one number per element (`DropPath`: per sample)."""
+        return tuple(ops.shape(x))
 
     def compute_output_shape(self, input_shape):
         return input_shape
