@@ -59,9 +59,7 @@ def check_export_options(export_format: str, path: str, quantize: str = "none") 
         raise UserInputError(
             f"The {export_format} export is a single {suffix} file. Received: output={path!r}"
         )
-    if export_format == "saved_model" and path.lower().endswith(
-        (".tflite", ".onnx", ".xml", ".keras")
-    ):
+    if export_format == "saved_model" and path.lower().endswith((*SUFFIXES.values(), ".keras")):
         raise UserInputError(f"A SavedModel is a directory. Received: output={path!r}")
     problem = _output_problem(export_format, path)
     if problem:

@@ -18,18 +18,14 @@ if TYPE_CHECKING:
     from deit_keras.models.classifier import TokenClassifier
 
 # The model class of each preset's `architecture` (DeiT III is DeiT with LayerScale), by
-# module and name: the names above load without Keras (the train command's flags need them).
-ARCHITECTURES = {
-    "deit": ("deit_keras.models.deit", "DeiT"),
-    "deit3": ("deit_keras.models.deit", "DeiT"),
-    "cait": ("deit_keras.models.cait", "CaiT"),
-}
+# its name in `deit_keras.models`, which loads it on first use: the names above load
+# without Keras (the train command's flags need them).
+ARCHITECTURES = {"deit": "DeiT", "deit3": "DeiT", "cait": "CaiT"}
 
 
 def model_class(architecture: str) -> type:
     """The model class that builds a preset of `architecture` ("deit", "deit3", "cait")."""
-    module, name = ARCHITECTURES[architecture]
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module("deit_keras.models"), ARCHITECTURES[architecture])
 
 
 def list_models() -> list:
