@@ -72,7 +72,10 @@ class Range:
 POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 PROBABILITY = Range(0, 1)
-FRACTION = Range(0, 1, low_open=True)  # (0, 1]: a crop or decay factor
+FRACTION = Range(0, 1, low_open=True)  # (0, 1]: a decay factor or a share of the data
+# An eval crop fraction: below 0.1 the resize before the crop (image_size / crop_pct
+# on the shorter side) outgrows memory and int32 sizes long before it is of any use.
+CROP_PCT = Range(0.1, 1)
 
 
 def field(default, help: str, *, choices=None, aliases=(), valid=None):

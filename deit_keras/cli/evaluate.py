@@ -26,7 +26,7 @@ from deit_keras.inference.evaluate import (
 )
 from deit_keras.inference.imagenet_test_sets import evaluate_benchmarks, format_benchmarks
 from deit_keras.io.atomic import write_text_atomic
-from deit_keras.schema import FRACTION, POSITIVE
+from deit_keras.schema import CROP_PCT, POSITIVE
 
 _DATASET = flags.DEFINE_string(
     "dataset",
@@ -81,7 +81,7 @@ cli.check_path("output", "output_file")
 cli.check_path("reference_model", "input_file")
 cli.check_range("batch_size", POSITIVE)
 cli.check_range("max_batches", POSITIVE)
-cli.check_range("crop_pct", FRACTION)
+cli.check_range("crop_pct", CROP_PCT)
 
 
 def format_results(results: dict) -> str:

@@ -22,7 +22,7 @@ from deit_keras import cli
 from deit_keras.cli import launch, model_source
 from deit_keras.deploy import export_options
 from deit_keras.io import paths
-from deit_keras.schema import FRACTION, POSITIVE
+from deit_keras.schema import CROP_PCT, POSITIVE
 
 _OUTPUT = flags.DEFINE_string(
     "output",
@@ -73,7 +73,7 @@ _CROP_PCT = flags.DEFINE_float(
 )
 cli.check_path("output", "output_path")
 cli.check_path("data_dir", "directory")
-cli.check_range("crop_pct", FRACTION)
+cli.check_range("crop_pct", CROP_PCT)
 cli.check_range("opset", POSITIVE)
 cli.check_range("calibration_images", POSITIVE)
 

@@ -20,7 +20,7 @@ from deit_keras.cli import model_source
 from deit_keras.data.labels import IMAGENET, INDEX, resolve_class_names
 from deit_keras.inference.predict import PREDICT_BATCH_SIZE, predict_images, read_images
 from deit_keras.io.atomic import write_text_atomic
-from deit_keras.schema import FRACTION, POSITIVE
+from deit_keras.schema import CROP_PCT, POSITIVE
 
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes to show per image.")
 _CROP_PCT = flags.DEFINE_float(
@@ -41,7 +41,7 @@ _JSON = flags.DEFINE_bool(
 cli.check_path("output", "output_file")
 cli.check_range("top_k", POSITIVE)
 cli.check_range("batch_size", POSITIVE)
-cli.check_range("crop_pct", FRACTION)
+cli.check_range("crop_pct", CROP_PCT)
 
 # Where the class names came from, when it is worth saying (on stderr).
 _NAMES_NOTE = {

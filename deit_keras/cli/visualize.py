@@ -7,7 +7,7 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.analysis.drawing import default_similarity_path, visualize_file
-from deit_keras.schema import FRACTION, Range
+from deit_keras.schema import CROP_PCT, Range
 
 _MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model.")
 _OUTPUT = flags.DEFINE_string("output", "attention.png", "PNG of the attention maps.")
@@ -27,7 +27,7 @@ _TILE = flags.DEFINE_integer("tile", 128, "Side of each tile in pixels (at most 
 cli.check_path("model_path", "input_file")
 cli.check_path("output", "output_file")
 cli.check_path("similarity_output", "output_file")
-cli.check_range("crop_pct", FRACTION)
+cli.check_range("crop_pct", CROP_PCT)
 # A figure holds 2 rows of (heads + 2) tiles: 1024 px tiles make a ~30 MP DeiT-B figure.
 cli.check_range("tile", Range(1, 1024))
 

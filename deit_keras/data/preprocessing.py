@@ -24,12 +24,13 @@ from deit_keras.data.constants import (
     INTERPOLATIONS,
 )
 from deit_keras.errors import UserInputError
+from deit_keras.schema import CROP_PCT
 
 
 def check_crop_pct(crop_pct: float) -> None:
-    """Raises ValueError unless `0 < crop_pct <= 1`."""
-    if not 0.0 < crop_pct <= 1.0:
-        raise UserInputError(f"crop_pct must be in (0, 1]. Received: crop_pct={crop_pct}")
+    """Raises ValueError unless `crop_pct` is in `schema.CROP_PCT` ([0.1, 1])."""
+    if not CROP_PCT.contains(crop_pct):
+        raise UserInputError(f"crop_pct must be {CROP_PCT}. Received: crop_pct={crop_pct}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Preprocessing:
     Args:
         mean: tuple of 3 floats. Per-channel mean of pixels scaled to [0, 1].
         std: tuple of 3 floats. Per-channel std.
-        crop_pct: float in (0, 1]. Eval centre-crop fraction.
+        crop_pct: float in [0.1, 1]. Eval centre-crop fraction.
         interpolation: str. Resize kernel, "bicubic" or "bilinear".
     """
 
@@ -128,7 +129,7 @@ def resize_and_center_crop(
         images: `[B, H, W, C]` or `[H, W, C]` pixels in [0, 255] (uint8 or
             float), any H and W (1x1 included).
         image_size: int. Side of the output square.
-        crop_pct: float in (0, 1]. Defaults to 0.875.
+        crop_pct: float in [0.1, 1]. Defaults to 0.875.
         interpolation: str. "bicubic" (default) or "bilinear".
 
     Returns:

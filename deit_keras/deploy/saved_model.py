@@ -39,7 +39,7 @@ def export_saved_model(
         out_dir: str. Output directory. An earlier SavedModel there (a
             directory holding saved_model.pb) is replaced; any other
             existing directory or file raises `UserInputError` before the export.
-        crop_pct: float in (0, 1] or None. Eval crop fraction; defaults to
+        crop_pct: float in [0.1, 1] or None. Eval crop fraction; defaults to
             the model's (`model.preprocessing.crop_pct`).
         class_names: list of str or None. The model's saved names, recorded
             in `deit_serving.json`; without them a 1000-class model records

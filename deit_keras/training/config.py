@@ -27,6 +27,7 @@ from deit_keras.io.paths import (
 )
 from deit_keras.models.variants import ALIASES, canonical_name, list_models
 from deit_keras.schema import (
+    CROP_PCT,
     FRACTION,
     NON_NEGATIVE,
     POSITIVE,
@@ -102,7 +103,7 @@ class TrainConfig:
         "Eval centre-crop fraction saved with the model; "
         "defaults to the variant's (DeiT: 0.875 at 224 px, 1.0 at 384; DeiT III and CaiT: "
         "their presets', docs/models.md).",
-        valid=FRACTION,
+        valid=CROP_PCT,
     )
     pretrained: bool = field(
         False, "Start from the published ImageNet weights of --model (downloaded, cached)."

@@ -450,6 +450,13 @@ def inputs(tmp_path_factory):
         (
             "predict",
             ["--model_path={inputs}/good.keras", "--output={tmp}/p.json", "{inputs}/image.png"],
+            "crop_pct",
+            "0.05",
+            "p.json",
+        ),
+        (
+            "predict",
+            ["--model_path={inputs}/good.keras", "--output={tmp}/p.json", "{inputs}/image.png"],
             "top_k",
             str(10**30),
             "p.json",

@@ -17,7 +17,13 @@ from deit_keras.data import (
     transforms,
 )
 from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from deit_keras.data.preprocessing import Preprocessing, denormalize, normalize, preprocess
+from deit_keras.data.preprocessing import (
+    Preprocessing,
+    denormalize,
+    normalize,
+    preprocess,
+    resize_and_center_crop,
+)
 
 
 @pytest.fixture(scope="session")
@@ -311,6 +317,11 @@ def test_eval_transform_shape_range_deterministic():
     )
     with pytest.raises(ValueError, match="crop_pct"):
         preprocess(square, 32, Preprocessing(crop_pct=1.5))
+    # A tiny fraction would resize the shorter side to 32 / 1e-9 pixels (past int32).
+    for tiny in (1e-9, 0.05):
+        with pytest.raises(ValueError, match=r"crop_pct must be in \[0.1, 1\]"):
+            resize_and_center_crop(square, 32, crop_pct=tiny)
+    assert resize_and_center_crop(square, 32, crop_pct=0.1).shape == (32, 32, 3)
 
 
 def test_normalize_round_trip():
