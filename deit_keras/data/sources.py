@@ -26,10 +26,17 @@ from deit_keras.errors import UserInputError
 
 FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Image formats TensorFlow's decoders do not read.
+UNDECODED_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".jxl")
 NOT_AN_IMAGE = "not an image file name"  # the reason given for e.g. notes.txt
+UNDECODED_FORMAT = (
+    "an image format TensorFlow does not decode (TIFF, HEIC, AVIF, JPEG 2000, JPEG XL); "
+    "convert it to JPEG or PNG"
+)
 IN_SUB_FOLDER = "in a sub-folder of a class folder (class folders do not nest)"
 NOT_UTF8 = "a file name that is not UTF-8 (TensorFlow opens UTF-8 paths only)"
-NOT_READ = (NOT_AN_IMAGE, IN_SUB_FOLDER, NOT_UTF8)  # reasons of files left out undecoded
+# Reasons of files left out undecoded.
+NOT_READ = (NOT_AN_IMAGE, UNDECODED_FORMAT, IN_SUB_FOLDER, NOT_UTF8)
 
 
 class DatasetNotFoundError(UserInputError):
@@ -269,6 +276,8 @@ def _list_folder(root, class_names):
             elif file_name.lower().endswith(IMAGE_EXTENSIONS):
                 paths.append(path)
                 labels.append(label)
+            elif file_name.lower().endswith(UNDECODED_IMAGE_EXTENSIONS):
+                ignored.append((path, UNDECODED_FORMAT))
             else:
                 ignored.append((path, NOT_AN_IMAGE))
     return paths, labels, ignored

@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from deit_keras.data.pipeline import dataset_info, make_dataset
-from deit_keras.data.sources import NOT_READ
+from deit_keras.data.sources import NOT_READ, UNDECODED_FORMAT
 from deit_keras.deploy import pretrained
 from deit_keras.deploy.export_options import savedmodel_beside
 from deit_keras.deploy.saved_model import export_saved_model
@@ -177,12 +177,15 @@ def report_skipped(info, model_dir: str) -> str | None:
     lines = [f"{file}\t{reason}" for file, reason in info.skipped]
     write_text_atomic(path, "\n".join(lines) + "\n")
     unreadable = sum(reason not in NOT_READ for _, reason in info.skipped)
+    formats = sum(reason == UNDECODED_FORMAT for _, reason in info.skipped)
     logging.warning(
-        "%s: left out %d file(s) that do not decode and %d that are not images "
-        "or are in sub-folders of class folders (--bad_images=skip); the list is in %s",
+        "%s: left out %d file(s) that do not decode, %d in image formats TensorFlow does "
+        "not decode (convert them to JPEG or PNG) and %d that are not images or are in "
+        "sub-folders of class folders (--bad_images=skip); the list is in %s",
         info.name,
         unreadable,
-        len(info.skipped) - unreadable,
+        formats,
+        len(info.skipped) - unreadable - formats,
         path,
     )
     return path

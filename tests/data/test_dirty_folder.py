@@ -171,7 +171,8 @@ def test_images_in_sub_folders_of_a_class_folder_are_listed_as_skipped(tmp_path,
     assert info.num_train_examples == 2
     with caplog.at_level("WARNING"):
         report_skipped(info, str(tmp_path / "run"))
-    assert "0 file(s) that do not decode and 2 that are not images or are in sub" in caplog.text
+    assert "0 file(s) that do not decode, 0 in image formats" in caplog.text
+    assert "and 2 that are not images or are in sub" in caplog.text
 
 
 def test_single_class_folder_is_one_line_error(tmp_path):
@@ -227,7 +228,8 @@ def test_run_reports_skipped_files_in_one_warning_and_a_list(dirty, tmp_path, ca
     assert [line.split("\t") for line in listed] == [list(item) for item in info.skipped]
     warnings = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert len(warnings) == 1 and path in warnings[0], warnings
-    assert "3 file(s) that do not decode and 1 that are not images" in warnings[0]
+    assert "3 file(s) that do not decode, 0 in image formats" in warnings[0]
+    assert "and 1 that are not images" in warnings[0]
     assert report_skipped(dataset_info("folder:" + str(dirty_clean(tmp_path))), "x") is None
 
 

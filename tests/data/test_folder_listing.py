@@ -59,6 +59,28 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(root):
         assert handle.read().count(sources.NOT_UTF8) == 1
 
 
+def test_tiff_and_heic_files_are_skipped_as_formats_tensorflow_does_not_decode(root, caplog):
+    from deit_keras.training.runner import report_skipped
+
+    ant = root / "train" / "ant"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(ant / "scan.tif")
+    (ant / "photo.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    (ant / "notes.txt").write_text("not an image")
+    info = dataset_info(f"folder:{root}")
+    assert info.num_train_examples == 2
+    assert dict(info.skipped) == {
+        str(ant / "notes.txt"): sources.NOT_AN_IMAGE,
+        str(ant / "photo.HEIC"): sources.UNDECODED_FORMAT,
+        str(ant / "scan.tif"): sources.UNDECODED_FORMAT,
+    }
+    with caplog.at_level("WARNING"):
+        report_skipped(info, str(root))
+    assert "0 file(s) that do not decode, 2 in image formats TensorFlow does not decode" in (
+        caplog.text
+    )
+    assert "and 1 that are not images" in caplog.text
+
+
 def test_a_class_folder_whose_name_is_not_utf8_is_one_line_error(root):
     os.makedirs(os.path.join(os.fsencode(root), b"train", b"c\xff"))
     with pytest.raises(UserInputError, match="not UTF-8") as caught:
