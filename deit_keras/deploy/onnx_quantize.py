@@ -15,6 +15,8 @@ from that fused graph:
   quantized Attention).
 """
 
+import contextlib
+import logging
 import os
 import tempfile
 
@@ -28,6 +30,36 @@ CALIBRATION_BATCH = 16
 # Static int8 quantizes these only; LayerNorm in int8 cost agreement (measured in
 # tests/deploy/test_fused_and_int8_exports.py's digits student: 95.8% with it, see the note below).
 STATIC_OPS = ["MatMul", "Conv"]
+# Warnings of ONNX Runtime's tools about what this module sees to, by the logger that
+# makes the record (a filter applies there, not where the record propagates to):
+# the "vit" fusions expect a PyTorch export, and `deploy.onnx_fusable` rewrites
+# tf2onnx's graph into the form they match; the quantizer asks for its shape
+# pre-processing, which `_with_shapes` runs (its symbolic shape inference).
+_SEEN_TO = {
+    "onnxruntime.transformers.optimizer": "Model producer not matched",
+    "": "Please consider to run pre-processing before quantization",
+}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str):
+        super().__init__()
+        self._start = start
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith(self._start)
+
+
+@contextlib.contextmanager
+def _without_warnings_seen_to():
+    loggers = [(logging.getLogger(name), _DropMessage(start)) for name, start in _SEEN_TO.items()]
+    for logger, message_filter in loggers:
+        logger.addFilter(message_filter)
+    try:
+        yield
+    finally:
+        for logger, message_filter in loggers:
+            logger.removeFilter(message_filter)
 
 
 def check_quantize(quantize: str, calibration_images=None, *, need_images=True) -> None:
@@ -56,13 +88,14 @@ def _optimizer(proto, model):
         with open(path, "wb") as handle:
             handle.write(proto.SerializeToString())
         # opt_level=0: the Python fusions only; ORT applies its own at load.
-        return optimize_model(
-            path,
-            model_type="vit",
-            num_heads=model.blocks[0].attn.num_heads,
-            hidden_size=model.embed_dim,
-            opt_level=0,
-        )
+        with _without_warnings_seen_to():
+            return optimize_model(
+                path,
+                model_type="vit",
+                num_heads=model.blocks[0].attn.num_heads,
+                hidden_size=model.embed_dim,
+                opt_level=0,
+            )
 
 
 def optimize(proto, model):
@@ -109,33 +142,40 @@ def _with_shapes(proto):
 def quantize(proto, quantize_name: str, calibration_images=None):
     """The fused `proto` quantized as "dynamic_int8" or "int8" (a new `ModelProto`)."""
     import onnx
-    from onnxruntime import quantization
 
     with tempfile.TemporaryDirectory() as directory:
         source = os.path.join(directory, "fp32.onnx")
         target = os.path.join(directory, "int8.onnx")
         onnx.save(_with_shapes(proto), source)
-        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-        if quantize_name == "dynamic_int8":
-            quantization.quantize_dynamic(
-                source,
-                target,
-                per_channel=True,
-                weight_type=quantization.QuantType.QInt8,
-                extra_options=extra,
-            )
-        else:
-            images = np.asarray(calibration_images, dtype=np.uint8)
-            reader = _CalibrationReader(images, proto.graph.input[0].name)
-            quantization.quantize_static(
-                source,
-                target,
-                reader,
-                quant_format=quantization.QuantFormat.QDQ,
-                op_types_to_quantize=STATIC_OPS,
-                per_channel=True,
-                activation_type=quantization.QuantType.QInt8,
-                weight_type=quantization.QuantType.QInt8,
-                extra_options=extra,
-            )
+        input_name = proto.graph.input[0].name
+        with _without_warnings_seen_to():
+            _quantize_file(source, target, quantize_name, calibration_images, input_name)
         return onnx.load(target)
+
+
+def _quantize_file(source, target, quantize_name, calibration_images, input_name):
+    import onnx
+    from onnxruntime import quantization
+
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    if quantize_name == "dynamic_int8":
+        quantization.quantize_dynamic(
+            source,
+            target,
+            per_channel=True,
+            weight_type=quantization.QuantType.QInt8,
+            extra_options=extra,
+        )
+        return
+    images = np.asarray(calibration_images, dtype=np.uint8)
+    quantization.quantize_static(
+        source,
+        target,
+        _CalibrationReader(images, input_name),
+        quant_format=quantization.QuantFormat.QDQ,
+        op_types_to_quantize=STATIC_OPS,
+        per_channel=True,
+        activation_type=quantization.QuantType.QInt8,
+        weight_type=quantization.QuantType.QInt8,
+        extra_options=extra,
+    )
