@@ -30,6 +30,7 @@ from deit_keras.deploy import export_options
 from deit_keras.deploy.signatures import METADATA_NAME, fixed_size_function, serving_config
 from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
+from deit_keras.io.quiet_stderr import quiet_stderr
 
 QUANTIZATIONS = export_options.QUANTIZATIONS["litert"]
 # Kept in float32 by quantize="int8" (`_int8_matmuls`): LayerNorm's element-wise
@@ -80,8 +81,10 @@ def _int8_matmuls(converter, images) -> bytes:
     dense and patch-embedding matmuls, nearly all of the FLOPs, stay int8.
     """
     converter.representative_dataset = lambda: ({"images": image[None]} for image in images)
-    with warnings.catch_warnings():
-        # The calibrator runs TF's own deprecated tf.lite.Interpreter; not ours to fix.
+    # The calibrator runs TF's own deprecated tf.lite.Interpreter (a warning not ours to
+    # fix), and its C++ prints a "fully_quantize: 0, inference_type: 6, ..." line per
+    # conversion; its errors still come as Python exceptions.
+    with warnings.catch_warnings(), quiet_stderr():
         warnings.simplefilter("ignore", UserWarning)
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter,

@@ -37,17 +37,18 @@ STATIC_OPS = ["MatMul", "Conv"]
 # pre-processing, which `_with_shapes` runs (its symbolic shape inference).
 _SEEN_TO = {
     "onnxruntime.transformers.optimizer": "Model producer not matched",
-    "": "Please consider to run pre-processing before quantization",
+    # "Please consider to run pre-processing ..." (dynamic), "... consider pre-processing" (static)
+    "": "pre-processing before quantization",
 }
 
 
 class _DropMessage(logging.Filter):
-    def __init__(self, start: str):
+    def __init__(self, fragment: str):
         super().__init__()
-        self._start = start
+        self._fragment = fragment
 
     def filter(self, record) -> bool:
-        return not str(record.msg).startswith(self._start)
+        return self._fragment not in str(record.msg)
 
 
 @contextlib.contextmanager
