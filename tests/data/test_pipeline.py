@@ -324,6 +324,25 @@ def test_eval_transform_shape_range_deterministic():
     assert resize_and_center_crop(square, 32, crop_pct=0.1).shape == (32, 32, 3)
 
 
+@pytest.mark.parametrize("height, width", [(60, 90), (90, 60), (37, 41), (33, 200), (20, 25)])
+def test_eval_crop_equals_timms_eval_transform(height, width):
+    """Resize of the shorter side and the central crop, where timm's `create_transform`
+    (official DeiT's eval transform: PIL bicubic, torchvision's centre) puts them."""
+    timm_data = pytest.importorskip("timm.data")
+    rng = np.random.default_rng(height * width)
+    coarse = rng.integers(0, 256, (height // 4 + 2, width // 4 + 2, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR))
+    for crop_pct in (0.875, 0.9, 1.0):
+        reference = timm_data.create_transform(
+            32, crop_pct=crop_pct, interpolation="bicubic", mean=(0, 0, 0), std=(1, 1, 1)
+        )
+        want = np.round(reference(Image.fromarray(image)).permute(1, 2, 0).numpy() * 255)
+        got = resize_and_center_crop(image, 32, crop_pct).numpy()
+        # PIL's and TensorFlow's antialiased bicubic kernels differ in rounding only.
+        np.testing.assert_allclose(got, want, rtol=0, atol=1, err_msg=f"crop_pct={crop_pct}")
+        assert np.mean(got != want) < 0.3
+
+
 def test_normalize_round_trip():
     image = tf.constant([[[0, 128, 255]]], tf.uint8)
     normalised = normalize(image)
