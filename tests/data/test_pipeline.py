@@ -1,5 +1,7 @@
 """Tests of deit_keras.data: digits builder, sources, transforms, pipeline."""
 
+import collections
+import dataclasses
 import os
 
 import numpy as np
@@ -133,7 +135,11 @@ def test_repeated_augmentation_copies_and_epoch_length(digits_dir):
 
 
 def test_repeated_augmentation_sharding_disjoint(digits_dir):
-    config = augment_config.NO_AUGMENT
+    """Two pipelines cut one common stream (RASampler): together they hold each drawn
+    image's 3 copies, so the images (whole, unflipped: each copy alike) number n / 3."""
+    config = dataclasses.replace(
+        augment_config.NO_AUGMENT, hflip=0.0, crop_scale_min=1.0, crop_ratio=(1.0, 1.0)
+    )
 
     def shard_stream(index):
         context = tf.distribute.InputContext(
@@ -151,10 +157,15 @@ def test_repeated_augmentation_sharding_disjoint(digits_dir):
             augment=config,
             input_context=context,
         )
-        return [int(np.argmax(y)) for _, y in ds]
+        return [x.numpy().tobytes() + y.numpy().tobytes() for x, y in ds]
 
     first, second = shard_stream(0), shard_stream(1)
     assert len(first) == len(second) == 1437 // 2
+    copies = collections.Counter(first + second)
+    # 1437 // 2 * 2 of the stream's 1437 places: the last image may keep 2 copies.
+    assert len(copies) == 1437 // 3, len(copies)
+    assert sorted(collections.Counter(copies.values()).items()) == [(2, 1), (3, 478)]
+    assert set(first) & set(second)  # an image's copies go to both pipelines
 
 
 @pytest.mark.parametrize("num_pipelines", [1, 2, 4])
