@@ -203,6 +203,9 @@ def _wait_for_backup(processes, pointer, step, timeout=300):
     raise AssertionError(f"no backup at step >= {step} while both workers ran")
 
 
+# Several minutes of two-worker runs; fast twins:
+# test_a_lost_worker_is_one_line_naming_the_backup_to_resume and
+# tests/training/test_preemption.py::test_sigterm_mid_epoch_backs_up_that_step_and_rerun_matches
 @pytest.mark.large
 def test_sigterm_and_a_killed_worker_then_restarts_end_as_if_never_stopped(tmp_path):
     """SIGTERM on one worker stops both at one step; SIGKILL of one stops the other in one
