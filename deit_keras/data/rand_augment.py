@@ -50,13 +50,17 @@ def _grayscale(images):
 
 
 def _affine(images, matrices):
-    """PIL-convention affine per image: output (x, y) samples input (a x + b y + c, ...).
+    """PIL's `Image.transform(AFFINE)` per image: output (x, y) samples input (a x + b y + c, ...).
 
-    `matrices`: `[B, 6]`, each `(a, b, c, d, e, f)`. Outside the input the
+    `matrices`: `[B, 6]`, each `(a, b, c, d, e, f)`, in PIL's coordinates,
+    where a pixel's centre is at +0.5; TensorFlow's transform puts it at the
+    integer, so the offsets move by the half pixel. Outside the input the
     output is `_FILL`: the op fills with one scalar, so the fill colour is
     taken off before and put back after (interpolation weights sum to 1).
     """
-    transforms = tf.concat([matrices, tf.zeros([tf.shape(matrices)[0], 2])], axis=1)
+    a, b, c, d, e, f = tf.unstack(matrices, axis=1)
+    centred = tf.stack([a, b, c + 0.5 * (a + b) - 0.5, d, e, f + 0.5 * (d + e) - 0.5], axis=1)
+    transforms = tf.concat([centred, tf.zeros([tf.shape(matrices)[0], 2])], axis=1)
     fill = tf.constant(_FILL, images.dtype)
     moved = tf.raw_ops.ImageProjectiveTransformV3(
         images=images - fill,
@@ -103,6 +107,7 @@ def _invert(images, level, sign):
 
 
 def _rotate(images, level, sign):
+    # PIL's `Image.rotate(degrees)`: counter-clockwise about (w / 2, h / 2).
     angle = sign * level * 30.0 * math.pi / 180.0
     shape = tf.cast(tf.shape(images)[1:3], tf.float32)
     cy, cx = shape[0] / 2.0, shape[1] / 2.0
@@ -110,11 +115,11 @@ def _rotate(images, level, sign):
     matrices = tf.stack(
         [
             cos,
-            sin,
-            cx - cos * cx - sin * cy,
             -sin,
+            cx - cos * cx + sin * cy,
+            sin,
             cos,
-            cy + sin * cx - cos * cy,
+            cy - sin * cx - cos * cy,
         ],
         axis=1,
     )
