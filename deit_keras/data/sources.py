@@ -26,6 +26,7 @@ from deit_keras.errors import UserInputError
 
 FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+SPLITS = ("train", "eval")
 # Image formats TensorFlow's decoders do not read.
 UNDECODED_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".jxl")
 NOT_AN_IMAGE = "not an image file name"  # the reason given for e.g. notes.txt
@@ -123,11 +124,25 @@ def permuted_slices(elements: tuple, seed=None, reshuffle=True) -> tf.data.Datas
     return order.map(lambda index: tuple(tf.gather(tensor, index) for tensor in tensors))
 
 
-def _tfds_source(name, builder, user_name):
+# tfds datasets scored otherwise than by one label over all their classes: what to use.
+_NOT_ONE_LABEL = {
+    "imagenet2012_real": "its labels are sets: use deit-evaluate --benchmarks=real",
+    "imagenet_a": "it is scored over its 200 classes (logits masked to them), not 1000",
+    "imagenet_r": "it is scored over its 200 classes (logits masked to them), not 1000",
+}
+
+
+def _tfds_source(name, builder, user_name, wanted=SPLITS):
+    base_name = name.split("/")[0].split(":")[0]
+    if base_name in _NOT_ONE_LABEL:
+        raise UserInputError(
+            f"tfds dataset {name!r} is not read as a one-label dataset here: "
+            f"{_NOT_ONE_LABEL[base_name]}."
+        )
     info = builder.info
     image_key, label_key = info.supervised_keys or ("image", "label")
     splits = info.splits
-    if "train" not in splits:
+    if "train" not in splits and "train" in wanted:
         raise UserInputError(f"tfds dataset {name!r} has no 'train' split: {list(splits)}")
     eval_split = next((s for s in ("validation", "test", "val") if s in splits), None)
     if eval_split is None:
@@ -138,7 +153,7 @@ def _tfds_source(name, builder, user_name):
         name=user_name,
         num_classes=label_feature.num_classes,
         class_names=class_names,
-        num_train_examples=splits["train"].num_examples,
+        num_train_examples=splits["train"].num_examples if "train" in splits else None,
         num_eval_examples=splits[eval_split].num_examples,
         train_split="train",
         eval_split=eval_split,
@@ -213,8 +228,8 @@ def prepared_builder(name: str, data_dir: str | None = None):
     return builder
 
 
-def _tfds(name, data_dir):
-    return _tfds_source(name, prepared_builder(name, data_dir), name)
+def _tfds(name, data_dir, splits):
+    return _tfds_source(name, prepared_builder(name, data_dir), name, splits)
 
 
 def _is_local(path) -> bool:
@@ -242,7 +257,12 @@ def _is_utf8(name) -> bool:
 
 
 def _class_folders(root):
-    """The class folder names in `root`, sorted; hidden folders (`.ipynb_checkpoints`) left out."""
+    """The class folder names in `root`, sorted; hidden folders (`.ipynb_checkpoints`) left out.
+
+    Names that are all numbers sort by their value: ImageNet-V2's folders `0` to
+    `999` are the class indices (tfds' `imagenet_v2` reads them so), which a sort
+    of strings would put as 0, 1, 10, 100, ...
+    """
     folders = [
         name
         for name in _names(root)
@@ -254,6 +274,8 @@ def _class_folders(root):
                 f"The class folder {os.path.join(root, name)!r} has a name that is not UTF-8 "
                 "(TensorFlow opens UTF-8 paths only); rename it."
             )
+    if folders and all(re.fullmatch("[0-9]+", name) for name in folders):
+        folders.sort(key=lambda name: (int(name), name))
     return tuple(folders)
 
 
@@ -317,30 +339,31 @@ def _read_split(root, class_names, bad_images):
     return paths, labels, skipped
 
 
-SPLITS = ("train", "eval")
-
-
 def _folder(name, path, bad_images="skip", splits=SPLITS):
     train_dir = os.path.join(path, "train")
     eval_name = next(
         (s for s in ("val", "validation", "test") if tf.io.gfile.isdir(os.path.join(path, s))),
         None,
     )
-    if not tf.io.gfile.isdir(train_dir) or eval_name is None:
+    has_train = tf.io.gfile.isdir(train_dir)
+    # Evaluating needs only val/ (a test set such as ImageNet-V2 has no train/).
+    if eval_name is None or not has_train and "train" in splits:
         raise DatasetNotFoundError(
             f"Image folder {path!r} must contain 'train/' and 'val/' "
             "sub-folders, each with one folder of JPEG/PNG images per class."
         )
     eval_dir = os.path.join(path, eval_name)
-    class_names = _class_folders(train_dir)
+    class_dir = train_dir if has_train else eval_dir
+    class_names = _class_folders(class_dir)
     if not class_names:
-        raise DatasetNotFoundError(f"No class folders with images in {train_dir!r}.")
+        raise DatasetNotFoundError(f"No class folders with images in {class_dir!r}.")
     if len(class_names) == 1:
         raise UserInputError(
             f"A folder dataset needs at least 2 classes. Received: 1 class folder "
-            f"{class_names[0]!r} in {train_dir}"
+            f"{class_names[0]!r} in {class_dir}"
         )
-    _check_classes(train_dir, eval_dir, class_names, _class_folders(eval_dir))
+    if has_train:
+        _check_classes(train_dir, eval_dir, class_names, _class_folders(eval_dir))
     files, counts, skipped = {}, {}, []
     if "train" in splits:  # every image of a split is decoded once up front: only those used
         train_paths, train_labels, skipped = _read_split(train_dir, class_names, bad_images)
@@ -398,4 +421,4 @@ def get_source(
         return _tfds_source(digits.TFDS_NAME, builder, "digits")
     if name.startswith(FOLDER_PREFIX):
         return _folder(name, os.path.expanduser(name[len(FOLDER_PREFIX) :]), bad_images, splits)
-    return _tfds(name, data_dir)
+    return _tfds(name, data_dir, splits)

@@ -1,6 +1,9 @@
 """Listing a `folder:` dataset: what is a class, what is skipped, and listings that end."""
 
+import io
 import os
+import shutil
+import types
 
 import numpy as np
 import pytest
@@ -102,6 +105,70 @@ def test_evaluating_reads_only_the_eval_split(root):
     model = tiny_model(num_classes=2, image_size=16, patch_size=8)
     summary = evaluate_on_dataset(model, f"folder:{root}", batch_size=2, bad_images="fail")
     assert summary["num_examples"] == 2 and "skipped" not in summary
+
+
+def test_class_folders_named_by_numbers_take_their_number_as_label(tmp_path):
+    """ImageNet-V2's layout: folders 0..999 are class indices (tfds' imagenet_v2 reads
+    them so), not strings to sort as 0, 1, 10, 100, ..."""
+    names = [str(number) for number in range(12)]
+    for split in ("train", "val"):
+        for number, name in enumerate(names):
+            Image.fromarray(np.full((8, 8, 3), 20 * number, np.uint8)).save(
+                _dir(tmp_path / split / name) / "0.png"
+            )
+    info = dataset_info(f"folder:{tmp_path}")
+    assert info.class_names == tuple(names)
+    source = sources.get_source(f"folder:{tmp_path}")
+    for image_bytes, label in source.read("eval"):
+        pixel = np.asarray(Image.open(io.BytesIO(image_bytes.numpy())))[0, 0, 0]
+        assert pixel == 20 * int(label), (pixel, int(label))
+    # Names not all numbers keep the order of strings (as torchvision's ImageFolder).
+    _image(tmp_path / "train" / "x" / "0.png")
+    _image(tmp_path / "val" / "x" / "0.png")
+    assert dataset_info(f"folder:{tmp_path}").class_names[:4] == ("0", "1", "10", "11")
+
+
+def _dir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_a_test_set_folder_without_train_is_evaluated_but_not_trained_on(root):
+    from deit_keras.inference.evaluate import evaluate_on_dataset
+    from deit_keras.testing import tiny_model
+
+    shutil.rmtree(root / "train")
+    info = dataset_info(f"folder:{root}", splits=("eval",))
+    assert (info.class_names, info.num_train_examples, info.num_eval_examples) == (
+        ("ant", "bee"),
+        None,
+        2,
+    )
+    model = tiny_model(num_classes=2, image_size=16, patch_size=8)
+    assert evaluate_on_dataset(model, f"folder:{root}", batch_size=2)["num_examples"] == 2
+    with pytest.raises(sources.DatasetNotFoundError, match="must contain 'train/' and 'val/'"):
+        dataset_info(f"folder:{root}")
+
+
+def test_a_tfds_test_set_without_train_is_read_for_evaluation_only():
+    split = types.SimpleNamespace(num_examples=5)
+    label = types.SimpleNamespace(names=["a", "b"], num_classes=2)
+    info = types.SimpleNamespace(
+        supervised_keys=("image", "label"), splits={"test": split}, features={"label": label}
+    )
+    builder = types.SimpleNamespace(info=info)
+    source = sources._tfds_source("imagenet_sketch", builder, "imagenet_sketch", ("eval",))
+    assert (source.info.num_train_examples, source.info.num_eval_examples) == (None, 5)
+    assert source.info.eval_split == "test"
+    with pytest.raises(UserInputError, match="has no 'train' split"):
+        sources._tfds_source("imagenet_sketch", builder, "imagenet_sketch")
+
+
+@pytest.mark.parametrize("name", ["imagenet_a", "imagenet_r", "imagenet2012_real/1.0.0"])
+def test_tfds_sets_not_scored_by_one_label_are_refused_in_one_line(name):
+    with pytest.raises(UserInputError, match="not read as a one-label dataset") as caught:
+        sources._tfds_source(name, None, name, ("eval",))
+    assert "\n" not in str(caught.value)
 
 
 def test_an_eval_split_without_a_readable_image_is_one_line(root):
