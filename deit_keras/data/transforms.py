@@ -17,6 +17,14 @@ import tensorflow as tf
 from deit_keras.data import exif
 from deit_keras.data.preprocessing import resize
 
+# libjpeg's accurate integer IDCT, as Pillow (timm's and `deit-predict`'s reader) uses;
+# TensorFlow's default, the fast one, is up to 6 levels off on ordinary photos.
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"
+
+
+def decode_jpeg(encoded):
+    return tf.io.decode_jpeg(encoded, channels=3, dct_method=JPEG_DCT_METHOD)
+
 
 def decode_image(encoded, orientation=None):
     """Decodes JPEG/PNG/BMP/GIF/WebP bytes to an upright uint8 `[H, W, 3]` image.
@@ -34,7 +42,7 @@ def decode_image(encoded, orientation=None):
         return _decode_upright(encoded, orientation)
     image = tf.cond(
         exif.needs_no_parse(encoded),
-        lambda: tf.io.decode_jpeg(encoded, channels=3),
+        lambda: decode_jpeg(encoded),
         lambda: _decoded_upright(encoded),
     )
     image.set_shape([None, None, 3])
@@ -45,7 +53,11 @@ def _decode_upright(encoded, orientation=None):
     image = tf.cond(
         is_webp(encoded),
         lambda: _decoded_webp(encoded),
-        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+        lambda: tf.cond(
+            tf.io.is_jpeg(encoded),
+            lambda: decode_jpeg(encoded),
+            lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+        ),
     )
     image.set_shape([None, None, 3])
     orientation = exif.orientation(encoded) if orientation is None else orientation
@@ -203,7 +215,7 @@ def _jpeg_crop(encoded, seed, scale, ratio):
     """The window decoded alone (faster than decoding the whole JPEG)."""
     shape = tf.image.extract_jpeg_shape(encoded)
     window = random_crop_window(shape[:2], seed, scale, ratio)
-    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=JPEG_DCT_METHOD)
     crop.set_shape([None, None, 3])
     return crop
 

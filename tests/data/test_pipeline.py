@@ -2,6 +2,7 @@
 
 import collections
 import dataclasses
+import io
 import os
 
 import numpy as np
@@ -386,13 +387,14 @@ def test_random_resized_crop_of_a_file_is_the_crop_of_its_pixels(seed_dtype):
     array = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     seed = tf.constant([5, 6], seed_dtype)
     for encoded in (tf.io.encode_png(array), tf.io.encode_jpeg(array)):
-        pixels = tf.io.decode_image(encoded, channels=3)
+        # The pixels as Pillow (timm's reader) decodes the file.
+        pixels = np.asarray(Image.open(io.BytesIO(encoded.numpy())).convert("RGB"))
         expected = transforms.random_resized_crop(pixels, 20, seed).numpy()
         crop = transforms.random_resized_crop(encoded, 20, seed).numpy()
         if encoded.numpy().startswith(b"\x89PNG"):
             np.testing.assert_array_equal(crop, expected)
         else:  # decoded in part, the colours near the window's edges differ a little
-            assert np.abs(crop - expected).mean() < 1.0
+            assert np.abs(crop - expected).mean() < 0.5  # 1.5 with TF's fast IDCT
 
 
 def test_make_dataset_argument_errors(digits_dir):
