@@ -70,13 +70,14 @@ def attention_maps(model, image) -> dict:
 
     Args:
         model: a `DeiT` or `CaiT`.
-        image: one normalised model input, `[H, W, 3]` or `[1, H, W, 3]`
-            with `H = W = model.image_size`.
+        image: one normalised model input, `[H, W, 3]` or `[1, H, W, 3]`,
+            any size the model takes (multiples of its patch size).
 
     Returns:
         dict token name ("cls", and "dist" for distilled models) -> dict with
-        `"heads"`: float32 `[num_heads, grid, grid]` and `"rollout"`: float32
-        `[grid, grid]`, where `grid = model.grid_size`.
+        `"heads"`: float32 `[num_heads, gh, gw]` and `"rollout"`: float32
+        `[gh, gw]`, where `(gh, gw) = model.patch_grid(image)` (the image's
+        patch grid: `model.grid_size` squared at the model's own size).
     """
     image = ops.convert_to_tensor(image, dtype="float32")
     if len(image.shape) == 3:
@@ -101,14 +102,14 @@ def batch_attention_maps(model, images) -> list:
     if hasattr(model, "blocks_token_only"):  # CaiT
         attentions = _cait_full_sequence(attentions, model.depth)
     prefix = model.num_prefix_tokens
-    grid = model.grid_size
+    grid = tuple(int(side) for side in model.patch_grid(images))
     last = np.asarray(ops.convert_to_numpy(attentions[-1]), dtype=np.float32)
     rollout = attention_rollout(attentions, prefix)
     return [
         {
             name: {
-                "heads": last[image, :, index, prefix:].reshape(-1, grid, grid),
-                "rollout": rollout[image, index].reshape(grid, grid),
+                "heads": last[image, :, index, prefix:].reshape(-1, *grid),
+                "rollout": rollout[image, index].reshape(grid),
             }
             for index, name in enumerate(_token_names(model))
         }
@@ -158,7 +159,8 @@ def token_cosine_similarity(model, images) -> np.ndarray:
     """
     if not model.distilled:
         raise UserInputError("token_cosine_similarity needs a distilled model (with a dist token).")
-    x = model.tokens(model.patch_embed(ops.convert_to_tensor(images, dtype="float32")))
+    images = ops.convert_to_tensor(images, dtype="float32")
+    x = model.tokens(model.patch_embed(images), grid=model.patch_grid(images))
     similarities = [_cosine(x[:, 0], x[:, 1]).mean()]
     for block in model.blocks:
         x = block(x, training=False)

@@ -13,13 +13,14 @@ models, `attn_similarity.png` (cosine similarity of the two tokens per
 layer). The command line is `deit_keras.cli.visualize`.
 """
 
+import contextlib
 import os
 
 import numpy as np
 
 from deit_keras.analysis import attention
 from deit_keras.data.preprocessing import normalize, resize_and_center_crop
-from deit_keras.deploy.saving import load_model
+from deit_keras.deploy.saving import check_takes_rgb, load_model
 from deit_keras.errors import UserInputError
 from deit_keras.io.atomic import atomic_output
 from deit_keras.io.images import load_image
@@ -152,9 +153,12 @@ def similarity_plot(similarities, size: tuple[int, int] = (480, 320)):
     return figure
 
 
-def _save_png(picture, path):
-    with atomic_output(path) as temporary:
-        picture.save(temporary, format="PNG")
+def _save_pngs(pictures: dict):
+    """Writes each `{path: picture}`, or none: all go to temporaries first, renamed once
+    every one is written (a full disk at the second leaves the first file as it was)."""
+    with contextlib.ExitStack() as stack:
+        for path, picture in pictures.items():
+            picture.save(stack.enter_context(atomic_output(path)), format="PNG")
 
 
 def default_similarity_path(output: str) -> str:
@@ -178,24 +182,27 @@ def visualize_file(
         None for models without a distillation token) and `"similarities"`
         (per-layer cosine similarities, index 0 = input tokens, or None).
     """
-    if not os.fspath(output).lower().endswith(".png"):
-        raise UserInputError(f"--output must be a .png path. Received: {output}")
+    for flag, path in (("--output", output), ("--similarity_output", similarity_output)):
+        if path is not None and not os.fspath(path).lower().endswith(".png"):
+            raise UserInputError(f"{flag} must be a .png path. Received: {path}")
     image = load_image(image_path)
     model, _ = load_model(model_path, compile=False)
+    check_takes_rgb(model, model_path)
     preprocessing = model.preprocessing.replace(crop_pct=crop_pct)
     crop = resize_and_center_crop(
         image, model.image_size, preprocessing.crop_pct, preprocessing.interpolation
     )
     inputs = normalize(crop, preprocessing)[None]
     maps = attention.attention_maps(model, inputs)
-    _save_png(attention_figure(np.asarray(crop, dtype=np.uint8), maps, tile=tile), output)
+    pictures = {output: attention_figure(np.asarray(crop, dtype=np.uint8), maps, tile=tile)}
     result = {"attention": os.fspath(output), "similarity": None, "similarities": None}
     if model.distilled:
         similarities = attention.token_cosine_similarity(model, inputs)
         similarity_output = similarity_output or default_similarity_path(output)
-        _save_png(similarity_plot(similarities), similarity_output)
+        pictures[similarity_output] = similarity_plot(similarities)
         result.update(
             similarity=os.fspath(similarity_output),
             similarities=[float(value) for value in similarities],
         )
+    _save_pngs(pictures)
     return result

@@ -53,7 +53,7 @@ def load_model_from_flags(allow_exported: bool = False):
     # Imported here: the flags above are defined before TensorFlow loads (`cli.launch`).
     from deit_keras.deploy.pretrained import create_model
     from deit_keras.deploy.runtimes import is_exported, load_for_inference
-    from deit_keras.deploy.saving import load_model
+    from deit_keras.deploy.saving import check_takes_rgb, load_model
 
     if MODEL_PATH.value and MODEL.value:
         raise cli.UsageError("Pass either --model_path or --model with --pretrained, not both.")
@@ -65,7 +65,9 @@ def load_model_from_flags(allow_exported: bool = False):
             )
         return load_for_inference(MODEL_PATH.value)
     if MODEL_PATH.value:
-        return load_model(MODEL_PATH.value, compile=False)
+        model, class_names = load_model(MODEL_PATH.value, compile=False)
+        check_takes_rgb(model, MODEL_PATH.value)
+        return model, class_names
     if not MODEL.value:
         raise cli.UsageError(
             "Pass --model_path=FILE.keras, or --model=NAME --pretrained for published weights."

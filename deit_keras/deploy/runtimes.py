@@ -25,7 +25,7 @@ from deit_keras.deploy.export_options import SUFFIXES
 from deit_keras.deploy.litert_export import read_litert_config
 from deit_keras.deploy.onnx_export import read_onnx_config
 from deit_keras.deploy.openvino_export import read_openvino_config
-from deit_keras.deploy.saving import load_model
+from deit_keras.deploy.saving import check_takes_rgb, load_model
 from deit_keras.errors import UserInputError
 from deit_keras.io.quiet_stderr import quiet_stderr
 
@@ -173,4 +173,6 @@ def load_for_inference(path: str):
     """`(model, class_names)` of a `.keras` file (a `DeiT`) or an exported one (`is_exported`)."""
     if is_exported(path):
         return load_exported(path)
-    return load_model(path, compile=False)
+    model, class_names = load_model(path, compile=False)
+    check_takes_rgb(model, path)
+    return model, class_names

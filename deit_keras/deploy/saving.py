@@ -67,6 +67,17 @@ def _read_class_names(path, num_classes):
     return check_class_names(names, num_classes)
 
 
+def check_takes_rgb(model, path: str) -> None:
+    """Raises a one-line `UserInputError` unless `model` takes 3-channel images, which
+    the commands' readers (predict, evaluate, export, visualize) always give."""
+    channels = getattr(model, "in_channels", 3)
+    if channels != 3:
+        raise UserInputError(
+            f"{path} takes {channels}-channel images; the commands read RGB (3-channel) "
+            "images. Call the model from Python with inputs of its own kind."
+        )
+
+
 def load_model(path: str, compile: bool = True) -> tuple[TokenClassifier, list[str] | None]:
     """Loads a `.keras` DeiT and its class names.
 

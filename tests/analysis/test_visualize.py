@@ -189,3 +189,65 @@ def test_visualize_cli(model, tmp_path):
     )
     assert_one_line_error(process)
     assert not os.path.exists(tmp_path / "bad.png")
+
+
+def test_maps_and_similarity_of_an_image_of_another_size(model):
+    """Any size the model takes (a multiple of its patch): the maps take its patch grid."""
+    image = np.random.RandomState(4).randn(1, 48, 32, 3).astype("float32")
+    maps = attention_lib.attention_maps(model, image)
+    assert maps["cls"]["heads"].shape == (model.blocks[0].attn.num_heads, 6, 4)
+    assert maps["dist"]["rollout"].shape == (6, 4)
+    _, attentions = model.forward_features(image, return_attention_scores=True)
+    last = attentions[-1].numpy()[0]
+    np.testing.assert_allclose(maps["cls"]["heads"].reshape(-1, 24), last[:, 0, 2:], atol=1e-6)
+    assert attention_lib.token_cosine_similarity(model, image).shape == (3,)
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    path = str(tmp_path / "tiny.keras")
+    saving.save_model(model, path)
+    image_path = str(tmp_path / "photo.png")
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(image_path)
+    return path, image_path
+
+
+def test_a_failed_second_figure_leaves_the_first_as_it_was(saved, tmp_path, monkeypatch):
+    path, image_path = saved
+    output = tmp_path / "attn.png"
+    output.write_bytes(b"an earlier figure")
+
+    class FullDisk:
+        def save(self, target, format):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(drawing, "similarity_plot", lambda similarities: FullDisk())
+    with pytest.raises(OSError, match="No space left"):
+        drawing.visualize_file(path, image_path, str(output))
+    assert output.read_bytes() == b"an earlier figure"
+    assert sorted(os.listdir(tmp_path)) == ["attn.png", "photo.png", "tiny.keras"]
+
+
+def test_a_similarity_output_that_is_not_png_is_refused_before_any_work(saved, tmp_path):
+    path, image_path = saved
+    with pytest.raises(ValueError, match=r"--similarity_output must be a \.png path"):
+        drawing.visualize_file(
+            path, image_path, str(tmp_path / "a.png"), similarity_output=str(tmp_path / "s.jpg")
+        )
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_a_model_of_other_channels_is_one_line_for_the_image_commands(tmp_path):
+    from deit_keras.deploy.runtimes import load_for_inference
+
+    path = str(tmp_path / "gray.keras")
+    saving.save_model(tiny_model(in_channels=1), path)
+    image_path = str(tmp_path / "photo.png")
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(image_path)
+    for load in (
+        lambda: drawing.visualize_file(path, image_path, str(tmp_path / "a.png")),
+        lambda: load_for_inference(path),
+    ):
+        with pytest.raises(ValueError, match="takes 1-channel images; the commands read RGB"):
+            load()
+    assert not (tmp_path / "a.png").exists()
