@@ -105,8 +105,13 @@ def _check_flags() -> None:
             "Pass either --dataset=NAME or --benchmarks="
             f"{','.join(benchmarks.BENCHMARKS)} (the paper's test sets), not both or neither."
         )
+    chosen = benchmarks.parse_benchmarks(_BENCHMARKS.value) if _BENCHMARKS.value else ()
+    if flags.FLAGS["v2_variant"].present and benchmarks.V2 not in chosen:
+        raise cli.UsageError(
+            f"--v2_variant is for --benchmarks with {benchmarks.V2}. Received: "
+            + (f"--benchmarks={_BENCHMARKS.value}" if _BENCHMARKS.value else "--dataset")
+        )
     if _BENCHMARKS.value:
-        benchmarks.parse_benchmarks(_BENCHMARKS.value)
         if _REFERENCE_MODEL.value:
             raise cli.UsageError("--reference_model is for --dataset, not --benchmarks.")
         ignored = [name for name in ("split", "bad_images") if flags.FLAGS[name].present]

@@ -301,6 +301,9 @@ def class_names_mismatch(
     names, source = resolve_class_names(num_classes, model_names)
     if source == INDEX or len(dataset_names) != num_classes:
         return None
+    by_index = list(dataset_names) == [str(index) for index in range(num_classes)]
+    if by_index and not all(name.isdecimal() for name in names):
+        return None  # folders named by class index (ImageNet-V2's 0..999) for a named model
     expected, _ = resolve_class_names(num_classes, dataset_names)
     for index, (name, label) in enumerate(zip(names, expected, strict=True)):
         if name != label:

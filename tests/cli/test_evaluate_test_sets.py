@@ -58,3 +58,14 @@ def test_evaluate_cli_benchmark_not_prepared_is_one_line(prepared, tmp_path):
     assert_one_line_error(
         process, "tfds build imagenet_v2/topimages", f"--data_dir={prepared / 'tfds'}"
     )
+
+
+def test_v2_variant_without_v2_is_one_line(prepared, tmp_path):
+    process = run_cli(
+        "evaluate",
+        f"--model_path={prepared / 'tiny.keras'}",
+        "--benchmarks=imagenet,real",
+        "--v2_variant=topimages",
+        f"--data_dir={prepared / 'tfds'}",
+    )
+    assert_one_line_error(process, "--v2_variant is for --benchmarks with v2")

@@ -172,6 +172,10 @@ def test_class_names_mismatch_compares_through_the_naming_rule():
     # A 1000-class model without names is ImageNet's: tfds imagenet2012 labels are synset ids.
     assert evaluate.class_names_mismatch(None, labels.imagenet_synsets(), 1000) is None
     assert "index 0" in evaluate.class_names_mismatch(None, [f"c{i}" for i in range(1000)], 1000)
+    # Folders named by class index (ImageNet-V2's 0..999) name no class: not compared.
+    index_folders = [str(i) for i in range(1000)]
+    assert evaluate.class_names_mismatch(None, index_folders, 1000) is None
+    assert evaluate.class_names_mismatch(labels.imagenet_synsets(), index_folders, 1000) is None
 
 
 def test_evaluate_cli_on_image_folder(saved, tmp_path):
