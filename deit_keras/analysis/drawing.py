@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from deit_keras.analysis import attention
+from deit_keras.analysis.outputs import default_similarity_path
 from deit_keras.data.preprocessing import normalize, resize_and_center_crop
 from deit_keras.deploy.saving import check_takes_rgb, load_model
 from deit_keras.errors import UserInputError
@@ -159,12 +160,6 @@ def _save_pngs(pictures: dict):
     with contextlib.ExitStack() as stack:
         for path, picture in pictures.items():
             picture.save(stack.enter_context(atomic_output(path)), format="PNG")
-
-
-def default_similarity_path(output: str) -> str:
-    """`attn.png` -> `attn_similarity.png`."""
-    stem, _ = os.path.splitext(os.fspath(output))
-    return stem + "_similarity.png"
 
 
 def visualize_file(

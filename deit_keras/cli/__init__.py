@@ -79,12 +79,12 @@ def check_path(name: str, kind: str) -> None:
 
 def model_files(path: str | None) -> list[str]:
     """The files of a saved model at `path`: itself, its class names, OpenVINO's `.bin`."""
-    from deit_keras.deploy import export_options, saving
+    from deit_keras.deploy import export_options
 
     if not path:
         return []
     export_format = "openvino" if path.endswith(".xml") else "keras"
-    return [*export_options.output_files(export_format, path), saving.classes_path(path)]
+    return [*export_options.output_files(export_format, path), export_options.classes_path(path)]
 
 
 def check_outputs_spare_inputs(outputs: dict, inputs: dict) -> None:

@@ -16,7 +16,7 @@ import sys
 from absl import flags
 
 from deit_keras import cli
-from deit_keras.deploy import saving
+from deit_keras.deploy import export_options
 from deit_keras.inference import benchmark
 from deit_keras.inference.bench_runtimes import DEPLOY_RUNTIMES
 from deit_keras.io import paths
@@ -97,7 +97,7 @@ def _check_flags() -> None:
             "Give --iterations or --time_budget, not both. Received: "
             f"--iterations={_ITERATIONS.value}, --time_budget={_TIME_BUDGET.value}"
         )
-    model_files = [_MODEL.value, saving.classes_path(_MODEL.value)]
+    model_files = [_MODEL.value, export_options.classes_path(_MODEL.value)]
     if _JSON.value and any(paths.is_within(_JSON.value, path) for path in model_files):
         raise cli.UsageError(
             f"--json would replace the model file: write it elsewhere. Received: "

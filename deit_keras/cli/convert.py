@@ -4,10 +4,12 @@
         --model deit_tiny_distilled_patch16_224 --output saved_models/deit_tiny_distilled.keras
 """
 
+import sys
+
 from absl import flags
 
 from deit_keras import cli
-from deit_keras.deploy.checkpoints import convert_checkpoint
+from deit_keras.cli import launch
 from deit_keras.models.variants import list_models
 from deit_keras.schema import POSITIVE
 
@@ -40,6 +42,9 @@ cli.check_range("num_classes", POSITIVE)
 
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
+    launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
+    from deit_keras.deploy.checkpoints import convert_checkpoint
+
     model = convert_checkpoint(
         _CHECKPOINT.value, _MODEL.value, _OUTPUT.value, _IMAGE_SIZE.value, _NUM_CLASSES.value
     )

@@ -16,9 +16,9 @@ import sys
 from absl import flags
 
 from deit_keras import cli
-from deit_keras.cli import model_source
+from deit_keras.cli import launch, model_source
 from deit_keras.data.labels import IMAGENET, INDEX, resolve_class_names
-from deit_keras.inference.predict import PREDICT_BATCH_SIZE, predict_images, read_images
+from deit_keras.inference.predict_defaults import PREDICT_BATCH_SIZE
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import CROP_PCT, POSITIVE
 
@@ -81,6 +81,9 @@ def main(argv: list[str]) -> None:
         {"--output": _OUTPUT.value},
         {"--model_path": cli.model_files(model_source.MODEL_PATH.value), "an image": paths},
     )
+    launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
+    from deit_keras.inference.predict import predict_images, read_images
+
     images = read_images(paths, _BATCH_SIZE.value)  # all checked before the model loads
     model, class_names = model_source.load_model_from_flags(allow_exported=True)
     predictions = predict_images(

@@ -3,10 +3,13 @@
 python -m deit_keras.visualize --model_path model.keras cat.jpg --output attn.png
 """
 
+import sys
+
 from absl import flags
 
 from deit_keras import cli
-from deit_keras.analysis.drawing import default_similarity_path, visualize_file
+from deit_keras.analysis.outputs import default_similarity_path
+from deit_keras.cli import launch
 from deit_keras.schema import CROP_PCT, Range
 
 _MODEL_PATH = flags.DEFINE_string("model_path", None, "The .keras model.")
@@ -43,6 +46,9 @@ def main(argv: list[str]) -> None:
         },
         {"--model_path": cli.model_files(_MODEL_PATH.value), "the image": argv[1]},
     )
+    launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
+    from deit_keras.analysis.drawing import visualize_file
+
     result = visualize_file(
         _MODEL_PATH.value,
         argv[1],

@@ -22,6 +22,12 @@ ALL_QUANTIZATIONS = tuple(dict.fromkeys(q for qs in QUANTIZATIONS.values() for q
 SAVED_MODEL_FILE = "saved_model.pb"  # what makes a directory an earlier export, to replace
 DEFAULT_OPSET = 17  # ONNX
 MIN_OPSET = 9  # ONNX Erf
+CLASSES_SUFFIX = ".classes.json"
+
+
+def classes_path(path: str) -> str:
+    """Where the class names of the model saved (or exported) at `path` live."""
+    return os.fspath(path) + CLASSES_SUFFIX
 
 
 def savedmodel_beside(keras_path: str) -> str:

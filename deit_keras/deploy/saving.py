@@ -10,16 +10,10 @@ import os
 
 import keras
 
+from deit_keras.deploy.export_options import classes_path
 from deit_keras.errors import UserInputError
 from deit_keras.io import atomic, paths
 from deit_keras.models.classifier import TokenClassifier
-
-CLASSES_SUFFIX = ".classes.json"
-
-
-def classes_path(path: str) -> str:
-    """Where the class names of the model saved at `path` live."""
-    return os.fspath(path) + CLASSES_SUFFIX
 
 
 def check_class_names(class_names: list, num_classes: int) -> list[str]:

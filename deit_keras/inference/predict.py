@@ -17,6 +17,7 @@ from deit_keras.data.labels import resolve_class_names
 from deit_keras.data.preprocessing import preprocess
 from deit_keras.deploy.runtimes import load_for_inference
 from deit_keras.errors import UserInputError
+from deit_keras.inference.predict_defaults import PREDICT_BATCH_SIZE
 from deit_keras.io.images import load_image
 
 
@@ -40,11 +41,6 @@ def predict_function(model: keras.Model, jit_compile: bool = True):
         return model(images, training=False)
 
     return predict
-
-
-# Images per forward pass of `predict_images`: memory stays that of one batch,
-# however many files (all at once took ~3 MB an image for a one-block DeiT-Ti).
-PREDICT_BATCH_SIZE = 32
 
 
 def predict_images(

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from deit_keras.analysis import attention as attention_lib
-from deit_keras.analysis import drawing
+from deit_keras.analysis import drawing, outputs
 from deit_keras.data import preprocessing
 from deit_keras.deploy import saving
 from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
@@ -147,7 +147,7 @@ def test_drawings():
     assert figure.size == (5 * 68 + 4, 2 * (64 + 16 + 4) + 4)
     plot = drawing.similarity_plot([0.06, 0.3, 0.93])
     assert plot.size == (480, 320) and len(set(plot.getdata())) > 2
-    assert drawing.default_similarity_path("out/attn.png") == "out/attn_similarity.png"
+    assert outputs.default_similarity_path("out/attn.png") == "out/attn_similarity.png"
 
 
 def test_visualize_cli(model, tmp_path):

@@ -78,6 +78,12 @@ launch(sys.argv.pop(1))
         (["train", "--distillation_type=kl"], "--distillation_type=kl"),
         (["train", "--output=student.h5"], "output must end in '.keras'"),
         (["train", "--model_dir="], "model_dir is empty"),  # was a lock file in the cwd
+        (["convert", "--help"], None),
+        (["convert", "--checkpoint=missing.pth", "--model=deit_tiny_patch16_224"], "checkpoint"),
+        (["predict", "--help"], None),
+        (["predict", "--top_k=0", "x.jpg"], "top_k must be positive"),
+        (["visualize", "--help"], None),
+        (["visualize", "--tile=5000", "--model_path=m.keras", "x.jpg"], "tile must be in"),
         (["export", "--help"], None),
         (["export", "--model_path=nothing.keras", "--output=m.onnx"], "model_path not found"),
         (
@@ -117,8 +123,8 @@ def test_commands_answer_help_and_bad_flags_before_tensorflow_loads(tmp_path, ar
 
 def test_verbose_or_a_log_level_the_user_set_brings_the_tensorflow_lines_back():
     # TensorFlow 2.21 writes its start-up lines on every CPU (oneDNN, CPU features).
-    assert _tensorflow_lines(run_cli("predict", "--help", "--verbose"))
-    assert _tensorflow_lines(run_cli("predict", "--help", env={"TF_CPP_MIN_LOG_LEVEL": "0"}))
+    assert _tensorflow_lines(run_cli("evaluate", "--help", "--verbose"))
+    assert _tensorflow_lines(run_cli("evaluate", "--help", env={"TF_CPP_MIN_LOG_LEVEL": "0"}))
 
 
 @pytest.mark.parametrize(
