@@ -41,6 +41,27 @@ def _imagenet_table() -> tuple[tuple[str, str], ...]:
     return table
 
 
+# Test sets of 200 ImageNet classes, scored over those classes only (the logits of the
+# other 800 left out, as their authors' code and timm's `--valid-labels` do).
+IMAGENET_200_SUBSETS = {
+    "imagenet_a": "imagenet_a_synsets.txt",
+    "imagenet_r": "imagenet_r_synsets.txt",
+}
+
+
+@functools.cache
+def imagenet_subset_indices(name: str) -> tuple[int, ...]:
+    """The ImageNet-1k class indices of test set `name`'s classes (`IMAGENET_200_SUBSETS`).
+
+    Returns:
+        tuple of 200 increasing ints in [0, 1000).
+    """
+    text = resources.files(__package__).joinpath(IMAGENET_200_SUBSETS[name]).read_text("utf-8")
+    synsets = [line for line in text.splitlines() if line and not line.startswith("#")]
+    index_of = {synset: index for index, synset in enumerate(imagenet_synsets())}
+    return tuple(sorted(index_of[synset] for synset in synsets))
+
+
 @functools.cache
 def _lemmas_by_synset() -> dict[str, str]:
     return dict(_imagenet_table())

@@ -124,11 +124,9 @@ def permuted_slices(elements: tuple, seed=None, reshuffle=True) -> tf.data.Datas
     return order.map(lambda index: tuple(tf.gather(tensor, index) for tensor in tensors))
 
 
-# tfds datasets scored otherwise than by one label over all their classes: what to use.
+# tfds datasets scored otherwise than by one label per image: what to use.
 _NOT_ONE_LABEL = {
     "imagenet2012_real": "its labels are sets: use deit-evaluate --benchmarks=real",
-    "imagenet_a": "it is scored over its 200 classes (logits masked to them), not 1000",
-    "imagenet_r": "it is scored over its 200 classes (logits masked to them), not 1000",
 }
 
 

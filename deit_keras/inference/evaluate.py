@@ -5,6 +5,7 @@ output, the mean of the class and distillation heads (DeiT paper, Table 3,
 "DeiT⚗: class+distillation"); each head alone is reported too.
 """
 
+import dataclasses
 import functools
 import time
 
@@ -14,7 +15,14 @@ import tensorflow as tf
 from absl import logging
 
 from deit_keras.data import pipeline
-from deit_keras.data.labels import INDEX, resolve_class_names
+from deit_keras.data.labels import (
+    IMAGENET_200_SUBSETS,
+    IMAGENET_NUM_CLASSES,
+    INDEX,
+    imagenet_subset_indices,
+    imagenet_synsets,
+    resolve_class_names,
+)
 from deit_keras.deploy.runtimes import load_for_inference
 from deit_keras.distill.step import average_heads
 from deit_keras.errors import UserInputError
@@ -46,12 +54,37 @@ def _cross_entropy(logits, labels):
     return float(-np.sum(log_probs[np.arange(len(labels)), labels]))
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassSubset:
+    """Scoring over some of a model's classes (ImageNet-A's and -R's 200 of ImageNet's 1000).
+
+    Args:
+        name: str. What the classes are, for the summary.
+        columns: tuple of ints. The model's logits kept, in order.
+        positions: int numpy array. Each dataset label's place among `columns`
+            (-1: a label outside them).
+    """
+
+    name: str
+    columns: tuple
+    positions: np.ndarray
+
+    def select(self, logits: np.ndarray, labels: np.ndarray) -> tuple:
+        """`(logits of the columns, labels as places among them)`."""
+        places = self.positions[labels]
+        if np.any(places < 0):
+            outside = int(labels[np.argmin(places)])
+            raise UserInputError(f"Label {outside} is not one of the {self.name} classes.")
+        return logits[:, list(self.columns)], places
+
+
 def evaluate_outputs(
     outputs_fn,
     dataset,
     num_classes: int,
     max_batches: int | None = None,
     reference_fn=None,
+    class_subset: ClassSubset | None = None,
 ) -> dict:
     """Accuracy of each named output of a classifier on `dataset`.
 
@@ -62,6 +95,7 @@ def evaluate_outputs(
         dataset: iterable of `(images, labels)` batches, labels one-hot
             `[B, num_classes]` or integer `[B]`.
         num_classes: int. Labels must be below it.
+        class_subset: `ClassSubset` or None. Score over its classes only.
         max_batches: int or None. Stop after this many batches.
         reference_fn: another `outputs_fn` or None. When given, its ""
             output runs on the same images (outside `images_per_second`,
@@ -99,13 +133,20 @@ def evaluate_outputs(
                 f"Label {int(labels.max())} out of range for a model with "
                 f"num_classes={num_classes}."
             )
+        scored = labels
+        if class_subset is not None:
+            for name, logits in outputs.items():
+                outputs[name], scored = class_subset.select(logits, labels)
         for name, logits in outputs.items():
             for k in (1, 5):
                 key = f"{name}top{k}"
-                correct[key] = correct.get(key, 0) + top_k_correct(logits, labels, k)
+                correct[key] = correct.get(key, 0) + top_k_correct(logits, scored, k)
         if reference_fn is not None:
-            _count_reference(correct, outputs[""], np.asarray(reference_fn(images)[""]), labels)
-        loss += _cross_entropy(outputs[""], labels)
+            reference_logits = np.asarray(reference_fn(images)[""])
+            if class_subset is not None:
+                reference_logits, _ = class_subset.select(reference_logits, labels)
+            _count_reference(correct, outputs[""], reference_logits, scored)
+        loss += _cross_entropy(outputs[""], scored)
         total += batch
     seconds = time.perf_counter() - start
     if total == 0:
@@ -131,7 +172,11 @@ def _count_reference(correct, logits, reference_logits, labels):
 
 
 def evaluate_model(
-    model: keras.Model, dataset, max_batches: int | None = None, reference=None
+    model: keras.Model,
+    dataset,
+    max_batches: int | None = None,
+    reference=None,
+    class_subset: ClassSubset | None = None,
 ) -> dict:
     """Accuracy of a DeiT on `dataset`, per head and for the averaged heads.
 
@@ -145,6 +190,8 @@ def evaluate_model(
         reference: a model as `model` or None, e.g. the fp32 `.keras` model an
             int8 export was made from (`check_reference`): its top-1 and the
             top-1 agreement with it are reported too.
+        class_subset: `ClassSubset` or None. Score over its classes only
+            (the dataset's labels index the model's classes, or its places).
 
     Returns:
         The `evaluate_outputs` dict: `top1`, `top5` (of the averaged heads),
@@ -156,8 +203,9 @@ def evaluate_model(
     if reference is not None:
         check_reference(model, reference)
         reference_fn = outputs_function(reference)
+    num_classes = model.num_classes if class_subset is None else len(class_subset.positions)
     return evaluate_outputs(
-        outputs_function(model), dataset, model.num_classes, max_batches, reference_fn
+        outputs_function(model), dataset, num_classes, max_batches, reference_fn, class_subset
     )
 
 
@@ -352,6 +400,38 @@ def evaluate_file(
     return summary
 
 
+def class_subset_of(dataset_name: str, info, num_classes: int) -> ClassSubset | None:
+    """The classes an ImageNet-1k model is scored over on a test set of fewer, or None.
+
+    ImageNet-A and ImageNet-R (tfds `imagenet_a`, `imagenet_r`: 1000-class labels)
+    are scored over their 200 classes (`labels.IMAGENET_200_SUBSETS`); a folder
+    dataset whose class folders are ImageNet synset ids (their releases' own
+    layout, `n01498041/...`) over those classes.
+    """
+    base = dataset_name.split("/")[0].split(":")[0]
+    if base in IMAGENET_200_SUBSETS:
+        if num_classes != IMAGENET_NUM_CLASSES:
+            raise UserInputError(
+                f"{dataset_name} is scored over 200 of ImageNet's {IMAGENET_NUM_CLASSES} "
+                f"classes: it needs an ImageNet-1k model. Received: num_classes={num_classes}"
+            )
+        columns = imagenet_subset_indices(base)
+        positions = np.full(IMAGENET_NUM_CLASSES, -1)
+        positions[list(columns)] = np.arange(len(columns))
+        return ClassSubset(f"{base} (200 ImageNet classes)", columns, positions)
+    index_of = {synset: index for index, synset in enumerate(imagenet_synsets())}
+    names = list(info.class_names)
+    if (
+        num_classes == IMAGENET_NUM_CLASSES
+        and info.num_classes < num_classes
+        and all(name in index_of for name in names)
+    ):
+        columns = tuple(index_of[name] for name in names)
+        name = f"the dataset's {len(columns)} ImageNet classes"
+        return ClassSubset(name, columns, np.arange(len(columns)))
+    return None
+
+
 def evaluate_on_dataset(
     model: keras.Model,
     dataset_name: str,
@@ -412,13 +492,14 @@ def evaluate_on_dataset(
                 else "."
             )
         )
-    if info.num_classes != model.num_classes:
+    subset = class_subset_of(dataset_name, info, model.num_classes)
+    if subset is None and info.num_classes != model.num_classes:
         raise UserInputError(
             f"Dataset {dataset_name!r} has {info.num_classes} classes but the model "
             f"has num_classes={model.num_classes}."
         )
     mismatch = class_names_mismatch(class_names, list(info.class_names), model.num_classes)
-    if mismatch:
+    if mismatch and subset is None:
         logging.warning(mismatch)
     preprocessing = model.preprocessing.replace(crop_pct=crop_pct)
     dataset = pipeline.make_dataset(
@@ -430,7 +511,9 @@ def evaluate_on_dataset(
         data_dir=data_dir,
         preprocessing=preprocessing,
     )
-    results = evaluate_model(model, dataset, max_batches=max_batches, reference=reference)
+    results = evaluate_model(
+        model, dataset, max_batches=max_batches, reference=reference, class_subset=subset
+    )
     summary = {
         "model": model.name,
         "distilled": bool(model.distilled),
@@ -438,6 +521,8 @@ def evaluate_on_dataset(
         "split": split,
         "crop_pct": preprocessing.crop_pct,
     }
+    if subset is not None:
+        summary.update(classes_scored=subset.name, num_classes_scored=len(subset.columns))
     summary.update(results)
     if info.skipped:
         summary["skipped"] = [list(item) for item in info.skipped]

@@ -1,16 +1,21 @@
 """`python -m deit_keras.evaluate --benchmarks=...`: the paper's Table 5 as a user runs it."""
 
+import io
 import json
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from deit_keras.deploy import saving
 from deit_keras.testing import (
     TINY_BENCHMARK_EXPECTED,
     assert_one_line_error,
+    jpeg_bytes,
     run_cli,
     tiny_model,
     write_benchmark_datasets,
+    write_tfds_dataset,
 )
 
 
@@ -69,3 +74,70 @@ def test_v2_variant_without_v2_is_one_line(prepared, tmp_path):
         f"--data_dir={prepared / 'tfds'}",
     )
     assert_one_line_error(process, "--v2_variant is for --benchmarks with v2")
+
+
+def _logits(model, images):
+    """The inference logits of JPEG `images` through the eval transform."""
+    from deit_keras.data.preprocessing import preprocess
+    from deit_keras.data.transforms import decode_image
+
+    crops = [preprocess(decode_image(e), model.image_size, model.preprocessing) for e in images]
+    return np.asarray(model(tf.stack(crops), training=False))
+
+
+def _subset_predictions(model, images, columns):
+    """The argmax over `columns` only of each image's logits, as model class indices."""
+    return [columns[i] for i in np.argmax(_logits(model, images)[:, list(columns)], axis=-1)]
+
+
+def test_imagenet_a_is_scored_over_its_200_classes(tmp_path):
+    """tfds `imagenet_a` (1000-class labels): top-1 over the 200 classes' logits only, as
+    the authors' code and timm's `--valid-labels`; the argmax over all 1000 is not it."""
+    from deit_keras.data import labels
+    from deit_keras.inference.evaluate import evaluate_on_dataset
+
+    model = tiny_model(num_classes=1000)
+    columns = labels.imagenet_subset_indices("imagenet_a")
+    images = [jpeg_bytes(200 + i, (40, 40)) for i in range(8)]
+    predicted = _subset_predictions(model, images, columns)
+    # Images 0-4 labelled with the prediction among the 200, 5-7 with another of them.
+    label_of = [
+        p if i < 5 else columns[(columns.index(p) + 1) % 200] for i, p in enumerate(predicted)
+    ]
+    examples = [
+        (f"{i}.jpg", {"file_name": f"{i}.jpg", "image": image, "label": label})
+        for i, (image, label) in enumerate(zip(images, label_of, strict=True))
+    ]
+    write_tfds_dataset(tmp_path, "imagenet_a", {"test": examples})
+    summary = evaluate_on_dataset(model, "imagenet_a", data_dir=str(tmp_path), batch_size=3)
+    assert summary["top1"] == pytest.approx(5 / 8)
+    assert summary["num_classes_scored"] == 200 and summary["num_examples"] == 8
+    # The full argmax hits none of them: the tiny model's top class is outside the 200.
+    full = np.argmax(_logits(model, images), axis=-1)
+    assert not set(full) <= set(columns)
+
+    with pytest.raises(ValueError, match="needs an ImageNet-1k model"):
+        evaluate_on_dataset(tiny_model(num_classes=10), "imagenet_a", data_dir=str(tmp_path))
+
+
+def test_a_folder_of_imagenet_synsets_is_scored_over_its_classes(tmp_path):
+    from PIL import Image
+
+    from deit_keras.data import labels
+    from deit_keras.inference.evaluate import evaluate_on_dataset
+
+    model = tiny_model(num_classes=1000)
+    synsets = labels.imagenet_synsets()
+    chosen = [3, 400, 901]
+    images = [jpeg_bytes(300 + i, (40, 40)) for i in range(6)]
+    predicted = _subset_predictions(model, images, chosen)
+    for split in ("train", "val"):
+        for index in chosen:
+            (tmp_path / split / synsets[index]).mkdir(parents=True)
+    for i, (image, p) in enumerate(zip(images, predicted, strict=True)):
+        label = p if i < 4 else chosen[(chosen.index(p) + 1) % 3]
+        (tmp_path / "val" / synsets[label] / f"{i}.jpg").write_bytes(image)
+    Image.open(io.BytesIO(images[0])).save(tmp_path / "train" / synsets[3] / "t.png")
+    summary = evaluate_on_dataset(model, f"folder:{tmp_path}", batch_size=4)
+    assert summary["top1"] == pytest.approx(4 / 6)
+    assert summary["num_classes_scored"] == 3

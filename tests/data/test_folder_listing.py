@@ -164,7 +164,7 @@ def test_a_tfds_test_set_without_train_is_read_for_evaluation_only():
         sources._tfds_source("imagenet_sketch", builder, "imagenet_sketch")
 
 
-@pytest.mark.parametrize("name", ["imagenet_a", "imagenet_r", "imagenet2012_real/1.0.0"])
+@pytest.mark.parametrize("name", ["imagenet2012_real", "imagenet2012_real/1.0.0"])
 def test_tfds_sets_not_scored_by_one_label_are_refused_in_one_line(name):
     with pytest.raises(UserInputError, match="not read as a one-label dataset") as caught:
         sources._tfds_source(name, None, name, ("eval",))
