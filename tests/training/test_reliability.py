@@ -105,7 +105,8 @@ def test_backup_save_is_atomic_and_skips_nan_epochs(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["epoch-00001", "latest.json"]
 
 
-def test_nan_loss_in_the_first_epoch_stops_with_the_step_and_saves_nothing(tmp_path):
+def _run_to_nan(tmp_path, **changes):
+    """A one-block digits run without a teacher, expected to stop on a NaN loss."""
     from deit_keras.testing import digits_config
     from deit_keras.training.runner import run_training
 
@@ -113,21 +114,24 @@ def test_nan_loss_in_the_first_epoch_stops_with_the_step_and_saves_nothing(tmp_p
         tmp_path,
         distillation_type="none",
         teacher=None,
-        epochs=3,
-        lr=1e9,
-        warmup_epochs=0,
         patch_size=8,
         embed_dim=16,
         depth=1,
         num_heads=2,
+        **changes,
     )
     with pytest.raises(FloatingPointError, match=r"NaN/Inf at step \d+") as raised:
         run_training(config)
+    return str(raised.value)
+
+
+def test_nan_loss_in_the_first_epoch_stops_with_the_step_and_saves_nothing(tmp_path):
+    error = _run_to_nan(tmp_path, epochs=3, lr=1e9, warmup_epochs=0)
     assert not (tmp_path / "student.keras").exists()
     assert not (tmp_path / "run" / "results.json").exists()
     # It diverges in the first epoch: no checkpoint to send the user to.
     assert not (tmp_path / "run" / "checkpoints" / "last.keras").exists()
-    assert "no checkpoint was saved before it" in str(raised.value), raised.value
+    assert "no checkpoint was saved before it" in error, error
     # history.json stays strict JSON (a NaN loss is null there).
     history = (tmp_path / "run" / "history.json").read_text()
     json.loads(history, parse_constant=lambda name: pytest.fail(f"{name} in history.json"))
@@ -136,9 +140,7 @@ def test_nan_loss_in_the_first_epoch_stops_with_the_step_and_saves_nothing(tmp_p
 def test_nan_loss_in_a_later_epoch_names_the_last_good_checkpoint(tmp_path, monkeypatch):
     """The first epoch trains and is saved; a weight turned NaN as the second begins
     makes its loss NaN, and the error names the first epoch's checkpoint."""
-    from deit_keras.testing import digits_config
     from deit_keras.training import callbacks
-    from deit_keras.training.runner import run_training
 
     def poison_second_epoch(self, epoch, logs=None):
         if epoch == 1:
@@ -146,21 +148,9 @@ def test_nan_loss_in_a_later_epoch_names_the_last_good_checkpoint(tmp_path, monk
             weight.assign(np.full(weight.shape, np.nan, weight.dtype))
 
     monkeypatch.setattr(callbacks.StopOnNaN, "on_epoch_begin", poison_second_epoch, raising=False)
-    config = digits_config(
-        tmp_path,
-        distillation_type="none",
-        teacher=None,
-        epochs=2,
-        train_fraction=0.1,
-        patch_size=8,
-        embed_dim=16,
-        depth=1,
-        num_heads=2,
-    )
-    with pytest.raises(FloatingPointError, match=r"NaN/Inf at step \d+") as raised:
-        run_training(config)
+    error = _run_to_nan(tmp_path, epochs=2, train_fraction=0.1)
     checkpoint = tmp_path / "run" / "checkpoints" / "last.keras"
-    assert f"the last good checkpoint is {checkpoint}" in str(raised.value), raised.value
+    assert f"the last good checkpoint is {checkpoint}" in error, error
     model = keras.saving.load_model(checkpoint, compile=False)
     assert all(np.isfinite(w).all() for w in model.get_weights())
     assert not (tmp_path / "student.keras").exists()
