@@ -11,20 +11,14 @@
 """
 
 import json
+import sys
 
 from absl import flags, logging
 
 from deit_keras import cli
-from deit_keras.cli import model_source
-from deit_keras.data import imagenet_test_sets as benchmarks
+from deit_keras.cli import launch, model_source
+from deit_keras.data import imagenet_test_set_names as benchmarks
 from deit_keras.data.image_check import BAD_IMAGES
-from deit_keras.deploy.runtimes import load_for_inference
-from deit_keras.inference.evaluate import (
-    check_batch_size,
-    class_names_mismatch,
-    evaluate_on_dataset,
-)
-from deit_keras.inference.imagenet_test_sets import evaluate_benchmarks, format_benchmarks
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import CROP_PCT, POSITIVE
 
@@ -119,7 +113,6 @@ def _check_flags() -> None:
             raise cli.UsageError(
                 f"--{ignored[0]} is for --dataset; the benchmarks read each test set's own split."
             )
-    check_batch_size(_BATCH_SIZE.value)
     cli.check_outputs_spare_inputs(
         {"--output": _OUTPUT.value},
         {
@@ -131,6 +124,9 @@ def _check_flags() -> None:
 
 def _evaluate(model, class_names) -> tuple:
     """`(summary, lines for people)` of --dataset or --benchmarks."""
+    from deit_keras.inference.evaluate import evaluate_on_dataset
+    from deit_keras.inference.imagenet_test_sets import evaluate_benchmarks, format_benchmarks
+
     summary = {"model_path": model_source.model_description()}
     if _BENCHMARKS.value:
         report = evaluate_benchmarks(
@@ -166,6 +162,9 @@ def _evaluate(model, class_names) -> tuple:
 
 def _reference_model(model, class_names):
     """The --reference_model, with a warning when its class names are not the model's."""
+    from deit_keras.deploy.runtimes import load_for_inference
+    from deit_keras.inference.evaluate import class_names_mismatch
+
     if not _REFERENCE_MODEL.value:
         return None
     reference, reference_names = load_for_inference(_REFERENCE_MODEL.value)
@@ -185,6 +184,7 @@ def _reference_model(model, class_names):
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     _check_flags()  # before a model is loaded or downloaded
+    launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
     model, class_names = model_source.load_model_from_flags(allow_exported=True)
     summary, for_people = _evaluate(model, class_names)
     if _OUTPUT.value:

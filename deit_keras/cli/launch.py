@@ -35,7 +35,7 @@ COMMANDS = (
 )
 # Commands whose modules load without TensorFlow: they start it themselves once their
 # flags are accepted (`quiet_tensorflow_start`), so `--help` and a bad flag answer at once.
-STARTS_TENSORFLOW_ITSELF = ("train", "export", "convert", "predict", "visualize")
+STARTS_TENSORFLOW_ITSELF = ("train", "export", "convert", "predict", "visualize", "evaluate")
 _TRUE = ("", "true", "t", "1", "yes", "y")
 
 

@@ -22,14 +22,17 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from deit_keras.data import transforms
+from deit_keras.data.imagenet_test_set_names import (
+    DEFAULT_V2_VARIANT,
+    IMAGENET,
+    REAL,
+    V2,
+    V2_VARIANTS,
+)
 from deit_keras.data.preprocessing import Preprocessing, preprocess
 from deit_keras.data.sources import DatasetNotFoundError, prepared_builder
 from deit_keras.errors import UserInputError
 
-IMAGENET, REAL, V2 = "imagenet", "real", "v2"
-BENCHMARKS = (IMAGENET, REAL, V2)
-V2_VARIANTS = ("matched-frequency", "threshold-0.7", "topimages")
-DEFAULT_V2_VARIANT = "matched-frequency"
 NO_LABEL = -1  # pads the ReaL label sets of a batch to one length
 
 
@@ -51,23 +54,6 @@ class BenchmarkData:
     label_key: str
     label_set_key: str | None
     benchmarks: tuple
-
-
-def parse_benchmarks(benchmarks) -> tuple:
-    """`"imagenet,real,v2"` or a list of names -> a tuple in `BENCHMARKS` order.
-
-    Raises:
-        UserInputError: a name is not a benchmark, or none is given.
-    """
-    names = benchmarks.split(",") if isinstance(benchmarks, str) else list(benchmarks or ())
-    names = [name.strip().lower() for name in names if name.strip()]
-    unknown = [name for name in names if name not in BENCHMARKS]
-    if unknown or not names:
-        raise UserInputError(
-            f"benchmarks must be a comma-separated subset of {','.join(BENCHMARKS)}. "
-            f"Received: benchmarks={benchmarks!r}"
-        )
-    return tuple(name for name in BENCHMARKS if name in names)
 
 
 def evaluation_passes(benchmarks, v2_variant: str = DEFAULT_V2_VARIANT) -> list:

@@ -15,7 +15,15 @@ import numpy as np
 from absl import logging
 
 from deit_keras.data import imagenet_test_sets as data_benchmarks
-from deit_keras.data.imagenet_test_sets import IMAGENET, NO_LABEL, REAL, V2
+from deit_keras.data.imagenet_test_set_names import (
+    BENCHMARKS,
+    DEFAULT_V2_VARIANT,
+    IMAGENET,
+    REAL,
+    V2,
+    parse_benchmarks,
+)
+from deit_keras.data.imagenet_test_sets import NO_LABEL
 from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import (
     check_batch_size,
@@ -95,14 +103,14 @@ def _entry(name, prepared, right, counted, images_read) -> dict:
 
 def evaluate_benchmarks(
     model: keras.Model,
-    benchmarks=data_benchmarks.BENCHMARKS,
+    benchmarks=BENCHMARKS,
     *,
     class_names: list[str] | None = None,
     data_dir: str | None = None,
     batch_size: int = 64,
     max_batches: int | None = None,
     crop_pct: float | None = None,
-    v2_variant: str = data_benchmarks.DEFAULT_V2_VARIANT,
+    v2_variant: str = DEFAULT_V2_VARIANT,
 ) -> dict:
     """Top-1 of `model` on the paper's test sets, from the prepared tfds datasets.
 
@@ -112,7 +120,7 @@ def evaluate_benchmarks(
     Args:
         model: an ImageNet-1k `DeiT` (or `deploy.runtimes.ExportedModel`).
         benchmarks: str or list of str. A subset of "imagenet", "real", "v2"
-            (`data.imagenet_test_sets.parse_benchmarks`). Defaults to all three.
+            (`data.imagenet_test_set_names.parse_benchmarks`). Defaults to all three.
         class_names: list of str or None. The names saved with the model
             (a warning is logged when they are not ImageNet's).
         data_dir: str or None. The tfds data directory.
@@ -129,7 +137,7 @@ def evaluate_benchmarks(
         "num_without_labels" (the images left out).
     """
     check_batch_size(batch_size)
-    names = data_benchmarks.parse_benchmarks(benchmarks)
+    names = parse_benchmarks(benchmarks)
     passes = data_benchmarks.evaluation_passes(names, v2_variant)
     prepared = [data_benchmarks.prepare_pass(data, data_dir) for data in passes]
     for item in prepared:

@@ -82,6 +82,8 @@ launch(sys.argv.pop(1))
         (["convert", "--checkpoint=missing.pth", "--model=deit_tiny_patch16_224"], "checkpoint"),
         (["predict", "--help"], None),
         (["predict", "--top_k=0", "x.jpg"], "top_k must be positive"),
+        (["evaluate", "--help"], None),
+        (["evaluate", "--dataset=digits", "--v2_variant=topimages"], "--v2_variant is for"),
         (["visualize", "--help"], None),
         (["visualize", "--tile=5000", "--model_path=m.keras", "x.jpg"], "tile must be in"),
         (["export", "--help"], None),
@@ -123,8 +125,8 @@ def test_commands_answer_help_and_bad_flags_before_tensorflow_loads(tmp_path, ar
 
 def test_verbose_or_a_log_level_the_user_set_brings_the_tensorflow_lines_back():
     # TensorFlow 2.21 writes its start-up lines on every CPU (oneDNN, CPU features).
-    assert _tensorflow_lines(run_cli("evaluate", "--help", "--verbose"))
-    assert _tensorflow_lines(run_cli("evaluate", "--help", env={"TF_CPP_MIN_LOG_LEVEL": "0"}))
+    assert _tensorflow_lines(run_cli("benchmark", "--help", "--verbose"))
+    assert _tensorflow_lines(run_cli("benchmark", "--help", env={"TF_CPP_MIN_LOG_LEVEL": "0"}))
 
 
 @pytest.mark.parametrize(

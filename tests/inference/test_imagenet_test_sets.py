@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from deit_keras.data import imagenet_test_set_names
 from deit_keras.data import imagenet_test_sets as data_benchmarks
 from deit_keras.data.sources import DatasetNotFoundError
 from deit_keras.errors import UserInputError
@@ -48,11 +49,11 @@ def test_real_correct_hand_computed():
 
 
 def test_parse_benchmarks_orders_and_refuses():
-    assert data_benchmarks.parse_benchmarks("v2, REAL") == ("real", "v2")
-    assert data_benchmarks.parse_benchmarks(["imagenet"]) == ("imagenet",)
+    assert imagenet_test_set_names.parse_benchmarks("v2, REAL") == ("real", "v2")
+    assert imagenet_test_set_names.parse_benchmarks(["imagenet"]) == ("imagenet",)
     for bad in ("", "imagenet,reall", None):
         with pytest.raises(UserInputError, match="subset of imagenet,real,v2"):
-            data_benchmarks.parse_benchmarks(bad)
+            imagenet_test_set_names.parse_benchmarks(bad)
 
 
 def test_imagenet_shares_the_real_pass_unless_real_is_left_out():
