@@ -88,7 +88,8 @@ def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     started = time.time()
     rows = check_arguments(_SEEDS.value, _ROWS.value)
-    fractions = check_fractions(_TRAIN_FRACTIONS.value) if _TRAIN_FRACTIONS.value else None
+    # `--train_fractions=` (empty) is a list too: refused, not taken for "not given".
+    fractions = None if _TRAIN_FRACTIONS.value is None else check_fractions(_TRAIN_FRACTIONS.value)
     config = config_from_flags(TrainConfig)
     config.validate()
     config.check_paths()

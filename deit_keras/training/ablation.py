@@ -307,20 +307,22 @@ def _stats(values: list) -> dict | None:
     return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
 
 
-def _curve_stats(curves: list) -> tuple[list, list]:
-    """Per epoch, the mean and sample std over `curves` (cut to the shortest)."""
-    curves = [curve for curve in curves if curve]
-    length = min((len(curve) for curve in curves), default=0)
-    columns = [[curve[epoch] for curve in curves] for epoch in range(length)]
+def _curve(runs: list[dict]) -> tuple[list, list, list]:
+    """`(epochs, means, sample stds)` of the runs' validation top-1 at the epochs every run
+    validated (runs without `val_epochs` validated each epoch): a rerun that adds seeds may
+    validate at another `--validation_freq`, and only the same epochs average."""
+    curves = []
+    for run in runs:
+        if run.get("val_top1"):
+            epochs = run.get("val_epochs") or range(1, len(run["val_top1"]) + 1)
+            curves.append(dict(zip(epochs, run["val_top1"], strict=False)))
+    if not curves:
+        return [], [], []
+    shared = sorted(set.intersection(*(set(curve) for curve in curves)))
+    columns = [[curve[epoch] for curve in curves] for epoch in shared]
     means = [statistics.fmean(column) for column in columns]
     stds = [statistics.stdev(column) if len(column) > 1 else 0.0 for column in columns]
-    return means, stds
-
-
-def _curve_epochs(runs: list[dict], length: int) -> list[int]:
-    """The epochs of a row's mean curve: its runs' (runs of one ablation validate alike)."""
-    epochs = next((run["val_epochs"] for run in runs if run.get("val_epochs")), None)
-    return list(epochs[:length]) if epochs else list(range(1, length + 1))
+    return shared, means, stds
 
 
 def summarize(runs: list[dict], teachers: list[dict], rows) -> dict:
@@ -340,8 +342,7 @@ def summarize(runs: list[dict], teachers: list[dict], rows) -> dict:
         row_runs = [run for run in runs if run["row"] == name]
         row = {key: _stats([run.get(key) for run in row_runs]) for key in _HEAD_KEYS}
         row["wall_s"] = _stats([run["wall_s"] for run in row_runs])
-        row["val_top1"], row["val_top1_std"] = _curve_stats([run["val_top1"] for run in row_runs])
-        row["val_epochs"] = _curve_epochs(row_runs, len(row["val_top1"]))
+        row["val_epochs"], row["val_top1"], row["val_top1_std"] = _curve(row_runs)
         summary[name] = {key: value for key, value in row.items() if value is not None}
     return summary
 

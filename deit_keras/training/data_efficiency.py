@@ -33,6 +33,13 @@ def check_fractions(fractions) -> list[float]:
             "train_fractions must be numbers in (0, 1], e.g. 0.1,0.25,0.5,1.0. "
             f"Received: train_fractions={','.join(map(str, fractions))}"
         )
+    folders = [os.path.basename(_fraction_dir("", value)) for value in values]
+    if len(set(folders)) != len(folders):  # each fraction's runs live in its own folder
+        raise UserInputError(
+            "train_fractions must differ in their first 6 significant digits (each names "
+            f"a folder, {', '.join(folders)}). Received: "
+            f"train_fractions={','.join(map(str, fractions))}"
+        )
     return values
 
 

@@ -80,6 +80,17 @@ def test_curves_of_runs_validated_every_n_epochs_keep_their_epochs():
     assert summary["none"]["val_top1"] == [0.45] and summary["none"]["val_epochs"] == [5]
 
 
+def test_curves_of_seeds_validated_at_other_frequencies_average_only_shared_epochs():
+    """A rerun adding a seed may validate every 2 epochs where the first did every one."""
+    runs = [
+        {"row": "none", "top1": 0.5, "wall_s": 3.0, "val_top1": [0.1, 0.2, 0.3, 0.4]},
+        {"row": "none", "top1": 0.6, "wall_s": 3.0, "val_top1": [0.6, 0.8], "val_epochs": [2, 4]},
+    ]
+    summary = summarize(runs, [], ["none"])
+    assert summary["none"]["val_epochs"] == [2, 4]
+    np.testing.assert_allclose(summary["none"]["val_top1"], [0.4, 0.6])
+
+
 def test_markdown_table_has_the_papers_rows():
     report = {
         "command": "deit-ablate --seeds=2",

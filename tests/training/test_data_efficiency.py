@@ -63,3 +63,9 @@ def test_one_ablation_per_fraction_then_table_and_plot(tmp_path, monkeypatch):
 def test_bad_fractions_are_one_line(fractions):
     with pytest.raises(UserInputError, match="train_fractions must be numbers in"):
         data_efficiency.check_fractions(fractions)
+
+
+def test_fractions_that_would_share_a_folder_are_refused_before_any_run():
+    with pytest.raises(UserInputError, match="fraction_0.1, fraction_0.1"):
+        data_efficiency.check_fractions([0.1, 0.1000001])
+    assert data_efficiency.check_fractions([0.1, 0.10001]) == [0.1, 0.10001]
