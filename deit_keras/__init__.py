@@ -44,9 +44,10 @@ _EXPORTS = {
     "get_variant": "deit_keras.models",
     "list_models": "deit_keras.models",
 }
-# Imported with the API for its side effect: it registers `deit_keras>WarmupCosine`,
-# the schedule inside compiled `.keras` files, so `keras.models.load_model` finds it.
-_REGISTERS = ("deit_keras.training.optim",)
+# Imported with the API for their side effect: they register what compiled `.keras`
+# files hold beside the model (`deit_keras>WarmupCosine` and the layer-decay optimizers,
+# DeiT III's `BinaryCrossEntropy` loss), so `keras.models.load_model` finds them.
+_REGISTERS = ("deit_keras.training.optim", "deit_keras.distill.base_losses")
 # What loads on Keras' other backends (JAX, PyTorch): the layers and models run there;
 # training, data, deployment and the commands are TensorFlow's (docs/backends.md).
 _ANY_BACKEND = ("deit_keras.layers", "deit_keras.models")
@@ -91,7 +92,8 @@ def _load_api_when_safe(just_loaded: str) -> None:
     for name, module in list(sys.modules.items()):
         if name == just_loaded:
             continue  # executed in full; only its import flag is still up
-        if (name.startswith("deit_keras.") or name == "tensorflow") and _initializing(module):
+        half_imported = name.startswith("deit_keras.") or name in ("tensorflow", "keras")
+        if half_imported and _initializing(module):
             return  # an outer import finishing later calls back here
     for finder in [f for f in sys.meta_path if isinstance(f, _LoadAfterKeras)]:
         sys.meta_path.remove(finder)
@@ -99,12 +101,14 @@ def _load_api_when_safe(just_loaded: str) -> None:
 
 
 class _LoadAfterKeras(importlib.abc.MetaPathFinder):
-    """Finds nothing of its own: it wraps the loaders of `keras` and of our submodules so
-    that the API loads right after the import that makes it possible, whichever that is
-    (`import keras` after `import deit_keras`, or `from deit_keras.deploy import ...`)."""
+    """Finds nothing of its own: it wraps the loaders of `keras`, `tensorflow` and of our
+    submodules so that the API loads right after the import that makes it possible,
+    whichever that is (`import keras` after `import deit_keras`; `import tensorflow`,
+    which imports Keras while it is itself half-imported; `from deit_keras.deploy import
+    ...`)."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "keras" and not name.startswith("deit_keras."):
+        if name not in ("keras", "tensorflow") and not name.startswith("deit_keras."):
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:

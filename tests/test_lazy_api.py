@@ -41,6 +41,8 @@ def saved(tmp_path_factory):
         "import deit_keras.layers\nimport keras",
         "from deit_keras.models import flops\nimport keras",
         "import tensorflow as tf\nimport deit_keras\nimport keras",
+        # TensorFlow imports Keras while it is itself half-imported.
+        "import deit_keras\nimport tensorflow as tf\nimport keras",
     ],
 )
 def test_load_model_finds_the_classes_in_either_import_order(saved, imports):
@@ -58,3 +60,18 @@ def test_without_deit_keras_keras_cannot_load_the_file(saved):
     )
     assert process.returncode != 0
     assert "DeiT" in process.stderr
+
+
+def test_a_model_compiled_with_the_deit3_loss_loads_in_a_fresh_process(tmp_path):
+    """DeiT III's recipe compiles with `BinaryCrossEntropy`, kept in the `.keras` file."""
+    import keras
+
+    from deit_keras.distill.base_losses import BinaryCrossEntropy
+
+    model = tiny_model(distilled=False)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=BinaryCrossEntropy())
+    path = tmp_path / "deit3.keras"
+    model.save(path)
+    load = f"keras.models.load_model({str(path)!r})"
+    code = f"import deit_keras, keras\nprint({load}.get_compile_config()['loss']['class_name'])"
+    assert _python(code) == "BinaryCrossEntropy"
