@@ -413,15 +413,29 @@ class TokenClassifier(CompiledInference, keras.Model):
         layers = quantized.quantized_layers(self)
         if layers:
             config["quantized_layers"] = layers
+        # The layers are built in `__init__` from this config, so a frozen one (e.g.
+        # `--freeze=backbone`) would come back trainable, and its saved optimizer state
+        # (the heads' only) would not fit: the frozen layers are named here.
+        frozen = [
+            quantized.relative_path(self, layer)
+            for layer in self._flatten_layers(include_self=False)
+            if not layer.trainable
+        ]
+        if frozen and self.trainable:
+            config["frozen_layers"] = frozen
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         layers = config.pop("quantized_layers", None)
+        frozen = set(config.pop("frozen_layers", ()))
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
         model = cls(**config)
         if layers:
             quantized.requantize(model, layers)
+        for layer in model._flatten_layers(include_self=False):
+            if quantized.relative_path(model, layer) in frozen:
+                layer.trainable = False
         return model

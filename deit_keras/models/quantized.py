@@ -12,14 +12,16 @@ Modes that need calibration data to quantize ("gptq", "awq") are refused.
 REDOABLE_MODES = ("int8", "int4", "float8")
 
 
-def _relative_path(model, layer):
+def relative_path(model, layer):
+    """`layer`'s path under `model` (its name left out): the same in a model rebuilt
+    from its config."""
     return layer.path.removeprefix(f"{model.name}/")
 
 
 def quantized_layers(model):
     """`{layer path under the model: quantization mode}` of its quantized layers."""
     return {
-        _relative_path(model, layer): layer.quantization_mode
+        relative_path(model, layer): layer.quantization_mode
         for layer in model._flatten_layers(include_self=False)
         if getattr(layer, "quantization_mode", None)
     }
@@ -41,5 +43,5 @@ def requantize(model, layers):
             )
         paths = {path for path, layer_mode in layers.items() if layer_mode == mode}
         model.quantize(
-            mode, filters=lambda layer, paths=paths: _relative_path(model, layer) in paths
+            mode, filters=lambda layer, paths=paths: relative_path(model, layer) in paths
         )

@@ -336,6 +336,28 @@ def test_freeze_backbone_trains_only_the_heads():
     assert {v.path.split("/")[1] for v in model.trainable_variables} == {"head", "head_dist"}
 
 
+def test_a_frozen_backbone_stays_frozen_through_a_keras_file(tmp_path):
+    """The model's layers are rebuilt from its config: the frozen ones are named in it, so the
+    reloaded model trains the heads only and takes its optimizer state, step count included."""
+    model = freeze_backbone(tiny_model(drop_path_rate=0.0))
+    optimizer = create_optimizer(
+        base_lr=1e-2, global_batch_size=512, steps_per_epoch=1, epochs=4, warmup_epochs=2
+    )
+    model.compile(optimizer=optimizer, jit_compile=False)
+    images, labels = batches(count=1)
+    model.fit(images, labels, batch_size=4, epochs=2, verbose=0)
+    model.save(tmp_path / "frozen.keras")
+    loaded = keras.models.load_model(tmp_path / "frozen.keras")
+    assert [v.path for v in loaded.trainable_variables] == [
+        v.path for v in model.trainable_variables
+    ]
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 2
+    for trained in (model, loaded):
+        trained.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    for mine, theirs in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_allclose(theirs, mine, rtol=0, atol=1e-6, err_msg=mine.path)
+
+
 def test_accumulation_on_several_replicas_is_refused_in_one_line():
     config = TrainConfig(grad_accum_steps=4, strategy="mirrored")
     check_accumulation(config, 1)
