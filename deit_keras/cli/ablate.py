@@ -46,6 +46,7 @@ from deit_keras.training.ablation import (
     check_arguments,
     check_resumable,
     run_ablation,
+    train_seeds,
 )
 from deit_keras.training.config import TrainConfig
 from deit_keras.training.data_efficiency import (
@@ -81,6 +82,12 @@ _PARALLEL_SEEDS = flags.DEFINE_integer(
 )
 
 cli.check_range("seeds", POSITIVE)
+_REPORT = flags.DEFINE_bool(
+    "report",
+    True,
+    "Write the tables and plots once the runs are trained (--parallel_seeds' seed "
+    "processes train only: the command reports all seeds when they are done).",
+)
 cli.check_range("parallel_seeds", POSITIVE)
 
 
@@ -93,9 +100,14 @@ def main(argv: list[str]) -> None:
     config = config_from_flags(TrainConfig)
     config.validate()
     config.check_paths()
+    points = fraction_configs(config, fractions) if fractions else [config]
     # Every row's settings and every earlier run's, before anything is written.
-    for point in fraction_configs(config, fractions) if fractions else [config]:
+    for point in points:
         check_resumable(point, _SEEDS.value, rows, point.model_dir)
+    if not _REPORT.value:
+        for point in points:
+            train_seeds(point, _SEEDS.value, rows, started)
+        return
     os.makedirs(config.model_dir, exist_ok=True)
     flags_path = os.path.join(config.model_dir, "flags.txt")
     write_text_atomic(flags_path, flags.FLAGS.flags_into_string())

@@ -60,7 +60,8 @@ _PINNED_MAIN = (
 def child_argv(module: str, flagfile: str, seed: int, cores: list[int]) -> list[str]:
     """The command of one seed's process: `module` pinned to `cores`, this seed's flags."""
     argv = [sys.executable, "-c", _PINNED_MAIN, ",".join(map(str, cores)), module]
-    return argv + [f"--flagfile={flagfile}", f"--seed={seed}", "--seeds=1", "--parallel_seeds=1"]
+    seed_flags = [f"--seed={seed}", "--seeds=1", "--parallel_seeds=1", "--noreport"]
+    return argv + [f"--flagfile={flagfile}", *seed_flags]
 
 
 def _start(module: str, flagfile: str, seed: int, cores: list[int], log_path: str):
@@ -73,7 +74,8 @@ def run_seeds(module: str, output_dir: str, seeds: list[int], parallel: int) -> 
     """Trains each of `seeds` in its own `module` process, `parallel` at a time.
 
     The processes read this process's flags (written to `<output_dir>/parallel_seeds.flags`)
-    with `--seed` and `--seeds=1` on top. A seed that fails stops the others.
+    with `--seed`, `--seeds=1` and `--noreport` on top: they train, the caller reports.
+    A seed that fails stops the others (and the earlier report stays as it was).
 
     Raises:
         UserInputError: a seed's process exited with the status of a user error

@@ -460,6 +460,26 @@ def _seed_runs(
     return runs, {"seed": seed, "path": teacher, "top1": top1, "wall_s": teacher_wall}
 
 
+def train_seeds(
+    config: TrainConfig, num_seeds: int, rows, started: float | None = None
+) -> tuple[list, list]:
+    """Trains (or reuses) every run of the ablation, writing no report: `(runs, teachers)`.
+
+    What a `--parallel_seeds` seed process does; `run_ablation` then reports. Arguments
+    as `run_ablation`'s.
+    """
+    started = time.time() if started is None else started
+    rows = check_arguments(num_seeds, rows)
+    config.validate()
+    check_resumable(config, num_seeds, rows, config.model_dir)
+    runs, teachers = [], []
+    for seed in [config.seed + index for index in range(num_seeds)]:
+        seed_runs, teacher = _seed_runs(config, seed, rows, config.model_dir, started)
+        runs += seed_runs
+        teachers += [teacher] if teacher else []
+    return runs, teachers
+
+
 def run_ablation(
     config: TrainConfig,
     num_seeds: int = 3,
@@ -486,17 +506,10 @@ def run_ablation(
         `summary` (`summarize`), `seeds`, `rows`, `config`, `command`, `date` and
         the paths written (`markdown`, `json`, `curves`).
     """
-    started = time.time() if started is None else started
     rows = check_arguments(num_seeds, rows)
-    config.validate()
+    runs, teachers = train_seeds(config, num_seeds, rows, started)
     output_dir = config.model_dir
-    check_resumable(config, num_seeds, rows, output_dir)
     seeds = [config.seed + index for index in range(num_seeds)]
-    runs, teachers = [], []
-    for seed in seeds:
-        seed_runs, teacher = _seed_runs(config, seed, rows, output_dir, started)
-        runs += seed_runs
-        teachers += [teacher] if teacher else []
     report = {
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

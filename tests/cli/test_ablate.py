@@ -194,6 +194,27 @@ def test_parallel_seeds_split_the_cores_and_name_a_failed_seeds_line(tmp_path, m
         parallel_seeds._raise_failure(3, 70, str(log))
 
 
+def test_a_failed_parallel_rerun_leaves_the_earlier_report_as_it_was(ablation):
+    """The seeds' processes train only; the command reports once all are done, so a seed
+    that fails leaves the table of the earlier, complete run (not one seed's)."""
+    output_dir, where, report = ablation
+    before = {name: open(os.path.join(output_dir, name), "rb").read() for name in REPORTS}
+    with open(os.path.join(output_dir, "seed_2"), "w") as blocker:  # seed 2's folder cannot be made
+        blocker.write("in the way")
+    try:
+        process = run_cli("ablate", *TINY, *where, "--seeds=3", "--parallel_seeds=3")
+    finally:
+        os.remove(os.path.join(output_dir, "seed_2"))
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert "seed 2" in process.stderr
+    after = {name: open(os.path.join(output_dir, name), "rb").read() for name in REPORTS}
+    assert after == before
+    assert _read_json(os.path.join(output_dir, "ablation.json"))["seeds"] == [0, 1]
+
+
+REPORTS = ("ablation.md", "ablation.json", "learning_curves.png")
+
+
 def test_a_seeds_process_runs_pinned_to_its_cores_with_its_flags(tmp_path):
     (tmp_path / "seed_probe.py").write_text(
         "import os, sys\nprint(sorted(os.sched_getaffinity(0)), sys.argv[1:])\n"
@@ -202,5 +223,11 @@ def test_a_seeds_process_runs_pinned_to_its_cores_with_its_flags(tmp_path):
     argv = parallel_seeds.child_argv("seed_probe", "/runs/x.flags", 7, cores)
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     printed = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
-    flags = ["--flagfile=/runs/x.flags", "--seed=7", "--seeds=1", "--parallel_seeds=1"]
+    flags = [
+        "--flagfile=/runs/x.flags",
+        "--seed=7",
+        "--seeds=1",
+        "--parallel_seeds=1",
+        "--noreport",
+    ]
     assert printed.strip() == f"{cores} {flags}"
