@@ -4,6 +4,8 @@
 training images, drawn without replacement by a generator seeded with the run's
 seed: the same images for the same `(dataset, f, seed)` in every process (the
 teacher and the student of a run, a resumed run), other images for another seed.
+Two fractions of one seed draw independently: their subsets are not nested (a
+`deit-ablate --train_fractions` curve carries that sampling noise too).
 The subset is given as indices into the split in the source's unshuffled read
 order (iterated in order: a training pipeline's interleave may reorder files), and
 its encoded images are read once and held in memory (`train_subset_examples`):

@@ -74,8 +74,9 @@ def markdown_table(result: dict) -> str:
         "",
         f"{result['date']}; dataset {result['dataset']}, seeds per point {result['seeds']}. "
         "Top-1 (a fraction) on the evaluation split, mean ± sample std over seeds; each "
-        "fraction is a class-balanced subset of the training split, and the teacher is "
-        "trained on the same subset.",
+        "fraction is a class-balanced subset of the training split, drawn by the seed (the "
+        "subsets of two fractions are not nested); a teacher the run trains is trained on "
+        "the same subset.",
         "",
         f"| row | {header} |",
         "|---|" + "---|" * len(points),
