@@ -199,7 +199,12 @@ def _check_same_config(path: str, stored: dict, config: TrainConfig) -> None:
 def check_resumable(config: TrainConfig, num_seeds: int, rows, output_dir: str) -> None:
     """UserInputError naming the first row whose settings are invalid (e.g. a distilling
     row without a teacher), or the first finished teacher or run under `output_dir` whose
-    settings differ from `config`'s: before anything is written, not when its turn comes."""
+    settings differ from `config`'s: before anything is written, not when its turn comes.
+    A train split (or `train_fraction` subset) smaller than one batch is refused too."""
+    info = dataset_info(
+        config.dataset, config.data_dir, config.bad_images, train_fraction=config.train_fraction
+    )
+    runner.check_splits(config, info)
     for index in range(num_seeds):
         seed_config = seed_configuration(config, config.seed + index)
         seed_dir = seed_directory(output_dir, seed_config.seed)

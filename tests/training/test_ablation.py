@@ -276,3 +276,17 @@ def test_a_flagfile_with_feature_distillation_leaves_the_objective_to_the_rows(
     plain = digits_config(tmp_path, model_dir=str(tmp_path / "out"))
     report = ablation.run_ablation(plain, 1, ["none", "dist_hard", "feature"])  # the same runs
     assert len(features) == 3 and all(run["reused"] for run in report["runs"])
+
+
+def test_a_subset_smaller_than_a_batch_is_refused_before_a_teacher_trains(tmp_path):
+    """Found at the student's turn before, after the teacher had trained and its records
+    were written (a rerun with a smaller batch was then refused as 'other settings')."""
+    from deit_keras.errors import UserInputError
+    from deit_keras.testing import digits_config
+
+    config = digits_config(
+        tmp_path, model_dir=str(tmp_path / "out"), train_fraction=0.001, batch_size=16
+    )
+    with pytest.raises(UserInputError, match="fewer than one batch"):
+        ablation.check_resumable(config, 1, ["hard"], config.model_dir)
+    assert not (tmp_path / "out").exists()
