@@ -367,6 +367,7 @@ def _load_local(name, path):
 
 def create_model(
     name: str,
+    /,
     pretrained: bool | str = False,
     num_classes: int = 1000,
     image_size: int | None = None,

@@ -77,6 +77,7 @@ def with_dist_token(name: str, dist_token: bool) -> str:
 
 def build_model(
     name: str,
+    /,
     num_classes: int = 1000,
     image_size: int | None = None,
     drop_path_rate: float = 0.0,

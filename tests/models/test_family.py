@@ -401,6 +401,16 @@ def test_cait_takes_no_distillation_token():
         build_model("cait_xxs24_224", distilled=True)
 
 
+def test_a_model_name_is_an_override_like_the_others():
+    """`name=` names the Keras model; the preset is the first (positional) argument."""
+    import deit_keras
+
+    model = build_model("deit3_small_patch16_224", num_classes=10, name="mine", **TINY_DEIT3)
+    assert model.name == "mine"
+    created = deit_keras.create_model("deit_tiny_patch16_224", num_classes=3, name="student")
+    assert created.name == "student"
+
+
 @pytest.mark.parametrize("export_format", ["onnx", "litert"])
 def test_cait_and_deit3_fp32_exports_match_keras(export_format, tmp_path):
     rng = np.random.default_rng(0)
