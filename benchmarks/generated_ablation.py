@@ -30,6 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deit_keras.data import synthetic  # noqa: E402
+from deit_keras.io.atomic import write_text_atomic  # noqa: E402
 from deit_keras.training.ablation import ROWS_BY_NAME, stats_cell  # noqa: E402
 
 _RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -77,11 +78,13 @@ def table(summaries: dict, rows) -> str:
         header += [f"{name} - none", f"{name}: gap closed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for dataset, summary in summaries.items():
-        teacher = summary["teacher"]["top1"]
-        row = [dataset, stats_cell(teacher)] + [stats_cell(summary[name]["top1"]) for name in rows]
+        teacher = summary.get("teacher", {}).get("top1")  # none: rows without a teacher
+        row = [dataset, stats_cell(teacher) if teacher else "–"]
+        row += [stats_cell(summary[name]["top1"]) for name in rows]
         for name in distilled:
             none, student = summary["none"]["top1"]["mean"], summary[name]["top1"]["mean"]
-            row += [f"{student - none:+.4f}", f"{(student - none) / (teacher['mean'] - none):.0%}"]
+            lead = teacher["mean"] - none if teacher else 0.0
+            row += [f"{student - none:+.4f}", f"{(student - none) / lead:.0%}" if lead else "–"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -109,12 +112,8 @@ def main(argv=None) -> None:
         "summaries": summaries,
         "table": markdown,
     }
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "generated_ablation.md"), "w", encoding="utf-8") as f:
-        f.write(markdown + "\n")
-    os.makedirs(os.path.dirname(args.results), exist_ok=True)
-    with open(args.results, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=1)
+    write_text_atomic(os.path.join(args.output_dir, "generated_ablation.md"), markdown + "\n")
+    write_text_atomic(args.results, json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

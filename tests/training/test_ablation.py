@@ -290,3 +290,30 @@ def test_a_subset_smaller_than_a_batch_is_refused_before_a_teacher_trains(tmp_pa
     with pytest.raises(UserInputError, match="fewer than one batch"):
         ablation.check_resumable(config, 1, ["hard"], config.model_dir)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_generated_sets_table_takes_runs_without_a_teacher_and_a_closed_lead():
+    """benchmarks/generated_ablation.py's table: `--rows none` trains no teacher (a KeyError
+    before), and a student level with a teacher that has no lead has no "gap closed"."""
+    import importlib.util
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "benchmarks", "generated_ablation.py")
+    spec = importlib.util.spec_from_file_location("generated_ablation", path)
+    module = importlib.util.module_from_spec(spec)
+    search_path = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = search_path  # the script puts the repository first for itself
+
+    def top1(mean):
+        return {"top1": {"mean": mean, "std": 0.0, "n": 1, "values": [mean]}}
+
+    alone = module.table({"shapes": {"none": top1(0.5)}}, ["none"])
+    assert alone.splitlines()[-1].startswith("| shapes | – | 0.5000")
+    level = {"teacher": top1(0.5), "none": top1(0.5), "feature": top1(0.6)}
+    assert module.table({"glyphs": level}, ["none", "feature"]).endswith("| +0.1000 | – |")
+    lead = {"teacher": top1(0.9), "none": top1(0.5), "feature": top1(0.7)}
+    assert module.table({"objects": lead}, ["none", "feature"]).endswith("| +0.2000 | 50% |")
