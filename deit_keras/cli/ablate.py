@@ -97,6 +97,12 @@ def main(argv: list[str]) -> None:
     rows = check_arguments(_SEEDS.value, _ROWS.value)
     # `--train_fractions=` (empty) is a list too: refused, not taken for "not given".
     fractions = None if _TRAIN_FRACTIONS.value is None else check_fractions(_TRAIN_FRACTIONS.value)
+    if fractions and flags.FLAGS["train_fraction"].present:
+        raise cli.UsageError(
+            "--train_fraction is one point; --train_fractions gives every point: pass one of "
+            f"them. Received: --train_fraction={flags.FLAGS.train_fraction}, "
+            f"--train_fractions={','.join(map(str, _TRAIN_FRACTIONS.value))}"
+        )
     config = config_from_flags(TrainConfig)
     config.validate()
     config.check_paths()

@@ -168,6 +168,12 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     )
     assert_one_line_error(process, "medium", "none, soft, hard, dist_hard, dist_labels")
     assert not (tmp_path / "out").exists()
+    both = ("--train_fraction=0.5", "--train_fractions=0.1,0.2")  # the first was ignored
+    process = run_cli(
+        "ablate", "--flagfile=experiments/digits.cfg", *both, f"--output_dir={tmp_path / 'out'}"
+    )
+    assert_one_line_error(process, "--train_fraction is one point")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_row_that_cannot_run_is_refused_before_anything_is_written(tmp_path):
