@@ -58,8 +58,14 @@ def imagenet_subset_indices(name: str) -> tuple[int, ...]:
     """
     text = resources.files(__package__).joinpath(IMAGENET_200_SUBSETS[name]).read_text("utf-8")
     synsets = [line for line in text.splitlines() if line and not line.startswith("#")]
-    index_of = {synset: index for index, synset in enumerate(imagenet_synsets())}
+    index_of = imagenet_class_index()
     return tuple(sorted(index_of[synset] for synset in synsets))
+
+
+@functools.cache
+def imagenet_class_index() -> dict[str, int]:
+    """`{synset id: ImageNet-1k class index}`."""
+    return {synset: index for index, synset in enumerate(imagenet_synsets())}
 
 
 @functools.cache

@@ -130,8 +130,13 @@ _NOT_ONE_LABEL = {
 }
 
 
+def tfds_base_name(name: str) -> str:
+    """A tfds name without its config and version ("imagenet_v2/topimages:3.0.0": imagenet_v2)."""
+    return name.split("/")[0].split(":")[0]
+
+
 def _tfds_source(name, builder, user_name, wanted=SPLITS):
-    base_name = name.split("/")[0].split(":")[0]
+    base_name = tfds_base_name(name)
     if base_name in _NOT_ONE_LABEL:
         raise UserInputError(
             f"tfds dataset {name!r} is not read as a one-label dataset here: "

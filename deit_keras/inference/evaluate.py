@@ -19,10 +19,11 @@ from deit_keras.data.labels import (
     IMAGENET_200_SUBSETS,
     IMAGENET_NUM_CLASSES,
     INDEX,
+    imagenet_class_index,
     imagenet_subset_indices,
-    imagenet_synsets,
     resolve_class_names,
 )
+from deit_keras.data.sources import tfds_base_name
 from deit_keras.deploy.runtimes import load_for_inference
 from deit_keras.distill.step import average_heads
 from deit_keras.errors import UserInputError
@@ -408,7 +409,7 @@ def class_subset_of(dataset_name: str, info, num_classes: int) -> ClassSubset | 
     dataset whose class folders are ImageNet synset ids (their releases' own
     layout, `n01498041/...`) over those classes.
     """
-    base = dataset_name.split("/")[0].split(":")[0]
+    base = tfds_base_name(dataset_name)
     if base in IMAGENET_200_SUBSETS:
         if num_classes != IMAGENET_NUM_CLASSES:
             raise UserInputError(
@@ -419,7 +420,7 @@ def class_subset_of(dataset_name: str, info, num_classes: int) -> ClassSubset | 
         positions = np.full(IMAGENET_NUM_CLASSES, -1)
         positions[list(columns)] = np.arange(len(columns))
         return ClassSubset(f"{base} (200 ImageNet classes)", columns, positions)
-    index_of = {synset: index for index, synset in enumerate(imagenet_synsets())}
+    index_of = imagenet_class_index()
     names = list(info.class_names)
     if (
         num_classes == IMAGENET_NUM_CLASSES
