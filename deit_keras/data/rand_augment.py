@@ -7,8 +7,10 @@ posterize, sharpness, solarize-add), and Keras core's runs all ops per slot
 (~3.5x slower). Per image: `num_ops` ops drawn uniformly with replacement
 from the 15 "increasing" ops, each applied with probability 0.5 at a
 magnitude drawn from `N(magnitude, magnitude_std)` clipped to `[0, 10]`;
-signed ops flip sign with probability 0.5. Geometric ops fill with the
-ImageNet mean colour (124, 116, 104), as timm's `create_transform` sets it.
+signed ops flip sign with probability 0.5. Geometric ops resample bicubically
+with PIL's kernel and edge clamping (timm's under DeiT's `--train-interpolation
+bicubic`) and fill with the ImageNet mean colour (124, 116, 104), as timm's
+`create_transform` sets it.
 Pixel values are float32 in `[0, 255]`.
 
 Every op works on a batch `[B, H, W, 3]` with one magnitude and sign per image:
@@ -27,11 +29,15 @@ from deit_keras.data.image_ops import case, per_channel, select
 _MAX_LEVEL = 10.0
 # timm's `img_mean`: round(255 x mean) per channel.
 _FILL = tuple(float(round(255 * mean)) for mean in IMAGENET_MEAN)
+# Batch sizes the geometric ops compile for (the powers of two; zero images take one).
+_BATCH_BUCKETS = tuple(2**k for k in range(31))
 
 
 # === Ops ===
 # Each op maps a batch `[B, H, W, 3]` with one `level` (magnitude / 10) and one
-# `sign` per image (`[B]`) to its output; one image is a batch of one.
+# `sign` per image (`[B]`, float64) to its output; one image is a batch of one.
+# Levels are float64, as timm's (Python floats): in float32 a shear of 0.4 x 0.3 moves
+# pixels on PIL's edge of the image (a coordinate of exactly 0) outside it.
 
 
 def _per_image(values):
@@ -40,7 +46,8 @@ def _per_image(values):
 
 
 def _blend(degenerate, images, factor):
-    return tf.clip_by_value(degenerate + _per_image(factor) * (images - degenerate), 0.0, 255.0)
+    factor = _per_image(tf.cast(factor, tf.float32))
+    return tf.clip_by_value(degenerate + factor * (images - degenerate), 0.0, 255.0)
 
 
 def _grayscale(images):
@@ -49,28 +56,75 @@ def _grayscale(images):
     return gray[..., None]
 
 
-def _affine(images, matrices):
-    """PIL's `Image.transform(AFFINE)` per image: output (x, y) samples input (a x + b y + c, ...).
-
-    `matrices`: `[B, 6]`, each `(a, b, c, d, e, f)`, in PIL's coordinates,
-    where a pixel's centre is at +0.5; TensorFlow's transform puts it at the
-    integer, so the offsets move by the half pixel. Outside the input the
-    output is `_FILL`: the op fills with one scalar, so the fill colour is
-    taken off before and put back after (interpolation weights sum to 1).
-    """
-    a, b, c, d, e, f = tf.unstack(matrices, axis=1)
-    centred = tf.stack([a, b, c + 0.5 * (a + b) - 0.5, d, e, f + 0.5 * (d + e) - 0.5], axis=1)
-    transforms = tf.concat([centred, tf.zeros([tf.shape(matrices)[0], 2])], axis=1)
-    fill = tf.constant(_FILL, images.dtype)
-    moved = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images - fill,
-        transforms=tf.cast(transforms, tf.float32),
-        output_shape=tf.shape(images)[1:3],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
+def _bicubic_taps(offsets):
+    """PIL's four bicubic weights (`Geometry.c`, the cubic with a = -1) at fractional `offsets`."""
+    squared = offsets * offsets
+    cubed = squared * offsets
+    return (
+        -offsets + 2.0 * squared - cubed,
+        1.0 - 2.0 * squared + cubed,
+        offsets + squared - cubed,
+        cubed - squared,
     )
-    return moved + fill
+
+
+@tf.function(
+    jit_compile=True,
+    input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.float32),
+        tf.TensorSpec([None, 6], tf.float64),
+    ],
+)
+def _bicubic_affine(images, matrices):
+    """PIL's `Image.transform(AFFINE, resample=BICUBIC, fillcolor=_FILL)` of each image.
+
+    Output pixel (x, y) samples the input at (a (x + .5) + b (y + .5) + c, ...), PIL's
+    pixel centres. Outside the input the output is `_FILL`; inside, the 4 x 4 taps
+    clamp to the edge pixels, as PIL's do. Sixteen gathers, which XLA fuses into one
+    loop (1.8 ms for a 224 px image on one core, against 9.6 ms as TensorFlow ops and
+    2.3 ms for TensorFlow's own bilinear transform).
+    """
+    shape = tf.shape(images)
+    count, height, width = shape[0], shape[1], shape[2]
+    a, b, c, d, e, f = (m[:, None, None] for m in tf.unstack(matrices, axis=1))
+    ys = tf.cast(tf.range(height), tf.float64)[None, :, None] + 0.5
+    xs = tf.cast(tf.range(width), tf.float64)[None, None, :] + 0.5
+    x_in = a * xs + b * ys + c
+    y_in = d * xs + e * ys + f
+    inside = (x_in >= 0.0) & (x_in < tf.cast(width, tf.float64))
+    inside &= (y_in >= 0.0) & (y_in < tf.cast(height, tf.float64))
+    x_floor = tf.floor(x_in - 0.5)
+    y_floor = tf.floor(y_in - 0.5)
+    x_taps = _bicubic_taps(tf.cast(x_in - 0.5 - x_floor, tf.float32))
+    y_taps = _bicubic_taps(tf.cast(y_in - 0.5 - y_floor, tf.float32))
+    x_floor, y_floor = tf.cast(x_floor, tf.int32), tf.cast(y_floor, tf.int32)
+    pixels = tf.reshape(images, [-1, 3])
+    first_pixel = tf.range(count)[:, None, None] * height * width
+    out = 0.0
+    for i, y_weight in enumerate(y_taps):
+        row = first_pixel + tf.clip_by_value(y_floor + i - 1, 0, height - 1) * width
+        along_row = 0.0
+        for j, x_weight in enumerate(x_taps):
+            column = tf.clip_by_value(x_floor + j - 1, 0, width - 1)
+            along_row += x_weight[..., None] * tf.gather(pixels, row + column)
+        out += y_weight[..., None] * along_row
+    out = tf.clip_by_value(out, 0.0, 255.0)
+    return tf.where(inside[..., None], out, tf.constant(_FILL, tf.float32))
+
+
+def _affine(images, matrices):
+    """PIL's `Image.transform(AFFINE)` per image, bicubic as timm's RandAugment under DeiT.
+
+    `matrices`: `[B, 6]`, each `(a, b, c, d, e, f)`, in PIL's coordinates. The batch
+    is padded to a power of two, so that XLA compiles a few batch sizes (the in-memory
+    path's op groups come in every size), not one per size.
+    """
+    count = tf.shape(images)[0]
+    buckets = tf.constant(_BATCH_BUCKETS)
+    padded = buckets[tf.searchsorted(buckets, count[None])[0]]
+    padding = [[0, padded - count], [0, 0], [0, 0], [0, 0]]
+    moved = _bicubic_affine(tf.pad(images, padding), tf.pad(matrices, padding[:2]))
+    return moved[:count]
 
 
 def _auto_contrast(images, level, sign):
@@ -109,7 +163,7 @@ def _invert(images, level, sign):
 def _rotate(images, level, sign):
     # PIL's `Image.rotate(degrees)`: counter-clockwise about (w / 2, h / 2).
     angle = sign * level * 30.0 * math.pi / 180.0
-    shape = tf.cast(tf.shape(images)[1:3], tf.float32)
+    shape = tf.cast(tf.shape(images)[1:3], tf.float64)
     cy, cx = shape[0] / 2.0, shape[1] / 2.0
     cos, sin = tf.cos(angle), tf.sin(angle)
     matrices = tf.stack(
@@ -137,12 +191,12 @@ def _posterize(images, level, sign):
 
 
 def _solarize(images, level, sign):
-    threshold = _per_image(256.0 - tf.floor(level * 256.0))
+    threshold = _per_image(tf.cast(256.0 - tf.floor(level * 256.0), tf.float32))
     return select(images >= threshold, 255.0 - images, images)
 
 
 def _solarize_add(images, level, sign):
-    add = _per_image(tf.floor(level * 110.0))
+    add = _per_image(tf.cast(tf.floor(level * 110.0), tf.float32))
     return select(images < 128.0, tf.minimum(images + add, 255.0), images)
 
 
@@ -188,12 +242,12 @@ def _shear_y(images, level, sign):
 
 
 def _translate_x(images, level, sign):
-    width = tf.cast(tf.shape(images)[2], tf.float32)
+    width = tf.cast(tf.shape(images)[2], tf.float64)
     return _identity_but(images, sign * level * 0.45 * width, slot=2)
 
 
 def _translate_y(images, level, sign):
-    height = tf.cast(tf.shape(images)[1], tf.float32)
+    height = tf.cast(tf.shape(images)[1], tf.float64)
     return _identity_but(images, sign * level * 0.45 * height, slot=5)
 
 
@@ -223,8 +277,8 @@ OPS = (
 def apply_op(image, op_index, magnitude, sign=1.0):
     """Applies op `OPS[op_index]` at `magnitude` (0..10) to one image (`len(OPS)`: none)."""
     images = tf.convert_to_tensor(image, tf.float32)[None]
-    level = tf.reshape(tf.convert_to_tensor(magnitude, tf.float32) / _MAX_LEVEL, [1])
-    sign = tf.reshape(tf.convert_to_tensor(sign, tf.float32), [1])
+    level = tf.reshape(tf.cast(magnitude, tf.float64) / _MAX_LEVEL, [1])
+    sign = tf.reshape(tf.cast(sign, tf.float64), [1])
     branches = [(lambda fn=fn: fn(images, level, sign)) for _, fn in OPS]
     branches.append(lambda: tf.identity(images))  # index len(OPS): the op is not applied
     out = case(op_index, branches)[0]
@@ -253,8 +307,9 @@ def apply_ops(images, op_indices, magnitudes, signs):
     op_indices = tf.cast(op_indices, tf.int32)
     positions = tf.dynamic_partition(tf.range(tf.shape(images)[0]), op_indices, groups)
     parts = tf.dynamic_partition(images, op_indices, groups)
-    levels = tf.dynamic_partition(magnitudes / _MAX_LEVEL, op_indices, groups)
-    signs = tf.dynamic_partition(signs, op_indices, groups)
+    levels = tf.cast(magnitudes, tf.float64) / _MAX_LEVEL
+    levels = tf.dynamic_partition(levels, op_indices, groups)
+    signs = tf.dynamic_partition(tf.cast(signs, tf.float64), op_indices, groups)
     outputs = [fn(parts[k], levels[k], signs[k]) for k, (_, fn) in enumerate(OPS)]
     outputs.append(parts[len(OPS)])
     out = tf.dynamic_stitch(positions, outputs)
