@@ -308,12 +308,12 @@ def _stats(values: list) -> dict | None:
     values = [value for value in values if value is not None]
     if not values:
         return None
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    std = statistics.stdev(values) if len(values) > 1 else None  # one value has no spread
     return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
 
 
 def _curve(runs: list[dict]) -> tuple[list, list, list]:
-    """`(epochs, means, sample stds)` of the runs' validation top-1 at the epochs every run
+    """`(epochs, means, sample stds or None)` of the runs' validation top-1 at the epochs every run
     validated (runs without `val_epochs` validated each epoch): a rerun that adds seeds may
     validate at another `--validation_freq`, and only the same epochs average."""
     curves = []
@@ -326,12 +326,21 @@ def _curve(runs: list[dict]) -> tuple[list, list, list]:
     shared = sorted(set.intersection(*(set(curve) for curve in curves)))
     columns = [[curve[epoch] for curve in curves] for epoch in shared]
     means = [statistics.fmean(column) for column in columns]
-    stds = [statistics.stdev(column) if len(column) > 1 else 0.0 for column in columns]
+    stds = [statistics.stdev(column) if len(column) > 1 else None for column in columns]
     return shared, means, stds
 
 
+def _distinct_teachers(teachers: list[dict]) -> list[dict]:
+    """One record per teacher: one given by path serves every seed and is one value, not n."""
+    by_teacher = {}
+    for teacher in teachers:
+        by_teacher.setdefault(teacher.get("path") or teacher["seed"], teacher)
+    return list(by_teacher.values())
+
+
 def summarize(runs: list[dict], teachers: list[dict], rows) -> dict:
-    """`{row: {metric: {mean, std (sample, n-1), n, values}}}`; rows: teacher, then `rows`.
+    """`{row: {metric: {mean, std (sample, n-1; None for one value), n, values}}}`; rows:
+    teacher, then `rows`.
 
     Each student row also has `val_top1` and `val_top1_std`: per validated epoch
     (`val_epochs`, 1-based), the mean and sample std over seeds of the validation
@@ -339,6 +348,7 @@ def summarize(runs: list[dict], teachers: list[dict], rows) -> dict:
     """
     summary = {}
     if teachers:
+        teachers = _distinct_teachers(teachers)
         summary["teacher"] = {
             "top1": _stats([teacher["top1"] for teacher in teachers]),
             "wall_s": _stats([teacher["wall_s"] for teacher in teachers]),

@@ -71,6 +71,7 @@ def learning_curves_png(
     figure, axes = _figure(size)
     for index, (label, (means, stds, *at)) in enumerate(curves.items()):
         epochs = list(at[0]) if at and at[0] else list(range(1, len(means) + 1))
+        stds = [std or 0.0 for std in stds]  # one seed: no band
         low = [mean - std for mean, std in zip(means, stds, strict=True)]
         high = [mean + std for mean, std in zip(means, stds, strict=True)]
         axes.fill_between(epochs, low, high, color=colour(index), alpha=BAND_ALPHA, linewidth=0)
@@ -110,8 +111,8 @@ def data_efficiency_png(
         points = sorted(points)
         counts = [count for count, _, _ in points]
         means = [mean for _, mean, _ in points]
-        low = [mean - std for _, mean, std in points]
-        high = [mean + std for _, mean, std in points]
+        low = [mean - (std or 0.0) for _, mean, std in points]
+        high = [mean + (std or 0.0) for _, mean, std in points]
         axes.fill_between(counts, low, high, color=colour(index), alpha=BAND_ALPHA, linewidth=0)
         axes.plot(counts, means, color=colour(index), linewidth=1.8, marker="o", label=label)
     axes.set_xscale("log")

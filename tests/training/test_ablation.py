@@ -62,13 +62,23 @@ def test_summary_is_mean_and_sample_std():
     assert summary["teacher"]["top1"]["mean"] == 97.5
 
 
-def test_single_seed_has_zero_std_and_missing_heads_are_left_out():
+def test_single_seed_has_no_std_and_missing_heads_are_left_out():
     runs = [{"row": "none", "top1": 50.0, "wall_s": 3.0, "val_top1": [40.0, 50.0]}]
     summary = summarize(runs, [], ["none"])
-    assert summary["none"]["top1"] == {"mean": 50.0, "std": 0.0, "n": 1, "values": [50.0]}
-    assert summary["none"]["val_top1_std"] == [0.0, 0.0]
+    assert summary["none"]["top1"] == {"mean": 50.0, "std": None, "n": 1, "values": [50.0]}
+    assert summary["none"]["val_top1_std"] == [None, None]
     assert summary["none"]["val_epochs"] == [1, 2]  # runs without val_epochs: every epoch
     assert "dist_top1" not in summary["none"] and "teacher" not in summary
+
+
+def test_a_teacher_given_by_path_is_one_value_not_one_per_seed():
+    """Every seed evaluates the one teacher: its row is that value, not "± 0.0000" over n."""
+    given = [{"seed": seed, "path": "cnn.keras", "top1": 0.97, "wall_s": None} for seed in (0, 1)]
+    summary = summarize(RUNS, given, ["none"])
+    assert summary["teacher"]["top1"] == {"mean": 0.97, "std": None, "n": 1, "values": [0.97]}
+    assert ablation.stats_cell(summary["teacher"]["top1"]) == "0.9700"
+    trained = [dict(teacher, path=f"seed_{teacher['seed']}/teacher.keras") for teacher in TEACHERS]
+    assert summarize(RUNS, trained, ["none"])["teacher"]["top1"]["n"] == 2
 
 
 def test_curves_of_runs_validated_every_n_epochs_keep_their_epochs():
