@@ -140,7 +140,7 @@ class Backup:
     optimizer state; `adapters.weights.h5`: with feature distillation, the
     training-only adapters and their optimizer's state), which appears by
     one rename; then `latest.json`
-    (`{"epoch", "batch", "dir", "step"}`) is switched to it by another, and
+    (`{"epoch", "batch", "dir", "step", "run_s"}`) is switched to it by another, and
     only then are older states removed. A crash at any instant leaves
     either the old or the new state, whole. `AtomicBackupAndRestore` (for
     `fit`) and the multi-worker loop both use this one format.
@@ -156,6 +156,13 @@ class Backup:
         self.directory = directory
         self.pointer = os.path.join(directory, "latest.json")
         self.settings = settings
+        self._uncounted_since = time.monotonic()  # this process's time not yet in a save
+
+    def run_seconds(self) -> float:
+        """The run's seconds up to its latest save, over every process that trained it
+        (each from when it opened its backup, to its last save); 0 without a backup."""
+        latest = self.latest()
+        return float(latest.get("run_s", 0.0)) if latest else 0.0
 
     def clear(self) -> None:
         """Removes the backup's files (states, pointer, settings, leftovers of a crashed
@@ -295,13 +302,16 @@ class Backup:
                 adapters.save_weights(os.path.join(temporary, ADAPTERS_FILE))
         if self.settings is not None and not os.path.exists(self._settings_path()):
             write_text_atomic(self._settings_path(), json.dumps(self.settings, indent=1))
+        now = time.monotonic()
         state = {
             "epoch": epoch,
             "batch": batch,
             "dir": name,
             "step": int(model.optimizer.iterations.numpy()),
+            "run_s": round(self.run_seconds() + now - self._uncounted_since, 1),
         }
         write_text_atomic(self.pointer, json.dumps(state))
+        self._uncounted_since = now
         for old in glob.glob(os.path.join(self.directory, "epoch-*")):
             if os.path.basename(old) != name:
                 shutil.rmtree(old, ignore_errors=True)

@@ -371,6 +371,8 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
     _accept(config, strategy, flags_text, info)
     backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
     first_epoch = backup.restored_epoch() if config.resume else 0  # where this process starts
+    # A resumed run's wall time includes the processes before it, up to their last backup.
+    seconds_before = backup.run_seconds() if config.resume else 0.0
     with PreemptionWatcher() as preemption:  # SIGTERM: back up the step, raise Preempted
         if config.strategy == "multi_worker":  # Model.fit fails (keras-team/keras#20585)
             history = _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
@@ -391,7 +393,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             epochs=first_epoch + len(history.epoch),
             resumed_at_epoch=first_epoch,
             chief=False,
-            wall_s=round(time.time() - started, 1),
+            wall_s=round(seconds_before + time.time() - started, 1),
             saved_model=os.path.abspath(output),
         )
     save_model(student, output, class_names=list(info.class_names))
@@ -402,7 +404,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         dataset=config.dataset,
         epochs=first_epoch + len(history.epoch),  # the run's, resumed epochs included
         resumed_at_epoch=first_epoch,
-        wall_s=round(time.time() - started, 1),
+        wall_s=round(seconds_before + time.time() - started, 1),
         saved_model=os.path.abspath(output),
         distillation=config.distillation_type,
     )
