@@ -221,7 +221,7 @@ def prepared_builder(name: str, data_dir: str | None = None):
     if not prepared:
         manual = ""
         if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-            manual = _manual_download_line(builder, looked_in, name.split("/")[0])
+            manual = _manual_download_line(builder, looked_in, tfds_base_name(name))
         raise DatasetNotFoundError(
             f"tfds dataset {name!r} is not prepared in data_dir={looked_in!r} "
             f"(looked for {builder.data_dir}). deit_keras never downloads "

@@ -299,6 +299,14 @@ def test_folder_missing_split(tmp_path):
         dataset_info(f"folder:{tmp_path}")
 
 
+def test_a_versioned_manual_download_names_the_catalogue_page_without_the_version(tmp_path):
+    with pytest.raises(sources.DatasetNotFoundError) as error:
+        sources.prepared_builder("imagenet2012:5.1.0", str(tmp_path))
+    message = str(error.value)
+    assert "tfds build imagenet2012:5.1.0" in message and "ILSVRC2012_img_val.tar" in message
+    assert message.endswith("https://www.tensorflow.org/datasets/catalog/imagenet2012.")
+
+
 def test_missing_tfds_dataset_clear_error(tmp_path):
     with pytest.raises(sources.DatasetNotFoundError) as error:
         dataset_info("mnist", str(tmp_path))
