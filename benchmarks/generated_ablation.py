@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deit_keras.data import synthetic  # noqa: E402
 from deit_keras.io.atomic import write_text_atomic  # noqa: E402
-from deit_keras.training.ablation import ROWS_BY_NAME, stats_cell  # noqa: E402
+from deit_keras.training.ablation import stats_cell  # noqa: E402
+from deit_keras.training.ablation_rows import ROWS_BY_NAME  # noqa: E402
 
 _RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -36,24 +36,12 @@ import time
 from absl import flags
 
 from deit_keras import cli
-from deit_keras.cli import parallel_seeds
+from deit_keras.cli import launch, parallel_seeds
 from deit_keras.cli.config_flags import config_from_flags, define_config_flags
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import POSITIVE
-from deit_keras.training.ablation import (
-    DEFAULT_ROWS,
-    ROWS,
-    check_arguments,
-    check_resumable,
-    run_ablation,
-    train_seeds,
-)
+from deit_keras.training.ablation_rows import DEFAULT_ROWS, ROWS, check_arguments
 from deit_keras.training.config import TrainConfig
-from deit_keras.training.data_efficiency import (
-    check_fractions,
-    fraction_configs,
-    run_data_efficiency,
-)
 
 define_config_flags(TrainConfig)
 flags.FLAGS.set_default("export_savedmodel", False)
@@ -95,6 +83,14 @@ def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     started = time.time()
     rows = check_arguments(_SEEDS.value, _ROWS.value)
+    launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
+    from deit_keras.training.ablation import check_resumable, run_ablation, train_seeds
+    from deit_keras.training.data_efficiency import (
+        check_fractions,
+        fraction_configs,
+        run_data_efficiency,
+    )
+
     # `--train_fractions=` (empty) is a list too: refused, not taken for "not given".
     fractions = None if _TRAIN_FRACTIONS.value is None else check_fractions(_TRAIN_FRACTIONS.value)
     if fractions and flags.FLAGS["train_fraction"].present:

@@ -16,9 +16,9 @@ import sys
 from absl import flags
 
 from deit_keras import cli
+from deit_keras.cli import launch
 from deit_keras.deploy import export_options
-from deit_keras.inference import benchmark
-from deit_keras.inference.bench_runtimes import DEPLOY_RUNTIMES
+from deit_keras.inference.benchmark_names import ALL, DEPLOY_RUNTIMES, REFERENCES
 from deit_keras.io import paths
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import NON_NEGATIVE, POSITIVE
@@ -31,14 +31,13 @@ _NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "A preset's classes; 10
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per call of the throughput case.")
 _RUNTIMES = flags.DEFINE_string(
     "runtimes",
-    benchmark.ALL,
-    f"'{benchmark.ALL}' (every installed one) or a comma-separated list of: "
-    f"{', '.join(DEPLOY_RUNTIMES)}.",
+    ALL,
+    f"'{ALL}' (every installed one) or a comma-separated list of: {', '.join(DEPLOY_RUNTIMES)}.",
 )
 _REFERENCE = flags.DEFINE_enum(
     "reference",
     "none",
-    list(benchmark.REFERENCES),
+    list(REFERENCES),
     "Also time the PyTorch eager reference (transformers, same architecture) in the same "
     "turns and give every runtime's ratios against it; needs torch and transformers.",
 )
@@ -108,6 +107,9 @@ def _check_flags() -> None:
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     _check_flags()
+    launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
+    from deit_keras.inference import benchmark
+
     runtimes, skipped = benchmark.select_runtimes(_RUNTIMES.value)
     benchmark.check_options(
         _BATCH_SIZE.value, _REFERENCE.value, _WARMUP.value, _ITERATIONS.value, _ROUNDS.value

@@ -1,8 +1,9 @@
-"""The commands' entry points: TensorFlow starts quietly, then the command runs.
+"""The commands' entry points: the command's flags, then a quiet TensorFlow start.
 
 `python -m deit_keras.<command>` (the `deit_keras/<command>.py` stubs) and the
-console scripts `deit-<command>` both call `launch(command)`, which imports
-TensorFlow before the command module does, and so before its flags exist:
+console scripts `deit-<command>` both call `launch(command)`, which runs the
+command module; its flags load without TensorFlow, so `--help` and a bad flag
+answer at once, and once they are accepted it calls `quiet_tensorflow_start`:
 
 - TensorFlow 2.21 prints a screen of C++ start-up lines (oneDNN, "Could not find
   cuda drivers", "failed call to cuInit", CPU features) whatever
@@ -33,9 +34,6 @@ COMMANDS = (
     "ablate",
     "benchmark",
 )
-# Commands whose modules load without TensorFlow: they start it themselves once their
-# flags are accepted (`quiet_tensorflow_start`), so `--help` and a bad flag answer at once.
-STARTS_TENSORFLOW_ITSELF = ("train", "export", "convert", "predict", "visualize", "evaluate")
 _TRUE = ("", "true", "t", "1", "yes", "y")
 
 
@@ -89,11 +87,9 @@ def quiet_tensorflow_start(argv: list[str]) -> None:
 
 
 def launch(command: str) -> None:
-    """Runs `deit_keras.cli.<command>` (its `run()`) after a quiet TensorFlow start."""
+    """Runs `deit_keras.cli.<command>` (its `run()`), which starts TensorFlow itself."""
     if command not in COMMANDS:
         raise ValueError(f"command must be one of {COMMANDS}. Received: command={command!r}")
-    if command not in STARTS_TENSORFLOW_ITSELF:
-        quiet_tensorflow_start(sys.argv[1:])
     module = importlib.import_module(f"deit_keras.cli.{command}")
     main = sys.modules.get("__main__")
     if main is not None:  # absl's --help prints the __main__ module's docstring

@@ -21,11 +21,11 @@ from deit_keras.data.preprocessing import normalize
 from deit_keras.deploy import litert_export, onnx_export, openvino_export, saved_model
 from deit_keras.deploy.runtimes import ONNX_NO_SPINNING, ExportedModel
 from deit_keras.inference import torch_reference
+from deit_keras.inference.benchmark_names import REFERENCE
 from deit_keras.inference.predict import predict_function
 from deit_keras.models import precision
 
 CALIBRATION_IMAGES = 8
-REFERENCE = "torch"
 
 
 @dataclasses.dataclass
@@ -245,4 +245,3 @@ RUNTIMES = {
         install=torch_reference.INSTALL,
     ),
 }
-DEPLOY_RUNTIMES = tuple(name for name in RUNTIMES if name != REFERENCE)

@@ -22,12 +22,11 @@ from deit_keras.deploy.export_options import SUFFIXES
 from deit_keras.deploy.saving import load_model
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.inference import host, timing
-from deit_keras.inference.bench_runtimes import DEPLOY_RUNTIMES, REFERENCE, RUNTIMES, Setup
+from deit_keras.inference.bench_runtimes import RUNTIMES, Setup
+from deit_keras.inference.benchmark_names import ALL, DEPLOY_RUNTIMES, REFERENCE, REFERENCES
 from deit_keras.models.cait import CaiT
 from deit_keras.models.variants import build_model, list_models
 
-ALL = "all"
-REFERENCES = ("none", REFERENCE)
 # The runtime that times what an exported file holds (the benchmark exports the .keras
 # itself): the export format, whose runtime has its name.
 _RUNTIME_OF_SUFFIX = {suffix: export_format for export_format, suffix in SUFFIXES.items()}

@@ -1,5 +1,5 @@
 """`deit-predict`'s defaults, without TensorFlow: its flags are defined before TensorFlow
-loads (`cli.launch.STARTS_TENSORFLOW_ITSELF`)."""
+loads (`cli.launch`)."""
 
 # Images per forward pass of `predict_images`: memory stays that of one batch,
 # however many files (all at once took ~3 MB an image for a one-block DeiT-Ti).

@@ -18,7 +18,7 @@ from absl import logging
 from deit_keras.data.pipeline import dataset_info
 from deit_keras.errors import UserInputError
 from deit_keras.io.atomic import write_text_atomic
-from deit_keras.training import ablation, ablation_plots
+from deit_keras.training import ablation, ablation_plots, ablation_rows
 from deit_keras.training.config import TrainConfig
 
 
@@ -56,7 +56,7 @@ def _series(points: list[dict], rows) -> dict:
             stats = summary.get(name, {}).get("top1")
             if not stats:
                 continue
-            label = "teacher" if name == "teacher" else ablation.ROWS_BY_NAME[name].label
+            label = "teacher" if name == "teacher" else ablation_rows.ROWS_BY_NAME[name].label
             series.setdefault(label, []).append(
                 (point["num_train_images"], stats["mean"], stats["std"])
             )
@@ -82,7 +82,7 @@ def markdown_table(result: dict) -> str:
         "|---|" + "---|" * len(points),
     ]
     for name in ["teacher", *result["rows"]]:
-        label = "teacher" if name == "teacher" else ablation.ROWS_BY_NAME[name].label
+        label = "teacher" if name == "teacher" else ablation_rows.ROWS_BY_NAME[name].label
         cells = [
             ablation.stats_cell(p["report"]["summary"].get(name, {}).get("top1")) for p in points
         ]
@@ -105,7 +105,7 @@ def run_data_efficiency(
     config: TrainConfig,
     fractions,
     num_seeds: int = 3,
-    rows=ablation.DEFAULT_ROWS,
+    rows=ablation_rows.DEFAULT_ROWS,
     command: str = "",
     started: float | None = None,
 ) -> dict:

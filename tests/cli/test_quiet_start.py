@@ -87,6 +87,10 @@ launch(sys.argv.pop(1))
         (["visualize", "--help"], None),
         (["visualize", "--tile=5000", "--model_path=m.keras", "x.jpg"], "tile must be in"),
         (["export", "--help"], None),
+        (["benchmark", "--help"], None),
+        (["benchmark", "--model=m.keras", "--iterations=2", "--time_budget=1"], "not both"),
+        (["ablate", "--help"], None),
+        (["ablate", "--rows=none,medium"], "rows must be a non-empty list"),
         (["export", "--model_path=nothing.keras", "--output=m.onnx"], "model_path not found"),
         (
             ["export", "--model=deit_tiny_patch16_224", "--format=litert", "--output=m.onnx"],
@@ -117,7 +121,7 @@ def test_commands_answer_help_and_bad_flags_before_tensorflow_loads(tmp_path, ar
     )
     assert report.read_text() == "", report.read_text()
     if error is None:
-        assert process.returncode == 1 and "\n  --output:" in process.stdout, process.stdout
+        assert process.returncode == 1 and "\n  --[no]verbose:" in process.stdout, process.stdout
         assert not user_stderr(process), process.stderr
     else:
         assert_one_line_error(process, error)
@@ -125,8 +129,11 @@ def test_commands_answer_help_and_bad_flags_before_tensorflow_loads(tmp_path, ar
 
 def test_verbose_or_a_log_level_the_user_set_brings_the_tensorflow_lines_back():
     # TensorFlow 2.21 writes its start-up lines on every CPU (oneDNN, CPU features).
-    assert _tensorflow_lines(run_cli("benchmark", "--help", "--verbose"))
-    assert _tensorflow_lines(run_cli("benchmark", "--help", env={"TF_CPP_MIN_LOG_LEVEL": "0"}))
+    # A model name the command looks up once TensorFlow has started.
+    unknown = "--model=no_such_model"
+    assert _tensorflow_lines(run_cli("benchmark", unknown, "--verbose"))
+    assert _tensorflow_lines(run_cli("benchmark", unknown, env={"TF_CPP_MIN_LOG_LEVEL": "0"}))
+    assert not _tensorflow_lines(run_cli("benchmark", unknown))
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from deit_keras.errors import UserEnvironmentError, UserInputError
-from deit_keras.inference import bench_runtimes, benchmark, host
+from deit_keras.inference import bench_runtimes, benchmark, benchmark_names, host
 from deit_keras.testing import tiny_model
 
 
@@ -68,10 +68,16 @@ def test_ratios_against_the_reference_and_a_failed_runtime(model, monkeypatch):
     assert "x torch)" in result["summary"] and "x torch's)" in result["summary"]
 
 
+def test_the_flags_runtime_names_are_the_runtimes_built():
+    """`deit-benchmark --help` lists `benchmark_names` before TensorFlow loads."""
+    names = (*benchmark_names.DEPLOY_RUNTIMES, benchmark_names.REFERENCE)
+    assert tuple(bench_runtimes.RUNTIMES) == names
+
+
 def test_select_runtimes():
     assert benchmark.select_runtimes("xla, keras,xla") == (["xla", "keras"], {})
     everything, skipped = benchmark.select_runtimes("all")
-    assert set(everything) | set(skipped) == set(bench_runtimes.DEPLOY_RUNTIMES)
+    assert set(everything) | set(skipped) == set(benchmark_names.DEPLOY_RUNTIMES)
     for bad in ("xla,tensorrt", "", "torch"):
         with pytest.raises(UserInputError, match="runtimes must be"):
             benchmark.select_runtimes(bad)

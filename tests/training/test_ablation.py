@@ -8,8 +8,9 @@ import pytest
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from deit_keras.training import ablation, ablation_plots
-from deit_keras.training.ablation import check_arguments, markdown_table, summarize
+from deit_keras.training import ablation, ablation_plots, ablation_rows
+from deit_keras.training.ablation import markdown_table, summarize
+from deit_keras.training.ablation_rows import check_arguments
 from deit_keras.training.config import TrainConfig
 
 
@@ -132,7 +133,7 @@ def test_markdown_table_has_the_papers_rows():
 
 def test_check_arguments():
     assert check_arguments(1, ["hard", "soft"]) == ("hard", "soft")
-    assert check_arguments(1, ablation.DEFAULT_ROWS) == ("none", "soft", "hard", "dist_hard")
+    assert check_arguments(1, ablation_rows.DEFAULT_ROWS) == ("none", "soft", "hard", "dist_hard")
     with pytest.raises(ValueError, match="seeds must be positive, got 0"):
         check_arguments(0, ["hard"])
     with pytest.raises(ValueError, match="medium"):
@@ -222,7 +223,7 @@ def test_rows_train_the_papers_students(tmp_path, monkeypatch):
     trained, features = [], []
     _fake_runs(monkeypatch, trained, features)
     config = digits_config(tmp_path, model_dir=str(tmp_path / "out"))
-    rows = [row.name for row in ablation.ROWS]
+    rows = [row.name for row in ablation_rows.ROWS]
     report = ablation.run_ablation(config, 2, rows)
     plain, distilled = "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"
     own = str(tmp_path / "out" / "seed_0" / "teacher.keras")  # the seed's own teacher
@@ -236,13 +237,13 @@ def test_rows_train_the_papers_students(tmp_path, monkeypatch):
     ]
     assert features[:6] == [False] * 5 + [True]  # the feature row: hard + feature distillation
     assert [(run["seed"], run["row"]) for run in report["runs"][:6]] == [(0, name) for name in rows]
-    with_token = {row.name for row in ablation.ROWS if row.dist_token}
+    with_token = {row.name for row in ablation_rows.ROWS if row.dist_token}
     for run in report["runs"]:
         assert run["model_dir"] == str(tmp_path / "out" / f"seed_{run['seed']}" / run["row"])
         assert run["model"] == (distilled if run["row"] in with_token else plain)
     assert list(report["summary"]) == ["teacher", *rows]
     table = open(report["markdown"], encoding="utf-8").read()
-    for row in ablation.ROWS:
+    for row in ablation_rows.ROWS:
         assert f"| {row.label}" in table
     assert _pixels(report["curves"])[0] == (800, 500)
 

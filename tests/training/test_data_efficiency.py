@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from deit_keras.errors import UserInputError
-from deit_keras.training import ablation, data_efficiency
+from deit_keras.training import ablation, ablation_rows, data_efficiency
 from deit_keras.training.callbacks import record_epochs
 
 
@@ -47,7 +47,7 @@ def test_one_ablation_per_fraction_then_table_and_plot(tmp_path, monkeypatch):
     assert counts[1] == 1437 and 0 < counts[0] < counts[1]  # digits' train split, subset
     # The table: one column per size, each row's mean ± std from its ablation's summary.
     table = open(result["markdown"], encoding="utf-8").read()
-    hard = ablation.ROWS_BY_NAME["hard"].label
+    hard = ablation_rows.ROWS_BY_NAME["hard"].label
     expected = 0.4 + 0.5 * 0.25 + 0.1 + 0.005  # mean over seeds 0 and 1
     line = next(row for row in table.splitlines() if row.startswith(f"| {hard} |"))
     assert f"{expected:.4f} ± " in line
