@@ -68,24 +68,19 @@ def _bicubic_taps(offsets):
     )
 
 
-@tf.function(
-    jit_compile=True,
-    input_signature=[
-        tf.TensorSpec([None, None, None, 3], tf.float32),
-        tf.TensorSpec([None, 6], tf.float64),
-    ],
-)
-def _bicubic_affine(images, matrices):
-    """PIL's `Image.transform(AFFINE, resample=BICUBIC, fillcolor=_FILL)` of each image.
+def _source_pixels(matrices, height, width):
+    """Where each output pixel samples the input, for PIL's affine transform.
 
     Output pixel (x, y) samples the input at (a (x + .5) + b (y + .5) + c, ...), PIL's
-    pixel centres. Outside the input the output is `_FILL`; inside, the 4 x 4 taps
-    clamp to the edge pixels, as PIL's do. Sixteen gathers, which XLA fuses into one
-    loop (1.8 ms for a 224 px image on one core, against 9.6 ms as TensorFlow ops and
-    2.3 ms for TensorFlow's own bilinear transform).
+    pixel centres, in float64 as PIL's doubles. Plain TensorFlow, not XLA: inside one XLA
+    computation the tap index and its weight came from differently rounded copies of the
+    same coordinate (a rotation of an odd-sided image read the wrong row, 215 levels off).
+
+    Returns:
+        `(x_floor, y_floor, x_offset, y_offset, inside)`, each `[B, H, W]`: the int32
+        index of the sample's second tap on each axis, float32 offsets in [0, 1) from
+        it, and whether the sample is inside the input (outside: the fill colour).
     """
-    shape = tf.shape(images)
-    count, height, width = shape[0], shape[1], shape[2]
     a, b, c, d, e, f = (m[:, None, None] for m in tf.unstack(matrices, axis=1))
     ys = tf.cast(tf.range(height), tf.float64)[None, :, None] + 0.5
     xs = tf.cast(tf.range(width), tf.float64)[None, None, :] + 0.5
@@ -95,16 +90,33 @@ def _bicubic_affine(images, matrices):
     inside &= (y_in >= 0.0) & (y_in < tf.cast(height, tf.float64))
     x_floor = tf.floor(x_in - 0.5)
     y_floor = tf.floor(y_in - 0.5)
-    x_taps = _bicubic_taps(tf.cast(x_in - 0.5 - x_floor, tf.float32))
-    y_taps = _bicubic_taps(tf.cast(y_in - 0.5 - y_floor, tf.float32))
-    x_floor, y_floor = tf.cast(x_floor, tf.int32), tf.cast(y_floor, tf.int32)
+    x_offset = tf.cast(x_in - 0.5 - x_floor, tf.float32)
+    y_offset = tf.cast(y_in - 0.5 - y_floor, tf.float32)
+    return tf.cast(x_floor, tf.int32), tf.cast(y_floor, tf.int32), x_offset, y_offset, inside
+
+
+@tf.function(
+    jit_compile=True,
+    input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)]
+    + [tf.TensorSpec([None, None, None], dtype) for dtype in (tf.int32,) * 2 + (tf.float32,) * 2]
+    + [tf.TensorSpec([None, None, None], tf.bool)],
+)
+def _bicubic_samples(images, x_floor, y_floor, x_offset, y_offset, inside):
+    """PIL's bicubic samples of `images` at `_source_pixels`' places; `_FILL` outside.
+
+    The 4 x 4 taps clamp to the edge pixels, as PIL's do. Sixteen gathers, which XLA
+    fuses into one loop (1.8 ms for a 224 px image on one core, against 9.6 ms as
+    TensorFlow ops and 2.3 ms for TensorFlow's own bilinear transform).
+    """
+    shape = tf.shape(images)
+    count, height, width = shape[0], shape[1], shape[2]
     pixels = tf.reshape(images, [-1, 3])
     first_pixel = tf.range(count)[:, None, None] * height * width
     out = 0.0
-    for i, y_weight in enumerate(y_taps):
+    for i, y_weight in enumerate(_bicubic_taps(y_offset)):
         row = first_pixel + tf.clip_by_value(y_floor + i - 1, 0, height - 1) * width
         along_row = 0.0
-        for j, x_weight in enumerate(x_taps):
+        for j, x_weight in enumerate(_bicubic_taps(x_offset)):
             column = tf.clip_by_value(x_floor + j - 1, 0, width - 1)
             along_row += x_weight[..., None] * tf.gather(pixels, row + column)
         out += y_weight[..., None] * along_row
@@ -113,18 +125,20 @@ def _bicubic_affine(images, matrices):
 
 
 def _affine(images, matrices):
-    """PIL's `Image.transform(AFFINE)` per image, bicubic as timm's RandAugment under DeiT.
+    """PIL's `Image.transform(AFFINE, resample=BICUBIC, fillcolor=_FILL)` of each image,
+    as timm's RandAugment under DeiT.
 
-    `matrices`: `[B, 6]`, each `(a, b, c, d, e, f)`, in PIL's coordinates. The batch
-    is padded to a power of two, so that XLA compiles a few batch sizes (the in-memory
-    path's op groups come in every size), not one per size.
+    `matrices`: float64 `[B, 6]`, each `(a, b, c, d, e, f)`, in PIL's coordinates. The
+    batch is padded to a power of two, so that XLA compiles a few batch sizes (the
+    in-memory path's op groups come in every size), not one per size.
     """
     count = tf.shape(images)[0]
     buckets = tf.constant(_BATCH_BUCKETS)
     padded = buckets[tf.searchsorted(buckets, count[None])[0]]
     padding = [[0, padded - count], [0, 0], [0, 0], [0, 0]]
-    moved = _bicubic_affine(tf.pad(images, padding), tf.pad(matrices, padding[:2]))
-    return moved[:count]
+    images = tf.pad(images, padding)
+    places = _source_pixels(tf.pad(matrices, padding[:2]), tf.shape(images)[1], tf.shape(images)[2])
+    return _bicubic_samples(images, *places)[:count]
 
 
 def _auto_contrast(images, level, sign):

@@ -61,6 +61,25 @@ def test_each_rand_augment_op_equals_timms(name, monkeypatch):
             assert error.max() <= 1, (f"{name} sign {sign} magnitude {magnitude}", error.max())
 
 
+@pytest.mark.parametrize("shape", [(37, 53), (7, 7)])
+def test_a_rotation_of_an_odd_sided_image_equals_timms(shape, monkeypatch):
+    """An odd side puts sample coordinates on tap boundaries (a rotation by 30 degrees):
+    the tap index and its weight must come from the same coordinate (XLA once rounded
+    them apart, 215 levels off)."""
+    from PIL import Image
+
+    auto_augment = pytest.importorskip("timm.data.auto_augment")
+    image = np.random.default_rng(3).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    hparams = {"img_mean": (124, 116, 104), "interpolation": Image.BICUBIC}
+    index = [op for op, _ in rand_augment.OPS].index("Rotate")
+    for sign in (1.0, -1.0):
+        monkeypatch.setattr(auto_augment, "_randomly_negate", lambda v, sign=sign: sign * v)
+        op = auto_augment.AugmentOp("Rotate", prob=1.0, magnitude=10.0, hparams=hparams)
+        want = np.asarray(op(Image.fromarray(image)), np.float32)
+        got = rand_augment.apply_op(image.astype(np.float32), index, 10.0, sign).numpy()
+        assert np.abs(np.round(got) - want).max() <= 1, sign
+
+
 def test_geometric_ops_batch_sizes_share_compiled_buckets():
     """The in-memory path's op groups come in any size: each equals its images alone."""
     rng = np.random.default_rng(1)
