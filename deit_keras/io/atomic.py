@@ -28,6 +28,9 @@ _DISK_MESSAGES = (
 )
 
 
+_PROBE_PREFIX = ".write-test-"
+
+
 class WriteError(UserEnvironmentError):
     """An output could not be written (disk full, read-only, no rights); the message names it."""
 
@@ -40,10 +43,25 @@ def disk_error_reason(error: BaseException) -> str | None:
     return next((message for message in _DISK_MESSAGES if message in text), None)
 
 
-def _write_error(path: str, error: BaseException) -> WriteError | None:
+def _on_our_file(error: BaseException, directory: str, prefix: str) -> bool:
+    """Whether `error` is an OSError about a file of ours (a temporary or a probe) in
+    `directory`: its name means nothing to the user, the path they gave does."""
+    filename = getattr(error, "filename", None)
+    if not isinstance(error, OSError) or not error.errno or not isinstance(filename, str):
+        return False
+    in_directory = os.path.dirname(os.path.abspath(filename)) == os.path.abspath(directory)
+    return in_directory and os.path.basename(filename).startswith(prefix)
+
+
+def _write_error(path: str, error: BaseException, ours: str | None = None) -> WriteError | None:
+    """A `WriteError` naming `path` when `error` is a full/read-only disk, or any OSError
+    on our file named `ours...` beside it; None otherwise (the error stands as it is)."""
     if isinstance(error, WriteError):
         return None
     reason = disk_error_reason(error)
+    directory = path if ours == _PROBE_PREFIX else os.path.dirname(os.path.abspath(path))
+    if reason is None and ours is not None and _on_our_file(error, directory, ours):
+        reason = os.strerror(error.errno)
     if reason is None:
         return None
     failure = WriteError(
@@ -59,11 +77,11 @@ def check_writable(directory: str) -> None:
     directory = os.path.abspath(directory)
     try:
         os.makedirs(directory, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+        handle, probe = tempfile.mkstemp(prefix=_PROBE_PREFIX, dir=directory)
         os.close(handle)
         os.remove(probe)
     except OSError as error:
-        failure = _write_error(directory, error)
+        failure = _write_error(directory, error, _PROBE_PREFIX)
         if failure is None:
             raise
         raise failure from error
@@ -130,7 +148,7 @@ def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator
         yield temporary
         _rename(temporary, path)
     except Exception as error:
-        failure = _write_error(path, error)
+        failure = _write_error(path, error, temporary_prefix(path))
         if failure is None:
             raise
         raise failure from error

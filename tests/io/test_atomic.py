@@ -71,3 +71,26 @@ def test_an_empty_directory_is_replaced_and_a_link_is_refused(tmp_path):
     link.symlink_to(empty)  # an earlier export, through a link
     problem = paths.replaceable_dir_problem("output", str(link), "saved_model.pb")
     assert problem is not None and "symbolic link" in problem
+
+
+def test_an_output_the_filesystem_refuses_is_named_not_its_temporary(tmp_path, monkeypatch):
+    """A filesystem that refuses new files where access() said yes (root on /proc): the
+    one line names the user's path, not `.name.tmp-XXXX` (nor the probe's name)."""
+    import tempfile
+
+    def refuse(prefix="", suffix="", dir=None):
+        raise FileNotFoundError(2, "No such file or directory", f"{dir}/{prefix}abc{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    target = str(tmp_path / "model.tflite")
+    with pytest.raises(atomic.WriteError) as raised:
+        with atomic.atomic_output(target):
+            pass
+    assert str(raised.value).startswith(f"Could not write {target}: No such file or directory.")
+    assert ".tmp-" not in str(raised.value)
+    with pytest.raises(atomic.WriteError, match=f"Could not write {tmp_path}: No such file"):
+        atomic.check_writable(str(tmp_path))
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError):  # the body's own errors stand as they are
+        with atomic.atomic_output(target):
+            open(tmp_path / "missing" / "other.txt")
