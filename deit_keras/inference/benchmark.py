@@ -241,7 +241,8 @@ def run_benchmark(
         iterations: int or None. Timed calls per runtime and case; None
             fits them into `time_budget_s`.
         time_budget_s: float. Seconds of timed calls per runtime and case.
-        rounds: int. Turns the calls are split over (`timing.interleaved`).
+        rounds: int. Turns the calls are split over (`timing.interleaved`); at most
+            `iterations` (the settings record the turns taken).
         num_threads: int or None. Threads of LiteRT, onnxruntime and torch;
             defaults to the usable CPUs.
         progress: callable(str) or None. Told what is being prepared and timed.
@@ -253,6 +254,8 @@ def run_benchmark(
     progress = progress or (lambda line: logging.info("%s", line))
     check_options(batch_size, reference, warmup, iterations, rounds)
     check_reference_fits(model, reference)
+    if iterations is not None:
+        rounds = min(rounds, iterations)  # every turn times at least one call
     num_threads = num_threads or host.usable_cpus()
     names = list(runtimes) + ([reference] if reference != "none" else [])
     load_before = host.load_average()

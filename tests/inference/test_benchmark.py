@@ -68,6 +68,16 @@ def test_ratios_against_the_reference_and_a_failed_runtime(model, monkeypatch):
     assert "x torch)" in result["summary"] and "x torch's)" in result["summary"]
 
 
+def test_fewer_iterations_than_rounds_take_one_turn_per_call(model, monkeypatch):
+    monkeypatch.setitem(bench_runtimes.RUNTIMES, "keras", _sleeping(0.001))
+    lines = []
+    result = benchmark.run_benchmark(
+        model, ["keras"], batch_size=2, warmup=0, iterations=2, rounds=3, progress=lines.append
+    )
+    assert result["settings"]["rounds"] == 2 and "in 2 turns" in lines[-1]
+    assert result["runtimes"]["keras"]["latency"]["calls"] == 2
+
+
 def test_the_flags_runtime_names_are_the_runtimes_built():
     """`deit-benchmark --help` lists `benchmark_names` before TensorFlow loads."""
     names = (*benchmark_names.DEPLOY_RUNTIMES, benchmark_names.REFERENCE)
