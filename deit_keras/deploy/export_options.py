@@ -62,9 +62,12 @@ def check_export_options(export_format: str, path: str, quantize: str = "none") 
         raise UserInputError(f"format must be one of {FORMATS}. Received: format={export_format!r}")
     suffix = SUFFIXES.get(export_format)
     if suffix and not path.lower().endswith(suffix):
-        raise UserInputError(
-            f"The {export_format} export is a single {suffix} file. Received: output={path!r}"
+        what = (
+            f"a {suffix} file (its weights beside it in a .bin)"
+            if suffix == ".xml"
+            else f"a single {suffix} file"
         )
+        raise UserInputError(f"The {export_format} export is {what}. Received: output={path!r}")
     if export_format == "saved_model" and path.lower().endswith((*SUFFIXES.values(), ".keras")):
         raise UserInputError(f"A SavedModel is a directory. Received: output={path!r}")
     problem = _output_problem(export_format, path)

@@ -170,7 +170,7 @@ def test_bad_option_combinations_are_one_line_errors(model, tmp_path):
         ("openvino", "m.xml", "dynamic_int8", "is for format litert / onnx"),
         ("saved_model", "exported", "int8", "saved_model takes ('none',)"),
         ("litert", "m.tflite", "bf16", "is for format openvino"),
-        ("openvino", "m.onnx", "none", "single .xml file"),
+        ("openvino", "m.bin", "none", "is a .xml file (its weights beside it in a .bin)"),
         ("onnx", "m.onnx", "int4", "quantize must be one of"),
     ]
     for export_format, name, quantize, message in cases:
