@@ -23,6 +23,7 @@ import threading
 
 from absl import app, flags, logging
 
+from deit_keras.cli import flagfiles
 from deit_keras.errors import (
     INTERNAL_ERROR_EXIT_CODE,
     USER_ERROR_EXIT_CODE,
@@ -108,9 +109,12 @@ def check_outputs_spare_inputs(outputs: dict, inputs: dict) -> None:
 
 
 def parse_argv(argv: list[str]) -> list[str]:
-    """`flags.FLAGS(argv)`: the arguments left; `UsageError` for a bad flag or flagfile."""
+    """`flags.FLAGS(argv)`: the arguments left; `UsageError` for a bad flag or flagfile.
+
+    Flagfiles are expanded first (`cli.flagfiles`: an include is found beside its file).
+    """
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(flagfiles.expand_flagfiles(argv))
     except flags.Error as error:
         raise UsageError(str(error).removeprefix("ERROR:: ")) from None
     except UnicodeDecodeError as error:  # absl reads flagfiles as UTF-8 text

@@ -154,12 +154,13 @@ def test_a_refused_run_leaves_the_flags_txt_of_the_directory(tmp_path):
 def test_experiment_flagfiles_parse_into_valid_configs(flagfile):
     from absl import flags
 
+    from deit_keras import cli
     from deit_keras.cli import train  # noqa: F401  (defines the train flags)
     from deit_keras.cli.config_flags import config_from_flags
 
     flags.FLAGS.unparse_flags()
     try:
-        flags.FLAGS(["train", f"--flagfile=experiments/{flagfile}"])
+        cli.parse_argv(["train", f"--flagfile=experiments/{flagfile}"])
         config = config_from_flags(TrainConfig)
         config.validate()
     finally:

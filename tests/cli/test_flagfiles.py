@@ -1,0 +1,56 @@
+"""Flagfiles as absl reads them, with an include found beside the file that includes it."""
+
+import os
+
+import pytest
+
+from deit_keras import cli
+from deit_keras.cli.flagfiles import expand_flagfiles
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_an_experiment_including_another_parses_from_any_directory(tmp_path, monkeypatch):
+    """deit_finetune.cfg includes teacher_finetune.cfg: absl looked for it from the cwd."""
+    from absl import flags
+
+    from deit_keras.cli import train  # noqa: F401  (defines the train flags)
+
+    monkeypatch.chdir(tmp_path)
+    flags.FLAGS.unparse_flags()
+    try:
+        cli.parse_argv(["train", f"--flagfile={REPO}/experiments/deit_finetune.cfg"])
+        assert flags.FLAGS.model == "deit_small_distilled_patch16_224"
+        assert flags.FLAGS.teacher_base == "resnet50"  # from the included file
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def test_absls_line_rules_order_cycles_and_the_working_directory_rule(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "inner.cfg").write_text("--b=2\n// a comment\n--flagfile=outer.cfg\n")
+    (tmp_path / "sub" / "outer.cfg").write_text(
+        "# a comment\n\n  --a=1  \n--flagfile=inner.cfg\n--c=3\n--flagfile=sub/cwd.cfg\n"
+    )
+    (tmp_path / "sub" / "cwd.cfg").write_text("--d=4\n")
+    monkeypatch.chdir(tmp_path)  # sub/cwd.cfg: absl's rule, from the working directory
+    argv = ["prog", "--x=0", "--flagfile=sub/outer.cfg", "--y=5", "--", "--flagfile=z"]
+    assert expand_flagfiles(argv) == [
+        "prog", "--x=0", "--a=1", "--b=2", "--c=3", "--d=4", "--y=5", "--", "--flagfile=z"
+    ]  # fmt: skip
+
+
+def test_a_missing_or_unreadable_flagfile_is_left_to_absls_one_line(tmp_path):
+    (tmp_path / "bad.cfg").write_text("--flagfile=nowhere.cfg\n")
+    assert expand_flagfiles(["prog", "--flagfile=missing.cfg"]) == [
+        "prog",
+        "--flagfile=missing.cfg",
+    ]
+    assert expand_flagfiles(["prog", f"--flagfile={tmp_path}/bad.cfg"]) == [
+        "prog", "--flagfile=nowhere.cfg"
+    ]  # fmt: skip
+    with pytest.raises(cli.UsageError, match="nowhere.cfg"):
+        cli.parse_argv(["prog", f"--flagfile={tmp_path}/bad.cfg"])
+    (tmp_path / "binary.cfg").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(cli.UsageError, match="flagfile must be a text file"):
+        cli.parse_argv(["prog", f"--flagfile={tmp_path}/binary.cfg"])
