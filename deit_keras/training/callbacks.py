@@ -160,9 +160,17 @@ class Backup:
 
     def run_seconds(self) -> float:
         """The run's seconds up to its latest save, over every process that trained it
-        (each from when it opened its backup, to its last save); 0 without a backup."""
+        (each from when it opened its backup, to its last save; a finished run's whole
+        wall time, `record_run_seconds`); 0 without a backup."""
         latest = self.latest()
         return float(latest.get("run_s", 0.0)) if latest else 0.0
+
+    def record_run_seconds(self, seconds: float) -> None:
+        """Records a finished run's wall time (its teacher, evaluation and export too), from
+        which a rerun that extends it (more `--epochs`) counts on."""
+        latest = self.latest()
+        if latest is not None:
+            write_text_atomic(self.pointer, json.dumps(dict(latest, run_s=round(seconds, 1))))
 
     def clear(self) -> None:
         """Removes the backup's files (states, pointer, settings, leftovers of a crashed

@@ -409,4 +409,5 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         distillation=config.distillation_type,
     )
     write_text_atomic(os.path.join(config.model_dir, "results.json"), json.dumps(results, indent=1))
+    backup.record_run_seconds(results["wall_s"])
     return results
