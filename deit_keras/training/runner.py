@@ -318,6 +318,9 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             freeze_backbone(student)
         image_size = student.image_size
         teacher = teacher_lib.make_teacher(config, info, student)
+        # What draws after the teacher (the feature adapters) must not depend on whether
+        # this run trained the teacher or loaded it; a stream of its own, not the student's.
+        keras.utils.set_random_seed(config.seed + 1)
         data_kwargs = dict(
             image_size=image_size,
             data_dir=config.data_dir,

@@ -1,5 +1,6 @@
 """run_training's checks before any work, and what a rerun in the same --model_dir finds."""
 
+import dataclasses
 import json
 import os
 import time
@@ -116,6 +117,23 @@ def test_more_epochs_resume_and_results_count_the_runs_epochs_and_seconds(tmp_pa
     assert backup.run_seconds() > first_seconds  # the second process's save added its time
     again = run_training(_tiny(tmp_path, epochs=2))  # finished: trains nothing
     assert (again["epochs"], again["resumed_at_epoch"]) == (2, 2)
+
+
+def test_a_teacher_trained_in_the_run_or_loaded_gives_the_same_run(tmp_path):
+    """Training the teacher draws random numbers; the feature adapters built after it
+    drew different weights than in a rerun that loads the teacher."""
+    config = _tiny(
+        tmp_path,
+        distillation_type="hard",
+        teacher=str(tmp_path / "teacher.keras"),
+        teacher_epochs=1,
+        feature_distillation=True,
+    )
+    first = run_training(config)  # trains the teacher
+    first_loss = callbacks_lib.read_history(config.model_dir)[0]["feature_loss"]
+    again = run_training(dataclasses.replace(config, resume=False))  # loads it
+    assert callbacks_lib.read_history(config.model_dir)[0]["feature_loss"] == first_loss
+    assert first["teacher_top1"] == again["teacher_top1"] and first["top1"] == again["top1"]
 
 
 def test_noresume_starts_a_fresh_history(tmp_path):
