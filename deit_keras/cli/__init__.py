@@ -23,7 +23,7 @@ import threading
 
 from absl import app, flags, logging
 
-from deit_keras.cli import flagfiles
+from deit_keras.cli.flagfiles import expand_flagfiles
 from deit_keras.errors import (
     INTERNAL_ERROR_EXIT_CODE,
     USER_ERROR_EXIT_CODE,
@@ -108,13 +108,25 @@ def check_outputs_spare_inputs(outputs: dict, inputs: dict) -> None:
             raise UsageError(f"{name} and {other} name one file: give two. Received: {path}")
 
 
+def command_flags_text() -> str:
+    """The command's flags as a flagfile (`flags.txt`, the seeds' flagfile): absl's
+    `flags_into_string`, over deit_keras's own flags only. Libraries loaded with
+    TensorFlow define flags of theirs (`--test_random_seed`), which a command reading the
+    file before TensorFlow loads does not know: such a flagfile was refused."""
+    lines = []
+    for module, module_flags in sorted(flags.FLAGS.flags_by_module_dict().items()):
+        if module.split(".")[0] == "deit_keras":
+            lines += [f.serialize() for f in sorted(module_flags, key=lambda f: f.name)]
+    return "".join(f"{line}\n" for line in lines if line)
+
+
 def parse_argv(argv: list[str]) -> list[str]:
     """`flags.FLAGS(argv)`: the arguments left; `UsageError` for a bad flag or flagfile.
 
     Flagfiles are expanded first (`cli.flagfiles`: an include is found beside its file).
     """
     try:
-        return flags.FLAGS(flagfiles.expand_flagfiles(argv))
+        return flags.FLAGS(expand_flagfiles(argv))
     except flags.Error as error:
         raise UsageError(str(error).removeprefix("ERROR:: ")) from None
     except UnicodeDecodeError as error:  # absl reads flagfiles as UTF-8 text

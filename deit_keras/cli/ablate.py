@@ -112,12 +112,12 @@ def main(argv: list[str]) -> None:
         return
     os.makedirs(config.model_dir, exist_ok=True)
     flags_path = os.path.join(config.model_dir, "flags.txt")
-    write_text_atomic(flags_path, flags.FLAGS.flags_into_string())
+    write_text_atomic(flags_path, cli.command_flags_text())
     if _PARALLEL_SEEDS.value > 1 and _SEEDS.value > 1:
         seeds = [config.seed + index for index in range(_SEEDS.value)]
         parallel = _PARALLEL_SEEDS.value
         parallel_seeds.run_seeds("deit_keras.ablate", config.model_dir, seeds, parallel)
-        write_text_atomic(flags_path, flags.FLAGS.flags_into_string())  # the seeds wrote theirs
+        write_text_atomic(flags_path, cli.command_flags_text())  # the seeds wrote theirs
     command = shlex.join(["python", "-m", "deit_keras.ablate", *sys.argv[1:]])
     if fractions:
         result = run_data_efficiency(

@@ -188,7 +188,7 @@ def main(argv: list[str]) -> None:
     model, class_names = model_source.load_model_from_flags(allow_exported=True)
     summary, for_people = _evaluate(model, class_names)
     if _OUTPUT.value:
-        summary["flags"] = flags.FLAGS.flags_into_string()
+        summary["flags"] = cli.command_flags_text()
         write_text_atomic(_OUTPUT.value, json.dumps(summary, indent=1) + "\n")
         print(for_people)
         print(f"wrote {_OUTPUT.value}")

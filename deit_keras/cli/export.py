@@ -168,7 +168,7 @@ def main(argv: list[str]) -> None:
         optimize=_OPTIMIZE.value,
         crop_pct=_CROP_PCT.value,
         class_names=class_names,
-        extra_files={"flags.txt": flags.FLAGS.flags_into_string()},
+        extra_files={"flags.txt": cli.command_flags_text()},
     )
     print(
         f"Exported {model_source.model_description()} to {os.path.abspath(_OUTPUT.value)} "

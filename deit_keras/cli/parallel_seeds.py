@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 
-from absl import flags, logging
+from absl import logging
 
+from deit_keras import cli
 from deit_keras.errors import UserInputError
 from deit_keras.io.atomic import write_text_atomic
 
@@ -83,7 +84,7 @@ def run_seeds(module: str, output_dir: str, seeds: list[int], parallel: int) -> 
         RuntimeError: it failed otherwise.
     """
     flagfile = os.path.join(output_dir, CHILD_FLAGS)
-    write_text_atomic(flagfile, flags.FLAGS.flags_into_string())
+    write_text_atomic(flagfile, cli.command_flags_text())
     free_cores = core_groups(parallel)
     pending, running = list(seeds), []
     try:

@@ -13,8 +13,6 @@ import os
 import shlex
 import sys
 
-from absl import flags
-
 from deit_keras import cli
 from deit_keras.cli import launch
 from deit_keras.cli.config_flags import config_from_flags, define_config_flags
@@ -38,7 +36,7 @@ def main(argv: list[str]) -> None:
     from deit_keras.training.runner import run_training
 
     # flags.txt is written once the run is accepted: a refused one keeps the directory's own.
-    results = run_training(config, flags_text=flags.FLAGS.flags_into_string())
+    results = run_training(config, flags_text=cli.command_flags_text())
     print(json.dumps(results, indent=1))
     print(comparison(results, config, ablate_command(sys.argv[1:])))
 

@@ -186,3 +186,20 @@ def test_digits_builder_says_once_that_it_prepares_the_data(tmp_path, caplog, ca
     assert len(said) == 1 and said[0].startswith("Preparing the embedded digits dataset"), said
     out, err = capfd.readouterr()
     assert not [word for word in TFDS_CHATTER if word in out + err], out + err
+
+
+def test_a_runs_flags_txt_is_a_flagfile_the_commands_read_before_tensorflow(tmp_path):
+    """flags.txt (and --parallel_seeds' flagfile) held the flags of libraries loaded with
+    TensorFlow (`--test_random_seed`): read back before TensorFlow loads, it was refused."""
+    flags_txt = tmp_path / "flags.txt"
+    write = (
+        "import sys; from absl import flags; from deit_keras import cli; "
+        "from deit_keras.cli import train; import tensorflow, tensorflow_datasets; "
+        "flags.FLAGS(['train', '--epochs=7']); "
+        f"open({str(flags_txt)!r}, 'w').write(cli.command_flags_text())"
+    )
+    subprocess.run([sys.executable, "-c", write], check=True, capture_output=True, timeout=300)
+    text = flags_txt.read_text()
+    assert "--epochs=7\n" in text and "--test_random_seed" not in text
+    process = run_cli("train", f"--flagfile={flags_txt}", "--batch_size=0")
+    assert_one_line_error(process, "batch_size must be positive")
