@@ -132,8 +132,11 @@ def test_a_teacher_trained_in_the_run_or_loaded_gives_the_same_run(tmp_path):
     first = run_training(config)  # trains the teacher
     first_loss = callbacks_lib.read_history(config.model_dir)[0]["feature_loss"]
     again = run_training(dataclasses.replace(config, resume=False))  # loads it
-    assert callbacks_lib.read_history(config.model_dir)[0]["feature_loss"] == first_loss
-    assert first["teacher_top1"] == again["teacher_top1"] and first["top1"] == again["top1"]
+    # Equal up to thread-order rounding (the bug: 1.48 against 1.95).
+    again_loss = callbacks_lib.read_history(config.model_dir)[0]["feature_loss"]
+    assert again_loss == pytest.approx(first_loss, rel=1e-4)
+    assert first["teacher_top1"] == again["teacher_top1"]
+    assert again["top1"] == pytest.approx(first["top1"], abs=0.01)
 
 
 def test_noresume_starts_a_fresh_history(tmp_path):
