@@ -43,24 +43,22 @@ def disk_error_reason(error: BaseException) -> str | None:
     return next((message for message in _DISK_MESSAGES if message in text), None)
 
 
-def _on_our_file(error: BaseException, directory: str, prefix: str) -> bool:
-    """Whether `error` is an OSError about a file of ours (a temporary or a probe) in
-    `directory`: its name means nothing to the user, the path they gave does."""
+def _on_our_file(error: BaseException, ours: str) -> bool:
+    """Whether `error` is an OSError about a file of ours (a temporary or a probe), whose
+    path begins with `ours`: its name means nothing to the user, the path they gave does."""
     filename = getattr(error, "filename", None)
     if not isinstance(error, OSError) or not error.errno or not isinstance(filename, str):
         return False
-    in_directory = os.path.dirname(os.path.abspath(filename)) == os.path.abspath(directory)
-    return in_directory and os.path.basename(filename).startswith(prefix)
+    return os.path.abspath(filename).startswith(ours)
 
 
 def _write_error(path: str, error: BaseException, ours: str | None = None) -> WriteError | None:
     """A `WriteError` naming `path` when `error` is a full/read-only disk, or any OSError
-    on our file named `ours...` beside it; None otherwise (the error stands as it is)."""
+    on our file whose path begins with `ours`; None otherwise (the error stands as it is)."""
     if isinstance(error, WriteError):
         return None
     reason = disk_error_reason(error)
-    directory = path if ours == _PROBE_PREFIX else os.path.dirname(os.path.abspath(path))
-    if reason is None and ours is not None and _on_our_file(error, directory, ours):
+    if reason is None and ours is not None and _on_our_file(error, ours):
         reason = os.strerror(error.errno)
     if reason is None:
         return None
@@ -81,7 +79,7 @@ def check_writable(directory: str) -> None:
         os.close(handle)
         os.remove(probe)
     except OSError as error:
-        failure = _write_error(directory, error, _PROBE_PREFIX)
+        failure = _write_error(directory, error, os.path.join(directory, _PROBE_PREFIX))
         if failure is None:
             raise
         raise failure from error
@@ -148,7 +146,7 @@ def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator
         yield temporary
         _rename(temporary, path)
     except Exception as error:
-        failure = _write_error(path, error, temporary_prefix(path))
+        failure = _write_error(path, error, os.path.join(directory, temporary_prefix(path)))
         if failure is None:
             raise
         raise failure from error
