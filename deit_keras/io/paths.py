@@ -7,7 +7,12 @@ an empty or None `path` (not given) is no problem. What a file holds (a
 """
 
 import os
+import tempfile
 import zipfile
+
+# A file made and removed at once where access() says a folder is writable: some
+# filesystems refuse new files all the same (root on /proc, NFS with root squashing).
+PROBE_PREFIX = ".write-test-"
 
 
 def input_file_problem(name: str, path: str | None) -> str | None:
@@ -79,7 +84,8 @@ def output_dir_problem(name: str, path: str | None) -> str | None:
     if os.path.isdir(path):
         if not os.access(path, os.W_OK | os.X_OK):
             return f"{name} is not writable (permission denied), got {path}"
-        return None
+        refusal = _file_creation_refusal(path)
+        return f"{name} refuses new files ({refusal}), got {path}" if refusal else None
     if os.path.exists(path):
         return f"{name} is an existing file, expected a directory, got {path}"
     return _folder_problem(name, path)
@@ -107,6 +113,20 @@ def _folder_problem(name: str, path: str) -> str | None:
         return f"{name} lies under {folder}, which is a file, got {path}"
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"{name} lies under {folder}, which is not writable, got {path}"
+    refusal = _file_creation_refusal(folder)
+    if refusal:
+        return f"{name} lies under {folder}, which refuses new files ({refusal}), got {path}"
+    return None
+
+
+def _file_creation_refusal(folder: str) -> str | None:
+    """Why a file cannot be created in the existing directory `folder`, or None."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
+    except OSError as error:
+        return os.strerror(error.errno) if error.errno else str(error)
+    os.close(handle)
+    os.remove(probe)
     return None
 
 

@@ -94,3 +94,41 @@ def test_an_output_the_filesystem_refuses_is_named_not_its_temporary(tmp_path, m
     with pytest.raises(FileNotFoundError):  # the body's own errors stand as they are
         with atomic.atomic_output(target):
             open(tmp_path / "missing" / "other.txt")
+
+
+def test_a_folder_the_filesystem_refuses_is_an_argument_problem(tmp_path, monkeypatch):
+    """access() says writable, the filesystem refuses new files (root on /proc, NFS root
+    squashing): the flag check names the argument before any work, leaving no probe."""
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+    refused = str(tmp_path / "refused")
+    os.makedirs(refused)
+
+    def refuse_there(prefix="", suffix="", dir=None):
+        if os.path.abspath(dir) == refused:
+            raise PermissionError(13, "Permission denied", f"{dir}/{prefix}abc{suffix}")
+        return real_mkstemp(prefix=prefix, suffix=suffix, dir=dir)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse_there)
+    for problem in (
+        paths.output_file_problem("output", f"{refused}/model.onnx"),
+        paths.output_path_problem("output", f"{refused}/export"),
+        paths.output_dir_problem("model_dir", f"{refused}/run/sub"),
+    ):
+        assert problem is not None and "refuses new files (Permission denied)" in problem
+    assert "model_dir refuses new files" in paths.output_dir_problem("model_dir", refused)
+    assert paths.output_file_problem("output", str(tmp_path / "fine.onnx")) is None
+    assert os.listdir(tmp_path) == ["refused"]  # the probe removed itself
+
+
+@pytest.mark.skipif(
+    not os.access("/proc", os.W_OK), reason="access() says /proc is writable only for root"
+)
+def test_an_export_to_proc_is_refused_before_any_work(tmp_path):
+    from deit_keras.testing import assert_one_line_error, run_cli
+
+    process = run_cli(
+        "export", f"--model_path={tmp_path / 'never_read.keras'}", "--output=/proc/deit.onnx"
+    )
+    assert_one_line_error(process, "/proc", "refuses new files")
