@@ -36,8 +36,8 @@ import tensorflow as tf
 
 from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import evaluate_model
+from deit_keras.training.backup import Backup
 from deit_keras.training.callbacks import (
-    Backup,
     diverged_error,
     finite_logs,
     record_epochs,
@@ -182,7 +182,7 @@ def fit_distributed(
         preemption: a `PreemptionWatcher` or None.
         validation_freq: int. Validate after every this many epochs (as `fit`).
         settings: dict or None. The run's settings, recorded with its backup
-            (`callbacks.Backup`).
+            (`backup.Backup`).
 
     Returns:
         A `keras.callbacks.History`-like object: `epoch` (the epoch indices

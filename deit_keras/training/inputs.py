@@ -1,6 +1,6 @@
 """The training input of a run: epochs seeded by index, and where a resumed run picks up.
 
-A backup records `(epoch, batch)` (`callbacks.Backup.position`). `train_phases`
+A backup records `(epoch, batch)` (`backup.Backup.position`). `train_phases`
 turns it into the `fit` calls that finish the run: the rest of the
 interrupted epoch, then the epochs after it. With `--deterministic` every epoch
 is a function of `(seed, epoch)` and a resumed epoch skips the batches it
@@ -11,7 +11,7 @@ would have seen.
 import os
 
 from deit_keras.data.pipeline import make_dataset
-from deit_keras.training.callbacks import Backup
+from deit_keras.training.backup import Backup
 
 
 def train_data(config, data_kwargs, **extra):

@@ -13,7 +13,7 @@ the same command resumes at the saved step.
 models (measured: it saves a `tf.train.Checkpoint` of the model and
 optimizer a step after the signal and exits with status 42), but it
 writes its own checkpoint format beside ours and does not cover `Model.fit`;
-this watcher keeps one backup format (`callbacks.Backup`) for both loops.
+this watcher keeps one backup format (`backup.Backup`) for both loops.
 """
 
 import signal

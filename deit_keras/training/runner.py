@@ -25,6 +25,7 @@ from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import classifier_top1, evaluate_model
 from deit_keras.io import atomic, run_lock
 from deit_keras.io.atomic import write_text_atomic
+from deit_keras.training import backup as backup_lib
 from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training import custom_loop, inputs
 from deit_keras.training import teacher as teacher_lib
@@ -60,7 +61,7 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
     tensorboard_dir = os.path.join(config.model_dir, "tensorboard")
     backup_dir = os.path.join(config.model_dir, "backup")
     nan_stop = callbacks_lib.StopOnNaN()
-    backup = callbacks_lib.AtomicBackupAndRestore(
+    backup = backup_lib.AtomicBackupAndRestore(
         backup_dir,
         config.backup_every_steps,
         steps_per_epoch=steps,
@@ -233,7 +234,7 @@ def check_backup_settings(config: TrainConfig) -> None:
     """Refuses, in one line, to resume a backup in `model_dir` made with other settings
     (`TrainConfig.defining_settings`: more --epochs, for one, still resumes)."""
     if config.resume:
-        backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
+        backup = backup_lib.Backup(os.path.join(config.model_dir, "backup"))
         backup.check_settings(config.defining_settings())
 
 
@@ -247,7 +248,7 @@ def _accept(config: TrainConfig, strategy, flags_text: str | None, info) -> None
     if flags_text is not None:
         write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags_text)
     if not config.resume:
-        callbacks_lib.Backup(os.path.join(config.model_dir, "backup")).clear()
+        backup_lib.Backup(os.path.join(config.model_dir, "backup")).clear()
         history = os.path.join(config.model_dir, callbacks_lib.HISTORY_FILE)
         if os.path.exists(history):
             os.remove(history)
@@ -372,7 +373,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             steps_per_execution=math.gcd(config.steps_per_execution, steps),
         )
     _accept(config, strategy, flags_text, info)
-    backup = callbacks_lib.Backup(os.path.join(config.model_dir, "backup"))
+    backup = backup_lib.Backup(os.path.join(config.model_dir, "backup"))
     first_epoch = backup.restored_epoch() if config.resume else 0  # where this process starts
     # A resumed run's wall time includes the processes before it, up to their last backup.
     seconds_before = backup.run_seconds() if config.resume else 0.0

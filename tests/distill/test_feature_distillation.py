@@ -27,7 +27,7 @@ from deit_keras.distill.teachers import (
 )
 from deit_keras.errors import UserInputError
 from deit_keras.testing import TINY, batches, compiled, tiny_model
-from deit_keras.training import callbacks as callbacks_lib
+from deit_keras.training import backup as backup_lib
 
 STUDENT = "deit_tiny_distilled_patch16_224"
 
@@ -319,7 +319,7 @@ def test_backup_resume_with_adapters_is_exact(tmp_path):
         model = _compiled(_teacher(), "hard", feature_weight=2.5)
         callbacks, initial = [], 0
         if with_backup:
-            backup = callbacks_lib.AtomicBackupAndRestore(backup_dir)
+            backup = backup_lib.AtomicBackupAndRestore(backup_dir)
             initial = backup.resume(model)[0]
             callbacks = [backup]
         model.fit(
@@ -351,9 +351,9 @@ def test_backup_resume_with_adapters_is_exact(tmp_path):
             np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-6)
     # A plain run's backup cannot resume a feature-distilled one (no adapters in it).
     plain = _compiled(_teacher(), "hard")
-    callbacks_lib.Backup(str(tmp_path / "plain")).save(plain, 1)
-    with pytest.raises(callbacks_lib.BackupMismatchError, match="adapters"):
-        callbacks_lib.Backup(str(tmp_path / "plain")).restore(straight)
+    backup_lib.Backup(str(tmp_path / "plain")).save(plain, 1)
+    with pytest.raises(backup_lib.BackupMismatchError, match="adapters"):
+        backup_lib.Backup(str(tmp_path / "plain")).restore(straight)
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""

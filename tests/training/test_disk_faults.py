@@ -18,6 +18,7 @@ import pytest
 from deit_keras.deploy.saving import load_model, save_model
 from deit_keras.io.atomic import WriteError, check_writable
 from deit_keras.testing import assert_one_line_error, tiny_model, user_stderr
+from deit_keras.training import backup as backup_lib
 from deit_keras.training import callbacks as callbacks_lib
 
 
@@ -70,7 +71,7 @@ def model():
 
 def test_full_disk_fails_each_save_naming_it_and_keeps_the_last_good(tmp_path, model):
     with tmpfs(tmp_path / "disk", size="4m") as disk:
-        backup = callbacks_lib.Backup(str(disk / "backup"))
+        backup = backup_lib.Backup(str(disk / "backup"))
         backup.save(model, 1)
         callbacks_lib.save_epoch_checkpoint(model, str(disk / "checkpoints"), 0, {"loss": 1.0})
         save_model(model, str(disk / "final.keras"), class_names=["a", "b", "c"])
@@ -109,7 +110,7 @@ def test_a_backup_larger_than_the_space_left_is_refused_before_writing(tmp_path)
         "import sys\n"
         "from deit_keras.io.atomic import WriteError\n"
         "from deit_keras.testing import tiny_model\n"
-        "from deit_keras.training.callbacks import Backup\n"
+        "from deit_keras.training.backup import Backup\n"
         "model = tiny_model(num_classes=3)\n"
         "model.compile(optimizer='adamw')\n"
         "model.optimizer.build(model.trainable_variables)\n"
@@ -139,7 +140,7 @@ def test_read_only_disk_fails_naming_the_path_and_keeps_the_file(tmp_path, model
         with pytest.raises(WriteError, match="final.keras: Read-only file system"):
             save_model(model, str(disk / "final.keras"))
         with pytest.raises(WriteError, match="backup/epoch-00001: Read-only file system"):
-            callbacks_lib.Backup(str(disk / "backup")).save(model, 1)
+            backup_lib.Backup(str(disk / "backup")).save(model, 1)
         with pytest.raises(WriteError, match=f"{disk}: Read-only file system"):
             check_writable(str(disk))
         assert (disk / "final.keras").read_bytes() == before
@@ -274,4 +275,4 @@ def test_train_cli_model_dir_fills_mid_run(tmp_path):
         assert 1 <= saved["epoch"] < 1000, (saved, user_stderr(process))
         (run / "filler").unlink()  # room for a restore: the saved state must load
         fresh = keras.saving.load_model(run / "checkpoints" / "last.keras")  # same architecture
-        assert callbacks_lib.Backup(str(run / "backup")).restore(fresh) == saved["epoch"]
+        assert backup_lib.Backup(str(run / "backup")).restore(fresh) == saved["epoch"]

@@ -262,7 +262,7 @@ def test_waiting_for_the_chiefs_teacher_times_out_in_one_line(tmp_path):
 
 def test_a_lost_worker_is_one_line_naming_the_backup_to_resume(tmp_path):
     from deit_keras.testing import tiny_model
-    from deit_keras.training.callbacks import Backup
+    from deit_keras.training.backup import Backup
     from deit_keras.training.custom_loop import _lost_worker
 
     error = tf.errors.UnavailableError(

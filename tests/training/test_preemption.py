@@ -19,7 +19,7 @@ from deit_keras.testing import (
     train_command,
     user_stderr,
 )
-from deit_keras.training import callbacks as callbacks_lib
+from deit_keras.training import backup as backup_lib
 from deit_keras.training.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatcher
 
 STEPS = 22  # digits: 1437 training images // batch 64
@@ -165,7 +165,7 @@ def test_periodic_backups_count_run_steps_and_resume_mid_epoch(tmp_path):
     model = tiny_model(num_classes=3)
     model.compile(optimizer="adamw")
     model.optimizer.build(model.trainable_variables)
-    backup = callbacks_lib.AtomicBackupAndRestore(str(tmp_path), every_steps=4, steps_per_epoch=6)
+    backup = backup_lib.AtomicBackupAndRestore(str(tmp_path), every_steps=4, steps_per_epoch=6)
     backup.set_model(model)
     positions = []
     for epoch in range(2):
@@ -179,7 +179,7 @@ def test_periodic_backups_count_run_steps_and_resume_mid_epoch(tmp_path):
     assert backup.backup.position() == (2, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-00002", "latest.json"]
     backup.backup.save(model, 1, 1)
-    resumed = callbacks_lib.AtomicBackupAndRestore(str(tmp_path), every_steps=4, steps_per_epoch=6)
+    resumed = backup_lib.AtomicBackupAndRestore(str(tmp_path), every_steps=4, steps_per_epoch=6)
     resumed.set_model(model)
     assert resumed.resume() == (1, 1)  # fit(initial_epoch=1), skipping 1 batch
     resumed.on_epoch_begin(1)
@@ -228,9 +228,7 @@ def test_sigterm_during_validation_backs_up_the_finished_epoch(tmp_path):
     model.compile(optimizer="adamw")
     model.optimizer.build(model.trainable_variables)
     watcher = PreemptionWatcher()
-    backup = callbacks_lib.AtomicBackupAndRestore(
-        str(tmp_path), steps_per_epoch=6, preemption=watcher
-    )
+    backup = backup_lib.AtomicBackupAndRestore(str(tmp_path), steps_per_epoch=6, preemption=watcher)
     backup.set_model(model)
     backup.on_epoch_begin(2)
     for batch in range(6):

@@ -12,6 +12,7 @@ import pytest
 
 from deit_keras.io import atomic as io_utils
 from deit_keras.testing import prepare_digits, saved_weights, tiny_model, train_command
+from deit_keras.training import backup as backup_lib
 from deit_keras.training import callbacks as callbacks_lib
 
 
@@ -87,7 +88,7 @@ def test_failed_checkpoint_save_keeps_last_keras(tmp_path, monkeypatch):
 def test_backup_save_is_atomic_and_skips_nan_epochs(tmp_path, monkeypatch):
     model = tiny_model(num_classes=3)
     model.compile(optimizer="adamw")
-    backup = callbacks_lib.AtomicBackupAndRestore(str(tmp_path))
+    backup = backup_lib.AtomicBackupAndRestore(str(tmp_path))
     backup.set_model(model)
     backup.on_epoch_end(0, {"loss": 1.0})
     assert backup.restored_epoch() == 1
@@ -176,13 +177,13 @@ def test_backup_restore_into_a_model_it_does_not_fit_names_the_settings(tmp_path
     small = tiny_model(num_classes=3)
     small.compile(optimizer="adamw")
     small.optimizer.build(small.trainable_variables)
-    callbacks_lib.Backup(str(tmp_path), {"embed_dim": 32, "epochs": 3}).save(small, 1)
+    backup_lib.Backup(str(tmp_path), {"embed_dim": 32, "epochs": 3}).save(small, 1)
     wide = tiny_model(num_classes=3, embed_dim=48)
     wide.compile(optimizer="adamw")
-    restoring = callbacks_lib.Backup(str(tmp_path), {"embed_dim": 48, "epochs": 3})
-    with pytest.raises(callbacks_lib.BackupMismatchError, match="embed_dim 32 there, 48 now"):
+    restoring = backup_lib.Backup(str(tmp_path), {"embed_dim": 48, "epochs": 3})
+    with pytest.raises(backup_lib.BackupMismatchError, match="embed_dim 32 there, 48 now"):
         restoring.restore(wide)
-    with pytest.raises(callbacks_lib.BackupMismatchError) as raised:
+    with pytest.raises(backup_lib.BackupMismatchError) as raised:
         restoring.restore(wide)
     assert "epochs" not in str(raised.value)  # only the settings that differ are named
 
@@ -193,19 +194,19 @@ def test_backup_restore_into_a_model_it_does_not_fit_names_the_settings(tmp_path
 def test_a_damaged_backup_pointer_is_a_user_error_naming_the_way_out(tmp_path, pointer):
     """Was an internal error (`JSONDecodeError`, `KeyError: 'epoch'`)."""
     (tmp_path / "latest.json").write_text(pointer)
-    with pytest.raises(callbacks_lib.BackupDamagedError, match="latest.json.*--noresume"):
-        callbacks_lib.Backup(str(tmp_path)).position()
+    with pytest.raises(backup_lib.BackupDamagedError, match="latest.json.*--noresume"):
+        backup_lib.Backup(str(tmp_path)).position()
 
 
 def test_a_truncated_backup_state_is_a_user_error_naming_the_file(tmp_path):
     model = tiny_model(num_classes=3)
     model.compile(optimizer="adamw")
     model.optimizer.build(model.trainable_variables)
-    backup = callbacks_lib.Backup(str(tmp_path / "backup"))
+    backup = backup_lib.Backup(str(tmp_path / "backup"))
     backup.save(model, 1)
     state = tmp_path / "backup" / "epoch-00001" / "state.weights.h5"
     state.write_bytes(state.read_bytes()[:1000])
-    with pytest.raises(callbacks_lib.BackupDamagedError, match="state.weights.h5"):
+    with pytest.raises(backup_lib.BackupDamagedError, match="state.weights.h5"):
         backup.restore(model)
 
 
@@ -214,7 +215,7 @@ def test_clearing_a_backup_leaves_what_is_not_ours(tmp_path):
     model = tiny_model(num_classes=3)
     model.compile(optimizer="adamw")
     model.optimizer.build(model.trainable_variables)
-    backup = callbacks_lib.Backup(str(tmp_path / "backup"), {"embed_dim": 16})
+    backup = backup_lib.Backup(str(tmp_path / "backup"), {"embed_dim": 16})
     backup.save(model, 1)
     (tmp_path / "backup" / "thesis.txt").write_text("a user's file")
     backup.clear()

@@ -11,6 +11,7 @@ from PIL import Image
 
 from deit_keras.errors import UserInputError
 from deit_keras.testing import digits_config
+from deit_keras.training import backup as backup_lib
 from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training.runner import run_training
 
@@ -90,7 +91,7 @@ def test_a_backup_made_with_other_settings_is_refused_before_any_work(tmp_path):
     run_training(config)
     backup = os.path.join(config.model_dir, "backup")
     before = sorted(os.listdir(backup))
-    with pytest.raises(callbacks_lib.BackupMismatchError) as raised:
+    with pytest.raises(backup_lib.BackupMismatchError) as raised:
         run_training(_tiny(tmp_path, lr=1e-3, epochs=2))
     message = str(raised.value)
     assert f"lr {config.lr!r} there, 0.001 now" in message and "epochs" not in message
@@ -101,7 +102,7 @@ def test_a_backup_made_with_other_settings_is_refused_before_any_work(tmp_path):
 
 def test_more_epochs_resume_and_results_count_the_runs_epochs_and_seconds(tmp_path):
     first_seconds = run_training(_tiny(tmp_path))["wall_s"]
-    backup = callbacks_lib.Backup(str(tmp_path / "run" / "backup"))
+    backup = backup_lib.Backup(str(tmp_path / "run" / "backup"))
     assert backup.run_seconds() == first_seconds > 0  # the finished run's whole time
     started = time.time()
     results = run_training(_tiny(tmp_path, epochs=2))  # extended: resumes at epoch 1

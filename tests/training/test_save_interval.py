@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from deit_keras.training import backup as backup_lib
 from deit_keras.training import callbacks as callbacks_lib
 
 
@@ -50,14 +51,14 @@ def test_negative_interval_refused():
 def test_backup_epoch_ends_follow_the_interval(monkeypatch, tmp_path):
     saved = []
     monkeypatch.setattr(
-        callbacks_lib.Backup, "save", lambda self, model, epoch, batch=0: saved.append(epoch)
+        backup_lib.Backup, "save", lambda self, model, epoch, batch=0: saved.append(epoch)
     )
-    backup = callbacks_lib.AtomicBackupAndRestore(str(tmp_path), min_interval_s=3600.0)
+    backup = backup_lib.AtomicBackupAndRestore(str(tmp_path), min_interval_s=3600.0)
     backup.set_params({"epochs": 5})
     for epoch in range(5):
         backup.on_epoch_end(epoch, {"loss": 1.0})
     assert saved == [1, 5]  # states after the first and the last epoch
-    every = callbacks_lib.AtomicBackupAndRestore(str(tmp_path))
+    every = backup_lib.AtomicBackupAndRestore(str(tmp_path))
     every.set_params({"epochs": 3})
     saved.clear()
     for epoch in range(3):
