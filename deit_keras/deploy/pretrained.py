@@ -34,6 +34,7 @@ import uuid
 import keras
 from absl import logging
 
+from deit_keras.data.labels import IMAGENET_NUM_CLASSES
 from deit_keras.deploy import checkpoints, saving
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.io.atomic import atomic_output
@@ -369,7 +370,7 @@ def create_model(
     name: str,
     /,
     pretrained: bool | str = False,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     image_size: int | None = None,
     drop_path_rate: float = 0.0,
     crop_pct: float | None = None,
@@ -379,30 +380,37 @@ def create_model(
 
     Like timm's `create_model(name, pretrained=True)`: the published weights
     are downloaded once (see `load_published`), then copied into the model
-    asked for. A different `num_classes` keeps freshly initialised heads (to
-    fine-tune); a different `image_size` resamples the position embeddings
+    asked for. A `num_classes` other than the weights' own keeps freshly
+    initialised heads (to fine-tune); a different `image_size` resamples the position embeddings
     (PyTorch-exact bicubic, as in the paper's 384 px fine-tuning).
 
     Args:
         name: str. A `list_models()` name or alias.
         pretrained: bool or str. False for fresh weights; True / "official",
             "hf", "hf-hub:OWNER/REPO", a URL or a checkpoint path.
-        num_classes, image_size, drop_path_rate, crop_pct, **overrides: as
-            for `deit_keras.models.build_model`.
+        num_classes: int or None. Classes of the heads; None: those of the
+            weights (a checkpoint's own count), or 1000 without weights.
+        image_size, drop_path_rate, crop_pct, **overrides: as for
+            `deit_keras.models.build_model`.
 
     Returns:
         A built `DeiT` or `CaiT`.
     """
     if pretrained is False or pretrained is None:
+        classes = IMAGENET_NUM_CLASSES if num_classes is None else num_classes
         return variants.build_model(
-            name, num_classes, image_size, drop_path_rate, crop_pct, **overrides
+            name, classes, image_size, drop_path_rate, crop_pct, **overrides
         )
     if _is_checkpoint_file(pretrained):
         # Its state dict as it is: the file may come from a model with other
         # overrides (a small student) than the preset `name` has.
         state = _checkpoint_state(pretrained)
+        if num_classes is None:  # a headless checkpoint (a backbone) gets ImageNet's count
+            num_classes = checkpoints.checkpoint_num_classes(state) or IMAGENET_NUM_CLASSES
     else:
         published = load_published(name, pretrained)
+        if num_classes is None:
+            num_classes = published.num_classes
         same_model = (
             num_classes == published.num_classes
             and image_size in (None, published.image_size)

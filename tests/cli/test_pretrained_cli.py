@@ -52,6 +52,28 @@ def test_predict_downloads_once_then_runs_offline(checkpoint, image, tmp_path):
     assert json.loads(offline.stdout) == records
 
 
+def test_predict_with_a_local_checkpoint_of_other_classes_uses_its_heads(image, tmp_path):
+    """A 10-class checkpoint through `--pretrained_weights=FILE`: its own heads answer (they
+    were replaced by a random 1000-class head, shown with ImageNet's names)."""
+    torch.manual_seed(2)
+    hf_model = hf_reference(NAME, num_classes=10).eval()
+    path = tmp_path / "ten.pth"
+    torch.save({"model": hf_model.state_dict()}, path)
+    process = run_cli(
+        "predict",
+        f"--model={NAME}",
+        "--pretrained",
+        f"--pretrained_weights={path}",
+        "--json",
+        image,
+    )
+    assert process.returncode == 0, process.stderr
+    top = json.loads(process.stdout)[0]["predictions"]
+    assert len(top) == 5 and all(entry["class_name"].startswith("class_") for entry in top)
+    assert len({entry["class_index"] for entry in top}) == 5
+    assert max(entry["class_index"] for entry in top) < 10
+
+
 def test_export_a_named_model(checkpoint, tmp_path):
     filename, body = checkpoint
     env = {pretrained.CACHE_ENV: str(tmp_path / "cache")}

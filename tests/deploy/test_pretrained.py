@@ -212,6 +212,22 @@ def test_local_checkpoint_and_bad_sources(reference, tmp_path):
         pretrained.load_published(NAME, 3)
 
 
+def test_a_checkpoint_of_other_classes_keeps_its_heads(tmp_path):
+    """`pretrained=<file>` without `num_classes`: the checkpoint's own heads (a 10-class
+    file gave a fresh 1000-class head, predicting noise under ImageNet's names)."""
+    torch.manual_seed(1)
+    hf_model = hf_reference(NAME, num_classes=10).eval()
+    path = tmp_path / "ten_classes.pth"
+    torch.save({"model": hf_model.state_dict()}, path)
+    model = pretrained.create_model(NAME, pretrained=str(path))
+    assert model.num_classes == 10
+    np.testing.assert_allclose(
+        logits(model, IMAGES[:1]), reference_logits(hf_model, IMAGES[:1]), atol=1e-4, rtol=1e-4
+    )
+    assert pretrained.create_model(NAME, pretrained=str(path), num_classes=4).num_classes == 4
+    assert pretrained.create_model(NAME).num_classes == 1000
+
+
 def hub_cache(root, repo_id, filename, body):
     """A Hugging Face hub cache holding one file of `repo_id`, as `hf_hub_download` leaves it."""
     commit = "0" * 40
