@@ -315,8 +315,13 @@ def load_published(name: str, source: bool | str = True) -> TokenClassifier:
         )
     if urllib.parse.urlsplit(source).scheme in ("http", "https", "file", "ftp"):
         filename = os.path.basename(urllib.parse.urlsplit(source).path)
-        key = f"{name}--{_source_key(os.path.splitext(filename)[0])}.keras"
-        return _fetch_url(name, source, sha256_prefix_of(filename), key)
+        sha256 = sha256_prefix_of(filename)
+        # A name carrying its checksum is one file wherever it is served from; any other
+        # name (weights.pth) is the URL's own entry, or two such URLs would share one.
+        stem = os.path.splitext(filename)[0]
+        if sha256 is None:
+            stem += "--" + hashlib.sha256(source.encode()).hexdigest()[:12]
+        return _fetch_url(name, source, sha256, f"{name}--{_source_key(stem)}.keras")
     return _load_local(name, source)
 
 

@@ -196,6 +196,32 @@ def test_url_with_hash_in_name_is_verified(reference, cache):
             pretrained.load_published(NAME, f"{base}/files/{renamed}")
 
 
+def test_two_urls_of_one_file_name_are_two_cache_entries(reference, cache):
+    """`.../v1/weights.pth` then `.../v2/weights.pth`: each its own weights (the second got
+    the first's from a cache keyed by the file name alone). A name carrying its checksum is
+    one file wherever it is served from, and stays one entry."""
+    hf_model, body, _ = reference
+    torch.manual_seed(3)
+    other_model = hf_reference(NAME).eval()
+    buffer = io.BytesIO()
+    torch.save({"model": other_model.state_dict()}, buffer)
+    with (
+        serve_files({"weights.pth": body}) as first,
+        serve_files({"weights.pth": buffer.getvalue()}) as second,
+    ):
+        models = [
+            pretrained.load_published(NAME, f"{base}/files/weights.pth") for base in (first, second)
+        ]
+    for model, reference_model in zip(models, (hf_model, other_model), strict=True):
+        np.testing.assert_allclose(
+            logits(model, IMAGES[:1]),
+            reference_logits(reference_model, IMAGES[:1]),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+    assert len([name for name in cache_files(cache) if name.endswith(".keras")]) == 2
+
+
 def test_local_checkpoint_and_bad_sources(reference, tmp_path):
     hf_model, body, filename = reference
     path = tmp_path / filename
