@@ -31,11 +31,12 @@ def is_release(weights: str | None) -> bool:
     return weights in ("imagenet", "hf") or (weights is not None and _is_url(weights))
 
 
-def _release_of_url(name: str, url: str) -> str:
-    """`"imagenet"` for the release file's URL (official DeiT's `--teacher-path`)."""
+def _check_release_url(name: str, url: str) -> None:
+    """A URL must end in the release file's name (official DeiT's `--teacher-path`), whose
+    checksum prefix verifies it wherever it is served from."""
     release = RELEASED.get(name, (None,))[0]
     if url.rsplit("/", 1)[-1] == release:
-        return "imagenet"
+        return
     raise UserInputError(
         f"Teacher weights are downloaded by URL only for DeiT's release "
         f"({', '.join(f for f, _ in RELEASED.values())}); download other files and pass their "
@@ -48,8 +49,8 @@ def teacher_state(name: str, weights: str) -> dict:
 
     Args:
         name: the teacher's timm name.
-        weights: "imagenet" (DeiT's released teacher; also its release URL, as
-            official DeiT's `--teacher-path` gives it), "hf" (timm's hub copy of
+        weights: "imagenet" (DeiT's released teacher), a URL of that release
+            file (official DeiT's `--teacher-path`; a mirror's too), "hf" (timm's hub copy of
             it) or a local `.pth` / `.safetensors` / `.npz` timm checkpoint.
 
     Raises:
@@ -58,7 +59,11 @@ def teacher_state(name: str, weights: str) -> dict:
         PretrainedWeightsError: the download failed or did not verify.
     """
     if _is_url(weights):
-        weights = _release_of_url(name, weights)
+        _check_release_url(name, weights)
+        # The official address stands for the release directory, which a mirror replaces.
+        official = weights.startswith(pretrained.OFFICIAL_BASE_URL.rstrip("/") + "/")
+        url = None if official else weights
+        return checkpoints.read_state_dict(released_file(RELEASED[name][0], url=url))
     if weights in ("imagenet", "hf"):
         if name not in RELEASED:
             raise UserInputError(
@@ -78,13 +83,14 @@ def teacher_state(name: str, weights: str) -> dict:
     return checkpoints.read_state_dict(path)
 
 
-def released_file(filename: str) -> str:
-    """The cached release file `filename`, downloaded and verified on first use."""
+def released_file(filename: str, url: str | None = None) -> str:
+    """The cached release file `filename`, downloaded (from `url`, else the release
+    directory or its mirror) and verified on first use."""
     directory = os.path.join(pretrained.cache_dir(), TEACHERS_SUBDIR)
     cached = os.path.join(directory, filename)
     if os.path.exists(cached):
         return cached
-    url = pretrained.release_url(filename)
+    url = url or pretrained.release_url(filename)
     try:
         partial = pretrained.download(url, directory, sha256=sha256_prefix_of(filename))
     except pretrained.PretrainedWeightsError as error:

@@ -203,9 +203,10 @@ class TrainConfig:
     teacher_weights: str | None = field(
         "imagenet",
         "Teacher weights: imagenet (for regnety160 the DeiT authors' released teacher, "
-        "downloaded once and cached; its release URL too), hf (for regnety160 timm's hub copy "
-        "of it), a file (a timm .pth/.safetensors/.npz checkpoint for a RegNetY, a Keras "
-        "weights file for a keras.applications model), or none.",
+        "downloaded once and cached; also a URL of that file, on any host), hf (for "
+        "regnety160 timm's hub copy of it), a file (a timm .pth/.safetensors/.npz "
+        "checkpoint for a RegNetY, a Keras weights file for a keras.applications model), "
+        "or none.",
         aliases=("teacher_path",),
     )
     teacher_input: str | None = field(

@@ -52,14 +52,21 @@ def test_a_failed_or_corrupt_download_is_one_line_naming_the_teacher_flag(releas
             teacher_weights.teacher_state("regnety_002", "imagenet")
 
 
-def test_the_release_url_is_the_release_and_other_urls_are_refused(released, monkeypatch):
-    """Official DeiT's --teacher-path gives the release's URL."""
+def test_the_release_url_is_the_release_and_other_urls_are_refused(released, monkeypatch, tmp_path):
+    """Official DeiT's --teacher-path gives the release's URL (a mirror stands in for the
+    official host); the release file on another host comes from there (it came from the
+    official host instead, which an offline mirror never reaches)."""
     with serve_files({released: BODY}) as base:
         monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/files")
         url = f"https://dl.fbaipublicfiles.com/deit/{released}"
         state = teacher_weights.teacher_state("regnety_002", url)
     np.testing.assert_array_equal(state["head.fc.weight"], STATE["head.fc.weight"])
     assert teacher_weights.is_release(url) and not teacher_weights.is_release("w.pth")
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "another_cache"))
+    with serve_files({released: BODY}) as base:  # another host: that URL, not the mirror's
+        monkeypatch.setenv(pretrained.MIRROR_ENV, closed_port_url())
+        state = teacher_weights.teacher_state("regnety_002", f"{base}/files/{released}")
+    np.testing.assert_array_equal(state["head.fc.weight"], STATE["head.fc.weight"])
     with pytest.raises(UserInputError, match="download other files and pass their path"):
         teacher_weights.teacher_state("regnety_002", "https://example.com/other.pth")
 
