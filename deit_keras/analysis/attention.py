@@ -1,8 +1,9 @@
 """What the class and distillation tokens look at, and how alike they are.
 
 - `attention_rollout`: Abnar & Zuidema, "Quantifying Attention Flow in
-  Transformers" (arXiv:2005.00928): per layer, average the heads, add the
-  identity for the residual path, renormalise rows, multiply through the
+  Transformers" (arXiv:2005.00928): per layer, average the heads (rows
+  divided by their sums: CaiT's talking heads mix the heads after the
+  softmax), add the identity for the residual path, multiply through the
   layers.
 - `token_cosine_similarity`: the DeiT paper (Touvron et al. 2021, Sec. 4)
   reports a cosine similarity of 0.06 between the learned class and
@@ -29,7 +30,9 @@ def attention_rollout(
 
     Args:
         attentions: list (one per block, first block first) of attention
-            weights `[B, heads, T, T]` (rows sum to 1).
+            weights `[B, heads, T, T]` (a softmax's, whose rows sum to 1, or
+            heads mixed after it, as CaiT's talking heads: the head-averaged
+            rows are then divided by their sums).
         num_prefix_tokens: int. 1 (class token) or 2 (class, distillation).
         residual_weight: float in [0, 1]. Weight of the identity mixed into
             each layer's head-averaged attention for the residual connection.
@@ -44,7 +47,7 @@ def attention_rollout(
     if not 0.0 <= residual_weight <= 1.0:
         raise UserInputError(f"residual_weight must be in [0, 1]. Received: {residual_weight}")
     rollout = None
-    for attention in attentions:
+    for layer, attention in enumerate(attentions):
         attention = np.asarray(ops.convert_to_numpy(attention), dtype=np.float64)
         if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2]:
             raise UserInputError(
@@ -55,10 +58,28 @@ def attention_rollout(
             raise UserInputError(
                 f"num_prefix_tokens must be in [1, {tokens - 1}]. Received: {num_prefix_tokens}"
             )
-        mixed = (1 - residual_weight) * attention.mean(axis=1) + residual_weight * np.eye(tokens)
-        mixed /= mixed.sum(axis=-1, keepdims=True)
+        averaged = _rows_summing_to_one(attention.mean(axis=1), layer)
+        mixed = (1 - residual_weight) * averaged + residual_weight * np.eye(tokens)
         rollout = mixed if rollout is None else mixed @ rollout
     return rollout[:, :num_prefix_tokens, num_prefix_tokens:].astype(np.float32)
+
+
+def _rows_summing_to_one(averaged: np.ndarray, layer: int) -> np.ndarray:
+    """The head-averaged attention `[B, T, T]` with each row divided by its sum.
+
+    A softmax's rows sum to 1 already. Talking heads (CaiT) mix the heads after
+    the softmax (`proj_w`, with a bias), so each row sums to one number that
+    scaling `proj_w` against the value projection changes without changing the
+    model: without this division the identity's weight in the rollout would be
+    that scale's, not `residual_weight`.
+    """
+    sums = averaged.sum(axis=-1, keepdims=True)
+    if np.any(np.abs(sums) < 1e-6):
+        raise UserInputError(
+            f"The head-averaged attention rows of layer {layer} sum to about 0 (heads mixed "
+            "after the softmax cancel out): no rollout is defined through that layer."
+        )
+    return averaged / sums
 
 
 def _token_names(model):

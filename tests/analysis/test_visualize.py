@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -102,7 +103,8 @@ def test_cait_maps_are_class_attention_rows_and_a_full_sequence_rollout():
     _, attentions = cait.forward_features(image, return_attention_scores=True)
     last = attentions[-1].numpy()[0]  # the last class-attention block: [heads, 1, 1 + T]
     np.testing.assert_allclose(maps["cls"]["heads"].reshape(2, 16), last[:, 0, 1:], atol=1e-6)
-    # By hand: self-attention blocks move only patches, class attention only the class token.
+    # By hand: self-attention blocks move only patches, class attention only the class token;
+    # each head-averaged row divided by its sum (talking heads' rows do not sum to 1).
     expected = np.eye(17)
     for index, attention in enumerate(a.numpy()[0].mean(0) for a in attentions):
         full = np.eye(17)
@@ -110,11 +112,43 @@ def test_cait_maps_are_class_attention_rows_and_a_full_sequence_rollout():
             full[1:, 1:] = attention
         else:
             full[0] = attention[0]
-        mixed = 0.5 * full + 0.5 * np.eye(17)
-        expected = mixed / mixed.sum(-1, keepdims=True) @ expected
+        expected = (0.5 * full / full.sum(-1, keepdims=True) + 0.5 * np.eye(17)) @ expected
     np.testing.assert_allclose(
         maps["cls"]["rollout"].reshape(16), expected[0, 1:], rtol=1e-4, atol=1e-6
     )
+
+
+def test_cait_rollout_is_the_same_for_the_same_function_of_other_weights():
+    """Talking heads scaled by c after the softmax and the values by 1 / c: the same model,
+    the same rollout (the identity's weight was 1 / (1 + the rows' sum), not 0.5)."""
+    from deit_keras.models import build_model
+
+    def cait():
+        keras.utils.set_random_seed(0)
+        return build_model(
+            "cait_xxs24_224",
+            num_classes=5,
+            image_size=32,
+            patch_size=8,
+            embed_dim=16,
+            depth=2,
+            num_heads=2,
+        )
+
+    first, scaled = cait(), cait()
+    for block in scaled.blocks:
+        kernel, bias = block.attn.proj_w.get_weights()
+        block.attn.proj_w.set_weights([kernel * 20.0, bias * 20.0])
+        kernel, bias = block.attn.qkv.get_weights()
+        kernel[:, 32:] /= 20.0
+        bias[32:] /= 20.0
+        block.attn.qkv.set_weights([kernel, bias])
+    image = np.random.RandomState(2).randn(1, 32, 32, 3).astype("float32")
+    np.testing.assert_allclose(first(image), scaled(image), rtol=1e-4, atol=1e-5)
+    rollouts = [attention_lib.attention_maps(m, image)["cls"]["rollout"] for m in (first, scaled)]
+    np.testing.assert_allclose(rollouts[0], rollouts[1], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="layer 0 sum to about 0"):
+        attention_lib.attention_rollout([np.zeros((1, 1, 3, 3))], 1)
 
 
 def test_token_cosine_similarity(model):
