@@ -123,17 +123,22 @@ def _lost_worker(error, epoch: int, step: int, backup) -> ConnectionError:
     )
 
 
+def check_global_batch(global_batch_size: int, replicas: int) -> None:
+    """Refuses, in one line, a global batch the replicas cannot share equally."""
+    if global_batch_size % replicas:
+        raise UserInputError(
+            f"batch_size (the global batch) must divide evenly among the {replicas} replicas; "
+            f"pass a multiple of {replicas}. Received: batch_size={global_batch_size}"
+        )
+
+
 def distribute_train_dataset(strategy: tf.distribute.Strategy, dataset_fn, global_batch_size: int):
     """Per-worker sharded, repeated input: `dataset_fn(input_context, per_replica_batch)`.
 
     Each input pipeline reads its own shard (`input_context`) and batches
     `global_batch_size / num_replicas_in_sync` examples.
     """
-    replicas = strategy.num_replicas_in_sync
-    if global_batch_size % replicas:
-        raise UserInputError(
-            f"batch_size {global_batch_size} is not divisible by the {replicas} replicas."
-        )
+    check_global_batch(global_batch_size, strategy.num_replicas_in_sync)
 
     def per_worker(input_context):
         batch = input_context.get_per_replica_batch_size(global_batch_size)
@@ -196,6 +201,11 @@ def fit_distributed(
     """
     chief = is_chief(strategy) and model_dir is not None
     backup = Backup(os.path.join(model_dir, "backup"), settings) if model_dir else None
+    if model.optimizer is not None and not model.optimizer.built:
+        # As `fit` does: inside `strategy.run` a worker of several local replicas
+        # cannot create the optimizer's variables.
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
     initial_epoch, initial_batch = _resume(model, strategy, backup if resume else None)
     if callable(dataset):
         dataset = dataset(initial_epoch, initial_batch)
@@ -321,16 +331,17 @@ class _EpochRun:
 
 
 def _end_of_epoch_outputs(model, backup, model_dir, writers, epoch, logs):
-    """The chief's epoch end: backup, checkpoint, history.json and TensorBoard scalars."""
-    backup.save(model, epoch + 1)
-    save_epoch_checkpoint(model, os.path.join(model_dir, "checkpoints"), epoch, logs)
+    """The chief's epoch end: history.json, checkpoint, TensorBoard scalars, then the backup
+    (killed before it, the resumed run redoes the epoch and rewrites the others)."""
     record_epochs(model_dir, [epoch], {name: [value] for name, value in logs.items()})
+    save_epoch_checkpoint(model, os.path.join(model_dir, "checkpoints"), epoch, logs)
     for name, value in logs.items():
         validation = name.startswith("val_")
         with writers["validation" if validation else "train"].as_default():
             tf.summary.scalar(f"epoch_{name.removeprefix('val_')}", value, step=epoch)
     for writer in writers.values():
         writer.flush()
+    backup.save(model, epoch + 1)
 
 
 def fit_multi_worker(
@@ -350,11 +361,12 @@ def fit_multi_worker(
     """
 
     def dataset_from(epoch, skip_batches):
-        return distribute_train_dataset(
-            strategy,
-            lambda context, batch: dataset_fn(context, batch, epoch, skip_batches),
-            config.batch_size,
-        )
+        def pipeline(context, batch):
+            # Each step takes one batch from a pipeline for each of its local replicas.
+            local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+            return dataset_fn(context, batch, epoch, skip_batches * local_replicas)
+
+        return distribute_train_dataset(strategy, pipeline, config.batch_size)
 
     validation = validation_fn(worker_context(strategy)) if validation_fn else None
     return fit_distributed(
@@ -376,6 +388,7 @@ def fit_multi_worker(
 
 __all__ = [
     "all_reduce_sum",
+    "check_global_batch",
     "distribute_train_dataset",
     "fit_distributed",
     "fit_multi_worker",

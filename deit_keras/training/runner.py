@@ -74,11 +74,13 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
         backup,
         [
             nan_stop,
-            backup,
+            # The epoch's record and checkpoint before its backup: a run killed in
+            # between redoes that epoch on resume, rewriting them, never skipping them.
             callbacks_lib.HistoryFile(config.model_dir),
             callbacks_lib.EpochCheckpoint(
                 os.path.join(config.model_dir, "checkpoints"), config.checkpoint_interval_s
             ),
+            backup,
             keras.callbacks.TensorBoard(tensorboard_dir),
             callbacks_lib.InputImages(tensorboard_dir, sample_images, preprocessing=preprocessing),
         ]
@@ -294,6 +296,7 @@ def _remove_if_only_the_lock(directory: str) -> None:
 
 def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> dict:
     check_accumulation(config, strategy.num_replicas_in_sync)
+    custom_loop.check_global_batch(config.batch_size, strategy.num_replicas_in_sync)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(config.precision)

@@ -106,6 +106,46 @@ def test_backup_save_is_atomic_and_skips_nan_epochs(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["epoch-00001", "latest.json"]
 
 
+def test_a_run_killed_right_after_an_epochs_backup_keeps_that_epochs_record(tmp_path, monkeypatch):
+    """The backup is the last thing an epoch writes: killed just after it, the resumed run
+    starts at the next epoch with the epoch's history record already there (it was written
+    after the backup, so lost for good)."""
+    from deit_keras.testing import digits_config
+    from deit_keras.training.runner import run_training
+
+    class Killed(Exception):
+        pass
+
+    save = backup_lib.Backup.save
+
+    def save_then_die(self, model, epoch, batch=0):
+        save(self, model, epoch, batch)
+        if (epoch, batch) == (1, 0):
+            raise Killed
+
+    config = digits_config(
+        tmp_path,
+        distillation_type="none",
+        teacher=None,
+        patch_size=8,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        epochs=2,
+        train_fraction=0.1,
+        checkpoint_interval_s=0,
+    )
+    monkeypatch.setattr(backup_lib.Backup, "save", save_then_die)
+    with pytest.raises(Killed):
+        run_training(config)
+    monkeypatch.setattr(backup_lib.Backup, "save", save)
+    results = run_training(config)
+    assert results["resumed_at_epoch"] == 1
+    history = callbacks_lib.read_history(config.model_dir)
+    assert [record["epoch"] for record in history] == [0, 1]
+    assert all(np.isfinite(record["loss"]) for record in history)
+
+
 def _run_to_nan(tmp_path, **changes):
     """A one-block digits run without a teacher, expected to stop on a NaN loss."""
     from deit_keras.testing import digits_config
