@@ -35,7 +35,9 @@ def _larger(a, b, axis):
 def _resize(maps, size):
     if tuple(maps.shape[1:3]) == tuple(size):  # nothing to do (never for run-time sizes)
         return maps
-    return ops.image.resize(maps, size, interpolation="bilinear", antialias=False)
+    return ops.image.resize(
+        maps, size, interpolation="bilinear", antialias=False, data_format="channels_last"
+    )
 
 
 def feature_mse(student_maps, teacher_maps):
@@ -73,7 +75,9 @@ class FeatureAdapters(keras.Model):
         self.channels = tuple(int(c) for c in channels)
         self.embed_dim = int(embed_dim)
         self.convs = [
-            keras.layers.Conv2D(c, 1, dtype="float32", name=f"adapter_{i}")
+            keras.layers.Conv2D(
+                c, 1, data_format="channels_last", dtype="float32", name=f"adapter_{i}"
+            )
             for i, c in enumerate(self.channels)
         ]
         for conv in self.convs:

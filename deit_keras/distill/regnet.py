@@ -90,9 +90,17 @@ def stages(config: RegNetYConfig) -> list[Stage]:
 def _conv_bn(x, filters, kernel, stride, name, groups=1, relu=True):
     """timm's `ConvNormAct`: PyTorch's symmetric padding (k // 2), conv without bias, BN."""
     if kernel > 1:
-        x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+        x = keras.layers.ZeroPadding2D(
+            kernel // 2, data_format="channels_last", name=f"{name}_pad"
+        )(x)
     x = keras.layers.Conv2D(
-        filters, kernel, strides=stride, groups=groups, use_bias=False, name=f"{name}_conv"
+        filters,
+        kernel,
+        strides=stride,
+        groups=groups,
+        use_bias=False,
+        data_format="channels_last",
+        name=f"{name}_conv",
     )(x)
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.9, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_act")(x) if relu else x
@@ -100,10 +108,14 @@ def _conv_bn(x, filters, kernel, stride, name, groups=1, relu=True):
 
 def _squeeze_excite(x, reduced, name):
     channels = x.shape[-1]
-    gate = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    gate = keras.layers.Conv2D(reduced, 1, name=f"{name}_fc1")(gate)
+    gate = keras.layers.GlobalAveragePooling2D(
+        keepdims=True, data_format="channels_last", name=f"{name}_pool"
+    )(x)
+    gate = keras.layers.Conv2D(reduced, 1, data_format="channels_last", name=f"{name}_fc1")(gate)
     gate = keras.layers.ReLU(name=f"{name}_act")(gate)
-    gate = keras.layers.Conv2D(channels, 1, activation="sigmoid", name=f"{name}_fc2")(gate)
+    gate = keras.layers.Conv2D(
+        channels, 1, activation="sigmoid", data_format="channels_last", name=f"{name}_fc2"
+    )(gate)
     return keras.layers.Multiply(name=f"{name}_scale")([x, gate])
 
 
@@ -147,7 +159,7 @@ def regnety(
             stride = 2 if block == 1 else 1
             prefix = f"s{index}_b{block}"
             x = _block(x, stage.width, stride, stage.group_size, config.se_ratio, prefix)
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(data_format="channels_last", name="head_pool")(x)
     outputs = keras.layers.Dense(num_classes, name="head_fc")(x)
     return keras.Model(inputs, outputs, name=name)
 

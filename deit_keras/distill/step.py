@@ -74,11 +74,24 @@ def _clipped_over_replicas(optimizer, gradients):
 
 def _unpack(data):
     """`(images, targets, teacher logits or None, teacher maps or None)` of a batch."""
-    images, labels = data[0], data[1]
+    images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if sample_weight is not None:  # a dataset of (x, y, weight)
+        refuse_sample_weights({"sample_weight": sample_weight})
     if isinstance(labels, dict):  # the images stay `x`, so Keras can build the model from them
         maps = labels.get(TEACHER_FEATURES)
         return images, labels["targets"], labels[TEACHER_LOGITS], maps
     return images, labels, None, None
+
+
+def refuse_sample_weights(arguments: dict) -> None:
+    """Raises `UserInputError` when a `fit` / `evaluate` call passes per-example weights."""
+    given = [name for name in ("sample_weight", "class_weight") if arguments.get(name) is not None]
+    if given:
+        raise UserInputError(
+            "DeiT's objective takes no sample_weight or class_weight: its terms are batch "
+            "means, as official DeiT's. Balance the classes in the input instead (e.g. "
+            f"tf.data's rejection_resample, or repeat the rare classes' files). Received: {given}"
+        )
 
 
 def average_heads(cls_logits, dist_logits):

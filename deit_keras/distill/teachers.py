@@ -83,7 +83,9 @@ class TeacherAdapter(keras.Model):
     def teacher_input(self, images):
         """The student's batch as `teacher` expects it (resized, convention applied)."""
         if self.image_size is not None and images.shape[1] != self.image_size:
-            images = ops.image.resize(images, (self.image_size, self.image_size))
+            images = ops.image.resize(
+                images, (self.image_size, self.image_size), data_format="channels_last"
+            )
         if self.input_convention != "normalized":
             mean = ops.convert_to_tensor(IMAGENET_MEAN, images.dtype)
             std = ops.convert_to_tensor(IMAGENET_STD, images.dtype)
@@ -368,6 +370,23 @@ def _check_takes_rgb_images(teacher, spec: str) -> None:
         )
 
 
+def check_teacher_classes(teacher, num_classes: int) -> None:
+    """Refuses, in one line, a teacher whose logits are not `num_classes` wide (an ImageNet
+    top on a 10-class student: a NaN loss under XLA, a label error without it)."""
+    try:
+        known = getattr(teacher, "num_classes", None)
+        width = known if isinstance(known, int) else teacher.output_shape[-1]
+    except (AttributeError, ValueError, TypeError, KeyError):  # only a call would tell
+        return
+    if isinstance(width, int) and width != num_classes:
+        raise UserInputError(
+            f"The teacher {teacher.name} predicts {width} classes but the student has "
+            f"{num_classes}; give a teacher trained on the student's classes (e.g. "
+            "`deit_keras.distill.teachers.build_finetune_teacher`, then fit it). "
+            f"Received: teacher classes={width}, student num_classes={num_classes}"
+        )
+
+
 def _check_classes(adapter, spec, num_classes):
     if adapter.num_classes != num_classes:
         raise UserInputError(
@@ -394,12 +413,14 @@ def build_small_cnn(
     x = inputs
     for stage in range(3):
         for _ in range(2):
-            x = keras.layers.Conv2D(width * 2**stage, 3, padding="same", use_bias=False)(x)
+            x = keras.layers.Conv2D(
+                width * 2**stage, 3, padding="same", use_bias=False, data_format="channels_last"
+            )(x)
             x = keras.layers.BatchNormalization()(x)
             x = keras.layers.ReLU()(x)
         if stage < 2:
-            x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+            x = keras.layers.MaxPooling2D(data_format="channels_last")(x)
+    x = keras.layers.GlobalAveragePooling2D(data_format="channels_last")(x)
     x = ReplicaDropout(0.2)(x)  # its masks differ between replicas, as official DeiT's ranks
     outputs = keras.layers.Dense(num_classes)(x)
     return keras.Model(inputs, outputs, name=name)

@@ -39,6 +39,8 @@ def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
 
 def _labels_to_indices(labels):
     labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[-1] == 1:  # [B, 1] indices (keras.datasets' y)
+        labels = labels[:, 0]
     if labels.ndim == 2:  # one-hot (or smoothed) [B, C]
         return np.argmax(labels, axis=-1)
     if labels.ndim == 1:

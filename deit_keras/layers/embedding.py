@@ -10,6 +10,9 @@ from deit_keras.backend import tf
 from deit_keras.errors import UserInputError
 from deit_keras.layers.initializers import trunc_normal
 
+# The layers take NHWC images whatever `keras.config.image_data_format()` says.
+NHWC = "channels_last"
+
 
 @keras.saving.register_keras_serializable(package="deit_keras")
 class PatchEmbedding(keras.layers.Layer):
@@ -47,6 +50,7 @@ class PatchEmbedding(keras.layers.Layer):
             kernel_size=patch_size,
             strides=patch_size,
             padding="valid",
+            data_format="channels_last",  # not the global setting: the layer takes NHWC
             kernel_initializer=keras.initializers.VarianceScaling(
                 scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
             ),

@@ -14,7 +14,8 @@ from deit_keras.backend import on_tensorflow
 from deit_keras.data.preprocessing import Preprocessing
 from deit_keras.distill.feature_loss import FeatureDistillation
 from deit_keras.distill.losses import DistillationLoss
-from deit_keras.distill.step import DistillationStep, average_heads
+from deit_keras.distill.step import DistillationStep, average_heads, refuse_sample_weights
+from deit_keras.distill.teachers import check_teacher_classes
 from deit_keras.errors import UserInputError
 from deit_keras.layers import onednn_form
 from deit_keras.layers.basic import dense
@@ -26,6 +27,27 @@ _TRAINS_ON_TENSORFLOW = (
     "{name} trains on Keras' TensorFlow backend (KERAS_BACKEND=tensorflow); on {backend!r} it "
     "runs inference (predict, a call, stateless_call). See docs/backends.md."
 )
+
+
+def _label_loss(loss):
+    """`loss` when it can be the objective's label term: a `keras.losses.Loss` on logits
+    reducing to the batch mean (a name such as "categorical_crossentropy" is Keras'
+    unreduced function on probabilities: a wrong objective, `[B]` wide)."""
+    if loss is None:
+        return None
+    config = loss.get_config() if isinstance(loss, keras.losses.Loss) else {}
+    if (
+        not isinstance(loss, keras.losses.Loss)
+        or config.get("from_logits", True) is False
+        or getattr(loss, "reduction", None) in (None, "none", "sum")
+    ):
+        raise UserInputError(
+            "loss must be a keras.losses.Loss on logits reducing to the batch mean, e.g. "
+            "keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1), or "
+            "deit_keras.distill.BinaryCrossEntropy(); None: cross-entropy from logits. "
+            f"Received: loss={loss!r}"
+        )
+    return loss
 
 
 def call_block(block, attentions, *inputs, training=None, scores=False):
@@ -249,9 +271,11 @@ class TokenClassifier(CompiledInference, keras.Model):
                 f"Received: metrics={metrics!r}"
             )
         self._choose_jit_compile(kwargs)  # first: it checks predict_jit_compile
-        base_loss = keras.losses.get(loss) if loss is not None else None
+        base_loss = _label_loss(loss)
         self._base_loss = base_loss
         objective = DistillationLoss(distillation, alpha, tau, base_loss=base_loss)
+        if teacher is not None and distillation != "none":
+            check_teacher_classes(teacher, self.num_classes)
         features = None
         if feature_weight:
             if teacher is None:
@@ -313,6 +337,24 @@ class TokenClassifier(CompiledInference, keras.Model):
     @property
     def metrics(self):
         return [] if self.distillation_step is None else self.distillation_step.metrics
+
+    # Before Keras traces a step: an error inside the first trace leaves the next call
+    # "creating variables on a non-first call" to the same tf.function.
+    def fit(self, *args, **kwargs):
+        refuse_sample_weights(kwargs)
+        return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        refuse_sample_weights(kwargs)
+        return super().evaluate(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        refuse_sample_weights(kwargs)
+        return super().train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        refuse_sample_weights(kwargs)
+        return super().test_on_batch(*args, **kwargs)
 
     def _assert_compile_called(self, method_name=None):
         # Keras' fit / evaluate / train_on_batch / test_on_batch start here, on every

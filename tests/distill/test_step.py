@@ -187,3 +187,27 @@ def test_a_model_without_dist_token_distils_through_its_class_head():
     assert (
         np.isfinite(history.history["distill_loss"][0]) and history.history["distill_loss"][0] > 0
     )
+
+
+def test_compile_refuses_what_would_train_a_wrong_objective_in_one_line():
+    """A teacher of other classes (an ImageNet top on a 10-class student: a NaN loss under
+    XLA), a loss by name (Keras' unreduced function on probabilities, `[B]` wide) or on
+    probabilities, and sample or class weights, which the objective never read."""
+    from deit_keras.distill import build_small_cnn
+    from deit_keras.errors import UserInputError
+
+    model = tiny_model()
+    with pytest.raises(UserInputError, match="predicts 1000 classes but the student has 10"):
+        compiled(model, build_small_cnn(1000, 32))
+    for loss in ("categorical_crossentropy", keras.losses.CategoricalCrossentropy()):
+        with pytest.raises(UserInputError, match="loss must be a keras.losses.Loss on logits"):
+            compiled(model, None, distillation="none", loss=loss)
+    smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+    compiled(model, build_small_cnn(10, 32), loss=smoothed)
+    images, labels = batches(count=1)
+    for weights in ({"sample_weight": np.ones(4)}, {"class_weight": dict.fromkeys(range(10), 1)}):
+        with pytest.raises(UserInputError, match="takes no sample_weight or class_weight"):
+            model.fit(images, labels, batch_size=4, epochs=1, verbose=0, **weights)
+    with pytest.raises(UserInputError, match="takes no sample_weight"):
+        model.evaluate(images, labels, sample_weight=np.ones(4), verbose=0)
+    assert np.isfinite(model.fit(images, labels, batch_size=4, verbose=0).history["loss"][0])

@@ -410,3 +410,16 @@ def test_transparent_palette_images_read_as_the_training_decoder_reads_them(tmp_
     read = images_io.load_image(str(path))
     np.testing.assert_array_equal(read, decode_image(path.read_bytes()).numpy())
     assert tuple(read[0, 0]) == ((0, 0, 0) if suffix == "gif" else (255, 255, 255))
+
+
+def test_integer_labels_of_shape_b_by_1_are_indices_not_one_hot():
+    """keras.datasets' `y` is `[B, 1]`: read as one-hot it scored every image as class 0."""
+    model = tiny_model(num_classes=10)
+    for head in (model.head, model.head_dist):  # every image class 3, not 0
+        head.bias.assign(head.bias.numpy() + 10.0 * (np.arange(10) == 3))
+    images = np.random.default_rng(4).normal(size=(8, 32, 32, 3)).astype("float32")
+    predicted = np.argmax(np.asarray(model.predict_on_batch(images)), axis=-1)
+    assert set(predicted) == {3}
+    for targets in (predicted, predicted[:, None]):
+        results = evaluate.evaluate_model(model, [(images, targets)])
+        assert results["top1"] == 1.0, targets.shape

@@ -166,3 +166,23 @@ def test_each_variant_carries_its_eval_preprocessing_through_save(tmp_path):
     assert keras.models.load_model(path).preprocessing == model.preprocessing
     with pytest.raises(ValueError, match="crop_pct"):
         tiny_model(crop_pct=1.5)
+
+
+def test_models_and_teachers_take_nhwc_whatever_keras_image_data_format_says(tmp_path):
+    """`keras.config.set_image_data_format("channels_first")` (or keras.json): no DeiT could
+    be built or loaded (the patch conv read the global format), nor a CNN teacher."""
+    from deit_keras.distill import build_small_cnn
+    from deit_keras.distill.regnet import regnety
+
+    images = random_images()
+    model = tiny_model()
+    model.save(tmp_path / "m.keras")
+    keras.config.set_image_data_format("channels_first")
+    try:
+        loaded = keras.models.load_model(tmp_path / "m.keras")
+        np.testing.assert_allclose(loaded(images), model(images), rtol=1e-5, atol=1e-6)
+        assert tuple(tiny_model()(images).shape) == (2, 10)
+        assert tuple(build_small_cnn(10, 32)(images).shape) == (2, 10)
+        assert tuple(regnety("regnety_002", num_classes=10, image_size=32)(images).shape) == (2, 10)
+    finally:
+        keras.config.set_image_data_format("channels_last")
