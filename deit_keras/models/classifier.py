@@ -212,9 +212,16 @@ class TokenClassifier(CompiledInference, keras.Model):
         if step is not None:
             return step(images)
         cls_logits, dist_logits = self.call_heads(images, training=training)
-        if training and dist_logits is not None:
+        if training and dist_logits is not None and self._called_directly():
             return cls_logits, dist_logits
         return average_heads(cls_logits, dist_logits)
+
+    def _called_directly(self) -> bool:
+        """False inside another model (`Sequential`, functional), built for one output: there
+        a training call gives the heads' mean, as timm's default (the tuple's first element
+        alone went on, so the distillation head never trained)."""
+        context = getattr(self, "_get_call_context", lambda: None)()
+        return getattr(context, "entry_layer", None) in (None, self)
 
     # === Training (the step lives in `deit_keras.distill`) ===
     def compile(

@@ -186,3 +186,21 @@ def test_models_and_teachers_take_nhwc_whatever_keras_image_data_format_says(tmp
         assert tuple(regnety("regnety_002", num_classes=10, image_size=32)(images).shape) == (2, 10)
     finally:
         keras.config.set_image_data_format("channels_last")
+
+
+def test_a_distilled_deit_inside_another_model_trains_both_heads():
+    """`Sequential([..., deit])` is built for one output: a training call returned the two
+    heads and Keras kept the first, so `head_dist` never trained while inference averaged it
+    in. Inside another model a training call gives the mean; called directly, both heads."""
+    model = tiny_model()
+    images = random_images(batch=8)
+    labels = np.eye(10, dtype="float32")[np.arange(8) % 10]
+    wrapped = keras.Sequential([keras.Input((32, 32, 3)), model])
+    wrapped.compile(optimizer="sgd", loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    before = [model.head.kernel.numpy(), model.head_dist.kernel.numpy()]
+    wrapped.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    for old, head in zip(before, (model.head, model.head_dist), strict=True):
+        assert not np.allclose(old, head.kernel.numpy())
+    assert tuple(wrapped(images, training=True).shape) == (8, 10)
+    cls_logits, dist_logits = model(images, training=True)
+    assert tuple(cls_logits.shape) == tuple(dist_logits.shape) == (8, 10)
