@@ -60,10 +60,11 @@ class PatchEmbedding(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        self._check_image_shape(input_shape)
+        self.check_image_shape(input_shape)
         self.projection.build(input_shape)
 
-    def _check_image_shape(self, shape):
+    def check_image_shape(self, shape):
+        """Raises `ValueError` unless `[B, H, W, C]` has H and W multiples of `patch_size`."""
         for side in (shape[1], shape[2]):
             if side is not None and side % self.patch_size:
                 raise ValueError(
@@ -73,7 +74,7 @@ class PatchEmbedding(keras.layers.Layer):
                 )
 
     def call(self, images):
-        self._check_image_shape(images.shape)
+        self.check_image_shape(images.shape)
         if None in images.shape[1:3]:
             images = self._whole_patches(images)
         patches = self.projection(images)  # [B, H/p, W/p, D]

@@ -197,7 +197,8 @@ class TokenClassifier(CompiledInference, keras.Model):
         return (*self.forward_heads(features), maps)
 
     def __call__(self, images, *args, **kwargs):
-        # Here, not in `call`: Keras would wrap the error in lines about the call.
+        # Here, not in `call`: Keras (and the compiled inference step) would wrap the
+        # error in lines about the call.
         dtype = getattr(images, "dtype", None)
         if dtype is not None and not keras.backend.is_float_dtype(dtype):
             raise ValueError(
@@ -205,7 +206,29 @@ class TokenClassifier(CompiledInference, keras.Model):
                 "(`deit_keras.data.preprocess(image, model.image_size, model.preprocessing)` "
                 f"for uint8 pixels). Received: dtype={keras.backend.standardize_dtype(dtype)}"
             )
+        self._check_images_shape(getattr(images, "shape", None))
         return super().__call__(images, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        # The traced predict step takes any size once it has seen several; under XLA a
+        # bad one fails deep in a reshape.
+        self._check_images_shape(getattr(x, "shape", None))
+        return super().predict_on_batch(x)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_images_shape(getattr(x, "shape", None))  # arrays; a dataset has none
+        return super().predict(x, *args, **kwargs)
+
+    def _check_images_shape(self, shape):
+        if shape is None:
+            return
+        shape = tuple(None if side is None else int(side) for side in shape)
+        if len(shape) != 4 or shape[-1] not in (None, self.in_channels):
+            raise ValueError(
+                f"{self.name} takes a batch of channels-last images [batch, height, width, "
+                f"{self.in_channels}]. Received: images shape={shape}"
+            )
+        self.patch_embed.check_image_shape(shape)
 
     def call(self, images, training=None):
         step = None if training else self._eager_inference_step(images)

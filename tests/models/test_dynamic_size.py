@@ -112,7 +112,8 @@ def test_predict_rejects_a_size_that_is_not_a_multiple_after_sizes_relax():
     model = tiny_model()  # its own: Keras relaxes the predict function's image sizes
     model.predict_on_batch(images_of(32, 32))
     model.predict_on_batch(images_of(40, 40))  # a retrace for any size
-    with pytest.raises(tf.errors.InvalidArgumentError):
+    # One line before the step runs (was XLA's reshape error from inside it).
+    with pytest.raises(ValueError, match=r"Received: image shape=\(36, 36, 3\), patch_size=8"):
         model.predict_on_batch(images_of(36, 36))
     np.testing.assert_allclose(
         model.predict_on_batch(images_of(48, 48)),
@@ -147,3 +148,12 @@ def test_saved_model_with_an_any_size_signature(model, tmp_path):
     for size in [(32, 32), (24, 40)]:
         images = images_of(*size)
         np.testing.assert_allclose(served.serve(images), op_by_op(model, images), atol=1e-5, rtol=0)
+
+
+def test_a_batch_of_another_layout_is_one_short_error_on_every_inference_path(model):
+    """Channels first or no batch axis: one `ValueError` naming the shape (they were Keras'
+    lines about the call around a patch-size message)."""
+    for images in (np.zeros((2, 3, 32, 32), "float32"), np.zeros((32, 32, 3), "float32")):
+        for call in (model, model.predict_on_batch, model.predict):
+            with pytest.raises(ValueError, match=r"channels-last images .*Received: images shape"):
+                call(images)
