@@ -69,7 +69,8 @@ def read_state_dict(path: str) -> dict:
         raise
     except Exception as error:  # corrupt files raise many different types
         raise CheckpointError(
-            f"Cannot read checkpoint {path}: {type(error).__name__}: {error}"
+            f"Cannot read checkpoint {path}: not a readable {extension} file of tensors "
+            f"({type(error).__name__}: {error})"
         ) from error
     return {key: np.asarray(value, dtype=np.float32) for key, value in state.items()}
 
@@ -92,6 +93,11 @@ def _read_torch(path):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
             break
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} is not a checkpoint of weights (a dict of tensor names to tensors, or "
+            f"one under 'model' / 'state_dict'); it holds a {type(state).__name__}."
+        )
     return {key: _to_numpy(value) for key, value in state.items() if _is_tensor(value)}
 
 
@@ -292,6 +298,14 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
             f"pick a {family} --model (`deit_keras.list_models()` names them)."
         )
     source_prefix = 2 if "dist_token" in state else 1
+    if source_prefix == 2 and "head.weight" in state and "head_dist.weight" not in state:
+        raise CheckpointError(
+            "The checkpoint has a distillation token but one head, on the class token "
+            "(Hugging Face's DeiTForImageClassification, e.g. a fine-tune of "
+            "facebook/deit-*-distilled): a distilled DeiT here averages two heads. Convert "
+            "the DeiTForImageClassificationWithTeacher checkpoint instead, or fine-tune "
+            "from this one with new heads (another num_classes)."
+        )
     if source_prefix != model.num_prefix_tokens:
         kind = "distilled (has dist_token)" if source_prefix == 2 else "not distilled"
         raise CheckpointError(

@@ -244,3 +244,29 @@ def test_npz_reads_without_torch(tmp_path):
         model(images), reference_logits(hf_model, images)["logits"], atol=TOLERANCE, rtol=0
     )
     assert isinstance(model, deit_keras.DeiT)
+
+
+def test_checkpoints_no_model_here_computes_are_one_line_saying_so(tmp_path):
+    """Hugging Face's `DeiTForImageClassification` (a distillation token, one head on the class
+    token): "pick the matching --model" for both kinds, where none matches. A file of
+    something other than weights: a message saying so (was `KeyError: 101`)."""
+    from deit_keras.inference.torch_reference import hf_config_kwargs
+    from deit_keras.models.variants import get_variant
+
+    config = hf_config_kwargs(get_variant("deit_tiny_distilled_patch16_224"), 10, attn="eager")
+    one_head = transformers.DeiTForImageClassification(transformers.DeiTConfig(**config))
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(
+        {key: value.contiguous() for key, value in one_head.state_dict().items()}, str(path)
+    )
+    for name in ("deit_tiny_distilled_patch16_224", "deit_tiny_patch16_224"):
+        with pytest.raises(CheckpointError, match="one head, on the class token"):
+            load_checkpoint(str(path), name)
+    fresh = load_checkpoint(str(path), "deit_tiny_distilled_patch16_224", num_classes=5)
+    assert fresh.num_classes == 5  # its backbone, under new heads
+    torch.save([torch.zeros(3)], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="not a checkpoint of weights .* holds a list"):
+        read_state_dict(str(tmp_path / "list.pth"))
+    (tmp_path / "text.pth").write_text("some text, not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"not a readable \.pth file of tensors"):
+        read_state_dict(str(tmp_path / "text.pth"))
