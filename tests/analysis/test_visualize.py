@@ -85,10 +85,11 @@ def test_batch_attention_maps_equal_one_image_at_a_time(model):
         attention_lib.batch_attention_maps(model, images[0])
 
 
-def test_cait_maps_are_class_attention_rows_and_a_full_sequence_rollout():
+def _tiny_cait(seed=0):
     from deit_keras.models import build_model
 
-    cait = build_model(
+    keras.utils.set_random_seed(seed)
+    return build_model(
         "cait_xxs24_224",
         num_classes=5,
         image_size=32,
@@ -97,6 +98,10 @@ def test_cait_maps_are_class_attention_rows_and_a_full_sequence_rollout():
         depth=2,
         num_heads=2,
     )
+
+
+def test_cait_maps_are_class_attention_rows_and_a_full_sequence_rollout():
+    cait = _tiny_cait()
     image = np.random.RandomState(1).randn(1, 32, 32, 3).astype("float32")
     maps = attention_lib.attention_maps(cait, image)
     assert sorted(maps) == ["cls"]
@@ -121,21 +126,7 @@ def test_cait_maps_are_class_attention_rows_and_a_full_sequence_rollout():
 def test_cait_rollout_is_the_same_for_the_same_function_of_other_weights():
     """Talking heads scaled by c after the softmax and the values by 1 / c: the same model,
     the same rollout (the identity's weight was 1 / (1 + the rows' sum), not 0.5)."""
-    from deit_keras.models import build_model
-
-    def cait():
-        keras.utils.set_random_seed(0)
-        return build_model(
-            "cait_xxs24_224",
-            num_classes=5,
-            image_size=32,
-            patch_size=8,
-            embed_dim=16,
-            depth=2,
-            num_heads=2,
-        )
-
-    first, scaled = cait(), cait()
+    first, scaled = _tiny_cait(), _tiny_cait()
     for block in scaled.blocks:
         kernel, bias = block.attn.proj_w.get_weights()
         block.attn.proj_w.set_weights([kernel * 20.0, bias * 20.0])

@@ -110,7 +110,6 @@ def test_a_run_killed_right_after_an_epochs_backup_keeps_that_epochs_record(tmp_
     """The backup is the last thing an epoch writes: killed just after it, the resumed run
     starts at the next epoch with the epoch's history record already there (it was written
     after the backup, so lost for good)."""
-    from deit_keras.testing import digits_config
     from deit_keras.training.runner import run_training
 
     class Killed(Exception):
@@ -123,18 +122,7 @@ def test_a_run_killed_right_after_an_epochs_backup_keeps_that_epochs_record(tmp_
         if (epoch, batch) == (1, 0):
             raise Killed
 
-    config = digits_config(
-        tmp_path,
-        distillation_type="none",
-        teacher=None,
-        patch_size=8,
-        embed_dim=16,
-        depth=1,
-        num_heads=2,
-        epochs=2,
-        train_fraction=0.1,
-        checkpoint_interval_s=0,
-    )
+    config = _one_block_config(tmp_path, epochs=2, train_fraction=0.1, checkpoint_interval_s=0)
     monkeypatch.setattr(backup_lib.Backup, "save", save_then_die)
     with pytest.raises(Killed):
         run_training(config)
@@ -146,12 +134,11 @@ def test_a_run_killed_right_after_an_epochs_backup_keeps_that_epochs_record(tmp_
     assert all(np.isfinite(record["loss"]) for record in history)
 
 
-def _run_to_nan(tmp_path, **changes):
-    """A one-block digits run without a teacher, expected to stop on a NaN loss."""
+def _one_block_config(tmp_path, **changes):
+    """A one-block digits run without a teacher."""
     from deit_keras.testing import digits_config
-    from deit_keras.training.runner import run_training
 
-    config = digits_config(
+    return digits_config(
         tmp_path,
         distillation_type="none",
         teacher=None,
@@ -161,6 +148,13 @@ def _run_to_nan(tmp_path, **changes):
         num_heads=2,
         **changes,
     )
+
+
+def _run_to_nan(tmp_path, **changes):
+    """A one-block digits run without a teacher, expected to stop on a NaN loss."""
+    from deit_keras.training.runner import run_training
+
+    config = _one_block_config(tmp_path, **changes)
     with pytest.raises(FloatingPointError, match=r"NaN/Inf at step \d+") as raised:
         run_training(config)
     return str(raised.value)
