@@ -126,7 +126,10 @@ def _file_creation_refusal(folder: str) -> str | None:
     except OSError as error:
         return os.strerror(error.errno) if error.errno else str(error)
     os.close(handle)
-    os.remove(probe)
+    try:
+        os.remove(probe)
+    except OSError as error:  # append-only or write-once: our outputs replace by rename
+        return f"a new file there cannot be removed: {os.strerror(error.errno)}"
     return None
 
 

@@ -6,6 +6,8 @@ tokens whose first is the class token (then the distillation token when
 `distilled`); everything else is here once.
 """
 
+import inspect
+
 import keras
 from absl import logging
 from keras import ops
@@ -27,6 +29,14 @@ _TRAINS_ON_TENSORFLOW = (
     "{name} trains on Keras' TensorFlow backend (KERAS_BACKEND=tensorflow); on {backend!r} it "
     "runs inference (predict, a call, stateless_call). See docs/backends.md."
 )
+
+
+def _arguments(method, model, args, kwargs) -> dict:
+    """`method(model, *args, **kwargs)`'s arguments by name (positional ones too)."""
+    try:
+        return inspect.signature(method).bind(model, *args, **kwargs).arguments
+    except TypeError:  # Keras will say what is wrong with the call
+        return kwargs
 
 
 def _label_loss(loss):
@@ -243,7 +253,13 @@ class TokenClassifier(CompiledInference, keras.Model):
         """False inside another model (`Sequential`, functional), built for one output: there
         a training call gives the heads' mean, as timm's default (the tuple's first element
         alone went on, so the distillation head never trained)."""
-        context = getattr(self, "_get_call_context", lambda: None)()
+        # Keras' call context is read, never made: `Layer._get_call_context` would create
+        # one that outlives a `stateless_call` (which skips `__call__`, its only remover).
+        try:
+            from keras.src.backend.common import global_state
+        except ImportError:  # a Keras without it: every call counts as direct
+            return True
+        context = global_state.get_global_attribute("current_call_ctx")
         return getattr(context, "entry_layer", None) in (None, self)
 
     # === Training (the step lives in `deit_keras.distill`) ===
@@ -345,6 +361,15 @@ class TokenClassifier(CompiledInference, keras.Model):
             self.optimizer = None  # so that evaluate() reaches test_step, which says so
             return
         config = keras.saving.deserialize_keras_object(config)
+        try:
+            _label_loss(config.get("loss"))
+        except UserInputError:  # saved by a version that took any loss
+            logging.warning(
+                "%s was saved with loss=%r, which is not a label loss on logits; it is compiled "
+                "with the default (cross-entropy from logits) instead.",
+                self.name,
+                config.pop("loss"),
+            )
         saved = config.pop("distillation", "none")
         if saved != "none":
             logging.warning(
@@ -371,19 +396,19 @@ class TokenClassifier(CompiledInference, keras.Model):
     # Before Keras traces a step: an error inside the first trace leaves the next call
     # "creating variables on a non-first call" to the same tf.function.
     def fit(self, *args, **kwargs):
-        refuse_sample_weights(kwargs)
+        refuse_sample_weights(_arguments(keras.Model.fit, self, args, kwargs))
         return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
-        refuse_sample_weights(kwargs)
+        refuse_sample_weights(_arguments(keras.Model.evaluate, self, args, kwargs))
         return super().evaluate(*args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):
-        refuse_sample_weights(kwargs)
+        refuse_sample_weights(_arguments(keras.Model.train_on_batch, self, args, kwargs))
         return super().train_on_batch(*args, **kwargs)
 
     def test_on_batch(self, *args, **kwargs):
-        refuse_sample_weights(kwargs)
+        refuse_sample_weights(_arguments(keras.Model.test_on_batch, self, args, kwargs))
         return super().test_on_batch(*args, **kwargs)
 
     def _assert_compile_called(self, method_name=None):

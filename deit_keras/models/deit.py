@@ -59,8 +59,10 @@ class DeiT(TokenClassifier):
     Call arguments:
         images: `[B, H, W, in_channels]`, H and W multiples of `patch_size`
             (`image_size` for the learned position embeddings as they are).
-        training: bool. With `training=True` a distilled model returns the
-            tuple `(cls_logits, dist_logits)`; otherwise the mean of the two.
+        training: bool. With `training=True` a distilled model called
+            directly returns the tuple `(cls_logits, dist_logits)`; otherwise
+            (and inside another Keras model, built for one output) the mean
+            of the two.
 
     Example:
     >>> model = deit_keras.create_model("deit_tiny_distilled_patch16_224")

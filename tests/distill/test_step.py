@@ -211,3 +211,20 @@ def test_compile_refuses_what_would_train_a_wrong_objective_in_one_line():
     with pytest.raises(UserInputError, match="takes no sample_weight"):
         model.evaluate(images, labels, sample_weight=np.ones(4), verbose=0)
     assert np.isfinite(model.fit(images, labels, batch_size=4, verbose=0).history["loss"][0])
+
+
+def test_weights_by_position_and_old_files_named_losses():
+    """`train_on_batch(x, y, w)` is refused before the trace like the keyword; a `.keras` file
+    saved with a loss by name (taken before) still loads compiled, with the default loss."""
+    from deit_keras.errors import UserInputError
+
+    model = compiled(tiny_model(), None, distillation="none")
+    images, labels = batches(count=1)
+    with pytest.raises(UserInputError, match="takes no sample_weight"):
+        model.train_on_batch(images, labels, np.ones(4))
+    assert np.isfinite(model.train_on_batch(images, labels, return_dict=True)["loss"])
+    config = model.get_compile_config()
+    config["loss"] = "categorical_crossentropy"
+    loaded = tiny_model()
+    loaded.compile_from_config(config)
+    assert loaded._base_loss is None and loaded.distillation_step is not None

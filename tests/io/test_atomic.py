@@ -132,3 +132,17 @@ def test_an_export_to_proc_is_refused_before_any_work(tmp_path):
         "export", f"--model_path={tmp_path / 'never_read.keras'}", "--output=/proc/deit.onnx"
     )
     assert_one_line_error(process, "/proc", "refuses new files")
+
+
+def test_a_folder_that_keeps_new_files_is_a_problem_and_the_check_raises_nothing(
+    tmp_path, monkeypatch
+):
+    """Append-only or write-once folders: the probe is made but cannot be removed; the flag
+    check says so instead of raising the OSError."""
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", path)
+
+    monkeypatch.setattr(os, "remove", refuse)
+    problem = paths.output_file_problem("output", str(tmp_path / "model.onnx"))
+    assert problem is not None and "a new file there cannot be removed" in problem

@@ -204,3 +204,19 @@ def test_a_distilled_deit_inside_another_model_trains_both_heads():
     assert tuple(wrapped(images, training=True).shape) == (8, 10)
     cls_logits, dist_logits = model(images, training=True)
     assert tuple(cls_logits.shape) == tuple(dist_logits.shape) == (8, 10)
+
+
+def test_a_stateless_training_call_leaves_no_keras_call_context_behind():
+    """Reading whether the model is called inside another made Keras' call context, which a
+    `stateless_call` (it skips `__call__`) left behind: the next distilled DeiT's training
+    call then gave the mean, and a later call without `training` kept training's dropout."""
+    from keras.src.backend.common import global_state
+
+    first, second = tiny_model(), tiny_model()
+    images = random_images()
+    outputs, _ = first.stateless_call(
+        first.trainable_variables, first.non_trainable_variables, images, training=True
+    )
+    assert isinstance(outputs, tuple) and len(outputs) == 2
+    assert global_state.get_global_attribute("current_call_ctx") is None
+    assert isinstance(second(images, training=True), tuple)
