@@ -69,6 +69,11 @@ def worker_context(strategy: tf.distribute.Strategy) -> tf.distribute.InputConte
     return tf.distribute.InputContext(len(tasks), position, strategy.num_replicas_in_sync)
 
 
+def local_replicas(input_context: tf.distribute.InputContext) -> int:
+    """Replicas one input pipeline feeds: each step takes one of its batches for each."""
+    return input_context.num_replicas_in_sync // input_context.num_input_pipelines
+
+
 def wait_for_file(path: str, timeout_s: float, what: str = "the file", poll_s: float = 1.0) -> None:
     """Waits until `path` exists (written whole by an atomic rename) or raises TimeoutError."""
     deadline = time.monotonic() + timeout_s
@@ -362,9 +367,7 @@ def fit_multi_worker(
 
     def dataset_from(epoch, skip_batches):
         def pipeline(context, batch):
-            # Each step takes one batch from a pipeline for each of its local replicas.
-            local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-            return dataset_fn(context, batch, epoch, skip_batches * local_replicas)
+            return dataset_fn(context, batch, epoch, skip_batches * local_replicas(context))
 
         return distribute_train_dataset(strategy, pipeline, config.batch_size)
 
@@ -393,6 +396,7 @@ __all__ = [
     "fit_distributed",
     "fit_multi_worker",
     "is_chief",
+    "local_replicas",
     "wait_for_file",
     "worker_context",
 ]

@@ -27,16 +27,21 @@ def train_data(config, data_kwargs, **extra):
     return make_dataset(config.dataset, "train", **options)
 
 
-def deterministic_epochs(config, data_kwargs, start_epoch, skip_batches=0, **extra):
+def deterministic_epochs(
+    config, data_kwargs, start_epoch, skip_batches=0, epoch_batches=None, **extra
+):
     """Epochs `start_epoch..epochs-1`, each seeded by its index, back to back.
 
     A resumed run starts at the position it restored (`skip_batches` into
     `start_epoch`) and sees the batches an uninterrupted run would have seen
-    there (see `make_dataset(epoch=, skip_batches=)`).
+    there (see `make_dataset(epoch=, skip_batches=)`). With `epoch_batches`
+    each epoch gives exactly that many (a worker's shard can hold a batch more
+    than its steps take: it must not run on into the next epoch).
     """
 
     def epoch_data(epoch, skip=0):
-        return train_data(config, data_kwargs, epoch=epoch, skip_batches=skip, **extra)
+        data = train_data(config, data_kwargs, epoch=epoch, skip_batches=skip, **extra)
+        return data if epoch_batches is None else data.take(epoch_batches - skip)
 
     train = epoch_data(start_epoch, skip_batches)
     for epoch in range(start_epoch + 1, config.epochs):
@@ -44,15 +49,18 @@ def deterministic_epochs(config, data_kwargs, start_epoch, skip_batches=0, **ext
     return train
 
 
-def training_stream(config, data_kwargs, epoch, skip_batches, **extra):
+def training_stream(config, data_kwargs, epoch, skip_batches, epoch_batches=None, **extra):
     """All the input the run has left from `(epoch, skip_batches)`, repeated if need be.
 
     With `--deterministic` (and whole-pass epochs) every epoch is seeded by its
-    index (`deterministic_epochs`); otherwise one pipeline is re-iterated
-    with fresh randomness and a resumed epoch just runs its remaining steps.
+    index (`deterministic_epochs`, `epoch_batches` a pass); otherwise one
+    pipeline is re-iterated with fresh randomness and a resumed epoch just runs
+    its remaining steps.
     """
     if config.deterministic and not config.steps_per_epoch:
-        return deterministic_epochs(config, data_kwargs, epoch, skip_batches, **extra)
+        return deterministic_epochs(
+            config, data_kwargs, epoch, skip_batches, epoch_batches, **extra
+        )
     fresh = resumed_data_kwargs(data_kwargs, epoch, skip_batches)
     return train_data(config, fresh, **extra).repeat()
 

@@ -150,7 +150,13 @@ def _fit(config, student, phases, evaluation, steps, preemption):
 def _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption):
     def train_fn(context, batch, epoch, skip_batches):
         return inputs.training_stream(
-            config, data_kwargs, epoch, skip_batches, input_context=context, batch_size=batch
+            config,
+            data_kwargs,
+            epoch,
+            skip_batches,
+            epoch_batches=steps * custom_loop.local_replicas(context),
+            input_context=context,
+            batch_size=batch,
         )
 
     def validation_fn(context):
