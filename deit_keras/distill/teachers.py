@@ -106,9 +106,7 @@ class TeacherAdapter(keras.Model):
 
     @property
     def num_classes(self):
-        # A subclassed model (a deit_keras DeiT as teacher) has no output_shape.
-        known = getattr(self.teacher, "num_classes", None)
-        return known if isinstance(known, int) else self.teacher.output_shape[-1]
+        return _logits_width(self.teacher)
 
     def get_config(self):
         config = super().get_config()
@@ -370,12 +368,18 @@ def _check_takes_rgb_images(teacher, spec: str) -> None:
         )
 
 
+def _logits_width(model) -> int:
+    """Classes of `model`'s logits: its `num_classes` (a subclassed model, such as a
+    deit_keras DeiT teacher, has no `output_shape`), else its output's last axis."""
+    known = getattr(model, "num_classes", None)
+    return known if isinstance(known, int) else model.output_shape[-1]
+
+
 def check_teacher_classes(teacher, num_classes: int) -> None:
     """Refuses, in one line, a teacher whose logits are not `num_classes` wide (an ImageNet
     top on a 10-class student: a NaN loss under XLA, a label error without it)."""
     try:
-        known = getattr(teacher, "num_classes", None)
-        width = known if isinstance(known, int) else teacher.output_shape[-1]
+        width = _logits_width(teacher)
     except (AttributeError, ValueError, TypeError, KeyError):  # only a call would tell
         return
     if isinstance(width, int) and width != num_classes:
