@@ -41,6 +41,9 @@ def run_finetune_flagfiles(tmp_path, *flags):
         f"--output={tmp_path / 'student.keras'}",
         "--export_savedmodel=false",
         "--progress=none",
+        # XLA's compile of both train steps was a third of this test's ~110 s (one core);
+        # training under XLA is tests/cli/test_train.py::test_reduced_digits_run_learns_and_saves.
+        "--nojit_compile",
         *flags,
         timeout=600,
     )
