@@ -278,6 +278,11 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
             epoch. Defaults to 0.
         settings: dict or None. The run's settings, recorded with the backup
             (see `Backup`).
+        epoch_end_callbacks: callbacks whose `on_epoch_end` a preemption at an
+            epoch's last step, or during its validation, runs (with the epoch's
+            training logs) before backing up the finished epoch: the resumed run
+            starts after it, so the run's history record and checkpoint of that
+            epoch are written now or never.
     """
 
     def __init__(
@@ -288,6 +293,7 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         preemption=None,
         min_interval_s=0.0,
         settings=None,
+        epoch_end_callbacks=(),
     ):
         super().__init__()
         if every_steps and not steps_per_epoch:
@@ -298,6 +304,7 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         self.every_steps = every_steps
         self.steps_per_epoch = steps_per_epoch
         self.preemption = preemption
+        self.epoch_end_callbacks = tuple(epoch_end_callbacks)
         self._resumed_at = (0, 0)
         self._current_epoch = 0
         self._first_batch = 0
@@ -330,7 +337,7 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
             if done != self.steps_per_epoch:
                 self.backup.save(self.model, self._current_epoch, done)
             elif preempted:  # the epoch's last step: saved as a whole epoch
-                self.backup.save(self.model, self._current_epoch + 1)
+                self._save_finished_epoch(logs)
         self._train_logs = logs
         if preempted:
             epoch, batch = self.backup.position()
@@ -342,9 +349,15 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         # the grace period.
         if self.preemption is not None and self.preemption.requested:
             if finite_logs(self._train_logs):
-                self.backup.save(self.model, self._current_epoch + 1)
+                self._save_finished_epoch(self._train_logs)
             epoch, batch = self.backup.position()
             raise Preempted(epoch, batch, self.backup_dir)
+
+    def _save_finished_epoch(self, logs):
+        """A preempted run's finished epoch: its end without validation, then its backup."""
+        for callback in self.epoch_end_callbacks:
+            callback.on_epoch_end(self._current_epoch, dict(logs or {}))
+        self.backup.save(self.model, self._current_epoch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
         if finite_logs(logs) and self.interval.due(epoch, (self.params or {}).get("epochs")):

@@ -227,7 +227,8 @@ def fit_distributed(
         run = _EpochRun(model, backup, chief, epoch, steps_per_epoch, model_dir)
         first = initial_batch if epoch == initial_epoch else 0
         logs = run.train(train_steps, iterator, first, progress, preemption, backup_every_steps)
-        if validation_data is not None and (epoch + 1) % validation_freq == 0:
+        validate = validation_data is not None and (epoch + 1) % validation_freq == 0
+        if validate and not run.preempted:  # a preempted run has no time to validate
             try:
                 logs.update(_validate(model, strategy, validation_data))
             except LOST_WORKER as error:
@@ -238,6 +239,8 @@ def fit_distributed(
             history.history.setdefault(name, []).append(value)
         if chief:
             _end_of_epoch_outputs(model, backup, model_dir, writers, epoch, logs)
+        if run.preempted:  # at the epoch's last step: its end is written, the rest resumes
+            raise Preempted(epoch + 1, 0, backup.directory if backup else None)
     if epochs > 0 and model.optimizer is not None:  # as `fit`: also when resumed at the end
         with strategy.scope():  # as `fit` ends: with --model_ema the average becomes the model
             model.optimizer.finalize_variable_values(model.trainable_weights)
@@ -294,6 +297,7 @@ class _EpochRun:
     def __init__(self, model, backup, chief, epoch, steps_per_epoch, model_dir):
         self.model, self.backup, self.chief, self.epoch = model, backup, chief, epoch
         self.steps_per_epoch, self.model_dir = steps_per_epoch, model_dir
+        self.preempted = False  # at the epoch's last step: the caller ends the epoch, then stops
 
     def train(self, train_steps, iterator, first, progress, preemption, backup_every_steps):
         """Runs steps `first..steps_per_epoch - 1`; returns the epoch's last logs as floats."""
@@ -325,10 +329,14 @@ class _EpochRun:
             raise diverged_error(step, self.model_dir)
 
     def _stop_preempted(self, done, logs):
-        last = done == self.steps_per_epoch
-        position = (self.epoch + 1, 0) if last else (self.epoch, done)  # the same on all workers
-        self._save(*position, logs)
-        raise Preempted(*position, self.backup.directory if self.backup else None)
+        """Mid-epoch: backs up this step and raises `Preempted` (the same on all workers).
+        At the epoch's last step: marks the run preempted; the caller writes the epoch's
+        end (history record, checkpoint, backup) and stops."""
+        if done == self.steps_per_epoch:
+            self.preempted = True
+            return
+        self._save(self.epoch, done, logs)
+        raise Preempted(self.epoch, done, self.backup.directory if self.backup else None)
 
     def _save(self, epoch, batch, logs):
         if self.chief and finite_logs(logs):

@@ -61,6 +61,12 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
     tensorboard_dir = os.path.join(config.model_dir, "tensorboard")
     backup_dir = os.path.join(config.model_dir, "backup")
     nan_stop = callbacks_lib.StopOnNaN()
+    epoch_records = [
+        callbacks_lib.HistoryFile(config.model_dir),
+        callbacks_lib.EpochCheckpoint(
+            os.path.join(config.model_dir, "checkpoints"), config.checkpoint_interval_s
+        ),
+    ]
     backup = backup_lib.AtomicBackupAndRestore(
         backup_dir,
         config.backup_every_steps,
@@ -68,6 +74,7 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
         preemption=preemption,
         min_interval_s=config.checkpoint_interval_s,
         settings=config.flat_settings(),
+        epoch_end_callbacks=epoch_records,
     )
     return (
         nan_stop,
@@ -76,10 +83,7 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
             nan_stop,
             # The epoch's record and checkpoint before its backup: a run killed in
             # between redoes that epoch on resume, rewriting them, never skipping them.
-            callbacks_lib.HistoryFile(config.model_dir),
-            callbacks_lib.EpochCheckpoint(
-                os.path.join(config.model_dir, "checkpoints"), config.checkpoint_interval_s
-            ),
+            *epoch_records,
             backup,
             keras.callbacks.TensorBoard(tensorboard_dir),
             callbacks_lib.InputImages(tensorboard_dir, sample_images, preprocessing=preprocessing),

@@ -20,6 +20,7 @@ from deit_keras.testing import (
     user_stderr,
 )
 from deit_keras.training import backup as backup_lib
+from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatcher
 
 STEPS = 22  # digits: 1437 training images // batch 64
@@ -242,3 +243,94 @@ def test_sigterm_during_validation_backs_up_the_finished_epoch(tmp_path):
     with pytest.raises(Preempted, match="epoch 3 step 0"):
         backup.on_test_batch_end(1)
     assert backup.backup.position() == (3, 0)
+
+
+def _epoch_records(model, model_dir):
+    """The run's history file and checkpoint callbacks, as `fit` would set them up."""
+    records = [
+        callbacks_lib.HistoryFile(str(model_dir)),
+        callbacks_lib.EpochCheckpoint(str(model_dir / "checkpoints")),
+    ]
+    for callback in records:
+        callback.set_model(model)
+        callback.set_params({"epochs": 5})
+    return records
+
+
+@pytest.mark.parametrize("during", ["the last step", "validation"])
+def test_a_preempted_epoch_end_writes_its_record_and_checkpoint_before_its_backup(tmp_path, during):
+    """The resumed run starts after the backed-up epoch: its end is written now or never."""
+    model = tiny_model(num_classes=3)
+    model.compile(optimizer="adamw")
+    model.optimizer.build(model.trainable_variables)
+    watcher = PreemptionWatcher()
+    backup = backup_lib.AtomicBackupAndRestore(
+        str(tmp_path / "backup"),
+        steps_per_epoch=3,
+        preemption=watcher,
+        epoch_end_callbacks=_epoch_records(model, tmp_path),
+    )
+    backup.set_model(model)
+    backup.on_epoch_begin(2)
+    for batch in range(3):
+        watcher.requested = during == "the last step" and batch == 2
+        logs = {"loss": 1.5 - batch / 10, "top1": 0.25}
+        if watcher.requested:
+            with pytest.raises(Preempted, match="epoch 3 step 0"):
+                backup.on_train_batch_end(batch, logs)
+        else:
+            backup.on_train_batch_end(batch, logs)
+    if during == "validation":
+        watcher.requested = True
+        with pytest.raises(Preempted, match="epoch 3 step 0"):
+            backup.on_test_batch_end(0)
+    assert backup.backup.position() == (3, 0)
+    assert callbacks_lib.read_history(str(tmp_path)) == [{"epoch": 2, "loss": 1.3, "top1": 0.25}]
+    checkpoint = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
+    assert checkpoint["epoch"] == 3 and checkpoint["loss"] == pytest.approx(1.3)
+
+
+class _PreemptedBefore:
+    """A `PreemptionWatcher` whose SIGTERM arrives before the model's step `step` + 1."""
+
+    def __init__(self, model, step):
+        self.model, self.step = model, step
+
+    @property
+    def requested(self):
+        return int(self.model.optimizer.iterations.numpy()) >= self.step
+
+
+def test_the_custom_loop_preempted_at_an_epochs_last_step_writes_its_end_then_stops(tmp_path):
+    import tensorflow as tf
+
+    from deit_keras.training.custom_loop import distribute_train_dataset, fit_distributed
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = tiny_model(num_classes=3)
+        model.compile(optimizer="adamw", jit_compile=False)
+    examples = tf.data.Dataset.from_tensor_slices(
+        (np.random.default_rng(0).normal(size=(4, 32, 32, 3)), tf.one_hot([0, 1, 2, 0], 3))
+    )
+    train = distribute_train_dataset(
+        strategy, lambda context, batch: examples.batch(batch).repeat(), 2
+    )
+    with pytest.raises(Preempted, match="epoch 2 step 0"):
+        fit_distributed(
+            model,
+            strategy,
+            train,
+            epochs=3,
+            steps_per_epoch=2,
+            model_dir=str(tmp_path),
+            verbose=0,
+            validation_data=examples.batch(2),
+            preemption=_PreemptedBefore(model, step=3),  # epoch 1's last step
+        )
+    history = callbacks_lib.read_history(str(tmp_path))
+    assert [record["epoch"] for record in history] == [0, 1]
+    assert "val_top1" in history[0] and "val_top1" not in history[1]  # no time to validate
+    checkpoint = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
+    assert checkpoint["epoch"] == 2 and checkpoint["step"] == 4
+    assert backup_lib.Backup(str(tmp_path / "backup")).position() == (2, 0)
