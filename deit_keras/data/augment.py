@@ -213,6 +213,34 @@ def _sample_beta(alpha, seed):
     return a / (a + b)
 
 
+def mix_batch_in_groups(images, labels, num_classes, seed, config, groups=1):
+    """`mix_batch` on each of `groups` equal, consecutive parts of the batch, each part
+    its own draw (lambda, MixUp or CutMix, box) and its own flipped partners.
+
+    The reference mixes each GPU's batch apart (timm's `Mixup` in every process); a
+    pipeline whose batch `tf.distribute` splits over `groups` replicas (consecutive
+    slices) mixes each replica's part so.
+
+    Args:
+        images, labels, num_classes, seed, config: as `mix_batch`; the batch size a
+            multiple of `groups`.
+        groups: int. Parts of the batch mixed apart. Defaults to 1 (`mix_batch`).
+
+    Returns:
+        `(images, targets)` as `mix_batch`'s.
+    """
+    if groups == 1:
+        return mix_batch(images, labels, num_classes, seed, config)[:2]
+    seeds = tf.random.experimental.stateless_split(seed, groups)
+    parts = [
+        mix_batch(part_images, part_labels, num_classes, seeds[index], config)
+        for index, (part_images, part_labels) in enumerate(
+            zip(tf.split(images, groups), tf.split(labels, groups), strict=True)
+        )
+    ]
+    return tf.concat([part[0] for part in parts], 0), tf.concat([part[1] for part in parts], 0)
+
+
 def mix_batch(images, labels, num_classes, seed, config):
     """timm `Mixup(mode='batch')`: one lambda per batch, mixed with the flip.
 

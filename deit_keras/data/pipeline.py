@@ -89,6 +89,7 @@ def make_dataset(
     in_memory=None,
     train_fraction=1.0,
     subset_seed=None,
+    mix_groups=1,
 ):
     """Builds the batched input pipeline of one split.
 
@@ -141,6 +142,10 @@ def make_dataset(
             subset of this share, chosen by `seed` (`data.subsets`). Defaults to 1.
         subset_seed: int or None. Chooses the subset instead of `seed` (a resumed
             run draws with a new `seed`, on the same images).
+        mix_groups: int. Training only: MixUp/CutMix each of this many equal parts
+            of a batch apart (`augment.mix_batch_in_groups`): the replicas one
+            pipeline feeds (MirroredStrategy, TPU), as the reference mixes each
+            GPU's batch. `batch_size` must be a multiple. Defaults to 1.
 
     Returns:
         `tf.data.Dataset` of `(images, targets)`: float32
@@ -150,6 +155,7 @@ def make_dataset(
     _check_arguments(
         image_size, batch_size, repeated_aug, augment, preprocessing, skip_batches, training
     )
+    _check_mix_groups(mix_groups, batch_size)
     source = sources.get_source(name, data_dir, splits=(split,))
     num_classes = source.info.num_classes
     num_pipelines, pipeline_id = 1, 0
@@ -206,6 +212,7 @@ def make_dataset(
             drop_remainder,
             fresh_each_iteration,
             skip_batches,
+            mix_groups,
         )
     else:
         if num_pipelines > 1:
@@ -222,6 +229,14 @@ def make_dataset(
     # every validation. Splits held in memory have little to tune: off for them.
     options.autotune.enabled = arrays is None
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _check_mix_groups(mix_groups, batch_size):
+    if not isinstance(mix_groups, int) or mix_groups < 1 or batch_size % mix_groups:
+        raise UserInputError(
+            f"`mix_groups` must be an int >= 1 dividing `batch_size` ({batch_size}). "
+            f"Received: mix_groups={mix_groups!r}"
+        )
 
 
 def _check_arguments(
@@ -320,6 +335,7 @@ def _train_maps(
     drop_remainder,
     rerandomize=True,
     skip_batches=0,
+    mix_groups=1,
 ):
     keras_cv_layer = augment_lib.keras_cv_rand_augment_layer(config, seed)
 
@@ -339,8 +355,9 @@ def _train_maps(
 
     def mix(batch, batch_seed):
         images, labels, _ = batch
-        images, targets, _ = augment_lib.mix_batch(images, labels, num_classes, batch_seed, config)
-        return images, targets
+        return augment_lib.mix_batch_in_groups(
+            images, labels, num_classes, batch_seed, config, mix_groups
+        )
 
     ds = tf.data.Dataset.zip((ds, _seed_pairs(_derive(seed, 2), rerandomize).skip(skip_batches)))
     return ds.map(mix, num_parallel_calls=AUTOTUNE)
@@ -357,6 +374,7 @@ def _batched_train_maps(
     drop_remainder,
     rerandomize=True,
     skip_batches=0,
+    mix_groups=1,
 ):
     """`_train_maps` for decoded uint8 images of one shape: augmentation per batch."""
     keras_cv_layer = augment_lib.keras_cv_rand_augment_layer(config, seed)
@@ -371,7 +389,8 @@ def _batched_train_maps(
         images = in_memory_lib.train_transform_batch(
             images, transform_seed, image_size, config, preprocessing, keras_cv_layer
         )
-        images, targets, _ = augment_lib.mix_batch(images, labels, num_classes, mix_seed, config)
-        return images, targets
+        return augment_lib.mix_batch_in_groups(
+            images, labels, num_classes, mix_seed, config, mix_groups
+        )
 
     return tf.data.Dataset.zip((ds, seeds)).map(augment_and_mix, num_parallel_calls=AUTOTUNE)

@@ -395,7 +395,9 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             history = _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
             nan_stop = callbacks_lib.StopOnNaN()  # the loop raises on NaN itself
         else:
-            phases = inputs.train_phases(config, data_kwargs, steps)
+            # One pipeline feeds every replica: each replica's part is mixed apart.
+            mixed = dict(data_kwargs, mix_groups=strategy.num_replicas_in_sync)
+            phases = inputs.train_phases(config, mixed, steps)
             history, nan_stop = _fit(config, student, phases, evaluation, steps, preemption)
     if nan_stop.bad_step is not None:
         raise callbacks_lib.diverged_error(nan_stop.bad_step, config.model_dir)

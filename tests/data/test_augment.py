@@ -352,3 +352,26 @@ def test_translate_setting_moves_training_views_only_when_set():
     assert any(np.abs(view - base).max() > 1.0 for view in shifted)
     with pytest.raises(ValueError, match="translate"):
         augment_config.AugmentConfig(translate=-1)
+
+
+def test_a_batch_of_several_replicas_mixes_each_replicas_part_apart():
+    """The reference mixes each GPU's batch: one pipeline feeding 2 replicas draws 2 mixes."""
+    config = augment_config.AugmentConfig(mixup=0.8, cutmix=0.0, mixup_prob=1.0, smoothing=0.0)
+    images = tf.random.stateless_normal([8, 4, 4, 3], [1, 2])
+    labels = tf.range(8)
+    seed = tf.constant([5, 9])
+    out, targets = augment.mix_batch_in_groups(images, labels, 8, seed, config, groups=2)
+    parts = tf.random.experimental.stateless_split(seed, 2)
+    for index, rows in enumerate((slice(0, 4), slice(4, 8))):
+        want = augment.mix_batch(images[rows], labels[rows], 8, parts[index], config)
+        np.testing.assert_array_equal(out[rows], want[0])
+        np.testing.assert_array_equal(targets[rows], want[1])
+    # Each row's partner is in its own part (row 0 with row 3, row 4 with row 7) ...
+    assert np.flatnonzero(targets[0]).tolist() == [0, 3]
+    assert np.flatnonzero(targets[4]).tolist() == [4, 7]
+    # ... and each part has its own lambda.
+    assert abs(float(targets[0, 0]) - float(targets[4, 4])) > 1e-3
+    _, whole_targets = augment.mix_batch_in_groups(images, labels, 8, seed, config)
+    np.testing.assert_array_equal(
+        whole_targets, augment.mix_batch(images, labels, 8, seed, config)[1]
+    )

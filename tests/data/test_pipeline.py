@@ -445,3 +445,13 @@ def test_keras_cv_rand_augment_is_a_working_choice(digits_dir):
     plain, keras_cv = first_batch("timm", 0), first_batch("keras_cv", 2)
     assert keras_cv.shape == plain.shape == (8, 16, 16, 3) and np.isfinite(keras_cv).all()
     assert np.abs(keras_cv - plain).mean() > 1e-3  # same crops, RandAugment on top
+
+
+@pytest.mark.parametrize("mix_groups", [0, 4, 1.5])
+def test_mix_groups_must_divide_the_batch(mix_groups):
+    with pytest.raises(
+        ValueError, match=r"`mix_groups` must be an int >= 1 dividing `batch_size` \(6\)"
+    ):
+        make_dataset(
+            "digits", "train", image_size=16, batch_size=6, training=True, mix_groups=mix_groups
+        )

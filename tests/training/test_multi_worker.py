@@ -333,8 +333,18 @@ LOCAL_REPLICAS = textwrap.dedent("""
         odd = "trained"
     except UserInputError as error:
         odd = str(error)
+    # Under `mirrored` one pipeline feeds both replicas: it mixes each one's half apart.
+    pipelines = []
+    def phases_then_stop(config, data_kwargs, steps):
+        pipelines.append(data_kwargs)
+        raise Killed()
+    runner.inputs.train_phases = phases_then_stop
+    try:
+        runner.run_training(config("mirrored", strategy="mirrored"))
+    except Killed:
+        pass
     print(json.dumps({{"difference": difference, "epochs": [r["epoch"] for r in history],
-                      "odd": odd}}))
+                      "odd": odd, "mix_groups": pipelines[0].get("mix_groups")}}))
 """)
 
 
@@ -345,7 +355,7 @@ def test_a_worker_of_two_local_replicas_trains_and_resumes_as_if_never_stopped(t
     takes one per replica (weights 0.028 off), and a shard holding a batch more than an
     epoch's steps take ran on into the next epoch (0.003 off). A kill right after an epoch's
     backup lost that epoch's history record; an odd global batch under `mirrored` was a raw
-    TF error."""
+    TF error; `mirrored`'s one pipeline mixed both replicas' batches with one draw."""
     from deit_keras.data.pipeline import dataset_info
 
     dataset_info("digits", str(tmp_path / "tfds"))
@@ -359,3 +369,4 @@ def test_a_worker_of_two_local_replicas_trains_and_resumes_as_if_never_stopped(t
     assert result["epochs"] == [0, 1], result
     assert "divide evenly among the 2 replicas" in result["odd"], result
     assert "Received: batch_size=63" in result["odd"], result
+    assert result["mix_groups"] == 2, result
