@@ -270,7 +270,7 @@ def mix_batch(images, labels, num_classes, seed, config):
     lam = tf.where(use_cutmix, _sample_beta(alpha_cut, seeds[2]), _sample_beta(alpha_mix, seeds[3]))
     lam = tf.where(do_mix, lam, 1.0)
 
-    # CutMix box as timm `rand_bbox` + `correct_lam=True`.
+    # CutMix box as timm 1.0's `rand_bbox` (cut_h x cut_w before clipping) + `correct_lam=True`.
     shape = tf.shape(images)
     height, width = shape[1], shape[2]
     ratio = tf.sqrt(1.0 - lam)
@@ -279,9 +279,9 @@ def mix_batch(images, labels, num_classes, seed, config):
     cy = tf.random.stateless_uniform([], seeds[4], 0, height, dtype=tf.int32)
     cx = tf.random.stateless_uniform([], seeds[5], 0, width, dtype=tf.int32)
     y0 = tf.clip_by_value(cy - cut_h // 2, 0, height)
-    y1 = tf.clip_by_value(cy + cut_h // 2, 0, height)
+    y1 = tf.clip_by_value(cy + (cut_h + 1) // 2, 0, height)
     x0 = tf.clip_by_value(cx - cut_w // 2, 0, width)
-    x1 = tf.clip_by_value(cx + cut_w // 2, 0, width)
+    x1 = tf.clip_by_value(cx + (cut_w + 1) // 2, 0, width)
     cut_lam = 1.0 - tf.cast((y1 - y0) * (x1 - x0), tf.float32) / tf.cast(height * width, tf.float32)
 
     def cut_images():

@@ -375,3 +375,21 @@ def test_a_batch_of_several_replicas_mixes_each_replicas_part_apart():
     np.testing.assert_array_equal(
         whole_targets, augment.mix_batch(images, labels, 8, seed, config)[1]
     )
+
+
+def test_a_cutmix_box_inside_the_image_is_cut_h_by_cut_w_odd_sides_included():
+    """timm 1.0's `rand_bbox`: rows `cy - cut_h // 2` to `cy + (cut_h + 1) // 2` (timm 0.3's
+    `cy + cut_h // 2` gave an odd `cut_h` one row less: only even sides)."""
+    config = augment_config.AugmentConfig(mixup=0.0, smoothing=0.0)
+    images = tf.stack([tf.fill([16, 16, 3], float(i)) for i in range(4)])
+    sides = set()
+    for s in range(80):
+        out, _, lam = augment.mix_batch(images, tf.range(4), 4, tf.constant([s, 3]), config)
+        rows, cols = np.nonzero(out.numpy()[0, :, :, 0] == 3.0)
+        if not len(rows) or rows.min() == 0 or cols.min() == 0 or max(rows.max(), cols.max()) == 15:
+            continue  # no box, or one clipped at the border
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert height == width and height * width == len(rows)  # a square image: a square box
+        np.testing.assert_allclose(float(lam), 1 - height * width / 256, atol=1e-6)
+        sides.add(int(height))
+    assert any(side % 2 for side in sides) and any(side % 2 == 0 for side in sides), sides
