@@ -169,6 +169,8 @@ def test_experiment_flagfiles_parse_into_valid_configs(flagfile):
         # The 384 px fine-tune: the README's command on main.py's warmup defaults.
         expected = (5e-6, 1e-8, 5, 30) if "384" in flagfile else (5e-4, 0.05, 5, 300)
         assert (config.lr, config.weight_decay, config.warmup_epochs, config.epochs) == expected
+        # Evaluated as the presets of its size: 0.875 at 224, a full crop at 384.
+        assert config.crop_pct == (1.0 if "384" in flagfile else 0.875)
         assert config.warmup_lr == 1e-6
         assert config.augment.mixup == 0.8 and config.augment.cutmix == 1.0
         assert config.augment.smoothing == 0.1 and config.augment.reprob == 0.25
