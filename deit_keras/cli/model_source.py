@@ -77,7 +77,7 @@ def load_model_from_flags(allow_exported: bool = False):
             f"--model={MODEL.value} has no trained weights without --pretrained; add it, or "
             "pass --model_path=FILE.keras."
         )
-    return create_model(MODEL.value, pretrained=PRETRAINED_WEIGHTS.value), None
+    return create_model(MODEL.value, pretrained=PRETRAINED_WEIGHTS.value, require_heads=True), None
 
 
 def model_description() -> str:

@@ -336,6 +336,18 @@ def _fetch_url(name, url, sha256, cache_name):
         _remove(partial)
 
 
+class HeadlessWeightsError(UserInputError):
+    """Weights without classification heads where a model must predict."""
+
+
+def _headless(source) -> HeadlessWeightsError:
+    return HeadlessWeightsError(
+        f"The weights {source} have no classification heads (a backbone): a model built on "
+        "them would predict from fresh, random heads. Fine-tune them first (deit-train "
+        "--pretrained_weights=...), or pass weights with heads."
+    )
+
+
 def _is_checkpoint_file(source) -> bool:
     """A local `.pth` / `.safetensors` / `.npz` path (not a name, URL or `.keras` file)."""
     if not isinstance(source, str) or source in ("official", "hf") or source.endswith(".keras"):
@@ -379,6 +391,7 @@ def create_model(
     image_size: int | None = None,
     drop_path_rate: float = 0.0,
     crop_pct: float | None = None,
+    require_heads: bool = False,
     **overrides,
 ) -> TokenClassifier:
     """Builds the model `name`, with published weights when `pretrained`.
@@ -397,9 +410,15 @@ def create_model(
             weights (a checkpoint's own count), or 1000 without weights.
         image_size, drop_path_rate, crop_pct, **overrides: as for
             `deit_keras.models.build_model`.
+        require_heads: bool. Refuse weights without classification heads (a
+            backbone): a model to predict with would answer from fresh heads.
+            Defaults to False (fresh heads, to fine-tune).
 
     Returns:
         A built `DeiT` or `CaiT`.
+
+    Raises:
+        HeadlessWeightsError: `require_heads` and the weights have no heads.
     """
     if pretrained is False or pretrained is None:
         classes = IMAGENET_NUM_CLASSES if num_classes is None else num_classes
@@ -410,10 +429,14 @@ def create_model(
         # Its state dict as it is: the file may come from a model with other
         # overrides (a small student) than the preset `name` has.
         state = _checkpoint_state(pretrained)
+        if require_heads and not checkpoints.checkpoint_num_classes(state):
+            raise _headless(pretrained)
         if num_classes is None:  # a headless checkpoint (a backbone) gets ImageNet's count
             num_classes = checkpoints.checkpoint_num_classes(state) or IMAGENET_NUM_CLASSES
     else:
         published = load_published(name, pretrained)
+        if require_heads and not published.num_classes:
+            raise _headless(pretrained)
         if num_classes is None:
             num_classes = published.num_classes
         same_model = (

@@ -74,6 +74,19 @@ def test_predict_with_a_local_checkpoint_of_other_classes_uses_its_heads(image, 
     assert max(entry["class_index"] for entry in top) < 10
 
 
+def test_predict_refuses_a_checkpoint_without_heads_in_one_line(image, tmp_path):
+    """A backbone's fresh heads predicted ImageNet names at random."""
+    torch.manual_seed(3)
+    state = hf_reference(NAME).state_dict()
+    path = tmp_path / "backbone.pth"
+    heads = ("cls_classifier", "distillation_classifier")
+    torch.save({k: v for k, v in state.items() if not k.startswith(heads)}, path)
+    process = run_cli(
+        "predict", f"--model={NAME}", "--pretrained", f"--pretrained_weights={path}", image
+    )
+    assert_one_line_error(process, "have no classification heads")
+
+
 def test_export_a_named_model(checkpoint, tmp_path):
     filename, body = checkpoint
     env = {pretrained.CACHE_ENV: str(tmp_path / "cache")}

@@ -254,6 +254,25 @@ def test_a_checkpoint_of_other_classes_keeps_its_heads(tmp_path):
     assert pretrained.create_model(NAME).num_classes == 1000
 
 
+def test_a_model_to_predict_with_refuses_weights_without_heads(tmp_path):
+    """A backbone checkpoint gets fresh heads to fine-tune; with `require_heads` (the
+    inference commands) it is one line, not predictions from random heads."""
+    state = {
+        key: value
+        for key, value in hf_reference(NAME).state_dict().items()
+        if not key.startswith(("cls_classifier", "distillation_classifier"))
+    }
+    path = tmp_path / "backbone.pth"
+    torch.save({"model": state}, path)
+    assert pretrained.create_model(NAME, pretrained=str(path)).num_classes == 1000
+    with pytest.raises(pretrained.HeadlessWeightsError, match="have no classification heads"):
+        pretrained.create_model(NAME, pretrained=str(path), require_heads=True)
+    with_heads = tmp_path / "with_heads.pth"
+    torch.save({"model": hf_reference(NAME).state_dict()}, with_heads)
+    model = pretrained.create_model(NAME, pretrained=str(with_heads), require_heads=True)
+    assert model.num_classes == 1000
+
+
 def hub_cache(root, repo_id, filename, body):
     """A Hugging Face hub cache holding one file of `repo_id`, as `hf_hub_download` leaves it."""
     commit = "0" * 40
