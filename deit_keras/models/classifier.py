@@ -6,6 +6,7 @@ tokens whose first is the class token (then the distillation token when
 `distilled`); everything else is here once.
 """
 
+import contextlib
 import inspect
 
 import keras
@@ -37,6 +38,15 @@ def _arguments(method, model, args, kwargs) -> dict:
         return inspect.signature(method).bind(model, *args, **kwargs).arguments
     except TypeError:  # Keras will say what is wrong with the call
         return kwargs
+
+
+def _images_dtype(x):
+    """The dtype of the images in `x`: an array or tensor, a batch `(images, ...)`, or a
+    `tf.data` dataset of either; None when it cannot tell without drawing a batch."""
+    x = getattr(x, "element_spec", x)
+    if isinstance(x, (tuple, list)):
+        x = x[0] if x else None
+    return getattr(x, "dtype", None)
 
 
 def _label_loss(loss):
@@ -209,15 +219,17 @@ class TokenClassifier(CompiledInference, keras.Model):
     def __call__(self, images, *args, **kwargs):
         # Here, not in `call`: Keras (and the compiled inference step) would wrap the
         # error in lines about the call.
-        dtype = getattr(images, "dtype", None)
+        self._check_float_images(getattr(images, "dtype", None))
+        self._check_images_shape(getattr(images, "shape", None))
+        return super().__call__(images, *args, **kwargs)
+
+    def _check_float_images(self, dtype):
         if dtype is not None and not keras.backend.is_float_dtype(dtype):
             raise ValueError(
                 f"{self.name} takes float images, normalised as `model.preprocessing` says "
                 "(`deit_keras.data.preprocess(image, model.image_size, model.preprocessing)` "
                 f"for uint8 pixels). Received: dtype={keras.backend.standardize_dtype(dtype)}"
             )
-        self._check_images_shape(getattr(images, "shape", None))
-        return super().__call__(images, *args, **kwargs)
 
     def predict_on_batch(self, x):
         # The traced predict step takes any size once it has seen several; under XLA a
@@ -396,20 +408,39 @@ class TokenClassifier(CompiledInference, keras.Model):
     # Before Keras traces a step: an error inside the first trace leaves the next call
     # "creating variables on a non-first call" to the same tf.function.
     def fit(self, *args, **kwargs):
-        refuse_sample_weights(_arguments(keras.Model.fit, self, args, kwargs))
-        return super().fit(*args, **kwargs)
+        self._check_inputs(_arguments(keras.Model.fit, self, args, kwargs))
+        with self._steps_retraced_after_an_error():
+            return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
-        refuse_sample_weights(_arguments(keras.Model.evaluate, self, args, kwargs))
-        return super().evaluate(*args, **kwargs)
+        self._check_inputs(_arguments(keras.Model.evaluate, self, args, kwargs))
+        with self._steps_retraced_after_an_error():
+            return super().evaluate(*args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):
-        refuse_sample_weights(_arguments(keras.Model.train_on_batch, self, args, kwargs))
-        return super().train_on_batch(*args, **kwargs)
+        self._check_inputs(_arguments(keras.Model.train_on_batch, self, args, kwargs))
+        with self._steps_retraced_after_an_error():
+            return super().train_on_batch(*args, **kwargs)
 
     def test_on_batch(self, *args, **kwargs):
-        refuse_sample_weights(_arguments(keras.Model.test_on_batch, self, args, kwargs))
-        return super().test_on_batch(*args, **kwargs)
+        self._check_inputs(_arguments(keras.Model.test_on_batch, self, args, kwargs))
+        with self._steps_retraced_after_an_error():
+            return super().test_on_batch(*args, **kwargs)
+
+    def _check_inputs(self, arguments):
+        refuse_sample_weights(arguments)
+        self._check_float_images(_images_dtype(arguments.get("x")))
+
+    @contextlib.contextmanager
+    def _steps_retraced_after_an_error(self):
+        # A check failing inside Keras' first trace of a step (a generator's batch is seen
+        # only there) leaves that tf.function unable to create the optimizer's variables
+        # on its next call; the next call builds the step functions anew.
+        try:
+            yield
+        except Exception:
+            self.train_function = self.test_function = None
+            raise
 
     def _assert_compile_called(self, method_name=None):
         # Keras' fit / evaluate / train_on_batch / test_on_batch start here, on every
@@ -428,6 +459,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         (data,) = args
         if self.distillation_step is None:
             raise ValueError(f"{self.name} must be compiled before it is trained.")
+        self._check_float_images(_images_dtype(data))  # a generator's, known only here
         return self.distillation_step.train_step(self, data)
 
     def test_step(self, *args):
@@ -435,6 +467,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         (data,) = args
         if self.distillation_step is None:
             raise ValueError(f"{self.name} must be compiled before it is evaluated.")
+        self._check_float_images(_images_dtype(data))
         return self.distillation_step.test_step(self, data)
 
     # === Inference (compiled on a CPU: `CompiledInference`) ===

@@ -228,3 +228,31 @@ def test_weights_by_position_and_old_files_named_losses():
     loaded = tiny_model()
     loaded.compile_from_config(config)
     assert loaded._base_loss is None and loaded.distillation_step is not None
+
+
+def test_uint8_batches_are_one_line_on_every_training_path_and_training_goes_on():
+    """`fit` on uint8 pixels failed in the patch conv with Keras' TypeError; a generator's
+    batch is seen only inside the first trace, which then left the step unable to build the
+    optimizer on the next `fit` ("Creating variables on a non-first call")."""
+    model = tiny_model(num_classes=3)
+    model.compile(optimizer="adamw", distillation="none")
+    pixels = np.zeros((4, 32, 32, 3), np.uint8)
+    targets = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+    calls = {
+        "fit": lambda: model.fit(pixels, targets, verbose=0),
+        "fit on a dataset": lambda: model.fit(
+            tf.data.Dataset.from_tensor_slices((pixels, targets)).batch(2), verbose=0
+        ),
+        "evaluate": lambda: model.evaluate(pixels, targets, verbose=0),
+        "train_on_batch": lambda: model.train_on_batch(pixels, targets),
+        "test_on_batch": lambda: model.test_on_batch(pixels, targets),
+        "fit on a generator": lambda: model.fit(
+            ((pixels, targets) for _ in range(2)), steps_per_epoch=1, verbose=0
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="takes float images.*Received: dtype=uint8"):
+            call()
+            pytest.fail(f"{name} took uint8 pixels")
+    history = model.fit(pixels.astype("float32"), targets, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
