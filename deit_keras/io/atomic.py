@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 
 from deit_keras.errors import UserEnvironmentError, UserInputError
-from deit_keras.io.paths import PROBE_PREFIX, replaceable_dir_problem
+from deit_keras.io.paths import PROBE_PREFIX, probe_file_creation, replaceable_dir_problem
 
 _DISK_ERRNOS = frozenset(
     (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
@@ -72,9 +72,7 @@ def check_writable(directory: str) -> None:
     directory = os.path.abspath(directory)
     try:
         os.makedirs(directory, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=directory)
-        os.close(handle)
-        os.remove(probe)
+        probe_file_creation(directory)
     except OSError as error:
         failure = _write_error(directory, error, os.path.join(directory, PROBE_PREFIX))
         if failure is None:

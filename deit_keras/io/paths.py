@@ -119,17 +119,33 @@ def _folder_problem(name: str, path: str) -> str | None:
     return None
 
 
-def _file_creation_refusal(folder: str) -> str | None:
-    """Why a file cannot be created in the existing directory `folder`, or None."""
-    try:
-        handle, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
-    except OSError as error:
-        return os.strerror(error.errno) if error.errno else str(error)
+class ProbeRemovalError(OSError):
+    """A probe file was created but cannot be removed (an append-only or write-once
+    directory): outputs that replace by rename cannot be written there either."""
+
+
+def probe_file_creation(folder: str) -> None:
+    """Creates, then removes, a file in the existing directory `folder`.
+
+    Raises:
+        OSError: the file cannot be created (`ProbeRemovalError`: nor removed).
+    """
+    handle, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
     os.close(handle)
     try:
         os.remove(probe)
-    except OSError as error:  # append-only or write-once: our outputs replace by rename
+    except OSError as error:
+        raise ProbeRemovalError(error.errno, error.strerror, probe) from error
+
+
+def _file_creation_refusal(folder: str) -> str | None:
+    """Why a file cannot be created in the existing directory `folder`, or None."""
+    try:
+        probe_file_creation(folder)
+    except ProbeRemovalError as error:
         return f"a new file there cannot be removed: {os.strerror(error.errno)}"
+    except OSError as error:
+        return os.strerror(error.errno) if error.errno else str(error)
     return None
 
 
