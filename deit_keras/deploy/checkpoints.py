@@ -263,6 +263,12 @@ def timm_weight_map(model) -> dict:
     return pairs
 
 
+def has_one_head_for_two_tokens(state: dict) -> bool:
+    """A distilled body (class and distillation tokens) under one head, on the class token
+    (Hugging Face's `DeiTForImageClassification`): no model here computes its output."""
+    return "dist_token" in state and "head.weight" in state and "head_dist.weight" not in state
+
+
 def checkpoint_num_classes(state: dict) -> int:
     """Class count of the checkpoint's head (0 when it has none)."""
     head = state.get("head.weight")
@@ -298,13 +304,13 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
             f"pick a {family} --model (`deit_keras.list_models()` names them)."
         )
     source_prefix = 2 if "dist_token" in state else 1
-    if source_prefix == 2 and "head.weight" in state and "head_dist.weight" not in state:
+    if has_one_head_for_two_tokens(state):
         raise CheckpointError(
             "The checkpoint has a distillation token but one head, on the class token "
             "(Hugging Face's DeiTForImageClassification, e.g. a fine-tune of "
             "facebook/deit-*-distilled): a distilled DeiT here averages two heads. Convert "
             "the DeiTForImageClassificationWithTeacher checkpoint instead, or fine-tune "
-            "from this one with new heads (another num_classes)."
+            "from this one with new heads (deit-train, or create_model(..., num_classes=N))."
         )
     if source_prefix != model.num_prefix_tokens:
         kind = "distilled (has dist_token)" if source_prefix == 2 else "not distilled"

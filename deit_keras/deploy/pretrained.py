@@ -407,7 +407,9 @@ def create_model(
         pretrained: bool or str. False for fresh weights; True / "official",
             "hf", "hf-hub:OWNER/REPO", a URL or a checkpoint path.
         num_classes: int or None. Classes of the heads; None: those of the
-            weights (a checkpoint's own count), or 1000 without weights.
+            weights (a checkpoint's own count), or 1000 without weights. Given,
+            a distilled body under one head (Hugging Face's
+            `DeiTForImageClassification`) loads with new heads, to fine-tune.
         image_size, drop_path_rate, crop_pct, **overrides: as for
             `deit_keras.models.build_model`.
         require_heads: bool. Refuse weights without classification heads (a
@@ -431,9 +433,12 @@ def create_model(
         state = _checkpoint_state(pretrained)
         if require_heads and not checkpoints.checkpoint_num_classes(state):
             raise _headless(pretrained)
+        # Asked for a model of `num_classes` (to fine-tune): such a file's body, new heads.
+        fresh_heads = num_classes is not None and checkpoints.has_one_head_for_two_tokens(state)
         if num_classes is None:  # a headless checkpoint (a backbone) gets ImageNet's count
             num_classes = checkpoints.checkpoint_num_classes(state) or IMAGENET_NUM_CLASSES
     else:
+        fresh_heads = False
         published = load_published(name, pretrained)
         if require_heads and not published.num_classes:
             raise _headless(pretrained)
@@ -452,6 +457,13 @@ def create_model(
     model = variants.build_model(
         name, num_classes, image_size, drop_path_rate, crop_pct, **overrides
     )
-    skip_heads = checkpoints.checkpoint_num_classes(state) != num_classes
+    if fresh_heads:
+        logging.warning(
+            "%s has one head for its class and distillation tokens; %s gets its body and new "
+            "heads, to fine-tune.",
+            pretrained,
+            model.name,
+        )
+    skip_heads = fresh_heads or checkpoints.checkpoint_num_classes(state) != num_classes
     checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads)
     return model

@@ -254,6 +254,29 @@ def test_a_checkpoint_of_other_classes_keeps_its_heads(tmp_path):
     assert pretrained.create_model(NAME).num_classes == 1000
 
 
+def test_a_distilled_body_under_one_head_fine_tunes_with_new_heads_of_any_count(tmp_path):
+    """Hugging Face's `DeiTForImageClassification`: no model here computes its output, so
+    only a model asked for by class count (deit-train's) gets its body, with new heads; the
+    same count as the file's was refused."""
+    transformers = pytest.importorskip("transformers")
+    from deit_keras.inference.torch_reference import hf_config_kwargs
+    from deit_keras.models.variants import get_variant
+
+    config = hf_config_kwargs(get_variant(NAME), 10, attn="eager")
+    one_head = transformers.DeiTForImageClassification(transformers.DeiTConfig(**config))
+    path = tmp_path / "one_head.pth"
+    torch.save({"model": one_head.state_dict()}, path)
+    with pytest.raises(ValueError, match="one head, on the class token"):
+        pretrained.create_model(NAME, pretrained=str(path))
+    for classes in (10, 4):
+        model = pretrained.create_model(NAME, pretrained=str(path), num_classes=classes)
+        assert model.num_classes == classes
+        np.testing.assert_allclose(
+            np.asarray(model.tokens.pos_embed),
+            one_head.state_dict()["deit.embeddings.position_embeddings"].numpy(),
+        )
+
+
 def test_a_model_to_predict_with_refuses_weights_without_heads(tmp_path):
     """A backbone checkpoint gets fresh heads to fine-tune; with `require_heads` (the
     inference commands) it is one line, not predictions from random heads."""
