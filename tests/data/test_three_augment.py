@@ -33,6 +33,25 @@ def test_grayscale_is_pil_luma_on_three_channels():
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
 
 
+@pytest.mark.parametrize("enhance", ["Brightness", "Contrast", "Color"])
+def test_colour_jitter_factors_are_pils_image_enhance(enhance):
+    """torchvision's `ColorJitter` on a PIL image is `ImageEnhance`, whose blend truncates
+    to uint8 (rounding read 0.2-0.4 levels high on average)."""
+    from PIL import Image, ImageEnhance
+
+    pixels = _colourful(size=32, seed=4)
+    ours = {"Brightness": three_augment._brightness, "Contrast": three_augment._contrast}
+    ours["Color"] = three_augment._saturation
+    image = Image.fromarray(pixels.numpy().astype(np.uint8))
+    for factor in (0.7, 0.85, 1.15, 1.3):
+        want = np.asarray(getattr(ImageEnhance, enhance)(image).enhance(factor), np.float32)
+        got = ours[enhance](pixels, factor).numpy()
+        # float32 here, float in PIL: a product landing within ~1e-5 of an integer may
+        # truncate to either side.
+        assert np.mean(got != want) < 0.002, (factor, np.mean(got - want))
+        assert np.abs(got - want).max() <= 1
+
+
 def test_solarize_inverts_from_128_up():
     pixels = tf.constant([0.0, 127.0, 128.0, 200.0, 255.0])
     np.testing.assert_array_equal(three_augment.solarize(pixels), [0.0, 127.0, 127.0, 55.0, 0.0])
