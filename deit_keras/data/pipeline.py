@@ -155,7 +155,7 @@ def make_dataset(
     _check_arguments(
         image_size, batch_size, repeated_aug, augment, preprocessing, skip_batches, training
     )
-    _check_mix_groups(mix_groups, batch_size)
+    _check_mix_groups(mix_groups, batch_size, drop_remainder)
     source = sources.get_source(name, data_dir, splits=(split,))
     num_classes = source.info.num_classes
     num_pipelines, pipeline_id = 1, 0
@@ -231,11 +231,16 @@ def make_dataset(
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
-def _check_mix_groups(mix_groups, batch_size):
+def _check_mix_groups(mix_groups, batch_size, drop_remainder):
     if not isinstance(mix_groups, int) or mix_groups < 1 or batch_size % mix_groups:
         raise UserInputError(
             f"`mix_groups` must be an int >= 1 dividing `batch_size` ({batch_size}). "
             f"Received: mix_groups={mix_groups!r}"
+        )
+    if mix_groups > 1 and drop_remainder is False:  # a last, smaller batch would not split
+        raise UserInputError(
+            f"`mix_groups` > 1 needs whole batches: drop_remainder=True (or None). "
+            f"Received: mix_groups={mix_groups}, drop_remainder=False"
         )
 
 

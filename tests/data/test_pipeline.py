@@ -447,11 +447,23 @@ def test_keras_cv_rand_augment_is_a_working_choice(digits_dir):
     assert np.abs(keras_cv - plain).mean() > 1e-3  # same crops, RandAugment on top
 
 
-@pytest.mark.parametrize("mix_groups", [0, 4, 1.5])
-def test_mix_groups_must_divide_the_batch(mix_groups):
-    with pytest.raises(
-        ValueError, match=r"`mix_groups` must be an int >= 1 dividing `batch_size` \(6\)"
-    ):
+@pytest.mark.parametrize(
+    "mix_groups, drop_remainder, error",
+    [
+        (0, None, r"`mix_groups` must be an int >= 1 dividing `batch_size` \(6\)"),
+        (4, None, r"`mix_groups` must be an int >= 1 dividing `batch_size` \(6\)"),
+        (1.5, None, r"`mix_groups` must be an int >= 1 dividing `batch_size` \(6\)"),
+        (2, False, r"`mix_groups` > 1 needs whole batches"),
+    ],
+)
+def test_mix_groups_must_divide_whole_batches(mix_groups, drop_remainder, error):
+    with pytest.raises(ValueError, match=error):
         make_dataset(
-            "digits", "train", image_size=16, batch_size=6, training=True, mix_groups=mix_groups
+            "digits",
+            "train",
+            image_size=16,
+            batch_size=6,
+            training=True,
+            mix_groups=mix_groups,
+            drop_remainder=drop_remainder,
         )
