@@ -27,6 +27,14 @@ from deit_keras.training.preemption import Preempted
 
 SETTINGS_FILE = "settings.json"
 ADAPTERS_FILE = "adapters.weights.h5"
+SEEDS_FILE = "seeds.npy"
+
+
+def seed_states(model) -> list:
+    """The model's random-number generator states (the `SeedGenerator`s of its DropPath
+    and dropout layers), in a fixed order; `save_weights` leaves them out, and a resumed
+    run that starts them afresh draws other stochastic-depth masks."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
 def training_only_state(model):
@@ -175,6 +183,7 @@ class Backup:
             raise self._damaged(state_file, "missing")
         try:
             model.load_weights(state_file)
+            self._restore_seeds(model, os.path.join(self.directory, latest["dir"], SEEDS_FILE))
             if adapters is not None:
                 adapters.load_weights(adapters_file)
         except ValueError as error:  # Keras: shapes or variables that do not match
@@ -182,6 +191,15 @@ class Backup:
         except OSError as error:  # h5py: a truncated or overwritten file
             raise self._damaged(state_file, " ".join(str(error).split())[:200]) from error
         return int(latest["epoch"])
+
+    def _restore_seeds(self, model, path):
+        if not os.path.exists(path):
+            return  # a backup of a model without generators, or from before they were saved
+        values, seeds = np.load(path), seed_states(model)
+        if len(values) != len(seeds):
+            raise BackupMismatchError(self._mismatch(f"{len(values)} seed states, {len(seeds)}"))
+        for seed, value in zip(seeds, values, strict=True):
+            seed.assign(value)
 
     def check_settings(self, settings: dict) -> None:
         """Raises `BackupMismatchError` when the backup was made with other `settings`.
@@ -231,6 +249,9 @@ class Backup:
         with atomic_output(os.path.join(self.directory, name)) as temporary:
             os.makedirs(temporary)
             model.save_weights(os.path.join(temporary, "state.weights.h5"))
+            seeds = seed_states(model)
+            if seeds:
+                np.save(os.path.join(temporary, SEEDS_FILE), np.stack([s.numpy() for s in seeds]))
             adapters = training_only_state(model)
             if adapters is not None:
                 adapters.save_weights(os.path.join(temporary, ADAPTERS_FILE))
