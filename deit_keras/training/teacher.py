@@ -7,6 +7,7 @@ once) and `train_teacher` (a CNN teacher trained on the run's dataset).
 """
 
 import dataclasses
+import json
 import os
 
 import keras
@@ -14,9 +15,10 @@ from absl import logging
 
 from deit_keras.data.pipeline import make_dataset
 from deit_keras.deploy import teacher_weights
+from deit_keras.deploy.export_options import classes_path
 from deit_keras.distill import regnet, teachers
 from deit_keras.errors import UserInputError
-from deit_keras.io.atomic import atomic_output
+from deit_keras.io.atomic import atomic_output, write_text_atomic
 from deit_keras.models.variants import get_variant
 from deit_keras.training import custom_loop
 from deit_keras.training.optim import create_optimizer
@@ -107,7 +109,26 @@ def train_teacher(config, info, image_size, path, preprocessing):
     cnn.fit(train, epochs=config.teacher_epochs, verbose=config.fit_verbose, shuffle=False)
     with atomic_output(path) as temporary:
         cnn.save(temporary)
+    # Which classes it predicts: a later run on another dataset must not reuse it.
+    write_text_atomic(classes_path(path), json.dumps(list(info.class_names), indent=1) + "\n")
     return cnn
+
+
+def check_teacher_dataset(config, info) -> None:
+    """Refuses a `.keras` teacher trained here on classes other than this dataset's (its
+    `<teacher>.classes.json`); a teacher without that file (the user's own) passes."""
+    path = classes_path(config.teacher)
+    if config.distillation_type == "none" or not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        trained_on = [str(name) for name in json.load(handle)]
+    if trained_on != [str(name) for name in info.class_names]:
+        raise UserInputError(
+            f"The teacher {config.teacher} was trained on other classes "
+            f"({', '.join(trained_on[:4])}, ...) than this dataset's "
+            f"({', '.join(map(str, info.class_names[:4]))}, ...): pass --teacher=NEW.keras "
+            "(this run trains it with --teacher_epochs), or delete the old one."
+        )
 
 
 def teacher_missing(config) -> bool:
@@ -175,6 +196,7 @@ def make_teacher(config, info, student):
     if config.distillation_type == "none":
         return None
     _check_release_classes(config, info.num_classes)
+    check_teacher_dataset(config, info)
     if teacher_missing(config):
         _train_missing_teacher(config, info, student.image_size, student.preprocessing)
     return teachers.build_teacher(

@@ -44,3 +44,10 @@ def test_a_teacher_on_fewer_images_than_its_batch_trains(tmp_path):
     assert len(cnn.history.history["loss"]) == 2  # an epoch of one batch, each epoch
     moments = [v for v in cnn.optimizer.variables if v.path.endswith("_momentum")]
     assert max(float(np.abs(v).max()) for v in moments) > 0  # AdamW stepped
+    # Its classes beside it: a later run on another dataset is refused, not distilled from it.
+    config = dataclasses.replace(config, teacher=path)
+    teacher.check_teacher_dataset(config, info)  # this dataset's classes: reused
+    renamed = dataclasses.replace(info, class_names=tuple(f"kind {i}" for i in range(10)))
+    with pytest.raises(ValueError, match=r"trained on other classes \(0, 1, 2, 3, ...\)"):
+        teacher.check_teacher_dataset(config, renamed)
+    teacher.check_teacher_dataset(dataclasses.replace(config, distillation_type="none"), renamed)
