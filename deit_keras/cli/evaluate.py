@@ -120,6 +120,7 @@ def _check_flags() -> None:
             "--reference_model": cli.model_files(_REFERENCE_MODEL.value),
         },
     )
+    model_source.check_runtimes_installed(model_source.MODEL_PATH.value, _REFERENCE_MODEL.value)
 
 
 def _evaluate(model, class_names) -> tuple:

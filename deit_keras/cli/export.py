@@ -111,6 +111,22 @@ def _check_flags() -> None:
         raise cli.UsageError(
             f"--calibration_images must be positive. Received: {_CALIBRATION_IMAGES.value}"
         )
+    _check_flags_used()
+    export_options.check_export_dependencies(_FORMAT.value, _QUANTIZE.value, _OPTIMIZE.value)
+
+
+def _check_flags_used() -> None:
+    """Flags given for an export that does not read them: the user meant another export."""
+    if flags.FLAGS["opset"].present and _FORMAT.value != "onnx":
+        raise cli.UsageError(
+            f"--opset is for --format=onnx (the openvino export picks its own). Received: "
+            f"--format={_FORMAT.value}"
+        )
+    if flags.FLAGS["calibration_images"].present and _QUANTIZE.value != "int8":
+        raise cli.UsageError(
+            "--calibration_images is for --quantize=int8 (the images it calibrates on). "
+            f"Received: --quantize={_QUANTIZE.value}"
+        )
 
 
 def _check_opset() -> None:

@@ -39,6 +39,15 @@ PRETRAINED_WEIGHTS = flags.DEFINE_string(
 cli.check_path("model_path", "input_file")
 
 
+def check_runtimes_installed(*paths: str | None) -> None:
+    """One line naming the pip command when an exported model among `paths` needs a runtime
+    that is not installed; before TensorFlow loads."""
+    from deit_keras.deploy import export_options
+
+    for path in filter(None, paths):
+        export_options.check_runtime_installed(path)
+
+
 def load_model_from_flags(allow_exported: bool = False):
     """`(model, class_names)` from `--model_path`, or `--model` + `--pretrained`.
 

@@ -20,7 +20,11 @@ from deit_keras.deploy import (
     openvino_export,
     signatures,
 )
-from deit_keras.deploy.export_options import DEFAULT_OPSET, check_export_options
+from deit_keras.deploy.export_options import (
+    DEFAULT_OPSET,
+    check_export_dependencies,
+    check_export_options,
+)
 from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.errors import UserInputError
 from deit_keras.models import precision, quantized
@@ -77,8 +81,15 @@ def export_model(
         crop_pct: float or None. Eval crop fraction; defaults to the model's.
         class_names: list of str or None. Recorded with the export.
         extra_files: SavedModel only: file name -> text written beside it.
+
+    Raises:
+        UserInputError: options that do not go together, an output that may not be
+            replaced, or a model the format cannot take.
+        MissingDependencyError: the format needs a package of the `deploy` extra that
+            is not installed.
     """
     check_export_options(export_format, path, quantize)
+    check_export_dependencies(export_format, quantize, optimize)
     model = exportable(model, export_format)
     if export_format == "litert":
         return litert_export.export_litert(

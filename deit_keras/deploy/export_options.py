@@ -7,7 +7,7 @@ before TensorFlow loads; `deploy.export_formats` does the exports.
 
 import os
 
-from deit_keras.errors import UserInputError
+from deit_keras.errors import UserInputError, check_installed
 from deit_keras.io import paths
 
 FORMATS = ("saved_model", "litert", "onnx", "openvino")
@@ -23,6 +23,13 @@ SAVED_MODEL_FILE = "saved_model.pb"  # what makes a directory an earlier export,
 DEFAULT_OPSET = 17  # ONNX
 MIN_OPSET = 9  # ONNX Erf
 CLASSES_SUFFIX = ".classes.json"
+DEPLOY_EXTRA = "pip install 'deit_keras[deploy]'"
+# The runtime each exported file runs on (`deploy.runtimes`), by suffix.
+RUNTIME_MODULES = {
+    ".tflite": ("ai_edge_litert",),
+    ".onnx": ("onnx", "onnxruntime"),
+    ".xml": ("openvino",),
+}
 
 
 def classes_path(path: str) -> str:
@@ -83,3 +90,28 @@ def check_export_options(export_format: str, path: str, quantize: str = "none") 
             f"quantize={quantize!r} is for format {' / '.join(supported)}; {export_format} takes "
             f"{QUANTIZATIONS[export_format]}. Received: format={export_format!r}"
         )
+
+
+def export_modules(export_format: str, quantize: str = "none", optimize: bool = False) -> tuple:
+    """The optional packages (the `deploy` extra) an export needs; TensorFlow writes the rest."""
+    if export_format not in ("onnx", "openvino"):
+        return ()
+    modules = ("tf2onnx", "onnx")  # the OpenVINO export converts the ONNX graph
+    if export_format == "onnx" and (optimize or quantize != "none"):
+        modules += ("onnxruntime",)  # its transformer optimizer and quantizer
+    if export_format == "openvino":
+        modules += ("openvino", "nncf") if quantize == "int8" else ("openvino",)
+    return modules
+
+
+def check_export_dependencies(export_format: str, quantize: str = "none", optimize: bool = False):
+    """`MissingDependencyError` (one line, the pip command) when the export needs a package
+    that is not installed, before any work."""
+    modules = export_modules(export_format, quantize, optimize)
+    check_installed(modules, f"The {export_format} export", DEPLOY_EXTRA)
+
+
+def check_runtime_installed(path: str) -> None:
+    """`MissingDependencyError` when the runtime of the exported file at `path` is missing."""
+    suffix = os.path.splitext(str(path))[1].lower()
+    check_installed(RUNTIME_MODULES.get(suffix, ()), f"Running a {suffix} file", DEPLOY_EXTRA)

@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from deit_keras.data.preprocessing import Preprocessing, to_uint8
-from deit_keras.deploy.export_options import SUFFIXES
+from deit_keras.deploy.export_options import SUFFIXES, check_runtime_installed
 from deit_keras.deploy.litert_export import read_litert_config
 from deit_keras.deploy.onnx_export import read_onnx_config
 from deit_keras.deploy.openvino_export import read_openvino_config
@@ -34,23 +34,16 @@ EXPORTED_SUFFIXES = tuple(SUFFIXES.values())
 # whatever runs next in the process (measured: another runtime timed in turns with
 # it slowed down); this entry makes them sleep instead.
 ONNX_NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
-_EXTRA = "pip install 'deit_keras[deploy]'"
 
 
 def is_exported(path: str) -> bool:
     return str(path).lower().endswith(EXPORTED_SUFFIXES)
 
 
-def _import_runtime(module, what):
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError as error:
-        raise ImportError(f"Running a {what} file needs {module}: {_EXTRA}.") from error
-
-
 class _LiteRTRunner:
     def __init__(self, path, num_threads):
-        interpreter_lib = _import_runtime("ai_edge_litert.interpreter", ".tflite")
+        from ai_edge_litert import interpreter as interpreter_lib
+
         threads = num_threads or os.cpu_count() or 1
         self.interpreter = interpreter_lib.Interpreter(model_path=path, num_threads=threads)
         self.runner = self.interpreter.get_signature_runner("serving_default")
@@ -66,7 +59,8 @@ class _LiteRTRunner:
 
 class _OnnxRunner:
     def __init__(self, path, num_threads, session_config=None):
-        ort = _import_runtime("onnxruntime", ".onnx")
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = num_threads
@@ -85,7 +79,8 @@ class _OnnxRunner:
 
 class _OpenVINORunner:
     def __init__(self, path, num_threads, precision):
-        ov = _import_runtime("openvino", ".xml")
+        import openvino as ov
+
         properties = {"INFERENCE_PRECISION_HINT": precision}
         if num_threads:
             properties["INFERENCE_NUM_THREADS"] = num_threads
@@ -116,6 +111,7 @@ class ExportedModel:
         onnx_session_config: dict | None = None,
     ):
         self.path = path
+        check_runtime_installed(path)
         if path.lower().endswith(".tflite"):
             self.config = read_litert_config(path)
             self._run = _LiteRTRunner(path, num_threads)

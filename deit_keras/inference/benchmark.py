@@ -18,9 +18,10 @@ import time
 
 from absl import logging
 
+from deit_keras import errors
 from deit_keras.deploy.export_options import SUFFIXES
 from deit_keras.deploy.saving import load_model
-from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.errors import UserInputError
 from deit_keras.inference import host, timing
 from deit_keras.inference.bench_runtimes import RUNTIMES, Setup
 from deit_keras.inference.benchmark_names import ALL, DEPLOY_RUNTIMES, REFERENCE, REFERENCES
@@ -46,7 +47,7 @@ def select_runtimes(names: str) -> tuple[list[str], dict]:
 
     Raises:
         UserInputError: an unknown name, or an empty list.
-        UserEnvironmentError: a runtime named that is not installed (its pip line).
+        MissingDependencyError: a runtime named that is not installed (its pip line).
     """
     given = [name.strip() for name in names.split(",") if name.strip()]
     if given == [ALL]:
@@ -65,13 +66,9 @@ def select_runtimes(names: str) -> tuple[list[str], dict]:
 
 
 def check_installed(name: str) -> None:
-    """Raises `UserEnvironmentError` (with its pip line) when runtime `name` cannot import."""
+    """Raises `MissingDependencyError` (with its pip line) when runtime `name` cannot import."""
     runtime = RUNTIMES[name]
-    module = runtime.missing_module()
-    if module:
-        raise UserEnvironmentError(
-            f"The {name} runtime needs {module}, which is not installed: {runtime.install}."
-        )
+    errors.check_installed(runtime.modules, f"The {name} runtime", runtime.install)
 
 
 def check_options(batch_size: int, reference: str, warmup: int, iterations, rounds: int) -> None:

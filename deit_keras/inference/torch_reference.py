@@ -7,13 +7,12 @@ transformers are imported here only, when a reference is asked for: they are
 not requirements of the package (the `test` extra has them).
 """
 
-import importlib.util
 import multiprocessing
 import types
 
 import numpy as np
 
-from deit_keras.errors import UserEnvironmentError
+from deit_keras.errors import UserEnvironmentError, check_installed
 from deit_keras.inference import host
 
 INSTALL = "pip install torch transformers"
@@ -29,16 +28,6 @@ def _import_reference():
             f"{INSTALL}."
         ) from None
     return torch, transformers
-
-
-def _import_reference_spec() -> None:
-    """`UserEnvironmentError` when torch or transformers is missing, without importing them."""
-    for module in ("torch", "transformers"):
-        if importlib.util.find_spec(module) is None:
-            raise UserEnvironmentError(
-                f"The PyTorch reference needs torch and transformers ({module} is missing): "
-                f"{INSTALL}."
-            )
 
 
 def hf_config_kwargs(model, num_classes: int | None = None, attn: str = "sdpa") -> dict:
@@ -165,11 +154,12 @@ class ReferenceProcess:
         attn: str. transformers' attention implementation.
 
     Raises:
+        MissingDependencyError: torch or transformers is not installed.
         UserEnvironmentError: torch or transformers cannot build the model there.
     """
 
     def __init__(self, model, num_threads: int | None = None, attn: str = "sdpa"):
-        _import_reference_spec()
+        check_installed(("torch", "transformers"), "The PyTorch reference", INSTALL)
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         self._process = context.Process(

@@ -79,3 +79,74 @@ def test_predict_on_a_litert_export_prints_no_delegate_line(tmp_path):
     assert user_stderr(process) == [
         "(no class names stored with the model: classes shown as class_<index>)"
     ], process.stderr
+
+
+def _hiding(tmp_path, *modules):
+    """PYTHONPATH under which `modules` fail to import, as if not installed."""
+    hide = tmp_path / "hide"
+    hide.mkdir(exist_ok=True)
+    lines = [f"sys.modules[{module!r}] = None" for module in modules]
+    (hide / "sitecustomize.py").write_text("\n".join(["import sys", *lines, ""]))
+    return {"PYTHONPATH": os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_an_export_or_a_run_whose_package_is_missing_is_one_line_with_the_pip_command(tmp_path):
+    """A missing converter or runtime of the [deploy] extra was an internal error (exit 70)."""
+    model_path = tmp_path / "m.keras"
+    saving.save_model(tiny_model(), str(model_path))
+    cases = [
+        ("tf2onnx", ["--format=onnx", f"--output={tmp_path / 'm.onnx'}"]),
+        ("onnxruntime", ["--format=onnx", "--optimize", f"--output={tmp_path / 'm.onnx'}"]),
+        ("openvino", ["--format=openvino", f"--output={tmp_path / 'm.xml'}"]),
+        (
+            "nncf",
+            [
+                "--format=openvino",
+                "--quantize=int8",
+                "--calibration_dataset=digits",
+                f"--output={tmp_path / 'm.xml'}",
+            ],
+        ),
+    ]
+    for module, flags in cases:
+        env = _hiding(tmp_path, module)
+        process = run_cli("export", f"--model_path={model_path}", *flags, env=env)
+        assert_one_line_error(process, f"needs {module}", "pip install 'deit_keras[deploy]'")
+    assert sorted(os.listdir(tmp_path)) == ["hide", "m.keras"]
+
+    exported = tmp_path / "m.tflite"
+    from deit_keras.deploy import export_formats
+
+    export_formats.export_model(tiny_model(), str(exported), "litert")
+    from PIL import Image
+
+    image = tmp_path / "image.png"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)
+    env = _hiding(tmp_path, "ai_edge_litert")
+    process = run_cli("predict", f"--model_path={exported}", str(image), env=env)
+    assert_one_line_error(process, "Running a .tflite file needs ai_edge_litert", "pip install")
+    process = run_cli("evaluate", f"--model_path={exported}", "--dataset=digits", env=env)
+    assert_one_line_error(process, "Running a .tflite file needs ai_edge_litert", "pip install")
+
+
+def test_export_flags_for_another_export_are_one_line(tmp_path):
+    model_path = tmp_path / "m.keras"
+    saving.save_model(tiny_model(), str(model_path))
+    process = run_cli(
+        "export",
+        f"--model_path={model_path}",
+        "--format=litert",
+        "--opset=13",
+        f"--output={tmp_path / 'm.tflite'}",
+    )
+    assert_one_line_error(process, "--opset is for --format=onnx", "--format=litert")
+    process = run_cli(
+        "export",
+        f"--model_path={model_path}",
+        "--format=litert",
+        "--quantize=float16",
+        "--calibration_images=50",
+        f"--output={tmp_path / 'm.tflite'}",
+    )
+    assert_one_line_error(process, "--calibration_images is for --quantize=int8", "float16")
+    assert not (tmp_path / "m.tflite").exists()

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.errors import MissingDependencyError, UserInputError
 from deit_keras.inference import bench_runtimes, benchmark, benchmark_names, host
 from deit_keras.testing import tiny_model
 
@@ -96,13 +96,13 @@ def test_select_runtimes():
 def test_a_runtime_not_installed_is_named_with_its_pip_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # find_spec: not installed
     with pytest.raises(
-        UserEnvironmentError, match=r"litert_int8 runtime needs ai_edge_litert.*pip install"
+        MissingDependencyError, match=r"litert_int8 runtime needs ai_edge_litert.*pip install"
     ):
         benchmark.select_runtimes("xla,litert_int8")
     everything, skipped = benchmark.select_runtimes("all")
     assert "litert" not in everything and skipped["litert"] == "ai_edge_litert not installed"
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(UserEnvironmentError, match="torch"):
+    with pytest.raises(MissingDependencyError, match="torch"):
         benchmark.check_options(1, "torch", 0, None, 1)
 
 
