@@ -6,6 +6,11 @@ ops) read by `openvino.convert_model`, so it has the same fixed-size contract
 `cls_logits`, `dist_logits` out). `deit_serving.json` is stored in the IR's
 runtime info under "deit_serving" (`read_openvino_config`).
 
+The two files are replaced one after the other, so a kill between the renames
+could leave a new `.bin` beside an old `.xml` (a retrained model of the same
+size would even run, with the wrong weights). The `.xml` records the SHA-256 of
+its `.bin` (runtime info "deit_weights_sha256"); reading checks it.
+
 Precision (`quantize=`):
 - "none": float32 weights, and the runtime is told to compute in float32
   (`INFERENCE_PRECISION_HINT`; on CPUs with bf16 OpenVINO otherwise picks
@@ -18,9 +23,11 @@ Precision (`quantize=`):
 """
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 
 from deit_keras.deploy import export_options, onnx_export
@@ -30,6 +37,9 @@ from deit_keras.io import atomic
 
 QUANTIZATIONS = export_options.QUANTIZATIONS["openvino"]
 PRECISION_HINTS = {"none": "f32", "bf16": "bf16", "int8": "f32"}
+WEIGHTS_DIGEST = "deit_weights_sha256"
+# How the IR writes a runtime-info string: <deit_weights_sha256 value="..." />
+_DIGEST_IN_XML = re.compile(rb'<deit_weights_sha256 value="([0-9a-f]{64})"')
 
 
 def check_quantize(quantize: str, calibration_images=None, *, need_images=True) -> None:
@@ -76,25 +86,62 @@ def _convert(model, quantize, calibration_images):
 
 
 def _save(ov_model, path: str) -> None:
-    """`path` (.xml) and its .bin, each replaced by rename once both are written."""
-    import openvino as ov
-
+    """`path` (.xml) and its .bin, each replaced by rename once both are written; the .xml
+    records the .bin's digest (module docstring)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory) as staging:
+    prefix = atomic.temporary_prefix(path)  # a kill leaves a folder named after the output
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=directory) as staging:
         staged = os.path.join(staging, "model.xml")
-        try:
-            ov.save_model(ov_model, staged, compress_to_fp16=False)
-        except RuntimeError as error:
-            if "iostream error" not in str(error):  # C++ stream failure: the disk's, not ours
-                raise
-            raise atomic.WriteError(
-                f"Could not write {path}: OpenVINO's writer failed ({error}): is the disk full "
-                "or read-only? Free space or give write access there, or write elsewhere; the "
-                "files that were there before (if any) are unchanged."
-            ) from error
-        atomic.write_bytes_atomic(path[: -len(".xml")] + ".bin", _read(staged[:-4] + ".bin"))
+        _save_model(ov_model, staged, path)
+        digest = _sha256(_bin_path(staged))
+        ov_model.set_rt_info(digest, [WEIGHTS_DIGEST])
+        _save_model(ov_model, staged, path)  # runtime info lives in the .xml alone
+        if _sha256(_bin_path(staged)) != digest:
+            raise RuntimeError("OpenVINO wrote other weights the second time")
+        atomic.write_bytes_atomic(_bin_path(path), _read(_bin_path(staged)))
         atomic.write_bytes_atomic(path, _read(staged))
+
+
+def _save_model(ov_model, staged: str, path: str) -> None:
+    import openvino as ov
+
+    try:
+        ov.save_model(ov_model, staged, compress_to_fp16=False)
+    except RuntimeError as error:
+        if "iostream error" not in str(error):  # C++ stream failure: the disk's, not ours
+            raise
+        raise atomic.WriteError(
+            f"Could not write {path}: OpenVINO's writer failed ({error}): is the disk full "
+            "or read-only? Free space or give write access there, or write elsewhere; the "
+            "files that were there before (if any) are unchanged."
+        ) from error
+
+
+def _bin_path(xml_path: str) -> str:
+    return xml_path[: -len(".xml")] + ".bin"
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_weights_digest(path: str, xml_text: bytes) -> None:
+    """One line when the .bin beside `path` is not the one exported with it."""
+    recorded = _DIGEST_IN_XML.search(xml_text)
+    weights = _bin_path(path)
+    if recorded is None or not os.path.isfile(weights):
+        return  # an IR of an earlier version, or the .bin missing (`_unreadable` says so)
+    if _sha256(weights) != recorded.group(1).decode():
+        raise UserInputError(
+            f"{weights} is not the weights file exported with {path} (its SHA-256 differs: "
+            "an export stopped between the two files, or a .bin of another export): export "
+            "again, or copy the .xml and its .bin together."
+        )
 
 
 def _read(path):
@@ -149,12 +196,14 @@ def read_openvino_config(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserInputError(f"OpenVINO model file not found: {path}")
     with open(path, "rb") as handle:
-        start = handle.read(4096)
-    if b"<net " not in start:  # else OpenVINO tries each frontend, TensorFlow's logs its parse
+        xml_text = handle.read()
+    # Without <net> OpenVINO tries each frontend in turn, and TensorFlow's logs its parse.
+    if b"<net " not in xml_text[:4096]:
         raise UserInputError(
             f"{path} is not an OpenVINO IR model (no <net> element at its start): export one "
             "with `python -m deit_keras.export --format=openvino`."
         )
+    _check_weights_digest(path, xml_text)
     try:
         ov_model = ov.Core().read_model(path)
     except RuntimeError as error:
@@ -171,7 +220,7 @@ def _unreadable(path: str, error: RuntimeError) -> str:
     """Why OpenVINO cannot read `path`: its .bin is missing, or the runtime's own reason."""
     from openvino.frontend import FrontEndManager
 
-    weights = os.path.splitext(path)[0] + ".bin"
+    weights = _bin_path(path)
     frontend = FrontEndManager().load_by_model(path)
     if frontend is not None and frontend.get_name() == "ir" and not os.path.isfile(weights):
         return (

@@ -6,6 +6,7 @@ that was there before left unchanged.
 """
 
 import contextlib
+import ctypes
 import errno
 import os
 import shutil
@@ -152,12 +153,42 @@ def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator
             os.remove(temporary)
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_NO_EXCHANGE_ERRNOS = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV))
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swaps two paths in one step (Linux `renameat2(RENAME_EXCHANGE)`); False where the
+    system or filesystem cannot, the paths untouched."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not glibc >= 2.28 (macOS, musl, Windows)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    names = (os.fsencode(first), os.fsencode(second))
+    if renameat2(_AT_FDCWD, names[0], _AT_FDCWD, names[1], _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE_ERRNOS:
+        return False
+    raise OSError(code, os.strerror(code), first)
+
+
 def _rename(temporary: str, path: str) -> None:
-    """`temporary` becomes `path`; a directory there is replaced only by a directory."""
+    """`temporary` becomes `path`; a directory there is replaced only by a directory.
+
+    A directory is swapped in one step where the system can (a kill leaves the old
+    one or the new one at `path`, never neither); elsewhere by two renames.
+    """
     new_is_dir = os.path.isdir(temporary)
     if os.path.isdir(path) and not os.path.islink(path):
         if not new_is_dir:
             raise UserInputError(f"{path} is an existing directory, not replaced by a file")
+        if _exchange(temporary, path):
+            shutil.rmtree(temporary, ignore_errors=True)  # now the old directory
+            return
         backup = temporary + ".old"
         os.rename(path, backup)
         os.rename(temporary, path)

@@ -7,6 +7,7 @@ and the images are real eval crops.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -32,7 +33,13 @@ from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import evaluate_model
 from deit_keras.inference.predict import predict_images
 from deit_keras.models import precision
-from deit_keras.testing import assert_one_line_error, run_cli, tiny_model, user_stderr
+from deit_keras.testing import (
+    assert_one_line_error,
+    random_images,
+    run_cli,
+    tiny_model,
+    user_stderr,
+)
 
 # fp32 exports against the Keras graph, absolute, on logits of a trained model.
 FP32_ATOL = 1e-5
@@ -305,13 +312,42 @@ def test_an_openvino_xml_without_its_bin_names_the_bin(untrained_exports, tmp_pa
     with pytest.raises(ValueError, match="weights file .*alone.bin is missing") as caught:
         runtimes.load_exported(str(xml))
     assert "\n" not in str(caught.value)
-    # A .bin that is not the one written with the .xml: the runtime's reason, not its source line.
+    # A .bin that is not the one written with the .xml: its digest differs.
     (tmp_path / "alone.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError, match="alone.bin is not the weights file exported with"):
+        runtimes.load_exported(str(xml))
+    # An IR without the digest: the runtime's reason, not its source line.
+    xml.write_bytes(_without_digest(xml.read_bytes()))
     with pytest.raises(ValueError, match="not an OpenVINO IR model: Incorrect weights") as caught:
         runtimes.load_exported(str(xml))
     assert "src/" not in str(caught.value)
     with pytest.raises(UserInputError, match="OpenVINO model file not found"):
         openvino_export.read_openvino_config(str(tmp_path / "missing.xml"))
+
+
+def _without_digest(xml_text: bytes) -> bytes:
+    lines = xml_text.splitlines(keepends=True)
+    kept = [line for line in lines if openvino_export.WEIGHTS_DIGEST.encode() not in line]
+    assert len(kept) == len(lines) - 1
+    return b"".join(kept)
+
+
+def test_an_openvino_bin_of_another_export_of_the_same_model_is_refused(tmp_path):
+    """The two files are renamed one after the other: a kill between left a new .bin beside
+    the old .xml, which ran with the other weights (same shapes) and no error."""
+    first, second = str(tmp_path / "a.xml"), str(tmp_path / "b.xml")
+    export_formats.export_model(tiny_model(), first, "openvino")
+    export_formats.export_model(tiny_model(), second, "openvino")  # other random weights
+    images = random_images(2, 32)
+    before = runtimes.load_exported(first)[0](images)
+    shutil.copyfile(tmp_path / "b.bin", tmp_path / "a.bin")
+    with pytest.raises(UserInputError, match="a.bin is not the weights file exported with") as e:
+        runtimes.load_exported(first)
+    assert "\n" not in str(e.value)
+    # Without the digest the runtime takes the other export's weights as they come.
+    (tmp_path / "a.xml").write_bytes(_without_digest((tmp_path / "a.xml").read_bytes()))
+    assert not np.allclose(runtimes.load_exported(first)[0](images), before, atol=1e-3)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith((".", "tmp"))]
 
 
 def test_export_cli_writes_litert_int8_and_evaluate_reads_it(models, crops, tmp_path):

@@ -146,3 +146,26 @@ def test_a_folder_that_keeps_new_files_is_a_problem_and_the_check_raises_nothing
     monkeypatch.setattr(os, "remove", refuse)
     problem = paths.output_file_problem("output", str(tmp_path / "model.onnx"))
     assert problem is not None and "a new file there cannot be removed" in problem
+
+
+def _replace_earlier_export(folder, content):
+    with atomic.atomic_output(str(folder), directory_marker="saved_model.pb") as temporary:
+        os.makedirs(temporary)
+        Path(temporary, "saved_model.pb").write_bytes(content)
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["one_step", "two_renames"])
+def test_a_directory_is_replaced_in_one_step_where_the_system_can(tmp_path, monkeypatch, exchange):
+    """Two renames (old aside, new in) left no directory at the path when killed between."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"earlier export")
+    renames = []
+    rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda *a: (renames.append(a), rename(*a)))
+    if not exchange:  # the system cannot swap (macOS, another filesystem): two renames
+        monkeypatch.setattr(atomic, "_exchange", lambda first, second: False)
+    _replace_earlier_export(folder, b"new export")
+    assert (folder / "saved_model.pb").read_bytes() == b"new export"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert len(renames) == (0 if exchange else 2)
