@@ -32,21 +32,26 @@ class DeiT(TokenClassifier):
             features instead of logits. Defaults to 1000.
         distilled: bool. Add the distillation token and head. Defaults to False.
         drop_path_rate: float. Stochastic depth rate of the last block; it
-            rises linearly from 0 over the blocks. Defaults to 0.
+            rises linearly from 0 over the blocks (DeiT), or is every block's
+            with `uniform_drop_path`. Defaults to 0.
         in_channels: int. Image channels. Defaults to 3.
         preprocessing: `deit_keras.data.Preprocessing` or its config dict:
             the mean, std, eval crop_pct and interpolation that turn images
             into this model's input. Saved with the model. Defaults to the
             ImageNet mean/std, crop_pct 0.875, bicubic.
         layer_scale_init: float or None. LayerScale on every residual branch
-            with this initial value (DeiT III: 1e-6); None for none (DeiT).
+            with this initial value (DeiT III: 1e-4, the official
+            `models_v2.py`'s; timm's port starts at 1e-6); None for none (DeiT).
         no_embed_class: bool. Position embeddings for the patch tokens only,
             added before the class token is prepended (DeiT III; timm's
             `no_embed_class`). Defaults to False.
+        uniform_drop_path: bool. Every block drops its residual branches
+            with `drop_path_rate` (DeiT III: the official `dpr_constant`),
+            instead of rates rising from 0. Defaults to False.
 
     DeiT III (Touvron et al., "DeiT III: Revenge of the ViT", ECCV 2022) is
-    this model with `layer_scale_init=1e-6, no_embed_class=True` and no
-    distillation token: the `deit3_*` presets.
+    this model with `layer_scale_init=1e-4, no_embed_class=True,
+    uniform_drop_path=True` and no distillation token: the `deit3_*` presets.
 
     Any image size (timm's `dynamic_img_size`, always on): images of any
     height and width that are multiples of `patch_size` are accepted, also
@@ -84,6 +89,7 @@ class DeiT(TokenClassifier):
         preprocessing=None,
         layer_scale_init=None,
         no_embed_class=False,
+        uniform_drop_path=False,
         **kwargs,
     ):
         super().__init__(
@@ -102,6 +108,7 @@ class DeiT(TokenClassifier):
         )
         self.layer_scale_init = layer_scale_init
         self.no_embed_class = no_embed_class
+        self.uniform_drop_path = uniform_drop_path
 
         policy = self.dtype_policy
         # === Layers ===
@@ -114,7 +121,8 @@ class DeiT(TokenClassifier):
             dtype=policy,
             name="tokens",
         )
-        block_rates = np.linspace(0.0, drop_path_rate, depth)
+        start = drop_path_rate if uniform_drop_path else 0.0
+        block_rates = np.linspace(start, drop_path_rate, depth)
         self.blocks = [
             TransformerBlock(
                 embed_dim,
@@ -157,5 +165,6 @@ class DeiT(TokenClassifier):
             distilled=self.distilled,
             layer_scale_init=self.layer_scale_init,
             no_embed_class=self.no_embed_class,
+            uniform_drop_path=self.uniform_drop_path,
         )
         return config

@@ -159,8 +159,10 @@ def _deit3_presets() -> dict:
                 patch_size=patch_size,
                 image_size=image_size,
                 distilled=False,
-                layer_scale_init=1e-6,
+                # The official models_v2.py's (timm's port: 1e-6, rising drop-path rates).
+                layer_scale_init=1e-4,
                 no_embed_class=True,
+                uniform_drop_path=True,
             )
         )
         # timm's eval crops: 0.9 for the in1k weights at 224, 1.0 otherwise.

@@ -325,6 +325,19 @@ def test_any_image_size_equals_a_model_built_at_that_size(kind):
     )
 
 
+@pytest.mark.parametrize("name", ["deit3_small_patch16_224", "deit3_base_patch16_384"])
+def test_deit3_trains_as_the_official_models_v2(name):
+    """facebookresearch/deit models_v2.py `vit_models`: `dpr = [drop_path_rate for i in
+    range(depth)]` and `init_scale=1e-4` (timm's port: rates rising from 0, 1e-6), so
+    `--drop_path=0.05` dropped half as much as the paper's DeiT III-S."""
+    model = build_model(name, num_classes=5, drop_path_rate=0.05, **dict(TINY_DEIT3, depth=3))
+    assert [block.drop_path.rate for block in model.blocks] == [0.05] * 3
+    gammas = [w for w in model.weights if w.path.endswith(("ls1/gamma", "ls2/gamma"))]
+    assert len(gammas) == 6 and all(np.all(np.asarray(w) == np.float32(1e-4)) for w in gammas)
+    rebuilt = DeiT.from_config(model.get_config())
+    assert [block.drop_path.rate for block in rebuilt.blocks] == [0.05] * 3
+
+
 def test_cait_drop_path_is_random_in_training_only():
     model = _randomised(
         build_model("cait_xxs24_224", num_classes=5, drop_path_rate=0.5, **TINY_CAIT)
