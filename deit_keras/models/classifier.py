@@ -401,6 +401,12 @@ class TokenClassifier(CompiledInference, keras.Model):
         """The frozen teacher of the last `compile`, or None."""
         return None if self.distillation_step is None else self.distillation_step.teacher
 
+    def __dir__(self):
+        # Keras' saving walks `dir(model)` and saves every Keras object an attribute gives:
+        # through this property the teacher (and its optimizer) went into every `.keras`
+        # file, checkpoint and backup of the student, and came back into a later teacher.
+        return [name for name in super().__dir__() if name != "teacher"]
+
     @property
     def metrics(self):
         return [] if self.distillation_step is None else self.distillation_step.metrics

@@ -282,3 +282,30 @@ def test_eval_pipeline_and_serving_signature_give_the_same_input(tmp_path):
     serve.python_function(tf.constant(pixels[None]))
     model.call_heads = original_call
     np.testing.assert_array_equal(np.asarray(seen[0]), from_pipeline)
+
+
+def test_a_distilled_students_files_hold_no_teacher(tmp_path):
+    """Keras' saving walks `dir(model)`: the `teacher` property put the teacher and its
+    optimizer state into the student's `.keras`, weights and backups (96% of a tiny
+    student's file), and loaded them back into a later run's teacher."""
+    import h5py
+
+    from deit_keras.distill import teachers
+    from deit_keras.testing import batches, compiled
+
+    images, labels = batches(count=1, batch=8)
+    cnn = teachers.build_small_cnn(10, 32, width=64)
+    cnn.compile(optimizer="adam", loss="mse")
+    cnn.fit(images, labels, verbose=0)  # optimizer state of its own
+    student = compiled(tiny_model(), teachers.TeacherAdapter(cnn, "normalized"))
+    student.fit(images, labels, batch_size=8, verbose=0)
+    student.save(tmp_path / "student.keras")
+    student.save_weights(tmp_path / "student.weights.h5")
+    with zipfile.ZipFile(tmp_path / "student.keras") as archive:
+        in_file = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+        assert "teacher" not in in_file and "optimizer" in in_file
+    with h5py.File(tmp_path / "student.weights.h5", "r") as weights:
+        assert "teacher" not in weights and "blocks" in weights
+    assert student.teacher is not None
+    loaded = keras.models.load_model(tmp_path / "student.keras")
+    np.testing.assert_array_equal(np.asarray(loaded(images)), np.asarray(student(images)))
