@@ -249,20 +249,32 @@ class DistillationStep:
             scaled = model.optimizer.scale_loss(total)
         variables = model.trainable_variables
         gradients = tape.gradient(scaled, self.trainable_variables(model))
+        # The loss's scale, read before the model's step changes it (a LossScaleOptimizer
+        # halves it on overflow, doubles it every `dynamic_growth_steps`).
+        scale = model.optimizer.scale_loss(ops.ones((), "float32"))
         model_gradients = _clipped_over_replicas(model.optimizer, gradients[: len(variables)])
         model.optimizer.apply_gradients(zip(model_gradients, variables, strict=True))
         if self.features is not None:
-            self._apply_adapter_gradients(model, gradients[len(variables) :])
+            self._apply_adapter_gradients(model, gradients, len(variables), scale)
         self.update_metrics(labels, *outputs)
         return dict(self.logs(), lr=model.optimizer.learning_rate)
 
-    def _apply_adapter_gradients(self, model, gradients):
-        # The adapters' optimizer copies the model's without its loss scaling:
-        # unscale by the model's factor (1 unless a LossScaleOptimizer's).
-        scale = model.optimizer.scale_loss(ops.ones((), "float32"))
-        gradients = [gradient / ops.cast(scale, gradient.dtype) for gradient in gradients]
+    def _apply_adapter_gradients(self, model, gradients, split, scale):
+        """The adapters' optimizer copies the model's without its loss scaling: their
+        gradients are unscaled here, and skipped with the model's step when any overflowed."""
+        optimizer = self.features.optimizer
         variables = self.features.adapters.trainable_variables
-        self.features.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        adapter_gradients = [g / ops.cast(scale, g.dtype) for g in gradients[split:]]
+        if not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer.apply_gradients(zip(adapter_gradients, variables, strict=True))
+            return
+        if not optimizer.built:  # its variables are made outside the branch
+            optimizer.build(variables)
+        ops.cond(
+            model.optimizer.check_finite(gradients),
+            lambda: optimizer.apply(adapter_gradients, variables),
+            lambda: None,
+        )
 
     def test_step(self, model, data) -> dict:
         images, labels, teacher_logits, teacher_maps = _unpack(data)

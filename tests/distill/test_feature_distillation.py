@@ -125,6 +125,37 @@ def test_gradients_reach_adapters_and_student_blocks_never_the_teacher():
     )
 
 
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "xla"])
+def test_adapters_skip_the_steps_loss_scaling_skips(eager):
+    """Under a LossScaleOptimizer an overflowing step moves nothing: the adapters stepped on
+    it all the same (their optimizer ran ahead of the model's), unscaled by the scale the
+    overflow had already halved."""
+    images, labels = batches(count=1, batch=4)
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.AdamW(1e-3),
+        initial_scale=2.0**127,  # float32's limit: every step
+    )
+    model = tiny_model()
+    model.compile(
+        optimizer=optimizer,
+        teacher=_teacher(),
+        distillation="hard",
+        feature_weight=1.0,
+        run_eagerly=eager,
+        jit_compile=not eager,
+    )
+    features = model.distillation_step.features
+    adapters_before = [np.array(w) for w in features.adapters.weights]
+    model.fit(images, labels, batch_size=4, epochs=3, verbose=0, shuffle=False)
+    assert int(optimizer.iterations) == 0 and float(optimizer.dynamic_scale) == 2.0**124
+    assert int(features.optimizer.iterations) == 0
+    for a, b in zip(adapters_before, features.adapters.weights, strict=True):
+        np.testing.assert_array_equal(a, np.array(b))
+    optimizer.dynamic_scale.assign(2.0**10)  # no overflow: both step
+    model.fit(images, labels, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    assert int(optimizer.iterations) == int(features.optimizer.iterations) == 1
+
+
 def _last_of_each_resolution(cnn, names):
     """Each name's output is the last 4-D output (of more than 1x1) at its resolution."""
     sizes = [cnn.get_layer(name).output.shape[1] for name in names]
