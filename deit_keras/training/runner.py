@@ -25,6 +25,7 @@ from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import classifier_top1, evaluate_model
 from deit_keras.io import atomic, run_lock
 from deit_keras.io.atomic import write_text_atomic
+from deit_keras.models.cpu_predict import cpu_only
 from deit_keras.training import backup as backup_lib
 from deit_keras.training import callbacks as callbacks_lib
 from deit_keras.training import custom_loop, inputs
@@ -115,6 +116,14 @@ def _weights_kept(optimizer):
         del optimizer.finalize_variable_values  # the class's method again
 
 
+def teacher_in_pipeline(student) -> bool:
+    """Whether the teacher runs in the input pipeline (`with_teacher_logits`), off the
+    step's critical path: on one CPU replica. tf.data runs on the host's CPU, so with a
+    GPU or TPU the teacher stays in the step, on the accelerator."""
+    one_replica = student.distribute_strategy.num_replicas_in_sync == 1
+    return student.teacher is not None and one_replica and cpu_only()
+
+
 def _fit(config, student, phases, evaluation, steps, preemption):
     sample_images = next(iter(phases[0][0].take(1)))[0]
     validation_images = next(iter(evaluation.take(1)))[0][:4]
@@ -127,8 +136,7 @@ def _fit(config, student, phases, evaluation, steps, preemption):
     history.epoch, history.history = [], {}
     for index, (train, initial_epoch, epochs, fit_steps) in enumerate(phases):
         last = index == len(phases) - 1
-        if student.teacher is not None and student.distribute_strategy.num_replicas_in_sync == 1:
-            # Off the step's critical path; with feature distillation its maps too.
+        if teacher_in_pipeline(student):
             features = student.distillation_step.features
             train = with_teacher_logits(train, student.teacher, features)
         with contextlib.nullcontext() if last else _weights_kept(student.optimizer):

@@ -46,3 +46,24 @@ def test_same_training_as_calling_the_teacher_in_the_step(jit_compile):
     np.testing.assert_allclose(history["loss"], history_p["loss"], rtol=1e-5)
     assert history["teacher_agreement"] == history_p["teacher_agreement"]
     np.testing.assert_allclose(evaluation["loss"], evaluation_p["loss"], rtol=1e-5)
+
+
+def test_the_teacher_leaves_the_pipeline_where_an_accelerator_runs_the_step(monkeypatch):
+    """tf.data runs on the host CPU: on one GPU the teacher (RegNetY-16GF: 16 GFLOPs an
+    image) ran there, in the pipeline, while the GPU waited."""
+    from deit_keras.training import runner
+
+    model = compiled(tiny_model(), _teacher(), "hard")
+    assert runner.teacher_in_pipeline(model)  # this CPU box: off the step's critical path
+    listing = tf.config.list_logical_devices
+    for accelerator in ("GPU", "TPU"):
+        fake = [tf.config.LogicalDevice(f"/device:{accelerator}:0", accelerator)]
+        monkeypatch.setattr(
+            tf.config,
+            "list_logical_devices",
+            lambda kind=None, fake=fake, accelerator=accelerator: (
+                fake if kind == accelerator else listing(kind)
+            ),
+        )
+        assert not runner.teacher_in_pipeline(model), accelerator
+    assert not runner.teacher_in_pipeline(compiled(tiny_model(), None, "none"))
