@@ -42,12 +42,24 @@ def save_model(model: TokenClassifier, path: str, class_names: list[str] | None 
     with atomic.atomic_output(path) as temporary:
         model.save(temporary)
     if class_names is not None:
-        atomic.write_text_atomic(classes_path(path), json.dumps(class_names, indent=1) + "\n")
+        write_class_names(path, class_names)
     elif os.path.exists(classes_path(path)):
         os.remove(classes_path(path))
 
 
-def _read_class_names(path, num_classes):
+def write_class_names(path: str, class_names: list) -> None:
+    """Writes the class names of the model saved at `path` beside it (`classes_path`)."""
+    names = [str(name) for name in class_names]
+    atomic.write_text_atomic(classes_path(path), json.dumps(names, indent=1) + "\n")
+
+
+def read_class_names(path: str, num_classes: int | None = None) -> list[str] | None:
+    """The class names saved beside the model at `path`, or None when there are none.
+
+    Raises:
+        UserInputError: the file is unreadable, not a JSON list, or (with
+            `num_classes`) of another length.
+    """
     sidecar = classes_path(path)
     if not os.path.exists(sidecar):
         return None
@@ -58,6 +70,8 @@ def _read_class_names(path, num_classes):
         raise UserInputError(f"Could not read class names {sidecar}: {error}") from error
     if not isinstance(names, list):
         raise UserInputError(f"{sidecar} must hold a JSON list of class names.")
+    if num_classes is None:
+        return [str(name) for name in names]
     return check_class_names(names, num_classes)
 
 
@@ -100,4 +114,4 @@ def load_model(path: str, compile: bool = True) -> tuple[TokenClassifier, list[s
         raise UserInputError(
             f"{path} holds a {type(model).__name__}, not a deit_keras model (DeiT, CaiT)."
         )
-    return model, _read_class_names(path, model.num_classes)
+    return model, read_class_names(path, model.num_classes)

@@ -7,18 +7,16 @@ once) and `train_teacher` (a CNN teacher trained on the run's dataset).
 """
 
 import dataclasses
-import json
 import os
 
 import keras
 from absl import logging
 
 from deit_keras.data.pipeline import make_dataset
-from deit_keras.deploy import teacher_weights
-from deit_keras.deploy.export_options import classes_path
+from deit_keras.deploy import saving, teacher_weights
 from deit_keras.distill import regnet, teachers
 from deit_keras.errors import UserInputError
-from deit_keras.io.atomic import atomic_output, write_text_atomic
+from deit_keras.io.atomic import atomic_output
 from deit_keras.models.variants import get_variant
 from deit_keras.training import custom_loop
 from deit_keras.training.optim import create_optimizer
@@ -110,19 +108,17 @@ def train_teacher(config, info, image_size, path, preprocessing):
     with atomic_output(path) as temporary:
         cnn.save(temporary)
     # Which classes it predicts: a later run on another dataset must not reuse it.
-    write_text_atomic(classes_path(path), json.dumps(list(info.class_names), indent=1) + "\n")
+    saving.write_class_names(path, info.class_names)
     return cnn
 
 
 def check_teacher_dataset(config, info) -> None:
     """Refuses a `.keras` teacher trained here on classes other than this dataset's (its
     `<teacher>.classes.json`); a teacher without that file (the user's own) passes."""
-    path = classes_path(config.teacher)
-    if config.distillation_type == "none" or not os.path.exists(path):
+    if config.distillation_type == "none":
         return
-    with open(path, encoding="utf-8") as handle:
-        trained_on = [str(name) for name in json.load(handle)]
-    if trained_on != [str(name) for name in info.class_names]:
+    trained_on = saving.read_class_names(config.teacher)
+    if trained_on is not None and trained_on != [str(name) for name in info.class_names]:
         raise UserInputError(
             f"The teacher {config.teacher} was trained on other classes "
             f"({', '.join(trained_on[:4])}, ...) than this dataset's "

@@ -8,6 +8,7 @@ import pytest
 from deit_keras.data.augment_config import AugmentConfig
 from deit_keras.data.pipeline import dataset_info
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING
+from deit_keras.errors import UserInputError
 from deit_keras.testing import digits_config
 from deit_keras.training import teacher
 
@@ -51,3 +52,8 @@ def test_a_teacher_on_fewer_images_than_its_batch_trains(tmp_path):
     with pytest.raises(ValueError, match=r"trained on other classes \(0, 1, 2, 3, ...\)"):
         teacher.check_teacher_dataset(config, renamed)
     teacher.check_teacher_dataset(dataclasses.replace(config, distillation_type="none"), renamed)
+    # A damaged classes file is one line naming it (was json's traceback).
+    with open(path + ".classes.json", "w", encoding="utf-8") as handle:
+        handle.write('["0", "1"')
+    with pytest.raises(UserInputError, match=r"Could not read class names .*teacher.keras.classes"):
+        teacher.check_teacher_dataset(config, info)
