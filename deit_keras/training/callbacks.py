@@ -25,6 +25,14 @@ def finite_logs(logs: dict | None) -> bool:
     return loss is None or math.isfinite(float(loss))
 
 
+CHECKPOINTS = "checkpoints"  # under model_dir: the epoch checkpoint, last.keras + last.json
+
+
+def last_checkpoint(model_dir: str | None) -> str:
+    """Where a run's epoch checkpoint is (`save_epoch_checkpoint` into `model_dir/checkpoints`)."""
+    return os.path.join(model_dir or ".", CHECKPOINTS, "last.keras")
+
+
 def save_epoch_checkpoint(
     model: keras.Model, directory: str, epoch: int, logs: dict | None = None
 ) -> None:
@@ -138,7 +146,7 @@ class HistoryFile(keras.callbacks.Callback):
 
 def diverged_error(step: int, model_dir: str | None) -> TrainingDivergedError:
     """The one line of a run whose loss became NaN/Inf, naming its last checkpoint if any."""
-    checkpoint = os.path.join(model_dir or ".", "checkpoints", "last.keras")
+    checkpoint = last_checkpoint(model_dir)
     if os.path.exists(checkpoint):
         saved = f"the last good checkpoint is {checkpoint}"
     else:

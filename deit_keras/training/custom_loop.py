@@ -38,6 +38,7 @@ from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import evaluate_model
 from deit_keras.training.backup import Backup
 from deit_keras.training.callbacks import (
+    CHECKPOINTS,
     diverged_error,
     finite_logs,
     record_epochs,
@@ -347,7 +348,7 @@ def _end_of_epoch_outputs(model, backup, model_dir, writers, epoch, logs):
     """The chief's epoch end: history.json, checkpoint, TensorBoard scalars, then the backup
     (killed before it, the resumed run redoes the epoch and rewrites the others)."""
     record_epochs(model_dir, [epoch], {name: [value] for name, value in logs.items()})
-    save_epoch_checkpoint(model, os.path.join(model_dir, "checkpoints"), epoch, logs)
+    save_epoch_checkpoint(model, os.path.join(model_dir, CHECKPOINTS), epoch, logs)
     for name, value in logs.items():
         validation = name.startswith("val_")
         with writers["validation" if validation else "train"].as_default():

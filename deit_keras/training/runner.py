@@ -18,7 +18,7 @@ from deit_keras.data.sources import NOT_READ, UNDECODED_FORMAT
 from deit_keras.deploy import pretrained
 from deit_keras.deploy.export_options import savedmodel_beside
 from deit_keras.deploy.saved_model import export_saved_model
-from deit_keras.deploy.saving import save_model
+from deit_keras.deploy.saving import save_model, write_class_names
 from deit_keras.distill.base_losses import BinaryCrossEntropy
 from deit_keras.distill.step import with_teacher_logits
 from deit_keras.errors import UserInputError
@@ -65,7 +65,7 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
     epoch_records = [
         callbacks_lib.HistoryFile(config.model_dir),
         callbacks_lib.EpochCheckpoint(
-            os.path.join(config.model_dir, "checkpoints"), config.checkpoint_interval_s
+            os.path.join(config.model_dir, callbacks_lib.CHECKPOINTS), config.checkpoint_interval_s
         ),
     ]
     backup = backup_lib.AtomicBackupAndRestore(
@@ -260,13 +260,17 @@ def check_backup_settings(config: TrainConfig) -> None:
 
 def _accept(config: TrainConfig, strategy, flags_text: str | None, info) -> None:
     """What the chief writes once nothing can refuse the run any more: `flags.txt`, the
-    list of skipped files, and with --noresume the end of the previous run's backup and
+    list of skipped files, the class names of the epoch checkpoints (`checkpoints/last.keras`
+    predicts with them), and with --noresume the end of the previous run's backup and
     history."""
     if not custom_loop.is_chief(strategy):
         return
     report_skipped(info, config.model_dir)
     if flags_text is not None:
         write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags_text)
+    checkpoint = callbacks_lib.last_checkpoint(config.model_dir)
+    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+    write_class_names(checkpoint, info.class_names)
     if not config.resume:
         backup_lib.Backup(os.path.join(config.model_dir, "backup")).clear()
         history = os.path.join(config.model_dir, callbacks_lib.HISTORY_FILE)

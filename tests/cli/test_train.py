@@ -58,6 +58,12 @@ def test_validation_freq_validates_every_n_epochs_and_evaluates_at_the_end(tmp_p
     assert [record["epoch"] for record in history] == [0, 1, 2]
     assert ["val_top1" in record for record in history] == [False, True, False]
     assert 0 <= results["top1"] <= 1  # the final evaluation, whatever the frequency
+    # The epoch checkpoint predicts under the dataset's names, as the saved model.
+    from deit_keras.deploy import saving
+
+    _, names = saving.load_model(results["saved_model"], compile=False)
+    _, checkpoint_names = saving.load_model(str(tmp_path / "run" / "checkpoints" / "last.keras"))
+    assert checkpoint_names == names and len(names) == 10
 
 
 def test_a_folder_where_the_savedmodel_goes_is_refused_before_the_run(tmp_path):
