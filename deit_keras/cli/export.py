@@ -162,7 +162,9 @@ def _describe(config: dict) -> str:
     quantize = config.get("quantize", "none")
     suffix = f", quantize={quantize}" if quantize != "none" else ""
     if config.get("optimized"):
-        suffix += ", ONNX Runtime fused"
+        fused = config.get("fused_ops") or {}
+        counted = ", ".join(f"{op} x{count}" for op, count in sorted(fused.items()))
+        suffix += f", ONNX Runtime fused: {counted}" if fused else ", no ONNX Runtime fusion"
     return f"uint8 [B, {size}, {size}, 3] eval crops -> {outputs}{suffix}"
 
 

@@ -117,7 +117,9 @@ def export_onnx(
             Runtime's transformer optimizer fuses (`deploy.onnx_fusable`).
             Defaults to True.
         optimize: bool. Apply ONNX Runtime's transformer fusions
-            (`deploy.onnx_quantize`); the file then needs onnxruntime.
+            (`deploy.onnx_quantize`); the file then needs onnxruntime. The
+            config's "fused_ops" counts the fused kernels; a model none of them
+            matches (DeiT III, CaiT) is refused unless quantized.
         quantize: str. One of `onnx_quantize.QUANTIZATIONS`; int8 variants
             imply `optimize`.
         calibration_images: uint8 `[N, S, S, 3]` eval crops for "int8".
@@ -148,7 +150,13 @@ def export_onnx(
     if fusable:
         rewrite_for_fusion(proto, model)
     if optimize:
-        proto = onnx_quantize.optimize(proto, model)
+        proto, config["fused_ops"] = onnx_quantize.optimize(proto, model)
+        if not config["fused_ops"] and quantize == "none":
+            raise UserInputError(
+                f"optimize: none of ONNX Runtime's transformer fusions matches {model.name}'s "
+                "blocks (they fuse DeiT's; DeiT III's and CaiT's LayerScale blocks stay as they "
+                "are): export without it."
+            )
     if quantize != "none":
         proto = onnx_quantize.quantize(proto, quantize, calibration_images)
     _set_metadata(proto, json.dumps(config))

@@ -27,6 +27,7 @@ from deit_keras.deploy import (
 )
 from deit_keras.deploy.calibration import eval_crops
 from deit_keras.deploy.signatures import fixed_size_function
+from deit_keras.errors import UserInputError
 from deit_keras.inference.evaluate import evaluate_model
 from deit_keras.testing import assert_one_line_error, run_cli, tiny_model
 
@@ -110,12 +111,38 @@ def test_fusable_and_optimized_onnx_match_keras(model, fusable_onnx, crops, expe
     optimized = str(tmp_path / "fused.onnx")
     config = onnx_export.export_onnx(model, optimized, optimize=True)
     assert config["optimized"] and config["quantize"] == "none"
+    assert config["fused_ops"]["Attention"] == len(model.blocks)
     ops = [n.op_type for n in onnx.load(optimized).graph.node]
     # The file holds the fused kernels the optimizer reported.
     assert ops.count("Attention") == len(model.blocks)
     assert ops.count("BiasGelu") == len(model.blocks)
     assert "Erf" not in ops and "Softmax" in ops  # the probabilities output's own
     _assert_fp32(optimized, crops, expected)
+
+
+def test_optimize_where_no_fusion_matches_is_refused_and_int8_says_nothing_fused(tmp_path):
+    """DeiT III's LayerScale blocks match none of ONNX Runtime's fusions: `--optimize` wrote
+    the unfused graph and the export's line said "ONNX Runtime fused"."""
+    from deit_keras.models import build_model
+
+    tiny = dict(image_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
+    deit3 = build_model("deit3_small_patch16_224", num_classes=5, **tiny)
+    out = tmp_path / "deit3.onnx"
+    with pytest.raises(UserInputError, match="none of ONNX Runtime's transformer fusions"):
+        onnx_export.export_onnx(deit3, str(out), optimize=True)
+    assert not out.exists()
+    keras_path = tmp_path / "deit3.keras"
+    saving.save_model(deit3, str(keras_path))
+    process = run_cli(
+        "export",
+        f"--model_path={keras_path}",
+        "--format=onnx",
+        "--quantize=dynamic_int8",
+        f"--output={out}",
+    )
+    assert process.returncode == 0, process.stderr
+    assert "quantize=dynamic_int8, no ONNX Runtime fusion" in process.stdout, process.stdout
+    assert onnx_export.read_onnx_config(str(out))["fused_ops"] == {}
 
 
 def test_openvino_fp32_matches_keras_and_evaluates_like_it(model, crops, expected, tmp_path):
