@@ -258,7 +258,9 @@ class TrainConfig:
     strategy: str = field("auto", "tf.distribute strategy.", choices=STRATEGIES)
     tpu: str | None = field(None, "TPU name or grpc:// address, with --strategy=tpu.")
     precision: str = field("float32", "Keras dtype policy.", choices=PRECISIONS)
-    jit_compile: bool = field(True, "Compile the train step with XLA.")
+    jit_compile: bool = field(
+        True, "Compile the train step with XLA (not with --deterministic: Keras turns it off)."
+    )
     steps_per_execution: int = field(
         1,
         "Training steps run per tf.function call (Keras' steps_per_execution; the "
@@ -286,7 +288,9 @@ class TrainConfig:
         valid=NON_NEGATIVE,
     )
     seed: int = field(0, "Random seed.", valid=NON_NEGATIVE)
-    deterministic: bool = field(False, "Deterministic ops and input order.")
+    deterministic: bool = field(
+        False, "Deterministic ops and input order; the train step runs without XLA."
+    )
     backup_every_steps: int = field(
         0,
         "Also back up to model_dir/backup every N training steps, to resume mid-epoch "
@@ -336,6 +340,12 @@ class TrainConfig:
         """`--feature_teacher_layers` as names; None for the default."""
         names = tuple(part.strip() for part in self.feature_teacher_layers.split(","))
         return tuple(name for name in names if name) or None
+
+    @property
+    def train_jit_compile(self) -> bool:
+        """`jit_compile` of the train steps: off under `--deterministic`, where Keras turns
+        XLA off itself (TensorFlow's op determinism) with a warning."""
+        return self.jit_compile and not self.deterministic
 
     @property
     def feature_weight(self) -> float:

@@ -390,7 +390,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             feature_weight=config.feature_weight,
             feature_blocks=config.feature_blocks,
             feature_layers=config.feature_layers,
-            jit_compile=config.jit_compile,
+            jit_compile=config.train_jit_compile,
             # --jit_compile is the train step's; the saved model, loaded compiled, predicts with
             # the CPU predict step (DeiT-Ti⚗ b32 1.12x one XLA pass, benchmarks/predict_choice.py).
             predict_jit_compile="auto",

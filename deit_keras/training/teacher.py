@@ -102,7 +102,7 @@ def train_teacher(config, info, image_size, path, preprocessing):
         ),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        jit_compile=config.jit_compile,
+        jit_compile=config.train_jit_compile,
     )
     cnn.fit(train, epochs=config.teacher_epochs, verbose=config.fit_verbose, shuffle=False)
     with atomic_output(path) as temporary:
