@@ -171,7 +171,8 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class InputImages(keras.callbacks.Callback):
-    """Writes a few augmented training inputs to TensorBoard once, at the start."""
+    """Writes a few augmented training inputs to TensorBoard once, when training starts
+    from step 0 (a resumed run, or a later phase of one, adds no second image at step 0)."""
 
     def __init__(self, log_dir, images, max_images=8, preprocessing=DEFAULT_PREPROCESSING):
         super().__init__()
@@ -180,6 +181,8 @@ class InputImages(keras.callbacks.Callback):
         self.preprocessing = preprocessing
 
     def on_train_begin(self, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) != 0:
+            return
         writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
         pixels = tf.clip_by_value(denormalize(self.images, self.preprocessing) / 255.0, 0.0, 1.0)
         with writer.as_default():

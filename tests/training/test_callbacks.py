@@ -90,6 +90,20 @@ def test_distillation_summaries_write_attention_and_token_similarity(tmp_path):
     assert "attention/2" not in found
 
 
+def test_augmented_inputs_are_written_once_from_step_0_not_on_each_resume(tmp_path):
+    from deit_keras.testing import random_images
+
+    model = compiled(tiny_model(), None, "none")
+    model.optimizer.build(model.trainable_variables)
+    callback = callbacks_lib.InputImages(str(tmp_path), random_images(batch=3), max_images=2)
+    callback.set_model(model)
+    callback.on_train_begin()
+    model.optimizer.iterations.assign(22)  # a resumed run, or the next phase of this one
+    callback.on_train_begin()
+    steps = _summaries(tmp_path / "train")["augmented_inputs"]
+    assert [step for step, _ in steps] == [0]
+
+
 def test_history_file_keeps_earlier_epochs_and_replaces_redone_ones(tmp_path):
     directory = str(tmp_path)
     callbacks_lib.record_epochs(directory, [0, 1, 2], {"loss": [3.0, 2.0, 1.5]})
