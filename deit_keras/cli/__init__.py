@@ -49,8 +49,18 @@ USER_ERRORS = (UserError, OSError)
 
 
 # What a path flag names: `check_path(name, kind)`.
+def _model_input_problem(name: str, path: str | None) -> str | None:
+    """A model file, or a SavedModel directory (deit-export's default output)."""
+    from deit_keras.deploy import export_options
+
+    if path and os.path.isfile(os.path.join(path, export_options.SAVED_MODEL_FILE)):
+        return None
+    return paths.input_file_problem(name, path)
+
+
 PATH_KINDS = {
     "input_file": paths.input_file_problem,
+    "model_input": _model_input_problem,
     "output_file": paths.output_file_problem,
     "output_dir": paths.output_dir_problem,
     "output_path": paths.output_path_problem,

@@ -72,7 +72,7 @@ _REFERENCE_MODEL = flags.DEFINE_string(
 
 cli.check_path("data_dir", "directory")
 cli.check_path("output", "output_file")
-cli.check_path("reference_model", "input_file")
+cli.check_path("reference_model", "model_input")
 cli.check_range("batch_size", POSITIVE)
 cli.check_range("max_batches", POSITIVE)
 cli.check_range("crop_pct", CROP_PCT)

@@ -15,7 +15,8 @@ from deit_keras.models.deit_presets import MIRROR_ENV
 MODEL_PATH = flags.DEFINE_string(
     "model_path",
     None,
-    "The .keras model (predict and evaluate also take a .tflite, .onnx or OpenVINO .xml export).",
+    "The .keras model (predict and evaluate also take an export: a .tflite, .onnx or "
+    "OpenVINO .xml file, or a SavedModel directory).",
 )
 MODEL = flags.DEFINE_string(
     "model",
@@ -36,7 +37,7 @@ PRETRAINED_WEIGHTS = flags.DEFINE_string(
     "Hugging Face hub), 'hf-hub:OWNER/REPO', a URL or a checkpoint path.",
 )
 
-cli.check_path("model_path", "input_file")
+cli.check_path("model_path", "model_input")
 
 
 def check_runtimes_installed(*paths: str | None) -> None:

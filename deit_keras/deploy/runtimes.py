@@ -1,4 +1,4 @@
-"""Exported `.tflite` / `.onnx` / OpenVINO `.xml` DeiTs run by their runtimes, shaped like a `DeiT`.
+"""Exported DeiTs (`.tflite`, `.onnx`, OpenVINO `.xml`, SavedModel) run, shaped like a `DeiT`.
 
 `load_exported(path)` returns `(ExportedModel, class_names)`, as
 `deploy.saving.load_model` returns `(DeiT, class_names)`, so `predict` and
@@ -14,6 +14,8 @@ Runtimes: `ai_edge_litert` for LiteRT (tf.lite.Interpreter is deprecated),
 `onnxruntime` for ONNX, `openvino` for OpenVINO IR; all are in the `deploy`
 extra. Each uses all the machine's cores unless told otherwise (LiteRT's
 interpreter alone defaults to one thread, so it is given `os.cpu_count()`).
+A SavedModel runs in TensorFlow, through its `serving_crops` signature
+(`deploy.saved_model`; TensorFlow's threads, `num_threads` does not apply).
 """
 
 import os
@@ -25,6 +27,11 @@ from deit_keras.deploy.export_options import SUFFIXES, check_runtime_installed
 from deit_keras.deploy.litert_export import read_litert_config
 from deit_keras.deploy.onnx_export import read_onnx_config
 from deit_keras.deploy.openvino_export import read_openvino_config
+from deit_keras.deploy.saved_model import (
+    CROPS_SIGNATURE,
+    is_saved_model,
+    read_saved_model_config,
+)
 from deit_keras.deploy.saving import check_takes_rgb, load_model
 from deit_keras.errors import UserInputError
 from deit_keras.io.quiet_stderr import quiet_stderr
@@ -37,7 +44,8 @@ ONNX_NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
 
 
 def is_exported(path: str) -> bool:
-    return str(path).lower().endswith(EXPORTED_SUFFIXES)
+    """A `.tflite`, `.onnx` or OpenVINO `.xml` file, or a SavedModel directory."""
+    return str(path).lower().endswith(EXPORTED_SUFFIXES) or is_saved_model(path)
 
 
 class _LiteRTRunner:
@@ -92,12 +100,28 @@ class _OpenVINORunner:
         return {output.get_any_name(): value for output, value in results.items()}
 
 
+class _SavedModelRunner:
+    def __init__(self, path):
+        import tensorflow as tf
+
+        self._loaded = tf.saved_model.load(path)  # the signature lives as long as it does
+        if CROPS_SIGNATURE not in self._loaded.signatures:
+            raise UserInputError(
+                f"{path} has no '{CROPS_SIGNATURE}' signature (exported by an earlier "
+                "version): export it again with `python -m deit_keras.export`."
+            )
+        self._serve = self._loaded.signatures[CROPS_SIGNATURE]
+
+    def __call__(self, images: np.ndarray) -> dict:
+        return {name: value.numpy() for name, value in self._serve(images=images).items()}
+
+
 class ExportedModel:
     """An exported DeiT file and its runtime (see the module docstring).
 
     Args:
-        path: str. A `.tflite`, `.onnx` or OpenVINO `.xml` file written by
-            `deit_keras.export`.
+        path: str. A `.tflite`, `.onnx` or OpenVINO `.xml` file, or a
+            SavedModel directory, written by `deit_keras.export`.
         num_threads: int or None. Runtime threads; None for all cores.
         onnx_session_config: dict of str -> str or None. onnxruntime session
             config entries, e.g. `{"session.intra_op.allow_spinning": "0"}`
@@ -112,7 +136,10 @@ class ExportedModel:
     ):
         self.path = path
         check_runtime_installed(path)
-        if path.lower().endswith(".tflite"):
+        if is_saved_model(path):
+            self.config = read_saved_model_config(path)
+            self._run = _SavedModelRunner(path)
+        elif path.lower().endswith(".tflite"):
             self.config = read_litert_config(path)
             self._run = _LiteRTRunner(path, num_threads)
         elif path.lower().endswith(".xml"):
@@ -159,7 +186,7 @@ def load_exported(path: str, num_threads: int | None = None):
         FileNotFoundError: no such file.
         ValueError: a file of the wrong kind, or without the serving metadata.
     """
-    if not os.path.isfile(path):
+    if not (os.path.isfile(path) or is_saved_model(path)):
         raise FileNotFoundError(f"No model file at {path}.")
     model = ExportedModel(path, num_threads=num_threads)
     return model, model.class_names

@@ -3,7 +3,9 @@
 The signature does the model's own eval resize/crop/normalisation inside
 (`deit_keras.data.preprocessing.preprocess`), in the style of the TF Model
 Garden `export_saved_model` binary/library pair (the binary is
-`deit_keras.cli.export`).
+`deit_keras.cli.export`). A second signature, `serving_crops`, takes the
+uint8 eval crops the other formats take: `deit-predict` / `deit-evaluate`
+run an export through it (`deploy.runtimes`).
 """
 
 import json
@@ -12,10 +14,41 @@ import os
 import keras
 
 from deit_keras.deploy.export_options import SAVED_MODEL_FILE
-from deit_keras.deploy.signatures import SERVING_CONFIG, any_size_function, serving_config
+from deit_keras.deploy.signatures import (
+    SERVING_CONFIG,
+    any_size_function,
+    fixed_size_function,
+    serving_config,
+)
+from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
 
 serving_function = any_size_function  # the name this module has always exported
+CROPS_SIGNATURE = "serving_crops"
+
+
+def is_saved_model(path: str) -> bool:
+    """Whether `path` is a SavedModel directory (it holds saved_model.pb)."""
+    return os.path.isfile(os.path.join(os.fspath(path), SAVED_MODEL_FILE))
+
+
+def read_saved_model_config(path: str) -> dict:
+    """The `deit_serving.json` of a SavedModel written by `export_saved_model`.
+
+    Raises:
+        UserInputError: a SavedModel without it (not exported by deit_keras).
+    """
+    config_path = os.path.join(path, SERVING_CONFIG)
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise UserInputError(
+            f"{path} is a SavedModel without {SERVING_CONFIG}: export it with "
+            "`python -m deit_keras.export`."
+        ) from None
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"Could not read {config_path}: {error}") from error
 
 
 def export_saved_model(
@@ -29,7 +62,8 @@ def export_saved_model(
 
     Signature `serving_default`: `images` uint8 `[B, H, W, 3]` (any H, W) ->
     float32 `[B, C]` `probabilities`, `logits`, `cls_logits` and, for a
-    distilled model, `dist_logits` (`deploy.signatures`). The
+    distilled model, `dist_logits` (`deploy.signatures`); `serving_crops`:
+    uint8 `[B, S, S, 3]` eval crops -> the same (the other formats'). The
     directory also holds `deit_serving.json` (image size, crop_pct, class
     names and where they come from, `class_names_source`). It is written
     atomically: on failure `out_dir` is left as it was.
@@ -57,6 +91,7 @@ def export_saved_model(
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint("serving_default", serve)
+        archive.add_endpoint(CROPS_SIGNATURE, fixed_size_function(model))
         archive.write_out(temporary, verbose=False)
         files = {SERVING_CONFIG: json.dumps(config, indent=1) + "\n"}
         files.update(extra_files or {})

@@ -73,7 +73,7 @@ def exports(models, tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     paths = {}
     for kind, model in models.items():
-        for export_format, suffix in export_options.SUFFIXES.items():
+        for export_format, suffix in {**export_options.SUFFIXES, "saved_model": "_sm"}.items():
             path = str(root / f"{kind}{suffix}")
             names = NAMES if kind == "distilled" else None
             export_formats.export_model(model, path, export_format, class_names=names)
@@ -97,7 +97,7 @@ def _export(model, tmp_path, export_format, **options):
     return path
 
 
-@pytest.mark.parametrize("export_format", ["litert", "onnx"])
+@pytest.mark.parametrize("export_format", ["litert", "onnx", "saved_model"])
 @pytest.mark.parametrize("kind", ["distilled", "plain"])
 def test_fp32_exports_match_keras(models, exports, crops, export_format, kind):
     model = models[kind]
@@ -151,7 +151,7 @@ def test_exported_files_evaluate_and_predict_like_the_keras_model(models, export
     expected = evaluate_model(model, evaluation)
     images = [np.asarray(image) for image in eval_crops("digits", 3, 32, model.preprocessing)]
     keras_top = predict_images(model, images, NAMES, top_k=2)
-    for export_format in ("litert", "onnx"):
+    for export_format in ("litert", "onnx", "saved_model"):  # the SavedModel: serving_crops
         exported, class_names = runtimes.load_for_inference(exports["distilled", export_format])
         assert class_names == NAMES
         got = evaluate_model(exported, evaluation)
@@ -440,7 +440,9 @@ def test_export_cli_bad_combination_is_one_line(models, tmp_path):
     assert not os.path.exists(out)
 
 
-def test_predict_cli_runs_an_onnx_export(models, exports, tmp_path):
+@pytest.mark.parametrize("export_format", ["onnx", "saved_model"])
+def test_predict_cli_runs_an_export(models, exports, tmp_path, export_format):
+    """A SavedModel, deit-export's default, was refused: "model_path is a directory"."""
     from PIL import Image
 
     model = models["distilled"]
@@ -448,14 +450,38 @@ def test_predict_cli_runs_an_onnx_export(models, exports, tmp_path):
     image = str(tmp_path / "digit.png")
     Image.fromarray(crop).save(image)
     expected = predict_images(model, [crop], NAMES, top_k=1)[0][0]
-    process = run_cli(
-        "predict", f"--model_path={exports['distilled', 'onnx']}", "--top_k=1", "--json", image
-    )
+    exported = exports["distilled", export_format]
+    process = run_cli("predict", f"--model_path={exported}", "--top_k=1", "--json", image)
     assert process.returncode == 0, process.stderr
     (record,) = json.loads(process.stdout)
     (top,) = record["predictions"]
     assert top["class_name"] == expected[0]
     assert top["probability"] == pytest.approx(expected[2], abs=1e-5)
+
+
+def test_a_savedmodel_without_the_crops_signature_is_one_line(models, tmp_path):
+    import keras
+
+    from deit_keras.deploy.signatures import any_size_function
+
+    path = tmp_path / "earlier_sm"
+    archive = keras.export.ExportArchive()
+    archive.track(models["plain"])
+    archive.add_endpoint("serving_default", any_size_function(models["plain"]))
+    archive.write_out(str(path), verbose=False)
+    with pytest.raises(UserInputError, match="without deit_serving.json"):
+        runtimes.load_exported(str(path))
+    (path / "deit_serving.json").write_text(
+        json.dumps(saved_model.read_saved_model_config(str(_sm(models, tmp_path))))
+    )
+    with pytest.raises(UserInputError, match="no 'serving_crops' signature .* export it again"):
+        runtimes.load_exported(str(path))
+
+
+def _sm(models, tmp_path):
+    path = tmp_path / "sm"
+    export_formats.export_model(models["plain"], str(path))
+    return path
 
 
 @pytest.mark.parametrize("export_format", ["onnx", "litert", "openvino"])
