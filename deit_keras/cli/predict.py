@@ -1,6 +1,7 @@
 """Top-k predictions of a DeiT for image files.
 
 python -m deit_keras.predict --model_path model.keras cat.jpg dog.png [--json]
+python -m deit_keras.predict --model_path model.keras photos/ [--bad_images=skip]
 python -m deit_keras.predict --model deit_small_patch16_224 --pretrained cat.jpg
 
 Per image, the path, then one `  <class name> <probability>` line per class
@@ -20,6 +21,7 @@ from deit_keras.cli import launch, model_source
 from deit_keras.data.labels import IMAGENET, INDEX, resolve_class_names
 from deit_keras.inference.predict_defaults import PREDICT_BATCH_SIZE
 from deit_keras.io.atomic import write_text_atomic
+from deit_keras.io.images import image_files
 from deit_keras.schema import CROP_PCT, POSITIVE
 
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes to show per image.")
@@ -35,6 +37,13 @@ _BATCH_SIZE = flags.DEFINE_integer(
     "Images per forward pass (memory holds one batch, however many files).",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the predictions as JSON here.")
+_BAD_IMAGES = flags.DEFINE_enum(
+    "bad_images",
+    "fail",
+    ["fail", "skip"],
+    "A file that does not decode: fail names it before any model work; skip predicts the "
+    "others and lists the skipped ones on stderr.",
+)
 _JSON = flags.DEFINE_bool(
     "json", False, "Print the predictions as one JSON document (nothing else on stdout)."
 )
@@ -74,17 +83,19 @@ def prediction_records(paths: list[str], predictions: list) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    paths = argv[1:]
-    if not paths:
-        raise cli.UsageError("Give at least one image path.")
+    if not argv[1:]:
+        raise cli.UsageError("Give at least one image path (files or folders).")
+    paths = image_files(argv[1:])
     cli.check_outputs_spare_inputs(
         {"--output": _OUTPUT.value},
         {"--model_path": cli.model_files(model_source.MODEL_PATH.value), "an image": paths},
     )
     model_source.check_runtimes_installed(model_source.MODEL_PATH.value)
     launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
-    from deit_keras.inference.predict import predict_images, read_images
+    from deit_keras.inference.predict import predict_images, read_images, split_decodable
 
+    if _BAD_IMAGES.value == "skip":
+        paths = _without_bad_images(paths, split_decodable)
     images = read_images(paths, _BATCH_SIZE.value)  # all checked before the model loads
     model, class_names = model_source.load_model_from_flags(allow_exported=True)
     predictions = predict_images(
@@ -105,6 +116,18 @@ def main(argv: list[str]) -> None:
         print(format_predictions(paths, predictions))
     if source in _NAMES_NOTE:
         print(f"({_NAMES_NOTE[source]})", file=sys.stderr)
+
+
+def _without_bad_images(paths: list[str], split_decodable) -> list[str]:
+    """The paths that decode; one stderr line for those skipped (none left: an error)."""
+    kept, skipped = split_decodable(paths)
+    if skipped:
+        shown = "; ".join(reason for _, reason in skipped[:3])
+        more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+        print(f"skipped {len(skipped)} of {len(paths)} files: {shown}{more}", file=sys.stderr)
+    if not kept:
+        raise cli.UsageError(f"None of the {len(paths)} files decodes as an image.")
+    return kept
 
 
 def run() -> None:

@@ -23,9 +23,9 @@ from absl import logging
 
 from deit_keras.data import digits, image_check
 from deit_keras.errors import UserInputError
+from deit_keras.io.images import IMAGE_EXTENSIONS
 
 FOLDER_PREFIX = "folder:"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 SPLITS = ("train", "eval")
 # Image formats TensorFlow's decoders do not read.
 UNDECODED_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".jxl")

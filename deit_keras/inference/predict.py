@@ -122,6 +122,20 @@ def read_images(paths: list[str], batch_size: int = PREDICT_BATCH_SIZE):
     return (load_image(path) for path in paths)
 
 
+def split_decodable(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """`(decodable, skipped)`: the paths that decode as images, and `(path, reason)` for
+    each that does not (missing, empty, not an image): `--bad_images=skip`."""
+    decodable, skipped = [], []
+    for path in paths:
+        try:
+            load_image(path)
+        except UserInputError as error:
+            skipped.append((path, str(error)))
+        else:
+            decodable.append(path)
+    return decodable, skipped
+
+
 def predict_files(
     model_path: str, image_paths: list[str], crop_pct: float | None = None, top_k: int = 5
 ) -> tuple[list, str]:

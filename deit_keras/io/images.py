@@ -7,6 +7,35 @@ import numpy as np
 
 from deit_keras.errors import UserInputError
 
+# The files a folder of images is read for (training's `folder:` datasets, deit-predict).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def image_files(paths: list[str]) -> list[str]:
+    """`paths` with each folder replaced by its image files (by extension, in its
+    subfolders too, sorted by path); files as they are.
+
+    Raises:
+        UserInputError: a folder without image files.
+    """
+    found = []
+    for path in map(os.fspath, paths):
+        if not os.path.isdir(path):
+            found.append(path)
+            continue
+        inside = sorted(
+            os.path.join(folder, name)
+            for folder, _, names in os.walk(path)
+            for name in names
+            if name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not inside:
+            raise UserInputError(
+                f"{path} is a folder without image files ({', '.join(IMAGE_EXTENSIONS)})."
+            )
+        found.extend(inside)
+    return found
+
 
 def load_image(path: str) -> np.ndarray:
     """Reads a JPEG/PNG/... file as RGB uint8 `[H, W, 3]`.
@@ -21,7 +50,7 @@ def load_image(path: str) -> np.ndarray:
 
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise UserInputError(f"{path} is a folder; give image files (e.g. {path}/*.jpg).")
+        raise UserInputError(f"{path} is a folder; give image files (`image_files` lists them).")
     if not os.path.isfile(path):
         raise UserInputError(f"Image file not found: {path}")
     if os.path.getsize(path) == 0:

@@ -81,3 +81,26 @@ def test_output_is_written_before_stdout_whose_reader_has_gone(imagenet_model, t
     finally:
         os.close(write_end)
     assert [record["file"] for record in json.loads(output.read_text())] == images
+
+
+def test_a_folder_predicts_its_images_and_skip_leaves_out_the_bad_ones(imagenet_model, tmp_path):
+    """A folder was refused ("give image files"), and one bad file among thousands failed
+    the whole command with no way to go on."""
+    path, images = imagenet_model
+    folder = tmp_path / "photos"
+    (folder / "b").mkdir(parents=True)
+    for name, source in (("z.png", images[0]), ("b/a.PNG", images[1])):
+        (folder / name).write_bytes(open(source, "rb").read())
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("not an image name: not read")
+    process = run_cli("predict", f"--model_path={path}", "--json", str(folder))
+    assert process.returncode == 2 and "broken.jpg" in process.stderr, process.stderr
+    process = run_cli("predict", f"--model_path={path}", "--json", "--bad_images=skip", str(folder))
+    assert process.returncode == 0, process.stderr
+    files = [record["file"] for record in json.loads(process.stdout)]
+    assert files == [str(folder / "b" / "a.PNG"), str(folder / "z.png")]
+    (skipped,) = [line for line in user_stderr(process) if line.startswith("skipped")]
+    assert skipped.startswith("skipped 1 of 3 files:") and "broken.jpg" in skipped
+    (tmp_path / "empty").mkdir()
+    process = run_cli("predict", f"--model_path={path}", str(tmp_path / "empty"))
+    assert process.returncode == 2 and "a folder without image files" in process.stderr
