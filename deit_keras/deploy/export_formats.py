@@ -14,6 +14,8 @@ All give `probabilities`, `logits`, `cls_logits` (+ `dist_logits`); see
 `deploy.signatures`.
 """
 
+import math
+
 from deit_keras.deploy import (
     litert_export,
     onnx_export,
@@ -29,6 +31,24 @@ from deit_keras.deploy.saved_model import export_saved_model
 from deit_keras.errors import UserInputError
 from deit_keras.models import precision, quantized
 
+# ONNX is one protobuf (and so is the TensorFlow graph tf2onnx converts): 2 GiB at most.
+# The OpenVINO export goes through ONNX.
+PROTOBUF_LIMIT = 2**31
+
+
+def _check_fits_one_protobuf(model, export_format: str) -> None:
+    """DeiT III-H (632M parameters, 2.5 GB) failed late, in the converter, with
+    "Invalid GraphDef"."""
+    if export_format not in ("onnx", "openvino"):
+        return
+    size = sum(math.prod(weight.shape) for weight in model.weights) * 4  # float32 copies
+    if size >= PROTOBUF_LIMIT:
+        raise UserInputError(
+            f"{model.name}'s float32 weights are {size / 2**30:.2f} GiB: the {export_format} "
+            "export is one ONNX protobuf, 2 GiB at most; export a SavedModel instead. "
+            f"Received: format={export_format}"
+        )
+
 
 def exportable(model, export_format: str):
     """The model an export converts: `model`, or for the converted formats (all but the
@@ -36,10 +56,12 @@ def exportable(model, export_format: str):
     mixed precision: they are float32 graphs, made smaller by `quantize`.
 
     Raises:
-        UserInputError: a model without a head, with other than 3 input channels, or
-            with layers quantized in Keras (`model.quantize`) for a converted format.
+        UserInputError: a model without a head, with other than 3 input channels,
+            with layers quantized in Keras (`model.quantize`) for a converted format, or
+            over 2 GiB of weights for ONNX / OpenVINO.
     """
     signatures.check_servable(model)
+    _check_fits_one_protobuf(model, export_format)
     modes = sorted(set(quantized.quantized_layers(model).values()))
     if modes and export_format != "saved_model":
         raise UserInputError(

@@ -510,6 +510,21 @@ def test_models_the_converters_cannot_take_are_one_line_errors(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("export_format", ["onnx", "openvino"])
+def test_weights_over_one_protobuf_are_refused_before_converting(
+    models, tmp_path, monkeypatch, export_format
+):
+    """DeiT III-H's 2.5 GB failed late in the converter ("Invalid GraphDef")."""
+    size = sum(int(np.prod(w.shape)) for w in models["plain"].weights) * 4
+    monkeypatch.setattr(export_formats, "PROTOBUF_LIMIT", size)  # this model is "too big"
+    out = tmp_path / f"m{export_options.SUFFIXES[export_format]}"
+    with pytest.raises(UserInputError, match=r"GiB: the .* export is one ONNX protobuf"):
+        export_formats.export_model(models["plain"], str(out), export_format)
+    assert not out.exists()
+    monkeypatch.setattr(export_formats, "PROTOBUF_LIMIT", size + 1)
+    export_formats.export_model(models["plain"], str(out), export_format)
+
+
 def test_openvino_export_makes_missing_folders(models, tmp_path):
     pytest.importorskip("openvino")
     path = tmp_path / "new" / "sub" / "m.xml"
