@@ -12,7 +12,10 @@ Choice of implementation (measured under keras-cv 0.9 / Keras 3.15):
 - RandAugment: own stateless op set (`deit_keras.data.rand_augment`), since
   KerasCV's is not reproducible from a seed and lacks 5 of timm's ops.
   `rand_augment_impl="keras_cv"` selects `keras_cv.layers.RandAugment`
-  (rate 0.5, magnitude 0.9, std 0.05) for comparison; it is not seedable.
+  (rate 0.5, magnitude m/10, std s/10) for comparison; it is not seedable (no
+  `--deterministic`), and its strengths at a magnitude are its own, not
+  timm's (at m9: shear ~0.9 against 0.27, translate up to 0.9 of the side
+  against 0.405, brightness added rather than multiplied).
 - MixUp/CutMix: own, because `keras_cv.layers.MixUp`/`CutMix` draw one
   lambda per sample and mix with a random permutation, where timm draws
   one lambda per batch and mixes with the flipped batch.
@@ -31,7 +34,8 @@ from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, 
 
 
 def make_keras_cv_rand_augment(config, seed=None):
-    """`keras_cv.layers.RandAugment` closest to `rand-mM-mstdS` (not seedable)."""
+    """`keras_cv.layers.RandAugment` at `rand-mM-mstdS`'s count, rate and magnitude on
+    KerasCV's own scale (not seedable; other strengths than timm's, module docstring)."""
     import keras_cv  # Confined here: only this optional path needs it.
 
     return keras_cv.layers.RandAugment(

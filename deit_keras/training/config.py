@@ -408,6 +408,11 @@ class TrainConfig:
             )
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
+        if self.deterministic and self.augment.rand_augment_impl == "keras_cv":
+            problems.append(
+                "rand_augment_impl=keras_cv is not seedable, so it cannot run deterministic "
+                "(TensorFlow refuses its global generator): use the default, timm"
+            )
         if self.steps_per_execution > 0 and self.backup_every_steps % self.steps_per_execution:
             problems.append(
                 f"backup_every_steps={self.backup_every_steps} must be a multiple of "

@@ -312,6 +312,23 @@ def test_keras_cv_rand_augment_option_runs():
     assert out.shape == images.shape
 
 
+def test_keras_cv_settings_it_cannot_run_are_refused_before_any_work(tmp_path):
+    """--deterministic crashed (exit 70, after the teacher trained: TensorFlow refuses
+    KerasCV's global generator) and std > 10 failed in KerasCV's own check."""
+    import dataclasses
+
+    from deit_keras.testing import digits_config
+
+    keras_cv = augment_config.AugmentConfig(rand_augment_impl="keras_cv")
+    config = digits_config(tmp_path, augment=keras_cv, deterministic=True)
+    with pytest.raises(ValueError, match="keras_cv is not seedable, so it cannot run determ"):
+        config.validate()
+    dataclasses.replace(config, deterministic=False).validate()
+    with pytest.raises(ValueError, match="rand_augment_std up to 10"):
+        augment_config.AugmentConfig(rand_augment_impl="keras_cv", rand_augment_std=15)
+    augment_config.AugmentConfig(rand_augment_std=15)  # timm's takes any
+
+
 def test_random_translate_shifts_by_at_most_padding_with_zero_fill():
     from deit_keras.data import transforms
 
