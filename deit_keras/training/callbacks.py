@@ -26,6 +26,7 @@ def finite_logs(logs: dict | None) -> bool:
 
 
 CHECKPOINTS = "checkpoints"  # under model_dir: the epoch checkpoint, last.keras + last.json
+TENSORBOARD = "tensorboard"  # under model_dir: train/, validation/, inputs/, distillation/
 
 
 def last_checkpoint(model_dir: str | None) -> str:
@@ -183,7 +184,9 @@ class InputImages(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if int(self.model.optimizer.iterations.numpy()) != 0:
             return
-        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+        # A folder of its own: TensorBoard follows the newest event file of a folder only,
+        # so a second writer beside Keras' in `train` hid the live training curves.
+        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "inputs"))
         pixels = tf.clip_by_value(denormalize(self.images, self.preprocessing) / 255.0, 0.0, 1.0)
         with writer.as_default():
             tf.summary.image("augmented_inputs", pixels, step=0, max_outputs=len(self.images))
@@ -193,7 +196,8 @@ class InputImages(keras.callbacks.Callback):
 class DistillationSummaries(keras.callbacks.Callback):
     """Shows distillation at work in TensorBoard, every `every_n_epochs` epochs.
 
-    Under `log_dir/validation`: for each of a few fixed validation images,
+    Under `log_dir/distillation` (a folder of its own, as `InputImages`'): for
+    each of a few fixed validation images,
     the last layer's attention of the class and distillation tokens (per
     head, and rolled out over all layers) as `attention/<i>`; and the cosine
     similarity of the two tokens after each block as
@@ -207,6 +211,8 @@ class DistillationSummaries(keras.callbacks.Callback):
         every_n_epochs: int. Write at epochs `0, n, 2n, ...` and the last.
         preprocessing: the `Preprocessing` that normalised `images`.
         max_images: int. Attention figures written per epoch.
+        epochs: int or None. The run's epochs, whose last is written; None for
+            those of the `fit` call (a resumed run's first call ends early).
     """
 
     def __init__(
@@ -216,6 +222,7 @@ class DistillationSummaries(keras.callbacks.Callback):
         every_n_epochs=5,
         preprocessing=DEFAULT_PREPROCESSING,
         max_images=2,
+        epochs=None,
     ):
         super().__init__()
         if every_n_epochs <= 0:
@@ -227,12 +234,13 @@ class DistillationSummaries(keras.callbacks.Callback):
         self.every_n_epochs = every_n_epochs
         self.preprocessing = preprocessing
         self.max_images = max_images
+        self.epochs = epochs
 
     def on_epoch_end(self, epoch, logs=None):
-        last = epoch + 1 == self.params.get("epochs")
+        last = epoch + 1 == (self.epochs or self.params.get("epochs"))
         if epoch % self.every_n_epochs and not last:
             return
-        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "validation"))
+        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "distillation"))
         with writer.as_default():
             self._write_attention(epoch)
             if self.model.distilled:

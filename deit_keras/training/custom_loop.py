@@ -39,6 +39,7 @@ from deit_keras.inference.evaluate import evaluate_model
 from deit_keras.training.backup import Backup
 from deit_keras.training.callbacks import (
     CHECKPOINTS,
+    TENSORBOARD,
     diverged_error,
     finite_logs,
     record_epochs,
@@ -262,7 +263,7 @@ def _resume(model, strategy, backup) -> tuple[int, int]:
 
 def _summary_writers(model_dir) -> dict:
     return {
-        name: tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", name))
+        name: tf.summary.create_file_writer(os.path.join(model_dir, TENSORBOARD, name))
         for name in ("train", "validation")
     }
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
 
 import keras
@@ -59,7 +60,7 @@ def _base_loss(config: TrainConfig):
 
 
 def _callbacks(config, sample_images, preprocessing, validation_images, steps, preemption):
-    tensorboard_dir = os.path.join(config.model_dir, "tensorboard")
+    tensorboard_dir = os.path.join(config.model_dir, callbacks_lib.TENSORBOARD)
     backup_dir = os.path.join(config.model_dir, "backup")
     nan_stop = callbacks_lib.StopOnNaN()
     epoch_records = [
@@ -96,6 +97,7 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
                     validation_images,
                     every_n_epochs=config.summary_every,
                     preprocessing=preprocessing,
+                    epochs=config.epochs,
                 )
             ]
             if config.summary_every
@@ -261,8 +263,8 @@ def check_backup_settings(config: TrainConfig) -> None:
 def _accept(config: TrainConfig, strategy, flags_text: str | None, info) -> None:
     """What the chief writes once nothing can refuse the run any more: `flags.txt`, the
     list of skipped files, the class names of the epoch checkpoints (`checkpoints/last.keras`
-    predicts with them), and with --noresume the end of the previous run's backup and
-    history."""
+    predicts with them), and with --noresume the end of the previous run's backup,
+    history and TensorBoard logs."""
     if not custom_loop.is_chief(strategy):
         return
     report_skipped(info, config.model_dir)
@@ -276,6 +278,8 @@ def _accept(config: TrainConfig, strategy, flags_text: str | None, info) -> None
         history = os.path.join(config.model_dir, callbacks_lib.HISTORY_FILE)
         if os.path.exists(history):
             os.remove(history)
+        # Else TensorBoard draws the earlier run's curves and this one's as one series.
+        shutil.rmtree(os.path.join(config.model_dir, callbacks_lib.TENSORBOARD), ignore_errors=True)
 
 
 def run_training(config: TrainConfig, flags_text: str | None = None) -> dict:

@@ -58,6 +58,9 @@ def test_validation_freq_validates_every_n_epochs_and_evaluates_at_the_end(tmp_p
     assert [record["epoch"] for record in history] == [0, 1, 2]
     assert ["val_top1" in record for record in history] == [False, True, False]
     assert 0 <= results["top1"] <= 1  # the final evaluation, whatever the frequency
+    # TensorBoard follows a folder's newest event file: Keras' curves have theirs alone.
+    board = tmp_path / "run" / "tensorboard"
+    assert len(os.listdir(board / "train")) == 1 and os.listdir(board / "inputs")
     # The epoch checkpoint predicts under the dataset's names, as the saved model.
     from deit_keras.deploy import saving
 

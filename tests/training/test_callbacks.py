@@ -75,7 +75,7 @@ def test_distillation_summaries_write_attention_and_token_similarity(tmp_path):
     callback.set_params({"epochs": 4})
     for epoch in range(4):
         callback.on_epoch_end(epoch)
-    found = _summaries(tmp_path / "validation")
+    found = _summaries(tmp_path / "distillation")
     expected = token_cosine_similarity(model, images)
     assert len(expected) == model.depth + 1
     for layer, value in enumerate(expected):
@@ -89,6 +89,14 @@ def test_distillation_summaries_write_attention_and_token_similarity(tmp_path):
         assert channels == 3 and width > height > 0  # rows cls/dist, columns input/rollout/heads
     assert "attention/2" not in found
 
+    # A resumed run's first `fit` ends with the interrupted epoch (params' epochs = 2):
+    # not the run's last, so not written off the every-2 grid.
+    resumed = DistillationSummaries(str(tmp_path / "r"), images, every_n_epochs=2, epochs=4)
+    resumed.set_model(model)
+    resumed.set_params({"epochs": 2})
+    resumed.on_epoch_end(1)
+    assert not (tmp_path / "r").exists()
+
 
 def test_augmented_inputs_are_written_once_from_step_0_not_on_each_resume(tmp_path):
     from deit_keras.testing import random_images
@@ -100,7 +108,7 @@ def test_augmented_inputs_are_written_once_from_step_0_not_on_each_resume(tmp_pa
     callback.on_train_begin()
     model.optimizer.iterations.assign(22)  # a resumed run, or the next phase of this one
     callback.on_train_begin()
-    steps = _summaries(tmp_path / "train")["augmented_inputs"]
+    steps = _summaries(tmp_path / "inputs")["augmented_inputs"]
     assert [step for step, _ in steps] == [0]
 
 

@@ -143,8 +143,12 @@ def test_a_teacher_trained_in_the_run_or_loaded_gives_the_same_run(tmp_path):
 def test_noresume_starts_a_fresh_history(tmp_path):
     run_training(_tiny(tmp_path, epochs=2))
     assert len(callbacks_lib.read_history(tmp_path / "run")) == 2
+    earlier_events = set(os.listdir(tmp_path / "run" / "tensorboard" / "train"))
     # Other settings too: a new run, whose flags replace the old run's.
     run_training(_tiny(tmp_path, lr=1e-3, resume=False), flags_text="--noresume\n")
+    # TensorBoard drew the earlier run's curve and this one's as one series.
+    events = set(os.listdir(tmp_path / "run" / "tensorboard" / "train"))
+    assert len(events) == 1 and not events & earlier_events
     assert (tmp_path / "run" / "flags.txt").read_text() == "--noresume\n"
     history = callbacks_lib.read_history(tmp_path / "run")
     assert [record["epoch"] for record in history] == [0]
