@@ -59,16 +59,24 @@ def _base_loss(config: TrainConfig):
     return BinaryCrossEntropy(target_threshold=config.bce_target_thresh)
 
 
-def _callbacks(config, sample_images, preprocessing, validation_images, steps, preemption):
-    tensorboard_dir = os.path.join(config.model_dir, callbacks_lib.TENSORBOARD)
-    backup_dir = os.path.join(config.model_dir, "backup")
-    nan_stop = callbacks_lib.StopOnNaN()
-    epoch_records = [
+def epoch_records(config) -> list:
+    """The callbacks that record an epoch's end: `history.json`, the checkpoint and
+    TensorBoard's scalars. The backup runs them itself when a preemption ends an epoch
+    (at its last step or in its validation): the resumed run starts after it."""
+    return [
         callbacks_lib.HistoryFile(config.model_dir),
         callbacks_lib.EpochCheckpoint(
             os.path.join(config.model_dir, callbacks_lib.CHECKPOINTS), config.checkpoint_interval_s
         ),
+        keras.callbacks.TensorBoard(os.path.join(config.model_dir, callbacks_lib.TENSORBOARD)),
     ]
+
+
+def _callbacks(config, sample_images, preprocessing, validation_images, steps, preemption):
+    tensorboard_dir = os.path.join(config.model_dir, callbacks_lib.TENSORBOARD)
+    backup_dir = os.path.join(config.model_dir, "backup")
+    nan_stop = callbacks_lib.StopOnNaN()
+    records = epoch_records(config)
     backup = backup_lib.AtomicBackupAndRestore(
         backup_dir,
         config.backup_every_steps,
@@ -76,7 +84,7 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
         preemption=preemption,
         min_interval_s=config.checkpoint_interval_s,
         settings=config.flat_settings(),
-        epoch_end_callbacks=epoch_records,
+        epoch_end_callbacks=records,
     )
     return (
         nan_stop,
@@ -85,9 +93,8 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
             nan_stop,
             # The epoch's record and checkpoint before its backup: a run killed in
             # between redoes that epoch on resume, rewriting them, never skipping them.
-            *epoch_records,
+            *records,
             backup,
-            keras.callbacks.TensorBoard(tensorboard_dir),
             callbacks_lib.InputImages(tensorboard_dir, sample_images, preprocessing=preprocessing),
         ]
         + (

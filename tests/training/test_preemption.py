@@ -13,6 +13,7 @@ import pytest
 
 from deit_keras.data.pipeline import make_dataset
 from deit_keras.testing import (
+    digits_config,
     prepare_digits,
     saved_weights,
     tiny_model,
@@ -246,14 +247,15 @@ def test_sigterm_during_validation_backs_up_the_finished_epoch(tmp_path):
 
 
 def _epoch_records(model, model_dir):
-    """The run's history file and checkpoint callbacks, as `fit` would set them up."""
-    records = [
-        callbacks_lib.HistoryFile(str(model_dir)),
-        callbacks_lib.EpochCheckpoint(str(model_dir / "checkpoints")),
-    ]
+    """The run's epoch-end records (history file, checkpoint, TensorBoard), as `fit` sets
+    them up."""
+    from deit_keras.training import runner
+
+    records = runner.epoch_records(digits_config(model_dir, model_dir=str(model_dir)))
     for callback in records:
         callback.set_model(model)
         callback.set_params({"epochs": 5})
+        callback.on_train_begin()
     return records
 
 
@@ -288,6 +290,16 @@ def test_a_preempted_epoch_end_writes_its_record_and_checkpoint_before_its_backu
     assert callbacks_lib.read_history(str(tmp_path)) == [{"epoch": 2, "loss": 1.3, "top1": 0.25}]
     checkpoint = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
     assert checkpoint["epoch"] == 3 and checkpoint["loss"] == pytest.approx(1.3)
+    import tensorflow as tf  # TensorBoard's curve had a gap there for good
+
+    (events,) = (tmp_path / "tensorboard" / "train").iterdir()
+    written = [
+        (event.step, float(tf.make_ndarray(value.tensor)))
+        for event in tf.compat.v1.train.summary_iterator(str(events))
+        for value in event.summary.value
+        if value.tag == "epoch_loss"
+    ]
+    assert written == [(2, pytest.approx(1.3))]
 
 
 class _PreemptedBefore:
