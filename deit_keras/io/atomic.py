@@ -163,7 +163,7 @@ def _exchange(first: str, second: str) -> bool:
     system or filesystem cannot, the paths untouched."""
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):  # not glibc >= 2.28 (macOS, musl, Windows)
+    except (AttributeError, OSError, TypeError):  # not glibc >= 2.28 (macOS, musl, Windows)
         return False
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
     renameat2.argtypes += [ctypes.c_uint]
