@@ -116,13 +116,15 @@ def _check_flags() -> None:
 
 
 def _check_flags_used() -> None:
-    """Flags given for an export that does not read them: the user meant another export."""
-    if flags.FLAGS["opset"].present and _FORMAT.value != "onnx":
+    """Flags set for an export that does not read them: the user meant another export.
+    Their defaults pass (a run's `flags.txt` holds every flag, defaults included)."""
+    if _OPSET.value != flags.FLAGS["opset"].default and _FORMAT.value != "onnx":
         raise cli.UsageError(
             f"--opset is for --format=onnx (the openvino export picks its own). Received: "
             f"--format={_FORMAT.value}"
         )
-    if flags.FLAGS["calibration_images"].present and _QUANTIZE.value != "int8":
+    unused = _CALIBRATION_IMAGES.value != flags.FLAGS["calibration_images"].default
+    if unused and _QUANTIZE.value != "int8":
         raise cli.UsageError(
             "--calibration_images is for --quantize=int8 (the images it calibrates on). "
             f"Received: --quantize={_QUANTIZE.value}"

@@ -270,11 +270,29 @@ class DistillationStep:
             return
         if not optimizer.built:  # its variables are made outside the branch
             optimizer.build(variables)
-        ops.cond(
-            model.optimizer.check_finite(gradients),
-            lambda: optimizer.apply(adapter_gradients, variables),
-            lambda: None,
-        )
+        finite = model.optimizer.check_finite(gradients)
+        context = tf.distribute.get_replica_context()
+        if context.num_replicas_in_sync == 1:
+            ops.cond(finite, lambda: optimizer.apply(adapter_gradients, variables), lambda: None)
+            return
+
+        # Several replicas: the optimizer's update synchronises them (merge_call), which a
+        # cond in a replica context cannot hold; and all skip together, as the model's
+        # LossScaleOptimizer decides once for all (Keras' `_tf_apply` does the same).
+        def in_cross_replica_context(distribution, overflowed_here, adapter_gradients):
+            overflowed = distribution.reduce(  # replicas whose gradients overflowed
+                tf.distribute.ReduceOp.SUM, overflowed_here, axis=None
+            )
+
+            def apply():
+                distribution.extended.call_for_each_replica(
+                    optimizer.apply, args=(adapter_gradients, variables)
+                )
+
+            ops.cond(overflowed == 0, apply, lambda: None)
+
+        overflowed_here = 1 - tf.cast(finite, tf.int32)
+        context.merge_call(in_cross_replica_context, args=(overflowed_here, adapter_gradients))
 
     def test_step(self, model, data) -> dict:
         images, labels, teacher_logits, teacher_maps = _unpack(data)

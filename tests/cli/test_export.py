@@ -150,3 +150,16 @@ def test_export_flags_for_another_export_are_one_line(tmp_path):
     )
     assert_one_line_error(process, "--calibration_images is for --quantize=int8", "float16")
     assert not (tmp_path / "m.tflite").exists()
+    # An export's own flags.txt (every flag, defaults included) replays it.
+    process = run_cli(
+        "export",
+        f"--model_path={model_path}",
+        f"--output={tmp_path / 'sm'}",
+        "--opset=17",
+        "--calibration_images=200",
+    )
+    assert process.returncode == 0, process.stderr
+    flagfile = tmp_path / "sm" / "flags.txt"
+    assert "--opset=17" in flagfile.read_text()
+    process = run_cli("export", f"--flagfile={flagfile}", f"--output={tmp_path / 'sm2'}")
+    assert process.returncode == 0, process.stderr
