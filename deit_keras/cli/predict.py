@@ -122,9 +122,10 @@ def _without_bad_images(paths: list[str], split_decodable) -> list[str]:
     """The paths that decode; one stderr line for those skipped (none left: an error)."""
     kept, skipped = split_decodable(paths)
     if skipped:
-        shown = "; ".join(reason for _, reason in skipped[:3])
-        more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
-        print(f"skipped {len(skipped)} of {len(paths)} files: {shown}{more}", file=sys.stderr)
+        reasons = "; ".join(reason for _, reason in skipped[:3])
+        rest = ", ".join(path for path, _ in skipped[3:])
+        also = f"; also {rest}" if rest else ""
+        print(f"skipped {len(skipped)} of {len(paths)} files: {reasons}{also}", file=sys.stderr)
     if not kept:
         raise cli.UsageError(f"None of the {len(paths)} files decodes as an image.")
     return kept

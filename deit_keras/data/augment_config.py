@@ -104,7 +104,8 @@ class AugmentConfig:
                 "`rand_augment_impl` must be 'timm' or 'keras_cv'. "
                 f"Received: rand_augment_impl={self.rand_augment_impl!r}"
             )
-        if self.rand_augment_impl == "keras_cv" and self.rand_augment_std > 10:
+        keras_cv = self.rand_augment_impl == "keras_cv" and self.rand_augment_ops
+        if keras_cv and self.rand_augment_std > 10:
             raise UserInputError(
                 "keras_cv's RandAugment takes rand_augment_std up to 10 (its magnitude_stddev "
                 f"is std / 10, at most 1). Received: rand_augment_std={self.rand_augment_std}"

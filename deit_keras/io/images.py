@@ -13,7 +13,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 def image_files(paths: list[str]) -> list[str]:
     """`paths` with each folder replaced by its image files (by extension, in its
-    subfolders too, sorted by path); files as they are.
+    subfolders too, sorted by path; hidden files and folders left out, as training's
+    `folder:` datasets do: macOS's `._photo.jpg`, `.thumbnails/`); files as they are, each
+    path once.
 
     Raises:
         UserInputError: a folder without image files.
@@ -23,18 +25,21 @@ def image_files(paths: list[str]) -> list[str]:
         if not os.path.isdir(path):
             found.append(path)
             continue
-        inside = sorted(
-            os.path.join(folder, name)
-            for folder, _, names in os.walk(path)
-            for name in names
-            if name.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        inside = sorted(_visible_images(path))
         if not inside:
             raise UserInputError(
                 f"{path} is a folder without image files ({', '.join(IMAGE_EXTENSIONS)})."
             )
         found.extend(inside)
-    return found
+    return list(dict.fromkeys(found))
+
+
+def _visible_images(folder: str):
+    for parent, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in names:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                yield os.path.join(parent, name)
 
 
 def load_image(path: str) -> np.ndarray:

@@ -408,7 +408,8 @@ class TrainConfig:
             )
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
-        if self.deterministic and self.augment.rand_augment_impl == "keras_cv":
+        keras_cv = self.augment.rand_augment_impl == "keras_cv" and self.augment.rand_augment_ops
+        if self.deterministic and keras_cv:
             problems.append(
                 "rand_augment_impl=keras_cv is not seedable, so it cannot run deterministic "
                 "(TensorFlow refuses its global generator): use the default, timm"

@@ -91,16 +91,32 @@ def test_a_folder_predicts_its_images_and_skip_leaves_out_the_bad_ones(imagenet_
     (folder / "b").mkdir(parents=True)
     for name, source in (("z.png", images[0]), ("b/a.PNG", images[1])):
         (folder / name).write_bytes(open(source, "rb").read())
-    (folder / "broken.jpg").write_bytes(b"not a jpeg")
     (folder / "notes.txt").write_text("not an image name: not read")
+    # Hidden, as training's folders leave them out: macOS's junk beside copied photos.
+    (folder / "._z.png").write_bytes(b"AppleDouble")
+    (folder / ".thumbs").mkdir()
+    (folder / ".thumbs" / "t.png").write_bytes(open(images[0], "rb").read())
     process = run_cli("predict", f"--model_path={path}", "--json", str(folder))
-    assert process.returncode == 2 and "broken.jpg" in process.stderr, process.stderr
-    process = run_cli("predict", f"--model_path={path}", "--json", "--bad_images=skip", str(folder))
+    assert process.returncode == 0, process.stderr
+    assert len(json.loads(process.stdout)) == 2
+    for index in range(4):
+        (folder / f"broken{index}.jpg").write_bytes(b"not a jpeg")
+    process = run_cli("predict", f"--model_path={path}", "--json", str(folder))
+    assert process.returncode == 2 and "broken0.jpg" in process.stderr, process.stderr
+    process = run_cli(
+        "predict",
+        f"--model_path={path}",
+        "--json",
+        "--bad_images=skip",
+        str(folder),
+        str(folder / "z.png"),  # also in the folder: predicted once
+    )
     assert process.returncode == 0, process.stderr
     files = [record["file"] for record in json.loads(process.stdout)]
     assert files == [str(folder / "b" / "a.PNG"), str(folder / "z.png")]
     (skipped,) = [line for line in user_stderr(process) if line.startswith("skipped")]
-    assert skipped.startswith("skipped 1 of 3 files:") and "broken.jpg" in skipped
+    assert skipped.startswith("skipped 4 of 6 files:")
+    assert all(f"broken{index}.jpg" in skipped for index in range(4)), skipped  # each named
     (tmp_path / "empty").mkdir()
     process = run_cli("predict", f"--model_path={path}", str(tmp_path / "empty"))
     assert process.returncode == 2 and "a folder without image files" in process.stderr

@@ -327,6 +327,11 @@ def test_keras_cv_settings_it_cannot_run_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="rand_augment_std up to 10"):
         augment_config.AugmentConfig(rand_augment_impl="keras_cv", rand_augment_std=15)
     augment_config.AugmentConfig(rand_augment_std=15)  # timm's takes any
+    # Without RandAugment (3-Augment's recipes) no KerasCV layer is built: nothing to refuse.
+    off = augment_config.AugmentConfig(
+        rand_augment_impl="keras_cv", rand_augment_ops=0, rand_augment_std=15
+    )
+    dataclasses.replace(config, augment=off).validate()
 
 
 def test_random_translate_shifts_by_at_most_padding_with_zero_fill():
