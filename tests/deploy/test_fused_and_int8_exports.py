@@ -231,8 +231,10 @@ def test_litert_interpreter_uses_every_core(monkeypatch):
         def get_signature_runner(self, name):
             return None
 
+    import ai_edge_litert
+
     fake = type("module", (), {"Interpreter": Interpreter})
-    monkeypatch.setattr(runtimes, "_import_runtime", lambda module, what: fake)
+    monkeypatch.setattr(ai_edge_litert, "interpreter", fake, raising=False)
     monkeypatch.setattr(runtimes.os, "cpu_count", lambda: 7)
     runtimes._LiteRTRunner("m.tflite", None)
     assert seen["num_threads"] == 7
