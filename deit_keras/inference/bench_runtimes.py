@@ -19,6 +19,7 @@ import numpy as np
 
 from deit_keras.data.preprocessing import normalize
 from deit_keras.deploy import litert_export, onnx_export, openvino_export, saved_model
+from deit_keras.deploy.export_options import DEPLOY_EXTRA
 from deit_keras.deploy.runtimes import ONNX_NO_SPINNING, ExportedModel
 from deit_keras.inference import torch_reference
 from deit_keras.inference.benchmark_names import REFERENCE
@@ -55,7 +56,7 @@ class Runtime:
     description: str
     modules: tuple
     build: Callable
-    install: str = "pip install 'deit_keras[deploy]'"
+    install: str = DEPLOY_EXTRA
 
     def missing_module(self) -> str | None:
         """The first of `modules` that is not installed, or None."""
