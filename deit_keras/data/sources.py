@@ -23,7 +23,7 @@ from absl import logging
 
 from deit_keras.data import digits, image_check
 from deit_keras.errors import UserInputError
-from deit_keras.io.images import IMAGE_EXTENSIONS
+from deit_keras.io.images import IMAGE_EXTENSIONS, is_hidden, visible_files
 
 FOLDER_PREFIX = "folder:"
 SPLITS = ("train", "eval")
@@ -269,7 +269,7 @@ def _class_folders(root):
     folders = [
         name
         for name in _names(root)
-        if not name.startswith(".") and _is_dir(os.path.join(root, name))
+        if not is_hidden(name) and _is_dir(os.path.join(root, name))
     ]
     for name in folders:
         if not _is_utf8(name):
@@ -291,8 +291,7 @@ def _list_folder(root, class_names):
             continue
         for file_name in _names(class_dir):
             path = os.path.join(class_dir, file_name)
-            hidden = file_name.startswith(".")
-            if hidden:
+            if is_hidden(file_name):
                 continue
             if _is_dir(path):
                 ignored += [(f, IN_SUB_FOLDER) for f in _files_under(path)]
@@ -311,15 +310,7 @@ def _list_folder(root, class_names):
 def _files_under(directory):
     """The files below `directory`, sorted; hidden files and folders left out. Links to
     folders are not followed (a link to a parent folder would loop)."""
-    if _is_local(directory):
-        walk = os.walk(directory, followlinks=False)
-    else:
-        walk = tf.io.gfile.walk(directory)
-    found = []
-    for parent, folders, files in walk:
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        found += [os.path.join(parent, name) for name in files if not name.startswith(".")]
-    return sorted(found)
+    return visible_files(directory, walk=os.walk if _is_local(directory) else tf.io.gfile.walk)
 
 
 def _check_classes(train_dir, eval_dir, class_names, eval_classes):

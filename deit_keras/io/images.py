@@ -25,7 +25,7 @@ def image_files(paths: list[str]) -> list[str]:
         if not os.path.isdir(path):
             found.append(path)
             continue
-        inside = sorted(_visible_images(path))
+        inside = _visible_images(path)
         if not inside:
             raise UserInputError(
                 f"{path} is a folder without image files ({', '.join(IMAGE_EXTENSIONS)})."
@@ -34,12 +34,29 @@ def image_files(paths: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _visible_images(folder: str):
-    for parent, folders, names in os.walk(folder):
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        for name in names:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                yield os.path.join(parent, name)
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is hidden (`.DS_Store`, macOS's `._photo.jpg`,
+    `.ipynb_checkpoints/`): left out wherever a folder is read for images."""
+    return name.startswith(".")
+
+
+def visible_files(folder: str, walk=os.walk) -> list[str]:
+    """The files below `folder`, sorted by path; hidden files and folders left out.
+
+    Args:
+        folder: the folder to walk.
+        walk: an `os.walk`-like function (`tf.io.gfile.walk` for remote storage).
+            Links to folders are not followed by `os.walk`'s default.
+    """
+    found = []
+    for parent, folders, names in walk(folder):
+        folders[:] = [name for name in folders if not is_hidden(name)]
+        found += [os.path.join(parent, name) for name in names if not is_hidden(name)]
+    return sorted(found)
+
+
+def _visible_images(folder: str) -> list[str]:
+    return [path for path in visible_files(folder) if path.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def load_image(path: str) -> np.ndarray:
