@@ -45,8 +45,13 @@ def savedmodel_beside(keras_path: str) -> str:
 def output_files(export_format: str, path: str) -> list[str]:
     """The files an export writes: `path`, and for openvino the `.bin` beside the `.xml`."""
     if export_format == "openvino":
-        return [path, path[: -len(".xml")] + ".bin"]
+        return [path, openvino_weights_path(path)]
     return [path]
+
+
+def openvino_weights_path(xml_path: str) -> str:
+    """The `.bin` an OpenVINO `.xml` reads its weights from: the same name beside it."""
+    return xml_path[: -len(".xml")] + ".bin"
 
 
 def _output_problem(export_format: str, path: str) -> str | None:

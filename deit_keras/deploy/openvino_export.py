@@ -31,6 +31,7 @@ import re
 import tempfile
 
 from deit_keras.deploy import export_options, onnx_export
+from deit_keras.deploy.export_options import openvino_weights_path
 from deit_keras.deploy.signatures import METADATA_NAME, serving_config
 from deit_keras.errors import UserInputError
 from deit_keras.io import atomic
@@ -94,12 +95,12 @@ def _save(ov_model, path: str) -> None:
     with tempfile.TemporaryDirectory(prefix=prefix, dir=directory) as staging:
         staged = os.path.join(staging, "model.xml")
         _save_model(ov_model, staged, path)
-        digest = _sha256(_bin_path(staged))
+        digest = _sha256(openvino_weights_path(staged))
         ov_model.set_rt_info(digest, [WEIGHTS_DIGEST])
         _save_model(ov_model, staged, path)  # runtime info lives in the .xml alone
-        if _sha256(_bin_path(staged)) != digest:
+        if _sha256(openvino_weights_path(staged)) != digest:
             raise RuntimeError("OpenVINO wrote other weights the second time")
-        atomic.write_bytes_atomic(_bin_path(path), _read(_bin_path(staged)))
+        atomic.write_bytes_atomic(openvino_weights_path(path), _read(openvino_weights_path(staged)))
         atomic.write_bytes_atomic(path, _read(staged))
 
 
@@ -118,10 +119,6 @@ def _save_model(ov_model, staged: str, path: str) -> None:
         ) from error
 
 
-def _bin_path(xml_path: str) -> str:
-    return xml_path[: -len(".xml")] + ".bin"
-
-
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -133,7 +130,7 @@ def _sha256(path: str) -> str:
 def _check_weights_digest(path: str, xml_text: bytes) -> None:
     """One line when the .bin beside `path` is not the one exported with it."""
     recorded = _DIGEST_IN_XML.search(xml_text)
-    weights = _bin_path(path)
+    weights = openvino_weights_path(path)
     if recorded is None or not os.path.isfile(weights):
         return  # an IR of an earlier version, or the .bin missing (`_unreadable` says so)
     if _sha256(weights) != recorded.group(1).decode():
@@ -220,7 +217,7 @@ def _unreadable(path: str, error: RuntimeError) -> str:
     """Why OpenVINO cannot read `path`: its .bin is missing, or the runtime's own reason."""
     from openvino.frontend import FrontEndManager
 
-    weights = _bin_path(path)
+    weights = openvino_weights_path(path)
     frontend = FrontEndManager().load_by_model(path)
     if frontend is not None and frontend.get_name() == "ir" and not os.path.isfile(weights):
         return (
