@@ -157,6 +157,26 @@ def diverged_error(step: int, model_dir: str | None) -> TrainingDivergedError:
     )
 
 
+class RunProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, its "Epoch e/N" counted over the whole run.
+
+    A resumed run trains the rest of its backup's epoch in a `fit` of its own
+    (`training.inputs.train_phases`), whose epochs Keras would show as "Epoch 2/2"
+    in a 4-epoch run.
+
+    Args:
+        epochs: the run's epochs (`--epochs`).
+    """
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.run_epochs = epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.run_epochs
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """Stops at the first non-finite loss, naming the step; earlier checkpoints stay as they are."""
 

@@ -91,6 +91,7 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
         backup,
         [
             nan_stop,
+            callbacks_lib.RunProgress(config.epochs),
             # The epoch's record and checkpoint before its backup: a run killed in
             # between redoes that epoch on resume, rewriting them, never skipping them.
             *records,

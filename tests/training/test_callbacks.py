@@ -172,3 +172,13 @@ def test_the_custom_loop_validates_every_n_epochs():
         validation_freq=2,
     )
     assert history.epoch == [0, 1, 2, 3] and len(history.history["val_top1"]) == 2
+
+
+def test_the_progress_bar_counts_epochs_over_the_run_not_the_fit(capsys):
+    # A resumed run's first fit trains the rest of one epoch (initial_epoch=1, epochs=2).
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    data = (np.zeros((4, 3), "float32"), np.zeros((4, 2), "float32"))
+    model.fit(*data, initial_epoch=1, epochs=2, verbose=2, callbacks=[callbacks_lib.RunProgress(4)])
+    printed = capsys.readouterr().out
+    assert "Epoch 2/4" in printed and "Epoch 2/2" not in printed, printed
