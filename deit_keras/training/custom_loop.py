@@ -169,6 +169,7 @@ def fit_distributed(
     preemption=None,
     settings=None,
     validation_freq=1,
+    summaries=(),
 ):
     """Trains a compiled model with `strategy.run(model.train_step, ...)`.
 
@@ -195,6 +196,9 @@ def fit_distributed(
         validation_freq: int. Validate after every this many epochs (as `fit`).
         settings: dict or None. The run's settings, recorded with its backup
             (`backup.Backup`).
+        summaries: Keras callbacks writing TensorBoard views (`runner.summaries`):
+            on the chief, their `on_train_begin` after the resume and
+            `on_epoch_end` after each epoch's outputs.
 
     Returns:
         A `keras.callbacks.History`-like object: `epoch` (the epoch indices
@@ -217,6 +221,7 @@ def fit_distributed(
     if callable(dataset):
         dataset = dataset(initial_epoch, initial_batch)
     writers = _summary_writers(model_dir) if chief else {}
+    views = _start_summaries(summaries, model, epochs, steps_per_epoch) if chief else []
     train_steps = _distributed_train_steps(model, strategy)
     iterator = iter(dataset)
     history = types.SimpleNamespace(epoch=[], history={})
@@ -243,12 +248,23 @@ def fit_distributed(
             _end_of_epoch_outputs(model, backup, model_dir, writers, epoch, logs)
         if run.preempted:  # at the epoch's last step: its end is written, the rest resumes
             raise Preempted(epoch + 1, 0, backup.directory if backup else None)
+        for view in views:
+            view.on_epoch_end(epoch, logs)
     if epochs > 0 and model.optimizer is not None:  # as `fit`: also when resumed at the end
         with strategy.scope():  # as `fit` ends: with --model_ema the average becomes the model
             model.optimizer.finalize_variable_values(model.trainable_weights)
     for writer in writers.values():
         writer.close()
     return history
+
+
+def _start_summaries(summaries, model, epochs, steps_per_epoch) -> list:
+    """`summaries` set on `model` (as `fit` sets its callbacks) and told training began."""
+    for view in summaries:
+        view.set_model(model)
+        view.set_params({"epochs": epochs, "steps": steps_per_epoch, "verbose": 0})
+        view.on_train_begin()
+    return list(summaries)
 
 
 def _resume(model, strategy, backup) -> tuple[int, int]:
@@ -360,7 +376,14 @@ def _end_of_epoch_outputs(model, backup, model_dir, writers, epoch, logs):
 
 
 def fit_multi_worker(
-    config, model, strategy, steps_per_epoch, dataset_fn, validation_fn=None, preemption=None
+    config,
+    model,
+    strategy,
+    steps_per_epoch,
+    dataset_fn,
+    validation_fn=None,
+    preemption=None,
+    summaries=(),
 ):
     """`fit_distributed` with a run's settings.
 
@@ -373,6 +396,7 @@ def fit_multi_worker(
         validation_fn: `input_context -> tf.data.Dataset` (this worker's
             shard of the evaluation data) or None.
         preemption: a `PreemptionWatcher` or None.
+        summaries: as `fit_distributed`.
     """
 
     def dataset_from(epoch, skip_batches):
@@ -396,6 +420,7 @@ def fit_multi_worker(
         validation_data=validation,
         validation_freq=config.validation_freq,
         preemption=preemption,
+        summaries=summaries,
     )
 
 

@@ -72,8 +72,26 @@ def epoch_records(config) -> list:
     ]
 
 
-def _callbacks(config, sample_images, preprocessing, validation_images, steps, preemption):
+def summaries(config, sample_images, validation_images, preprocessing) -> list:
+    """The callbacks that write TensorBoard's views beyond the scalars: the augmented
+    inputs, and every `--summary_every` epochs the attention maps and the two tokens'
+    similarity. Both training loops run them (the multi-worker one on its chief)."""
     tensorboard_dir = os.path.join(config.model_dir, callbacks_lib.TENSORBOARD)
+    views = [callbacks_lib.InputImages(tensorboard_dir, sample_images, preprocessing=preprocessing)]
+    if config.summary_every:
+        views.append(
+            callbacks_lib.DistillationSummaries(
+                tensorboard_dir,
+                validation_images,
+                every_n_epochs=config.summary_every,
+                preprocessing=preprocessing,
+                epochs=config.epochs,
+            )
+        )
+    return views
+
+
+def _callbacks(config, sample_images, preprocessing, validation_images, steps, preemption):
     backup_dir = os.path.join(config.model_dir, "backup")
     nan_stop = callbacks_lib.StopOnNaN()
     records = epoch_records(config)
@@ -96,21 +114,8 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
             # between redoes that epoch on resume, rewriting them, never skipping them.
             *records,
             backup,
-            callbacks_lib.InputImages(tensorboard_dir, sample_images, preprocessing=preprocessing),
-        ]
-        + (
-            [
-                callbacks_lib.DistillationSummaries(
-                    tensorboard_dir,
-                    validation_images,
-                    every_n_epochs=config.summary_every,
-                    preprocessing=preprocessing,
-                    epochs=config.epochs,
-                )
-            ]
-            if config.summary_every
-            else []
-        ),
+            *summaries(config, sample_images, validation_images, preprocessing),
+        ],
     )
 
 
@@ -191,8 +196,14 @@ def _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
             **data_kwargs,
         )
 
+    views = []
+    if custom_loop.is_chief(strategy):
+        context = custom_loop.worker_context(strategy)
+        sample_images = next(iter(train_fn(context, config.batch_size, 0, 0).take(1)))[0]
+        validation_images = next(iter(validation_fn(context).take(1)))[0][:4]
+        views = summaries(config, sample_images, validation_images, student.preprocessing)
     return custom_loop.fit_multi_worker(
-        config, student, strategy, steps, train_fn, validation_fn, preemption
+        config, student, strategy, steps, train_fn, validation_fn, preemption, summaries=views
     )
 
 

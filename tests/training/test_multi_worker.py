@@ -38,9 +38,9 @@ WORKER = textwrap.dedent("""
     captured = {{}}
     fit_multi_worker = custom_loop.fit_multi_worker
 
-    def capture(config, model, strategy, *args):
+    def capture(config, model, strategy, *args, **kwargs):
         captured.update(model=model, strategy=strategy)
-        captured["history"] = fit_multi_worker(config, model, strategy, *args)
+        captured["history"] = fit_multi_worker(config, model, strategy, *args, **kwargs)
         return captured["history"]
 
     custom_loop.fit_multi_worker = capture
@@ -138,9 +138,19 @@ def test_two_workers_match_each_other_and_one_process(tmp_path):
     )
     results = json.loads(Path(os.path.join(model_dir, "results.json")).read_text())
     assert results["epochs"] == 2 and "teacher_top1" in results
-    for kind in ("train", "validation"):  # one TensorBoard writer: the chief's
+    for kind in ("train", "validation", "inputs"):  # one TensorBoard writer: the chief's
         events = os.listdir(os.path.join(model_dir, "tensorboard", kind))
         assert len(events) == 1, events
+    # The views beyond the scalars, as `fit` writes them: inputs once, attention and token
+    # similarity at epoch 0 and the last (--summary_every 5).
+    written = {
+        (value.tag, event.step)
+        for kind in ("inputs", "distillation")
+        for path in Path(model_dir, "tensorboard", kind).iterdir()
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+    }
+    assert {("augmented_inputs", 0), ("attention/0", 0), ("token_cosine/layer_1", 1)} <= written
     checkpoint = json.loads(Path(model_dir, "checkpoints", "last.json").read_text())
     assert checkpoint["val_top1"] == float(chief["val_top1"][-1])
     history = json.loads(Path(model_dir, "history.json").read_text())["epochs"]  # the chief's
