@@ -6,11 +6,12 @@
 
 Takes every train flag (`deit_keras.cli.train`; `--output_dir` is `--model_dir`;
 `--model` gives the architecture, each row takes it with or without dist token)
-plus `--seeds` and `--rows` (`training.ablation.ROWS`): none, soft, hard (DeiT
+plus `--seeds` and `--rows` (`training.ablation_rows.ROWS`): none, soft, hard (DeiT
 without dist token: labels only, then soft / hard distillation through the class
 token), dist_hard (DeiT⚗, hard distillation through the dist token; read by class
 head, dist head and both) and dist_labels (DeiT⚗ without teacher, both heads on
-labels: not a paper row). For each seed (`--seed`, `--seed`+1, ...) the teacher
+labels: not a paper row) and feature (dist_hard plus feature distillation, Li et al.
+ECCV 2022: not a paper row). For each seed (`--seed`, `--seed`+1, ...) the teacher
 is trained once into `output_dir/seed_<s>/teacher.keras` when `--teacher_epochs`
 > 0 and `--teacher` names a .keras file (otherwise the given teacher serves every
 seed), then each row's student in `output_dir/seed_<s>/<row>/`

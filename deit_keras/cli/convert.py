@@ -16,7 +16,7 @@ from deit_keras.schema import POSITIVE
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint",
     None,
-    "PyTorch checkpoint: .pth/.pt/.bin (needs torch), .safetensors or .npz; "
+    "PyTorch checkpoint: .pth/.pt/.bin (torch only for pre-1.6 files), .safetensors or .npz; "
     "official DeiT/timm or Hugging Face keys (detected).",
 )
 _MODEL = flags.DEFINE_enum("model", None, list_models(), "DeiT variant the checkpoint holds.")

@@ -267,9 +267,7 @@ def _class_folders(root):
     of strings would put as 0, 1, 10, 100, ...
     """
     folders = [
-        name
-        for name in _names(root)
-        if not is_hidden(name) and _is_dir(os.path.join(root, name))
+        name for name in _names(root) if not is_hidden(name) and _is_dir(os.path.join(root, name))
     ]
     for name in folders:
         if not _is_utf8(name):
