@@ -14,7 +14,12 @@ import tempfile
 from collections.abc import Iterator
 
 from deit_keras.errors import UserEnvironmentError, UserInputError
-from deit_keras.io.paths import PROBE_PREFIX, probe_file_creation, replaceable_dir_problem
+from deit_keras.io.paths import (
+    PROBE_PREFIX,
+    not_a_regular_file,
+    probe_file_creation,
+    replaceable_dir_problem,
+)
 
 _DISK_ERRNOS = frozenset(
     (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
@@ -122,12 +127,17 @@ def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator
     a file of that name, an earlier output of the same kind (e.g. a
     SavedModel's saved_model.pb); anything else at `path` raises
     `UserInputError` before the body runs.
+
+    A symbolic link's target is replaced, the link kept; a device, pipe or
+    socket at `path` raises `UserInputError` before the body runs.
     """
     if directory_marker is not None:
         problem = replaceable_dir_problem("output", path, directory_marker)
         if problem:
             raise UserInputError(problem)
-    path = os.path.abspath(path)
+    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+        raise UserInputError(not_a_regular_file("output", path))
+    path = os.path.realpath(path)
     directory = os.path.dirname(path)
     extension = os.path.splitext(path)[1]
     temporary = None

@@ -31,12 +31,24 @@ def input_file_problem(name: str, path: str | None) -> str | None:
 
 
 def output_file_problem(name: str, path: str | None) -> str | None:
-    """Whether a file can be written at `path` (not a directory; its folder writable)."""
+    """Whether a file can be written at `path` (not a directory, device or pipe; the folder
+    of the file it names, a symbolic link's target, writable)."""
     if not path:
         return None
     if os.path.isdir(path):
         return f"{name} is an existing directory, expected a file name, got {path}"
-    return _folder_problem(name, path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        return not_a_regular_file(name, path)
+    return _folder_problem(name, os.path.realpath(path))
+
+
+def not_a_regular_file(name: str, path: str) -> str:
+    """The line refusing an output at a device, pipe or socket: the rename that ends an
+    atomic write would replace it with a file (as root, `/dev/null` itself)."""
+    return (
+        f"{name} is not a regular file (a device, pipe or socket), which a written file would "
+        f"replace: give a file name, got {path}"
+    )
 
 
 def output_path_problem(name: str, path: str | None) -> str | None:

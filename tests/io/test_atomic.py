@@ -169,3 +169,26 @@ def test_a_directory_is_replaced_in_one_step_where_the_system_can(tmp_path, monk
     assert (folder / "saved_model.pb").read_bytes() == b"new export"
     assert sorted(os.listdir(tmp_path)) == ["out"]
     assert len(renames) == (0 if exchange else 2)
+
+
+def test_a_link_keeps_pointing_at_the_output_it_names(tmp_path):
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    assert paths.output_file_problem("output", str(link)) is None
+    atomic.write_text_atomic(str(link), "new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_a_device_or_pipe_at_the_output_is_refused_and_kept(tmp_path):
+    pipe = tmp_path / "pipe.json"
+    os.mkfifo(pipe)
+    for checked in (pipe, tmp_path / "link.json"):
+        if checked != pipe:
+            checked.symlink_to(pipe)
+        problem = paths.output_file_problem("output", str(checked))
+        assert problem.startswith("output is not a regular file (a device, pipe or socket)")
+        with pytest.raises(UserInputError, match="not a regular file"):
+            atomic.write_text_atomic(str(checked), "{}")
+        assert pipe.is_fifo()
+    assert paths.output_file_problem("output", os.devnull).startswith("output is not a regular")
