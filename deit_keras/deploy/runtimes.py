@@ -33,6 +33,7 @@ from deit_keras.deploy.saved_model import (
     read_saved_model_config,
 )
 from deit_keras.deploy.saving import check_takes_rgb, load_model
+from deit_keras.deploy.signatures import METADATA_NAME
 from deit_keras.errors import UserInputError
 from deit_keras.io.quiet_stderr import quiet_stderr
 
@@ -116,6 +117,28 @@ class _SavedModelRunner:
         return {name: value.numpy() for name, value in self._serve(images=images).items()}
 
 
+def _read_config(path: str) -> dict:
+    """The serving config (`signatures.serving_config`) an export of `path`'s kind holds."""
+    if is_saved_model(path):
+        return read_saved_model_config(path)
+    if path.lower().endswith(".tflite"):
+        return read_litert_config(path)
+    if path.lower().endswith(".xml"):
+        return read_openvino_config(path)
+    return read_onnx_config(path)
+
+
+def _runner(path: str, config: dict, num_threads, onnx_session_config):
+    """The callable running `path`'s file: uint8 crops -> outputs dict."""
+    if is_saved_model(path):
+        return _SavedModelRunner(path)
+    if path.lower().endswith(".tflite"):
+        return _LiteRTRunner(path, num_threads)
+    if path.lower().endswith(".xml"):
+        return _OpenVINORunner(path, num_threads, config.get("inference_precision", "f32"))
+    return _OnnxRunner(path, num_threads, onnx_session_config)
+
+
 class ExportedModel:
     """An exported DeiT file and its runtime (see the module docstring).
 
@@ -136,28 +159,23 @@ class ExportedModel:
     ):
         self.path = path
         check_runtime_installed(path)
-        if is_saved_model(path):
-            self.config = read_saved_model_config(path)
-            self._run = _SavedModelRunner(path)
-        elif path.lower().endswith(".tflite"):
-            self.config = read_litert_config(path)
-            self._run = _LiteRTRunner(path, num_threads)
-        elif path.lower().endswith(".xml"):
-            self.config = read_openvino_config(path)
-            precision = self.config.get("inference_precision", "f32")
-            self._run = _OpenVINORunner(path, num_threads, precision)
-        else:
-            self.config = read_onnx_config(path)
-            self._run = _OnnxRunner(path, num_threads, onnx_session_config)
-        self.format = self.config["format"]
-        self.name = self.config["model"]
-        self.image_size = int(self.config["image_size"])
-        self.num_classes = int(self.config["num_classes"])
-        self.distilled = bool(self.config["distilled"])
-        self.preprocessing = Preprocessing.from_config(self.config["preprocessing"])
+        self.config = _read_config(path)
+        try:
+            self.format = self.config["format"]
+            self.name = self.config["model"]
+            self.image_size = int(self.config["image_size"])
+            self.num_classes = int(self.config["num_classes"])
+            self.distilled = bool(self.config["distilled"])
+            self.preprocessing = Preprocessing.from_config(self.config["preprocessing"])
+            saved = self.config.get("class_names_source") == "saved"
+            self.class_names = list(self.config["class_names"]) if saved else None
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise UserInputError(
+                f"{path} has damaged or foreign {METADATA_NAME} metadata ({type(error).__name__}: "
+                f"{error}): export the model again with deit-export."
+            ) from None
         self.in_channels = 3
-        saved = self.config.get("class_names_source") == "saved"
-        self.class_names = self.config["class_names"] if saved else None
+        self._run = _runner(path, self.config, num_threads, onnx_session_config)
 
     def run_uint8(self, crops: np.ndarray) -> dict:
         """The file's outputs dict for uint8 `[B, S, S, 3]` eval crops."""

@@ -547,3 +547,14 @@ def test_openvino_writer_failing_on_a_full_disk_is_a_write_error(models, tmp_pat
     with pytest.raises(WriteError, match=r"Could not write .*m.xml: .*disk full"):
         export_formats.export_model(models["plain"], str(path), "openvino")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "metadata", [{"x": 1}, [1, 2], {"format": "saved_model", "model": "m", "image_size": "abc"}]
+)
+def test_damaged_serving_metadata_is_one_line_before_the_runtime_loads(tmp_path, metadata):
+    # A SavedModel directory whose metadata is not deit_keras's: the file is the user's problem.
+    (tmp_path / "saved_model.pb").write_bytes(b"not read: the metadata is checked first")
+    (tmp_path / "deit_serving.json").write_text(json.dumps(metadata))
+    with pytest.raises(UserInputError, match="damaged or foreign deit_serving metadata"):
+        runtimes.ExportedModel(str(tmp_path))
