@@ -1,7 +1,10 @@
 """One factory for the tf.distribute strategies DeiT trains under."""
 
+import json
+import os
+
 from deit_keras.backend import tf
-from deit_keras.errors import UserInputError
+from deit_keras.errors import UserEnvironmentError, UserInputError
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -20,6 +23,7 @@ def make_strategy(name: str = "auto", tpu: str | None = None) -> "tf.distribute.
     if name not in STRATEGIES:
         raise UserInputError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
     if name == "multi_worker":
+        check_tf_config(os.environ.get("TF_CONFIG"))
         # Collective ops must be configured before anything initialises the
         # devices, so this comes before the device listing below.
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -32,7 +36,43 @@ def make_strategy(name: str = "auto", tpu: str | None = None) -> "tf.distribute.
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as error:
+        where = f"--tpu={tpu}" if tpu else "a local TPU (no --tpu given)"
+        raise UserEnvironmentError(
+            f"Could not reach {where}: {str(error).splitlines()[0]} Give --tpu the TPU's name "
+            "or grpc:// address, or run on a TPU VM."
+        ) from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+def check_tf_config(text: str | None) -> None:
+    """One-line `UserInputError` unless `text` (the `TF_CONFIG` variable) describes a
+    cluster and this task's place in it; unset is one worker alone (TensorFlow's rule)."""
+    if not text:
+        return
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        raise UserInputError(f"TF_CONFIG is not valid JSON ({error}). Received: {text!r}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise UserInputError(
+            'TF_CONFIG needs {"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
+            f'"worker", "index": 0}}}}. Received: {text!r}'
+        )
+    members = cluster.get(task.get("type"))
+    index = task.get("index")
+    if (
+        not isinstance(members, list)
+        or not isinstance(index, int)
+        or not (0 <= index < len(members))
+    ):
+        raise UserInputError(
+            "TF_CONFIG's task is not in its cluster: task type must name a cluster job and "
+            f"index be below that job's count. Received: {text!r}"
+        )

@@ -3,8 +3,8 @@
 import pytest
 import tensorflow as tf
 
-from deit_keras.errors import UserInputError
-from deit_keras.training.distribute import make_strategy
+from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.training.distribute import check_tf_config, make_strategy
 
 needs_no_gpu = pytest.mark.skipif(
     bool(tf.config.list_physical_devices("GPU")), reason="the CPU-only choice"
@@ -26,3 +26,36 @@ def test_one_device_stays_a_one_device_strategy():
 def test_an_unknown_strategy_is_one_line():
     with pytest.raises(UserInputError, match="Unknown strategy 'gpus'"):
         make_strategy("gpus")
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("{bad", "TF_CONFIG is not valid JSON"),
+        ("[1]", "TF_CONFIG needs"),
+        (
+            '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 5}}',
+            "TF_CONFIG's task is not in its cluster",
+        ),
+        (
+            '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}',
+            "TF_CONFIG's task is not in its cluster",
+        ),
+    ],
+)
+def test_a_tf_config_that_names_no_place_in_a_cluster_is_one_line(monkeypatch, text, problem):
+    check_tf_config(
+        '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
+    )
+    check_tf_config(None)  # unset: one worker alone
+    with pytest.raises(UserInputError, match=problem):
+        check_tf_config(text)
+    monkeypatch.setenv("TF_CONFIG", text)
+    with pytest.raises(UserInputError, match=problem):  # before TensorFlow reads it
+        make_strategy("multi_worker")
+
+
+@pytest.mark.skipif(bool(tf.config.list_logical_devices("TPU")), reason="no TPU to miss")
+def test_no_tpu_to_reach_is_one_line_about_the_environment():
+    with pytest.raises(UserEnvironmentError, match="Could not reach a local TPU"):
+        make_strategy("tpu")
