@@ -39,6 +39,7 @@ from absl import flags
 from deit_keras import cli
 from deit_keras.cli import launch, parallel_seeds
 from deit_keras.cli.config_flags import config_from_flags, define_config_flags
+from deit_keras.io import run_lock
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import POSITIVE
 from deit_keras.training.ablation_rows import DEFAULT_ROWS, ROWS, check_arguments
@@ -85,12 +86,8 @@ def main(argv: list[str]) -> None:
     started = time.time()
     rows = check_arguments(_SEEDS.value, _ROWS.value)
     launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
-    from deit_keras.training.ablation import check_resumable, run_ablation, train_seeds
-    from deit_keras.training.data_efficiency import (
-        check_fractions,
-        fraction_configs,
-        run_data_efficiency,
-    )
+    from deit_keras.training.ablation import check_resumable, train_seeds
+    from deit_keras.training.data_efficiency import check_fractions, fraction_configs
 
     # `--train_fractions=` (empty) is a list too: refused, not taken for "not given".
     fractions = None if _TRAIN_FRACTIONS.value is None else check_fractions(_TRAIN_FRACTIONS.value)
@@ -111,7 +108,15 @@ def main(argv: list[str]) -> None:
         for point in points:
             train_seeds(point, _SEEDS.value, rows, started)
         return
-    os.makedirs(config.model_dir, exist_ok=True)
+    # One command reports into output_dir at a time, nor beside a training run there.
+    with run_lock.hold(config.model_dir):
+        _train_and_report(config, rows, fractions, started)
+
+
+def _train_and_report(config, rows, fractions, started) -> None:
+    from deit_keras.training.ablation import run_ablation
+    from deit_keras.training.data_efficiency import run_data_efficiency
+
     flags_path = os.path.join(config.model_dir, "flags.txt")
     write_text_atomic(flags_path, cli.command_flags_text())
     if _PARALLEL_SEEDS.value > 1 and _SEEDS.value > 1:

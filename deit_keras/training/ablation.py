@@ -127,9 +127,10 @@ def _check_same_config(path: str, stored: dict, config: TrainConfig) -> None:
 
 def check_resumable(config: TrainConfig, num_seeds: int, rows, output_dir: str) -> None:
     """UserInputError naming the first row whose settings are invalid (e.g. a distilling
-    row without a teacher), or the first finished teacher or run under `output_dir` whose
-    settings differ from `config`'s: before anything is written, not when its turn comes.
-    A train split (or `train_fraction` subset) smaller than one batch is refused too."""
+    row without a teacher, or with one of other classes), or the first finished teacher
+    or run under `output_dir` whose settings differ from `config`'s: before anything is
+    written, not when its turn comes. A train split (or `train_fraction` subset) smaller
+    than one batch is refused too."""
     info = dataset_info(
         config.dataset, config.data_dir, config.bad_images, train_fraction=config.train_fraction
     )
@@ -145,6 +146,7 @@ def check_resumable(config: TrainConfig, num_seeds: int, rows, output_dir: str) 
             run_config = row_config(seed_config, ROWS_BY_NAME[name], seed_dir, teacher)
             try:
                 run_config.validate()
+                teacher_lib.check_teacher_fits(run_config, info)
             except UserInputError as error:
                 raise UserInputError(f"Row {name!r}: {error}") from error
             key_path = os.path.join(run_config.model_dir, "ablation_config.json")

@@ -188,11 +188,20 @@ def _check_release_classes(config, num_classes):
         )
 
 
+def check_teacher_fits(config, info) -> None:
+    """Refuses, before any work, a teacher that predicts other classes than the dataset's:
+    the released RegNetY for a dataset that is not ImageNet's, or a `.keras` teacher
+    trained here on another dataset."""
+    if config.distillation_type == "none":
+        return
+    _check_release_classes(config, info.num_classes)
+    check_teacher_dataset(config, info)
+
+
 def make_teacher(config, info, student):
     if config.distillation_type == "none":
         return None
-    _check_release_classes(config, info.num_classes)
-    check_teacher_dataset(config, info)
+    check_teacher_fits(config, info)
     if teacher_missing(config):
         _train_missing_teacher(config, info, student.image_size, student.preprocessing)
     return teachers.build_teacher(

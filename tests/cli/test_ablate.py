@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from deit_keras.cli import parallel_seeds
+from deit_keras.io import run_lock
 from deit_keras.testing import assert_one_line_error, run_cli
 
 TINY = (
@@ -186,6 +187,25 @@ def test_a_row_that_cannot_run_is_refused_before_anything_is_written(tmp_path):
     )
     assert_one_line_error(process, "Row 'soft'", "needs --teacher")
     assert not out.exists()
+    # A teacher of other classes (the released ImageNet RegNetY on digits): it was found at
+    # the row's turn, after the rows before it had trained.
+    process = run_cli(
+        "ablate", *common[:2], "--rows=none,hard", f"--output_dir={out}", "--teacher=regnety160"
+    )
+    assert_one_line_error(process, "Row 'hard'", "released regnety160 teacher predicts the 1000")
+    assert not out.exists()
+
+
+def test_an_output_dir_in_use_is_refused_before_anything_is_written(tmp_path):
+    """A running train or ablation in the folder: its flags.txt was overwritten and the
+    ablation's tables were written beside its files."""
+    out = tmp_path / "out"
+    with run_lock.hold(str(out)):
+        process = run_cli(
+            "ablate", "--flagfile=experiments/digits.cfg", "--rows=none", f"--output_dir={out}"
+        )
+    assert_one_line_error(process, "is in use by PID")
+    assert os.listdir(out) == [run_lock.LOCK_NAME]
 
 
 def test_parallel_seeds_split_the_cores_and_name_a_failed_seeds_line(tmp_path, monkeypatch):
