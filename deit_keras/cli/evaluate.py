@@ -19,6 +19,7 @@ from deit_keras import cli
 from deit_keras.cli import launch, model_source
 from deit_keras.data import imagenet_test_set_names as benchmarks
 from deit_keras.data.image_check import BAD_IMAGES
+from deit_keras.io import paths
 from deit_keras.io.atomic import write_text_atomic
 from deit_keras.schema import CROP_PCT, POSITIVE
 
@@ -182,10 +183,23 @@ def _reference_model(model, class_names):
     return reference
 
 
+def _check_output_outside_the_dataset() -> None:
+    """`--output` may not land among a `folder:` dataset's images (it replaced one)."""
+    from deit_keras.data.sources import dataset_folder
+
+    folder = dataset_folder(_DATASET.value or "")
+    if folder and _OUTPUT.value and paths.is_within(_OUTPUT.value, folder):
+        raise cli.UsageError(
+            "--output lies in the dataset's folder, among its images: write it elsewhere. "
+            f"Received: --output={_OUTPUT.value}, --dataset={_DATASET.value}"
+        )
+
+
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     _check_flags()  # before a model is loaded or downloaded
     launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
+    _check_output_outside_the_dataset()
     model, class_names = model_source.load_model_from_flags(allow_exported=True)
     summary, for_people = _evaluate(model, class_names)
     if _OUTPUT.value:

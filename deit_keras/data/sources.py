@@ -259,6 +259,13 @@ def _is_utf8(name) -> bool:
     return True
 
 
+def dataset_folder(name: str) -> str | None:
+    """The folder a `folder:DIR` dataset reads (user's `~` expanded); None for other names."""
+    if not name.startswith(FOLDER_PREFIX):
+        return None
+    return os.path.expanduser(name[len(FOLDER_PREFIX) :])
+
+
 def _class_folders(root):
     """The class folder names in `root`, sorted; hidden folders (`.ipynb_checkpoints`) left out.
 
@@ -412,5 +419,5 @@ def get_source(
         builder = digits.digits_builder(data_dir)
         return _tfds_source(digits.TFDS_NAME, builder, "digits")
     if name.startswith(FOLDER_PREFIX):
-        return _folder(name, os.path.expanduser(name[len(FOLDER_PREFIX) :]), bad_images, splits)
+        return _folder(name, dataset_folder(name), bad_images, splits)
     return _tfds(name, data_dir, splits)

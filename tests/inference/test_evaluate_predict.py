@@ -205,6 +205,17 @@ def test_evaluate_cli_on_image_folder(saved, tmp_path):
     expected_top5 = np.mean([i in [c[1] for c in row] for i, row in enumerate(top)])
     assert results["top1"] == pytest.approx(expected_top1)
     assert results["top5"] == pytest.approx(expected_top5)
+    # An --output among the dataset's images: it replaced the image with the JSON.
+    image = tmp_path / "data" / "val" / "c0" / "0.png"
+    before = image.read_bytes()
+    process = run_cli(
+        "evaluate",
+        f"--model_path={path}",
+        f"--dataset=folder:{tmp_path / 'data'}",
+        f"--output={image}",
+    )
+    assert_one_line_error(process, "--output lies in the dataset's folder")
+    assert image.read_bytes() == before
 
 
 # === predict ===
