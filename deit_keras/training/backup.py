@@ -238,9 +238,14 @@ class Backup:
         path = os.path.join(self.directory, SETTINGS_FILE)
         try:
             with open(path, encoding="utf-8") as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
+                settings = json.load(handle)
+        except FileNotFoundError:
             return {}  # a backup written before settings were recorded
+        except (OSError, ValueError) as error:
+            raise self._damaged(path, f"not JSON: {error}") from error
+        if not isinstance(settings, dict):
+            raise self._damaged(path, f"not a run's settings: {str(settings)[:80]}")
+        return settings
 
     def save(self, model, epoch: int, batch: int = 0) -> None:
         """Saves `model` as the state after `epoch` epochs and `batch` batches of the next."""

@@ -234,6 +234,22 @@ def test_a_damaged_backup_pointer_is_a_user_error_naming_the_way_out(tmp_path, p
         backup_lib.Backup(str(tmp_path)).position()
 
 
+@pytest.mark.parametrize("stored", ['["model", "seed"]', "null", "", "{"])
+def test_damaged_backup_settings_are_a_user_error_not_a_passed_check(tmp_path, stored):
+    """A list or null was an internal error (TypeError); an empty file let a run with
+    other settings resume the backup."""
+    model = tiny_model(num_classes=3)
+    model.compile(optimizer="adamw")
+    model.optimizer.build(model.trainable_variables)
+    backup = backup_lib.Backup(str(tmp_path), {"seed": 0})
+    backup.save(model, 1)
+    with pytest.raises(backup_lib.BackupMismatchError, match="seed 0 there, 7 now"):
+        backup_lib.Backup(str(tmp_path), {"seed": 7}).check_settings({"seed": 7})
+    (tmp_path / backup_lib.SETTINGS_FILE).write_text(stored)
+    with pytest.raises(backup_lib.BackupDamagedError, match="settings.json.*--noresume"):
+        backup_lib.Backup(str(tmp_path), {"seed": 7}).check_settings({"seed": 7})
+
+
 def test_a_truncated_backup_state_is_a_user_error_naming_the_file(tmp_path):
     model = tiny_model(num_classes=3)
     model.compile(optimizer="adamw")
