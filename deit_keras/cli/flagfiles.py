@@ -23,7 +23,7 @@ def _flags_of(path: str, stack: tuple) -> list[str]:
     `#` / `//` comments); a file already being read (a cycle) is skipped, as absl does."""
     if path in stack:
         return []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # a BOM (Windows editors) is not a flag
         lines = [line.strip() for line in handle]
     expanded = []
     for line in lines:

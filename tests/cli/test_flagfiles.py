@@ -54,3 +54,11 @@ def test_a_missing_or_unreadable_flagfile_is_left_to_absls_one_line(tmp_path):
     (tmp_path / "binary.cfg").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(cli.UsageError, match="flagfile must be a text file"):
         cli.parse_argv(["prog", f"--flagfile={tmp_path}/binary.cfg"])
+
+
+def test_a_flagfile_saved_with_a_byte_order_mark_reads_its_first_flag(tmp_path):
+    # Windows editors save UTF-8 with a BOM: "Unexpected arguments: \ufeff--epochs=0" before.
+    (tmp_path / "bom.cfg").write_bytes("--a=1\n--b=é\n".encode("utf-8-sig"))
+    assert expand_flagfiles(["prog", f"--flagfile={tmp_path / 'bom.cfg'}"]) == [
+        "prog", "--a=1", "--b=é"
+    ]  # fmt: skip
