@@ -72,7 +72,7 @@ def load_image(path: str) -> np.ndarray:
 
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise UserInputError(f"{path} is a folder; give image files (`image_files` lists them).")
+        raise UserInputError(f"{path} is a folder; give its image files.")
     if not os.path.isfile(path):
         raise UserInputError(f"Image file not found: {path}")
     if os.path.getsize(path) == 0:

@@ -408,6 +408,8 @@ class TrainConfig:
             )
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
+        if self.tpu and self.strategy != "tpu":
+            problems.append(f"tpu={self.tpu!r} is for strategy='tpu', got {self.strategy!r}")
         keras_cv = self.augment.rand_augment_impl == "keras_cv" and self.augment.rand_augment_ops
         if self.deterministic and keras_cv:
             problems.append(

@@ -112,6 +112,8 @@ def test_config_rejects_bad_values(tmp_path):
         digits_config(tmp_path, backup_every_steps=6, steps_per_execution=4).validate()
     with pytest.raises(ValueError, match=r"output must end in '.keras', got .*model.h5"):
         digits_config(tmp_path, output=str(tmp_path / "model.h5")).validate()
+    with pytest.raises(ValueError, match="tpu='my-tpu' is for strategy='tpu', got 'auto'"):
+        digits_config(tmp_path, tpu="my-tpu").validate()  # was ignored: trained on the CPU
 
 
 def run_cli(*args):
