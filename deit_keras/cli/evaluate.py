@@ -104,7 +104,7 @@ def _check_flags() -> None:
     if flags.FLAGS["v2_variant"].present and benchmarks.V2 not in chosen:
         raise cli.UsageError(
             f"--v2_variant is for --benchmarks with {benchmarks.V2}. Received: "
-            + (f"--benchmarks={_BENCHMARKS.value}" if _BENCHMARKS.value else "--dataset")
+            + (f"--benchmarks={','.join(_BENCHMARKS.value)}" if _BENCHMARKS.value else "--dataset")
         )
     if _BENCHMARKS.value:
         if _REFERENCE_MODEL.value:

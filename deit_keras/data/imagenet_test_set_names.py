@@ -16,11 +16,12 @@ def parse_benchmarks(benchmarks) -> tuple:
         UserInputError: a name is not a benchmark, or none is given.
     """
     names = benchmarks.split(",") if isinstance(benchmarks, str) else list(benchmarks or ())
+    given = ",".join(names)  # as typed: a list flag's value is a Python list
     names = [name.strip().lower() for name in names if name.strip()]
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown or not names:
         raise UserInputError(
             f"benchmarks must be a comma-separated subset of {','.join(BENCHMARKS)}. "
-            f"Received: benchmarks={benchmarks!r}"
+            f"Received: benchmarks={given}"
         )
     return tuple(name for name in BENCHMARKS if name in names)

@@ -54,6 +54,8 @@ def test_parse_benchmarks_orders_and_refuses():
     for bad in ("", "imagenet,reall", None):
         with pytest.raises(UserInputError, match="subset of imagenet,real,v2"):
             imagenet_test_set_names.parse_benchmarks(bad)
+    with pytest.raises(UserInputError, match="Received: benchmarks=foo,real$"):
+        imagenet_test_set_names.parse_benchmarks(["foo", "real"])  # as typed, not ['foo', ...]
 
 
 def test_imagenet_shares_the_real_pass_unless_real_is_left_out():
