@@ -128,16 +128,18 @@ def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator
     SavedModel's saved_model.pb); anything else at `path` raises
     `UserInputError` before the body runs.
 
-    A symbolic link's target is replaced, the link kept; a device, pipe or
-    socket at `path` raises `UserInputError` before the body runs.
+    A symbolic link, device, pipe or socket at `path` raises `UserInputError`
+    before the body runs (`paths.not_a_regular_file`).
     """
     if directory_marker is not None:
         problem = replaceable_dir_problem("output", path, directory_marker)
         if problem:
             raise UserInputError(problem)
-    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
-        raise UserInputError(not_a_regular_file("output", path))
-    path = os.path.realpath(path)
+    elif os.path.islink(path) or not os.path.isdir(path):  # a directory: `_rename`'s rule
+        problem = not_a_regular_file("output", path)
+        if problem:
+            raise UserInputError(problem)
+    path = os.path.abspath(path)
     directory = os.path.dirname(path)
     extension = os.path.splitext(path)[1]
     temporary = None

@@ -31,24 +31,32 @@ def input_file_problem(name: str, path: str | None) -> str | None:
 
 
 def output_file_problem(name: str, path: str | None) -> str | None:
-    """Whether a file can be written at `path` (not a directory, device or pipe; the folder
-    of the file it names, a symbolic link's target, writable)."""
+    """Whether a file can be written at `path` (not a directory, link, device or pipe; its
+    folder writable)."""
     if not path:
         return None
     if os.path.isdir(path):
         return f"{name} is an existing directory, expected a file name, got {path}"
+    return not_a_regular_file(name, path) or _folder_problem(name, path)
+
+
+def not_a_regular_file(name: str, path: str) -> str | None:
+    """The line refusing an output at a symbolic link, device, pipe or socket, or None.
+
+    The rename that ends an atomic write replaces what is at `path`: a link would
+    become a file (its target left as it was, its sidecars beside the link), a
+    device a file (as root, `/dev/null` itself). Following the link instead would
+    write into what it points to (a content-addressed cache, DVC's or git-annex's),
+    under a name without the link's extension.
+    """
+    if os.path.islink(path):
+        return f"{name} is a symbolic link: give the file it points to, got {path}"
     if os.path.exists(path) and not os.path.isfile(path):
-        return not_a_regular_file(name, path)
-    return _folder_problem(name, os.path.realpath(path))
-
-
-def not_a_regular_file(name: str, path: str) -> str:
-    """The line refusing an output at a device, pipe or socket: the rename that ends an
-    atomic write would replace it with a file (as root, `/dev/null` itself)."""
-    return (
-        f"{name} is not a regular file (a device, pipe or socket), which a written file would "
-        f"replace: give a file name, got {path}"
-    )
+        return (
+            f"{name} is not a regular file (a device, pipe or socket), which a written file "
+            f"would replace: give a file name, got {path}"
+        )
+    return None
 
 
 def output_path_problem(name: str, path: str | None) -> str | None:

@@ -1,6 +1,7 @@
 """atomic_output never deletes what it was not asked to replace."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -171,24 +172,27 @@ def test_a_directory_is_replaced_in_one_step_where_the_system_can(tmp_path, monk
     assert len(renames) == (0 if exchange else 2)
 
 
-def test_a_link_keeps_pointing_at_the_output_it_names(tmp_path):
-    target, link = tmp_path / "real.json", tmp_path / "link.json"
+def test_a_link_or_a_device_at_the_output_is_refused_and_kept(tmp_path):
+    """The rename replaced a link with a file (its target unchanged) and, as root, a
+    device such as /dev/null; following the link wrote into what it points to (a
+    content-addressed cache) under a name without `.keras`."""
+    target, pipe = tmp_path / "blobs" / "3f9a1c", tmp_path / "pipe.json"
+    target.parent.mkdir()
     target.write_text("old")
-    link.symlink_to(target)
-    assert paths.output_file_problem("output", str(link)) is None
-    atomic.write_text_atomic(str(link), "new")
-    assert link.is_symlink() and target.read_text() == "new"
-
-
-def test_a_device_or_pipe_at_the_output_is_refused_and_kept(tmp_path):
-    pipe = tmp_path / "pipe.json"
     os.mkfifo(pipe)
-    for checked in (pipe, tmp_path / "link.json"):
-        if checked != pipe:
-            checked.symlink_to(pipe)
-        problem = paths.output_file_problem("output", str(checked))
-        assert problem.startswith("output is not a regular file (a device, pipe or socket)")
-        with pytest.raises(UserInputError, match="not a regular file"):
-            atomic.write_text_atomic(str(checked), "{}")
-        assert pipe.is_fifo()
+    (tmp_path / "link.keras").symlink_to(target)
+    (tmp_path / "to_pipe.json").symlink_to(pipe)
+    cases = {
+        "link.keras": "is a symbolic link",
+        "to_pipe.json": "is a symbolic link",
+        "pipe.json": "is not a regular file (a device, pipe or socket)",
+    }
+    for name, problem in cases.items():
+        path = str(tmp_path / name)
+        assert paths.output_file_problem("output", path).startswith(f"output {problem}")
+        with pytest.raises(UserInputError, match=re.escape(problem)):
+            atomic.write_text_atomic(path, "{}")
+    assert (tmp_path / "link.keras").is_symlink() and target.read_text() == "old"
+    assert pipe.is_fifo() and (tmp_path / "to_pipe.json").is_symlink()
     assert paths.output_file_problem("output", os.devnull).startswith("output is not a regular")
+    assert sorted(os.listdir(tmp_path)) == ["blobs", "link.keras", "pipe.json", "to_pipe.json"]
