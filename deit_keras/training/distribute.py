@@ -42,37 +42,47 @@ def make_strategy(name: str = "auto", tpu: str | None = None) -> "tf.distribute.
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError) as error:
         where = f"--tpu={tpu}" if tpu else "a local TPU (no --tpu given)"
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserEnvironmentError(
-            f"Could not reach {where}: {str(error).splitlines()[0]} Give --tpu the TPU's name "
-            "or grpc:// address, or run on a TPU VM."
+            f"Could not reach {where} ({reason}): give --tpu the TPU's name or grpc:// "
+            "address, or run on a TPU VM."
         ) from None
     return tf.distribute.TPUStrategy(resolver)
 
 
 def check_tf_config(text: str | None) -> None:
-    """One-line `UserInputError` unless `text` (the `TF_CONFIG` variable) describes a
-    cluster and this task's place in it; unset is one worker alone (TensorFlow's rule)."""
+    """One-line `UserInputError` when `text` (the `TF_CONFIG` variable) is not JSON, or
+    names a task outside its cluster or of a job this loop does not train with; what
+    TensorFlow takes as one worker alone (unset, `{}`, no cluster) passes."""
     if not text:
         return
     try:
         config = json.loads(text)
     except ValueError as error:
         raise UserInputError(f"TF_CONFIG is not valid JSON ({error}). Received: {text!r}") from None
-    cluster = config.get("cluster") if isinstance(config, dict) else None
-    task = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        raise UserInputError(f"TF_CONFIG must be a JSON object. Received: {text!r}")
+    cluster, task = config.get("cluster") or {}, config.get("task") or {}
+    if not cluster:
+        return  # one worker alone, as TensorFlow takes it
     if not isinstance(cluster, dict) or not isinstance(task, dict):
         raise UserInputError(
             'TF_CONFIG needs {"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
             f'"worker", "index": 0}}}}. Received: {text!r}'
         )
-    members = cluster.get(task.get("type"))
-    index = task.get("index")
-    if (
-        not isinstance(members, list)
-        or not isinstance(index, int)
-        or not (0 <= index < len(members))
-    ):
+    kind = task.get("type")
+    if kind not in ("chief", "worker"):
         raise UserInputError(
-            "TF_CONFIG's task is not in its cluster: task type must name a cluster job and "
-            f"index be below that job's count. Received: {text!r}"
+            "TF_CONFIG's task type must be chief or worker (the jobs that train here). "
+            f"Received: {text!r}"
+        )
+    try:
+        index = int(task.get("index"))  # TensorFlow's reading: int(...), "0" too
+    except (TypeError, ValueError):
+        index = None
+    members = cluster.get(kind)
+    if index is None or not isinstance(members, list) or not 0 <= index < len(members):
+        raise UserInputError(
+            f"TF_CONFIG's task is not in its cluster: {kind} index must be below the "
+            f"{kind} job's count. Received: {text!r}"
         )

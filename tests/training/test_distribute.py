@@ -32,27 +32,37 @@ def test_an_unknown_strategy_is_one_line():
     "text, problem",
     [
         ("{bad", "TF_CONFIG is not valid JSON"),
-        ("[1]", "TF_CONFIG needs"),
-        (
-            '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 5}}',
-            "TF_CONFIG's task is not in its cluster",
-        ),
-        (
-            '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}',
-            "TF_CONFIG's task is not in its cluster",
-        ),
+        ("[1]", "TF_CONFIG must be a JSON object"),
+        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 5}}',
+         "TF_CONFIG's task is not in its cluster"),
+        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}',
+         "TF_CONFIG's task is not in its cluster"),
+        ('{"cluster": {"worker": ["a:1"], "evaluator": ["b:2"]}, '
+         '"task": {"type": "evaluator", "index": 0}}', "task type must be chief or worker"),
     ],
-)
+)  # fmt: skip
 def test_a_tf_config_that_names_no_place_in_a_cluster_is_one_line(monkeypatch, text, problem):
-    check_tf_config(
-        '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
-    )
-    check_tf_config(None)  # unset: one worker alone
     with pytest.raises(UserInputError, match=problem):
         check_tf_config(text)
     monkeypatch.setenv("TF_CONFIG", text)
     with pytest.raises(UserInputError, match=problem):  # before TensorFlow reads it
         make_strategy("multi_worker")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "{}",  # TensorFlow: one worker alone
+        '{"cluster": {}, "task": {}}',
+        '{"task": {"type": "worker", "index": 0}}',
+        '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}',
+        '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "0"}}',  # int("0")
+        '{"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "chief", "index": 0}}',
+    ],
+)
+def test_the_tf_configs_tensorflow_takes_pass(text):
+    check_tf_config(text)
 
 
 @pytest.mark.skipif(bool(tf.config.list_logical_devices("TPU")), reason="no TPU to miss")
