@@ -11,6 +11,7 @@
 """
 
 import json
+import os
 import sys
 
 from absl import flags, logging
@@ -184,14 +185,18 @@ def _reference_model(model, class_names):
 
 
 def _check_output_outside_the_dataset() -> None:
-    """`--output` may not land among a `folder:` dataset's images (it replaced one)."""
+    """`--output` may not land among a `folder:` dataset's images (it replaced one): in
+    its split or class folders; beside them, at the dataset's top, it is never read."""
     from deit_keras.data.sources import dataset_folder
 
     folder = dataset_folder(_DATASET.value or "")
-    if folder and _OUTPUT.value and paths.is_within(_OUTPUT.value, folder):
+    if not (folder and _OUTPUT.value):
+        return
+    parent = os.path.dirname(os.path.abspath(_OUTPUT.value))
+    if paths.is_within(parent, folder) and not paths.is_within(folder, parent):
         raise cli.UsageError(
-            "--output lies in the dataset's folder, among its images: write it elsewhere. "
-            f"Received: --output={_OUTPUT.value}, --dataset={_DATASET.value}"
+            "--output lies among the dataset's images (in its split or class folders): "
+            f"write it elsewhere. Received: --output={_OUTPUT.value}, --dataset={_DATASET.value}"
         )
 
 

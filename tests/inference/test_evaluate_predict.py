@@ -187,7 +187,7 @@ def test_evaluate_cli_on_image_folder(saved, tmp_path):
             folder = tmp_path / "data" / split / f"c{label}"
             folder.mkdir(parents=True)
             Image.fromarray(rng.randint(0, 256, (24, 36, 3), dtype=np.uint8)).save(folder / "0.png")
-    output = tmp_path / "results.json"
+    output = tmp_path / "data" / "results.json"  # at the dataset's top: never read as an image
     process = run_cli(
         "evaluate",
         f"--model_path={path}",
@@ -214,7 +214,7 @@ def test_evaluate_cli_on_image_folder(saved, tmp_path):
         f"--dataset=folder:{tmp_path / 'data'}",
         f"--output={image}",
     )
-    assert_one_line_error(process, "--output lies in the dataset's folder")
+    assert_one_line_error(process, "--output lies among the dataset's images")
     assert image.read_bytes() == before
 
 
