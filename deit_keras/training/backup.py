@@ -241,7 +241,9 @@ class Backup:
                 settings = json.load(handle)
         except FileNotFoundError:
             return {}  # a backup written before settings were recorded
-        except (OSError, ValueError) as error:
+        except OSError as error:
+            raise self._damaged(path, f"unreadable: {error}") from error
+        except ValueError as error:
             raise self._damaged(path, f"not JSON: {error}") from error
         if not isinstance(settings, dict):
             raise self._damaged(path, f"not a run's settings: {str(settings)[:80]}")
