@@ -7,6 +7,7 @@ factory, which calls it and adds published weights.
 
 from __future__ import annotations  # `TokenClassifier` annotations stay unevaluated
 
+import difflib
 import importlib
 import inspect
 from typing import TYPE_CHECKING
@@ -42,11 +43,23 @@ def get_variant(name: str) -> Variant:
     """The preset registered as `name` (or an alias); `UserInputError` listing valid names."""
     variant = PRESETS.get(canonical_name(name))
     if variant is None:
-        raise UserInputError(
-            f"Unknown model {name!r}. Valid names: {', '.join(list_models())} "
-            f"(aliases: {', '.join(sorted(ALIASES))})."
-        )
+        raise UserInputError(unknown_model(name))
     return variant
+
+
+def unknown_model(name: str) -> str:
+    """The one line refusing a model name: the nearest known names, not all of them (the
+    list ran to ~1,900 characters)."""
+    names = list_models() + sorted(ALIASES)
+    started = [known for known in list_models() if known.startswith(str(name))]
+    near = started or difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
+    hint = (
+        f"did you mean {', '.join(near[:3])}?"
+        if near
+        else "names look like deit_tiny_distilled_patch16_224, deit3_small_patch16_224 or "
+        "cait_s24_224."
+    )
+    return f"Unknown model {name!r}: {hint} deit_keras.list_models() lists all {len(PRESETS)}."
 
 
 def with_dist_token(name: str, dist_token: bool) -> str:

@@ -71,6 +71,11 @@ def test_unknown_name_and_missing_weights_are_user_errors(monkeypatch):
 
     with pytest.raises(UserInputError, match="Unknown model 'deit_huge'"):
         build_model("deit_huge")
+    with pytest.raises(UserInputError) as caught:  # the nearest names, not all (~1,900 chars)
+        build_model("deit_tiny")
+    message = str(caught.value)
+    assert "did you mean deit_tiny_distilled_patch16_224, deit_tiny_patch16_224?" in message
+    assert len(message) < 200 and "cait_m36_384" not in message
     name = "deit_tiny_patch16_224"
     bare = dataclasses.replace(deit_presets.PRESETS[name], weights=None)
     monkeypatch.setitem(deit_presets.PRESETS, name, bare)
