@@ -68,9 +68,10 @@ def read_state_dict(path: str) -> dict:
     except CheckpointError:
         raise
     except Exception as error:  # corrupt files raise many different types
+        first_line = (str(error).strip().splitlines() or [""])[0]  # torch's is a paragraph
         raise CheckpointError(
             f"Cannot read checkpoint {path}: not a readable {extension} file of tensors "
-            f"({type(error).__name__}: {error})"
+            f"({type(error).__name__}: {first_line})"
         ) from error
     return {key: np.asarray(value, dtype=np.float32) for key, value in state.items()}
 
@@ -108,9 +109,14 @@ def _torch_load(torch, path):
     tensors and leaves every other object a placeholder."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
         if not torch_checkpoint.is_torch_zip(path):
-            raise
+            # Not torch's advice (weights_only=False runs the file's pickled code).
+            raise CheckpointError(
+                f"Cannot read checkpoint {path}: not a readable .pth file of tensors (torch's "
+                "tensors-only loader refuses it: a damaged file, or a legacy one holding more "
+                "than tensors); re-save its state_dict with torch.save, or as .safetensors."
+            ) from error
         return torch_checkpoint.read_torch_zip(path)
 
 

@@ -270,3 +270,8 @@ def test_checkpoints_no_model_here_computes_are_one_line_saying_so(tmp_path):
     (tmp_path / "text.pth").write_text("some text, not a checkpoint")
     with pytest.raises(CheckpointError, match=r"not a readable \.pth file of tensors"):
         read_state_dict(str(tmp_path / "text.pth"))
+    (tmp_path / "garbage.pth").write_text("garbage\n")  # torch's answer: a paragraph
+    with pytest.raises(CheckpointError, match=r"not a readable \.pth file of tensors") as caught:
+        read_state_dict(str(tmp_path / "garbage.pth"))
+    # One line, and not torch's advice to unpickle with weights_only=False (runs its code).
+    assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
