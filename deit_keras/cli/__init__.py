@@ -107,11 +107,14 @@ def check_outputs_spare_inputs(outputs: dict, inputs: dict) -> None:
     """
     written = [(name, path) for name, path in outputs.items() if path]
     for (name, path), (input_name, read) in itertools.product(written, inputs.items()):
-        for input_path in [read] if isinstance(read, str) else read or []:
+        files = [read] if isinstance(read, str) else read or []
+        for input_path in files:
             if paths.is_within(input_path, path):
+                given = files[0] if input_name.startswith("--") else input_path  # a flag's value
+                what = input_name if input_path == given else f"{input_name}'s {input_path}"
                 raise UsageError(
-                    f"{name} would replace {input_name}: write it elsewhere. "
-                    f"Received: {name}={path}, {input_name}={input_path}"
+                    f"{name} would replace {what}: write it elsewhere. "
+                    f"Received: {name}={path}, {input_name}={given}"
                 )
     for (name, path), (other, other_path) in itertools.combinations(written, 2):
         if os.path.realpath(path) == os.path.realpath(other_path):

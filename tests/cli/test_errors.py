@@ -123,3 +123,25 @@ def test_user_errors_are_still_the_builtin_types_python_callers_catch():
         from deit_keras.models.variants import get_variant
 
         get_variant("deit_enormous")
+
+
+def test_an_output_replacing_a_models_side_file_names_the_flag_and_the_file(tmp_path):
+    """It said `Received: --model_path=m.keras.classes.json` of a model given as m.keras."""
+    from deit_keras import cli
+
+    model = str(tmp_path / "m.keras")
+    sidecar = model + ".classes.json"
+    with pytest.raises(cli.UsageError) as caught:
+        cli.check_outputs_spare_inputs(
+            {"--output": sidecar}, {"--model_path": cli.model_files(model)}
+        )
+    assert str(caught.value) == (
+        f"--output would replace --model_path's {sidecar}: write it elsewhere. "
+        f"Received: --output={sidecar}, --model_path={model}"
+    )
+    with pytest.raises(
+        cli.UsageError, match=f"would replace --model_path: .*--model_path={model}$"
+    ):
+        cli.check_outputs_spare_inputs(
+            {"--output": model}, {"--model_path": cli.model_files(model)}
+        )
