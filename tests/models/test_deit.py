@@ -26,8 +26,8 @@ def test_list_models_has_the_timm_names():
     assert set(deit_keras.list_models()) == deit | deit3 | in22k | cait
 
 
-def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="deit_tiny_patch16_224"):
+def test_unknown_model_names_the_nearest_valid_ones():
+    with pytest.raises(ValueError, match="did you mean deit3_huge_patch14_224, .*list_models"):
         deit_keras.create_model("deit_huge_patch16_224")
 
 
