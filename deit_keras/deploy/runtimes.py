@@ -117,26 +117,18 @@ class _SavedModelRunner:
         return {name: value.numpy() for name, value in self._serve(images=images).items()}
 
 
-def _read_config(path: str) -> dict:
-    """The serving config (`signatures.serving_config`) an export of `path`'s kind holds."""
+def _reader_and_runner(path: str, num_threads, onnx_session_config):
+    """`(read the serving config, make the runner from that config)` for `path`'s kind of
+    export: the caller checks the config before the runtime loads the file."""
     if is_saved_model(path):
-        return read_saved_model_config(path)
+        return read_saved_model_config, lambda config: _SavedModelRunner(path)
     if path.lower().endswith(".tflite"):
-        return read_litert_config(path)
+        return read_litert_config, lambda config: _LiteRTRunner(path, num_threads)
     if path.lower().endswith(".xml"):
-        return read_openvino_config(path)
-    return read_onnx_config(path)
-
-
-def _runner(path: str, config: dict, num_threads, onnx_session_config):
-    """The callable running `path`'s file: uint8 crops -> outputs dict."""
-    if is_saved_model(path):
-        return _SavedModelRunner(path)
-    if path.lower().endswith(".tflite"):
-        return _LiteRTRunner(path, num_threads)
-    if path.lower().endswith(".xml"):
-        return _OpenVINORunner(path, num_threads, config.get("inference_precision", "f32"))
-    return _OnnxRunner(path, num_threads, onnx_session_config)
+        return read_openvino_config, lambda config: _OpenVINORunner(
+            path, num_threads, config.get("inference_precision", "f32")
+        )
+    return read_onnx_config, lambda config: _OnnxRunner(path, num_threads, onnx_session_config)
 
 
 class ExportedModel:
@@ -159,7 +151,8 @@ class ExportedModel:
     ):
         self.path = path
         check_runtime_installed(path)
-        self.config = _read_config(path)
+        read_config, make_runner = _reader_and_runner(path, num_threads, onnx_session_config)
+        self.config = read_config(path)
         try:
             self.format = self.config["format"]
             self.name = self.config["model"]
@@ -175,7 +168,7 @@ class ExportedModel:
                 f"{error}): export the model again with deit-export."
             ) from None
         self.in_channels = 3
-        self._run = _runner(path, self.config, num_threads, onnx_session_config)
+        self._run = make_runner(self.config)
 
     def run_uint8(self, crops: np.ndarray) -> dict:
         """The file's outputs dict for uint8 `[B, S, S, 3]` eval crops."""
