@@ -7,7 +7,9 @@ here and, through PYTHONPATH, in the processes the benchmark starts (as
 tests/conftest.py does for the tests).
 """
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -18,6 +20,7 @@ for _module in STUBBED:
     sys.modules.setdefault(_module, types.ModuleType(_module))
 
 _directory = tempfile.mkdtemp(prefix="deit_keras_bench_stub_")
+atexit.register(shutil.rmtree, _directory, ignore_errors=True)
 with open(os.path.join(_directory, "sitecustomize.py"), "w", encoding="utf-8") as _file:
     _file.write(
         "import sys, types\n"

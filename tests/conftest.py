@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -15,6 +17,7 @@ for _module in ("torchvision._meta_registrations", "torchvision._autograd_regist
 # The same for the Python processes tests start (CLI runs, the spawned PyTorch reference of
 # deit-benchmark): a sitecustomize on their PYTHONPATH, made once per test session.
 _STUB_DIR = tempfile.mkdtemp(prefix="deit_keras_test_stub_")
+atexit.register(shutil.rmtree, _STUB_DIR, ignore_errors=True)
 with open(os.path.join(_STUB_DIR, "sitecustomize.py"), "w", encoding="utf-8") as _stub:
     _stub.write(
         "import sys, types\n"

@@ -14,9 +14,11 @@ What they share lives here: one-line errors with exit status 2 (a bad flag
 value too: `check_range` / `check_path` register absl validators), quiet logs.
 """
 
+import difflib
 import itertools
 import logging as std_logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -138,15 +140,48 @@ def parse_argv(argv: list[str]) -> list[str]:
 
     Flagfiles are expanded first (`cli.flagfiles`: an include is found beside its file).
     """
+    _check_flagfiles_are_named(argv)
     try:
         return flags.FLAGS(expand_flagfiles(argv))
     except flags.Error as error:
-        raise UsageError(str(error).removeprefix("ERROR:: ")) from None
+        raise UsageError(_shorter_choices(str(error).removeprefix("ERROR:: "))) from None
     except UnicodeDecodeError as error:  # absl reads flagfiles as UTF-8 text
         given = [arg.split("=", 1)[-1] for arg in argv if arg.startswith("--flagfile")]
         raise UsageError(
             f"flagfile must be a text file of flags ({error.reason}), got {', '.join(given)}"
         ) from None
+
+
+def _check_flagfiles_are_named(argv: list[str]) -> None:
+    """absl skips `--flagfile=` with no file: `--flagfile=$CONFIG` with `CONFIG` unset ran
+    on the defaults as if no file had been meant."""
+    for arg in itertools.takewhile(lambda arg: arg != "--", argv[1:]):
+        if arg in ("--flagfile=", "-flagfile="):
+            raise UsageError(f"{arg} names no file: give the flagfile's path. Received: {arg!r}")
+
+
+# absl's error for a value outside an enum's choices, which it lists in full.
+_NOT_A_CHOICE = re.compile(
+    r"flag --(?P<flag>[\w.-]+)=(?P<value>.*): value should be one of <(?P<choices>.*)>"
+)
+_CHOICES_SHOWN = 8
+
+
+def _shorter_choices(message: str) -> str:
+    """absl's message for a value outside a long enum (`--model`: ~1,900 characters of
+    names) cut to the nearest choices; short enums keep absl's whole list."""
+    match = _NOT_A_CHOICE.fullmatch(message)
+    if not match or match["choices"].count("|") < _CHOICES_SHOWN:
+        return message
+    choices = match["choices"].split("|")
+    value = match["value"]
+    near = [c for c in choices if c.startswith(value)] if value else []
+    near = near or difflib.get_close_matches(value, choices, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(near[:3])}?" if near else ""
+    return (
+        f"flag --{match['flag']}={value}: not one of its {len(choices)} values{hint} "
+        "(--helpfull lists them)"
+    )
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -242,6 +277,12 @@ def run(main) -> None:
             print(internal_error_line(error), file=sys.stderr)
             sys.exit(INTERNAL_ERROR_EXIT_CODE)
 
+    if sys.stdout is None:  # `>&-`: print() to None writes nothing, and the run "succeeded"
+        print(
+            "error: standard output is closed: give the command one (e.g. >/dev/null)",
+            file=sys.stderr,
+        )
+        sys.exit(USER_ERROR_EXIT_CODE)
     app.run(guarded, flags_parser=parse_flags)
 
 

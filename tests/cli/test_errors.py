@@ -145,3 +145,30 @@ def test_an_output_replacing_a_models_side_file_names_the_flag_and_the_file(tmp_
         cli.check_outputs_spare_inputs(
             {"--output": model}, {"--model_path": cli.model_files(model)}
         )
+
+
+def test_a_closed_standard_output_is_one_line_not_a_silent_success_or_a_traceback():
+    """print() to a closed stdout (`>&-`, sys.stdout None) wrote nothing: deit-predict's
+    results went nowhere with exit 0, and `--help` ended in an AttributeError."""
+    process = subprocess.run(
+        ["bash", "-c", '"$0" -m deit_keras.predict --help >&-', sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_one_line_error(process, "standard output is closed")
+
+
+def test_a_value_outside_a_long_enum_names_the_nearest_choices_not_all():
+    """deit-train / deit-convert `--model=bogus` printed absl's list of all 66 names."""
+    from deit_keras import cli
+    from deit_keras.cli import train  # noqa: F401  (defines the train flags)
+
+    for value, near in [("deit_smal", "did you mean deit_small_"), ("bogus", "not one of")]:
+        with pytest.raises(cli.UsageError) as caught:
+            cli.parse_argv(["train", f"--model={value}"])
+        message = str(caught.value)
+        assert near in message and len(message) < 300, message
+        assert "cait_m36_384" not in message  # the list's first name, far from both
+    short = "flag --format=bogus: value should be one of <saved_model|litert|onnx|openvino>"
+    assert cli._shorter_choices(short) == short  # a short list stays whole
