@@ -193,23 +193,34 @@ class StopOnNaN(keras.callbacks.Callback):
 
 class InputImages(keras.callbacks.Callback):
     """Writes a few augmented training inputs to TensorBoard once, when training starts
-    from step 0 (a resumed run, or a later phase of one, adds no second image at step 0)."""
+    from step 0 (a resumed run, or a later phase of one, adds no second image at step 0).
 
-    def __init__(self, log_dir, images, max_images=8, preprocessing=DEFAULT_PREPROCESSING):
+    Args:
+        log_dir: str. The run's TensorBoard directory.
+        take_images: a function returning a normalised batch of augmented inputs, called
+            only when they are written: a resumed run reads no batch (a training stream's
+            first batch fills its shuffle buffer, 10,000 records at ImageNet scale).
+        max_images: int. Images written.
+        preprocessing: the `Preprocessing` that normalised them.
+    """
+
+    def __init__(self, log_dir, take_images, max_images=8, preprocessing=DEFAULT_PREPROCESSING):
         super().__init__()
         self.log_dir = log_dir
-        self.images = images[:max_images]
+        self.take_images = take_images
+        self.max_images = max_images
         self.preprocessing = preprocessing
 
     def on_train_begin(self, logs=None):
         if int(self.model.optimizer.iterations.numpy()) != 0:
             return
+        images = self.take_images()[: self.max_images]
         # A folder of its own: TensorBoard follows the newest event file of a folder only,
         # so a second writer beside Keras' in `train` hid the live training curves.
         writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "inputs"))
-        pixels = tf.clip_by_value(denormalize(self.images, self.preprocessing) / 255.0, 0.0, 1.0)
+        pixels = tf.clip_by_value(denormalize(images, self.preprocessing) / 255.0, 0.0, 1.0)
         with writer.as_default():
-            tf.summary.image("augmented_inputs", pixels, step=0, max_outputs=len(self.images))
+            tf.summary.image("augmented_inputs", pixels, step=0, max_outputs=len(images))
         writer.close()
 
 

@@ -72,12 +72,15 @@ def epoch_records(config) -> list:
     ]
 
 
-def summaries(config, sample_images, validation_images, preprocessing) -> list:
+def summaries(config, take_sample_images, validation_images, preprocessing) -> list:
     """The callbacks that write TensorBoard's views beyond the scalars: the augmented
-    inputs, and every `--summary_every` epochs the attention maps and the two tokens'
+    inputs (`take_sample_images()`, a training batch, read only when they are written),
+    and every `--summary_every` epochs the attention maps and the two tokens'
     similarity. Both training loops run them (the multi-worker one on its chief)."""
     tensorboard_dir = os.path.join(config.model_dir, callbacks_lib.TENSORBOARD)
-    views = [callbacks_lib.InputImages(tensorboard_dir, sample_images, preprocessing=preprocessing)]
+    views = [
+        callbacks_lib.InputImages(tensorboard_dir, take_sample_images, preprocessing=preprocessing)
+    ]
     if config.summary_every:
         views.append(
             callbacks_lib.DistillationSummaries(
@@ -91,7 +94,7 @@ def summaries(config, sample_images, validation_images, preprocessing) -> list:
     return views
 
 
-def _callbacks(config, sample_images, preprocessing, validation_images, steps, preemption):
+def _callbacks(config, take_sample_images, preprocessing, validation_images, steps, preemption):
     backup_dir = os.path.join(config.model_dir, "backup")
     nan_stop = callbacks_lib.StopOnNaN()
     records = epoch_records(config)
@@ -114,7 +117,7 @@ def _callbacks(config, sample_images, preprocessing, validation_images, steps, p
             # between redoes that epoch on resume, rewriting them, never skipping them.
             *records,
             backup,
-            *summaries(config, sample_images, validation_images, preprocessing),
+            *summaries(config, take_sample_images, validation_images, preprocessing),
         ],
     )
 
@@ -140,10 +143,14 @@ def teacher_in_pipeline(student) -> bool:
 
 
 def _fit(config, student, phases, evaluation, steps, preemption):
-    sample_images = next(iter(phases[0][0].take(1)))[0]
     validation_images = next(iter(evaluation.take(1)))[0][:4]
     nan_stop, backup, callbacks = _callbacks(
-        config, sample_images, student.preprocessing, validation_images, steps, preemption
+        config,
+        lambda: next(iter(phases[0][0].take(1)))[0],
+        student.preprocessing,
+        validation_images,
+        steps,
+        preemption,
     )
     with student.distribute_strategy.scope():  # the optimizer's variables are built there
         backup.resume(student)  # where `phases` start: the backup's (epoch, batch)
@@ -199,9 +206,13 @@ def _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
     views = []
     if custom_loop.is_chief(strategy):
         context = custom_loop.worker_context(strategy)
-        sample_images = next(iter(train_fn(context, config.batch_size, 0, 0).take(1)))[0]
         validation_images = next(iter(validation_fn(context).take(1)))[0][:4]
-        views = summaries(config, sample_images, validation_images, student.preprocessing)
+        views = summaries(
+            config,
+            lambda: next(iter(train_fn(context, config.batch_size, 0, 0).take(1)))[0],
+            validation_images,
+            student.preprocessing,
+        )
     return custom_loop.fit_multi_worker(
         config, student, strategy, steps, train_fn, validation_fn, preemption, summaries=views
     )
