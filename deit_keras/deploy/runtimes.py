@@ -29,6 +29,7 @@ from deit_keras.deploy.onnx_export import read_onnx_config
 from deit_keras.deploy.openvino_export import read_openvino_config
 from deit_keras.deploy.saved_model import (
     CROPS_SIGNATURE,
+    check_saved_model_weights,
     is_saved_model,
     read_saved_model_config,
 )
@@ -105,6 +106,7 @@ class _SavedModelRunner:
     def __init__(self, path):
         import tensorflow as tf
 
+        check_saved_model_weights(path)
         self._loaded = tf.saved_model.load(path)  # the signature lives as long as it does
         if CROPS_SIGNATURE not in self._loaded.signatures:
             raise UserInputError(

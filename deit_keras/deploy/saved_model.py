@@ -51,6 +51,25 @@ def read_saved_model_config(path: str) -> dict:
         raise UserInputError(f"Could not read {config_path}: {error}") from error
 
 
+def check_saved_model_weights(path: str) -> None:
+    """Raises `UserInputError` when the SavedModel's `variables/` (its weights) is missing
+    or half there, as after copying `saved_model.pb` alone: TensorFlow's error then said
+    to set `experimental_io_device`, which is not the problem.
+    """
+    variables = os.path.join(path, "variables")
+    index = os.path.join(variables, "variables.index")
+    shards = [name for name in _listed(variables) if name.startswith("variables.data-")]
+    if not os.path.isfile(index) or not shards:
+        raise UserInputError(
+            f"{path} is a SavedModel without its weights ({index} and its "
+            "variables.data-* files): copy the whole directory, or export it again."
+        )
+
+
+def _listed(folder: str) -> list[str]:
+    return os.listdir(folder) if os.path.isdir(folder) else []
+
+
 def export_saved_model(
     model: keras.Model,
     out_dir: str,

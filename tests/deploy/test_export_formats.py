@@ -558,3 +558,20 @@ def test_damaged_serving_metadata_is_one_line_before_the_runtime_loads(tmp_path,
     (tmp_path / "deit_serving.json").write_text(json.dumps(metadata))
     with pytest.raises(UserInputError, match="damaged or foreign deit_serving metadata"):
         runtimes.ExportedModel(str(tmp_path))
+
+
+@pytest.mark.parametrize("removed", ["variables", "variables/variables.index", "data shard"])
+def test_a_saved_model_without_its_weights_is_one_line_naming_them(exports, tmp_path, removed):
+    """`saved_model.pb` copied without `variables/`: TensorFlow's error said to set
+    `experimental_io_device`."""
+    copy = tmp_path / "copy_sm"
+    shutil.copytree(exports["distilled", "saved_model"], copy)
+    if removed == "data shard":
+        for shard in (copy / "variables").glob("variables.data-*"):
+            shard.unlink()
+    elif removed == "variables":
+        shutil.rmtree(copy / removed)
+    else:
+        (copy / removed).unlink()
+    with pytest.raises(UserInputError, match="SavedModel without its weights.*whole directory"):
+        runtimes.ExportedModel(str(copy))
