@@ -64,6 +64,20 @@ def assert_layer_round_trip(layer, inputs):
     clone.set_weights(layer.get_weights())
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(inputs)), expected)
     assert clone.get_config() == layer.get_config()
+    assert_frozen_round_trip(layer, inputs)
+
+
+def assert_frozen_round_trip(layer, inputs):
+    """A frozen `layer` rebuilt from its config (as `load_model` and `clone_model` do)
+    has no trainable variable: a model holding it would otherwise train it."""
+    layer.trainable = False
+    try:
+        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    finally:
+        layer.trainable = True
+    clone(inputs)
+    assert not clone.trainable
+    assert not [variable.path for variable in clone.variables if variable.trainable]
 
 
 def batches(count=3, batch=4, seed=1):

@@ -6,6 +6,7 @@ from keras import ops
 from deit_keras.backend import on_tensorflow
 from deit_keras.layers import onednn_form
 from deit_keras.layers.basic import check_heads, dense
+from deit_keras.layers.frozen import KeepsFrozen
 
 
 def split_heads(x, batch, tokens, num_heads, head_dim):
@@ -41,7 +42,7 @@ def attention_weights(query, key, mix_logits=None):
     return ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), query.dtype)
 
 
-class HeadsLayer(keras.layers.Layer):
+class HeadsLayer(KeepsFrozen, keras.layers.Layer):
     """The head layout every attention layer has: `embed_dim` split into `num_heads`.
 
     Subclasses create their projections after `super().__init__`.

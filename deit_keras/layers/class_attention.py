@@ -12,6 +12,7 @@ from deit_keras.layers.attention import (
 )
 from deit_keras.layers.basic import dense, layer_norm
 from deit_keras.layers.encoder import MLP, DropPath
+from deit_keras.layers.frozen import KeepsFrozen
 from deit_keras.layers.layer_scale import LayerScale
 
 
@@ -67,7 +68,7 @@ class ClassAttention(HeadsLayer):
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
-class ClassAttentionBlock(keras.layers.Layer):
+class ClassAttentionBlock(KeepsFrozen, keras.layers.Layer):
     """CaiT's class-attention block with LayerScale (timm's `LayerScaleBlockClassAttn`).
 
     `cls + gamma_1 * CA(LN([cls, x]))`, then `cls + gamma_2 * MLP(LN(cls))`;

@@ -8,6 +8,7 @@ from keras import ops
 
 from deit_keras.backend import tf
 from deit_keras.errors import UserInputError
+from deit_keras.layers.frozen import KeepsFrozen
 from deit_keras.layers.initializers import trunc_normal
 
 # The layers take NHWC images whatever `keras.config.image_data_format()` says.
@@ -15,7 +16,7 @@ NHWC = "channels_last"
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
-class PatchEmbedding(keras.layers.Layer):
+class PatchEmbedding(KeepsFrozen, keras.layers.Layer):
     """Splits an image into patches and embeds each one linearly.
 
     A `patch_size` x `patch_size` convolution with the same stride is a
@@ -115,7 +116,7 @@ class PatchEmbedding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
-class TokensAndPositionEmbedding(keras.layers.Layer):
+class TokensAndPositionEmbedding(KeepsFrozen, keras.layers.Layer):
     """Prepends the class (and distillation) token and adds position embeddings.
 
     The DeiT distillation token is a second learned token, like the class

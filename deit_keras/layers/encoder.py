@@ -6,6 +6,7 @@ from keras import ops
 from deit_keras.layers import onednn_form
 from deit_keras.layers.attention import MultiHeadSelfAttention, with_scores
 from deit_keras.layers.basic import dense, layer_norm
+from deit_keras.layers.frozen import KeepsFrozen
 from deit_keras.layers.layer_scale import LayerScale
 from deit_keras.layers.replica_dropout import ReplicaDropout
 from deit_keras.layers.talking_heads import TalkingHeadsAttention
@@ -32,7 +33,7 @@ class DropPath(ReplicaDropout):
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
-class MLP(keras.layers.Layer):
+class MLP(KeepsFrozen, keras.layers.Layer):
     """Two Dense layers with an exact (erf) GELU between them.
 
     Args:
@@ -64,7 +65,7 @@ class MLP(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="deit_keras")
-class TransformerBlock(keras.layers.Layer):
+class TransformerBlock(KeepsFrozen, keras.layers.Layer):
     """Pre-norm ViT block: `x + DropPath(Attn(LN(x)))`, `x + DropPath(MLP(LN(x)))`.
 
     With `layer_scale_init` each branch is scaled by a `LayerScale` (`ls1`,

@@ -22,6 +22,7 @@ from deit_keras.distill.teachers import check_teacher_classes
 from deit_keras.errors import UserInputError
 from deit_keras.layers import onednn_form
 from deit_keras.layers.basic import dense
+from deit_keras.layers.frozen import frozen_throughout
 from deit_keras.models import quantized
 from deit_keras.models.compiled_inference import CompiledInference
 from deit_keras.models.flops import vit_flops
@@ -568,7 +569,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         frozen = set(config.pop("frozen_layers", ()))
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
-        model = cls(**config)
+        model = frozen_throughout(cls(**config))  # a frozen backbone (`trainable=False`)
         if layers:
             quantized.requantize(model, layers)
         for layer in model._flatten_layers(include_self=False):

@@ -76,6 +76,23 @@ def test_keras_round_trip_gives_identical_logits(tmp_path):
     np.testing.assert_array_equal(loaded(images), model(images))
 
 
+def test_a_frozen_backbone_in_a_users_model_stays_frozen_when_loaded_or_cloned(tmp_path):
+    """`from_config` made the layers trainable again (Keras' `trainable = False` on TF
+    returns early when the flag is already False): fine-tuning the loaded model trained
+    the backbone, and its saved optimizer state (the head's) did not fit."""
+    backbone = tiny_model(num_classes=0)
+    backbone.trainable = False
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3)(backbone(inputs, training=False)))
+    assert len(model.trainable_weights) == 2
+    path = str(tmp_path / "frozen.keras")
+    model.save(path)
+    for rebuilt in (keras.models.load_model(path), keras.models.clone_model(model)):
+        assert len(rebuilt.trainable_weights) == 2, [v.path for v in rebuilt.trainable_weights]
+        inner = rebuilt.layers[1]
+        assert not inner.trainable and not any(layer.trainable for layer in inner.layers)
+
+
 def test_saved_model_export_gives_same_logits(tmp_path):
     model = tiny_model()
     images = random_images()
