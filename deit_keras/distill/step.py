@@ -72,15 +72,29 @@ def _clipped_over_replicas(optimizer, gradients):
     return [None if g is None else next(parts) for g in gradients]
 
 
-def _unpack(data):
+def _unpack(data, num_classes: int):
     """`(images, targets, teacher logits or None, teacher maps or None)` of a batch."""
     images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     if sample_weight is not None:  # a dataset of (x, y, weight)
         refuse_sample_weights({"sample_weight": sample_weight})
     if isinstance(labels, dict):  # the images stay `x`, so Keras can build the model from them
         maps = labels.get(TEACHER_FEATURES)
-        return images, labels["targets"], labels[TEACHER_LOGITS], maps
-    return images, labels, None, None
+        return images, as_targets(labels["targets"], num_classes), labels[TEACHER_LOGITS], maps
+    return images, as_targets(labels, num_classes), None, None
+
+
+def as_targets(labels, num_classes: int):
+    """`labels` as the step's targets: a row over the classes per image (one-hot, or soft
+    after MixUp/CutMix and smoothing). Class indices, Keras' sparse form (`[B]`, or
+    `[B, 1]` of a model of several classes), are one-hot encoded."""
+    rank = len(labels.shape)
+    if rank == 2 and labels.shape[-1] == 1 and num_classes > 1:
+        labels, rank = ops.squeeze(labels, -1), 1
+    if rank == 1:
+        return ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
+    if "int" in keras.backend.standardize_dtype(labels.dtype):
+        return ops.cast(labels, "float32")
+    return labels
 
 
 def refuse_sample_weights(arguments: dict) -> None:
@@ -242,7 +256,7 @@ class DistillationStep:
 
     def train_step(self, model, data) -> dict:
         """One optimizer step on `data = (images, targets, ...)`; returns the logs."""
-        images, labels, teacher_logits, teacher_maps = _unpack(data)
+        images, labels, teacher_logits, teacher_maps = _unpack(data, model.num_classes)
         with tf.GradientTape() as tape:
             outputs = self.compute_loss(model, images, labels, True, teacher_logits, teacher_maps)
             total = outputs[0]
@@ -295,7 +309,7 @@ class DistillationStep:
         context.merge_call(in_cross_replica_context, args=(overflowed_here, adapter_gradients))
 
     def test_step(self, model, data) -> dict:
-        images, labels, teacher_logits, teacher_maps = _unpack(data)
+        images, labels, teacher_logits, teacher_maps = _unpack(data, model.num_classes)
         outputs = self.compute_loss(model, images, labels, False, teacher_logits, teacher_maps)
         self.update_metrics(labels, *outputs)
         return self.logs()

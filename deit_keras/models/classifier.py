@@ -56,6 +56,13 @@ def _label_loss(loss):
     unreduced function on probabilities: a wrong objective, `[B]` wide)."""
     if loss is None:
         return None
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        raise UserInputError(
+            "loss takes a row over the classes per image: the step one-hot encodes integer "
+            "labels itself (MixUp/CutMix and smoothing make soft ones), so use "
+            "keras.losses.CategoricalCrossentropy(from_logits=True) with integer labels too. "
+            f"Received: loss={loss!r}"
+        )
     config = loss.get_config() if isinstance(loss, keras.losses.Loss) else {}
     if (
         not isinstance(loss, keras.losses.Loss)
@@ -301,7 +308,8 @@ class TokenClassifier(CompiledInference, keras.Model):
             alpha: weight of the distillation loss. Defaults to 0.5.
             tau: soft-distillation temperature. Defaults to 1.0.
             loss: a `keras.losses.Loss` or None: the label term (the official
-                `base_criterion`, on logits and probability targets).
+                `base_criterion`, on logits and probability targets; integer
+                labels are one-hot encoded first, so not a sparse loss).
                 Defaults to categorical cross-entropy from logits.
             metrics: not supported: the step reports loss, cls/distill
                 loss, top-1/top-5 and per-head top-1 itself.
@@ -323,6 +331,12 @@ class TokenClassifier(CompiledInference, keras.Model):
                 (`models.compiled_inference`; "auto": the CPU predict step).
         """
         self._check_trains_here()
+        if not self.num_classes:
+            raise UserInputError(
+                f"{self.name} has no heads (num_classes=0: it returns features, not class "
+                "logits): create it with num_classes=N to train it, or train a keras.Model "
+                "of your own with a head on its features. Received: num_classes=0"
+            )
         if metrics:
             raise UserInputError(
                 "DeiT reports its own metrics (loss, cls_loss, distill_loss, top1, top5, "

@@ -213,6 +213,29 @@ def test_compile_refuses_what_would_train_a_wrong_objective_in_one_line():
     assert np.isfinite(model.fit(images, labels, batch_size=4, verbose=0).history["loss"][0])
 
 
+def test_integer_labels_train_and_evaluate_as_their_one_hot_rows():
+    """Keras' sparse form (`[B]` or `[B, 1]` class indices) failed inside Keras ("target
+    and output must have the same rank"); a sparse loss passed compile, then crashed in
+    the top-k metric. Now indices are one-hot encoded by the step."""
+    from deit_keras.distill import build_small_cnn
+    from deit_keras.errors import UserInputError
+
+    images, one_hot = batches(count=2)
+    indices = one_hot.argmax(-1)
+    teacher = build_small_cnn(10, 32)
+    results = []
+    for labels in (one_hot, indices, indices[:, None].astype("int64")):
+        keras.utils.set_random_seed(0)
+        model = compiled(tiny_model(drop_path_rate=0.0), teacher)
+        history = model.fit(images, labels, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        results.append((history.history, model.evaluate(images, labels, verbose=0)))
+    assert results[1] == results[0] and results[2] == results[0]
+    with pytest.raises(UserInputError, match="one-hot encodes integer labels"):
+        compiled(tiny_model(), None, "none", loss=keras.losses.SparseCategoricalCrossentropy(True))
+    with pytest.raises(UserInputError, match="has no heads"):
+        compiled(tiny_model(num_classes=0), None, "none")
+
+
 def test_weights_by_position_and_old_files_named_losses():
     """`train_on_batch(x, y, w)` is refused before the trace like the keyword; a `.keras` file
     saved with a loss by name (taken before) still loads compiled, with the default loss."""
