@@ -383,6 +383,16 @@ def _load_local(name, path):
         raise PretrainedWeightsError(str(error)) from error
 
 
+def _holds_another_preset(published: TokenClassifier, name: str) -> bool:
+    """Whether a `.keras` file holds a preset other than `name` (told by the model's name,
+    when that is a preset's): it is then `name`'s model built and given the file's weights
+    (a 224 px DeiT-B's for `deit_base_patch16_384`, resampled), not the file's model as it
+    was under the name asked for."""
+    held = published.name
+    presets = {known.replace(".", "_") for known in variants.list_models()}
+    return held in presets and held != variants.canonical_name(name).replace(".", "_")
+
+
 def create_model(
     name: str,
     /,
@@ -450,10 +460,14 @@ def create_model(
             and not drop_path_rate
             and crop_pct is None
             and not overrides
+            and not _holds_another_preset(published, name)
         )
         if same_model:
             return published
         state = checkpoints.state_dict_of(published)
+        # The weights' own eval transform (a model trained on other data normalises its
+        # way), not the preset's ImageNet one: exports and `preprocess` apply it.
+        overrides.setdefault("preprocessing", published.preprocessing.replace(crop_pct=crop_pct))
     model = variants.build_model(
         name, num_classes, image_size, drop_path_rate, crop_pct, **overrides
     )

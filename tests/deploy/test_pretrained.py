@@ -355,3 +355,25 @@ def test_stale_partials_of_this_host_go_and_another_hosts_stay_a_day(tmp_path):
     os.utime(tmp_path / names["other_old"], (two_days_ago, two_days_ago))
     pretrained._remove_stale_partials(str(tmp_path), "w.pth")
     assert sorted(os.listdir(tmp_path)) == sorted([names["mine_alive"], names["other_fresh"]])
+
+
+def test_an_own_keras_file_keeps_its_preprocessing_and_is_not_returned_as_another_preset(
+    tmp_path,
+):
+    """A rebuilt model (new heads, the same overrides) took the preset's ImageNet mean/std
+    and crop instead of the file's; a file of another preset came back as it was, under the
+    name asked for (with overrides the same request was refused)."""
+    from deit_keras import Preprocessing
+    from deit_keras.deploy.checkpoints import CheckpointError
+
+    tiny = dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    own = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_pct=1.0)
+    path = str(tmp_path / "own.keras")
+    pretrained.create_model(NAME, num_classes=5, preprocessing=own, **tiny).save(path)
+    for changes in ({}, tiny, {"num_classes": 7, **tiny}):
+        assert pretrained.create_model(NAME, pretrained=path, **changes).preprocessing == own
+    cropped = pretrained.create_model(NAME, pretrained=path, crop_pct=0.9, **tiny)
+    assert cropped.preprocessing == own.replace(crop_pct=0.9)
+    for other in ("deit_small_distilled_patch16_224", "deit_tiny_patch16_224"):
+        with pytest.raises(CheckpointError):
+            pretrained.create_model(other, pretrained=path)
