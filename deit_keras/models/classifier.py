@@ -23,7 +23,7 @@ from deit_keras.errors import UserInputError
 from deit_keras.layers import onednn_form
 from deit_keras.layers.basic import dense
 from deit_keras.layers.frozen import frozen_throughout
-from deit_keras.models import quantized
+from deit_keras.models import precision, quantized
 from deit_keras.models.compiled_inference import CompiledInference
 from deit_keras.models.flops import vit_flops
 
@@ -522,8 +522,13 @@ class TokenClassifier(CompiledInference, keras.Model):
         has, where TensorFlow's exact GELU is `Erfc`, which tf2onnx does not
         convert (onnxruntime then refuses the file). `deit-export
         --format=onnx` (`deploy.onnx_export`) writes the graph ONNX Runtime's
-        transformer optimizer fuses.
+        transformer optimizer fuses. A model computing in mixed precision is
+        converted (every format but the SavedModel) from its float32 copy, as
+        `deploy.export_model` does: ONNX Runtime refused tf2onnx's bfloat16 casts.
         """
+        if format != "tf_saved_model" and not precision.computes_in_float32(self):
+            copy = precision.with_dtype_policy(self, "float32")
+            return copy.export(filepath, format, verbose, input_signature, **kwargs)
         if format == "onnx":
             with onednn_form.fusable_form():
                 return self._export(filepath, format, verbose, input_signature, **kwargs)

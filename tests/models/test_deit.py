@@ -112,6 +112,21 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_logits(tmp_path):
     np.testing.assert_allclose(logits, op_by_op(model, images), atol=1e-5)
 
 
+def test_onnx_export_of_a_mixed_precision_model_is_its_float32_copy(tmp_path):
+    """tf2onnx wrote the bfloat16 casts into a file ONNX Runtime refused (`InvalidGraph`)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from deit_keras.models import precision
+
+    model = tiny_model(dtype="mixed_bfloat16")
+    images = random_images()
+    path = str(tmp_path / "model.onnx")
+    model.export(path, format="onnx", verbose=False)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: images})
+    float32 = precision.with_dtype_policy(model, "float32")
+    np.testing.assert_allclose(logits, op_by_op(float32, images), atol=1e-5)
+
+
 def test_uint8_images_get_a_one_line_error_naming_preprocess():
     model = tiny_model()
     pixels = np.zeros((1, 32, 32, 3), "uint8")
