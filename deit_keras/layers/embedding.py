@@ -360,19 +360,27 @@ def _torch_bicubic_matrix(in_size, out_size, a=-0.75):
     return matrix
 
 
+def _grid(grid) -> tuple[int, int]:
+    return (grid, grid) if isinstance(grid, (int, np.integer)) else tuple(grid)
+
+
 def resample_position_embeddings(
-    pos_embed, new_grid: int, num_prefix_tokens: int, old_grid: int | None = None
+    pos_embed,
+    new_grid: int | tuple[int, int],
+    num_prefix_tokens: int,
+    old_grid: int | tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Resizes the grid part of position embeddings bicubically, as official DeiT's
     `--finetune` (PyTorch bicubic, `align_corners=False`, no antialiasing).
 
     Args:
         pos_embed: array `[1, num_prefix_tokens + gh * gw, D]`.
-        new_grid: `(new_gh, new_gw)` patch grid of the target image size.
+        new_grid: `(new_gh, new_gw)` patch grid of the target image size, or one
+            int for a square grid.
         num_prefix_tokens: prefix tokens with a position embedding of their
             own: 1 (class token), 2 (class + distillation) or 0 (DeiT III,
             CaiT).
-        old_grid: `(gh, gw)`; inferred as square when omitted.
+        old_grid: `(gh, gw)` or one int (square); inferred as square when omitted.
 
     Returns:
         float32 array `[1, num_prefix_tokens + new_gh * new_gw, D]`. The prefix
@@ -388,7 +396,7 @@ def resample_position_embeddings(
                 f"{grid.shape[0]} position embeddings; pass old_grid."
             )
         old_grid = (side, side)
-    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
+    old_grid, new_grid = _grid(old_grid), _grid(new_grid)
     if old_grid[0] * old_grid[1] != grid.shape[0]:
         raise ValueError(f"old_grid={old_grid} does not match {grid.shape[0]} grid embeddings.")
     if old_grid == new_grid:

@@ -56,7 +56,7 @@ class MLP(KeepsFrozen, keras.layers.Layer):
         return onednn_form.mlp(self.fc1, self.fc2, x)
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        return tuple(input_shape[:-1]) + (self.embed_dim,)
 
     def get_config(self):
         config = super().get_config()

@@ -142,6 +142,18 @@ def test_resample_identity_and_prefix_kept():
     bigger = resample_position_embeddings(pos, (6, 6), 2)
     assert bigger.shape == (1, 2 + 36, 3)
     np.testing.assert_array_equal(bigger[:, :2], pos[:, :2])
+    # One int is a square grid, as the annotation said (a TypeError before).
+    np.testing.assert_array_equal(resample_position_embeddings(pos, 6, 2, old_grid=4), bigger)
+
+
+def test_mlp_output_shape_is_its_output_width_not_its_inputs():
+    """`compute_output_shape` returned the input's shape: a symbolic (None, 17, 48) for a
+    real (..., 32) output."""
+    mlp = MLP(32, 64)
+    assert mlp.compute_output_shape((None, 17, 48)) == (None, 17, 32)
+    symbolic = mlp(keras.Input((17, 48)))
+    real = mlp(np.zeros((1, 17, 48), "float32"))
+    assert tuple(symbolic.shape[1:]) == tuple(real.shape[1:]) == (17, 32)
 
 
 def test_resample_matches_torch_bicubic():
