@@ -27,6 +27,9 @@ def test_sharded_forward_keeps_the_rows_in_order():
 
 def test_deit_tiny_splits_batch_8_in_two_and_batch_30_in_four():
     assert cpu_predict.smallest_batches(DEIT_TI_FLOPS) == [(4, 30), (2, 8)]
+    # A model of over 75 GFLOP an image (DeiT-B at 384 px is ~55): never an empty shard.
+    assert cpu_predict.smallest_batches(100e9) == [(4, 4), (2, 2)]
+    assert [cpu_predict.shards_for(batch, 100e9) for batch in (1, 2, 3, 4)] == [1, 2, 2, 4]
 
 
 @pytest.mark.parametrize("known_batch", [True, False])

@@ -190,3 +190,16 @@ def test_the_progress_bar_counts_epochs_over_the_run_not_the_fit(capsys):
     model.fit(*data, initial_epoch=1, epochs=2, verbose=2, callbacks=[callbacks_lib.RunProgress(4)])
     printed = capsys.readouterr().out
     assert "Epoch 2/4" in printed and "Epoch 2/2" not in printed, printed
+
+
+def test_the_training_run_counts_its_progress_over_the_run(tmp_path):
+    """`RunProgress` itself is tested above; this is that the run's `fit` gets it, with the
+    run's epochs (a resumed 4-epoch run showed "Epoch 2/2" without it)."""
+    from deit_keras.training import runner
+    from deit_keras.training.config import TrainConfig
+
+    config = TrainConfig(model_dir=str(tmp_path / "run"), epochs=4)
+    _, _, callbacks = runner._callbacks(config, lambda: None, None, None, 10, None)
+    progress = [c for c in callbacks if isinstance(c, keras.callbacks.ProgbarLogger)]
+    assert [type(c) for c in progress] == [callbacks_lib.RunProgress]
+    assert progress[0].run_epochs == 4

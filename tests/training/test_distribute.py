@@ -37,6 +37,11 @@ def test_an_unknown_strategy_is_one_line():
          "TF_CONFIG's task is not in its cluster"),
         ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}',
          "TF_CONFIG's task is not in its cluster"),
+        # The bounds: one past the last worker, and a negative index.
+        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+         "TF_CONFIG's task is not in its cluster"),
+        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": -1}}',
+         "TF_CONFIG's task is not in its cluster"),
         ('{"cluster": {"worker": ["a:1"], "evaluator": ["b:2"]}, '
          '"task": {"type": "evaluator", "index": 0}}', "task type must be chief or worker"),
     ],

@@ -193,6 +193,12 @@ def test_periodic_backups_count_run_steps_and_resume_mid_epoch(tmp_path):
     resumed.on_epoch_begin(1)
     resumed.on_train_batch_end(0, {"loss": 1.0})  # the fit's first batch is batch 2 of epoch 1
     assert resumed.backup.position() == (1, 2)
+    resumed.on_epoch_begin(2)  # the next epoch starts at its batch 0, not the resumed one's 1
+    for batch in range(3):  # run steps 13-15
+        resumed.on_train_batch_end(batch, {"loss": 1.0})
+    assert resumed.backup.position() == (1, 2)
+    resumed.on_train_batch_end(3, {"loss": 1.0})  # run step 16
+    assert resumed.backup.position() == (2, 4)
 
 
 # A real SIGTERM in a process of its own: raised in a pytest-xdist worker, it twice ended the
