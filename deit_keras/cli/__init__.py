@@ -153,11 +153,16 @@ def parse_argv(argv: list[str]) -> list[str]:
 
 
 def _check_flagfiles_are_named(argv: list[str]) -> None:
-    """absl skips `--flagfile=` with no file: `--flagfile=$CONFIG` with `CONFIG` unset ran
-    on the defaults as if no file had been meant."""
-    for arg in itertools.takewhile(lambda arg: arg != "--", argv[1:]):
-        if arg in ("--flagfile=", "-flagfile="):
-            raise UsageError(f"{arg} names no file: give the flagfile's path. Received: {arg!r}")
+    """absl skips a flagfile flag with no file: `--flagfile=$CONFIG` (or `--flagfile
+    "$CONFIG"`) with `CONFIG` unset ran on the defaults as if no file had been meant."""
+    flags_part = list(itertools.takewhile(lambda arg: arg != "--", argv[1:]))
+    for arg, following in itertools.zip_longest(flags_part, flags_part[1:]):
+        empty = arg in ("--flagfile=", "-flagfile=")
+        if empty or (arg in ("--flagfile", "-flagfile") and following == ""):
+            raise UsageError(
+                f"{arg.rstrip('=')} names no file: give the flagfile's path. "
+                f"Received: {arg if empty else arg + ' ' + repr(following)}"
+            )
 
 
 # absl's error for a value outside an enum's choices, which it lists in full.
@@ -175,8 +180,9 @@ def _shorter_choices(message: str) -> str:
         return message
     choices = match["choices"].split("|")
     value = match["value"]
-    near = [c for c in choices if c.startswith(value)] if value else []
-    near = near or difflib.get_close_matches(value, choices, n=3, cutoff=0.5)
+    typed = value.lower()  # the choices are lower case: DEIT_SMALL is still near deit_small
+    near = [c for c in choices if c.startswith(typed)] if typed else []
+    near = near or difflib.get_close_matches(typed, choices, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(near[:3])}?" if near else ""
     return (
         f"flag --{match['flag']}={value}: not one of its {len(choices)} values{hint} "

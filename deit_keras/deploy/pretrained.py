@@ -383,14 +383,33 @@ def _load_local(name, path):
         raise PretrainedWeightsError(str(error)) from error
 
 
-def _holds_another_preset(published: TokenClassifier, name: str) -> bool:
-    """Whether a `.keras` file holds a preset other than `name` (told by the model's name,
-    when that is a preset's): it is then `name`'s model built and given the file's weights
-    (a 224 px DeiT-B's for `deit_base_patch16_384`, resampled), not the file's model as it
-    was under the name asked for."""
+def _holds_another_model(published: TokenClassifier, name: str) -> bool:
+    """Whether a loaded file holds another model than the preset `name`: another class
+    (DeiT, CaiT), distillation token or (by the model's own name, when that is a preset's)
+    preset. `name`'s model is then built and given the file's weights (a 224 px DeiT-B's for
+    `deit_base_patch16_384`, resampled; weights that do not fit are refused), not the file's
+    model returned as it was under the name asked for. A file of the user's own model (a
+    small student: other widths, any name) asked for by its preset's name comes back as
+    saved."""
+    variant = variants.get_variant(name)
+    if type(published) is not variants.model_class(variant.architecture):
+        return True
+    if bool(getattr(published, "distilled", False)) != bool(variant.config.get("distilled")):
+        return True
     held = published.name
     presets = {known.replace(".", "_") for known in variants.list_models()}
     return held in presets and held != variants.canonical_name(name).replace(".", "_")
+
+
+def _carried_preprocessing(published: TokenClassifier, name: str, another: bool, crop_pct):
+    """The eval transform a model rebuilt from `published`'s weights keeps: the weights'
+    own normalisation (a model trained on other data normalises its way, not ImageNet's),
+    and, for another preset (224 -> 384 px), that preset's crop."""
+    own = published.preprocessing
+    if another:
+        preset = variants.get_variant(name).preprocessing
+        own = preset.replace(mean=own.mean, std=own.std)
+    return own.replace(crop_pct=crop_pct)
 
 
 def create_model(
@@ -454,20 +473,21 @@ def create_model(
             raise _headless(pretrained)
         if num_classes is None:
             num_classes = published.num_classes
+        another = _holds_another_model(published, name)
         same_model = (
             num_classes == published.num_classes
             and image_size in (None, published.image_size)
             and not drop_path_rate
             and crop_pct is None
             and not overrides
-            and not _holds_another_preset(published, name)
+            and not another
         )
         if same_model:
             return published
         state = checkpoints.state_dict_of(published)
-        # The weights' own eval transform (a model trained on other data normalises its
-        # way), not the preset's ImageNet one: exports and `preprocess` apply it.
-        overrides.setdefault("preprocessing", published.preprocessing.replace(crop_pct=crop_pct))
+        overrides.setdefault(
+            "preprocessing", _carried_preprocessing(published, name, another, crop_pct)
+        )
     model = variants.build_model(
         name, num_classes, image_size, drop_path_rate, crop_pct, **overrides
     )

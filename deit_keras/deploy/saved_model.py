@@ -10,6 +10,7 @@ run an export through it (`deploy.runtimes`).
 
 import json
 import os
+import re
 
 import keras
 
@@ -58,12 +59,18 @@ def check_saved_model_weights(path: str) -> None:
     """
     variables = os.path.join(path, "variables")
     index = os.path.join(variables, "variables.index")
-    shards = [name for name in _listed(variables) if name.startswith("variables.data-")]
-    if not os.path.isfile(index) or not shards:
+    shards = [_SHARD.fullmatch(name) for name in _listed(variables)]
+    counts = {int(shard[2]) for shard in shards if shard}
+    present = {(int(shard[1]), int(shard[2])) for shard in shards if shard}
+    every_shard = len(counts) == 1 and present == {(i, *counts) for i in range(*counts)}
+    if not os.path.isfile(index) or not every_shard:
         raise UserInputError(
             f"{path} is a SavedModel without its weights ({index} and its "
             "variables.data-* files): copy the whole directory, or export it again."
         )
+
+
+_SHARD = re.compile(r"variables\.data-(\d+)-of-(\d+)")
 
 
 def _listed(folder: str) -> list[str]:

@@ -86,15 +86,32 @@ def _unpack(data, num_classes: int):
 def as_targets(labels, num_classes: int):
     """`labels` as the step's targets: a row over the classes per image (one-hot, or soft
     after MixUp/CutMix and smoothing). Class indices, Keras' sparse form (`[B]`, or
-    `[B, 1]` of a model of several classes), are one-hot encoded."""
+    `[B, 1]` of a model of several classes), are one-hot encoded; indices outside
+    `[0, num_classes)` give zero rows here (`TokenClassifier.fit` refuses them in arrays).
+    """
+    if labels.shape.rank is None:  # Keras retraced for labels of another rank than before
+        targets = tf.cond(
+            _are_indices(labels, num_classes),
+            lambda: _one_hot(tf.reshape(labels, [-1]), num_classes),
+            lambda: tf.cast(labels, "float32"),
+        )
+        return tf.ensure_shape(targets, [None, num_classes])
     rank = len(labels.shape)
-    if rank == 2 and labels.shape[-1] == 1 and num_classes > 1:
-        labels, rank = ops.squeeze(labels, -1), 1
-    if rank == 1:
-        return ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
+    if rank == 1 or (rank == 2 and labels.shape[-1] == 1 and num_classes > 1):
+        return _one_hot(tf.reshape(labels, [-1]), num_classes)
     if "int" in keras.backend.standardize_dtype(labels.dtype):
         return ops.cast(labels, "float32")
     return labels
+
+
+def _are_indices(labels, num_classes: int):
+    rank = tf.rank(labels)
+    one_column = tf.logical_and(tf.equal(rank, 2), tf.equal(tf.shape(labels)[-1], 1))
+    return tf.logical_or(tf.equal(rank, 1), tf.logical_and(one_column, num_classes > 1))
+
+
+def _one_hot(indices, num_classes: int):
+    return ops.one_hot(ops.cast(indices, "int32"), num_classes, dtype="float32")
 
 
 def refuse_sample_weights(arguments: dict) -> None:

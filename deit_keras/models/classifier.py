@@ -10,6 +10,7 @@ import contextlib
 import inspect
 
 import keras
+import numpy as np
 from absl import logging
 from keras import ops
 
@@ -48,6 +49,25 @@ def _images_dtype(x):
     if isinstance(x, (tuple, list)):
         x = x[0] if x else None
     return getattr(x, "dtype", None)
+
+
+def _check_class_indices(labels, num_classes: int) -> None:
+    """Refuses class indices (`[B]` / `[B, 1]` labels given as an array) outside
+    `[0, num_classes)`: the step's one-hot encoding would make them rows of zeros (a loss
+    of 0, no error); 1-based labels are the usual cause. Labels in a dataset are not
+    drawn here."""
+    if labels is None or isinstance(labels, dict) or not hasattr(labels, "shape"):
+        return
+    shape = tuple(labels.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1 and num_classes > 1)):
+        return
+    indices = np.asarray(keras.ops.convert_to_numpy(labels))
+    if indices.size and (indices.min() < 0 or indices.max() >= num_classes):
+        raise UserInputError(
+            f"Class indices must lie in [0, {num_classes}) for a model of {num_classes} "
+            f"classes (1-based labels? subtract 1). Received: labels from {indices.min()} "
+            f"to {indices.max()}"
+        )
 
 
 def _label_loss(loss):
@@ -387,6 +407,14 @@ class TokenClassifier(CompiledInference, keras.Model):
             )
             self.optimizer = None  # so that evaluate() reaches test_step, which says so
             return
+        if not self.num_classes:  # saved compiled by a version that let a headless model be
+            logging.warning(
+                "%s has no heads (num_classes=0), so it is loaded uncompiled: it returns "
+                "features, and trains inside a keras.Model with a head of your own.",
+                self.name,
+            )
+            self.optimizer = None
+            return
         config = keras.saving.deserialize_keras_object(config)
         try:
             _label_loss(config.get("loss"))
@@ -451,6 +479,7 @@ class TokenClassifier(CompiledInference, keras.Model):
     def _check_inputs(self, arguments):
         refuse_sample_weights(arguments)
         self._check_float_images(_images_dtype(arguments.get("x")))
+        _check_class_indices(arguments.get("y"), self.num_classes)
 
     @contextlib.contextmanager
     def _steps_retraced_after_an_error(self):

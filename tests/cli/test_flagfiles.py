@@ -64,10 +64,10 @@ def test_a_flagfile_saved_with_a_byte_order_mark_reads_its_first_flag(tmp_path):
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("arg", ["--flagfile=", "-flagfile="])
-def test_a_flagfile_flag_without_a_file_is_refused_not_skipped(arg):
-    """absl skips an empty `--flagfile=`: `--flagfile=$CONFIG` with CONFIG unset ran on the
-    defaults."""
+@pytest.mark.parametrize("args", [["--flagfile="], ["-flagfile="], ["--flagfile", ""]])
+def test_a_flagfile_flag_without_a_file_is_refused_not_skipped(args):
+    """absl skips an empty `--flagfile=`: `--flagfile=$CONFIG` (or `--flagfile "$CONFIG"`)
+    with CONFIG unset ran on the defaults."""
     with pytest.raises(cli.UsageError, match="names no file"):
-        cli.parse_argv(["prog", arg])
-    cli._check_flagfiles_are_named(["prog", "--", arg])  # after "--": an argument
+        cli.parse_argv(["prog", *args])
+    cli._check_flagfiles_are_named(["prog", "--", *args])  # after "--": arguments

@@ -377,3 +377,28 @@ def test_an_own_keras_file_keeps_its_preprocessing_and_is_not_returned_as_anothe
     for other in ("deit_small_distilled_patch16_224", "deit_tiny_patch16_224"):
         with pytest.raises(CheckpointError):
             pretrained.create_model(other, pretrained=path)
+    # Under a name of its own: the distillation token still tells another model.
+    named = str(tmp_path / "named.keras")
+    pretrained.create_model(NAME, num_classes=5, name="my_student", **tiny).save(named)
+    assert pretrained.create_model(NAME, pretrained=named).name == "my_student"
+    with pytest.raises(CheckpointError, match="is distilled"):
+        pretrained.create_model("deit_tiny_patch16_224", pretrained=named)
+
+
+def test_a_224_file_fine_tuned_as_a_384_preset_takes_that_presets_crop(tmp_path):
+    """The carried eval transform kept the 224 file's crop (0.875) for the 384 preset,
+    whose crop is the full image (1.0), as timm's and the release's."""
+    from deit_keras import Preprocessing
+
+    small = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    own = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_pct=0.875)
+    path = str(tmp_path / "b224.keras")
+    base = "deit_base_distilled_patch16_224"
+    pretrained.create_model(base, num_classes=5, image_size=32, preprocessing=own, **small).save(
+        path
+    )
+    at_384 = pretrained.create_model(
+        "deit_base_distilled_patch16_384", pretrained=path, image_size=48, **small
+    )
+    assert at_384.image_size == 48
+    assert at_384.preprocessing == own.replace(crop_pct=1.0)  # its normalisation, 384's crop

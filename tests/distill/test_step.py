@@ -230,10 +230,32 @@ def test_integer_labels_train_and_evaluate_as_their_one_hot_rows():
         history = model.fit(images, labels, batch_size=4, epochs=1, shuffle=False, verbose=0)
         results.append((history.history, model.evaluate(images, labels, verbose=0)))
     assert results[1] == results[0] and results[2] == results[0]
+    # Labels of another rank on a model already traced: Keras retraces with an unknown rank.
+    model.evaluate(images, indices, verbose=0)
+    assert model.evaluate(images, indices[:, None], verbose=0) == results[0][1]
+    # 1-based labels (10 in a model of 10 classes), or -1 for "unknown": rows of zeros.
+    for wrong in (10, -1):
+        labels = indices.copy()
+        labels[0] = wrong
+        with pytest.raises(UserInputError, match=r"Class indices must lie in \[0, 10\)"):
+            model.fit(images, labels, batch_size=4, verbose=0)
+        with pytest.raises(UserInputError, match="Class indices must lie in"):
+            model.evaluate(images, labels[:, None], verbose=0)
     with pytest.raises(UserInputError, match="one-hot encodes integer labels"):
         compiled(tiny_model(), None, "none", loss=keras.losses.SparseCategoricalCrossentropy(True))
     with pytest.raises(UserInputError, match="has no heads"):
         compiled(tiny_model(num_classes=0), None, "none")
+
+
+def test_a_headless_model_saved_compiled_by_an_earlier_version_loads_uncompiled(tmp_path, caplog):
+    headless = tiny_model(num_classes=0)
+    keras.Model.compile(headless, optimizer="adamw")  # what compile() allowed before
+    path = str(tmp_path / "headless.keras")
+    headless.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.num_classes == 0 and loaded.optimizer is None
+    assert "loaded uncompiled" in caplog.text
+    np.testing.assert_array_equal(loaded(batches(count=1)[0]), headless(batches(count=1)[0]))
 
 
 def test_weights_by_position_and_old_files_named_losses():
