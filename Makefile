@@ -6,10 +6,12 @@ PYTHON ?= python3
 # Test processes side by side (pytest-xdist); a test file stays in one worker, so its
 # module fixtures are built once. Each worker's TensorFlow uses every core, but much of
 # a test's time is single-threaded (importing TensorFlow in a CLI subprocess, tracing),
-# so one worker more than the 2 CI cores fills their gaps (2 vCPU Xeon, 2026-12-06, other
+# so workers beyond the 2 CI cores fill their gaps (2 vCPU Xeon, 2026-12-06, other
 # jobs on the box in both runs: 36.9 min with 2 workers, 24.0 with 3 after ~400 s of the
-# slowest tests became `large`; 13.5 GB peak of 23 GB).
-TEST_WORKERS ?= 3
+# slowest tests became `large`; 13.5 GB peak of 23 GB). 2 vCPU Zen 4, 2026-12-07, nothing
+# else running, `bash .ci/run`: tests 21m25s-22m18s with 3 (three runs), 20m41s with 4
+# (one run, 22 tests more); the largest process 5.8 GB.
+TEST_WORKERS ?= 4
 # A worker that dies ends the run at once, naming its test: under --dist loadfile a
 # replaced worker can wait forever for work (pytest-xdist #784, #1323); a test that hangs
 # is stopped after TEST_TIMEOUT s with every thread's stack (pytest-timeout).

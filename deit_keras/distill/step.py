@@ -13,6 +13,7 @@ their own copy of the optimizer.
 from __future__ import annotations  # `tf.data.Dataset` annotations: TensorFlow loads on use
 
 import keras
+import numpy as np
 from keras import ops
 
 from deit_keras.backend import tf
@@ -89,14 +90,14 @@ def as_targets(labels, num_classes: int):
     `[B, 1]` of a model of several classes), are one-hot encoded; indices outside
     `[0, num_classes)` give zero rows here (`TokenClassifier.fit` refuses them in arrays).
     """
-    if labels.shape.rank is None:  # Keras retraced for labels of another rank than before
+    rank = getattr(labels.shape, "rank", None) if tf.is_tensor(labels) else np.ndim(labels)
+    if rank is None:  # Keras retraced for labels of another rank than before
         targets = tf.cond(
             _are_indices(labels, num_classes),
             lambda: _one_hot(tf.reshape(labels, [-1]), num_classes),
             lambda: tf.cast(labels, "float32"),
         )
         return tf.ensure_shape(targets, [None, num_classes])
-    rank = len(labels.shape)
     if rank == 1 or (rank == 2 and labels.shape[-1] == 1 and num_classes > 1):
         return _one_hot(tf.reshape(labels, [-1]), num_classes)
     if "int" in keras.backend.standardize_dtype(labels.dtype):
