@@ -21,13 +21,10 @@ failed, corrupt or interrupted download never becomes a cache entry.
 """
 
 import contextlib
-import glob
 import hashlib
 import os
 import re
-import socket
 import sys
-import time
 import urllib.parse
 import uuid
 
@@ -37,6 +34,7 @@ from absl import logging
 from deit_keras.data.labels import IMAGENET_NUM_CLASSES
 from deit_keras.deploy import checkpoints, saving
 from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.io import leftovers
 from deit_keras.io.atomic import atomic_output
 from deit_keras.models import variants
 from deit_keras.models.classifier import TokenClassifier
@@ -109,9 +107,9 @@ def download(url: str, directory: str, sha256: str | None = None) -> str:
         PretrainedWeightsError: one line naming the URL and what to do.
     """
     filename = os.path.basename(urllib.parse.urlsplit(url).path) or "checkpoint"
-    _remove_stale_partials(directory, filename)
+    leftovers.remove_stale(directory, PARTIAL_PREFIX, f"-{filename}")
     # The name keeps the extension last: the checkpoint reader goes by it.
-    partial = f"{PARTIAL_PREFIX}{_owner()}-{uuid.uuid4().hex[:8]}-{filename}"
+    partial = f"{PARTIAL_PREFIX}{leftovers.owner()}-{uuid.uuid4().hex[:8]}-{filename}"
     path = os.path.join(directory, partial)
     try:
         os.makedirs(directory, exist_ok=True)
@@ -155,55 +153,6 @@ def _verify_sha256(path, expected, url):
             f"{expected}; the download is corrupt or not the published file (check "
             f"{MIRROR_ENV}). Nothing was cached; run again to retry."
         )
-
-
-# A partial download of another host (a cache on shared storage: the workers of a
-# multi-worker run) is left alone unless this old; its process cannot be checked here.
-OTHER_HOST_STALE_S = 24 * 3600
-
-
-def _host():
-    """This host's name with no "-" or "@" (partial names split on them)."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
-
-
-def _owner():
-    """`<pid>@<host>` of this process."""
-    return f"{os.getpid()}@{_host()}"
-
-
-def _remove_stale_partials(directory, filename):
-    pattern = os.path.join(glob.escape(directory), f"{PARTIAL_PREFIX}*-{glob.escape(filename)}")
-    host = _host()
-    for stale in glob.glob(pattern):
-        pid, _, owner_host = (
-            os.path.basename(stale)[len(PARTIAL_PREFIX) :].split("-")[0].partition("@")
-        )
-        if owner_host == host:
-            dead = not (pid.isdigit() and _process_alive(int(pid)))
-        else:
-            dead = time.time() - _mtime(stale) > OTHER_HOST_STALE_S
-        if dead:
-            _remove(stale)
-
-
-def _mtime(path):
-    try:
-        return os.path.getmtime(path)
-    except FileNotFoundError:
-        return time.time()
-
-
-def _process_alive(pid):
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove(path):

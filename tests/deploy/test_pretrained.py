@@ -342,7 +342,9 @@ def test_registry_covers_every_deit_variant_with_a_hashed_file_name():
 
 def test_stale_partials_of_this_host_go_and_another_hosts_stay_a_day(tmp_path):
     """A cache on shared storage: another host's download in progress is not deleted."""
-    host = pretrained._host()
+    from deit_keras.io import leftovers
+
+    host = leftovers.host()
     names = {
         "mine_alive": f"partial-{os.getpid()}@{host}-aaaa-w.pth",
         "mine_dead": f"partial-999999999@{host}-bbbb-w.pth",
@@ -353,7 +355,7 @@ def test_stale_partials_of_this_host_go_and_another_hosts_stay_a_day(tmp_path):
         (tmp_path / name).write_bytes(b"part")
     two_days_ago = time.time() - 2 * 24 * 3600
     os.utime(tmp_path / names["other_old"], (two_days_ago, two_days_ago))
-    pretrained._remove_stale_partials(str(tmp_path), "w.pth")
+    leftovers.remove_stale(str(tmp_path), pretrained.PARTIAL_PREFIX, "-w.pth")
     assert sorted(os.listdir(tmp_path)) == sorted([names["mine_alive"], names["other_fresh"]])
 
 

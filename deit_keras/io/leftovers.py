@@ -1,0 +1,75 @@
+"""What a killed process leaves behind (a temporary output, a partial download), told by
+the owner its name carries (`<pid>@<host>`), and removed once that owner is gone.
+
+A kill (SIGKILL, the out-of-memory killer, a power cut) runs no clean-up: an export of
+DeiT-B left a ~350 MB temporary beside its output each time. A later write of the same
+output removes the leftovers of dead processes of this host; another host's (storage shared
+by the workers of a run) only after a day, since its process cannot be checked from here.
+"""
+
+import contextlib
+import glob
+import os
+import re
+import shutil
+import socket
+import time
+
+# Another host's leftover is removed only when this old.
+OTHER_HOST_STALE_S = 24 * 3600
+
+
+def host() -> str:
+    """This host's name with no "-" or "@" (owner tags split on them)."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+
+
+def owner() -> str:
+    """`<pid>@<host>` of this process: what a name made here carries."""
+    return f"{os.getpid()}@{host()}"
+
+
+def remove_stale(directory: str, prefix: str, suffix: str = "") -> None:
+    """Removes the files and folders of `directory` named `prefix<owner>-...suffix` whose
+    owner is gone; names without an owner tag, and live owners', stay."""
+    pattern = os.path.join(glob.escape(directory), f"{glob.escape(prefix)}*{glob.escape(suffix)}")
+    for leftover in glob.glob(pattern):
+        tag = os.path.basename(leftover)[len(prefix) :].split("-")[0]
+        if _gone(tag, leftover):
+            _remove(leftover)
+
+
+def _gone(tag: str, path: str) -> bool:
+    pid, at, owner_host = tag.partition("@")
+    if not (at and pid.isdigit()):
+        return False  # not named by this module
+    if owner_host == host():
+        return not _process_alive(int(pid))
+    return time.time() - _mtime(path) > OTHER_HOST_STALE_S
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except FileNotFoundError:
+        return time.time()
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
