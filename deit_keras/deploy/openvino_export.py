@@ -34,7 +34,7 @@ from deit_keras.deploy import export_options, onnx_export
 from deit_keras.deploy.export_options import openvino_weights_path
 from deit_keras.deploy.signatures import METADATA_NAME, serving_config
 from deit_keras.errors import UserInputError
-from deit_keras.io import atomic, leftovers
+from deit_keras.io import atomic
 
 QUANTIZATIONS = export_options.QUANTIZATIONS["openvino"]
 PRECISION_HINTS = {"none": "f32", "bf16": "bf16", "int8": "f32"}
@@ -91,9 +91,7 @@ def _save(ov_model, path: str) -> None:
     records the .bin's digest (module docstring)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    # A kill leaves a folder named after the output: the next export removes it.
-    leftovers.remove_stale(directory, atomic.temporary_prefix(path))
-    prefix = atomic.owned_temporary_prefix(path)
+    prefix = atomic.temporary_prefix(path)  # a kill leaves a folder named after the output
     with tempfile.TemporaryDirectory(prefix=prefix, dir=directory) as staging:
         staged = os.path.join(staging, "model.xml")
         _save_model(ov_model, staged, path)

@@ -14,7 +14,6 @@ import tempfile
 from collections.abc import Iterator
 
 from deit_keras.errors import UserEnvironmentError, UserInputError
-from deit_keras.io import leftovers
 from deit_keras.io.paths import (
     PROBE_PREFIX,
     not_a_regular_file,
@@ -113,12 +112,6 @@ def temporary_prefix(path: str) -> str:
     return f".{os.path.splitext(os.path.basename(path))[0]}.tmp-"
 
 
-def owned_temporary_prefix(path: str) -> str:
-    """`temporary_prefix` and this process's owner tag: a later write of `path` removes
-    the temporary once its owner is gone (`io.leftovers`)."""
-    return f"{temporary_prefix(path)}{leftovers.owner()}-"
-
-
 @contextlib.contextmanager
 def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator[str]:
     """Yields a temporary path beside `path`; renames it to `path` on success.
@@ -152,10 +145,9 @@ def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator
     temporary = None
     try:
         os.makedirs(directory, exist_ok=True)
-        leftovers.remove_stale(directory, temporary_prefix(path))  # of killed writes
         # Keep the extension: keras.saving checks that a path ends in ".keras".
         handle, temporary = tempfile.mkstemp(
-            prefix=owned_temporary_prefix(path), suffix=extension, dir=directory
+            prefix=temporary_prefix(path), suffix=extension, dir=directory
         )
         os.close(handle)
         os.remove(temporary)

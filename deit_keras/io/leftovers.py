@@ -1,10 +1,11 @@
-"""What a killed process leaves behind (a temporary output, a partial download), told by
+"""What a killed download leaves behind (a partial file in the weights cache), told by
 the owner its name carries (`<pid>@<host>`), and removed once that owner is gone.
 
-A kill (SIGKILL, the out-of-memory killer, a power cut) runs no clean-up: an export of
-DeiT-B left a ~350 MB temporary beside its output each time. A later write of the same
-output removes the leftovers of dead processes of this host; another host's (storage shared
-by the workers of a run) only after a day, since its process cannot be checked from here.
+A kill (SIGKILL, the out-of-memory killer, a power cut) runs no clean-up. A later download
+of the same file removes the partials of dead processes of this host; another host's
+(a cache on storage shared by the workers of a run) only after a day, since its process
+cannot be checked from here. Removal is best effort: a partial that cannot be removed
+(another user's, in a shared folder) stays, and the download goes on.
 """
 
 import contextlib
@@ -44,7 +45,10 @@ def _gone(tag: str, path: str) -> bool:
     if not (at and pid.isdigit()):
         return False  # not named by this module
     if owner_host == host():
-        return not _process_alive(int(pid))
+        try:
+            return not _process_alive(int(pid))
+        except (OverflowError, OSError):  # not a pid this system has
+            return False
     return time.time() - _mtime(path) > OTHER_HOST_STALE_S
 
 
@@ -71,5 +75,5 @@ def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
             os.remove(path)

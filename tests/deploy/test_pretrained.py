@@ -350,13 +350,15 @@ def test_stale_partials_of_this_host_go_and_another_hosts_stay_a_day(tmp_path):
         "mine_dead": f"partial-999999999@{host}-bbbb-w.pth",
         "other_fresh": "partial-12@another_host-cccc-w.pth",
         "other_old": "partial-12@another_host-dddd-w.pth",
+        "not_a_pid": f"partial-{10**20}@{host}-eeee-w.pth",  # os.kill: OverflowError
     }
     for name in names.values():
         (tmp_path / name).write_bytes(b"part")
     two_days_ago = time.time() - 2 * 24 * 3600
     os.utime(tmp_path / names["other_old"], (two_days_ago, two_days_ago))
     leftovers.remove_stale(str(tmp_path), pretrained.PARTIAL_PREFIX, "-w.pth")
-    assert sorted(os.listdir(tmp_path)) == sorted([names["mine_alive"], names["other_fresh"]])
+    kept = [names["mine_alive"], names["other_fresh"], names["not_a_pid"]]
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
 
 
 def test_an_own_keras_file_keeps_its_preprocessing_and_is_not_returned_as_another_preset(

@@ -2,15 +2,12 @@
 
 import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from deit_keras.errors import UserInputError
-from deit_keras.io import atomic, leftovers, paths
+from deit_keras.io import atomic, paths
 
 
 def _users_folder(tmp_path):
@@ -199,32 +196,3 @@ def test_a_link_or_a_device_at_the_output_is_refused_and_kept(tmp_path):
     assert pipe.is_fifo() and (tmp_path / "to_pipe.json").is_symlink()
     assert paths.output_file_problem("output", os.devnull).startswith("output is not a regular")
     assert sorted(os.listdir(tmp_path)) == ["blobs", "link.keras", "pipe.json", "to_pipe.json"]
-
-
-def test_a_killed_writes_temporary_is_removed_by_the_next_write_of_that_output(tmp_path):
-    """SIGKILL (the out-of-memory killer) runs no clean-up: each killed export left its
-    temporary (a DeiT-B export: ~350 MB) beside the output, for good."""
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    dead_pid = int(dead.stdout)  # exited: no process has this pid now
-    host = leftovers.host()
-    left = {
-        "dead_file": f".m.tmp-{dead_pid}@{host}-abcd.keras",
-        "dead_dir": f".m.tmp-{dead_pid}@{host}-efgh",
-        "alive": f".m.tmp-{os.getpid()}@{host}-ijkl.keras",
-        "other_host_fresh": ".m.tmp-12@another_host-mnop.keras",
-        "other_host_old": ".m.tmp-12@another_host-qrst.keras",
-        "untagged": ".m.tmp-uvwx.keras",  # not named by this version: left alone
-    }
-    for kind, name in left.items():
-        if kind == "dead_dir":
-            (tmp_path / name).mkdir()
-            (tmp_path / name / "saved_model.pb").write_bytes(b"half")
-        else:
-            (tmp_path / name).write_bytes(b"half")
-    two_days_ago = time.time() - 2 * 24 * 3600
-    os.utime(tmp_path / left["other_host_old"], (two_days_ago, two_days_ago))
-    atomic.write_text_atomic(str(tmp_path / "m.keras"), "new")
-    kept = {"alive", "other_host_fresh", "untagged"}
-    assert sorted(os.listdir(tmp_path)) == sorted(["m.keras", *(left[k] for k in kept)])
