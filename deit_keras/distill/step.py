@@ -90,7 +90,9 @@ def as_targets(labels, num_classes: int):
     `[B, 1]` of a model of several classes), are one-hot encoded; indices outside
     `[0, num_classes)` give zero rows here (`TokenClassifier.fit` refuses them in arrays).
     """
-    rank = getattr(labels.shape, "rank", None) if tf.is_tensor(labels) else np.ndim(labels)
+    if not tf.is_tensor(labels):  # arrays and lists, e.g. given to train_on_batch
+        labels = np.asarray(labels)
+    rank = getattr(labels.shape, "rank", None) if tf.is_tensor(labels) else labels.ndim
     if rank is None:  # Keras retraced for labels of another rank than before
         targets = tf.cond(
             _are_indices(labels, num_classes),

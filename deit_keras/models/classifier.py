@@ -52,21 +52,32 @@ def _images_dtype(x):
 
 
 def _check_class_indices(labels, num_classes: int) -> None:
-    """Refuses class indices (`[B]` / `[B, 1]` labels given as an array) outside
-    `[0, num_classes)`: the step's one-hot encoding would make them rows of zeros (a loss
-    of 0, no error); 1-based labels are the usual cause. Labels in a dataset are not
-    drawn here."""
+    """Refuses class indices (`[B]` / `[B, 1]` labels given as an array or list) that are not
+    whole numbers in `[0, num_classes)`: the step's one-hot encoding would make them rows
+    of zeros (a loss of 0, no error; 1-based labels are the usual cause) or cut 2.5 to 2.
+    Labels in a dataset are not drawn here."""
+    if isinstance(labels, (list, tuple)):
+        labels = np.asarray(labels)
     if labels is None or isinstance(labels, dict) or not hasattr(labels, "shape"):
         return
     shape = tuple(labels.shape)
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1 and num_classes > 1)):
         return
     indices = np.asarray(keras.ops.convert_to_numpy(labels))
-    if indices.size and (indices.min() < 0 or indices.max() >= num_classes):
+    if not indices.size:
+        return
+    if indices.dtype.kind not in "biuf":
         raise UserInputError(
-            f"Class indices must lie in [0, {num_classes}) for a model of {num_classes} "
-            f"classes (1-based labels? subtract 1). Received: labels from {indices.min()} "
-            f"to {indices.max()}"
+            f"Labels must be numbers: class indices or one-hot rows. Received: labels of "
+            f"dtype {indices.dtype}, e.g. {indices.flat[0]!r}"
+        )
+    whole = np.all(np.isfinite(indices)) and np.all(indices == np.round(indices))
+    if not whole or indices.min() < 0 or indices.max() >= num_classes:
+        raise UserInputError(
+            f"Class indices must be whole numbers in [0, {num_classes}) for a model of "
+            f"{num_classes} classes (1-based labels? subtract 1). Received: labels from "
+            f"{np.nanmin(indices)} to {np.nanmax(indices)}"
+            + ("" if whole else ", not all whole numbers")
         )
 
 

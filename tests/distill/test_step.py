@@ -237,10 +237,19 @@ def test_integer_labels_train_and_evaluate_as_their_one_hot_rows():
     for wrong in (10, -1):
         labels = indices.copy()
         labels[0] = wrong
-        with pytest.raises(UserInputError, match=r"Class indices must lie in \[0, 10\)"):
+        with pytest.raises(UserInputError, match=r"whole numbers in \[0, 10\)"):
             model.fit(images, labels, batch_size=4, verbose=0)
-        with pytest.raises(UserInputError, match="Class indices must lie in"):
+        with pytest.raises(UserInputError, match="Class indices must be"):
             model.evaluate(images, labels[:, None], verbose=0)
+        with pytest.raises(UserInputError, match="Class indices must be"):  # a list
+            model.train_on_batch(images[:4], labels[:4].tolist())
+    # Lists train as arrays do; NaN, 2.5 and strings are refused, not cut or crashed on.
+    assert np.all(np.isfinite(model.train_on_batch(images[:4], indices[:4, None].tolist())))
+    for wrong, problem in ([np.nan, "not all whole"], [2.5, "not all whole"], ["a", "numbers"]):
+        labels = indices[:4].astype(object)
+        labels[0] = wrong
+        with pytest.raises(UserInputError, match=problem):
+            model.train_on_batch(images[:4], labels.tolist())
     with pytest.raises(UserInputError, match="one-hot encodes integer labels"):
         compiled(tiny_model(), None, "none", loss=keras.losses.SparseCategoricalCrossentropy(True))
     with pytest.raises(UserInputError, match="has no heads"):
