@@ -100,14 +100,21 @@ def as_targets(labels, num_classes: int):
             lambda: tf.cast(labels, "float32"),
         )
         return tf.ensure_shape(targets, [None, num_classes])
-    if rank == 1 or (rank == 2 and labels.shape[-1] == 1 and num_classes > 1):
+    if are_class_indices(tuple(labels.shape), num_classes):
         return _one_hot(tf.reshape(labels, [-1]), num_classes)
     if "int" in keras.backend.standardize_dtype(labels.dtype):
         return ops.cast(labels, "float32")
     return labels
 
 
+def are_class_indices(shape: tuple, num_classes: int) -> bool:
+    """Whether labels of `shape` are class indices (`[B]`, or `[B, 1]` of a model of
+    several classes), not rows over the classes."""
+    return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1 and num_classes > 1)
+
+
 def _are_indices(labels, num_classes: int):
+    """`are_class_indices` in the graph, for labels whose rank is known only there."""
     rank = tf.rank(labels)
     one_column = tf.logical_and(tf.equal(rank, 2), tf.equal(tf.shape(labels)[-1], 1))
     return tf.logical_or(tf.equal(rank, 1), tf.logical_and(one_column, num_classes > 1))

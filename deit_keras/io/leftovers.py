@@ -12,7 +12,6 @@ import contextlib
 import glob
 import os
 import re
-import shutil
 import socket
 import time
 
@@ -31,8 +30,8 @@ def owner() -> str:
 
 
 def remove_stale(directory: str, prefix: str, suffix: str = "") -> None:
-    """Removes the files and folders of `directory` named `prefix<owner>-...suffix` whose
-    owner is gone; names without an owner tag, and live owners', stay."""
+    """Removes the files of `directory` named `prefix<owner>-...suffix` whose owner is
+    gone; names without an owner tag, and live owners', stay."""
     pattern = os.path.join(glob.escape(directory), f"{glob.escape(prefix)}*{glob.escape(suffix)}")
     for leftover in glob.glob(pattern):
         tag = os.path.basename(leftover)[len(prefix) :].split("-")[0]
@@ -72,8 +71,5 @@ def _process_alive(pid: int) -> bool:
 
 
 def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):  # gone already, or not ours to remove
-            os.remove(path)
+    with contextlib.suppress(OSError):  # gone already, or not ours to remove
+        os.remove(path)

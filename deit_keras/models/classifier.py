@@ -18,7 +18,12 @@ from deit_keras.backend import on_tensorflow
 from deit_keras.data.preprocessing import Preprocessing
 from deit_keras.distill.feature_loss import FeatureDistillation
 from deit_keras.distill.losses import DistillationLoss
-from deit_keras.distill.step import DistillationStep, average_heads, refuse_sample_weights
+from deit_keras.distill.step import (
+    DistillationStep,
+    are_class_indices,
+    average_heads,
+    refuse_sample_weights,
+)
 from deit_keras.distill.teachers import check_teacher_classes
 from deit_keras.errors import UserInputError
 from deit_keras.layers import onednn_form
@@ -60,8 +65,7 @@ def _check_class_indices(labels, num_classes: int) -> None:
         labels = np.asarray(labels)
     if labels is None or isinstance(labels, dict) or not hasattr(labels, "shape"):
         return
-    shape = tuple(labels.shape)
-    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1 and num_classes > 1)):
+    if not are_class_indices(tuple(labels.shape), num_classes):
         return
     indices = np.asarray(keras.ops.convert_to_numpy(labels))
     if not indices.size:
