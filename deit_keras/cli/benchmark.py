@@ -112,7 +112,12 @@ def main(argv: list[str]) -> None:
 
     runtimes, skipped = benchmark.select_runtimes(_RUNTIMES.value)
     benchmark.check_options(
-        _BATCH_SIZE.value, _REFERENCE.value, _WARMUP.value, _ITERATIONS.value, _ROUNDS.value
+        _BATCH_SIZE.value,
+        _REFERENCE.value,
+        _WARMUP.value,
+        _ITERATIONS.value,
+        _ROUNDS.value,
+        _NUM_THREADS.value,
     )
     model = benchmark.benchmark_model(_MODEL.value, _IMAGE_SIZE.value, _NUM_CLASSES.value)
     result = benchmark.run_benchmark(

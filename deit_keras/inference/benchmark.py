@@ -71,7 +71,9 @@ def check_installed(name: str) -> None:
     errors.check_installed(runtime.modules, f"The {name} runtime", runtime.install)
 
 
-def check_options(batch_size: int, reference: str, warmup: int, iterations, rounds: int) -> None:
+def check_options(
+    batch_size: int, reference: str, warmup: int, iterations, rounds: int, num_threads=None
+) -> None:
     """One-line `UserInputError`s for settings that cannot be benchmarked."""
     if batch_size <= 0:
         raise UserInputError(f"batch_size must be positive. Received: batch_size={batch_size}")
@@ -83,6 +85,18 @@ def check_options(batch_size: int, reference: str, warmup: int, iterations, roun
         raise UserInputError(
             "warmup must be >= 0, rounds and iterations positive. Received: "
             f"warmup={warmup}, rounds={rounds}, iterations={iterations}"
+        )
+    _check_num_threads(num_threads)
+
+
+def _check_num_threads(num_threads) -> None:
+    # More threads than CPUs only time the oversubscription; a large count
+    # also has each runtime start that many threads (100,000 took 17 GB here).
+    usable = host.usable_cpus()
+    if num_threads is not None and not 0 < num_threads <= usable:
+        raise UserInputError(
+            f"num_threads must be between 1 and {usable}, the CPUs this process may use. "
+            f"Received: num_threads={num_threads}"
         )
 
 
@@ -249,7 +263,7 @@ def run_benchmark(
         A JSON-ready dict; see `docs/deployment.md#deit-benchmark` for its fields.
     """
     progress = progress or (lambda line: logging.info("%s", line))
-    check_options(batch_size, reference, warmup, iterations, rounds)
+    check_options(batch_size, reference, warmup, iterations, rounds, num_threads)
     check_reference_fits(model, reference)
     if iterations is not None:
         rounds = min(rounds, iterations)  # every turn times at least one call

@@ -111,6 +111,10 @@ def test_bad_settings_and_models(tmp_path):
         benchmark.check_options(0, "none", 1, None, 1)
     with pytest.raises(UserInputError, match="rounds"):
         benchmark.check_options(1, "none", 1, None, 0)
+    usable = host.usable_cpus()
+    benchmark.check_options(1, "none", 1, None, 1, num_threads=usable)
+    with pytest.raises(UserInputError, match=f"between 1 and {usable}, the CPUs"):
+        benchmark.check_options(1, "none", 1, None, 1, num_threads=usable + 1)
     with pytest.raises(UserInputError, match="Unknown model"):
         benchmark.benchmark_model("deit_huge")
     with pytest.raises(UserInputError, match="image_size and num_classes are"):
