@@ -20,7 +20,8 @@ each row's top-1 per head, mean ± std over seeds, mean wall time per run),
 `ablation.json` (every run's numbers and per-epoch validation top-1, plus the
 summary) and `learning_curves.png` (mean ± std bands over seeds). Rerunning the
 same command skips finished runs. Unlike train, no SavedModel is exported unless
-`--export_savedmodel`.
+`--export_savedmodel`, and there is no one final model: a flagfile's `--output` is
+not used (each row's is its `student.keras`), and `--output` given here is refused.
 
 With `--train_fractions=0.1,0.25,0.5,1.0` the ablation runs once per fraction of
 the training split (a class-balanced, seeded subset; teacher and students train on
@@ -83,6 +84,7 @@ cli.check_range("parallel_seeds", POSITIVE)
 
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
+    _check_no_output_given(sys.argv)
     started = time.time()
     rows = check_arguments(_SEEDS.value, _ROWS.value)
     launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
@@ -111,6 +113,17 @@ def main(argv: list[str]) -> None:
     # One command reports into output_dir at a time, nor beside a training run there.
     with run_lock.hold(config.model_dir):
         _train_and_report(config, rows, fractions, started)
+
+
+def _check_no_output_given(argv: list[str]) -> None:
+    """`--output` names one model; every row saves its own. A flagfile's `--output`
+    (train's recipes set one) is not used; typed on the command line it is refused."""
+    given = [arg for arg in argv[1:] if arg.split("=", 1)[0] in ("--output", "-output")]
+    if given:
+        raise cli.UsageError(
+            "deit-ablate saves each row's model as <output_dir>/seed_<s>/<row>/student.keras: "
+            f"leave --output out. Received: {given[0]}"
+        )
 
 
 def _train_and_report(config, rows, fractions, started) -> None:
