@@ -226,6 +226,9 @@ def _quiet_logging():
     """TensorFlow's INFO log lines drown a command's output unless --verbosity asks for them."""
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+        # absl's glog prefix (`W1207 09:40:01.123456 140234 teacher.py:145] `) is for log
+        # files; the warnings a command shows are lines of its output.
+        logging.get_absl_handler().setFormatter(std_logging.Formatter("%(message)s"))
     # TensorFlow's Python logger, by name: it may not have loaded yet (`cli.train`).
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
 

@@ -86,4 +86,6 @@ def test_nothing_timed_is_a_failure(tmp_path):
     )
     assert process.returncode == 2 and "not timed" in process.stdout
     assert "error: No runtime could be timed" in process.stderr
+    failed = [line for line in process.stderr.splitlines() if " failed: " in line]
+    assert [line.split()[0] for line in failed] == ["keras", "xla"]  # no glog prefix
     assert json.loads(output.read_text())["failed"].keys() == {"keras", "xla"}
