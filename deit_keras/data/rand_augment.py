@@ -11,7 +11,9 @@ signed ops flip sign with probability 0.5. Geometric ops resample bicubically
 with PIL's kernel and edge clamping (timm's under DeiT's `--train-interpolation
 bicubic`) and fill with the ImageNet mean colour (124, 116, 104), as timm's
 `create_transform` sets it.
-Pixel values are float32 in `[0, 255]`.
+Pixel values are float32 in `[0, 255]`; each op's result is truncated to integers, as
+PIL stores timm's in uint8 for the next op (equal to timm's but for the geometric ops'
+float32 resampling: one level on under 1% of the pixels, tests/data/test_augment.py).
 
 Every op works on a batch `[B, H, W, 3]` with one magnitude and sign per image:
 `rand_augment` (the streaming path, one image) runs the drawn op on a batch of
@@ -51,9 +53,16 @@ def _blend(degenerate, images, factor):
 
 
 def _grayscale(images):
-    # PIL "L" conversion weights.
-    gray = tf.tensordot(images, tf.constant([0.299, 0.587, 0.114]), axes=1)
-    return gray[..., None]
+    # PIL's "L" conversion in its fixed point (`Convert.c`'s L24, then >> 16); exact in
+    # float32 for integer pixels (at most 255 x 65536 + 32768 < 2**24).
+    weighted = tf.tensordot(images, tf.constant([19595.0, 38470.0, 7471.0]), axes=1)
+    return tf.floor((weighted + 32768.0) / 65536.0)[..., None]
+
+
+def _as_pil_uint8(images):
+    # timm's ops run on PIL images: each op's result is stored as uint8, truncated
+    # (PIL's blends and resampling cast with `(UINT8)`), and the next op sees that.
+    return tf.floor(images)
 
 
 def _bicubic_taps(offsets):
@@ -144,10 +153,14 @@ def _affine(images, matrices):
 def _auto_contrast(images, level, sign):
     low = tf.reduce_min(images, axis=[1, 2])
     high = tf.reduce_max(images, axis=[1, 2])
+    # PIL's lookup table: `int(ix * scale + offset)` in doubles.
+    low, high = tf.cast(low, tf.float64), tf.cast(high, tf.float64)
     scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1e-6), 1.0)
-    low = tf.where(high > low, low, 0.0)
-    stretched = per_channel(lambda x, low, scale: (x - low) * scale, images, low, scale)
-    return tf.clip_by_value(stretched, 0.0, 255.0)
+    offset = tf.where(high > low, -low * scale, 0.0)
+    pixels = tf.cast(images, tf.float64)
+    stretched = per_channel(lambda x, scale, offset: x * scale + offset, pixels, scale, offset)
+    # Truncated before float32 could round 101.99999999999999 up to 102.
+    return tf.clip_by_value(tf.cast(tf.floor(stretched), tf.float32), 0.0, 255.0)
 
 
 def _equalize(images, level, sign):
@@ -295,7 +308,7 @@ def apply_op(image, op_index, magnitude, sign=1.0):
     sign = tf.reshape(tf.cast(sign, tf.float64), [1])
     branches = [(lambda fn=fn: fn(images, level, sign)) for _, fn in OPS]
     branches.append(lambda: tf.identity(images))  # index len(OPS): the op is not applied
-    out = case(op_index, branches)[0]
+    out = _as_pil_uint8(case(op_index, branches)[0])
     out.set_shape(images.shape[1:])
     return out
 
@@ -326,7 +339,7 @@ def apply_ops(images, op_indices, magnitudes, signs):
     signs = tf.dynamic_partition(tf.cast(signs, tf.float64), op_indices, groups)
     outputs = [fn(parts[k], levels[k], signs[k]) for k, (_, fn) in enumerate(OPS)]
     outputs.append(parts[len(OPS)])
-    out = tf.dynamic_stitch(positions, outputs)
+    out = _as_pil_uint8(tf.dynamic_stitch(positions, outputs))
     out.set_shape(images.shape)
     return out
 

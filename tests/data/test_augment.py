@@ -37,11 +37,15 @@ def test_each_rand_augment_op_changes_image_in_range(index):
         assert float(tf.reduce_mean(tf.abs(out - image))) > 0.5
 
 
+_RESAMPLING_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+
+
 @pytest.mark.parametrize("name", [name for name, _ in rand_augment.OPS])
 def test_each_rand_augment_op_equals_timms(name, monkeypatch):
-    """Each op at magnitudes 9 and 4, both signs, against timm's `AugmentOp` on PIL images
-    (DeiT's `rand-m9-mstd0.5-inc1` hparams, its bicubic `--train-interpolation`): within
-    one level everywhere, the geometric ops' resampling, edges and fill included."""
+    """Each op at magnitudes 9, 7.3 and 4, both signs, against timm's `AugmentOp` on PIL
+    images (DeiT's `rand-m9-mstd0.5-inc1` hparams, its bicubic `--train-interpolation`):
+    an integer image, as PIL's uint8 that the next op sees; equal to timm's, but for the
+    geometric ops' float32 resampling (within one level, on under 1% of the pixels)."""
     from PIL import Image
 
     auto_augment = pytest.importorskip("timm.data.auto_augment")
@@ -53,12 +57,17 @@ def test_each_rand_augment_op_equals_timms(name, monkeypatch):
     index = [op for op, _ in rand_augment.OPS].index(name)
     for sign in (1.0, -1.0):
         monkeypatch.setattr(auto_augment, "_randomly_negate", lambda v, sign=sign: sign * v)
-        for magnitude in (9.0, 4.0):
+        for magnitude in (9.0, 7.3, 4.0):
+            case = f"{name} sign {sign} magnitude {magnitude}"
             op = auto_augment.AugmentOp(name, prob=1.0, magnitude=magnitude, hparams=hparams)
             want = np.asarray(op(Image.fromarray(image)), np.float32)
-            got = rand_augment.apply_op(image.astype(np.float32), index, magnitude, sign)
-            error = np.abs(np.round(got.numpy()) - want)
-            assert error.max() <= 1, (f"{name} sign {sign} magnitude {magnitude}", error.max())
+            got = rand_augment.apply_op(image.astype(np.float32), index, magnitude, sign).numpy()
+            np.testing.assert_array_equal(got, np.floor(got), err_msg=case)
+            error = np.abs(got - want)
+            if name in _RESAMPLING_OPS:
+                assert error.max() <= 1 and np.mean(error > 0) < 0.01, (case, error.max())
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=case)
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (7, 7)])
