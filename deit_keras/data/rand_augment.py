@@ -47,9 +47,17 @@ def _per_image(values):
     return values[:, None, None, None]
 
 
+def _as_pil_uint8(images):
+    # timm's ops run on PIL images: a result is stored as uint8, truncated (PIL's blends
+    # and resampling cast with `(UINT8)`), and the next op sees that. The other ops map
+    # integers to integers.
+    return tf.floor(images)
+
+
 def _blend(degenerate, images, factor):
     factor = _per_image(tf.cast(factor, tf.float32))
-    return tf.clip_by_value(degenerate + factor * (images - degenerate), 0.0, 255.0)
+    blended = degenerate + factor * (images - degenerate)
+    return _as_pil_uint8(tf.clip_by_value(blended, 0.0, 255.0))
 
 
 def _grayscale(images):
@@ -57,12 +65,6 @@ def _grayscale(images):
     # float32 for integer pixels (at most 255 x 65536 + 32768 < 2**24).
     weighted = tf.tensordot(images, tf.constant([19595.0, 38470.0, 7471.0]), axes=1)
     return tf.floor((weighted + 32768.0) / 65536.0)[..., None]
-
-
-def _as_pil_uint8(images):
-    # timm's ops run on PIL images: each op's result is stored as uint8, truncated
-    # (PIL's blends and resampling cast with `(UINT8)`), and the next op sees that.
-    return tf.floor(images)
 
 
 def _bicubic_taps(offsets):
@@ -147,7 +149,7 @@ def _affine(images, matrices):
     padding = [[0, padded - count], [0, 0], [0, 0], [0, 0]]
     images = tf.pad(images, padding)
     places = _source_pixels(tf.pad(matrices, padding[:2]), tf.shape(images)[1], tf.shape(images)[2])
-    return _bicubic_samples(images, *places)[:count]
+    return _as_pil_uint8(_bicubic_samples(images, *places)[:count])
 
 
 def _auto_contrast(images, level, sign):
@@ -308,7 +310,7 @@ def apply_op(image, op_index, magnitude, sign=1.0):
     sign = tf.reshape(tf.cast(sign, tf.float64), [1])
     branches = [(lambda fn=fn: fn(images, level, sign)) for _, fn in OPS]
     branches.append(lambda: tf.identity(images))  # index len(OPS): the op is not applied
-    out = _as_pil_uint8(case(op_index, branches)[0])
+    out = case(op_index, branches)[0]
     out.set_shape(images.shape[1:])
     return out
 
@@ -339,7 +341,7 @@ def apply_ops(images, op_indices, magnitudes, signs):
     signs = tf.dynamic_partition(tf.cast(signs, tf.float64), op_indices, groups)
     outputs = [fn(parts[k], levels[k], signs[k]) for k, (_, fn) in enumerate(OPS)]
     outputs.append(parts[len(OPS)])
-    out = _as_pil_uint8(tf.dynamic_stitch(positions, outputs))
+    out = tf.dynamic_stitch(positions, outputs)
     out.set_shape(images.shape)
     return out
 
