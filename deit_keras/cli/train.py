@@ -45,7 +45,9 @@ def comparison(results: dict, config: TrainConfig, ablation: str) -> str:
     """The closing lines: teacher vs student top-1 by head, wall time, the ablation command."""
     lines = ["top-1 on the evaluation split (fractions, as in the Keras logs and results.json):"]
     if "teacher_top1" in results:
-        teacher = config.teacher_base or os.path.basename(config.teacher)
+        # The teacher used: `--teacher_base` says what a missing file would be trained from,
+        # not what an existing one holds.
+        teacher = os.path.basename(config.teacher)
         lines.append(f"  teacher ({teacher}): {results['teacher_top1']:.4f}")
     heads = f"cls head {results['cls_top1']:.4f}"  # a model without a dist token
     if "dist_top1" in results:

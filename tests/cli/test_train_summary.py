@@ -26,6 +26,11 @@ def test_comparison_names_teacher_heads_wall_and_ablation(tmp_path):
     assert f"distillation {config.distillation_type}" in lines[2]
     assert lines[3].startswith("412 s in all")
     assert lines[4].endswith("python -m deit_keras.ablate --seeds=3")
+    # A flagfile's --teacher_base (what a missing teacher is trained from) is not the file's.
+    based = dataclasses.replace(config, teacher="runs/t/cnn.keras", teacher_base="resnet50")
+    assert (
+        train.comparison(results, based, "cmd").splitlines()[1].startswith("  teacher (cnn.keras)")
+    )
     featured = dataclasses.replace(config, feature_distillation=True)
     line = train.comparison(results, featured, "cmd").splitlines()[2]
     assert f"distillation {config.distillation_type} + features)" in line
