@@ -17,21 +17,20 @@ applies plain CE to the class head and unsmoothed sparse CE on the
 teacher's argmax to the dist head; that is exactly the official split
 (base criterion on the smoothed / mixed targets, teacher CE without it).
 
-Measured (CPU, float32): weights after 10 steps agree to max abs 2.7e-7
-(max rel 9.4e-5 over entries above 1e-3; every tensor moved 9e-3 to 1.3e-2);
+Measured (CPU, float32, 2026-12-07): weights after 10 steps agree to max abs 3.3e-7
+(every tensor moved 9e-3 to 1.3e-2);
 per-step losses agree to 2e-6, graph and XLA alike. ~18 s for the file,
 XLA compilation included.
 
-Two deliberate allowances, both measured:
-  * Adam's epsilon: Keras adds `epsilon` to the uncorrected sqrt(v)
-    (Kingma & Ba's epsilon-hat), PyTorch to the bias-corrected one, so
-    Keras' effective epsilon is `1e-8 / sqrt(1 - 0.999**t)` (32x at step
-    1, ->1x after a few thousand steps). The reference sets that per-step
-    `eps` in its param groups; with PyTorch's plain 1e-8 the weights differ
-    by up to 5e-5 after 10 steps (`test_pytorch_epsilon_is_the_one_gap`).
-  * The attention key bias has an exactly zero gradient (softmax ignores a
-    shift shared by all keys); it is checked to stay put on both sides,
-    not compared entry by entry (rounding noise, normalised by Adam).
+Adam's epsilon goes where PyTorch puts it, on the bias-corrected sqrt(v)
+(`optim._PerLayerRates._adam_direction`): Keras' own Adam adds it to the
+uncorrected one, 32x larger at step 1 in PyTorch's terms, which left the weights
+up to 5e-5 apart after these 10 steps (until 2026-12-07 the reference matched
+Keras' placement instead, and a test pinned that gap).
+
+One deliberate allowance: the attention key bias has an exactly zero gradient
+(softmax ignores a shift shared by all keys); it is checked to stay put on both
+sides, not compared entry by entry (rounding noise, normalised by Adam).
 """
 
 import keras
@@ -155,12 +154,8 @@ def train_keras(state, images, targets, teacher, jit_compile):
     return state_dict_of(model), record
 
 
-def train_torch(hf_model, images, labels, teacher_labels, lrs, keras_epsilon):
-    """The official step: AdamW on two groups; (1-a) CE_smoothed(cls, y) + a CE(dist, argmax T).
-
-    With `keras_epsilon` each step's `eps` is Keras' epsilon-hat expressed in
-    PyTorch's formula (see the module docstring); otherwise it is 1e-8.
-    """
+def train_torch(hf_model, images, labels, teacher_labels, lrs):
+    """The official step: AdamW on two groups; (1-a) CE_smoothed(cls, y) + a CE(dist, argmax T)."""
     decay, no_decay = [], []
     for name, parameter in hf_model.named_parameters():
         excluded = parameter.ndim <= 1 or name.endswith(HF_NO_DECAY)
@@ -180,8 +175,6 @@ def train_torch(hf_model, images, labels, teacher_labels, lrs, keras_epsilon):
         batch = slice(step * BATCH, (step + 1) * BATCH)
         for group in optimizer.param_groups:
             group["lr"] = lrs[step]
-            if keras_epsilon:
-                group["eps"] = EPSILON / np.sqrt(1.0 - 0.999 ** (step + 1))
         pixels = torch.from_numpy(images[batch].transpose(0, 3, 1, 2).copy())
         outputs = hf_model(pixel_values=pixels)
         base = torch.nn.functional.cross_entropy(
@@ -237,14 +230,9 @@ def keras_runs(problem):
     return run
 
 
-def torch_run(problem, lrs, keras_epsilon):
+def torch_run(problem, lrs):
     return train_torch(
-        hf_student(),
-        problem["images"],
-        problem["labels"],
-        problem["teacher_labels"],
-        lrs,
-        keras_epsilon,
+        hf_student(), problem["images"], problem["labels"], problem["teacher_labels"], lrs
     )
 
 
@@ -266,7 +254,7 @@ def max_abs_difference(ours, reference):
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["eager_graph", "xla"])
 def test_ten_steps_match_pytorch(problem, keras_runs, jit_compile):
     ours, record = keras_runs(jit_compile)
-    reference, torch_losses = torch_run(problem, record.lrs, keras_epsilon=True)
+    reference, torch_losses = torch_run(problem, record.lrs)
     np.testing.assert_allclose(record.lrs, timm_lrs(), rtol=1e-5)
     np.testing.assert_allclose(record.losses(), torch_losses, rtol=1e-5, atol=1e-5)
 
@@ -278,18 +266,9 @@ def test_ten_steps_match_pytorch(problem, keras_runs, jit_compile):
         moved = np.abs(reference[name] - initial[name]).max()
         assert moved > 1e-3, name  # every parameter really trained
         np.testing.assert_allclose(ours[name], reference[name], rtol=1e-4, atol=1e-6, err_msg=name)
-    for name in reference_keys:  # untrained on both sides
-        np.testing.assert_allclose(our_keys[name], initial_keys[name], atol=1e-4, rtol=0)
-        np.testing.assert_allclose(reference_keys[name], initial_keys[name], atol=1e-4, rtol=0)
-
-
-def test_pytorch_epsilon_is_the_one_gap(problem, keras_runs):
-    """PyTorch's own eps (1e-8 on the bias-corrected sqrt(v)): 4.9e-5 apart after 10 steps.
-
-    Against ~1e-2 of movement per tensor; the matched-epsilon runs agree to
-    3e-7, so the epsilon placement is the one difference left.
-    """
-    ours, record = keras_runs(False)
-    reference, _ = torch_run(problem, record.lrs, keras_epsilon=False)
-    difference = max_abs_difference(split_key_bias(ours)[0], split_key_bias(reference)[0])
-    assert 1e-6 < difference < 2e-4
+    assert max_abs_difference(ours, reference) < 1e-6  # Keras' own epsilon: 4.9e-5
+    # Untrained on both sides: Adam normalises rounding noise into moves of up to 2e-4
+    # on each side (PyTorch's epsilon), against >= 1e-3 for every trained tensor.
+    for name in reference_keys:
+        np.testing.assert_allclose(our_keys[name], initial_keys[name], atol=5e-4, rtol=0)
+        np.testing.assert_allclose(reference_keys[name], initial_keys[name], atol=5e-4, rtol=0)
