@@ -131,10 +131,12 @@ def evaluate_outputs(
         labels = _labels_to_indices(labels)
         if labels.shape[0] != batch:
             raise UserInputError("Images and labels of a batch differ in batch size.")
-        if labels.size and labels.max() >= num_classes:
+        outside = labels[(labels < 0) | (labels >= num_classes)]
+        if outside.size:
+            unlabelled = " (an unlabelled split's -1: evaluate a labelled one)" * (outside[0] < 0)
             raise UserInputError(
-                f"Label {int(labels.max())} out of range for a model with "
-                f"num_classes={num_classes}."
+                f"Label {int(outside[0])} out of range for a model with "
+                f"num_classes={num_classes}{unlabelled}."
             )
         scored = labels
         if class_subset is not None:

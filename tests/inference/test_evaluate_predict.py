@@ -106,8 +106,11 @@ def test_evaluate_model_plain_model_and_errors(saved):
     )
     with pytest.raises(ValueError, match="no examples"):
         evaluate.evaluate_model(plain, dataset.take(0))
-    with pytest.raises(ValueError, match="out of range"):
-        evaluate.evaluate_model(plain, [(images, np.full(6, 12))])
+    # The first index past the classes, and an unlabelled split's -1 (its loss term read
+    # the last class's probability, by numpy's negative indexing).
+    for label in (plain.num_classes, -1):
+        with pytest.raises(ValueError, match=f"Label {label} out of range"):
+            evaluate.evaluate_model(plain, [(images, np.full(6, label))])
     with pytest.raises(ValueError, match="32x32"):
         evaluate.evaluate_model(plain, [(np.zeros((1, 16, 16, 3), "float32"), np.zeros(1))])
 
