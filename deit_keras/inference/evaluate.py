@@ -133,7 +133,8 @@ def evaluate_outputs(
             raise UserInputError("Images and labels of a batch differ in batch size.")
         outside = labels[(labels < 0) | (labels >= num_classes)]
         if outside.size:
-            unlabelled = " (an unlabelled split's -1: evaluate a labelled one)" * (outside[0] < 0)
+            unlabelled = " (an unlabelled split's -1: evaluate a labelled one)"
+            unlabelled = unlabelled if outside[0] < 0 else ""
             raise UserInputError(
                 f"Label {int(outside[0])} out of range for a model with "
                 f"num_classes={num_classes}{unlabelled}."
