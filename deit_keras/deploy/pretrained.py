@@ -370,6 +370,7 @@ def create_model(
     drop_path_rate: float = 0.0,
     crop_pct: float | None = None,
     require_heads: bool = False,
+    class_names: list | None = None,
     **overrides,
 ) -> TokenClassifier:
     """Builds the model `name`, with published weights when `pretrained`.
@@ -393,6 +394,12 @@ def create_model(
         require_heads: bool. Refuse weights without classification heads (a
             backbone): a model to predict with would answer from fresh heads.
             Defaults to False (fresh heads, to fine-tune).
+        class_names: list of str or None. The classes the heads are for, in their
+            order (a dataset's, to fine-tune on). When the weights name theirs (a
+            file's `.classes.json`, which this library saves beside a model), their
+            head rows are carried by class name: reordered, and a fresh row for a
+            class they lack. Otherwise the heads are kept or made fresh by
+            `num_classes` alone.
 
     Returns:
         A built `DeiT` or `CaiT`.
@@ -424,7 +431,8 @@ def create_model(
             num_classes = published.num_classes
         another = _holds_another_model(published, name)
         same_model = (
-            num_classes == published.num_classes
+            _renamed_classes(pretrained, class_names) is None
+            and num_classes == published.num_classes
             and image_size in (None, published.image_size)
             and not drop_path_rate
             and crop_pct is None
@@ -447,6 +455,45 @@ def create_model(
             pretrained,
             model.name,
         )
+    saved_classes = None if fresh_heads else _renamed_classes(pretrained, class_names)
     skip_heads = fresh_heads or checkpoints.checkpoint_num_classes(state) != num_classes
-    checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads)
+    checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads or bool(saved_classes))
+    if saved_classes:
+        _carry_head_rows(model, state, saved_classes, class_names, pretrained)
     return model
+
+
+def _renamed_classes(pretrained, class_names) -> list[str] | None:
+    """The classes a local weights file names (its `.classes.json`) when they are not
+    `class_names` as given; None when either is unknown or they agree."""
+    if class_names is None or not isinstance(pretrained, str) or not os.path.isfile(pretrained):
+        return None
+    saved = saving.read_class_names(pretrained)
+    wanted = [str(name) for name in class_names]
+    return None if saved is None or saved == wanted else saved
+
+
+def _carry_head_rows(model, state, saved_classes, class_names, source) -> None:
+    """Gives each of `class_names` its head row in `state` by name (a fresh row when the
+    weights lack the class): the same count of classes renamed or reordered kept every
+    row where it was, under the wrong names."""
+    row_of = {name: row for row, name in enumerate(saved_classes)}
+    wanted = [str(name) for name in class_names]
+    for head_name in ("head", "head_dist"):
+        head = getattr(model, head_name, None)
+        if head is None or f"{head_name}.weight" not in state:
+            continue
+        kernel, bias = (keras.ops.convert_to_numpy(w).copy() for w in (head.kernel, head.bias))
+        for column, name in enumerate(wanted):
+            if name in row_of:
+                kernel[:, column] = state[f"{head_name}.weight"][row_of[name]]
+                bias[column] = state[f"{head_name}.bias"][row_of[name]]
+        head.kernel.assign(kernel)
+        head.bias.assign(bias)
+    new = [name for name in wanted if name not in row_of]
+    logging.warning(
+        "%s was saved for other classes, or in another order: its head rows are matched to "
+        "these classes by name%s.",
+        source,
+        f"; fresh rows for {len(new)} class(es) it lacks ({', '.join(new[:3])}...)" if new else "",
+    )

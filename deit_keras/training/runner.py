@@ -37,14 +37,15 @@ from deit_keras.training.optim import create_optimizer, freeze_backbone
 from deit_keras.training.preemption import PreemptionWatcher
 
 
-def _make_student(config: TrainConfig, num_classes: int):
+def _make_student(config: TrainConfig, num_classes: int, class_names=None):
     """The student, through the one factory: fresh, `--pretrained` or `--finetune` weights
-    (new heads when the classes differ)."""
+    (new heads when the classes differ; a saved model's head rows follow its class names)."""
     start = (config.pretrained_weights if config.pretrained else None) or config.finetune
     return pretrained.create_model(
         config.model,
         pretrained=start or False,
         num_classes=num_classes,
+        class_names=class_names,
         image_size=config.image_size,
         drop_path_rate=config.drop_path,
         crop_pct=config.crop_pct,
@@ -373,7 +374,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
     keras.utils.set_random_seed(config.seed)
 
     with strategy.scope():
-        student = _make_student(config, info.num_classes)
+        student = _make_student(config, info.num_classes, info.class_names)
         if config.freeze == "backbone":
             freeze_backbone(student)
         image_size = student.image_size

@@ -82,6 +82,32 @@ def test_new_class_count_gets_fresh_heads(saved_source):
     np.testing.assert_array_equal(model.tokens.cls_token.numpy(), source.tokens.cls_token.numpy())
 
 
+def test_a_saved_models_head_rows_follow_its_class_names(tmp_path):
+    """The same count of classes renamed or reordered (a class folder renamed changes the
+    sorted order) kept every head row where it was, under the wrong names."""
+    source = tiny_model(num_classes=4)
+    for head in (source.head, source.head_dist):
+        head.bias.assign(np.arange(1.0, 5.0))  # rows told apart by their biases too
+    path = str(tmp_path / "named.keras")
+    saving.save_model(source, path, class_names=["cat", "dog", "emu", "fox"])
+    config, _ = finetune_config(path, 32)
+    kernel, bias = source.head.kernel.numpy(), source.head.bias.numpy()
+    model = _make_student(config, 4, ["fox", "cat", "dog", "emu"])
+    np.testing.assert_array_equal(model.head.kernel.numpy(), kernel[:, [3, 0, 1, 2]])
+    np.testing.assert_array_equal(model.head.bias.numpy(), bias[[3, 0, 1, 2]])
+    np.testing.assert_array_equal(
+        model.head_dist.bias.numpy(), source.head_dist.bias.numpy()[[3, 0, 1, 2]]
+    )
+    renamed = _make_student(config, 4, ["ant", "cat", "dog", "emu"])  # "fox" -> "ant"
+    np.testing.assert_array_equal(renamed.head.kernel.numpy()[:, 1:], kernel[:, :3])
+    assert not np.isclose(renamed.head.kernel.numpy()[:, :1], kernel).all(axis=0).any()
+    assert renamed.head.bias.numpy()[0] == 0  # a fresh row
+    grown = _make_student(config, 5, ["cat", "dog", "emu", "fox", "gnu"])  # a class added
+    np.testing.assert_array_equal(grown.head.kernel.numpy()[:, :4], kernel)
+    same = _make_student(config, 4, ["cat", "dog", "emu", "fox"])
+    np.testing.assert_array_equal(same.head.kernel.numpy(), kernel)
+
+
 def test_finetune_run_at_the_new_size(saved_source, tmp_path):
     source, path = saved_source
     config, _ = finetune_config(path, 48)
