@@ -53,6 +53,18 @@ def _make_student(config: TrainConfig, num_classes: int, class_names=None):
     )
 
 
+def _teacher_top1(config, teacher, evaluation, num_classes) -> float | None:
+    """The teacher's top-1 on the evaluation split, said before the student trains: a
+    teacher that learnt nothing shows now, not after the student's epochs."""
+    if teacher is None:
+        return None
+    top1 = classifier_top1(teacher, evaluation, num_classes)
+    logging.warning(
+        "Teacher %s: top-1 %.4f on the evaluation split", os.path.basename(config.teacher), top1
+    )
+    return top1
+
+
 def _base_loss(config: TrainConfig):
     """The label term: DeiT III's binary cross-entropy with --bce_loss, else None (CE)."""
     if not config.bce_loss:
@@ -433,6 +445,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             steps_per_execution=math.gcd(config.steps_per_execution, steps),
         )
     _accept(config, strategy, flags_text, info)
+    teacher_top1 = _teacher_top1(config, teacher, evaluation, info.num_classes)
     backup = backup_lib.Backup(os.path.join(config.model_dir, "backup"))
     first_epoch = backup.restored_epoch() if config.resume else 0  # where this process starts
     # A resumed run's wall time includes the processes before it, up to their last backup.
@@ -450,7 +463,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         raise callbacks_lib.diverged_error(nan_stop.bad_step, config.model_dir)
     results = evaluate_model(student, evaluation)
     if teacher is not None:
-        results["teacher_top1"] = classifier_top1(teacher, evaluation, info.num_classes)
+        results["teacher_top1"] = teacher_top1
     output = config.output or default_output(student.name)
     if not custom_loop.is_chief(strategy):  # only the chief writes
         return dict(

@@ -170,11 +170,12 @@ def test_digits_run_prints_only_its_own_lines(tmp_path):
     assert not _tensorflow_lines(process), process.stderr
     everything = process.stdout + process.stderr
     assert not [word for word in TFDS_CHATTER if word in everything], everything
-    # What is left on stderr is the run's own absl lines, from Python files of the package.
+    # What is left on stderr is the run's own lines, as sentences (no absl glog prefix):
+    # the data prepared, the teacher trained, then its top-1 before the student trains.
     lines = user_stderr(process)
-    preparing = [line for line in lines if "Preparing the embedded digits dataset" in line]
-    assert len(preparing) == 1 and str(tmp_path / "tfds") in preparing[0], lines
-    assert all(".py:" in line.split("]")[0] for line in lines), lines
+    assert [line.split()[0] for line in lines] == ["Preparing", "Training", "Teacher"], lines
+    assert str(tmp_path / "tfds") in lines[0] and "teacher.keras" in lines[1], lines
+    assert lines[2].startswith("Teacher teacher.keras: top-1 0.") and "evaluation split" in lines[2]
 
 
 def test_digits_builder_says_once_that_it_prepares_the_data(tmp_path, caplog, capfd):
