@@ -74,6 +74,14 @@ def test_bad_distillation_settings_are_rejected():
         DistillationLoss("hard", alpha=1.5)
 
 
+@pytest.mark.parametrize("tau", [0.0, -1.0])
+def test_a_temperature_that_is_not_positive_is_rejected(tau):
+    """The soft term divides the logits by tau (and scales by tau^2): 0 gives NaN/inf
+    losses, a negative one rewards the student for inverting the teacher's ranking."""
+    with pytest.raises(ValueError, match="tau > 0"):
+        DistillationLoss("soft", tau=tau)
+
+
 def test_hard_distillation_through_the_class_token_by_hand():
     """No dist token (the paper's Table 3 "hard distillation" row of DeiT): both terms
     train the class head, 0.5 * CE(cls, y) + 0.5 * CE(cls, argmax(teacher))."""
