@@ -23,6 +23,12 @@ def test_time_calls_measures_each_call():
     assert len(seconds) == 3 and all(0.009 < value < 0.5 for value in seconds)
 
 
+def test_warm_up_reports_the_last_call_not_the_compiling_first():
+    """The first calls trace and compile: the estimate of a call from then on is the last."""
+    delays = iter([0.05, 0.001, 0.001])
+    assert timing.warm_up(lambda: time.sleep(next(delays)), 3) < 0.01
+
+
 def test_summarize_median_p90_and_images_per_second():
     summary = timing.summarize([0.1, 0.2, 0.3, 0.4, 1.0], batch_size=8)
     assert summary["calls"] == 5 and summary["batch_size"] == 8
