@@ -427,3 +427,93 @@ def test_a_cutmix_box_inside_the_image_is_cut_h_by_cut_w_odd_sides_included():
         np.testing.assert_allclose(float(lam), 1 - height * width / 256, atol=1e-6)
         sides.add(int(height))
     assert any(side % 2 for side in sides) and any(side % 2 == 0 for side in sides), sides
+
+
+def test_random_resized_crop_resizes_its_window_bicubically():
+    """timm's train interpolation (DeiT's `--train-interpolation bicubic`): the crop is the
+    window the seed draws, resized bicubically; bilinear gives other (softer) pixels."""
+    from deit_keras.data import transforms
+
+    image = np.random.default_rng(6).integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    for s in range(3):
+        seed = tf.constant([s, 12], tf.int64)
+        crop = transforms.random_resized_crop(tf.constant(image), 24, seed).numpy()
+        top, left, height, width = transforms.random_crop_window([37, 53], seed).numpy()
+        window = image[top : top + height, left : left + width]
+        bicubic = preprocessing.resize(window, [24, 24], "bicubic").numpy()
+        bilinear = preprocessing.resize(window, [24, 24], "bilinear").numpy()
+        np.testing.assert_array_equal(crop, bicubic)
+        assert np.abs(bicubic - bilinear).mean() > 1.0
+
+
+def test_rand_augment_applies_each_op_half_the_time_with_either_sign():
+    """timm's `rand_augment_transform`: each drawn op is applied with probability 0.5 and its
+    magnitude negated half the time (`_randomly_negate`); without the negative half the
+    geometric ops would only turn and shift one way."""
+    ops, _, signs = rand_augment._draws([4000], tf.constant([1, 2]), 9.0, 0.5, 0.5)
+    not_applied = np.mean(ops.numpy() == len(rand_augment.OPS))
+    negative = np.mean(signs.numpy() < 0)
+    # Binomial(4000, 0.5): std ~0.008.
+    assert 0.45 <= not_applied <= 0.55 and 0.45 <= negative <= 0.55, (not_applied, negative)
+    # The default probability: one op leaves about half the images as they were. The
+    # image spans 60..187 only, so that every op (AutoContrast, Equalize too) changes it.
+    image = tf.round(_image(3) / 2 + 60)
+    unchanged = np.mean(
+        [
+            np.array_equal(rand_augment.rand_augment(image, tf.constant([s, 8]), num_ops=1), image)
+            for s in range(200)
+        ]
+    )
+    assert 0.35 <= unchanged <= 0.65, unchanged  # Binomial(200, 0.5): std ~0.035
+
+
+def test_an_unmixed_batch_keeps_lambda_one_and_its_own_targets():
+    """With mixup_prob < 1 a batch the draw leaves unmixed trains on its own smoothed one-hot
+    targets: the Beta draw of the mix not made must not blend in the flipped batch's labels."""
+    config = augment_config.AugmentConfig(mixup_prob=0.5, smoothing=0.1)
+    images = tf.stack([tf.fill([8, 8, 3], float(i)) for i in range(4)])
+    labels = tf.range(4)
+    own = augment.smooth_one_hot(labels, 4, 0.1).numpy()
+    unmixed = 0
+    for s in range(40):
+        out, targets, lam = augment.mix_batch(images, labels, 4, tf.constant([s, 5]), config)
+        if np.array_equal(out.numpy(), images.numpy()):
+            unmixed += 1
+            assert float(lam) == 1.0
+            np.testing.assert_allclose(targets.numpy(), own, atol=1e-6)
+    assert 8 <= unmixed <= 32, unmixed  # Binomial(40, 0.5): std ~3.2
+
+
+@pytest.mark.parametrize(("reprob", "low", "high"), [(1.0, 45, 50), (0.0, 0, 0)])
+def test_the_streamed_image_is_erased_at_the_configured_rate(reprob, low, high):
+    """`finish_image` (the streaming train path) erases with `config.reprob`, not the
+    DeiT default 0.25: reprob=1 erases (nearly: a box may not fit) every image, 0 none."""
+    config = augment_config.AugmentConfig(reprob=reprob)
+    image = _image()
+    normalised = preprocessing.normalize(image).numpy()
+    erased = sum(
+        not np.array_equal(augment.finish_image(image, tf.constant([s, 4]), config), normalised)
+        for s in range(50)
+    )
+    assert low <= erased <= high, erased
+
+
+def _box_sides(erased):
+    """`(rows, cols)` of the erased box in a `[H, W, C]` mask."""
+    return int(erased.any(axis=(1, 2)).sum()), int(erased.any(axis=(0, 2)).sum())
+
+
+def test_random_erasing_boxes_are_as_often_wide_as_tall():
+    """The aspect is log-uniform in (0.3, 1 / 0.3), timm's: as many boxes wider than tall as
+    taller than wide on a square image, per image and batched."""
+    image = tf.zeros([32, 32, 3])
+    alone = [
+        _box_sides(augment.random_erasing(image, tf.constant([s, 6]), 1.0).numpy() != 0)
+        for s in range(300)
+    ]
+    batched = augment.random_erasing_batch(tf.zeros([300, 32, 32, 3]), tf.constant([6, 1]), 1.0)
+    together = [_box_sides(one != 0) for one in batched.numpy()]
+    for sides in (alone, together):
+        wide = sum(cols > rows for rows, cols in sides)
+        tall = sum(rows > cols for rows, cols in sides)
+        assert 0.35 <= wide / (wide + tall) <= 0.65, (wide, tall)  # std ~0.03
