@@ -363,6 +363,56 @@ def test_eval_crop_equals_timms_eval_transform(height, width):
         assert np.mean(got != want) < 0.3
 
 
+def test_the_eval_transform_resizes_with_the_preprocessings_interpolation():
+    """A model whose `Preprocessing` says bilinear (as some timm `pretrained_cfg`s) is
+    evaluated and served with that kernel, not with the bicubic default."""
+    image = np.random.default_rng(7).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    bilinear = Preprocessing(interpolation="bilinear")
+    got = preprocess(image, 32, bilinear).numpy()
+    crop = resize_and_center_crop(image, 32, bilinear.crop_pct, "bilinear")
+    np.testing.assert_allclose(got, normalize(crop, bilinear).numpy(), atol=1e-6)
+    bicubic = preprocess(image, 32, bilinear.replace(interpolation="bicubic")).numpy()
+    assert np.abs(got - bicubic).mean() > 0.05  # ~3 levels of 255 in normalised units
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in memory", "streamed"])
+def test_training_views_are_normalised_with_the_given_preprocessing(tmp_path, in_memory):
+    """Both train paths (batched in memory, streamed per image) normalise with the model's
+    `Preprocessing`, as its eval and serving do, not with ImageNet's mean and std: with
+    an identity recipe (whole-image crop at the stored size, no flip, RandAugment,
+    erasing or mixing) a training view is the stored image so normalised."""
+    rng = np.random.default_rng(8)
+    stored = {}
+    for split in ("train", "val"):
+        for label in range(3):
+            os.makedirs(tmp_path / split / f"c{label}")
+            pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / split / f"c{label}" / "0.png")
+            if split == "train":
+                stored[label] = pixels
+    config = dataclasses.replace(
+        augment_config.NO_AUGMENT, hflip=0.0, crop_scale_min=1.0, crop_ratio=(1.0, 1.0)
+    )
+    halves = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3)
+    train = make_dataset(
+        f"folder:{tmp_path}",
+        "train",
+        image_size=12,
+        batch_size=3,
+        training=True,
+        augment=config,
+        preprocessing=halves,
+        seed=0,
+        in_memory=in_memory,
+    )
+    images, targets = next(iter(train))
+    labels = np.argmax(targets.numpy(), axis=-1)
+    assert sorted(labels) == [0, 1, 2]
+    for image, label in zip(images.numpy(), labels, strict=True):
+        expected = stored[label] / 255.0 * 2.0 - 1.0  # (x / 255 - 0.5) / 0.5
+        np.testing.assert_allclose(image, expected, atol=1e-5)
+
+
 def test_normalize_round_trip():
     image = tf.constant([[[0, 128, 255]]], tf.uint8)
     normalised = normalize(image)
