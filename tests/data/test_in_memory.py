@@ -9,7 +9,7 @@ from PIL import Image
 
 from deit_keras.data import in_memory, make_dataset, transforms
 from deit_keras.data.augment_config import AugmentConfig
-from deit_keras.data.preprocessing import resize
+from deit_keras.data.preprocessing import Preprocessing, resize
 
 SEED = tf.constant([3, 5], tf.int64)
 
@@ -58,6 +58,33 @@ def test_shifts_translate_with_zero_fill():
     for image, out, (down, right) in zip(images, moved, shifts.numpy(), strict=True):
         padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
         np.testing.assert_array_equal(out, padded[4 - down : 36 - down, 4 - right : 36 - right])
+
+
+def test_batched_translation_moves_both_ways_on_each_axis():
+    """`translate=b` in the batched recipe shifts by -b..b on each axis, as the per-image
+    `transforms.random_translate` (CIFAR's pad-and-crop), not only down and right."""
+    config = AugmentConfig(
+        rand_augment_ops=0,
+        reprob=0.0,
+        mixup_prob=0.0,
+        hflip=0.0,
+        crop_scale_min=1.0,
+        crop_ratio=(1.0, 1.0),
+        translate=2,
+    )
+    images = tf.constant(np.full((100, 12, 12, 3), 200, np.uint8))
+    unscaled = Preprocessing(mean=(0.0,) * 3, std=(1.0,) * 3)  # the zero fill stays 0
+    out = in_memory.train_transform_batch(images, SEED, 12, config, unscaled).numpy()
+    shifts = set()
+    for moved in out:
+        rows = np.flatnonzero(moved[:, :, 0].any(axis=1))
+        cols = np.flatnonzero(moved[:, :, 0].any(axis=0))
+        # The content moved by (dy, dx): a block of 12 - |d| rows/cols survives, the rest is 0.
+        dy = rows[0] if rows[0] else -(11 - rows[-1])
+        dx = cols[0] if cols[0] else -(11 - cols[-1])
+        assert len(rows) == 12 - abs(dy) and len(cols) == 12 - abs(dx)
+        shifts.add((int(dy), int(dx)))
+    assert {dy for dy, _ in shifts} == {dx for _, dx in shifts} == {-2, -1, 0, 1, 2}
 
 
 def _folder(root, sizes):
