@@ -200,3 +200,64 @@ def test_pipeline_trains_on_three_augment_views(in_memory_path):
     )
     np.testing.assert_array_equal(targets, next(iter(plain))[1])  # same examples
     assert float(tf.reduce_mean(tf.abs(images - next(iter(plain))[0]))) > 0.05
+
+
+def _recorded_jitters(monkeypatch):
+    """`color_jitter`'s ops replaced by ones recording `(name, factor)`; eagerly only the
+    chosen branch of each slot runs. Returns the record, one list per call of the caller."""
+    record = []
+
+    def recording(fn):
+        def op(image, factor):
+            record.append((fn.__name__, float(factor)))
+            return fn(image, factor)
+
+        return op
+
+    monkeypatch.setattr(three_augment, "_JITTERS", tuple(map(recording, three_augment._JITTERS)))
+    return record
+
+
+def test_color_jitter_factors_dim_as_often_as_they_brighten(monkeypatch):
+    """torchvision `ColorJitter(0.3, 0.3, 0.3)`: each factor uniform in [0.7, 1.3], below 1
+    (darker, flatter, greyer) as often as above."""
+    record = _recorded_jitters(monkeypatch)
+    image = _colourful()
+    for seed in range(100):
+        three_augment.color_jitter(image, _seed(seed), 0.3)
+    factors = np.array([factor for _, factor in record])
+    assert len(factors) == 300
+    assert 0.7 <= factors.min() < 0.75 and 1.25 < factors.max() <= 1.3
+    below = np.mean(factors < 1.0)
+    assert 0.38 <= below <= 0.62, below  # Binomial(300, 0.5): std ~0.03
+
+
+def test_color_jitter_order_is_drawn_per_image(monkeypatch):
+    """torchvision's `randperm`: the three ops (which do not commute) in a random order per
+    image, each order about a sixth of the time, not one fixed order."""
+    record = _recorded_jitters(monkeypatch)
+    image = _colourful()
+    orders = []
+    for seed in range(60):
+        del record[:]
+        three_augment.color_jitter(image, _seed(seed), 0.3)
+        orders.append(tuple(name for name, _ in record))
+    assert all(sorted(order) == ["_brightness", "_contrast", "_saturation"] for order in orders)
+    assert len(set(orders)) >= 5, set(orders)  # all 6 expected: P(one missing) ~1e-4
+
+
+def test_blur_radius_reaches_two():
+    """The official `GaussianBlur(radius_min=0.1, radius_max=2.)`: on a white dot the blur's
+    centre tells its std; over half of the blurs are wider than std 1."""
+    dot = np.zeros((25, 25, 3), np.float32)
+    dot[12, 12] = 255.0
+    taps = np.arange(-6, 7)
+    centre_at_std_1 = 255.0 * (1 / np.exp(-0.5 * taps**2.0).sum()) ** 2  # ~40.6
+    centres = []
+    for seed in range(150):
+        out = three_augment.three_augment(dot, _seed(seed), color_jitter_strength=0.0).numpy()
+        if 0.0 < out[12, 12, 0] < 255.0:  # a visible blur: gray keeps the dot, solarize clears it
+            centres.append(out[12, 12, 0])
+    assert len(centres) >= 25, len(centres)  # a third of 150 are blurs
+    wide = np.mean(np.array(centres) < centre_at_std_1)
+    assert 0.3 <= wide <= 0.8, wide  # radius uniform in [0.1, 2]: ~0.55
