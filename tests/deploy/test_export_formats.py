@@ -203,6 +203,27 @@ def test_onnx_export_leaves_the_tensorflow_log_level_as_it_was(tmp_path, level):
         assert after == level
 
 
+def test_calibration_images_come_from_the_train_split_in_eval_mode(monkeypatch):
+    """int8 calibration (the export CLI takes `eval_crops`' default split) reads training
+    images through the eval transform: ranges fitted on the eval split would be fitted on
+    the images the quantized export is then scored on, and augmented views are not what
+    the export will see."""
+    from deit_keras.data.preprocessing import Preprocessing
+    from deit_keras.deploy import calibration
+
+    calls = []
+
+    def recording_make_dataset(name, split, **kwargs):
+        calls.append((name, split, kwargs))
+        return [(np.zeros((4, 8, 8, 3), np.float32), np.zeros((4, 10), np.float32))]
+
+    monkeypatch.setattr(calibration, "make_dataset", recording_make_dataset)
+    crops = calibration.eval_crops("digits", 4, 8, Preprocessing())
+    assert crops.shape == (4, 8, 8, 3) and crops.dtype == np.uint8
+    [(name, split, kwargs)] = calls
+    assert (name, split, kwargs["training"]) == ("digits", "train", False)
+
+
 def test_bad_export_options_are_one_line_errors(models, tmp_path):
     cases = [
         ("tflite", str(tmp_path / "m.tflite"), "none", "format must be one of"),
