@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deit_keras.data import labels
-from deit_keras.data.preprocessing import Preprocessing
+from deit_keras.data.preprocessing import Preprocessing, preprocess
 from deit_keras.deploy import saved_model, saving
 from deit_keras.errors import UserInputError
 from deit_keras.inference import evaluate, predict
@@ -308,6 +308,26 @@ def test_predict_images_matches_saved_model(saved, image_files, tmp_path):
     unnamed = predict.predict_images(model, images[:1], top_k=20)
     assert len(unnamed[0]) == 10 and unnamed[0][0][0].startswith("class_")
     assert sum(p for _, _, p in unnamed[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_images_crops_with_the_given_crop_pct(saved):
+    """`crop_pct` (the predict CLI's --crop_pct) replaces the model's crop fraction: on a
+    non-square image the probabilities are the model's on that crop, not on its own."""
+    model, _ = saved
+    image = np.random.RandomState(4).randint(0, 256, (40, 56, 3)).astype(np.uint8)
+
+    def probabilities(preprocessing):
+        crop = preprocess(image, model.image_size, preprocessing)[None]
+        return tf.nn.softmax(model(crop, training=False)).numpy()[0]
+
+    whole = probabilities(model.preprocessing.replace(crop_pct=1.0))
+    # The crops differ; an untrained tiny model's probabilities by ~3e-3 (0.1 each).
+    assert np.abs(whole - probabilities(model.preprocessing)).max() > 2e-4
+    [top] = predict.predict_images(model, [image], CLASS_NAMES, crop_pct=1.0, top_k=10)
+    got = np.zeros(model.num_classes)
+    for _, index, probability in top:
+        got[index] = probability
+    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-6)
 
 
 class _BatchRecorder:
