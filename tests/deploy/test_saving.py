@@ -128,6 +128,22 @@ def test_saved_model_matches_keras_model(saved, tmp_path):
     assert not os.path.exists(tmp_path / "bad")
 
 
+def test_saved_model_serves_with_the_exported_crop_pct(saved, tmp_path):
+    """`export_saved_model(crop_pct=...)` (the export CLI's --crop_pct) is the crop of the
+    any-size `serving_default`, not the model's own: on a non-square image the logits are
+    the model's on that crop."""
+    model, _ = saved
+    images = random_images((1, 40, 56, 3), seed=4)
+    whole = model.preprocessing.replace(crop_pct=1.0)
+    expected = op_by_op(model, preprocessing.preprocess(images, 32, whole)).numpy()
+    own = op_by_op(model, preprocessing.preprocess(images, 32, model.preprocessing)).numpy()
+    assert np.abs(expected - own).max() > 5e-4  # other crops, other logits (by ~0.03)
+    config = saved_model.export_saved_model(model, str(tmp_path / "sm"), crop_pct=1.0)
+    assert config["crop_pct"] == 1.0
+    serve = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    np.testing.assert_allclose(serve(images=tf.constant(images))["logits"], expected, atol=1e-5)
+
+
 def test_training_resumes_with_optimizer_state(tmp_path):
     model = tiny_model(distilled=False)
     model.compile(
