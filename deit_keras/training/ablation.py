@@ -178,10 +178,10 @@ def seed_teacher(config: TrainConfig, seed_dir: str) -> tuple[str, float | None]
     info = dataset_info(config.dataset, config.data_dir, train_fraction=config.train_fraction)
     image_size, preprocessing = teacher_lib.student_input(config)
     keras.utils.clear_session()
-    keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     started = time.time()
-    teacher_lib.train_teacher(config, info, image_size, path, preprocessing)
+    with runner.process_settings(config):
+        teacher_lib.train_teacher(config, info, image_size, path, preprocessing)
     wall_s = round(time.time() - started, 1)
     record_text = json.dumps({"wall_s": wall_s, "config": _config_key(config)}, indent=1)
     write_text_atomic(record, record_text)

@@ -11,7 +11,6 @@ import shutil
 import time
 
 import keras
-import tensorflow as tf
 from absl import logging
 
 from deit_keras.data.pipeline import dataset_info, make_dataset
@@ -325,6 +324,29 @@ def _accept(config: TrainConfig, strategy, flags_text: str | None, info) -> None
         shutil.rmtree(os.path.join(config.model_dir, callbacks_lib.TENSORBOARD), ignore_errors=True)
 
 
+@contextlib.contextmanager
+def process_settings(config: TrainConfig):
+    """The run's process-wide settings, `--deterministic`'s op determinism and the
+    `--precision` policy, put back as they were when it ends: left set, a run called
+    from Python made every later model of the session mixed precision, or deterministic
+    and (Keras' rule under op determinism) compiled without XLA."""
+    from tensorflow.python.framework import config as framework  # where Keras reads it too
+
+    determinism, policy = (
+        framework.is_op_determinism_enabled(),
+        keras.mixed_precision.global_policy(),
+    )
+    if config.deterministic:
+        framework.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+        if not determinism:
+            framework.disable_op_determinism()
+
+
 def run_training(config: TrainConfig, flags_text: str | None = None) -> dict:
     """Runs one training job; returns the results dict also written to `results.json`.
 
@@ -341,13 +363,14 @@ def run_training(config: TrainConfig, flags_text: str | None = None) -> dict:
     # First: MultiWorkerMirroredStrategy must configure collectives before any TF op runs.
     strategy = make_strategy(config.strategy, config.tpu)
     if not custom_loop.is_chief(strategy):  # workers share the chief's model_dir
-        return _run_training(config, strategy, started, flags_text)
+        with process_settings(config):
+            return _run_training(config, strategy, started, flags_text)
     made_model_dir = not os.path.exists(config.model_dir)
     try:
         atomic.check_writable(config.model_dir)
         output = config.output or default_output(config.model)
         atomic.check_writable(os.path.dirname(os.path.abspath(output)))
-        with run_lock.hold(config.model_dir):
+        with run_lock.hold(config.model_dir), process_settings(config):
             return _run_training(config, strategy, started, flags_text)
     except BaseException:
         if made_model_dir:  # a refused run leaves no folder holding only its lock file
@@ -366,9 +389,6 @@ def _remove_if_only_the_lock(directory: str) -> None:
 def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> dict:
     check_accumulation(config, strategy.num_replicas_in_sync)
     custom_loop.check_global_batch(config.batch_size, strategy.num_replicas_in_sync)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(config.precision)
     # May build the dataset (draws random numbers); checks a folder dataset's files.
     info = dataset_info(
         config.dataset, config.data_dir, config.bad_images, train_fraction=config.train_fraction

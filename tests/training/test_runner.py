@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -141,6 +142,21 @@ def test_a_teacher_trained_in_the_run_or_loaded_gives_the_same_run(tmp_path):
     assert again_loss == pytest.approx(first_loss, rel=1e-4)
     assert first["teacher_top1"] == again["teacher_top1"]
     assert again["top1"] == pytest.approx(first["top1"], abs=0.01)
+
+
+def test_a_run_puts_the_process_settings_back(tmp_path):
+    """A `deterministic` run left op determinism on for the Python session (every later
+    model compiled without XLA, by Keras' rule), and a run its precision policy."""
+    from tensorflow.python.framework import config as framework
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # the session's own
+    try:
+        results = run_training(_tiny(tmp_path, deterministic=True, precision="float32"))
+        assert results["epochs"] == 1
+        assert not framework.is_op_determinism_enabled()
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_noresume_starts_a_fresh_history(tmp_path):
