@@ -407,6 +407,7 @@ def create_model(
     Raises:
         HeadlessWeightsError: `require_heads` and the weights have no heads.
     """
+    num_classes = _count_of(num_classes, class_names)
     if pretrained is False or pretrained is None:
         classes = IMAGENET_NUM_CLASSES if num_classes is None else num_classes
         return variants.build_model(
@@ -422,6 +423,10 @@ def create_model(
         fresh_heads = num_classes is not None and checkpoints.has_one_head_for_two_tokens(state)
         if num_classes is None:  # a headless checkpoint (a backbone) gets ImageNet's count
             num_classes = checkpoints.checkpoint_num_classes(state) or IMAGENET_NUM_CLASSES
+        saved_classes = None
+        if not fresh_heads:
+            rows = checkpoints.checkpoint_num_classes(state)
+            saved_classes = _renamed_classes(pretrained, class_names, rows)
     else:
         fresh_heads = False
         published = load_published(name, pretrained)
@@ -430,16 +435,19 @@ def create_model(
         if num_classes is None:
             num_classes = published.num_classes
         another = _holds_another_model(published, name)
+        saved_classes = _renamed_classes(pretrained, class_names, published.num_classes)
         same_model = (
-            _renamed_classes(pretrained, class_names) is None
-            and num_classes == published.num_classes
+            num_classes == published.num_classes
             and image_size in (None, published.image_size)
             and not drop_path_rate
             and crop_pct is None
             and not overrides
             and not another
         )
-        if same_model:
+        if same_model:  # a user's own model (other widths than the preset's) stays itself
+            if saved_classes:
+                state = checkpoints.state_dict_of(published)
+                _carry_head_rows(published, state, saved_classes, class_names, pretrained)
             return published
         state = checkpoints.state_dict_of(published)
         overrides.setdefault(
@@ -455,7 +463,6 @@ def create_model(
             pretrained,
             model.name,
         )
-    saved_classes = None if fresh_heads else _renamed_classes(pretrained, class_names)
     skip_heads = fresh_heads or checkpoints.checkpoint_num_classes(state) != num_classes
     checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads or bool(saved_classes))
     if saved_classes:
@@ -463,12 +470,28 @@ def create_model(
     return model
 
 
-def _renamed_classes(pretrained, class_names) -> list[str] | None:
-    """The classes a local weights file names (its `.classes.json`) when they are not
-    `class_names` as given; None when either is unknown or they agree."""
-    if class_names is None or not isinstance(pretrained, str) or not os.path.isfile(pretrained):
+def _count_of(num_classes, class_names):
+    """`num_classes`, or the count of `class_names`; the two must agree."""
+    if class_names is None:
+        return num_classes
+    if num_classes is not None and num_classes != len(class_names):
+        raise UserInputError(
+            f"class_names names {len(class_names)} classes but num_classes is {num_classes}: "
+            f"give one count. Received: num_classes={num_classes}, class_names="
+            f"{list(class_names)[:4]}..."
+        )
+    return len(class_names)
+
+
+def _renamed_classes(pretrained, class_names, rows) -> list[str] | None:
+    """The classes a local weights file of `rows` head rows names (its `.classes.json`,
+    refused when of another count) when they are not `class_names`; None when either is
+    unknown, the weights have no heads, or the two agree."""
+    if class_names is None or not rows:
         return None
-    saved = saving.read_class_names(pretrained)
+    if not isinstance(pretrained, str) or not os.path.isfile(pretrained):
+        return None
+    saved = saving.read_class_names(pretrained, rows)
     wanted = [str(name) for name in class_names]
     return None if saved is None or saved == wanted else saved
 
@@ -483,7 +506,10 @@ def _carry_head_rows(model, state, saved_classes, class_names, source) -> None:
         head = getattr(model, head_name, None)
         if head is None or f"{head_name}.weight" not in state:
             continue
-        kernel, bias = (keras.ops.convert_to_numpy(w).copy() for w in (head.kernel, head.bias))
+        # Fresh rows as the layer initialises them (the model may hold the file's own).
+        shape = tuple(head.kernel.shape)
+        kernel = keras.ops.convert_to_numpy(head.kernel_initializer(shape, dtype="float32"))
+        bias = keras.ops.convert_to_numpy(head.bias_initializer((shape[1],), dtype="float32"))
         for column, name in enumerate(wanted):
             if name in row_of:
                 kernel[:, column] = state[f"{head_name}.weight"][row_of[name]]

@@ -16,11 +16,12 @@ from deit_keras.io import atomic, paths
 from deit_keras.models.classifier import TokenClassifier
 
 
-def check_class_names(class_names: list, num_classes: int) -> list[str]:
+def check_class_names(class_names: list, num_classes: int, source: str = "") -> list[str]:
     class_names = [str(name) for name in class_names]
     if len(class_names) != num_classes:
         raise UserInputError(
-            f"Got {len(class_names)} class names for a model with num_classes={num_classes}."
+            f"Got {len(class_names)} class names{f' in {source}' if source else ''} for a "
+            f"model with num_classes={num_classes}."
         )
     return class_names
 
@@ -72,7 +73,7 @@ def read_class_names(path: str, num_classes: int | None = None) -> list[str] | N
         raise UserInputError(f"{sidecar} must hold a JSON list of class names.")
     if num_classes is None:
         return [str(name) for name in names]
-    return check_class_names(names, num_classes)
+    return check_class_names(names, num_classes, sidecar)
 
 
 def check_takes_rgb(model, path: str) -> None:

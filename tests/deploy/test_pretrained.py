@@ -406,3 +406,32 @@ def test_a_224_file_fine_tuned_as_a_384_preset_takes_that_presets_crop(tmp_path)
     )
     assert at_384.image_size == 48
     assert at_384.preprocessing == own.replace(crop_pct=1.0)  # its normalisation, 384's crop
+
+
+def test_head_rows_follow_class_names_for_a_users_own_model_and_counts_must_agree(tmp_path):
+    """Reordered class names rebuilt a user's own small student as the preset (a
+    CheckpointError: missing blocks); a classes file or `num_classes` of another count than
+    the weights' rows or the names indexed past the head (an IndexError) or built a head
+    of the wrong width."""
+    from deit_keras.deploy import checkpoints, saving
+    from deit_keras.errors import UserInputError
+
+    tiny = dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    own = pretrained.create_model(NAME, num_classes=4, **tiny)
+    own.head.bias.assign(np.arange(1.0, 5.0))
+    path = str(tmp_path / "own.keras")
+    saving.save_model(own, path, class_names=["a", "b", "c", "d"])
+    reordered = pretrained.create_model(NAME, pretrained=path, class_names=["d", "a", "b", "c"])
+    assert reordered.embed_dim == 32  # the file's own model, not the preset's
+    np.testing.assert_array_equal(reordered.head.bias.numpy(), [4.0, 1.0, 2.0, 3.0])
+    renamed = pretrained.create_model(NAME, pretrained=path, class_names=["z", "a", "b", "c"])
+    np.testing.assert_array_equal(renamed.head.bias.numpy(), [0.0, 1.0, 2.0, 3.0])  # z: fresh
+    assert not np.allclose(renamed.head.kernel.numpy()[:, 0], own.head.kernel.numpy()[:, 3])
+    with pytest.raises(UserInputError, match="names 3 classes but num_classes is 4"):
+        pretrained.create_model(NAME, pretrained=path, num_classes=4, class_names=["a", "b", "c"])
+    # A state-dict file with a classes file of another count than its head rows.
+    weights = str(tmp_path / "own.npz")
+    np.savez(weights, **checkpoints.state_dict_of(own))
+    saving.write_class_names(weights, ["a", "b", "c", "d", "e"])
+    with pytest.raises(UserInputError, match="own.npz"):
+        pretrained.create_model(NAME, pretrained=weights, class_names=list("edcba"), **tiny)
