@@ -64,11 +64,23 @@ def comparison(results: dict, config: TrainConfig, ablation: str) -> str:
     return "\n".join(lines)
 
 
+# A run's own flags, which the ablation sets per row or refuses (`--output`).
+_RUN_ONLY = ("model_dir", "output", "output_dir", "distillation", "distillation_type")
+_RUN_ONLY += ("seeds", "rows")
+
+
 def ablate_command(argv: list[str]) -> str:
     """This run's flags as a `deit_keras.ablate` command (own output directory, 3 seeds)."""
-    run_only = ("--model_dir=", "--output=", "--output_dir=", "--distillation=")
-    run_only += ("--distillation_type=", "--seeds=", "--rows=")
-    kept = [arg for arg in argv if not arg.startswith(run_only)]
+    kept, value_follows = [], False
+    for arg in argv:
+        if value_follows:  # `--output PATH`: the run-only flag's value
+            value_follows = False
+            continue
+        name = arg.lstrip("-").split("=", 1)[0]
+        if arg.startswith("-") and name in _RUN_ONLY:
+            value_follows = "=" not in arg
+            continue
+        kept.append(arg)
     return shlex.join(
         ["python", "-m", "deit_keras.ablate", *kept, "--seeds=3", "--output_dir=runs/ablation"]
     )

@@ -176,7 +176,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     assert_one_line_error(process, "--train_fraction is one point")
     assert not (tmp_path / "out").exists()
     process = run_cli(  # every row saves its own model: --output was taken and not used
-        "ablate", "--flagfile=experiments/digits.cfg", f"--output={tmp_path / 'one.keras'}"
+        "ablate", "--flagfile=experiments/digits.cfg", "--output", str(tmp_path / "one.keras")
     )
     assert_one_line_error(process, "leave --output out", "one.keras")
 

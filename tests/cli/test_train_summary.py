@@ -52,6 +52,9 @@ def test_ablate_command_keeps_run_flags_and_drops_per_run_ones():
         "--distillation_type=hard",
         "--distillation_tau=2.0",
         "--epochs=5",
+        "--output",  # the space form and absl's one dash: the ablation refused the command
+        "/tmp/b.keras",
+        "-model_dir=/tmp/b",
     ]
     words = shlex.split(train.ablate_command(argv))
     assert words[:3] == ["python", "-m", "deit_keras.ablate"]
