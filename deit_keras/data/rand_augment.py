@@ -234,7 +234,8 @@ def _color(images, level, sign):
 
 
 def _contrast(images, level, sign):
-    mean = tf.round(tf.reduce_mean(_grayscale(images), axis=[1, 2, 3], keepdims=True))
+    # PIL's `int(mean + 0.5)`: a tie rounds up (tf.round takes it to even).
+    mean = tf.floor(tf.reduce_mean(_grayscale(images), axis=[1, 2, 3], keepdims=True) + 0.5)
     return _blend(mean, images, 1.0 + sign * level * 0.9)
 
 

@@ -70,6 +70,21 @@ def test_each_rand_augment_op_equals_timms(name, monkeypatch):
                 np.testing.assert_array_equal(got, want, err_msg=case)
 
 
+def test_contrast_rounds_a_grey_mean_of_one_half_up_as_pil():
+    """PIL's `ImageEnhance.Contrast` takes `int(mean + 0.5)` of the grey image: a mean of
+    100.5 is 101 (`tf.round` gave 100, half the pixels one level off timm's)."""
+    from PIL import Image, ImageEnhance
+
+    image = np.full((8, 8, 3), 100, np.uint8)
+    image[:4] = 101  # grey 100 and 101 on half the pixels each: mean 100.5
+    index = [op for op, _ in rand_augment.OPS].index("ContrastIncreasing")
+    for magnitude in (9.0, 4.0):
+        factor = 1.0 + magnitude / 10.0 * 0.9
+        want = np.asarray(ImageEnhance.Contrast(Image.fromarray(image)).enhance(factor))
+        got = rand_augment.apply_op(image.astype(np.float32), index, magnitude, 1.0).numpy()
+        np.testing.assert_array_equal(got, want.astype(np.float32), err_msg=str(magnitude))
+
+
 @pytest.mark.parametrize("shape", [(37, 53), (7, 7)])
 def test_a_rotation_of_an_odd_sided_image_equals_timms(shape, monkeypatch):
     """An odd side puts sample coordinates on tap boundaries (a rotation by 30 degrees):
