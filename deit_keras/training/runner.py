@@ -465,9 +465,13 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             steps_per_execution=math.gcd(config.steps_per_execution, steps),
         )
     _accept(config, strategy, flags_text, info)
-    teacher_top1 = _teacher_top1(config, teacher, evaluation, info.num_classes)
     backup = backup_lib.Backup(os.path.join(config.model_dir, "backup"))
     first_epoch = backup.restored_epoch() if config.resume else 0  # where this process starts
+    # Said before a fresh run's student trains; a resumed process (the first one said it)
+    # scores the teacher at its end only, as each restart would pay a pass over the split.
+    teacher_top1 = None
+    if first_epoch == 0:
+        teacher_top1 = _teacher_top1(config, teacher, evaluation, info.num_classes)
     # A resumed run's wall time includes the processes before it, up to their last backup.
     seconds_before = backup.run_seconds() if config.resume else 0.0
     with PreemptionWatcher() as preemption:  # SIGTERM: back up the step, raise Preempted
@@ -483,6 +487,8 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         raise callbacks_lib.diverged_error(nan_stop.bad_step, config.model_dir)
     results = evaluate_model(student, evaluation)
     if teacher is not None:
+        if teacher_top1 is None:
+            teacher_top1 = classifier_top1(teacher, evaluation, info.num_classes)
         results["teacher_top1"] = teacher_top1
     output = config.output or default_output(student.name)
     if not custom_loop.is_chief(strategy):  # only the chief writes

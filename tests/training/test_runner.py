@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import time
 
@@ -121,9 +122,11 @@ def test_more_epochs_resume_and_results_count_the_runs_epochs_and_seconds(tmp_pa
     assert (again["epochs"], again["resumed_at_epoch"]) == (2, 2)
 
 
-def test_a_teacher_trained_in_the_run_or_loaded_gives_the_same_run(tmp_path):
+def test_a_teacher_trained_in_the_run_or_loaded_gives_the_same_run(tmp_path, caplog):
     """Training the teacher draws random numbers; the feature adapters built after it
-    drew different weights than in a rerun that loads the teacher."""
+    drew different weights than in a rerun that loads the teacher. The teacher's top-1 is
+    said before a fresh run's student trains, not again by a resumed process (each restart
+    of a preempted run would pay a pass over the evaluation split)."""
     config = _tiny(
         tmp_path,
         distillation_type="hard",
@@ -134,7 +137,11 @@ def test_a_teacher_trained_in_the_run_or_loaded_gives_the_same_run(tmp_path):
         # (1% apart in CI, two test processes sharing two cores).
         deterministic=True,
     )
+    caplog.set_level(logging.WARNING)
     first = run_training(config)  # trains the teacher
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Teacher ")]
+    top1 = f"{first['teacher_top1']:.4f}"
+    assert said == [f"Teacher teacher.keras: top-1 {top1} on the evaluation split"], said
     first_loss = callbacks_lib.read_history(config.model_dir)[0]["feature_loss"]
     again = run_training(dataclasses.replace(config, resume=False))  # loads it
     # Equal up to thread-order rounding (the bug: 1.48 against 1.95).
@@ -142,6 +149,10 @@ def test_a_teacher_trained_in_the_run_or_loaded_gives_the_same_run(tmp_path):
     assert again_loss == pytest.approx(first_loss, rel=1e-4)
     assert first["teacher_top1"] == again["teacher_top1"]
     assert again["top1"] == pytest.approx(first["top1"], abs=0.01)
+    caplog.clear()
+    resumed = run_training(dataclasses.replace(config, epochs=2))
+    assert resumed["resumed_at_epoch"] == 1 and resumed["teacher_top1"] == first["teacher_top1"]
+    assert not [r for r in caplog.records if r.getMessage().startswith("Teacher ")]
 
 
 def test_a_run_puts_the_process_settings_back(tmp_path):
