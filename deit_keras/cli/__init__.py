@@ -19,6 +19,7 @@ import itertools
 import logging as std_logging
 import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -233,6 +234,33 @@ def _quiet_logging():
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
 
 
+# A shell's status for a command ended by SIGPIPE (128 + 13): `deit-predict ... | head`.
+CLOSED_PIPE_EXIT_CODE = 141
+
+
+def _stdout_is_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (POLLERR on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _main_until_the_reader_leaves(main, argv):
+    """`main(argv)`; a reader that stopped reading (`| head`) ends the command quietly,
+    as it ends other Unix tools, not as `error: [Errno 32] Broken pipe`."""
+    try:
+        return main(argv)
+    except BrokenPipeError:
+        if not _stdout_is_closed():
+            raise
+        # Python flushes stdout again at exit: point it at /dev/null so that says nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(CLOSED_PIPE_EXIT_CODE)
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -262,7 +290,7 @@ def run(main) -> None:
         _quiet_logging()
         _catch_sigterm()
         try:
-            return main(argv)
+            return _main_until_the_reader_leaves(main, argv)
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             sys.exit(130)

@@ -48,6 +48,10 @@ from deit_keras.training.config import TrainConfig
 
 define_config_flags(TrainConfig)
 flags.FLAGS.set_default("export_savedmodel", False)
+flags.FLAGS["output"].help = (
+    "Not taken here: refused on the command line, unused from a flagfile (each row saves "
+    "its own student.keras)."
+)
 
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Number of seeds: --seed, --seed + 1, ...")
 _ROWS = flags.DEFINE_list(

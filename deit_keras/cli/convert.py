@@ -1,4 +1,4 @@
-"""Converts a published DeiT checkpoint (official/timm or Hugging Face) to `.keras`.
+r"""Converts a published DeiT checkpoint (official/timm or Hugging Face) to `.keras`.
 
     python -m deit_keras.convert --checkpoint deit_tiny_distilled_patch16_224-b40b3cf7.pth \
         --model deit_tiny_distilled_patch16_224 --output saved_models/deit_tiny_distilled.keras

@@ -114,8 +114,10 @@ class TrainConfig:
     )
     finetune: str | None = field(
         None,
-        "Start from this checkpoint (.keras of ours, or .pth/.safetensors/.npz); heads "
-        "with another class count are re-initialised, position embeddings resampled.",
+        "Start from this checkpoint (.keras of ours, or .pth/.safetensors/.npz), position "
+        "embeddings resampled. A file saved with its classes (<file>.classes.json) gives "
+        "its head rows to this dataset's classes by name (fresh rows for classes it lacks); "
+        "otherwise heads of another class count are re-initialised.",
     )
     # === Data ===
     dataset: str = field("imagenet2012", "digits, folder:PATH, or a tfds name.")

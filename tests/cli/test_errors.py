@@ -172,3 +172,25 @@ def test_a_value_outside_a_long_enum_names_the_nearest_choices_not_all():
         assert "cait_m36_384" not in message  # the list's first name, far from both
     short = "flag --format=bogus: value should be one of <saved_model|litert|onnx|openvino>"
     assert cli._shorter_choices(short) == short  # a short list stays whole
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly():
+    """`deit-evaluate ... | head -5` ended with `error: [Errno 32] Broken pipe`, exit 2, as
+    if the input were wrong; other Unix tools end quietly (a shell reports 141)."""
+    code = (
+        "import sys\n"
+        "from deit_keras.cli.launch import quiet_tensorflow_start\n"
+        "quiet_tensorflow_start(sys.argv[1:])  # as the commands start\n"
+        "from deit_keras import cli\n"
+        "def main(argv):\n"
+        "    for line in range(200000):\n"
+        "        print(line)\n"
+        "cli.run(main)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "0\n"
+    process.stdout.close()  # as `head -1` does
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and not stderr.strip(), stderr
