@@ -153,6 +153,21 @@ def parse_argv(argv: list[str]) -> list[str]:
         ) from None
 
 
+def value_flag_spans(argv: list[str], names) -> list[tuple[int, int]]:
+    """Where the value flags `names` stand in `argv` (no program name): `(start, stop)`
+    indices of `--name=v` / `-name=v` (one word) or `--name v` (two). Words after `--`
+    are not flags."""
+    spans, index = [], 0
+    while index < len(argv) and argv[index] != "--":
+        arg = argv[index]
+        stop = index + 1
+        if arg.startswith("-") and arg.lstrip("-").split("=", 1)[0] in names:
+            stop += "=" not in arg  # `--name v`: its value is the next word
+            spans.append((index, stop))
+        index = stop
+    return spans
+
+
 def _check_flagfiles_are_named(argv: list[str]) -> None:
     """absl skips a flagfile flag with no file: `--flagfile=$CONFIG` (or `--flagfile
     "$CONFIG"`) with `CONFIG` unset ran on the defaults as if no file had been meant."""

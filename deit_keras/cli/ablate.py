@@ -122,14 +122,13 @@ def main(argv: list[str]) -> None:
 def _check_no_output_given(argv: list[str]) -> None:
     """`--output` names one model; every row saves its own. A flagfile's `--output`
     (train's recipes set one) is not used; typed on the command line it is refused."""
-    flags_part = argv[1:]
-    for index, arg in enumerate(flags_part):
-        if arg.split("=", 1)[0] in ("--output", "-output"):
-            given = arg if "=" in arg else " ".join(flags_part[index : index + 2])
-            raise cli.UsageError(
-                "deit-ablate saves each row's model as <output_dir>/seed_<s>/<row>/"
-                f"student.keras: leave --output out. Received: {given}"
-            )
+    spans = cli.value_flag_spans(argv[1:], ("output",))
+    if spans:
+        start, stop = spans[0]
+        raise cli.UsageError(
+            "deit-ablate saves each row's model as <output_dir>/seed_<s>/<row>/"
+            f"student.keras: leave --output out. Received: {' '.join(argv[1:][start:stop])}"
+        )
 
 
 def _train_and_report(config, rows, fractions, started) -> None:

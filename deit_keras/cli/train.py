@@ -71,16 +71,10 @@ _RUN_ONLY += ("seeds", "rows")
 
 def ablate_command(argv: list[str]) -> str:
     """This run's flags as a `deit_keras.ablate` command (own output directory, 3 seeds)."""
-    kept, value_follows = [], False
-    for arg in argv:
-        if value_follows:  # `--output PATH`: the run-only flag's value
-            value_follows = False
-            continue
-        name = arg.lstrip("-").split("=", 1)[0]
-        if arg.startswith("-") and name in _RUN_ONLY:
-            value_follows = "=" not in arg
-            continue
-        kept.append(arg)
+    dropped = {
+        i for start, stop in cli.value_flag_spans(argv, _RUN_ONLY) for i in range(start, stop)
+    }
+    kept = [arg for index, arg in enumerate(argv) if index not in dropped]
     return shlex.join(
         ["python", "-m", "deit_keras.ablate", *kept, "--seeds=3", "--output_dir=runs/ablation"]
     )
