@@ -24,9 +24,10 @@ import re
 
 import numpy as np
 
+from deit_keras.data.labels import IMAGENET_NUM_CLASSES, imagenet_synsets
+from deit_keras.deploy import saving
 from deit_keras.errors import UserInputError
 from deit_keras.io import torch_checkpoint
-from deit_keras.io.atomic import atomic_output
 from deit_keras.layers.embedding import resample_position_embeddings
 from deit_keras.models.cait import CaiT
 from deit_keras.models.variants import build_model
@@ -426,6 +427,10 @@ def load_checkpoint(
         The loaded `DeiT`.
     """
     state = to_timm_state_dict(read_state_dict(path))
+    return _load_state(state, model_name, num_classes, image_size, **overrides)
+
+
+def _load_state(state, model_name, num_classes, image_size, **overrides):
     source_classes = checkpoint_num_classes(state)
     if num_classes is None:
         num_classes = source_classes
@@ -441,10 +446,17 @@ def convert_checkpoint(
     image_size: int | None = None,
     num_classes: int | None = None,
 ):
-    """Loads `checkpoint` into `model_name` and saves it to `output` atomically."""
+    """Loads `checkpoint` into `model_name` and saves it to `output` atomically.
+
+    An ImageNet-1k head kept from the checkpoint is saved with its classes (the
+    synset ids, in `<output>.classes.json`), so that fine-tuning on classes named
+    by synset (ImageNet subsets, Imagenette) carries their rows; fresh heads are
+    saved without names (and a stale names file at `output` is removed).
+    """
     if not output.endswith(".keras"):
         raise CheckpointError(f"The output path must end in .keras. Received: {output!r}")
-    model = load_checkpoint(checkpoint, model_name, num_classes=num_classes, image_size=image_size)
-    with atomic_output(output) as temporary:
-        model.save(temporary)
+    state = to_timm_state_dict(read_state_dict(checkpoint))
+    model = _load_state(state, model_name, num_classes, image_size)
+    kept_imagenet_head = checkpoint_num_classes(state) == model.num_classes == IMAGENET_NUM_CLASSES
+    saving.save_model(model, output, imagenet_synsets() if kept_imagenet_head else None)
     return model

@@ -31,7 +31,7 @@ import uuid
 import keras
 from absl import logging
 
-from deit_keras.data.labels import IMAGENET_NUM_CLASSES
+from deit_keras.data.labels import IMAGENET_NUM_CLASSES, imagenet_synsets
 from deit_keras.deploy import checkpoints, saving
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.io import leftovers
@@ -484,16 +484,28 @@ def _count_of(num_classes, class_names):
 
 
 def _renamed_classes(pretrained, class_names, rows) -> list[str] | None:
-    """The classes a local weights file of `rows` head rows names (its `.classes.json`,
-    refused when of another count) when they are not `class_names`; None when either is
-    unknown, the weights have no heads, or the two agree."""
+    """The classes weights of `rows` head rows name when they are not `class_names`; None
+    when either is unknown, the weights have no heads, the two agree, or they share no
+    class and differ in count (fresh heads, as by `num_classes` alone)."""
     if class_names is None or not rows:
         return None
-    if not isinstance(pretrained, str) or not os.path.isfile(pretrained):
-        return None
-    saved = saving.read_class_names(pretrained, rows)
+    saved = _saved_class_names(pretrained, rows)
     wanted = [str(name) for name in class_names]
-    return None if saved is None or saved == wanted else saved
+    if saved is None or saved == wanted:
+        return None
+    if len(saved) != len(wanted) and not set(saved) & set(wanted):
+        return None
+    return saved
+
+
+def _saved_class_names(pretrained, rows) -> list[str] | None:
+    """A local file's `.classes.json` (refused when of another count than `rows`), or the
+    ImageNet-1k synset ids of a published ImageNet-1k head."""
+    if isinstance(pretrained, str) and os.path.isfile(pretrained):
+        return saving.read_class_names(pretrained, rows)
+    if (pretrained is True or pretrained in ("official", "hf")) and rows == IMAGENET_NUM_CLASSES:
+        return imagenet_synsets()
+    return None
 
 
 def _carry_head_rows(model, state, saved_classes, class_names, source) -> None:
@@ -518,8 +530,9 @@ def _carry_head_rows(model, state, saved_classes, class_names, source) -> None:
         head.bias.assign(bias)
     new = [name for name in wanted if name not in row_of]
     logging.warning(
-        "%s was saved for other classes, or in another order: its head rows are matched to "
-        "these classes by name%s.",
-        source,
-        f"; fresh rows for {len(new)} class(es) it lacks ({', '.join(new[:3])}...)" if new else "",
+        "The head rows of %s are matched to the classes by name: %d of %d found%s.",
+        source if isinstance(source, str) and os.path.isfile(source) else f"{model.name}'s weights",
+        len(wanted) - len(new),
+        len(wanted),
+        f"; fresh rows for {', '.join(new[:3])}{'...' if len(new) > 3 else ''}" if new else "",
     )

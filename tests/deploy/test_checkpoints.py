@@ -1,10 +1,18 @@
 """Numeric parity with the PyTorch reference (Hugging Face DeiT/ViT, random weights)."""
 
+import keras
 import numpy as np
 import pytest
 
 import deit_keras
-from deit_keras.deploy.checkpoints import CheckpointError, load_checkpoint, read_state_dict
+from deit_keras.data.labels import imagenet_synsets
+from deit_keras.deploy.checkpoints import (
+    CheckpointError,
+    convert_checkpoint,
+    load_checkpoint,
+    read_state_dict,
+)
+from deit_keras.deploy.saving import read_class_names
 from deit_keras.layers import TransformerBlock
 from deit_keras.testing import hf_reference, sample_photos
 
@@ -275,3 +283,15 @@ def test_checkpoints_no_model_here_computes_are_one_line_saying_so(tmp_path):
         read_state_dict(str(tmp_path / "garbage.pth"))
     # One line, and not torch's advice to unpickle with weights_only=False (runs its code).
     assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
+
+
+def test_a_converted_imagenet_head_names_its_classes_and_fresh_heads_none(tmp_path):
+    """deit-convert wrote no classes file: fine-tuning on classes named by synset could not
+    carry their rows, and a names file left at the output by an earlier save was kept."""
+    checkpoint = save_as("timm_pth", hf_reference("deit_tiny_patch16_224"), tmp_path)
+    output = str(tmp_path / "converted.keras")
+    convert_checkpoint(checkpoint, "deit_tiny_patch16_224", output)
+    assert read_class_names(output) == imagenet_synsets()
+    convert_checkpoint(checkpoint, "deit_tiny_patch16_224", output, num_classes=3)
+    assert read_class_names(output) is None
+    assert keras.models.load_model(output).num_classes == 3

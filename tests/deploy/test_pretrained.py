@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from deit_keras.data.labels import imagenet_synsets
 from deit_keras.deploy import pretrained
 from deit_keras.deploy.pretrained import PretrainedWeightsError
 from deit_keras.models import deit_presets
@@ -435,3 +436,25 @@ def test_head_rows_follow_class_names_for_a_users_own_model_and_counts_must_agre
     saving.write_class_names(weights, ["a", "b", "c", "d", "e"])
     with pytest.raises(UserInputError, match="own.npz"):
         pretrained.create_model(NAME, pretrained=weights, class_names=list("edcba"), **tiny)
+
+
+def test_published_imagenet_heads_give_their_rows_to_classes_named_by_synset(
+    reference, published, cache, monkeypatch
+):
+    """Fine-tuning a published ImageNet-1k model on ImageNet classes (a subset, Imagenette,
+    tfds `imagenet2012`'s synset names) started from fresh heads: the rows are its own."""
+    _, body, filename = reference
+    synsets = imagenet_synsets()
+    with serve_files({filename: body}) as base:
+        monkeypatch.setenv(pretrained.MIRROR_ENV, base + "/files/")
+        full = pretrained.create_model(NAME, pretrained=True)
+        subset = pretrained.create_model(NAME, pretrained=True, class_names=[synsets[7], "cat"])
+        own = pretrained.create_model(NAME, pretrained=True, class_names=["cat", "dog"])
+    for head in ("head", "head_dist"):
+        carried = getattr(subset, head)
+        np.testing.assert_array_equal(
+            carried.kernel.numpy()[:, 0], getattr(full, head).kernel.numpy()[:, 7]
+        )
+        fresh = carried.kernel.numpy()[:, 1]  # "cat"
+        assert not any(np.allclose(fresh, row) for row in getattr(full, head).kernel.numpy().T)
+    assert own.num_classes == 2
