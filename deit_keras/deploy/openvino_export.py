@@ -34,7 +34,7 @@ from deit_keras.deploy import export_options, onnx_export
 from deit_keras.deploy.export_options import openvino_weights_path
 from deit_keras.deploy.signatures import METADATA_NAME, serving_config
 from deit_keras.errors import UserInputError
-from deit_keras.io import atomic
+from deit_keras.io import atomic, leftovers
 
 QUANTIZATIONS = export_options.QUANTIZATIONS["openvino"]
 PRECISION_HINTS = {"none": "f32", "bf16": "bf16", "int8": "f32"}
@@ -92,7 +92,10 @@ def _save(ov_model, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     prefix = atomic.temporary_prefix(path)  # a kill leaves a folder named after the output
-    with tempfile.TemporaryDirectory(prefix=prefix, dir=directory) as staging:
+    leftovers.remove_stale(directory, prefix)  # by its owner, removed by the next export
+    with tempfile.TemporaryDirectory(
+        prefix=f"{prefix}{leftovers.owner()}-", dir=directory
+    ) as staging:
         staged = os.path.join(staging, "model.xml")
         _save_model(ov_model, staged, path)
         digest = _sha256(openvino_weights_path(staged))

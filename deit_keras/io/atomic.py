@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 
 from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.io import leftovers
 from deit_keras.io.paths import (
     PROBE_PREFIX,
     not_a_regular_file,
@@ -116,6 +117,9 @@ def temporary_prefix(path: str) -> str:
 def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator[str]:
     """Yields a temporary path beside `path`; renames it to `path` on success.
 
+    The temporary's name carries its owner (`leftovers.owner()`): what a killed
+    process left for `path` is removed by the next write of `path`.
+
     Works for files and directories (e.g. a SavedModel). On any exception
     the temporary output is removed and `path` is left as it was, so a
     crash never leaves a half-written file where a good one was. A full,
@@ -145,9 +149,10 @@ def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator
     temporary = None
     try:
         os.makedirs(directory, exist_ok=True)
+        leftovers.remove_stale(directory, temporary_prefix(path), extension)  # killed writes'
         # Keep the extension: keras.saving checks that a path ends in ".keras".
         handle, temporary = tempfile.mkstemp(
-            prefix=temporary_prefix(path), suffix=extension, dir=directory
+            prefix=f"{temporary_prefix(path)}{leftovers.owner()}-", suffix=extension, dir=directory
         )
         os.close(handle)
         os.remove(temporary)

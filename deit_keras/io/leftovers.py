@@ -1,17 +1,22 @@
-"""What a killed download leaves behind (a partial file in the weights cache), told by
-the owner its name carries (`<pid>@<host>`), and removed once that owner is gone.
+"""What a killed write leaves behind (a partial download in the weights cache, an
+output's temporary beside it), told by the owner its name carries (`<pid>@<host>`), and
+removed once that owner is gone.
 
-A kill (SIGKILL, the out-of-memory killer, a power cut) runs no clean-up. A later download
-of the same file removes the partials of dead processes of this host; another host's
-(a cache on storage shared by the workers of a run) only after a day, since its process
-cannot be checked from here. Removal is best effort: a partial that cannot be removed
-(another user's, in a shared folder) stays, and the download goes on.
+A kill (SIGKILL, the out-of-memory killer, a power cut) runs no clean-up. A later write
+of the same file removes the leftovers of dead processes of this host; another host's
+(storage shared by the workers of a run) only after a day, since its process cannot be
+checked from here. "Host" is one boot of one machine and one PID namespace (a container),
+so a pid is only ever checked where it means that process. Removal is best effort: a
+leftover that cannot be removed (another user's, in a shared folder) stays, and the
+write goes on.
 """
 
 import contextlib
+import functools
 import glob
 import os
 import re
+import shutil
 import socket
 import time
 
@@ -19,9 +24,26 @@ import time
 OTHER_HOST_STALE_S = 24 * 3600
 
 
+@functools.cache
 def host() -> str:
-    """This host's name with no "-" or "@" (owner tags split on them)."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+    """This host's name, boot and PID namespace, with no "-" or "@" (owner tags split on
+    them): two machines of one name, or two containers of one machine, differ."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", f"{socket.gethostname()}.{_boot()}.{_pid_namespace()}")
+
+
+def _boot() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()[:8]
+    except OSError:  # not Linux
+        return "boot"
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "pid"
 
 
 def owner() -> str:
@@ -72,4 +94,7 @@ def _process_alive(pid: int) -> bool:
 
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):  # gone already, or not ours to remove
-        os.remove(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)  # a directory output's (a SavedModel's)
+        else:
+            os.remove(path)

@@ -2,12 +2,15 @@
 
 import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from deit_keras.errors import UserInputError
-from deit_keras.io import atomic, paths
+from deit_keras.io import atomic, leftovers, paths
 
 
 def _users_folder(tmp_path):
@@ -196,3 +199,47 @@ def test_a_link_or_a_device_at_the_output_is_refused_and_kept(tmp_path):
     assert pipe.is_fifo() and (tmp_path / "to_pipe.json").is_symlink()
     assert paths.output_file_problem("output", os.devnull).startswith("output is not a regular")
     assert sorted(os.listdir(tmp_path)) == ["blobs", "link.keras", "pipe.json", "to_pipe.json"]
+
+
+KILLED_WRITE = """
+import os, signal, sys
+from deit_keras.io import atomic
+with atomic.atomic_output(sys.argv[1]) as temporary:
+    if sys.argv[2] == "dir":
+        os.makedirs(os.path.join(temporary, "variables"))
+    else:
+        open(temporary, "w").write("half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_what_a_killed_write_left_goes_with_the_next_write_and_no_one_elses(tmp_path, kind):
+    """A SIGKILLed export left `.model.tmp-*` beside the output for good (a SavedModel's
+    is hundreds of MB); a live writer's, another host's and a name not ours must stay."""
+    output = tmp_path / "model.keras"
+    process = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(output), kind])
+    assert process.returncode == -signal.SIGKILL
+    (left,) = os.listdir(tmp_path)
+    assert left.startswith(".model.tmp-") and (tmp_path / left).exists()
+    others = [
+        f".model.tmp-{os.getpid()}@{leftovers.host()}-live.keras",
+        ".model.tmp-12@another_host-busy.keras",
+        ".model.tmp-abc123.keras",
+        ".other.tmp-999999999@x-y.keras",
+    ]
+    for name in others:
+        (tmp_path / name).write_text("")
+    atomic.write_text_atomic(str(output), "whole")
+    assert output.read_text() == "whole"
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.keras", *others])
+
+
+def test_hosts_of_one_name_in_other_containers_or_boots_are_other_hosts():
+    """A pid is checked only where it names that process: the tag carries the boot and
+    the PID namespace, not only the host name a container may share."""
+    here = leftovers.host()
+    with open("/proc/sys/kernel/random/boot_id") as handle:
+        assert handle.read()[:8] in here
+    assert str(os.stat("/proc/self/ns/pid").st_ino) in here
+    assert not set(here) & {"-", "@"}
