@@ -85,6 +85,21 @@ def _check_class_indices(labels, num_classes: int) -> None:
         )
 
 
+def _refuse_ragged_or_sparse(data) -> None:
+    """Refuses a batch whose images or labels are a `tf.RaggedTensor` / `tf.SparseTensor`
+    (a dataset's `ragged_batch`, variable-length label lists): the step's one-hot
+    encoding and losses take dense rows, and failed deep in a conversion."""
+    parts = data if isinstance(data, (tuple, list)) else (data,)  # (images, labels[, weights])
+    for name, part in zip(("images", "labels"), parts, strict=False):
+        kind = type(part).__name__
+        if kind in ("RaggedTensor", "SparseTensor"):
+            raise UserInputError(
+                f"The {name} of a batch must be a dense tensor: one image size, one class "
+                f"index or one row over the classes per image (`.to_tensor()` a ragged one "
+                f"whose rows are all of one length). Received: {name} as a tf.{kind}"
+            )
+
+
 def _label_loss(loss):
     """`loss` when it can be the objective's label term: a `keras.losses.Loss` on logits
     reducing to the batch mean (a name such as "categorical_crossentropy" is Keras'
@@ -525,6 +540,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         if self.distillation_step is None:
             raise ValueError(f"{self.name} must be compiled before it is trained.")
         self._check_float_images(_images_dtype(data))  # a generator's, known only here
+        _refuse_ragged_or_sparse(data)
         return self.distillation_step.train_step(self, data)
 
     def test_step(self, *args):
@@ -533,6 +549,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         if self.distillation_step is None:
             raise ValueError(f"{self.name} must be compiled before it is evaluated.")
         self._check_float_images(_images_dtype(data))
+        _refuse_ragged_or_sparse(data)
         return self.distillation_step.test_step(self, data)
 
     # === Inference (compiled on a CPU: `CompiledInference`) ===

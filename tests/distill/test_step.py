@@ -264,6 +264,29 @@ def test_integer_labels_train_and_evaluate_as_their_one_hot_rows():
         compiled(tiny_model(num_classes=0), None, "none")
 
 
+def test_ragged_labels_or_images_are_one_line_saying_to_make_them_dense():
+    """Variable-length label lists (`tf.ragged.constant`) failed inside the loss:
+    "Failed to convert elements of tf.RaggedTensor ... to Tensor"."""
+    from deit_keras.errors import UserInputError
+
+    images, one_hot = batches(count=1)
+    indices = one_hot.argmax(-1)
+    model = compiled(tiny_model(), None, "none")
+    ragged_labels = tf.ragged.constant([[int(index)] for index in indices])
+    labelled = tf.data.Dataset.from_tensor_slices((images, ragged_labels)).batch(4)
+    for run in (model.fit, model.evaluate):
+        with pytest.raises(UserInputError, match="labels as a tf.RaggedTensor"):
+            run(labelled, verbose=0)
+    sized = [image[: 32 - index % 2] for index, image in enumerate(images[:4])]
+    ragged_images = tf.data.Dataset.from_tensor_slices(
+        (tf.ragged.constant(sized, ragged_rank=1), one_hot[:4])
+    ).batch(4)
+    with pytest.raises(UserInputError, match="images as a tf.RaggedTensor"):
+        model.fit(ragged_images, verbose=0)
+    dense = labelled.map(lambda image, label: (image, label.to_tensor()))
+    assert np.isfinite(model.fit(dense, verbose=0).history["loss"][0])
+
+
 def test_a_headless_model_saved_compiled_by_an_earlier_version_loads_uncompiled(tmp_path, caplog):
     headless = tiny_model(num_classes=0)
     keras.Model.compile(headless, optimizer="adamw")  # what compile() allowed before
