@@ -350,6 +350,17 @@ def _holds_another_model(published: TokenClassifier, name: str) -> bool:
     return held in presets and held != variants.canonical_name(name).replace(".", "_")
 
 
+_NOT_ARCHITECTURE = frozenset(
+    ("name", "trainable", "dtype", "num_classes", "image_size", "drop_path_rate", "preprocessing")
+)
+
+
+def _architecture_of(model: TokenClassifier) -> dict:
+    """The constructor arguments of `model` that make its layout (widths, depth, patch
+    size, tokens), for a model rebuilt from its weights with other heads or size."""
+    return {k: v for k, v in model.get_config().items() if k not in _NOT_ARCHITECTURE}
+
+
 def _carried_preprocessing(published: TokenClassifier, name: str, another: bool, crop_pct):
     """The eval transform a model rebuilt from `published`'s weights keeps: the weights'
     own normalisation (a model trained on other data normalises its way, not ImageNet's),
@@ -453,6 +464,9 @@ def create_model(
         overrides.setdefault(
             "preprocessing", _carried_preprocessing(published, name, another, crop_pct)
         )
+        if not another:  # a user's own model (a small student) keeps its layout and size
+            overrides = {**_architecture_of(published), **overrides}
+            image_size = published.image_size if image_size is None else image_size
     model = variants.build_model(
         name, num_classes, image_size, drop_path_rate, crop_pct, **overrides
     )

@@ -458,3 +458,30 @@ def test_published_imagenet_heads_give_their_rows_to_classes_named_by_synset(
         fresh = carried.kernel.numpy()[:, 1]  # "cat"
         assert not any(np.allclose(fresh, row) for row in getattr(full, head).kernel.numpy().T)
     assert own.num_classes == 2
+
+
+def test_a_users_own_model_fine_tunes_at_new_classes_and_size_as_itself(tmp_path):
+    """A small student saved by the user, asked for with new classes or a new size, was
+    rebuilt as the preset (a CheckpointError: 112 missing keys) unless its widths were
+    passed again; and without `image_size` it was resampled to the preset's 224 px."""
+    from deit_keras.deploy import saving
+
+    tiny = dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+    own = pretrained.create_model(NAME, num_classes=4, **tiny)
+    path = str(tmp_path / "own.keras")
+    saving.save_model(own, path)
+    for asked, size in (({"image_size": 48}, 48), ({}, 32)):
+        tuned = pretrained.create_model(NAME, pretrained=path, num_classes=6, **asked)
+        assert (tuned.num_classes, tuned.image_size, tuned.embed_dim, tuned.depth) == (
+            6,
+            size,
+            32,
+            2,
+        )
+        assert (
+            tuned.count_params() - own.count_params()
+            == 2 * 2 * 33 + (size // 8) ** 2 * 32 - 16 * 32
+        )
+        np.testing.assert_array_equal(
+            tuned.blocks[1].mlp.fc1.kernel.numpy(), own.blocks[1].mlp.fc1.kernel.numpy()
+        )
