@@ -14,6 +14,7 @@ from __future__ import annotations  # `tf.data.Dataset` annotations: TensorFlow 
 
 import keras
 import numpy as np
+from absl import logging
 from keras import ops
 
 from deit_keras.backend import tf
@@ -293,8 +294,11 @@ class DistillationStep:
         # The loss's scale, read before the model's step changes it (a LossScaleOptimizer
         # halves it on overflow, doubles it every `dynamic_growth_steps`).
         scale = model.optimizer.scale_loss(ops.ones((), "float32"))
-        model_gradients = _clipped_over_replicas(model.optimizer, gradients[: len(variables)])
-        model.optimizer.apply_gradients(zip(model_gradients, variables, strict=True))
+        if variables:
+            model_gradients = _clipped_over_replicas(model.optimizer, gradients[: len(variables)])
+            model.optimizer.apply_gradients(zip(model_gradients, variables, strict=True))
+        else:  # as Keras' own step: a frozen model evaluates its loss and metrics
+            logging.warning("%s has no trainable weights: `fit` leaves it as it is.", model.name)
         if self.features is not None:
             self._apply_adapter_gradients(model, gradients, len(variables), scale)
         self.update_metrics(labels, *outputs)

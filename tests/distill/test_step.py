@@ -287,6 +287,21 @@ def test_ragged_labels_or_images_are_one_line_saying_to_make_them_dense():
     assert np.isfinite(model.fit(dense, verbose=0).history["loss"][0])
 
 
+def test_a_wholly_frozen_model_fits_as_in_keras_leaving_its_weights(caplog):
+    """`model.trainable = False` then `fit` crashed in the optimizer ("not enough values to
+    unpack"); Keras' own step warns and evaluates the loss and metrics."""
+    images, labels = batches(count=1)
+    model = compiled(tiny_model(), None, "none")
+    model.trainable = False
+    model.compile(optimizer="adamw", distillation="none")
+    before = [weight.copy() for weight in model.get_weights()]
+    history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    for old, new in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+    assert "has no trainable weights" in caplog.text
+
+
 def test_a_headless_model_saved_compiled_by_an_earlier_version_loads_uncompiled(tmp_path, caplog):
     headless = tiny_model(num_classes=0)
     keras.Model.compile(headless, optimizer="adamw")  # what compile() allowed before
