@@ -47,6 +47,19 @@ def _arguments(method, model, args, kwargs) -> dict:
         return kwargs
 
 
+def _images_shape(x):
+    """The shape of the images in `x` (an array or tensor, a batch `(images, ...)`, or a
+    `tf.data` dataset of either) as a tuple; None when unknown (a generator's, a Python
+    list's, a dataset of unknown rank)."""
+    x = getattr(x, "element_spec", x)
+    if isinstance(x, (tuple, list)):
+        x = x[0] if x else None
+    shape = getattr(x, "shape", None)
+    if shape is None or getattr(shape, "rank", len(shape)) is None:
+        return None
+    return tuple(None if side is None else int(side) for side in shape)
+
+
 def _images_dtype(x):
     """The dtype of the images in `x`: an array or tensor, a batch `(images, ...)`, or a
     `tf.data` dataset of either; None when it cannot tell without drawing a batch."""
@@ -292,17 +305,22 @@ class TokenClassifier(CompiledInference, keras.Model):
     def predict_on_batch(self, x):
         # The traced predict step takes any size once it has seen several; under XLA a
         # bad one fails deep in a reshape.
-        self._check_images_shape(getattr(x, "shape", None))
+        self._check_images_shape(_images_shape(x))
         return super().predict_on_batch(x)
 
     def predict(self, x, *args, **kwargs):
-        self._check_images_shape(getattr(x, "shape", None))  # arrays; a dataset has none
+        self._check_images_shape(_images_shape(x))
         return super().predict(x, *args, **kwargs)
 
     def _check_images_shape(self, shape):
         if shape is None:
             return
-        shape = tuple(None if side is None else int(side) for side in shape)
+        if len(shape) == 3 and shape[-1] in (None, self.in_channels):
+            raise ValueError(
+                f"{self.name} takes batches of channels-last images [batch, height, width, "
+                f"{self.in_channels}]; these are single images (add a batch axis, `images[None]`, "
+                f"or batch a dataset, `dataset.batch(32)`). Received: images shape={shape}"
+            )
         if len(shape) != 4 or shape[-1] not in (None, self.in_channels):
             raise ValueError(
                 f"{self.name} takes a batch of channels-last images [batch, height, width, "
@@ -508,6 +526,7 @@ class TokenClassifier(CompiledInference, keras.Model):
 
     def _check_inputs(self, arguments):
         refuse_sample_weights(arguments)
+        self._check_images_shape(_images_shape(arguments.get("x")))
         self._check_float_images(_images_dtype(arguments.get("x")))
         _check_class_indices(arguments.get("y"), self.num_classes)
 

@@ -157,3 +157,23 @@ def test_a_batch_of_another_layout_is_one_short_error_on_every_inference_path(mo
         for call in (model, model.predict_on_batch, model.predict):
             with pytest.raises(ValueError, match=r"channels-last images .*Received: images shape"):
                 call(images)
+
+
+def test_a_dataset_of_single_images_or_of_a_size_off_the_patch_grid_is_one_line():
+    """A dataset not yet batched gave "Cannot iterate over a shape with unknown rank" (predict),
+    "ops.shape ... statically known rank" (fit/evaluate, once a step was traced) or the
+    patch-size message about a `(32, 3)` image; a size off the patch grid, once a step had
+    seen other sizes, a 45-line graph assertion."""
+    from deit_keras.testing import compiled
+
+    model = compiled(tiny_model(), None, "none")
+    images = random_images(8, 32)
+    labels = np.arange(8) % model.num_classes
+    model.fit(images, labels, batch_size=4, verbose=0)
+    model.predict(images, verbose=0)
+    single = tf.data.Dataset.from_tensor_slices((images, labels))
+    off_grid = tf.data.Dataset.from_tensor_slices((random_images(4, 36), labels[:4])).batch(4)
+    for dataset, problem in ((single, r"single images .*dataset\.batch"), (off_grid, "multiples")):
+        for call in (model.fit, model.evaluate, model.predict):
+            with pytest.raises(ValueError, match=problem):
+                call(dataset, verbose=0)
