@@ -89,7 +89,8 @@ def as_targets(labels, num_classes: int):
     """`labels` as the step's targets: a row over the classes per image (one-hot, or soft
     after MixUp/CutMix and smoothing). Class indices, Keras' sparse form (`[B]`, or
     `[B, 1]` of a model of several classes), are one-hot encoded; indices outside
-    `[0, num_classes)` give zero rows here (`TokenClassifier.fit` refuses them in arrays).
+    `[0, num_classes)` give zero rows here (`TokenClassifier.fit` refuses them in arrays
+    and `tf.data` datasets: `with_checked_class_indices`).
     """
     if not tf.is_tensor(labels):  # arrays and lists, e.g. given to train_on_batch
         labels = np.asarray(labels)
@@ -106,6 +107,39 @@ def as_targets(labels, num_classes: int):
     if "int" in keras.backend.standardize_dtype(labels.dtype):
         return ops.cast(labels, "float32")
     return labels
+
+
+# Begins the message of the assertion `with_checked_class_indices` adds to a dataset.
+CLASS_INDICES_OUT_OF_RANGE = "Class indices must be whole numbers in [0, {num_classes})"
+
+
+def with_checked_class_indices(dataset, num_classes: int):
+    """`dataset` of `(images, class indices, ...)` batches with each batch's indices checked
+    to be whole numbers in `[0, num_classes)`: the step's one-hot encoding makes others rows
+    of zeros (a loss of 0, no error; 1-based labels are the usual cause). The check runs in
+    tf.data, on the CPU, so it holds under XLA (where an `Assert` in the step is dropped);
+    a bad batch raises `tf.errors.InvalidArgumentError` whose message holds
+    `CLASS_INDICES_OUT_OF_RANGE`. Datasets of other labels (one-hot or soft rows, no
+    labels, unknown rank) are returned as they are."""
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) < 2 or not isinstance(spec[1], tf.TensorSpec):
+        return dataset
+    shape, dtype = spec[1].shape, spec[1].dtype
+    if shape.rank is None or not (dtype.is_integer or dtype.is_floating):
+        return dataset
+    if not are_class_indices(tuple(shape), num_classes):
+        return dataset
+    message = CLASS_INDICES_OUT_OF_RANGE.format(num_classes=num_classes)
+
+    def check(images, labels, *rest):
+        values = tf.cast(labels, tf.float64)
+        whole = tf.logical_and(tf.equal(values, tf.round(values)), values >= 0)
+        valid = tf.reduce_all(tf.logical_and(whole, values < num_classes))
+        low, high = tf.reduce_min(values), tf.reduce_max(values)
+        with tf.control_dependencies([tf.debugging.Assert(valid, [message, low, high])]):
+            return (images, tf.identity(labels), *rest)
+
+    return dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def are_class_indices(shape: tuple, num_classes: int) -> bool:

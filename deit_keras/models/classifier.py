@@ -8,6 +8,7 @@ tokens whose first is the class token (then the distillation token when
 
 import contextlib
 import inspect
+import re
 
 import keras
 import numpy as np
@@ -19,10 +20,12 @@ from deit_keras.data.preprocessing import Preprocessing
 from deit_keras.distill.feature_loss import FeatureDistillation
 from deit_keras.distill.losses import DistillationLoss
 from deit_keras.distill.step import (
+    CLASS_INDICES_OUT_OF_RANGE,
     DistillationStep,
     are_class_indices,
     average_heads,
     refuse_sample_weights,
+    with_checked_class_indices,
 )
 from deit_keras.distill.teachers import check_teacher_classes
 from deit_keras.errors import UserInputError
@@ -45,6 +48,41 @@ def _arguments(method, model, args, kwargs) -> dict:
         return inspect.signature(method).bind(model, *args, **kwargs).arguments
     except TypeError:  # Keras will say what is wrong with the call
         return kwargs
+
+
+def _with_checked_datasets(method, model, args, kwargs) -> tuple[tuple, dict]:
+    """`method`'s arguments with the `tf.data` datasets among `x` and `validation_data`
+    checking their class indices (`with_checked_class_indices`) batch by batch."""
+    if not on_tensorflow():
+        return args, kwargs
+    from deit_keras.backend import tf
+
+    try:
+        bound = inspect.signature(method).bind(model, *args, **kwargs)
+    except TypeError:  # Keras will say what is wrong with the call
+        return args, kwargs
+    for name in ("x", "validation_data"):
+        value = bound.arguments.get(name)
+        if isinstance(value, tf.data.Dataset):
+            bound.arguments[name] = with_checked_class_indices(value, model.num_classes)
+    return bound.args[1:], bound.kwargs
+
+
+@contextlib.contextmanager
+def _dataset_labels_refused(num_classes: int):
+    """`with_checked_class_indices`' failed assertion (an InvalidArgumentError of some
+    lines, from inside Keras' step) as one `UserInputError`."""
+    try:
+        yield
+    except Exception as error:
+        marker = CLASS_INDICES_OUT_OF_RANGE.format(num_classes=num_classes)
+        found = re.search(re.escape(marker) + r"\]\s*\[([^\]]*)\]\s*\[([^\]]*)\]", str(error))
+        if found is None:
+            raise
+        raise UserInputError(
+            f"{marker} for a model of {num_classes} classes (1-based labels? subtract 1). "
+            f"Received: labels from {found[1]} to {found[2]} in a batch of the dataset"
+        ) from error
 
 
 def _images_shape(x):
@@ -506,12 +544,14 @@ class TokenClassifier(CompiledInference, keras.Model):
     # "creating variables on a non-first call" to the same tf.function.
     def fit(self, *args, **kwargs):
         self._check_inputs(_arguments(keras.Model.fit, self, args, kwargs))
-        with self._steps_retraced_after_an_error():
+        args, kwargs = _with_checked_datasets(keras.Model.fit, self, args, kwargs)
+        with self._steps_retraced_after_an_error(), _dataset_labels_refused(self.num_classes):
             return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         self._check_inputs(_arguments(keras.Model.evaluate, self, args, kwargs))
-        with self._steps_retraced_after_an_error():
+        args, kwargs = _with_checked_datasets(keras.Model.evaluate, self, args, kwargs)
+        with self._steps_retraced_after_an_error(), _dataset_labels_refused(self.num_classes):
             return super().evaluate(*args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):

@@ -264,6 +264,37 @@ def test_integer_labels_train_and_evaluate_as_their_one_hot_rows():
         compiled(tiny_model(num_classes=0), None, "none")
 
 
+def test_class_indices_out_of_range_in_a_dataset_are_refused_under_xla_too():
+    """Labels in a `tf.data` dataset outside `[0, C)` (1-based, -1 for unknown, 2.5) became
+    rows of zeros: a loss of 0 and a top-1 read off an argmax of zeros, no error. Arrays
+    were refused before; a dataset is checked batch by batch in tf.data, so the check
+    holds in the XLA-compiled step (where an `Assert` is dropped)."""
+    from deit_keras.errors import UserInputError
+
+    images, one_hot = batches(count=2)
+    indices = one_hot.argmax(-1)
+    model = compiled(tiny_model(), None, "none", jit_compile=True)
+
+    def dataset(labels):
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+
+    good = model.fit(dataset(indices), validation_data=dataset(indices), verbose=0)
+    assert good.history["loss"][0] > 0.5
+
+    def wrong(value):
+        labels = indices.astype("float32")
+        labels[5] = value  # the second batch
+        return labels
+
+    with pytest.raises(UserInputError, match=r"\[0, 10\) .*Received: labels from \S+ to 10"):
+        model.fit(dataset(wrong(10)), verbose=0)
+    with pytest.raises(UserInputError, match=r"whole numbers in \[0, 10\).*from -1"):
+        model.evaluate(dataset(wrong(-1)[:, None]), verbose=0)
+    with pytest.raises(UserInputError, match=r"whole numbers in \[0, 10\)"):
+        model.fit(dataset(indices), validation_data=dataset(wrong(2.5)), verbose=0)
+    assert np.isfinite(model.evaluate(dataset(one_hot), verbose=0)[0])  # rows: not indices
+
+
 def test_ragged_labels_or_images_are_one_line_saying_to_make_them_dense():
     """Variable-length label lists (`tf.ragged.constant`) failed inside the loss:
     "Failed to convert elements of tf.RaggedTensor ... to Tensor"."""
