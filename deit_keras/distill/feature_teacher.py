@@ -219,8 +219,8 @@ def spread(items: list, count: int) -> list:
         raise UserInputError(
             f"Feature distillation matches {count} student blocks but the teacher has "
             f"{len(items)} spatial stages ({', '.join(items)}); choose at most {len(items)} "
-            "blocks (--feature_student_blocks) or name the teacher layers "
-            "(--feature_teacher_layers)."
+            "blocks (compile's feature_blocks=, deit-train's --feature_student_blocks) or "
+            "name the teacher layers (feature_layers=, --feature_teacher_layers)."
         )
     if count == 1:
         return [items[-1]]

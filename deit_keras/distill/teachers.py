@@ -391,6 +391,37 @@ def check_teacher_classes(teacher, num_classes: int) -> None:
         )
 
 
+def check_teacher_outputs(teacher, distillation: str) -> None:
+    """Refuses, in one line, soft distillation from a teacher that ends in a softmax
+    (keras.applications' default top): its probabilities would be read as logits and
+    softened again, a wrong target with no error. Hard distillation's argmax is the same."""
+    if distillation == "soft" and _ends_in_softmax(teacher):
+        raise UserInputError(
+            f"The teacher {teacher.name} ends in a softmax, and soft distillation takes its "
+            "logits: build it with classifier_activation=None (keras.applications) or "
+            "without the softmax, or wrap it in deit_keras.distill.TeacherAdapter(teacher, "
+            "outputs='probabilities'). Received: distillation='soft'"
+        )
+
+
+def _ends_in_softmax(model, depth: int = 0) -> bool:
+    """Whether a functional or Sequential model's output layer (through adapters and
+    nested models) applies a softmax; False when it cannot be told (a subclassed model)."""
+    if depth > 8:
+        return False
+    if isinstance(model, TeacherAdapter):
+        return model.outputs_kind == "logits" and _ends_in_softmax(model.teacher, depth + 1)
+    try:
+        last = model.outputs[0]._keras_history[0]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return False
+    if isinstance(last, keras.Model):
+        return _ends_in_softmax(last, depth + 1)
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    return getattr(getattr(last, "activation", None), "__name__", None) == "softmax"
+
+
 def _check_classes(adapter, spec, num_classes):
     if adapter.num_classes != num_classes:
         raise UserInputError(

@@ -27,7 +27,7 @@ from deit_keras.distill.step import (
     refuse_sample_weights,
     with_checked_class_indices,
 )
-from deit_keras.distill.teachers import check_teacher_classes
+from deit_keras.distill.teachers import check_teacher_classes, check_teacher_outputs
 from deit_keras.errors import UserInputError
 from deit_keras.layers import onednn_form
 from deit_keras.layers.basic import dense
@@ -335,9 +335,11 @@ class TokenClassifier(CompiledInference, keras.Model):
     def _check_float_images(self, dtype):
         if dtype is not None and not keras.backend.is_float_dtype(dtype):
             raise ValueError(
-                f"{self.name} takes float images, normalised as `model.preprocessing` says "
-                "(`deit_keras.data.preprocess(image, model.image_size, model.preprocessing)` "
-                f"for uint8 pixels). Received: dtype={keras.backend.standardize_dtype(dtype)}"
+                f"{self.name} takes float images, normalised as `model.preprocessing` says: "
+                "`(pixels / 255 - mean) / std` with its mean and std for training data "
+                "(`deit_keras.data.preprocess(images, model.image_size, model.preprocessing)` "
+                "is the evaluation transform: resize, centre crop, normalise). Received: "
+                f"dtype={keras.backend.standardize_dtype(dtype)}"
             )
 
     def predict_on_batch(self, x):
@@ -409,7 +411,9 @@ class TokenClassifier(CompiledInference, keras.Model):
             optimizer: a Keras optimizer (see `deit_keras.training.optim`).
             teacher: a `keras.Model` mapping this model's input batch to
                 teacher logits (wrap keras.applications models with
-                `deit_keras.distill.TeacherAdapter`). Frozen here.
+                `deit_keras.distill.TeacherAdapter`). Frozen here. Soft
+                distillation refuses one that ends in a softmax (keras.applications'
+                default top) unless adapted with `outputs="probabilities"`.
             distillation: "none", "soft" or "hard".
             alpha: weight of the distillation loss. Defaults to 0.5.
             tau: soft-distillation temperature. Defaults to 1.0.
@@ -455,6 +459,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         objective = DistillationLoss(distillation, alpha, tau, base_loss=base_loss)
         if teacher is not None and distillation != "none":
             check_teacher_classes(teacher, self.num_classes)
+            check_teacher_outputs(teacher, distillation)
         features = None
         if feature_weight:
             if teacher is None:

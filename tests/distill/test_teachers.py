@@ -188,3 +188,32 @@ def test_small_cnn_predicts_in_inference_mode_after_few_updates():
     batch_statistics = np.mean(np.argmax(cnn(images, training=True), -1) == labels)
     inference = np.mean(np.argmax(cnn.predict(images, verbose=0), -1) == labels)
     assert batch_statistics > 0.9 and inference > batch_statistics - 0.05
+
+
+def test_soft_distillation_refuses_a_teacher_that_ends_in_a_softmax():
+    """keras.applications' default top (and a Dense(..., activation="softmax")) gives
+    probabilities, which soft distillation read as logits and softened again: a wrong
+    target, no error. Hard distillation's argmax is the same, so it takes them."""
+    from deit_keras.testing import tiny_model
+
+    def head(*top):
+        return keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), *top])
+
+    softmax_tops = [
+        head(keras.layers.Dense(10, activation="softmax")),
+        head(keras.layers.Dense(10), keras.layers.Softmax()),
+        keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=10),
+    ]
+    for teacher in softmax_tops + [teachers.TeacherAdapter(softmax_tops[0], "pixels")]:
+        with pytest.raises(UserInputError, match="ends in a softmax.*outputs='probabilities'"):
+            tiny_model().compile(teacher=teacher, distillation="soft")
+        tiny_model().compile(teacher=teacher, distillation="hard")
+    logits_tops = [
+        head(keras.layers.Dense(10)),
+        teachers.TeacherAdapter(softmax_tops[0], outputs="probabilities"),
+        keras.applications.MobileNetV3Small(
+            input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None
+        ),
+    ]
+    for teacher in logits_tops:
+        tiny_model().compile(teacher=teacher, distillation="soft")
