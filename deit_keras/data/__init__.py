@@ -19,6 +19,7 @@ _EXPORTS = {
     "imagenet_class_names": "deit_keras.data.labels",
     "imagenet_synsets": "deit_keras.data.labels",
     "make_dataset": "deit_keras.data.pipeline",
+    "normalize": "deit_keras.data.preprocessing",
     "preprocess": "deit_keras.data.preprocessing",
     "resolve_class_names": "deit_keras.data.labels",
 }
