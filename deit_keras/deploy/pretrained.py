@@ -22,6 +22,7 @@ failed, corrupt or interrupted download never becomes a cache entry.
 
 import contextlib
 import hashlib
+import inspect
 import os
 import re
 import sys
@@ -31,7 +32,7 @@ import uuid
 import keras
 from absl import logging
 
-from deit_keras.data.labels import IMAGENET_NUM_CLASSES, imagenet_synsets
+from deit_keras.data.labels import IMAGENET_NUM_CLASSES, imagenet_class_names, imagenet_synsets
 from deit_keras.deploy import checkpoints, saving
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.io import leftovers
@@ -351,14 +352,16 @@ def _holds_another_model(published: TokenClassifier, name: str) -> bool:
 
 
 _NOT_ARCHITECTURE = frozenset(
-    ("name", "trainable", "dtype", "num_classes", "image_size", "drop_path_rate", "preprocessing")
+    ("self", "kwargs", "num_classes", "image_size", "drop_path_rate", "preprocessing")
 )
 
 
 def _architecture_of(model: TokenClassifier) -> dict:
     """The constructor arguments of `model` that make its layout (widths, depth, patch
-    size, tokens), for a model rebuilt from its weights with other heads or size."""
-    return {k: v for k, v in model.get_config().items() if k not in _NOT_ARCHITECTURE}
+    size, tokens), for a model rebuilt from its weights with other heads or size; what
+    its config holds beyond them (frozen or quantized layers, its name) stays behind."""
+    taken = set(inspect.signature(type(model).__init__).parameters) - _NOT_ARCHITECTURE
+    return {k: v for k, v in model.get_config().items() if k in taken}
 
 
 def _carried_preprocessing(published: TokenClassifier, name: str, another: bool, crop_pct):
@@ -500,15 +503,20 @@ def _count_of(num_classes, class_names):
 def _renamed_classes(pretrained, class_names, rows) -> list[str] | None:
     """The classes weights of `rows` head rows name when they are not `class_names`; None
     when either is unknown, the weights have no heads, the two agree, or they share no
-    class and differ in count (fresh heads, as by `num_classes` alone)."""
+    class and differ in count (fresh heads, as by `num_classes` alone). ImageNet-1k
+    heads (named by synset id) match `class_names` of synset ids or of the names the
+    library shows (`imagenet_class_names`); 1000 names of neither kind keep the heads."""
     if class_names is None or not rows:
         return None
     saved = _saved_class_names(pretrained, rows)
     wanted = [str(name) for name in class_names]
+    imagenet = saved == imagenet_synsets()
+    if imagenet and not set(saved) & set(wanted):
+        saved = imagenet_class_names()  # the names the library shows them by
     if saved is None or saved == wanted:
         return None
-    if len(saved) != len(wanted) and not set(saved) & set(wanted):
-        return None
+    if not set(saved) & set(wanted) and (imagenet or len(saved) != len(wanted)):
+        return None  # nothing to carry: the heads are kept or made fresh by count
     return saved
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from deit_keras.data.labels import imagenet_synsets
+from deit_keras.data.labels import imagenet_class_names, imagenet_synsets
 from deit_keras.deploy import pretrained
 from deit_keras.deploy.pretrained import PretrainedWeightsError
 from deit_keras.models import deit_presets
@@ -450,6 +450,19 @@ def test_published_imagenet_heads_give_their_rows_to_classes_named_by_synset(
         full = pretrained.create_model(NAME, pretrained=True)
         subset = pretrained.create_model(NAME, pretrained=True, class_names=[synsets[7], "cat"])
         own = pretrained.create_model(NAME, pretrained=True, class_names=["cat", "dog"])
+        # 1000 classes named as the library shows them, or otherwise: the heads as they are.
+        shown = pretrained.create_model(NAME, pretrained=True, class_names=imagenet_class_names())
+        lemmas = pretrained.create_model(
+            NAME, pretrained=True, class_names=imagenet_class_names()[3:] + ["a", "b", "c"]
+        )
+        numbered = pretrained.create_model(
+            NAME, pretrained=True, class_names=[str(index) for index in range(1000)]
+        )
+    for kept in (shown, numbered):
+        np.testing.assert_array_equal(kept.head.kernel.numpy(), full.head.kernel.numpy())
+    np.testing.assert_array_equal(
+        lemmas.head.kernel.numpy()[:, :5], full.head.kernel.numpy()[:, 3:8]
+    )
     for head in ("head", "head_dist"):
         carried = getattr(subset, head)
         np.testing.assert_array_equal(
@@ -465,11 +478,16 @@ def test_a_users_own_model_fine_tunes_at_new_classes_and_size_as_itself(tmp_path
     rebuilt as the preset (a CheckpointError: 112 missing keys) unless its widths were
     passed again; and without `image_size` it was resampled to the preset's 224 px."""
     from deit_keras.deploy import saving
+    from deit_keras.training.optim import freeze_backbone
 
     tiny = dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
     own = pretrained.create_model(NAME, num_classes=4, **tiny)
     path = str(tmp_path / "own.keras")
     saving.save_model(own, path)
+    frozen = str(tmp_path / "frozen.keras")  # a first, heads-only stage's output
+    saving.save_model(freeze_backbone(pretrained.create_model(NAME, num_classes=4)), frozen)
+    again = pretrained.create_model(NAME, pretrained=frozen, num_classes=4, drop_path_rate=0.1)
+    assert again.drop_path_rate == 0.1 and len(again.trainable_weights) > 4
     for asked, size in (({"image_size": 48}, 48), ({}, 32)):
         tuned = pretrained.create_model(NAME, pretrained=path, num_classes=6, **asked)
         assert (tuned.num_classes, tuned.image_size, tuned.embed_dim, tuned.depth) == (
