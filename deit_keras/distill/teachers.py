@@ -398,15 +398,17 @@ def check_teacher_outputs(teacher, distillation: str) -> None:
     if distillation == "soft" and _ends_in_softmax(teacher):
         raise UserInputError(
             f"The teacher {teacher.name} ends in a softmax, and soft distillation takes its "
-            "logits: build it with classifier_activation=None (keras.applications) or "
-            "without the softmax, or wrap it in deit_keras.distill.TeacherAdapter(teacher, "
-            "outputs='probabilities'). Received: distillation='soft'"
+            "logits: give one without the final softmax (keras.applications: "
+            "classifier_activation=None; a teacher file: saved so), or from Python wrap it "
+            "in deit_keras.distill.TeacherAdapter(teacher, outputs='probabilities'). "
+            "Received: distillation='soft'"
         )
 
 
 def _ends_in_softmax(model, depth: int = 0) -> bool:
-    """Whether a functional or Sequential model's output layer (through adapters and
-    nested models) applies a softmax; False when it cannot be told (a subclassed model)."""
+    """Whether a functional or Sequential model's output layer or op (through adapters
+    and nested models) is a softmax; False when it cannot be told (a subclassed model, a
+    `Lambda`)."""
     if depth > 8:
         return False
     if isinstance(model, TeacherAdapter):
@@ -417,7 +419,7 @@ def _ends_in_softmax(model, depth: int = 0) -> bool:
         return False
     if isinstance(last, keras.Model):
         return _ends_in_softmax(last, depth + 1)
-    if isinstance(last, keras.layers.Softmax):
+    if type(last).__name__ == "Softmax":  # the layer, or `keras.ops.softmax` in a graph
         return True
     return getattr(getattr(last, "activation", None), "__name__", None) == "softmax"
 

@@ -66,9 +66,12 @@ def _write_error(path: str, error: BaseException, ours: str | None = None) -> Wr
         reason = os.strerror(error.errno)
     if reason is None:
         return None
+    advice = "Free space or give write access there, or write elsewhere"
+    if getattr(error, "errno", None) == errno.ENAMETOOLONG:  # its temporary's longer name
+        advice = "Give a shorter file name"
     failure = WriteError(
-        f"Could not write {path}: {reason}. Free space or give write access there, or write "
-        "elsewhere; the file that was there before (if any) is unchanged."
+        f"Could not write {path}: {reason}. {advice}; the file that was there before (if "
+        "any) is unchanged."
     )
     failure.errno = getattr(error, "errno", None)
     return failure

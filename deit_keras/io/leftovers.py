@@ -14,8 +14,8 @@ write goes on.
 import contextlib
 import functools
 import glob
+import hashlib
 import os
-import re
 import shutil
 import socket
 import time
@@ -26,15 +26,16 @@ OTHER_HOST_STALE_S = 24 * 3600
 
 @functools.cache
 def host() -> str:
-    """This host's name, boot and PID namespace, with no "-" or "@" (owner tags split on
-    them): two machines of one name, or two containers of one machine, differ."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", f"{socket.gethostname()}.{_boot()}.{_pid_namespace()}")
+    """Ten hex digits naming this host's name, boot and PID namespace: two machines of one
+    name, or two containers of one machine, differ. Short, as it lengthens file names."""
+    where = f"{socket.gethostname()}/{_boot()}/{_pid_namespace()}"
+    return hashlib.sha256(where.encode()).hexdigest()[:10]
 
 
 def _boot() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as handle:
-            return handle.read().strip()[:8]
+            return handle.read().strip()
     except OSError:  # not Linux
         return "boot"
 

@@ -93,7 +93,7 @@ def _images_shape(x):
     if isinstance(x, (tuple, list)):
         x = x[0] if x else None
     shape = getattr(x, "shape", None)
-    if shape is None or getattr(shape, "rank", len(shape)) is None:
+    if shape is None or getattr(shape, "rank", 0) is None:  # a TensorShape of unknown rank
         return None
     return tuple(None if side is None else int(side) for side in shape)
 
@@ -147,7 +147,8 @@ def _refuse_ragged_or_sparse(data) -> None:
             raise UserInputError(
                 f"The {name} of a batch must be a dense tensor: one image size, one class "
                 f"index or one row over the classes per image (`.to_tensor()` a ragged one "
-                f"whose rows are all of one length). Received: {name} as a tf.{kind}"
+                f"whose rows are all of one length, `tf.sparse.to_dense` a sparse one). "
+                f"Received: {name} as a tf.{kind}"
             )
 
 
@@ -336,7 +337,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         if dtype is not None and not keras.backend.is_float_dtype(dtype):
             raise ValueError(
                 f"{self.name} takes float images, normalised as `model.preprocessing` says: "
-                "`(pixels / 255 - mean) / std` with its mean and std for training data "
+                "`deit_keras.data.normalize(pixels, model.preprocessing)` for training data "
                 "(`deit_keras.data.preprocess(images, model.image_size, model.preprocessing)` "
                 "is the evaluation transform: resize, centre crop, normalise). Received: "
                 f"dtype={keras.backend.standardize_dtype(dtype)}"
@@ -413,7 +414,8 @@ class TokenClassifier(CompiledInference, keras.Model):
                 teacher logits (wrap keras.applications models with
                 `deit_keras.distill.TeacherAdapter`). Frozen here. Soft
                 distillation refuses one that ends in a softmax (keras.applications'
-                default top) unless adapted with `outputs="probabilities"`.
+                default top) unless adapted with `outputs="probabilities"` (seen in
+                functional and Sequential teachers; a subclassed one is not inspected).
             distillation: "none", "soft" or "hard".
             alpha: weight of the distillation loss. Defaults to 0.5.
             tau: soft-distillation temperature. Defaults to 1.0.

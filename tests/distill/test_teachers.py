@@ -199,9 +199,11 @@ def test_soft_distillation_refuses_a_teacher_that_ends_in_a_softmax():
     def head(*top):
         return keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), *top])
 
+    inputs = keras.Input((32, 32, 3))
     softmax_tops = [
         head(keras.layers.Dense(10, activation="softmax")),
         head(keras.layers.Dense(10), keras.layers.Softmax()),
+        keras.Model(inputs, keras.ops.softmax(keras.layers.Dense(10)(inputs))),
         keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=10),
     ]
     for teacher in softmax_tops + [teachers.TeacherAdapter(softmax_tops[0], "pixels")]:

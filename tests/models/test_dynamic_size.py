@@ -177,3 +177,10 @@ def test_a_dataset_of_single_images_or_of_a_size_off_the_patch_grid_is_one_line(
         for call in (model.fit, model.evaluate, model.predict):
             with pytest.raises(ValueError, match=problem):
                 call(dataset, verbose=0)
+    # A dataset of unknown rank (a generator's, a py_function's) is left to the step.
+    unknown = tf.data.Dataset.from_generator(
+        lambda: iter([images[:4]]), output_signature=tf.TensorSpec(None, tf.float32)
+    )
+    np.testing.assert_allclose(
+        model.predict(unknown, verbose=0), model.predict(images[:4], verbose=0), atol=1e-6
+    )
