@@ -133,6 +133,7 @@ class FeatureDistillation:
             )
         blocks = tuple(student_blocks) if student_blocks else default_blocks(depth)
         _check_blocks(blocks, depth)
+        blocks = tuple(sorted(blocks))  # matched to the teacher's layers from the first block
         layers = list(teacher_layers or spread(stage_layers(teacher), len(blocks)))
         if len(layers) != len(blocks):
             raise UserInputError(

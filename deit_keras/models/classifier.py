@@ -8,6 +8,7 @@ tokens whose first is the class token (then the distillation token when
 
 import contextlib
 import inspect
+import numbers
 import re
 
 import keras
@@ -268,12 +269,32 @@ class TokenClassifier(CompiledInference, keras.Model):
         `maps` the patch maps (`patch_map`, after `prefix` tokens) of the blocks
         whose indices are in `blocks`.
         """
-        attentions, maps = [], []
+        wanted = self.block_indices(blocks)
+        if wanted and return_attention_scores:
+            raise UserInputError(
+                "forward_features returns the blocks' maps or the attention scores: ask for "
+                f"one at a time. Received: blocks={blocks!r}, return_attention_scores=True"
+            )
+        attentions, maps = [], {}
         for index, block in enumerate(self.blocks):
             x = call_block(block, attentions, x, training=training, scores=return_attention_scores)
-            if index in blocks:
-                maps.append(self.patch_map(x, grid, prefix))
-        return x, attentions, maps
+            if index in wanted:
+                maps[index] = self.patch_map(x, grid, prefix)
+        return x, attentions, [maps[index] for index in wanted]
+
+    def block_indices(self, blocks) -> list[int]:
+        """`blocks` as indices in `[0, depth)`, in the order given; negative ones count from
+        the last block (timm's `indices`)."""
+        depth = len(self.blocks)
+        if isinstance(blocks, int) or not all(isinstance(i, numbers.Integral) for i in blocks):
+            raise UserInputError(f"blocks must be a list of block indices. Received: {blocks!r}")
+        outside = [index for index in blocks if not -depth <= index < depth]
+        if outside:
+            raise UserInputError(
+                f"{self.name} has {depth} blocks: indices in [{-depth}, {depth}). "
+                f"Received: blocks={list(blocks)}"
+            )
+        return [int(index) % depth for index in blocks]
 
     @staticmethod
     def features_output(x, attentions, maps, return_attention_scores, blocks):
@@ -287,9 +308,9 @@ class TokenClassifier(CompiledInference, keras.Model):
     def forward_features(self, images, training=None, return_attention_scores=False, blocks=()):
         """Normalised tokens `[B, T, D]`, the class token first (and attention when asked).
 
-        With `blocks` (indices of self-attention blocks), also the list of
-        those blocks' output patch tokens as maps `[B, gh, gw, D]`
-        (`patch_map`): `(tokens, maps)`.
+        With `blocks` (indices of self-attention blocks, negative ones from
+        the last), also the list of those blocks' output patch tokens as maps
+        `[B, gh, gw, D]` (`patch_map`), in the order asked: `(tokens, maps)`.
         """
         raise NotImplementedError
 
@@ -330,7 +351,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         # Here, not in `call`: Keras (and the compiled inference step) would wrap the
         # error in lines about the call.
         self._check_float_images(getattr(images, "dtype", None))
-        self._check_images_shape(getattr(images, "shape", None))
+        self._check_images_shape(_images_shape(images))
         return super().__call__(images, *args, **kwargs)
 
     def _check_float_images(self, dtype):
@@ -374,7 +395,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         if step is not None:
             return step(images)
         cls_logits, dist_logits = self.call_heads(images, training=training)
-        if training and dist_logits is not None and self._called_directly():
+        if training and dist_logits is not None and self.num_classes and self._called_directly():
             return cls_logits, dist_logits
         return average_heads(cls_logits, dist_logits)
 

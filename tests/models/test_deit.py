@@ -65,6 +65,35 @@ def test_num_classes_zero_returns_features():
     assert tuple(model(random_images()).shape) == (2, 32)
 
 
+def test_a_headless_backbone_gives_its_pooled_features_in_training_too():
+    """A distilled backbone (num_classes=0) called with training=True gave the two tokens'
+    features as a tuple (the two heads' logits' form), so `head(backbone(x, training=True))`
+    in a custom loop failed."""
+    model = tiny_model(num_classes=0, drop_path_rate=0.0)
+    images = random_images()
+    features = model(images, training=True)
+    assert tuple(features.shape) == (2, 32)
+    np.testing.assert_allclose(features, model(images, training=False), atol=1e-5)
+
+
+def test_forward_features_blocks_count_from_the_end_keep_their_order_and_refuse_others():
+    """`blocks=[-1]` or an index past the last block returned no maps and no error, `[1, 0]`
+    came back in block order, and with `return_attention_scores` the maps were dropped."""
+    model = tiny_model()
+    images = random_images()
+    _, (last,) = model.forward_features(images, blocks=[-1])
+    _, (second, first) = model.forward_features(images, blocks=[1, 0])
+    _, (first_again,) = model.forward_features(images, blocks=[0])
+    np.testing.assert_array_equal(last, second)
+    np.testing.assert_array_equal(first, first_again)
+    assert not np.allclose(first, second)
+    for blocks in ([2], [-3], 1):
+        with pytest.raises(ValueError, match="blocks"):
+            model.forward_features(images, blocks=blocks)
+    with pytest.raises(ValueError, match="one at a time"):
+        model.forward_features(images, blocks=[0], return_attention_scores=True)
+
+
 def test_keras_round_trip_gives_identical_logits(tmp_path):
     model = tiny_model(drop_path_rate=0.1)
     images = random_images()
