@@ -43,29 +43,32 @@ _TRAINS_ON_TENSORFLOW = (
 )
 
 
+def _bound(method, model, args, kwargs) -> inspect.BoundArguments | None:
+    """`method(model, *args, **kwargs)`'s bound arguments; None when they do not bind."""
+    try:
+        return inspect.signature(method).bind(model, *args, **kwargs)
+    except TypeError:  # Keras will say what is wrong with the call
+        return None
+
+
 def _arguments(method, model, args, kwargs) -> dict:
     """`method(model, *args, **kwargs)`'s arguments by name (positional ones too)."""
-    try:
-        return inspect.signature(method).bind(model, *args, **kwargs).arguments
-    except TypeError:  # Keras will say what is wrong with the call
-        return kwargs
+    bound = _bound(method, model, args, kwargs)
+    return kwargs if bound is None else bound.arguments
 
 
-def _with_checked_datasets(method, model, args, kwargs) -> tuple[tuple, dict]:
-    """`method`'s arguments with the `tf.data` datasets among `x` and `validation_data`
-    checking their class indices (`with_checked_class_indices`) batch by batch."""
-    if not on_tensorflow():
+def _with_checked_datasets(bound, num_classes, args, kwargs) -> tuple[tuple, dict]:
+    """The call's arguments (`bound`, from `_bound`) with the `tf.data` datasets among `x`
+    and `validation_data` checking their class indices (`with_checked_class_indices`)
+    batch by batch."""
+    if bound is None or not on_tensorflow():
         return args, kwargs
     from deit_keras.backend import tf
 
-    try:
-        bound = inspect.signature(method).bind(model, *args, **kwargs)
-    except TypeError:  # Keras will say what is wrong with the call
-        return args, kwargs
     for name in ("x", "validation_data"):
         value = bound.arguments.get(name)
         if isinstance(value, tf.data.Dataset):
-            bound.arguments[name] = with_checked_class_indices(value, model.num_classes)
+            bound.arguments[name] = with_checked_class_indices(value, num_classes)
     return bound.args[1:], bound.kwargs
 
 
@@ -86,26 +89,28 @@ def _dataset_labels_refused(num_classes: int):
         ) from error
 
 
-def _images_shape(x):
-    """The shape of the images in `x` (an array or tensor, a batch `(images, ...)`, or a
-    `tf.data` dataset of either) as a tuple; None when unknown (a generator's, a Python
-    list's, a dataset of unknown rank)."""
+def _images_of(x):
+    """The images in `x` (an array or tensor, a batch `(images, ...)`, or a `tf.data`
+    dataset of either: its element spec); None for an empty batch."""
     x = getattr(x, "element_spec", x)
     if isinstance(x, (tuple, list)):
-        x = x[0] if x else None
-    shape = getattr(x, "shape", None)
+        return x[0] if x else None
+    return x
+
+
+def _images_shape(x):
+    """The shape of the images in `x` (`_images_of`) as a tuple; None when unknown (a
+    generator's, a Python list's, a dataset of unknown rank)."""
+    shape = getattr(_images_of(x), "shape", None)
     if shape is None or getattr(shape, "rank", 0) is None:  # a TensorShape of unknown rank
         return None
     return tuple(None if side is None else int(side) for side in shape)
 
 
 def _images_dtype(x):
-    """The dtype of the images in `x`: an array or tensor, a batch `(images, ...)`, or a
-    `tf.data` dataset of either; None when it cannot tell without drawing a batch."""
-    x = getattr(x, "element_spec", x)
-    if isinstance(x, (tuple, list)):
-        x = x[0] if x else None
-    return getattr(x, "dtype", None)
+    """The dtype of the images in `x` (`_images_of`); None when it cannot tell without
+    drawing a batch."""
+    return getattr(_images_of(x), "dtype", None)
 
 
 def _check_class_indices(labels, num_classes: int) -> None:
@@ -571,14 +576,16 @@ class TokenClassifier(CompiledInference, keras.Model):
     # Before Keras traces a step: an error inside the first trace leaves the next call
     # "creating variables on a non-first call" to the same tf.function.
     def fit(self, *args, **kwargs):
-        self._check_inputs(_arguments(keras.Model.fit, self, args, kwargs))
-        args, kwargs = _with_checked_datasets(keras.Model.fit, self, args, kwargs)
+        bound = _bound(keras.Model.fit, self, args, kwargs)
+        self._check_inputs(kwargs if bound is None else bound.arguments)
+        args, kwargs = _with_checked_datasets(bound, self.num_classes, args, kwargs)
         with self._steps_retraced_after_an_error(), _dataset_labels_refused(self.num_classes):
             return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
-        self._check_inputs(_arguments(keras.Model.evaluate, self, args, kwargs))
-        args, kwargs = _with_checked_datasets(keras.Model.evaluate, self, args, kwargs)
+        bound = _bound(keras.Model.evaluate, self, args, kwargs)
+        self._check_inputs(kwargs if bound is None else bound.arguments)
+        args, kwargs = _with_checked_datasets(bound, self.num_classes, args, kwargs)
         with self._steps_retraced_after_an_error(), _dataset_labels_refused(self.num_classes):
             return super().evaluate(*args, **kwargs)
 
