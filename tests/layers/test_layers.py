@@ -72,6 +72,17 @@ def test_drop_path_is_identity_in_inference_and_drops_whole_samples_in_training(
     assert 0.21 < dropped < 0.29
 
 
+def test_stochastic_depth_drops_both_residual_branches_of_a_block():
+    """timm's Block: `x + drop_path(attn(norm1(x)))`, then `x + drop_path(mlp(norm2(x)))`.
+    With every branch dropped a training call is the identity; with the MLP branch left
+    out of stochastic depth it is not."""
+    block = TransformerBlock(8, 2, mlp_ratio=2.0, drop_path_rate=0.5)
+    block.drop_path.rate = 1.0 - 1e-7  # keeps a sample with probability 1e-7: drops all
+    out = keras.ops.convert_to_numpy(block(TOKENS, training=True))
+    np.testing.assert_array_equal(out, TOKENS)
+    assert not np.allclose(keras.ops.convert_to_numpy(block(TOKENS, training=False)), TOKENS)
+
+
 def test_replica_dropout_is_identity_in_inference_and_drops_elements_in_training():
     x = np.ones((200, 50), "float32")
     layer = ReplicaDropout(0.2, seed=0)
