@@ -67,3 +67,25 @@ def test_the_teacher_leaves_the_pipeline_where_an_accelerator_runs_the_step(monk
         )
         assert not runner.teacher_in_pipeline(model), accelerator
     assert not runner.teacher_in_pipeline(compiled(tiny_model(), None, "none"))
+
+
+def test_the_pipeline_runs_the_teacher_in_inference_mode():
+    """Official DeiT calls `teacher_model.eval()`: a teacher with dropout (the small CNN
+    trained in a run has some) gives the pipeline its deterministic inference logits."""
+    keras.utils.set_random_seed(3)
+    teacher = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10),
+        ]
+    )
+    model = compiled(tiny_model(), teacher, "hard")
+    images, labels = batches(count=1, batch=4)
+    data = with_teacher_logits(
+        tf.data.Dataset.from_tensor_slices((images, labels)).batch(4), teacher
+    )
+    _, targets = next(iter(data))
+    expected = model.teacher(images, training=False)
+    np.testing.assert_allclose(targets["teacher_logits"], expected, rtol=1e-6, atol=1e-6)
