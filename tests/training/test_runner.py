@@ -210,3 +210,47 @@ def test_a_phase_before_the_last_leaves_the_trained_weights_not_the_ema():
     assert not np.allclose(weights[0], average[0])  # training goes on from its own weights
     weights, average = fitted(kept=False)
     np.testing.assert_allclose(weights[0], average[0])  # the run's last fit: the EMA
+
+
+def test_a_run_trains_with_its_recipe_flags_and_saves_the_ema_weights(tmp_path):
+    """The optimizer and objective flags reach the run (the saved model is compiled with
+    them), and --model_ema (timm's ModelEma: official DeiT evaluates and saves `model_ema`)
+    leaves the optimizer's moving average in the saved weights, not the last step's."""
+    config = _tiny(
+        tmp_path,
+        lr=4e-3,
+        warmup_epochs=1,
+        warmup_lr=2e-6,
+        min_lr=3e-6,
+        weight_decay=0.03,
+        clip_grad=0.7,
+        model_ema=True,
+        model_ema_decay=0.5,
+        distillation_alpha=0.3,
+        distillation_tau=2.5,
+    )
+    results = run_training(config)
+    saved = keras.models.load_model(results["saved_model"])
+    optimizer = saved.optimizer.get_config()
+    assert optimizer["learning_rate"]["config"] == {
+        "peak_lr": pytest.approx(4e-3 * config.batch_size / 512),
+        "total_steps": 2,
+        "warmup_steps": 2,  # one epoch of 2 steps
+        "warmup_lr": 2e-6,
+        "min_lr": 3e-6,
+    }
+    assert optimizer["weight_decay"] == pytest.approx(0.03)
+    assert optimizer["global_clipnorm"] == pytest.approx(0.7)
+    assert optimizer["use_ema"] and optimizer["ema_momentum"] == pytest.approx(0.5)
+    objective = saved.distillation_step.loss
+    assert (objective.alpha, objective.tau) == (pytest.approx(0.3), pytest.approx(2.5))
+
+    averages = saved.optimizer._model_variables_moving_average
+    assert len(averages) == len(saved.trainable_variables) > 0
+    for variable, average in zip(saved.trainable_variables, averages, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), average.numpy(), err_msg=variable.path)
+    last_step = keras.models.load_model(callbacks_lib.last_checkpoint(config.model_dir))
+    assert not all(
+        np.array_equal(mine.numpy(), last.numpy())
+        for mine, last in zip(saved.trainable_variables, last_step.trainable_variables, strict=True)
+    )
