@@ -387,3 +387,22 @@ def test_uint8_batches_are_one_line_on_every_training_path_and_training_goes_on(
             pytest.fail(f"{name} took uint8 pixels")
     history = model.fit(pixels.astype("float32"), targets, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_the_train_step_drops_paths_and_the_test_step_does_not():
+    """Stochastic depth is part of DeiT's training (drop_path 0.1), never of its evaluation:
+    with every residual branch dropped (rate ~1) a training forward skips the blocks, so
+    each step's loss is the one of its own mode's forward, and not the other's."""
+    images, labels = batches(count=1, batch=8)
+    model = tiny_model(drop_path_rate=0.5)
+    for block in model.blocks:
+        block.drop_path.rate = 1.0 - 1e-7  # keeps a branch with probability 1e-7
+    model = compiled(model, None, "none", jit_compile=False)
+    step = model.distillation_step
+    dropped = float(step.compute_loss(model, images, labels, training=True)[0])
+    kept = float(step.compute_loss(model, images, labels, training=False)[0])
+    assert abs(dropped - kept) > 1e-3  # the two modes tell apart
+    evaluated = model.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)
+    assert evaluated["loss"] == pytest.approx(kept, rel=1e-5)
+    trained = model.train_on_batch(images, labels, return_dict=True)  # the loss before its update
+    assert trained["loss"] == pytest.approx(dropped, rel=1e-5)
