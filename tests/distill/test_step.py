@@ -168,6 +168,21 @@ def test_teacher_agreement_is_the_dist_head_matching_the_teacher():
     assert "teacher_agreement" not in logs
 
 
+def test_top1_scores_the_mean_of_both_heads_as_inference_does():
+    """A distilled model predicts with the mean of its heads' logits: `top1` (and `top5`)
+    score that, `cls_top1` / `dist_top1` each head alone."""
+    images, _ = batches(count=2, batch=8)
+    keras.utils.set_random_seed(0)
+    model = compiled(tiny_model(drop_path_rate=0.0), None, "none")
+    cls_logits, dist_logits = (np.asarray(h) for h in model.call_heads(images, training=False))
+    predicted = np.argmax((cls_logits + dist_logits) / 2, axis=-1)
+    assert np.any(np.argmax(cls_logits, -1) != predicted)  # the heads disagree somewhere
+    labels = np.eye(10, dtype="float32")[predicted]
+    logs = model.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)
+    assert logs["top1"] == 1.0
+    assert logs["cls_top1"] == pytest.approx(np.mean(np.argmax(cls_logits, -1) == predicted))
+
+
 def test_a_model_without_dist_token_distils_through_its_class_head():
     """The paper's class-token rows: the step trains the class head on labels and teacher."""
     images, labels = batches(count=2, batch=8)
