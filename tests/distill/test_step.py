@@ -40,6 +40,9 @@ def test_teacher_sees_the_student_batch_and_stays_frozen():
     for old, new in zip(before, teacher.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
     assert len(model.trainable_variables) == len(tiny_model().trainable_variables)
+    # Frozen as a layer too: a BatchNorm teacher then normalises with its moving statistics
+    # even if called with training=True.
+    assert not teacher.trainable and not teacher.trainable_variables
 
 
 def test_none_ignores_the_teacher():
