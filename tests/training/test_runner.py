@@ -224,6 +224,7 @@ def test_a_run_trains_with_its_recipe_flags_and_saves_the_ema_weights(tmp_path):
         min_lr=3e-6,
         weight_decay=0.03,
         clip_grad=0.7,
+        layer_decay=0.8,
         model_ema=True,
         model_ema_decay=0.5,
         distillation_alpha=0.3,
@@ -241,6 +242,7 @@ def test_a_run_trains_with_its_recipe_flags_and_saves_the_ema_weights(tmp_path):
     }
     assert optimizer["weight_decay"] == pytest.approx(0.03)
     assert optimizer["global_clipnorm"] == pytest.approx(0.7)
+    assert optimizer["layer_decay"] == pytest.approx(0.8)
     assert optimizer["use_ema"] and optimizer["ema_momentum"] == pytest.approx(0.5)
     objective = saved.distillation_step.loss
     assert (objective.alpha, objective.tau) == (pytest.approx(0.3), pytest.approx(2.5))
