@@ -83,6 +83,18 @@ def _rows_summing_to_one(averaged: np.ndarray, layer: int) -> np.ndarray:
     return averaged / sums
 
 
+def _float_images(model, images):
+    """`images` as a float32 tensor; pixels (integers) are refused as the model refuses
+    them: they went in unnormalised and gave maps of a different input."""
+    if not hasattr(images, "dtype"):
+        images = np.asarray(images)
+    try:
+        model.check_float_images(images.dtype)
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
+    return ops.convert_to_tensor(images, dtype="float32")
+
+
 def _token_names(model):
     return ["cls", "dist"] if model.distilled else ["cls"]
 
@@ -101,7 +113,7 @@ def attention_maps(model, image) -> dict:
         `[gh, gw]`, where `(gh, gw) = model.patch_grid(image)` (the image's
         patch grid: `model.grid_size` squared at the model's own size).
     """
-    image = ops.convert_to_tensor(image, dtype="float32")
+    image = _float_images(model, image)
     if len(image.shape) == 3:
         image = ops.expand_dims(image, 0)
     if len(image.shape) != 4 or image.shape[0] != 1:
@@ -115,7 +127,7 @@ def batch_attention_maps(model, images) -> list:
     Returns:
         list of `B` dicts, each as `attention_maps` returns.
     """
-    images = ops.convert_to_tensor(images, dtype="float32")
+    images = _float_images(model, images)
     if len(images.shape) != 4:
         raise UserInputError(
             f"batch_attention_maps takes a batch [B, H, W, 3]. Received shape: {images.shape}"
@@ -181,7 +193,7 @@ def token_cosine_similarity(model, images) -> np.ndarray:
     """
     if not model.distilled:
         raise UserInputError("token_cosine_similarity needs a distilled model (with a dist token).")
-    images = ops.convert_to_tensor(images, dtype="float32")
+    images = _float_images(model, images)
     x = model.tokens(model.patch_embed(images), grid=model.patch_grid(images))
     similarities = [_cosine(x[:, 0], x[:, 1]).mean()]
     for block in model.blocks:

@@ -119,12 +119,16 @@ def with_checked_class_indices(dataset, num_classes: int):
     of zeros (a loss of 0, no error; 1-based labels are the usual cause). The check runs in
     tf.data, on the CPU, so it holds under XLA (where an `Assert` in the step is dropped);
     a bad batch raises `tf.errors.InvalidArgumentError` whose message holds
-    `CLASS_INDICES_OUT_OF_RANGE`. Datasets of other labels (one-hot or soft rows, no
+    `CLASS_INDICES_OUT_OF_RANGE`. The labels are the second element, or its "targets"
+    (`with_teacher_logits`' form). Datasets of other labels (one-hot or soft rows, no
     labels, unknown rank) are returned as they are."""
     spec = dataset.element_spec
-    if not isinstance(spec, tuple) or len(spec) < 2 or not isinstance(spec[1], tf.TensorSpec):
+    if not isinstance(spec, tuple) or len(spec) < 2:
         return dataset
-    shape, dtype = spec[1].shape, spec[1].dtype
+    label_spec = _targets(spec[1])
+    if not isinstance(label_spec, tf.TensorSpec):
+        return dataset
+    shape, dtype = label_spec.shape, label_spec.dtype
     if shape.rank is None or not (dtype.is_integer or dtype.is_floating):
         return dataset
     if not are_class_indices(tuple(shape), num_classes):
@@ -132,14 +136,19 @@ def with_checked_class_indices(dataset, num_classes: int):
     message = CLASS_INDICES_OUT_OF_RANGE.format(num_classes=num_classes)
 
     def check(images, labels, *rest):
-        values = tf.cast(labels, tf.float64)
+        values = tf.cast(_targets(labels), tf.float64)
         whole = tf.logical_and(tf.equal(values, tf.round(values)), values >= 0)
         valid = tf.reduce_all(tf.logical_and(whole, values < num_classes))
         low, high = tf.reduce_min(values), tf.reduce_max(values)
         with tf.control_dependencies([tf.debugging.Assert(valid, [message, low, high])]):
-            return (images, tf.identity(labels), *rest)
+            return (images, tf.nest.map_structure(tf.identity, labels), *rest)
 
     return dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _targets(labels):
+    """The class targets in a batch's labels: the labels, or `with_teacher_logits`' "targets"."""
+    return labels.get("targets") if isinstance(labels, dict) else labels
 
 
 def are_class_indices(shape: tuple, num_classes: int) -> bool:

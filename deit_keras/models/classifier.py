@@ -355,11 +355,13 @@ class TokenClassifier(CompiledInference, keras.Model):
     def __call__(self, images, *args, **kwargs):
         # Here, not in `call`: Keras (and the compiled inference step) would wrap the
         # error in lines about the call.
-        self._check_float_images(getattr(images, "dtype", None))
+        self.check_float_images(getattr(images, "dtype", None))
         self._check_images_shape(_images_shape(images))
         return super().__call__(images, *args, **kwargs)
 
-    def _check_float_images(self, dtype):
+    def check_float_images(self, dtype):
+        """Refuses images of an integer `dtype` (pixels, not normalised): a ValueError
+        saying how to normalise them. `dtype` None (not known yet) passes."""
         if dtype is not None and not keras.backend.is_float_dtype(dtype):
             raise ValueError(
                 f"{self.name} takes float images, normalised as `model.preprocessing` says: "
@@ -602,7 +604,7 @@ class TokenClassifier(CompiledInference, keras.Model):
     def _check_inputs(self, arguments):
         refuse_sample_weights(arguments)
         self._check_images_shape(_images_shape(arguments.get("x")))
-        self._check_float_images(_images_dtype(arguments.get("x")))
+        self.check_float_images(_images_dtype(arguments.get("x")))
         _check_class_indices(arguments.get("y"), self.num_classes)
 
     @contextlib.contextmanager
@@ -633,7 +635,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         (data,) = args
         if self.distillation_step is None:
             raise ValueError(f"{self.name} must be compiled before it is trained.")
-        self._check_float_images(_images_dtype(data))  # a generator's, known only here
+        self.check_float_images(_images_dtype(data))  # a generator's, known only here
         _refuse_ragged_or_sparse(data)
         return self.distillation_step.train_step(self, data)
 
@@ -642,7 +644,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         (data,) = args
         if self.distillation_step is None:
             raise ValueError(f"{self.name} must be compiled before it is evaluated.")
-        self._check_float_images(_images_dtype(data))
+        self.check_float_images(_images_dtype(data))
         _refuse_ragged_or_sparse(data)
         return self.distillation_step.test_step(self, data)
 

@@ -85,6 +85,24 @@ def test_batch_attention_maps_equal_one_image_at_a_time(model):
         attention_lib.batch_attention_maps(model, images[0])
 
 
+def test_pixels_are_refused_by_the_analyses_as_by_the_model(model):
+    """uint8 pixels went in unnormalised, giving maps of another input than the model's
+    (the model itself refuses them)."""
+    from deit_keras.errors import UserInputError
+
+    pixels = np.random.RandomState(2).randint(0, 256, (1, 32, 32, 3)).astype("uint8")
+    analyses = (
+        attention_lib.attention_maps,
+        attention_lib.batch_attention_maps,
+        attention_lib.token_cosine_similarity,
+    )
+    for analysis in analyses:
+        with pytest.raises(UserInputError, match=r"float images.*normalize.*dtype=uint8"):
+            analysis(model, pixels)
+    similarity = attention_lib.token_cosine_similarity(model, (pixels / 255.0).tolist())
+    assert similarity.shape == (len(model.blocks) + 1,)
+
+
 def _tiny_cait(seed=0):
     from deit_keras.models import build_model
 

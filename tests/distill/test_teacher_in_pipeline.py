@@ -89,3 +89,24 @@ def test_the_pipeline_runs_the_teacher_in_inference_mode():
     _, targets = next(iter(data))
     expected = model.teacher(images, training=False)
     np.testing.assert_allclose(targets["teacher_logits"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_class_indices_out_of_range_are_refused_with_the_teachers_logits_beside_them():
+    """With the teacher in the pipeline the labels are `{"targets", "teacher_logits"}`:
+    1-based indices there trained on rows of zeros, unchecked (a bare `(images,
+    labels)` dataset was refused)."""
+    from deit_keras.errors import UserInputError
+
+    model = compiled(tiny_model(), _teacher(), "hard")
+    images, one_hot = batches(count=2, batch=4)
+    indices = one_hot.argmax(-1)
+
+    def dataset(labels):
+        data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+        return with_teacher_logits(data, model.teacher)
+
+    assert model.fit(dataset(indices), verbose=0).history["loss"][0] > 0.5
+    wrong = indices.copy()
+    wrong[5] = 10  # the second batch
+    with pytest.raises(UserInputError, match=r"\[0, 10\) .*Received: labels from \S+ to 10"):
+        model.fit(dataset(wrong), verbose=0)
