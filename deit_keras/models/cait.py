@@ -143,7 +143,7 @@ class CaiT(TokenClassifier):
         self._build_heads(input_shape[0])
         self.built = True
 
-    def forward_features(self, images, training=None, return_attention_scores=False, blocks=()):
+    def _forward_features(self, images, training, return_attention_scores, blocks):
         """Normalised `[class token, patch tokens]` `[B, 1 + T, D]`.
 
         With `return_attention_scores`, also the list of each block's

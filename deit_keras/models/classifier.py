@@ -1,7 +1,7 @@
 """The shared base of the token classifiers (DeiT, CaiT): heads, training, export, config.
 
 A subclass builds its layers in `__init__` (ending with `_make_heads()` and
-`build`) and defines `forward_features(images) -> [B, T, D]` normalised
+`build`) and defines `_forward_features(images, ...) -> [B, T, D]` normalised
 tokens whose first is the class token (then the distillation token when
 `distilled`); everything else is here once.
 """
@@ -35,6 +35,7 @@ from deit_keras.layers.basic import dense
 from deit_keras.layers.frozen import frozen_throughout
 from deit_keras.models import precision, quantized
 from deit_keras.models.compiled_inference import CompiledInference
+from deit_keras.models.features import ForwardFeatures
 from deit_keras.models.flops import vit_flops
 
 _TRAINS_ON_TENSORFLOW = (
@@ -316,7 +317,20 @@ class TokenClassifier(CompiledInference, keras.Model):
         With `blocks` (indices of self-attention blocks, negative ones from
         the last), also the list of those blocks' output patch tokens as maps
         `[B, gh, gw, D]` (`patch_map`), in the order asked: `(tokens, maps)`.
+        On a symbolic `keras.Input` (any image size it leaves open), the output
+        of a `ForwardFeatures` layer holding this model: a functional model of
+        it saves, loads and clones as one.
         """
+        if not isinstance(images, keras.KerasTensor):
+            return self._forward_features(images, training, return_attention_scores, blocks)
+        self.check_float_images(images.dtype)
+        self._check_images_shape(tuple(images.shape))
+        self.block_indices(blocks)  # refused here, not in Keras' trace
+        features = ForwardFeatures(self, return_attention_scores, blocks)
+        return features(images, training=training)
+
+    def _forward_features(self, images, training, return_attention_scores, blocks):
+        """`forward_features` on tensors: the subclass's forward pass."""
         raise NotImplementedError
 
     def patch_map(self, tokens, grid, prefix_tokens):

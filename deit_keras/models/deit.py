@@ -149,7 +149,7 @@ class DeiT(TokenClassifier):
         self._build_heads(input_shape[0])
         self.built = True
 
-    def forward_features(self, images, training=None, return_attention_scores=False, blocks=()):
+    def _forward_features(self, images, training, return_attention_scores, blocks):
         """Normalised tokens `[B, T, D]` (and each block's attention, or `blocks`' maps)."""
         grid = self.patch_grid(images)
         x = self.tokens(self.patch_embed(images), grid=grid)

@@ -94,6 +94,45 @@ def test_forward_features_blocks_count_from_the_end_keep_their_order_and_refuse_
         model.forward_features(images, blocks=[0], return_attention_scores=True)
 
 
+def _tiny(family):
+    if family == "deit":
+        return tiny_model()
+    keras.utils.set_random_seed(0)
+    return deit_keras.models.build_model(
+        "cait_xxs24_224", num_classes=5, image_size=32, patch_size=8, embed_dim=16, depth=2,
+        num_heads=2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["deit", "cait"])
+def test_forward_features_on_a_keras_input_is_a_functional_backbone_of_any_size(family, tmp_path):
+    """On a symbolic `keras.Input`, `forward_features` failed with `blocks=` (a reshape),
+    attention scores ("Iterating over a symbolic KerasTensor") and an open image size
+    ("NoneType // int"): no functional model of the maps for a detection head."""
+    model = _tiny(family)
+    inputs = keras.Input((None, None, 3))
+    tokens, maps = model.forward_features(inputs, blocks=[-1, 0])
+    _, attentions = model.forward_features(inputs, return_attention_scores=True)
+    # The model three times over (as itself too): one model, saved and loaded once.
+    backbone = keras.Model(inputs, [model(inputs), tokens, *maps, *attentions])
+    assert len(backbone.trainable_weights) == len(model.trainable_weights)
+    backbone.save(tmp_path / "backbone.keras")
+    loaded = keras.models.load_model(tmp_path / "backbone.keras")
+    for size in (32, 48):
+        images = random_images(size=size)
+        tokens, maps = model.forward_features(images, blocks=[-1, 0])
+        _, attentions = model.forward_features(images, return_attention_scores=True)
+        expected = [op_by_op(model, images), tokens, *maps, *attentions]
+        assert tuple(maps[0].shape) == (2, size // 8, size // 8, model.embed_dim)
+        for outputs in (backbone(images), loaded(images)):
+            for output, wanted in zip(outputs, expected, strict=True):
+                np.testing.assert_allclose(output, wanted, atol=1e-5)
+    with pytest.raises(ValueError, match="float images"):
+        model.forward_features(keras.Input((32, 32, 3), dtype="uint8"))
+    with pytest.raises(ValueError, match="blocks"):
+        model.forward_features(inputs, blocks=[2])
+
+
 def test_keras_round_trip_gives_identical_logits(tmp_path):
     model = tiny_model(drop_path_rate=0.1)
     images = random_images()

@@ -1,0 +1,60 @@
+"""`ForwardFeatures`: a model's `forward_features` as a layer, for functional models.
+
+`model.forward_features(keras.Input(...), blocks=...)` returns this layer's output:
+Keras traces the model's own `forward_features` in a graph (any image size the
+`Input` leaves open), and the functional model built on it saves, loads and
+clones with the backbone inside (timm's `forward_features` / `forward_intermediates`,
+as keras-hub's backbones give feature maps to a detection or segmentation head).
+"""
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="deit_keras")
+class ForwardFeatures(keras.layers.Layer):
+    """`model.forward_features(images, return_attention_scores=..., blocks=...)`.
+
+    Args:
+        model: a `TokenClassifier` (`DeiT`, `CaiT`), or its serialized config.
+        return_attention_scores: bool. Also each block's attention.
+        blocks: list of block indices whose patch maps are also returned.
+
+    Returns (when called):
+        what `model.forward_features` returns: the normalised tokens, or
+        `(tokens, attentions)`, or `(tokens, maps)`.
+    """
+
+    def __init__(self, model, return_attention_scores=False, blocks=(), **kwargs):
+        if isinstance(model, dict):
+            model = keras.saving.deserialize_keras_object(model)
+        kwargs.setdefault("dtype", model.dtype_policy)
+        super().__init__(**kwargs)
+        self.model = model
+        self.return_attention_scores = bool(return_attention_scores)
+        self.blocks = [int(index) for index in blocks]
+
+    def build(self, input_shape):
+        self.built = True  # the model is built already
+
+    def call(self, images, training=None):
+        return self.model.forward_features(
+            images,
+            training=training,
+            return_attention_scores=self.return_attention_scores,
+            blocks=self.blocks,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        model = keras.saving.serialize_keras_object(self.model)
+        # Keras marks an object serialized twice as shared in the first config too, but
+        # that one was copied by then (it is inside this layer's config): without the
+        # mark here, a model with two of these layers loaded as two models, one of them
+        # without weights. Outside `model.save`/`load_model` the mark is not read.
+        model["shared_object_id"] = id(self.model)
+        config.update(
+            model=model,
+            return_attention_scores=self.return_attention_scores,
+            blocks=self.blocks,
+        )
+        return config
