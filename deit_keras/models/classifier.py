@@ -187,6 +187,10 @@ def _label_loss(loss):
     return loss
 
 
+def _float32(outputs):
+    return None if outputs is None else ops.cast(outputs, "float32")
+
+
 def call_block(block, attentions, *inputs, training=None, scores=False):
     """`block(*inputs)`; with `scores`, its attention is appended to `attentions`."""
     if not scores:
@@ -344,16 +348,16 @@ class TokenClassifier(CompiledInference, keras.Model):
         return shape[1] // self.patch_size, shape[2] // self.patch_size
 
     def forward_heads(self, features):
-        """`(cls_logits, dist_logits)` in float32; `dist_logits` is None if not distilled."""
+        """`(cls_logits, dist_logits)` in float32; `dist_logits` is None if not distilled.
+
+        Headless (`num_classes=0`): the two tokens' features, in float32 too.
+        """
         cls_out = features[:, 0]
         dist_out = features[:, 1] if self.distilled else None
         if self.head is None:
-            return cls_out, dist_out
-        cls_logits = ops.cast(self.head(cls_out), "float32")
-        dist_logits = None
-        if self.distilled:
-            dist_logits = ops.cast(self.head_dist(dist_out), "float32")
-        return cls_logits, dist_logits
+            return _float32(cls_out), _float32(dist_out)
+        dist_logits = None if dist_out is None else _float32(self.head_dist(dist_out))
+        return _float32(self.head(cls_out)), dist_logits
 
     def call_heads(self, images, training=None, blocks=()):
         """Both heads' logits whatever `training` is (used by train/eval steps).
@@ -663,13 +667,16 @@ class TokenClassifier(CompiledInference, keras.Model):
         return self.distillation_step.test_step(self, data)
 
     # === Inference (compiled on a CPU: `CompiledInference`) ===
-    def flops_per_image(self):
-        """Forward FLOPs per image of the matrix products (`vit_flops`) at `image_size`.
+    def flops_per_image(self, image_size=None):
+        """Forward FLOPs per image of the matrix products (`vit_flops`).
+
+        Args:
+            image_size: int or `(height, width)`; None: the model's `image_size`.
 
         An estimate for CaiT (its class-attention blocks are left out).
         """
         return vit_flops(
-            image_size=self.image_size,
+            image_size=self.image_size if image_size is None else image_size,
             patch_size=self.patch_size,
             in_channels=self.in_channels,
             embed_dim=self.embed_dim,

@@ -9,11 +9,13 @@ def vit_flops(
     The patch embedding, `depth` pre-norm blocks over the patches and
     `prefix_tokens` (class, distillation) tokens, and one head of
     `num_classes` on each prefix token. DeiT-Ti⚗ at 224 px: 2.52 GFLOP.
+    `image_size`: the side of a square image, or `(height, width)`.
 
     Returns:
         int.
     """
-    patches = (image_size // patch_size) ** 2
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    patches = (height // patch_size) * (width // patch_size)
     tokens = patches + prefix_tokens
     hidden = int(mlp_ratio * embed_dim)
     block = 4 * tokens * embed_dim**2 + 2 * tokens**2 * embed_dim + 2 * tokens * embed_dim * hidden

@@ -274,3 +274,25 @@ def test_predict_jit_compile_sets_inference_apart_from_training(tmp_path):
 def test_predict_jit_compile_rejects_other_values():
     with pytest.raises(UserInputError, match="Received: predict_jit_compile='xla'"):
         tiny_model().compile(optimizer="adamw", predict_jit_compile="xla")
+
+
+def test_the_shards_follow_the_size_of_the_images_not_the_models(monkeypatch):
+    """The shard thresholds read the FLOPs at the model's own size: a 224 px model given
+    384 px images (3.3x the work an image) ran batches in one pass that want shards."""
+    gflop = tiny_model().flops_per_image() / 1e9
+    monkeypatch.setattr(cpu_predict, "SHARDS_FROM_GFLOP", ((2, 3.5 * gflop),))
+    split, sharded = [], cpu_predict.sharded_forward
+
+    def recorded(forward, images, shards):
+        split.append((images.shape[1], shards))
+        return sharded(forward, images, shards)
+
+    monkeypatch.setattr(cpu_predict, "sharded_forward", recorded)
+    for size in (32, 64):  # 3 images: 3x the model's FLOPs at 32 px, ~14x at 64 px
+        model = tiny_model()  # Keras traces a second size as any size: the model's FLOPs
+        images = random_images(batch=3, size=size)
+        np.testing.assert_allclose(
+            model.predict_on_batch(images), op_by_op(model, images), atol=1e-5, rtol=1e-5
+        )
+    assert split == [(64, 2)]
+    assert model.flops_per_image(64) == model.flops_per_image((64, 64)) > 4 * gflop * 1e9

@@ -76,6 +76,13 @@ def test_a_headless_backbone_gives_its_pooled_features_in_training_too():
     np.testing.assert_allclose(features, model(images, training=False), atol=1e-5)
 
 
+def test_a_headless_backbone_gives_float32_features_under_mixed_precision_as_logits_are():
+    """Its features came out in bfloat16, where a model with heads gives float32 logits
+    (Keras' mixed-precision guide: outputs in float32, for the loss)."""
+    features = tiny_model(num_classes=0, dtype="mixed_bfloat16")(random_images())
+    assert keras.backend.standardize_dtype(features.dtype) == "float32"
+
+
 def test_forward_features_blocks_count_from_the_end_keep_their_order_and_refuse_others():
     """`blocks=[-1]` or an index past the last block returned no maps and no error, `[1, 0]`
     came back in block order, and with `return_attention_scores` the maps were dropped."""
