@@ -44,6 +44,22 @@ class ForwardFeatures(keras.layers.Layer):
             blocks=self.blocks,
         )
 
+    def compute_output_spec(self, images, training=None):
+        # Traced at two sizes the model takes: the sides that differ between them are
+        # left open. Keras' own trace on JAX and PyTorch fills open sides with 83 and 89
+        # pixels, which no patch grid takes.
+        side = self.model.patch_size
+        first = self._traced(images, training, batch=2, side=2 * side)
+        second = self._traced(images, training, batch=3, side=3 * side)
+        return keras.tree.map_structure(_open_where_they_differ, first, second)
+
+    def _traced(self, images, training, batch, side):
+        sides = [side if length is None else length for length in images.shape]
+        if images.shape[0] is None:
+            sides[0] = batch
+        concrete = keras.KerasTensor(tuple(sides), dtype=images.dtype)
+        return super().compute_output_spec(concrete, training=training)
+
     def get_config(self):
         config = super().get_config()
         model = keras.saving.serialize_keras_object(self.model)
@@ -58,3 +74,8 @@ class ForwardFeatures(keras.layers.Layer):
             blocks=self.blocks,
         )
         return config
+
+
+def _open_where_they_differ(first, second):
+    shape = tuple(a if a == b else None for a, b in zip(first.shape, second.shape, strict=True))
+    return keras.KerasTensor(shape, dtype=first.dtype)

@@ -43,6 +43,17 @@ for name in names:
     model = keras.models.load_model(f"{folder}/{name}.keras")
     images = np.load(f"{folder}/{name}_images.npy")
     expected = np.load(f"{folder}/{name}_logits.npy")
+    inputs = keras.Input((None, None, 3))  # a functional backbone of any size
+    tokens, maps = model.forward_features(inputs, blocks=[-1])
+    backbone = keras.Model(inputs, [tokens, *maps])
+    larger = np.tile(images, (1, 2, 2, 1))[:, :48, :48]
+    tokens, maps = model.forward_features(larger, blocks=[-1])
+    pairs = zip(backbone(larger), [tokens, *maps], strict=True)
+    report[name + "_features"] = max(
+        float(np.abs(keras.ops.convert_to_numpy(a) - keras.ops.convert_to_numpy(b)).max())
+        for a, b in pairs
+    )
+    fused_calls.clear()
     outputs = [
         keras.ops.convert_to_numpy(model(images)),
         model.predict(images, verbose=0),
@@ -105,6 +116,7 @@ def test_models_saved_on_tensorflow_run_on_another_backend(saved_models, backend
     assert report["backend"] == backend
     for name in _MODELS:  # a call, predict and predict_on_batch
         assert report[name] < 1e-5, (name, report[name])
+        assert report[name + "_features"] < 1e-5, (name, report[name + "_features"])
     assert report["deit_tiny_distilled_patch16_224_class"] == "DeiT"
     assert report["cait_xxs24_224_class"] == "CaiT"
     # Self-attention runs the fused op there (three runs: once per block each);
