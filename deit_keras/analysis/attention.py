@@ -32,7 +32,9 @@ def attention_rollout(
         attentions: list (one per block, first block first) of attention
             weights `[B, heads, T, T]` (a softmax's, whose rows sum to 1, or
             heads mixed after it, as CaiT's talking heads: the head-averaged
-            rows are then divided by their sums).
+            rows are then divided by their sums); or CaiT's as its
+            `forward_features` returns them, the class-attention blocks'
+            `[B, heads, 1, 1 + T]` last (`num_prefix_tokens` 1).
         num_prefix_tokens: int. 1 (class token) or 2 (class, distillation).
         residual_weight: float in [0, 1]. Weight of the identity mixed into
             each layer's head-averaged attention for the residual connection.
@@ -46,6 +48,9 @@ def attention_rollout(
         raise UserInputError("attention_rollout needs at least one layer's attention.")
     if not 0.0 <= residual_weight <= 1.0:
         raise UserInputError(f"residual_weight must be in [0, 1]. Received: {residual_weight}")
+    class_blocks = _class_attention_from(attentions)
+    if class_blocks is not None:
+        attentions = _cait_full_sequence(attentions, class_blocks)
     rollout = None
     for layer, attention in enumerate(attentions):
         attention = np.asarray(ops.convert_to_numpy(attention), dtype=np.float64)
@@ -62,6 +67,17 @@ def attention_rollout(
         mixed = (1 - residual_weight) * averaged + residual_weight * np.eye(tokens)
         rollout = mixed if rollout is None else mixed @ rollout
     return rollout[:, :num_prefix_tokens, num_prefix_tokens:].astype(np.float32)
+
+
+def _class_attention_from(attentions):
+    """Where CaiT's class-attention blocks start in `attentions` (rows `[.., 1, 1 + T]`
+    after self-attention `[.., T, T]`); None when there are none."""
+    shapes = [tuple(attention.shape) for attention in attentions]
+    tokens = shapes[0][-1]
+    for index, shape in enumerate(shapes):
+        if index and shape[-2:] == (1, tokens + 1):
+            return index
+    return None
 
 
 def _rows_summing_to_one(averaged: np.ndarray, layer: int) -> np.ndarray:

@@ -139,6 +139,10 @@ def test_cait_maps_are_class_attention_rows_and_a_full_sequence_rollout():
     np.testing.assert_allclose(
         maps["cls"]["rollout"].reshape(16), expected[0, 1:], rtol=1e-4, atol=1e-6
     )
+    # The attentions as forward_features gives them (was: "Expected attention [B, heads,
+    # T, T]" at the first class-attention block).
+    rollout = attention_lib.attention_rollout(attentions, num_prefix_tokens=1)
+    np.testing.assert_allclose(rollout[0, 0], expected[0, 1:], rtol=1e-4, atol=1e-6)
 
 
 def test_cait_rollout_is_the_same_for_the_same_function_of_other_weights():
