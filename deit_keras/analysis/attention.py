@@ -44,16 +44,21 @@ def attention_rollout(
         float32 numpy `[B, num_prefix_tokens, T - num_prefix_tokens]`: for each
         prefix token, the rolled-out attention over the patch tokens.
     """
-    if not attentions:
-        raise UserInputError("attention_rollout needs at least one layer's attention.")
     if not 0.0 <= residual_weight <= 1.0:
         raise UserInputError(f"residual_weight must be in [0, 1]. Received: {residual_weight}")
-    class_blocks = _class_attention_from(attentions)
-    if class_blocks is not None:
-        attentions = _cait_full_sequence(attentions, class_blocks)
+    attentions = [np.asarray(ops.convert_to_numpy(a), dtype=np.float64) for a in attentions]
+    if not attentions:
+        raise UserInputError("attention_rollout needs at least one layer's attention.")
+    first_class_block = _class_attention_from(attentions)
+    if first_class_block is not None:
+        if num_prefix_tokens != 1:
+            raise UserInputError(
+                "CaiT's attentions (class-attention blocks last) have one prefix token, "
+                f"the class token. Received: num_prefix_tokens={num_prefix_tokens}"
+            )
+        attentions = _cait_full_sequence(attentions, first_class_block)
     rollout = None
     for layer, attention in enumerate(attentions):
-        attention = np.asarray(ops.convert_to_numpy(attention), dtype=np.float64)
         if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2]:
             raise UserInputError(
                 f"Expected attention [B, heads, T, T]. Received: {attention.shape}"
@@ -72,8 +77,8 @@ def attention_rollout(
 def _class_attention_from(attentions):
     """Where CaiT's class-attention blocks start in `attentions` (rows `[.., 1, 1 + T]`
     after self-attention `[.., T, T]`); None when there are none."""
-    shapes = [tuple(attention.shape) for attention in attentions]
-    tokens = shapes[0][-1]
+    shapes = [attention.shape for attention in attentions]
+    tokens = shapes[0][-1] if shapes[0] else None
     for index, shape in enumerate(shapes):
         if index and shape[-2:] == (1, tokens + 1):
             return index

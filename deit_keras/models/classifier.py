@@ -279,18 +279,24 @@ class TokenClassifier(CompiledInference, keras.Model):
         `maps` the patch maps (`patch_map`, after `prefix` tokens) of the blocks
         whose indices are in `blocks`.
         """
-        wanted = self.block_indices(blocks)
-        if wanted and return_attention_scores:
-            raise UserInputError(
-                "forward_features returns the blocks' maps or the attention scores: ask for "
-                f"one at a time. Received: blocks={blocks!r}, return_attention_scores=True"
-            )
+        wanted = self.features_request(return_attention_scores, blocks)["blocks"]
         attentions, maps = [], {}
         for index, block in enumerate(self.blocks):
             x = call_block(block, attentions, x, training=training, scores=return_attention_scores)
             if index in wanted:
                 maps[index] = self.patch_map(x, grid, prefix)
         return x, attentions, [maps[index] for index in wanted]
+
+    def features_request(self, return_attention_scores, blocks) -> dict:
+        """`forward_features`' options, checked:
+        `{"return_attention_scores": bool, "blocks": block_indices(blocks)}`."""
+        wanted = self.block_indices(blocks)
+        if wanted and return_attention_scores:
+            raise UserInputError(
+                "forward_features returns the blocks' maps or the attention scores: ask for "
+                f"one at a time. Received: blocks={blocks!r}, return_attention_scores=True"
+            )
+        return {"return_attention_scores": bool(return_attention_scores), "blocks": wanted}
 
     def block_indices(self, blocks) -> list[int]:
         """`blocks` as indices in `[0, depth)`, in the order given; negative ones count from
@@ -323,15 +329,14 @@ class TokenClassifier(CompiledInference, keras.Model):
         `[B, gh, gw, D]` (`patch_map`), in the order asked: `(tokens, maps)`.
         On a symbolic `keras.Input` (any image size it leaves open), the output
         of a `ForwardFeatures` layer holding this model: a functional model of
-        it saves, loads and clones as one.
+        it saves and loads with this one model inside, however often it is called.
         """
         if not isinstance(images, keras.KerasTensor):
             return self._forward_features(images, training, return_attention_scores, blocks)
         self.check_float_images(images.dtype)
         self._check_images_shape(tuple(images.shape))
-        self.block_indices(blocks)  # refused here, not in Keras' trace
-        features = ForwardFeatures(self, return_attention_scores, blocks)
-        return features(images, training=training)
+        request = self.features_request(return_attention_scores, blocks)  # before Keras' trace
+        return ForwardFeatures(self, **request)(images, training=training)
 
     def _forward_features(self, images, training, return_attention_scores, blocks):
         """`forward_features` on tensors: the subclass's forward pass."""
@@ -352,6 +357,14 @@ class TokenClassifier(CompiledInference, keras.Model):
 
         Headless (`num_classes=0`): the two tokens' features, in float32 too.
         """
+        if isinstance(features, keras.KerasTensor):
+            # The heads are this model's layers: as nodes of their own, a saved functional
+            # model stored their weights once, inside this model, and loaded them nowhere.
+            raise UserInputError(
+                f"forward_heads takes tensors, not a keras.Input's features: call {self.name} "
+                "on the input for the heads' mean (`model(inputs)`), or put a head of your own "
+                "on `forward_features`' tokens."
+            )
         cls_out = features[:, 0]
         dist_out = features[:, 1] if self.distilled else None
         if self.head is None:
@@ -727,6 +740,10 @@ class TokenClassifier(CompiledInference, keras.Model):
     def compute_output_shape(self, input_shape):
         width = self.num_classes or self.embed_dim
         return (input_shape[0], width)
+
+    def compute_output_spec(self, images, training=None):
+        # float32 logits (or headless features) whatever the dtype policy, as `call`'s.
+        return keras.KerasTensor(self.compute_output_shape(images.shape), dtype="float32")
 
     # === Config ===
     def get_config(self):

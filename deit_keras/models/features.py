@@ -2,9 +2,12 @@
 
 `model.forward_features(keras.Input(...), blocks=...)` returns this layer's output:
 Keras traces the model's own `forward_features` in a graph (any image size the
-`Input` leaves open), and the functional model built on it saves, loads and
-clones with the backbone inside (timm's `forward_features` / `forward_intermediates`,
-as keras-hub's backbones give feature maps to a detection or segmentation head).
+`Input` leaves open), and the functional model built on it saves and loads with the
+backbone inside (timm's `forward_features` / `forward_intermediates`, as keras-hub's
+backbones give feature maps to a detection or segmentation head).
+`keras.models.clone_model` (fresh weights) gives each of these layers a copy of its own:
+one layer per request and one model for them all would need Keras to take nodes of one
+layer with different numbers of outputs (its connectivity check counts the first's).
 """
 
 import keras
@@ -54,10 +57,12 @@ class ForwardFeatures(keras.layers.Layer):
         return keras.tree.map_structure(_open_where_they_differ, first, second)
 
     def _traced(self, images, training, batch, side):
-        sides = [side if length is None else length for length in images.shape]
+        *sides, channels = [side if length is None else length for length in images.shape]
         if images.shape[0] is None:
             sides[0] = batch
-        concrete = keras.KerasTensor(tuple(sides), dtype=images.dtype)
+        if images.shape[-1] is None:
+            channels = self.model.in_channels
+        concrete = keras.KerasTensor((*sides, channels), dtype=images.dtype)
         return super().compute_output_spec(concrete, training=training)
 
     def get_config(self):

@@ -1,5 +1,7 @@
 """FLOPs of a ViT forward pass from its architecture alone (no TensorFlow: benchmark drivers)."""
 
+import numbers
+
 
 def vit_flops(
     *, image_size, patch_size, in_channels, embed_dim, depth, mlp_ratio, prefix_tokens, num_classes
@@ -14,7 +16,8 @@ def vit_flops(
     Returns:
         int.
     """
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    square = isinstance(image_size, numbers.Integral)
+    height, width = (image_size, image_size) if square else image_size
     patches = (height // patch_size) * (width // patch_size)
     tokens = patches + prefix_tokens
     hidden = int(mlp_ratio * embed_dim)

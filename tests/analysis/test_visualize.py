@@ -143,6 +143,10 @@ def test_cait_maps_are_class_attention_rows_and_a_full_sequence_rollout():
     # T, T]" at the first class-attention block).
     rollout = attention_lib.attention_rollout(attentions, num_prefix_tokens=1)
     np.testing.assert_allclose(rollout[0, 0], expected[0, 1:], rtol=1e-4, atol=1e-6)
+    as_lists = attention_lib.attention_rollout([a.numpy().tolist() for a in attentions], 1)
+    np.testing.assert_allclose(as_lists, rollout, atol=1e-7)
+    with pytest.raises(ValueError, match="one prefix token"):
+        attention_lib.attention_rollout(attentions, num_prefix_tokens=2)
 
 
 def test_cait_rollout_is_the_same_for_the_same_function_of_other_weights():

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 import deit_keras
+from deit_keras.errors import UserInputError
 from deit_keras.testing import hf_reference, op_by_op, random_images, tiny_model
 
 
@@ -79,8 +80,9 @@ def test_a_headless_backbone_gives_its_pooled_features_in_training_too():
 def test_a_headless_backbone_gives_float32_features_under_mixed_precision_as_logits_are():
     """Its features came out in bfloat16, where a model with heads gives float32 logits
     (Keras' mixed-precision guide: outputs in float32, for the loss)."""
-    features = tiny_model(num_classes=0, dtype="mixed_bfloat16")(random_images())
-    assert keras.backend.standardize_dtype(features.dtype) == "float32"
+    model = tiny_model(num_classes=0, dtype="mixed_bfloat16")
+    assert keras.backend.standardize_dtype(model(random_images()).dtype) == "float32"
+    assert model(keras.Input((32, 32, 3))).dtype == "float32"  # as a functional model's
 
 
 def test_forward_features_blocks_count_from_the_end_keep_their_order_and_refuse_others():
@@ -138,6 +140,13 @@ def test_forward_features_on_a_keras_input_is_a_functional_backbone_of_any_size(
         model.forward_features(keras.Input((32, 32, 3), dtype="uint8"))
     with pytest.raises(ValueError, match="blocks"):
         model.forward_features(inputs, blocks=[2])
+    with pytest.raises(UserInputError, match="^forward_features returns .* one at a time"):
+        model.forward_features(inputs, blocks=[0], return_attention_scores=True)
+    # The heads as nodes of their own saved their weights inside the model only.
+    with pytest.raises(UserInputError, match="forward_heads takes tensors"):
+        model.call_heads(inputs)
+    open_channels = model.forward_features(keras.Input((None, None, None)), blocks=[0])
+    assert tuple(open_channels[1][0].shape) == (None, None, None, model.embed_dim)
 
 
 def test_keras_round_trip_gives_identical_logits(tmp_path):

@@ -1,5 +1,6 @@
 """FLOPs from the architecture: the published counts, and the models' own."""
 
+import numpy as np
 import pytest
 
 from deit_keras.models.flops import vit_flops
@@ -33,3 +34,13 @@ def test_flops_per_image_counts_the_distillation_token_and_head():
     # One more token through every block's products, and a second head.
     per_token = 4 * width**2 + 2 * width * hidden + 2 * (2 * tokens - 1) * width
     assert extra == 2 * (depth * per_token + width * distilled.num_classes)
+
+
+def test_flops_per_image_at_another_size_counts_its_patches():
+    model = tiny_model()  # 32 px, patches of 8: 16 patches
+    at_64 = model.flops_per_image(np.int64(64))
+    assert at_64 == model.flops_per_image((64, 64)) > model.flops_per_image()
+    assert model.flops_per_image((32, 64)) == vit_flops(
+        image_size=(64, 32), patch_size=8, in_channels=3, embed_dim=model.embed_dim,
+        depth=model.depth, mlp_ratio=model.mlp_ratio, prefix_tokens=2, num_classes=10,
+    ) < at_64  # fmt: skip
