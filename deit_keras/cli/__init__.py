@@ -22,7 +22,9 @@ import re
 import select
 import signal
 import sys
+import tempfile
 import threading
+import traceback
 
 from absl import app, flags, logging
 
@@ -280,12 +282,41 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def internal_error_line(error: BaseException) -> str:
-    """What a command prints for an exception that is not the user's to fix."""
-    return (
-        f"internal error: {type(error).__name__}: {_one_line(error)[:300]} "
-        "(not a problem with your input: rerun with --verbose and report the traceback)"
+def internal_error_line(error: BaseException, traceback_file: str | None = None) -> str:
+    """What a command prints for an exception that is not the user's to fix: its message
+    cut to its start and its last line (an error raised in traced code begins with the
+    trace's frames and ends with the exception), and where its traceback was written."""
+    message = _one_line(error)
+    if len(message) > 300:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        message = f"{message[:120]} ... {lines[-1][:200]}"
+    where = (
+        f"its traceback is in {traceback_file}"
+        if traceback_file
+        else "rerun with --verbose for its traceback"
     )
+    return (
+        f"internal error: {type(error).__name__}: {message} "
+        f"(not a problem with your input: {where}; please report it)"
+    )
+
+
+def _traceback_file(error: BaseException) -> str | None:
+    """The traceback of `error` written to a new file in the temporary folder (an
+    internal error may not come back on a rerun); None when it cannot be written."""
+    try:
+        handle, path = tempfile.mkstemp(prefix="deit_keras-traceback-", suffix=".txt")
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            traceback.print_exception(error, file=file)
+    except OSError:
+        return None
+    return path
+
+
+def _exit_verbosely(code: int) -> None:
+    """`--verbose`: the traceback, and the exit status the one line would have had."""
+    traceback.print_exc()
+    sys.exit(code)
 
 
 def run(main) -> None:
@@ -317,16 +348,18 @@ def run(main) -> None:
             sys.exit(PREEMPTED_EXIT_CODE)
         except USER_ERRORS as error:
             if _VERBOSE.value:
-                raise
+                _exit_verbosely(USER_ERROR_EXIT_CODE)
             print(f"error: {_one_line(error)}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT_CODE)
         except Exception as error:
-            if _VERBOSE.value:
-                raise
             if is_out_of_memory(error):
+                if _VERBOSE.value:
+                    _exit_verbosely(USER_ERROR_EXIT_CODE)
                 print(out_of_memory_line(error), file=sys.stderr)
                 sys.exit(USER_ERROR_EXIT_CODE)
-            print(internal_error_line(error), file=sys.stderr)
+            if _VERBOSE.value:
+                _exit_verbosely(INTERNAL_ERROR_EXIT_CODE)
+            print(internal_error_line(error, _traceback_file(error)), file=sys.stderr)
             sys.exit(INTERNAL_ERROR_EXIT_CODE)
 
     if sys.stdout is None:  # `>&-`: print() to None writes nothing, and the run "succeeded"

@@ -5,6 +5,7 @@ TensorFlow shape error read like a bad flag and hid its traceback from bug repor
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -47,7 +48,24 @@ def test_any_other_exception_is_an_internal_error_with_its_own_exit_code(raised)
     lines = user_stderr(process)
     assert len(lines) == 1, process.stderr
     assert lines[0].startswith(f"internal error: {raised.split('(')[0]}: "), lines[0]
-    assert "--verbose" in lines[0] and "Traceback" not in process.stderr
+    assert "Traceback" not in process.stderr
+    # A failure that does not come back on a rerun still leaves its traceback.
+    traceback_file = re.search(r"its traceback is in (\S+);", lines[0])[1]
+    with open(traceback_file, encoding="utf-8") as handle:
+        assert "Traceback" in handle.read()
+    os.remove(traceback_file)
+
+
+def test_an_internal_error_from_traced_code_keeps_the_exceptions_own_line():
+    """A tf.function's error starts with the trace's frames ("in user code: File ..."):
+    cut at 300 characters the line lost the exception itself."""
+    frames = "".join(f"    File 'x.py', line {n}, in step *\n        call()\n" for n in range(30))
+    message = f"in user code:\n\n{frames}\n    AttributeError: no attribute y"
+    process = _run_main_raising(f"AttributeError({message!r})")
+    line = user_stderr(process)[-1]
+    assert line.startswith("internal error: AttributeError: in user code:"), line
+    assert "... AttributeError: no attribute y (not a problem with your input" in line
+    os.remove(re.search(r"its traceback is in (\S+);", line)[1])
 
 
 @pytest.mark.parametrize(
@@ -88,10 +106,14 @@ def test_sigterm_ends_a_command_in_one_line_and_removes_its_temporary_output(tmp
     assert os.listdir(tmp_path) == []
 
 
-def test_verbose_shows_the_traceback_of_an_internal_error():
+def test_verbose_shows_the_traceback_and_keeps_the_exit_status():
+    """--verbose turned a user error's exit status 2 into Python's 1."""
     process = _run_main_raising(f"ValueError({TF_SHAPE_BUG!r})", "--verbose")
-    assert process.returncode not in (0, 2), process.stderr
+    assert process.returncode == INTERNAL_ERROR_EXIT_CODE, process.stderr
     assert "Traceback" in process.stderr and "Dimensions must be equal" in process.stderr
+    process = _run_main_raising("UserInputError('bad flag')", "--verbose")
+    assert process.returncode == 2, process.stderr
+    assert "Traceback" in process.stderr and "bad flag" in process.stderr
 
 
 def test_a_real_command_reports_an_injected_library_bug_as_internal(tmp_path):
