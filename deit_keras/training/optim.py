@@ -9,6 +9,7 @@ import math
 import re
 
 import keras
+from absl import logging
 from keras import ops
 
 from deit_keras.errors import UserInputError
@@ -355,10 +356,23 @@ def create_optimizer(
             f"steps_per_epoch={steps_per_epoch}"
         )
     total = max(epochs * steps_per_epoch // grad_accum_steps, 1)
+    peak_lr = (
+        scaled_learning_rate(base_lr, global_batch_size * grad_accum_steps) if scale_lr else base_lr
+    )
+    if min_lr > peak_lr:
+        # Official main.py scales the LR alone: its 384 px fine-tuning (lr = min_lr = 5e-6)
+        # rises too below a batch of 512.
+        logging.warning(
+            "min_lr=%g is above the peak LR %.3g (lr %g scaled by the batch of %d / 512): "
+            "the cosine rises to min_lr instead of decaying. Scale min_lr with the batch too, "
+            "or lower it.",
+            min_lr,
+            peak_lr,
+            base_lr,
+            global_batch_size * grad_accum_steps,
+        )
     schedule = WarmupCosine(
-        scaled_learning_rate(base_lr, global_batch_size * grad_accum_steps)
-        if scale_lr
-        else base_lr,
+        peak_lr,
         total_steps=total,
         warmup_steps=min(warmup_epochs * steps_per_epoch // grad_accum_steps, total),
         warmup_lr=warmup_lr,

@@ -1,5 +1,6 @@
 """The DeiT learning-rate rule, warmup-cosine schedule and weight-decay exclusions."""
 
+import logging
 import math
 import subprocess
 import sys
@@ -42,6 +43,18 @@ def test_schedule_warmup_then_cosine():
         np.testing.assert_allclose(lr(step), expected, rtol=1e-5)
     np.testing.assert_allclose(lr(100), 1e-5, rtol=1e-5)
     assert scaled_learning_rate(5e-4, 1024) == 1e-3
+
+
+def test_a_floor_above_the_scaled_peak_is_warned_of(caplog):
+    """The 384 px fine-tuning recipe (lr = min_lr = 5e-6) at a batch of 32: the peak scaled
+    to 3.1e-7, the floor not, and the "cosine decay" rose 16x without a word."""
+    caplog.set_level(logging.WARNING)
+    create_optimizer(base_lr=5e-6, min_lr=5e-6, global_batch_size=32, epochs=2, warmup_epochs=0)
+    (warning,) = [r.getMessage() for r in caplog.records if "min_lr" in r.getMessage()]
+    assert "min_lr=5e-06 is above the peak LR 3.13e-07" in warning and "rises" in warning
+    caplog.clear()
+    create_optimizer(base_lr=5e-6, min_lr=5e-6, global_batch_size=512, epochs=2)  # flat
+    assert not [r for r in caplog.records if "min_lr" in r.getMessage()]
 
 
 def test_weight_decay_skips_biases_norms_tokens():
