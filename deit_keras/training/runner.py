@@ -296,10 +296,19 @@ def check_splits(config: TrainConfig, info, workers: int = 1) -> None:
 
 def check_backup_settings(config: TrainConfig) -> None:
     """Refuses, in one line, to resume a backup in `model_dir` made with other settings
-    (`TrainConfig.defining_settings`: more --epochs, for one, still resumes)."""
+    (`TrainConfig.defining_settings`: more --epochs, for one, still resumes), or one past
+    this run's last epoch (it trained nothing, and its flags.txt then named fewer epochs
+    than its model had)."""
     if config.resume:
         backup = backup_lib.Backup(os.path.join(config.model_dir, "backup"))
         backup.check_settings(config.defining_settings())
+        done = backup.restored_epoch()
+        if done > config.epochs:
+            raise backup_lib.BackupMismatchError(
+                f"The run in {config.model_dir} has trained {done} epochs already, more than "
+                f"--epochs={config.epochs}: give --epochs={done} or more to go on with it, "
+                "--noresume to train afresh there, or another --model_dir."
+            )
 
 
 def _accept(config: TrainConfig, strategy, flags_text: str | None, info) -> None:

@@ -120,6 +120,9 @@ def test_more_epochs_resume_and_results_count_the_runs_epochs_and_seconds(tmp_pa
     assert backup.run_seconds() > first_seconds  # the second process's save added its time
     again = run_training(_tiny(tmp_path, epochs=2))  # finished: trains nothing
     assert (again["epochs"], again["resumed_at_epoch"]) == (2, 2)
+    # Fewer epochs than the run has: was accepted, training nothing, its flags.txt saying 1.
+    with pytest.raises(backup_lib.BackupMismatchError, match="trained 2 epochs .*--epochs=1:"):
+        run_training(_tiny(tmp_path, epochs=1))
 
 
 def test_a_teacher_trained_in_the_run_or_loaded_gives_the_same_run(tmp_path, caplog):
