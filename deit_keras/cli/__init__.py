@@ -58,8 +58,14 @@ def _model_input_problem(name: str, path: str | None) -> str | None:
     """A model file, or a SavedModel directory (deit-export's default output)."""
     from deit_keras.deploy import export_options
 
-    if path and os.path.isfile(os.path.join(path, export_options.SAVED_MODEL_FILE)):
+    saved_model = os.path.join(path or "", export_options.SAVED_MODEL_FILE)
+    if path and os.path.isfile(saved_model):
         return None
+    if path and os.path.isdir(path):
+        return (
+            f"{name} is a directory but not a SavedModel (no {saved_model}): give a .keras "
+            f"file, an export (.tflite, .onnx, .xml) or a SavedModel directory, got {path}"
+        )
     return paths.input_file_problem(name, path)
 
 

@@ -339,6 +339,9 @@ def _read_split(root, class_names, bad_images):
 
 
 def _folder(name, path, bad_images="skip", splits=SPLITS):
+    if not tf.io.gfile.isdir(path):
+        missing = "is a file, not a folder" if tf.io.gfile.exists(path) else "does not exist"
+        raise DatasetNotFoundError(f"Image folder {path!r} {missing}.")
     train_dir = os.path.join(path, "train")
     eval_name = next(
         (s for s in ("val", "validation", "test") if tf.io.gfile.isdir(os.path.join(path, s))),

@@ -107,7 +107,14 @@ class _SavedModelRunner:
         import tensorflow as tf
 
         check_saved_model_weights(path)
-        self._loaded = tf.saved_model.load(path)  # the signature lives as long as it does
+        try:
+            self._loaded = tf.saved_model.load(path)  # the signature lives as long as it does
+        except (IndexError, tf.errors.DataLossError) as error:  # "Read less bytes than ..."
+            raise UserInputError(
+                f"{path}'s weights (variables/) are damaged or cut short ({type(error).__name__}:"
+                f" {' '.join(str(error).split())[:120]}): copy the directory again, or export "
+                "it again."
+            ) from error
         if CROPS_SIGNATURE not in self._loaded.signatures:
             raise UserInputError(
                 f"{path} has no '{CROPS_SIGNATURE}' signature (exported by an earlier "

@@ -31,7 +31,12 @@ def image_files(paths: list[str]) -> list[str]:
                 f"{path} is a folder without image files ({', '.join(IMAGE_EXTENSIONS)})."
             )
         found.extend(inside)
-    return list(dict.fromkeys(found))
+    # Once per file however it is spelt (`a.jpg`, `./a.jpg`, a folder and a file in it),
+    # as first given.
+    first = {}
+    for path in found:
+        first.setdefault(os.path.normpath(path), path)
+    return list(first.values())
 
 
 def is_hidden(name: str) -> bool:

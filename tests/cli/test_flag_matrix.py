@@ -478,3 +478,13 @@ def test_cli_prints_one_line_and_exits_2(name, args, flag, value, output, inputs
     process = run_cli(name, f"--{flag}={value}", *map(fill, args), timeout=120)
     assert_one_line_error(process, flag, value)
     assert not (tmp_path / output).exists()
+
+
+def test_a_model_folder_that_is_no_saved_model_says_so(tmp_path):
+    """It said "is a directory, expected a file", where a SavedModel directory serves."""
+    from deit_keras import cli
+
+    problem = cli.PATH_KINDS["model_input"]("model_path", str(tmp_path))
+    assert problem.startswith("model_path is a directory but not a SavedModel (no "), problem
+    (tmp_path / "saved_model.pb").write_bytes(b"read later, by the loader")
+    assert cli.PATH_KINDS["model_input"]("model_path", str(tmp_path)) is None

@@ -148,6 +148,11 @@ def test_a_test_set_folder_without_train_is_evaluated_but_not_trained_on(root):
     assert evaluate_on_dataset(model, f"folder:{root}", batch_size=2)["num_examples"] == 2
     with pytest.raises(sources.DatasetNotFoundError, match="must contain 'train/' and 'val/'"):
         dataset_info(f"folder:{root}")
+    # Was "must contain 'train/' and 'val/'" too, where a typo in the path is the problem.
+    with pytest.raises(sources.DatasetNotFoundError, match="nowhere' does not exist"):
+        dataset_info(f"folder:{root / 'nowhere'}", splits=("eval",))
+    with pytest.raises(sources.DatasetNotFoundError, match="is a file, not a folder"):
+        dataset_info(f"folder:{root / 'val' / 'ant' / os.listdir(root / 'val' / 'ant')[0]}")
 
 
 def test_a_tfds_test_set_without_train_is_read_for_evaluation_only():

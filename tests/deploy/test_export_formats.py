@@ -601,3 +601,14 @@ def test_a_saved_model_without_its_weights_is_one_line_naming_them(exports, tmp_
         (copy / removed).unlink()
     with pytest.raises(UserInputError, match="SavedModel without its weights.*whole directory"):
         runtimes.ExportedModel(str(copy))
+
+
+def test_a_saved_model_whose_weights_are_cut_short_is_one_line(exports, tmp_path):
+    """A truncated `variables.data-*` (a copy that stopped) was an internal error:
+    `IndexError: Read less bytes than requested`."""
+    copy = tmp_path / "cut_sm"
+    shutil.copytree(exports["distilled", "saved_model"], copy)
+    (shard,) = (copy / "variables").glob("variables.data-*")
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(UserInputError, match="weights .* are damaged or cut short.*again"):
+        runtimes.ExportedModel(str(copy))

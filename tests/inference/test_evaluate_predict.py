@@ -457,3 +457,15 @@ def test_integer_labels_of_shape_b_by_1_are_indices_not_one_hot():
     for targets in (predicted, predicted[:, None]):
         results = evaluate.evaluate_model(model, [(images, targets)])
         assert results["top1"] == 1.0, targets.shape
+
+
+def test_each_file_is_read_once_however_its_path_is_spelt(tmp_path):
+    """`a.png ./a.png` (or a folder and `folder//a.png`) predicted the file twice."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    spellings = [
+        str(tmp_path),
+        f"{tmp_path}/./a.png",
+        f"{tmp_path}//a.png",
+        str(tmp_path / "a.png"),
+    ]
+    assert images_io.image_files(spellings) == [str(tmp_path / "a.png")]
