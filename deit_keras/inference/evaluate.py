@@ -359,11 +359,14 @@ def class_names_mismatch(
     if by_index and not all(name.isdecimal() for name in names):
         return None  # folders named by class index (ImageNet-V2's 0..999) for a named model
     expected, _ = resolve_class_names(num_classes, dataset_names)
-    for index, (name, label) in enumerate(zip(names, expected, strict=True)):
-        if name != label:
+    raw = list(model_names) if model_names is not None else names
+    pairs = zip(names, expected, raw, dataset_names, strict=True)
+    for index, (name, label, raw_name, raw_label) in enumerate(pairs):
+        if name != label and str(raw_name) != str(raw_label):  # a synset id vs its lemma: one
             return (
                 f"The model's class names differ from {other} (first at index {index}: "
-                f"{name!r} vs {label!r}); {measure} assumes both use the same label order."
+                f"{raw_name!r} vs {raw_label!r}); {measure} assumes both use the same label "
+                "order."
             )
     return None
 
@@ -406,13 +409,19 @@ def evaluate_file(
     return summary
 
 
-def class_subset_of(dataset_name: str, info, num_classes: int) -> ClassSubset | None:
-    """The classes an ImageNet-1k model is scored over on a test set of fewer, or None.
+def class_subset_of(
+    dataset_name: str, info, num_classes: int, model_class_names: list[str] | None = None
+) -> ClassSubset | None:
+    """The model's classes a dataset is scored over, when they are not its labels as they
+    are; else None.
 
     ImageNet-A and ImageNet-R (tfds `imagenet_a`, `imagenet_r`: 1000-class labels)
     are scored over their 200 classes (`labels.IMAGENET_200_SUBSETS`); a folder
     dataset whose class folders are ImageNet synset ids (their releases' own
-    layout, `n01498041/...`) over those classes.
+    layout, `n01498041/...`), or ImageNet class indices (ImageNet-V2's `0/`...`999/`)
+    fewer than 1000, over those classes. A dataset whose classes are all among the
+    model's names (`model_class_names`), in another order or fewer, is scored over
+    those by name.
     """
     base = tfds_base_name(dataset_name)
     if base in IMAGENET_200_SUBSETS:
@@ -435,7 +444,32 @@ def class_subset_of(dataset_name: str, info, num_classes: int) -> ClassSubset | 
         columns = tuple(index_of[name] for name in names)
         name = f"the dataset's {len(columns)} ImageNet classes"
         return ClassSubset(name, columns, np.arange(len(columns)))
-    return None
+    numbered = all(name.isdecimal() and int(name) < num_classes for name in names)
+    if num_classes == IMAGENET_NUM_CLASSES and info.num_classes < num_classes and numbered:
+        columns = tuple(int(name) for name in names)
+        name = f"the dataset's {len(columns)} ImageNet classes (by index)"
+        return ClassSubset(name, columns, np.arange(len(columns)))
+    return _classes_by_name(names, model_class_names, num_classes)
+
+
+def _classes_by_name(dataset_names, model_names, num_classes) -> ClassSubset | None:
+    """The model's classes in the dataset's label order when each of the dataset's is one
+    of the model's by name (as saved, or as `resolve_class_names` shows it) and the
+    order or count differs; else None."""
+    if model_names is None or len(model_names) != num_classes:
+        return None
+    shown, _ = resolve_class_names(num_classes, model_names)
+    index_of = {str(name): index for index, name in enumerate(model_names)}
+    index_of.update((name, index) for index, name in enumerate(shown))
+    if list(dataset_names) == [str(name) for name in model_names]:
+        return None
+    if not dataset_names or not all(name in index_of for name in dataset_names):
+        return None
+    columns = tuple(index_of[name] for name in dataset_names)
+    if len(set(columns)) != len(columns) or columns == tuple(range(num_classes)):
+        return None
+    name = f"the model's classes by name ({len(columns)} of {num_classes})"
+    return ClassSubset(name, columns, np.arange(len(columns)))
 
 
 def evaluate_on_dataset(
@@ -498,7 +532,7 @@ def evaluate_on_dataset(
                 else "."
             )
         )
-    subset = class_subset_of(dataset_name, info, model.num_classes)
+    subset = class_subset_of(dataset_name, info, model.num_classes, class_names)
     if subset is None and info.num_classes != model.num_classes:
         raise UserInputError(
             f"Dataset {dataset_name!r} has {info.num_classes} classes but the model "

@@ -181,6 +181,36 @@ def test_class_names_mismatch_compares_through_the_naming_rule():
     assert evaluate.class_names_mismatch(labels.imagenet_synsets(), index_folders, 1000) is None
 
 
+def test_a_mismatch_names_the_class_that_differs_as_it_was_saved():
+    """Synset names against folders named by synset, one of them not ImageNet's: it named
+    index 0 ('tench, Tinca tinca' vs 'n01440764', the same class) instead of index 3."""
+    synsets = labels.imagenet_synsets()[:4]
+    folders = [*synsets[:3], "n09999999"]
+    message = evaluate.class_names_mismatch(synsets, folders, 4)
+    assert f"index 3: '{synsets[3]}' vs 'n09999999'" in message, message
+
+
+def _info(names):
+    return types.SimpleNamespace(class_names=tuple(names), num_classes=len(names))
+
+
+def test_a_dataset_of_the_models_classes_in_another_order_or_fewer_is_scored_by_name():
+    """Class folders in another order (or a few of them) were scored by index, with a
+    warning: the top-1 of other classes' labels."""
+    names = ["cat", "dog", "eel", "fox"]
+    subset = evaluate.class_subset_of("folder:x", _info(["eel", "cat"]), 4, names)
+    assert subset.columns == (2, 0) and list(subset.positions) == [0, 1]
+    logits = np.eye(4)[[2, 0, 1]]  # the model says eel, cat, dog
+    columns, places = subset.select(logits, np.array([0, 1, 1]))
+    assert list(columns.argmax(-1) == places) == [True, True, False]
+    same = evaluate.class_subset_of("folder:x", _info(names), 4, names)
+    other = evaluate.class_subset_of("folder:x", _info(["uno", "dog", "eel", "fox"]), 4, names)
+    assert same is None and other is None  # as they are; a name not the model's: by index
+    # ImageNet classes named by index (ImageNet-V2's folders), fewer than 1000.
+    numbered = evaluate.class_subset_of("folder:v2", _info(["0", "1", "10", "5"]), 1000)
+    assert numbered.columns == (0, 1, 10, 5)
+
+
 def test_evaluate_cli_on_image_folder(saved, tmp_path):
     pytest.importorskip("deit_keras.data.pipeline")
     model, path = saved
