@@ -343,8 +343,9 @@ def run(main) -> None:
         _catch_sigterm()
         try:
             return _main_until_the_reader_leaves(main, argv)
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
+        except KeyboardInterrupt as interrupted:  # a command may say how to go on
+            said = f" ({interrupted})" if str(interrupted) else ""
+            print(f"error: interrupted{said}", file=sys.stderr)
             sys.exit(130)
         except Terminated:
             print("error: terminated (SIGTERM)", file=sys.stderr)

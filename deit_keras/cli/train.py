@@ -36,7 +36,11 @@ def main(argv: list[str]) -> None:
     from deit_keras.training.runner import run_training
 
     # flags.txt is written once the run is accepted: a refused one keeps the directory's own.
-    results = run_training(config, flags_text=cli.command_flags_text())
+    try:
+        results = run_training(config, flags_text=cli.command_flags_text())
+    except KeyboardInterrupt as interrupted:
+        resume = f"rerun the same command to go on from the last backup in {config.model_dir}"
+        raise KeyboardInterrupt(resume if config.resume else "") from interrupted
     print(json.dumps(results, indent=1))
     print(comparison(results, config, ablate_command(sys.argv[1:])))
 

@@ -216,3 +216,26 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly():
     process.stdout.close()  # as `head -1` does
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 141 and not stderr.strip(), stderr
+
+
+def test_ctrl_c_in_a_training_run_says_how_to_go_on(tmp_path):
+    """It said "error: interrupted" alone, though a rerun resumes from the last backup."""
+    code = (
+        "from deit_keras.training import runner\n"
+        "def interrupted(*args, **kwargs):\n"
+        "    raise KeyboardInterrupt\n"
+        "runner.run_training = interrupted\n"
+        "from deit_keras.cli.launch import launch\n"
+        "launch('train')\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code, f"--model_dir={tmp_path / 'run'}", "--epochs=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 130, process.stderr[-2000:]
+    assert user_stderr(process)[-1] == (
+        "error: interrupted (rerun the same command to go on from the last backup in "
+        f"{tmp_path / 'run'})"
+    )
