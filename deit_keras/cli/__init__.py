@@ -28,7 +28,7 @@ import traceback
 
 from absl import app, flags, logging
 
-from deit_keras.cli.flagfiles import expand_flagfiles
+from deit_keras.cli.flagfiles import expand_flagfiles_with_origins
 from deit_keras.errors import (
     INTERNAL_ERROR_EXIT_CODE,
     USER_ERROR_EXIT_CODE,
@@ -151,9 +151,15 @@ def parse_argv(argv: list[str]) -> list[str]:
     """
     _check_flagfiles_are_named(argv)
     try:
-        return flags.FLAGS(expand_flagfiles(argv))
+        expanded = expand_flagfiles_with_origins(argv)
+        _ORIGINS.clear()
+        _ORIGINS.update(expanded)
+        return flags.FLAGS([arg for arg, _ in expanded])
     except flags.Error as error:
-        raise UsageError(_shorter_choices(str(error).removeprefix("ERROR:: "))) from None
+        message = _shorter_choices(str(error).removeprefix("ERROR:: "))
+        unknown = re.match(r"Unknown command line flag '([\w.-]+)'", message)
+        where = _origin_of(f"--{unknown[1]}") if unknown else None
+        raise UsageError(message + (f" ({where})" if where else "")) from None
     except UnicodeDecodeError as error:  # absl reads flagfiles as UTF-8 text
         given = [arg.split("=", 1)[-1] for arg in argv if arg.startswith("--flagfile")]
         raise UsageError(
@@ -223,10 +229,26 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(USER_ERROR_EXIT_CODE)
 
 
+# Each argument of the last parse that came from a flagfile: where it stands there.
+_ORIGINS: dict[str, str | None] = {}
+
+
+def _origin_of(flag: str) -> str | None:
+    """Where `flag` (`--name`, or an argument as given) came from: `FILE line N`, or None
+    (the command line, or not parsed here)."""
+    for arg, origin in _ORIGINS.items():
+        if origin and (arg == flag or arg.lstrip("-").split("=")[0] == flag.lstrip("-")):
+            return origin
+    return None
+
+
 def check_no_arguments(argv: list[str]) -> None:
-    """Raises `UsageError` when positional arguments follow the program name."""
+    """Raises `UsageError` when positional arguments follow the program name (naming the
+    flagfile line of one that came from a flagfile: a flag written without its dashes)."""
     if len(argv) > 1:
-        raise UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        where = next(filter(None, map(_origin_of, argv[1:])), None)
+        said = f" ({where}: a flag needs its dashes, --name=value)" if where else ""
+        raise UsageError(f"Unexpected arguments: {' '.join(argv[1:])}{said}")
 
 
 class Terminated(BaseException):

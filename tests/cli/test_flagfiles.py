@@ -71,3 +71,25 @@ def test_a_flagfile_flag_without_a_file_is_refused_not_skipped(args):
     with pytest.raises(cli.UsageError, match="names no file"):
         cli.parse_argv(["prog", *args])
     cli._check_flagfiles_are_named(["prog", "--", *args])  # after "--": arguments
+
+
+def test_a_typo_in_a_flagfile_names_its_file_and_line(tmp_path):
+    """`--epoch=3` or `epochs=3` in a flagfile read as command-line problems, with no file."""
+    from absl import flags
+
+    from deit_keras.cli import train  # noqa: F401  (defines the train flags)
+
+    config = tmp_path / "mine.cfg"
+    config.write_text("# my run\n--epochs=2\n--epoch=3\n")
+    flags.FLAGS.unparse_flags()
+    try:
+        with pytest.raises(cli.UsageError, match=rf"'epoch'.*\({config} line 3\)$"):
+            cli.parse_argv(["train", f"--flagfile={config}"])
+        config.write_text("--epochs=2\nepochs=3\n")
+        left = cli.parse_argv(["train", f"--flagfile={config}"])
+        with pytest.raises(cli.UsageError, match=rf"epochs=3 \({config} line 2: .*dashes"):
+            cli.check_no_arguments(left)
+        with pytest.raises(cli.UsageError, match=r"Unexpected arguments: stray$"):
+            cli.check_no_arguments(cli.parse_argv(["train", "stray"]))
+    finally:
+        flags.FLAGS.unparse_flags()
