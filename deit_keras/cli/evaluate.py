@@ -203,6 +203,7 @@ def _check_output_outside_the_dataset() -> None:
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     _check_flags()  # before a model is loaded or downloaded
+    model_source.check_model_flags()  # seconds before TensorFlow would have started
     launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
     _check_output_outside_the_dataset()
     model, class_names = model_source.load_model_from_flags(allow_exported=True)

@@ -173,6 +173,7 @@ def _describe(config: dict) -> str:
 def main(argv: list[str]) -> None:
     cli.check_no_arguments(argv)
     _check_flags()
+    model_source.check_model_flags()  # seconds before TensorFlow would have started
     launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
     _check_opset()
     from deit_keras.deploy import export_formats

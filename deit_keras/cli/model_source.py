@@ -49,6 +49,22 @@ def check_runtimes_installed(*paths: str | None) -> None:
         export_options.check_runtime_installed(path)
 
 
+def check_model_flags() -> None:
+    """Refuses neither or both of `--model_path` and `--model`, or `--model` without
+    `--pretrained`, in one line: before TensorFlow starts (seconds), not after."""
+    if MODEL_PATH.value and MODEL.value:
+        raise cli.UsageError("Pass either --model_path or --model with --pretrained, not both.")
+    if not MODEL_PATH.value and not MODEL.value:
+        raise cli.UsageError(
+            "Pass --model_path=FILE.keras, or --model=NAME --pretrained for published weights."
+        )
+    if MODEL.value and not PRETRAINED.value:
+        raise cli.UsageError(
+            f"--model={MODEL.value} has no trained weights without --pretrained; add it, or "
+            "pass --model_path=FILE.keras."
+        )
+
+
 def load_model_from_flags(allow_exported: bool = False):
     """`(model, class_names)` from `--model_path`, or `--model` + `--pretrained`.
 
@@ -60,13 +76,12 @@ def load_model_from_flags(allow_exported: bool = False):
         cli.UsageError: neither or both were given, or an export where
             only a `.keras` model will do.
     """
+    check_model_flags()
     # Imported here: the flags above are defined before TensorFlow loads (`cli.launch`).
     from deit_keras.deploy.pretrained import create_model
     from deit_keras.deploy.runtimes import is_exported, load_for_inference
     from deit_keras.deploy.saving import check_takes_rgb, load_model
 
-    if MODEL_PATH.value and MODEL.value:
-        raise cli.UsageError("Pass either --model_path or --model with --pretrained, not both.")
     if MODEL_PATH.value and is_exported(MODEL_PATH.value):
         if not allow_exported:
             raise cli.UsageError(
@@ -78,15 +93,6 @@ def load_model_from_flags(allow_exported: bool = False):
         model, class_names = load_model(MODEL_PATH.value, compile=False)
         check_takes_rgb(model, MODEL_PATH.value)
         return model, class_names
-    if not MODEL.value:
-        raise cli.UsageError(
-            "Pass --model_path=FILE.keras, or --model=NAME --pretrained for published weights."
-        )
-    if not PRETRAINED.value:
-        raise cli.UsageError(
-            f"--model={MODEL.value} has no trained weights without --pretrained; add it, or "
-            "pass --model_path=FILE.keras."
-        )
     return create_model(MODEL.value, pretrained=PRETRAINED_WEIGHTS.value, require_heads=True), None
 
 

@@ -91,6 +91,7 @@ def main(argv: list[str]) -> None:
         {"--model_path": cli.model_files(model_source.MODEL_PATH.value), "an image": paths},
     )
     model_source.check_runtimes_installed(model_source.MODEL_PATH.value)
+    model_source.check_model_flags()  # seconds before TensorFlow would have started
     launch.quiet_tensorflow_start(sys.argv[1:])  # once the flags are accepted
     from deit_keras.inference.predict import predict_images, read_images, split_decodable
 
