@@ -53,6 +53,15 @@ def test_attention_rollout_rejects_bad_input():
         attention_lib.attention_rollout([np.ones((1, 3, 3))], 1)
 
 
+def test_attention_rollout_rejects_a_residual_weight_outside_0_1_and_no_prefix():
+    layers = [np.full((1, 1, 3, 3), 1 / 3)]
+    for weight in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="residual_weight must be in"):
+            attention_lib.attention_rollout(layers, 1, residual_weight=weight)
+    with pytest.raises(ValueError, match="num_prefix_tokens"):
+        attention_lib.attention_rollout(layers, 0)
+
+
 def test_attention_maps_are_last_layer_rows(model):
     image = np.random.RandomState(1).randn(32, 32, 3).astype("float32")
     maps = attention_lib.attention_maps(model, image)
