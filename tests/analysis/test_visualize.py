@@ -192,6 +192,19 @@ def test_token_cosine_similarity(model):
         attention_lib.token_cosine_similarity(tiny_model(distilled=False), images)
 
 
+def test_token_cosine_similarity_entry_i_is_the_output_of_block_i(model):
+    images = np.random.RandomState(3).randn(2, 32, 32, 3).astype("float32")
+    similarity = attention_lib.token_cosine_similarity(model, images)
+    x = model.tokens(model.patch_embed(images))
+    for layer, block in enumerate(model.blocks, start=1):
+        x = block(x, training=False)
+        cls, dist = x[:, 0].numpy(), x[:, 1].numpy()
+        cosine = np.sum(cls * dist, -1) / (
+            np.linalg.norm(cls, axis=-1) * np.linalg.norm(dist, axis=-1)
+        )
+        assert similarity[layer] == pytest.approx(cosine.mean(), rel=1e-5)
+
+
 def test_drawings():
     image = np.zeros((32, 32, 3), np.uint8)
     picture = drawing.overlay(image, np.arange(16.0).reshape(4, 4))
