@@ -223,6 +223,14 @@ def test_drawings():
     assert outputs.default_similarity_path("out/attn.png") == "out/attn_similarity.png"
 
 
+def test_an_overlay_is_the_same_whatever_the_scale_of_its_map():
+    """Rollout values are small (well under 1): the map is min-max normalised first."""
+    image = np.full((32, 32, 3), 60, np.uint8)
+    heat = np.random.RandomState(5).rand(4, 4)
+    picture = np.asarray(drawing.overlay(image, heat))
+    np.testing.assert_array_equal(np.asarray(drawing.overlay(image, heat / 100 + 0.003)), picture)
+
+
 def test_visualize_cli(model, tmp_path):
     path = str(tmp_path / "tiny.keras")
     saving.save_model(model, path)
