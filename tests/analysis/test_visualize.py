@@ -309,6 +309,27 @@ def test_a_failed_second_figure_leaves_the_first_as_it_was(saved, tmp_path, monk
     assert sorted(os.listdir(tmp_path)) == ["attn.png", "photo.png", "tiny.keras"]
 
 
+def test_visualize_file_crops_with_crop_pct_and_writes_the_similarity_output(model, tmp_path):
+    path = str(tmp_path / "tiny.keras")
+    saving.save_model(model, path)
+    image_path = str(tmp_path / "photo.png")
+    rgb = np.random.RandomState(6).randint(0, 256, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(image_path)
+    similarity_output = str(tmp_path / "tokens.png")
+    result = drawing.visualize_file(
+        path,
+        image_path,
+        str(tmp_path / "attn.png"),
+        similarity_output=similarity_output,
+        crop_pct=0.5,
+    )
+    crop = preprocessing.resize_and_center_crop(rgb, 32, 0.5, model.preprocessing.interpolation)
+    expected = attention_lib.token_cosine_similarity(model, preprocessing.normalize(crop)[None])
+    np.testing.assert_allclose(result["similarities"], expected, atol=1e-5)
+    assert result["similarity"] == similarity_output and os.path.isfile(similarity_output)
+    assert sorted(os.listdir(tmp_path)) == ["attn.png", "photo.png", "tiny.keras", "tokens.png"]
+
+
 def test_a_similarity_output_that_is_not_png_is_refused_before_any_work(saved, tmp_path):
     path, image_path = saved
     with pytest.raises(ValueError, match=r"--similarity_output must be a \.png path"):
