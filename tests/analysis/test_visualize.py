@@ -330,6 +330,13 @@ def test_visualize_file_crops_with_crop_pct_and_writes_the_similarity_output(mod
     assert sorted(os.listdir(tmp_path)) == ["attn.png", "photo.png", "tiny.keras", "tokens.png"]
 
 
+def test_an_output_that_is_not_png_is_refused_before_any_work(saved, tmp_path):
+    path, image_path = saved
+    with pytest.raises(ValueError, match=r"--output must be a \.png path"):
+        drawing.visualize_file(path, image_path, str(tmp_path / "a.jpg"))
+    assert not (tmp_path / "a.jpg").exists()
+
+
 def test_a_similarity_output_that_is_not_png_is_refused_before_any_work(saved, tmp_path):
     path, image_path = saved
     with pytest.raises(ValueError, match=r"--similarity_output must be a \.png path"):
