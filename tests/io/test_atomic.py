@@ -201,6 +201,20 @@ def test_a_link_or_a_device_at_the_output_is_refused_and_kept(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["blobs", "link.keras", "pipe.json", "to_pipe.json"]
 
 
+def test_a_link_to_a_folder_at_the_output_is_refused_before_the_body_runs(tmp_path):
+    """A file output at a link: refused whether the link points to a file or a folder."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    link = tmp_path / "model.keras"
+    link.symlink_to(folder)
+    ran = []
+    with pytest.raises(UserInputError, match="is a symbolic link"):
+        with atomic.atomic_output(str(link)) as temporary:
+            ran.append(temporary)
+            Path(temporary).write_text("model")
+    assert not ran and link.is_symlink() and os.listdir(folder) == []
+
+
 KILLED_WRITE = """
 import os, signal, sys
 from deit_keras.io import atomic
