@@ -2,6 +2,9 @@
 
 import argparse
 import collections
+import os
+import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -40,3 +43,22 @@ def test_other_files_are_not_torch_zips(tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
     assert not is_torch_zip(str(text))
+
+
+class _MakesAFolder:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_pickle_that_calls_a_function_runs_no_code(tmp_path):
+    """Only a state dict's globals are resolved: anything else is an inert placeholder."""
+    made = tmp_path / "made_by_the_file"
+    path = tmp_path / "hostile.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("hostile/data.pkl", pickle.dumps({"model": _MakesAFolder(str(made))}))
+    assert is_torch_zip(str(path))
+    loaded = read_torch_zip(str(path))
+    assert set(loaded) == {"model"} and not made.exists()
