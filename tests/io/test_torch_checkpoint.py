@@ -43,6 +43,13 @@ def test_other_files_are_not_torch_zips(tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
     assert not is_torch_zip(str(text))
+    keras_file = tmp_path / "model.keras"  # a zip, without data.pkl
+    with zipfile.ZipFile(keras_file, "w") as archive:
+        archive.writestr("config.json", "{}")
+        archive.writestr("model.weights.h5", b"")
+    assert not is_torch_zip(str(keras_file))
+    with pytest.raises(ValueError, match="no data.pkl"):
+        read_torch_zip(str(keras_file))
 
 
 class _MakesAFolder:
