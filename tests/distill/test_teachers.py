@@ -91,6 +91,15 @@ def test_teacher_with_another_input_size_gets_a_resized_batch(tmp_path):
     assert tuple(adapter(NORMALISED).shape) == (2, 10)
 
 
+def test_adapter_with_an_image_size_round_trips(tmp_path):
+    adapter = teachers.TeacherAdapter(teachers.build_small_cnn(10, 48, width=4), image_size=48)
+    adapter(NORMALISED)
+    adapter.save(tmp_path / "teacher.keras")
+    loaded = keras.models.load_model(tmp_path / "teacher.keras")
+    assert loaded.image_size == 48
+    np.testing.assert_allclose(loaded(NORMALISED), adapter(NORMALISED), atol=1e-6)
+
+
 def test_application_below_its_minimum_size_is_refused_before_building():
     with pytest.raises(UserInputError, match="at least 32x32") as caught:
         teachers.build_teacher("mobilenetv2", 10, 16, weights=None)
