@@ -100,6 +100,17 @@ def test_adapter_with_an_image_size_round_trips(tmp_path):
     np.testing.assert_allclose(loaded(NORMALISED), adapter(NORMALISED), atol=1e-6)
 
 
+def test_a_teacher_file_takes_the_given_convention_and_outputs(tmp_path):
+    mean_path, probs_path = str(tmp_path / "mean.keras"), str(tmp_path / "probs.keras")
+    mean_pixel_teacher().save(mean_path)
+    adapter = teachers.build_teacher(mean_path, 3, 32, input_convention="pixels")
+    np.testing.assert_allclose(adapter(NORMALISED), PIXELS.mean(axis=(1, 2)), rtol=1e-4)
+    probs = keras.Sequential([mean_pixel_teacher(), keras.layers.Softmax()])
+    probs.save(probs_path)
+    adapter = teachers.build_teacher(probs_path, 3, 32, outputs="probabilities")
+    np.testing.assert_allclose(np.exp(adapter(NORMALISED)), probs(NORMALISED), rtol=1e-5)
+
+
 def test_application_below_its_minimum_size_is_refused_before_building():
     with pytest.raises(UserInputError, match="at least 32x32") as caught:
         teachers.build_teacher("mobilenetv2", 10, 16, weights=None)
