@@ -111,6 +111,16 @@ def test_a_teacher_file_takes_the_given_convention_and_outputs(tmp_path):
     np.testing.assert_allclose(np.exp(adapter(NORMALISED)), probs(NORMALISED), rtol=1e-5)
 
 
+def test_a_saved_adapter_is_the_teacher_as_saved_and_frozen(tmp_path):
+    """A fine-tuned teacher (saved as a TeacherAdapter) keeps its convention, frozen."""
+    adapter = teachers.TeacherAdapter(teachers.build_small_cnn(10, 32, width=4), "pixels")
+    adapter(NORMALISED)
+    adapter.save(tmp_path / "tuned.keras")
+    teacher = teachers.build_teacher(str(tmp_path / "tuned.keras"), 10, 32)
+    assert isinstance(teacher, teachers.TeacherAdapter) and teacher.input_convention == "pixels"
+    assert not teacher.trainable and not teacher.trainable_weights
+
+
 def test_application_below_its_minimum_size_is_refused_before_building():
     with pytest.raises(UserInputError, match="at least 32x32") as caught:
         teachers.build_teacher("mobilenetv2", 10, 16, weights=None)
