@@ -249,3 +249,17 @@ def test_soft_distillation_refuses_a_teacher_that_ends_in_a_softmax():
     ]
     for teacher in logits_tops:
         tiny_model().compile(teacher=teacher, distillation="soft")
+
+
+def test_a_softmax_at_the_end_of_a_nested_model_is_found():
+    """A teacher whose last layer is a whole model (a backbone and head wrapped in one)."""
+    for top in ([], [keras.layers.Softmax()]):
+        head = [keras.layers.Flatten(), keras.layers.Dense(10)]
+        nested = keras.Sequential([keras.Input((32, 32, 3)), *head, *top])
+        inputs = keras.Input((32, 32, 3))
+        wrapped = keras.Model(inputs, nested(inputs))
+        if top:
+            with pytest.raises(UserInputError, match="ends in a softmax"):
+                teachers.check_teacher_outputs(wrapped, "soft")
+        else:
+            teachers.check_teacher_outputs(wrapped, "soft")
