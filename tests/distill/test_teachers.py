@@ -42,6 +42,16 @@ def test_probabilities_become_log_probabilities():
     np.testing.assert_allclose(np.exp(adapter(NORMALISED)), probs(NORMALISED), rtol=1e-5)
 
 
+def test_a_confident_teachers_small_probabilities_keep_their_logs():
+    """A 1000-class teacher spreads most classes below 1e-4: their logs are kept, not floored."""
+    confident = keras.Sequential([mean_pixel_teacher(), keras.layers.Rescaling(60.0)])
+    probs = keras.Sequential([confident, keras.layers.Softmax()])
+    expected = keras.ops.log_softmax(confident(NORMALISED)).numpy()
+    assert expected.min() < np.log(1e-6)
+    adapter = teachers.TeacherAdapter(probs, outputs="probabilities")
+    np.testing.assert_allclose(adapter(NORMALISED), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_adapter_round_trips(tmp_path):
     adapter = teachers.TeacherAdapter(teachers.build_small_cnn(10, 32), "pixels")
     path = str(tmp_path / "teacher.keras")
