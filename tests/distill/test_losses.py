@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deit_keras.distill.losses import DistillationLoss
+from deit_keras.distill.losses import DistillationLoss, SoftDistillation
 
 RNG = np.random.default_rng(0)
 Y = RNG.dirichlet(np.ones(5), size=4).astype("float32")  # soft targets (smoothing/mixup)
@@ -109,3 +109,10 @@ def test_no_distillation_without_dist_token_is_the_class_head_loss():
     total, cls_loss, dist_loss = DistillationLoss("none")(Y, CLS)
     np.testing.assert_allclose(float(total), cross_entropy(Y, CLS), rtol=1e-5)
     assert float(cls_loss) == float(total) and float(dist_loss) == 0.0
+
+
+def test_the_soft_term_round_trips_with_its_temperature():
+    loss = SoftDistillation(tau=3.0)
+    again = SoftDistillation.from_config(loss.get_config())
+    assert again.tau == 3.0
+    np.testing.assert_allclose(float(again(TEACHER, CLS)), float(loss(TEACHER, CLS)), rtol=1e-6)
