@@ -17,7 +17,11 @@ import tensorflow as tf
 from deit_keras.deploy.pretrained import create_model
 from deit_keras.deploy.saving import save_model
 from deit_keras.distill import regnet
-from deit_keras.distill.feature_loss import default_blocks, feature_mse
+from deit_keras.distill.feature_loss import (
+    FeatureDistillation,
+    default_blocks,
+    feature_mse,
+)
 from deit_keras.distill.feature_teacher import FeatureTeacher, spread, stage_layers
 from deit_keras.distill.teachers import (
     TeacherAdapter,
@@ -303,6 +307,13 @@ def test_bad_blocks_and_layers_are_one_line_errors():
         )
     with pytest.raises(UserInputError, match="needs a teacher"):
         _compiled(_teacher(), "none", feature_weight=1.0)
+
+
+def test_a_negative_weight_and_a_repeated_block_are_refused():
+    with pytest.raises(UserInputError, match="feature_distill_weight must be >= 0"):
+        FeatureDistillation(_teacher(), 32, 4, weight=-1.0)
+    with pytest.raises(UserInputError, match="distinct block indices"):
+        FeatureDistillation(_teacher(), 32, 4, student_blocks=[1, 1])
 
 
 def _file_layout(path):
