@@ -316,6 +316,13 @@ def test_a_negative_weight_and_a_repeated_block_are_refused():
         FeatureDistillation(_teacher(), 32, 4, student_blocks=[1, 1])
 
 
+def test_blocks_given_in_any_order_match_the_teacher_stages_shallow_to_deep():
+    teacher = _teacher()
+    features = FeatureDistillation(teacher, 32, 4, student_blocks=[3, 0])
+    assert features.student_blocks == (0, 3)
+    assert list(features.teacher_layers) == spread(stage_layers(teacher), 2)
+
+
 def _file_layout(path):
     """`(name, shape)` of every array in a `.keras` file's weights, optimizer state included."""
     with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as handle:
