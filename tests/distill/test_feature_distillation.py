@@ -323,6 +323,11 @@ def test_blocks_given_in_any_order_match_the_teacher_stages_shallow_to_deep():
     assert list(features.teacher_layers) == spread(stage_layers(teacher), 2)
 
 
+def test_one_block_matches_the_deepest_stage():
+    names = stage_layers(_teacher())
+    assert spread(names, 1) == [names[-1]]
+
+
 def _file_layout(path):
     """`(name, shape)` of every array in a `.keras` file's weights, optimizer state included."""
     with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as handle:
