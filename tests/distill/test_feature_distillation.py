@@ -19,6 +19,7 @@ from deit_keras.deploy.saving import save_model
 from deit_keras.distill import regnet
 from deit_keras.distill.feature_loss import (
     FeatureDistillation,
+    copy_optimizer,
     default_blocks,
     feature_mse,
 )
@@ -326,6 +327,13 @@ def test_blocks_given_in_any_order_match_the_teacher_stages_shallow_to_deep():
 def test_one_block_matches_the_deepest_stage():
     names = stage_layers(_teacher())
     assert spread(names, 1) == [names[-1]]
+
+
+def test_the_adapters_optimizer_is_a_copy_without_ema_or_loss_scaling():
+    inner = keras.optimizers.AdamW(2e-3, weight_decay=0.07, use_ema=True)
+    copy = copy_optimizer(keras.optimizers.LossScaleOptimizer(inner))
+    assert type(copy) is keras.optimizers.AdamW and not copy.use_ema
+    assert float(copy.learning_rate) == pytest.approx(2e-3) and copy.weight_decay == 0.07
 
 
 def _file_layout(path):
