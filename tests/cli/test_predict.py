@@ -9,6 +9,8 @@ from PIL import Image
 
 from deit_keras.data import labels
 from deit_keras.deploy import saving
+from deit_keras.inference.predict import predict_images
+from deit_keras.io.images import load_image
 from deit_keras.testing import run_cli, tiny_model, user_stderr
 
 LINE = re.compile(r"  (.+) (\d\.\d\d)")
@@ -120,3 +122,19 @@ def test_a_folder_predicts_its_images_and_skip_leaves_out_the_bad_ones(imagenet_
     (tmp_path / "empty").mkdir()
     process = run_cli("predict", f"--model_path={path}", str(tmp_path / "empty"))
     assert process.returncode == 2 and "a folder without image files" in process.stderr
+
+
+def test_predict_crops_with_crop_pct(imagenet_model):
+    """--crop_pct replaces the model's crop fraction (a 40x60 image: the crops differ)."""
+    path, images = imagenet_model
+    model, _ = saving.load_model(path, compile=False)
+    image = load_image(images[0])
+    [whole] = predict_images(model, [image], crop_pct=1.0, top_k=5)
+    [own] = predict_images(model, [image], top_k=5)
+    assert [p for *_, p in whole] != pytest.approx([p for *_, p in own], rel=1e-4)
+    process = run_cli("predict", f"--model_path={path}", "--json", "--crop_pct=1.0", images[0])
+    assert process.returncode == 0, process.stderr
+    [record] = json.loads(process.stdout)
+    got = [(p["class_index"], p["probability"]) for p in record["predictions"]]
+    assert [i for i, _ in got] == [i for _, i, _ in whole]
+    assert [p for _, p in got] == pytest.approx([p for *_, p in whole], rel=1e-4)
