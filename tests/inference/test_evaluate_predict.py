@@ -251,6 +251,33 @@ def test_evaluate_cli_on_image_folder(saved, tmp_path):
     assert image.read_bytes() == before
 
 
+def test_evaluate_cli_reads_the_split_crop_pct_and_max_batches_it_is_given(saved, tmp_path):
+    pytest.importorskip("deit_keras.data.pipeline")
+    _, path = saved
+    rng = np.random.RandomState(2)
+    for split, per_class in (("train", 2), ("val", 1)):  # 20 training images, 10 validation
+        for label in range(10):
+            folder = tmp_path / "data" / split / f"c{label}"
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                picture = rng.randint(0, 256, (24, 36, 3), dtype=np.uint8)
+                Image.fromarray(picture).save(folder / f"{index}.png")
+    output = tmp_path / "results.json"
+    process = run_cli(
+        "evaluate",
+        f"--model_path={path}",
+        f"--dataset=folder:{tmp_path / 'data'}",
+        "--split=train",
+        "--crop_pct=1.0",
+        "--batch_size=4",
+        "--max_batches=3",
+        f"--output={output}",
+    )
+    assert process.returncode == 0, process.stderr
+    results = json.loads(output.read_text())
+    assert (results["split"], results["crop_pct"], results["num_examples"]) == ("train", 1.0, 12)
+
+
 # === predict ===
 
 
