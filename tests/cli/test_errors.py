@@ -83,6 +83,13 @@ def test_out_of_memory_is_one_line_naming_the_sizes_to_lower(raised):
     assert_one_line_error(process, "out of memory", "--batch_size or --image_size")
 
 
+def test_ctrl_c_is_one_line_and_exit_130():
+    """As a shell reports a command ended by SIGINT (128 + 2)."""
+    process = _run_main_raising("KeyboardInterrupt()")
+    assert process.returncode == 130, process.stderr
+    assert user_stderr(process) == ["error: interrupted"]
+
+
 def test_sigterm_ends_a_command_in_one_line_and_removes_its_temporary_output(tmp_path):
     """SIGTERM while an output is half written: exit 143, one line, no temporary left."""
     code = (
