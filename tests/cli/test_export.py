@@ -163,3 +163,17 @@ def test_export_flags_for_another_export_are_one_line(tmp_path):
     assert "--opset=17" in flagfile.read_text()
     process = run_cli("export", f"--flagfile={flagfile}", f"--output={tmp_path / 'sm2'}")
     assert process.returncode == 0, process.stderr
+
+
+def test_optimize_for_another_format_than_onnx_is_one_line(tmp_path):
+    model_path = tmp_path / "m.keras"
+    saving.save_model(tiny_model(), str(model_path))
+    process = run_cli(
+        "export",
+        f"--model_path={model_path}",
+        "--format=litert",
+        "--optimize",
+        f"--output={tmp_path / 'm.tflite'}",
+    )
+    assert_one_line_error(process, "--optimize is for --format=onnx", "--format=litert")
+    assert not (tmp_path / "m.tflite").exists()
