@@ -58,6 +58,17 @@ def check_model_flags() -> None:
         raise cli.UsageError(
             "Pass --model_path=FILE.keras, or --model=NAME --pretrained for published weights."
         )
+    # Set to other than their defaults (a replayed flags.txt lists every flag).
+    given = [
+        name
+        for name in ("pretrained", "pretrained_weights")
+        if flags.FLAGS[name].value != flags.FLAGS[name].default
+    ]
+    if MODEL_PATH.value and given:  # the file's weights are used: the flag would be ignored
+        raise cli.UsageError(
+            f"--{given[0]} is for --model (published weights); --model_path={MODEL_PATH.value} "
+            "has its own: leave it out."
+        )
     if MODEL.value and not PRETRAINED.value:
         raise cli.UsageError(
             f"--model={MODEL.value} has no trained weights without --pretrained; add it, or "

@@ -121,6 +121,7 @@ def test_unreachable_mirror_is_one_line(image, tmp_path):
         ([f"--model={NAME}"], "--pretrained"),
         ([], "--model_path"),
         ([f"--model={NAME}", "--pretrained", "--model_path=IMAGE"], "not both"),
+        (["--pretrained_weights=hf", "--model_path=IMAGE"], "--pretrained_weights is for"),
         (["--model=deit_huge", "--pretrained"], "deit_huge"),
     ],
 )
