@@ -78,9 +78,10 @@ def _class_attention_from(attentions):
     """Where CaiT's class-attention blocks start in `attentions` (rows `[.., 1, 1 + T]`
     after self-attention `[.., T, T]`); None when there are none."""
     shapes = [attention.shape for attention in attentions]
-    tokens = shapes[0][-1] if shapes[0] else None
-    for index, shape in enumerate(shapes):
-        if index and shape[-2:] == (1, tokens + 1):
+    if not shapes[0]:  # not an attention: refused as such by the caller
+        return None
+    for index, shape in enumerate(shapes[1:], start=1):
+        if shape[-2:] == (1, shapes[0][-1] + 1):
             return index
     return None
 

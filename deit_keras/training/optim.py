@@ -362,14 +362,13 @@ def create_optimizer(
     if min_lr > peak_lr:
         # Official main.py scales the LR alone: its 384 px fine-tuning (lr = min_lr = 5e-6)
         # rises too below a batch of 512.
+        scaled = f" (lr {base_lr:g} x batch {global_batch_size * grad_accum_steps} / 512)"
         logging.warning(
-            "min_lr=%g is above the peak LR %.3g (lr %g scaled by the batch of %d / 512): "
-            "the cosine rises to min_lr instead of decaying. Scale min_lr with the batch too, "
-            "or lower it.",
+            "min_lr=%g is above the peak LR %.3g%s: the cosine rises to min_lr instead of "
+            "decaying. Scale min_lr with the batch too, or lower it.",
             min_lr,
             peak_lr,
-            base_lr,
-            global_batch_size * grad_accum_steps,
+            scaled if scale_lr else "",
         )
     schedule = WarmupCosine(
         peak_lr,
