@@ -18,7 +18,7 @@ from deit_keras.distill import regnet, teachers
 from deit_keras.errors import UserInputError
 from deit_keras.io.atomic import atomic_output
 from deit_keras.models.variants import get_variant
-from deit_keras.training import custom_loop
+from deit_keras.training import custom_loop, precise_batch_norm
 from deit_keras.training.optim import create_optimizer
 
 TEACHER_BATCH_SIZE = 64  # of a teacher trained here (AdamW, --teacher_lr as it is)
@@ -70,24 +70,32 @@ def student_input(config) -> tuple:
     )
 
 
-def train_teacher(config, info, image_size, path, preprocessing):
-    """Trains the run's teacher (`_teacher_to_train`) on its dataset and saves it to `path`.
-
-    Batches of `teacher_batch_size`; `--teacher_lr` is used as it is, whatever the batch.
-    """
-    batch_size = teacher_batch_size(info.num_train_examples)
-    train = make_dataset(
+def teacher_train_dataset(config, info, image_size, preprocessing, seed=None):
+    """The `(images, one-hot labels)` batches a teacher trained here learns from:
+    `teacher_batch_size` of them, the views of `_teacher_dataset_config`."""
+    return make_dataset(
         config.dataset,
         "train",
         image_size=image_size,
-        batch_size=batch_size,
+        batch_size=teacher_batch_size(info.num_train_examples),
         training=True,
         augment=_teacher_dataset_config(config),
         preprocessing=preprocessing,
         data_dir=config.data_dir,
-        seed=config.seed,
+        seed=config.seed if seed is None else seed,
         train_fraction=config.train_fraction,
     )
+
+
+def train_teacher(config, info, image_size, path, preprocessing):
+    """Trains the run's teacher (`_teacher_to_train`) on its dataset and saves it to `path`.
+
+    Batches of `teacher_batch_size`; `--teacher_lr` is used as it is, whatever the batch.
+    Its BatchNorm statistics are then recomputed on the training stream
+    (`precise_batch_norm`): a teacher trained briefly predicts as it did in training.
+    """
+    batch_size = teacher_batch_size(info.num_train_examples)
+    train = teacher_train_dataset(config, info, image_size, preprocessing)
     cnn = _teacher_to_train(config, info.num_classes, image_size)
     steps = max(info.num_train_examples // batch_size, 1)
     cnn.compile(
@@ -105,6 +113,8 @@ def train_teacher(config, info, image_size, path, preprocessing):
         jit_compile=config.train_jit_compile,
     )
     cnn.fit(train, epochs=config.teacher_epochs, verbose=config.fit_verbose, shuffle=False)
+    stream = train.repeat().take(precise_batch_norm.PRECISE_BATCHES)
+    precise_batch_norm.recalibrate_batch_norm(cnn, (images for images, _ in stream))
     with atomic_output(path) as temporary:
         cnn.save(temporary)
     # Which classes it predicts: a later run on another dataset must not reuse it.
