@@ -237,14 +237,10 @@ class DistillationStep:
 
     @property
     def metrics(self) -> list:
-        metrics = [
-            self.loss_tracker,
-            self.cls_loss_tracker,
-            self.distill_loss_tracker,
-            self.top1,
-            self.top5,
-            self.cls_top1,
-        ]
+        metrics = [self.loss_tracker, self.cls_loss_tracker]
+        if self.has_distill_term:
+            metrics.append(self.distill_loss_tracker)
+        metrics += [self.top1, self.top5, self.cls_top1]
         if self.dist_head:
             metrics.append(self.dist_top1)
         if self.teacher is not None:
@@ -252,6 +248,12 @@ class DistillationStep:
         if self.features is not None:
             metrics.append(self.feature_loss_tracker)
         return metrics
+
+    @property
+    def has_distill_term(self) -> bool:
+        """Whether the loss has a second term: the teacher's, or (`none`) the dist head's
+        own cross-entropy; a model without dist token trained on labels has neither."""
+        return self.dist_head or self.loss.needs_teacher
 
     def teacher_logits(self, images):
         if self.teacher is None:
@@ -308,7 +310,8 @@ class DistillationStep:
         replicas = _replicas()  # losses are pre-divided by it; report the true value
         self.loss_tracker.update_state(total * replicas, sample_weight=batch)
         self.cls_loss_tracker.update_state(cls_loss * replicas, sample_weight=batch)
-        self.distill_loss_tracker.update_state(dist_loss * replicas, sample_weight=batch)
+        if self.has_distill_term:
+            self.distill_loss_tracker.update_state(dist_loss * replicas, sample_weight=batch)
         logits = average_heads(cls_logits, dist_logits)
         self.top1.update_state(labels, logits)
         self.top5.update_state(labels, logits)

@@ -510,8 +510,9 @@ class TokenClassifier(CompiledInference, keras.Model):
             )
         if metrics:
             raise UserInputError(
-                "DeiT reports its own metrics (loss, cls_loss, distill_loss, top1, top5, "
-                "cls_top1, dist_top1 with a dist token, and teacher_agreement with a teacher). "
+                "DeiT reports its own metrics (loss, cls_loss, top1, top5, cls_top1; "
+                "distill_loss with a teacher or a dist token, dist_top1 with a dist token, "
+                "teacher_agreement with a teacher). "
                 f"Received: metrics={metrics!r}"
             )
         self._choose_jit_compile(kwargs)  # first: it checks predict_jit_compile

@@ -134,6 +134,15 @@ def record_epochs(model_dir: str, epochs: list[int], logs: dict[str, list]) -> N
     write_text_atomic(os.path.join(model_dir, HISTORY_FILE), text)
 
 
+class EpochScalars(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, the logs' `lr` left out: it writes the optimizer's
+    learning rate itself (`epoch_learning_rate`), so the curve is drawn once."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {name: value for name, value in (logs or {}).items() if name != "lr"}
+        super().on_epoch_end(epoch, logs)
+
+
 class HistoryFile(keras.callbacks.Callback):
     """Adds each epoch's logs (training and validation) to `model_dir/history.json`."""
 

@@ -80,7 +80,7 @@ def epoch_records(config) -> list:
         callbacks_lib.EpochCheckpoint(
             os.path.join(config.model_dir, callbacks_lib.CHECKPOINTS), config.checkpoint_interval_s
         ),
-        keras.callbacks.TensorBoard(os.path.join(config.model_dir, callbacks_lib.TENSORBOARD)),
+        callbacks_lib.EpochScalars(os.path.join(config.model_dir, callbacks_lib.TENSORBOARD)),
     ]
 
 

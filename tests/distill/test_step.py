@@ -76,6 +76,23 @@ def test_fit_with_xla_reduces_loss():
     assert set(history.history) >= {"loss", "cls_loss", "distill_loss", "top1", "top5", "lr"}
 
 
+@pytest.mark.parametrize(
+    "distilled, distillation, logged",
+    [(False, "none", False), (True, "none", True), (False, "hard", True), (True, "soft", True)],
+)
+def test_distill_loss_is_logged_where_the_loss_has_that_term(distilled, distillation, logged):
+    """No dist token and no teacher: no second term, so no `distill_loss` (it was 0)."""
+    images, labels = batches(count=1)
+    teacher = None if distillation == "none" else RecordingTeacher()
+    model = compiled(tiny_model(distilled=distilled), teacher, distillation=distillation)
+    logs = model.train_on_batch(images, labels, return_dict=True)
+    assert ("distill_loss" in logs) == logged
+    assert ("distill_loss" in [metric.name for metric in model.metrics]) == logged
+    if logged:
+        assert np.isfinite(logs["distill_loss"]) and logs["distill_loss"] > 0
+    assert logs["cls_loss"] > 0
+
+
 MIRRORED_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np, tensorflow as tf

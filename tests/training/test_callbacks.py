@@ -63,6 +63,19 @@ def _summaries(directory):
     return {tag: sorted(values) for tag, values in found.items()}  # one file per writer
 
 
+def test_tensorboard_draws_the_learning_rate_once(tmp_path):
+    """The logs' `lr` and Keras' own `learning_rate` were two tags of one curve."""
+    images, labels = batches(count=2)
+    model = compiled(tiny_model(), None, distillation="none")
+    scalars = callbacks_lib.EpochScalars(str(tmp_path))
+    history = model.fit(images, labels, batch_size=4, epochs=2, verbose=0, callbacks=[scalars])
+    found = _summaries(tmp_path / "train")
+    assert "epoch_lr" not in found and "epoch_loss" in found
+    written = [value for _, value in found["epoch_learning_rate"]]
+    np.testing.assert_allclose(written, history.history["lr"], rtol=1e-6)
+    assert history.history["lr"][0] != history.history["lr"][1]
+
+
 def test_distillation_summaries_write_attention_and_token_similarity(tmp_path):
     from deit_keras.analysis.attention import token_cosine_similarity
     from deit_keras.testing import random_images
