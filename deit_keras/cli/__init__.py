@@ -220,13 +220,31 @@ def _shorter_choices(message: str) -> str:
     )
 
 
+# absl's help flags: each prints and ends the command with status 1.
+_HELP_FLAGS = frozenset({"help", "?", "helpshort", "helpfull", "helpxml"})
+
+
+def _asks_help(argv: list[str]) -> bool:
+    for arg in argv[1:]:
+        if arg == "--":
+            return False
+        if arg.startswith("-") and arg.lstrip("-").split("=")[0] in _HELP_FLAGS:
+            return True
+    return False
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a bad flag reported in one line and exit status 2."""
+    """absl's flag parsing, with a bad flag reported in one line and exit status 2, and
+    help printed on request ending with status 0 (absl's is 1: a script's failure)."""
     try:
         return parse_argv(argv)
     except UsageError as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+    except SystemExit as stop:
+        if stop.code == 1 and _asks_help(argv):
+            sys.exit(0)
+        raise
 
 
 # Each argument of the last parse that came from a flagfile: where it stands there.
