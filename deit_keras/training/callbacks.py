@@ -275,19 +275,27 @@ class DistillationSummaries(keras.callbacks.Callback):
         self.preprocessing = preprocessing
         self.max_images = max_images
         self.epochs = epochs
+        self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
         last = epoch + 1 == (self.epochs or self.params.get("epochs"))
         if epoch % self.every_n_epochs and not last:
             return
-        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "distillation"))
-        with writer.as_default():
+        # One writer, so one event file: TensorBoard follows a folder's newest file only.
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "distillation"))
+        with self._writer.as_default():
             self._write_attention(epoch)
             if self.model.distilled:
                 similarities = token_cosine_similarity(self.model, self.images)
                 for layer, value in enumerate(similarities):
                     tf.summary.scalar(f"token_cosine/layer_{layer}", value, step=epoch)
-        writer.close()
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def _write_attention(self, epoch):
         images = self.images[: self.max_images]

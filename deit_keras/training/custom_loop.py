@@ -255,6 +255,8 @@ def fit_distributed(
             model.optimizer.finalize_variable_values(model.trainable_weights)
     for writer in writers.values():
         writer.close()
+    for view in views:
+        view.on_train_end()
     return history
 
 
@@ -368,8 +370,9 @@ def _end_of_epoch_outputs(model, backup, model_dir, writers, epoch, logs):
     save_epoch_checkpoint(model, os.path.join(model_dir, CHECKPOINTS), epoch, logs)
     for name, value in logs.items():
         validation = name.startswith("val_")
+        tag = "learning_rate" if name == "lr" else name.removeprefix("val_")  # as `fit`'s
         with writers["validation" if validation else "train"].as_default():
-            tf.summary.scalar(f"epoch_{name.removeprefix('val_')}", value, step=epoch)
+            tf.summary.scalar(f"epoch_{tag}", value, step=epoch)
     for writer in writers.values():
         writer.flush()
     backup.save(model, epoch + 1)

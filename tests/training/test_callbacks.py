@@ -88,7 +88,10 @@ def test_distillation_summaries_write_attention_and_token_similarity(tmp_path):
     callback.set_params({"epochs": 4})
     for epoch in range(4):
         callback.on_epoch_end(epoch)
+    callback.on_train_end()
     found = _summaries(tmp_path / "distillation")
+    # One event file: TensorBoard follows a folder's newest (a writer per epoch made three).
+    assert len(list((tmp_path / "distillation").iterdir())) == 1
     expected = token_cosine_similarity(model, images)
     assert len(expected) == model.depth + 1
     for layer, value in enumerate(expected):

@@ -138,9 +138,16 @@ def test_two_workers_match_each_other_and_one_process(tmp_path):
     )
     results = json.loads(Path(os.path.join(model_dir, "results.json")).read_text())
     assert results["epochs"] == 2 and "teacher_top1" in results
-    for kind in ("train", "validation", "inputs"):  # one TensorBoard writer: the chief's
+    for kind in ("train", "validation", "inputs", "distillation"):  # one writer: the chief's
         events = os.listdir(os.path.join(model_dir, "tensorboard", kind))
         assert len(events) == 1, events
+    scalars = {
+        value.tag
+        for path in Path(model_dir, "tensorboard", "train").iterdir()
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+    }
+    assert "epoch_learning_rate" in scalars and "epoch_lr" not in scalars  # as `fit` writes
     # The views beyond the scalars, as `fit` writes them: inputs once, attention and token
     # similarity at epoch 0 and the last (--summary_every 5).
     written = {
