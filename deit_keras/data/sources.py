@@ -135,13 +135,17 @@ def tfds_base_name(name: str) -> str:
     return name.split("/")[0].split(":")[0]
 
 
-def _tfds_source(name, builder, user_name, wanted=SPLITS):
+def _check_one_label(name) -> None:
     base_name = tfds_base_name(name)
     if base_name in _NOT_ONE_LABEL:
         raise UserInputError(
             f"tfds dataset {name!r} is not read as a one-label dataset here: "
             f"{_NOT_ONE_LABEL[base_name]}."
         )
+
+
+def _tfds_source(name, builder, user_name, wanted=SPLITS):
+    _check_one_label(name)
     info = builder.info
     image_key, label_key = info.supervised_keys or ("image", "label")
     splits = info.splits
@@ -232,6 +236,7 @@ def prepared_builder(name: str, data_dir: str | None = None):
 
 
 def _tfds(name, data_dir, splits):
+    _check_one_label(name)  # before "not prepared": preparing it would not help
     return _tfds_source(name, prepared_builder(name, data_dir), name, splits)
 
 

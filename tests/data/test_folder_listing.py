@@ -176,6 +176,15 @@ def test_tfds_sets_not_scored_by_one_label_are_refused_in_one_line(name):
     assert "\n" not in str(caught.value)
 
 
+def test_the_refusal_comes_before_the_not_prepared_error(tmp_path):
+    """Unprepared, it was "prepare it first with tfds build ...", a manual ImageNet
+    download that would end in this refusal."""
+    from deit_keras.data.pipeline import dataset_info
+
+    with pytest.raises(UserInputError, match="use deit-evaluate --benchmarks=real"):
+        dataset_info("imagenet2012_real", data_dir=str(tmp_path))
+
+
 def test_an_eval_split_without_a_readable_image_is_one_line(root):
     from deit_keras.inference.evaluate import evaluate_on_dataset
     from deit_keras.testing import tiny_model
