@@ -1,6 +1,7 @@
 """Calibration images for int8 quantization: uint8 eval crops of a dataset's images."""
 
 import numpy as np
+from absl import logging
 
 from deit_keras.data.pipeline import make_dataset
 from deit_keras.data.preprocessing import Preprocessing, to_uint8
@@ -15,7 +16,8 @@ def eval_crops(
     split: str = "train",
     data_dir: str | None = None,
 ) -> np.ndarray:
-    """The first `count` images of a split as uint8 `[N, image_size, image_size, 3]` eval crops.
+    """The first `count` images of a split as uint8 `[N, image_size, image_size, 3]` eval crops
+    (all of them, with a warning, when the split has fewer).
 
     The crops the exported fixed-size signature takes (`deploy.signatures`):
     the eval resize and centre crop, without normalisation.
@@ -42,4 +44,12 @@ def eval_crops(
             break
     if not total:
         raise UserInputError(f"Dataset {dataset_name!r} ({split}) has no images to calibrate on.")
+    if total < count:
+        logging.warning(
+            "Calibrating on the %d images of %s's %s split, fewer than the %d asked for.",
+            total,
+            dataset_name,
+            split,
+            count,
+        )
     return np.concatenate(crops)[:count]

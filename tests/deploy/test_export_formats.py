@@ -612,3 +612,19 @@ def test_a_saved_model_whose_weights_are_cut_short_is_one_line(exports, tmp_path
     shard.write_bytes(shard.read_bytes()[:1000])
     with pytest.raises(UserInputError, match="weights .* are damaged or cut short.*again"):
         runtimes.ExportedModel(str(copy))
+
+
+def test_calibration_on_a_split_smaller_than_asked_warns(caplog):
+    """`--calibration_images` above the split's size calibrated on fewer images silently."""
+    import logging
+
+    from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING
+
+    caplog.set_level(logging.WARNING)
+    crops = eval_crops("digits", 400, 16, DEFAULT_PREPROCESSING, split="eval")
+    assert crops.shape == (360, 16, 16, 3) and crops.dtype == np.uint8
+    (warning,) = [r.getMessage() for r in caplog.records if "Calibrating" in r.getMessage()]
+    assert "360 images of digits's eval split, fewer than the 400" in warning
+    caplog.clear()
+    assert len(eval_crops("digits", 360, 16, DEFAULT_PREPROCESSING, split="eval")) == 360
+    assert not [r for r in caplog.records if "Calibrating" in r.getMessage()]
