@@ -315,13 +315,7 @@ def run_benchmark(
 
 
 def _model_fields(model) -> dict:
-    return {
-        "name": model.name,
-        "image_size": int(model.image_size),
-        "num_classes": int(model.num_classes),
-        "distilled": bool(model.distilled),
-        "params": int(model.count_params()),
-    }
+    return {"name": model.name, **model.architecture, "params": int(model.count_params())}
 
 
 def _add_ratios(result) -> None:

@@ -680,6 +680,15 @@ class TokenClassifier(CompiledInference, keras.Model):
         _refuse_ragged_or_sparse(data)
         return self.distillation_step.test_step(self, data)
 
+    @property
+    def architecture(self) -> dict:
+        """The sizes that make this model what it is, whatever its (preset's) name says:
+        `image_size`, `patch_size`, `embed_dim`, `depth`, `num_heads`, `mlp_ratio`,
+        `num_classes` and `distilled` (what results.json and deit-benchmark record)."""
+        names = ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+        sizes = {name: getattr(self, name) for name in names}
+        return dict(sizes, num_classes=self.num_classes, distilled=bool(self.distilled))
+
     # === Inference (compiled on a CPU: `CompiledInference`) ===
     def flops_per_image(self, image_size=None):
         """Forward FLOPs per image of the matrix products (`vit_flops`).

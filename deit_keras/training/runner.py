@@ -515,6 +515,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         export_saved_model(student, savedmodel_beside(output), class_names=list(info.class_names))
     results.update(
         model=student.name,
+        architecture=student.architecture,  # the name is the preset's, overrides or not
         dataset=config.dataset,
         epochs=first_epoch + len(history.epoch),  # the run's, resumed epochs included
         resumed_at_epoch=first_epoch,

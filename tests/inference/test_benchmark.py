@@ -34,6 +34,11 @@ def test_keras_runtimes_are_timed_with_the_machine_facts(model):
         assert row["latency"]["p90_ms"] >= row["latency"]["median_ms"] > 0
         assert row["prepare_s"] > 0 and "throughput_ratio" not in row
     assert result["reference"] is None and result["model"]["params"] == model.count_params()
+    assert {key: result["model"][key] for key in ("depth", "embed_dim", "patch_size")} == {
+        "depth": model.depth,
+        "embed_dim": model.embed_dim,
+        "patch_size": model.patch_size,
+    }
     assert set(result["machine"]["features"]) == set(host.CPU_FEATURES)
     assert result["machine"]["num_threads"] == host.usable_cpus()
     assert result["peak_rss_mb"] > 100
