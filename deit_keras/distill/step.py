@@ -95,7 +95,9 @@ def as_targets(labels, num_classes: int):
     if not tf.is_tensor(labels):  # arrays and lists, e.g. given to train_on_batch
         labels = np.asarray(labels)
     rank = getattr(labels.shape, "rank", None) if tf.is_tensor(labels) else labels.ndim
-    if rank is None:  # Keras retraced for labels of another rank than before
+    # Keras retraced for labels of another rank or width than before: `[None, None]` after
+    # one-hot rows then `[B, 1]` indices of the same dtype (they were taken as rows).
+    if rank is None or (rank == 2 and labels.shape[1] is None):
         targets = tf.cond(
             _are_indices(labels, num_classes),
             lambda: _one_hot(tf.reshape(labels, [-1]), num_classes),

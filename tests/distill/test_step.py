@@ -93,6 +93,24 @@ def test_distill_loss_is_logged_where_the_loss_has_that_term(distilled, distilla
     assert logs["cls_loss"] > 0
 
 
+@pytest.mark.parametrize("dtype", ["int64", "float32"])
+def test_index_labels_after_one_hot_rows_of_the_same_dtype_are_indices(dtype):
+    """Keras retraces the step for the second label shape with `[None, None]`: `[B, 1]`
+    indices were then taken as rows over the classes (loss 102 instead of 2.3)."""
+    images, one_hot = batches(count=2)
+    indices = one_hot.argmax(-1)[:, None].astype(dtype)
+    model, fresh_model = (compiled(tiny_model(), None, distillation="none") for _ in "ab")
+    fresh_model.set_weights(model.get_weights())
+    model.optimizer = keras.optimizers.SGD(0.0)  # the weights stay: the losses compare
+    fresh = fresh_model.evaluate(images, indices, verbose=0, return_dict=True)
+    model.evaluate(images, one_hot.astype(dtype), verbose=0, return_dict=True)
+    again = model.evaluate(images, indices, verbose=0, return_dict=True)
+    for key in ("loss", "top1", "top5"):
+        assert again[key] == pytest.approx(fresh[key], rel=1e-5), key
+    history = model.fit(images, indices, batch_size=4, epochs=1, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(fresh["loss"], rel=1e-3)
+
+
 MIRRORED_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np, tensorflow as tf
