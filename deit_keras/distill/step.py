@@ -77,6 +77,11 @@ def _clipped_over_replicas(optimizer, gradients):
 def _unpack(data, num_classes: int):
     """`(images, targets, teacher logits or None, teacher maps or None)` of a batch."""
     images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if labels is None:
+        raise UserInputError(
+            "DeiT trains and evaluates on labelled images: give (images, labels), as "
+            "fit(x, y) or a dataset of (images, labels) batches. Received: images only"
+        )
     if sample_weight is not None:  # a dataset of (x, y, weight)
         refuse_sample_weights({"sample_weight": sample_weight})
     if isinstance(labels, dict):  # the images stay `x`, so Keras can build the model from them

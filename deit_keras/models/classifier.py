@@ -508,6 +508,14 @@ class TokenClassifier(CompiledInference, keras.Model):
                 "logits): create it with num_classes=N to train it, or train a keras.Model "
                 "of your own with a head on its features. Received: num_classes=0"
             )
+        softmax_loss = loss is None or isinstance(loss, keras.losses.CategoricalCrossentropy)
+        if self.num_classes == 1 and softmax_loss:
+            raise UserInputError(
+                f"{self.name} has one class: a softmax over one class is always 1, so the "
+                "cross-entropy is 0 and it learns nothing. For two classes (yes/no) create "
+                "it with num_classes=2 (or pass a sigmoid loss such as "
+                "deit_keras.distill.BinaryCrossEntropy()). Received: num_classes=1"
+            )
         if metrics:
             raise UserInputError(
                 "DeiT reports its own metrics (loss, cls_loss, top1, top5, cls_top1; "

@@ -272,6 +272,28 @@ def test_compile_takes_the_label_loss_and_rejects_metrics():
     np.testing.assert_allclose(float(total), float(expected), rtol=1e-6)
 
 
+def test_one_class_with_a_softmax_loss_and_images_without_labels_are_refused():
+    """One class: the loss was 0 and top-1 1.0 whatever the model did. No labels: Keras'
+    `Invalid dtype: object` from inside the step."""
+    from deit_keras.distill import BinaryCrossEntropy
+
+    one_class = tiny_model(num_classes=1)
+    for loss in (None, keras.losses.CategoricalCrossentropy(from_logits=True)):
+        with pytest.raises(UserInputError, match="one class: a softmax .* num_classes=2"):
+            one_class.compile(optimizer="adamw", loss=loss)
+    one_class.compile(optimizer=keras.optimizers.SGD(0.1), loss=BinaryCrossEntropy())
+    images = random_images(batch=4)
+    logs = one_class.train_on_batch(images, np.array([[0.0], [1.0], [1.0], [0.0]]))
+    assert np.isfinite(logs[0]) and logs[0] > 0  # a sigmoid over one logit learns
+
+    model = tiny_model()
+    model.compile(optimizer="adamw")
+    with pytest.raises(UserInputError, match="labelled images: give .*Received: images only"):
+        model.fit(images, epochs=1, verbose=0)
+    with pytest.raises(UserInputError, match="Received: images only"):
+        model.evaluate(tf.data.Dataset.from_tensor_slices(images).batch(2), verbose=0)
+
+
 def test_each_variant_carries_its_eval_preprocessing_through_save(tmp_path):
     assert deit_keras.get_variant("deit_base_patch16_384").preprocessing.crop_pct == 1.0
     assert deit_keras.create_model("deit_tiny_patch16_224").preprocessing.crop_pct == 0.875
