@@ -43,6 +43,11 @@ _TRAINS_ON_TENSORFLOW = (
     "runs inference (predict, a call, stateless_call). See docs/backends.md."
 )
 
+_EXPORTS_ON_TENSORFLOW = (
+    "{name} exports on Keras' TensorFlow backend (KERAS_BACKEND=tensorflow): save it as a "
+    ".keras file, load it there and export it (deit-export). See docs/backends.md."
+)
+
 
 def _bound(method, model, args, kwargs) -> inspect.BoundArguments | None:
     """`method(model, *args, **kwargs)`'s bound arguments; None when they do not bind."""
@@ -404,11 +409,14 @@ class TokenClassifier(CompiledInference, keras.Model):
 
     def predict_on_batch(self, x):
         # The traced predict step takes any size once it has seen several; under XLA a
-        # bad one fails deep in a reshape.
+        # bad one fails deep in a reshape. The dtype here too: JAX's data adapter makes
+        # uint8 pixels float before `__call__` sees them.
+        self.check_float_images(_images_dtype(x))
         self._check_images_shape(_images_shape(x))
         return super().predict_on_batch(x)
 
     def predict(self, x, *args, **kwargs):
+        self.check_float_images(_images_dtype(x))
         self._check_images_shape(_images_shape(x))
         return super().predict(x, *args, **kwargs)
 
@@ -735,6 +743,8 @@ class TokenClassifier(CompiledInference, keras.Model):
         converted (every format but the SavedModel) from its float32 copy, as
         `deploy.export_model` does: ONNX Runtime refused tf2onnx's bfloat16 casts.
         """
+        if not on_tensorflow():  # jax2tf failed deep in a reshape of the symbolic batch
+            raise NotImplementedError(_EXPORTS_ON_TENSORFLOW.format(name=self.name))
         if format != "tf_saved_model" and not precision.computes_in_float32(self):
             copy = precision.with_dtype_policy(self, "float32")
             return copy.export(filepath, format, verbose, input_signature, **kwargs)

@@ -69,6 +69,10 @@ report["fit_error"] = error_of(lambda: compiled.fit(images, targets, verbose=0))
 report["evaluate_error"] = error_of(lambda: compiled.evaluate(images, targets, verbose=0))
 report["compile_error"] = error_of(lambda: model.compile(optimizer="adamw"))
 report["api_error"] = error_of(lambda: deit_keras.create_model)
+pixels = np.zeros((2, 32, 32, 3), "uint8")
+report["predict_uint8_error"] = error_of(lambda: model.predict(pixels, verbose=0))
+report["predict_on_batch_uint8_error"] = error_of(lambda: model.predict_on_batch(pixels))
+report["export_error"] = error_of(lambda: model.export(f"{folder}/exported"))
 print(json.dumps(report))
 """
 
@@ -130,3 +134,9 @@ def test_models_saved_on_tensorflow_run_on_another_backend(saved_models, backend
         assert error.startswith("NotImplementedError: ") and _TRAINS_ON_TENSORFLOW in error, error
         assert "\n" not in error, error
     assert "deit_keras.create_model needs Keras' TensorFlow backend" in report["api_error"]
+    # uint8 pixels: Keras' data adapter made them float before the model's own check.
+    for action in ("predict", "predict_on_batch"):
+        error = report[f"{action}_uint8_error"]
+        assert error and "takes float images" in error and "dtype=uint8" in error, error
+    error = report["export_error"]
+    assert error.startswith("NotImplementedError: ") and "exports on Keras' TensorFlow" in error
