@@ -88,6 +88,13 @@ def normalize(pixels, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
     from deit_keras.data.image_ops import per_channel  # TensorFlow's private ops: loaded on use
 
     pixels = tf.cast(pixels, tf.float32)
+    channels = pixels.shape[-1] if pixels.shape.rank else None
+    if channels is not None and channels != 3:
+        raise UserInputError(
+            "normalize takes RGB pixels [..., 3]: convert grayscale with "
+            "tf.image.grayscale_to_rgb(images), drop an alpha channel with images[..., :3]. "
+            f"Received: shape={tuple(pixels.shape)}"
+        )
     return per_channel(
         lambda x, mean, std: (x / 255.0 - mean) / std, pixels, preprocessing.mean, preprocessing.std
     )

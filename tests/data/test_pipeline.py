@@ -420,6 +420,17 @@ def test_normalize_round_trip():
     np.testing.assert_allclose(denormalize(normalised).numpy(), [[[0, 128, 255]]], atol=1e-3)
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_preprocess_of_other_than_rgb_pixels_is_one_line(channels):
+    """Grayscale was TensorFlow's `Incompatible shapes: [2,32,32] vs. [96] [Op:Sub]`."""
+    from deit_keras.data import preprocess
+    from deit_keras.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="takes RGB pixels .*grayscale_to_rgb") as caught:
+        preprocess(np.zeros((2, 37, 53, channels), "uint8"), 32)
+    assert "\n" not in str(caught.value) and f"{channels})" in str(caught.value)
+
+
 def test_random_resized_crop_jpeg_and_array_shapes():
     rng = np.random.default_rng(2)
     array = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
