@@ -15,7 +15,7 @@ import urllib.error
 import keras
 from keras import ops
 
-from deit_keras.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
 from deit_keras.distill import regnet
 from deit_keras.errors import UserEnvironmentError, UserInputError
 from deit_keras.io.paths import keras_file_problem
@@ -44,6 +44,10 @@ class TeacherAdapter(keras.Model):
         outputs: "logits" or "probabilities" (log is taken: same argmax,
             logits up to a constant for soft distillation).
         image_size: int or None. Resize the batch (bilinear) to this size first.
+        student_preprocessing: the student's `Preprocessing` (or its config), whose
+            mean and std turn its batch back into pixels for "pixels" and
+            "keras_applications"; None: ImageNet's, every preset's.
+            `DeiT.compile` refuses an adapter whose mean/std are not its model's.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class TeacherAdapter(keras.Model):
         application=None,
         outputs="logits",
         image_size=None,
+        student_preprocessing=None,
         **kwargs,
     ):
         if input_convention not in INPUT_CONVENTIONS:
@@ -76,6 +81,9 @@ class TeacherAdapter(keras.Model):
         self.application = application
         self.outputs_kind = outputs
         self.image_size = image_size
+        self.student_preprocessing = Preprocessing.from_config(
+            student_preprocessing or DEFAULT_PREPROCESSING
+        )
         self._preprocess = None
         if input_convention == "keras_applications":
             self._preprocess = getattr(keras.applications, application).preprocess_input
@@ -87,8 +95,8 @@ class TeacherAdapter(keras.Model):
                 images, (self.image_size, self.image_size), data_format="channels_last"
             )
         if self.input_convention != "normalized":
-            mean = ops.convert_to_tensor(IMAGENET_MEAN, images.dtype)
-            std = ops.convert_to_tensor(IMAGENET_STD, images.dtype)
+            mean = ops.convert_to_tensor(self.student_preprocessing.mean, images.dtype)
+            std = ops.convert_to_tensor(self.student_preprocessing.std, images.dtype)
             images = (images * std + mean) * 255.0
             if self._preprocess is not None:
                 images = self._preprocess(images)
@@ -116,6 +124,7 @@ class TeacherAdapter(keras.Model):
             application=self.application,
             outputs=self.outputs_kind,
             image_size=self.image_size,
+            student_preprocessing=self.student_preprocessing.get_config(),
         )
         return config
 
@@ -388,6 +397,22 @@ def check_teacher_classes(teacher, num_classes: int) -> None:
             f"{num_classes}; give a teacher trained on the student's classes (e.g. "
             "`deit_keras.distill.teachers.build_finetune_teacher`, then fit it). "
             f"Received: teacher classes={width}, student num_classes={num_classes}"
+        )
+
+
+def check_teacher_input(teacher, preprocessing: Preprocessing) -> None:
+    """Refuses, in one line, a `TeacherAdapter` that turns the student's batch back into
+    pixels with another mean/std than the student normalised it with: the teacher would
+    see shifted colours, a wrong target with no error."""
+    if not isinstance(teacher, TeacherAdapter) or teacher.input_convention == "normalized":
+        return
+    adapter = teacher.student_preprocessing
+    if (adapter.mean, adapter.std) != (preprocessing.mean, preprocessing.std):
+        raise UserInputError(
+            "The teacher adapter turns the student's batch back into pixels with mean "
+            f"{adapter.mean} and std {adapter.std}, but the student normalises with mean "
+            f"{preprocessing.mean} and std {preprocessing.std}: build it with "
+            "TeacherAdapter(..., student_preprocessing=model.preprocessing)."
         )
 
 

@@ -28,7 +28,11 @@ from deit_keras.distill.step import (
     refuse_sample_weights,
     with_checked_class_indices,
 )
-from deit_keras.distill.teachers import check_teacher_classes, check_teacher_outputs
+from deit_keras.distill.teachers import (
+    check_teacher_classes,
+    check_teacher_input,
+    check_teacher_outputs,
+)
 from deit_keras.errors import UserInputError
 from deit_keras.layers import onednn_form
 from deit_keras.layers.basic import dense
@@ -538,6 +542,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         if teacher is not None and distillation != "none":
             check_teacher_classes(teacher, self.num_classes)
             check_teacher_outputs(teacher, distillation)
+            check_teacher_input(teacher, self.preprocessing)
         features = None
         if feature_weight:
             if teacher is None:

@@ -21,6 +21,34 @@ def test_pixels_convention_undoes_the_student_normalisation():
     np.testing.assert_allclose(adapter(NORMALISED), PIXELS.mean(axis=(1, 2)), rtol=1e-4)
 
 
+def test_the_students_own_normalisation_is_undone_and_a_mismatch_refused(tmp_path):
+    """The adapter undid ImageNet's mean/std whatever the student's: a student normalising
+    with 0.5/0.5 had its teacher see pixel 200 as (157, 149, 136)."""
+    from deit_keras.data.preprocessing import Preprocessing
+    from deit_keras.testing import tiny_model
+
+    halves = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3)
+    normalised = ((PIXELS / 255.0 - 0.5) / 0.5).astype("float32")
+    adapter = teachers.TeacherAdapter(
+        keras.Sequential([mean_pixel_teacher(), keras.layers.Dense(10)]),
+        "pixels",
+        student_preprocessing=halves,
+    )
+    pixels_seen = adapter.teacher.layers[0](adapter.teacher_input(normalised))
+    np.testing.assert_allclose(pixels_seen, PIXELS.mean(axis=(1, 2)), rtol=1e-4)
+    adapter.save(tmp_path / "adapter.keras")
+    loaded = keras.models.load_model(tmp_path / "adapter.keras")
+    assert loaded.student_preprocessing == halves
+
+    student = tiny_model(preprocessing=halves)
+    student.compile(teacher=loaded, distillation="hard")  # its own mean/std: taken
+    imagenet_adapter = teachers.TeacherAdapter(loaded.teacher, "pixels")
+    with pytest.raises(UserInputError, match=r"mean \(0.485.*student_preprocessing="):
+        student.compile(teacher=imagenet_adapter, distillation="hard")
+    normalized = teachers.TeacherAdapter(loaded.teacher, "normalized")  # no pixels: any
+    student.compile(teacher=normalized, distillation="hard")
+
+
 def test_normalized_convention_passes_input_through():
     adapter = teachers.TeacherAdapter(mean_pixel_teacher(), "normalized")
     np.testing.assert_allclose(adapter(NORMALISED), NORMALISED.mean(axis=(1, 2)), rtol=1e-5)
