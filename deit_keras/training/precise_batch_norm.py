@@ -10,6 +10,7 @@ inference top-1 0.59-0.78 before, 0.84-0.85 after.
 """
 
 import keras
+import numpy as np
 
 # Batches of the training stream read (pycls reads 8,192 ImageNet images; a teacher
 # trained here is a small CNN on small data: 32 x 64 images, ~1 s for the digits CNN).
@@ -36,12 +37,15 @@ def recalibrate_batch_norm(model: keras.Model, batches) -> int:
         batches: an iterable of image batches the model takes.
 
     Returns:
-        The number of batches read (0: `model` has no such layer; nothing read).
+        The number of batches read (0: `model` has no such layer; nothing read; 1: the
+        first batch changed no statistics: the layers run in inference mode inside, as a
+        fine-tuned backbone called with `training=False` does).
     """
     layers = batch_norm_layers(model)
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
+    trained = [np.array(layer.moving_mean) for layer in layers]
     count = 0
     try:
         for count, images in enumerate(batches, start=1):
@@ -50,6 +54,11 @@ def recalibrate_batch_norm(model: keras.Model, batches) -> int:
             for layer in layers:
                 layer.momentum = (count - 1) / count
             model(images, training=True)
+            if count == 1 and all(
+                np.array_equal(layer.moving_mean, mean)
+                for layer, mean in zip(layers, trained, strict=True)
+            ):
+                break
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum

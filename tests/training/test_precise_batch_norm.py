@@ -103,7 +103,7 @@ def test_a_fine_tuned_backbone_keeps_its_pretrained_statistics():
     layers = batch_norm_layers(tuned)
     assert layers  # its backbone's, found through the adapter and the nested model
     before = [np.array(layer.moving_mean) for layer in layers]
-    batches = [np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")]
-    recalibrate_batch_norm(tuned, iter(batches))
+    batches = [np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")] * 5
+    assert recalibrate_batch_norm(tuned, iter(batches)) == 1  # nothing changed: stopped
     for layer, mean in zip(layers, before, strict=True):
         np.testing.assert_array_equal(layer.moving_mean, mean)
