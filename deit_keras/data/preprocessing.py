@@ -14,6 +14,7 @@ import dataclasses
 import math
 
 import numpy as np
+from absl import logging
 
 from deit_keras.backend import tf
 from deit_keras.data.constants import (
@@ -95,6 +96,13 @@ def normalize(pixels, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
             "tf.image.grayscale_to_rgb(images), drop an alpha channel with images[..., :3]. "
             f"Received: shape={tuple(pixels.shape)}"
         )
+    if tf.executing_eagerly() and tf.size(pixels) > 0:
+        brightest = float(tf.reduce_max(pixels))
+        if 0.0 < brightest <= 1.0:
+            logging.warning(
+                "normalize takes pixels in [0, 255]; these are all in (0, 1] (the range of "
+                "tf.image.convert_image_dtype): multiply them by 255 first."
+            )
     return per_channel(
         lambda x, mean, std: (x / 255.0 - mean) / std, pixels, preprocessing.mean, preprocessing.std
     )

@@ -420,6 +420,21 @@ def test_normalize_round_trip():
     np.testing.assert_allclose(denormalize(normalised).numpy(), [[[0, 128, 255]]], atol=1e-3)
 
 
+def test_normalize_warns_of_pixels_in_zero_one(caplog):
+    """[0, 1] floats (tf.image.convert_image_dtype's) were normalised as 0-255 pixels: every
+    image came out near -2, silently."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    normalize(tf.constant([[[0.2, 0.5, 1.0]]]))
+    (said,) = [r.getMessage() for r in caplog.records if "normalize takes" in r.getMessage()]
+    assert "multiply them by 255" in said
+    caplog.clear()
+    for pixels in ([[[0, 128, 255]]], [[[0.0, 0.0, 0.0]]], [[[0.5, 0.9, 2.0]]]):
+        normalize(tf.constant(pixels, tf.float32))
+    assert not [r for r in caplog.records if "normalize takes" in r.getMessage()]
+
+
 @pytest.mark.parametrize("channels", [1, 4])
 def test_preprocess_of_other_than_rgb_pixels_is_one_line(channels):
     """Grayscale was TensorFlow's `Incompatible shapes: [2,32,32] vs. [96] [Op:Sub]`."""
