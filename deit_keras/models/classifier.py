@@ -196,6 +196,16 @@ def _label_loss(loss):
     return loss
 
 
+def _one_class_problem(loss, distillation) -> str | None:
+    """Why a model of one class would learn nothing with `loss` and `distillation`, or
+    None: a softmax over one class is 1, a teacher's argmax over one class is 0."""
+    if distillation != "none":
+        return f"the {distillation} distillation term over one class is always 0"
+    if loss is None or "categorical" in type(loss).__name__.lower():
+        return "a softmax over one class is always 1, so the cross-entropy is 0"
+    return None
+
+
 def _float32(outputs):
     return None if outputs is None else ops.cast(outputs, "float32")
 
@@ -520,13 +530,13 @@ class TokenClassifier(CompiledInference, keras.Model):
                 "logits): create it with num_classes=N to train it, or train a keras.Model "
                 "of your own with a head on its features. Received: num_classes=0"
             )
-        softmax_loss = loss is None or isinstance(loss, keras.losses.CategoricalCrossentropy)
-        if self.num_classes == 1 and softmax_loss:
+        one_class = self.num_classes == 1 and _one_class_problem(loss, distillation)
+        if one_class:
             raise UserInputError(
-                f"{self.name} has one class: a softmax over one class is always 1, so the "
-                "cross-entropy is 0 and it learns nothing. For two classes (yes/no) create "
-                "it with num_classes=2 (or pass a sigmoid loss such as "
-                "deit_keras.distill.BinaryCrossEntropy()). Received: num_classes=1"
+                f"{self.name} has one class: {one_class}, so it learns nothing (and top-1 is "
+                "always 1). For a yes/no task create it with num_classes=2, or train on "
+                "labels alone with a sigmoid loss such as deit_keras.distill.BinaryCrossEntropy(). "
+                f"Received: num_classes=1, loss={loss!r}, distillation={distillation!r}"
             )
         if metrics:
             raise UserInputError(
@@ -599,6 +609,14 @@ class TokenClassifier(CompiledInference, keras.Model):
                 self.name,
                 config.pop("loss"),
             )
+        if self.num_classes == 1 and _one_class_problem(config.get("loss"), "none"):
+            logging.warning(  # `compile` refuses it now; saved by a version that took it
+                "%s has one class and was saved compiled with a softmax loss, which learns "
+                "nothing with one class: it is loaded uncompiled (it predicts).",
+                self.name,
+            )
+            self.optimizer = None
+            return
         saved = config.pop("distillation", "none")
         if saved != "none":
             logging.warning(

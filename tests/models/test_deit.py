@@ -275,12 +275,26 @@ def test_compile_takes_the_label_loss_and_rejects_metrics():
 def test_one_class_with_a_softmax_loss_and_images_without_labels_are_refused():
     """One class: the loss was 0 and top-1 1.0 whatever the model did. No labels: Keras'
     `Invalid dtype: object` from inside the step."""
+    from keras.layers import Dense
+
     from deit_keras.distill import BinaryCrossEntropy
 
     one_class = tiny_model(num_classes=1)
-    for loss in (None, keras.losses.CategoricalCrossentropy(from_logits=True)):
+    for loss in (
+        None,
+        keras.losses.CategoricalCrossentropy(from_logits=True),
+        keras.losses.CategoricalFocalCrossentropy(from_logits=True),
+    ):
         with pytest.raises(UserInputError, match="one class: a softmax .* num_classes=2"):
             one_class.compile(optimizer="adamw", loss=loss)
+    teacher = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), Dense(1)])
+    with pytest.raises(UserInputError, match="one class: the hard distillation term"):
+        one_class.compile(loss=BinaryCrossEntropy(), teacher=teacher, distillation="hard")
+    # A file saved compiled by a version that took it still loads, uncompiled.
+    two_classes = tiny_model(num_classes=2)
+    two_classes.compile(optimizer="adamw")
+    one_class.compile_from_config(two_classes.get_compile_config())
+    assert one_class.optimizer is None
     one_class.compile(optimizer=keras.optimizers.SGD(0.1), loss=BinaryCrossEntropy())
     images = random_images(batch=4)
     logs = one_class.train_on_batch(images, np.array([[0.0], [1.0], [1.0], [0.0]]))
