@@ -90,12 +90,17 @@ def normalize(pixels, preprocessing: Preprocessing = DEFAULT_PREPROCESSING):
 
     pixels = tf.cast(pixels, tf.float32)
     channels = pixels.shape[-1] if pixels.shape.rank else None
+    rgb_only = (
+        "normalize takes RGB pixels [..., 3]: convert grayscale with "
+        "tf.image.grayscale_to_rgb(images), drop an alpha channel with images[..., :3]."
+    )
     if channels is not None and channels != 3:
-        raise UserInputError(
-            "normalize takes RGB pixels [..., 3]: convert grayscale with "
-            "tf.image.grayscale_to_rgb(images), drop an alpha channel with images[..., :3]. "
-            f"Received: shape={tuple(pixels.shape)}"
-        )
+        raise UserInputError(f"{rgb_only} Received: shape={tuple(pixels.shape)}")
+    if channels is None:  # known when the batch runs (decode_image(channels=0) in tf.data)
+        with tf.control_dependencies(
+            [tf.debugging.assert_equal(tf.shape(pixels)[-1], 3, message=rgb_only)]
+        ):
+            pixels = tf.identity(pixels)
     if tf.executing_eagerly() and tf.size(pixels) > 0:
         brightest = float(tf.reduce_max(pixels))
         if 0.0 < brightest <= 1.0:

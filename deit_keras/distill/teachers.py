@@ -13,6 +13,7 @@ import sys
 import urllib.error
 
 import keras
+import numpy as np
 from keras import ops
 
 from deit_keras.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
@@ -203,6 +204,7 @@ def build_finetune_teacher(
     image_size: int,
     weights: str | None = "imagenet",
     name: str = "finetune_teacher",
+    student_preprocessing=None,
 ) -> "TeacherAdapter":
     """A `keras.applications` or RegNetY backbone with a new head, to fine-tune as the teacher.
 
@@ -225,6 +227,8 @@ def build_finetune_teacher(
             For a RegNetY: a timm state dict (its head is dropped; DeiT's
             released teacher is read into one by `training.teacher`) or None.
         name: str. The model's name.
+        student_preprocessing: the student's `Preprocessing` (`TeacherAdapter`'s);
+            None: ImageNet's.
 
     Returns:
         A trainable `TeacherAdapter` producing `[B, num_classes]` logits.
@@ -250,7 +254,13 @@ def build_finetune_teacher(
         pooling="avg",
     )
     classifier = _with_new_head(backbone, image_size, num_classes, application.lower())
-    return TeacherAdapter(classifier, "keras_applications", application=module, name=name)
+    return TeacherAdapter(
+        classifier,
+        "keras_applications",
+        application=module,
+        name=name,
+        student_preprocessing=student_preprocessing,
+    )
 
 
 def _finetune_regnet(spec, num_classes, image_size, weights, name):
@@ -269,7 +279,13 @@ def _with_new_head(backbone, image_size, num_classes, name):
 
 
 def build_teacher(
-    spec, num_classes, image_size, weights=None, input_convention=None, outputs="logits"
+    spec,
+    num_classes,
+    image_size,
+    weights=None,
+    input_convention=None,
+    outputs="logits",
+    student_preprocessing=None,
 ):
     """The teacher named by `spec`, wrapped in a `TeacherAdapter`.
 
@@ -289,6 +305,8 @@ def build_teacher(
         input_convention: overrides the default ("normalized" for `.keras`
             files and RegNetY, "keras_applications" for application names).
         outputs: "logits" or "probabilities", for `.keras` files.
+        student_preprocessing: the student's `Preprocessing` (`TeacherAdapter`'s);
+            None: ImageNet's. A saved adapter keeps the one it was saved with.
 
     Raises:
         ValueError: unknown name, unreadable file, class-count mismatch, or
@@ -314,6 +332,7 @@ def build_teacher(
             input_convention or "normalized",
             outputs=outputs,
             name="teacher",
+            student_preprocessing=student_preprocessing,
             # a teacher built for another fixed size gets the batch resized to it
             image_size=teacher_size if teacher_size not in (None, image_size) else None,
         )
@@ -322,6 +341,7 @@ def build_teacher(
             _regnet(spec, num_classes, image_size, weights),
             input_convention or "normalized",  # timm's RegNetY takes the student's input
             name="teacher",
+            student_preprocessing=student_preprocessing,
         )
     else:
         constructor, module = _application(
@@ -348,6 +368,7 @@ def build_teacher(
             outputs="logits",
             image_size=None if weights is None else teacher.input_shape[1] or None,
             name="teacher",
+            student_preprocessing=student_preprocessing,
         )
     return _frozen(_check_classes(adapter, spec, num_classes))
 
@@ -407,7 +428,8 @@ def check_teacher_input(teacher, preprocessing: Preprocessing) -> None:
     if not isinstance(teacher, TeacherAdapter) or teacher.input_convention == "normalized":
         return
     adapter = teacher.student_preprocessing
-    if (adapter.mean, adapter.std) != (preprocessing.mean, preprocessing.std):
+    pairs = ((adapter.mean, preprocessing.mean), (adapter.std, preprocessing.std))
+    if not all(np.allclose(a, b, rtol=0, atol=1e-6) for a, b in pairs):
         raise UserInputError(
             "The teacher adapter turns the student's batch back into pixels with mean "
             f"{adapter.mean} and std {adapter.std}, but the student normalises with mean "

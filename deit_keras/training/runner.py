@@ -504,6 +504,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         return dict(
             results,
             model=student.name,
+            architecture=student.architecture,
             epochs=first_epoch + len(history.epoch),
             resumed_at_epoch=first_epoch,
             chief=False,

@@ -50,7 +50,7 @@ def _teacher_weights(config):
     return None if weights in ("", "none", "None") else weights
 
 
-def _teacher_to_train(config, num_classes, image_size):
+def _teacher_to_train(config, num_classes, image_size, preprocessing):
     """`--teacher_base` with a new head (fine-tuned), else the small CNN (from scratch)."""
     if config.teacher_base:
         return teachers.build_finetune_teacher(
@@ -58,6 +58,7 @@ def _teacher_to_train(config, num_classes, image_size):
             num_classes,
             image_size,
             weights=_build_weights(config, config.teacher_base),
+            student_preprocessing=preprocessing,
         )
     return teachers.build_small_cnn(num_classes, image_size)
 
@@ -96,7 +97,7 @@ def train_teacher(config, info, image_size, path, preprocessing):
     """
     batch_size = teacher_batch_size(info.num_train_examples)
     train = teacher_train_dataset(config, info, image_size, preprocessing)
-    cnn = _teacher_to_train(config, info.num_classes, image_size)
+    cnn = _teacher_to_train(config, info.num_classes, image_size, preprocessing)
     steps = max(info.num_train_examples // batch_size, 1)
     cnn.compile(
         optimizer=create_optimizer(
@@ -220,4 +221,5 @@ def make_teacher(config, info, student):
         student.image_size,
         weights=_build_weights(config, config.teacher),
         input_convention=config.teacher_input,
+        student_preprocessing=student.preprocessing,
     )

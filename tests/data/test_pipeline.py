@@ -444,6 +444,13 @@ def test_preprocess_of_other_than_rgb_pixels_is_one_line(channels):
     with pytest.raises(UserInputError, match="takes RGB pixels .*grayscale_to_rgb") as caught:
         preprocess(np.zeros((2, 37, 53, channels), "uint8"), 32)
     assert "\n" not in str(caught.value) and f"{channels})" in str(caught.value)
+    # In tf.data, where the channels are known only when a batch runs.
+    unknown = tf.data.Dataset.from_generator(
+        lambda: iter([np.zeros((5, 7, channels), "uint8")]),
+        output_signature=tf.TensorSpec([None, None, None], tf.uint8),
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="takes RGB pixels"):
+        next(iter(unknown.map(normalize)))
 
 
 def test_random_resized_crop_jpeg_and_array_shapes():

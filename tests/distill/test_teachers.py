@@ -47,6 +47,20 @@ def test_the_students_own_normalisation_is_undone_and_a_mismatch_refused(tmp_pat
         student.compile(teacher=imagenet_adapter, distillation="hard")
     normalized = teachers.TeacherAdapter(loaded.teacher, "normalized")  # no pixels: any
     student.compile(teacher=normalized, distillation="hard")
+    # Values that went through float32 are the same mean/std.
+    rounded = Preprocessing(mean=tuple(np.float32(halves.mean)), std=tuple(np.float32((0.5,) * 3)))
+    student.compile(
+        teacher=teachers.TeacherAdapter(loaded.teacher, "pixels", student_preprocessing=rounded),
+        distillation="hard",
+    )
+    # The builders deit-train uses pass the student's on (--finetune of such a file).
+    built = (
+        teachers.build_teacher("mobilenetv3small", 10, 32, student_preprocessing=halves),
+        teachers.build_finetune_teacher(
+            "mobilenetv3small", 10, 32, weights=None, student_preprocessing=halves
+        ),
+    )
+    assert [adapter.student_preprocessing for adapter in built] == [halves, halves]
 
 
 def test_normalized_convention_passes_input_through():
