@@ -242,7 +242,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
     except SystemExit as stop:
-        if stop.code == 1 and _asks_help(argv):
+        # The arguments as parsed, flagfiles expanded (a `--help` line in one too).
+        if stop.code == 1 and _asks_help(list(_ORIGINS) or argv):
             sys.exit(0)
         raise
 

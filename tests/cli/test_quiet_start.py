@@ -54,8 +54,10 @@ def test_help_prints_the_command_doc_and_no_tensorflow_lines():
 
 
 @pytest.mark.parametrize("help_flag", ["--helpfull", "-?", "--helpshort"])
-def test_every_help_flag_ends_with_status_0_and_a_bad_flag_still_2(help_flag):
+def test_every_help_flag_ends_with_status_0_and_a_bad_flag_still_2(help_flag, tmp_path):
     assert run_cli("convert", help_flag).returncode == 0
+    (tmp_path / "help.cfg").write_text(f"{help_flag}\n")  # in a flagfile too
+    assert run_cli("convert", f"--flagfile={tmp_path / 'help.cfg'}").returncode == 0
     process = run_cli("convert", "--no_such_flag")
     assert process.returncode == 2 and "no_such_flag" in process.stderr, process.stderr
     # A `--help` after `--` is an argument, not a request for help: a one-line refusal.
