@@ -51,6 +51,8 @@ def read_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"Checkpoint not found: {path}")
     extension = os.path.splitext(path)[1].lower()
+    if path.lower().endswith((".pth.tar", ".pt.tar")):  # timm train.py's model_best.pth.tar
+        extension = ".pth"
     try:
         if extension == ".safetensors":
             from safetensors.numpy import load_file
@@ -91,7 +93,9 @@ def _read_torch(path):
             f"Reading {path} (a legacy torch file) needs torch; install it (pip install torch) "
             "or convert the checkpoint to .safetensors."
         )
-    for wrapper in ("model", "state_dict"):
+    # The model's weights; a checkpoint holding only its EMA's (official main.py's
+    # `model_ema`, timm train.py's `state_dict_ema`) gives those.
+    for wrapper in ("model", "state_dict", "model_ema", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
             break
@@ -100,7 +104,13 @@ def _read_torch(path):
             f"{path} is not a checkpoint of weights (a dict of tensor names to tensors, or "
             f"one under 'model' / 'state_dict'); it holds a {type(state).__name__}."
         )
-    return {key: _to_numpy(value) for key, value in state.items() if _is_tensor(value)}
+    tensors = {key: _to_numpy(value) for key, value in state.items() if _is_tensor(value)}
+    if state and not tensors:
+        raise CheckpointError(
+            f"{path} holds no tensors at its top level nor under 'model' / 'state_dict' / "
+            f"'model_ema' / 'state_dict_ema'; its entries: {_key_list(state)}."
+        )
+    return tensors
 
 
 def _torch_load(torch, path):
@@ -155,6 +165,21 @@ _HF_QKV = re.compile(
     r"(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$"
 )
 _QKV_PART = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
+
+
+# Prefixes of wrapped models' keys: DataParallel/DDP's, torch.compile's.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def without_wrapper_prefixes(state: dict) -> dict:
+    """`state`'s keys without DataParallel's `module.` and torch.compile's `_orig_mod.`."""
+
+    def bare(key):
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        return key
+
+    return {bare(key): value for key, value in state.items()}
 
 
 def detect_key_style(state: dict) -> str:
@@ -393,7 +418,7 @@ _OFFICIAL_LAYER_SCALE = re.compile(r"^blocks\.(\d+)\.gamma_([12])$")
 
 def official_to_timm_keys(state: dict) -> dict:
     """The official release's keys as timm's: no `module.`; DeiT III's `gamma_N` -> `lsN.gamma`."""
-    state = {key.removeprefix("module."): value for key, value in state.items()}
+    state = without_wrapper_prefixes(state)
     if any(key.startswith("blocks_token_only.") for key in state):
         return state  # CaiT: timm keeps the official names
     return {_OFFICIAL_LAYER_SCALE.sub(r"blocks.\1.ls\2.gamma", k): v for k, v in state.items()}
@@ -401,6 +426,7 @@ def official_to_timm_keys(state: dict) -> dict:
 
 def to_timm_state_dict(state: dict) -> dict:
     """Any supported key style, rewritten to timm keys."""
+    state = without_wrapper_prefixes(state)
     if detect_key_style(state) == "hf":
         return hf_to_timm_keys(state)
     return official_to_timm_keys(state)

@@ -422,6 +422,8 @@ def create_model(
         HeadlessWeightsError: `require_heads` and the weights have no heads.
     """
     num_classes = _count_of(num_classes, class_names)
+    if isinstance(pretrained, os.PathLike):  # a pathlib.Path
+        pretrained = os.fspath(pretrained)
     if pretrained is False or pretrained is None:
         classes = IMAGENET_NUM_CLASSES if num_classes is None else num_classes
         return variants.build_model(

@@ -111,9 +111,20 @@ def check_free_space(path: str, needed: int) -> None:
         )
 
 
+def _stem_and_extension(path: str) -> tuple[str, str]:
+    """`path`'s file name split at its extension; a name such as `.keras` is all extension
+    (`os.path.splitext` calls it a stem: its temporary then lacked `.keras`, and Keras
+    refused to save to it)."""
+    name = os.path.basename(path)
+    stem, extension = os.path.splitext(name)
+    if not extension and name.startswith(".") and "." not in name[1:]:
+        return "", name
+    return stem, extension
+
+
 def temporary_prefix(path: str) -> str:
     """How the name of `atomic_output`'s temporary for `path` begins."""
-    return f".{os.path.splitext(os.path.basename(path))[0]}.tmp-"
+    return f".{_stem_and_extension(path)[0]}.tmp-"
 
 
 @contextlib.contextmanager
@@ -148,7 +159,7 @@ def atomic_output(path: str, *, directory_marker: str | None = None) -> Iterator
             raise UserInputError(problem)
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
-    extension = os.path.splitext(path)[1]
+    extension = _stem_and_extension(path)[1]
     temporary = None
     try:
         os.makedirs(directory, exist_ok=True)

@@ -225,6 +225,37 @@ def test_a_training_checkpoint_with_the_runs_args_reads_as_its_model(tmp_path):
         np.testing.assert_array_equal(read[key], value.numpy())
 
 
+def test_training_run_files_read_as_their_model(tmp_path):
+    """From a checkpoint-conversion journey: timm train.py's `model_best.pth.tar` was an
+    unsupported '.tar'; an EMA-only file was 'no DeiT weights; its keys: ' (none listed);
+    torch.compile's `_orig_mod.` prefix, and DDP's `module.` on Hugging Face keys, were
+    not taken off; `pretrained=` a `pathlib.Path` was refused."""
+    hf_model = randomise(hf_reference("deit_tiny_patch16_224"))
+    state = timm_state_dict(hf_model)
+    model = load_checkpoint(save_as("timm_pth", hf_model, tmp_path), "deit_tiny_patch16_224")
+    images = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype("float32")
+    expected = np.asarray(model(images))
+
+    wrapped = {
+        "model_best.pth.tar": {"state_dict": state, "epoch": 3},
+        "ema_only.pth": {"model_ema": state},
+        "timm_ema.pth": {"state_dict_ema": state},
+        "compiled.pth": {f"_orig_mod.{key}": value for key, value in state.items()},
+        "hf_ddp.pth": {f"module.{key}": value for key, value in hf_model.state_dict().items()},
+    }
+    for name, content in wrapped.items():
+        torch.save(content, tmp_path / name)
+        loaded = load_checkpoint(str(tmp_path / name), "deit_tiny_patch16_224")
+        np.testing.assert_allclose(loaded(images), expected, atol=1e-5, err_msg=name)
+    ema_only = tmp_path / "ema_only.pth"  # a pathlib.Path
+    from_path = deit_keras.create_model("deit_tiny_patch16_224", pretrained=ema_only)
+    np.testing.assert_allclose(from_path(images), expected, atol=1e-5)
+
+    torch.save({"optimizer": {"lr": 1e-3}, "epoch": 3}, tmp_path / "no_weights.pth")
+    with pytest.raises(CheckpointError, match="holds no tensors .*its entries: epoch, optimizer"):
+        read_state_dict(str(tmp_path / "no_weights.pth"))
+
+
 def test_a_bare_hugging_face_backbone_loads_under_new_heads(tmp_path):
     """`DeiTModel`'s keys have no `deit.` prefix (it was taken for a timm file, "not
     distilled")."""

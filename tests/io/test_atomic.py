@@ -256,3 +256,14 @@ def test_a_name_whose_temporary_is_too_long_says_to_shorten_it(tmp_path):
     with pytest.raises(atomic.WriteError, match=r"File name too long\. Give a shorter file name"):
         atomic.write_text_atomic(str(output), "x")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_file_named_only_by_its_extension_is_written(tmp_path):
+    """`--output .keras`: the temporary lacked `.keras` (Keras refused it: exit 70)."""
+    target = tmp_path / ".keras"
+    with atomic.atomic_output(str(target)) as temporary:
+        assert temporary.endswith(".keras")
+        with open(temporary, "w") as handle:
+            handle.write("model")
+    assert target.read_text() == "model"
+    assert sorted(os.listdir(tmp_path)) == [".keras"]
