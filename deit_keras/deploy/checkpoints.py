@@ -88,6 +88,11 @@ def _read_torch(path):
         state = _torch_load(torch, path)
     elif torch_checkpoint.is_torch_zip(path):
         state = torch_checkpoint.read_torch_zip(path)
+    elif _starts_as_a_zip(path):  # the format of every torch.save since 1.6, cut short
+        raise CheckpointError(
+            f"Cannot read checkpoint {path}: a zip-format torch file, damaged or cut short "
+            "(an interrupted download?); fetch it again."
+        )
     else:
         raise CheckpointError(
             f"Reading {path} (a legacy torch file) needs torch; install it (pip install torch) "
@@ -111,6 +116,11 @@ def _read_torch(path):
             f"'model_ema' / 'state_dict_ema'; its entries: {_key_list(state)}."
         )
     return tensors
+
+
+def _starts_as_a_zip(path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(4) == b"PK\x03\x04"
 
 
 def _torch_load(torch, path):

@@ -326,3 +326,20 @@ def test_a_converted_imagenet_head_names_its_classes_and_fresh_heads_none(tmp_pa
     convert_checkpoint(checkpoint, "deit_tiny_patch16_224", output, num_classes=3)
     assert read_class_names(output) is None
     assert keras.models.load_model(output).num_classes == 3
+
+
+def test_a_cut_short_torch_file_is_damaged_not_a_missing_torch(tmp_path, monkeypatch):
+    """Without torch, half of the official zip-format weights was "a legacy torch file:
+    install torch"."""
+    import sys
+
+    path = save_as("timm_pth", hf_reference("deit_tiny_patch16_224"), tmp_path)
+    data = open(path, "rb").read()
+    with open(tmp_path / "cut.pth", "wb") as file:
+        file.write(data[: len(data) // 2])
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    with pytest.raises(CheckpointError, match="damaged or cut short .*fetch it again"):
+        read_state_dict(str(tmp_path / "cut.pth"))
+    (tmp_path / "legacy.pth").write_bytes(b"\x80\x02\x8a\x0alegacy pickle")
+    with pytest.raises(CheckpointError, match="legacy torch file.*needs torch"):
+        read_state_dict(str(tmp_path / "legacy.pth"))
