@@ -23,6 +23,7 @@ import pickle
 import re
 
 import numpy as np
+from absl import logging
 
 from deit_keras.data.labels import IMAGENET_NUM_CLASSES, imagenet_synsets
 from deit_keras.deploy import saving
@@ -402,6 +403,15 @@ def _model_family(model) -> str:
     return "DeiT" if model.layer_scale_init is None else "DeiT III"
 
 
+def _checkpoint_grid(state, model) -> int | None:
+    """The side of the patch grid `state`'s position embeddings are for; None: not square."""
+    pos_embed = state.get("pos_embed")
+    if pos_embed is None or pos_embed.ndim != 3:
+        return None
+    side = math.isqrt(max(pos_embed.shape[1] - model.tokens.embedded_prefix_tokens, 0))
+    return side if side * side == pos_embed.shape[1] - model.tokens.embedded_prefix_tokens else None
+
+
 def _resampled_pos_embed(model, pos_embed):
     prefix = model.tokens.embedded_prefix_tokens
     side = math.isqrt(max(pos_embed.shape[1] - prefix, 0))
@@ -493,6 +503,15 @@ def convert_checkpoint(
         raise CheckpointError(f"The output path must end in .keras. Received: {output!r}")
     state = to_timm_state_dict(read_state_dict(checkpoint))
     model = _load_state(state, model_name, num_classes, image_size)
+    grid = _checkpoint_grid(state, model)
+    if image_size is None and grid not in (None, model.grid_size):
+        size = grid * model.patch_size
+        logging.warning(  # e.g. a 384 px checkpoint named as a 224 px model
+            "%s is a %d px model (a %dx%d grid of position embeddings), %s a %d px one: the "
+            "embeddings were resampled to %dx%d; pass --image_size=%d to keep its size.",
+            checkpoint, size, grid, grid, model_name, model.image_size,
+            model.grid_size, model.grid_size, size,
+        )  # fmt: skip
     kept_imagenet_head = checkpoint_num_classes(state) == model.num_classes == IMAGENET_NUM_CLASSES
     saving.save_model(model, output, imagenet_synsets() if kept_imagenet_head else None)
     return model

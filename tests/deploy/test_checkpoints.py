@@ -343,3 +343,24 @@ def test_a_cut_short_torch_file_is_damaged_not_a_missing_torch(tmp_path, monkeyp
     (tmp_path / "legacy.pth").write_bytes(b"\x80\x02\x8a\x0alegacy pickle")
     with pytest.raises(CheckpointError, match="legacy torch file.*needs torch"):
         read_state_dict(str(tmp_path / "legacy.pth"))
+
+
+def test_a_checkpoint_of_another_size_than_its_name_says_is_warned_of(tmp_path, caplog):
+    """A 384 px checkpoint converted as a 224 px model was resampled without a word."""
+    import logging
+
+    from deit_keras.deploy.checkpoints import state_dict_of
+    from deit_keras.models.variants import build_model
+
+    caplog.set_level(logging.WARNING)
+    small = build_model("deit_tiny_patch16_224", image_size=112)
+    np.savez(tmp_path / "at_112.npz", **state_dict_of(small))
+    checkpoint = str(tmp_path / "at_112.npz")
+    model = convert_checkpoint(checkpoint, "deit_tiny_patch16_224", str(tmp_path / "a.keras"))
+    assert model.image_size == 224
+    (said,) = [r.getMessage() for r in caplog.records if "position embeddings" in r.getMessage()]
+    assert "is a 112 px model" in said and "--image_size=112" in said
+    caplog.clear()
+    convert_checkpoint(checkpoint, "deit_tiny_patch16_224", str(tmp_path / "b.keras"), 112)
+    convert_checkpoint(checkpoint, "deit_tiny_patch16_224", str(tmp_path / "c.keras"), 224)
+    assert not [r for r in caplog.records if "position embeddings" in r.getMessage()]
