@@ -205,6 +205,9 @@ def test_eager_calls_stay_op_by_op_when_differentiated_training_or_asked(monkeyp
 
 
 def test_eager_calls_see_stateless_values_and_quantized_weights():
+    # Fixed weights: with some random ones an activation sits on an int8 rounding edge, and
+    # the compiled and op-by-op paths round it apart (1e-3 in one CI run).
+    keras.utils.set_random_seed(0)
     model = tiny_model()
     images = tf.constant(random_images())
     np.testing.assert_allclose(model(images), op_by_op(model, images), atol=1e-5, rtol=1e-5)
