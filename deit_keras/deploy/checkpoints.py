@@ -403,19 +403,19 @@ def _model_family(model) -> str:
     return "DeiT" if model.layer_scale_init is None else "DeiT III"
 
 
-def _checkpoint_grid(state, model) -> int | None:
-    """The side of the patch grid `state`'s position embeddings are for; None: not square."""
-    pos_embed = state.get("pos_embed")
+def _pos_embed_grid(model, pos_embed) -> int | None:
+    """The side of the square patch grid `pos_embed` holds after `model`'s prefix
+    embeddings; None when it is not one."""
+    prefix = model.tokens.embedded_prefix_tokens
     if pos_embed is None or pos_embed.ndim != 3:
         return None
-    side = math.isqrt(max(pos_embed.shape[1] - model.tokens.embedded_prefix_tokens, 0))
-    return side if side * side == pos_embed.shape[1] - model.tokens.embedded_prefix_tokens else None
+    side = math.isqrt(max(pos_embed.shape[1] - prefix, 0))
+    return side if side >= 1 and side * side == pos_embed.shape[1] - prefix else None
 
 
 def _resampled_pos_embed(model, pos_embed):
     prefix = model.tokens.embedded_prefix_tokens
-    side = math.isqrt(max(pos_embed.shape[1] - prefix, 0))
-    if pos_embed.ndim != 3 or side < 1 or side * side != pos_embed.shape[1] - prefix:
+    if _pos_embed_grid(model, pos_embed) is None:
         layout = "patches only" if model.tokens.no_embed_class else f"{prefix} prefix token(s)"
         raise CheckpointError(
             f"The checkpoint's pos_embed {tuple(pos_embed.shape)} is not a square grid plus "
@@ -503,7 +503,7 @@ def convert_checkpoint(
         raise CheckpointError(f"The output path must end in .keras. Received: {output!r}")
     state = to_timm_state_dict(read_state_dict(checkpoint))
     model = _load_state(state, model_name, num_classes, image_size)
-    grid = _checkpoint_grid(state, model)
+    grid = _pos_embed_grid(model, state.get("pos_embed"))
     if image_size is None and grid not in (None, model.grid_size):
         size = grid * model.patch_size
         logging.warning(  # e.g. a 384 px checkpoint named as a 224 px model
