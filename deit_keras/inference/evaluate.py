@@ -23,7 +23,7 @@ from deit_keras.data.labels import (
     imagenet_subset_indices,
     resolve_class_names,
 )
-from deit_keras.data.sources import tfds_base_name
+from deit_keras.data.sources import dataset_folder, tfds_base_name
 from deit_keras.deploy.runtimes import load_for_inference
 from deit_keras.distill.step import average_heads
 from deit_keras.errors import UserInputError
@@ -444,7 +444,11 @@ def class_subset_of(
         columns = tuple(index_of[name] for name in names)
         name = f"the dataset's {len(columns)} ImageNet classes"
         return ClassSubset(name, columns, np.arange(len(columns)))
-    numbered = all(name.isdecimal() and int(name) < num_classes for name in names)
+    # Only class folders name ImageNet classes by index (ImageNet-V2's layout); a tfds
+    # dataset's numbered classes (`digits`, `mnist`) are its own.
+    numbered = dataset_folder(dataset_name) is not None and all(
+        name.isdecimal() and int(name) < num_classes for name in names
+    )
     if num_classes == IMAGENET_NUM_CLASSES and info.num_classes < num_classes and numbered:
         columns = tuple(int(name) for name in names)
         name = f"the dataset's {len(columns)} ImageNet classes (by index)"

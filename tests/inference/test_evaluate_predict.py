@@ -211,6 +211,12 @@ def test_a_dataset_of_the_models_classes_in_another_order_or_fewer_is_scored_by_
     assert numbered.columns == (0, 1, 10, 5)
 
 
+def test_a_tfds_datasets_numbered_classes_are_not_imagenet_indices():
+    """`digits` on an ImageNet model was scored over ImageNet's classes 0-9 (tench,
+    goldfish...): a number that means nothing, where the class counts differ."""
+    assert evaluate.class_subset_of("digits", _info([str(i) for i in range(10)]), 1000) is None
+
+
 def test_evaluate_cli_on_image_folder(saved, tmp_path):
     pytest.importorskip("deit_keras.data.pipeline")
     model, path = saved
