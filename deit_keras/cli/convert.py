@@ -11,7 +11,7 @@ from absl import flags
 from deit_keras import cli
 from deit_keras.cli import launch
 from deit_keras.models.variants import list_models
-from deit_keras.schema import POSITIVE
+from deit_keras.schema import NON_NEGATIVE, POSITIVE
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint",
@@ -31,13 +31,14 @@ _NUM_CLASSES = flags.DEFINE_integer(
     "num_classes",
     None,
     "Classes of the heads. Defaults to the checkpoint's; another value "
-    "keeps freshly initialised heads (for fine-tuning).",
+    "keeps freshly initialised heads (for fine-tuning); 0: no heads, the model "
+    "outputs the class token's features (timm's num_classes=0).",
 )
 
 cli.check_path("checkpoint", "input_file")
 cli.check_path("output", "output_file")
 cli.check_range("image_size", POSITIVE)
-cli.check_range("num_classes", POSITIVE)
+cli.check_range("num_classes", NON_NEGATIVE)
 
 
 def main(argv: list[str]) -> None:
@@ -48,9 +49,10 @@ def main(argv: list[str]) -> None:
     model = convert_checkpoint(
         _CHECKPOINT.value, _MODEL.value, _OUTPUT.value, _IMAGE_SIZE.value, _NUM_CLASSES.value
     )
+    outputs = f"{model.num_classes} classes" if model.num_classes else "no heads (features)"
     print(
         f"Wrote {_OUTPUT.value}: {model.name}, {model.count_params():,} parameters, "
-        f"{model.image_size} px, {model.num_classes} classes"
+        f"{model.image_size} px, {outputs}"
     )
 
 

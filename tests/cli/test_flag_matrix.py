@@ -334,6 +334,13 @@ def test_every_flag_at_every_edge(name, files, record_property):
     assert counts["tried"] == counts["refused"] + counts["accepted"]
 
 
+def test_convert_takes_num_classes_0_for_a_headless_model(files):
+    """The library converts to timm's `num_classes=0` (features); the command refused it."""
+    with cli_flags("convert") as module:
+        assert outcome("convert", module, "num_classes", "0", files) is None
+        assert outcome("convert", module, "num_classes", "-1", files)
+
+
 def _number(text):
     try:
         return int(text)

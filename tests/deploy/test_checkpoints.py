@@ -190,6 +190,22 @@ def test_new_num_classes_keeps_fresh_heads(reference, tmp_path):
     )
 
 
+def test_num_classes_0_converts_the_body_to_the_references_features(reference, images, tmp_path):
+    """timm's `num_classes=0`: no heads, the class token's features (distilled: the mean
+    of the class and distillation tokens' features, as timm's `forward_head`)."""
+    name, hf_model = reference
+    checkpoint = save_as("timm_pth", hf_model, tmp_path)
+    model = convert_checkpoint(checkpoint, name, str(tmp_path / "features.keras"), num_classes=0)
+    body = hf_model.deit if model.distilled else hf_model.vit
+    with torch.no_grad():
+        tokens = body(torch.from_numpy(images).permute(0, 3, 1, 2)).last_hidden_state.numpy()
+    expected = tokens[:, :2].mean(1) if model.distilled else tokens[:, 0]
+    assert model.num_classes == 0 and model.head is None
+    np.testing.assert_allclose(model(images), expected, atol=TOLERANCE, rtol=0)
+    reloaded = keras.models.load_model(tmp_path / "features.keras")
+    np.testing.assert_array_equal(reloaded(images), model(images))
+
+
 def test_checkpoint_errors_name_the_keys(tmp_path):
     hf_model = hf_reference("deit_tiny_patch16_224")
     state = timm_state_dict(hf_model)
