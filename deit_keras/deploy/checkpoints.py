@@ -111,6 +111,12 @@ def _read_torch(path):
             f"one under 'model' / 'state_dict'); it holds a {type(state).__name__}."
         )
     tensors = {key: _to_numpy(value) for key, value in state.items() if _is_tensor(value)}
+    unnamed = [key for key in tensors if not isinstance(key, str)]
+    if unnamed:
+        raise CheckpointError(
+            f"{path} is not a checkpoint of weights: its tensors must be named by strings "
+            f"('blocks.0.attn.qkv.weight'); {len(unnamed)} are not. Received: {unnamed[0]!r}"
+        )
     if state and not tensors:
         raise CheckpointError(
             f"{path} holds no tensors at its top level nor under 'model' / 'state_dict' / "
@@ -235,7 +241,7 @@ def hf_to_timm_keys(state: dict) -> dict:
 
 def _key_list(keys, limit=8):
     """`a, b, c (+N more)`: keeps an error about hundreds of keys on one readable line."""
-    keys = sorted(keys)
+    keys = sorted(map(str, keys))
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
 

@@ -226,6 +226,17 @@ def test_checkpoint_errors_name_the_keys(tmp_path):
         load_checkpoint(str(tmp_path / "nope.pth"), "deit_tiny_patch16_224")
 
 
+def test_tensors_not_named_by_strings_are_one_line_naming_one(tmp_path):
+    """An int key crashed deep in the key mapping (AttributeError); with no tensor at all,
+    the error about the entries failed to sort them and read as a damaged file."""
+    torch.save({1: torch.zeros(3), "cls_token": torch.zeros(1, 1, 192)}, tmp_path / "ints.pth")
+    with pytest.raises(CheckpointError, match="named by strings.*Received: 1$"):
+        load_checkpoint(str(tmp_path / "ints.pth"), "deit_tiny_patch16_224")
+    torch.save({1: "one", "epoch": 3}, tmp_path / "none.pth")
+    with pytest.raises(CheckpointError, match="holds no tensors.*its entries: 1, epoch"):
+        load_checkpoint(str(tmp_path / "none.pth"), "deit_tiny_patch16_224")
+
+
 def test_a_training_checkpoint_with_the_runs_args_reads_as_its_model(tmp_path):
     """Official DeiT's `main.py` (and timm's saver) also pickle the run's `argparse.Namespace`,
     which `torch.load(weights_only=True)` refuses."""
