@@ -550,3 +550,15 @@ def test_mix_groups_must_divide_whole_batches(mix_groups, drop_remainder, error)
             mix_groups=mix_groups,
             drop_remainder=drop_remainder,
         )
+
+
+def test_normalize_in_a_dataset_of_0_255_pixels_does_not_warn(caplog):
+    """The (0, 1] check runs eagerly only: traced (tf.data, tf.function), AutoGraph made it a
+    tf.cond whose branch logged at trace time, whatever the pixels."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    pixels = tf.data.Dataset.from_tensor_slices(np.full((2, 4, 4, 3), 200, "uint8"))
+    next(iter(pixels.map(normalize)))
+    tf.function(normalize)(tf.fill((4, 4, 3), 200.0))
+    assert not [r for r in caplog.records if "normalize takes" in r.getMessage()]

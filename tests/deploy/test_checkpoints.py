@@ -391,3 +391,17 @@ def test_a_checkpoint_of_another_size_than_its_name_says_is_warned_of(tmp_path, 
     convert_checkpoint(checkpoint, "deit_tiny_patch16_224", str(tmp_path / "b.keras"), 112)
     convert_checkpoint(checkpoint, "deit_tiny_patch16_224", str(tmp_path / "c.keras"), 224)
     assert not [r for r in caplog.records if "position embeddings" in r.getMessage()]
+
+
+def test_the_models_weights_are_read_before_its_ema_and_nested_wrappers_come_off(tmp_path):
+    """official main.py saves `model` and `model_ema`, timm `state_dict` and `state_dict_ema`:
+    the EMA only when it is all there is."""
+    from deit_keras.deploy.checkpoints import without_wrapper_prefixes
+
+    for model_key, ema_key in (("model", "model_ema"), ("state_dict", "state_dict_ema")):
+        path = tmp_path / f"{model_key}.pth"
+        torch.save({ema_key: {"w": torch.zeros(2)}, model_key: {"w": torch.ones(2)}}, path)
+        np.testing.assert_array_equal(read_state_dict(str(path))["w"], np.ones(2))
+    # torch.compile of a DDP model, and DDP of a compiled one.
+    nested = {"_orig_mod.module.pos_embed": 1, "module._orig_mod.cls_token": 2}
+    assert without_wrapper_prefixes(nested) == {"pos_embed": 1, "cls_token": 2}

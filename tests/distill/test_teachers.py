@@ -315,3 +315,34 @@ def test_a_softmax_at_the_end_of_a_nested_model_is_found():
                 teachers.check_teacher_outputs(wrapped, "soft")
         else:
             teachers.check_teacher_outputs(wrapped, "soft")
+
+
+def test_every_pixel_convention_and_both_of_mean_and_std_are_checked(tmp_path):
+    """keras_applications adapters undo the mean/std too; a std alone that differs shifts
+    the teacher's colours; float32-rounded ImageNet values are ImageNet's."""
+    from deit_keras.data.preprocessing import Preprocessing
+    from deit_keras.testing import tiny_model
+
+    teacher = keras.Sequential([mean_pixel_teacher(), keras.layers.Dense(10)])
+    halves = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3)
+    applications = teachers.TeacherAdapter(teacher, "keras_applications", application="resnet")
+    with pytest.raises(UserInputError, match="student_preprocessing="):
+        tiny_model(preprocessing=halves).compile(teacher=applications, distillation="hard")
+    other_std = Preprocessing(mean=IMAGENET_MEAN, std=(0.5,) * 3)
+    with pytest.raises(UserInputError, match="student_preprocessing="):
+        tiny_model(preprocessing=other_std).compile(
+            teacher=teachers.TeacherAdapter(teacher, "pixels"), distillation="hard"
+        )
+    rounded = Preprocessing(
+        mean=tuple(np.float32(IMAGENET_MEAN)), std=tuple(np.float32(IMAGENET_STD))
+    )
+    assert rounded.mean != IMAGENET_MEAN  # not the same floats: compared to 1e-6
+    tiny_model(preprocessing=rounded).compile(
+        teacher=teachers.TeacherAdapter(teacher, "pixels"), distillation="hard"
+    )
+    # A .keras teacher file read with the pixels convention gets the student's too.
+    teachers.build_small_cnn(10, 32).save(tmp_path / "cnn.keras")
+    from_file = teachers.build_teacher(
+        str(tmp_path / "cnn.keras"), 10, 32, input_convention="pixels", student_preprocessing=halves
+    )
+    assert from_file.student_preprocessing == halves

@@ -372,3 +372,15 @@ def test_a_stateless_training_call_leaves_no_keras_call_context_behind():
     assert isinstance(outputs, tuple) and len(outputs) == 2
     assert global_state.get_global_attribute("current_call_ctx") is None
     assert isinstance(second(images, training=True), tuple)
+
+
+def test_one_class_soft_distillation_is_refused_too():
+    """A softmax over one class is 1 for the teacher and the student: the soft term is 0."""
+    from deit_keras.distill import BinaryCrossEntropy
+
+    one_class = tiny_model(num_classes=1)
+    teacher = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    with pytest.raises(UserInputError, match="one class: the soft distillation term"):
+        one_class.compile(loss=BinaryCrossEntropy(), teacher=teacher, distillation="soft")

@@ -219,3 +219,21 @@ def test_the_training_run_counts_its_progress_over_the_run(tmp_path):
     progress = [c for c in callbacks if isinstance(c, keras.callbacks.ProgbarLogger)]
     assert [type(c) for c in progress] == [callbacks_lib.RunProgress]
     assert progress[0].run_epochs == 4
+
+
+def test_distillation_summaries_go_on_in_a_second_fit(tmp_path):
+    """A resumed deit-train run calls `fit` once per phase with the same callbacks: the
+    second phase wrote to the writer the first one's `on_train_end` closed."""
+    from deit_keras.testing import random_images
+    from deit_keras.training.callbacks import DistillationSummaries
+
+    callback = DistillationSummaries(
+        str(tmp_path), random_images()[:2], every_n_epochs=1, max_images=1, epochs=2
+    )
+    callback.set_model(tiny_model())
+    for epochs in (1, 2):  # fit(epochs=1), then fit(initial_epoch=1, epochs=2)
+        callback.set_params({"epochs": epochs})
+        callback.on_epoch_end(epochs - 1)
+        callback.on_train_end()
+    found = _summaries(tmp_path / "distillation")
+    assert [step for step, _ in found["token_cosine/layer_0"]] == [0, 1]

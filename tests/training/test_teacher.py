@@ -57,3 +57,23 @@ def test_a_teacher_on_fewer_images_than_its_batch_trains(tmp_path):
         handle.write('["0", "1"')
     with pytest.raises(UserInputError, match=r"Could not read class names .*teacher.keras.classes"):
         teacher.check_teacher_dataset(config, info)
+
+
+def test_the_runs_teachers_undo_the_students_own_mean_and_std(tmp_path):
+    """deit-train's builders: a --finetune student of other mean/std was refused at compile."""
+    from types import SimpleNamespace
+
+    from deit_keras.data.preprocessing import Preprocessing
+    from deit_keras.testing import tiny_model
+
+    halves = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3)
+    config = digits_config(
+        tmp_path,
+        teacher="mobilenetv3small",
+        teacher_base="mobilenetv3small",
+        teacher_weights="none",
+    )
+    info = SimpleNamespace(num_classes=10, class_names=tuple(range(10)))
+    built = teacher.make_teacher(config, info, tiny_model(preprocessing=halves))
+    tuned = teacher._teacher_to_train(config, 10, 32, halves)
+    assert [built.student_preprocessing, tuned.student_preprocessing] == [halves, halves]
