@@ -294,6 +294,22 @@ def check_splits(config: TrainConfig, info, workers: int = 1) -> None:
         )
 
 
+def check_bce_targets(config: TrainConfig, num_classes: int) -> None:
+    """Refuses, in one line, --bce_loss whose threshold every smoothed target passes: each
+    class is then a positive of every image, and the labels are lost (the official
+    `--bce-loss` binarizes with `gt(0.0)`; DeiT III's recipe has no smoothing)."""
+    smoothing = config.augment.smoothing
+    floor = smoothing / num_classes  # every class's target under label smoothing
+    if config.bce_loss and config.bce_target_thresh < floor:
+        raise UserInputError(
+            f"--bce_loss with --smoothing={smoothing}: smoothing gives each of the "
+            f"{num_classes} classes a target of {floor:.3g}, above "
+            f"--bce_target_thresh={config.bce_target_thresh}, so every class is a positive "
+            "and the labels are lost. Set --smoothing=0 (DeiT III's recipe) or "
+            f"--bce_target_thresh to {floor:.3g} or more."
+        )
+
+
 def check_backup_settings(config: TrainConfig) -> None:
     """Refuses, in one line, to resume a backup in `model_dir` made with other settings
     (`TrainConfig.defining_settings`: more --epochs, for one, still resumes), or one past
@@ -408,6 +424,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         info,
         custom_loop.worker_context(strategy).num_input_pipelines if multi_worker else 1,
     )
+    check_bce_targets(config, info.num_classes)
     check_backup_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
     if multi_worker:

@@ -259,8 +259,8 @@ def test_deit3_recipe_trains_end_to_end(tmp_path):
     from deit_keras.distill.base_losses import BinaryCrossEntropy
     from deit_keras.training.optim import LayerDecayLamb
 
-    augment = AugmentConfig(
-        rand_augment_ops=0, three_augment=True, simple_random_crop=True, reprob=0.0
+    augment = AugmentConfig(  # no smoothing, as DeiT III's recipe (BCE on binarized targets)
+        rand_augment_ops=0, three_augment=True, simple_random_crop=True, reprob=0.0, smoothing=0.0
     )
     config = digits_config(
         tmp_path,

@@ -88,6 +88,28 @@ def test_an_evaluation_split_smaller_than_the_workers_is_refused(tmp_path):
         check_splits(config, info, workers=2)
 
 
+def test_bce_targets_every_smoothed_class_passes_are_refused_before_any_work(tmp_path):
+    """--bce_loss at its default threshold (0) with the default --smoothing=0.1 made every
+    class a positive of every image: a run at chance (0.097 top-1 on digits), no warning."""
+
+    from deit_keras.training.runner import check_bce_targets
+
+    config = _tiny(tmp_path, bce_loss=True)
+    assert config.augment.smoothing == 0.1 and config.bce_target_thresh == 0.0
+    with pytest.raises(UserInputError, match="target of 0.01, above --bce_target_thresh=0.0"):
+        run_training(config)
+    assert _nothing_written(config.model_dir)
+    smoothed = _tiny(tmp_path, bce_loss=True, bce_target_thresh=0.01)
+    check_bce_targets(smoothed, 10)  # 0.1 / 10 is not above 0.01
+    with pytest.raises(UserInputError, match="each of the 20 classes a target of 0.005"):
+        check_bce_targets(_tiny(tmp_path, bce_loss=True, bce_target_thresh=0.004), 20)
+    unsmoothed = dataclasses.replace(
+        config, augment=dataclasses.replace(config.augment, smoothing=0.0)
+    )
+    check_bce_targets(unsmoothed, 10)
+    check_bce_targets(_tiny(tmp_path), 10)  # cross-entropy takes smoothed targets
+
+
 def test_a_backup_made_with_other_settings_is_refused_before_any_work(tmp_path):
     config = _tiny(tmp_path)
     run_training(config)
