@@ -479,16 +479,36 @@ def load_checkpoint(
         The loaded `DeiT`.
     """
     state = to_timm_state_dict(read_state_dict(path))
-    return _load_state(state, model_name, num_classes, image_size, **overrides)
+    return _load_state(state, model_name, num_classes, image_size, path, **overrides)
 
 
-def _load_state(state, model_name, num_classes, image_size, **overrides):
+def _load_state(state, model_name, num_classes, image_size, source, **overrides):
     source_classes = checkpoint_num_classes(state)
     if num_classes is None:
         num_classes = source_classes
     model = build_model(model_name, num_classes=num_classes, image_size=image_size, **overrides)
     load_timm_state_dict(model, state, skip_heads=num_classes != source_classes)
+    if image_size is None:
+        warn_if_resized(model, state, source)
     return model
+
+
+def warn_if_resized(model, state: dict, source) -> None:
+    """Warns when `model`, built at its name's size, resampled the position embeddings of
+    a checkpoint made at another (a 384 px checkpoint named as a 224 px model): its eval
+    resolution and crop are then not the checkpoint's. For callers that were not given
+    an image size."""
+    grid = _pos_embed_grid(model, state.get("pos_embed"))
+    if grid in (None, model.grid_size):
+        return
+    size = grid * model.patch_size
+    logging.warning(
+        "%s is a %d px model (a %dx%d grid of position embeddings), %s a %d px one: the "
+        "embeddings were resampled to %dx%d; give the image size %d (--image_size, "
+        "image_size=) to keep its size.",
+        source, size, grid, grid, model.name, model.image_size,
+        model.grid_size, model.grid_size, size,
+    )  # fmt: skip
 
 
 def convert_checkpoint(
@@ -508,16 +528,7 @@ def convert_checkpoint(
     if not output.endswith(".keras"):
         raise CheckpointError(f"The output path must end in .keras. Received: {output!r}")
     state = to_timm_state_dict(read_state_dict(checkpoint))
-    model = _load_state(state, model_name, num_classes, image_size)
-    grid = _pos_embed_grid(model, state.get("pos_embed"))
-    if image_size is None and grid not in (None, model.grid_size):
-        size = grid * model.patch_size
-        logging.warning(  # e.g. a 384 px checkpoint named as a 224 px model
-            "%s is a %d px model (a %dx%d grid of position embeddings), %s a %d px one: the "
-            "embeddings were resampled to %dx%d; pass --image_size=%d to keep its size.",
-            checkpoint, size, grid, grid, model_name, model.image_size,
-            model.grid_size, model.grid_size, size,
-        )  # fmt: skip
+    model = _load_state(state, model_name, num_classes, image_size, checkpoint)
     kept_imagenet_head = checkpoint_num_classes(state) == model.num_classes == IMAGENET_NUM_CLASSES
     saving.save_model(model, output, imagenet_synsets() if kept_imagenet_head else None)
     return model

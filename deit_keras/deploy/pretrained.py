@@ -484,6 +484,8 @@ def create_model(
         )
     skip_heads = fresh_heads or checkpoints.checkpoint_num_classes(state) != num_classes
     checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads or bool(saved_classes))
+    if image_size is None and _is_checkpoint_file(pretrained):
+        checkpoints.warn_if_resized(model, state, pretrained)
     if saved_classes:
         _carry_head_rows(model, state, saved_classes, class_names, pretrained)
     return model

@@ -386,10 +386,19 @@ def test_a_checkpoint_of_another_size_than_its_name_says_is_warned_of(tmp_path, 
     model = convert_checkpoint(checkpoint, "deit_tiny_patch16_224", str(tmp_path / "a.keras"))
     assert model.image_size == 224
     (said,) = [r.getMessage() for r in caplog.records if "position embeddings" in r.getMessage()]
-    assert "is a 112 px model" in said and "--image_size=112" in said
+    assert "is a 112 px model" in said and "deit_tiny_patch16_224 a 224 px one" in said
+    assert "give the image size 112" in said
+    # Every way of loading a checkpoint file: create_model's, as deit-train and deit-evaluate
+    # take --pretrained_weights, said nothing.
+    caplog.clear()
+    assert deit_keras.create_model("deit_tiny_patch16_224", pretrained=checkpoint).image_size == 224
+    (said,) = [r.getMessage() for r in caplog.records if "position embeddings" in r.getMessage()]
+    assert "is a 112 px model" in said
     caplog.clear()
     convert_checkpoint(checkpoint, "deit_tiny_patch16_224", str(tmp_path / "b.keras"), 112)
     convert_checkpoint(checkpoint, "deit_tiny_patch16_224", str(tmp_path / "c.keras"), 224)
+    deit_keras.create_model("deit_tiny_patch16_224", pretrained=checkpoint, image_size=224)
+    deit_keras.create_model("deit_tiny_patch16_224", pretrained=checkpoint, image_size=112)
     assert not [r for r in caplog.records if "position embeddings" in r.getMessage()]
 
 
