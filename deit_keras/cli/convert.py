@@ -10,7 +10,7 @@ from absl import flags
 
 from deit_keras import cli
 from deit_keras.cli import launch
-from deit_keras.models.variants import list_models
+from deit_keras.models.variants import accepted_names
 from deit_keras.schema import NON_NEGATIVE, POSITIVE
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -19,7 +19,9 @@ _CHECKPOINT = flags.DEFINE_string(
     "PyTorch checkpoint: .pth/.pt/.bin (torch only for pre-1.6 files), .safetensors or .npz; "
     "official DeiT/timm or Hugging Face keys (detected).",
 )
-_MODEL = flags.DEFINE_enum("model", None, list_models(), "DeiT variant the checkpoint holds.")
+_MODEL = flags.DEFINE_enum(
+    "model", None, accepted_names(), "The model the checkpoint holds (a create_model name)."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the .keras model.")
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size",

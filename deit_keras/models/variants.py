@@ -34,6 +34,12 @@ def list_models() -> list:
     return sorted(PRESETS)
 
 
+def accepted_names() -> list:
+    """Every name `create_model` takes: the presets, then their aliases (`deit_t`, timm's
+    default tags such as `cait_xxs24_224.fb_dist_in1k`)."""
+    return list_models() + sorted(ALIASES)
+
+
 def canonical_name(name: str) -> str:
     """`name` with an alias (`deit_t`) replaced by the preset name it stands for."""
     return ALIASES.get(name, name)
@@ -50,7 +56,7 @@ def get_variant(name: str) -> Variant:
 def unknown_model(name: str) -> str:
     """The one line refusing a model name: the nearest known names, not all of them (the
     list ran to ~1,900 characters)."""
-    names = list_models() + sorted(ALIASES)
+    names = accepted_names()
     started = [known for known in list_models() if known.startswith(str(name))]
     near = started or difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
     hint = (

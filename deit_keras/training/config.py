@@ -25,7 +25,7 @@ from deit_keras.io.paths import (
     output_file_problem,
     replaceable_dir_problem,
 )
-from deit_keras.models.variants import ALIASES, canonical_name, list_models
+from deit_keras.models.variants import accepted_names, canonical_name
 from deit_keras.schema import (
     CROP_PCT,
     FRACTION,
@@ -84,7 +84,7 @@ class TrainConfig:
     model: str = field(
         "deit_tiny_distilled_patch16_224",
         "DeiT variant (timm name).",
-        choices=tuple(list_models() + sorted(ALIASES)),
+        choices=tuple(accepted_names()),
     )
     image_size: int | None = field(
         None, "Input size; defaults to the variant's.", aliases=("input_size",), valid=POSITIVE

@@ -341,6 +341,14 @@ def test_convert_takes_num_classes_0_for_a_headless_model(files):
         assert outcome("convert", module, "num_classes", "-1", files)
 
 
+def test_convert_takes_every_name_create_model_takes(files):
+    """timm's default tags (docs/models.md) and the short aliases were refused by --model."""
+    with cli_flags("convert") as module:
+        for name in ("cait_xxs24_224.fb_dist_in1k", "deit3_small_patch16_224.fb_in1k", "deit_t"):
+            assert outcome("convert", module, "model", name, files) is None, name
+        assert "deit_tiny_patch" in outcome("convert", module, "model", "deit_tiny_patch", files)
+
+
 def _number(text):
     try:
         return int(text)
