@@ -363,9 +363,15 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
         )
     if source_prefix != model.num_prefix_tokens:
         kind = "distilled (has dist_token)" if source_prefix == 2 else "not distilled"
+        advice = "pick the matching --model"
+        if model_family != "DeiT" and model.distilled:  # no distilled checkpoint exists
+            advice = (
+                f"{model_family} weights are not distilled: load them without a distillation "
+                "token (distilled=False), or train the distilled student from scratch"
+            )
         raise CheckpointError(
             f"The checkpoint is {kind} but {model.name} is "
-            f"{'' if model.distilled else 'not '}distilled; pick the matching --model."
+            f"{'' if model.distilled else 'not '}distilled; {advice}."
         )
     if "pos_embed" in state and state["pos_embed"].shape[1] != model.tokens.pos_embed.shape[1]:
         state["pos_embed"] = _resampled_pos_embed(model, state["pos_embed"])

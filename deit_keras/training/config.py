@@ -96,7 +96,10 @@ class TrainConfig:
     depth: int | None = field(None, "Override the variant's number of blocks.", valid=POSITIVE)
     num_heads: int | None = field(None, "Override the variant's attention heads.", valid=POSITIVE)
     drop_path: float = field(
-        0.1, "Stochastic depth rate of the last block.", valid=Range(0, 1, high_open=True)
+        0.1,
+        "Stochastic depth rate: of the last block, rising linearly from 0 (DeiT); of every "
+        "block (deit3_*, and cait_*'s self-attention blocks).",
+        valid=Range(0, 1, high_open=True),
     )
     crop_pct: float | None = field(
         None,

@@ -343,6 +343,22 @@ def test_checkpoints_no_model_here_computes_are_one_line_saying_so(tmp_path):
     assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
 
 
+def test_a_distilled_deit3_from_deit3_weights_is_not_told_to_pick_a_model_none_is(tmp_path):
+    """No distilled DeiT III checkpoint exists: "pick the matching --model" sent the user
+    looking for one."""
+    from deit_keras.deploy.checkpoints import state_dict_of
+    from deit_keras.models.variants import build_model
+
+    weights = build_model("deit3_small_patch16_224", 10, embed_dim=48, depth=1, num_heads=2)
+    np.savez(tmp_path / "deit3.npz", **state_dict_of(weights))
+    with pytest.raises(CheckpointError, match="DeiT III weights are not distilled: load") as caught:
+        load_checkpoint(
+            str(tmp_path / "deit3.npz"), "deit3_small_patch16_224", embed_dim=48, depth=1,
+            num_heads=2, distilled=True,
+        )  # fmt: skip
+    assert "pick the matching" not in str(caught.value)
+
+
 def test_a_converted_imagenet_head_names_its_classes_and_fresh_heads_none(tmp_path):
     """deit-convert wrote no classes file: fine-tuning on classes named by synset could not
     carry their rows, and a names file left at the output by an earlier save was kept."""
