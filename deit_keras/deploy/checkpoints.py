@@ -347,6 +347,13 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
             f"pos_embed or cls_token); its keys: {_key_list(sorted(state))}"
         )
     family, model_family = checkpoint_family(state), _model_family(model)
+    if family == LAYER_SCALE_VIT:
+        raise CheckpointError(
+            "The checkpoint is a ViT with LayerScale whose position embeddings include the "
+            "class token (timm's vit_* built with init_values): neither a DeiT (no LayerScale) "
+            "nor a DeiT III (position embeddings for the patches only); no model here "
+            "computes it."
+        )
     if family != model_family:
         raise CheckpointError(
             f"The checkpoint is a {family}'s but {model.name} is a {model_family}; "
@@ -400,11 +407,20 @@ def load_timm_state_dict(model, state: dict, skip_heads: bool = False):
         targets[key][0].assign(value)
 
 
+LAYER_SCALE_VIT = "ViT with LayerScale"
+
+
 def checkpoint_family(state: dict) -> str:
-    """ "CaiT", "DeiT III" (LayerScale on every block) or "DeiT", from a timm-keyed state dict."""
+    """ "CaiT", "DeiT III" (LayerScale on every block, position embeddings for the patches
+    only), `LAYER_SCALE_VIT` (LayerScale, a class token's position embedding too) or "DeiT",
+    from a timm-keyed state dict."""
     if any(key.startswith("blocks_token_only.") for key in state):
         return "CaiT"
     if any(".ls1.gamma" in key for key in state):
+        pos_embed = state.get("pos_embed")
+        tokens = 0 if pos_embed is None or pos_embed.ndim != 3 else pos_embed.shape[1]
+        if tokens and math.isqrt(tokens) ** 2 != tokens:  # a class token's row too
+            return LAYER_SCALE_VIT
         return "DeiT III"
     return "DeiT"
 

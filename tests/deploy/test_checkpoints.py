@@ -359,6 +359,21 @@ def test_a_distilled_deit3_from_deit3_weights_is_not_told_to_pick_a_model_none_i
     assert "pick the matching" not in str(caught.value)
 
 
+def test_a_layer_scale_vit_is_named_as_what_it_is_not_sent_between_families(tmp_path):
+    """timm's vit_* with init_values (LayerScale, a class token's position embedding): "a
+    DeiT III's" as a DeiT, "another model family?" as a DeiT III."""
+    from deit_keras.deploy.checkpoints import state_dict_of
+    from deit_keras.models.variants import build_model
+
+    small = dict(embed_dim=48, depth=1, num_heads=2)
+    state = state_dict_of(build_model("deit_small_patch16_224", 10, **small))
+    state.update({f"blocks.0.ls{i}.gamma": np.ones(48, "float32") for i in (1, 2)})
+    np.savez(tmp_path / "vit_ls.npz", **state)
+    for name in ("deit_small_patch16_224", "deit3_small_patch16_224"):
+        with pytest.raises(CheckpointError, match="a ViT with LayerScale whose position"):
+            load_checkpoint(str(tmp_path / "vit_ls.npz"), name, **small)
+
+
 def test_a_converted_imagenet_head_names_its_classes_and_fresh_heads_none(tmp_path):
     """deit-convert wrote no classes file: fine-tuning on classes named by synset could not
     carry their rows, and a names file left at the output by an earlier save was kept."""
