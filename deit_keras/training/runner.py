@@ -300,13 +300,14 @@ def check_bce_targets(config: TrainConfig, num_classes: int) -> None:
     `--bce-loss` binarizes with `gt(0.0)`; DeiT III's recipe has no smoothing)."""
     smoothing = config.augment.smoothing
     floor = smoothing / num_classes  # every class's target under label smoothing
-    if config.bce_loss and config.bce_target_thresh < floor:
+    # At the floor itself float32 rounding decides: refused too.
+    if config.bce_loss and floor > 0 and config.bce_target_thresh <= floor:
         raise UserInputError(
             f"--bce_loss with --smoothing={smoothing}: smoothing gives each of the "
-            f"{num_classes} classes a target of {floor:.3g}, above "
+            f"{num_classes} classes a target of {floor:.3g}, not below "
             f"--bce_target_thresh={config.bce_target_thresh}, so every class is a positive "
             "and the labels are lost. Set --smoothing=0 (DeiT III's recipe) or "
-            f"--bce_target_thresh to {floor:.3g} or more."
+            f"--bce_target_thresh above {floor:.3g}."
         )
 
 

@@ -96,11 +96,13 @@ def test_bce_targets_every_smoothed_class_passes_are_refused_before_any_work(tmp
 
     config = _tiny(tmp_path, bce_loss=True)
     assert config.augment.smoothing == 0.1 and config.bce_target_thresh == 0.0
-    with pytest.raises(UserInputError, match="target of 0.01, above --bce_target_thresh=0.0"):
+    with pytest.raises(UserInputError, match="target of 0.01, not below --bce_target_thresh=0.0"):
         run_training(config)
     assert _nothing_written(config.model_dir)
-    smoothed = _tiny(tmp_path, bce_loss=True, bce_target_thresh=0.01)
-    check_bce_targets(smoothed, 10)  # 0.1 / 10 is not above 0.01
+    smoothed = _tiny(tmp_path, bce_loss=True, bce_target_thresh=0.011)
+    check_bce_targets(smoothed, 10)  # 0.1 / 10 is below 0.011
+    with pytest.raises(UserInputError, match="above 0.01"):  # at it, float32 rounding decides
+        check_bce_targets(_tiny(tmp_path, bce_loss=True, bce_target_thresh=0.01), 10)
     with pytest.raises(UserInputError, match="each of the 20 classes a target of 0.005"):
         check_bce_targets(_tiny(tmp_path, bce_loss=True, bce_target_thresh=0.004), 20)
     unsmoothed = dataclasses.replace(
