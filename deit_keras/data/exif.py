@@ -55,13 +55,21 @@ def needs_no_parse(encoded):
 
 def _parsed(encoded):
     value = tf.numpy_function(
-        lambda data: np.int32(orientation_of(np.asarray(data).item())),  # a 0-d array of bytes
-        [encoded],
+        _orientation_of_padded,
+        [encoded, tf.strings.length(encoded)],
         tf.int32,
         stateful=False,
     )
     value.set_shape([])
     return value
+
+
+def _orientation_of_padded(data, length):
+    # In a graph (tf.data, tf.function) the bytes come over as numpy's `bytes_`, which
+    # drops trailing NUL bytes: a WebP's EXIF chunk, last in the file, often ends in them
+    # and read as cut short. The length puts them back.
+    data = np.asarray(data).item()  # a 0-d array of bytes
+    return np.int32(orientation_of(data.ljust(int(length), b"\0")))
 
 
 def apply_orientation(image, orientation_value):

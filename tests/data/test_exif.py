@@ -61,6 +61,19 @@ def test_webp_exif_after_the_image_data_is_found():
     assert data.index(b"EXIF") > 20_000
     assert int(exif.orientation(tf.constant(data))) == 6
 
+    # In a graph, as training and deit-evaluate read it: numpy's bytes dropped the
+    # chunk's trailing NUL bytes (here the directory's last, its next-directory offset
+    # 0), and the file read as stored where deit-predict turned it.
+    only_orientation = Image.Exif()
+    only_orientation[exif.ORIENTATION_TAG] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "WEBP", exif=only_orientation.tobytes())
+    data = buffer.getvalue()
+    assert data.endswith(b"\0\0\0\0")
+    assert int(tf.function(exif.orientation)(tf.constant(data))) == 6
+    mapped = tf.data.Dataset.from_tensors(tf.constant(data)).map(exif.orientation)
+    assert int(mapped.get_single_element()) == 6
+
 
 @pytest.mark.parametrize(
     "data",
