@@ -180,6 +180,12 @@ def visualize_file(
     for flag, path in (("--output", output), ("--similarity_output", similarity_output)):
         if path is not None and not os.fspath(path).lower().endswith(".png"):
             raise UserInputError(f"{flag} must be a .png path. Received: {path}")
+    if similarity_output is not None and os.path.abspath(similarity_output) == os.path.abspath(
+        output
+    ):  # the similarity plot would overwrite the attention maps
+        raise UserInputError(
+            f"output and similarity_output name one file: give two. Received: {output}"
+        )
     image = load_image(image_path)
     model, _ = load_model(model_path, compile=False)
     check_takes_rgb(model, model_path)

@@ -12,6 +12,7 @@ document to a file.
 """
 
 import json
+import os
 import sys
 
 from absl import flags
@@ -48,6 +49,11 @@ _JSON = flags.DEFINE_bool(
     "json", False, "Print the predictions as one JSON document (nothing else on stdout)."
 )
 cli.check_path("output", "output_file")
+flags.register_validator(  # a .csv name got JSON
+    "output",
+    lambda path: not path or os.path.splitext(path)[1].lower() in ("", ".json"),
+    "--output writes JSON: name a .json file (or one without an extension).",
+)
 cli.check_range("top_k", POSITIVE)
 cli.check_range("batch_size", POSITIVE)
 cli.check_range("crop_pct", CROP_PCT)

@@ -346,6 +346,15 @@ def test_a_similarity_output_that_is_not_png_is_refused_before_any_work(saved, t
     assert not (tmp_path / "a.png").exists()
 
 
+def test_one_path_for_both_outputs_is_refused_before_any_work(saved, tmp_path):
+    """The similarity plot overwrote the attention maps, which the result still named."""
+    path, image_path = saved
+    both = str(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="name one file: give two"):
+        drawing.visualize_file(path, image_path, both, similarity_output=f"{tmp_path}/./a.png")
+    assert not os.path.exists(both)
+
+
 def test_a_model_of_other_channels_is_one_line_for_the_image_commands(tmp_path):
     from deit_keras.deploy.runtimes import load_for_inference
 

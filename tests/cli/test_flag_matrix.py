@@ -349,6 +349,14 @@ def test_convert_takes_every_name_create_model_takes(files):
         assert "deit_tiny_patch" in outcome("convert", module, "model", "deit_tiny_patch", files)
 
 
+def test_predict_output_is_refused_under_another_format_s_name(files):
+    """`--output preds.csv` wrote JSON into it."""
+    with cli_flags("predict") as module:
+        message = outcome("predict", module, "output", str(files / "preds.csv"), files)
+        assert "writes JSON" in message
+        assert outcome("predict", module, "output", str(files / "preds.JSON"), files) is None
+
+
 def _number(text):
     try:
         return int(text)
