@@ -117,6 +117,17 @@ def _float_images(model, images):
     return ops.convert_to_tensor(images, dtype="float32")
 
 
+def _batch_of_images(model, images):
+    """`images` refused in one line unless a batch of channels-last images of the model's
+    channels (a single image, NCHW, one channel): the forward pass failed deep in the
+    patch embedding, naming the wrong axes."""
+    try:
+        model.check_images_shape(tuple(images.shape))
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
+    return images
+
+
 def _token_names(model):
     return ["cls", "dist"] if model.distilled else ["cls"]
 
@@ -140,6 +151,7 @@ def attention_maps(model, image) -> dict:
         image = ops.expand_dims(image, 0)
     if len(image.shape) != 4 or image.shape[0] != 1:
         raise UserInputError(f"attention_maps takes one image. Received shape: {image.shape}")
+    _batch_of_images(model, image)
     return batch_attention_maps(model, image)[0]
 
 
@@ -149,11 +161,7 @@ def batch_attention_maps(model, images) -> list:
     Returns:
         list of `B` dicts, each as `attention_maps` returns.
     """
-    images = _float_images(model, images)
-    if len(images.shape) != 4:
-        raise UserInputError(
-            f"batch_attention_maps takes a batch [B, H, W, 3]. Received shape: {images.shape}"
-        )
+    images = _batch_of_images(model, _float_images(model, images))
     _, attentions = model.forward_features(images, training=False, return_attention_scores=True)
     if hasattr(model, "blocks_token_only"):  # CaiT
         attentions = _cait_full_sequence(attentions, model.depth)
@@ -215,7 +223,7 @@ def token_cosine_similarity(model, images) -> np.ndarray:
     """
     if not model.distilled:
         raise UserInputError("token_cosine_similarity needs a distilled model (with a dist token).")
-    images = _float_images(model, images)
+    images = _batch_of_images(model, _float_images(model, images))
     x = model.tokens(model.patch_embed(images), grid=model.patch_grid(images))
     similarities = [_cosine(x[:, 0], x[:, 1]).mean()]
     for block in model.blocks:

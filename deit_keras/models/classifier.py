@@ -353,7 +353,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         if not isinstance(images, keras.KerasTensor):
             return self._forward_features(images, training, return_attention_scores, blocks)
         self.check_float_images(images.dtype)
-        self._check_images_shape(tuple(images.shape))
+        self.check_images_shape(tuple(images.shape))
         request = self.features_request(return_attention_scores, blocks)  # before Keras' trace
         return ForwardFeatures(self, **request)(images, training=training)
 
@@ -406,7 +406,7 @@ class TokenClassifier(CompiledInference, keras.Model):
         # Here, not in `call`: Keras (and the compiled inference step) would wrap the
         # error in lines about the call.
         self.check_float_images(getattr(images, "dtype", None))
-        self._check_images_shape(_images_shape(images))
+        self.check_images_shape(_images_shape(images))
         return super().__call__(images, *args, **kwargs)
 
     def check_float_images(self, dtype):
@@ -426,15 +426,17 @@ class TokenClassifier(CompiledInference, keras.Model):
         # bad one fails deep in a reshape. The dtype here too: JAX's data adapter makes
         # uint8 pixels float before `__call__` sees them.
         self.check_float_images(_images_dtype(x))
-        self._check_images_shape(_images_shape(x))
+        self.check_images_shape(_images_shape(x))
         return super().predict_on_batch(x)
 
     def predict(self, x, *args, **kwargs):
         self.check_float_images(_images_dtype(x))
-        self._check_images_shape(_images_shape(x))
+        self.check_images_shape(_images_shape(x))
         return super().predict(x, *args, **kwargs)
 
-    def _check_images_shape(self, shape):
+    def check_images_shape(self, shape):
+        """Refuses a `shape` that is not a batch of channels-last images of the model's
+        channels: a ValueError saying what was given (single images: add a batch axis)."""
         if shape is None:
             return
         if len(shape) == 3 and shape[-1] in (None, self.in_channels):
@@ -674,7 +676,7 @@ class TokenClassifier(CompiledInference, keras.Model):
 
     def _check_inputs(self, arguments):
         refuse_sample_weights(arguments)
-        self._check_images_shape(_images_shape(arguments.get("x")))
+        self.check_images_shape(_images_shape(arguments.get("x")))
         self.check_float_images(_images_dtype(arguments.get("x")))
         _check_class_indices(arguments.get("y"), self.num_classes)
 

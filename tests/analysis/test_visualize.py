@@ -90,7 +90,7 @@ def test_batch_attention_maps_equal_one_image_at_a_time(model):
         for token in ("cls", "dist"):
             for kind in ("heads", "rollout"):
                 np.testing.assert_allclose(maps[token][kind], alone[token][kind], atol=1e-6)
-    with pytest.raises(ValueError, match=r"a batch \[B, H, W, 3\]"):
+    with pytest.raises(ValueError, match=r"batches of channels-last images .* single images"):
         attention_lib.batch_attention_maps(model, images[0])
 
 
@@ -110,6 +110,21 @@ def test_pixels_are_refused_by_the_analyses_as_by_the_model(model):
             analysis(model, pixels)
     similarity = attention_lib.token_cosine_similarity(model, (pixels / 255.0).tolist())
     assert similarity.shape == (len(model.blocks) + 1,)
+
+
+def test_images_of_other_axes_are_one_line_naming_them_for_the_analyses(model):
+    """A single image in token_cosine_similarity read its (W, C) as the image's height and
+    width; NCHW or one channel failed inside Keras' call of the patch embedding."""
+    from deit_keras.errors import UserInputError
+
+    image = np.random.RandomState(2).normal(size=(32, 32, 3)).astype("float32")
+    with pytest.raises(UserInputError, match=r"single images \(add a batch axis"):
+        attention_lib.token_cosine_similarity(model, image)
+    for analysis in (attention_lib.attention_maps, attention_lib.batch_attention_maps):
+        for wrong in (image.transpose(2, 0, 1)[None], image[None, ..., :1]):
+            with pytest.raises(UserInputError, match=r"channels-last images .* Received"):
+                analysis(model, wrong)
+    assert attention_lib.attention_maps(model, image)["cls"]["rollout"].shape == (4, 4)
 
 
 def _tiny_cait(seed=0):
