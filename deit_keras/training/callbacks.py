@@ -281,7 +281,8 @@ class DistillationSummaries(keras.callbacks.Callback):
         last = epoch + 1 == (self.epochs or self.params.get("epochs"))
         if epoch % self.every_n_epochs and not last:
             return
-        # One writer, so one event file: TensorBoard follows a folder's newest file only.
+        # One writer per fit, not one per epoch: TensorBoard reads on in a folder's newest
+        # event file only. A second fit (a resumed run's) opens its own after `on_train_end`.
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "distillation"))
         with self._writer.as_default():
