@@ -151,7 +151,6 @@ def attention_maps(model, image) -> dict:
         image = ops.expand_dims(image, 0)
     if len(image.shape) != 4 or image.shape[0] != 1:
         raise UserInputError(f"attention_maps takes one image. Received shape: {image.shape}")
-    _batch_of_images(model, image)
     return batch_attention_maps(model, image)[0]
 
 

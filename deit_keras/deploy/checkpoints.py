@@ -419,7 +419,7 @@ def checkpoint_family(state: dict) -> str:
     if any(".ls1.gamma" in key for key in state):
         pos_embed = state.get("pos_embed")
         tokens = 0 if pos_embed is None or pos_embed.ndim != 3 else pos_embed.shape[1]
-        if tokens and math.isqrt(tokens) ** 2 != tokens:  # a class token's row too
+        if tokens and _grid_side(tokens) is None:  # a class token's row too
             return LAYER_SCALE_VIT
         return "DeiT III"
     return "DeiT"
@@ -434,11 +434,15 @@ def _model_family(model) -> str:
 def _pos_embed_grid(model, pos_embed) -> int | None:
     """The side of the square patch grid `pos_embed` holds after `model`'s prefix
     embeddings; None when it is not one."""
-    prefix = model.tokens.embedded_prefix_tokens
     if pos_embed is None or pos_embed.ndim != 3:
         return None
-    side = math.isqrt(max(pos_embed.shape[1] - prefix, 0))
-    return side if side >= 1 and side * side == pos_embed.shape[1] - prefix else None
+    return _grid_side(pos_embed.shape[1] - model.tokens.embedded_prefix_tokens)
+
+
+def _grid_side(tokens: int) -> int | None:
+    """The side of a square grid of `tokens` patches; None when they are not one."""
+    side = math.isqrt(max(tokens, 0))
+    return side if side >= 1 and side * side == tokens else None
 
 
 def _resampled_pos_embed(model, pos_embed):
