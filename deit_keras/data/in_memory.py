@@ -33,10 +33,10 @@ from deit_keras.data.image_ops import select
 from deit_keras.data.preprocessing import (
     DEFAULT_PREPROCESSING,
     Preprocessing,
+    check_interpolation,
     normalize,
     resize,
 )
-from deit_keras.errors import UserInputError
 
 # A decoded split above this stays on the streaming path (the tf.data graph
 # holds it as a constant, which must stay well under protobuf's 2 GiB).
@@ -134,10 +134,7 @@ def resize_weights(starts, lengths, in_size, out_size, interpolation="bicubic"):
     window `[starts[b], starts[b] + lengths[b])`, with the weights of
     `tf.image.resize(..., antialias=True)` on that window.
     """
-    if interpolation not in KERNELS:
-        raise UserInputError(
-            f"interpolation must be one of {tuple(KERNELS)}. Received: {interpolation!r}"
-        )
+    check_interpolation(interpolation)
     lengths = tf.cast(lengths, tf.float32)[:, None, None]
     inv_scale = lengths / out_size
     kernel_scale = tf.maximum(inv_scale, 1.0)

@@ -34,6 +34,15 @@ def check_crop_pct(crop_pct: float) -> None:
         raise UserInputError(f"crop_pct must be {CROP_PCT}. Received: crop_pct={crop_pct}")
 
 
+def check_interpolation(interpolation: str) -> None:
+    """Raises ValueError unless `interpolation` is one of `INTERPOLATIONS`."""
+    if interpolation not in INTERPOLATIONS:
+        raise UserInputError(
+            f"interpolation must be one of {INTERPOLATIONS}. "
+            f"Received: interpolation={interpolation!r}"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """How images become a model's input (timm's `pretrained_cfg` eval fields).
@@ -52,11 +61,7 @@ class Preprocessing:
 
     def __post_init__(self):
         check_crop_pct(self.crop_pct)
-        if self.interpolation not in INTERPOLATIONS:
-            raise UserInputError(
-                f"interpolation must be one of {INTERPOLATIONS}. "
-                f"Received: interpolation={self.interpolation!r}"
-            )
+        check_interpolation(self.interpolation)
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise UserInputError(
                 f"mean and std need 3 values, std > 0. Received: mean={self.mean}, std={self.std}"
@@ -129,6 +134,10 @@ def to_uint8(images, preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> np
     return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
+# tf.image.resize's kernels for our interpolations (its antialiased path).
+_SCALE_AND_TRANSLATE_KERNELS = {"bicubic": "keyscubic", "bilinear": "triangle"}
+
+
 def resize(images, size, interpolation=DEFAULT_INTERPOLATION):
     """Antialiased resize to `size`, rounded and clipped to [0, 255] like PIL's uint8 (timm)."""
     resized = tf.image.resize(
@@ -145,6 +154,12 @@ def resize_and_center_crop(
 ):
     """Resize of the shorter side to `floor(image_size / crop_pct)`, then a central square crop.
 
+    Only the crop's pixels are computed (the antialiased kernel of `resize`,
+    offset to the crop's corner): a 1 x 4000 image costs what a square one
+    does, where resizing it whole would make a 256 x 1,024,000 image first.
+    The values equal `resize`-then-crop's but for float rounding of the
+    kernel's sample positions (a pixel in ~20,000 one level apart).
+
     Args:
         images: `[B, H, W, C]` or `[H, W, C]` pixels in [0, 255] (uint8 or
             float), any H and W (1x1 included).
@@ -157,6 +172,7 @@ def resize_and_center_crop(
         input) with integer values in [0, 255].
     """
     check_crop_pct(crop_pct)
+    check_interpolation(interpolation)
     images = tf.convert_to_tensor(images)
     unbatched = images.shape.rank == 3
     if unbatched:
@@ -172,11 +188,21 @@ def resize_and_center_crop(
     # torchvision Resize(int): shorter side -> size, longer side int(size * long / short).
     new_height = tf.where(height <= width, scale_size, scale_size * height // short)
     new_width = tf.where(width <= height, scale_size, scale_size * width // short)
-    resized = resize(images, tf.stack([new_height, new_width]), interpolation)
     # torchvision CenterCrop: offset round((size - crop) / 2).
-    top = tf.cast(tf.round(tf.cast(new_height - image_size, tf.float32) / 2), tf.int32)
-    left = tf.cast(tf.round(tf.cast(new_width - image_size, tf.float32) / 2), tf.int32)
-    cropped = resized[:, top : top + image_size, left : left + image_size, :]
+    top = tf.round(tf.cast(new_height - image_size, tf.float32) / 2)
+    left = tf.round(tf.cast(new_width - image_size, tf.float32) / 2)
+    scale = tf.cast(tf.stack([new_height, new_width]), tf.float32) / tf.cast(
+        tf.stack([height, width]), tf.float32
+    )
+    cropped = tf.raw_ops.ScaleAndTranslate(
+        images=tf.cast(images, tf.float32),
+        size=[image_size, image_size],
+        scale=scale,
+        translation=-tf.stack([top, left]),
+        kernel_type=_SCALE_AND_TRANSLATE_KERNELS[interpolation],
+        antialias=True,
+    )
+    cropped = tf.clip_by_value(tf.round(cropped), 0.0, 255.0)
     cropped = tf.ensure_shape(cropped, [None, image_size, image_size, images.shape[-1]])
     return cropped[0] if unbatched else cropped
 

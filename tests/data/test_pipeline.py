@@ -25,6 +25,7 @@ from deit_keras.data.preprocessing import (
     denormalize,
     normalize,
     preprocess,
+    resize,
     resize_and_center_crop,
 )
 
@@ -361,6 +362,49 @@ def test_eval_crop_equals_timms_eval_transform(height, width):
         # PIL's and TensorFlow's antialiased bicubic kernels differ in rounding only.
         np.testing.assert_allclose(got, want, rtol=0, atol=1, err_msg=f"crop_pct={crop_pct}")
         assert np.mean(got != want) < 0.3
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_eval_crop_equals_the_whole_resize_cropped(interpolation):
+    """The crop is computed alone, with the whole resize's kernel at the crop's offset:
+    the same pixels but for the float rounding of the kernel's sample positions, which
+    moves a value that sits near a half to the other integer (bilinear's weights on
+    integer pixels make such values often)."""
+    rng = np.random.default_rng(11)
+    differ = total = 0
+    for height, width in [(375, 500), (500, 375), (37, 41), (2, 300), (300, 2), (1, 1), (32, 32)]:
+        image = rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+        for size, crop_pct in ((32, 0.875), (24, 1.0), (40, 0.9)):
+            got = resize_and_center_crop(image, size, crop_pct, interpolation).numpy()
+            scale_size = int(size / crop_pct)
+            short = min(height, width)
+            new = (scale_size * height // short, scale_size * width // short)
+            whole = resize(image, new, interpolation).numpy()
+            top, left = round((new[0] - size) / 2), round((new[1] - size) / 2)
+            want = whole[:, top : top + size, left : left + size]
+            np.testing.assert_array_less(np.abs(got - want), 1.5)
+            differ, total = differ + np.sum(got != want), total + want.size
+    assert differ / total < 0.01, (differ, total)
+
+
+def test_eval_crop_of_a_sliver_resizes_only_the_crop():
+    """A 1 x 4000 image resized whole would be 256 x 1,024,000 (3 GB of float32, more in
+    the kernel) before its 224 crop; only the crop's square is computed."""
+    for shape in ((1, 4000, 3), (4000, 1, 3)):
+        sliver = np.zeros(shape, np.uint8)
+        sliver[..., 0] = 200
+        crop = resize_and_center_crop(sliver, 224).numpy()
+        assert crop.shape == (224, 224, 3)
+        np.testing.assert_array_equal(crop[..., 0], 200)
+        np.testing.assert_array_equal(crop[..., 1:], 0)
+    graph = (
+        tf.function(lambda images: resize_and_center_crop(images, 224))
+        .get_concrete_function(tf.TensorSpec([None, None, None, 3], tf.uint8))
+        .graph
+    )
+    resizes = [op for op in graph.get_operations() if op.type == "ScaleAndTranslate"]
+    assert len(resizes) == 1
+    assert tf.get_static_value(resizes[0].inputs[1]).tolist() == [224, 224]
 
 
 def test_the_eval_transform_resizes_with_the_preprocessings_interpolation():
