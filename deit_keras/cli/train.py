@@ -62,11 +62,12 @@ def comparison(results: dict, config: TrainConfig, ablation: str) -> str:
         f"  student ({results['model']}, distillation {config.distillation_type}"
         f"{' + features' if config.feature_distillation else ''}): {heads}"
     )
+    chief = results.get("chief", True)  # a multi-worker run's other workers write nothing
     lines.append(
         f"{results['wall_s']:.0f} s in all (training the teacher, if this run did, included); "
-        f"saved {results['saved_model']}"
+        f"{'saved' if chief else 'the chief worker saves'} {results['saved_model']}"
     )
-    if config.distillation_type != "none":  # else its teacher may not suit the data
+    if config.distillation_type != "none" and chief:  # else its teacher may not suit the data
         lines.append(f"With and without distillation over 3 seeds (DeiT Table 3): {ablation}")
     return "\n".join(lines)
 

@@ -482,13 +482,31 @@ def create_model(
             pretrained,
             model.name,
         )
-    skip_heads = fresh_heads or checkpoints.checkpoint_num_classes(state) != num_classes
+    held = checkpoints.checkpoint_num_classes(state)
+    if held != num_classes and not fresh_heads and not saved_classes:
+        _say_heads_are_new(pretrained, held, model.name, num_classes)
+    skip_heads = fresh_heads or held != num_classes
     checkpoints.load_timm_state_dict(model, state, skip_heads=skip_heads or bool(saved_classes))
     if image_size is None and _is_checkpoint_file(pretrained):
         checkpoints.warn_if_resized(model, state, pretrained)
     if saved_classes:
         _carry_head_rows(model, state, saved_classes, class_names, pretrained)
     return model
+
+
+def _say_heads_are_new(pretrained, held: int, model_name: str, num_classes: int) -> None:
+    """Logs that a checkpoint's heads of another class count are left out (fine-tuning)."""
+    if not isinstance(pretrained, str):  # True: the official ones
+        pretrained = "official"
+    source = pretrained if _is_checkpoint_file(pretrained) else f"The {pretrained} weights"
+    heads = f"its heads ({held} classes) are left out" if held else "it has no heads"
+    logging.warning(
+        "%s: %s; %s gets new heads for its %d classes, to fine-tune.",
+        source,
+        heads,
+        model_name,
+        num_classes,
+    )
 
 
 def _count_of(num_classes, class_names):

@@ -10,6 +10,7 @@ DeiT-Ti recipe; `experiments/*.cfg` hold complete runs.
 
 import dataclasses
 import json
+import math
 import os
 
 from deit_keras.data.augment_config import AugmentConfig
@@ -413,6 +414,11 @@ class TrainConfig:
             )
         if self.pretrained and self.finetune:
             problems.append("pass --pretrained or --finetune, not both")
+        if self.pretrained_weights != "official" and not self.pretrained:  # was ignored
+            problems.append(
+                f"pretrained_weights={self.pretrained_weights!r} says where --pretrained gets "
+                "its weights: add --pretrained (or pass the file as --finetune)"
+            )
         if self.tpu and self.strategy != "tpu":
             problems.append(f"tpu={self.tpu!r} is for strategy='tpu', got {self.strategy!r}")
         keras_cv = self.augment.rand_augment_impl == "keras_cv" and self.augment.rand_augment_ops
@@ -421,16 +427,37 @@ class TrainConfig:
                 "rand_augment_impl=keras_cv is not seedable, so it cannot run deterministic "
                 "(TensorFlow refuses its global generator): use the default, timm"
             )
-        if self.steps_per_execution > 0 and self.backup_every_steps % self.steps_per_execution:
-            problems.append(
-                f"backup_every_steps={self.backup_every_steps} must be a multiple of "
-                f"steps_per_execution={self.steps_per_execution}"
-            )
+        if self.steps_per_epoch:  # else known once the dataset is (`check_backup_interval`)
+            problems += filter(None, [self._backup_interval_problem(self.steps_per_epoch)])
         if self.distillation_type != "none" and not self.teacher:
             problems.append(f"distillation_type={self.distillation_type!r} needs --teacher")
         problems += self._feature_problems()
         if problems:
             raise UserInputError("; ".join(problems))
+
+    def steps_per_call(self, steps_per_epoch: int) -> int:
+        """Training steps per tf.function call: `steps_per_execution`'s greatest common
+        divisor with the epoch's steps (epochs, backups and the LR schedule keep their
+        steps); one in `multi_worker`'s loop."""
+        if self.strategy == "multi_worker":
+            return 1
+        return math.gcd(self.steps_per_execution, steps_per_epoch)
+
+    def check_backup_interval(self, steps_per_epoch: int) -> None:
+        """Raises ValueError unless `backup_every_steps` falls on a call's last step."""
+        problem = self._backup_interval_problem(steps_per_epoch)
+        if problem:
+            raise UserInputError(problem)
+
+    def _backup_interval_problem(self, steps_per_epoch: int) -> str | None:
+        per_call = self.steps_per_call(steps_per_epoch)
+        if not self.backup_every_steps % per_call:
+            return None
+        return (
+            f"backup_every_steps={self.backup_every_steps} must be a multiple of the "
+            f"{per_call} steps each call runs (steps_per_execution={self.steps_per_execution} "
+            f"and {steps_per_epoch} steps per epoch)"
+        )
 
     def _output_replaces_an_input(self) -> list[str]:
         output = self.output or default_output(self.model)

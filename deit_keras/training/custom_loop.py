@@ -139,6 +139,16 @@ def check_global_batch(global_batch_size: int, replicas: int) -> None:
         )
 
 
+EVAL_BATCH_CAP = 256  # examples per evaluation batch at most (memory; results do not change)
+
+
+def eval_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> int:
+    """The evaluation batch of a run: `batch_size` up to `EVAL_BATCH_CAP`, a multiple of the
+    replicas (Keras under MirroredStrategy fails on a first batch they cannot share)."""
+    replicas = strategy.num_replicas_in_sync
+    return min(batch_size, max(replicas, EVAL_BATCH_CAP - EVAL_BATCH_CAP % replicas))
+
+
 def distribute_train_dataset(strategy: tf.distribute.Strategy, dataset_fn, global_batch_size: int):
     """Per-worker sharded, repeated input: `dataset_fn(input_context, per_replica_batch)`.
 

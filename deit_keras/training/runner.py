@@ -5,7 +5,6 @@ The train CLI only turns flags into a `TrainConfig` and calls `run_training`.
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import time
@@ -209,7 +208,7 @@ def _fit_multi_worker(config, student, strategy, steps, data_kwargs, preemption)
         return make_dataset(
             config.dataset,
             "eval",
-            batch_size=min(config.batch_size, 256),
+            batch_size=custom_loop.eval_batch_size(config.batch_size, strategy),
             training=False,
             input_context=context,
             **data_kwargs,
@@ -426,6 +425,8 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         custom_loop.worker_context(strategy).num_input_pipelines if multi_worker else 1,
     )
     check_bce_targets(config, info.num_classes)
+    steps = config.steps_per_epoch or max(info.num_train_examples // config.batch_size, 1)
+    config.check_backup_interval(steps)
     check_backup_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
     if multi_worker:
@@ -451,11 +452,10 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
         evaluation = make_dataset(
             config.dataset,
             "eval",
-            batch_size=min(config.batch_size, 256),
+            batch_size=custom_loop.eval_batch_size(config.batch_size, strategy),
             training=False,
             **data_kwargs,
         )
-        steps = config.steps_per_epoch or max(info.num_train_examples // config.batch_size, 1)
         optimizer = create_optimizer(
             base_lr=config.lr,
             global_batch_size=config.batch_size,
@@ -488,8 +488,7 @@ def _run_training(config: TrainConfig, strategy, started: float, flags_text) -> 
             # --jit_compile is the train step's; the saved model, loaded compiled, predicts with
             # the CPU predict step (DeiT-Ti⚗ b32 1.12x one XLA pass, benchmarks/predict_choice.py).
             predict_jit_compile="auto",
-            # A divisor of the epoch, so epochs, backups and the LR schedule keep their steps.
-            steps_per_execution=math.gcd(config.steps_per_execution, steps),
+            steps_per_execution=config.steps_per_call(steps),
         )
     _accept(config, strategy, flags_text, info)
     backup = backup_lib.Backup(os.path.join(config.model_dir, "backup"))

@@ -108,8 +108,29 @@ def test_config_rejects_bad_values(tmp_path):
     digits_config(tmp_path, teacher="regnety160", teacher_weights="hf").validate()
     with pytest.raises(ValueError, match="epochs must be positive"):
         digits_config(tmp_path, epochs=-1).validate()
-    with pytest.raises(ValueError, match="backup_every_steps=6 must be a multiple of steps_per"):
-        digits_config(tmp_path, backup_every_steps=6, steps_per_execution=4).validate()
+    with pytest.raises(ValueError, match="backup_every_steps=6 must be a multiple of the 4 steps"):
+        digits_config(
+            tmp_path, backup_every_steps=6, steps_per_execution=4, steps_per_epoch=8
+        ).validate()
+    with pytest.raises(ValueError, match="pretrained_weights='w.pth' says where --pretrained"):
+        digits_config(tmp_path, pretrained_weights="w.pth").validate()  # trained from scratch
+    digits_config(tmp_path, pretrained_weights="w.pth", pretrained=True).validate()
+
+
+def test_the_backup_interval_is_checked_against_the_steps_each_call_runs(tmp_path):
+    """Each call runs gcd(steps_per_execution, steps per epoch) steps, one under
+    multi_worker's loop: the raw steps_per_execution refused intervals that work."""
+    config = digits_config(tmp_path, backup_every_steps=5, steps_per_execution=11)
+    config.validate()  # the epoch's steps are not known yet
+    config.check_backup_interval(17)  # gcd(11, 17) = 1 step per call
+    with pytest.raises(ValueError, match="multiple of the 11 steps each call runs"):
+        config.check_backup_interval(22)
+    dataclasses.replace(config, strategy="multi_worker").check_backup_interval(22)
+    assert config.steps_per_call(22) == 11 and config.steps_per_call(17) == 1
+    # The run knows them (1437 // 32 = 44) and refuses before any work.
+    with pytest.raises(ValueError, match="multiple of the 11 steps each call runs"):
+        run_training(config)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "teacher.keras").exists()
     with pytest.raises(ValueError, match=r"output must end in '.keras', got .*model.h5"):
         digits_config(tmp_path, output=str(tmp_path / "model.h5")).validate()
     with pytest.raises(ValueError, match="tpu='my-tpu' is for strategy='tpu', got 'auto'"):

@@ -36,6 +36,19 @@ def test_comparison_names_teacher_heads_wall_and_ablation(tmp_path):
     assert f"distillation {config.distillation_type} + features)" in line
 
 
+def test_a_workers_comparison_says_the_chief_saves_and_offers_no_ablation(tmp_path):
+    """A multi-worker run's other workers save nothing (their results say chief: false);
+    each printed `saved PATH` and the ablation command as the chief does."""
+    config = digits_config(tmp_path)
+    results = {"top1": 0.5, "cls_top1": 0.5, "dist_top1": 0.5, "model": "m", "wall_s": 3}
+    results |= {"saved_model": "/runs/m.keras", "chief": False}
+    lines = train.comparison(results, config, "deit_keras.ablate").splitlines()
+    assert lines[-1].endswith("; the chief worker saves /runs/m.keras"), lines
+    assert "deit_keras.ablate" not in "\n".join(lines)
+    chief = train.comparison(results | {"chief": True}, config, "deit_keras.ablate")
+    assert "; saved /runs/m.keras" in chief and "deit_keras.ablate" in chief
+
+
 def test_comparison_without_teacher_or_dist_head(tmp_path):
     config = digits_config(tmp_path, distillation_type="none")
     results = {"top1": 0.5, "cls_top1": 0.5, "model": "m", "wall_s": 3, "saved_model": "m.keras"}

@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -239,19 +240,26 @@ def test_local_checkpoint_and_bad_sources(reference, tmp_path):
         pretrained.load_published(NAME, 3)
 
 
-def test_a_checkpoint_of_other_classes_keeps_its_heads(tmp_path):
+def test_a_checkpoint_of_other_classes_keeps_its_heads(tmp_path, caplog):
     """`pretrained=<file>` without `num_classes`: the checkpoint's own heads (a 10-class
-    file gave a fresh 1000-class head, predicting noise under ImageNet's names)."""
+    file gave a fresh 1000-class head, predicting noise under ImageNet's names). Asked
+    for 4 classes, the file's heads are left out, and it says so (it was silent)."""
     torch.manual_seed(1)
     hf_model = hf_reference(NAME, num_classes=10).eval()
     path = tmp_path / "ten_classes.pth"
     torch.save({"model": hf_model.state_dict()}, path)
+    caplog.set_level(logging.WARNING)
     model = pretrained.create_model(NAME, pretrained=str(path))
-    assert model.num_classes == 10
+    assert model.num_classes == 10 and "heads" not in caplog.text
     np.testing.assert_allclose(
         logits(model, IMAGES[:1]), reference_logits(hf_model, IMAGES[:1]), atol=1e-4, rtol=1e-4
     )
     assert pretrained.create_model(NAME, pretrained=str(path), num_classes=4).num_classes == 4
+    said = [record.getMessage() for record in caplog.records]
+    assert said == [
+        f"{path}: its heads (10 classes) are left out; {NAME} gets new heads for its 4 "
+        "classes, to fine-tune."
+    ]
     assert pretrained.create_model(NAME).num_classes == 1000
 
 

@@ -1,9 +1,12 @@
 """`make_strategy`: which strategy each name builds on this (GPU-less) machine."""
 
+import types
+
 import pytest
 import tensorflow as tf
 
 from deit_keras.errors import UserEnvironmentError, UserInputError
+from deit_keras.training import custom_loop
 from deit_keras.training.distribute import check_tf_config, make_strategy
 
 needs_no_gpu = pytest.mark.skipif(
@@ -12,6 +15,20 @@ needs_no_gpu = pytest.mark.skipif(
 
 
 @needs_no_gpu
+def test_the_evaluation_batch_is_shared_equally_by_the_replicas():
+    """--batch_size=384 on 3 replicas evaluated in batches of 256, which Keras under
+    MirroredStrategy cannot split: the epoch trained, then its validation failed."""
+
+    def replicas(count):
+        return types.SimpleNamespace(num_replicas_in_sync=count)
+
+    assert custom_loop.eval_batch_size(384, replicas(3)) == 255
+    assert custom_loop.eval_batch_size(384, replicas(1)) == custom_loop.EVAL_BATCH_CAP == 256
+    assert custom_loop.eval_batch_size(96, replicas(3)) == 96  # a multiple already
+    assert custom_loop.eval_batch_size(600, replicas(300)) == 300
+    assert custom_loop.eval_batch_size(1024, replicas(8)) == 256
+
+
 def test_auto_on_a_cpu_only_machine_is_the_default_strategy():
     strategy = make_strategy("auto")
     assert strategy is tf.distribute.get_strategy()

@@ -1,6 +1,7 @@
 """--teacher_augment: the views a teacher trained by the run sees (issue #12 item 1)."""
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -34,6 +35,20 @@ def test_teacher_views_crops_keep_geometry_only_student_keeps_everything(tmp_pat
 def test_teacher_augment_is_checked(tmp_path):
     with pytest.raises(ValueError, match="teacher_augment must be one of"):
         digits_config(tmp_path, teacher_augment="all").validate()
+
+
+def test_the_teacher_batch_is_shared_equally_by_the_replicas(tmp_path, monkeypatch):
+    """A mirrored run on 3 replicas trained its teacher on batches of 64 first: Keras
+    failed in the first step (AddN of [22, ...] and [20, ...] replica batches)."""
+    assert teacher.teacher_batch_size(1437) == teacher.TEACHER_BATCH_SIZE == 64
+    assert [teacher.teacher_batch_size(1437, n) for n in (2, 3, 5, 7)] == [64, 63, 60, 63]
+    assert teacher.teacher_batch_size(10, 4) == 8 and teacher.teacher_batch_size(2, 4) == 4
+    config = digits_config(tmp_path)
+    info = dataset_info("digits", config.data_dir)
+    three = types.SimpleNamespace(num_replicas_in_sync=3)
+    monkeypatch.setattr(teacher.tf.distribute, "get_strategy", lambda: three)
+    train = teacher.teacher_train_dataset(config, info, 16, DEFAULT_PREPROCESSING)
+    assert train.element_spec[0].shape[0] == 63
 
 
 def test_a_teacher_on_fewer_images_than_its_batch_trains(tmp_path):
