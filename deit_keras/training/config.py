@@ -262,7 +262,9 @@ class TrainConfig:
     )
     # === Run ===
     strategy: str = field("auto", "tf.distribute strategy.", choices=STRATEGIES)
-    tpu: str | None = field(None, "TPU name or grpc:// address, with --strategy=tpu.")
+    tpu: str | None = field(
+        None, "TPU name or grpc:// address (local: a TPU VM's own chips), with --strategy=tpu."
+    )
     precision: str = field("float32", "Keras dtype policy.", choices=PRECISIONS)
     jit_compile: bool = field(
         True, "Compile the train step with XLA (not with --deterministic: Keras turns it off)."

@@ -18,7 +18,8 @@ def make_strategy(name: str = "auto", tpu: str | None = None) -> "tf.distribute.
     under OneDeviceStrategy it built two multi-device iterators an epoch,
     ~0.1 s each; the same weights with `--deterministic`). "multi_worker"
     reads the cluster from `TF_CONFIG`; "tpu" connects to `tpu` (a name or
-    grpc:// address; "" or None for a local TPU VM).
+    grpc:// address; "local" on a TPU VM, whose chips are its own; "" or None:
+    the `TPU_NAME` environment variable's, as TensorFlow's resolver reads it).
     """
     if name not in STRATEGIES:
         raise UserInputError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
@@ -45,7 +46,7 @@ def make_strategy(name: str = "auto", tpu: str | None = None) -> "tf.distribute.
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserEnvironmentError(
             f"Could not reach {where} ({reason}): give --tpu the TPU's name or grpc:// "
-            "address, or run on a TPU VM."
+            "address, or --tpu=local on a TPU VM."
         ) from None
     return tf.distribute.TPUStrategy(resolver)
 
