@@ -171,6 +171,7 @@ def test_digits_run_prints_only_its_own_lines(tmp_path):
         "train",
         "--flagfile=experiments/digits.cfg",
         "--epochs=1",
+        "--steps_per_epoch=11",  # one call of digits.cfg's steps_per_execution
         "--teacher_epochs=1",
         "--depth=1",
         "--embed_dim=16",
