@@ -105,8 +105,10 @@ class TrainConfig:
     crop_pct: float | None = field(
         None,
         "Eval centre-crop fraction saved with the model; "
-        "defaults to the variant's (DeiT: 0.875 at 224 px, 1.0 at 384; DeiT III and CaiT: "
-        "their presets', docs/models.md).",
+        "defaults to the variant's (DeiT: 0.875 for the *_224 variants, 1.0 for *_384, "
+        "whatever --image_size: a 224 variant fine-tuned at 384 keeps 0.875 unless given, "
+        "as experiments/deit_b_384_finetune.cfg does; DeiT III and CaiT: their presets', "
+        "docs/models.md).",
         valid=CROP_PCT,
     )
     pretrained: bool = field(
