@@ -67,6 +67,19 @@ def _arguments(method, model, args, kwargs) -> dict:
     return kwargs if bound is None else bound.arguments
 
 
+def _set_directions(callbacks, metric_names) -> None:
+    """Gives Keras' callbacks that watch one of `metric_names` with `mode="auto"`
+    (`EarlyStopping`, `ModelCheckpoint(save_best_only=True)`, `ReduceLROnPlateau`) its
+    direction: losses down, the rest (top-k, agreement) up. Keras reads a direction only
+    from metrics given to `compile(metrics=...)` and refused DeiT's own ones."""
+    for callback in getattr(callbacks, "callbacks", callbacks) or ():
+        if getattr(callback, "mode", None) != "auto" or not hasattr(callback, "monitor_op"):
+            continue
+        name = str(getattr(callback, "monitor", "")).removeprefix("val_")
+        if name in metric_names and callback.monitor_op is None:
+            callback.mode = "min" if name.endswith("loss") else "max"
+
+
 def _with_checked_datasets(bound, num_classes, args, kwargs) -> tuple[tuple, dict]:
     """The call's arguments (`bound`, from `_bound`) with the `tf.data` datasets among `x`
     and `validation_data` checking their class indices (`with_checked_class_indices`)
@@ -653,6 +666,8 @@ class TokenClassifier(CompiledInference, keras.Model):
     def fit(self, *args, **kwargs):
         bound = _bound(keras.Model.fit, self, args, kwargs)
         self._check_inputs(kwargs if bound is None else bound.arguments)
+        callbacks = (kwargs if bound is None else bound.arguments).get("callbacks")
+        _set_directions(callbacks, [metric.name for metric in self.metrics])
         args, kwargs = _with_checked_datasets(bound, self.num_classes, args, kwargs)
         with self._steps_retraced_after_an_error(), _dataset_labels_refused(self.num_classes):
             return super().fit(*args, **kwargs)

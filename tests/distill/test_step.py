@@ -76,6 +76,43 @@ def test_fit_with_xla_reduces_loss():
     assert set(history.history) >= {"loss", "cls_loss", "distill_loss", "top1", "top5", "lr"}
 
 
+def test_keras_callbacks_watch_deits_metrics_without_a_mode(tmp_path):
+    """`EarlyStopping(monitor="val_top1")` raised in Keras' first epoch end ("isn't able
+    to automatically determine whether that metric should be maximized"): Keras reads a
+    direction only from `compile(metrics=...)`'s metrics, and DeiT reports its own."""
+    images, labels = batches(count=2)
+    model = compiled(tiny_model(), RecordingTeacher())
+    watching = {
+        "val_top1": keras.callbacks.EarlyStopping(monitor="val_top1", patience=5),
+        "val_teacher_agreement": keras.callbacks.EarlyStopping(monitor="val_teacher_agreement"),
+        "val_cls_loss": keras.callbacks.ModelCheckpoint(
+            str(tmp_path / "best.keras"), monitor="val_cls_loss", save_best_only=True
+        ),
+    }
+    told = keras.callbacks.EarlyStopping(monitor="val_cls_top1", mode="min", patience=5)
+    history = model.fit(
+        images,
+        labels,
+        batch_size=4,
+        epochs=2,
+        validation_data=(images, labels),
+        callbacks=[*watching.values(), told],
+        verbose=0,
+    )
+    assert len(history.history["val_top1"]) == 2 and (tmp_path / "best.keras").exists()
+    modes = {monitor: callback.mode for monitor, callback in watching.items()}
+    assert modes == {"val_top1": "max", "val_teacher_agreement": "max", "val_cls_loss": "min"}
+    assert told.mode == "min"  # the user's own stays
+    with pytest.raises(ValueError, match="monitor=val_no_such_metric"):  # Keras' own error
+        model.fit(
+            images,
+            labels,
+            batch_size=4,
+            callbacks=[keras.callbacks.EarlyStopping(monitor="val_no_such_metric")],
+            verbose=0,
+        )
+
+
 @pytest.mark.parametrize(
     "distilled, distillation, logged",
     [(False, "none", False), (True, "none", True), (False, "hard", True), (True, "soft", True)],
