@@ -228,8 +228,15 @@ class TrainConfig:
     )
     teacher_lr: float = field(
         4e-3,
-        "Peak LR of that CNN teacher (AdamW; batch 64, or the whole train split when "
-        "smaller; not scaled by the batch).",
+        "Peak LR of that CNN teacher (AdamW; batches of --teacher_batch_size; not scaled by "
+        "the batch).",
+        valid=POSITIVE,
+    )
+    teacher_batch_size: int = field(
+        64,
+        "Batch of a teacher trained here (the whole train split when smaller; a multiple "
+        "of the replicas): lower it where a large teacher (--teacher_base) at a large "
+        "--image_size runs out of memory.",
         valid=POSITIVE,
     )
     teacher_base: str | None = field(

@@ -22,14 +22,13 @@ from deit_keras.models.variants import get_variant
 from deit_keras.training import custom_loop, precise_batch_norm
 from deit_keras.training.optim import create_optimizer
 
-TEACHER_BATCH_SIZE = 64  # of a teacher trained here (AdamW, --teacher_lr as it is)
 
-
-def teacher_batch_size(num_train_examples: int, replicas: int = 1) -> int:
-    """`TEACHER_BATCH_SIZE`, or the whole train split when smaller (incomplete batches are
-    dropped, so a larger batch would train nothing), down to a multiple of the `replicas`
-    it is trained on (Keras under MirroredStrategy fails on a batch they cannot share)."""
-    batch = max(min(TEACHER_BATCH_SIZE, num_train_examples), 1)
+def teacher_batch_size(asked: int, num_train_examples: int, replicas: int = 1) -> int:
+    """`asked` (`--teacher_batch_size`), or the whole train split when smaller (incomplete
+    batches are dropped, so a larger batch would train nothing), down to a multiple of the
+    `replicas` it is trained on (Keras under MirroredStrategy fails on a batch they cannot
+    share)."""
+    batch = max(min(asked, num_train_examples), 1)
     return max(batch - batch % replicas, replicas)
 
 
@@ -86,7 +85,9 @@ def teacher_train_dataset(config, info, image_size, preprocessing, seed=None):
         config.dataset,
         "train",
         image_size=image_size,
-        batch_size=teacher_batch_size(info.num_train_examples, _replicas()),
+        batch_size=teacher_batch_size(
+            config.teacher_batch_size, info.num_train_examples, _replicas()
+        ),
         training=True,
         augment=_teacher_dataset_config(config),
         preprocessing=preprocessing,
@@ -103,7 +104,7 @@ def train_teacher(config, info, image_size, path, preprocessing):
     Its BatchNorm statistics are then recomputed on the training stream
     (`precise_batch_norm`): a teacher trained briefly predicts as it did in training.
     """
-    batch_size = teacher_batch_size(info.num_train_examples, _replicas())
+    batch_size = teacher_batch_size(config.teacher_batch_size, info.num_train_examples, _replicas())
     train = teacher_train_dataset(config, info, image_size, preprocessing)
     cnn = _teacher_to_train(config, info.num_classes, image_size, preprocessing)
     steps = max(info.num_train_examples // batch_size, 1)

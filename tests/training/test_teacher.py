@@ -40,21 +40,26 @@ def test_teacher_augment_is_checked(tmp_path):
 def test_the_teacher_batch_is_shared_equally_by_the_replicas(tmp_path, monkeypatch):
     """A mirrored run on 3 replicas trained its teacher on batches of 64 first: Keras
     failed in the first step (AddN of [22, ...] and [20, ...] replica batches)."""
-    assert teacher.teacher_batch_size(1437) == teacher.TEACHER_BATCH_SIZE == 64
-    assert [teacher.teacher_batch_size(1437, n) for n in (2, 3, 5, 7)] == [64, 63, 60, 63]
-    assert teacher.teacher_batch_size(10, 4) == 8 and teacher.teacher_batch_size(2, 4) == 4
+    assert teacher.teacher_batch_size(64, 1437) == 64
+    assert [teacher.teacher_batch_size(64, 1437, n) for n in (2, 3, 5, 7)] == [64, 63, 60, 63]
+    assert teacher.teacher_batch_size(64, 10, 4) == 8 and teacher.teacher_batch_size(64, 2, 4) == 4
     config = digits_config(tmp_path)
+    assert config.teacher_batch_size == 64  # the default
     info = dataset_info("digits", config.data_dir)
     three = types.SimpleNamespace(num_replicas_in_sync=3)
     monkeypatch.setattr(teacher.tf.distribute, "get_strategy", lambda: three)
     train = teacher.teacher_train_dataset(config, info, 16, DEFAULT_PREPROCESSING)
     assert train.element_spec[0].shape[0] == 63
+    # --teacher_batch_size (a ResNet-50 teacher at 384 px was killed for memory at 64).
+    lower = dataclasses.replace(config, teacher_batch_size=8)
+    train = teacher.teacher_train_dataset(lower, info, 16, DEFAULT_PREPROCESSING)
+    assert train.element_spec[0].shape[0] == 6
 
 
 def test_a_teacher_on_fewer_images_than_its_batch_trains(tmp_path):
     config = digits_config(tmp_path, train_fraction=0.02, teacher_epochs=2, jit_compile=False)
     info = dataset_info("digits", config.data_dir, train_fraction=0.02)
-    assert info.num_train_examples < teacher.TEACHER_BATCH_SIZE
+    assert info.num_train_examples < config.teacher_batch_size
     path = str(tmp_path / "teacher.keras")
     cnn = teacher.train_teacher(config, info, 16, path, DEFAULT_PREPROCESSING)
     assert len(cnn.history.history["loss"]) == 2  # an epoch of one batch, each epoch
