@@ -158,7 +158,8 @@ def resize_and_center_crop(
     offset to the crop's corner): a 1 x 4000 image costs what a square one
     does, where resizing it whole would make a 256 x 1,024,000 image first.
     The values equal `resize`-then-crop's but for float rounding of the
-    kernel's sample positions (a pixel in ~20,000 one level apart).
+    kernel's sample positions: under 1% of pixels one level apart (values
+    near a half; bilinear's weights make those often).
 
     Args:
         images: `[B, H, W, C]` or `[H, W, C]` pixels in [0, 255] (uint8 or

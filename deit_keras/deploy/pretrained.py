@@ -496,9 +496,10 @@ def create_model(
 
 def _say_heads_are_new(pretrained, held: int, model_name: str, num_classes: int) -> None:
     """Logs that a checkpoint's heads of another class count are left out (fine-tuning)."""
-    if not isinstance(pretrained, str):  # True: the official ones
-        pretrained = "official"
-    source = pretrained if _is_checkpoint_file(pretrained) else f"The {pretrained} weights"
+    if pretrained is True or pretrained in ("official", "hf"):
+        source = f"{model_name}'s {'official' if pretrained is True else pretrained} weights"
+    else:  # a file, URL or hub repository
+        source = str(pretrained)
     heads = f"its heads ({held} classes) are left out" if held else "it has no heads"
     logging.warning(
         "%s: %s; %s gets new heads for its %d classes, to fine-tune.",
