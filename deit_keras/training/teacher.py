@@ -104,8 +104,8 @@ def train_teacher(config, info, image_size, path, preprocessing):
     Its BatchNorm statistics are then recomputed on the training stream
     (`precise_batch_norm`): a teacher trained briefly predicts as it did in training.
     """
-    batch_size = teacher_batch_size(config.teacher_batch_size, info.num_train_examples, _replicas())
     train = teacher_train_dataset(config, info, image_size, preprocessing)
+    batch_size = train.element_spec[0].shape[0]  # the dataset's: one rule, one place
     cnn = _teacher_to_train(config, info.num_classes, image_size, preprocessing)
     steps = max(info.num_train_examples // batch_size, 1)
     cnn.compile(

@@ -115,6 +115,28 @@ def test_config_rejects_bad_values(tmp_path):
     with pytest.raises(ValueError, match="pretrained_weights='w.pth' says where --pretrained"):
         digits_config(tmp_path, pretrained_weights="w.pth").validate()  # trained from scratch
     digits_config(tmp_path, pretrained_weights="w.pth", pretrained=True).validate()
+    with pytest.raises(ValueError, match="says where --pretrained gets its weights"):
+        digits_config(tmp_path, pretrained_weights="w.pth", finetune="x.keras").validate()
+    with pytest.raises(ValueError, match="teacher_batch_size"):
+        digits_config(tmp_path, teacher_batch_size=0).validate()
+
+
+def test_the_runs_evaluation_batch_is_the_replicas_share(tmp_path, monkeypatch):
+    """The run asks `eval_batch_size` (a multiple of the replicas) for its evaluation
+    batch: `min(batch_size, 256)` failed on 3 replicas at the first validation."""
+    from deit_keras.training import runner
+
+    class Asked(Exception):
+        pass
+
+    def asked(batch_size, strategy):
+        raise Asked(batch_size, strategy.num_replicas_in_sync)
+
+    monkeypatch.setattr(runner.custom_loop, "eval_batch_size", asked)
+    config = digits_config(tmp_path, distillation_type="none", teacher=None)
+    with pytest.raises(Asked) as raised:
+        run_training(config)
+    assert raised.value.args == (32, 1)
 
 
 def test_the_backup_interval_is_checked_against_the_steps_each_call_runs(tmp_path):

@@ -14,6 +14,7 @@ from deit_keras.data import (
     DatasetInfo,
     augment_config,
     dataset_info,
+    in_memory,
     make_dataset,
     pipeline,
     sources,
@@ -405,6 +406,14 @@ def test_eval_crop_of_a_sliver_resizes_only_the_crop():
     resizes = [op for op in graph.get_operations() if op.type == "ScaleAndTranslate"]
     assert len(resizes) == 1
     assert tf.get_static_value(resizes[0].inputs[1]).tolist() == [224, 224]
+
+
+def test_an_unknown_interpolation_is_one_line_on_both_resize_paths():
+    image = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"interpolation must be one of .*'nearest'"):
+        resize_and_center_crop(image, 2, 1.0, "nearest")
+    with pytest.raises(ValueError, match=r"interpolation must be one of .*'nearest'"):
+        in_memory.resize_weights([0], [4], 4, 2, "nearest")
 
 
 def test_the_eval_transform_resizes_with_the_preprocessings_interpolation():

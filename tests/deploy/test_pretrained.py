@@ -263,7 +263,7 @@ def test_a_checkpoint_of_other_classes_keeps_its_heads(tmp_path, caplog):
     assert pretrained.create_model(NAME).num_classes == 1000
 
 
-def test_a_distilled_body_under_one_head_fine_tunes_with_new_heads_of_any_count(tmp_path):
+def test_a_distilled_body_under_one_head_fine_tunes_with_new_heads_of_any_count(tmp_path, caplog):
     """Hugging Face's `DeiTForImageClassification`: no model here computes its output, so
     only a model asked for by class count (deit-train's) gets its body, with new heads; the
     same count as the file's was refused."""
@@ -277,6 +277,7 @@ def test_a_distilled_body_under_one_head_fine_tunes_with_new_heads_of_any_count(
     torch.save({"model": one_head.state_dict()}, path)
     with pytest.raises(ValueError, match="one head, on the class token"):
         pretrained.create_model(NAME, pretrained=str(path))
+    caplog.set_level(logging.WARNING)
     for classes in (10, 4):
         model = pretrained.create_model(NAME, pretrained=str(path), num_classes=classes)
         assert model.num_classes == classes
@@ -284,6 +285,22 @@ def test_a_distilled_body_under_one_head_fine_tunes_with_new_heads_of_any_count(
             np.asarray(model.tokens.pos_embed),
             one_head.state_dict()["deit.embeddings.position_embeddings"].numpy(),
         )
+    # Its own line says the heads are new, once per call; not the other one as well.
+    assert not [r for r in caplog.records if "are left out" in r.getMessage()], caplog.text
+
+
+def test_the_new_heads_line_names_published_weights_and_headless_files(caplog):
+    caplog.set_level(logging.WARNING)
+    pretrained._say_heads_are_new(True, 1000, NAME, 7)
+    pretrained._say_heads_are_new("hf", 1000, NAME, 7)
+    pretrained._say_heads_are_new("backbone.pth", 0, NAME, 4)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{NAME}'s official weights: its heads (1000 classes) are left out; {NAME} gets new "
+        "heads for its 7 classes, to fine-tune.",
+        f"{NAME}'s hf weights: its heads (1000 classes) are left out; {NAME} gets new "
+        "heads for its 7 classes, to fine-tune.",
+        f"backbone.pth: it has no heads; {NAME} gets new heads for its 4 classes, to fine-tune.",
+    ]
 
 
 def test_a_model_to_predict_with_refuses_weights_without_heads(tmp_path):
