@@ -142,11 +142,16 @@ def check_global_batch(global_batch_size: int, replicas: int) -> None:
 EVAL_BATCH_CAP = 256  # examples per evaluation batch at most (memory; results do not change)
 
 
+def replicas_share(batch_size: int, replicas: int) -> int:
+    """`batch_size` down to a multiple of `replicas`, at least one each (Keras under
+    MirroredStrategy fails on a batch the replicas cannot share equally)."""
+    return max(batch_size - batch_size % replicas, replicas)
+
+
 def eval_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> int:
-    """The evaluation batch of a run: `batch_size` up to `EVAL_BATCH_CAP`, a multiple of the
-    replicas (Keras under MirroredStrategy fails on a first batch they cannot share)."""
-    replicas = strategy.num_replicas_in_sync
-    return min(batch_size, max(replicas, EVAL_BATCH_CAP - EVAL_BATCH_CAP % replicas))
+    """The evaluation batch of a run: `batch_size` (the replicas' multiple already, see
+    `check_global_batch`) up to `EVAL_BATCH_CAP`, shared equally by the replicas."""
+    return replicas_share(min(batch_size, EVAL_BATCH_CAP), strategy.num_replicas_in_sync)
 
 
 def distribute_train_dataset(strategy: tf.distribute.Strategy, dataset_fn, global_batch_size: int):

@@ -25,11 +25,9 @@ from deit_keras.training.optim import create_optimizer
 
 def teacher_batch_size(asked: int, num_train_examples: int, replicas: int = 1) -> int:
     """`asked` (`--teacher_batch_size`), or the whole train split when smaller (incomplete
-    batches are dropped, so a larger batch would train nothing), down to a multiple of the
-    `replicas` it is trained on (Keras under MirroredStrategy fails on a batch they cannot
-    share)."""
-    batch = max(min(asked, num_train_examples), 1)
-    return max(batch - batch % replicas, replicas)
+    batches are dropped, so a larger batch would train nothing), shared equally by the
+    `replicas` it is trained on."""
+    return custom_loop.replicas_share(max(min(asked, num_train_examples), 1), replicas)
 
 
 def _replicas() -> int:
